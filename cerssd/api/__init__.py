@@ -1,0 +1,1 @@
+"""The control API: aiohttp on a unix socket, JSON, problem documents, OpenAPI."""

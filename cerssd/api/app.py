@@ -1,0 +1,312 @@
+"""Routes and handlers of the control API (``/v1``), declared in one table.
+
+The table drives the router, the credential check (``mutating``) and the served
+OpenAPI document, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__, snapshots
+from ..activity import IllegalTransition, State
+from ..backends.base import BackendError, NotFound
+from ..backends.names import InvalidName, validate_volume
+from ..config import Config
+from ..engine import ActivityEngine, EngineClosed, UnknownActivity
+from ..metrics import CONTENT_TYPE, Metrics
+from ..replication.plan import ReplicationConflict
+from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
+from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from .peercred import may_mutate, peer_credentials
+from .problems import ApiProblem, problem_response
+from .schema import Body, Field, parse_query
+
+Handler = Callable[["ControlApi", web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    mutating: bool = False
+    body: Body | None = None
+    query: dict[str, Field] = field(default_factory=dict)
+    responses: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ApiContext:
+    engine: ActivityEngine
+    servers: ServerRegistry
+    metrics: Metrics
+    config: Callable[[], Config]
+    started_at: float = field(default_factory=time.time)
+
+
+SERVER_QUERY = {"server": Field(str, "server name from the config", default="local")}
+ACTIVITY_QUERY = {
+    "state": Field(str, "only activities in this state"),
+    "kind": Field(str, "only activities of this kind"),
+    "volume": Field(str, "only activities on this volume"),
+    "limit": Field(int, "page size", default=100, minimum=1),
+    "offset": Field(int, "items to skip", default=0, minimum=0),
+}
+SNAPSHOT_CREATE = Body({
+    "name": Field(str, "the snapshot's name (the part after @)", required=True),
+    "server": Field(str, "server holding the volume", default="local"),
+})
+REPLICATION = Body({
+    "snapshot": Field(str, "pool/volume@name to replicate", required=True),
+    "source": Field(str, "server the snapshot is on", required=True),
+    "destination": Field(str, "server to replicate to", required=True),
+    "target_volume": Field(str, "volume on the destination (default: the same name)"),
+    "force_full_copy": Field(bool, "send a full stream even when an incremental is possible",
+                             default=False),
+    "intermediates": Field(bool, "carry intermediate snapshots (zfs send -I)", default=False),
+    "bandwidth_limit": Field(int, "bytes per second, 0 or absent for no limit", minimum=0),
+})
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=None))
+
+
+class ControlApi:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    # -- daemon -------------------------------------------------------------------------
+    async def status(self, request: web.Request) -> web.Response:
+        records = [a.snapshot() for a in self.ctx.engine.activities()]
+        by_state: dict[str, int] = {}
+        for r in records:
+            by_state[str(r.state)] = by_state.get(str(r.state), 0) + 1
+        cfg = self.ctx.config()
+        return _json({
+            "version": __version__, "pid": os.getpid(), "started_at": self.ctx.started_at,
+            "uptime_seconds": round(time.time() - self.ctx.started_at, 3),
+            "config": str(cfg.source) if cfg.source else None,
+            "activities": by_state,
+            "servers": {n: e.probe_error is None and e.backend is not None
+                        for n, e in self.ctx.servers.entries.items()},
+        })
+
+    async def servers(self, request: web.Request) -> web.Response:
+        return _json({"items": [e.to_json() for e in self.ctx.servers.entries.values()]})
+
+    async def capabilities(self, request: web.Request) -> web.Response:
+        return _json({name: caps.to_json()
+                      for name, caps in self.ctx.servers.capabilities().items()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.ctx.metrics.render(),
+                            headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        from .openapi import openapi_document
+
+        return _json(openapi_document(ROUTES))
+
+    # -- volumes and snapshots ----------------------------------------------------------
+    async def volumes(self, request: web.Request) -> web.Response:
+        q = parse_query(request.query, SERVER_QUERY)
+        backend = self.ctx.servers.backend(q["server"])
+        return _json({"server": q["server"],
+                      "items": [v.to_json() for v in await backend.volumes()]})
+
+    async def snapshots(self, request: web.Request) -> web.Response:
+        q = parse_query(request.query, SERVER_QUERY)
+        volume = validate_volume(request.match_info["volume"])
+        backend = self.ctx.servers.backend(q["server"])
+        items = await backend.snapshots(volume)
+        return _json({"server": q["server"], "volume": volume,
+                      "items": [s.to_json() for s in items]})
+
+    async def create_snapshot(self, request: web.Request) -> web.Response:
+        body = SNAPSHOT_CREATE.parse(await _body(request))
+        volume = validate_volume(request.match_info["volume"])
+        self.ctx.servers.backend(body["server"])
+        record = snapshots.submit_create(self.ctx.engine, body["server"], volume, body["name"])
+        return _json(record.to_json(), 202)
+
+    async def destroy_snapshot(self, request: web.Request) -> web.Response:
+        q = parse_query(request.query, SERVER_QUERY)
+        name = f"{request.match_info['volume']}@{request.match_info['label']}"
+        self.ctx.servers.backend(q["server"])
+        record = snapshots.submit_destroy(self.ctx.engine, q["server"], name)
+        return _json(record.to_json(), 202)
+
+    # -- replication --------------------------------------------------------------------
+    async def replicate(self, request: web.Request) -> web.Response:
+        body = REPLICATION.parse(await _body(request))
+        snapshot = body["snapshot"]
+        volume = snapshot.partition("@")[0]
+        req = ReplicationRequest(
+            snapshot=snapshot, source=body["source"], destination=body["destination"],
+            target_volume=body["target_volume"] or volume,
+            force_full_copy=body["force_full_copy"], intermediates=body["intermediates"],
+            bandwidth_limit=body["bandwidth_limit"] or None)
+        if req.source == req.destination and req.target_volume == volume:
+            raise ApiProblem(422, "Unprocessable Content",
+                             "target_volume: replicating to the same server needs a different "
+                             "target_volume", field="target_volume")
+        src = self.ctx.servers.backend(req.source)
+        dst = self.ctx.servers.backend(req.destination)
+        plan = await make_plan(req, src, dst)  # conflicts answer 409 before any work starts
+        record = submit_replication(self.ctx.engine, req)
+        return _json({**record.to_json(), "plan": plan.mode}, 202)
+
+    # -- activities ---------------------------------------------------------------------
+    async def activities(self, request: web.Request) -> web.Response:
+        q = parse_query(request.query, ACTIVITY_QUERY)
+        if q["state"] is not None and q["state"] not in {str(s) for s in State}:
+            raise ApiProblem(400, "Bad Request", f"state must be one of "
+                             f"{', '.join(str(s) for s in State)}")
+        records = [a.snapshot() for a in self.ctx.engine.activities()]
+        records = [r for r in records
+                   if (q["state"] is None or str(r.state) == q["state"])
+                   and (q["kind"] is None or r.kind == q["kind"])
+                   and (q["volume"] is None or r.volume == q["volume"])]
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        page = records[q["offset"]: q["offset"] + q["limit"]]
+        return _json({"items": [r.to_json() for r in page], "total": len(records),
+                      "limit": q["limit"], "offset": q["offset"]})
+
+    async def activity(self, request: web.Request) -> web.Response:
+        return _json(self.ctx.engine.get(request.match_info["id"]).snapshot().to_json())
+
+    async def suspend(self, request: web.Request) -> web.Response:
+        return _json((await self.ctx.engine.suspend(request.match_info["id"])).to_json())
+
+    async def resume(self, request: web.Request) -> web.Response:
+        return _json((await self.ctx.engine.resume(request.match_info["id"])).to_json())
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        return _json((await self.ctx.engine.cancel(request.match_info["id"])).to_json(), 202)
+
+
+async def _body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise ApiProblem(400, "Bad Request", f"the body is not valid JSON: {exc}") from exc
+
+
+_A = ControlApi
+ID = "{id:[0-9a-f]+}"
+VOL = "{volume:[^@]+?}"
+ROUTES: list[Route] = [
+    Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts"),
+    Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends"),
+    Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server"),
+    Route("GET", "/v1/volumes", _A.volumes, "Volumes on a server", query=SERVER_QUERY),
+    Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
+          "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,
+          responses={404: "unknown volume or server"}),
+    Route("POST", f"/v1/volumes/{VOL}/snapshots", _A.create_snapshot,
+          "Create a snapshot (an activity)", mutating=True, body=SNAPSHOT_CREATE,
+          responses={202: "activity created"}),
+    Route("DELETE", f"/v1/volumes/{VOL}/snapshots/{{label}}", _A.destroy_snapshot,
+          "Destroy a snapshot (an activity)", mutating=True, query=SERVER_QUERY,
+          responses={202: "activity created"}),
+    Route("POST", "/v1/replications", _A.replicate,
+          "snapshot_replicate: send a snapshot from one server to another (an activity)",
+          mutating=True, body=REPLICATION,
+          responses={202: "activity created", 409: "conflict (no common snapshot, diverged)"}),
+    Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
+          query=ACTIVITY_QUERY),
+    Route("GET", f"/v1/activities/{ID}", _A.activity, "One activity",
+          responses={404: "unknown activity"}),
+    Route("POST", f"/v1/activities/{ID}/suspend", _A.suspend,
+          "Suspend: no further progress (the sender is blocked)", mutating=True,
+          responses={409: "not running"}),
+    Route("POST", f"/v1/activities/{ID}/resume", _A.resume, "Resume a suspended activity",
+          mutating=True, responses={409: "not suspended"}),
+    Route("POST", f"/v1/activities/{ID}/cancel", _A.cancel, "Cancel and roll back",
+          mutating=True, responses={202: "cancelling", 409: "already finished"}),
+    Route("GET", "/v1/openapi.json", _A.openapi, "This document"),
+    Route("GET", "/metrics", _A.metrics, "Prometheus metrics (text format)"),
+]
+
+_ERRORS: list[tuple[type[BaseException], int, str]] = [
+    (InvalidName, 400, "Invalid Name"),
+    (UnknownActivity, 404, "Unknown Activity"),
+    (UnknownServer, 404, "Unknown Server"),
+    (NotFound, 404, "Not Found"),
+    (IllegalTransition, 409, "Illegal State Change"),
+    (ReplicationConflict, 409, "Replication Conflict"),
+    (ServerUnavailable, 503, "Server Unavailable"),
+    (EngineClosed, 503, "Shutting Down"),
+    (BackendError, 502, "Backend Error"),
+]
+
+
+def _problem_for(request: web.Request, exc: BaseException) -> web.Response | None:
+    if isinstance(exc, ApiProblem):
+        return problem_response(request, exc.status, exc.title, exc.detail, **exc.extra)
+    for kind, status, title in _ERRORS:
+        if isinstance(exc, kind):
+            detail = (f"no activity {exc.args[0]}" if isinstance(exc, UnknownActivity)
+                      else f"no server {exc.args[0]} in the config"
+                      if isinstance(exc, UnknownServer) else str(exc))
+            extra = {"code": exc.code} if isinstance(exc, ReplicationConflict) else {}
+            return problem_response(request, status, title, detail, **extra)
+    return None
+
+
+def build_app(ctx: ApiContext, *, check_credentials: bool = True) -> web.Application:
+    api = ControlApi(ctx)
+    mutating_handlers: set[str] = set()
+
+    @web.middleware
+    async def guard(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                    ) -> web.StreamResponse:
+        try:
+            if check_credentials and request.match_info.route.name in mutating_handlers:
+                peer = peer_credentials(request.transport.get_extra_info("socket")
+                                        if request.transport else None)
+                if not may_mutate(peer, ctx.config().daemon.control_group):
+                    who = f"uid {peer.uid}" if peer else "an unidentified peer"
+                    raise ApiProblem(403, "Forbidden",
+                                     f"{who} may read but not change anything: mutating calls "
+                                     "need root or the daemon.control_group group")
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return problem_response(request, exc.status, exc.reason, exc.text or exc.reason)
+        except Exception as exc:
+            response = _problem_for(request, exc)
+            if response is None:
+                raise
+            return response
+
+    app = web.Application(middlewares=[guard])
+    for i, route in enumerate(ROUTES):
+        name = f"r{i}"
+        if route.mutating:
+            mutating_handlers.add(name)
+        app.router.add_route(route.method, route.path,
+                             _bind(api, route.handler), name=name)
+    return app
+
+
+def _bind(api: ControlApi, handler: Handler) -> Callable[[web.Request],
+                                                          Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(api, request)
+
+    return handle

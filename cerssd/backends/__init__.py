@@ -1,0 +1,1 @@
+"""Volume drivers: one module per backend behind a small protocol (``base``)."""

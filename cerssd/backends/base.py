@@ -1,0 +1,100 @@
+"""What every volume backend publishes and offers: capabilities, volumes, snapshots.
+
+Flows read ``Capabilities`` to choose a path (incremental or full, stateless or
+busy-state locking); backends never special-case their callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Stable API names (DESIGN.md, "Capabilities"); probed at start-up, not assumed."""
+
+    stateless_snapshots: bool = False
+    incremental_send: bool = False
+    resumable_send: bool = False
+    bookmarks: bool = False
+    holds: bool = False
+    size_estimate: bool = False
+    raw_send: bool = False
+    compressed_send: bool = False
+    direct_copy: bool = False
+    self_restarting: bool = False
+    connection_loss_reporting: bool = False
+    parsable_list: bool = False
+    typed_get: bool = False
+
+    def to_json(self) -> dict[str, bool]:
+        return asdict(self)
+
+    def published(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    type: str
+    guid: str
+    creation: int
+    used: int
+    referenced: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot is identified by name *and* guid: names can be reused, guids cannot."""
+
+    name: str
+    volume: str
+    label: str
+    guid: str
+    creation: int
+    used: int
+    referenced: int
+    userrefs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BackendError(Exception):
+    """A backend command failed; ``message`` is meant for the operator."""
+
+
+class NotFound(BackendError):
+    pass
+
+
+class AlreadyExists(BackendError):
+    pass
+
+
+class Busy(BackendError):
+    """The dataset is held or in use."""
+
+
+class Backend(Protocol):
+    server: str
+    capabilities: Capabilities
+
+    async def probe(self) -> Capabilities: ...
+
+    async def pools(self) -> list[str]: ...
+
+    async def volumes(self) -> list[Volume]: ...
+
+    async def snapshots(self, volume: str) -> list[Snapshot]: ...
+
+    async def create_snapshot(self, volume: str, label: str) -> Snapshot: ...
+
+    async def destroy_snapshot(self, name: str) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...

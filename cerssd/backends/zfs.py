@@ -1,0 +1,213 @@
+"""ZFS backend: the ``zfs`` and ``zpool`` command-line tools driven through a Runner.
+
+Every name is validated (``names``) before a command is built, commands are argv
+lists, and values are read with ``zfs get -Hp`` (which zfs-fuse and OpenZFS both
+have) rather than ``zfs list -p`` (which zfs-fuse lacks). What this ``zfs``
+supports is probed from its own usage text at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from .base import AlreadyExists, BackendError, Busy, Capabilities, NotFound, Snapshot, Volume
+from .names import validate_snapshot, validate_snapshot_label, validate_volume
+from .runner import CommandFailed, Runner
+
+_VOLUME_PROPS = "type,guid,creation,used,referenced"
+_SNAPSHOT_PROPS = "type,guid,creation,used,referenced,userrefs"
+
+
+@dataclass(frozen=True)
+class ZfsUsage:
+    """The facts read off ``zfs``'s usage text: commands and the flags of a few of them."""
+
+    commands: frozenset[str]
+    send_line: str
+    receive_line: str
+    list_flags: str
+    get_line: str
+
+
+def parse_usage(text: str) -> ZfsUsage:
+    commands: set[str] = set()
+    lines: dict[str, list[str]] = defaultdict(list)
+    for raw in text.splitlines():
+        line = raw.strip()
+        m = re.match(r"^([a-z]+)\b", line)
+        if m and raw.startswith(("\t", " ")):
+            commands.add(m.group(1))
+            lines[m.group(1)].append(line)
+    list_line = " ".join(lines.get("list", []))
+    m = re.search(r"list \[-([A-Za-z]+)\]", list_line)
+    return ZfsUsage(
+        commands=frozenset(commands),
+        send_line=" ".join(lines.get("send", [])),
+        receive_line=" ".join(lines.get("receive", []) + lines.get("recv", [])),
+        list_flags=m.group(1) if m else "",
+        get_line=" ".join(lines.get("get", [])),
+    )
+
+
+def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities:
+    send_flags = "".join(re.findall(r"send \[-([A-Za-z]+)\]", usage.send_line))
+    return Capabilities(
+        stateless_snapshots=stateless,
+        incremental_send=bool(re.search(r"\[iI\]|-I\|-i|-i\|-I", usage.send_line)),
+        resumable_send="-t" in usage.send_line and "receive_resume_token" in usage.send_line,
+        bookmarks="bookmark" in usage.commands,
+        holds="hold" in usage.commands and "release" in usage.commands,
+        size_estimate="n" in send_flags and "P" in send_flags,
+        raw_send="w" in send_flags,
+        compressed_send="c" in send_flags,
+        self_restarting=True,
+        parsable_list="p" in usage.list_flags,
+        typed_get="-t" in usage.get_line,
+    )
+
+
+def _classify(exc: CommandFailed) -> BackendError:
+    text = exc.stderr.strip() or str(exc)
+    first = text.splitlines()[0] if text else str(exc)
+    if "does not exist" in text or "no such pool" in text or "could not find" in text:
+        return NotFound(first)
+    if "already exists" in text:
+        return AlreadyExists(first)
+    if "busy" in text or "is held" in text or "has dependent clones" in text:
+        return Busy(first)
+    return BackendError(first)
+
+
+class ZfsBackend:
+    """One server's ZFS, reached through ``runner`` (local now, SSH later)."""
+
+    def __init__(self, runner: Runner, *, zfs: str = "zfs", zpool: str = "zpool",
+                 stateless: bool = True) -> None:
+        self.runner = runner
+        self.server = runner.server
+        self._zfs = zfs
+        self._zpool = zpool
+        self._stateless = stateless
+        self.capabilities = Capabilities()
+        self.version = "unknown"
+
+    async def _run(self, *args: str, tool: str | None = None) -> str:
+        try:
+            return (await self.runner.run([tool or self._zfs, *args])).stdout
+        except CommandFailed as exc:
+            raise _classify(exc) from exc
+
+    async def probe(self) -> Capabilities:
+        usage = await self.runner.run([self._zfs], check=False)
+        parsed = parse_usage(usage.stderr + usage.stdout)
+        if "snapshot" not in parsed.commands:
+            raise BackendError(f"{self._zfs} on {self.server} did not print its usage; "
+                               "is ZFS installed?")
+        self.capabilities = capabilities_from_usage(parsed, stateless=self._stateless)
+        upgrade = await self.runner.run([self._zpool, "upgrade", "-v"], check=False)
+        m = re.search(r"pool version (\d+)", upgrade.stdout)
+        self.version = (f"pool version {m.group(1)}" if m
+                        else "feature flags" if "feature flags" in upgrade.stdout else "unknown")
+        return self.capabilities
+
+    def info(self) -> dict[str, Any]:
+        return {"server": self.server, "backend": "zfs", "zfs_version": self.version,
+                "capabilities": self.capabilities.published()}
+
+    async def pools(self) -> list[str]:
+        out = await self._run("list", "-H", "-o", "name", tool=self._zpool)
+        return [line for line in out.splitlines() if line]
+
+    async def _props(self, props: str, *names: str, depth: int | None = None,
+                     recursive: bool = False) -> dict[str, dict[str, str]]:
+        opts = ["-Hp"] + (["-r"] if recursive else []) + (
+            ["-d", str(depth)] if depth is not None else [])
+        out = await self._run("get", *opts, "-o", "name,property,value", props, *names)
+        rows: dict[str, dict[str, str]] = defaultdict(dict)
+        for line in out.splitlines():
+            name, prop, value = line.split("\t", 2)
+            rows[name][prop] = value
+        return rows
+
+    async def volumes(self) -> list[Volume]:
+        pools = await self.pools()
+        if not pools:
+            return []
+        rows = await self._props(_VOLUME_PROPS, *pools, recursive=True)
+        return [Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
+                       used=_int(p.get("used")), referenced=_int(p.get("referenced")))
+                for name, p in rows.items() if p.get("type") in ("filesystem", "volume")]
+
+    async def volume(self, name: str) -> Volume:
+        validate_volume(name)
+        rows = await self._props(_VOLUME_PROPS, name)
+        p = rows[name]
+        return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
+                      used=_int(p.get("used")), referenced=_int(p.get("referenced")))
+
+    async def snapshots(self, volume: str) -> list[Snapshot]:
+        """Snapshots of ``volume`` oldest first (zfs lists them in creation order)."""
+        validate_volume(volume)
+        rows = await self._props(_SNAPSHOT_PROPS, volume, depth=1)
+        snaps = []
+        for name, p in rows.items():
+            vol, at, label = name.partition("@")
+            if at and vol == volume and p.get("type") == "snapshot":
+                snaps.append(Snapshot(name=name, volume=vol, label=label, guid=p["guid"],
+                                      creation=int(p["creation"]), used=_int(p.get("used")),
+                                      referenced=_int(p.get("referenced")),
+                                      userrefs=_int(p.get("userrefs"))))
+        return snaps
+
+    async def snapshot(self, name: str) -> Snapshot:
+        snap = validate_snapshot(name)
+        for candidate in await self.snapshots(snap.volume):
+            if candidate.name == name:
+                return candidate
+        raise NotFound(f"snapshot {name} does not exist on {self.server}")
+
+    async def create_snapshot(self, volume: str, label: str) -> Snapshot:
+        validate_volume(volume)
+        validate_snapshot_label(label)
+        await self._run("snapshot", f"{volume}@{label}")
+        return await self.snapshot(f"{volume}@{label}")
+
+    async def destroy_snapshot(self, name: str) -> None:
+        validate_snapshot(name)
+        await self._run("destroy", name)
+
+    async def exists(self, volume: str) -> bool:
+        validate_volume(volume)
+        try:
+            await self._run("get", "-H", "-o", "value", "type", volume)
+        except NotFound:
+            return False
+        return True
+
+    def send_argv(self, snapshot: str, base: str | None = None, *,
+                  intermediates: bool = False) -> list[str]:
+        validate_snapshot(snapshot)
+        argv = [self._zfs, "send"]
+        if base is not None:
+            validate_snapshot(base)
+            argv += ["-I" if intermediates else "-i", base]
+        return [*argv, snapshot]
+
+    def receive_argv(self, target_volume: str) -> list[str]:
+        validate_volume(target_volume)
+        return [self._zfs, "receive", target_volume]
+
+    async def destroy_volume(self, volume: str) -> None:
+        validate_volume(volume)
+        if "/" not in volume:
+            raise BackendError(f"refusing to destroy the root dataset of pool {volume}")
+        await self._run("destroy", "-r", volume)
+
+
+def _int(value: str | None) -> int:
+    if value is None or not value.isdigit():
+        return 0
+    return int(value)

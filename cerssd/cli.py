@@ -1,0 +1,304 @@
+"""``cerssctl``: the operator's command line, a thin client of the control socket.
+
+Human tables by default, ``--json`` for scripts (the API's own documents). A
+daemon that cannot be reached is one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_SOCKET = "/run/cerssd/control.sock"
+POLL_SECONDS = 0.25
+
+
+class CliError(Exception):
+    """Printed as one line; exits 1."""
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path = socket_path
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        conn = UnixHTTPConnection(self.socket_path)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise CliError(f"cannot reach cerssd at {self.socket_path}: {exc.strerror} "
+                           "(is the daemon running?)") from None
+        except PermissionError:
+            raise CliError(f"permission denied on {self.socket_path} "
+                           "(run as root or a member of the control group)") from None
+        except OSError as exc:
+            raise CliError(f"cannot talk to cerssd at {self.socket_path}: {exc}") from None
+        finally:
+            conn.close()
+        if response.status >= 400:
+            try:
+                problem = json.loads(data)
+                raise CliError(f"{problem.get('title', response.reason)}: "
+                               f"{problem.get('detail', '')}")
+            except json.JSONDecodeError:
+                raise CliError(f"HTTP {response.status}: {data.decode(errors='replace')}") \
+                    from None
+        if response.getheader("Content-Type", "").startswith("text/plain"):
+            return data.decode()
+        return json.loads(data)
+
+
+def _q(path: str) -> str:
+    return urllib.parse.quote(path, safe="/@")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _progress(a: dict[str, Any]) -> str:
+    p = a["progress"]
+    if p["unit"] == "bytes":
+        text = f"{_size(p['done'])} of {_size(p['total'])}" if p["total"] else _size(p["done"])
+    else:
+        text = f"{p['done']} of {p['total']} {p['unit']}"
+    if p["total"] == 0 and p["done"] == 0:
+        text = "0 of 0"
+    return text + (" (est.)" if p["estimated"] else "")
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        # Off a terminal, a wide fixed width keeps table rows (ids above all) unbroken.
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+
+    def emit(self, data: Any, render: Any = None) -> None:
+        if self.as_json or render is None:
+            print(json.dumps(data, indent=2))
+        else:
+            render(data)
+
+    def table(self, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        self.console.print(table)
+
+
+def render_activity(out: Output, a: dict[str, Any]) -> None:
+    status = a["status"]
+    lines = [
+        ("id", a["id"]), ("kind", a["kind"]), ("state", a["state"]),
+        ("volume", a["volume"] or "-"), ("source", a["source"] or "-"),
+        ("target", a["target"] or "-"), ("progress", _progress(a)),
+        ("self_restarting", str(a["self_restarting"]).lower()),
+        ("status", f"{status['code']} {status['message']}" if status else "-"),
+        ("created", _ago(a["created_at"])), ("finished", _ago(a["finished_at"])),
+        ("elapsed", f"{a['usage']['elapsed_seconds']:.1f} s"),
+        ("bytes read", _size(a["usage"]["bytes_read"])),
+        ("bytes on wire", _size(a["usage"]["bytes_on_wire"])),
+        ("rate", f"{_size(a['usage']['rate_bytes_per_second'])}/s"),
+        ("retries", a["usage"]["retries"]),
+    ]
+    if a.get("link"):
+        link = a["link"]
+        lines.append(("link", f"{link['server']} {link['state']}"
+                      + (f" ({link['last_error']})" if link.get("last_error") else "")))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        out.console.print(f"{key:<{width}}  {value}")
+
+
+def activity_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
+    return [(a["id"], a["kind"], a["state"], a["volume"] or "-", a["target"] or "-",
+             _progress(a), a["status"]["code"] if a["status"] else "-") for a in items]
+
+
+def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
+    """Follow an activity to its end with a live line on a terminal; exit with its status."""
+    live = sys.stderr.isatty() and not out.as_json
+    while activity["state"] not in ("succeeded", "failed", "cancelled"):
+        if live:
+            rate = activity["usage"]["rate_bytes_per_second"]
+            sys.stderr.write(f"\r\033[K{activity['state']:<10} {_progress(activity)}"
+                             f"  {_size(rate)}/s")
+            sys.stderr.flush()
+        time.sleep(POLL_SECONDS)
+        activity = client.request("GET", f"/v1/activities/{activity['id']}")
+    if live:
+        sys.stderr.write("\r\033[K")
+    out.emit(activity, lambda a: render_activity(out, a))
+    return 0 if activity["status"] and activity["status"]["code"] == 0 else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Client(args.socket)
+    out = Output(args.json)
+    cmd = args.command
+    if cmd == "status":
+        data = client.request("GET", "/v1/status")
+        out.emit(data, lambda d: out.table(
+            ["version", "pid", "uptime", "activities", "servers"],
+            [(d["version"], d["pid"], f"{d['uptime_seconds']:.0f} s",
+              ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items())) or "none",
+              ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))]))
+    elif cmd == "servers":
+        data = client.request("GET", "/v1/servers")
+        out.emit(data, lambda d: out.table(
+            ["name", "kind", "available", "zfs", "error"],
+            [(s["name"], s["kind"], s["available"], s.get("zfs_version", "-"),
+              s["error"] or "") for s in d["items"]]))
+    elif cmd == "capabilities":
+        data = client.request("GET", "/v1/capabilities")
+        names = sorted({c for caps in data.values() for c in caps})
+        out.emit(data, lambda d: out.table(
+            ["capability", *d.keys()],
+            [(c, *("yes" if d[s][c] else "no" for s in d)) for c in names]))
+    elif cmd == "volumes":
+        data = client.request("GET", f"/v1/volumes?server={_q(args.server)}")
+        out.emit(data, lambda d: out.table(
+            ["name", "type", "used", "referenced", "guid"],
+            [(v["name"], v["type"], _size(v["used"]), _size(v["referenced"]), v["guid"])
+             for v in d["items"]]))
+    elif cmd == "snapshots":
+        data = client.request("GET",
+                              f"/v1/volumes/{_q(args.volume)}/snapshots?server={_q(args.server)}")
+        out.emit(data, lambda d: out.table(
+            ["name", "guid", "created", "used", "holds"],
+            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), s["userrefs"])
+             for s in d["items"]]))
+    elif cmd == "activities":
+        query = urllib.parse.urlencode({k: v for k, v in (
+            ("state", args.state), ("kind", args.kind), ("volume", args.volume),
+            ("limit", args.limit)) if v is not None})
+        data = client.request("GET", f"/v1/activities?{query}")
+        out.emit(data, lambda d: out.table(
+            ["id", "kind", "state", "volume", "target", "progress", "status"],
+            activity_rows(d["items"])))
+    elif cmd == "show":
+        data = client.request("GET", f"/v1/activities/{_q(args.id)}")
+        out.emit(data, lambda a: render_activity(out, a))
+    elif cmd in ("suspend", "resume", "cancel"):
+        data = client.request("POST", f"/v1/activities/{_q(args.id)}/{cmd}")
+        out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
+    elif cmd == "snapshot":
+        return snapshot_command(client, out, args)
+    elif cmd == "replicate":
+        body = {"snapshot": args.snapshot, "source": args.source,
+                "destination": args.destination, "force_full_copy": args.force_full_copy,
+                "intermediates": args.intermediates}
+        if args.target_volume:
+            body["target_volume"] = args.target_volume
+        if args.bandwidth_limit:
+            body["bandwidth_limit"] = args.bandwidth_limit
+        data = client.request("POST", "/v1/replications", body)
+        if args.wait:
+            return wait_for(client, out, data)
+        out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']} ({a['plan']})"))
+    return 0
+
+
+def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> int:
+    volume, at, label = args.name.partition("@")
+    if not at:
+        raise CliError(f"{args.name!r}: give a snapshot as pool/volume@name")
+    if args.action == "create":
+        data = client.request("POST", f"/v1/volumes/{_q(volume)}/snapshots",
+                              {"name": label, "server": args.server})
+    else:
+        data = client.request("DELETE", f"/v1/volumes/{_q(volume)}/snapshots/{_q(label)}"
+                                        f"?server={_q(args.server)}")
+    if args.no_wait:
+        out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
+        return 0
+    return wait_for(client, out, data)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cerssctl", description="Control a running cerssd.")
+    p.add_argument("--socket", default=os.environ.get("CERSSD_SOCKET", DEFAULT_SOCKET),
+                   help=f"control socket (default $CERSSD_SOCKET or {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", help="print the API's JSON documents")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="daemon status")
+    sub.add_parser("servers", help="configured servers")
+    sub.add_parser("capabilities", help="capabilities per server")
+    v = sub.add_parser("volumes", help="volumes on a server")
+    v.add_argument("--server", default="local")
+    s = sub.add_parser("snapshots", help="snapshots of a volume")
+    s.add_argument("volume")
+    s.add_argument("--server", default="local")
+    a = sub.add_parser("activities", help="list activities")
+    a.add_argument("--state")
+    a.add_argument("--kind")
+    a.add_argument("--volume")
+    a.add_argument("--limit", type=int)
+    for verb in ("show", "suspend", "resume", "cancel"):
+        sub.add_parser(verb, help=f"{verb} an activity").add_argument("id")
+    snap = sub.add_parser("snapshot", help="create or destroy a snapshot")
+    snap.add_argument("action", choices=("create", "destroy"))
+    snap.add_argument("name", help="pool/volume@name")
+    snap.add_argument("--server", default="local")
+    snap.add_argument("--no-wait", action="store_true", help="return once the activity exists")
+    r = sub.add_parser("replicate", help="replicate a snapshot to another server")
+    r.add_argument("snapshot")
+    r.add_argument("source")
+    r.add_argument("destination")
+    r.add_argument("--target-volume")
+    r.add_argument("--force-full-copy", action="store_true")
+    r.add_argument("--intermediates", action="store_true", help="send -I")
+    r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
+    r.add_argument("--wait", action="store_true", help="follow it to the end")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        code = run(args)
+    except CliError as exc:
+        print(f"cerssctl: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

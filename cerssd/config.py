@@ -1,0 +1,210 @@
+"""The daemon's configuration: one TOML file parsed into frozen dataclasses.
+
+Validation happens entirely here, before anything runs, so that an operator who
+mistypes a key learns which key and why (``ConfigError`` carries the dotted key)
+and the daemon exits with EX_CONFIG (78) instead of failing half-started.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
+EX_CONFIG = 78
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A problem with one key of the configuration file."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class MetricsListen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    control_socket: Path = Path("/run/cerssd/control.sock")
+    control_group: str | None = None
+    state_dir: Path = Path("/var/lib/cerssd")
+    metrics_listen: MetricsListen | None = MetricsListen("127.0.0.1", 9811)
+    log_level: str = "info"
+    activity_retention: float = 7 * 86400.0
+    shutdown_timeout: float = 30.0
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A storage host: ``local`` runs commands here, ``ssh`` on a remote host."""
+
+    name: str
+    kind: str  # "local" | "ssh"
+    host: str | None = None
+    port: int = 22
+    user: str = "root"
+    identity_file: Path | None = None
+    known_hosts: Path | None = None
+    zfs_command: str = "zfs"
+    stateless: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    servers: Mapping[str, ServerConfig] = field(default_factory=dict)
+    source: Path | None = None
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``; raises ConfigError naming the offending key."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
+    _reject_unknown(data, "", {"daemon", "servers"})
+    daemon = _parse_daemon(_table(data, "daemon"))
+    servers_raw = _table(data, "servers")
+    servers = {name: _parse_server(name, _table(servers_raw, name, "servers."))
+               for name in servers_raw}
+    if not servers:
+        servers = {"local": ServerConfig(name="local", kind="local")}
+    return Config(daemon=daemon, servers=servers, source=source)
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Accept a number of seconds or a string such as ``90s``, ``15m``, ``7d``."""
+    if isinstance(value, bool):
+        raise ConfigError(key, "must be a duration such as 30s, 15m or 7d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    else:
+        raise ConfigError(key, f"must be a duration such as 30s, 15m or 7d, not {value!r}")
+    if seconds < 0:
+        raise ConfigError(key, "must not be negative")
+    return seconds
+
+
+def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
+    _reject_unknown(t, "daemon.", {
+        "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
+        "activity_retention", "shutdown_timeout",
+    })
+    d = DaemonConfig()
+    level = _str(t, "log_level", "daemon.", d.log_level).lower()
+    if level not in _LOG_LEVELS:
+        raise ConfigError("daemon.log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    return DaemonConfig(
+        control_socket=_path(t, "control_socket", "daemon.", d.control_socket),
+        control_group=_str(t, "control_group", "daemon.", None) or None,
+        state_dir=_path(t, "state_dir", "daemon.", d.state_dir),
+        metrics_listen=_metrics_listen(t.get("metrics_listen", "127.0.0.1:9811")),
+        log_level=level,
+        activity_retention=parse_duration(
+            t.get("activity_retention", d.activity_retention), "daemon.activity_retention"),
+        shutdown_timeout=parse_duration(
+            t.get("shutdown_timeout", d.shutdown_timeout), "daemon.shutdown_timeout"),
+    )
+
+
+def _metrics_listen(value: Any) -> MetricsListen | None:
+    key = "daemon.metrics_listen"
+    if value is False or value == "off":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(key, 'must be "HOST:PORT" or "off"')
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(key, f'must be "HOST:PORT" or "off", not {value!r}')
+    return MetricsListen(host.strip("[]"), int(port))
+
+
+def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
+    prefix = f"servers.{name}."
+    if not _SERVER_NAME.match(name):
+        raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
+    _reject_unknown(t, prefix, {
+        "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
+        "stateless",
+    })
+    kind = _str(t, "kind", prefix, "local" if name == "local" else "ssh")
+    if kind not in ("local", "ssh"):
+        raise ConfigError(prefix + "kind", 'must be "local" or "ssh"')
+    port = t.get("port", 22)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(prefix + "port", "must be an integer between 1 and 65535")
+    stateless = t.get("stateless", True)
+    if not isinstance(stateless, bool):
+        raise ConfigError(prefix + "stateless", "must be true or false")
+    server = ServerConfig(
+        name=name, kind=kind, host=_str(t, "host", prefix, None), port=port,
+        user=_str(t, "user", prefix, "root"),
+        identity_file=_path(t, "identity_file", prefix, None),
+        known_hosts=_path(t, "known_hosts", prefix, None),
+        zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
+    )
+    if kind == "ssh":
+        for required in ("host", "known_hosts"):
+            if getattr(server, required) is None:
+                raise ConfigError(prefix + required,
+                                  "is required for an ssh server (host keys are always checked)")
+    return server
+
+
+def _table(data: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(prefix + key, "must be a table")
+    return value
+
+
+def _reject_unknown(t: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+    for key in t:
+        if key not in known:
+            raise ConfigError(prefix + key, f"unknown key (known: {', '.join(sorted(known))})")
+
+
+def _str(t: Mapping[str, Any], key: str, prefix: str, default: Any) -> Any:
+    value = t.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(prefix + key, "must be a string")
+    return value
+
+
+def _path(t: Mapping[str, Any], key: str, prefix: str, default: Path | None) -> Any:
+    value = _str(t, key, prefix, None)
+    if value is None:
+        return default
+    path = Path(value)
+    if not path.is_absolute():
+        raise ConfigError(prefix + key, f"must be an absolute path, not {value!r}")
+    return path

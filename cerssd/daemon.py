@@ -1,0 +1,227 @@
+"""The ``cerssd`` daemon: set up, serve, reload on SIGHUP, shut down cleanly on SIGTERM.
+
+Lifecycle (after aiohttp's web_runner): ``setup`` builds everything and binds
+the listeners, ``serve`` waits for a stop signal while housekeeping runs,
+``shutdown`` stops accepting work, checkpoints or cancels activities within the
+configured timeout, closes the journal and removes the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import grp
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import structlog
+from aiohttp import web
+
+from . import __version__, snapshots
+from .api.app import ApiContext, build_app
+from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+from .engine import ActivityEngine
+from .journal import Journal
+from .logs import configure_logging
+from .metrics import CONTENT_TYPE, Metrics
+from .replication import replicate
+from .sdnotify import Notifier, watchdog_interval
+from .servers import ServerRegistry
+
+log = structlog.get_logger("cerssd.daemon")
+
+#: Keys a reload cannot change in a running daemon (listeners, journal, servers' transports).
+RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen")
+
+
+class StartupError(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+        self._lock_file: IO[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def setup(self) -> None:
+        d = self.config.daemon
+        d.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir(d.state_dir)
+        self.journal = Journal(d.journal_path)
+        self.engine = ActivityEngine(self.journal, retention=d.activity_retention)
+        self.servers = ServerRegistry(self.config.servers)
+        await self.servers.probe_all()
+        snapshots.register(self.engine, self.servers)
+        replicate.register(self.engine, self.servers)
+        self.metrics = Metrics(self.engine, self.servers)
+        self.engine.recover()
+        await self._serve_control_socket(d.control_socket)
+        if d.metrics_listen is not None:
+            await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        self._lock_file = open(state_dir / "cerssd.lock", "w")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(f"another cerssd is using {state_dir}") from None
+
+    async def _serve_control_socket(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            if _socket_is_live(path):
+                raise StartupError(f"another daemon is listening on {path}")
+            path.unlink()
+        app = build_app(ApiContext(self.engine, self.servers, self.metrics,
+                                   lambda: self.config))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o660)
+        group = self.config.daemon.control_group
+        if group:
+            try:
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except KeyError:
+                log.warning("control group does not exist; socket left root-only", group=group)
+        self._runners.append(runner)
+        log.info("control socket listening", path=str(path))
+
+    async def _serve_metrics(self, host: str, port: int) -> None:
+        async def scrape(request: web.Request) -> web.Response:
+            return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+        app = web.Application()
+        app.router.add_get("/metrics", scrape)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen for metrics on {host}:{port}: {exc}") from exc
+        self._runners.append(runner)
+        log.info("metrics listening", address=f"{host}:{port}")
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if (interval := watchdog_interval()) is not None:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        self.notifier.notify(ready=1, status="serving")
+        log.info("cerssd ready", version=__version__, pid=os.getpid())
+        await self.stopping.wait()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            pruned = self.engine.prune()
+            if pruned:
+                log.info("pruned finished activities", count=pruned)
+            await asyncio.sleep(min(60.0, max(1.0, self.engine.retention / 10)))
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.notify(watchdog=1)
+            await asyncio.sleep(interval)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; a bad file is logged and the old config kept."""
+        path = self.config.source or DEFAULT_CONFIG_PATH
+        self.notifier.notify(reloading=1, status="reloading config")
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the running config", key=exc.key,
+                      problem=exc.problem, path=str(path))
+            self.notifier.notify(ready=1, status=f"serving (reload failed: {exc})")
+            return
+        unchanged = [k for k in RESTART_KEYS
+                     if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
+        if unchanged or new.servers != self.config.servers:
+            log.warning("some changes take effect only after a restart",
+                        keys=unchanged + (["servers"] if new.servers != self.config.servers
+                                          else []))
+        configure_logging(new.daemon.log_level)
+        self.engine.retention = new.daemon.activity_retention
+        self.config = _keep_restart_keys(new, self.config)
+        log.info("config reloaded", path=str(path))
+        self.notifier.notify(ready=1, status="serving")
+
+    async def shutdown(self) -> None:
+        self.notifier.notify(stopping=1, status="shutting down")
+        log.info("shutting down")
+        for task in self._tasks:
+            task.cancel()
+        for runner in self._runners:
+            await runner.cleanup()  # stop accepting requests first
+        await self.engine.shutdown(self.config.daemon.shutdown_timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.config.daemon.control_socket.unlink()
+        log.info("stopped")
+
+
+def _keep_restart_keys(new: Config, running: Config) -> Config:
+    from dataclasses import replace
+
+    kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
+    return replace(new, daemon=replace(new.daemon, **kept), servers=running.servers)
+
+
+def _socket_is_live(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+async def run(config: Config) -> int:
+    daemon = Daemon(config)
+    try:
+        await daemon.setup()
+    except StartupError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+    try:
+        await daemon.serve()
+    finally:
+        await daemon.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cerssd", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration and exit")
+    parser.add_argument("--version", action="version", version=f"cerssd {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"cerssd: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+    if args.check_config:
+        print(f"cerssd: {args.config} is valid")
+        return
+    configure_logging(config.daemon.log_level)
+    sys.exit(asyncio.run(run(config)))

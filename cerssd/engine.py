@@ -1,0 +1,447 @@
+"""The activity engine: runs backend work as activities the operator can see and steer.
+
+Work is an object with ``run(ctx)`` and ``rollback(ctx)``. The engine owns the
+asyncio task, the state machine (``cerssd.activity``), the journal and the
+control verbs:
+
+* suspend closes the activity's gate: coroutines block in ``ctx.checkpoint()``,
+  threads moving bytes block in ``ctx.flow.wait()``; a sender feeding a pipe then
+  blocks on its own, which is the backpressure the design asks for;
+* resume opens the gate again; nothing restarts;
+* cancel cancels the task (its ``finally`` blocks stop processes) and then runs
+  ``rollback`` so the target is left at its last consistent state.
+
+Work that fails is rolled back too: nothing is left half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, Protocol
+
+import structlog
+
+from .activity import (
+    ActivityRecord,
+    IllegalTransition,
+    LinkHealth,
+    Progress,
+    State,
+    Status,
+    StatusCode,
+    Usage,
+    check_transition,
+)
+from .journal import Journal
+
+log = structlog.get_logger("cerssd.engine")
+
+
+class ActivityError(Exception):
+    """A failure with a status code and a message meant for the operator."""
+
+    def __init__(self, message: str, code: StatusCode = StatusCode.ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UnknownActivity(KeyError):
+    pass
+
+
+class EngineClosed(RuntimeError):
+    pass
+
+
+class Work(Protocol):
+    async def run(self, ctx: ActivityContext) -> None: ...
+
+    async def rollback(self, ctx: ActivityContext) -> None: ...
+
+
+#: Builds the work for an activity from its record (used again after a restart).
+WorkFactory = Callable[[ActivityRecord], Work]
+Listener = Callable[[ActivityRecord, "Activity"], None]
+
+
+class FlowGate:
+    """Open while the activity may make progress; closed while suspended.
+
+    Both an asyncio and a threading event, because bytes are moved by threads
+    (blocking ``splice``) while control happens on the loop.
+    """
+
+    def __init__(self) -> None:
+        self._async = asyncio.Event()
+        self._thread = threading.Event()
+        self.open()
+
+    def open(self) -> None:
+        self._async.set()
+        self._thread.set()
+
+    def close(self) -> None:
+        self._async.clear()
+        self._thread.clear()
+
+    @property
+    def is_open(self) -> bool:
+        return self._thread.is_set()
+
+    async def wait_async(self) -> None:
+        await self._async.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._thread.wait(timeout)
+
+
+class Counters:
+    """Byte counters updated from threads; plain ints are safe under the GIL."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+        self.bytes_on_wire = 0
+        self.retries = 0
+        # Progress measured by a byte-moving thread; merged into the record on snapshot
+        # so that threads never rewrite the record the loop owns.
+        self.done: int | None = None
+        self._rate_mark = (time.monotonic(), 0)
+        self.rate = 0.0
+
+    def sample_rate(self) -> float:
+        now = time.monotonic()
+        then, seen = self._rate_mark
+        if now - then >= 1.0:
+            self.rate = (self.bytes_read - seen) / (now - then)
+            self._rate_mark = (now, self.bytes_read)
+        return self.rate
+
+
+class Activity:
+    """The live side of one activity; ``snapshot()`` gives the immutable record."""
+
+    def __init__(self, record: ActivityRecord) -> None:
+        self.record = record
+        self.gate = FlowGate()
+        self.counters = Counters()
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_requested = False
+        self.shutdown_requested = False
+        self.done = asyncio.Event()
+        self._started_mono: float | None = None
+        self._elapsed_before = record.usage.elapsed_seconds
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def snapshot(self) -> ActivityRecord:
+        r = self.record
+        if r.state.terminal:
+            return r
+        elapsed = self._elapsed_before
+        if self._started_mono is not None:
+            elapsed += time.monotonic() - self._started_mono
+        c = self.counters
+        usage = Usage(elapsed_seconds=round(elapsed, 3), bytes_read=c.bytes_read,
+                      bytes_on_wire=c.bytes_on_wire, retries=c.retries,
+                      rate_bytes_per_second=round(c.sample_rate(), 1))
+        progress = r.progress if c.done is None else r.progress.advanced(c.done)
+        return replace(r, usage=usage, progress=progress)
+
+
+class ActivityContext:
+    """What running work may touch: progress, counters, the gate, link health."""
+
+    def __init__(self, engine: ActivityEngine, activity: Activity) -> None:
+        self._engine = engine
+        self._activity = activity
+        self.flow = activity.gate
+        self.counters = activity.counters
+        self.log = log.bind(activity_id=activity.id, volume=activity.record.volume,
+                            kind=activity.record.kind)
+
+    @property
+    def record(self) -> ActivityRecord:
+        return self._activity.snapshot()
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self._activity.record.params
+
+    async def checkpoint(self) -> None:
+        """Block while the activity is suspended."""
+        await self._activity.gate.wait_async()
+
+    def set_progress(self, done: int, total: int | None = None, *, unit: str | None = None,
+                     estimated: bool | None = None) -> None:
+        p = self._activity.record.progress
+        p = replace(p, total=p.total if total is None else total,
+                    unit=p.unit if unit is None else unit,
+                    estimated=p.estimated if estimated is None else estimated)
+        self._activity.record = replace(self._activity.record, progress=p.advanced(done))
+
+    def remember(self, **params: Any) -> None:
+        """Persist facts a restarted run needs (journaled with the next state change)."""
+        merged = {**self._activity.record.params, **params}
+        self._activity.record = replace(self._activity.record, params=merged)
+        self._engine.persist(self._activity)
+
+    def link_lost(self, link: LinkHealth) -> None:
+        self._activity.counters.retries += 1
+        self._activity.record = replace(self._activity.record, link=link)
+        if self._activity.record.state == State.RUNNING:
+            self._engine.transition(self._activity, State.RETRYING)
+        else:
+            self._engine.persist(self._activity)
+
+    def link_up(self, server: str) -> None:
+        self._activity.record = replace(self._activity.record, link=LinkHealth(server=server))
+        if self._activity.record.state == State.RETRYING:
+            self._engine.transition(self._activity, State.RUNNING)
+
+
+class ActivityEngine:
+    def __init__(self, journal: Journal, *, retention: float = 7 * 86400.0) -> None:
+        self.journal = journal
+        self.retention = retention
+        self._activities: dict[str, Activity] = {}
+        self._factories: dict[str, WorkFactory] = {}
+        self._listeners: list[Listener] = []
+        self._closed = False
+        # Activities restarted from the journal that were suspended when the daemon stopped.
+        self._pending_suspend: set[str] = set()
+
+    # -- registration -------------------------------------------------------------
+    def register(self, kind: str, factory: WorkFactory) -> None:
+        self._factories[kind] = factory
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    # -- queries --------------------------------------------------------------------
+    def get(self, activity_id: str) -> Activity:
+        try:
+            return self._activities[activity_id]
+        except KeyError:
+            raise UnknownActivity(activity_id) from None
+
+    def activities(self) -> Iterable[Activity]:
+        return list(self._activities.values())
+
+    # -- lifecycle ------------------------------------------------------------------
+    def recover(self) -> list[ActivityRecord]:
+        """Load the journal: restart self-restarting work, fail the rest. Returns restarted."""
+        restarted = []
+        for record in self.journal.load():
+            if record.state.terminal:
+                self._activities[record.id] = Activity(record)
+                continue
+            if record.self_restarting and record.kind in self._factories:
+                was_suspended = record.state == State.SUSPENDED
+                fresh = replace(record, state=State.PENDING, restarts=record.restarts + 1,
+                                link=None)
+                activity = self._start(fresh)
+                if was_suspended:
+                    activity.gate.close()
+                    self._pending_suspend.add(activity.id)
+                restarted.append(fresh)
+                log.info("activity restarted after daemon restart", activity_id=record.id,
+                         kind=record.kind, volume=record.volume)
+            else:
+                failed = replace(record, state=State.FAILED, finished_at=time.time(),
+                                 status=Status(StatusCode.INTERRUPTED,
+                                               "interrupted by daemon restart"))
+                self._activities[record.id] = Activity(failed)
+                self.journal.save(failed)
+                log.warning("activity interrupted by daemon restart", activity_id=record.id,
+                            kind=record.kind, volume=record.volume)
+        return restarted
+
+    def submit(self, kind: str, *, volume: str | None = None, source: str | None = None,
+               target: str | None = None, params: dict[str, Any] | None = None,
+               self_restarting: bool = False, progress: Progress | None = None,
+               ) -> ActivityRecord:
+        if self._closed:
+            raise EngineClosed("the daemon is shutting down; no new work is accepted")
+        if kind not in self._factories:
+            raise ValueError(f"no work registered for activity kind {kind!r}")
+        record = ActivityRecord(
+            id=uuid.uuid4().hex[:16], kind=kind, volume=volume, source=source, target=target,
+            created_at=time.time(), params=params or {}, self_restarting=self_restarting,
+            progress=progress or Progress())
+        return self._start(record).snapshot()
+
+    def _start(self, record: ActivityRecord) -> Activity:
+        activity = Activity(record)
+        self._activities[record.id] = activity
+        self.persist(activity)
+        self._notify(activity)
+        work = self._factories[record.kind](record)
+        activity.task = asyncio.get_running_loop().create_task(
+            self._run(activity, work), name=f"activity-{record.id}")
+        return activity
+
+    async def _run(self, activity: Activity, work: Work) -> None:
+        ctx = ActivityContext(self, activity)
+        try:
+            await asyncio.sleep(0)  # let submit() return the pending record first
+            activity._started_mono = time.monotonic()
+            activity.record = replace(activity.record, started_at=time.time())
+            self.transition(activity, State.RUNNING)
+            if activity.id in self._pending_suspend:
+                self._pending_suspend.discard(activity.id)
+                self.transition(activity, State.SUSPENDED)
+            await work.run(ctx)
+        except asyncio.CancelledError:
+            await self._after_cancel(activity, work, ctx)
+        except ActivityError as exc:
+            await self._fail(activity, work, ctx, exc.code, exc.message)
+        except Exception as exc:
+            ctx.log.exception("activity failed")
+            await self._fail(activity, work, ctx, StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+        else:
+            self._finish(activity, State.SUCCEEDED, Status(StatusCode.OK, "succeeded"))
+        finally:
+            activity.done.set()
+
+    async def _after_cancel(self, activity: Activity, work: Work, ctx: ActivityContext) -> None:
+        state = activity.record.state
+        if state.terminal:  # a pending activity that cancel() already finished
+            return
+        if activity.shutdown_requested and activity.record.self_restarting:
+            # Left non-terminal in the journal on purpose: the next daemon restarts it.
+            await self._rollback(work, ctx)
+            ctx.log.info("activity checkpointed for restart at shutdown")
+            return
+        reason = (Status(StatusCode.INTERRUPTED, "interrupted by daemon shutdown")
+                  if activity.shutdown_requested
+                  else Status(StatusCode.CANCELLED, "cancelled by operator; rolled back"))
+        if state == State.PENDING:  # never started: nothing to roll back
+            self._finish(activity, State.CANCELLED, reason)
+            return
+        if state != State.CANCELLING:
+            self.transition(activity, State.CANCELLING)
+        problem = await self._rollback(work, ctx)
+        if problem:
+            self._finish(activity, State.FAILED,
+                         Status(StatusCode.ROLLBACK_FAILED, f"rollback failed: {problem}"))
+        else:
+            self._finish(activity, State.CANCELLED, reason)
+
+    async def _fail(self, activity: Activity, work: Work, ctx: ActivityContext,
+                    code: int, message: str) -> None:
+        problem = await self._rollback(work, ctx)
+        if problem:
+            message = f"{message}; rollback also failed: {problem}"
+        self._finish(activity, State.FAILED, Status(code, message))
+
+    @staticmethod
+    async def _rollback(work: Work, ctx: ActivityContext) -> str | None:
+        try:
+            await asyncio.shield(work.rollback(ctx))
+        except Exception as exc:
+            ctx.log.exception("rollback failed")
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _finish(self, activity: Activity, state: State, status: Status) -> None:
+        final = activity.snapshot()
+        if state == State.SUCCEEDED and final.progress.total == 0 and final.progress.done:
+            final = replace(final, progress=replace(final.progress, total=final.progress.done))
+        activity.record = replace(final, status=status, finished_at=time.time())
+        self.transition(activity, state)
+        activity.record = activity.snapshot()
+
+    def transition(self, activity: Activity, state: State) -> None:
+        check_transition(activity.id, activity.record.state, state)
+        activity.record = replace(activity.record, state=state)
+        self.persist(activity)
+        self._notify(activity)
+        log.info("activity state", activity_id=activity.id, volume=activity.record.volume,
+                 kind=activity.record.kind, state=str(state),
+                 status=activity.record.status.message if activity.record.status else None)
+
+    def persist(self, activity: Activity) -> None:
+        self.journal.save(activity.snapshot())
+
+    def _notify(self, activity: Activity) -> None:
+        record = activity.snapshot()
+        for listener in self._listeners:
+            listener(record, activity)
+
+    # -- control verbs ---------------------------------------------------------------
+    async def suspend(self, activity_id: str) -> ActivityRecord:
+        activity = self.get(activity_id)
+        check_transition(activity.id, activity.record.state, State.SUSPENDED)
+        activity.gate.close()
+        self.transition(activity, State.SUSPENDED)
+        return activity.snapshot()
+
+    async def resume(self, activity_id: str) -> ActivityRecord:
+        activity = self.get(activity_id)
+        if activity.record.state != State.SUSPENDED:
+            raise IllegalTransition(activity.id, activity.record.state, State.RUNNING)
+        self.transition(activity, State.RUNNING)
+        activity.gate.open()
+        return activity.snapshot()
+
+    async def cancel(self, activity_id: str) -> ActivityRecord:
+        activity = self.get(activity_id)
+        state = activity.record.state
+        if state == State.PENDING:
+            activity.cancel_requested = True
+            self._finish(activity, State.CANCELLED,
+                         Status(StatusCode.CANCELLED, "cancelled before it started"))
+            if activity.task:
+                activity.task.cancel()
+            return activity.snapshot()
+        check_transition(activity.id, state, State.CANCELLING)
+        activity.cancel_requested = True
+        self.transition(activity, State.CANCELLING)
+        if activity.task:
+            activity.task.cancel()
+        return activity.snapshot()
+
+    async def wait(self, activity_id: str, timeout: float | None = None) -> ActivityRecord:
+        activity = self.get(activity_id)
+        await asyncio.wait_for(activity.done.wait(), timeout)
+        return activity.snapshot()
+
+    def prune(self, now: float | None = None) -> int:
+        cutoff = (now or time.time()) - self.retention
+        gone = [a.id for a in self._activities.values()
+                if a.record.finished_at is not None and a.record.finished_at < cutoff]
+        for activity_id in gone:
+            del self._activities[activity_id]
+        self.journal.prune(cutoff)
+        return len(gone)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop taking work; checkpoint self-restarting activities, cancel the rest."""
+        self._closed = True
+        running = [a for a in self._activities.values()
+                   if a.task is not None and not a.task.done()]
+        for activity in running:
+            activity.shutdown_requested = True
+            if activity.record.state not in (State.PENDING, State.CANCELLING) \
+                    and not activity.record.self_restarting:
+                self.transition(activity, State.CANCELLING)
+            activity.gate.open()
+            assert activity.task is not None
+            activity.task.cancel()
+        tasks = [a.task for a in running if a.task is not None]
+        if tasks:
+            _, still = await asyncio.wait(tasks, timeout=timeout)
+            for task in still:
+                log.error("activity did not stop within the shutdown timeout",
+                          task=task.get_name())
+        with contextlib.suppress(Exception):
+            self.journal.close()

@@ -1,0 +1,117 @@
+"""Prometheus metrics, read from the engine and the servers at scrape time.
+
+A custom collector rather than gauges updated on every change: the engine is
+the single source of truth, so a scrape can never disagree with the API. The
+only state kept here is what the engine forgets: totals of finished work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .activity import ActivityRecord, State
+from .engine import Activity, ActivityEngine
+from .servers import ServerRegistry
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class DaemonCollector(Collector):
+    def __init__(self, engine: ActivityEngine, servers: ServerRegistry) -> None:
+        self.engine = engine
+        self.servers = servers
+        self.started = time.time()
+        self.finished: Tally[tuple[str, str]] = Tally()
+        self.finished_bytes: Tally[str] = Tally()
+        engine.add_listener(self._on_change)
+
+    def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
+        if record.state.terminal:
+            self.finished[(record.kind, str(record.state))] += 1
+            self.finished_bytes[record.kind] += record.usage.bytes_read
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("cerssd_info", "cerssd build information", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        start = GaugeMetricFamily("cerssd_start_time_seconds",
+                                  "Unix time the daemon started")
+        start.add_metric([], self.started)
+        yield start
+        yield from self._activities()
+        yield from self._servers()
+
+    def _activities(self) -> Iterator[Metric]:
+        records = [a.snapshot() for a in self.engine.activities()]
+        by_state = GaugeMetricFamily("cerssd_activities", "Activities known, by kind and state",
+                                     labels=["kind", "state"])
+        counts = Tally((r.kind, str(r.state)) for r in records)
+        for (kind, state), n in sorted(counts.items()):
+            by_state.add_metric([kind, state], n)
+        yield by_state
+        finished = CounterMetricFamily("cerssd_activities_finished",
+                                       "Activities that reached a terminal state",
+                                       labels=["kind", "state"])
+        for (kind, state), n in sorted(self.finished.items()):
+            finished.add_metric([kind, state], n)
+        yield finished
+        moved = CounterMetricFamily("cerssd_bytes_moved", "Bytes read from sources by activities",
+                                    labels=["kind"])
+        live = Tally[str]()
+        for r in records:
+            if not r.state.terminal:
+                live[r.kind] += r.usage.bytes_read
+        for kind in sorted(set(live) | set(self.finished_bytes)):
+            moved.add_metric([kind], live[kind] + self.finished_bytes[kind])
+        yield moved
+        yield from self._progress([r for r in records if not r.state.terminal])
+
+    def _progress(self, running: list[ActivityRecord]) -> Iterator[Metric]:
+        labels = ["id", "kind", "volume", "unit"]
+        done = GaugeMetricFamily("cerssd_activity_progress_done",
+                                 "Progress n of a running activity", labels=labels)
+        total = GaugeMetricFamily("cerssd_activity_progress_total",
+                                  "Progress m of a running activity (0 = open-ended)",
+                                  labels=labels)
+        suspended = GaugeMetricFamily("cerssd_activity_suspended",
+                                      "1 while the activity is suspended", labels=labels)
+        for r in running:
+            values = [r.id, r.kind, r.volume or "", r.progress.unit]
+            done.add_metric(values, r.progress.done)
+            total.add_metric(values, r.progress.total)
+            suspended.add_metric(values, 1 if r.state == State.SUSPENDED else 0)
+        yield done
+        yield total
+        yield suspended
+
+    def _servers(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("cerssd_server_available",
+                               "1 when the server's backend answered its capability probe",
+                               labels=["server"])
+        caps = GaugeMetricFamily("cerssd_server_capability",
+                                 "Capabilities published per server (1 = has it)",
+                                 labels=["server", "capability"])
+        for name, entry in sorted(self.servers.entries.items()):
+            up.add_metric([name], 0 if entry.probe_error or entry.backend is None else 1)
+            if entry.backend is not None:
+                for cap, value in sorted(entry.backend.capabilities.to_json().items()):
+                    caps.add_metric([name, cap], 1 if value else 0)
+        yield up
+        yield caps
+
+
+class Metrics:
+    def __init__(self, engine: ActivityEngine, servers: ServerRegistry) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = DaemonCollector(engine, servers)
+        self.registry.register(self.collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Replication: planning, the transfer pipeline, and the flows built on them."""

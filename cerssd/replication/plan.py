@@ -1,0 +1,112 @@
+"""Planning a snapshot replication: which stream to send, or which conflict to report.
+
+Pure logic over snapshot lists (oldest first) so every rule is unit-tested. The
+common base is matched by **guid**, never by name alone: a snapshot recreated
+under an old name is a different snapshot. Nothing here destroys anything; a
+situation that would need destruction on the target becomes a typed conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..backends.base import Snapshot
+
+
+class ReplicationConflict(Exception):
+    """The replication cannot proceed as asked; ``message`` says why and what to do."""
+
+    code = "conflict"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SourceSnapshotMissing(ReplicationConflict):
+    code = "source-snapshot-missing"
+
+
+class NoCommonSnapshot(ReplicationConflict):
+    code = "no-common-snapshot"
+
+
+class TargetDiverged(ReplicationConflict):
+    code = "target-diverged"
+
+
+class TargetExists(ReplicationConflict):
+    code = "target-exists"
+
+
+class TargetPoolMissing(ReplicationConflict):
+    code = "target-pool-missing"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``mode`` is ``full``, ``incremental`` or ``up-to-date``."""
+
+    mode: str
+    snapshot: Snapshot
+    base: Snapshot | None
+    target_volume: str
+    intermediates: bool = False
+
+    @property
+    def target_snapshot(self) -> str:
+        return f"{self.target_volume}@{self.snapshot.label}"
+
+
+def plan_replication(
+    *,
+    snapshot_name: str,
+    source_snapshots: Sequence[Snapshot],
+    target_volume: str,
+    target_exists: bool,
+    target_snapshots: Sequence[Snapshot],
+    force_full_copy: bool = False,
+    intermediates: bool = False,
+) -> Plan:
+    snap = next((s for s in source_snapshots if s.name == snapshot_name), None)
+    if snap is None:
+        raise SourceSnapshotMissing(f"snapshot {snapshot_name} does not exist on the source")
+    if any(t.guid == snap.guid for t in target_snapshots):
+        return Plan("up-to-date", snap, snap, target_volume)
+    if force_full_copy or not target_exists:
+        if target_exists:
+            raise TargetExists(
+                f"{target_volume} already exists on the destination; a full copy would "
+                "replace it: ask for overwrite explicitly, or drop force_full_copy")
+        return Plan("full", snap, None, target_volume)
+    base = newest_common(source_snapshots, snap, target_snapshots)
+    if base is None:
+        raise NoCommonSnapshot(
+            f"{target_volume} exists on the destination but shares no snapshot (by guid) "
+            f"with {snap.volume}; nothing was sent. Replicate into a new volume, or use "
+            "force_full_copy with overwrite")
+    newer = _after(target_snapshots, base.guid)
+    if newer:
+        raise TargetDiverged(
+            f"{target_volume} has snapshots newer than the common base {base.label}: "
+            f"{', '.join(s.label for s in newer)}; nothing was sent or destroyed")
+    return Plan("incremental", snap, base, target_volume, intermediates)
+
+
+def newest_common(source: Sequence[Snapshot], upto: Snapshot,
+                  target: Sequence[Snapshot]) -> Snapshot | None:
+    """The newest source snapshot, no newer than ``upto``, whose guid the target has."""
+    target_guids = {t.guid for t in target}
+    candidates = source[: source.index(upto)]
+    for snap in reversed(candidates):
+        if snap.guid in target_guids:
+            return snap
+    return None
+
+
+def _after(snapshots: Sequence[Snapshot], guid: str) -> list[Snapshot]:
+    for i, snap in enumerate(snapshots):
+        if snap.guid == guid:
+            return list(snapshots[i + 1:])
+    return []

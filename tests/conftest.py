@@ -1,0 +1,219 @@
+"""Fixtures that start what the tests need and clean up by pid.
+
+* ``zfs_fuse``: the zfs-fuse daemon, started only if none answers, stopped after.
+* ``make_pool``: pools on sparse files with unique names, destroyed after.
+* ``start_daemon``: a real ``cerssd`` process with its own socket, state and
+  config; readiness is awaited through the systemd notify protocol (READY=1),
+  the same signal systemd waits for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerssd.cli import Client
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def zfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["zfs", *args], capture_output=True, text=True, check=check)
+
+
+def zpool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["zpool", *args], capture_output=True, text=True, check=check)
+
+
+def _zfs_answers() -> bool:
+    if shutil.which("zpool") is None:
+        return False
+    return zpool("list", "-H", check=False).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    if shutil.which("zfs-fuse") is None:
+        pytest.fail("zfs-fuse is not installed: run .ci/run or `apt-get install zfs-fuse`")
+    if _zfs_answers():
+        yield
+        return
+    pidfile = tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.pid"
+    subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=True)
+    wait_until(_zfs_answers, 30, what="zfs-fuse to answer")
+    yield
+    with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def make_pool(zfs_fuse: None) -> Iterator[Callable[..., str]]:
+    created: list[tuple[str, Path]] = []
+    root = Path(tempfile.mkdtemp(prefix="cerssd-pools-"))
+
+    def make(size: str = "512M") -> str:
+        name = f"ct{uuid.uuid4().hex[:8]}"
+        image = root / f"{name}.img"
+        subprocess.run(["truncate", "-s", size, str(image)], check=True)
+        zpool("create", "-m", f"/{name}", name, str(image))
+        created.append((name, image))
+        return name
+
+    yield make
+    for name, image in reversed(created):
+        zpool("destroy", "-f", name, check=False)
+        image.unlink(missing_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pool(make_pool: Callable[..., str]) -> str:
+    return make_pool()
+
+
+def write_file(path: Path | str, mib: int) -> None:
+    """Incompressible data, so stream sizes are what the test expects."""
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+
+
+@dataclass
+class DaemonProcess:
+    proc: subprocess.Popen[bytes]
+    config_path: Path
+    socket_path: Path
+    state_dir: Path
+    log_path: Path
+    notify: socket.socket
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def client(self) -> Client:
+        return Client(str(self.socket_path))
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.client.request(method, path, body)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def next_notify(self, timeout: float = 30.0) -> str:
+        self.notify.settimeout(timeout)
+        data = self.notify.recv(4096).decode()
+        self.messages.append(data)
+        return data
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cerssd exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if "READY=1" in self.next_notify(0.5):
+                    return
+            except TimeoutError:
+                continue
+        raise AssertionError(f"cerssd did not become ready:\n{self.log()}")
+
+    def wait_activity(self, activity_id: str, predicate: Callable[[dict[str, Any]], bool],
+                      timeout: float = 60.0, what: str = "activity state") -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            a = self.api("GET", f"/v1/activities/{activity_id}")
+            return a if predicate(a) else None
+
+        result: dict[str, Any] = wait_until(check, timeout, what=what)
+        return result
+
+    def wait_done(self, activity_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        return self.wait_activity(
+            activity_id, lambda a: a["state"] in ("succeeded", "failed", "cancelled"),
+            timeout, what=f"activity {activity_id} to finish")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def write_config(path: Path, *, socket_path: Path, state_dir: Path, extra: str = "",
+                 daemon_extra: str = "", metrics: str = "off") -> Path:
+    path.write_text(
+        "[daemon]\n"
+        f'control_socket = "{socket_path}"\n'
+        f'state_dir = "{state_dir}"\n'
+        f'metrics_listen = "{metrics}"\n'
+        f"{daemon_extra}\n"
+        f"{extra}\n")
+    return path
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., DaemonProcess]]:
+    daemons: list[DaemonProcess] = []
+    # Unix socket paths are limited to 108 bytes; pytest's tmp paths can be long.
+    short = Path(tempfile.mkdtemp(prefix="cerssd-"))
+    short.chmod(0o755)
+
+    def start(*, extra: str = "", daemon_extra: str = "", metrics: str = "off",
+              config_path: Path | None = None, state_dir: Path | None = None,
+              wait: bool = True) -> DaemonProcess:
+        n = len(daemons)
+        socket_path = short / f"control{n}.sock"
+        state = state_dir or tmp_path / "state"
+        if config_path is None:
+            config_path = write_config(tmp_path / f"cerssd{n}.toml", socket_path=socket_path,
+                                       state_dir=state, extra=extra,
+                                       daemon_extra=daemon_extra, metrics=metrics)
+        notify_path = short / f"notify{n}.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        log_path = tmp_path / f"cerssd{n}.log"
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config",
+                                     str(config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, cwd=REPO)
+        d = DaemonProcess(proc, config_path, socket_path, state, log_path, notify)
+        daemons.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+
+    yield start
+    for d in daemons:
+        d.stop()
+        d.notify.close()
+    shutil.rmtree(short, ignore_errors=True)

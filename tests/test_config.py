@@ -1,0 +1,99 @@
+"""Configuration: the example loads, every error names its key, the daemon exits 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cerssd.config import EX_CONFIG, ConfigError, load_config, parse_config, parse_duration
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_loads() -> None:
+    cfg = load_config(REPO / "etc" / "cerssd.toml")
+    assert cfg.daemon.control_socket == Path("/run/cerssd/control.sock")
+    assert cfg.daemon.metrics_listen is not None and cfg.daemon.metrics_listen.port == 9811
+    assert "local" in cfg.servers
+    assert all(s.kind in ("local", "ssh") for s in cfg.servers.values())
+
+
+def test_defaults_without_servers_give_local() -> None:
+    cfg = parse_config({})
+    assert list(cfg.servers) == ["local"]
+    assert cfg.daemon.activity_retention == 7 * 86400
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"daemon": {"log_level": "loud"}}, "daemon.log_level"),
+    ({"daemon": {"metrics_listen": "nowhere"}}, "daemon.metrics_listen"),
+    ({"daemon": {"metrics_listen": "127.0.0.1:99999"}}, "daemon.metrics_listen"),
+    ({"daemon": {"state_dir": "relative/dir"}}, "daemon.state_dir"),
+    ({"daemon": {"activity_retention": "soon"}}, "daemon.activity_retention"),
+    ({"daemon": {"shutdown_timeout": -1}}, "daemon.shutdown_timeout"),
+    ({"daemon": {"colour": "blue"}}, "daemon.colour"),
+    ({"daemon": "x"}, "daemon"),
+    ({"servers": {"b1": {"kind": "ssh", "known_hosts": "/k"}}}, "servers.b1.host"),
+    ({"servers": {"b1": {"kind": "ssh", "host": "h"}}}, "servers.b1.known_hosts"),
+    ({"servers": {"b1": {"kind": "ftp"}}}, "servers.b1.kind"),
+    ({"servers": {"b1": {"kind": "ssh", "host": "h", "known_hosts": "/k", "port": 0}}},
+     "servers.b1.port"),
+    ({"servers": {"b1": {"kind": "local", "stateless": "yes"}}}, "servers.b1.stateless"),
+    ({"servers": {"bad name": {"kind": "local"}}}, "servers.bad name"),
+    ({"extra": 1}, "extra"),
+])
+def test_errors_name_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: ")
+
+
+def test_durations() -> None:
+    assert parse_duration("90s", "k") == 90
+    assert parse_duration("15m", "k") == 900
+    assert parse_duration("2h", "k") == 7200
+    assert parse_duration("7d", "k") == 604800
+    assert parse_duration(12, "k") == 12
+    with pytest.raises(ConfigError):
+        parse_duration(True, "k")
+
+
+def test_ssh_server_parsed() -> None:
+    cfg = parse_config({"servers": {"b1": {"host": "192.0.2.2", "known_hosts": "/etc/k",
+                                           "identity_file": "/etc/id", "port": 2222}}})
+    b1 = cfg.servers["b1"]
+    assert (b1.kind, b1.host, b1.port, str(b1.identity_file)) == ("ssh", "192.0.2.2", 2222,
+                                                                  "/etc/id")
+
+
+def run_daemon(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cerssd", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_daemon_exits_78_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[daemon]\nlog_level = "loud"\n')
+    result = run_daemon(bad)
+    assert result.returncode == EX_CONFIG
+    assert "daemon.log_level" in result.stderr and "must be one of" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_daemon_exits_78_on_toml_syntax_and_missing_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[daemon\n")
+    assert run_daemon(broken).returncode == EX_CONFIG
+    missing = run_daemon(tmp_path / "missing.toml")
+    assert missing.returncode == EX_CONFIG and "cannot read" in missing.stderr
+
+
+def test_check_config_flag(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[daemon]\n")
+    result = run_daemon(good, "--check-config")
+    assert result.returncode == 0 and "is valid" in result.stdout

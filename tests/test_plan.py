@@ -1,0 +1,69 @@
+"""Replication planning: base by guid, full/incremental, and each typed conflict."""
+
+from __future__ import annotations
+
+import pytest
+
+from cerssd.backends.base import Snapshot
+from cerssd.replication.plan import (
+    NoCommonSnapshot,
+    SourceSnapshotMissing,
+    TargetDiverged,
+    TargetExists,
+    plan_replication,
+)
+
+
+def snap(volume: str, label: str, guid: str) -> Snapshot:
+    return Snapshot(name=f"{volume}@{label}", volume=volume, label=label, guid=guid,
+                    creation=0, used=0, referenced=0, userrefs=0)
+
+
+SRC = [snap("p/v", "s1", "g1"), snap("p/v", "s2", "g2"), snap("p/v", "s3", "g3")]
+
+
+def plan(snapshot: str = "p/v@s3", target: list[Snapshot] | None = None, exists: bool = True,
+         **kw: bool):
+    return plan_replication(snapshot_name=snapshot, source_snapshots=SRC, target_volume="q/v",
+                            target_exists=exists, target_snapshots=target or [], **kw)
+
+
+def test_full_when_target_absent() -> None:
+    p = plan(exists=False)
+    assert (p.mode, p.base, p.target_snapshot) == ("full", None, "q/v@s3")
+
+
+def test_incremental_from_newest_common_by_guid() -> None:
+    p = plan(target=[snap("q/v", "s1", "g1"), snap("q/v", "s2", "g2")])
+    assert p.mode == "incremental" and p.base is not None and p.base.label == "s2"
+
+
+def test_same_name_different_guid_is_not_common() -> None:
+    # the target's s1 was recreated under the old name: it is not a base
+    with pytest.raises(NoCommonSnapshot):
+        plan(target=[snap("q/v", "s1", "OTHER")])
+
+
+def test_up_to_date() -> None:
+    assert plan(target=[snap("q/v", "s3", "g3")]).mode == "up-to-date"
+
+
+def test_source_snapshot_missing() -> None:
+    with pytest.raises(SourceSnapshotMissing):
+        plan("p/v@nope", exists=False)
+
+
+def test_no_common_snapshot_but_target_exists() -> None:
+    with pytest.raises(NoCommonSnapshot, match="shares no snapshot"):
+        plan(target=[snap("q/v", "other", "g7")])
+
+
+def test_target_newer_than_base_is_diverged() -> None:
+    with pytest.raises(TargetDiverged, match="newer than the common base s1"):
+        plan(target=[snap("q/v", "s1", "g1"), snap("q/v", "mine", "g8")])
+
+
+def test_force_full_copy_needs_absent_target() -> None:
+    assert plan(exists=False, force_full_copy=True).mode == "full"
+    with pytest.raises(TargetExists):
+        plan(target=[snap("q/v", "s1", "g1")], force_full_copy=True)
