@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from cerssd.cli import Client
+from cerssd.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,10 @@ def make_pool(zfs_fuse: None) -> Iterator[Callable[..., str]]:
 
     yield make
     for name, image in reversed(created):
-        zpool("destroy", "-f", name, check=False)
+        # zfs-fuse calls a pool busy for a moment after its datasets were used
+        wait_until(lambda n=name: zpool("destroy", "-f", n, check=False).returncode == 0
+                   or zpool("list", n, check=False).returncode != 0,
+                   30, interval=0.2, what=f"test pool {name} to be destroyed")
         image.unlink(missing_ok=True)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -193,7 +197,10 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
         n = len(daemons)
         socket_path = short / f"control{n}.sock"
         state = state_dir or tmp_path / "state"
-        if config_path is None:
+        if config_path is not None:  # reuse another daemon's config: its socket and state
+            cfg = load_config(config_path)
+            socket_path, state = cfg.daemon.control_socket, cfg.daemon.state_dir
+        else:
             config_path = write_config(tmp_path / f"cerssd{n}.toml", socket_path=socket_path,
                                        state_dir=state, extra=extra,
                                        daemon_extra=daemon_extra, metrics=metrics)
@@ -217,3 +224,29 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
         d.stop()
         d.notify.close()
     shutil.rmtree(short, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    content_type: str
+    body: Any
+
+
+def raw_request(socket_path: Path | str, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> RawResponse:
+    """One HTTP request on the unix socket, returning status, content type and parsed body."""
+    import json
+
+    from cerssd.cli import UnixHTTPConnection
+
+    conn = UnixHTTPConnection(str(socket_path))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+    finally:
+        conn.close()
+    ctype = response.getheader("Content-Type", "")
+    parsed: Any = json.loads(data) if "json" in ctype else data.decode()
+    return RawResponse(response.status, ctype, parsed)

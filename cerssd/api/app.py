@@ -96,6 +96,10 @@ class ControlApi:
             "version": __version__, "pid": os.getpid(), "started_at": self.ctx.started_at,
             "uptime_seconds": round(time.time() - self.ctx.started_at, 3),
             "config": str(cfg.source) if cfg.source else None,
+            "daemon": {"log_level": cfg.daemon.log_level,
+                       "control_group": cfg.daemon.control_group,
+                       "activity_retention": cfg.daemon.activity_retention,
+                       "shutdown_timeout": cfg.daemon.shutdown_timeout},
             "activities": by_state,
             "servers": {n: e.probe_error is None and e.backend is not None
                         for n, e in self.ctx.servers.entries.items()},

@@ -18,7 +18,7 @@ from .names import validate_snapshot, validate_snapshot_label, validate_volume
 from .runner import CommandFailed, Runner
 
 _VOLUME_PROPS = "type,guid,creation,used,referenced"
-_SNAPSHOT_PROPS = "type,guid,creation,used,referenced,userrefs"
+_SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,19 @@ class ZfsUsage:
 def parse_usage(text: str) -> ZfsUsage:
     commands: set[str] = set()
     lines: dict[str, list[str]] = defaultdict(list)
+    current: str | None = None
     for raw in text.splitlines():
         line = raw.strip()
+        if not raw.startswith(("\t", " ")) or not line:
+            current = None
+            continue
         m = re.match(r"^([a-z]+)\b", line)
-        if m and raw.startswith(("\t", " ")):
-            commands.add(m.group(1))
-            lines[m.group(1)].append(line)
+        if m:
+            current = m.group(1)
+            commands.add(current)
+            lines[current].append(line)
+        elif current is not None:  # a continuation line of the command above
+            lines[current][-1] += " " + line
     list_line = " ".join(lines.get("list", []))
     m = re.search(r"list \[-([A-Za-z]+)\]", list_line)
     return ZfsUsage(
@@ -149,18 +156,18 @@ class ZfsBackend:
                       used=_int(p.get("used")), referenced=_int(p.get("referenced")))
 
     async def snapshots(self, volume: str) -> list[Snapshot]:
-        """Snapshots of ``volume`` oldest first (zfs lists them in creation order)."""
+        """Snapshots of ``volume`` oldest first (by creation txg: creation has 1 s steps)."""
         validate_volume(volume)
         rows = await self._props(_SNAPSHOT_PROPS, volume, depth=1)
-        snaps = []
+        snaps: list[tuple[int, Snapshot]] = []
         for name, p in rows.items():
             vol, at, label = name.partition("@")
             if at and vol == volume and p.get("type") == "snapshot":
-                snaps.append(Snapshot(name=name, volume=vol, label=label, guid=p["guid"],
-                                      creation=int(p["creation"]), used=_int(p.get("used")),
-                                      referenced=_int(p.get("referenced")),
-                                      userrefs=_int(p.get("userrefs"))))
-        return snaps
+                snaps.append((_int(p.get("createtxg")), Snapshot(
+                    name=name, volume=vol, label=label, guid=p["guid"],
+                    creation=int(p["creation"]), used=_int(p.get("used")),
+                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")))))
+        return [snap for _, snap in sorted(snaps, key=lambda pair: pair[0])]
 
     async def snapshot(self, name: str) -> Snapshot:
         snap = validate_snapshot(name)
@@ -199,6 +206,10 @@ class ZfsBackend:
     def receive_argv(self, target_volume: str) -> list[str]:
         validate_volume(target_volume)
         return [self._zfs, "receive", target_volume]
+
+    async def set_readonly(self, volume: str, readonly: bool = True) -> None:
+        validate_volume(volume)
+        await self._run("set", f"readonly={'on' if readonly else 'off'}", volume)
 
     async def destroy_volume(self, volume: str) -> None:
         validate_volume(volume)

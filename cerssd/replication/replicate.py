@@ -12,11 +12,19 @@ tokens; resumable receives come with the OpenZFS tier).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
 from ..activity import ActivityRecord, StatusCode
-from ..backends.base import BackendError, NotFound
+from ..backends.base import BackendError, Busy, NotFound
 from ..backends.names import validate_snapshot, validate_volume
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
@@ -94,6 +102,8 @@ class ReplicateWork:
         src = self.servers.backend(self.req.source)
         dst = self.servers.backend(self.req.destination)
         await ctx.checkpoint()
+        if self.target_created:  # a restart after a full receive was cut off
+            await self._remove_partial_target(ctx)
         try:
             plan = await make_plan(self.req, src, dst)
         except ReplicationConflict as exc:
@@ -115,6 +125,10 @@ class ReplicateWork:
         ctx.counters.done = 0
         moved = await self._transfer(ctx, sender, receiver)
         await self._verify(plan, dst)
+        if plan.mode == "full":
+            # A replica is a standby: read-only, so that not even atime updates make it
+            # diverge from the master (failover makes it writable).
+            await dst.set_readonly(plan.target_volume)
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
 
@@ -143,19 +157,28 @@ class ReplicateWork:
     async def rollback(self, ctx: ActivityContext) -> None:
         """Both ends are already stopped; an aborted receive leaves the target as it was.
 
-        A full receive that was cut off can leave a new, empty volume behind on some ZFS
-        versions; it is removed only if this activity created it and it holds no snapshot.
+        A full receive that was cut off can leave a new, empty volume behind (zfs-fuse
+        does, and cleans it up asynchronously); it is removed if this activity created it.
         """
-        if not self.target_created:
-            return
+        if self.target_created:
+            await self._remove_partial_target(ctx)
+
+    async def _remove_partial_target(self, ctx: ActivityContext) -> None:
+        """Remove the target volume this activity created, if it holds no snapshot."""
         dst = self.servers.backend(self.req.destination)
+        volume = self.req.target_volume
         try:
-            if await dst.exists(self.req.target_volume) and not await dst.snapshots(
-                    self.req.target_volume):
-                await dst.destroy_volume(self.req.target_volume)
-                ctx.log.info("removed the partial target", target=self.req.target_volume)
+            # Right after the receiver is killed ZFS may still be cleaning up the partial
+            # receive itself (busy), and may finish that first (gone).
+            async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
+                    wait=wait_exponential(multiplier=0.1, max=2), reraise=True):
+                with attempt, contextlib.suppress(NotFound):
+                    if await dst.exists(volume) and not await dst.snapshots(volume):
+                        await dst.destroy_volume(volume)
+                        ctx.log.info("removed the partial target", target=volume)
         except BackendError as exc:
-            raise ActivityError(f"could not remove partial target: {exc}") from exc
+            raise ActivityError(f"could not remove partial target {volume}: {exc}") from exc
 
 
 def submit_replication(engine: ActivityEngine, req: ReplicationRequest) -> ActivityRecord:

@@ -33,39 +33,55 @@ class Endpoint:
     argv: Sequence[str]
 
 
-def _close(*fds: int) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+class _Pipes:
+    """The two pipes of a transfer; each end is closed exactly once.
+
+    Closing an fd twice is not harmless: the number may already belong to a
+    socket the daemon accepted in between.
+    """
+
+    def __init__(self) -> None:
+        self.send_r, self.send_w = os.pipe()
+        self.recv_r, self.recv_w = os.pipe()
+        self._open = {self.send_r, self.send_w, self.recv_r, self.recv_w}
+        enlarge_pipe(self.send_r)
+        enlarge_pipe(self.recv_w)
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self._open))
 
 
 async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
                    gate: FlowGate, limit: float | None = None) -> int:
     """Run the stream to completion; returns the bytes moved. Cancel-safe."""
-    send_r, send_w = os.pipe()
-    recv_r, recv_w = os.pipe()
-    for fd in (send_r, recv_w):
-        enlarge_pipe(fd)
+    pipes = _Pipes()
     send = recv = None
     try:
-        send = await sender.runner.spawn(sender.argv, stdin=None, stdout=send_w)
-        recv = await receiver.runner.spawn(receiver.argv, stdin=recv_r,
+        send = await sender.runner.spawn(sender.argv, stdin=None, stdout=pipes.send_w)
+        recv = await receiver.runner.spawn(receiver.argv, stdin=pipes.recv_r,
                                            stdout=asyncio.subprocess.DEVNULL)
-        _close(send_w, recv_r)
-        return await _pump(send, recv, send_r, recv_w, counters, gate, limit)
+        pipes.close(pipes.send_w, pipes.recv_r)  # the children hold these ends now
+        return await _pump(send, recv, pipes, counters, gate, limit)
     finally:
-        _close(send_w, recv_r, send_r, recv_w)
+        pipes.close_all()
         for proc in (send, recv):
             if proc is not None:
                 await asyncio.shield(stop_process(proc))
 
 
 async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Process,
-                src: int, dst: int, counters: Counters, gate: FlowGate,
+                pipes: _Pipes, counters: Counters, gate: FlowGate,
                 limit: float | None) -> int:
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
-    relay = Relay(src, dst, counters=counters, gate=gate, limit=limit)
+    relay = Relay(pipes.send_r, pipes.recv_w, counters=counters, gate=gate, limit=limit)
 
     def settle() -> None:
         if not finished.done():
@@ -89,7 +105,7 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
         # Only close once the relay thread is out of splice(): a closed fd number can be
         # reused at once. Closing then gives EOF to the receiver and EPIPE to a sender.
         await asyncio.shield(watcher)
-        _close(src, dst)
+        pipes.close(pipes.send_r, pipes.recv_w)
     send_rc, recv_rc = await send.wait(), await recv.wait()
     send_msg, recv_msg = await send_err, await recv_err
     receiver_broke = isinstance(relay.result.error, BrokenPipeError)

@@ -1,0 +1,127 @@
+"""The ZFS backend against real zfs-fuse: probing, listing, snapshots, name safety."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cerssd.backends.base import AlreadyExists, Busy, NotFound
+from cerssd.backends.names import InvalidName
+from cerssd.backends.runner import LocalRunner
+from cerssd.backends.zfs import ZfsBackend, capabilities_from_usage, parse_usage
+
+from .conftest import zfs
+
+# The send/receive/bookmark lines of OpenZFS 2.1's `zfs` usage text (from its manual).
+OPENZFS_USAGE = """usage: zfs command args ...
+where 'command' is one of the following:
+
+\tsnapshot [-r] [-o property=value] ... <filesystem|volume>@<snap> ...
+\tlist [-Hp] [-r|-d max] [-o property[,...]] [-s property]...
+\t    [-S property]... [-t type[,...]] [filesystem|volume|snapshot] ...
+\tget [-rHp] [-d max] [-o "all" | field[,...]]
+\t    [-t type[,...]] [-s source[,...]]
+\t    <"all" | property[,...]> [filesystem|volume|snapshot|bookmark] ...
+\tsend [-DLPbcehnpsvw] [-R [-X dataset[,dataset]...]] [[-I|-i] <snapshot>] <snapshot>
+\tsend [-DnvPLecw] [-i snapshot|bookmark] <filesystem|volume|snapshot>
+\tsend [-DnvPe] -t <receive_resume_token>
+\tsend [-Pnv] --saved filesystem
+\treceive [-vMnsFhu] [-o <property>=<value>] ... [-x <property>] ...
+\t    <filesystem|volume|snapshot>
+\treceive -A <filesystem|volume>
+\thold [-r] <tag> <snapshot> ...
+\tholds [-rHp] <snapshot> ...
+\trelease [-r] <tag> <snapshot> ...
+\tbookmark <snapshot|bookmark> <newbookmark>
+"""
+
+
+def test_usage_parsing_openzfs_sample() -> None:
+    caps = capabilities_from_usage(parse_usage(OPENZFS_USAGE), stateless=True)
+    assert caps.resumable_send and caps.bookmarks and caps.size_estimate
+    assert caps.raw_send and caps.compressed_send and caps.holds and caps.incremental_send
+    assert caps.parsable_list and caps.typed_get
+
+
+@pytest.fixture
+def backend(zfs_fuse: None) -> ZfsBackend:
+    return ZfsBackend(LocalRunner("local"))
+
+
+async def test_probe_on_zfs_fuse(backend: ZfsBackend) -> None:
+    caps = await backend.probe()
+    assert caps.published() == ["stateless_snapshots", "incremental_send", "holds",
+                                "self_restarting"]
+    assert not (caps.resumable_send or caps.bookmarks or caps.size_estimate or caps.raw_send
+                or caps.parsable_list or caps.typed_get)
+    assert backend.version == "pool version 23"
+
+
+async def test_stateful_server_does_not_publish_stateless(zfs_fuse: None) -> None:
+    caps = await ZfsBackend(LocalRunner("legacy"), stateless=False).probe()
+    assert not caps.stateless_snapshots and caps.incremental_send
+
+
+async def test_probe_of_missing_zfs_is_a_clear_error() -> None:
+    from cerssd.backends.base import BackendError
+
+    backend = ZfsBackend(LocalRunner("x"), zfs="/bin/true")
+    with pytest.raises(BackendError, match="did not print its usage"):
+        await backend.probe()
+
+
+async def test_volumes_and_snapshots_listing(backend: ZfsBackend, pool: str) -> None:
+    zfs("create", f"{pool}/a")
+    for label in ("one", "two", "a-late", "0-later"):  # same second; names out of order
+        zfs("snapshot", f"{pool}/a@{label}")
+    vols = {v.name: v for v in await backend.volumes()}
+    assert {f"{pool}", f"{pool}/a"} <= set(vols)
+    assert vols[f"{pool}/a"].type == "filesystem" and vols[f"{pool}/a"].guid.isdigit()
+    snaps = await backend.snapshots(f"{pool}/a")
+    assert [s.label for s in snaps] == ["one", "two", "a-late", "0-later"]
+    guid = zfs("get", "-Hp", "-o", "value", "guid", f"{pool}/a@one").stdout.strip()
+    assert snaps[0].guid == guid and snaps[0].creation > 1_600_000_000
+
+
+async def test_create_and_destroy_snapshot(backend: ZfsBackend, pool: str) -> None:
+    zfs("create", f"{pool}/b")
+    snap = await backend.create_snapshot(f"{pool}/b", "s1")
+    assert snap.name == f"{pool}/b@s1" and snap.guid.isdigit()
+    with pytest.raises(AlreadyExists):
+        await backend.create_snapshot(f"{pool}/b", "s1")
+    await backend.destroy_snapshot(f"{pool}/b@s1")
+    assert await backend.snapshots(f"{pool}/b") == []
+    with pytest.raises(NotFound):
+        await backend.destroy_snapshot(f"{pool}/b@s1")
+    with pytest.raises(NotFound):
+        await backend.snapshots(f"{pool}/nope")
+
+
+async def test_held_snapshot_is_busy(backend: ZfsBackend, pool: str) -> None:
+    zfs("create", f"{pool}/c")
+    zfs("snapshot", f"{pool}/c@kept")
+    zfs("hold", "keep", f"{pool}/c@kept")
+    try:
+        with pytest.raises(Busy):
+            await backend.destroy_snapshot(f"{pool}/c@kept")
+        assert [s.userrefs for s in await backend.snapshots(f"{pool}/c")] == [1]
+    finally:
+        zfs("release", "keep", f"{pool}/c@kept")
+
+
+@pytest.mark.parametrize("label", ["a;touch {marker}", "$(touch {marker})", "a b", "a\nb",
+                                   "`touch {marker}`"])
+async def test_hostile_names_never_reach_zfs(backend: ZfsBackend, pool: str, tmp_path: Path,
+                                             label: str) -> None:
+    marker = tmp_path / "x"
+    bad = label.format(marker=marker)
+    with pytest.raises(InvalidName):
+        await backend.create_snapshot(f"{pool}", bad)
+    with pytest.raises(InvalidName):
+        await backend.snapshots(f"{pool}/{bad}")
+    with pytest.raises(InvalidName):
+        await backend.destroy_snapshot(f"{pool}@{bad}")
+    assert not marker.exists()
+    assert os.listdir(tmp_path) == []
