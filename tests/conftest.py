@@ -193,7 +193,7 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
 
     def start(*, extra: str = "", daemon_extra: str = "", metrics: str = "off",
               config_path: Path | None = None, state_dir: Path | None = None,
-              wait: bool = True) -> DaemonProcess:
+              wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
         n = len(daemons)
         socket_path = short / f"control{n}.sock"
         state = state_dir or tmp_path / "state"
@@ -208,11 +208,12 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         log_path = tmp_path / f"cerssd{n}.log"
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+        environ = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1",
+                   **(env or {})}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config",
                                      str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, cwd=REPO)
+                                    env=environ, cwd=REPO)
         d = DaemonProcess(proc, config_path, socket_path, state, log_path, notify)
         daemons.append(d)
         if wait:
