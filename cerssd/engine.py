@@ -354,6 +354,10 @@ class ActivityEngine:
 
     def _finish(self, activity: Activity, state: State, status: Status) -> None:
         final = activity.snapshot()
+        usage = final.usage
+        if usage.elapsed_seconds > 0:  # a finished activity reports its average rate
+            final = replace(final, usage=replace(usage, rate_bytes_per_second=round(
+                usage.bytes_read / usage.elapsed_seconds, 1)))
         if state == State.SUCCEEDED and final.progress.total == 0 and final.progress.done:
             final = replace(final, progress=replace(final.progress, total=final.progress.done))
         activity.record = replace(final, status=status, finished_at=time.time())

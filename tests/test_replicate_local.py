@@ -67,6 +67,9 @@ def test_full_then_incremental_with_guid_and_content(start_daemon: Any,
     assert guid(f"{dst}/data@s1") == guid(f"{src}/data@s1")
     assert done["progress"]["done"] == done["progress"]["total"] > 8 * MiB
     assert done["usage"]["bytes_on_wire"] == done["progress"]["done"]
+    usage = done["usage"]
+    assert usage["rate_bytes_per_second"] == pytest.approx(
+        usage["bytes_read"] / usage["elapsed_seconds"], rel=0.01)
     assert digest(Path(f"/{dst}/data/a")) == digest(Path(f"/{src}/data/a"))
 
     write_file(f"/{src}/data/b", 4)
@@ -168,6 +171,12 @@ def test_suspend_stops_bytes_and_resume_completes(start_daemon: Any,
     assert still["state"] == "suspended"
     assert still["progress"]["done"] - paused <= 1 * MiB  # at most one chunk in flight
     assert len(zfs_streams()) == 2  # the sender is blocked, not killed
+    metrics = d.api("GET", "/metrics")
+    labels = f'id="{aid}",kind="replicate",unit="bytes",volume="{src}/data"'
+    assert f"cerssd_activity_suspended{{{labels}}} 1.0" in metrics
+    done_line = next(line for line in metrics.splitlines()
+                     if line.startswith(f"cerssd_activity_progress_done{{{labels}}}"))
+    assert float(done_line.split()[-1]) == still["progress"]["done"]
     assert d.api("POST", f"/v1/activities/{aid}/resume")["state"] == "running"
     done = d.wait_done(aid)
     assert done["state"] == "succeeded", done["status"]
