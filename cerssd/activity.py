@@ -109,8 +109,11 @@ class LinkHealth:
 
 @dataclass(frozen=True)
 class Status:
+    """``reason`` is a short stable word for the kind of error (metrics label)."""
+
     code: int
     message: str
+    reason: str | None = None
 
 
 @dataclass(frozen=True)

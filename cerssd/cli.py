@@ -226,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "replicate":
         body = {"snapshot": args.snapshot, "source": args.source,
                 "destination": args.destination, "force_full_copy": args.force_full_copy,
+                "overwrite": args.overwrite,
                 "intermediates": args.intermediates}
         if args.target_volume:
             body["target_volume"] = args.target_volume
@@ -286,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("destination")
     r.add_argument("--target-volume")
     r.add_argument("--force-full-copy", action="store_true")
+    r.add_argument("--overwrite", action="store_true",
+                   help="with --force-full-copy: replace an existing target")
     r.add_argument("--intermediates", action="store_true", help="send -I")
     r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
     r.add_argument("--wait", action="store_true", help="follow it to the end")

@@ -66,6 +66,7 @@ class ServerConfig:
     known_hosts: Path | None = None
     zfs_command: str = "zfs"
     stateless: bool = True
+    cipher: str = "aes128-gcm@openssh.com"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
     _reject_unknown(t, prefix, {
         "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
-        "stateless",
+        "stateless", "cipher",
     })
     kind = _str(t, "kind", prefix, "local" if name == "local" else "ssh")
     if kind not in ("local", "ssh"):
@@ -171,6 +172,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         identity_file=_path(t, "identity_file", prefix, None),
         known_hosts=_path(t, "known_hosts", prefix, None),
         zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
+        cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
     )
     if kind == "ssh":
         for required in ("host", "known_hosts"):

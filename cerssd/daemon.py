@@ -59,7 +59,7 @@ class Daemon:
         self._lock_state_dir(d.state_dir)
         self.journal = Journal(d.journal_path)
         self.engine = ActivityEngine(self.journal, retention=d.activity_retention)
-        self.servers = ServerRegistry(self.config.servers)
+        self.servers = ServerRegistry(self.config.servers, d.control_socket.parent / "ssh")
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
         replicate.register(self.engine, self.servers)
@@ -172,6 +172,7 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
+        await self.servers.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.daemon.control_socket.unlink()
         log.info("stopped")

@@ -46,10 +46,12 @@ log = structlog.get_logger("cerssd.engine")
 class ActivityError(Exception):
     """A failure with a status code and a message meant for the operator."""
 
-    def __init__(self, message: str, code: StatusCode = StatusCode.ERROR) -> None:
+    def __init__(self, message: str, code: StatusCode = StatusCode.ERROR,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
 
 
 class UnknownActivity(KeyError):
@@ -303,10 +305,11 @@ class ActivityEngine:
         except asyncio.CancelledError:
             await self._after_cancel(activity, work, ctx)
         except ActivityError as exc:
-            await self._fail(activity, work, ctx, exc.code, exc.message)
-        except Exception as exc:
+            await self._fail(activity, work, ctx, Status(exc.code, exc.message, exc.reason))
+        except Exception as exc:  # any failure becomes the activity's status
             ctx.log.exception("activity failed")
-            await self._fail(activity, work, ctx, StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            await self._fail(activity, work, ctx, Status(
+                StatusCode.ERROR, f"{type(exc).__name__}: {exc}", "internal"))
         else:
             self._finish(activity, State.SUCCEEDED, Status(StatusCode.OK, "succeeded"))
         finally:
@@ -337,11 +340,11 @@ class ActivityEngine:
             self._finish(activity, State.CANCELLED, reason)
 
     async def _fail(self, activity: Activity, work: Work, ctx: ActivityContext,
-                    code: int, message: str) -> None:
+                    status: Status) -> None:
         problem = await self._rollback(work, ctx)
         if problem:
-            message = f"{message}; rollback also failed: {problem}"
-        self._finish(activity, State.FAILED, Status(code, message))
+            status = replace(status, message=f"{status.message}; rollback also failed: {problem}")
+        self._finish(activity, State.FAILED, status)
 
     @staticmethod
     async def _rollback(work: Work, ctx: ActivityContext) -> str | None:

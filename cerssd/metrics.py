@@ -11,7 +11,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,12 +30,15 @@ class DaemonCollector(Collector):
         self.started = time.time()
         self.finished: Tally[tuple[str, str]] = Tally()
         self.finished_bytes: Tally[str] = Tally()
+        self.finished_pairs: Tally[tuple[str, str]] = Tally()
         engine.add_listener(self._on_change)
 
     def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
         if record.state.terminal:
             self.finished[(record.kind, str(record.state))] += 1
             self.finished_bytes[record.kind] += record.usage.bytes_read
+            if record.kind == "replicate":
+                self.finished_pairs[_pair(record)] += record.usage.bytes_on_wire
 
     def collect(self) -> Iterator[Metric]:
         info = GaugeMetricFamily("cerssd_info", "cerssd build information", labels=["version"])
@@ -71,6 +74,16 @@ class DaemonCollector(Collector):
         for kind in sorted(set(live) | set(self.finished_bytes)):
             moved.add_metric([kind], live[kind] + self.finished_bytes[kind])
         yield moved
+        pairs = CounterMetricFamily(
+            "cerssd_replication_bytes", "Bytes replicated per source and destination server, "
+            "counted while they flow", labels=["source", "destination"])
+        live_pairs = Tally[tuple[str, str]]()
+        for r in records:
+            if r.kind == "replicate" and not r.state.terminal:
+                live_pairs[_pair(r)] += r.usage.bytes_on_wire
+        for pair in sorted(set(live_pairs) | set(self.finished_pairs)):
+            pairs.add_metric(list(pair), live_pairs[pair] + self.finished_pairs[pair])
+        yield pairs
         yield from self._progress([r for r in records if not r.state.terminal])
 
     def _progress(self, running: list[ActivityRecord]) -> Iterator[Metric]:
@@ -99,12 +112,16 @@ class DaemonCollector(Collector):
                                  "Capabilities published per server (1 = has it)",
                                  labels=["server", "capability"])
         for name, entry in sorted(self.servers.entries.items()):
-            up.add_metric([name], 0 if entry.probe_error or entry.backend is None else 1)
-            if entry.backend is not None:
+            up.add_metric([name], 1 if entry.probed else 0)
+            if entry.probed:
                 for cap, value in sorted(entry.backend.capabilities.to_json().items()):
                     caps.add_metric([name, cap], 1 if value else 0)
         yield up
         yield caps
+
+
+def _pair(record: ActivityRecord) -> tuple[str, str]:
+    return (record.params.get("source", ""), record.params.get("destination", ""))
 
 
 class Metrics:
@@ -112,6 +129,24 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(engine, servers)
         self.registry.register(self.collector)
+        self.duration = Histogram(
+            "cerssd_replication_duration_seconds", "Wall time of finished replications",
+            ["source", "destination", "state"], registry=self.registry,
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600))
+        self.errors = Counter(
+            "cerssd_activity_errors", "Failed activities by kind and reason",
+            ["kind", "reason"], registry=self.registry)
+        engine.add_listener(self._on_change)
+
+    def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
+        if not record.state.terminal:
+            return
+        if record.kind == "replicate":
+            source, destination = _pair(record)
+            self.duration.labels(source, destination, str(record.state)).observe(
+                record.usage.elapsed_seconds)
+        if record.state == State.FAILED and record.status is not None:
+            self.errors.labels(record.kind, record.status.reason or "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,15 +1,22 @@
-"""The servers this daemon acts on, each with its backend and probed capabilities."""
+"""The servers this daemon acts on, each with its backend and probed capabilities.
+
+A server that cannot be probed at start-up (a remote that is down) is not fatal:
+it is reported unavailable with the reason, and probed again when it is next used.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from .backends.base import BackendError, Capabilities
-from .backends.runner import LocalRunner
+from .backends.runner import LocalRunner, Runner
+from .backends.ssh import SshError, SshRunner
 from .backends.zfs import ZfsBackend
 from .config import ServerConfig
 
@@ -21,61 +28,87 @@ class UnknownServer(KeyError):
 
 
 class ServerUnavailable(BackendError):
-    pass
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass
 class ServerEntry:
     config: ServerConfig
-    backend: ZfsBackend | None
+    backend: ZfsBackend
+    probed: bool = False
     probe_error: str | None = None
+    permanent_error: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.config.name, "kind": self.config.kind,
                                 "stateless": self.config.stateless}
         if self.config.kind == "ssh":
             data.update(host=self.config.host, port=self.config.port, user=self.config.user)
-        if self.backend is not None:
-            data.update(self.backend.info())
-        data["available"] = self.probe_error is None and self.backend is not None
+        data.update(self.backend.info())
+        data["available"] = self.probed
         data["error"] = self.probe_error
         return data
 
 
+def make_runner(cfg: ServerConfig, control_dir: Path) -> Runner:
+    if cfg.kind == "local":
+        return LocalRunner(cfg.name)
+    return SshRunner(cfg, control_dir)
+
+
 class ServerRegistry:
-    def __init__(self, servers: Mapping[str, ServerConfig]) -> None:
-        self.entries: dict[str, ServerEntry] = {}
-        for name, cfg in servers.items():
-            if cfg.kind == "local":
-                backend = ZfsBackend(LocalRunner(name), zfs=cfg.zfs_command,
-                                     stateless=cfg.stateless)
-                self.entries[name] = ServerEntry(cfg, backend)
-            else:
-                self.entries[name] = ServerEntry(
-                    cfg, None, "ssh servers are not supported by this version of cerssd")
+    def __init__(self, servers: Mapping[str, ServerConfig], control_dir: Path) -> None:
+        self.entries: dict[str, ServerEntry] = {
+            name: ServerEntry(cfg, ZfsBackend(make_runner(cfg, control_dir),
+                                              zfs=cfg.zfs_command, stateless=cfg.stateless))
+            for name, cfg in servers.items()}
+
+    async def probe(self, entry: ServerEntry) -> None:
+        name = entry.config.name
+        try:
+            caps = await entry.backend.probe()
+        except SshError as exc:
+            entry.probed, entry.probe_error = False, str(exc)
+            entry.permanent_error = exc.permanent
+            log.error("server unavailable", server=name, error=str(exc),
+                      permanent=exc.permanent)
+        except (BackendError, OSError) as exc:
+            entry.probed, entry.probe_error = False, f"capability probe failed: {exc}"
+            entry.permanent_error = False
+            log.error("capability probe failed", server=name, error=str(exc))
+        else:
+            entry.probed, entry.probe_error, entry.permanent_error = True, None, False
+            log.info("capabilities probed", server=name, capabilities=caps.published(),
+                     zfs_version=entry.backend.version)
 
     async def probe_all(self) -> None:
         for entry in self.entries.values():
-            if entry.backend is None:
-                continue
-            try:
-                caps = await entry.backend.probe()
-            except (BackendError, OSError) as exc:
-                entry.probe_error = f"capability probe failed: {exc}"
-                log.error("capability probe failed", server=entry.config.name, error=str(exc))
-            else:
-                entry.probe_error = None
-                log.info("capabilities probed", server=entry.config.name,
-                         capabilities=caps.published(), zfs_version=entry.backend.version)
+            await self.probe(entry)
 
-    def backend(self, name: str) -> ZfsBackend:
+    def entry(self, name: str) -> ServerEntry:
         entry = self.entries.get(name)
         if entry is None:
             raise UnknownServer(name)
-        if entry.backend is None or entry.probe_error:
-            raise ServerUnavailable(f"server {name} is unavailable: {entry.probe_error}")
+        return entry
+
+    async def backend(self, name: str) -> ZfsBackend:
+        """The server's backend, probing it again first if it was unavailable."""
+        entry = self.entry(name)
+        if not entry.probed:
+            await self.probe(entry)
+        if not entry.probed:
+            raise ServerUnavailable(f"server {name} is unavailable: {entry.probe_error}",
+                                    permanent=entry.permanent_error)
         return entry.backend
 
     def capabilities(self) -> dict[str, Capabilities]:
-        return {name: e.backend.capabilities for name, e in self.entries.items()
-                if e.backend is not None}
+        return {name: e.backend.capabilities for name, e in self.entries.items() if e.probed}
+
+    async def close(self) -> None:
+        for entry in self.entries.values():
+            runner = entry.backend.runner
+            if isinstance(runner, SshRunner):
+                with contextlib.suppress(OSError):
+                    await runner.close()

@@ -39,7 +39,7 @@ class CreateSnapshotWork:
         return f"{self.volume}@{self.label}"
 
     async def run(self, ctx: ActivityContext) -> None:
-        backend = self.servers.backend(self.server)
+        backend = await self.servers.backend(self.server)
         await ctx.checkpoint()
         try:
             if any(s.label == self.label for s in await backend.snapshots(self.volume)):
@@ -57,7 +57,7 @@ class CreateSnapshotWork:
     async def rollback(self, ctx: ActivityContext) -> None:
         if not self.issued:
             return
-        backend = self.servers.backend(self.server)
+        backend = await self.servers.backend(self.server)
         try:
             await backend.snapshot(self.name)
         except NotFound:
@@ -76,7 +76,7 @@ class DestroySnapshotWork:
         self.servers = servers
 
     async def run(self, ctx: ActivityContext) -> None:
-        backend = self.servers.backend(self.server)
+        backend = await self.servers.backend(self.server)
         await ctx.checkpoint()
         try:
             await backend.destroy_snapshot(self.name)

@@ -251,3 +251,63 @@ def raw_request(socket_path: Path | str, method: str, path: str, body: bytes | N
     ctype = response.getheader("Content-Type", "")
     parsed: Any = json.loads(data) if "json" in ctype else data.decode()
     return RawResponse(response.status, ctype, parsed)
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """A private sshd on 127.0.0.1 that lets root in with ``client_key``."""
+
+    port: int
+    client_key: Path
+    known_hosts: Path
+    wrong_known_hosts: Path
+    pid: int
+
+    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
+        return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"127.0.0.1\"\n"
+                f"port = {self.port}\nuser = \"root\"\n"
+                f"identity_file = \"{self.client_key}\"\n"
+                f"known_hosts = \"{known_hosts or self.known_hosts}\"\n{extra}\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True)
+
+
+@pytest.fixture(scope="session")
+def sshd(zfs_fuse: None) -> Iterator[SshServer]:
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).exists():
+        pytest.fail("sshd is not installed: run .ci/run or `apt-get install openssh-server`")
+    root = Path(tempfile.mkdtemp(prefix="cerssd-sshd-"))
+    for key in ("host_key", "client_key", "other_host_key"):
+        _keygen(root / key)
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    port = _free_port()
+    host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
+    other_pub = " ".join((root / "other_host_key.pub").read_text().split()[:2])
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    (root / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {other_pub}\n")
+    (root / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/host_key\n"
+        f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
+        "MaxStartups 64\nClientAliveInterval 5\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    subprocess.run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")],
+                   check=True)
+    pid = int(wait_until(lambda: (root / "sshd.pid").exists()
+                         and (root / "sshd.pid").read_text().strip(), 10, what="sshd"))
+    yield SshServer(port, root / "client_key", root / "known_hosts",
+                    root / "wrong_known_hosts", pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(root, ignore_errors=True)

@@ -19,6 +19,7 @@ from .. import __version__, snapshots
 from ..activity import IllegalTransition, State
 from ..backends.base import BackendError, NotFound
 from ..backends.names import InvalidName, validate_volume
+from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import Config
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..metrics import CONTENT_TYPE, Metrics
@@ -72,6 +73,8 @@ REPLICATION = Body({
     "target_volume": Field(str, "volume on the destination (default: the same name)"),
     "force_full_copy": Field(bool, "send a full stream even when an incremental is possible",
                              default=False),
+    "overwrite": Field(bool, "with force_full_copy: replace an existing target (its "
+                       "snapshots are destroyed once the new copy is complete)", default=False),
     "intermediates": Field(bool, "carry intermediate snapshots (zfs send -I)", default=False),
     "bandwidth_limit": Field(int, "bytes per second, 0 or absent for no limit", minimum=0),
 })
@@ -101,8 +104,7 @@ class ControlApi:
                        "activity_retention": cfg.daemon.activity_retention,
                        "shutdown_timeout": cfg.daemon.shutdown_timeout},
             "activities": by_state,
-            "servers": {n: e.probe_error is None and e.backend is not None
-                        for n, e in self.ctx.servers.entries.items()},
+            "servers": {n: e.probed for n, e in self.ctx.servers.entries.items()},
         })
 
     async def servers(self, request: web.Request) -> web.Response:
@@ -124,14 +126,14 @@ class ControlApi:
     # -- volumes and snapshots ----------------------------------------------------------
     async def volumes(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
-        backend = self.ctx.servers.backend(q["server"])
+        backend = await self.ctx.servers.backend(q["server"])
         return _json({"server": q["server"],
                       "items": [v.to_json() for v in await backend.volumes()]})
 
     async def snapshots(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
         volume = validate_volume(request.match_info["volume"])
-        backend = self.ctx.servers.backend(q["server"])
+        backend = await self.ctx.servers.backend(q["server"])
         items = await backend.snapshots(volume)
         return _json({"server": q["server"], "volume": volume,
                       "items": [s.to_json() for s in items]})
@@ -139,14 +141,14 @@ class ControlApi:
     async def create_snapshot(self, request: web.Request) -> web.Response:
         body = SNAPSHOT_CREATE.parse(await _body(request))
         volume = validate_volume(request.match_info["volume"])
-        self.ctx.servers.backend(body["server"])
+        await self.ctx.servers.backend(body["server"])
         record = snapshots.submit_create(self.ctx.engine, body["server"], volume, body["name"])
         return _json(record.to_json(), 202)
 
     async def destroy_snapshot(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
         name = f"{request.match_info['volume']}@{request.match_info['label']}"
-        self.ctx.servers.backend(q["server"])
+        await self.ctx.servers.backend(q["server"])
         record = snapshots.submit_destroy(self.ctx.engine, q["server"], name)
         return _json(record.to_json(), 202)
 
@@ -158,14 +160,15 @@ class ControlApi:
         req = ReplicationRequest(
             snapshot=snapshot, source=body["source"], destination=body["destination"],
             target_volume=body["target_volume"] or volume,
-            force_full_copy=body["force_full_copy"], intermediates=body["intermediates"],
+            force_full_copy=body["force_full_copy"], overwrite=body["overwrite"],
+            intermediates=body["intermediates"],
             bandwidth_limit=body["bandwidth_limit"] or None)
         if req.source == req.destination and req.target_volume == volume:
             raise ApiProblem(422, "Unprocessable Content",
                              "target_volume: replicating to the same server needs a different "
                              "target_volume", field="target_volume")
-        src = self.ctx.servers.backend(req.source)
-        dst = self.ctx.servers.backend(req.destination)
+        src = await self.ctx.servers.backend(req.source)
+        dst = await self.ctx.servers.backend(req.destination)
         plan = await make_plan(req, src, dst)  # conflicts answer 409 before any work starts
         record = submit_replication(self.ctx.engine, req)
         return _json({**record.to_json(), "plan": plan.mode}, 202)
@@ -252,6 +255,9 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (IllegalTransition, 409, "Illegal State Change"),
     (ReplicationConflict, 409, "Replication Conflict"),
     (ServerUnavailable, 503, "Server Unavailable"),
+    (HostKeyRejected, 502, "Host Key Rejected"),
+    (AuthenticationFailed, 502, "SSH Authentication Failed"),
+    (SshError, 503, "Server Unreachable"),
     (EngineClosed, 503, "Shutting Down"),
     (BackendError, 502, "Backend Error"),
 ]

@@ -195,17 +195,80 @@ class ZfsBackend:
         return True
 
     def send_argv(self, snapshot: str, base: str | None = None, *,
-                  intermediates: bool = False) -> list[str]:
+                  intermediates: bool = False, resume_token: str | None = None,
+                  estimate: bool = False) -> list[str]:
+        """``zfs send`` for a full or incremental stream, or to resume from a token."""
+        if resume_token is not None:
+            if not re.fullmatch(r"[0-9a-f-]+", resume_token):
+                raise BackendError("malformed receive_resume_token")
+            return [self._zfs, "send", *(["-nvP"] if estimate else []), "-t", resume_token]
         validate_snapshot(snapshot)
-        argv = [self._zfs, "send"]
+        argv = [self._zfs, "send", *(["-nvP"] if estimate else [])]
         if base is not None:
             validate_snapshot(base)
             argv += ["-I" if intermediates else "-i", base]
         return [*argv, snapshot]
 
-    def receive_argv(self, target_volume: str) -> list[str]:
+    def receive_argv(self, target_volume: str, *, resumable: bool = False) -> list[str]:
+        """``-s`` keeps a partial receive's state so it can resume (where supported)."""
         validate_volume(target_volume)
-        return [self._zfs, "receive", target_volume]
+        return [self._zfs, "receive", *(["-s"] if resumable else []), target_volume]
+
+    async def size_estimate(self, snapshot: str, base: str | None = None, *,
+                            intermediates: bool = False,
+                            resume_token: str | None = None) -> int | None:
+        """Exact stream size from ``zfs send -nvP``, or None where this zfs cannot say."""
+        if not self.capabilities.size_estimate:
+            return None
+        out = await self.runner.run(self.send_argv(
+            snapshot, base, intermediates=intermediates, resume_token=resume_token,
+            estimate=True), check=False)
+        for line in (out.stdout + out.stderr).splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[0] == "size" and fields[1].isdigit():
+                return int(fields[1])
+        return None
+
+    async def resume_token(self, volume: str) -> str | None:
+        """The token a cut-off resumable receive left on ``volume``, if any."""
+        if not self.capabilities.resumable_send:
+            return None
+        try:
+            out = await self._run("get", "-Hp", "-o", "value", "receive_resume_token", volume)
+        except NotFound:
+            return None
+        token = out.strip()
+        return None if token in ("", "-") else token
+
+    async def abort_receive(self, volume: str) -> None:
+        """Discard a partial resumable receive (``zfs receive -A``)."""
+        validate_volume(volume)
+        if self.capabilities.resumable_send:
+            await self._run("receive", "-A", volume)
+
+    async def hold(self, tag: str, snapshot: str) -> None:
+        validate_snapshot(snapshot)
+        try:
+            await self._run("hold", _check_tag(tag), snapshot)
+        except BackendError as exc:
+            if "tag already exists" not in str(exc):
+                raise
+
+    async def release(self, tag: str, snapshot: str) -> None:
+        """Release ``tag``; a snapshot without that hold (or gone) is fine."""
+        validate_snapshot(snapshot)
+        try:
+            await self._run("release", _check_tag(tag), snapshot)
+        except NotFound:
+            pass
+        except BackendError as exc:
+            if "no such tag" not in str(exc):
+                raise
+
+    async def rename(self, old: str, new: str) -> None:
+        validate_volume(old)
+        validate_volume(new)
+        await self._run("rename", old, new)
 
     async def set_readonly(self, volume: str, readonly: bool = True) -> None:
         validate_volume(volume)
@@ -216,6 +279,12 @@ class ZfsBackend:
         if "/" not in volume:
             raise BackendError(f"refusing to destroy the root dataset of pool {volume}")
         await self._run("destroy", "-r", volume)
+
+
+def _check_tag(tag: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", tag):
+        raise BackendError(f"invalid hold tag {tag!r}")
+    return tag
 
 
 def _int(value: str | None) -> int:

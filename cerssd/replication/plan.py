@@ -53,6 +53,7 @@ class Plan:
     base: Snapshot | None
     target_volume: str
     intermediates: bool = False
+    overwrite: bool = False
 
     @property
     def target_snapshot(self) -> str:
@@ -68,6 +69,7 @@ def plan_replication(
     target_snapshots: Sequence[Snapshot],
     force_full_copy: bool = False,
     intermediates: bool = False,
+    overwrite: bool = False,
 ) -> Plan:
     snap = next((s for s in source_snapshots if s.name == snapshot_name), None)
     if snap is None:
@@ -75,11 +77,11 @@ def plan_replication(
     if any(t.guid == snap.guid for t in target_snapshots):
         return Plan("up-to-date", snap, snap, target_volume)
     if force_full_copy or not target_exists:
-        if target_exists:
+        if target_exists and not overwrite:
             raise TargetExists(
                 f"{target_volume} already exists on the destination; a full copy would "
                 "replace it: ask for overwrite explicitly, or drop force_full_copy")
-        return Plan("full", snap, None, target_volume)
+        return Plan("full", snap, None, target_volume, overwrite=target_exists)
     base = newest_common(source_snapshots, snap, target_snapshots)
     if base is None:
         raise NoCommonSnapshot(

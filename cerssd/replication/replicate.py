@@ -1,13 +1,14 @@
-"""``snapshot_replicate`` as an activity: plan, stream, verify by guid.
+"""``snapshot_replicate`` as an activity: plan, stream, verify by guid, hold the new base.
 
 The plan is made twice on purpose: once when the request arrives, so a conflict
 is answered at once (HTTP 409) instead of as a failed activity, and again when
 the activity runs (or re-runs after a daemon restart), because the servers may
 have changed in between.
 
-A restarted replication starts again from the common base: a receive that was
-cut off leaves the target at its last complete snapshot (zfs-fuse has no resume
-tokens; resumable receives come with the OpenZFS tier).
+An interrupted transfer continues from the receive's resume token where the
+destination has them (OpenZFS ``receive -s``); elsewhere (zfs-fuse) it starts
+again from the common base, since a cut-off receive leaves the target at its
+last complete snapshot.
 """
 
 from __future__ import annotations
@@ -16,23 +17,20 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..activity import ActivityRecord, StatusCode
 from ..backends.base import BackendError, Busy, NotFound
 from ..backends.names import validate_snapshot, validate_volume
+from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
-from ..servers import ServerRegistry
+from ..servers import ServerRegistry, ServerUnavailable
 from .plan import Plan, ReplicationConflict, TargetDiverged, TargetPoolMissing, plan_replication
 from .transfer import Endpoint, TransferFailed, transfer
 
 KIND = "replicate"
+STAGING_SUFFIX = "-cerssd-incoming"
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,7 @@ class ReplicationRequest:
     destination: str
     target_volume: str
     force_full_copy: bool = False
+    overwrite: bool = False
     intermediates: bool = False
     bandwidth_limit: int | None = None
 
@@ -49,13 +48,24 @@ class ReplicationRequest:
     def from_params(cls, p: dict[str, Any]) -> ReplicationRequest:
         return cls(snapshot=p["snapshot"], source=p["source"], destination=p["destination"],
                    target_volume=p["target_volume"], force_full_copy=p["force_full_copy"],
-                   intermediates=p["intermediates"], bandwidth_limit=p["bandwidth_limit"])
+                   overwrite=p.get("overwrite", False), intermediates=p["intermediates"],
+                   bandwidth_limit=p["bandwidth_limit"])
 
     def params(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "source": self.source,
                 "destination": self.destination, "target_volume": self.target_volume,
-                "force_full_copy": self.force_full_copy, "intermediates": self.intermediates,
-                "bandwidth_limit": self.bandwidth_limit}
+                "force_full_copy": self.force_full_copy, "overwrite": self.overwrite,
+                "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit}
+
+    @property
+    def hold_tag(self) -> str:
+        """Per-destination hold keeping the common base alive on both sides."""
+        return f"cerssd:{self.destination}"
+
+    @property
+    def staging_volume(self) -> str:
+        """Where an overwriting full copy is received before it replaces the target."""
+        return self.target_volume + STAGING_SUFFIX
 
 
 async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -> Plan:
@@ -77,7 +87,7 @@ async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -
         snapshot_name=req.snapshot, source_snapshots=source_snaps,
         target_volume=req.target_volume, target_exists=exists,
         target_snapshots=target_snaps, force_full_copy=req.force_full_copy,
-        intermediates=req.intermediates)
+        intermediates=req.intermediates, overwrite=req.overwrite)
 
 
 def estimate(plan: Plan) -> int:
@@ -92,6 +102,12 @@ def estimate(plan: Plan) -> int:
     return max(plan.snapshot.referenced - plan.base.referenced, plan.snapshot.used, 1)
 
 
+def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
+    permanent = getattr(exc, "permanent", False)
+    return ActivityError(str(exc), StatusCode.LINK if not permanent else StatusCode.ERROR,
+                         "ssh-rejected" if permanent else "link")
+
+
 class ReplicateWork:
     def __init__(self, record: ActivityRecord, servers: ServerRegistry) -> None:
         self.req = ReplicationRequest.from_params(record.params)
@@ -99,38 +115,69 @@ class ReplicateWork:
         self.target_created = bool(record.params.get("target_created"))
 
     async def run(self, ctx: ActivityContext) -> None:
-        src = self.servers.backend(self.req.source)
-        dst = self.servers.backend(self.req.destination)
-        await ctx.checkpoint()
-        if self.target_created:  # a restart after a full receive was cut off
-            await self._remove_partial_target(ctx)
         try:
-            plan = await make_plan(self.req, src, dst)
-        except ReplicationConflict as exc:
-            raise ActivityError(exc.message, StatusCode.CONFLICT) from exc
-        if plan.mode == "up-to-date":
-            ctx.set_progress(0, 0)
-            ctx.log.info("destination already has the snapshot", snapshot=self.req.snapshot)
-            return
-        if plan.mode == "full" and not self.target_created:
-            self.target_created = True
-            ctx.remember(target_created=True)
-        ctx.set_progress(0, estimate(plan), estimated=True)
-        ctx.log.info("replication planned", mode=plan.mode,
-                     base=plan.base.name if plan.base else None, snapshot=plan.snapshot.name)
+            await self._run(ctx)
+        except (SshError, ServerUnavailable) as exc:
+            raise _link_error(exc) from exc
+
+    async def _run(self, ctx: ActivityContext) -> None:
+        src = await self.servers.backend(self.req.source)
+        dst = await self.servers.backend(self.req.destination)
+        await ctx.checkpoint()
+        receive_into = self.req.target_volume
+        token = await dst.resume_token(receive_into)
+        if token is None:
+            await self._clean_leftovers(ctx, dst)
+            plan = await self._plan(src, dst)
+            if plan.mode == "up-to-date":
+                ctx.set_progress(0, 0)
+                ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
+                await self._hold(src, dst, plan)
+                return
+            if plan.overwrite:
+                receive_into = self.req.staging_volume
+            if plan.mode == "full" and not plan.overwrite and not self.target_created:
+                self.target_created = True
+                ctx.remember(target_created=True)
+        else:
+            ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
+            plan = await self._plan(src, dst, resuming=True)
         sender = Endpoint(src.runner, src.send_argv(
             plan.snapshot.name, plan.base.name if plan.base else None,
-            intermediates=plan.intermediates))
-        receiver = Endpoint(dst.runner, dst.receive_argv(plan.target_volume))
+            intermediates=plan.intermediates, resume_token=token))
+        receiver = Endpoint(dst.runner, dst.receive_argv(
+            receive_into, resumable=dst.capabilities.resumable_send))
+        exact = await src.size_estimate(
+            plan.snapshot.name, plan.base.name if plan.base else None,
+            intermediates=plan.intermediates, resume_token=token)
+        ctx.set_progress(0, exact if exact is not None else estimate(plan),
+                         estimated=exact is None)
+        ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
+                     base=plan.base.name if plan.base else None, snapshot=plan.snapshot.name,
+                     size=exact)
         ctx.counters.done = 0
         moved = await self._transfer(ctx, sender, receiver)
+        if plan.overwrite:
+            await self._replace_target(ctx, dst)
         await self._verify(plan, dst)
         if plan.mode == "full":
             # A replica is a standby: read-only, so that not even atime updates make it
             # diverge from the master (failover makes it writable).
             await dst.set_readonly(plan.target_volume)
+        await self._hold(src, dst, plan)
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
+
+    async def _plan(self, src: ZfsBackend, dst: ZfsBackend, *, resuming: bool = False) -> Plan:
+        try:
+            if not resuming:
+                return await make_plan(self.req, src, dst)
+            snap = await src.snapshot(self.req.snapshot)
+            return Plan("resume", snap, None, self.req.target_volume)
+        except ReplicationConflict as exc:
+            raise ActivityError(exc.message, StatusCode.CONFLICT, exc.code) from exc
+        except NotFound as exc:
+            raise ActivityError(str(exc), StatusCode.NOT_FOUND, "not-found") from exc
 
     async def _transfer(self, ctx: ActivityContext, sender: Endpoint, receiver: Endpoint) -> int:
         try:
@@ -141,32 +188,67 @@ class ReplicateWork:
                 raise ActivityError(TargetDiverged(
                     f"{self.req.target_volume} on {self.req.destination} was modified since "
                     f"the common snapshot ({exc}); nothing was destroyed").message,
-                    StatusCode.CONFLICT) from exc
-            raise ActivityError(f"transfer failed on the {exc}") from exc
+                    StatusCode.CONFLICT, "target-modified") from exc
+            if "Host key verification failed" in exc.stderr:
+                raise ActivityError(f"transfer refused: {exc}", StatusCode.ERROR,
+                                    "ssh-rejected") from exc
+            raise ActivityError(f"transfer failed on the {exc}", StatusCode.ERROR,
+                                "transfer") from exc
+
+    async def _replace_target(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
+        """Overwrite: the staged copy is complete, only now is the old target destroyed."""
+        await dst.destroy_volume(self.req.target_volume)
+        await dst.rename(self.req.staging_volume, self.req.target_volume)
+        ctx.log.warning("replaced the target with a full copy (overwrite)",
+                        target=self.req.target_volume)
 
     async def _verify(self, plan: Plan, dst: ZfsBackend) -> None:
         try:
             received = await dst.snapshot(plan.target_snapshot)
         except NotFound as exc:
-            raise ActivityError(f"{plan.target_snapshot} is missing after the receive") from exc
+            raise ActivityError(f"{plan.target_snapshot} is missing after the receive",
+                                reason="verify") from exc
         if received.guid != plan.snapshot.guid:
             raise ActivityError(
                 f"guid mismatch after receive: {plan.target_snapshot} has {received.guid}, "
-                f"source has {plan.snapshot.guid}")
+                f"source has {plan.snapshot.guid}", reason="verify")
+
+    async def _hold(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
+        """Hold the new common snapshot on both sides, then release the previous one."""
+        if not (src.capabilities.holds and dst.capabilities.holds):
+            return
+        tag = self.req.hold_tag
+        await src.hold(tag, plan.snapshot.name)
+        await dst.hold(tag, plan.target_snapshot)
+        if plan.base is not None and plan.base.guid != plan.snapshot.guid:
+            await src.release(tag, plan.base.name)
+            await dst.release(tag, f"{plan.target_volume}@{plan.base.label}")
+
+    async def _clean_leftovers(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
+        """Before a (re)start: drop what an earlier, cut-off run of this activity left."""
+        if self.target_created:
+            await self._remove_partial(ctx, dst, self.req.target_volume)
+        if self.req.overwrite:
+            await self._remove_partial(ctx, dst, self.req.staging_volume, any_content=True)
 
     async def rollback(self, ctx: ActivityContext) -> None:
-        """Both ends are already stopped; an aborted receive leaves the target as it was.
+        """Both ends are already stopped: clear partial state so the target is as it was.
 
-        A full receive that was cut off can leave a new, empty volume behind (zfs-fuse
-        does, and cleans it up asynchronously); it is removed if this activity created it.
+        A resumable receive's saved state is aborted (``receive -A``); a new volume this
+        activity created and that holds no snapshot is removed (zfs-fuse leaves one
+        behind and cleans it up asynchronously); a staging copy for overwrite is removed.
         """
-        if self.target_created:
-            await self._remove_partial_target(ctx)
+        try:
+            dst = await self.servers.backend(self.req.destination)
+        except ServerUnavailable as exc:
+            raise ActivityError(f"cannot roll back on {self.req.destination}: {exc}") from exc
+        for volume in (self.req.target_volume, self.req.staging_volume):
+            if await dst.resume_token(volume) is not None:
+                await dst.abort_receive(volume)
+        await self._clean_leftovers(ctx, dst)
 
-    async def _remove_partial_target(self, ctx: ActivityContext) -> None:
-        """Remove the target volume this activity created, if it holds no snapshot."""
-        dst = self.servers.backend(self.req.destination)
-        volume = self.req.target_volume
+    async def _remove_partial(self, ctx: ActivityContext, dst: ZfsBackend, volume: str, *,
+                              any_content: bool = False) -> None:
         try:
             # Right after the receiver is killed ZFS may still be cleaning up the partial
             # receive itself (busy), and may finish that first (gone).
@@ -174,18 +256,19 @@ class ReplicateWork:
                     retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
                     wait=wait_exponential(multiplier=0.1, max=2), reraise=True):
                 with attempt, contextlib.suppress(NotFound):
-                    if await dst.exists(volume) and not await dst.snapshots(volume):
+                    if await dst.exists(volume) and (
+                            any_content or not await dst.snapshots(volume)):
                         await dst.destroy_volume(volume)
-                        ctx.log.info("removed the partial target", target=volume)
+                        ctx.log.info("removed a partial receive", volume=volume)
         except BackendError as exc:
-            raise ActivityError(f"could not remove partial target {volume}: {exc}") from exc
+            raise ActivityError(f"could not remove partial receive {volume}: {exc}") from exc
 
 
 def submit_replication(engine: ActivityEngine, req: ReplicationRequest) -> ActivityRecord:
-    validate_snapshot(req.snapshot)
+    snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
-    return engine.submit(KIND, volume=validate_snapshot(req.snapshot).volume,
-                         source=req.source, target=f"{req.destination}:{req.target_volume}",
+    return engine.submit(KIND, volume=snap.volume, source=req.source,
+                         target=f"{req.destination}:{req.target_volume}",
                          params=req.params(), self_restarting=True)
 
 
