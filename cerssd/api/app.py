@@ -18,7 +18,7 @@ from aiohttp import web
 from .. import __version__, snapshots
 from ..activity import IllegalTransition, State
 from ..backends.base import BackendError, NotFound
-from ..backends.names import InvalidName, validate_volume
+from ..backends.names import InvalidName, validate_snapshot, validate_volume
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import Config
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
@@ -156,7 +156,9 @@ class ControlApi:
     async def replicate(self, request: web.Request) -> web.Response:
         body = REPLICATION.parse(await _body(request))
         snapshot = body["snapshot"]
-        volume = snapshot.partition("@")[0]
+        volume = validate_snapshot(snapshot).volume
+        if body["target_volume"] is not None:
+            validate_volume(body["target_volume"])
         req = ReplicationRequest(
             snapshot=snapshot, source=body["source"], destination=body["destination"],
             target_volume=body["target_volume"] or volume,

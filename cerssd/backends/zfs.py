@@ -266,19 +266,24 @@ class ZfsBackend:
                 raise
 
     async def rename(self, old: str, new: str) -> None:
+        """Rename a volume; unmounted for the rename, since zfs-fuse calls a mounted one busy."""
         validate_volume(old)
         validate_volume(new)
+        unmounted = (await self.runner.run([self._zfs, "unmount", old], check=False)
+                     ).returncode == 0
         await self._run("rename", old, new)
+        if unmounted:
+            await self.runner.run([self._zfs, "mount", new], check=False)
 
     async def set_readonly(self, volume: str, readonly: bool = True) -> None:
         validate_volume(volume)
         await self._run("set", f"readonly={'on' if readonly else 'off'}", volume)
 
-    async def destroy_volume(self, volume: str) -> None:
+    async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None:
         validate_volume(volume)
         if "/" not in volume:
             raise BackendError(f"refusing to destroy the root dataset of pool {volume}")
-        await self._run("destroy", "-r", volume)
+        await self._run("destroy", "-r", *(["-f"] if force_unmount else []), volume)
 
 
 def _check_tag(tag: str) -> str:

@@ -70,6 +70,7 @@ class ReplicationRequest:
 
 async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -> Plan:
     snap = validate_snapshot(req.snapshot)
+    validate_volume(req.target_volume)
     try:
         source_snaps = await src.snapshots(snap.volume)
     except NotFound:
@@ -102,6 +103,12 @@ def estimate(plan: Plan) -> int:
     return max(plan.snapshot.referenced - plan.base.referenced, plan.snapshot.used, 1)
 
 
+def _while_busy() -> AsyncRetrying:
+    """Retry a destroy ZFS calls busy: it says so for a while after a receive ends."""
+    return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
+                         wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
+
+
 def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
     permanent = getattr(exc, "permanent", False)
     return ActivityError(str(exc), StatusCode.LINK if not permanent else StatusCode.ERROR,
@@ -119,6 +126,8 @@ class ReplicateWork:
             await self._run(ctx)
         except (SshError, ServerUnavailable) as exc:
             raise _link_error(exc) from exc
+        except BackendError as exc:
+            raise ActivityError(str(exc), StatusCode.ERROR, "backend") from exc
 
     async def _run(self, ctx: ActivityContext) -> None:
         src = await self.servers.backend(self.req.source)
@@ -196,9 +205,18 @@ class ReplicateWork:
                                 "transfer") from exc
 
     async def _replace_target(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
-        """Overwrite: the staged copy is complete, only now is the old target destroyed."""
-        await dst.destroy_volume(self.req.target_volume)
-        await dst.rename(self.req.staging_volume, self.req.target_volume)
+        """Overwrite: the staged copy is complete, only now is the old target destroyed.
+
+        Our own holds on the old target go with it; anyone else's hold stops the
+        destroy with a clear error and the staged copy stays for a retry.
+        """
+        await self._release_all(dst, self.req.target_volume)
+        async for attempt in _while_busy():
+            with attempt:
+                await dst.destroy_volume(self.req.target_volume, force_unmount=True)
+        async for attempt in _while_busy():
+            with attempt:
+                await dst.rename(self.req.staging_volume, self.req.target_volume)
         ctx.log.warning("replaced the target with a full copy (overwrite)",
                         target=self.req.target_volume)
 
@@ -214,15 +232,26 @@ class ReplicateWork:
                 f"source has {plan.snapshot.guid}", reason="verify")
 
     async def _hold(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
-        """Hold the new common snapshot on both sides, then release the previous one."""
+        """Hold the new common snapshot on both sides, then release the older ones."""
         if not (src.capabilities.holds and dst.capabilities.holds):
             return
         tag = self.req.hold_tag
         await src.hold(tag, plan.snapshot.name)
         await dst.hold(tag, plan.target_snapshot)
-        if plan.base is not None and plan.base.guid != plan.snapshot.guid:
-            await src.release(tag, plan.base.name)
-            await dst.release(tag, f"{plan.target_volume}@{plan.base.label}")
+        await self._release_all(src, plan.snapshot.volume, keep=plan.snapshot.label)
+        await self._release_all(dst, plan.target_volume, keep=plan.snapshot.label)
+
+    async def _release_all(self, backend: ZfsBackend, volume: str, keep: str = "") -> None:
+        """Release this destination's hold from every held snapshot of ``volume`` but one.
+
+        zfs-fuse cannot list hold tags (``zfs holds`` is missing there), so every
+        snapshot with a user reference is asked; a missing tag is not an error.
+        """
+        if not backend.capabilities.holds:
+            return
+        for snap in await backend.snapshots(volume):
+            if snap.userrefs and snap.label != keep:
+                await backend.release(self.req.hold_tag, snap.name)
 
     async def _clean_leftovers(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
         """Before a (re)start: drop what an earlier, cut-off run of this activity left."""
@@ -252,9 +281,7 @@ class ReplicateWork:
         try:
             # Right after the receiver is killed ZFS may still be cleaning up the partial
             # receive itself (busy), and may finish that first (gone).
-            async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
-                    wait=wait_exponential(multiplier=0.1, max=2), reraise=True):
+            async for attempt in _while_busy():
                 with attempt, contextlib.suppress(NotFound):
                     if await dst.exists(volume) and (
                             any_content or not await dst.snapshots(volume)):
