@@ -174,6 +174,9 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
         cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
     )
+    if not re.fullmatch(r"[a-z0-9@.,-]+", server.cipher):
+        raise ConfigError(prefix + "cipher", "must be an OpenSSH cipher name such as "
+                          "aes128-gcm@openssh.com")
     if kind == "ssh":
         for required in ("host", "known_hosts"):
             if getattr(server, required) is None:

@@ -63,7 +63,7 @@ def test_volumes_and_snapshot_lifecycle(daemon: DaemonProcess) -> None:
     assert f"{pool}/vol" in names
     created = req(daemon, "POST", f"/v1/volumes/{pool}/vol/snapshots", {"name": "s1"})
     assert created.status == 202 and created.body["kind"] == "snapshot"
-    done = daemon.wait_done(created.body["id"])
+    done = req(daemon, "GET", f"/v1/activities/{created.body['id']}?wait=30").body  # long-poll
     assert done["state"] == "succeeded" and done["status"]["code"] == 0
     assert done["progress"]["text"] == "1 of 1"
     snaps = req(daemon, "GET", f"/v1/volumes/{pool}/vol/snapshots").body["items"]

@@ -43,6 +43,8 @@ def test_defaults_without_servers_give_local() -> None:
      "servers.b1.port"),
     ({"servers": {"b1": {"kind": "local", "stateless": "yes"}}}, "servers.b1.stateless"),
     ({"servers": {"bad name": {"kind": "local"}}}, "servers.bad name"),
+    ({"servers": {"b1": {"kind": "local", "cipher": "aes -o ProxyCommand=x"}}},
+     "servers.b1.cipher"),
     ({"extra": 1}, "extra"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:

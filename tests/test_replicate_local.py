@@ -166,8 +166,9 @@ def test_suspend_stops_bytes_and_resume_completes(start_daemon: Any,
     d.wait_activity(aid, lambda a: a["progress"]["done"] > 2 * MiB, what="bytes to flow")
     assert d.api("POST", f"/v1/activities/{aid}/suspend")["state"] == "suspended"
     paused = d.api("GET", f"/v1/activities/{aid}")["progress"]["done"]
-    time.sleep(2.0)  # an observation window: nothing may move during it
-    still = d.api("GET", f"/v1/activities/{aid}")
+    waited = time.monotonic()
+    still = d.api("GET", f"/v1/activities/{aid}?wait=2")  # long-poll times out: 2 s window
+    assert time.monotonic() - waited >= 1.9
     assert still["state"] == "suspended"
     assert still["progress"]["done"] - paused <= 1 * MiB  # at most one chunk in flight
     assert len(zfs_streams()) == 2  # the sender is blocked, not killed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,55 @@ async def test_hostile_names_never_reach_zfs(backend: ZfsBackend, pool: str, tmp
         await backend.destroy_snapshot(f"{pool}@{bad}")
     assert not marker.exists()
     assert os.listdir(tmp_path) == []
+
+
+class RecordingRunner:
+    """Answers like an OpenZFS 2.x server would; records every command."""
+
+    server = "openzfs"
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.commands: list[list[str]] = []
+
+    async def run(self, argv: Any, *, check: bool = True) -> Any:
+        from cerssd.backends.runner import CommandResult
+
+        self.commands.append(list(argv))
+        key = " ".join(argv[:2])
+        return CommandResult(0, self.answers.get(key, ""), "")
+
+    async def spawn(self, argv: Any, *, stdin: Any, stdout: Any) -> Any:
+        raise AssertionError("not used")
+
+
+async def test_openzfs_paths_build_the_documented_commands() -> None:
+    # `zfs send -nvP` output format from the OpenZFS manual (zfs-send.8)
+    runner = RecordingRunner({
+        "zfs": OPENZFS_USAGE,
+        "zfs send": "incremental\ttank/a@s1\ttank/a@s2\t1234567\nsize\t1234567\n",
+        "zfs get": "1-f3e4d5c6b-c0-789c636064000310\n",
+    })
+    backend = ZfsBackend(runner)  # type: ignore[arg-type]
+    await backend.probe()
+    assert await backend.size_estimate("tank/a@s2", "tank/a@s1") == 1234567
+    assert runner.commands[-1] == ["zfs", "send", "-nvP", "-i", "tank/a@s1", "tank/a@s2"]
+    token = await backend.resume_token("tank/b")
+    assert token == "1-f3e4d5c6b-c0-789c636064000310"
+    assert runner.commands[-1] == ["zfs", "get", "-Hp", "-o", "value",
+                                   "receive_resume_token", "tank/b"]
+    assert backend.send_argv("tank/a@s2", resume_token=token) == ["zfs", "send", "-t", token]
+    assert backend.receive_argv("tank/b", resumable=True) == ["zfs", "receive", "-s", "tank/b"]
+    await backend.abort_receive("tank/b")
+    assert runner.commands[-1] == ["zfs", "receive", "-A", "tank/b"]
+    from cerssd.backends.base import BackendError
+
+    with pytest.raises(BackendError, match="malformed"):
+        backend.send_argv("tank/a@s2", resume_token="1-x; rm -rf /")
+
+
+async def test_zfs_fuse_never_asks_for_tokens_or_estimates(backend: ZfsBackend) -> None:
+    await backend.probe()
+    assert await backend.size_estimate("tank/a@s2") is None
+    assert await backend.resume_token("tank/a") is None
+    assert backend.receive_argv("tank/b", resumable=False) == ["zfs", "receive", "tank/b"]

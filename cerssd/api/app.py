@@ -6,6 +6,8 @@ OpenAPI document, so the three cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
@@ -62,6 +64,10 @@ ACTIVITY_QUERY = {
     "limit": Field(int, "page size", default=100, minimum=1),
     "offset": Field(int, "items to skip", default=0, minimum=0),
 }
+MAX_WAIT = 300
+WAIT_QUERY = {"wait": Field(int, f"seconds to wait for the activity to finish (at most "
+                            f"{MAX_WAIT}) before answering; 0 answers at once", default=0,
+                            minimum=0)}
 SNAPSHOT_CREATE = Body({
     "name": Field(str, "the snapshot's name (the part after @)", required=True),
     "server": Field(str, "server holding the volume", default="local"),
@@ -192,7 +198,12 @@ class ControlApi:
                       "limit": q["limit"], "offset": q["offset"]})
 
     async def activity(self, request: web.Request) -> web.Response:
-        return _json(self.ctx.engine.get(request.match_info["id"]).snapshot().to_json())
+        q = parse_query(request.query, WAIT_QUERY)
+        activity = self.ctx.engine.get(request.match_info["id"])
+        if q["wait"]:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(activity.done.wait(), min(q["wait"], MAX_WAIT))
+        return _json(activity.snapshot().to_json())
 
     async def suspend(self, request: web.Request) -> web.Response:
         return _json((await self.ctx.engine.suspend(request.match_info["id"])).to_json())
@@ -236,8 +247,9 @@ ROUTES: list[Route] = [
           responses={202: "activity created", 409: "conflict (no common snapshot, diverged)"}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
           query=ACTIVITY_QUERY),
-    Route("GET", f"/v1/activities/{ID}", _A.activity, "One activity",
-          responses={404: "unknown activity"}),
+    Route("GET", f"/v1/activities/{ID}", _A.activity,
+          "One activity; with ?wait=S, answered when it finishes (or after S seconds)",
+          query=WAIT_QUERY, responses={404: "unknown activity"}),
     Route("POST", f"/v1/activities/{ID}/suspend", _A.suspend,
           "Suspend: no further progress (the sender is blocked)", mutating=True,
           responses={409: "not running"}),

@@ -8,8 +8,6 @@ full pipe), an optional bandwidth limit, and a stop request.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import threading
 import time
@@ -17,14 +15,10 @@ from dataclasses import dataclass
 
 from ..engine import Counters, FlowGate
 
+#: Bytes asked of each splice() call. The pipes keep the kernel's default size (64 KiB):
+#: measured here, 1 MiB pipes made a 1 GiB stream over SSH about 10 % slower (the pages
+#: no longer stay in cache), while the default pipes matched a plain shell pipeline.
 CHUNK = 1 << 20
-PIPE_SIZE = 1 << 20
-
-
-def enlarge_pipe(fd: int, size: int = PIPE_SIZE) -> None:
-    """Ask for a 1 MiB pipe buffer; the kernel may cap it (pipe-max-size), which is fine."""
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
 
 
 @dataclass

@@ -13,8 +13,10 @@ last complete snapshot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -133,8 +135,7 @@ class ReplicateWork:
         src = await self.servers.backend(self.req.source)
         dst = await self.servers.backend(self.req.destination)
         await ctx.checkpoint()
-        receive_into = self.req.target_volume
-        token = await dst.resume_token(receive_into)
+        receive_into, token = await self._pending_receive(dst)
         if token is None:
             await self._clean_leftovers(ctx, dst)
             plan = await self._plan(src, dst)
@@ -143,14 +144,14 @@ class ReplicateWork:
                 ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
                 await self._hold(src, dst, plan)
                 return
-            if plan.overwrite:
-                receive_into = self.req.staging_volume
+            receive_into = self.req.staging_volume if plan.overwrite else plan.target_volume
             if plan.mode == "full" and not plan.overwrite and not self.target_created:
                 self.target_created = True
                 ctx.remember(target_created=True)
         else:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
             plan = await self._plan(src, dst, resuming=True)
+            plan = replace(plan, overwrite=receive_into == self.req.staging_volume)
         sender = Endpoint(src.runner, src.send_argv(
             plan.snapshot.name, plan.base.name if plan.base else None,
             intermediates=plan.intermediates, resume_token=token))
@@ -165,17 +166,28 @@ class ReplicateWork:
                      base=plan.base.name if plan.base else None, snapshot=plan.snapshot.name,
                      size=exact)
         ctx.counters.done = 0
+        started = time.monotonic()
         moved = await self._transfer(ctx, sender, receiver)
+        seconds = time.monotonic() - started
+        ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
+                     mb_per_second=round(moved / seconds / 1e6, 1) if seconds else None)
         if plan.overwrite:
             await self._replace_target(ctx, dst)
         await self._verify(plan, dst)
-        if plan.mode == "full":
-            # A replica is a standby: read-only, so that not even atime updates make it
-            # diverge from the master (failover makes it writable).
-            await dst.set_readonly(plan.target_volume)
-        await self._hold(src, dst, plan)
+        await self._finish_target(src, dst, plan)
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
+
+    async def _pending_receive(self, dst: ZfsBackend) -> tuple[str, str | None]:
+        """Where a cut-off resumable receive of this request left a token, if anywhere."""
+        candidates = [self.req.target_volume]
+        if self.req.overwrite:
+            candidates.insert(0, self.req.staging_volume)
+        for volume in candidates:
+            token = await dst.resume_token(volume)
+            if token is not None:
+                return volume, token
+        return self.req.target_volume, None
 
     async def _plan(self, src: ZfsBackend, dst: ZfsBackend, *, resuming: bool = False) -> Plan:
         try:
@@ -231,15 +243,36 @@ class ReplicateWork:
                 f"guid mismatch after receive: {plan.target_snapshot} has {received.guid}, "
                 f"source has {plan.snapshot.guid}", reason="verify")
 
+    async def _finish_target(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
+        """After a verified receive: read-only replica, holds moved to the new common base.
+
+        The source's and the destination's steps are independent, so they run at once
+        (each is a round trip to its server).
+        """
+        async def destination_side() -> None:
+            if plan.mode == "full" or self.target_created:
+                # A replica is a standby: read-only, so that not even atime updates make it
+                # diverge from the master (failover makes it writable).
+                await dst.set_readonly(plan.target_volume)
+            await self._move_hold(dst, plan.target_volume, plan.target_snapshot,
+                                  plan.snapshot.label)
+
+        await asyncio.gather(
+            destination_side(),
+            self._move_hold(src, plan.snapshot.volume, plan.snapshot.name, plan.snapshot.label))
+
     async def _hold(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
-        """Hold the new common snapshot on both sides, then release the older ones."""
-        if not (src.capabilities.holds and dst.capabilities.holds):
+        """Hold the common snapshot on both sides (and release older ones)."""
+        await asyncio.gather(
+            self._move_hold(dst, plan.target_volume, plan.target_snapshot, plan.snapshot.label),
+            self._move_hold(src, plan.snapshot.volume, plan.snapshot.name, plan.snapshot.label))
+
+    async def _move_hold(self, backend: ZfsBackend, volume: str, snapshot: str,
+                         label: str) -> None:
+        if not backend.capabilities.holds:
             return
-        tag = self.req.hold_tag
-        await src.hold(tag, plan.snapshot.name)
-        await dst.hold(tag, plan.target_snapshot)
-        await self._release_all(src, plan.snapshot.volume, keep=plan.snapshot.label)
-        await self._release_all(dst, plan.target_volume, keep=plan.snapshot.label)
+        await backend.hold(self.req.hold_tag, snapshot)
+        await self._release_all(backend, volume, keep=label)
 
     async def _release_all(self, backend: ZfsBackend, volume: str, keep: str = "") -> None:
         """Release this destination's hold from every held snapshot of ``volume`` but one.

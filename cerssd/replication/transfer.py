@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..backends.runner import Runner, stop_process
 from ..engine import Counters, FlowGate
-from .relay import Relay, enlarge_pipe
+from .relay import Relay
 
 
 class TransferFailed(Exception):
@@ -44,8 +44,6 @@ class _Pipes:
         self.send_r, self.send_w = os.pipe()
         self.recv_r, self.recv_w = os.pipe()
         self._open = {self.send_r, self.send_w, self.recv_r, self.recv_w}
-        enlarge_pipe(self.send_r)
-        enlarge_pipe(self.recv_w)
 
     def close(self, *fds: int) -> None:
         for fd in fds:
