@@ -67,3 +67,29 @@ def test_force_full_copy_needs_absent_target() -> None:
     assert plan(exists=False, force_full_copy=True).mode == "full"
     with pytest.raises(TargetExists):
         plan(target=[snap("q/v", "s1", "g1")], force_full_copy=True)
+
+
+def mark(volume: str, label: str, guid: str, creation: int = 0) -> Snapshot:
+    return Snapshot(name=f"{volume}#{label}", volume=volume, label=label, guid=guid,
+                    creation=creation, used=0, referenced=0, userrefs=0)
+
+
+def test_bookmark_serves_when_the_common_snapshot_is_gone() -> None:
+    source = [snap("p/v", "s3", "g3")]  # s1 and s2 were pruned on the source
+    marks = [mark("p/v", "cerssd-b-s1", "g1"), mark("p/v", "cerssd-b-s2", "g2")]
+    p = plan_replication(snapshot_name="p/v@s3", source_snapshots=source, target_volume="q/v",
+                         target_exists=True, intermediates=True, source_bookmarks=marks,
+                         target_snapshots=[snap("q/v", "s1", "g1"), snap("q/v", "s2", "g2")])
+    assert p.mode == "incremental" and p.base is not None
+    assert p.base.name == "p/v#cerssd-b-s2"
+    assert p.intermediates is False  # a bookmark base allows only -i
+
+
+def test_snapshot_base_preferred_over_bookmark() -> None:
+    marks = [mark("p/v", "cerssd-b-s2", "g2")]
+    p = plan(target=[snap("q/v", "s2", "g2")])
+    p2 = plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC, target_volume="q/v",
+                          target_exists=True, target_snapshots=[snap("q/v", "s2", "g2")],
+                          source_bookmarks=marks)
+    assert p.base is not None and p2.base is not None
+    assert p.base.name == p2.base.name == "p/v@s2"

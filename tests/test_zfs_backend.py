@@ -36,6 +36,7 @@ where 'command' is one of the following:
 \tholds [-rHp] <snapshot> ...
 \trelease [-r] <tag> <snapshot> ...
 \tbookmark <snapshot|bookmark> <newbookmark>
+\tload-key [-rn] [-L <keylocation>] <-a | filesystem|volume>
 """
 
 
@@ -43,7 +44,7 @@ def test_usage_parsing_openzfs_sample() -> None:
     caps = capabilities_from_usage(parse_usage(OPENZFS_USAGE), stateless=True)
     assert caps.resumable_send and caps.bookmarks and caps.size_estimate
     assert caps.raw_send and caps.compressed_send and caps.holds and caps.incremental_send
-    assert caps.parsable_list and caps.typed_get
+    assert caps.parsable_list and caps.typed_get and caps.encryption
 
 
 @pytest.fixture
@@ -154,9 +155,12 @@ async def test_openzfs_paths_build_the_documented_commands() -> None:
         "zfs": OPENZFS_USAGE,
         "zfs send": "incremental\ttank/a@s1\ttank/a@s2\t1234567\nsize\t1234567\n",
         "zfs get": "1-f3e4d5c6b-c0-789c636064000310\n",
+        "zfs version": "zfs-2.1.11-1\nzfs-kmod-2.1.11-1\n",
     })
     backend = ZfsBackend(runner)  # type: ignore[arg-type]
-    await backend.probe()
+    caps = await backend.probe()
+    assert caps.zvols and caps.bookmarks and caps.resumable_send and caps.encryption
+    assert backend.version == "zfs-2.1.11-1"
     assert await backend.size_estimate("tank/a@s2", "tank/a@s1") == 1234567
     assert runner.commands[-1] == ["zfs", "send", "-nvP", "-i", "tank/a@s1", "tank/a@s2"]
     token = await backend.resume_token("tank/b")
@@ -167,10 +171,15 @@ async def test_openzfs_paths_build_the_documented_commands() -> None:
     assert backend.receive_argv("tank/b", resumable=True) == ["zfs", "receive", "-s", "tank/b"]
     await backend.abort_receive("tank/b")
     assert runner.commands[-1] == ["zfs", "receive", "-A", "tank/b"]
+    assert backend.send_argv("tank/a@s3", "tank/a#cerssd-b-s2", intermediates=True,
+                             flags="w") == ["zfs", "send", "-w", "-i", "tank/a#cerssd-b-s2",
+                                            "tank/a@s3"]
     from cerssd.backends.base import BackendError
 
     with pytest.raises(BackendError, match="malformed"):
         backend.send_argv("tank/a@s2", resume_token="1-x; rm -rf /")
+    with pytest.raises(BackendError, match="unsupported send flags"):
+        backend.send_argv("tank/a@s2", flags="R")
 
 
 async def test_zfs_fuse_never_asks_for_tokens_or_estimates(backend: ZfsBackend) -> None:

@@ -27,6 +27,8 @@ class Capabilities:
     connection_loss_reporting: bool = False
     parsable_list: bool = False
     typed_get: bool = False
+    zvols: bool = False
+    encryption: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)
@@ -50,7 +52,11 @@ class Volume:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A snapshot is identified by name *and* guid: names can be reused, guids cannot."""
+    """A snapshot is identified by name *and* guid: names can be reused, guids cannot.
+
+    Bookmarks (``volume#label``) use the same shape: they keep a snapshot's guid and
+    creation txg, enough to serve as an incremental base after the snapshot is gone.
+    """
 
     name: str
     volume: str

@@ -57,6 +57,18 @@ def validate_snapshot(name: str) -> SnapshotName:
     return SnapshotName(volume, snap)
 
 
+def validate_bookmark(name: str) -> SnapshotName:
+    """Parse and check ``volume#bookmark``."""
+    if not isinstance(name, str) or name.count("#") != 1 or "@" in name:
+        raise InvalidName(f"{name!r}: a bookmark name has the form pool/volume#name")
+    volume, _, mark = name.partition("#")
+    validate_volume(volume)
+    _check_component(name, mark)
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"bookmark name longer than {MAX_NAME_LENGTH} characters")
+    return SnapshotName(volume, mark)
+
+
 def validate_snapshot_label(label: str) -> str:
     """The part after ``@`` on its own (e.g. a name chosen for a new snapshot)."""
     if not isinstance(label, str):

@@ -8,13 +8,19 @@ supports is probed from its own usage text at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .base import AlreadyExists, BackendError, Busy, Capabilities, NotFound, Snapshot, Volume
-from .names import validate_snapshot, validate_snapshot_label, validate_volume
+from .names import (
+    validate_bookmark,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
 from .runner import CommandFailed, Runner
 
 _VOLUME_PROPS = "type,guid,creation,used,referenced"
@@ -41,7 +47,7 @@ def parse_usage(text: str) -> ZfsUsage:
         if not raw.startswith(("\t", " ")) or not line:
             current = None
             continue
-        m = re.match(r"^([a-z]+)\b", line)
+        m = re.match(r"^([a-z][a-z-]*)\b", line)
         if m:
             current = m.group(1)
             commands.add(current)
@@ -73,6 +79,7 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         self_restarting=True,
         parsable_list="p" in usage.list_flags,
         typed_get="-t" in usage.get_line,
+        encryption="load-key" in usage.commands,
     )
 
 
@@ -113,12 +120,19 @@ class ZfsBackend:
         if "snapshot" not in parsed.commands:
             raise BackendError(f"{self._zfs} on {self.server} did not print its usage; "
                                "is ZFS installed?")
-        self.capabilities = capabilities_from_usage(parsed, stateless=self._stateless)
-        upgrade = await self.runner.run([self._zpool, "upgrade", "-v"], check=False)
-        m = re.search(r"pool version (\d+)", upgrade.stdout)
-        self.version = (f"pool version {m.group(1)}" if m
-                        else "feature flags" if "feature flags" in upgrade.stdout else "unknown")
-        return self.capabilities
+        caps = capabilities_from_usage(parsed, stateless=self._stateless)
+        version = await self.runner.run([self._zfs, "version"], check=False)
+        if version.returncode == 0 and version.stdout.strip():
+            # OpenZFS >= 0.8: userland and kernel module versions. A kernel module means
+            # zvols (zfs-fuse, in userspace, has the command but not the device).
+            self.version = version.stdout.split()[0]
+            caps = replace(caps, zvols="kmod" in version.stdout)
+        else:
+            upgrade = await self.runner.run([self._zpool, "upgrade", "-v"], check=False)
+            m = re.search(r"pool version (\d+)", upgrade.stdout)
+            self.version = f"pool version {m.group(1)}" if m else "unknown"
+        self.capabilities = caps
+        return caps
 
     def info(self) -> dict[str, Any]:
         return {"server": self.server, "backend": "zfs", "zfs_version": self.version,
@@ -169,6 +183,42 @@ class ZfsBackend:
                     referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")))))
         return [snap for _, snap in sorted(snaps, key=lambda pair: pair[0])]
 
+    async def bookmarks(self, volume: str) -> list[Snapshot]:
+        """Bookmarks of ``volume`` oldest first; empty where this zfs has none."""
+        validate_volume(volume)
+        if not (self.capabilities.bookmarks and self.capabilities.typed_get):
+            return []
+        out = await self._run("get", "-Hp", "-t", "bookmark", "-d", "1", "-o",
+                              "name,property,value", "guid,createtxg,creation", volume)
+        rows: dict[str, dict[str, str]] = defaultdict(dict)
+        for line in out.splitlines():
+            name, prop, value = line.split("\t", 2)
+            rows[name][prop] = value
+        marks = [(_int(p.get("createtxg")), Snapshot(
+            name=name, volume=volume, label=name.partition("#")[2], guid=p["guid"],
+            creation=_int(p.get("creation")), used=0, referenced=0, userrefs=0))
+            for name, p in rows.items() if name.startswith(volume + "#")]
+        return [mark for _, mark in sorted(marks, key=lambda pair: pair[0])]
+
+    async def create_bookmark(self, snapshot: str, bookmark: str) -> None:
+        validate_snapshot(snapshot)
+        validate_bookmark(bookmark)
+        with contextlib.suppress(AlreadyExists):
+            await self._run("bookmark", snapshot, bookmark)
+
+    async def destroy_bookmark(self, bookmark: str) -> None:
+        validate_bookmark(bookmark)
+        with contextlib.suppress(NotFound):
+            await self._run("destroy", bookmark)
+
+    async def encrypted(self, volume: str) -> bool:
+        """Whether ``volume`` is an encrypted dataset (OpenZFS native encryption)."""
+        validate_volume(volume)
+        if not self.capabilities.encryption:
+            return False
+        out = await self._run("get", "-Hp", "-o", "value", "encryption", volume)
+        return out.strip() not in ("", "-", "off")
+
     async def snapshot(self, name: str) -> Snapshot:
         snap = validate_snapshot(name)
         for candidate in await self.snapshots(snap.volume):
@@ -196,15 +246,27 @@ class ZfsBackend:
 
     def send_argv(self, snapshot: str, base: str | None = None, *,
                   intermediates: bool = False, resume_token: str | None = None,
-                  estimate: bool = False) -> list[str]:
-        """``zfs send`` for a full or incremental stream, or to resume from a token."""
-        if resume_token is not None:
+                  estimate: bool = False, flags: str = "") -> list[str]:
+        """``zfs send`` for a full or incremental stream, or to resume from a token.
+
+        ``base`` may be a snapshot or a bookmark (``vol#mark``: only with ``-i``).
+        ``flags`` are extra single-letter send options such as ``w`` (raw) or ``c``.
+        """
+        if not re.fullmatch(r"[wcLe]*", flags):
+            raise BackendError(f"unsupported send flags {flags!r}")
+        options = [f"-{flags}"] if flags else []
+        if estimate:
+            options.append("-nvP")
+        if resume_token is not None:  # the token carries the stream's own options
             if not re.fullmatch(r"[0-9a-f-]+", resume_token):
                 raise BackendError("malformed receive_resume_token")
             return [self._zfs, "send", *(["-nvP"] if estimate else []), "-t", resume_token]
         validate_snapshot(snapshot)
-        argv = [self._zfs, "send", *(["-nvP"] if estimate else [])]
-        if base is not None:
+        argv = [self._zfs, "send", *options]
+        if base is not None and "#" in base:
+            validate_bookmark(base)
+            argv += ["-i", base]
+        elif base is not None:
             validate_snapshot(base)
             argv += ["-I" if intermediates else "-i", base]
         return [*argv, snapshot]
@@ -215,14 +277,14 @@ class ZfsBackend:
         return [self._zfs, "receive", *(["-s"] if resumable else []), target_volume]
 
     async def size_estimate(self, snapshot: str, base: str | None = None, *,
-                            intermediates: bool = False,
-                            resume_token: str | None = None) -> int | None:
+                            intermediates: bool = False, resume_token: str | None = None,
+                            flags: str = "") -> int | None:
         """Exact stream size from ``zfs send -nvP``, or None where this zfs cannot say."""
         if not self.capabilities.size_estimate:
             return None
         out = await self.runner.run(self.send_argv(
             snapshot, base, intermediates=intermediates, resume_token=resume_token,
-            estimate=True), check=False)
+            estimate=True, flags=flags), check=False)
         for line in (out.stdout + out.stderr).splitlines():
             fields = line.split()
             if len(fields) == 2 and fields[0] == "size" and fields[1].isdigit():

@@ -70,6 +70,7 @@ def plan_replication(
     force_full_copy: bool = False,
     intermediates: bool = False,
     overwrite: bool = False,
+    source_bookmarks: Sequence[Snapshot] = (),
 ) -> Plan:
     snap = next((s for s in source_snapshots if s.name == snapshot_name), None)
     if snap is None:
@@ -82,7 +83,8 @@ def plan_replication(
                 f"{target_volume} already exists on the destination; a full copy would "
                 "replace it: ask for overwrite explicitly, or drop force_full_copy")
         return Plan("full", snap, None, target_volume, overwrite=target_exists)
-    base = newest_common(source_snapshots, snap, target_snapshots)
+    base = newest_common(source_snapshots, snap, target_snapshots) or newest_bookmark(
+        source_bookmarks, snap, target_snapshots)
     if base is None:
         raise NoCommonSnapshot(
             f"{target_volume} exists on the destination but shares no snapshot (by guid) "
@@ -93,7 +95,9 @@ def plan_replication(
         raise TargetDiverged(
             f"{target_volume} has snapshots newer than the common base {base.label}: "
             f"{', '.join(s.label for s in newer)}; nothing was sent or destroyed")
-    return Plan("incremental", snap, base, target_volume, intermediates)
+    # A bookmark can only be the base of a plain -i stream: intermediates are gone with it.
+    return Plan("incremental", snap, base, target_volume,
+                intermediates and "#" not in base.name)
 
 
 def newest_common(source: Sequence[Snapshot], upto: Snapshot,
@@ -104,6 +108,19 @@ def newest_common(source: Sequence[Snapshot], upto: Snapshot,
     for snap in reversed(candidates):
         if snap.guid in target_guids:
             return snap
+    return None
+
+
+def newest_bookmark(bookmarks: Sequence[Snapshot], upto: Snapshot,
+                    target: Sequence[Snapshot]) -> Snapshot | None:
+    """The source bookmark of the newest target snapshot, when the snapshot itself is gone.
+
+    A bookmark keeps its snapshot's guid, so it still proves the common history.
+    """
+    by_guid = {b.guid: b for b in bookmarks if b.creation <= upto.creation}
+    for snap in reversed(target):
+        if snap.guid in by_guid and snap.guid != upto.guid:
+            return by_guid[snap.guid]
     return None
 
 

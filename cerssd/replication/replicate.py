@@ -32,6 +32,8 @@ from .plan import Plan, ReplicationConflict, TargetDiverged, TargetPoolMissing, 
 from .transfer import Endpoint, TransferFailed, transfer
 
 KIND = "replicate"
+#: What receivers say when a stream uses features they do not have (older ZFS).
+INCOMPATIBLE_STREAM = ("unsupported", "stream version", "invalid backup stream")
 STAGING_SUFFIX = "-cerssd-incoming"
 
 
@@ -86,11 +88,28 @@ async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -
             f"{parent} does not exist on {dst.server}; create the parent dataset first")
     exists = await dst.exists(req.target_volume)
     target_snaps = await dst.snapshots(req.target_volume) if exists else []
+    bookmarks = await src.bookmarks(snap.volume) if source_snaps else []
     return plan_replication(
         snapshot_name=req.snapshot, source_snapshots=source_snaps,
         target_volume=req.target_volume, target_exists=exists,
         target_snapshots=target_snaps, force_full_copy=req.force_full_copy,
-        intermediates=req.intermediates, overwrite=req.overwrite)
+        intermediates=req.intermediates, overwrite=req.overwrite,
+        source_bookmarks=bookmarks)
+
+
+async def stream_flags(src: ZfsBackend, dst: ZfsBackend, volume: str) -> str:
+    """Send options both ends understand: raw for encrypted data, else compressed blocks.
+
+    Raw (``-w``) keeps an encrypted dataset encrypted on the wire and on the target (the
+    key never leaves the source). ``-Lec`` keeps large and compressed blocks as they are
+    on disk; only OpenZFS receivers read such streams, so zfs-fuse gets plain ones.
+    """
+    both = (src.capabilities, dst.capabilities)
+    if all(c.raw_send for c in both) and await src.encrypted(volume):
+        return "w"
+    if all(c.compressed_send for c in both):
+        return "Lec"
+    return ""
 
 
 def estimate(plan: Plan) -> int:
@@ -152,19 +171,20 @@ class ReplicateWork:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
             plan = await self._plan(src, dst, resuming=True)
             plan = replace(plan, overwrite=receive_into == self.req.staging_volume)
+        flags = await stream_flags(src, dst, plan.snapshot.volume)
+        base = plan.base.name if plan.base else None
         sender = Endpoint(src.runner, src.send_argv(
-            plan.snapshot.name, plan.base.name if plan.base else None,
-            intermediates=plan.intermediates, resume_token=token))
+            plan.snapshot.name, base, intermediates=plan.intermediates, resume_token=token,
+            flags=flags))
         receiver = Endpoint(dst.runner, dst.receive_argv(
             receive_into, resumable=dst.capabilities.resumable_send))
         exact = await src.size_estimate(
-            plan.snapshot.name, plan.base.name if plan.base else None,
-            intermediates=plan.intermediates, resume_token=token)
+            plan.snapshot.name, base, intermediates=plan.intermediates, resume_token=token,
+            flags=flags)
         ctx.set_progress(0, exact if exact is not None else estimate(plan),
                          estimated=exact is None)
         ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
-                     base=plan.base.name if plan.base else None, snapshot=plan.snapshot.name,
-                     size=exact)
+                     base=base, snapshot=plan.snapshot.name, size=exact, flags=flags)
         ctx.counters.done = 0
         started = time.monotonic()
         moved = await self._transfer(ctx, sender, receiver)
@@ -210,6 +230,12 @@ class ReplicateWork:
                     f"{self.req.target_volume} on {self.req.destination} was modified since "
                     f"the common snapshot ({exc}); nothing was destroyed").message,
                     StatusCode.CONFLICT, "target-modified") from exc
+            if any(text in exc.stderr for text in INCOMPATIBLE_STREAM):
+                raise ActivityError(
+                    f"{self.req.destination}'s ZFS cannot read the stream "
+                    f"{self.req.source} sends ({exc}); replicate between these two only "
+                    "towards the newer ZFS, or with a stream format both know",
+                    StatusCode.ERROR, "stream-incompatible") from exc
             if "Host key verification failed" in exc.stderr:
                 raise ActivityError(f"transfer refused: {exc}", StatusCode.ERROR,
                                     "ssh-rejected") from exc
@@ -257,9 +283,27 @@ class ReplicateWork:
             await self._move_hold(dst, plan.target_volume, plan.target_snapshot,
                                   plan.snapshot.label)
 
-        await asyncio.gather(
-            destination_side(),
-            self._move_hold(src, plan.snapshot.volume, plan.snapshot.name, plan.snapshot.label))
+        async def source_side() -> None:
+            await self._move_hold(src, plan.snapshot.volume, plan.snapshot.name,
+                                  plan.snapshot.label)
+            await self._move_bookmark(src, plan)
+
+        await asyncio.gather(destination_side(), source_side())
+
+    async def _move_bookmark(self, src: ZfsBackend, plan: Plan) -> None:
+        """Bookmark the new common snapshot for this destination; drop the older one.
+
+        If the snapshot is destroyed on the source after all, the bookmark still serves
+        as the base of the next incremental (same guid), so no full resend is needed.
+        """
+        if not src.capabilities.bookmarks:
+            return
+        prefix = f"cerssd-{self.req.destination}-"
+        volume = plan.snapshot.volume
+        await src.create_bookmark(plan.snapshot.name, f"{volume}#{prefix}{plan.snapshot.label}")
+        for mark in await src.bookmarks(volume):
+            if mark.label.startswith(prefix) and mark.guid != plan.snapshot.guid:
+                await src.destroy_bookmark(mark.name)
 
     async def _hold(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
         """Hold the common snapshot on both sides (and release older ones)."""
