@@ -178,6 +178,11 @@ class ActivityContext:
     def params(self) -> dict[str, Any]:
         return self._activity.record.params
 
+    @property
+    def cancel_requested(self) -> bool:
+        """True when the operator cancelled (roll back everything), not on a failure."""
+        return self._activity.cancel_requested
+
     async def checkpoint(self) -> None:
         """Block while the activity is suspended."""
         await self._activity.gate.wait_async()

@@ -6,6 +6,7 @@ import pytest
 
 from cerssd.backends.names import (
     InvalidName,
+    validate_bookmark,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
@@ -47,6 +48,13 @@ def test_snapshot_name_parsed() -> None:
 def test_overlong_name_rejected() -> None:
     with pytest.raises(InvalidName, match="longer"):
         validate_volume("tank/" + "a" * 260)
+
+
+def test_bookmark_names() -> None:
+    assert validate_bookmark("tank/a#cerssd-b-s1").snapshot == "cerssd-b-s1"
+    for bad in ("tank/a", "tank/a@s#b", "tank/a#b#c", "tank/a#$(id)", "tank/a#"):
+        with pytest.raises(InvalidName):
+            validate_bookmark(bad)
 
 
 def test_label_rules() -> None:

@@ -47,26 +47,23 @@ def validate_volume(name: str) -> str:
 
 def validate_snapshot(name: str) -> SnapshotName:
     """Parse and check ``volume@snapshot``."""
-    if not isinstance(name, str) or name.count("@") != 1:
-        raise InvalidName(f"{name!r}: a snapshot name has the form pool/volume@name")
-    volume, _, snap = name.partition("@")
-    validate_volume(volume)
-    _check_component(name, snap)
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidName(f"snapshot name longer than {MAX_NAME_LENGTH} characters")
-    return SnapshotName(volume, snap)
+    return _validate_child(name, "@", "snapshot")
 
 
 def validate_bookmark(name: str) -> SnapshotName:
     """Parse and check ``volume#bookmark``."""
-    if not isinstance(name, str) or name.count("#") != 1 or "@" in name:
-        raise InvalidName(f"{name!r}: a bookmark name has the form pool/volume#name")
-    volume, _, mark = name.partition("#")
+    return _validate_child(name, "#", "bookmark")
+
+
+def _validate_child(name: str, separator: str, kind: str) -> SnapshotName:
+    if not isinstance(name, str) or name.count(separator) != 1:
+        raise InvalidName(f"{name!r}: a {kind} name has the form pool/volume{separator}name")
+    volume, _, child = name.partition(separator)
     validate_volume(volume)
-    _check_component(name, mark)
+    _check_component(name, child)
     if len(name) > MAX_NAME_LENGTH:
-        raise InvalidName(f"bookmark name longer than {MAX_NAME_LENGTH} characters")
-    return SnapshotName(volume, mark)
+        raise InvalidName(f"{kind} name longer than {MAX_NAME_LENGTH} characters")
+    return SnapshotName(volume, child)
 
 
 def validate_snapshot_label(label: str) -> str:

@@ -340,17 +340,25 @@ class ReplicateWork:
     async def rollback(self, ctx: ActivityContext) -> None:
         """Both ends are already stopped: clear partial state so the target is as it was.
 
-        A resumable receive's saved state is aborted (``receive -A``); a new volume this
-        activity created and that holds no snapshot is removed (zfs-fuse leaves one
-        behind and cleans it up asynchronously); a staging copy for overwrite is removed.
+        On cancel a resumable receive's saved state is aborted (``receive -A``); after a
+        failure it is kept so that the next attempt resumes. A new volume this activity
+        created and that holds no snapshot is removed (zfs-fuse leaves one behind and
+        cleans it up asynchronously); a staging copy for overwrite is removed.
         """
         try:
             dst = await self.servers.backend(self.req.destination)
         except ServerUnavailable as exc:
             raise ActivityError(f"cannot roll back on {self.req.destination}: {exc}") from exc
         for volume in (self.req.target_volume, self.req.staging_volume):
-            if await dst.resume_token(volume) is not None:
+            if await dst.resume_token(volume) is None:
+                continue
+            if ctx.cancel_requested:
                 await dst.abort_receive(volume)
+            else:
+                # A failed or interrupted transfer keeps its resumable state: it changes
+                # nothing visible on the target, and the next attempt continues from it.
+                ctx.log.info("kept the partial receive for a resume", volume=volume)
+                return
         await self._clean_leftovers(ctx, dst)
 
     async def _remove_partial(self, ctx: ActivityContext, dst: ZfsBackend, volume: str, *,
