@@ -188,6 +188,12 @@ def run(args: argparse.Namespace) -> int:
             ["name", "kind", "available", "zfs", "error"],
             [(s["name"], s["kind"], s["available"], s.get("zfs_version", "-"),
               s["error"] or "") for s in d["items"]]))
+    elif cmd == "links":
+        data = client.request("GET", "/v1/links")
+        out.emit(data, lambda d: out.table(
+            ["server", "state", "since", "attempt", "next try", "last error"],
+            [(link["server"], link["state"], _ago(link["since"]), link["attempt"] or "-",
+              _ago(link["next_try_at"]), link["last_error"] or "") for link in d["items"]]))
     elif cmd == "capabilities":
         data = client.request("GET", "/v1/capabilities")
         names = sorted({c for caps in data.values() for c in caps})
@@ -264,6 +270,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="daemon status")
     sub.add_parser("servers", help="configured servers")
     sub.add_parser("capabilities", help="capabilities per server")
+    sub.add_parser("links", help="link health of remote servers")
     v = sub.add_parser("volumes", help="volumes on a server")
     v.add_argument("--server", default="local")
     s = sub.add_parser("snapshots", help="snapshots of a volume")

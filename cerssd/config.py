@@ -47,6 +47,9 @@ class DaemonConfig:
     log_level: str = "info"
     activity_retention: float = 7 * 86400.0
     shutdown_timeout: float = 30.0
+    stall_timeout: float = 30.0
+    retry_max_interval: float = 30.0
+    retry_deadline: float | None = 3600.0
 
     @property
     def journal_path(self) -> Path:
@@ -118,7 +121,8 @@ def parse_duration(value: Any, key: str) -> float:
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
     _reject_unknown(t, "daemon.", {
         "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
-        "activity_retention", "shutdown_timeout",
+        "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
+        "retry_deadline",
     })
     d = DaemonConfig()
     level = _str(t, "log_level", "daemon.", d.log_level).lower()
@@ -134,7 +138,20 @@ def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
             t.get("activity_retention", d.activity_retention), "daemon.activity_retention"),
         shutdown_timeout=parse_duration(
             t.get("shutdown_timeout", d.shutdown_timeout), "daemon.shutdown_timeout"),
+        stall_timeout=parse_duration(t.get("stall_timeout", d.stall_timeout),
+                                     "daemon.stall_timeout"),
+        retry_max_interval=parse_duration(t.get("retry_max_interval", d.retry_max_interval),
+                                          "daemon.retry_max_interval"),
+        retry_deadline=_optional_duration(t.get("retry_deadline", d.retry_deadline),
+                                          "daemon.retry_deadline"),
     )
+
+
+def _optional_duration(value: Any, key: str) -> float | None:
+    """A duration, or "never" for no limit."""
+    if value is None or value == "never":
+        return None
+    return parse_duration(value, key)
 
 
 def _metrics_listen(value: Any) -> MetricsListen | None:

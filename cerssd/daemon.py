@@ -62,7 +62,9 @@ class Daemon:
         self.servers = ServerRegistry(self.config.servers, d.control_socket.parent / "ssh")
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
-        replicate.register(self.engine, self.servers)
+        replicate.register(self.engine, self.servers, replicate.RetryPolicy(
+            stall_timeout=d.stall_timeout or None, max_interval=d.retry_max_interval,
+            deadline=d.retry_deadline))
         self.metrics = Metrics(self.engine, self.servers)
         self.engine.recover()
         await self._serve_control_socket(d.control_socket)

@@ -118,6 +118,19 @@ class DaemonCollector(Collector):
                     caps.add_metric([name, cap], 1 if value else 0)
         yield up
         yield caps
+        link_up = GaugeMetricFamily("cerssd_link_up", "1 while the link to a remote server is up",
+                                    labels=["server"])
+        losses = CounterMetricFamily("cerssd_link_losses", "Times the link was lost",
+                                     labels=["server"])
+        retries = CounterMetricFamily("cerssd_link_retries", "Retries scheduled on the link",
+                                      labels=["server"])
+        for link in sorted(self.servers.links.all(), key=lambda x: x.server):
+            link_up.add_metric([link.server], 1 if link.state == "up" else 0)
+            losses.add_metric([link.server], link.losses)
+            retries.add_metric([link.server], self.servers.links.retries[link.server])
+        yield link_up
+        yield losses
+        yield retries
 
 
 def _pair(record: ActivityRecord) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from .backends.runner import LocalRunner, Runner
 from .backends.ssh import SshError, SshRunner
 from .backends.zfs import ZfsBackend
 from .config import ServerConfig
+from .links import Links
 
 log = structlog.get_logger("cerssd.servers")
 
@@ -28,8 +29,9 @@ class UnknownServer(KeyError):
 
 
 class ServerUnavailable(BackendError):
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, server: str = "", permanent: bool = False) -> None:
         super().__init__(message)
+        self.server = server
         self.permanent = permanent
 
 
@@ -52,16 +54,17 @@ class ServerEntry:
         return data
 
 
-def make_runner(cfg: ServerConfig, control_dir: Path) -> Runner:
+def make_runner(cfg: ServerConfig, control_dir: Path, links: Links) -> Runner:
     if cfg.kind == "local":
         return LocalRunner(cfg.name)
-    return SshRunner(cfg, control_dir)
+    return SshRunner(cfg, control_dir, links=links)
 
 
 class ServerRegistry:
     def __init__(self, servers: Mapping[str, ServerConfig], control_dir: Path) -> None:
+        self.links = Links([name for name, cfg in servers.items() if cfg.kind == "ssh"])
         self.entries: dict[str, ServerEntry] = {
-            name: ServerEntry(cfg, ZfsBackend(make_runner(cfg, control_dir),
+            name: ServerEntry(cfg, ZfsBackend(make_runner(cfg, control_dir, self.links),
                                               zfs=cfg.zfs_command, stateless=cfg.stateless))
             for name, cfg in servers.items()}
 
@@ -70,6 +73,7 @@ class ServerRegistry:
         try:
             caps = await entry.backend.probe()
         except SshError as exc:
+            self.links.lost(name, str(exc))
             entry.probed, entry.probe_error = False, str(exc)
             entry.permanent_error = exc.permanent
             log.error("server unavailable", server=name, error=str(exc),
@@ -100,7 +104,7 @@ class ServerRegistry:
             await self.probe(entry)
         if not entry.probed:
             raise ServerUnavailable(f"server {name} is unavailable: {entry.probe_error}",
-                                    permanent=entry.permanent_error)
+                                    server=name, permanent=entry.permanent_error)
         return entry.backend
 
     def capabilities(self) -> dict[str, Capabilities]:

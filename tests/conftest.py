@@ -311,3 +311,86 @@ def sshd(zfs_fuse: None) -> Iterator[SshServer]:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class NetnsSshServer(SshServer):
+    """An sshd inside a network namespace, reached over a veth pair (TEST-NET-1 only)."""
+
+    namespace: str = ""
+    host_veth: str = ""
+    address: str = ""
+
+    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
+        return super().config(name, known_hosts=known_hosts, extra=extra).replace(
+            'host = "127.0.0.1"', f'host = "{self.address}"')
+
+    def cut(self) -> None:
+        subprocess.run(["ip", "link", "set", self.host_veth, "down"], check=True)
+
+    def restore(self) -> None:
+        subprocess.run(["ip", "link", "set", self.host_veth, "up"], check=True)
+
+
+_netns_counter = iter(range(1, 60))
+
+
+@pytest.fixture
+def netns_sshd(zfs_fuse: None) -> Iterator[NetnsSshServer]:
+    """sshd in its own namespace at 192.0.2.(4n+2), the host side at 192.0.2.(4n+1)/30.
+
+    Only addresses from 192.0.2.0/24 (TEST-NET-1) inside namespaces this fixture makes
+    are used; it removes the namespace (and with it the veth pair) afterwards.
+    """
+    n = next(_netns_counter)
+    tag = f"{os.getpid() % 10000}x{n}"
+    ns, host_if, ns_if = f"cerssd{tag}", f"ch{tag}", f"cn{tag}"
+    host_ip, ns_ip = f"192.0.2.{4 * n + 1}", f"192.0.2.{4 * n + 2}"
+    root = Path(tempfile.mkdtemp(prefix="cerssd-netns-"))
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        ip("link", "set", ns_if, "netns", ns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        ip("netns", "exec", ns, "ip", "link", "set", ns_if, "up")
+        ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        for key in ("host_key", "client_key"):
+            _keygen(root / key)
+        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+        host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
+        (root / "known_hosts").write_text(f"{ns_ip} {host_pub}\n")
+        (root / "wrong_known_hosts").write_text("")
+        (root / "sshd_config").write_text(
+            f"Port 22\nListenAddress {ns_ip}\nHostKey {root}/host_key\n"
+            f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
+            "ClientAliveInterval 2\nClientAliveCountMax 2\n")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+        # nsenter joins only the network namespace; `ip netns exec` would also give sshd a
+        # mount namespace of its own, where zfs-fuse cannot mount what it receives.
+        subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sshd_bin, "-f",
+                        str(root / "sshd_config"), "-E", str(root / "sshd.log")], check=True)
+        pid = int(wait_until(lambda: (root / "sshd.pid").exists()
+                             and (root / "sshd.pid").read_text().strip(), 10, what="sshd"))
+        yield NetnsSshServer(22, root / "client_key", root / "known_hosts",
+                             root / "wrong_known_hosts", pid, ns, host_if, ns_ip)
+    finally:
+        pidfile = root / "sshd.pid"
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for leftover in left.stdout.split():  # sessions of that sshd, by pid
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(leftover), signal.SIGKILL)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

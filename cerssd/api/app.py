@@ -116,6 +116,9 @@ class ControlApi:
     async def servers(self, request: web.Request) -> web.Response:
         return _json({"items": [e.to_json() for e in self.ctx.servers.entries.values()]})
 
+    async def links(self, request: web.Request) -> web.Response:
+        return _json({"items": [link.to_json() for link in self.ctx.servers.links.all()]})
+
     async def capabilities(self, request: web.Request) -> web.Response:
         return _json({name: caps.to_json()
                       for name, caps in self.ctx.servers.capabilities().items()})
@@ -231,6 +234,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts"),
     Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends"),
     Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server"),
+    Route("GET", "/v1/links", _A.links,
+          "Link health per remote server: up, lost (since, last error) or retrying"),
     Route("GET", "/v1/volumes", _A.volumes, "Volumes on a server", query=SERVER_QUERY),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
           "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,

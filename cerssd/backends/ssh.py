@@ -27,6 +27,7 @@ import asyncssh
 import structlog
 
 from ..config import ServerConfig
+from ..links import Links
 from .runner import CommandFailed, CommandResult
 
 log = structlog.get_logger("cerssd.ssh")
@@ -53,11 +54,15 @@ class AuthenticationFailed(SshError):
 class LinkDown(SshError):
     """The server could not be reached, or the connection broke (transient)."""
 
+    def __init__(self, message: str, server: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server
+
 
 class SshRunner:
     def __init__(self, cfg: ServerConfig, control_dir: Path, *,
-                 keepalive_interval: float = 5.0, keepalive_count_max: int = 3,
-                 connect_timeout: float = 10.0) -> None:
+                 links: Links | None = None, keepalive_interval: float = 3.0,
+                 keepalive_count_max: int = 2, connect_timeout: float = 8.0) -> None:
         assert cfg.host is not None and cfg.known_hosts is not None
         self.server = cfg.name
         self.cfg = cfg
@@ -65,6 +70,7 @@ class SshRunner:
         self.keepalive_interval = keepalive_interval
         self.keepalive_count_max = keepalive_count_max
         self.connect_timeout = connect_timeout
+        self.links = links
         self._conn: asyncssh.SSHClientConnection | None = None
         self._lock = asyncio.Lock()
         self._idle: list[RemoteShell] = []
@@ -103,14 +109,24 @@ class SshRunner:
             raise AuthenticationFailed(
                 f"{self.address} refused the key {cfg.identity_file}: {exc}") from exc
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise LinkDown(f"cannot reach {self.address}: {exc or type(exc).__name__}") \
-                from exc
+            raise LinkDown(f"cannot reach {self.address}: {exc or type(exc).__name__}",
+                           self.server) from exc
         log.info("ssh connection established", server=self.server, address=self.address)
         return conn
 
     async def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult:
+        """Run ``argv`` on the server; link loss and recovery are reported to ``links``."""
         async with self._shells:
-            return await self._run(argv, check)
+            try:
+                result = await self._run(argv, check)
+            except LinkDown as exc:
+                if self.links is not None:
+                    self.links.lost(self.server, str(exc))
+                raise
+        if self.links is not None and (link := self.links.get(self.server)) \
+                and link.state != "up":
+            self.links.up(self.server)
+        return result
 
     async def _run(self, argv: Sequence[str], check: bool) -> CommandResult:
         shell = await self._shell()
@@ -119,7 +135,7 @@ class SshRunner:
         except (OSError, asyncssh.Error, asyncio.IncompleteReadError, ShellProtocolError) as exc:
             await self._drop_shell(shell)
             raise LinkDown(f"lost the connection to {self.address}: "
-                           f"{exc or type(exc).__name__}") from exc
+                           f"{exc or type(exc).__name__}", self.server) from exc
         except BaseException:  # cancelled mid-command: the shell's state is unknown
             shell.close()
             raise
@@ -139,7 +155,8 @@ class SshRunner:
             return await RemoteShell.start(conn)
         except (OSError, asyncssh.Error, asyncio.IncompleteReadError, ShellProtocolError) as exc:
             self._conn = None
-            raise LinkDown(f"cannot start a command shell on {self.address}: {exc}") from exc
+            raise LinkDown(f"cannot start a command shell on {self.address}: {exc}",
+                           self.server) from exc
 
     async def _drop_shell(self, shell: RemoteShell) -> None:
         shell.close()

@@ -19,22 +19,51 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential,
+    wait_random_exponential,
+)
 
-from ..activity import ActivityRecord, StatusCode
+from ..activity import ActivityRecord, LinkHealth, State, StatusCode
 from ..backends.base import BackendError, Busy, NotFound
 from ..backends.names import validate_snapshot, validate_volume
-from ..backends.ssh import SshError
+from ..backends.ssh import LinkDown, SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
 from .plan import Plan, ReplicationConflict, TargetDiverged, TargetPoolMissing, plan_replication
-from .transfer import Endpoint, TransferFailed, transfer
+from .transfer import Endpoint, TransferFailed, TransferStalled, transfer
 
 KIND = "replicate"
+#: What ssh says when the connection, not the command, failed.
+LINK_ERRORS = ("Connection closed", "Connection reset", "Broken pipe", "timed out",
+               "Timeout, server", "not responding", "Connection refused", "No route to host",
+               "Network is unreachable", "closed by remote host")
 #: What receivers say when a stream uses features they do not have (older ZFS).
 INCOMPATIBLE_STREAM = ("unsupported", "stream version", "invalid backup stream")
 STAGING_SUFFIX = "-cerssd-incoming"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried: exponential backoff with jitter and a cap."""
+
+    stall_timeout: float | None = 30.0
+    max_interval: float = 30.0
+    deadline: float | None = 3600.0
+
+
+class Transient(Exception):
+    """A failure of the link, not of the request: worth another attempt."""
+
+    def __init__(self, server: str, message: str) -> None:
+        super().__init__(message)
+        self.server = server
 
 
 @dataclass(frozen=True)
@@ -137,18 +166,64 @@ def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
 
 
 class ReplicateWork:
-    def __init__(self, record: ActivityRecord, servers: ServerRegistry) -> None:
+    def __init__(self, record: ActivityRecord, servers: ServerRegistry,
+                 policy: RetryPolicy) -> None:
         self.req = ReplicationRequest.from_params(record.params)
         self.servers = servers
+        self.policy = policy
         self.target_created = bool(record.params.get("target_created"))
 
     async def run(self, ctx: ActivityContext) -> None:
+        """Attempts until success, a permanent error, or the retry deadline.
+
+        While a transient failure (link lost, stream stalled) is retried the activity
+        is ``retrying`` and its ``link`` says what happened and when the next try is.
+        """
+        deadline = self.policy.deadline
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Transient),
+            wait=wait_random_exponential(multiplier=1, max=self.policy.max_interval),
+            stop=stop_after_delay(deadline) if deadline is not None else stop_never,
+            before_sleep=lambda state: self._report_retry(ctx, state), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._attempt(ctx)
+        except Transient as exc:
+            raise ActivityError(f"gave up after retrying for {deadline:g} s: {exc}",
+                                StatusCode.LINK, "link") from exc
+
+    def _report_retry(self, ctx: ActivityContext, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, Transient):
+            return
+        delay = state.next_action.sleep if state.next_action else 0.0
+        links = self.servers.links
+        links.lost(exc.server, str(exc))
+        link = links.retrying(exc.server, state.attempt_number, time.time() + delay)
+        health = link.health() if link else LinkHealth(
+            server=exc.server, state="retrying", attempt=state.attempt_number,
+            next_try_at=time.time() + delay, last_error=str(exc))
+        ctx.link_lost(health)
+        ctx.log.warning("replication interrupted; retrying", server=exc.server,
+                        error=str(exc), attempt=state.attempt_number, retry_in=round(delay, 1))
+
+    async def _attempt(self, ctx: ActivityContext) -> None:
         try:
             await self._run(ctx)
-        except (SshError, ServerUnavailable) as exc:
+        except LinkDown as exc:
+            raise Transient(self._server_of(exc), str(exc)) from exc
+        except ServerUnavailable as exc:
+            if exc.permanent:
+                raise _link_error(exc) from exc
+            raise Transient(exc.server, str(exc)) from exc
+        except SshError as exc:
             raise _link_error(exc) from exc
         except BackendError as exc:
             raise ActivityError(str(exc), StatusCode.ERROR, "backend") from exc
+
+    def _server_of(self, exc: LinkDown) -> str:
+        return exc.server or self.req.destination
 
     async def _run(self, ctx: ActivityContext) -> None:
         src = await self.servers.backend(self.req.source)
@@ -185,6 +260,8 @@ class ReplicateWork:
                          estimated=exact is None)
         ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
                      base=base, snapshot=plan.snapshot.name, size=exact, flags=flags)
+        if ctx.record.state == State.RETRYING:  # both servers answered again
+            ctx.link_up(self._remote_side())
         ctx.counters.done = 0
         started = time.monotonic()
         moved = await self._transfer(ctx, sender, receiver)
@@ -223,8 +300,15 @@ class ReplicateWork:
     async def _transfer(self, ctx: ActivityContext, sender: Endpoint, receiver: Endpoint) -> int:
         try:
             return await transfer(sender, receiver, counters=ctx.counters, gate=ctx.flow,
-                                  limit=self.req.bandwidth_limit)
+                                  limit=self.req.bandwidth_limit,
+                                  stall_timeout=self.policy.stall_timeout)
+        except TransferStalled as exc:
+            raise Transient(self._remote_side(), str(exc)) from exc
         except TransferFailed as exc:
+            side = self.req.source if exc.side == "send" else self.req.destination
+            if self._is_remote(side) and (exc.returncode == 255 or any(
+                    text in exc.stderr for text in LINK_ERRORS)):
+                raise Transient(side, f"stream interrupted: {exc}") from exc
             if "modified" in exc.stderr or "destination has snapshots" in exc.stderr:
                 raise ActivityError(TargetDiverged(
                     f"{self.req.target_volume} on {self.req.destination} was modified since "
@@ -376,6 +460,17 @@ class ReplicateWork:
             raise ActivityError(f"could not remove partial receive {volume}: {exc}") from exc
 
 
+    def _is_remote(self, server: str) -> bool:
+        entry = self.servers.entries.get(server)
+        return entry is not None and entry.config.kind == "ssh"
+
+    def _remote_side(self) -> str:
+        """The server whose link a stream depends on (the destination if both are remote)."""
+        if self._is_remote(self.req.destination) or not self._is_remote(self.req.source):
+            return self.req.destination
+        return self.req.source
+
+
 def submit_replication(engine: ActivityEngine, req: ReplicationRequest) -> ActivityRecord:
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
@@ -384,5 +479,6 @@ def submit_replication(engine: ActivityEngine, req: ReplicationRequest) -> Activ
                          params=req.params(), self_restarting=True)
 
 
-def register(engine: ActivityEngine, servers: ServerRegistry) -> None:
-    engine.register(KIND, lambda r: ReplicateWork(r, servers))
+def register(engine: ActivityEngine, servers: ServerRegistry,
+             policy: RetryPolicy | None = None) -> None:
+    engine.register(KIND, lambda r: ReplicateWork(r, servers, policy or RetryPolicy()))

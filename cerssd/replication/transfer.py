@@ -21,10 +21,15 @@ from .relay import Relay
 
 
 class TransferFailed(Exception):
-    def __init__(self, side: str, message: str, stderr: str = "") -> None:
+    def __init__(self, side: str, message: str, stderr: str = "", returncode: int = 0) -> None:
         super().__init__(f"{side}: {message}")
         self.side = side
         self.stderr = stderr
+        self.returncode = returncode
+
+
+class TransferStalled(TransferFailed):
+    """No byte moved for the stall timeout while the activity was not suspended."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,8 @@ class _Pipes:
 
 
 async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
-                   gate: FlowGate, limit: float | None = None) -> int:
+                   gate: FlowGate, limit: float | None = None,
+                   stall_timeout: float | None = None) -> int:
     """Run the stream to completion; returns the bytes moved. Cancel-safe."""
     pipes = _Pipes()
     send = recv = None
@@ -66,7 +72,7 @@ async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
         recv = await receiver.runner.spawn(receiver.argv, stdin=pipes.recv_r,
                                            stdout=asyncio.subprocess.DEVNULL)
         pipes.close(pipes.send_w, pipes.recv_r)  # the children hold these ends now
-        return await _pump(send, recv, pipes, counters, gate, limit)
+        return await _pump(send, recv, pipes, counters, gate, limit, stall_timeout)
     finally:
         pipes.close_all()
         for proc in (send, recv):
@@ -76,7 +82,7 @@ async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
 
 async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Process,
                 pipes: _Pipes, counters: Counters, gate: FlowGate,
-                limit: float | None) -> int:
+                limit: float | None, stall_timeout: float | None) -> int:
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
     relay = Relay(pipes.send_r, pipes.recv_w, counters=counters, gate=gate, limit=limit)
@@ -93,13 +99,19 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
     watcher = loop.run_in_executor(None, done)
     send_err = asyncio.ensure_future(_stderr(send))
     recv_err = asyncio.ensure_future(_stderr(recv))
+    watchdog = asyncio.ensure_future(_watch_stall(counters, gate, stall_timeout))
     try:
-        await finished
+        await asyncio.wait([finished, watchdog], return_when=asyncio.FIRST_COMPLETED)
+        if not finished.done():  # the watchdog fired: nothing moved for too long
+            relay.stop.set()
+            await _stop_both(send, recv)
+            raise TransferStalled("relay", f"no data moved for {stall_timeout:g} s (stalled)")
     except asyncio.CancelledError:
         relay.stop.set()
         await asyncio.shield(_stop_both(send, recv))
         raise
     finally:
+        watchdog.cancel()
         # Only close once the relay thread is out of splice(): a closed fd number can be
         # reused at once. Closing then gives EOF to the receiver and EPIPE to a sender.
         await asyncio.shield(watcher)
@@ -108,16 +120,31 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
     send_msg, recv_msg = await send_err, await recv_err
     receiver_broke = isinstance(relay.result.error, BrokenPipeError)
     if recv_rc != 0 and (receiver_broke or send_rc == 0):
-        raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg)
+        raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg, recv_rc)
     if send_rc != 0:
-        raise TransferFailed("send", _first_line(send_msg, send_rc), send_msg)
+        raise TransferFailed("send", _first_line(send_msg, send_rc), send_msg, send_rc)
     if recv_rc != 0:
-        raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg)
+        raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg, recv_rc)
     if relay.result.error is not None and not receiver_broke:
         # A receiver that exits 0 has read a complete stream (through its END record);
         # a broken pipe after that is trailing bytes it had no use for, not a failure.
         raise TransferFailed("relay", str(relay.result.error))
     return relay.result.bytes
+
+
+async def _watch_stall(counters: Counters, gate: FlowGate, timeout: float | None) -> None:
+    """Return once no byte has moved for ``timeout`` seconds of not being suspended."""
+    if timeout is None:
+        await asyncio.Event().wait()  # never fires
+        return
+    seen, quiet = counters.bytes_read, 0.0
+    step = min(1.0, timeout / 4)
+    while quiet < timeout:
+        await asyncio.sleep(step)
+        if counters.bytes_read != seen or not gate.is_open:
+            seen, quiet = counters.bytes_read, 0.0
+        else:
+            quiet += step
 
 
 async def _stop_both(*procs: asyncio.subprocess.Process) -> None:
