@@ -99,3 +99,13 @@ def test_check_config_flag(tmp_path: Path) -> None:
     good.write_text("[daemon]\n")
     result = run_daemon(good, "--check-config")
     assert result.returncode == 0 and "is valid" in result.stdout
+
+
+def test_retry_keys() -> None:
+    cfg = parse_config({"daemon": {"retry_deadline": "never", "stall_timeout": "5s",
+                                   "retry_max_interval": "2s"}})
+    assert cfg.daemon.retry_deadline is None
+    assert (cfg.daemon.stall_timeout, cfg.daemon.retry_max_interval) == (5, 2)
+    with pytest.raises(ConfigError) as info:
+        parse_config({"daemon": {"retry_deadline": "soonish"}})
+    assert info.value.key == "daemon.retry_deadline"
