@@ -309,6 +309,11 @@ class ReplicateWork:
             if self._is_remote(side) and (exc.returncode == 255 or any(
                     text in exc.stderr for text in LINK_ERRORS)):
                 raise Transient(side, f"stream interrupted: {exc}") from exc
+            if exc.side == "receive" and "busy" in exc.stderr:
+                # After a lost link the old receive can linger on the server until its
+                # sshd notices; the target is busy until then.
+                raise Transient(side, f"target busy, likely an earlier receive: {exc}") \
+                    from exc
             if "modified" in exc.stderr or "destination has snapshots" in exc.stderr:
                 raise ActivityError(TargetDiverged(
                     f"{self.req.target_volume} on {self.req.destination} was modified since "
