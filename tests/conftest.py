@@ -31,6 +31,9 @@ from cerssd.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The OpenZFS tier's session fixture (a QEMU guest), usable from any test module.
+pytest_plugins = ("tests.openzfs_guest",)
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
                what: str = "condition") -> Any:

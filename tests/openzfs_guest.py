@@ -153,18 +153,22 @@ def openzfs_guest() -> Iterator[OpenZfsGuest]:
         guest = OpenZfsGuest(port, key, known_hosts, ("/dev/vdb", "/dev/vdc"),
                              root / "console.log")
         deadline = time.monotonic() + BOOT_TIMEOUT
+        last = ""
         while True:
             if not _alive(pid):
                 pytest.fail(f"QEMU exited during boot:\n{_console_tail(guest.console_log)}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 probe = subprocess.run(guest.ssh_argv("test", "-e", "/dev/zfs",
                                                       connect_timeout=5),
-                                       capture_output=True, timeout=30)
+                                       capture_output=True, text=True, timeout=30)
                 if probe.returncode == 0:
                     break
+                last = f"ssh exit {probe.returncode}: {probe.stderr.strip()}"
+            except subprocess.TimeoutExpired:
+                last = "ssh timed out"
             if time.monotonic() > deadline:
-                pytest.fail(f"guest sshd with /dev/zfs not up after {BOOT_TIMEOUT:.0f}s:\n"
-                            f"{_console_tail(guest.console_log)}")
+                pytest.fail(f"guest sshd with /dev/zfs not up after {BOOT_TIMEOUT:.0f}s "
+                            f"({last}); console:\n{_console_tail(guest.console_log)}")
             time.sleep(2)
         yield guest
     finally:
