@@ -132,14 +132,15 @@ def test_interrupted_transfer_resumes_from_token(daemon: DaemonProcess, fresh: G
                     bandwidth_limit=4 * MiB).body["id"]
     total = daemon.wait_activity(aid, lambda a: a["progress"]["done"] > 10 * MiB,
                                  timeout=300, what="10 MiB to flow")["progress"]["total"]
-    fresh.sh("pkill -9 -f 'zfs receive'")  # the receiving side dies mid-stream
+    fresh.sh("pkill -9 -f 'zfs [r]eceive'")  # the receiving side dies mid-stream
     daemon.wait_activity(aid, lambda a: a["state"] == "retrying", timeout=60,
                          what="the retry after the interruption")
     done = daemon.wait_done(aid, timeout=600)
     assert done["state"] == "succeeded", done["status"]
     assert done["usage"]["retries"] >= 1
-    # a restart would send the 10+ MiB already received again, on top of the whole stream
-    assert done["usage"]["bytes_on_wire"] < total + 2 * MiB
+    # a restart would send the 10+ MiB already received again, on top of the whole stream;
+    # resuming re-sends only what was in flight (pipes, ssh windows) when the receive died
+    assert done["usage"]["bytes_on_wire"] < total + 5 * MiB
     assert '"resuming an interrupted receive from its token"' in daemon.log()
     assert fresh.guid("tank2/data@s1") == fresh.guid("tank/data@s1")
     assert fresh.prop("tank2/data", "receive_resume_token") == "-"
@@ -224,11 +225,10 @@ def test_zfs_fuse_to_openzfs_and_back(daemon: DaemonProcess, fresh: Guest,
     r = replicate(daemon, "tank/new@s1", "guest", "local", f"{host_pool}/new")
     assert r.status == 202, r.body
     done = daemon.wait_done(r.body["id"], timeout=600)
-    if done["state"] == "succeeded":
-        assert zfs("get", "-Hp", "-o", "value", "guid",
-                   f"{host_pool}/new@s1").stdout.strip() == fresh.guid("tank/new@s1")
-    else:  # the old receiver cannot read it: a clear error and nothing left behind
-        assert done["status"]["reason"] == "stream-incompatible", done["status"]
-        assert "cannot read the stream" in done["status"]["message"]
-        assert subprocess.run(["zfs", "list", f"{host_pool}/new"],
-                              capture_output=True).returncode != 0
+    # measured: zfs-fuse refuses OpenZFS 2.1's stream ("unsupported feature, feature flags
+    # = 4"); the activity says so in words and leaves nothing behind
+    assert done["state"] == "failed", done
+    assert done["status"]["reason"] == "stream-incompatible", done["status"]
+    assert "local's ZFS cannot read the stream guest sends" in done["status"]["message"]
+    assert subprocess.run(["zfs", "list", f"{host_pool}/new"],
+                          capture_output=True).returncode != 0
