@@ -53,10 +53,6 @@ class Journal:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    @property
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
     def save(self, record: ActivityRecord) -> None:
         self._db.execute(
             "INSERT INTO activities(id, kind, state, created_at, finished_at, record) "

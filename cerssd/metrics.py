@@ -29,14 +29,14 @@ class DaemonCollector(Collector):
         self.servers = servers
         self.started = time.time()
         self.finished: Tally[tuple[str, str]] = Tally()
-        self.finished_bytes: Tally[str] = Tally()
-        self.finished_pairs: Tally[tuple[str, str]] = Tally()
+        self.finished_bytes: Tally[tuple[str, ...]] = Tally()
+        self.finished_pairs: Tally[tuple[str, ...]] = Tally()
         engine.add_listener(self._on_change)
 
     def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
         if record.state.terminal:
             self.finished[(record.kind, str(record.state))] += 1
-            self.finished_bytes[record.kind] += record.usage.bytes_read
+            self.finished_bytes[(record.kind,)] += record.usage.bytes_read
             if record.kind == "replicate":
                 self.finished_pairs[_pair(record)] += record.usage.bytes_on_wire
 
@@ -65,26 +65,18 @@ class DaemonCollector(Collector):
         for (kind, state), n in sorted(self.finished.items()):
             finished.add_metric([kind, state], n)
         yield finished
-        moved = CounterMetricFamily("cerssd_bytes_moved", "Bytes read from sources by activities",
-                                    labels=["kind"])
-        live = Tally[str]()
-        for r in records:
-            if not r.state.terminal:
-                live[r.kind] += r.usage.bytes_read
-        for kind in sorted(set(live) | set(self.finished_bytes)):
-            moved.add_metric([kind], live[kind] + self.finished_bytes[kind])
-        yield moved
-        pairs = CounterMetricFamily(
-            "cerssd_replication_bytes", "Bytes replicated per source and destination server, "
-            "counted while they flow", labels=["source", "destination"])
-        live_pairs = Tally[tuple[str, str]]()
-        for r in records:
-            if r.kind == "replicate" and not r.state.terminal:
-                live_pairs[_pair(r)] += r.usage.bytes_on_wire
-        for pair in sorted(set(live_pairs) | set(self.finished_pairs)):
-            pairs.add_metric(list(pair), live_pairs[pair] + self.finished_pairs[pair])
-        yield pairs
-        yield from self._progress([r for r in records if not r.state.terminal])
+        running = [r for r in records if not r.state.terminal]
+        yield _live_plus_finished(
+            CounterMetricFamily("cerssd_bytes_moved", "Bytes read from sources by activities",
+                                labels=["kind"]),
+            [((r.kind,), r.usage.bytes_read) for r in running], self.finished_bytes)
+        yield _live_plus_finished(
+            CounterMetricFamily("cerssd_replication_bytes",
+                                "Bytes replicated per source and destination server, counted "
+                                "while they flow", labels=["source", "destination"]),
+            [(_pair(r), r.usage.bytes_on_wire) for r in running if r.kind == "replicate"],
+            self.finished_pairs)
+        yield from self._progress(running)
 
     def _progress(self, running: list[ActivityRecord]) -> Iterator[Metric]:
         labels = ["id", "kind", "volume", "unit"]
@@ -131,6 +123,18 @@ class DaemonCollector(Collector):
         yield link_up
         yield losses
         yield retries
+
+
+def _live_plus_finished(family: CounterMetricFamily,
+                        live: list[tuple[tuple[str, ...], int]],
+                        finished: Tally[tuple[str, ...]]) -> CounterMetricFamily:
+    """A byte counter: what finished activities moved plus what running ones have so far."""
+    totals = Tally(finished)
+    for labels, value in live:
+        totals[labels] += value
+    for labels in sorted(totals):
+        family.add_metric(list(labels), totals[labels])
+    return family
 
 
 def _pair(record: ActivityRecord) -> tuple[str, str]:

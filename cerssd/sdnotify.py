@@ -16,10 +16,6 @@ class Notifier:
             address = "\0" + address[1:]
         self.address = address or None
 
-    @property
-    def enabled(self) -> bool:
-        return self.address is not None
-
     def notify(self, **fields: str | int) -> bool:
         if self.address is None:
             return False

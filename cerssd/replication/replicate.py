@@ -160,9 +160,9 @@ def _while_busy() -> AsyncRetrying:
 
 
 def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
-    permanent = getattr(exc, "permanent", False)
-    return ActivityError(str(exc), StatusCode.LINK if not permanent else StatusCode.ERROR,
-                         "ssh-rejected" if permanent else "link")
+    if exc.permanent:
+        return ActivityError(str(exc), StatusCode.ERROR, "ssh-rejected")
+    return ActivityError(str(exc), StatusCode.LINK, "link")
 
 
 class ReplicateWork:
@@ -212,7 +212,7 @@ class ReplicateWork:
         try:
             await self._run(ctx)
         except LinkDown as exc:
-            raise Transient(self._server_of(exc), str(exc)) from exc
+            raise Transient(exc.server or self.req.destination, str(exc)) from exc
         except ServerUnavailable as exc:
             if exc.permanent:
                 raise _link_error(exc) from exc
@@ -221,9 +221,6 @@ class ReplicateWork:
             raise _link_error(exc) from exc
         except BackendError as exc:
             raise ActivityError(str(exc), StatusCode.ERROR, "backend") from exc
-
-    def _server_of(self, exc: LinkDown) -> str:
-        return exc.server or self.req.destination
 
     async def _run(self, ctx: ActivityContext) -> None:
         src = await self.servers.backend(self.req.source)
@@ -236,7 +233,7 @@ class ReplicateWork:
             if plan.mode == "up-to-date":
                 ctx.set_progress(0, 0)
                 ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
-                await self._hold(src, dst, plan)
+                await self._finish_target(src, dst, plan)
                 return
             receive_into = self.req.staging_volume if plan.overwrite else plan.target_volume
             if plan.mode == "full" and not plan.overwrite and not self.target_created:
@@ -359,7 +356,7 @@ class ReplicateWork:
                 f"source has {plan.snapshot.guid}", reason="verify")
 
     async def _finish_target(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
-        """After a verified receive: read-only replica, holds moved to the new common base.
+        """With the target at the snapshot: read-only replica, holds and bookmark moved.
 
         The source's and the destination's steps are independent, so they run at once
         (each is a round trip to its server).
@@ -393,12 +390,6 @@ class ReplicateWork:
         for mark in await src.bookmarks(volume):
             if mark.label.startswith(prefix) and mark.guid != plan.snapshot.guid:
                 await src.destroy_bookmark(mark.name)
-
-    async def _hold(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
-        """Hold the common snapshot on both sides (and release older ones)."""
-        await asyncio.gather(
-            self._move_hold(dst, plan.target_volume, plan.target_snapshot, plan.snapshot.label),
-            self._move_hold(src, plan.snapshot.volume, plan.snapshot.name, plan.snapshot.label))
 
     async def _move_hold(self, backend: ZfsBackend, volume: str, snapshot: str,
                          label: str) -> None:
