@@ -256,6 +256,15 @@ def raw_request(socket_path: Path | str, method: str, path: str, body: bytes | N
     return RawResponse(response.status, ctype, parsed)
 
 
+def ssh_server_section(name: str, host: str, port: int, identity_file: Path,
+                       known_hosts: Path, extra: str = "") -> str:
+    """A cerssd ``[servers.NAME]`` section for root over SSH with a key."""
+    return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"{host}\"\nport = {port}\n"
+            f"user = \"root\"\nidentity_file = \"{identity_file}\"\n"
+            f"known_hosts = \"{known_hosts}\"\n{extra}\n")
+
+
+
 @dataclass(frozen=True)
 class SshServer:
     """A private sshd on 127.0.0.1 that lets root in with ``client_key``."""
@@ -266,11 +275,11 @@ class SshServer:
     wrong_known_hosts: Path
     pid: int
 
+    host = "127.0.0.1"
+
     def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
-        return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"127.0.0.1\"\n"
-                f"port = {self.port}\nuser = \"root\"\n"
-                f"identity_file = \"{self.client_key}\"\n"
-                f"known_hosts = \"{known_hosts or self.known_hosts}\"\n{extra}\n")
+        return ssh_server_section(name, self.host, self.port, self.client_key,
+                                  known_hosts or self.known_hosts, extra)
 
 
 def _free_port() -> int:
@@ -324,9 +333,9 @@ class NetnsSshServer(SshServer):
     host_veth: str = ""
     address: str = ""
 
-    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
-        return super().config(name, known_hosts=known_hosts, extra=extra).replace(
-            'host = "127.0.0.1"', f'host = "{self.address}"')
+    @property
+    def host(self) -> str:  # type: ignore[override]
+        return self.address
 
     def cut(self) -> None:
         subprocess.run(["ip", "link", "set", self.host_veth, "down"], check=True)
@@ -397,3 +406,40 @@ def netns_sshd(zfs_fuse: None) -> Iterator[NetnsSshServer]:
         subprocess.run(["ip", "link", "del", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def post_json(d: DaemonProcess, path: str, body: Any) -> RawResponse:
+    import json
+
+    return raw_request(d.socket_path, "POST", path, json.dumps(body).encode(),
+                       {"Content-Type": "application/json"})
+
+
+def replicate(d: DaemonProcess, snapshot: str, source: str, destination: str, target: str,
+              **extra: Any) -> RawResponse:
+    """POST /v1/replications; the raw response, so tests can check 4xx answers too."""
+    return post_json(d, "/v1/replications", {
+        "snapshot": snapshot, "source": source, "destination": destination,
+        "target_volume": target, **extra})
+
+
+def replicate_ok(d: DaemonProcess, *args: Any, timeout: float = 120.0,
+                 **extra: Any) -> dict[str, Any]:
+    """Replicate and wait: the finished activity, which must have succeeded."""
+    r = replicate(d, *args, **extra)
+    assert r.status == 202, r.body
+    done = d.wait_done(r.body["id"], timeout=timeout)
+    assert done["state"] == "succeeded", done["status"]
+    return done
+
+
+@pytest.fixture
+def daemon(start_daemon: Callable[..., DaemonProcess], pool: str) -> DaemonProcess:
+    """A daemon with only the local server and a pool holding ``POOL/vol``.
+
+    Modules that need other servers (SSH, the OpenZFS guest) define their own ``daemon``.
+    """
+    zfs("create", f"{pool}/vol")
+    d = start_daemon()
+    d.pool = pool  # type: ignore[attr-defined]
+    return d

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import ssh_server_section
+
 REPO = Path(__file__).resolve().parent.parent
 GUEST_SCRIPT = REPO / "scripts" / "openzfs-guest"
 BOOT_TIMEOUT = 180.0
@@ -58,10 +60,8 @@ class OpenZfsGuest:
 
     def server_config(self, name: str, *, extra: str = "") -> str:
         """A cerssd ``[servers.NAME]`` section for this guest."""
-        return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"127.0.0.1\"\n"
-                f"port = {self.port}\nuser = \"root\"\n"
-                f"identity_file = \"{self.client_key}\"\n"
-                f"known_hosts = \"{self.known_hosts}\"\n{extra}\n")
+        return ssh_server_section(name, "127.0.0.1", self.port, self.client_key,
+                                  self.known_hosts, extra)
 
 
 def _free_port() -> int:

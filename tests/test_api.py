@@ -12,22 +12,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from cerssd.api.app import ROUTES
 from cerssd.api.openapi import openapi_path
 
 from .conftest import DaemonProcess, raw_request, wait_until, zfs
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def daemon(start_daemon: Any, pool: str) -> DaemonProcess:
-    zfs("create", f"{pool}/vol")
-    d: DaemonProcess = start_daemon()
-    d.pool = pool  # type: ignore[attr-defined]
-    return d
 
 
 def req(d: DaemonProcess, method: str, path: str, body: Any = None, *,

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
-
 from .conftest import DaemonProcess, write_file, zfs
 
 MiB = 1 << 20
@@ -19,14 +17,6 @@ def ctl(d: DaemonProcess | None, *args: str, socket: str | None = None
     path = socket or str(d.socket_path)  # type: ignore[union-attr]
     return subprocess.run([sys.executable, "-m", "cerssd.cli", "--socket", path, *args],
                           capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def daemon(start_daemon: Any, pool: str) -> DaemonProcess:
-    zfs("create", f"{pool}/vol")
-    d: DaemonProcess = start_daemon()
-    d.pool = pool  # type: ignore[attr-defined]
-    return d
 
 
 def test_daemon_not_running_is_one_line(tmp_path: Any) -> None:

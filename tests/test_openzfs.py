@@ -9,14 +9,13 @@ mid-transfer.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, raw_request, write_file, zfs
+from .conftest import DaemonProcess, replicate, replicate_ok, write_file, zfs
 from .openzfs_guest import OpenZfsGuest
 
 pytestmark = pytest.mark.openzfs
@@ -77,22 +76,6 @@ def daemon(start_daemon: Any, openzfs_guest: OpenZfsGuest) -> DaemonProcess:
     return d
 
 
-def replicate(d: DaemonProcess, snapshot: str, source: str, destination: str, target: str,
-              **extra: Any) -> Any:
-    body = {"snapshot": snapshot, "source": source, "destination": destination,
-            "target_volume": target, **extra}
-    return raw_request(d.socket_path, "POST", "/v1/replications", json.dumps(body).encode(),
-                       {"Content-Type": "application/json"})
-
-
-def run_ok(d: DaemonProcess, *args: Any, **extra: Any) -> dict[str, Any]:
-    r = replicate(d, *args, **extra)
-    assert r.status == 202, r.body
-    done = d.wait_done(r.body["id"], timeout=600)
-    assert done["state"] == "succeeded", done["status"]
-    return done
-
-
 def test_probe_reports_openzfs_capabilities(daemon: DaemonProcess) -> None:
     caps = daemon.api("GET", "/v1/capabilities")
     for name in ("resumable_send", "bookmarks", "size_estimate", "raw_send", "zvols",
@@ -150,7 +133,7 @@ def test_cancel_clears_partial_receive(daemon: DaemonProcess, fresh: Guest) -> N
     fresh.sh("zfs create tank/data")
     fresh.write("/tank/data/f", 1)
     fresh.sh("zfs snapshot tank/data@s1")
-    run_ok(daemon, "tank/data@s1", "guest", "guest2", "tank2/data")
+    replicate_ok(daemon, "tank/data@s1", "guest", "guest2", "tank2/data", timeout=600)
     fresh.write("/tank/data/g", 24)
     fresh.sh("zfs snapshot tank/data@s2")
     aid = replicate(daemon, "tank/data@s2", "guest", "guest2", "tank2/data",
@@ -168,7 +151,7 @@ def test_bookmark_serves_as_base_after_prune(daemon: DaemonProcess, fresh: Guest
     fresh.sh("zfs create tank/data")
     fresh.write("/tank/data/f", 4)
     fresh.sh("zfs snapshot tank/data@s1")
-    run_ok(daemon, "tank/data@s1", "guest", "guest2", "tank2/data")
+    replicate_ok(daemon, "tank/data@s1", "guest", "guest2", "tank2/data", timeout=600)
     assert "tank/data#cerssd-guest2-s1" in fresh.sh("zfs list -H -o name -t bookmark -r tank")
     # someone prunes the common snapshot on the source anyway
     fresh.sh("zfs release cerssd:guest2 tank/data@s1 && zfs destroy tank/data@s1")
@@ -189,7 +172,7 @@ def test_raw_send_keeps_encryption(daemon: DaemonProcess, fresh: Guest) -> None:
              "zfs create -o encryption=on -o keyformat=passphrase "
              "-o keylocation=file:///root/key tank/secret && "
              "echo 'top secret' > /tank/secret/note && zfs snapshot tank/secret@s1")
-    run_ok(daemon, "tank/secret@s1", "guest", "guest2", "tank2/secret")
+    replicate_ok(daemon, "tank/secret@s1", "guest", "guest2", "tank2/secret", timeout=600)
     assert fresh.prop("tank2/secret", "encryption") != "off"
     assert fresh.prop("tank2/secret", "keystatus") == "unavailable"  # arrived encrypted
     fresh.sh("zfs load-key -L file:///root/key tank2/secret && zfs mount tank2/secret")
@@ -201,7 +184,7 @@ def test_zvol_replicates_block_for_block(daemon: DaemonProcess, fresh: Guest) ->
              "for i in $(seq 50); do [ -e /dev/zvol/tank/vol ] && break; sleep 0.1; done; "
              "head -c 33554432 /dev/urandom | dd of=/dev/zvol/tank/vol bs=1M status=none "
              "conv=fsync && zfs snapshot tank/vol@s1")
-    run_ok(daemon, "tank/vol@s1", "guest", "guest2", "tank2/vol")
+    replicate_ok(daemon, "tank/vol@s1", "guest", "guest2", "tank2/vol", timeout=600)
     digest = ("for i in $(seq 50); do [ -e /dev/zvol/{0}@s1 ] && break; sleep 0.1; done; "
               "sha256sum < /dev/zvol/{0}@s1")
     fresh.sh("zfs set snapdev=visible tank/vol && zfs set snapdev=visible tank2/vol && "
@@ -217,7 +200,7 @@ def test_zfs_fuse_to_openzfs_and_back(daemon: DaemonProcess, fresh: Guest,
     write_file(f"/{host_pool}/old/f", 2)
     zfs("snapshot", f"{host_pool}/old@s1")
     # zfs-fuse (pool version 23) streams are readable by OpenZFS
-    run_ok(daemon, f"{host_pool}/old@s1", "local", "guest", "tank2/old")
+    replicate_ok(daemon, f"{host_pool}/old@s1", "local", "guest", "tank2/old", timeout=600)
     host_guid = zfs("get", "-Hp", "-o", "value", "guid", f"{host_pool}/old@s1").stdout.strip()
     assert fresh.guid("tank2/old@s1") == host_guid
     # and back: OpenZFS's plain stream of a feature-flag pool

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, raw_request, write_file, zfs
+from .conftest import DaemonProcess, write_file, zfs
+from .conftest import replicate as replicate_between
 
 MiB = 1 << 20
 
@@ -39,12 +40,8 @@ def zfs_streams() -> list[str]:
 
 
 def replicate(d: DaemonProcess, snapshot: str, target: str, **extra: Any) -> Any:
-    body = {"snapshot": snapshot, "source": "local", "destination": "local",
-            "target_volume": target, **extra}
-    import json
-
-    return raw_request(d.socket_path, "POST", "/v1/replications", json.dumps(body).encode(),
-                       {"Content-Type": "application/json"})
+    """Between two pools of the local server."""
+    return replicate_between(d, snapshot, "local", "local", target, **extra)
 
 
 @pytest.fixture

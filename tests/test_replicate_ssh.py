@@ -6,7 +6,6 @@ command and stream really crosses SSH; pools keep sources and targets apart.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,16 @@ from cerssd.backends.runner import CommandFailed
 from cerssd.backends.ssh import HostKeyRejected, LinkDown, SshRunner
 from cerssd.config import parse_config
 
-from .conftest import DaemonProcess, SshServer, raw_request, write_file, zfs
+from .conftest import (
+    DaemonProcess,
+    SshServer,
+    post_json,
+    raw_request,
+    replicate,
+    replicate_ok,
+    write_file,
+    zfs,
+)
 from .test_replicate_local import guid, snapshots, zfs_streams
 
 MiB = 1 << 20
@@ -26,26 +34,6 @@ MiB = 1 << 20
 
 def userrefs(name: str) -> int:
     return int(zfs("get", "-Hp", "-o", "value", "userrefs", name).stdout.strip())
-
-
-def post(d: DaemonProcess, path: str, body: dict[str, Any]) -> Any:
-    return raw_request(d.socket_path, "POST", path, json.dumps(body).encode(),
-                       {"Content-Type": "application/json"})
-
-
-def replicate(d: DaemonProcess, snapshot: str, source: str, destination: str, target: str,
-              **extra: Any) -> Any:
-    return post(d, "/v1/replications", {"snapshot": snapshot, "source": source,
-                                        "destination": destination, "target_volume": target,
-                                        **extra})
-
-
-def run_ok(d: DaemonProcess, *args: Any, **extra: Any) -> dict[str, Any]:
-    r = replicate(d, *args, **extra)
-    assert r.status == 202, r.body
-    done = d.wait_done(r.body["id"])
-    assert done["state"] == "succeeded", done["status"]
-    return done
 
 
 @pytest.fixture
@@ -72,7 +60,7 @@ def test_backend_operations_on_a_remote_server(daemon: DaemonProcess,
     assert daemon.api("GET", "/v1/capabilities")["remote"]["incremental_send"] is True
     vols = daemon.api("GET", "/v1/volumes?server=remote")["items"]
     assert f"{src}/data" in {v["name"] for v in vols}
-    created = post(daemon, f"/v1/volumes/{src}/data/snapshots",
+    created = post_json(daemon, f"/v1/volumes/{src}/data/snapshots",
                    {"name": "viassh", "server": "remote"})
     assert daemon.wait_done(created.body["id"])["state"] == "succeeded"
     listed = daemon.api("GET", f"/v1/volumes/{src}/data/snapshots?server=remote")["items"]
@@ -91,7 +79,7 @@ def test_full_and_incremental_with_guids(daemon: DaemonProcess, pools: tuple[str
     src, dst = pools
     write_file(f"/{src}/data/a", 8)
     zfs("snapshot", f"{src}/data@s1")
-    full = run_ok(daemon, f"{src}/data@s1", source, destination, f"{dst}/data")
+    full = replicate_ok(daemon, f"{src}/data@s1", source, destination, f"{dst}/data")
     assert guid(f"{dst}/data@s1") == guid(f"{src}/data@s1")
     assert full["progress"]["done"] == full["progress"]["total"] > 8 * MiB
     write_file(f"/{src}/data/b", 2)
@@ -110,8 +98,8 @@ def test_intermediates_over_ssh(daemon: DaemonProcess, pools: tuple[str, str]) -
     for label in ("s1", "s2", "s3"):
         write_file(f"/{src}/data/{label}", 1)
         zfs("snapshot", f"{src}/data@{label}")
-    run_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
-    run_ok(daemon, f"{src}/data@s3", "local", "remote", f"{dst}/data", intermediates=True)
+    replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
+    replicate_ok(daemon, f"{src}/data@s3", "local", "remote", f"{dst}/data", intermediates=True)
     assert snapshots(f"{dst}/data") == ["s1", "s2", "s3"]
     assert [guid(f"{dst}/data@{s}") for s in ("s1", "s2", "s3")] == [
         guid(f"{src}/data@{s}") for s in ("s1", "s2", "s3")]
@@ -121,12 +109,12 @@ def test_holds_follow_the_common_snapshot(daemon: DaemonProcess,
                                           pools: tuple[str, str]) -> None:
     src, dst = pools
     zfs("snapshot", f"{src}/data@s1")
-    run_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
+    replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
     assert userrefs(f"{src}/data@s1") == 1 and userrefs(f"{dst}/data@s1") == 1
     destroy = subprocess.run(["zfs", "destroy", f"{src}/data@s1"], capture_output=True)
     assert destroy.returncode != 0  # the hold protects the common base
     zfs("snapshot", f"{src}/data@s2")
-    run_ok(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data")
+    replicate_ok(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data")
     assert (userrefs(f"{src}/data@s1"), userrefs(f"{dst}/data@s1")) == (0, 0)
     assert (userrefs(f"{src}/data@s2"), userrefs(f"{dst}/data@s2")) == (1, 1)
     # the hold is tagged per destination
@@ -139,14 +127,14 @@ def test_force_full_copy_and_overwrite(daemon: DaemonProcess, pools: tuple[str, 
     src, dst = pools
     write_file(f"/{src}/data/a", 2)
     zfs("snapshot", f"{src}/data@s1")
-    run_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
+    replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
     zfs("snapshot", f"{dst}/data@theirs")
     zfs("snapshot", f"{src}/data@s2")
     refused = replicate(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data",
                         force_full_copy=True)
     assert refused.status == 409 and refused.body["code"] == "target-exists"
     assert snapshots(f"{dst}/data") == ["s1", "theirs"]
-    done = run_ok(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data",
+    done = replicate_ok(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data",
                   force_full_copy=True, overwrite=True)
     assert done["progress"]["done"] > 2 * MiB  # a full stream, not an incremental
     assert snapshots(f"{dst}/data") == ["s2"]  # a fresh full copy: s1 and theirs are gone
@@ -178,7 +166,7 @@ def test_cancel_over_ssh_leaves_previous_snapshot(daemon: DaemonProcess,
                                                   pools: tuple[str, str]) -> None:
     src, dst = pools
     zfs("snapshot", f"{src}/data@s1")
-    run_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
+    replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
     write_file(f"/{src}/data/big", 24)
     zfs("snapshot", f"{src}/data@s2")
     aid = replicate(daemon, f"{src}/data@s2", "remote", "remote2", f"{dst}/data",
@@ -263,7 +251,7 @@ def test_replication_metrics(daemon: DaemonProcess, pools: tuple[str, str]) -> N
     src, dst = pools
     write_file(f"/{src}/data/a", 2)
     zfs("snapshot", f"{src}/data@s1")
-    done = run_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
+    done = replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
     zfs("set", "readonly=off", f"{dst}/data")
     write_file(f"/{dst}/data/local-change", 1)
     zfs("snapshot", f"{src}/data@s2")
