@@ -20,6 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from . import cli_relationships
+
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
 POLL_SECONDS = 0.25
 
@@ -176,12 +178,9 @@ def run(args: argparse.Namespace) -> int:
     out = Output(args.json)
     cmd = args.command
     if cmd == "status":
-        data = client.request("GET", "/v1/status")
-        out.emit(data, lambda d: out.table(
-            ["version", "pid", "uptime", "activities", "servers"],
-            [(d["version"], d["pid"], f"{d['uptime_seconds']:.0f} s",
-              ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items())) or "none",
-              ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))]))
+        return status_command(client, out)
+    if cmd in ("relationships", "relationship"):
+        return cli_relationships.run(client, out, args)
     elif cmd == "servers":
         data = client.request("GET", "/v1/servers")
         out.emit(data, lambda d: out.table(
@@ -245,6 +244,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_command(client: Client, out: Output) -> int:
+    """The daemon, then every relationship's slaves (state, lag) and every link."""
+    data = client.request("GET", "/v1/status")
+    data["relationships"] = client.request("GET", "/v1/relationships")["items"]
+    data["links"] = client.request("GET", "/v1/links")["items"]
+
+    def render(d: dict[str, Any]) -> None:
+        out.table(["version", "pid", "uptime", "activities", "servers"],
+                  [(d["version"], d["pid"], f"{d['uptime_seconds']:.0f} s",
+                    ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items()))
+                    or "none",
+                    ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))])
+        if d["relationships"]:
+            out.console.print()
+            cli_relationships.render_list(out, {"items": d["relationships"]})
+        if d["links"]:
+            out.console.print()
+            out.table(["link", "state", "since", "last error"],
+                      [(x["server"], x["state"], _ago(x["since"]), x["last_error"] or "")
+                       for x in d["links"]])
+
+    out.emit(data, render)
+    return 0
+
+
 def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> int:
     volume, at, label = args.name.partition("@")
     if not at:
@@ -299,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--intermediates", action="store_true", help="send -I")
     r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
     r.add_argument("--wait", action="store_true", help="follow it to the end")
+    cli_relationships.add_parsers(sub)
     return p
 
 

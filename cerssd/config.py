@@ -12,7 +12,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .replication.relationship import RelationshipSpec
 
 DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
 EX_CONFIG = 78
@@ -76,6 +79,7 @@ class ServerConfig:
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     servers: Mapping[str, ServerConfig] = field(default_factory=dict)
+    relationships: Mapping[str, RelationshipSpec] = field(default_factory=dict)
     source: Path | None = None
 
 
@@ -93,14 +97,22 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
-    _reject_unknown(data, "", {"daemon", "servers"})
+    # Imported here: relationships use this module's ConfigError and duration parsing.
+    from .replication.relationship import parse_relationship
+
+    _reject_unknown(data, "", {"daemon", "servers", "relationships"})
     daemon = _parse_daemon(_table(data, "daemon"))
     servers_raw = _table(data, "servers")
     servers = {name: _parse_server(name, _table(servers_raw, name, "servers."))
                for name in servers_raw}
     if not servers:
         servers = {"local": ServerConfig(name="local", kind="local")}
-    return Config(daemon=daemon, servers=servers, source=source)
+    rels_raw = _table(data, "relationships")
+    relationships = {
+        name: parse_relationship(name, _table(rels_raw, name, "relationships."),
+                                 servers=servers)
+        for name in rels_raw}
+    return Config(daemon=daemon, servers=servers, relationships=relationships, source=source)
 
 
 def parse_duration(value: Any, key: str) -> float:

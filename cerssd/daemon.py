@@ -30,7 +30,9 @@ from .engine import ActivityEngine
 from .journal import Journal
 from .logs import configure_logging
 from .metrics import CONTENT_TYPE, Metrics
-from .replication import replicate
+from .replication import continuous, prune, replicate
+from .replication.groups import FanoutGroups
+from .replication.relationships import Relationships
 from .sdnotify import Notifier, watchdog_interval
 from .servers import ServerRegistry
 
@@ -62,11 +64,18 @@ class Daemon:
         self.servers = ServerRegistry(self.config.servers, d.control_socket.parent / "ssh")
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
-        replicate.register(self.engine, self.servers, replicate.RetryPolicy(
-            stall_timeout=d.stall_timeout or None, max_interval=d.retry_max_interval,
-            deadline=d.retry_deadline))
-        self.metrics = Metrics(self.engine, self.servers)
+        policy = replicate.RetryPolicy(stall_timeout=d.stall_timeout or None,
+                                       max_interval=d.retry_max_interval,
+                                       deadline=d.retry_deadline)
+        groups = FanoutGroups()
+        replicate.register(self.engine, self.servers, policy, groups)
+        prune.register(self.engine, self.servers)
+        self.relationships = Relationships(self.engine, self.servers, self.journal, groups)
+        continuous.register(self.engine, self.relationships, policy)
+        self.relationships.load(self.config.relationships)
+        self.metrics = Metrics(self.engine, self.servers, self.relationships)
         self.engine.recover()
+        self.relationships.start()
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
@@ -85,7 +94,7 @@ class Daemon:
                 raise StartupError(f"another daemon is listening on {path}")
             path.unlink()
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
-                                   lambda: self.config))
+                                   lambda: self.config, self.relationships))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
@@ -156,10 +165,10 @@ class Daemon:
             return
         unchanged = [k for k in RESTART_KEYS
                      if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
-        if unchanged or new.servers != self.config.servers:
-            log.warning("some changes take effect only after a restart",
-                        keys=unchanged + (["servers"] if new.servers != self.config.servers
-                                          else []))
+        unchanged += [k for k in ("servers", "relationships")
+                      if getattr(new, k) != getattr(self.config, k)]
+        if unchanged:
+            log.warning("some changes take effect only after a restart", keys=unchanged)
         configure_logging(new.daemon.log_level)
         self.engine.retention = new.daemon.activity_retention
         self.config = _keep_restart_keys(new, self.config)
@@ -184,7 +193,8 @@ def _keep_restart_keys(new: Config, running: Config) -> Config:
     from dataclasses import replace
 
     kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
-    return replace(new, daemon=replace(new.daemon, **kept), servers=running.servers)
+    return replace(new, daemon=replace(new.daemon, **kept), servers=running.servers,
+                   relationships=running.relationships)
 
 
 def _socket_is_live(path: Path) -> bool:

@@ -137,6 +137,8 @@ class Activity:
         self.cancel_requested = False
         self.shutdown_requested = False
         self.done = asyncio.Event()
+        #: Set by ``ActivityEngine.wake`` to cut a retry's back-off short ("sync now").
+        self.wake = asyncio.Event()
         self._started_mono: float | None = None
         self._elapsed_before = record.usage.elapsed_seconds
 
@@ -186,6 +188,13 @@ class ActivityContext:
     async def checkpoint(self) -> None:
         """Block while the activity is suspended."""
         await self._activity.gate.wait_async()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep between retries, unless an operator asks for a try now (``wake``)."""
+        wake = self._activity.wake
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
 
     def set_progress(self, done: int, total: int | None = None, *, unit: str | None = None,
                      estimated: bool | None = None) -> None:
@@ -421,6 +430,10 @@ class ActivityEngine:
         if activity.task:
             activity.task.cancel()
         return activity.snapshot()
+
+    def wake(self, activity_id: str) -> None:
+        """Cut the activity's current retry back-off short: it tries again now."""
+        self.get(activity_id).wake.set()
 
     async def wait(self, activity_id: str, timeout: float | None = None) -> ActivityRecord:
         activity = self.get(activity_id)

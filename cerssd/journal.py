@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from .activity import ActivityRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS activities (
@@ -27,6 +28,13 @@ CREATE TABLE IF NOT EXISTS activities (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS activities_finished ON activities(finished_at);
+-- Relationships made through the API (spec), and what every relationship must remember
+-- across restarts (state): stopped or not, each slave's last success and base.
+CREATE TABLE IF NOT EXISTS relationships (
+    name TEXT PRIMARY KEY,
+    spec TEXT,
+    state TEXT NOT NULL DEFAULT '{}'
+);
 """
 
 
@@ -71,6 +79,26 @@ class Journal:
             "DELETE FROM activities WHERE finished_at IS NOT NULL AND finished_at < ?",
             (finished_before,))
         return cur.rowcount
+
+    # -- relationships --------------------------------------------------------------
+    def save_relationship_spec(self, name: str, spec: dict[str, Any] | None) -> None:
+        self._db.execute(
+            "INSERT INTO relationships(name, spec) VALUES (?, ?) ON CONFLICT(name) DO "
+            "UPDATE SET spec=excluded.spec", (name, None if spec is None else json.dumps(spec)))
+
+    def save_relationship_state(self, name: str, state: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO relationships(name, state) VALUES (?, ?) ON CONFLICT(name) DO "
+            "UPDATE SET state=excluded.state", (name, json.dumps(state)))
+
+    def delete_relationship(self, name: str) -> None:
+        self._db.execute("DELETE FROM relationships WHERE name = ?", (name,))
+
+    def load_relationships(self) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any]]]:
+        """name -> (spec of an API-made relationship or None, remembered state)."""
+        rows = self._db.execute("SELECT name, spec, state FROM relationships")
+        return {name: (json.loads(spec) if spec else None, json.loads(state or "{}"))
+                for name, spec, state in rows}
 
     def close(self) -> None:
         self._db.close()

@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .activity import ActivityRecord, State
 from .engine import Activity, ActivityEngine
+from .replication.relationships import Relationships
+from .replication.status import STATES
 from .servers import ServerRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -82,7 +84,7 @@ class DaemonCollector(Collector):
         labels = ["id", "kind", "volume", "unit"]
         done = GaugeMetricFamily("cerssd_activity_progress_done",
                                  "Progress n of a running activity", labels=labels)
-        total = GaugeMetricFamily("cerssd_activity_progress_total",
+        total = GaugeMetricFamily("cerssd_activity_progress_expected",
                                   "Progress m of a running activity (0 = open-ended)",
                                   labels=labels)
         suspended = GaugeMetricFamily("cerssd_activity_suspended",
@@ -141,11 +143,57 @@ def _pair(record: ActivityRecord) -> tuple[str, str]:
     return (record.params.get("source", ""), record.params.get("destination", ""))
 
 
+class RelationshipCollector(Collector):
+    """Per relationship and slave: lag, last success, state; cycles and fan-out sends."""
+
+    def __init__(self, relationships: Relationships) -> None:
+        self.relationships = relationships
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["relationship", "slave"]
+        lag = GaugeMetricFamily("cerssd_replication_lag_seconds",
+                                "Age of the newest snapshot the slave has (RPO achieved)",
+                                labels=labels)
+        success = GaugeMetricFamily("cerssd_replication_last_success_timestamp_seconds",
+                                    "Unix time of the slave's last successful transfer",
+                                    labels=labels)
+        last_bytes = GaugeMetricFamily("cerssd_replication_last_cycle_bytes",
+                                       "Bytes sent to the slave by its last transfer",
+                                       labels=labels)
+        state = GaugeMetricFamily("cerssd_replication_slave_state",
+                                  "1 for the slave's current state",
+                                  labels=[*labels, "state"])
+        cycles = CounterMetricFamily("cerssd_relationship_cycles",
+                                     "Cycles (snapshot + transfers started) run",
+                                     labels=["relationship"])
+        for rt in sorted(self.relationships.all(), key=lambda r: r.name):
+            view = self.relationships.to_json(rt)
+            cycles.add_metric([rt.name], rt.cycles)
+            for slave in view["slaves"]:
+                values = [rt.name, slave["server"]]
+                if slave["lag_seconds"] is not None:
+                    lag.add_metric(values, slave["lag_seconds"])
+                if slave["last_success_at"] is not None:
+                    success.add_metric(values, slave["last_success_at"])
+                last_bytes.add_metric(values, slave["last_cycle_bytes"])
+                for name in STATES:
+                    state.add_metric([*values, name], 1 if slave["state"] == name else 0)
+        yield from (lag, success, last_bytes, state, cycles)
+        groups = self.relationships.groups
+        sends = CounterMetricFamily("cerssd_fanout_sends",
+                                    "zfs send processes started to feed several slaves at once")
+        sends.add_metric([], groups.sends + groups.live_sends())
+        yield sends
+
+
 class Metrics:
-    def __init__(self, engine: ActivityEngine, servers: ServerRegistry) -> None:
+    def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
+                 relationships: Relationships | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(engine, servers)
         self.registry.register(self.collector)
+        if relationships is not None:
+            self.registry.register(RelationshipCollector(relationships))
         self.duration = Histogram(
             "cerssd_replication_duration_seconds", "Wall time of finished replications",
             ["source", "destination", "state"], registry=self.registry,

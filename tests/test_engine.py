@@ -17,7 +17,7 @@ import pytest
 
 from cerssd.activity import ActivityRecord, IllegalTransition, Progress, State, StatusCode
 from cerssd.engine import ActivityContext, ActivityEngine, ActivityError, UnknownActivity
-from cerssd.journal import Journal, JournalError
+from cerssd.journal import SCHEMA_VERSION, Journal, JournalError
 
 
 class SteppedWork:
@@ -222,9 +222,28 @@ def test_journal_is_wal_with_schema_version(tmp_path: Path) -> None:
     Journal(tmp_path / "j.sqlite3")
     db = sqlite3.connect(tmp_path / "j.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
     with pytest.raises(JournalError, match="newer"):
         Journal(tmp_path / "j.sqlite3")
+
+
+def test_journal_upgrades_a_version_1_file_and_keeps_its_activities(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE activities (id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                     "state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, "
+                     "record TEXT NOT NULL); PRAGMA user_version=1;")
+    db.close()
+    journal = Journal(path)
+    record = ActivityRecord(id="cc01", kind="x", volume=None, source=None, target=None,
+                            created_at=1.0)
+    journal.save(record)
+    journal.save_relationship_spec("web", {"volume": "tank/web"})
+    journal.save_relationship_state("web", {"stopped": True})
+    assert journal.load_relationships() == {"web": ({"volume": "tank/web"}, {"stopped": True})}
+    journal.delete_relationship("web")
+    assert journal.load_relationships() == {}
+    assert [r.id for r in journal.load()] == ["cc01"]

@@ -22,10 +22,16 @@ from ..activity import IllegalTransition, State
 from ..backends.base import BackendError, NotFound
 from ..backends.names import InvalidName, validate_snapshot, validate_volume
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
-from ..config import Config
+from ..config import Config, ConfigError
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..metrics import CONTENT_TYPE, Metrics
 from ..replication.plan import ReplicationConflict
+from ..replication.relationship import parse_relationship
+from ..replication.relationships import (
+    RelationshipError,
+    Relationships,
+    UnknownRelationship,
+)
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
 from .peercred import may_mutate, peer_credentials
@@ -53,6 +59,7 @@ class ApiContext:
     servers: ServerRegistry
     metrics: Metrics
     config: Callable[[], Config]
+    relationships: Relationships
     started_at: float = field(default_factory=time.time)
 
 
@@ -83,6 +90,25 @@ REPLICATION = Body({
                        "snapshots are destroyed once the new copy is complete)", default=False),
     "intermediates": Field(bool, "carry intermediate snapshots (zfs send -I)", default=False),
     "bandwidth_limit": Field(int, "bytes per second, 0 or absent for no limit", minimum=0),
+})
+DURATION = (str, int)
+RELATIONSHIP = Body({
+    "name": Field(str, "the relationship's name", required=True),
+    "volume": Field(str, "pool/volume on the master", required=True),
+    "master": Field(str, "server holding the volume", default="local"),
+    "slaves": Field(list, "slaves: server names, or objects {server, target_volume, "
+                    "bandwidth_limit}", required=True),
+    "interval": Field(DURATION, "time between cycles, e.g. 5m (or give cron)"),
+    "cron": Field(str, "a five-field cron schedule in UTC (or give interval)"),
+    "prefix": Field(str, "label prefix of the snapshots it makes (default cerssd-NAME-)"),
+    "retention": Field(list, 'grid on the master, e.g. ["1h:all", "1d:1h", "1w:1d"]'),
+    "slave_retention": Field(list, "grid on the slaves (default: retention)"),
+    "retry_deadline": Field(DURATION, 'give up a transfer after retrying this long, or '
+                            '"never" (default: daemon.retry_deadline)'),
+    "fanout": Field(bool, "feed slaves that need the same stream from one zfs send",
+                    default=True),
+    "fanout_buffer": Field(DURATION, "per-slave buffer before a slow slave is split off, "
+                           "e.g. 64MiB"),
 })
 
 
@@ -184,6 +210,51 @@ class ControlApi:
         record = submit_replication(self.ctx.engine, req)
         return _json({**record.to_json(), "plan": plan.mode}, 202)
 
+    # -- relationships ------------------------------------------------------------------
+    async def relationships(self, request: web.Request) -> web.Response:
+        rels = self.ctx.relationships
+        return _json({"items": [rels.to_json(rt) for rt in rels.all()]})
+
+    async def relationship(self, request: web.Request) -> web.Response:
+        rels = self.ctx.relationships
+        return _json(rels.to_json(rels.get(request.match_info["name"])))
+
+    async def create_relationship(self, request: web.Request) -> web.Response:
+        body = RELATIONSHIP.parse(await _body(request))
+        name = body.pop("name")
+        table = {k: v for k, v in body.items() if v is not None}
+        try:
+            spec = parse_relationship(name, table, servers=self.ctx.servers.entries, key="",
+                                      origin="api")
+        except ConfigError as exc:
+            field_name = exc.key.removeprefix(".") or "name"
+            raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",
+                             field=field_name) from exc
+        rels = self.ctx.relationships
+        return _json(rels.to_json(rels.create(spec)), 201)
+
+    async def remove_relationship(self, request: web.Request) -> web.Response:
+        await self.ctx.relationships.remove(request.match_info["name"])
+        return web.Response(status=204)
+
+    async def pause_relationship(self, request: web.Request) -> web.Response:
+        rels = self.ctx.relationships
+        name = request.match_info["name"]
+        await rels.pause(name)
+        return _json(rels.to_json(rels.get(name)))
+
+    async def resume_relationship(self, request: web.Request) -> web.Response:
+        rels = self.ctx.relationships
+        name = request.match_info["name"]
+        await rels.resume(name)
+        return _json(rels.to_json(rels.get(name)))
+
+    async def sync_relationship(self, request: web.Request) -> web.Response:
+        rels = self.ctx.relationships
+        name = request.match_info["name"]
+        rels.sync_now(name)
+        return _json(rels.to_json(rels.get(name)), 202)
+
     # -- activities ---------------------------------------------------------------------
     async def activities(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, ACTIVITY_QUERY)
@@ -230,6 +301,7 @@ async def _body(request: web.Request) -> Any:
 _A = ControlApi
 ID = "{id:[0-9a-f]+}"
 VOL = "{volume:[^@]+?}"
+REL = "{name:[A-Za-z0-9][A-Za-z0-9_.-]*}"
 ROUTES: list[Route] = [
     Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts"),
     Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends"),
@@ -250,6 +322,26 @@ ROUTES: list[Route] = [
           "snapshot_replicate: send a snapshot from one server to another (an activity)",
           mutating=True, body=REPLICATION,
           responses={202: "activity created", 409: "conflict (no common snapshot, diverged)"}),
+    Route("GET", "/v1/relationships", _A.relationships,
+          "Relationships with each slave's state, lag and link"),
+    Route("POST", "/v1/relationships", _A.create_relationship,
+          "Create a relationship: keep a volume replicated to slaves, continuously",
+          mutating=True, body=RELATIONSHIP,
+          responses={201: "created", 409: "exists", 422: "invalid definition"}),
+    Route("GET", f"/v1/relationships/{REL}", _A.relationship, "One relationship",
+          responses={404: "unknown relationship"}),
+    Route("DELETE", f"/v1/relationships/{REL}", _A.remove_relationship,
+          "Stop and forget a relationship made through the API (snapshots are kept)",
+          mutating=True, responses={204: "removed", 409: "defined in the config file"}),
+    Route("POST", f"/v1/relationships/{REL}/pause", _A.pause_relationship,
+          "Pause: no new cycles, running transfers suspended", mutating=True,
+          responses={409: "not running"}),
+    Route("POST", f"/v1/relationships/{REL}/resume", _A.resume_relationship,
+          "Resume a paused relationship, or start a stopped one", mutating=True,
+          responses={409: "not paused"}),
+    Route("POST", f"/v1/relationships/{REL}/sync-now", _A.sync_relationship,
+          "Start a cycle now; retrying transfers try again now", mutating=True,
+          responses={202: "cycle requested", 409: "paused or stopped"}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
           query=ACTIVITY_QUERY),
     Route("GET", f"/v1/activities/{ID}", _A.activity,
@@ -270,6 +362,8 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (InvalidName, 400, "Invalid Name"),
     (UnknownActivity, 404, "Unknown Activity"),
     (UnknownServer, 404, "Unknown Server"),
+    (UnknownRelationship, 404, "Unknown Relationship"),
+    (RelationshipError, 409, "Relationship Conflict"),
     (NotFound, 404, "Not Found"),
     (IllegalTransition, 409, "Illegal State Change"),
     (ReplicationConflict, 409, "Replication Conflict"),
@@ -289,7 +383,9 @@ def _problem_for(request: web.Request, exc: BaseException) -> web.Response | Non
         if isinstance(exc, kind):
             detail = (f"no activity {exc.args[0]}" if isinstance(exc, UnknownActivity)
                       else f"no server {exc.args[0]} in the config"
-                      if isinstance(exc, UnknownServer) else str(exc))
+                      if isinstance(exc, UnknownServer)
+                      else f"no relationship {exc.args[0]}"
+                      if isinstance(exc, UnknownRelationship) else str(exc))
             extra = {"code": exc.code} if isinstance(exc, ReplicationConflict) else {}
             return problem_response(request, status, title, detail, **extra)
     return None

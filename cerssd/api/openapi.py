@@ -22,7 +22,7 @@ def _operation(route: Route) -> dict[str, Any]:
         for name in re.findall(r"\{([A-Za-z_]\w*)", route.path)]
     params += [{"name": name, "in": "query", "required": False, "description": f.doc,
                 "schema": f.schema()} for name, f in route.query.items()]
-    ok = 202 if 202 in route.responses else 200
+    ok = next((status for status in route.responses if 200 <= status < 300), 200)
     responses: dict[str, Any] = {str(ok): {"description": route.responses.get(ok, "OK")}}
     for status, text in route.responses.items():
         if status >= 400:

@@ -12,19 +12,31 @@ from typing import Any
 
 from .problems import bad_request, unprocessable
 
-_JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer", list: "array", dict: "object"}
+
+
+def _json_type(t: type | tuple[type, ...]) -> str | list[str]:
+    """One JSON type, or several (OpenAPI 3.1 type arrays) for e.g. a duration."""
+    if isinstance(t, tuple):
+        return [_JSON_TYPES[x] for x in t]
+    return _JSON_TYPES[t]
 
 
 @dataclass(frozen=True)
 class Field:
-    type: type
+    type: type | tuple[type, ...]
     doc: str
     required: bool = False
     default: Any = None
     minimum: int | None = None
 
     def schema(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"type": _JSON_TYPES[self.type], "description": self.doc}
+        kinds = _json_type(self.type)
+        s: dict[str, Any] = ({"oneOf": [{"type": k} for k in kinds]} if isinstance(kinds, list)
+                             else {"type": kinds})
+        s["description"] = self.doc
+        if kinds == "array":
+            s["items"] = {}
         if self.default is not None:
             s["default"] = self.default
         if self.minimum is not None:
@@ -60,8 +72,10 @@ def check(name: str, f: Field, value: Any) -> Any:
         return f.default
     if f.type is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise unprocessable(name, "must be an integer")
-    if not isinstance(value, f.type):
-        raise unprocessable(name, f"must be a {_JSON_TYPES[f.type]}")
+    if not isinstance(value, f.type) or (isinstance(value, bool) and f.type is not bool):
+        kinds = _json_type(f.type)
+        wanted = " or ".join(kinds) if isinstance(kinds, list) else kinds
+        raise unprocessable(name, f"must be a {wanted}")
     if f.minimum is not None and isinstance(value, int) and value < f.minimum:
         raise unprocessable(name, f"must be at least {f.minimum}")
     return value

@@ -36,6 +36,8 @@ from ..backends.ssh import LinkDown, SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
+from .fanout import FanoutGroup, FanoutMissed, SplitOff
+from .groups import FanoutGroups, StreamKey
 from .plan import Plan, ReplicationConflict, TargetDiverged, TargetPoolMissing, plan_replication
 from .transfer import Endpoint, TransferFailed, TransferStalled, transfer
 
@@ -76,19 +78,31 @@ class ReplicationRequest:
     overwrite: bool = False
     intermediates: bool = False
     bandwidth_limit: int | None = None
+    #: Set by a relationship: each attempt sends the newest snapshot whose label starts
+    #: with this prefix, so a slave that was away catches up in one incremental.
+    latest_prefix: str | None = None
+    #: Overrides the daemon's retry deadline (a relationship's own); inf = never give up.
+    retry_deadline: float | None = None
+    #: The fan-out group whose single send this transfer joins on its first attempt.
+    fanout_group: str | None = None
+    relationship: str | None = None
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> ReplicationRequest:
         return cls(snapshot=p["snapshot"], source=p["source"], destination=p["destination"],
                    target_volume=p["target_volume"], force_full_copy=p["force_full_copy"],
                    overwrite=p.get("overwrite", False), intermediates=p["intermediates"],
-                   bandwidth_limit=p["bandwidth_limit"])
+                   bandwidth_limit=p["bandwidth_limit"], latest_prefix=p.get("latest_prefix"),
+                   retry_deadline=p.get("retry_deadline"), fanout_group=p.get("fanout_group"),
+                   relationship=p.get("relationship"))
 
     def params(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "source": self.source,
                 "destination": self.destination, "target_volume": self.target_volume,
                 "force_full_copy": self.force_full_copy, "overwrite": self.overwrite,
-                "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit}
+                "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit,
+                "latest_prefix": self.latest_prefix, "retry_deadline": self.retry_deadline,
+                "fanout_group": self.fanout_group, "relationship": self.relationship}
 
     @property
     def hold_tag(self) -> str:
@@ -167,11 +181,15 @@ def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
 
 class ReplicateWork:
     def __init__(self, record: ActivityRecord, servers: ServerRegistry,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
         self.req = ReplicationRequest.from_params(record.params)
         self.servers = servers
         self.policy = policy
         self.target_created = bool(record.params.get("target_created"))
+        # Only a first run joins its group: after a daemon restart the group is gone.
+        self.group = groups.get(self.req.fanout_group) if groups and self.req.fanout_group \
+            and not record.restarts else None
+        self.fanout_result: str | None = None
 
     async def run(self, ctx: ActivityContext) -> None:
         """Attempts until success, a permanent error, or the retry deadline.
@@ -179,12 +197,15 @@ class ReplicateWork:
         While a transient failure (link lost, stream stalled) is retried the activity
         is ``retrying`` and its ``link`` says what happened and when the next try is.
         """
-        deadline = self.policy.deadline
+        deadline = self.policy.deadline if self.req.retry_deadline is None \
+            else self.req.retry_deadline
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Transient),
             wait=wait_random_exponential(multiplier=1, max=self.policy.max_interval),
-            stop=stop_after_delay(deadline) if deadline is not None else stop_never,
-            before_sleep=lambda state: self._report_retry(ctx, state), reraise=True)
+            stop=stop_after_delay(deadline) if deadline not in (None, float("inf"))
+            else stop_never,
+            sleep=ctx.sleep, before_sleep=lambda state: self._report_retry(ctx, state),
+            reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -192,6 +213,8 @@ class ReplicateWork:
         except Transient as exc:
             raise ActivityError(f"gave up after retrying for {deadline:g} s: {exc}",
                                 StatusCode.LINK, "link") from exc
+        finally:
+            self._leave_group()
 
     def _report_retry(self, ctx: ActivityContext, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -209,6 +232,28 @@ class ReplicateWork:
                         error=str(exc), attempt=state.attempt_number, retry_in=round(delay, 1))
 
     async def _attempt(self, ctx: ActivityContext) -> None:
+        try:
+            await self._mapped(ctx)
+        except (SplitOff, FanoutMissed) as exc:
+            # The shared stream went on without this slave (it was slower than the others
+            # or suspended, or came late): it catches up with a send of its own, now.
+            self.fanout_result = "split-off" if isinstance(exc, SplitOff) else "missed"
+            self.group = None
+            ctx.log.info("left the fan-out; sending on its own", why=str(exc))
+            ctx.remember(fanout=self.fanout_result)
+            await self._mapped(ctx)
+        finally:
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """A member that will not attach must say so, or the group waits for it."""
+        if self.group is not None and self.fanout_result is None:
+            self.group.group.withdraw(self.req.destination)
+            self.fanout_result = "withdrawn"
+        self.group = None
+
+    async def _mapped(self, ctx: ActivityContext) -> None:
+        """One attempt, with failures sorted into transient (retried) and permanent."""
         try:
             await self._run(ctx)
         except LinkDown as exc:
@@ -229,6 +274,7 @@ class ReplicateWork:
         receive_into, token = await self._pending_receive(dst)
         if token is None:
             await self._clean_leftovers(ctx, dst)
+            await self._follow_latest(ctx, src)
             plan = await self._plan(src, dst)
             if plan.mode == "up-to-date":
                 ctx.set_progress(0, 0)
@@ -261,7 +307,7 @@ class ReplicateWork:
             ctx.link_up(self._remote_side())
         ctx.counters.done = 0
         started = time.monotonic()
-        moved = await self._transfer(ctx, sender, receiver)
+        moved = await self._transfer(ctx, sender, receiver, self._member_of(plan, flags, token))
         seconds = time.monotonic() - started
         ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
                      mb_per_second=round(moved / seconds / 1e6, 1) if seconds else None)
@@ -294,11 +340,46 @@ class ReplicateWork:
         except NotFound as exc:
             raise ActivityError(str(exc), StatusCode.NOT_FOUND, "not-found") from exc
 
-    async def _transfer(self, ctx: ActivityContext, sender: Endpoint, receiver: Endpoint) -> int:
+    async def _follow_latest(self, ctx: ActivityContext, src: ZfsBackend) -> None:
+        """For a relationship: aim at the master's newest snapshot of the relationship."""
+        prefix = self.req.latest_prefix
+        if prefix is None:
+            return
+        volume = validate_snapshot(self.req.snapshot).volume
+        ours = [s for s in await src.snapshots(volume) if s.label.startswith(prefix)]
+        if ours and ours[-1].name != self.req.snapshot:
+            ctx.log.info("catching up to the newest snapshot", snapshot=ours[-1].name,
+                         was=self.req.snapshot)
+            self.req = replace(self.req, snapshot=ours[-1].name)
+            ctx.remember(snapshot=self.req.snapshot)
+
+    def _member_of(self, plan: Plan, flags: str, token: str | None) -> FanoutGroup | None:
+        """The fan-out group to join, if its stream is exactly the one this plan needs."""
+        entry = self.group
+        if entry is None:
+            return None
+        wanted = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
+                           plan.intermediates)
+        if token is not None or plan.overwrite or entry.key != wanted:
+            self._leave_group()
+            return None
+        return entry.group
+
+    async def _transfer(self, ctx: ActivityContext, sender: Endpoint, receiver: Endpoint,
+                        group: FanoutGroup | None = None) -> int:
         try:
+            if group is not None:
+                self.fanout_result, self.group = "joined", None  # one try at the shared send
+                moved = await group.attach(self.req.destination, receiver,
+                                           counters=ctx.counters, gate=ctx.flow,
+                                           limit=self.req.bandwidth_limit)
+                ctx.remember(fanout="shared")
+                return moved
             return await transfer(sender, receiver, counters=ctx.counters, gate=ctx.flow,
                                   limit=self.req.bandwidth_limit,
                                   stall_timeout=self.policy.stall_timeout)
+        except (SplitOff, FanoutMissed):
+            raise
         except TransferStalled as exc:
             raise Transient(self._remote_side(), str(exc)) from exc
         except TransferFailed as exc:
@@ -467,14 +548,16 @@ class ReplicateWork:
         return self.req.source
 
 
-def submit_replication(engine: ActivityEngine, req: ReplicationRequest) -> ActivityRecord:
+def submit_replication(engine: ActivityEngine, req: ReplicationRequest,
+                       **extra: Any) -> ActivityRecord:
+    """``extra`` params are kept with the activity (a relationship's ``parent`` id)."""
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
     return engine.submit(KIND, volume=snap.volume, source=req.source,
                          target=f"{req.destination}:{req.target_volume}",
-                         params=req.params(), self_restarting=True)
+                         params={**req.params(), **extra}, self_restarting=True)
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry,
-             policy: RetryPolicy | None = None) -> None:
-    engine.register(KIND, lambda r: ReplicateWork(r, servers, policy or RetryPolicy()))
+             policy: RetryPolicy | None = None, groups: FanoutGroups | None = None) -> None:
+    engine.register(KIND, lambda r: ReplicateWork(r, servers, policy or RetryPolicy(), groups))

@@ -1,0 +1,148 @@
+"""``cerssctl relationships`` and ``cerssctl relationship ...``: continuous replication.
+
+Kept apart from ``cli`` so that module stays the generic client; both render the
+API's documents and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+VERBS = ("show", "pause", "resume", "remove", "sync-now")
+
+
+class _Client(Protocol):
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
+
+
+class _Output(Protocol):
+    console: Any
+
+    def emit(self, data: Any, render: Any = None) -> None: ...
+
+    def table(self, columns: Sequence[str], rows: list[Sequence[Any]]) -> None: ...
+
+
+def lag_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def slave_summary(slave: dict[str, Any]) -> str:
+    link = slave["link"]
+    text = f"{slave['server']} {slave['state']} lag {lag_text(slave['lag_seconds'])}"
+    return text + (f" link {link['state']}" if link["state"] != "up" else "")
+
+
+def relationship_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
+    return [(r["name"], r["volume"], r["master"], r["state"], r["schedule"], r["cycles"],
+             "; ".join(slave_summary(s) for s in r["slaves"])) for r in items]
+
+
+def render_list(out: _Output, data: dict[str, Any]) -> None:
+    out.table(["name", "volume", "master", "state", "schedule", "cycles", "slaves"],
+              relationship_rows(data["items"]))
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def render_one(out: _Output, r: dict[str, Any]) -> None:
+    lines = [("name", r["name"]), ("volume", f"{r['volume']} on {r['master']}"),
+             ("state", r["state"]), ("schedule", r["schedule"]), ("prefix", r["prefix"]),
+             ("retention", ", ".join(r["retention"])), ("cycles", r["cycles"]),
+             ("last cycle", _when(r["last_cycle_at"])),
+             ("next cycle", _when(r["next_cycle_at"])),
+             ("newest snapshot", r["newest_snapshot"] or "-"),
+             ("activity", r["activity"] or "-"), ("last error", r["last_error"] or "-")]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        out.console.print(f"{key:<{width}}  {value}")
+    out.console.print()
+    out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
+               "link", "transfer"],
+              [(s["server"], s["target_volume"], s["state"], lag_text(s["lag_seconds"]),
+                s["last_snapshot"] or "-", _when(s["last_success_at"]), s["last_cycle_bytes"],
+                _link_text(s["link"]), s["activity"] or "-") for s in r["slaves"]])
+    errors = [f"{s['server']}: {s['error']}" for s in r["slaves"] if s["error"]]
+    for line in errors:
+        out.console.print(f"error  {line}")
+
+
+def _link_text(link: dict[str, Any]) -> str:
+    if link["state"] == "up":
+        return "up"
+    text = f"{link['state']} since {_when(link.get('since'))}"
+    if link.get("attempt"):
+        text += f", attempt {link['attempt']}"
+    return text
+
+
+def add_parsers(sub: Any) -> None:
+    sub.add_parser("relationships", help="continuous replication relationships")
+    r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now")
+    verbs = r.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        verbs.add_parser(verb, help=f"{verb} a relationship").add_argument("name")
+    c = verbs.add_parser("create", help="keep VOLUME replicated to slaves")
+    c.add_argument("name")
+    c.add_argument("volume", help="pool/volume on the master")
+    c.add_argument("--master", default="local")
+    c.add_argument("--slave", action="append", required=True, metavar="SERVER[:TARGET]",
+                   help="a slave server, optionally with its target volume (repeat)")
+    when = c.add_mutually_exclusive_group(required=True)
+    when.add_argument("--interval", help="e.g. 5m")
+    when.add_argument("--cron", help='five fields in UTC, e.g. "*/15 * * * *"')
+    c.add_argument("--prefix")
+    c.add_argument("--retention", action="append", metavar="AGE:EVERY",
+                   help='a grid tier such as 1d:1h (repeat; default 1h:all 1d:1h 1w:1d)')
+    c.add_argument("--retry-deadline", help='e.g. 2h, or "never"')
+    c.add_argument("--no-fanout", action="store_true",
+                   help="one zfs send per slave instead of one for all")
+
+
+def create_body(args: argparse.Namespace) -> dict[str, Any]:
+    slaves = []
+    for item in args.slave:
+        server, _, target = item.partition(":")
+        slaves.append({"server": server, **({"target_volume": target} if target else {})})
+    body: dict[str, Any] = {"name": args.name, "volume": args.volume, "master": args.master,
+                            "slaves": slaves, "fanout": not args.no_fanout}
+    for key in ("interval", "cron", "prefix", "retention", "retry_deadline"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    return body
+
+
+def run(client: _Client, out: _Output, args: argparse.Namespace) -> int:
+    if args.command == "relationships":
+        out.emit(client.request("GET", "/v1/relationships"), lambda d: render_list(out, d))
+        return 0
+    verb = args.verb
+    if verb == "create":
+        data = client.request("POST", "/v1/relationships", create_body(args))
+        out.emit(data, lambda r: render_one(out, r))
+        return 0
+    path = f"/v1/relationships/{urllib.parse.quote(args.name, safe='')}"
+    if verb == "show":
+        out.emit(client.request("GET", path), lambda r: render_one(out, r))
+    elif verb == "remove":
+        client.request("DELETE", path)
+        out.emit({"removed": args.name},
+                 lambda d: out.console.print(f"{args.name} removed (its snapshots are kept)"))
+    else:
+        data = client.request("POST", f"{path}/{verb}")
+        out.emit(data, lambda r: out.console.print(f"{r['name']} {r['state']}"))
+    return 0

@@ -1,0 +1,224 @@
+"""One relationship's life: a cycle per schedule tick, forever (progress 0 of 0).
+
+A cycle takes a snapshot on the master and brings every slave up to it:
+
+1. retention on the master first, while no stream reads from it, sparing every
+   slave's newest common base (and skipped altogether while one is unknown);
+2. the snapshot, named ``PREFIX + UTC time``; its name is journaled *before* it is
+   made, so a daemon killed in between uses it on restart instead of making another;
+3. one child ``replicate`` activity per slave that has no transfer under way (a
+   slave that is still retrying is not given a second one: its transfer follows
+   the newest snapshot, so after an outage it catches up in one ``-I`` incremental);
+4. slaves that need the very same stream (same snapshot, base and send flags) are
+   put in one fan-out group: one ``zfs send`` feeds them all.
+
+The cycle does not wait for its transfers: a slave that is down must not hold the
+others back. What the transfers achieve is recorded as they finish
+(``Relationships._after_transfer``).
+
+If the master cannot be reached the relationship reports ``retrying`` with the
+link's health, backs off, and tries again; it never fails on a lost link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+from ..activity import ActivityRecord, LinkHealth, State, StatusCode
+from ..backends.base import BackendError, Snapshot
+from ..backends.ssh import SshError
+from ..backends.zfs import ZfsBackend
+from ..engine import ActivityContext, ActivityEngine, ActivityError
+from ..servers import ServerRegistry, ServerUnavailable
+from .fanout import FanoutGroup
+from .groups import StreamKey
+from .plan import ReplicationConflict
+from .relationships import KIND, Relationships, Runtime
+from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_flags
+from .replicate import submit_replication as submit_transfer
+from .transfer import Endpoint
+
+
+class RelationshipWork:
+    def __init__(self, record: ActivityRecord, manager: Relationships,
+                 policy: RetryPolicy) -> None:
+        self.name: str = record.params["relationship"]
+        self.manager = manager
+        self.policy = policy
+        self.failures = 0
+
+    @property
+    def servers(self) -> ServerRegistry:
+        return self.manager.servers
+
+    @property
+    def engine(self) -> ActivityEngine:
+        return self.manager.engine
+
+    async def run(self, ctx: ActivityContext) -> None:
+        rt = self.manager.runtimes.get(self.name)
+        if rt is None:
+            raise ActivityError(f"relationship {self.name} is no longer defined",
+                                StatusCode.NOT_FOUND, "not-found")
+        rt.activity_id = ctx.record.id
+        await self.manager.refresh_all(rt)
+        while True:
+            await ctx.checkpoint()
+            if not ctx.params.get("cycle_snapshot"):
+                await self._wait_for_tick(ctx, rt)
+                await ctx.checkpoint()
+            try:
+                await self._cycle(ctx, rt)
+            except (ServerUnavailable, SshError, BackendError) as exc:
+                await self._master_trouble(ctx, rt, exc)
+            else:
+                self.failures = 0
+
+    async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
+        """Until the schedule's next tick, or sync-now. A new relationship starts at once:
+        a standby that waits for the first cron slot is no standby."""
+        now = time.time()
+        rt.next_cycle_at = now if rt.last_cycle_at is None \
+            else rt.schedule.next_after(rt.last_cycle_at, now)
+        delay = rt.next_cycle_at - now
+        if delay > 0 and not rt.wakeup.is_set():
+            await _wait(rt, delay)
+        rt.wakeup.clear()
+
+    async def _master_trouble(self, ctx: ActivityContext, rt: Runtime,
+                              exc: Exception) -> None:
+        """Report the master's problem and back off; the next try is a fresh cycle."""
+        self.failures += 1
+        permanent = getattr(exc, "permanent", False)
+        rt.last_error = f"cycle failed on {rt.spec.master}: {exc}"
+        delay = min(self.policy.max_interval, 2.0 ** min(self.failures, 10))
+        ctx.log.warning("relationship cycle failed; retrying", error=str(exc),
+                        attempt=self.failures, retry_in=delay, permanent=permanent)
+        link = self.servers.links.get(rt.spec.master)
+        if link is not None and not permanent:
+            ctx.link_lost(LinkHealth(server=rt.spec.master, state="retrying",
+                                     since=link.since, attempt=self.failures,
+                                     next_try_at=time.time() + delay, last_error=str(exc)))
+        await ctx.sleep(delay)
+
+    async def _cycle(self, ctx: ActivityContext, rt: Runtime) -> None:
+        started = time.time()  # the schedule counts from a cycle's start
+        master = await self.servers.backend(rt.spec.master)
+        if ctx.record.state == State.RETRYING:
+            ctx.link_up(rt.spec.master)
+        await self.manager.prune_master(rt)
+        snap = await self._snapshot(ctx, rt, master)
+        rt.newest = (snap.name, snap.guid)
+        await self._start_transfers(ctx, rt, master, snap)
+        rt.last_cycle_at, rt.last_error = started, None
+        rt.cycles += 1
+        ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
+        self.manager.save(rt)
+        ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
+                     cycle=rt.cycles)
+
+    async def _snapshot(self, ctx: ActivityContext, rt: Runtime,
+                        master: ZfsBackend) -> Snapshot:
+        existing = {s.label: s for s in await master.snapshots(rt.spec.volume)}
+        label = ctx.params.get("cycle_snapshot")
+        if isinstance(label, str) and label in existing:
+            return existing[label]  # made before a restart: used, not made again
+        if not isinstance(label, str):
+            label = _label(rt.spec.prefix, time.time(), existing)
+            ctx.remember(cycle_snapshot=label)
+        snap = await master.create_snapshot(rt.spec.volume, label)
+        ctx.log.info("snapshot taken", snapshot=snap.name)
+        return snap
+
+    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime,
+                               master: ZfsBackend, snap: Snapshot) -> None:
+        for old in rt.group_ids:  # the last cycle's groups: their members have joined
+            self.manager.groups.discard(old)
+        busy = self.manager.transfers(rt.name)
+        requests = [self._request(rt, s.server, snap) for s in rt.spec.slaves
+                    if s.server not in busy]
+        groups = await self._groups(rt, master, requests) if rt.spec.fanout else {}
+        rt.group_ids = sorted(set(groups.values()))
+        for req in requests:
+            group_id = groups.get(req.destination)
+            req = ReplicationRequest(**{**req.params(), "fanout_group": group_id})
+            submit_transfer(self.engine, req, parent=ctx.record.id)
+
+    def _request(self, rt: Runtime, server: str, snap: Snapshot) -> ReplicationRequest:
+        slave = rt.spec.slave(server)
+        return ReplicationRequest(
+            snapshot=snap.name, source=rt.spec.master, destination=server,
+            target_volume=slave.target_volume, intermediates=True,
+            bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name)
+
+    async def _groups(self, rt: Runtime, master: ZfsBackend,
+                      requests: list[ReplicationRequest]) -> dict[str, str]:
+        """Slaves needing the same stream, grouped: destination -> group id."""
+        by_key: dict[StreamKey, list[ReplicationRequest]] = {}
+        bases: dict[StreamKey, str | None] = {}
+        for req in requests:
+            planned = await self._stream_key(master, req)
+            if planned is not None:
+                key, bases[key] = planned
+                by_key.setdefault(key, []).append(req)
+        members: dict[str, str] = {}
+        for key, reqs in by_key.items():
+            if len(reqs) < 2:
+                continue
+            group_id = uuid.uuid4().hex[:12]
+            sender = Endpoint(master.runner, master.send_argv(
+                reqs[0].snapshot, bases[key], intermediates=key.intermediates,
+                flags=key.flags))
+            self.manager.groups.add(group_id, key, FanoutGroup(
+                sender, [r.destination for r in reqs], buffer_limit=rt.spec.fanout_buffer,
+                stall_timeout=self.policy.stall_timeout))
+            members.update({r.destination: group_id for r in reqs})
+        return members
+
+    async def _stream_key(self, master: ZfsBackend, req: ReplicationRequest,
+                          ) -> tuple[StreamKey, str | None] | None:
+        """The stream this slave needs now (and its base's name), or None if unknown here."""
+        try:
+            dst = await self.servers.backend(req.destination)
+            plan = await make_plan(req, master, dst)
+            flags = await stream_flags(master, dst, plan.snapshot.volume)
+        except (ReplicationConflict, BackendError, SshError):
+            return None  # its transfer plans (and reports) on its own
+        if plan.mode == "up-to-date" or plan.overwrite:
+            return None
+        key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
+                        plan.intermediates)
+        return key, plan.base.name if plan.base else None
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """Cancelled by the operator: cancel (and so roll back) its running transfers."""
+        if not ctx.cancel_requested:
+            return  # failed or checkpointed at shutdown: transfers carry on / restart
+        for transfer in self.manager.transfers(self.name).values():
+            try:
+                await self.engine.cancel(transfer.id)
+            except Exception as exc:  # already finishing: nothing left to cancel
+                ctx.log.info("transfer not cancelled", activity=transfer.id, error=str(exc))
+            await transfer.done.wait()
+
+
+async def _wait(rt: Runtime, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(rt.wakeup.wait(), seconds)
+
+
+def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:
+    base = prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    label, n = base, 1
+    while label in existing:
+        n += 1
+        label = f"{base}-{n}"
+    return label
+
+
+def register(engine: ActivityEngine, manager: Relationships, policy: RetryPolicy) -> None:
+    engine.register(KIND, lambda r: RelationshipWork(r, manager, policy))

@@ -1,0 +1,209 @@
+"""A relationship: "keep volume V on master M replicated to slaves S1..Sn", as a value.
+
+Relationships come from the config file (``[relationships.NAME]``) or from the API;
+both are parsed here by one function, so a bad key gets the same clear error
+(``ConfigError`` naming the dotted key) whether it was typed in a file or posted.
+The schedule and retention grids are parsed too, so a relationship that exists
+can always run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends.names import InvalidName, validate_snapshot_label, validate_volume
+from ..config import ConfigError, parse_duration
+from .retention import Tier, parse_grid
+from .schedule import Schedule, describe, parse_schedule
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
+DEFAULT_FANOUT_BUFFER = 64 << 20
+
+_KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
+         "slave_retention", "retry_deadline", "fanout", "fanout_buffer"}
+_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit"}
+
+
+@dataclass(frozen=True)
+class SlaveSpec:
+    """One slave of a relationship: a server and the volume there that mirrors the master."""
+
+    server: str
+    target_volume: str
+    bandwidth_limit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "target_volume": self.target_volume,
+                "bandwidth_limit": self.bandwidth_limit}
+
+
+@dataclass(frozen=True)
+class RelationshipSpec:
+    name: str
+    volume: str
+    master: str
+    slaves: tuple[SlaveSpec, ...]
+    schedule: Schedule
+    prefix: str
+    retention: tuple[Tier, ...]
+    slave_retention: tuple[Tier, ...]
+    retry_deadline: float | None = None
+    fanout: bool = True
+    fanout_buffer: int = DEFAULT_FANOUT_BUFFER
+    #: The table it was parsed from, kept to persist and show it exactly as given.
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    origin: str = "config"  # "config" | "api"
+
+    def slave(self, server: str) -> SlaveSpec:
+        for s in self.slaves:
+            if s.server == server:
+                return s
+        raise KeyError(server)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "volume": self.volume, "master": self.master,
+            "slaves": [s.to_json() for s in self.slaves], "schedule": describe(self.schedule),
+            "prefix": self.prefix, "retention": list(self.raw.get("retention",
+                                                                   DEFAULT_RETENTION)),
+            "slave_retention": list(self.raw.get("slave_retention",
+                                                 self.raw.get("retention", DEFAULT_RETENTION))),
+            "retry_deadline": self.retry_deadline, "fanout": self.fanout,
+            "fanout_buffer": self.fanout_buffer, "origin": self.origin,
+        }
+
+
+def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[str],
+                       key: str | None = None, origin: str = "config") -> RelationshipSpec:
+    """Validate one relationship table; ``servers`` are the configured server names."""
+    key = f"relationships.{name}" if key is None else key
+    if not _NAME.match(name):
+        raise ConfigError(key, "relationship names use letters, digits, '_', '.', '-' "
+                          "(at most 63)")
+    for k in t:
+        if k not in _KEYS:
+            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    volume = _volume(t.get("volume"), f"{key}.volume", required=True)
+    master = _server(t.get("master", "local"), f"{key}.master", servers)
+    slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master)
+    prefix = t.get("prefix", f"cerssd-{name}-")
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"{key}.prefix", "must be a non-empty string")
+    try:
+        validate_snapshot_label(prefix + "x")
+    except InvalidName as exc:
+        raise ConfigError(f"{key}.prefix", f"not usable in snapshot names: {exc}") from None
+    retention = tuple(parse_grid(_list(t, "retention", key, DEFAULT_RETENTION),
+                                 f"{key}.retention"))
+    slave_grid = t.get("slave_retention", t.get("retention", DEFAULT_RETENTION))
+    slave_retention = tuple(parse_grid(_as_list(slave_grid, f"{key}.slave_retention"),
+                                       f"{key}.slave_retention"))
+    fanout = t.get("fanout", True)
+    if not isinstance(fanout, bool):
+        raise ConfigError(f"{key}.fanout", "must be true or false")
+    return RelationshipSpec(
+        name=name, volume=volume, master=master, slaves=slaves,
+        schedule=parse_schedule(t.get("interval"), t.get("cron"), key),
+        prefix=prefix, retention=retention, slave_retention=slave_retention,
+        retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
+        fanout=fanout, fanout_buffer=_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
+                                           f"{key}.fanout_buffer"),
+        raw=dict(t), origin=origin)
+
+
+def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
+            master: str) -> tuple[SlaveSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of slaves, each a table with "
+                          "server (and optionally target_volume, bandwidth_limit)")
+    slaves: list[SlaveSpec] = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"server": item}
+        if not isinstance(item, Mapping):
+            raise ConfigError(k, "must be a server name or a table")
+        for sub in item:
+            if sub not in _SLAVE_KEYS:
+                raise ConfigError(f"{k}.{sub}", f"unknown key (known: "
+                                  f"{', '.join(sorted(_SLAVE_KEYS))})")
+        server = _server(item.get("server"), f"{k}.server", servers)
+        target = _volume(item.get("target_volume", volume), f"{k}.target_volume",
+                         required=True)
+        if server == master and target == volume:
+            raise ConfigError(f"{k}.target_volume", "a slave on the master's server needs "
+                              "a different target_volume")
+        if any(s.server == server for s in slaves):
+            raise ConfigError(f"{k}.server", f"{server} is already a slave of this "
+                              "relationship")
+        limit = item.get("bandwidth_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit <= 0):
+            raise ConfigError(f"{k}.bandwidth_limit", "must be a positive number of bytes "
+                              "per second")
+        slaves.append(SlaveSpec(server, target, limit))
+    return tuple(slaves)
+
+
+def _server(value: Any, key: str, servers: Collection[str]) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be the name of a configured server")
+    if value not in servers:
+        raise ConfigError(key, f"no server {value!r} is configured (servers: "
+                          f"{', '.join(sorted(servers))})")
+    return value
+
+
+def _volume(value: Any, key: str, *, required: bool) -> str:
+    if value is None and required:
+        raise ConfigError(key, "is required (pool/path of a filesystem or zvol)")
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string such as tank/data")
+    try:
+        return validate_volume(value)
+    except InvalidName as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _list(t: Mapping[str, Any], name: str, key: str, default: Any) -> list[str]:
+    return _as_list(t.get(name, default), f"{key}.{name}")
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be a list of tiers such as ["1h:all", "1d:1h"]')
+    return value
+
+
+def _deadline(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if value == "never":
+        return float("inf")
+    seconds = parse_duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(key, "must be positive (or \"never\")")
+    return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*$")
+_SIZE_UNITS = {None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
+               "G": 1 << 30, "GiB": 1 << 30}
+
+
+def _size(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ConfigError(key, f'must be a size such as "64MiB", not {value!r}')
+    if size < 1 << 20:
+        raise ConfigError(key, "must be at least 1MiB")
+    return size

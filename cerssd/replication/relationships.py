@@ -1,0 +1,408 @@
+"""The relationships this daemon keeps: definitions, live state, and the operator's verbs.
+
+Each relationship that is not stopped has one long-lived, self-restarting activity
+(kind ``relationship``, progress 0 of 0, run by ``continuous.RelationshipWork``),
+and each of its cycles makes child activities: one ``replicate`` per slave that
+needs the new snapshot, and ``prune`` activities for retention. This class ties
+them together:
+
+* pausing the relationship's activity suspends its running transfers, resuming it
+  resumes them (through an engine listener, so the generic
+  ``/v1/activities/{id}/suspend`` does the same as ``/pause``);
+* a finished transfer updates its slave's facts and prunes the slave;
+* ``sync-now`` starts a cycle at once and cuts the back-off of retrying transfers;
+* definitions made through the API and every relationship's facts are kept in the
+  journal's database, so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..activity import ActivityRecord, Progress, State
+from ..backends.base import BackendError
+from ..backends.ssh import SshError
+from ..config import ConfigError
+from ..engine import Activity, ActivityEngine
+from ..journal import Journal
+from ..servers import ServerRegistry
+from . import prune, replicate
+from .groups import FanoutGroups
+from .relationship import RelationshipSpec, parse_relationship
+from .retention import to_destroy
+from .schedule import Schedule
+from .status import SlaveStatus, slave_json, slave_state
+
+log = structlog.get_logger("cerssd.relationships")
+
+KIND = "relationship"
+
+
+class RelationshipError(Exception):
+    """An operator's request about a relationship that cannot be done (HTTP 409)."""
+
+
+class UnknownRelationship(KeyError):
+    pass
+
+
+@dataclass
+class Runtime:
+    """One relationship's live state; ``spec`` is its definition."""
+
+    spec: RelationshipSpec
+    slaves: dict[str, SlaveStatus]
+    stopped: bool = False
+    last_cycle_at: float | None = None
+    next_cycle_at: float | None = None
+    cycles: int = 0
+    #: The master's newest snapshot of this relationship: (name, guid), remembered.
+    newest: tuple[str, str] | None = None
+    last_error: str | None = None
+    activity_id: str | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    suspended_children: set[str] = field(default_factory=set)
+    group_ids: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.spec.schedule
+
+    def remembered(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
+                "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
+                "slaves": {n: s.remembered() for n, s in self.slaves.items()}}
+
+
+def _runtime(spec: RelationshipSpec, state: Mapping[str, Any]) -> Runtime:
+    slaves = {s.server: SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
+    for name, facts in state.get("slaves", {}).items():
+        if name in slaves:
+            slaves[name].restore(facts)
+    newest = state.get("newest")
+    return Runtime(spec, slaves, stopped=bool(state.get("stopped")),
+                   last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
+                   newest=(newest[0], newest[1]) if newest else None)
+
+
+class Relationships:
+    def __init__(self, engine: ActivityEngine, servers: ServerRegistry, journal: Journal,
+                 groups: FanoutGroups) -> None:
+        self.engine = engine
+        self.servers = servers
+        self.journal = journal
+        self.groups = groups
+        self.runtimes: dict[str, Runtime] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        engine.add_listener(self._on_change)
+
+    # -- loading and starting ---------------------------------------------------------
+    def load(self, configured: Mapping[str, RelationshipSpec]) -> None:
+        """Config relationships plus those made through the API, with remembered facts."""
+        stored = self.journal.load_relationships()
+        for name, spec in configured.items():
+            self.runtimes[name] = _runtime(spec, stored.get(name, (None, {}))[1])
+        for name, (raw, state) in stored.items():
+            if raw is None or name in configured:
+                if raw is not None:
+                    log.warning("relationship defined in the config and through the API; "
+                                "the config wins", relationship=name)
+                continue
+            try:
+                spec = parse_relationship(name, raw, servers=self.servers.entries,
+                                          key=f"relationship {name}", origin="api")
+            except ConfigError as exc:
+                log.error("stored relationship no longer valid; not started",
+                          relationship=name, key=exc.key, problem=exc.problem)
+                continue
+            self.runtimes[name] = _runtime(spec, state)
+
+    def start(self) -> None:
+        """After the engine's recovery: give every running relationship its activity."""
+        live = {a.record.params.get("relationship"): a for a in self._live(KIND)}
+        for rt in self.runtimes.values():
+            if rt.stopped:
+                continue
+            activity = live.get(rt.name)
+            rt.activity_id = activity.id if activity else self._submit(rt).id
+
+    def _submit(self, rt: Runtime) -> ActivityRecord:
+        return self.engine.submit(
+            KIND, volume=rt.spec.volume, source=rt.spec.master,
+            target=", ".join(s.server for s in rt.spec.slaves),
+            params={"relationship": rt.name}, self_restarting=True,
+            progress=Progress(0, 0, unit="cycles"))
+
+    def save(self, rt: Runtime) -> None:
+        self.journal.save_relationship_state(rt.name, rt.remembered())
+
+    # -- lookups ----------------------------------------------------------------------
+    def get(self, name: str) -> Runtime:
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            raise UnknownRelationship(name) from None
+
+    def _live(self, kind: str, relationship: str | None = None) -> list[Activity]:
+        return [a for a in self.engine.activities()
+                if a.record.kind == kind and not a.record.state.terminal
+                and (relationship is None or a.record.params.get("relationship") == relationship)]
+
+    def transfers(self, name: str) -> dict[str, Activity]:
+        """The live transfer of each slave of ``name`` (at most one per slave)."""
+        return {a.record.params["destination"]: a
+                for a in self._live(replicate.KIND, name)}
+
+    # -- the operator's verbs ---------------------------------------------------------
+    def create(self, spec: RelationshipSpec) -> Runtime:
+        if spec.name in self.runtimes:
+            raise RelationshipError(f"relationship {spec.name} already exists")
+        self.journal.save_relationship_spec(spec.name, dict(spec.raw))
+        rt = Runtime(spec, {s.server: SlaveStatus(s.server, s.target_volume)
+                            for s in spec.slaves})
+        self.runtimes[spec.name] = rt
+        self.save(rt)
+        rt.activity_id = self._submit(rt).id
+        log.info("relationship created", relationship=spec.name, volume=spec.volume,
+                 slaves=[s.server for s in spec.slaves])
+        return rt
+
+    async def remove(self, name: str) -> None:
+        rt = self.get(name)
+        if rt.spec.origin == "config":
+            raise RelationshipError(f"relationship {name} is defined in the config file; "
+                                    "remove it there and restart cerssd")
+        await self.stop(name)
+        del self.runtimes[name]
+        self.journal.delete_relationship(name)
+        log.info("relationship removed; its snapshots were left in place", relationship=name)
+
+    async def stop(self, name: str) -> None:
+        """Cancel the relationship's activity (its transfers roll back) and wait for it."""
+        rt = self.get(name)
+        activity = self._activity(rt)
+        if activity is not None:
+            await self.engine.cancel(activity.id)
+            await activity.done.wait()
+        rt.stopped = True
+        self.save(rt)
+
+    async def pause(self, name: str) -> ActivityRecord:
+        activity = self._activity(self.get(name))
+        if activity is None:
+            raise RelationshipError(f"relationship {name} is stopped")
+        return await self.engine.suspend(activity.id)
+
+    async def resume(self, name: str) -> ActivityRecord:
+        """Resume a paused relationship, or start a stopped one again."""
+        rt = self.get(name)
+        activity = self._activity(rt)
+        if activity is None:
+            rt.stopped = False
+            self.save(rt)
+            record = self._submit(rt)
+            rt.activity_id = record.id
+            return record
+        return await self.engine.resume(activity.id)
+
+    def sync_now(self, name: str) -> None:
+        rt = self.get(name)
+        activity = self._activity(rt)
+        if activity is None:
+            raise RelationshipError(f"relationship {name} is stopped; resume it first")
+        if activity.record.state == State.SUSPENDED:
+            raise RelationshipError(f"relationship {name} is paused; resume it first")
+        rt.wakeup.set()
+        self.engine.wake(activity.id)
+        for transfer in self.transfers(name).values():
+            self.engine.wake(transfer.id)
+
+    def _activity(self, rt: Runtime) -> Activity | None:
+        if rt.activity_id is None:
+            return None
+        with contextlib.suppress(KeyError):
+            activity = self.engine.get(rt.activity_id)
+            if not activity.record.state.terminal:
+                return activity
+        return None
+
+    # -- reacting to the engine ---------------------------------------------------------
+    def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
+        name = record.params.get("relationship")
+        rt = self.runtimes.get(name) if isinstance(name, str) else None
+        if rt is None:
+            return
+        if record.kind == KIND and record.id == rt.activity_id:
+            self._follow_parent(rt, record)
+        elif record.kind == replicate.KIND and record.state.terminal:
+            self._spawn(self._after_transfer(rt, record))
+
+    def _follow_parent(self, rt: Runtime, record: ActivityRecord) -> None:
+        """Pause or resume the relationship's running transfers with it."""
+        if record.state == State.SUSPENDED:
+            for transfer in self.transfers(rt.name).values():
+                if transfer.record.state in (State.RUNNING, State.RETRYING):
+                    rt.suspended_children.add(transfer.id)
+                    self._spawn(self._quietly(self.engine.suspend(transfer.id)))
+        elif record.state == State.RUNNING and rt.suspended_children:
+            for child in list(rt.suspended_children):
+                self._spawn(self._quietly(self.engine.resume(child)))
+            rt.suspended_children.clear()
+        elif record.state.terminal and record.state == State.CANCELLED:
+            rt.stopped = True
+            self.save(rt)
+
+    async def _quietly(self, work: Any) -> None:
+        with contextlib.suppress(Exception):
+            await work
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _after_transfer(self, rt: Runtime, record: ActivityRecord) -> None:
+        server = record.params["destination"]
+        status = rt.slaves.get(server)
+        if status is None:
+            return
+        if record.state == State.SUCCEEDED:
+            status.error = None
+            status.last_success_at = record.finished_at
+            status.last_cycle_bytes = record.usage.bytes_on_wire
+        elif record.state == State.FAILED and record.status is not None:
+            status.error = record.status.message
+        await self.refresh_slave(rt, server)
+        self.save(rt)
+        if record.state == State.SUCCEEDED:
+            await self.prune_slave(rt, server)
+        if not self.transfers(rt.name):  # the cycle's last transfer: thin the master too
+            try:
+                await self.prune_master(rt)
+            except (BackendError, SshError) as exc:
+                log.info("master retention skipped", relationship=rt.name, error=str(exc))
+
+    # -- facts from ZFS -----------------------------------------------------------------
+    async def refresh_slave(self, rt: Runtime, server: str) -> None:
+        """The newest snapshot the slave shares with the master (by guid)."""
+        status = rt.slaves[server]
+        try:
+            master = await self.servers.backend(rt.spec.master)
+            slave = await self.servers.backend(server)
+            ours = await master.snapshots(rt.spec.volume)
+            theirs = ({s.guid: s for s in await slave.snapshots(status.target_volume)}
+                      if await slave.exists(status.target_volume) else {})
+        except (BackendError, SshError) as exc:
+            log.info("slave state not refreshed", relationship=rt.name, slave=server,
+                     error=str(exc))
+            return
+        common = [s for s in ours if s.guid in theirs]
+        mine = [s for s in ours if s.label.startswith(rt.spec.prefix)]
+        if mine:
+            rt.newest = (mine[-1].name, mine[-1].guid)
+        if common:
+            last = common[-1]
+            status.last_snapshot = f"{status.target_volume}@{last.label}"
+            status.last_snapshot_guid = last.guid
+            status.last_snapshot_created = float(last.creation)
+        else:
+            status.last_snapshot = status.last_snapshot_guid = None
+            status.last_snapshot_created = None
+
+    async def refresh_all(self, rt: Runtime) -> None:
+        await asyncio.gather(*(self.refresh_slave(rt, s) for s in rt.slaves))
+        self.save(rt)
+
+    async def prune_slave(self, rt: Runtime, server: str) -> None:
+        """Retention on one slave; its newest common base with the master is kept."""
+        status = rt.slaves[server]
+        if status.last_snapshot_guid is None or server in self.transfers(rt.name):
+            return
+        try:
+            backend = await self.servers.backend(server)
+            snaps = await backend.snapshots(status.target_volume)
+        except (BackendError, SshError) as exc:
+            log.info("slave retention skipped", relationship=rt.name, slave=server,
+                     error=str(exc))
+            return
+        doomed = to_destroy(snaps, rt.spec.slave_retention, now=time.time(),
+                            prefix=rt.spec.prefix, protected={status.last_snapshot_guid})
+        if doomed:
+            prune.submit_prune(self.engine, server, status.target_volume,
+                               [s.name for s in doomed], rt.name)
+
+    async def prune_master(self, rt: Runtime) -> None:
+        """Retention on the master, sparing every slave's newest common base.
+
+        Not while a stream may be reading from the master (``-I`` carries the
+        intermediates, which must not vanish mid-send), and not at all while any
+        slave's base is unknown. Master errors propagate: the cycle reports them.
+        """
+        transfers = self.transfers(rt.name).values()
+        if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in transfers):
+            return
+        protected = self.protected_bases(rt)
+        if protected is None or any(p.record.params["server"] == rt.spec.master
+                                    for p in self._live(prune.KIND, rt.name)):
+            return
+        master = await self.servers.backend(rt.spec.master)
+        doomed = to_destroy(await master.snapshots(rt.spec.volume), rt.spec.retention,
+                            now=time.time(), prefix=rt.spec.prefix, protected=protected)
+        if doomed:
+            prune.submit_prune(self.engine, rt.spec.master, rt.spec.volume,
+                               [s.name for s in doomed], rt.name)
+
+    def protected_bases(self, rt: Runtime) -> set[str] | None:
+        """Guids the master must keep: every slave's base; None if one is unknown."""
+        guids = set()
+        for status in rt.slaves.values():
+            if status.last_snapshot_guid is None:
+                return None
+            guids.add(status.last_snapshot_guid)
+        return guids
+
+    # -- what the API shows ---------------------------------------------------------------
+    def to_json(self, rt: Runtime) -> dict[str, Any]:
+        now = time.time()
+        activity = self._activity(rt)
+        transfers = self.transfers(rt.name)
+        newest = rt.newest[1] if rt.newest else None
+        slaves = []
+        for server, status in rt.slaves.items():
+            transfer = transfers[server].snapshot() if server in transfers else None
+            link = self.servers.links.get(server)
+            state = slave_state(status, newest_guid=newest, transfer=transfer, link=link)
+            slaves.append(slave_json(status, now=now, state=state, transfer=transfer,
+                                     link=link))
+        record = activity.snapshot() if activity else None
+        return {
+            **rt.spec.to_json(),
+            "state": _state(record),
+            "activity": record.id if record else None,
+            "link": record.link and record.to_json()["link"] if record else None,
+            "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
+            "next_cycle_at": rt.next_cycle_at if record else None,
+            "newest_snapshot": rt.newest[0] if rt.newest else None,
+            "last_error": rt.last_error, "slaves": slaves,
+        }
+
+    def all(self) -> Iterable[Runtime]:
+        return list(self.runtimes.values())
+
+
+def _state(record: ActivityRecord | None) -> str:
+    if record is None:
+        return "stopped"
+    return {State.SUSPENDED: "paused", State.RETRYING: "retrying",
+            State.CANCELLING: "stopping"}.get(record.state, "running")
