@@ -332,6 +332,7 @@ class NetnsSshServer(SshServer):
     namespace: str = ""
     host_veth: str = ""
     address: str = ""
+    root: Path = Path("/nonexistent")
 
     @property
     def host(self) -> str:  # type: ignore[override]
@@ -343,28 +344,55 @@ class NetnsSshServer(SshServer):
     def restore(self) -> None:
         subprocess.run(["ip", "link", "set", self.host_veth, "up"], check=True)
 
+    def kill_sshd(self) -> None:
+        """Kill sshd and every process in the namespace (its sessions, a zfs receive)."""
+        _kill_namespace(self.namespace)
+
+    def start_sshd(self) -> None:
+        (self.root / "sshd.pid").unlink(missing_ok=True)
+        _start_sshd_in(self.namespace, self.root)
+
+
+def _kill_namespace(ns: str) -> None:
+    left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    for leftover in left.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(leftover), signal.SIGKILL)
+
+
+def _start_sshd_in(ns: str, root: Path) -> int:
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    # nsenter joins only the network namespace; `ip netns exec` would also give sshd a
+    # mount namespace of its own, where zfs-fuse cannot mount what it receives.
+    subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sshd_bin, "-f",
+                    str(root / "sshd_config"), "-E", str(root / "sshd.log")], check=True)
+    return int(wait_until(lambda: (root / "sshd.pid").exists()
+                          and (root / "sshd.pid").read_text().strip(), 10, what="sshd"))
+
 
 _netns_counter = iter(range(1, 60))
 
 
 @pytest.fixture
-def netns_sshd(zfs_fuse: None) -> Iterator[NetnsSshServer]:
+def make_netns_sshd(zfs_fuse: None) -> Iterator[Callable[[], NetnsSshServer]]:
     """sshd in its own namespace at 192.0.2.(4n+2), the host side at 192.0.2.(4n+1)/30.
 
     Only addresses from 192.0.2.0/24 (TEST-NET-1) inside namespaces this fixture makes
-    are used; it removes the namespace (and with it the veth pair) afterwards.
+    are used; it removes the namespaces (and with them the veth pairs) afterwards.
     """
-    n = next(_netns_counter)
-    tag = f"{os.getpid() % 10000}x{n}"
-    ns, host_if, ns_if = f"cerssd{tag}", f"ch{tag}", f"cn{tag}"
-    host_ip, ns_ip = f"192.0.2.{4 * n + 1}", f"192.0.2.{4 * n + 2}"
-    root = Path(tempfile.mkdtemp(prefix="cerssd-netns-"))
+    made: list[tuple[str, str, Path]] = []
 
     def ip(*args: str) -> None:
         subprocess.run(["ip", *args], check=True)
 
-    ip("netns", "add", ns)
-    try:
+    def make() -> NetnsSshServer:
+        n = next(_netns_counter)
+        tag = f"{os.getpid() % 10000}x{n}"
+        ns, host_if, ns_if = f"cerssd{tag}", f"ch{tag}", f"cn{tag}"
+        host_ip, ns_ip = f"192.0.2.{4 * n + 1}", f"192.0.2.{4 * n + 2}"
+        root = Path(tempfile.mkdtemp(prefix="cerssd-netns-"))
+        ip("netns", "add", ns)
+        made.append((ns, host_if, root))
         ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
         ip("link", "set", ns_if, "netns", ns)
         ip("addr", "add", f"{host_ip}/30", "dev", host_if)
@@ -385,27 +413,23 @@ def netns_sshd(zfs_fuse: None) -> Iterator[NetnsSshServer]:
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
             "ClientAliveInterval 2\nClientAliveCountMax 2\n")
         Path("/run/sshd").mkdir(exist_ok=True)
-        sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-        # nsenter joins only the network namespace; `ip netns exec` would also give sshd a
-        # mount namespace of its own, where zfs-fuse cannot mount what it receives.
-        subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sshd_bin, "-f",
-                        str(root / "sshd_config"), "-E", str(root / "sshd.log")], check=True)
-        pid = int(wait_until(lambda: (root / "sshd.pid").exists()
-                             and (root / "sshd.pid").read_text().strip(), 10, what="sshd"))
-        yield NetnsSshServer(22, root / "client_key", root / "known_hosts",
-                             root / "wrong_known_hosts", pid, ns, host_if, ns_ip)
+        pid = _start_sshd_in(ns, root)
+        return NetnsSshServer(22, root / "client_key", root / "known_hosts",
+                              root / "wrong_known_hosts", pid, ns, host_if, ns_ip, root)
+
+    try:
+        yield make
     finally:
-        pidfile = root / "sshd.pid"
-        if pidfile.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
-        left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-        for leftover in left.stdout.split():  # sessions of that sshd, by pid
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(leftover), signal.SIGKILL)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        for ns, host_if, root in made:
+            _kill_namespace(ns)
+            subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def netns_sshd(make_netns_sshd: Callable[[], NetnsSshServer]) -> NetnsSshServer:
+    return make_netns_sshd()
 
 
 def post_json(d: DaemonProcess, path: str, body: Any) -> RawResponse:

@@ -242,7 +242,8 @@ class _Grace:
     """
 
     def __init__(self) -> None:
-        self._tokens = 0.0
+        # Saved up from the start: receivers warm up unevenly (process start, SSH login).
+        self._tokens = GRACE_BURST
         self._mark = time.monotonic()
 
     def available(self) -> float:
