@@ -51,7 +51,7 @@ def moving(d: DaemonProcess, server: str, at_least: int) -> bool:
 
 
 def test_cut_slave_is_reported_others_carry_on_and_it_recovers(setup: Any) -> None:
-    d, master, ns, p1, p2 = setup()
+    d, _master, ns, p1, p2 = setup()
     wait_until(lambda: moving(d, "s1", 3 * MiB), 30, what="bytes flowing to s1")
     ns["s1"].cut()
     cut_at = time.monotonic()
@@ -80,7 +80,7 @@ def test_cut_slave_is_reported_others_carry_on_and_it_recovers(setup: Any) -> No
 
 
 def test_killed_and_restarted_sshd_is_lost_then_recovers(setup: Any) -> None:
-    d, master, ns, p1, p2 = setup()
+    d, _master, ns, p1, p2 = setup()
     wait_until(lambda: moving(d, "s2", 3 * MiB), 30, what="bytes flowing to s2")
     ns["s2"].kill_sshd()
     killed_at = time.monotonic()
@@ -99,7 +99,7 @@ def test_killed_and_restarted_sshd_is_lost_then_recovers(setup: Any) -> None:
 
 
 def test_offline_slave_catches_up_in_one_incremental_and_keeps_its_base(setup: Any) -> None:
-    d, master, ns, p1, p2 = setup(limit=None, mib=8, extra='retention = ["1s:all"]\n')
+    d, master, ns, p1, _p2 = setup(limit=None, mib=8, extra='retention = ["1s:all"]\n')
     first = wait_in_sync(d, "hot")
     base = first["newest_snapshot"].split("@")[1]
     ns["s1"].cut()
