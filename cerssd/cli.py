@@ -72,6 +72,8 @@ class Client:
             except json.JSONDecodeError:
                 raise CliError(f"HTTP {response.status}: {data.decode(errors='replace')}") \
                     from None
+        if not data:  # 204 No Content
+            return None
         if response.getheader("Content-Type", "").startswith("text/plain"):
             return data.decode()
         return json.loads(data)

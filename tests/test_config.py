@@ -109,3 +109,58 @@ def test_retry_keys() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"daemon": {"retry_deadline": "soonish"}})
     assert info.value.key == "daemon.retry_deadline"
+
+
+REL_SERVERS = {"local": {"kind": "local"}, "s1": {"kind": "local"}, "s2": {"kind": "local"}}
+
+
+def rel(**table: object) -> dict[str, object]:
+    base: dict[str, object] = {"volume": "tank/web", "interval": "5m", "slaves": ["s1"]}
+    return {"servers": REL_SERVERS, "relationships": {"web": {**base, **table}}}
+
+
+def test_relationship_defaults_and_values() -> None:
+    cfg = parse_config(rel(slaves=["s1", {"server": "s2", "target_volume": "b/web",
+                                          "bandwidth_limit": 1000}],
+                           retention=["1h:all", "2d:1h"], retry_deadline="never"))
+    spec = cfg.relationships["web"]
+    assert spec.master == "local" and spec.prefix == "cerssd-web-"
+    assert [(s.server, s.target_volume, s.bandwidth_limit) for s in spec.slaves] == [
+        ("s1", "tank/web", None), ("s2", "b/web", 1000)]
+    assert [t.age for t in spec.retention] == [3600, 2 * 86400]
+    assert spec.slave_retention == spec.retention  # the slaves follow the master's grid
+    assert spec.retry_deadline == float("inf") and spec.fanout is True
+    assert spec.fanout_buffer == 64 << 20
+    assert spec.to_json()["schedule"] == "every 5m"
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"volume": None}, "relationships.web.volume"),
+    ({"volume": "no pool"}, "relationships.web.volume"),
+    ({"master": "elsewhere"}, "relationships.web.master"),
+    ({"slaves": []}, "relationships.web.slaves"),
+    ({"slaves": ["nope"]}, "relationships.web.slaves[0].server"),
+    ({"slaves": ["s1", "s1"]}, "relationships.web.slaves[1].server"),
+    ({"slaves": [{"server": "local"}]}, "relationships.web.slaves[0].target_volume"),
+    ({"slaves": [{"server": "s1", "speed": 3}]}, "relationships.web.slaves[0].speed"),
+    ({"slaves": [{"server": "s1", "bandwidth_limit": -1}]},
+     "relationships.web.slaves[0].bandwidth_limit"),
+    ({"interval": None}, "relationships.web"),
+    ({"cron": "* * *"}, "relationships.web"),
+    ({"interval": None, "cron": "61 * * * *"}, "relationships.web.cron"),
+    ({"retention": ["1h"]}, "relationships.web.retention[0]"),
+    ({"slave_retention": "1h:all"}, "relationships.web.slave_retention"),
+    ({"prefix": "bad prefix "}, "relationships.web.prefix"),
+    ({"retry_deadline": "soon"}, "relationships.web.retry_deadline"),
+    ({"fanout": "yes"}, "relationships.web.fanout"),
+    ({"fanout_buffer": "1KiB"}, "relationships.web.fanout_buffer"),
+    ({"colour": "blue"}, "relationships.web.colour"),
+])
+def test_relationship_errors_name_the_key(table: dict[str, object], key: str) -> None:
+    data = rel(**table)
+    rels = data["relationships"]
+    assert isinstance(rels, dict)
+    rels["web"] = {k: v for k, v in rels["web"].items() if v is not None}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.key == key, str(info.value)

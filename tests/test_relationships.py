@@ -7,6 +7,7 @@ and network-fault side is in ``test_relationships_netns``.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 from typing import Any
@@ -248,3 +249,38 @@ def test_kill_9_mid_cycle_resumes_and_converges(start_daemon: Any,
     per_slave = [t["params"]["destination"] for t in transfers(d2, "k9")]
     assert sorted(per_slave) == ["a", "b"]  # nothing duplicated
     assert all(t["state"] == "succeeded" for t in transfers(d2, "k9"))
+
+
+def test_cerssctl_relationship_commands(start_daemon: Any,
+                                        pools: tuple[str, str, str]) -> None:
+    from .test_cli import ctl
+
+    master, a, b = pools
+    d = start_relationship(start_daemon, pools)
+    wait_in_sync(d, "web")
+    listed = ctl(d, "relationships")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("web"))
+    assert "running" in row and "every 1h" in row and "a in-sync lag" in row
+    shown = ctl(d, "relationship", "show", "web").stdout
+    assert "cerssd-web-" in shown and "in-sync" in shown and f"{a}/data" in shown
+    status = ctl(d, "status").stdout
+    assert "web" in status and "b in-sync lag" in status
+    assert "paused" in ctl(d, "relationship", "pause", "web").stdout
+    refused = ctl(d, "relationship", "sync-now", "web")
+    assert refused.returncode == 1 and "paused" in refused.stderr
+    assert "running" in ctl(d, "relationship", "resume", "web").stdout
+    assert ctl(d, "relationship", "sync-now", "web").returncode == 0
+    made = ctl(d, "--json", "relationship", "create", "copy", f"{master}/data",
+               "--slave", f"b:{b}/copy", "--interval", "10m", "--retention", "1d:all")
+    assert made.returncode == 0, made.stderr
+    doc = json.loads(made.stdout)
+    assert doc["slaves"][0]["target_volume"] == f"{b}/copy" and doc["retention"] == ["1d:all"]
+    bad = ctl(d, "relationship", "create", "x", f"{master}/data", "--slave", "zz",
+              "--interval", "1m")
+    assert bad.returncode == 1 and "slaves[0].server" in bad.stderr
+    wait_until(lambda: slave(d, "copy", "b")["state"] == "in-sync", 60, what="copy in sync")
+    assert ctl(d, "relationship", "remove", "copy").returncode == 0
+    assert "copy" not in ctl(d, "relationships").stdout
+    gone = ctl(d, "relationship", "show", "copy")
+    assert gone.returncode == 1 and "no relationship copy" in gone.stderr

@@ -44,7 +44,7 @@ LINGER_MS = 20
 #: about 1.4 times as fast as the default 64 KiB (fewer wake-ups per MiB), and 1 MiB
 #: was no better than 256 KiB.
 PIPE_SIZE = 256 << 10
-#: Share of the time the reader may spend waiting for members that lag (see _Grace),
+#: Share of the time the reader may spend waiting for a member that lags (see _Grace),
 #: and the most of it that can be saved up.
 SLACK = 0.1
 GRACE_BURST = 1.0
@@ -136,6 +136,7 @@ class _Lane:
         self.error: BaseException | None = None
         self.drained = False  # the whole stream reached the receiver's pipe
         self.split = False
+        self.grace = _Grace()  # used by the reader thread only
         self.finished: asyncio.Future[None] = loop.create_future()
         self.split_off: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._run, name=f"cerssd-fanout-{name}",
@@ -231,14 +232,15 @@ class _Lane:
 
 
 class _Grace:
-    """How long the reader may wait for a lagging member: SLACK of the time running,
-    banked up to GRACE_BURST seconds.
+    """How long the reader may wait for one lagging member: SLACK of the time
+    running, banked up to GRACE_BURST seconds.
 
     Waiting only for the fastest member leaves the lag between equally fast members
     a random walk with nothing pulling it back: measured here, three ``cat`` of one
     4 GiB stream drifted 113 MiB apart and would have been split off. Waiting a little
-    for a member past the soft mark brings it back, and costs the others at most
-    SLACK of their speed; a member slower than that still falls behind and is split.
+    for a member past the soft mark brings it back, and each member can cost the
+    others at most SLACK of their time; one slower than that still falls behind and
+    is split off, without using up the grace the others may need.
     """
 
     def __init__(self) -> None:
@@ -269,7 +271,6 @@ class _Hub:
         self.window = min(WINDOW, buffer_limit // 2)
         self.chunk = max(1, min(CHUNK, buffer_limit - self.window))
         self.soft = (self.window + buffer_limit) // 2  # lag past which the reader may wait
-        self._grace = _Grace()
         self.ended = False
         self.eof = False  # the sender's stream ended (as opposed to the reader stopping)
         self.error: BaseException | None = None
@@ -345,22 +346,25 @@ class _Hub:
 
     def _await_room(self) -> bool:
         """Wait while every live member's queue holds a window (backpressure), or
-        while a member lags past the soft mark and the grace budget allows it."""
+        while a member lags past the soft mark and still has grace (see _Grace)."""
         with self.lock:
             while not self.stop.is_set() and self.lanes:
                 if all(lane.queued >= self.window for lane in self.lanes):
                     self.room.wait(TICK)
-                elif self._lagging() and (grace := self._grace.available()) > 0:
+                elif waited := self._lagging():
                     started = time.monotonic()
-                    self.room.wait(min(grace, TICK))
-                    self._grace.spend(time.monotonic() - started)
+                    self.room.wait(min(TICK, *(lane.grace.available() for lane in waited)))
+                    for lane in waited:
+                        lane.grace.spend(time.monotonic() - started)
                 else:
                     break
             return not self.stop.is_set() and bool(self.lanes)
 
-    def _lagging(self) -> bool:
-        # A suspended member is not waited for: it is expected to be split off.
-        return any(lane.queued >= self.soft and lane.gate.is_open for lane in self.lanes)
+    def _lagging(self) -> list[_Lane]:
+        """Members past the soft mark worth waiting for; not suspended ones, which are
+        expected to be split off, nor those whose grace is spent."""
+        return [lane for lane in self.lanes if lane.queued >= self.soft
+                and lane.gate.is_open and lane.grace.available() > 0]
 
     def _read_chunk(self, fd: int, poller: select.poll) -> Chunk | None:
         """Read until a chunk is full, EOF, or the pipe stays empty for a moment.
