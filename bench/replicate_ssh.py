@@ -41,357 +41,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
-import platform
-import secrets
 import shlex
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
-
-from cerssd.cli import Client, CliError
-
-REPO = Path(__file__).resolve().parent.parent
-TERMINAL = ("succeeded", "failed", "cancelled")
-MIB = 1 << 20
-HOLD_TAG = "cerssd:remote"  # cerssd's hold tag for destination "remote"
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; printed as one message, exit status 1."""
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise BenchError(f"`{shlex.join(argv)}` exited {result.returncode}: "
-                         f"{(result.stderr or result.stdout).strip()}")
-    return result
-
-
-def bash(script: str) -> subprocess.CompletedProcess[str]:
-    """Run a pipeline with pipefail, so a failing ``zfs send`` fails the whole command.
-
-    The pipeline gets its own process group: if the benchmark is interrupted, the whole
-    group (bash, zfs send, ssh) is stopped, not only bash.
-    """
-    proc = subprocess.Popen(["bash", "-c", f"set -o pipefail; {script}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise BenchError(f"`{script}` exited {proc.returncode}: {err.strip()}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def cleanup(stack: contextlib.ExitStack, action: Callable[..., Any], *args: Any,
-            **kwargs: Any) -> None:
-    """Register a clean-up step whose failure is reported but does not stop the others."""
-
-    def step() -> None:
-        try:
-            action(*args, **kwargs)
-        except Exception as exc:
-            say(f"clean-up step {getattr(action, '__name__', action)} failed: {exc}")
-
-    stack.callback(step)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def terminate_pid(pid: int, what: str, timeout: float = 30.0) -> None:
-    """SIGTERM one process we started, SIGKILL it if it does not go within ``timeout``."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        say(f"{what} (pid {pid}) ignored SIGTERM; killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def zfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run(["zfs", *args], check=check)
-
-
-def zpool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run(["zpool", *args], check=check)
-
-
-def guid(snapshot: str) -> str:
-    return zfs("get", "-H", "-o", "value", "guid", snapshot).stdout.strip()
-
-
-def retry_busy(action: Callable[[], subprocess.CompletedProcess[str]],
-               gone: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """zfs-fuse calls a dataset or pool busy for a moment after it was used."""
-    last: list[str] = []
-
-    def attempt() -> bool:
-        result = action()
-        last[:] = [(result.stderr or result.stdout).strip()]
-        return result.returncode == 0 or gone()
-
-    try:
-        wait_until(attempt, timeout, what, interval=0.2)
-    except BenchError as exc:
-        raise BenchError(f"{exc} (last error: {last[0] if last else '-'})") from None
-
-
-def snapshots_of(volume: str) -> list[str]:
-    out = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-r",
-              volume).stdout
-    return [name for name in out.split() if name.startswith(f"{volume}@")]
-
-
-def release_holds(snapshots: list[str]) -> None:
-    """Release the user holds on ``snapshots`` (cerssd holds the common base on both sides).
-
-    zfs-fuse's ``zfs holds`` does not work (it wants pyzfs), so where it fails the tag
-    cerssd uses for destination "remote" is released by name.
-    """
-    for snapshot in snapshots:
-        if zfs("get", "-H", "-o", "value", "userrefs", snapshot).stdout.strip() in ("0", "-"):
-            continue
-        listed = zfs("holds", "-H", snapshot, check=False)
-        tags = ([line.split("\t")[1] for line in listed.stdout.splitlines() if "\t" in line]
-                if listed.returncode == 0 else [HOLD_TAG])
-        for tag in tags:
-            zfs("release", tag, snapshot, check=False)
-        if zfs("get", "-H", "-o", "value", "userrefs", snapshot).stdout.strip() != "0":
-            raise BenchError(f"{snapshot} still has user holds after releasing {tags}")
-
-
-def destroy_volume(volume: str) -> None:
-    release_holds(snapshots_of(volume))
-    retry_busy(lambda: zfs("destroy", "-r", volume, check=False),
-               lambda: zfs("list", "-H", volume, check=False).returncode != 0,
-               f"{volume} to be destroyed")
-
-
-def write_random(path: Path, mib: int) -> None:
-    """Incompressible data, so that the stream is as large as the data."""
-    with open(path, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(MIB))
-
-
-# -- the environment ---------------------------------------------------------------------
-
-def zfs_answers() -> bool:
-    return zpool("list", "-H", check=False).returncode == 0
-
-
-def ensure_zfs_fuse(stack: contextlib.ExitStack, scratch: Path) -> None:
-    if zfs_answers():
-        say("zfs-fuse is already running; leaving it alone")
-        return
-    if shutil.which("zfs-fuse") is None:
-        raise BenchError("zfs-fuse is not installed (apt-get install zfs-fuse)")
-    pidfile = scratch / "zfs-fuse.pid"
-    say("starting zfs-fuse")
-    run(["zfs-fuse", "--pidfile", str(pidfile)])
-    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30,
-                         "zfs-fuse's pid file"))
-    cleanup(stack, terminate_pid, pid, "zfs-fuse")
-    wait_until(zfs_answers, 30, "zfs-fuse to answer")
-
-
-def make_pool(stack: contextlib.ExitStack, scratch: Path, size_mib: int) -> str:
-    name = f"bench{secrets.token_hex(4)}"
-    image = scratch / f"{name}.img"
-    run(["truncate", "-s", f"{size_mib}M", str(image)])
-    zpool("create", "-m", f"/{name}", name, str(image))
-
-    def destroy() -> None:
-        retry_busy(lambda: zpool("destroy", "-f", name, check=False),
-                   lambda: zpool("list", name, check=False).returncode != 0,
-                   f"pool {name} to be destroyed")
-        image.unlink(missing_ok=True)
-
-    cleanup(stack, destroy)
-    say(f"pool {name} on {image} ({size_mib} MiB sparse)")
-    return name
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    client_key: Path
-    known_hosts: Path
-    pid: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sshd(stack: contextlib.ExitStack) -> Sshd:
-    """A private sshd on 127.0.0.1 that lets root in with its own client key."""
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(sshd_bin).exists():
-        raise BenchError("sshd is not installed (apt-get install openssh-server)")
-    root = Path(tempfile.mkdtemp(prefix="cerssd-bench-sshd-"))
-    cleanup(stack, shutil.rmtree, root, ignore_errors=True)
-    for key in ("host_key", "client_key"):
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)])
-    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    port = free_port()
-    host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    (root / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root}/host_key\n"
-        f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-        "MaxStartups 64\nClientAliveInterval 5\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-    run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
-    pidfile = root / "sshd.pid"
-    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10,
-                         "sshd's pid file"))
-    cleanup(stack, terminate_pid, pid, "sshd")
-    say(f"sshd on 127.0.0.1:{port} (pid {pid})")
-    return Sshd(port, root / "client_key", root / "known_hosts", pid)
-
-
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    root: Path
-    socket_path: Path
-    log_path: Path
-    client: Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = Client(str(self.socket_path))
-
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self.client.request(method, path, body)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"cerssd exited {self.proc.returncode}:\n{self.log_tail()}")
-
-
-def start_daemon(stack: contextlib.ExitStack, sshd: Sshd, cipher: str,
-                 keep_log: Path | None = None) -> Daemon:
-    # Unix socket paths must stay under 108 bytes: a short directory directly in /tmp.
-    root = Path(tempfile.mkdtemp(prefix="cerssd-bench-", dir="/tmp"))
-    cleanup(stack, shutil.rmtree, root, ignore_errors=True)
-    socket_path = root / "control.sock"
-    config = root / "cerssd.toml"
-    config.write_text(
-        "[daemon]\n"
-        f'control_socket = "{socket_path}"\n'
-        f'state_dir = "{root / "state"}"\n'
-        'metrics_listen = "off"\n\n'
-        '[servers.local]\nkind = "local"\n\n'
-        '[servers.remote]\nkind = "ssh"\nhost = "127.0.0.1"\n'
-        f'port = {sshd.port}\nuser = "root"\n'
-        f'identity_file = "{sshd.client_key}"\n'
-        f'known_hosts = "{sshd.known_hosts}"\n'
-        f'cipher = "{cipher}"\n')
-    log_path = root / "cerssd.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("NOTIFY_SOCKET", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                start_new_session=True)  # Ctrl-C reaches us; we stop it
-    daemon = Daemon(proc, root, socket_path, log_path)
-    cleanup(stack, stop_daemon, daemon, keep_log)
-    say(f"cerssd started (pid {proc.pid}), state in {root}")
-    wait_ready(daemon)
-    return daemon
-
-
-def wait_ready(daemon: Daemon, timeout: float = 60.0) -> None:
-    def ready() -> dict[str, Any] | None:
-        daemon.check_alive()
-        try:
-            status: dict[str, Any] = daemon.api("GET", "/v1/status")
-        except CliError:
-            return None
-        return status
-
-    status = wait_until(ready, timeout, "cerssd to answer on its socket")
-    if not all(status["servers"].get(name) for name in ("local", "remote")):
-        servers = daemon.api("GET", "/v1/servers")
-        errors = "; ".join(f"{s['name']}: {s['error']}" for s in servers["items"]
-                           if not s["available"])
-        raise BenchError(f"cerssd is up but a server is unavailable: {errors}")
-    say("cerssd is ready; servers local and remote available")
-
-
-def stop_daemon(daemon: Daemon, keep_log: Path | None) -> None:
-    proc = daemon.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            say(f"cerssd (pid {proc.pid}) ignored SIGTERM; killing it")
-            proc.kill()
-            proc.wait()
-    # cerssd stops its ssh ControlMaster on shutdown; make sure, by its control socket.
-    control_dir = daemon.socket_path.parent / "ssh"
-    if control_dir.is_dir():
-        for sock in control_dir.iterdir():
-            if sock.is_socket():
-                say(f"an ssh ControlMaster outlived cerssd ({sock.name}); stopping it")
-                run(["ssh", "-S", str(sock), "-O", "exit", "cerssd-bench"], check=False)
-    if keep_log is not None:
-        shutil.copyfile(daemon.log_path, keep_log)
-        say(f"cerssd's log copied to {keep_log}")
+from typing import Any
+
+from common import (
+    MIB,
+    BenchError,
+    Daemon,
+    SshServer,
+    Sshd,
+    announced_stack,
+    bash,
+    bench_main,
+    check_received,
+    common_arguments,
+    destroy_volume,
+    ensure_zfs_fuse,
+    machine,
+    make_pool,
+    median,
+    plain_pipeline,
+    rate,
+    release_holds,
+    retry_busy,
+    say,
+    scratch_dir,
+    seconds_list,
+    snapshots_of,
+    start_daemon,
+    start_sshd,
+    utc_now,
+    write_random,
+    zfs,
+)
+
+HOLD_TAGS = ("cerssd:remote",)  # cerssd's hold tag for destination "remote"
 
 
 # -- the measurements --------------------------------------------------------------------

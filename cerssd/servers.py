@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class ServerRegistry:
             entry.permanent_error = False
             log.error("capability probe failed", server=name, error=str(exc))
         else:
+            # A remote's link is watched (keepalives, stall watchdog) and its loss reported
+            # while retries go on; a local server has no link to lose.
+            caps = replace(caps, connection_loss_reporting=entry.config.kind == "ssh")
+            entry.backend.capabilities = caps
             entry.probed, entry.probe_error, entry.permanent_error = True, None, False
             log.info("capabilities probed", server=name, capabilities=caps.published(),
                      zfs_version=entry.backend.version)

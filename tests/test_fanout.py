@@ -33,12 +33,21 @@ class RecordingRunner(LocalRunner):
 
     def __init__(self) -> None:
         super().__init__()
-        self.procs: list[asyncio.subprocess.Process] = []
+        self.spawned: list[tuple[Sequence[str], asyncio.subprocess.Process]] = []
 
     async def spawn(self, argv: Sequence[str], *, stdin: int | None,
                     stdout: int | None) -> asyncio.subprocess.Process:
         proc = await super().spawn(argv, stdin=stdin, stdout=stdout)
-        self.procs.append(proc)
+        self.spawned.append((argv, proc))
+        return proc
+
+    @property
+    def procs(self) -> list[asyncio.subprocess.Process]:
+        return [proc for _, proc in self.spawned]
+
+    def proc_running(self, text: str) -> asyncio.subprocess.Process:
+        """The one process whose argv mentions ``text``."""
+        [proc] = [proc for argv, proc in self.spawned if any(text in a for a in argv)]
         return proc
 
 
@@ -175,16 +184,15 @@ def _written_by(pid: int) -> int:
 
 
 async def _settled_writes(pid: int) -> int:
-    """The sender's bytes written, once they stopped growing (it is blocked)."""
-    seen = [-1]
+    """The sender's bytes written, once unchanged for 10 looks in a row (it is blocked)."""
+    seen: list[int] = []
 
     def steady() -> bool:
-        now = _written_by(pid)
-        still, seen[0] = now == seen[0], now
-        return still
+        seen.append(_written_by(pid))
+        return len(seen) > 10 and len(set(seen[-10:])) == 1
 
     await wait_until(steady, 5.0, "the sender to block")
-    return seen[0]
+    return seen[-1]
 
 
 async def test_all_suspended_blocks_the_sender_until_resumed(
@@ -194,7 +202,7 @@ async def test_all_suspended_blocks_the_sender_until_resumed(
     group = fanout(runner, tmp_path, src, names, buffer_limit=16 * MiB)
     members = [Member(group, n, cat_to(runner, tmp_path / n), suspended=True) for n in names]
     await wait_until(lambda: group.sends_started == 1, what="the send to start")
-    sender = runner.procs[-1]
+    sender = runner.proc_running(str(tmp_path / "starts"))
     assert sender.pid is not None
     written = await _settled_writes(sender.pid)
     # Each queue stops a chunk past the window; the rest sits in the pipe and in cat.
@@ -234,6 +242,17 @@ async def test_failing_sender_fails_every_member(runner: RecordingRunner, tmp_pa
         assert "cannot send" in exc.stderr
 
 
+async def test_sender_that_cannot_start_fails_every_member(
+        runner: RecordingRunner, tmp_path: Path) -> None:
+    group = FanoutGroup(Endpoint(runner, [str(tmp_path / "no-such-zfs")]), ["a", "b"])
+    members = [Member(group, n, cat_to(runner, tmp_path / n)) for n in ("a", "b")]
+    results = await asyncio.gather(*(m.task for m in members), return_exceptions=True)
+    for exc in results:
+        assert isinstance(exc, TransferFailed) and exc.side == "send"
+        assert "could not start" in str(exc)
+    assert group.sends_started == 0
+
+
 async def test_cancelling_one_member_leaves_the_others_intact(
         runner: RecordingRunner, tmp_path: Path) -> None:
     src = make_source(tmp_path, 32 * MiB)
@@ -245,8 +264,7 @@ async def test_cancelling_one_member_leaves_the_others_intact(
     gone.task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone.task
-    receiver = runner.procs[2]  # spawned last of the three receivers
-    assert receiver.returncode is not None
+    assert runner.proc_running(SLOW_READER).returncode is not None
     for m in held:
         m.gate.open()
     assert await asyncio.gather(*(m.task for m in held)) == [32 * MiB] * 2

@@ -66,6 +66,10 @@ class FanoutMissed(Exception):
     """The group's send already started (or ended) without this member; send on your own."""
 
 
+class _Stopped(Exception):
+    """The reader stopped before the end of the stream; writers must not drain."""
+
+
 def _post(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
     """Resolve ``fut`` from a thread: asyncio objects belong to the loop's thread."""
 
@@ -185,6 +189,8 @@ class _Lane:
         """Write one chunk, honouring gate, rate limit and stop; False when stopped."""
         view = memoryview(data)
         pos = 0
+        if self.limit and not self.written:
+            self.limit.rebase()  # the pace starts with the stream, not when we attached
         while pos < len(view):
             if self.stop.is_set() or not self._wait_gate():
                 return False
@@ -341,6 +347,8 @@ class _Hub:
         except BaseException as exc:
             error = exc
         finally:
+            if error is None and not self.eof:  # stopped: the stream is cut, not complete
+                error = _Stopped("the shared send was stopped")
             self.finish(error)
             _post(loop, done)
 
