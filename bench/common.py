@@ -149,7 +149,9 @@ def zpool(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def guid(snapshot: str) -> str:
-    return zfs("get", "-H", "-o", "value", "guid", snapshot).stdout.strip()
+    """The exact guid: without ``-p`` zfs-fuse prints it rounded (``14.1E``), and two
+    different snapshots would compare equal."""
+    return zfs("get", "-Hp", "-o", "value", "guid", snapshot).stdout.strip()
 
 
 def check_received(source_snapshot: str, target: str, label: str | None = None) -> None:
@@ -568,8 +570,15 @@ def stop_daemon(daemon: Daemon, keep_log: Path | None) -> None:
 
 # -- CPU accounting ----------------------------------------------------------------------
 
-def _ticks(stat_path: str) -> tuple[str, int] | None:
-    """(comm, utime + stime in clock ticks) from a /proc/.../stat file."""
+@dataclass(frozen=True)
+class _Stat:
+    comm: str
+    ppid: int
+    ticks: int  # utime + stime, in clock ticks
+
+
+def _stat(stat_path: str) -> _Stat | None:
+    """A process's or thread's name, parent and CPU time from its /proc stat file."""
     try:
         with open(stat_path) as f:
             text = f.read()
@@ -577,7 +586,7 @@ def _ticks(stat_path: str) -> tuple[str, int] | None:
         return None
     comm = text[text.index("(") + 1: text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()
-    return comm, int(fields[11]) + int(fields[12])
+    return _Stat(comm, int(fields[1]), int(fields[11]) + int(fields[12]))
 
 
 def _busy_idle() -> tuple[int, int]:
@@ -597,6 +606,13 @@ class CpuUse:
     by_name: dict[str, float] = field(default_factory=dict)
     threads: dict[str, list[float]] = field(default_factory=dict)  # per named process
 
+    def scaled(self, factor: float) -> CpuUse:
+        """Every figure times ``factor`` (1/runs gives the figures of an average run)."""
+        return CpuUse(self.seconds * factor, self.busy * factor, self.capacity * factor,
+                      {name: value * factor for name, value in self.by_name.items()},
+                      {name: [v * factor for v in values]
+                       for name, values in self.threads.items()})
+
     def add(self, other: CpuUse) -> None:
         self.seconds += other.seconds
         self.busy += other.busy
@@ -614,42 +630,85 @@ class CpuSampler:
     """CPU seconds per process name while a measurement runs, from /proc.
 
     pidstat is not installed everywhere; /proc has the same counters. The sampler reads
-    every process's utime + stime every ``interval`` seconds in a thread of its own, so a
-    short-lived ``zfs send`` or ``ssh`` is counted up to its last sample (losing at most
-    one interval of it). ``named`` pids (the daemon, zfs-fuse) get their own label and a
-    per-thread breakdown, to tell an event loop from its worker threads. Sampling costs a
-    few ms of CPU per interval; the figures are for finding a bottleneck, not for the
-    timings, which are taken with sampling off unless asked for.
+    the utime + stime of the benchmark's processes every ``interval`` seconds in a thread
+    of its own, so a short-lived ``zfs send`` or ``ssh`` is counted up to its last sample
+    (losing at most one interval of it). ``named`` pids (the daemon, zfs-fuse) get their
+    own label and a per-thread breakdown, to tell an event loop from its worker threads.
+
+    Other people's processes may share the machine. A process is the benchmark's if it
+    descends from one of ``roots`` (this script, its sshd, the daemon) or its command line
+    contains one of ``markers`` (cerssd's ssh ControlMasters detach from the daemon but
+    name its control directory); only those are read at every sample, which keeps the
+    sampler cheap however busy the machine is. The rest is reported as one figure, the
+    machine's busy time minus the benchmark's.
     """
 
-    def __init__(self, named: dict[int, str], interval: float = 0.25) -> None:
+    OTHERS = "everything else (busy - the above)"
+    MAX_THREADS = 64  # more than this: threads read at the start and end only
+
+    def __init__(self, named: dict[int, str], roots: Iterable[int] = (),
+                 markers: Iterable[str] = (), interval: float = 0.1) -> None:
         self.named = named
+        self.roots = {os.getpid(), *roots, *named}
+        self.markers = tuple(markers)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
         self._start: dict[tuple[int, int], int] = {}
-        self._last: dict[tuple[int, int], tuple[str, int]] = {}
+        self._last: dict[tuple[int, int], _Stat] = {}
+        self._ours: dict[int, bool] = {}
+        self._crowded: set[int] = set()
         self._t0 = 0.0
         self._cpu0 = (0, 0)
         self.result = CpuUse()
 
-    def _scan(self) -> dict[tuple[int, int], tuple[str, int]]:
-        seen: dict[tuple[int, int], tuple[str, int]] = {}
-        me = os.getpid()
+    def _owned(self, pid: int, depth: int = 0) -> bool:
+        """Whether ``pid`` is the benchmark's; decided once per pid, when first seen."""
+        known = self._ours.get(pid)
+        if known is not None:
+            return known
+        if pid in self.roots:
+            ours = True
+        else:
+            stat = _stat(f"/proc/{pid}/stat")
+            ours = stat is not None and (
+                self._has_marker(pid)
+                or (stat.ppid > 1 and depth < 64 and self._owned(stat.ppid, depth + 1)))
+        self._ours[pid] = ours
+        return ours
+
+    def _has_marker(self, pid: int) -> bool:
+        if not self.markers:
+            return False
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        return any(marker in cmdline for marker in self.markers)
+
+    def _scan(self, threads_too: bool = False) -> dict[tuple[int, int], _Stat]:
+        """One sample: (pid, 0) for processes, (pid, tid) for the threads of named ones.
+
+        zfs-fuse runs thousands of threads when many pools exist (other people's tests);
+        reading them all every sample would make the sampler the busiest process, so
+        the threads of such a process are read only at the start and the end
+        (``threads_too``), which suits its long-lived worker threads.
+        """
+        seen: dict[tuple[int, int], _Stat] = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == me:
+            if not entry.isdigit() or not self._owned(pid := int(entry)):
                 continue
-            pid = int(entry)
-            if pid in self.named:
+            if (got := _stat(f"/proc/{pid}/stat")) is not None:
+                seen[(pid, 0)] = got
+            if pid in self.named and (threads_too or pid not in self._crowded):
                 with contextlib.suppress(OSError):
-                    for tid in os.listdir(f"/proc/{pid}/task"):
-                        got = _ticks(f"/proc/{pid}/task/{tid}/stat")
+                    tids = os.listdir(f"/proc/{pid}/task")
+                    if len(tids) > self.MAX_THREADS:
+                        self._crowded.add(pid)
+                    for tid in tids:
+                        got = _stat(f"/proc/{pid}/task/{tid}/stat")
                         if got is not None:
                             seen[(pid, int(tid))] = got
-            else:
-                got = _ticks(f"/proc/{pid}/stat")
-                if got is not None:
-                    seen[(pid, 0)] = got
         return seen
 
     def _loop(self) -> None:
@@ -657,7 +716,7 @@ class CpuSampler:
             self._last.update(self._scan())
 
     def __enter__(self) -> CpuSampler:
-        self._start = {key: ticks for key, (_, ticks) in self._scan().items()}
+        self._start = {key: stat.ticks for key, stat in self._scan(True).items()}
         self._last = {}
         self._t0 = time.monotonic()
         self._cpu0 = _busy_idle()
@@ -667,24 +726,39 @@ class CpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self._last.update(self._scan())
+        self._last.update(self._scan(True))
         hz = os.sysconf("SC_CLK_TCK")
         busy, idle = _busy_idle()
         busy, idle = busy - self._cpu0[0], idle - self._cpu0[1]
         use = CpuUse(seconds=time.monotonic() - self._t0, busy=busy / hz,
                      capacity=(busy + idle) / hz)
-        for (pid, tid), (comm, ticks) in self._last.items():
-            spent = (ticks - self._start.get((pid, tid), 0)) / hz
+        ours = 0.0
+        for (pid, tid), stat in self._last.items():
+            spent = (stat.ticks - self._start.get((pid, tid), 0)) / hz
             if spent <= 0:
                 continue
-            name = self.named.get(pid, comm)
-            use.by_name[name] = use.by_name.get(name, 0.0) + spent
-            if pid in self.named:
-                label = f"{name} main thread" if tid == pid else name
-                if tid == pid:
-                    use.by_name[label] = use.by_name.get(label, 0.0) + spent
-                use.threads.setdefault(name, []).append(spent)
+            name = self.named.get(pid, stat.comm)
+            if tid == 0:  # the whole process
+                ours += spent
+                use.by_name[name] = use.by_name.get(name, 0.0) + spent
+                continue
+            use.threads.setdefault(name, []).append(spent)
+            if tid == pid:
+                label = f"{name} main thread"
+                use.by_name[label] = use.by_name.get(label, 0.0) + spent
+        use.by_name[self.OTHERS] = max(0.0, use.busy - ours)
         self.result = use
+
+
+def pids_named(comm: str) -> list[int]:
+    """Processes whose command name is ``comm`` (to label them, never to signal them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{entry}/comm").read_text().strip() == comm:
+                    found.append(int(entry))
+    return found
 
 
 def cpu_table(uses: dict[str, CpuUse], top: int = 8) -> list[str]:

@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import datetime as dt
 import shlex
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,8 +53,8 @@ from common import (
     MIB,
     BenchError,
     Daemon,
-    SshServer,
     Sshd,
+    SshServer,
     announced_stack,
     bash,
     bench_main,
@@ -108,26 +109,10 @@ def measure_stream(case: Case) -> None:
         f"{case.send_only_seconds:.2f} s ({rate(case.stream_bytes, case.send_only_seconds)})")
 
 
-def rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / 1e6 / seconds:.1f} MB/s"
-
-
-def ssh_command(sshd: Sshd, cipher: str, remote: list[str]) -> list[str]:
-    return ["ssh", "-c", cipher, "-p", str(sshd.port), "-i", str(sshd.client_key),
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={sshd.known_hosts}", "root@127.0.0.1",
-            shlex.join(remote)]
-
-
 def baseline_send(case: Case, sshd: Sshd, cipher: str, target: str,
                   snapshot: str | None = None, base: str | None = None) -> float:
     """The plain pipeline; returns its wall-clock seconds."""
-    send = ["zfs", "send", *(["-i", base] if base else []), snapshot or case.snapshot]
-    script = (f"{shlex.join(send)} | "
-              f"{shlex.join(ssh_command(sshd, cipher, ['zfs', 'receive', target]))}")
-    start = time.monotonic()
-    bash(script)
-    return time.monotonic() - start
+    return plain_pipeline(snapshot or case.snapshot, sshd, cipher, target, base)
 
 
 def cerssd_send(daemon: Daemon, snapshot: str, target: str, mode: str,
@@ -145,13 +130,7 @@ def cerssd_send(daemon: Daemon, snapshot: str, target: str, mode: str,
     if activity.get("plan", mode) != mode:
         raise BenchError(f"cerssd planned {activity['plan']!r} for {snapshot} -> {target}, "
                          f"expected {mode!r}")
-    while activity["state"] not in TERMINAL:
-        if time.monotonic() - start > timeout:
-            raise BenchError(f"replication {activity['id']} still {activity['state']} "
-                             f"after {timeout:.0f}s")
-        # long-poll: answered the moment the activity ends, so no polling load on the
-        # daemon (which shares the two CPUs with the stream) and no polling granularity
-        activity = daemon.api("GET", f"/v1/activities/{activity['id']}?wait=60")
+    activity = daemon.wait_activity(activity["id"], timeout)
     elapsed = time.monotonic() - start
     status = activity.get("status") or {}
     if activity["state"] != "succeeded" or status.get("code") != 0:
@@ -163,25 +142,19 @@ def cerssd_send(daemon: Daemon, snapshot: str, target: str, mode: str,
     return elapsed, activity
 
 
-def check_received(source_snapshot: str, target: str) -> None:
-    received = f"{target}@{source_snapshot.partition('@')[2]}"
-    if guid(received) != guid(source_snapshot):
-        raise BenchError(f"{received} does not have the guid of {source_snapshot}")
-
-
 def bench_full(case: Case, runs: int, pool: str, sshd: Sshd, cipher: str,
                daemon: Daemon) -> None:
     for i in range(1, runs + 1):
         plain, ours = f"{pool}/plain_full_{i}", f"{pool}/cerssd_full_{i}"
         seconds = baseline_send(case, sshd, cipher, plain)
         check_received(case.snapshot, plain)
-        destroy_volume(plain)
+        destroy_volume(plain, HOLD_TAGS)
         case.baseline.append(seconds)
         say(f"full run {i}/{runs}: baseline {seconds:.2f} s "
             f"({rate(case.stream_bytes, seconds)})")
         seconds, activity = cerssd_send(daemon, case.snapshot, ours, "full", case.stream_bytes)
         check_received(case.snapshot, ours)
-        destroy_volume(ours)
+        destroy_volume(ours, HOLD_TAGS)
         case.cerssd.append(seconds)
         say(f"full run {i}/{runs}: cerssd   {seconds:.2f} s "
             f"({rate(case.stream_bytes, seconds)}; daemon's elapsed "
@@ -220,25 +193,13 @@ def rollback(snapshot: str) -> None:
     """Back to the base, destroying the received snapshot, for the next incremental run."""
     volume = snapshot.partition("@")[0]
     later = snapshots_of(volume)
-    release_holds(later[later.index(snapshot) + 1:])
+    release_holds(later[later.index(snapshot) + 1:], HOLD_TAGS)
     retry_busy(lambda: zfs("rollback", "-r", snapshot, check=False),
                lambda: snapshots_of(volume)[-1] == snapshot,
                f"{volume} to roll back")
 
 
 # -- the report --------------------------------------------------------------------------
-
-def machine() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    nproc = run(["nproc"], check=False).stdout.strip() or str(os.cpu_count())
-    ssh_version = run(["ssh", "-V"], check=False).stderr.strip()
-    return {"nproc": nproc, "cpu": model, "kernel": platform.release(), "ssh": ssh_version}
-
 
 def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
            started: dt.datetime, wall: float) -> str:
@@ -250,7 +211,7 @@ def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
         f"--size {args.size} --incr {args.incr} --runs {args.runs} --cipher {args.cipher}` "
         f"({wall:.0f} s in all)",
         f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
-        f"{info['ssh']}, zfs-fuse, sshd on 127.0.0.1 (same host)",
+        f"{info['ssh']}, {info['zfs_fuse']}, sshd on 127.0.0.1 (same host)",
         f"- data: {args.size} MiB random (full), {args.incr} MiB more (incremental); median of "
         f"{args.runs} run(s), alternating baseline and cerssd; MB = 10^6 bytes of send stream",
         "",
@@ -259,16 +220,15 @@ def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
     ]
     for case in cases:
         mb = case.stream_bytes / 1e6
-        base = mb / statistics.median(case.baseline)
-        ours = mb / statistics.median(case.cerssd)
+        base = mb / median(case.baseline)
+        ours = mb / median(case.cerssd)
         send_only = mb / case.send_only_seconds
         lines.append(f"| {case.name} | {mb:.1f} | {base:.1f} | {ours:.1f} | "
                      f"{ours / base:.2f} | {send_only:.1f} |")
     lines.append("")
     for case in cases:
         lines.append(f"- {case.name} seconds per run: baseline "
-                     f"{', '.join(f'{s:.2f}' for s in case.baseline)}; cerssd "
-                     f"{', '.join(f'{s:.2f}' for s in case.cerssd)}")
+                     f"{seconds_list(case.baseline)}; cerssd {seconds_list(case.cerssd)}")
     return "\n".join(lines)
 
 
@@ -279,14 +239,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--incr", type=int, default=256,
                         help="MiB of data added for the incremental case")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
-    parser.add_argument("--cipher", default="aes128-gcm@openssh.com",
-                        help="ssh cipher for both methods")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test: --size 64 --incr 16 --runs 1")
-    parser.add_argument("--daemon-log", type=Path, default=None,
-                        help="keep a copy of cerssd's log here (it is removed otherwise)")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the pool's sparse file goes (default: the temp dir)")
+    common_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.incr, args.runs = 64, 16, 1
@@ -296,64 +251,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def on_sigterm(signum: int, frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)  # unwinds through the clean-up
-
-
 @contextlib.contextmanager
 def environment(args: argparse.Namespace) -> Iterator[tuple[str, Sshd, Daemon]]:
-    with contextlib.ExitStack() as stack:
-        scratch = Path(tempfile.mkdtemp(prefix="cerssd-bench-pool-", dir=args.workdir))
-        cleanup(stack, shutil.rmtree, scratch, ignore_errors=True)
-        pool_mib = 4 * (args.size + args.incr) + 1024
-        needed = 3 * (args.size + args.incr) * MIB * 1.1
-        if shutil.disk_usage(scratch).free < needed:
-            say(f"warning: {scratch} has less than {needed / MIB:.0f} MiB free")
+    with announced_stack() as stack:
+        scratch = scratch_dir(stack, args.workdir, 3 * (args.size + args.incr) * MIB * 1.1)
         ensure_zfs_fuse(stack, scratch)
-        pool = make_pool(stack, scratch, pool_mib)
+        pool = make_pool(stack, scratch, 4 * (args.size + args.incr) + 1024)
         sshd = start_sshd(stack)
-        daemon = start_daemon(stack, sshd, args.cipher, args.daemon_log)
-        try:
-            yield pool, sshd, daemon
-        finally:
-            say("cleaning up")
+        daemon = start_daemon(stack, sshd, args.cipher, [SshServer("remote", sshd.port)],
+                              args.daemon_log)
+        yield pool, sshd, daemon
+
+
+def benchmark(args: argparse.Namespace) -> str:
+    """Both cases, full then incremental, in one environment; returns the report."""
+    started = utc_now()
+    t0 = time.monotonic()
+    with environment(args) as (pool, sshd, daemon):
+        src = f"{pool}/src"
+        zfs("create", src)
+        say(f"writing {args.size} MiB of random data")
+        write_random(Path(f"/{src}/data1"), args.size)
+        zfs("snapshot", f"{src}@s1")
+        full = Case("full", f"{src}@s1", None)
+        measure_stream(full)
+        bench_full(full, args.runs, pool, sshd, args.cipher, daemon)
+
+        say(f"writing {args.incr} MiB more")
+        write_random(Path(f"/{src}/data2"), args.incr)
+        zfs("snapshot", f"{src}@s2")
+        incr = Case("incremental", f"{src}@s2", f"{src}@s1")
+        measure_stream(incr)
+        bench_incremental(incr, args.runs, pool, sshd, args.cipher, daemon)
+        daemon.check_alive()
+    return report([full, incr], args, machine(), started, time.monotonic() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        print("replicate_ssh: must run as root (zfs, sshd)", file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, on_sigterm)
-    started = dt.datetime.now(dt.UTC)
-    t0 = time.monotonic()
-    try:
-        with environment(args) as (pool, sshd, daemon):
-            src = f"{pool}/src"
-            zfs("create", src)
-            say(f"writing {args.size} MiB of random data")
-            write_random(Path(f"/{src}/data1"), args.size)
-            zfs("snapshot", f"{src}@s1")
-            full = Case("full", f"{src}@s1", None)
-            measure_stream(full)
-            bench_full(full, args.runs, pool, sshd, args.cipher, daemon)
-
-            say(f"writing {args.incr} MiB more")
-            write_random(Path(f"/{src}/data2"), args.incr)
-            zfs("snapshot", f"{src}@s2")
-            incr = Case("incremental", f"{src}@s2", f"{src}@s1")
-            measure_stream(incr)
-            bench_incremental(incr, args.runs, pool, sshd, args.cipher, daemon)
-            daemon.check_alive()
-    except (BenchError, CliError) as exc:
-        print(f"replicate_ssh: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("replicate_ssh: interrupted; cleaned up", file=sys.stderr)
-        return 130
-    info = machine()
-    print(report([full, incr], args, info, started, time.monotonic() - t0))
-    return 0
+    return bench_main("replicate_ssh", lambda: benchmark(args))
 
 
 if __name__ == "__main__":

@@ -256,10 +256,16 @@ async def test_sender_that_cannot_start_fails_every_member(
 async def test_cancelling_one_member_leaves_the_others_intact(
         runner: RecordingRunner, tmp_path: Path) -> None:
     src = make_source(tmp_path, 32 * MiB)
-    group = fanout(runner, tmp_path, src, ["a", "b", "gone"])
-    # a and b are suspended so the stream is surely mid-way when "gone" is cancelled.
-    held = [Member(group, n, cat_to(runner, tmp_path / n), suspended=True) for n in ("a", "b")]
+    group = fanout(runner, tmp_path, src, ["gone", "a", "b"])
+    # One at a time, so fd numbers the first member gave up are reused by later pipes:
+    # the member that leaves must close only its own.
     gone = Member(group, "gone", slow_reader(runner))
+    await wait_until(lambda: len(runner.procs) == 1, what="the first receiver")
+    # a and b are suspended so the stream is surely mid-way when "gone" is cancelled.
+    held = []
+    for n in ("a", "b"):
+        held.append(Member(group, n, cat_to(runner, tmp_path / n), suspended=True))
+        await wait_until(lambda: len(runner.procs) > len(held), what=f"{n}'s receiver")
     await wait_until(lambda: gone.counters.bytes_read > 0, what="bytes to reach 'gone'")
     gone.task.cancel()
     with pytest.raises(asyncio.CancelledError):

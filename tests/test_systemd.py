@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ UNIT = REPO / "systemd" / "cerssd.service"
 
 def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     # verify checks that ExecStart exists: point it at the cerssd this test run uses
-    cerssd = shutil.which("cerssd")
+    # The venv's scripts sit next to its python, which need not be on PATH.
+    cerssd = shutil.which("cerssd", path=f"{Path(sys.executable).parent}{os.pathsep}"
+                          f"{os.environ.get('PATH', '')}")
     assert cerssd, "the cerssd console script must be installed (pip install -e .)"
     unit = tmp_path / "cerssd.service"
     unit.write_text(unit_text.replace("/usr/local/bin/cerssd", cerssd))

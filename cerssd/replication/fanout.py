@@ -7,9 +7,11 @@ Slaves that share a base need the same stream; sending it once spares the
 master's disks and CPU. Each receiver belongs to its own activity (suspend,
 resume, cancel), so each member attaches from its own task and has its own
 queue, gate, rate limit and counters. The reader goes at the pace of the
-fastest member and blocks when every queue holds a window, so the sender is
-throttled by real backpressure; a member whose queue passes the buffer limit
-(slower than the others, or suspended) is split off and must catch up alone.
+fastest member (waiting a little for one that lags, see _Grace) and blocks when
+every queue holds a window, so the sender is throttled by real backpressure; a
+member whose queue passes the buffer limit (slower than the others, or
+suspended) is split off and must catch up alone. The members share each chunk,
+so memory stays under one buffer limit (plus a chunk) however many there are.
 
 The bytes cross user space here (``splice`` cannot duplicate a stream), but
 each chunk is read once and the same immutable buffer is queued to every member.
@@ -89,22 +91,20 @@ def _ready(poller: select.poll, stop: threading.Event) -> bool:
     return False
 
 
-class _Fds:
-    """Every pipe end the group opened; each is closed exactly once.
+class _Pipe:
+    """One pipe; each end is closed exactly once.
 
-    A double close is not harmless: the number may already belong to a socket the
-    daemon accepted in between (see transfer._Pipes).
+    A double close is not harmless: the number may already belong to another fd
+    (see transfer._Pipes). Pipe numbers are reused at once by the next pipe, so the
+    record of what is open must be per pipe: a record shared by the group would take
+    a stale number for the new owner's fd.
     """
 
     def __init__(self) -> None:
-        self._open: set[int] = set()
-
-    def pipe(self) -> tuple[int, int]:
-        r, w = os.pipe()
-        self._open.update((r, w))
+        self.r, self.w = os.pipe()
+        self._open = {self.r, self.w}
         with contextlib.suppress(OSError):  # best effort: the user's pipe quota may be spent
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        return r, w
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
     def close(self, *fds: int) -> None:
         for fd in fds:
@@ -112,6 +112,9 @@ class _Fds:
                 self._open.discard(fd)
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(self.r, self.w)
 
 
 class _Lane:
@@ -123,14 +126,14 @@ class _Lane:
     """
 
     def __init__(self, hub: _Hub, name: str, counters: Counters, gate: FlowGate,
-                 limit: float | None, loop: asyncio.AbstractEventLoop, fds: _Fds) -> None:
+                 limit: float | None, loop: asyncio.AbstractEventLoop) -> None:
         self.hub, self.name, self.counters, self.gate = hub, name, counters, gate
         self.limit = RateLimit(limit) if limit else None
         self.loop = loop
-        self.read_fd, self.write_fd = fds.pipe()
-        os.set_blocking(self.write_fd, False)
+        self.pipe = _Pipe()
+        os.set_blocking(self.pipe.w, False)
         self._poller = select.poll()
-        self._poller.register(self.write_fd, select.POLLOUT)
+        self._poller.register(self.pipe.w, select.POLLOUT)
         self._full = False
         self.queue: deque[Chunk] = deque()
         self.queued = 0  # bytes in the queue; guarded by hub.lock
@@ -154,6 +157,8 @@ class _Lane:
         self._thread.start()
 
     def _run(self) -> None:
+        """Write the queue out until the stream ends; on leaving, the lane drops out of
+        the hub so the reader no longer queues for it nor waits on its window."""
         try:
             while (data := self._next()) is not None:
                 if not self._send(data):
@@ -218,7 +223,7 @@ class _Lane:
             if self._full and not _ready(self._poller, self.stop):
                 return None
             try:
-                n = os.write(self.write_fd, piece)
+                n = os.write(self.pipe.w, piece)
             except BlockingIOError:
                 self._full = True
                 continue
@@ -293,6 +298,7 @@ class _Hub:
             self._drop_locked(lane)
 
     def _drop_locked(self, lane: _Lane) -> None:
+        """Both waiters are woken: the writer to stop, the reader to recount windows."""
         if lane in self.lanes:
             self.lanes.remove(lane)
         lane.stop.set()
@@ -332,6 +338,7 @@ class _Hub:
 
     def _read_loop(self, src_fd: int, loop: asyncio.AbstractEventLoop,
                    done: asyncio.Future[None]) -> None:
+        """Read, queue to every lane, repeat; ending with EOF, a stop or an error."""
         error: BaseException | None = None
         poller = select.poll()
         poller.register(src_fd, select.POLLIN)
@@ -451,7 +458,6 @@ class FanoutGroup:
         self._join_timeout = join_timeout
         self._stall_timeout = stall_timeout
         self._hub = _Hub(buffer_limit)
-        self._fds = _Fds()
         self._lanes: dict[str, _Lane] = {}  # members attached and not yet gone
         self._arrived: set[str] = set()  # attached or withdrawn, ever
         self._settled: set[str] = set()  # withdrawn, gone, or with a running receiver
@@ -482,9 +488,9 @@ class FanoutGroup:
         recv: asyncio.subprocess.Process | None = None
         err: asyncio.Future[str] | None = None
         try:
-            recv = await receiver.runner.spawn(receiver.argv, stdin=lane.read_fd,
+            recv = await receiver.runner.spawn(receiver.argv, stdin=lane.pipe.r,
                                                stdout=asyncio.subprocess.DEVNULL)
-            self._fds.close(lane.read_fd)  # the receiver holds it now
+            lane.pipe.close(lane.pipe.r)  # the receiver holds it now
             err = asyncio.ensure_future(_stderr(recv))
             lane.start()
             self._settle(member)
@@ -496,6 +502,7 @@ class FanoutGroup:
 
     def _join(self, member: str, counters: Counters, gate: FlowGate,
               limit: float | None) -> _Lane:
+        """Register the member before any await, so a start meanwhile includes it."""
         if member not in self._expected:
             raise ValueError(f"{member!r} is not a member of this fan-out group")
         if member in self._lanes:
@@ -503,7 +510,7 @@ class FanoutGroup:
         if self._phase != "waiting" or member in self._arrived:
             raise FanoutMissed(f"the shared send for {member} already started or ended")
         loop = asyncio.get_running_loop()
-        lane = _Lane(self._hub, member, counters, gate, limit, loop, self._fds)
+        lane = _Lane(self._hub, member, counters, gate, limit, loop)
         self._hub.add(lane)
         self._lanes[member] = lane
         self._arrived.add(member)
@@ -512,6 +519,7 @@ class FanoutGroup:
         return lane
 
     def _settle(self, member: str) -> None:
+        """Note that ``member`` no longer holds up the start; start once none does."""
         self._settled.add(member)
         if self._phase == "waiting" and self._settled >= self._expected:
             self._start()
@@ -531,30 +539,36 @@ class FanoutGroup:
 
     async def _drive(self) -> _SendResult:
         """Spawn the sender and run it to the end; all its fds are closed here."""
-        read_fd, write_fd = self._fds.pipe()
-        os.set_blocking(read_fd, False)  # only our end: the sender's stays blocking
         try:
+            pipe = _Pipe()
+        except OSError as exc:
+            return self._not_started(exc)
+        try:
+            os.set_blocking(pipe.r, False)  # only our end: the sender's stays blocking
             try:
                 proc = await self._sender.runner.spawn(self._sender.argv, stdin=None,
-                                                       stdout=write_fd)
+                                                       stdout=pipe.w)
             except Exception as exc:
-                self._hub.finish(exc)
-                return _SendResult(error=f"could not start: {exc}")
+                return self._not_started(exc)
             finally:
-                self._fds.close(write_fd)  # the sender holds it now
+                pipe.close(pipe.w)  # the sender holds it now
             self._sends += 1
-            return await self._pump(proc, read_fd)
+            return await self._pump(proc, pipe)
         finally:
-            self._fds.close(read_fd)
+            pipe.close_all()
 
-    async def _pump(self, proc: asyncio.subprocess.Process, read_fd: int) -> _SendResult:
+    def _not_started(self, exc: Exception) -> _SendResult:
+        self._hub.finish(exc)  # stops every writer: no member may take this as EOF
+        return _SendResult(error=f"could not start: {exc}")
+
+    async def _pump(self, proc: asyncio.subprocess.Process, pipe: _Pipe) -> _SendResult:
         """Read the stream until its end; if the reader quits early, stop the sender."""
         err = asyncio.ensure_future(_stderr(proc))
         try:
-            await self._hub.run_reader(read_fd)
+            await self._hub.run_reader(pipe.r)
         finally:
             if not self._hub.eof:  # no member is left (or reading failed)
-                self._fds.close(read_fd)  # the reader thread is out of read() by now
+                pipe.close(pipe.r)  # the reader thread is out of read() by now
                 await asyncio.shield(stop_process(proc))
         rc = await proc.wait()
         return _SendResult(rc, await err)
@@ -582,9 +596,11 @@ class FanoutGroup:
         cut = not lane.drained and not broke
         if cut:  # never hand a cut stream over as complete: stop the receiver first
             await stop_process(recv)
-        self._fds.close(lane.write_fd)  # EOF to the receiver
+        lane.pipe.close(lane.pipe.w)  # EOF to the receiver
         recv_rc = await recv.wait()
         recv_msg = await err
+        if cut and lane.error is not None:  # this writer failed: no need to await the send
+            raise TransferFailed("fanout", str(lane.error))
         if recv_rc != 0 and broke:
             raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg, recv_rc)
         assert self._task is not None
@@ -592,7 +608,7 @@ class FanoutGroup:
         if sent.error is not None:
             raise TransferFailed("send", sent.error)
         if cut:
-            raise TransferFailed("fanout", str(lane.error or self._hub.error or "stopped"))
+            raise TransferFailed("fanout", str(self._hub.error or "the shared send stopped"))
         if recv_rc != 0 and sent.returncode == 0:
             raise TransferFailed("receive", _first_line(recv_msg, recv_rc), recv_msg, recv_rc)
         if sent.returncode != 0:
@@ -612,7 +628,7 @@ class FanoutGroup:
         if lane.started:
             waits.append(lane.finished)
         await asyncio.gather(*waits)
-        self._fds.close(lane.read_fd, lane.write_fd)  # only now: the writer is out of write()
+        lane.pipe.close_all()  # only now: the writer is out of write()
         if err is not None:
             err.cancel()
             await asyncio.gather(err, return_exceptions=True)
