@@ -284,3 +284,32 @@ def test_cerssctl_relationship_commands(start_daemon: Any,
     assert "copy" not in ctl(d, "relationships").stdout
     gone = ctl(d, "relationship", "show", "copy")
     assert gone.returncode == 1 and "no relationship copy" in gone.stderr
+
+
+def test_cancel_stops_the_relationship_and_rolls_back_its_transfers(
+        start_daemon: Any, pools: tuple[str, str, str]) -> None:
+    master, a, b = pools
+    write_file(f"/{master}/data/f1", 24)
+    d = start_daemon(extra=LOCAL_SLAVES)
+    body = {"name": "c", "volume": f"{master}/data", "interval": "1h", "slaves": [
+        {"server": "a", "target_volume": f"{a}/data", "bandwidth_limit": 4 * MiB},
+        {"server": "b", "target_volume": f"{b}/data", "bandwidth_limit": 4 * MiB}]}
+    rel = post_json(d, "/v1/relationships", body).body
+    wait_until(lambda: all(s["progress"] and s["progress"]["done"] > MiB
+                           for s in show(d, "c")["slaves"]), 30, what="transfers moving")
+    ids = [s["activity"] for s in show(d, "c")["slaves"]]
+    assert post_json(d, f"/v1/activities/{rel['activity']}/cancel", {}).status == 202
+    assert d.wait_done(rel["activity"])["state"] == "cancelled"
+    for i in ids:
+        assert d.wait_done(i)["state"] == "cancelled"
+    stopped = show(d, "c")
+    assert stopped["state"] == "stopped" and stopped["activity"] is None
+    for pool in (a, b):  # the full copies were rolled back: no half-received volume
+        assert zfs("list", f"{pool}/data", check=False).returncode != 0
+    # A stopped relationship stays stopped across a restart, and resume starts it again.
+    d.stop()
+    d2 = start_daemon(config_path=d.config_path)
+    assert show(d2, "c")["state"] == "stopped"
+    assert post_json(d2, "/v1/relationships/c/resume", {}).body["state"] == "running"
+    wait_in_sync(d2, "c", timeout=60)  # at once: the slaves are behind, no new cycle needed
+    assert show(d2, "c")["cycles"] == 1

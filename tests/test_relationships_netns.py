@@ -124,3 +124,22 @@ def test_offline_slave_catches_up_in_one_incremental_and_keeps_its_base(setup: A
     assert done["usage"]["bytes_on_wire"] < 6 * MiB  # 3 MiB new: not the 11 MiB full copy
     assert guid(f"{p1}/data@{newest.split('@')[1]}") == guid(newest)
     wait_in_sync(d, "hot")
+
+
+def test_relationship_retry_deadline_gives_up_and_the_next_cycle_tries_again(
+        setup: Any) -> None:
+    d, _master, ns, p1, _p2 = setup(limit=None, mib=2, extra='retry_deadline = "4s"\n')
+    wait_in_sync(d, "hot")
+    ns["s1"].cut()
+    assert post_json(d, "/v1/relationships/hot/sync-now", {}).status == 202
+    s1 = wait_until(lambda: (s := slave(d, "hot", "s1"))["activity"] and s, 30,
+                    what="a transfer for s1")
+    failed = d.wait_done(s1["activity"], timeout=60)
+    assert failed["state"] == "failed" and failed["status"]["code"] == 6  # LINK
+    assert "gave up after retrying for 4 s" in failed["status"]["message"]
+    ns["s1"].restore()
+    assert post_json(d, "/v1/relationships/hot/sync-now", {}).status == 202
+    r = wait_in_sync(d, "hot", timeout=90)
+    assert slave(d, "hot", "s1")["error"] is None
+    label = r["newest_snapshot"].split("@")[1]
+    assert guid(f"{p1}/data@{label}") == guid(r["newest_snapshot"])

@@ -65,6 +65,7 @@ class RelationshipWork:
                                 StatusCode.NOT_FOUND, "not-found")
         rt.activity_id = ctx.record.id
         await self.manager.refresh_all(rt)
+        await self._catch_up(ctx, rt)
         while True:
             await ctx.checkpoint()
             if not ctx.params.get("cycle_snapshot"):
@@ -76,6 +77,25 @@ class RelationshipWork:
                 await self._master_trouble(ctx, rt, exc)
             else:
                 self.failures = 0
+
+    async def _catch_up(self, ctx: ActivityContext, rt: Runtime) -> None:
+        """On (re)start: slaves behind the newest snapshot and with no transfer get one now.
+
+        After a cancelled relationship is resumed, or a transfer gave up while the
+        daemon was down, waiting a whole interval would leave a standby stale for no
+        reason; no new snapshot is needed for that.
+        """
+        if rt.newest is None:
+            return
+        try:
+            master = await self.servers.backend(rt.spec.master)
+            snap = await master.snapshot(rt.newest[0])
+        except (ServerUnavailable, SshError, BackendError) as exc:
+            ctx.log.info("catch-up skipped; the next cycle will do", error=str(exc))
+            return
+        behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != snap.guid}
+        if behind:
+            await self._start_transfers(ctx, rt, master, snap, only=behind)
 
     async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
         """Until the schedule's next tick, or sync-now. A new relationship starts at once:
@@ -133,13 +153,13 @@ class RelationshipWork:
         ctx.log.info("snapshot taken", snapshot=snap.name)
         return snap
 
-    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime,
-                               master: ZfsBackend, snap: Snapshot) -> None:
+    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
+                               snap: Snapshot, only: set[str] | None = None) -> None:
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
             self.manager.groups.discard(old)
         busy = self.manager.transfers(rt.name)
         requests = [self._request(rt, s.server, snap) for s in rt.spec.slaves
-                    if s.server not in busy]
+                    if s.server not in busy and (only is None or s.server in only)]
         groups = await self._groups(rt, master, requests) if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
