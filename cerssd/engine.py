@@ -117,6 +117,13 @@ class Counters:
         self._rate_mark = (time.monotonic(), 0)
         self.rate = 0.0
 
+    def moved(self, n: int) -> None:
+        """``n`` bytes went from the source to the wire (and count as progress)."""
+        self.bytes_read += n
+        self.bytes_on_wire += n
+        if self.done is not None:  # progress measured in bytes
+            self.done += n
+
     def sample_rate(self) -> float:
         now = time.monotonic()
         then, seen = self._rate_mark

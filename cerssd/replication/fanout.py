@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from ..backends.runner import stop_process
 from ..engine import Counters, FlowGate
 from .relay import CHUNK, RateLimit
-from .transfer import Endpoint, TransferFailed, TransferStalled, _first_line, _stderr, _watch_stall
+from .transfer import (
+    Endpoint,
+    FdSet,
+    TransferFailed,
+    TransferStalled,
+    _first_line,
+    _stderr,
+    _watch_stall,
+)
 
 #: Bytes every member's queue must hold before the reader stops reading: enough to keep
 #: a writer busy while the reader fills the next chunk, small enough to bound memory.
@@ -91,30 +99,19 @@ def _ready(poller: select.poll, stop: threading.Event) -> bool:
     return False
 
 
-class _Pipe:
-    """One pipe; each end is closed exactly once.
+class _Pipe(FdSet):
+    """One pipe; each end is closed exactly once (see transfer.FdSet).
 
-    A double close is not harmless: the number may already belong to another fd
-    (see transfer._Pipes). Pipe numbers are reused at once by the next pipe, so the
+    Pipe numbers are reused at once by the next pipe, so the
     record of what is open must be per pipe: a record shared by the group would take
     a stale number for the new owner's fd.
     """
 
     def __init__(self) -> None:
-        self.r, self.w = os.pipe()
-        self._open = {self.r, self.w}
+        super().__init__()
+        self.r, self.w = self.pipe()
         with contextlib.suppress(OSError):  # best effort: the user's pipe quota may be spent
             fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-    def close(self, *fds: int) -> None:
-        for fd in fds:
-            if fd in self._open:
-                self._open.discard(fd)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def close_all(self) -> None:
-        self.close(self.r, self.w)
 
 
 class _Lane:
@@ -205,10 +202,7 @@ class _Lane:
                 return False
             pos += n
             self.written += n
-            self.counters.bytes_read += n
-            self.counters.bytes_on_wire += n
-            if self.counters.done is not None:  # progress measured in bytes
-                self.counters.done += n
+            self.counters.moved(n)
             if self.limit:
                 self.limit.pace(n, self.stop)
         return True

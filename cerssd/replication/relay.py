@@ -88,10 +88,7 @@ class Relay:
                 if n == 0:
                     break
                 self.result.bytes += n
-                self.counters.bytes_read += n
-                self.counters.bytes_on_wire += n
-                if self.counters.done is not None:  # progress measured in bytes
-                    self.counters.done += n
+                self.counters.moved(n)
                 if self.limit:
                     self.limit.pace(n, self.stop)
         except BaseException as exc:

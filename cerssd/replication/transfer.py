@@ -38,17 +38,20 @@ class Endpoint:
     argv: Sequence[str]
 
 
-class _Pipes:
-    """The two pipes of a transfer; each end is closed exactly once.
+class FdSet:
+    """Pipe ends this process opened; each is closed exactly once.
 
     Closing an fd twice is not harmless: the number may already belong to a
     socket the daemon accepted in between.
     """
 
     def __init__(self) -> None:
-        self.send_r, self.send_w = os.pipe()
-        self.recv_r, self.recv_w = os.pipe()
-        self._open = {self.send_r, self.send_w, self.recv_r, self.recv_w}
+        self._open: set[int] = set()
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self._open.update((r, w))
+        return r, w
 
     def close(self, *fds: int) -> None:
         for fd in fds:
@@ -59,6 +62,15 @@ class _Pipes:
 
     def close_all(self) -> None:
         self.close(*list(self._open))
+
+
+class _Pipes(FdSet):
+    """The two pipes of a transfer: sender → relay, relay → receiver."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send_r, self.send_w = self.pipe()
+        self.recv_r, self.recv_w = self.pipe()
 
 
 async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
