@@ -116,6 +116,7 @@ def cleanup(stack: contextlib.ExitStack, action: Callable[..., Any], *args: Any,
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists (signal 0 probes without signalling)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -203,6 +204,7 @@ def release_holds(snapshots: Iterable[str], tags: Sequence[str]) -> None:
 
 
 def destroy_volume(volume: str, hold_tags: Sequence[str] = ()) -> None:
+    """Destroy a target and its snapshots; cerssd's holds would refuse it, so release first."""
     release_holds(snapshots_of(volume), hold_tags)
     retry_busy(lambda: zfs("destroy", "-r", volume, check=False),
                lambda: zfs("list", "-H", volume, check=False).returncode != 0,
@@ -210,6 +212,7 @@ def destroy_volume(volume: str, hold_tags: Sequence[str] = ()) -> None:
 
 
 def destroy_snapshot(snapshot: str, hold_tags: Sequence[str] = ()) -> None:
+    """Destroy one snapshot cerssd made (and holds) on the master between runs."""
     release_holds([snapshot], hold_tags)
     retry_busy(lambda: zfs("destroy", snapshot, check=False),
                lambda: zfs("list", "-H", snapshot, check=False).returncode != 0,
@@ -230,7 +233,41 @@ def stream_size(snapshot: str) -> tuple[int, float]:
     return int(out.stdout.strip()), time.monotonic() - start
 
 
+def _sectors_written() -> int:
+    """Sectors written to whole disks so far (partitions and device-mapper left out)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 9 and Path(f"/sys/block/{fields[2]}/device").exists():
+                total += int(fields[9])
+    return total
+
+
+def settle(what: str, mb_per_s: float = 5.0, timeout: float = 90.0) -> None:
+    """Wait until the disks are quiet, so a measurement does not pay for the last one.
+
+    zfs-fuse writes a pool's data out in transaction groups after ``zfs receive`` (or a
+    file write) has returned, and frees a destroyed dataset's blocks in the background;
+    on a small machine that write-out takes seconds and slows whatever runs next. Both
+    methods start from quiet disks. Other people's writes may keep a disk busy: then we
+    go on after ``timeout`` with a note.
+    """
+    deadline = time.monotonic() + timeout
+    before = _sectors_written()
+    while True:
+        time.sleep(1.0)
+        now = _sectors_written()
+        if (now - before) * 512 / 1e6 < mb_per_s:
+            return
+        if time.monotonic() > deadline:
+            say(f"note: the disks did not quieten within {timeout:.0f}s before {what}")
+            return
+        before = now
+
+
 def zfs_answers() -> bool:
+    """Whether a ZFS (zfs-fuse here) answers: if so it is not ours to start or stop."""
     return zpool("list", "-H", check=False).returncode == 0
 
 
@@ -293,6 +330,7 @@ class Sshd:
 
 
 def free_port() -> int:
+    """A port nobody listens on now (sshd binds it a moment later; a clash fails loudly)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

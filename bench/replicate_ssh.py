@@ -23,7 +23,8 @@ per run.
 Everything it needs is set up here and removed afterwards, also on error or Ctrl-C, by pid:
 zfs-fuse (started only if ``zpool list`` fails, and then stopped), one pool on a sparse file,
 a private sshd on 127.0.0.1 with its own host and client keys, and the daemon with its own
-state directory and socket.
+state directory and socket. That environment, the socket client and the machine facts come
+from bench/common.py, which bench/fanout_ssh.py uses too.
 
 Run as root from the repository (cerssd installed, e.g. ``pip install -e .``)::
 
