@@ -130,7 +130,7 @@ def test_relationship_defaults_and_values() -> None:
     assert [t.age for t in spec.retention] == [3600, 2 * 86400]
     assert spec.slave_retention == spec.retention  # the slaves follow the master's grid
     assert spec.retry_deadline == float("inf") and spec.fanout is True
-    assert spec.fanout_buffer == 64 << 20
+    assert spec.fanout_buffer == 256 << 20
     assert spec.to_json()["schedule"] == "every 5m"
 
 

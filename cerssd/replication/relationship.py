@@ -21,7 +21,10 @@ from .schedule import Schedule, describe, parse_schedule
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
-DEFAULT_FANOUT_BUFFER = 64 << 20
+#: A second or more of stream: identical slaves drifted apart by more than 64 MiB when they
+#: share CPUs (bench/RESULTS.md); where receives cannot resume, a split-off costs the
+#: slave the whole stream again. Chunks are shared, so this bounds the group's memory.
+DEFAULT_FANOUT_BUFFER = 256 << 20
 
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer"}
