@@ -88,9 +88,12 @@ class Pipe(FdSet):
 class Lane:
     """One member: its queue of chunks and the writer thread that empties it.
 
-    Our write end is non-blocking (the receiver's read end is a separate open file,
-    left blocking) so a stop request is seen within a tick even if the receiver
-    never reads again.
+    Writes block, a whole chunk per call: the thread sleeps in the kernel (without
+    the GIL) until the receiver has taken the chunk. Non-blocking writes woke the
+    thread each time the receiver freed a few pages and cost ~0.8 CPU-s per GiB per
+    member (bench/RESULTS.md). A writer blocked on a receiver that never reads again
+    is released by stopping that receiver (EPIPE), which every way out of a member
+    does before it waits for the writer.
     """
 
     def __init__(self, hub: Hub, name: str, counters: Counters, gate: FlowGate,
@@ -99,10 +102,6 @@ class Lane:
         self.limit = RateLimit(limit) if limit else None
         self.loop = loop
         self.pipe = Pipe()
-        os.set_blocking(self.pipe.w, False)
-        self._poller = select.poll()
-        self._poller.register(self.pipe.w, select.POLLOUT)
-        self._full = False
         self.queue: deque[Chunk] = deque()
         self.queued = 0  # bytes in the queue; guarded by hub.lock
         self.ready = threading.Condition(hub.lock)
@@ -168,32 +167,13 @@ class Lane:
             if self.stop.is_set() or not self._wait_gate():
                 return False
             end = pos + self.limit.chunk() if self.limit else len(view)
-            n = self._write(view[pos:end])
-            if n is None:
-                return False
+            n = os.write(self.pipe.w, view[pos:end])
             pos += n
             self.written += n
             self.counters.moved(n)
             if self.limit:
                 self.limit.pace(n, self.stop)
         return True
-
-    def _write(self, piece: memoryview) -> int | None:
-        """os.write that waits (stoppably) for room in the pipe; may write part.
-
-        A part write means the pipe is full: wait before the next write rather
-        than spend a failing write on finding that out.
-        """
-        while True:
-            if self._full and not wait_readable(self._poller, self.stop):
-                return None
-            try:
-                n = os.write(self.pipe.w, piece)
-            except BlockingIOError:
-                self._full = True
-                continue
-            self._full = n < len(piece)
-            return n
 
     def _wait_gate(self) -> bool:
         """Block while suspended (the queue grows meanwhile); False when asked to stop."""
