@@ -167,9 +167,8 @@ class RelationshipCollector(Collector):
                                      "Cycles (snapshot + transfers started) run",
                                      labels=["relationship"])
         for rt in sorted(self.relationships.all(), key=lambda r: r.name):
-            view = self.relationships.to_json(rt)
             cycles.add_metric([rt.name], rt.cycles)
-            for slave in view["slaves"]:
+            for slave in self.relationships.slaves_json(rt):
                 values = [rt.name, slave["server"]]
                 if slave["lag_seconds"] is not None:
                     lag.add_metric(values, slave["lag_seconds"])

@@ -22,10 +22,9 @@ link's health, backs off, and tries again; it never fails on a lost link.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
+from dataclasses import replace
 
 from ..activity import ActivityRecord, LinkHealth, State, StatusCode
 from ..backends.base import BackendError, Snapshot
@@ -87,26 +86,25 @@ class RelationshipWork:
         """
         if rt.newest is None:
             return
+        name, guid = rt.newest
+        behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != guid}
+        if not behind:
+            return
         try:
             master = await self.servers.backend(rt.spec.master)
-            snap = await master.snapshot(rt.newest[0])
+            await self._start_transfers(ctx, rt, master, name, only=behind)
         except (ServerUnavailable, SshError, BackendError) as exc:
             ctx.log.info("catch-up skipped; the next cycle will do", error=str(exc))
-            return
-        behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != snap.guid}
-        if behind:
-            await self._start_transfers(ctx, rt, master, snap, only=behind)
 
     async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
-        """Until the schedule's next tick, or sync-now. A new relationship starts at once:
-        a standby that waits for the first cron slot is no standby."""
+        """Until the schedule's next tick, or sync-now (which wakes the activity). A new
+        relationship starts at once: a standby that waits for the first cron slot is no
+        standby."""
         now = time.time()
         rt.next_cycle_at = now if rt.last_cycle_at is None \
             else rt.schedule.next_after(rt.last_cycle_at, now)
-        delay = rt.next_cycle_at - now
-        if delay > 0 and not rt.wakeup.is_set():
-            await _wait(rt, delay)
-        rt.wakeup.clear()
+        # Also at 0 s: a sync-now that came while the last cycle ran is used up here.
+        await ctx.sleep(max(0.0, rt.next_cycle_at - now))
 
     async def _master_trouble(self, ctx: ActivityContext, rt: Runtime,
                               exc: Exception) -> None:
@@ -129,10 +127,11 @@ class RelationshipWork:
         master = await self.servers.backend(rt.spec.master)
         if ctx.record.state == State.RETRYING:
             ctx.link_up(rt.spec.master)
-        await self.manager.prune_master(rt)
-        snap = await self._snapshot(ctx, rt, master)
+        existing = await master.snapshots(rt.spec.volume)
+        await self.manager.prune_master(rt, existing)
+        snap = await self._snapshot(ctx, rt, master, existing)
         rt.newest = (snap.name, snap.guid)
-        await self._start_transfers(ctx, rt, master, snap)
+        await self._start_transfers(ctx, rt, master, snap.name)
         rt.last_cycle_at, rt.last_error = started, None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
@@ -140,9 +139,9 @@ class RelationshipWork:
         ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
                      cycle=rt.cycles)
 
-    async def _snapshot(self, ctx: ActivityContext, rt: Runtime,
-                        master: ZfsBackend) -> Snapshot:
-        existing = {s.label: s for s in await master.snapshots(rt.spec.volume)}
+    async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
+                        snapshots: list[Snapshot]) -> Snapshot:
+        existing = {s.label: s for s in snapshots}
         label = ctx.params.get("cycle_snapshot")
         if isinstance(label, str) and label in existing:
             return existing[label]  # made before a restart: used, not made again
@@ -154,23 +153,22 @@ class RelationshipWork:
         return snap
 
     async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
-                               snap: Snapshot, only: set[str] | None = None) -> None:
+                               snapshot: str, only: set[str] | None = None) -> None:
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
             self.manager.groups.discard(old)
         busy = self.manager.transfers(rt.name)
-        requests = [self._request(rt, s.server, snap) for s in rt.spec.slaves
+        requests = [self._request(rt, s.server, snapshot) for s in rt.spec.slaves
                     if s.server not in busy and (only is None or s.server in only)]
         groups = await self._groups(rt, master, requests) if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
-            group_id = groups.get(req.destination)
-            req = ReplicationRequest(**{**req.params(), "fanout_group": group_id})
-            submit_transfer(self.engine, req, parent=ctx.record.id)
+            submit_transfer(self.engine, replace(req, fanout_group=groups.get(req.destination)),
+                            parent=ctx.record.id)
 
-    def _request(self, rt: Runtime, server: str, snap: Snapshot) -> ReplicationRequest:
+    def _request(self, rt: Runtime, server: str, snapshot: str) -> ReplicationRequest:
         slave = rt.spec.slave(server)
         return ReplicationRequest(
-            snapshot=snap.name, source=rt.spec.master, destination=server,
+            snapshot=snapshot, source=rt.spec.master, destination=server,
             target_volume=slave.target_volume, intermediates=True,
             bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
             retry_deadline=rt.spec.retry_deadline, relationship=rt.name)
@@ -224,11 +222,6 @@ class RelationshipWork:
             except Exception as exc:  # already finishing: nothing left to cancel
                 ctx.log.info("transfer not cancelled", activity=transfer.id, error=str(exc))
             await transfer.done.wait()
-
-
-async def _wait(rt: Runtime, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(rt.wakeup.wait(), seconds)
 
 
 def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:

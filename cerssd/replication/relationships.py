@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import structlog
 
 from ..activity import ActivityRecord, Progress, State
-from ..backends.base import BackendError
+from ..backends.base import BackendError, NotFound, Snapshot
 from ..backends.ssh import SshError
 from ..config import ConfigError
 from ..engine import Activity, ActivityEngine
@@ -67,7 +67,6 @@ class Runtime:
     newest: tuple[str, str] | None = None
     last_error: str | None = None
     activity_id: str | None = None
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     suspended_children: set[str] = field(default_factory=set)
     group_ids: list[str] = field(default_factory=list)
 
@@ -223,8 +222,7 @@ class Relationships:
             raise RelationshipError(f"relationship {name} is stopped; resume it first")
         if activity.record.state == State.SUSPENDED:
             raise RelationshipError(f"relationship {name} is paused; resume it first")
-        rt.wakeup.set()
-        self.engine.wake(activity.id)
+        self.engine.wake(activity.id)  # its wait for the next tick ends now
         for transfer in self.transfers(name).values():
             self.engine.wake(transfer.id)
 
@@ -259,7 +257,7 @@ class Relationships:
             for child in list(rt.suspended_children):
                 self._spawn(self._quietly(self.engine.resume(child)))
             rt.suspended_children.clear()
-        elif record.state.terminal and record.state == State.CANCELLED:
+        elif record.state == State.CANCELLED:
             rt.stopped = True
             self.save(rt)
 
@@ -294,23 +292,35 @@ class Relationships:
                 log.info("master retention skipped", relationship=rt.name, error=str(exc))
 
     # -- facts from ZFS -----------------------------------------------------------------
-    async def refresh_slave(self, rt: Runtime, server: str) -> None:
-        """The newest snapshot the slave shares with the master (by guid)."""
-        status = rt.slaves[server]
+    async def _master_snapshots(self, rt: Runtime) -> list[Snapshot] | None:
+        """The master's snapshots of the volume (and so its newest of ours), or None."""
         try:
             master = await self.servers.backend(rt.spec.master)
-            slave = await self.servers.backend(server)
             ours = await master.snapshots(rt.spec.volume)
-            theirs = ({s.guid: s for s in await slave.snapshots(status.target_volume)}
-                      if await slave.exists(status.target_volume) else {})
+        except (BackendError, SshError) as exc:
+            log.info("master not listed", relationship=rt.name, error=str(exc))
+            return None
+        mine = [s for s in ours if s.label.startswith(rt.spec.prefix)]
+        if mine:
+            rt.newest = (mine[-1].name, mine[-1].guid)
+        return ours
+
+    async def refresh_slave(self, rt: Runtime, server: str,
+                            ours: list[Snapshot] | None = None) -> None:
+        """The newest snapshot the slave shares with the master (by guid)."""
+        if ours is None and (ours := await self._master_snapshots(rt)) is None:
+            return
+        status = rt.slaves[server]
+        try:
+            slave = await self.servers.backend(server)
+            theirs = {s.guid for s in await slave.snapshots(status.target_volume)}
+        except NotFound:
+            theirs = set()  # no target volume yet
         except (BackendError, SshError) as exc:
             log.info("slave state not refreshed", relationship=rt.name, slave=server,
                      error=str(exc))
             return
         common = [s for s in ours if s.guid in theirs]
-        mine = [s for s in ours if s.label.startswith(rt.spec.prefix)]
-        if mine:
-            rt.newest = (mine[-1].name, mine[-1].guid)
         if common:
             last = common[-1]
             status.last_snapshot = f"{status.target_volume}@{last.label}"
@@ -321,7 +331,9 @@ class Relationships:
             status.last_snapshot_created = None
 
     async def refresh_all(self, rt: Runtime) -> None:
-        await asyncio.gather(*(self.refresh_slave(rt, s) for s in rt.slaves))
+        ours = await self._master_snapshots(rt)
+        if ours is not None:
+            await asyncio.gather(*(self.refresh_slave(rt, s, ours) for s in rt.slaves))
         self.save(rt)
 
     async def prune_slave(self, rt: Runtime, server: str) -> None:
@@ -342,12 +354,13 @@ class Relationships:
             prune.submit_prune(self.engine, server, status.target_volume,
                                [s.name for s in doomed], rt.name)
 
-    async def prune_master(self, rt: Runtime) -> None:
+    async def prune_master(self, rt: Runtime, snapshots: list[Snapshot] | None = None) -> None:
         """Retention on the master, sparing every slave's newest common base.
 
         Not while a stream may be reading from the master (``-I`` carries the
         intermediates, which must not vanish mid-send), and not at all while any
         slave's base is unknown. Master errors propagate: the cycle reports them.
+        ``snapshots`` is the master's list when the caller has just read it.
         """
         transfers = self.transfers(rt.name).values()
         if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in transfers):
@@ -356,9 +369,11 @@ class Relationships:
         if protected is None or any(p.record.params["server"] == rt.spec.master
                                     for p in self._live(prune.KIND, rt.name)):
             return
-        master = await self.servers.backend(rt.spec.master)
-        doomed = to_destroy(await master.snapshots(rt.spec.volume), rt.spec.retention,
-                            now=time.time(), prefix=rt.spec.prefix, protected=protected)
+        if snapshots is None:
+            master = await self.servers.backend(rt.spec.master)
+            snapshots = await master.snapshots(rt.spec.volume)
+        doomed = to_destroy(snapshots, rt.spec.retention, now=time.time(),
+                            prefix=rt.spec.prefix, protected=protected)
         if doomed:
             prune.submit_prune(self.engine, rt.spec.master, rt.spec.volume,
                                [s.name for s in doomed], rt.name)
@@ -372,10 +387,10 @@ class Relationships:
             guids.add(status.last_snapshot_guid)
         return guids
 
-    # -- what the API shows ---------------------------------------------------------------
-    def to_json(self, rt: Runtime) -> dict[str, Any]:
+    # -- what the API and the metrics show ----------------------------------------------
+    def slaves_json(self, rt: Runtime) -> list[dict[str, Any]]:
+        """Each slave's facts with its derived state, live transfer and link."""
         now = time.time()
-        activity = self._activity(rt)
         transfers = self.transfers(rt.name)
         newest = rt.newest[1] if rt.newest else None
         slaves = []
@@ -385,16 +400,20 @@ class Relationships:
             state = slave_state(status, newest_guid=newest, transfer=transfer, link=link)
             slaves.append(slave_json(status, now=now, state=state, transfer=transfer,
                                      link=link))
+        return slaves
+
+    def to_json(self, rt: Runtime) -> dict[str, Any]:
+        activity = self._activity(rt)
         record = activity.snapshot() if activity else None
         return {
             **rt.spec.to_json(),
             "state": _state(record),
             "activity": record.id if record else None,
-            "link": record.link and record.to_json()["link"] if record else None,
+            "link": asdict(record.link) if record and record.link else None,
             "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
             "next_cycle_at": rt.next_cycle_at if record else None,
             "newest_snapshot": rt.newest[0] if rt.newest else None,
-            "last_error": rt.last_error, "slaves": slaves,
+            "last_error": rt.last_error, "slaves": self.slaves_json(rt),
         }
 
     def all(self) -> Iterable[Runtime]:
