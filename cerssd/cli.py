@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import cli_relationships
+from .cli_format import print_fields
+from .cli_format import when as _ago
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
 POLL_SECONDS = 0.25
@@ -102,12 +104,6 @@ def _progress(a: dict[str, Any]) -> str:
     return text + (" (est.)" if p["estimated"] else "")
 
 
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 class Output:
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
@@ -148,9 +144,7 @@ def render_activity(out: Output, a: dict[str, Any]) -> None:
         link = a["link"]
         lines.append(("link", f"{link['server']} {link['state']}"
                       + (f" ({link['last_error']})" if link.get("last_error") else "")))
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        out.console.print(f"{key:<{width}}  {value}")
+    print_fields(out.console, lines)
 
 
 def activity_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:

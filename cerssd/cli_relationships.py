@@ -7,10 +7,11 @@ API's documents and nothing else.
 from __future__ import annotations
 
 import argparse
-import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+from .cli_format import print_fields, when
 
 VERBS = ("show", "pause", "resume", "remove", "sync-now")
 
@@ -55,26 +56,20 @@ def render_list(out: _Output, data: dict[str, Any]) -> None:
               relationship_rows(data["items"]))
 
 
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def render_one(out: _Output, r: dict[str, Any]) -> None:
     lines = [("name", r["name"]), ("volume", f"{r['volume']} on {r['master']}"),
              ("state", r["state"]), ("schedule", r["schedule"]), ("prefix", r["prefix"]),
              ("retention", ", ".join(r["retention"])), ("cycles", r["cycles"]),
-             ("last cycle", _when(r["last_cycle_at"])),
-             ("next cycle", _when(r["next_cycle_at"])),
+             ("last cycle", when(r["last_cycle_at"])),
+             ("next cycle", when(r["next_cycle_at"])),
              ("newest snapshot", r["newest_snapshot"] or "-"),
              ("activity", r["activity"] or "-"), ("last error", r["last_error"] or "-")]
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        out.console.print(f"{key:<{width}}  {value}")
+    print_fields(out.console, lines)
     out.console.print()
     out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
                "link", "transfer"],
               [(s["server"], s["target_volume"], s["state"], lag_text(s["lag_seconds"]),
-                s["last_snapshot"] or "-", _when(s["last_success_at"]), s["last_cycle_bytes"],
+                s["last_snapshot"] or "-", when(s["last_success_at"]), s["last_cycle_bytes"],
                 _link_text(s["link"]), s["activity"] or "-") for s in r["slaves"]])
     errors = [f"{s['server']}: {s['error']}" for s in r["slaves"] if s["error"]]
     for line in errors:
@@ -84,7 +79,7 @@ def render_one(out: _Output, r: dict[str, Any]) -> None:
 def _link_text(link: dict[str, Any]) -> str:
     if link["state"] == "up":
         return "up"
-    text = f"{link['state']} since {_when(link.get('since'))}"
+    text = f"{link['state']} since {when(link.get('since'))}"
     if link.get("attempt"):
         text += f", attempt {link['attempt']}"
     return text

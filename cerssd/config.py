@@ -100,7 +100,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     # Imported here: relationships use this module's ConfigError and duration parsing.
     from .replication.relationship import parse_relationship
 
-    _reject_unknown(data, "", {"daemon", "servers", "relationships"})
+    reject_unknown(data, "", {"daemon", "servers", "relationships"})
     daemon = _parse_daemon(_table(data, "daemon"))
     servers_raw = _table(data, "servers")
     servers = {name: _parse_server(name, _table(servers_raw, name, "servers."))
@@ -131,7 +131,7 @@ def parse_duration(value: Any, key: str) -> float:
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    _reject_unknown(t, "daemon.", {
+    reject_unknown(t, "daemon.", {
         "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
         "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
         "retry_deadline",
@@ -182,7 +182,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     prefix = f"servers.{name}."
     if not _SERVER_NAME.match(name):
         raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
-    _reject_unknown(t, prefix, {
+    reject_unknown(t, prefix, {
         "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
         "stateless", "cipher",
     })
@@ -221,7 +221,8 @@ def _table(data: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, 
     return value
 
 
-def _reject_unknown(t: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+def reject_unknown(t: Mapping[str, Any], prefix: str, known: set[str]) -> None:
+    """A key the daemon does not know is an error naming it (a typo must not be ignored)."""
     for key in t:
         if key not in known:
             raise ConfigError(prefix + key, f"unknown key (known: {', '.join(sorted(known))})")

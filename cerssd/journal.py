@@ -81,10 +81,10 @@ class Journal:
         return cur.rowcount
 
     # -- relationships --------------------------------------------------------------
-    def save_relationship_spec(self, name: str, spec: dict[str, Any] | None) -> None:
+    def save_relationship_spec(self, name: str, spec: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT INTO relationships(name, spec) VALUES (?, ?) ON CONFLICT(name) DO "
-            "UPDATE SET spec=excluded.spec", (name, None if spec is None else json.dumps(spec)))
+            "UPDATE SET spec=excluded.spec", (name, json.dumps(spec)))
 
     def save_relationship_state(self, name: str, state: dict[str, Any]) -> None:
         self._db.execute(

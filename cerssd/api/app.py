@@ -238,22 +238,21 @@ class ControlApi:
         return web.Response(status=204)
 
     async def pause_relationship(self, request: web.Request) -> web.Response:
-        rels = self.ctx.relationships
-        name = request.match_info["name"]
-        await rels.pause(name)
-        return _json(rels.to_json(rels.get(name)))
+        await self.ctx.relationships.pause(request.match_info["name"])
+        return self._relationship_now(request)
 
     async def resume_relationship(self, request: web.Request) -> web.Response:
-        rels = self.ctx.relationships
-        name = request.match_info["name"]
-        await rels.resume(name)
-        return _json(rels.to_json(rels.get(name)))
+        await self.ctx.relationships.resume(request.match_info["name"])
+        return self._relationship_now(request)
 
     async def sync_relationship(self, request: web.Request) -> web.Response:
+        self.ctx.relationships.sync_now(request.match_info["name"])
+        return self._relationship_now(request, 202)
+
+    def _relationship_now(self, request: web.Request, status: int = 200) -> web.Response:
+        """A control verb's answer: the relationship as it is after the verb."""
         rels = self.ctx.relationships
-        name = request.match_info["name"]
-        rels.sync_now(name)
-        return _json(rels.to_json(rels.get(name)), 202)
+        return _json(rels.to_json(rels.get(request.match_info["name"])), status)
 
     # -- activities ---------------------------------------------------------------------
     async def activities(self, request: web.Request) -> web.Response:

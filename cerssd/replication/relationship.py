@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.names import InvalidName, validate_snapshot_label, validate_volume
-from ..config import ConfigError, parse_duration
+from ..config import ConfigError, parse_duration, reject_unknown
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 
@@ -87,9 +87,7 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     if not _NAME.match(name):
         raise ConfigError(key, "relationship names use letters, digits, '_', '.', '-' "
                           "(at most 63)")
-    for k in t:
-        if k not in _KEYS:
-            raise ConfigError(f"{key}.{k}", f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    reject_unknown(t, f"{key}.", _KEYS)
     volume = _volume(t.get("volume"), f"{key}.volume", required=True)
     master = _server(t.get("master", "local"), f"{key}.master", servers)
     slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master)
@@ -100,8 +98,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         validate_snapshot_label(prefix + "x")
     except InvalidName as exc:
         raise ConfigError(f"{key}.prefix", f"not usable in snapshot names: {exc}") from None
-    retention = tuple(parse_grid(_list(t, "retention", key, DEFAULT_RETENTION),
-                                 f"{key}.retention"))
+    retention = tuple(parse_grid(_as_list(t.get("retention", DEFAULT_RETENTION),
+                                          f"{key}.retention"), f"{key}.retention"))
     slave_grid = t.get("slave_retention", t.get("retention", DEFAULT_RETENTION))
     slave_retention = tuple(parse_grid(_as_list(slave_grid, f"{key}.slave_retention"),
                                        f"{key}.slave_retention"))
@@ -130,10 +128,7 @@ def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
             item = {"server": item}
         if not isinstance(item, Mapping):
             raise ConfigError(k, "must be a server name or a table")
-        for sub in item:
-            if sub not in _SLAVE_KEYS:
-                raise ConfigError(f"{k}.{sub}", f"unknown key (known: "
-                                  f"{', '.join(sorted(_SLAVE_KEYS))})")
+        reject_unknown(item, f"{k}.", _SLAVE_KEYS)
         server = _server(item.get("server"), f"{k}.server", servers)
         target = _volume(item.get("target_volume", volume), f"{k}.target_volume",
                          required=True)
@@ -170,10 +165,6 @@ def _volume(value: Any, key: str, *, required: bool) -> str:
         return validate_volume(value)
     except InvalidName as exc:
         raise ConfigError(key, str(exc)) from None
-
-
-def _list(t: Mapping[str, Any], name: str, key: str, default: Any) -> list[str]:
-    return _as_list(t.get(name, default), f"{key}.{name}")
 
 
 def _as_list(value: Any, key: str) -> list[str]:

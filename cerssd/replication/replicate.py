@@ -213,8 +213,6 @@ class ReplicateWork:
         except Transient as exc:
             raise ActivityError(f"gave up after retrying for {deadline:g} s: {exc}",
                                 StatusCode.LINK, "link") from exc
-        finally:
-            self._leave_group()
 
     def _report_retry(self, ctx: ActivityContext, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
