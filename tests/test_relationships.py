@@ -131,15 +131,23 @@ def test_cycles_fan_out_to_both_slaves_and_report_lag(
             write_file(f"/{pool}/data/local-write", 1)
 
 
+def limited(name: str, master: str, a: str, b: str, limit_a: int = 4 * MiB,
+            limit_b: int | None = 4 * MiB) -> dict[str, Any]:
+    """A relationship body whose slaves' streams are slowed, so actions land mid-transfer."""
+    slaves: list[dict[str, Any]] = [
+        {"server": "a", "target_volume": f"{a}/data", "bandwidth_limit": limit_a},
+        {"server": "b", "target_volume": f"{b}/data"}]
+    if limit_b is not None:
+        slaves[1]["bandwidth_limit"] = limit_b
+    return {"name": name, "volume": f"{master}/data", "interval": "1h", "slaves": slaves}
+
+
 def test_pause_suspends_transfers_and_resume_finishes_them(
         start_daemon: Any, pools: tuple[str, str, str]) -> None:
     master, a, b = pools
     write_file(f"/{master}/data/f1", 24)
     d = start_daemon(extra=LOCAL_SLAVES)
-    body = {"name": "slow", "volume": f"{master}/data", "interval": "1h", "slaves": [
-        {"server": "a", "target_volume": f"{a}/data", "bandwidth_limit": 4 * MiB},
-        {"server": "b", "target_volume": f"{b}/data", "bandwidth_limit": 4 * MiB}]}
-    created = post_json(d, "/v1/relationships", body)
+    created = post_json(d, "/v1/relationships", limited("slow", master, a, b))
     assert created.status == 201, created.body
     wait_until(lambda: all(s["state"] == "syncing" and s["progress"]
                            and s["progress"]["done"] > 2 * MiB for s in show(d, "slow")["slaves"]),
@@ -230,9 +238,7 @@ def test_kill_9_mid_cycle_resumes_and_converges(start_daemon: Any,
     master, a, b = pools
     write_file(f"/{master}/data/f1", 24)
     d = start_daemon(extra=LOCAL_SLAVES)
-    body = {"name": "k9", "volume": f"{master}/data", "interval": "1h", "slaves": [
-        {"server": "a", "target_volume": f"{a}/data", "bandwidth_limit": 6 * MiB},
-        {"server": "b", "target_volume": f"{b}/data"}]}
+    body = limited("k9", master, a, b, limit_a=6 * MiB, limit_b=None)
     assert post_json(d, "/v1/relationships", body).status == 201
     wait_until(lambda: (s := slave(d, "k9", "a"))["progress"]
                and s["progress"]["done"] > 4 * MiB, 30, what="a's transfer under way")
@@ -291,10 +297,7 @@ def test_cancel_stops_the_relationship_and_rolls_back_its_transfers(
     master, a, b = pools
     write_file(f"/{master}/data/f1", 24)
     d = start_daemon(extra=LOCAL_SLAVES)
-    body = {"name": "c", "volume": f"{master}/data", "interval": "1h", "slaves": [
-        {"server": "a", "target_volume": f"{a}/data", "bandwidth_limit": 4 * MiB},
-        {"server": "b", "target_volume": f"{b}/data", "bandwidth_limit": 4 * MiB}]}
-    rel = post_json(d, "/v1/relationships", body).body
+    rel = post_json(d, "/v1/relationships", limited("c", master, a, b)).body
     wait_until(lambda: all(s["progress"] and s["progress"]["done"] > MiB
                            for s in show(d, "c")["slaves"]), 30, what="transfers moving")
     ids = [s["activity"] for s in show(d, "c")["slaves"]]

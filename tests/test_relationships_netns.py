@@ -50,14 +50,21 @@ def moving(d: DaemonProcess, server: str, at_least: int) -> bool:
     return bool(s["progress"] and s["progress"]["done"] > at_least)
 
 
+def fault_mid_transfer(d: DaemonProcess, server: str, fault: Callable[[], None]) -> float:
+    """Apply ``fault`` once bytes flow to ``server``; it must be reported lost within
+    10 s. Returns when the fault happened (monotonic)."""
+    wait_until(lambda: moving(d, server, 3 * MiB), 30, what=f"bytes flowing to {server}")
+    fault()
+    at = time.monotonic()
+    wait_until(lambda: slave(d, "hot", server)["state"] == "lost", 20,
+               what=f"{server} reported lost")
+    assert time.monotonic() - at < 10
+    return at
+
+
 def test_cut_slave_is_reported_others_carry_on_and_it_recovers(setup: Any) -> None:
     d, _master, ns, p1, p2 = setup()
-    wait_until(lambda: moving(d, "s1", 3 * MiB), 30, what="bytes flowing to s1")
-    ns["s1"].cut()
-    cut_at = time.monotonic()
-    wait_until(lambda: slave(d, "hot", "s1")["state"] == "lost", 20,
-               what="s1 reported lost")
-    assert time.monotonic() - cut_at < 10
+    cut_at = fault_mid_transfer(d, "s1", ns["s1"].cut)
     s1 = slave(d, "hot", "s1")
     child = d.api("GET", f"/v1/activities/{s1['activity']}")
     wait_until(lambda: d.api("GET", f"/v1/activities/{s1['activity']}")["state"]
@@ -81,12 +88,7 @@ def test_cut_slave_is_reported_others_carry_on_and_it_recovers(setup: Any) -> No
 
 def test_killed_and_restarted_sshd_is_lost_then_recovers(setup: Any) -> None:
     d, _master, ns, p1, p2 = setup()
-    wait_until(lambda: moving(d, "s2", 3 * MiB), 30, what="bytes flowing to s2")
-    ns["s2"].kill_sshd()
-    killed_at = time.monotonic()
-    wait_until(lambda: slave(d, "hot", "s2")["state"] == "lost", 20,
-               what="s2 reported lost")
-    assert time.monotonic() - killed_at < 10
+    fault_mid_transfer(d, "s2", ns["s2"].kill_sshd)
     assert link(d, "s2")["state"] in ("lost", "retrying")
     wait_until(lambda: slave(d, "hot", "s1")["state"] == "in-sync", 60, what="s1 in sync")
     ns["s2"].start_sshd()
