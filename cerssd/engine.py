@@ -332,9 +332,25 @@ class ActivityEngine:
             await self._fail(activity, work, ctx, Status(
                 StatusCode.ERROR, f"{type(exc).__name__}: {exc}", "internal"))
         else:
-            self._finish(activity, State.SUCCEEDED, Status(StatusCode.OK, "succeeded"))
+            self._succeed(activity)
         finally:
             activity.done.set()
+
+    def _succeed(self, activity: Activity) -> None:
+        """The work returned: it succeeded, whatever state its last step left it in.
+
+        Work may end without passing another checkpoint, e.g. when a retry finds the
+        target already complete while the activity says ``retrying``, or when its last
+        step ran on while an operator suspended it. The contract only lets ``running``
+        succeed, so the activity passes through it (its link is up: the work got through).
+        """
+        record = activity.record
+        if record.state in (State.RETRYING, State.SUSPENDED):
+            if record.link is not None and record.link.state != "up":
+                activity.record = replace(record, link=LinkHealth(server=record.link.server))
+            activity.gate.open()
+            self.transition(activity, State.RUNNING)
+        self._finish(activity, State.SUCCEEDED, Status(StatusCode.OK, "succeeded"))
 
     async def _after_cancel(self, activity: Activity, work: Work, ctx: ActivityContext) -> None:
         state = activity.record.state

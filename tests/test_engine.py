@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from cerssd.activity import ActivityRecord, IllegalTransition, Progress, State, StatusCode
+from cerssd.activity import (
+    ActivityRecord,
+    IllegalTransition,
+    LinkHealth,
+    Progress,
+    State,
+    StatusCode,
+)
 from cerssd.engine import ActivityContext, ActivityEngine, ActivityError, UnknownActivity
 from cerssd.journal import SCHEMA_VERSION, Journal, JournalError
 
@@ -150,6 +157,57 @@ async def test_failure_rolls_back_and_reports(journal: Journal) -> None:
     assert final.state == State.FAILED and work.rolled_back
     assert final.status is not None and final.status.code == StatusCode.ERROR
     assert final.status.message == "step failed on purpose"
+
+
+class EndsWhileRetrying:
+    """Loses its link, then finds on the next try that there is nothing left to do."""
+
+    async def run(self, ctx: ActivityContext) -> None:
+        ctx.link_lost(LinkHealth(server="r1", state="retrying", attempt=1,
+                                 last_error="Connection reset"))
+        assert ctx.record.state == State.RETRYING
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        raise AssertionError("a success is not rolled back")
+
+
+async def test_work_that_ends_while_retrying_succeeds_with_its_link_up(
+        journal: Journal) -> None:
+    engine = ActivityEngine(journal, retention=3600)
+    engine.register("quick", lambda record: EndsWhileRetrying())
+    record = engine.submit("quick", volume="p/v")
+    final = await engine.wait(record.id, 5)
+    assert final.state == State.SUCCEEDED
+    assert final.link is not None and (final.link.server, final.link.state) == ("r1", "up")
+    assert journal.load()[0].state == State.SUCCEEDED
+
+
+class LastStepUngated:
+    """Passes its last checkpoint, then finishes a step no gate stops (e.g. a verify)."""
+
+    def __init__(self) -> None:
+        self.past_checkpoint = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def run(self, ctx: ActivityContext) -> None:
+        await ctx.checkpoint()
+        self.past_checkpoint.set()
+        await self.finish.wait()
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        raise AssertionError("a success is not rolled back")
+
+
+async def test_work_that_ends_while_suspended_succeeds(journal: Journal) -> None:
+    work = LastStepUngated()
+    engine = ActivityEngine(journal, retention=3600)
+    engine.register("last", lambda record: work)
+    record = engine.submit("last", volume="p/v")
+    await work.past_checkpoint.wait()
+    await engine.suspend(record.id)
+    work.finish.set()
+    final = await engine.wait(record.id, 5)
+    assert final.state == State.SUCCEEDED
 
 
 async def test_unknown_activity(journal: Journal) -> None:

@@ -270,6 +270,8 @@ class ReplicateWork:
         dst = await self.servers.backend(self.req.destination)
         await ctx.checkpoint()
         receive_into, token = await self._pending_receive(dst)
+        if ctx.record.state == State.RETRYING:  # both servers answered again
+            ctx.link_up(self._remote_side())
         if token is None:
             await self._clean_leftovers(ctx, dst)
             await self._follow_latest(ctx, src)
@@ -301,8 +303,6 @@ class ReplicateWork:
                          estimated=exact is None)
         ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
                      base=base, snapshot=plan.snapshot.name, size=exact, flags=flags)
-        if ctx.record.state == State.RETRYING:  # both servers answered again
-            ctx.link_up(self._remote_side())
         ctx.counters.done = 0
         started = time.monotonic()
         moved = await self._transfer(ctx, sender, receiver, self._member_of(plan, flags, token))
