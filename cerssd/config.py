@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .objectstore.config import StoreConfig
     from .replication.relationship import RelationshipSpec
 
 DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
@@ -22,7 +23,7 @@ EX_CONFIG = 78
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -80,6 +81,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     servers: Mapping[str, ServerConfig] = field(default_factory=dict)
     relationships: Mapping[str, RelationshipSpec] = field(default_factory=dict)
+    stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     source: Path | None = None
 
 
@@ -98,21 +100,26 @@ def load_config(path: Path) -> Config:
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     # Imported here: relationships use this module's ConfigError and duration parsing.
+    from .objectstore.config import parse_store
     from .replication.relationship import parse_relationship
 
-    reject_unknown(data, "", {"daemon", "servers", "relationships"})
+    reject_unknown(data, "", {"daemon", "servers", "stores", "relationships"})
     daemon = _parse_daemon(_table(data, "daemon"))
     servers_raw = _table(data, "servers")
     servers = {name: _parse_server(name, _table(servers_raw, name, "servers."))
                for name in servers_raw}
     if not servers:
         servers = {"local": ServerConfig(name="local", kind="local")}
+    stores_raw = _table(data, "stores")
+    stores = {name: parse_store(name, _table(stores_raw, name, "stores."), servers=servers)
+              for name in stores_raw}
     rels_raw = _table(data, "relationships")
     relationships = {
         name: parse_relationship(name, _table(rels_raw, name, "relationships."),
                                  servers=servers)
         for name in rels_raw}
-    return Config(daemon=daemon, servers=servers, relationships=relationships, source=source)
+    return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
+                  source=source)
 
 
 def parse_duration(value: Any, key: str) -> float:
@@ -128,6 +135,24 @@ def parse_duration(value: Any, key: str) -> float:
     if seconds < 0:
         raise ConfigError(key, "must not be negative")
     return seconds
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*$")
+_SIZE_UNITS = {None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
+               "G": 1 << 30, "GiB": 1 << 30}
+
+
+def parse_size(value: Any, key: str, minimum: int = 1 << 20) -> int:
+    """Accept a number of bytes or a string such as ``64MiB``; at least ``minimum``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    else:
+        raise ConfigError(key, f'must be a size such as "64MiB", not {value!r}')
+    if size < minimum:
+        raise ConfigError(key, f"must be at least {minimum >> 20}MiB")
+    return size
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
@@ -180,7 +205,7 @@ def _metrics_listen(value: Any) -> MetricsListen | None:
 
 def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     prefix = f"servers.{name}."
-    if not _SERVER_NAME.match(name):
+    if not SERVER_NAME.match(name):
         raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
     reject_unknown(t, prefix, {
         "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",

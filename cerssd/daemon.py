@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +31,8 @@ from .engine import ActivityEngine
 from .journal import Journal
 from .logs import configure_logging
 from .metrics import CONTENT_TYPE, Metrics
-from .replication import continuous, prune, replicate
+from .objectstore.stores import Stores
+from .replication import backup, backup_prune, continuous, prune, replicate, restore
 from .replication.groups import FanoutGroups
 from .replication.relationships import Relationships
 from .sdnotify import Notifier, watchdog_interval
@@ -70,15 +72,25 @@ class Daemon:
         groups = FanoutGroups()
         replicate.register(self.engine, self.servers, policy, groups)
         prune.register(self.engine, self.servers)
+        self.stores = Stores(self.config.stores, self.servers.links)
+        backup.register(self.engine, self.servers, self.stores, policy)
+        restore.register(self.engine, self.servers, self.stores, policy)
+        backup_prune.register(self.engine, self.stores, policy)
         self.relationships = Relationships(self.engine, self.servers, self.journal, groups)
         continuous.register(self.engine, self.relationships, policy)
         self.relationships.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships)
+        started = time.time()
         self.engine.recover()
         self.relationships.start()
+        if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
+            self._tasks.append(asyncio.create_task(self._abort_orphans(started)))
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
+
+    async def _abort_orphans(self, started: float) -> None:
+        await self.stores.abort_orphans(started)
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         self._lock_file = open(state_dir / "cerssd.lock", "w")  # noqa: SIM115 - held for life
@@ -94,7 +106,7 @@ class Daemon:
                 raise StartupError(f"another daemon is listening on {path}")
             path.unlink()
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
-                                   lambda: self.config, self.relationships))
+                                   lambda: self.config, self.relationships, self.stores))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
@@ -165,7 +177,7 @@ class Daemon:
             return
         unchanged = [k for k in RESTART_KEYS
                      if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
-        unchanged += [k for k in ("servers", "relationships")
+        unchanged += [k for k in ("servers", "relationships", "stores")
                       if getattr(new, k) != getattr(self.config, k)]
         if unchanged:
             log.warning("some changes take effect only after a restart", keys=unchanged)
@@ -184,6 +196,7 @@ class Daemon:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
         await self.servers.close()
+        await self.stores.close()
         with contextlib.suppress(FileNotFoundError):
             self.config.daemon.control_socket.unlink()
         log.info("stopped")
@@ -194,7 +207,7 @@ def _keep_restart_keys(new: Config, running: Config) -> Config:
 
     kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
     return replace(new, daemon=replace(new.daemon, **kept), servers=running.servers,
-                   relationships=running.relationships)
+                   relationships=running.relationships, stores=running.stores)
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -230,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        for store in config.stores.values():
+            store.load_credentials()  # a missing key file is a config error, named
     except ConfigError as exc:
         print(f"cerssd: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)

@@ -119,10 +119,17 @@ class Counters:
 
     def moved(self, n: int) -> None:
         """``n`` bytes went from the source to the wire (and count as progress)."""
-        self.bytes_read += n
+        self.read(n)
         self.bytes_on_wire += n
+
+    def read(self, n: int) -> None:
+        """``n`` bytes came from the source (progress); compression may send fewer."""
+        self.bytes_read += n
         if self.done is not None:  # progress measured in bytes
             self.done += n
+
+    def sent(self, n: int) -> None:
+        self.bytes_on_wire += n
 
     def sample_rate(self) -> float:
         now = time.monotonic()

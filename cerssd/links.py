@@ -47,6 +47,12 @@ class Links:
         self._links = {name: LinkState(name, last_up_at=now) for name in servers}
         self.retries: dict[str, int] = {name: 0 for name in servers}
 
+    def add(self, name: str) -> None:
+        """Watch one more link (an object store's, named like the store)."""
+        if name not in self._links:
+            self._links[name] = LinkState(name, last_up_at=time.time())
+            self.retries[name] = 0
+
     def get(self, server: str) -> LinkState | None:
         return self._links.get(server)
 

@@ -85,7 +85,9 @@ class ServerRegistry:
         else:
             # A remote's link is watched (keepalives, stall watchdog) and its loss reported
             # while retries go on; a local server has no link to lose.
-            caps = replace(caps, connection_loss_reporting=entry.config.kind == "ssh")
+            # A local server streams to object stores itself (no controller in the path).
+            caps = replace(caps, connection_loss_reporting=entry.config.kind == "ssh",
+                           direct_copy=entry.config.kind == "local")
             entry.backend.capabilities = caps
             entry.probed, entry.probe_error, entry.permanent_error = True, None, False
             log.info("capabilities probed", server=name, capabilities=caps.published(),

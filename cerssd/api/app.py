@@ -25,6 +25,9 @@ from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import Config, ConfigError
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..metrics import CONTENT_TYPE, Metrics
+from ..objectstore.client import StoreError
+from ..objectstore.layout import BrokenChain
+from ..objectstore.stores import Stores, UnknownStore
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
 from ..replication.relationships import (
@@ -34,6 +37,7 @@ from ..replication.relationships import (
 )
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from . import backups
 from .peercred import may_mutate, peer_credentials
 from .problems import ApiProblem, problem_response
 from .schema import Body, Field, parse_query
@@ -60,6 +64,7 @@ class ApiContext:
     metrics: Metrics
     config: Callable[[], Config]
     relationships: Relationships
+    stores: Stores | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -174,7 +179,7 @@ class ControlApi:
                       "items": [s.to_json() for s in items]})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
-        body = SNAPSHOT_CREATE.parse(await _body(request))
+        body = SNAPSHOT_CREATE.parse(await read_body(request))
         volume = validate_volume(request.match_info["volume"])
         await self.ctx.servers.backend(body["server"])
         record = snapshots.submit_create(self.ctx.engine, body["server"], volume, body["name"])
@@ -189,7 +194,7 @@ class ControlApi:
 
     # -- replication --------------------------------------------------------------------
     async def replicate(self, request: web.Request) -> web.Response:
-        body = REPLICATION.parse(await _body(request))
+        body = REPLICATION.parse(await read_body(request))
         snapshot = body["snapshot"]
         volume = validate_snapshot(snapshot).volume
         if body["target_volume"] is not None:
@@ -220,7 +225,7 @@ class ControlApi:
         return _json(rels.to_json(rels.get(request.match_info["name"])))
 
     async def create_relationship(self, request: web.Request) -> web.Response:
-        body = RELATIONSHIP.parse(await _body(request))
+        body = RELATIONSHIP.parse(await read_body(request))
         name = body.pop("name")
         table = {k: v for k, v in body.items() if v is not None}
         try:
@@ -288,7 +293,7 @@ class ControlApi:
         return _json((await self.ctx.engine.cancel(request.match_info["id"])).to_json(), 202)
 
 
-async def _body(request: web.Request) -> Any:
+async def read_body(request: web.Request) -> Any:
     if not request.can_read_body:
         return {}
     try:
@@ -341,6 +346,23 @@ ROUTES: list[Route] = [
     Route("POST", f"/v1/relationships/{REL}/sync-now", _A.sync_relationship,
           "Start a cycle now; retrying transfers try again now", mutating=True,
           responses={202: "cycle requested", 409: "paused or stopped"}),
+    Route("GET", "/v1/stores", backups.list_stores,
+          "Object stores (endpoint, bucket, prefix, link; never credentials)"),
+    Route("GET", "/v1/backups", backups.list_backups,
+          "Complete backups in a store (those with a manifest), oldest first",
+          query=backups.BACKUPS_QUERY, responses={404: "unknown store"}),
+    Route("POST", "/v1/backups", backups.create_backup,
+          "Back up a snapshot straight into an object store (an activity)", mutating=True,
+          body=backups.BACKUP, responses={202: "activity created", 404: "unknown snapshot",
+                                          409: "server cannot copy directly"}),
+    Route("POST", "/v1/backups/prune", backups.prune_backups,
+          "Delete backups a retention grid no longer keeps (never a needed parent)",
+          mutating=True, body=backups.PRUNE,
+          responses={200: "dry run or nothing to delete", 202: "activity created"}),
+    Route("POST", "/v1/restores", backups.create_restore,
+          "Restore a backed-up snapshot (and its chain) into a volume (an activity)",
+          mutating=True, body=backups.RESTORE,
+          responses={202: "activity created", 409: "broken chain or target exists"}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
           query=ACTIVITY_QUERY),
     Route("GET", f"/v1/activities/{ID}", _A.activity,
@@ -362,6 +384,8 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (UnknownActivity, 404, "Unknown Activity"),
     (UnknownServer, 404, "Unknown Server"),
     (UnknownRelationship, 404, "Unknown Relationship"),
+    (UnknownStore, 404, "Unknown Store"),
+    (BrokenChain, 409, "Broken Backup Chain"),
     (RelationshipError, 409, "Relationship Conflict"),
     (NotFound, 404, "Not Found"),
     (IllegalTransition, 409, "Illegal State Change"),
@@ -373,6 +397,9 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (EngineClosed, 503, "Shutting Down"),
     (BackendError, 502, "Backend Error"),
 ]
+#: Object-store failures: unreachable (retry later) or refused (fix the config).
+_STORE_TRANSIENT = (503, "Object Store Unreachable")
+_STORE_PERMANENT = (502, "Object Store Error")
 
 
 def _problem_for(request: web.Request, exc: BaseException) -> web.Response | None:
@@ -384,9 +411,14 @@ def _problem_for(request: web.Request, exc: BaseException) -> web.Response | Non
                       else f"no server {exc.args[0]} in the config"
                       if isinstance(exc, UnknownServer)
                       else f"no relationship {exc.args[0]}"
-                      if isinstance(exc, UnknownRelationship) else str(exc))
+                      if isinstance(exc, UnknownRelationship)
+                      else f"no store {exc.args[0]} in the config"
+                      if isinstance(exc, UnknownStore) else str(exc))
             extra = {"code": exc.code} if isinstance(exc, ReplicationConflict) else {}
             return problem_response(request, status, title, detail, **extra)
+    if isinstance(exc, StoreError):
+        status, title = _STORE_PERMANENT if exc.permanent else _STORE_TRANSIENT
+        return problem_response(request, status, title, str(exc), store=exc.store)
     return None
 
 

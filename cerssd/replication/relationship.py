@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.names import InvalidName, validate_snapshot_label, validate_volume
-from ..config import ConfigError, parse_duration, reject_unknown
+from ..config import ConfigError, parse_duration, parse_size, reject_unknown
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 
@@ -111,8 +111,9 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key),
         prefix=prefix, retention=retention, slave_retention=slave_retention,
         retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
-        fanout=fanout, fanout_buffer=_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
-                                           f"{key}.fanout_buffer"),
+        fanout=fanout,
+        fanout_buffer=parse_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
+                                 f"{key}.fanout_buffer"),
         raw=dict(t), origin=origin)
 
 
@@ -184,20 +185,3 @@ def _deadline(value: Any, key: str) -> float | None:
     if seconds <= 0:
         raise ConfigError(key, "must be positive (or \"never\")")
     return seconds
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*$")
-_SIZE_UNITS = {None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
-               "G": 1 << 30, "GiB": 1 << 30}
-
-
-def _size(value: Any, key: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.match(value)):
-        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
-        raise ConfigError(key, f'must be a size such as "64MiB", not {value!r}')
-    if size < 1 << 20:
-        raise ConfigError(key, "must be at least 1MiB")
-    return size

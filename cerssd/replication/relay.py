@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..engine import Counters, FlowGate
@@ -55,10 +56,12 @@ class Relay:
     """Copies ``src_fd`` to ``dst_fd`` until EOF in a thread; ``join()`` waits for it."""
 
     def __init__(self, src_fd: int, dst_fd: int, *, counters: Counters, gate: FlowGate,
-                 limit: float | None = None) -> None:
+                 limit: float | None = None, count: Callable[[int], None] | None = None,
+                 ) -> None:
         self.src_fd = src_fd
         self.dst_fd = dst_fd
         self.counters = counters
+        self.count = count or counters.moved
         self.gate = gate
         self.limit = RateLimit(limit) if limit else None
         self.stop = threading.Event()
@@ -88,7 +91,7 @@ class Relay:
                 if n == 0:
                     break
                 self.result.bytes += n
-                self.counters.moved(n)
+                self.count(n)
                 if self.limit:
                     self.limit.pace(n, self.stop)
         except BaseException as exc:

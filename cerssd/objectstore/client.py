@@ -1,0 +1,178 @@
+"""One S3 client per object-store target, and S3 failures sorted for the retry policy.
+
+Retries are cerssd's own (tenacity, with the link reported lost while they go on),
+so botocore's are turned off: otherwise a dead endpoint would be retried silently
+inside one call for longer than the 10 s in which a loss must be reported. The
+timeouts are short for the same reason; a part upload that makes no progress for
+``read_timeout`` is a stalled link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+
+from ..links import Links
+from .config import StoreConfig
+
+log = structlog.get_logger("cerssd.objectstore")
+
+#: S3 error codes that another attempt cannot fix.
+PERMANENT_CODES = frozenset({
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+    "InvalidBucketName", "AllAccessDisabled", "AccountProblem", "InvalidStorageClass",
+    "EntityTooLarge", "InvalidArgument", "MalformedXML", "NotImplemented",
+})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+
+
+class StoreError(Exception):
+    """An object-store call failed; ``permanent`` says whether retrying can help."""
+
+    def __init__(self, store: str, message: str, *, permanent: bool,
+                 code: str | None = None) -> None:
+        super().__init__(message)
+        self.store = store
+        self.permanent = permanent
+        self.code = code
+
+
+class ObjectMissing(StoreError):
+    def __init__(self, store: str, message: str) -> None:
+        super().__init__(store, message, permanent=True, code="NoSuchKey")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+def classify(store: str, what: str, exc: Exception) -> StoreError:
+    """Map botocore/aiohttp failures onto transient (link) and permanent errors."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = f"{what}: {code or status} {err.get('Message', '')}".strip()
+        if code in NOT_FOUND_CODES:
+            return ObjectMissing(store, message)
+        permanent = code in PERMANENT_CODES or (400 <= int(status or 0) < 500
+                                                and status not in (408, 429))
+        return StoreError(store, message, permanent=permanent, code=code)
+    if isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | TimeoutError):
+        return StoreError(store, f"{what}: {type(exc).__name__}: {exc}", permanent=False)
+    if isinstance(exc, BotoCoreError):
+        return StoreError(store, f"{what}: {exc}", permanent=True)
+    raise exc
+
+
+class ObjectStore:
+    """An open client for one ``[stores.NAME]``; its link is in the daemon's ``Links``."""
+
+    def __init__(self, config: StoreConfig, links: Links | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.links = links
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def open(self) -> None:
+        creds = self.config.load_credentials()
+        aio_config = AioConfig(
+            connect_timeout=5, read_timeout=10, retries={"max_attempts": 1, "mode": "standard"},
+            max_pool_connections=self.config.concurrency * 2 + 2,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"})
+        self._client = await self._stack.enter_async_context(get_session().create_client(
+            "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
+            aws_access_key_id=creds.access_key_id,
+            aws_secret_access_key=creds.secret_access_key, config=aio_config))
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def call(self, operation: str, **kwargs: Any) -> Any:
+        """One S3 operation on this store's bucket; failures become ``StoreError``."""
+        if self._client is None:
+            await self.open()
+        try:
+            return await getattr(self._client, operation)(Bucket=self.config.bucket, **kwargs)
+        except Exception as exc:
+            raise classify(self.name, f"{operation} {kwargs.get('Key', '')}".strip(),
+                           exc) from exc
+
+    def key(self, relative: str) -> str:
+        return self.config.prefix + relative
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await self.call("put_object", Key=key, Body=data, ContentType=content_type)
+
+    async def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The object (or bytes ``start..end`` inclusive), read whole: callers bound sizes."""
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1]}"} if byte_range else {}
+        response = await self.call("get_object", Key=key, **extra)
+        try:
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except Exception as exc:
+            raise classify(self.name, f"get_object {key}", exc) from exc
+        return data
+
+    async def head(self, key: str) -> ObjectInfo:
+        response = await self.call("head_object", Key=key)
+        return ObjectInfo(key, int(response["ContentLength"]))
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        token: str | None = None
+        while True:
+            extra = {"ContinuationToken": token} if token else {}
+            page = await self.call("list_objects_v2", Prefix=prefix, **extra)
+            for item in page.get("Contents", []):
+                yield ObjectInfo(item["Key"], int(item["Size"]))
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    async def delete(self, key: str) -> None:
+        await self.call("delete_object", Key=key)
+
+    async def multipart_uploads(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(key, upload id, initiated at) of every unfinished upload under ``prefix``."""
+        found: list[tuple[str, str, float]] = []
+        extra: dict[str, str] = {}
+        while True:
+            page = await self.call("list_multipart_uploads", Prefix=prefix, **extra)
+            found += [(u["Key"], u["UploadId"], u["Initiated"].timestamp())
+                      for u in page.get("Uploads", [])]
+            if not page.get("IsTruncated"):
+                return found
+            extra = {"KeyMarker": page["NextKeyMarker"],
+                     "UploadIdMarker": page["NextUploadIdMarker"]}
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(ObjectMissing):  # already gone: that is what we wanted
+            await self.call("abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.config.to_json()
+        link = self.links.get(self.name) if self.links else None
+        data["link"] = link.to_json() if link else None
+        return data
+
+
+def quiet_botocore() -> None:
+    """botocore logs request details (headers included) at debug level: never let it."""
+    for name in ("botocore", "aiobotocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)

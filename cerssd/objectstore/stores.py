@@ -1,0 +1,69 @@
+"""The object stores this daemon writes to: one open client each, and their links.
+
+At start-up every store's multipart uploads are listed and those no running backup
+owns are aborted: a crash mid-upload leaves parts that cost storage and are never
+part of a backup (no manifest), and S3 keeps them until someone aborts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+import structlog
+
+from ..links import Links
+from .client import ObjectStore, StoreError, quiet_botocore
+from .config import StoreConfig
+
+log = structlog.get_logger("cerssd.objectstore")
+
+
+class UnknownStore(KeyError):
+    pass
+
+
+class Stores:
+    def __init__(self, configs: Mapping[str, StoreConfig], links: Links) -> None:
+        quiet_botocore()
+        self.links = links
+        self.stores = {name: ObjectStore(cfg, links) for name, cfg in configs.items()}
+        for name in self.stores:
+            links.add(name)
+
+    def get(self, name: str) -> ObjectStore:
+        store = self.stores.get(name)
+        if store is None:
+            raise UnknownStore(name)
+        return store
+
+    def all(self) -> list[ObjectStore]:
+        return list(self.stores.values())
+
+    async def abort_orphans(self, started_before: float) -> int:
+        """Abort unfinished multipart uploads under each prefix begun before ``started_before``.
+
+        Called with the daemon's start time: an upload begun earlier belongs to no live
+        backup of this daemon (a backup restarted from the journal aborts its own and
+        begins a new one), so it can only be left over.
+        """
+        aborted = 0
+        for store in self.stores.values():
+            try:
+                uploads = await store.multipart_uploads(store.config.prefix)
+                for key, upload_id, initiated in uploads:
+                    if initiated >= started_before:
+                        continue
+                    await store.abort(key, upload_id)
+                    aborted += 1
+                    log.warning("aborted an orphaned multipart upload", store=store.name,
+                                key=key, upload_id=upload_id)
+            except StoreError as exc:
+                log.error("could not look for orphaned uploads", store=store.name,
+                          error=str(exc))
+        return aborted
+
+    async def close(self) -> None:
+        for store in self.stores.values():
+            with contextlib.suppress(Exception):
+                await store.close()

@@ -1,0 +1,205 @@
+"""Stream a pipe into S3 by multipart upload, with memory bounded whatever the size.
+
+Bytes are read from the pipe one part at a time by a worker thread (``readv`` into
+a reused buffer; the sha256 of the part and of the whole stream are computed as it
+goes, and hashlib drops the GIL), and up to ``concurrency`` parts upload at once.
+The reader waits for a free buffer before reading on, so memory stays at
+``(concurrency + 1) x part_size``, and a slow or lost store stops the reading, which
+blocks ``zfs send``: the backpressure the design asks for.
+
+S3 allows 10,000 parts per object. Instead of growing the parts (and the memory)
+with the stream, a stream longer than 10,000 parts continues in a next *segment*
+object: a backup is one or more segments whose concatenation is the stream. With
+the default 8 MiB parts a segment holds 78 GiB, so most backups are one object.
+
+A part that fails transiently is retried by ``retry`` (the activity reports the lost
+link meanwhile) with its bytes still in memory: an outage costs no more than the
+parts in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .client import ObjectStore
+from .config import MAX_PARTS
+from .layout import Part, Segment
+
+T = TypeVar("T")
+#: ``retry(what, call)``: runs ``call`` until it succeeds, retrying transient failures
+#: (and reporting the link) as the activity's policy says.
+Retrier = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    parts: tuple[Part, ...]
+    segments: tuple[Segment, ...]
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Open:
+    """A segment whose multipart upload is under way."""
+
+    index: int
+    key: str
+    upload_id: str
+    offset: int
+    etags: dict[int, str] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    hash: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+
+def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
+    """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256)."""
+    view = memoryview(buffer)[:size]
+    got = 0
+    try:
+        while got < size:
+            n = os.readv(fd, [view[got:]])
+            if n == 0:
+                break
+            got += n
+        part = hashlib.sha256(view[:got])
+        for h in hashes:
+            h.update(view[:got])
+    finally:
+        view.release()
+    return got, part.hexdigest()
+
+
+class SegmentedUpload:
+    """Streams one pipe into segment objects ``key_for(0)``, ``key_for(1)``, ..."""
+
+    def __init__(self, store: ObjectStore, key_for: Callable[[int], str], *,
+                 part_size: int, concurrency: int, retry: Retrier,
+                 checkpoint: Callable[[], Awaitable[None]],
+                 started: Callable[[str, str], None],
+                 parts_per_segment: int = MAX_PARTS, extra: dict[str, Any] | None = None,
+                 ) -> None:
+        self.store = store
+        self.key_for = key_for
+        self.part_size = part_size
+        self.concurrency = concurrency
+        self.retry = retry
+        self.checkpoint = checkpoint
+        self.started = started  # (key, upload id) of each upload, for crash cleanup
+        self.parts_per_segment = parts_per_segment
+        self.extra = extra or {}
+        self.on_read: Callable[[int], None] = lambda n: None
+        self.on_sent: Callable[[int], None] = lambda n: None
+        #: Uploads begun and not completed, and segment objects completed: what a
+        #: rollback must remove while there is no manifest.
+        self.unfinished: dict[str, str] = {}
+        self.completed: list[str] = []
+
+    async def run(self, fd: int) -> UploadResult:
+        whole = hashlib.sha256()
+        free: asyncio.Queue[bytearray] = asyncio.Queue()
+        for _ in range(self.concurrency + 1):
+            free.put_nowait(bytearray(self.part_size))
+        parts: list[Part] = []
+        segments: list[Segment] = []
+        current: _Open | None = None
+        offset = 0
+        try:
+            while True:
+                await self.checkpoint()
+                buffer = await free.get()
+                if current is not None:
+                    _raise_failed(current.tasks)
+                hashes = [whole] if current is None or self._full(current, parts) \
+                    else [whole, current.hash]
+                got, digest = await asyncio.to_thread(read_part, fd, buffer, self.part_size,
+                                                      hashes)
+                self.on_read(got)
+                if got == 0 and parts:
+                    free.put_nowait(buffer)
+                    break
+                if current is None or self._full(current, parts):
+                    if current is not None:
+                        segments.append(await self._complete(current))
+                    current = await self._begin(len(segments), offset)
+                    current.hash.update(memoryview(buffer)[:got])
+                number = len(parts) - current.index * self.parts_per_segment + 1
+                parts.append(Part(number, offset, got, digest, current.index))
+                offset += got
+                current.size += got
+                task = asyncio.ensure_future(self._upload(current, number, buffer, got, free))
+                current.tasks.add(task)
+                if got < self.part_size:  # EOF inside this part: it is the last
+                    break
+            assert current is not None
+            segments.append(await self._complete(current))
+        except BaseException:
+            if current is not None:
+                await _cancel(current.tasks)
+            raise
+        return UploadResult(tuple(parts), tuple(segments), offset, whole.hexdigest())
+
+    def _full(self, current: _Open, parts: list[Part]) -> bool:
+        return len(parts) - current.index * self.parts_per_segment >= self.parts_per_segment
+
+    async def _begin(self, index: int, offset: int) -> _Open:
+        key = self.key_for(index)
+        created = await self.retry(f"create upload {key}", lambda: self.store.call(
+            "create_multipart_upload", Key=key, ContentType="application/octet-stream",
+            **self.extra))
+        upload_id = str(created["UploadId"])
+        self.unfinished[key] = upload_id
+        self.started(key, upload_id)
+        return _Open(index, key, upload_id, offset)
+
+    async def _complete(self, seg: _Open) -> Segment:
+        await asyncio.gather(*seg.tasks)
+        parts = [{"PartNumber": n, "ETag": seg.etags[n]} for n in sorted(seg.etags)]
+        await self.retry(f"complete upload {seg.key}", lambda: self.store.call(
+            "complete_multipart_upload", Key=seg.key, UploadId=seg.upload_id,
+            MultipartUpload={"Parts": parts}))
+        del self.unfinished[seg.key]
+        self.completed.append(seg.key)
+        return Segment(seg.index, seg.key, seg.offset, seg.size, seg.hash.hexdigest())
+
+    async def _upload(self, seg: _Open, number: int, buffer: bytearray, size: int,
+                      free: asyncio.Queue[bytearray]) -> None:
+        # A full part is sent from its buffer, which stays out of the free queue until the
+        # part is stored (retries send it again); a short last part is copied out.
+        free_early = size < len(buffer)
+        body: bytes | bytearray = bytes(memoryview(buffer)[:size]) if free_early else buffer
+        if free_early:
+            free.put_nowait(buffer)
+
+        async def attempt() -> str:
+            response = await self.store.call(
+                "upload_part", Key=seg.key, UploadId=seg.upload_id, PartNumber=number,
+                Body=body)
+            return str(response["ETag"])
+
+        try:
+            seg.etags[number] = await self.retry(f"part {number} of {seg.key}", attempt)
+            self.on_sent(size)
+        finally:
+            if not free_early:
+                free.put_nowait(buffer)
+
+
+def _raise_failed(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        if task.done() and not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,265 @@
+"""Backup: ``zfs send`` streamed straight into an object store, manifest written last.
+
+    zfs send ─pipe─▶ [zstd|lz4] ─pipe─▶ MultipartWriter ─▶ S3 (one object, N parts)
+
+The storage node does this itself (capability ``direct_copy``): the bytes never pass
+a controller and never touch a staging file. A backup is incremental from the newest
+snapshot already in the bucket that the source still has (matched by guid), unless
+``force_full``.
+
+After a daemon restart the backup starts its stream again from the beginning: the
+unfinished multipart upload of the earlier run is aborted first. (``zfs send`` output
+is not guaranteed to be byte-identical between runs, so parts already uploaded
+cannot be trusted to line up with a new stream.) An object-store outage *within* a
+run costs nothing: the parts in flight are retried from memory while the link is
+reported lost, and reading waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+from ..activity import ActivityRecord, Progress, StatusCode
+from ..backends.base import NotFound, Snapshot
+from ..backends.names import validate_snapshot
+from ..backends.runner import stop_process
+from ..backends.zfs import ZfsBackend
+from ..engine import ActivityContext, ActivityEngine, ActivityError
+from ..objectstore import catalog
+from ..objectstore.client import ObjectStore
+from ..objectstore.layout import Manifest, manifest_key, now_iso, segment_key
+from ..objectstore.stores import Stores
+from ..objectstore.upload import SegmentedUpload, UploadResult
+from ..servers import ServerRegistry
+from .relay import Relay
+from .replicate import RetryPolicy
+from .store_calls import StoreCalls
+from .transfer import FdSet
+
+KIND = "backup"
+COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
+DEFAULT_LEVEL = {"zstd": 3, "lz4": 1}
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    snapshot: str
+    server: str
+    store: str
+    force_full: bool = False
+    relationship: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> BackupRequest:
+        return cls(snapshot=p["snapshot"], server=p["server"], store=p["store"],
+                   force_full=bool(p.get("force_full")), relationship=p.get("relationship"))
+
+
+def compressor_argv(compression: str, level: int | None) -> list[str] | None:
+    if compression == "none":
+        return None
+    return [*COMPRESSORS[compression], f"-{level or DEFAULT_LEVEL[compression]}"]
+
+
+class BackupWork:
+    def __init__(self, record: ActivityRecord, servers: ServerRegistry, stores: Stores,
+                 policy: RetryPolicy) -> None:
+        self.req = BackupRequest.from_params(record.params)
+        self.params = record.params
+        self.servers = servers
+        self.store: ObjectStore = stores.get(self.req.store)
+        self.policy = policy
+        self.upload: SegmentedUpload | None = None  # until the manifest is written
+
+    async def run(self, ctx: ActivityContext) -> None:
+        calls = StoreCalls(ctx, self.store, self.policy)
+        await self._abort_earlier_run(ctx, calls)
+        src = await self.servers.backend(self.req.server)
+        snap = await self._snapshot(ctx, src)
+        cfg = self.store.config
+        existing = await calls("list backups", lambda: catalog.backups(self.store, snap.volume))
+        if any(m.guid == snap.guid for m in existing):
+            ctx.set_progress(0, 0)
+            ctx.log.info("snapshot already backed up", snapshot=snap.name, store=cfg.name)
+            return
+        base = None
+        if not self.req.force_full:
+            source = {s.guid: s.creation for s in await src.snapshots(snap.volume)
+                      if s.guid != snap.guid}
+            base = catalog.newest_common(existing, source, snap.creation)
+        base_name = f"{snap.volume}@{base.label}" if base else None
+        exact = await src.size_estimate(snap.name, base_name)
+        size = exact if exact is not None else estimate_from(snap, base_name)
+        ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
+        ctx.counters.done = 0
+        ctx.remember(base_guid=base.guid if base else None)
+        ctx.log.info("backup planned", snapshot=snap.name, base=base_name, store=cfg.name,
+                     compression=cfg.compression, estimate=size)
+        self.upload = SegmentedUpload(
+            self.store, lambda i: segment_key(cfg.prefix, snap.volume, snap.label, snap.guid,
+                                              cfg.compression, i),
+            part_size=cfg.part_size, concurrency=cfg.concurrency, retry=calls,
+            checkpoint=ctx.checkpoint, started=lambda key, upload_id: self._started(
+                ctx, key, upload_id),
+            extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None)
+        self.upload.on_sent = ctx.counters.sent
+        raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload)
+        for seg in result.segments:
+            stored = await calls("check size", partial(self.store.head, seg.key))
+            if stored.size != seg.size:
+                raise ActivityError(f"the store holds {stored.size} bytes of {seg.key}, "
+                                    f"{seg.size} were uploaded", StatusCode.ERROR, "store")
+        manifest = Manifest(
+            volume=snap.volume, snapshot=snap.name, guid=snap.guid,
+            snapshot_created=snap.creation, parent_guid=base.guid if base else None,
+            parent_snapshot=base.snapshot if base else None, segments=result.segments,
+            stream_size=result.size, raw_size=raw_size, compression=cfg.compression,
+            sha256=result.sha256, parts=result.parts, source_server=self.req.server,
+            created_at=now_iso())
+        mkey = manifest_key(cfg.prefix, snap.volume, snap.label, snap.guid)
+        await calls("write manifest", lambda: self.store.put_bytes(
+            mkey, manifest.encode(), "application/json"))
+        self.upload = None
+        ctx.counters.done = raw_size
+        ctx.set_progress(raw_size, raw_size, estimated=False)
+        ctx.remember(manifest_key=mkey, stream_size=result.size, raw_size=raw_size,
+                     parts=len(result.parts), kind=manifest.kind, uploads={}, segments=[])
+        ctx.log.info("backup complete", snapshot=snap.name, manifest=mkey, kind=manifest.kind,
+                     raw_bytes=raw_size, stored_bytes=result.size, parts=len(result.parts))
+
+    def _started(self, ctx: ActivityContext, key: str, upload_id: str) -> None:
+        """Journal every upload and finished segment: a restart must clean them up."""
+        assert self.upload is not None
+        ctx.remember(uploads=dict(self.upload.unfinished),
+                     segments=list(self.upload.completed))
+
+    async def _abort_earlier_run(self, ctx: ActivityContext, calls: StoreCalls) -> None:
+        """A restarted backup begins again: the earlier run's objects are removed."""
+        uploads: dict[str, str] = self.params.get("uploads") or {}
+        segments: list[str] = self.params.get("segments") or []
+        for key, upload_id in uploads.items():
+            await calls("abort earlier upload", partial(self.store.abort, key, upload_id))
+        for key in segments:
+            await calls("delete earlier segment", partial(self.store.delete, key))
+        if uploads or segments:
+            ctx.log.info("removed the unfinished upload of the earlier run",
+                         uploads=len(uploads), segments=len(segments))
+            ctx.remember(uploads={}, segments=[])
+
+    async def _snapshot(self, ctx: ActivityContext, src: ZfsBackend) -> Snapshot:
+        try:
+            snap = await src.snapshot(self.req.snapshot)
+        except NotFound:
+            raise ActivityError(f"snapshot {self.req.snapshot} does not exist on "
+                                f"{self.req.server}", StatusCode.ERROR, "not-found") from None
+        known = self.params.get("guid")
+        if known is not None and known != snap.guid:
+            raise ActivityError(f"{snap.name} was replaced by another snapshot of that name "
+                                "since the backup began", StatusCode.ERROR, "conflict")
+        if known is None:
+            ctx.remember(guid=snap.guid)
+        return snap
+
+    async def _stream(self, ctx: ActivityContext, src: ZfsBackend, snapshot: str,
+                      base: str | None, writer: SegmentedUpload) -> tuple[int, UploadResult]:
+        """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
+        cfg = self.store.config
+        compress = compressor_argv(cfg.compression, cfg.compression_level)
+        fds = FdSet()
+        procs: list[asyncio.subprocess.Process] = []
+        relay: Relay | None = None
+        try:
+            send_r, send_w = fds.pipe()
+            send = await src.runner.spawn(src.send_argv(snapshot, base), stdin=None,
+                                          stdout=send_w)
+            procs.append(send)
+            fds.close(send_w)
+            read_fd = send_r
+            if compress is None:
+                writer.on_read = ctx.counters.read
+            else:
+                raw_r, raw_w = fds.pipe()
+                out_r, out_w = fds.pipe()
+                comp = await asyncio.create_subprocess_exec(
+                    *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
+                procs.append(comp)
+                fds.close(raw_r, out_w)
+                relay = Relay(send_r, raw_w, counters=ctx.counters, gate=ctx.flow,
+                              count=ctx.counters.read)
+                relay.start()
+                read_fd = out_r
+            result = await writer.run(read_fd)
+            if relay is not None:
+                await asyncio.to_thread(relay.join)
+                fds.close(raw_w)
+            raw = relay.result.bytes if relay is not None else result.size
+            await self._check_exits(procs)
+            return raw, result
+        finally:
+            if relay is not None:
+                relay.stop.set()
+            for proc in procs:
+                await asyncio.shield(stop_process(proc))
+            if relay is not None:
+                await asyncio.to_thread(relay.join)
+            fds.close_all()
+
+    @staticmethod
+    async def _check_exits(procs: list[asyncio.subprocess.Process]) -> None:
+        for proc in procs:
+            rc = await proc.wait()
+            if rc != 0:
+                err = b""
+                if proc.stderr is not None:
+                    with contextlib.suppress(Exception):
+                        err = await proc.stderr.read()
+                what = "zfs send" if proc is procs[0] else "compressor"
+                message = err.decode(errors="replace").strip().splitlines()
+                raise ActivityError(f"{what} failed: {message[-1] if message else rc}",
+                                    StatusCode.ERROR, "backend")
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """Abort unfinished uploads and delete segments: without a manifest, no backup."""
+        if self.upload is None:
+            return
+        for key, upload_id in list(self.upload.unfinished.items()):
+            await self.store.abort(key, upload_id)
+            ctx.log.info("multipart upload aborted", key=key, upload_id=upload_id)
+        for key in self.upload.completed:
+            await self.store.delete(key)
+        self.upload = None
+        ctx.remember(uploads={}, segments=[])
+
+
+def estimate_from(snap: Snapshot, base: str | None) -> int:
+    """Space accounting's guess at the stream size, for zfs without ``send -nvP``."""
+    if base is None:
+        return max(snap.referenced, 1)
+    return max(snap.used, 1)
+
+
+def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
+                  req: BackupRequest) -> ActivityRecord:
+    snap = validate_snapshot(req.snapshot)
+    stores.get(req.store)
+    entry = servers.entry(req.server)
+    if entry.config.kind != "local":
+        raise ActivityError(
+            f"server {req.server} cannot copy directly to an object store (direct_copy): "
+            "its stream would pass through this daemon; run cerssd on that server",
+            StatusCode.ERROR, "capability")
+    return engine.submit(KIND, volume=snap.volume, source=req.server, target=req.store,
+                         params=req.params(), self_restarting=True,
+                         progress=Progress(0, 0, unit="bytes"))
+
+
+def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
+             policy: RetryPolicy) -> None:
+    engine.register(KIND, lambda r: BackupWork(r, servers, stores, policy))
