@@ -20,8 +20,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import cli_relationships
+from . import cli_backups, cli_relationships
 from .cli_format import print_fields
+from .cli_format import size_text as _size
 from .cli_format import when as _ago
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
@@ -83,14 +84,6 @@ class Client:
 
 def _q(path: str) -> str:
     return urllib.parse.quote(path, safe="/@")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _progress(a: dict[str, Any]) -> str:
@@ -177,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         return status_command(client, out)
     if cmd in ("relationships", "relationship"):
         return cli_relationships.run(client, out, args)
+    if cmd in cli_backups.COMMANDS:
+        return cli_backups.run(client, out, args, wait_for)
     elif cmd == "servers":
         data = client.request("GET", "/v1/servers")
         out.emit(data, lambda d: out.table(
@@ -320,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
     r.add_argument("--wait", action="store_true", help="follow it to the end")
     cli_relationships.add_parsers(sub)
+    cli_backups.add_parsers(sub)
     return p
 
 

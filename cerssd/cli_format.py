@@ -19,3 +19,12 @@ def print_fields(console: Any, lines: Sequence[tuple[str, Any]]) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         console.print(f"{key:<{width}}  {value}")
+
+
+def size_text(n: float) -> str:
+    """Bytes in binary units, one decimal: 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

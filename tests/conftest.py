@@ -28,6 +28,7 @@ import pytest
 
 from cerssd.cli import Client
 from cerssd.config import load_config
+from tests.seaweed import WeedServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -467,3 +468,32 @@ def daemon(start_daemon: Callable[..., DaemonProcess], pool: str) -> DaemonProce
     d = start_daemon()
     d.pool = pool  # type: ignore[attr-defined]
     return d
+
+
+# -- a real S3 store: SeaweedFS (tests/seaweed.py) -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """One ``weed server`` with S3 for the session (it takes seconds to start).
+
+    Tests may ``stop()`` and ``start()`` it to make an outage; ``s3_bucket`` starts it
+    again if a test left it stopped.
+    """
+    server = WeedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: WeedServer) -> Iterator[str]:
+    """A fresh, uniquely named bucket; deleted after the test to free its volumes."""
+    s3_server.ensure_started()
+    name = s3_server.create_bucket()
+    yield name
+    if s3_server.running:
+        with contextlib.suppress(Exception):  # cleanup only; the data dir goes anyway
+            s3_server.delete_bucket(name)

@@ -158,8 +158,12 @@ class ObjectStore:
                       for u in page.get("Uploads", [])]
             if not page.get("IsTruncated"):
                 return found
-            extra = {"KeyMarker": page["NextKeyMarker"],
-                     "UploadIdMarker": page["NextUploadIdMarker"]}
+            # Pass back only the markers the store gave (SeaweedFS omits NextKeyMarker).
+            extra = {arg: page[key] for arg, key in (
+                ("KeyMarker", "NextKeyMarker"), ("UploadIdMarker", "NextUploadIdMarker"))
+                if page.get(key)}
+            if not extra:
+                return found
 
     async def abort(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(ObjectMissing):  # already gone: that is what we wanted

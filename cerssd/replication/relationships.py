@@ -69,6 +69,8 @@ class Runtime:
     activity_id: str | None = None
     suspended_children: set[str] = field(default_factory=set)
     group_ids: list[str] = field(default_factory=list)
+    #: A master retention pass was skipped while an earlier one ran: run it after.
+    master_prune_due: bool = False
 
     @property
     def name(self) -> str:
@@ -245,6 +247,10 @@ class Relationships:
             self._follow_parent(rt, record)
         elif record.kind == replicate.KIND and record.state.terminal:
             self._spawn(self._after_transfer(rt, record))
+        elif record.kind == prune.KIND and record.state.terminal and rt.master_prune_due \
+                and record.params.get("server") == rt.spec.master:
+            rt.master_prune_due = False
+            self._spawn(self._quietly(self.prune_master(rt)))
 
     def _follow_parent(self, rt: Runtime, record: ActivityRecord) -> None:
         """Pause or resume the relationship's running transfers with it."""
@@ -366,8 +372,11 @@ class Relationships:
         if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in transfers):
             return
         protected = self.protected_bases(rt)
-        if protected is None or any(p.record.params["server"] == rt.spec.master
-                                    for p in self._live(prune.KIND, rt.name)):
+        if protected is None:
+            return
+        if any(p.record.params["server"] == rt.spec.master
+               for p in self._live(prune.KIND, rt.name)):
+            rt.master_prune_due = True  # the running pass may predate this cycle's snapshot
             return
         if snapshots is None:
             master = await self.servers.backend(rt.spec.master)

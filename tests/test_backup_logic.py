@@ -1,0 +1,166 @@
+"""Pure logic of backups: store config, manifests, chains, retention; no S3 needed.
+
+The same code runs against a real SeaweedFS in test_backups.py; these cases pin the
+edges (bad config keys, damaged manifests, chains with holes) cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerssd.config import ConfigError, parse_config
+from cerssd.objectstore.config import StoreConfig
+from cerssd.objectstore.layout import (
+    BrokenChain,
+    Manifest,
+    ManifestInvalid,
+    Part,
+    Segment,
+    chain,
+    decode,
+    needed_parents,
+    segment_key,
+)
+from cerssd.objectstore.upload import read_part
+from cerssd.replication.backup_prune import backups_to_delete
+from cerssd.replication.retention import parse_grid
+
+HOUR = 3600
+
+
+def store_config(**keys: Any) -> dict[str, Any]:
+    return {"stores": {"s3": {"bucket": "backups", "endpoint": "http://127.0.0.1:8333",
+                              **keys}}}
+
+
+def test_store_config_defaults_and_prefix_slash() -> None:
+    cfg = parse_config(store_config(prefix="nodes/n1")).stores["s3"]
+    assert (cfg.prefix, cfg.part_size, cfg.concurrency, cfg.compression) == \
+        ("nodes/n1/", 8 << 20, 4, "none")
+
+
+@pytest.mark.parametrize(("keys", "key"), [
+    ({"bucket": "Bad_Bucket"}, "stores.s3.bucket"),
+    ({"part_size": "1MiB"}, "stores.s3.part_size"),
+    ({"concurrency": 0}, "stores.s3.concurrency"),
+    ({"compression": "gzip"}, "stores.s3.compression"),
+    ({"compression": "zstd", "compression_level": 30}, "stores.s3.compression_level"),
+    ({"endpoint": "ftp://x"}, "stores.s3.endpoint"),
+    ({"credentials_file": "relative.key"}, "stores.s3.credentials_file"),
+    ({"prefix": "/abs"}, "stores.s3.prefix"),
+    ({"secret": "x"}, "stores.s3.secret"),
+])
+def test_bad_store_keys_are_named(keys: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(store_config(**keys))
+    assert info.value.key == key
+
+
+def test_store_may_not_share_a_server_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"servers": {"local": {"kind": "local"}},
+                      "stores": {"local": {"bucket": "abc"}}})
+    assert info.value.key == "stores.local"
+
+
+def test_credentials_file_is_read_and_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "s3.key"
+    path.write_text('access_key_id = "AKID"\nsecret_access_key = "very-secret"\n')
+    cfg = StoreConfig(name="s3", bucket="abc", credentials_file=path)
+    creds = cfg.load_credentials()
+    assert creds.secret_access_key == "very-secret"
+    assert "very-secret" not in repr(creds) and "very-secret" not in repr(cfg)
+    assert "very-secret" not in json.dumps(cfg.to_json())
+
+
+def test_broken_credentials_file_names_the_key_without_its_content(tmp_path: Path) -> None:
+    path = tmp_path / "s3.key"
+    path.write_text("secret_access_key = very-secret-unquoted\n")
+    with pytest.raises(ConfigError) as info:
+        StoreConfig(name="s3", bucket="abc", credentials_file=path).load_credentials()
+    assert info.value.key == "stores.s3.credentials_file"
+    assert "very-secret" not in str(info.value)
+
+
+def test_missing_environment_credentials_are_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(ConfigError, match="AWS_ACCESS_KEY_ID"):
+        StoreConfig(name="s3", bucket="abc").load_credentials()
+
+
+def manifest(guid: str, created: int, parent: str | None = None, size: int = 10,
+             volume: str = "tank/v") -> Manifest:
+    key = segment_key("p/", volume, f"s{guid}", guid, "none", 0)
+    return Manifest(
+        volume=volume, snapshot=f"{volume}@s{guid}", guid=guid, snapshot_created=created,
+        parent_guid=parent, parent_snapshot=f"{volume}@s{parent}" if parent else None,
+        segments=(Segment(0, key, 0, size, "0" * 64),), stream_size=size, raw_size=size,
+        compression="none", sha256="0" * 64, parts=(Part(1, 0, size, "0" * 64),))
+
+
+def test_manifest_round_trips_and_rejects_gaps() -> None:
+    m = manifest("11", 100, parent="10")
+    again = decode(m.encode(), "k")
+    assert again == m and again.kind == "incremental"
+    data = json.loads(m.encode())
+    data["parts"][0]["size"] = 9
+    with pytest.raises(ManifestInvalid, match="parts add up to 9"):
+        decode(json.dumps(data).encode(), "k")
+    with pytest.raises(ManifestInvalid, match="not a cerssd manifest"):
+        decode(b'{"format": "cerssd-backup/1"}', "k")
+    with pytest.raises(ManifestInvalid):
+        decode(b"not json", "k")
+
+
+def test_chain_walks_back_to_the_full_and_names_a_hole() -> None:
+    full, i1, i2 = manifest("1", 1), manifest("2", 2, "1"), manifest("3", 3, "2")
+    assert chain([i2, full, i1], "3") == [full, i1, i2]
+    with pytest.raises(BrokenChain, match=r"tank/v@s3 is an incremental from tank/v@s2"):
+        chain([full, i2], "3")
+    with pytest.raises(BrokenChain, match="no complete backup"):
+        chain([full], "9")
+
+
+def test_retention_keeps_every_parent_a_kept_incremental_needs() -> None:
+    now = 100 * HOUR
+    # One full long ago, then hourly incrementals; keep only the last 2 hours.
+    backups = [manifest("0", 10 * HOUR)] + [
+        manifest(str(i), (10 + i) * HOUR, str(i - 1)) for i in range(1, 90)]
+    doomed = backups_to_delete(backups, parse_grid(["2h:all"]), now=now)
+    assert doomed == []  # every backup is an ancestor of the newest: nothing may go
+    # With a second full, the old chain is no longer needed by the kept ones.
+    backups.append(manifest("f2", now - 30 * 60))
+    backups.append(manifest("f3", now - 29 * 60, "f2"))
+    doomed = backups_to_delete(backups, parse_grid(["45m:all"]), now=now)
+    assert {m.guid for m in doomed} == {str(i) for i in range(90)}
+    assert needed_parents(backups, ["f3"]) == {"f2"}
+
+
+def test_read_part_fills_whole_parts_and_hashes_them() -> None:
+    data = os.urandom(300_000)
+    r, w = os.pipe()
+
+    def feed() -> None:
+        for i in range(0, len(data), 7000):  # small writes: reads must keep filling
+            os.write(w, data[i:i + 7000])
+        os.close(w)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    whole = hashlib.sha256()
+    buf = bytearray(131072)
+    got = [read_part(r, buf, len(buf), [whole]) for _ in range(3)]
+    feeder.join()
+    os.close(r)
+    assert [n for n, _ in got] == [131072, 131072, 300_000 - 262144]
+    assert got[0][1] == hashlib.sha256(data[:131072]).hexdigest()
+    assert whole.hexdigest() == hashlib.sha256(data).hexdigest()
