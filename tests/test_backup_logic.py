@@ -164,3 +164,26 @@ def test_read_part_fills_whole_parts_and_hashes_them() -> None:
     assert [n for n, _ in got] == [131072, 131072, 300_000 - 262144]
     assert got[0][1] == hashlib.sha256(data[:131072]).hexdigest()
     assert whole.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_store_errors_are_sorted_into_transient_and_permanent() -> None:
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    from cerssd.objectstore.client import ObjectMissing, classify
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+    assert not classify("s3", "x", EndpointConnectionError(endpoint_url="http://h")).permanent
+    assert not classify("s3", "x", ReadTimeoutError(endpoint_url="http://h")).permanent
+    assert not classify("s3", "x", ConnectionResetError()).permanent
+    assert not classify("s3", "x", client_error("SlowDown", 503)).permanent
+    assert not classify("s3", "x", client_error("InternalError", 500)).permanent
+    assert classify("s3", "x", client_error("SignatureDoesNotMatch", 403)).permanent
+    assert classify("s3", "x", client_error("NoSuchBucket", 404)).permanent
+    assert isinstance(classify("s3", "x", client_error("NoSuchKey", 404)), ObjectMissing)

@@ -20,6 +20,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..links import Links
 from .config import StoreConfig
@@ -69,7 +70,8 @@ def classify(store: str, what: str, exc: Exception) -> StoreError:
         permanent = code in PERMANENT_CODES or (400 <= int(status or 0) < 500
                                                 and status not in (408, 429))
         return StoreError(store, message, permanent=permanent, code=code)
-    if isinstance(exc, HTTPClientError | aiohttp.ClientError | OSError | TimeoutError):
+    if isinstance(exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError
+                  | TimeoutError):
         return StoreError(store, f"{what}: {type(exc).__name__}: {exc}", permanent=False)
     if isinstance(exc, BotoCoreError):
         return StoreError(store, f"{what}: {exc}", permanent=True)

@@ -175,6 +175,7 @@ class BackupWork:
         fds = FdSet()
         procs: list[asyncio.subprocess.Process] = []
         relay: Relay | None = None
+        closer: asyncio.Future[None] | None = None
         try:
             send_r, send_w = fds.pipe()
             send = await src.runner.spawn(src.send_argv(snapshot, base), stdin=None,
@@ -194,11 +195,12 @@ class BackupWork:
                 relay = Relay(send_r, raw_w, counters=ctx.counters, gate=ctx.flow,
                               count=ctx.counters.read)
                 relay.start()
+                # The compressor sees EOF only once the relay has closed its input.
+                closer = asyncio.ensure_future(self._close_after(relay, fds, raw_w))
                 read_fd = out_r
             result = await writer.run(read_fd)
-            if relay is not None:
-                await asyncio.to_thread(relay.join)
-                fds.close(raw_w)
+            if closer is not None:
+                await closer
             raw = relay.result.bytes if relay is not None else result.size
             await self._check_exits(procs)
             return raw, result
@@ -209,7 +211,14 @@ class BackupWork:
                 await asyncio.shield(stop_process(proc))
             if relay is not None:
                 await asyncio.to_thread(relay.join)
+            if closer is not None:
+                await asyncio.gather(closer, return_exceptions=True)
             fds.close_all()
+
+    @staticmethod
+    async def _close_after(relay: Relay, fds: FdSet, fd: int) -> None:
+        await asyncio.to_thread(relay.finished.wait)
+        fds.close(fd)
 
     @staticmethod
     async def _check_exits(procs: list[asyncio.subprocess.Process]) -> None:

@@ -167,7 +167,7 @@ def estimate(plan: Plan) -> int:
     return max(plan.snapshot.referenced - plan.base.referenced, plan.snapshot.used, 1)
 
 
-def _while_busy() -> AsyncRetrying:
+def while_busy() -> AsyncRetrying:
     """Retry a destroy ZFS calls busy: it says so for a while after a receive ends."""
     return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
                          wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
@@ -414,10 +414,10 @@ class ReplicateWork:
         destroy with a clear error and the staged copy stays for a retry.
         """
         await self._release_all(dst, self.req.target_volume)
-        async for attempt in _while_busy():
+        async for attempt in while_busy():
             with attempt:
                 await dst.destroy_volume(self.req.target_volume, force_unmount=True)
-        async for attempt in _while_busy():
+        async for attempt in while_busy():
             with attempt:
                 await dst.rename(self.req.staging_volume, self.req.target_volume)
         ctx.log.warning("replaced the target with a full copy (overwrite)",
@@ -525,7 +525,7 @@ class ReplicateWork:
         try:
             # Right after the receiver is killed ZFS may still be cleaning up the partial
             # receive itself (busy), and may finish that first (gone).
-            async for attempt in _while_busy():
+            async for attempt in while_busy():
                 with attempt, contextlib.suppress(NotFound):
                     if await dst.exists(volume) and (
                             any_content or not await dst.snapshots(volume)):

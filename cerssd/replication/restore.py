@@ -32,7 +32,7 @@ from ..objectstore.download import CorruptPart, download
 from ..objectstore.layout import BrokenChain, Manifest, chain
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
-from .replicate import RetryPolicy
+from .replicate import RetryPolicy, while_busy
 from .store_calls import StoreCalls
 from .transfer import FdSet
 
@@ -199,9 +199,12 @@ class RestoreWork:
             raise ActivityError(f"cannot roll back on {self.req.server}: {exc}") from exc
         target = self.req.target_volume
         if self.created_target:
-            if await dst.exists(target):
-                await dst.destroy_volume(target, force_unmount=True)
-                ctx.log.info("removed the partly restored volume", volume=target)
+            # Right after the receiver is killed ZFS may still call the dataset busy.
+            async for attempt in while_busy():
+                with attempt, contextlib.suppress(NotFound):
+                    if await dst.exists(target):
+                        await dst.destroy_volume(target, force_unmount=True)
+                        ctx.log.info("removed the partly restored volume", volume=target)
         else:
             for name in reversed(self.received):
                 with contextlib.suppress(NotFound):
