@@ -116,8 +116,12 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     rels_raw = _table(data, "relationships")
     relationships = {
         name: parse_relationship(name, _table(rels_raw, name, "relationships."),
-                                 servers=servers)
+                                 servers=servers, stores=stores)
         for name in rels_raw}
+    for name, spec in relationships.items():
+        if spec.stores and servers[spec.master].kind != "local":
+            raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
+                              "stores only from a local master (direct_copy)")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
                   source=source)
 

@@ -73,10 +73,11 @@ class Daemon:
         replicate.register(self.engine, self.servers, policy, groups)
         prune.register(self.engine, self.servers)
         self.stores = Stores(self.config.stores, self.servers.links)
-        backup.register(self.engine, self.servers, self.stores, policy)
+        backup.register(self.engine, self.servers, self.stores, policy, groups)
         restore.register(self.engine, self.servers, self.stores, policy)
         backup_prune.register(self.engine, self.stores, policy)
-        self.relationships = Relationships(self.engine, self.servers, self.journal, groups)
+        self.relationships = Relationships(self.engine, self.servers, self.journal, groups,
+                                           self.stores)
         continuous.register(self.engine, self.relationships, policy)
         self.relationships.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships)

@@ -187,3 +187,18 @@ def test_store_errors_are_sorted_into_transient_and_permanent() -> None:
     assert classify("s3", "x", client_error("SignatureDoesNotMatch", 403)).permanent
     assert classify("s3", "x", client_error("NoSuchBucket", 404)).permanent
     assert isinstance(classify("s3", "x", client_error("NoSuchKey", 404)), ObjectMissing)
+
+
+def test_incremental_base_is_the_newest_by_txg_not_by_one_second_creation() -> None:
+    from cerssd.backends.base import Snapshot
+    from cerssd.objectstore.catalog import newest_common
+
+    def snap(guid: str) -> Snapshot:  # all made within one second, as scripts do
+        return Snapshot(f"tank/v@s{guid}", "tank/v", f"s{guid}", guid, 1000, 0, 0, 0)
+
+    source = [snap("1"), snap("2"), snap("3")]  # oldest first, by createtxg
+    catalog = [manifest("1", 1000), manifest("2", 1000, "1")]
+    base = newest_common(catalog, source, "3")
+    assert base is not None and base.guid == "2"
+    assert newest_common(catalog, source, "2") is not None
+    assert newest_common(catalog, source, "1") is None

@@ -360,3 +360,51 @@ def test_cerssctl_backup_backups_restore(setup: Any) -> None:
     again = ctl(d, "restore", f"{src}/vol@cli", f"{dst}/copy")
     assert again.returncode == 0  # the target already holds the snapshot: nothing to do
     assert "s3" in ctl(d, "stores").stdout
+
+
+def test_relationship_backs_up_each_cycle_in_the_same_send_as_its_slaves(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    from .test_relationships import (
+        LOCAL_SLAVES,
+        metric,
+        relationship_config,
+        show,
+        transfers,
+        wait_in_sync,
+    )
+
+    master, a, b, restored = make_pool(), make_pool(), make_pool(), make_pool()
+    zfs("create", f"{master}/data")
+    write(f"/{master}/data/f", 12)
+    config = (LOCAL_SLAVES + store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+              + relationship_config("web", f"{master}/data",
+                                    {"a": f"{a}/data", "b": f"{b}/data"},
+                                    extra='stores = ["s3"]'))
+    d = start_daemon(extra=config)
+
+    def backups_done(n: int) -> list[dict[str, Any]] | None:
+        items = [x for x in d.api("GET", "/v1/activities?kind=backup&limit=100")["items"]
+                 if x["params"].get("relationship") == "web"]
+        done = [x for x in items if x["state"] == "succeeded"]
+        return done if len(done) >= n and len(items) == len(done) else None
+
+    first = wait_in_sync(d, "web")
+    (b1,) = wait_until(lambda: backups_done(1), 60, what="the first cycle's backup")
+    assert b1["params"]["fanout"] == "shared" and b1["params"]["kind"] == "full"
+    assert metric(d.api("GET", "/metrics"), "cerssd_fanout_sends_total") == 1.0  # one send
+    assert all(t["params"]["fanout"] == "shared" for t in transfers(d, "web"))
+    assert show(d, "web")["backups"][0]["last_backup_guid"] == guid(first["newest_snapshot"])
+
+    write(f"/{master}/data/g", 2)
+    assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
+    wait_until(lambda: backups_done(2), 60, what="the second cycle's backup")
+    second = wait_in_sync(d, "web")
+    items = listed(d, f"{master}/data")
+    assert [m["kind"] for m in items] == ["full", "incremental"]
+    assert items[1]["snapshot"] == second["newest_snapshot"]
+    assert items[1]["parent_guid"] == guid(first["newest_snapshot"])
+    assert metric(d.api("GET", "/metrics"), "cerssd_fanout_sends_total") == 2.0
+    restore_ok(d, second["newest_snapshot"], f"{restored}/copy")
+    for name in ("f", "g"):
+        assert digest(f"/{restored}/copy/{name}") == digest(f"/{master}/data/{name}")

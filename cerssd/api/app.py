@@ -114,6 +114,7 @@ RELATIONSHIP = Body({
                     default=True),
     "fanout_buffer": Field(DURATION, "per-slave buffer before a slow slave is split off, "
                            "e.g. 64MiB"),
+    "stores": Field(list, "object stores every cycle's snapshot is also backed up to"),
 })
 
 
@@ -230,11 +231,15 @@ class ControlApi:
         table = {k: v for k, v in body.items() if v is not None}
         try:
             spec = parse_relationship(name, table, servers=self.ctx.servers.entries, key="",
-                                      origin="api")
+                                      origin="api", stores=self.ctx.relationships.store_names)
         except ConfigError as exc:
             field_name = exc.key.removeprefix(".") or "name"
             raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",
                              field=field_name) from exc
+        if spec.stores and self.ctx.servers.entry(spec.master).config.kind != "local":
+            raise ApiProblem(422, "Unprocessable Content", "stores: a relationship copies to "
+                             "object stores only from a local master (direct_copy)",
+                             field="stores")
         rels = self.ctx.relationships
         return _json(rels.to_json(rels.create(spec)), 201)
 

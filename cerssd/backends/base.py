@@ -66,6 +66,8 @@ class Snapshot:
     used: int
     referenced: int
     userrefs: int
+    #: Orders snapshots made within the same second (creation has 1 s steps).
+    createtxg: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -180,7 +180,8 @@ class ZfsBackend:
                 snaps.append((_int(p.get("createtxg")), Snapshot(
                     name=name, volume=vol, label=label, guid=p["guid"],
                     creation=int(p["creation"]), used=_int(p.get("used")),
-                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")))))
+                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")),
+                    createtxg=_int(p.get("createtxg")))))
         return [snap for _, snap in sorted(snaps, key=lambda pair: pair[0])]
 
     async def bookmarks(self, volume: str) -> list[Snapshot]:

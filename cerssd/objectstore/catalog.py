@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from ..backends.base import Snapshot
 from .client import ObjectStore
 from .layout import MANIFEST, Manifest, ManifestInvalid, decode
 
@@ -28,16 +29,34 @@ async def backups(store: ObjectStore, volume: str | None = None) -> list[Manifes
             continue
         if volume is None or manifest.volume == volume:
             found.append(manifest)
-    found.sort(key=lambda m: (m.snapshot_created, m.created_at))
+    # Creation times have 1 s steps: within a second the txg orders them (and a parent
+    # still comes before its child in manifests that lack it).
+    depth = _depths(found)
+    found.sort(key=lambda m: (m.snapshot_created, m.snapshot_txg, depth[m.guid]))
     return found
 
 
-def newest_common(catalog: list[Manifest], source_guids: dict[str, int],
-                  before: int) -> Manifest | None:
-    """The newest backed-up snapshot the source still has (by guid), older than ``before``.
+def _depths(backups: list[Manifest]) -> dict[str, int]:
+    by_guid = {m.guid: m for m in backups}
+    depths: dict[str, int] = {}
+    for m in backups:
+        n, seen, parent = 0, {m.guid}, m.parent_guid
+        while parent is not None and parent in by_guid and parent not in seen:
+            seen.add(parent)
+            n += 1
+            parent = by_guid[parent].parent_guid
+        depths[m.guid] = n
+    return depths
 
-    ``source_guids`` maps the source's snapshot guids to their creation times.
+
+def newest_common(catalog: list[Manifest], source: list[Snapshot],
+                  target_guid: str) -> Manifest | None:
+    """The newest backed-up snapshot the source still has (by guid) before the target.
+
+    ``source`` is the source's snapshot list, oldest first by creation txg: positions,
+    not creation times (1 s steps), say which of two snapshots is newer.
     """
-    candidates = [m for m in catalog
-                  if m.guid in source_guids and source_guids[m.guid] <= before]
-    return max(candidates, key=lambda m: source_guids[m.guid], default=None)
+    order = {s.guid: i for i, s in enumerate(source)}
+    upto = order.get(target_guid, len(source))
+    candidates = [m for m in catalog if m.guid in order and order[m.guid] < upto]
+    return max(candidates, key=lambda m: order[m.guid], default=None)

@@ -75,6 +75,8 @@ class Manifest:
     sha256: str
     parts: tuple[Part, ...]
     send_flags: str = ""
+    #: The snapshot's creation txg on the source: orders snapshots of the same second.
+    snapshot_txg: int = 0
     source_server: str = "local"
     created_at: str = ""
     cerssd_version: str = __version__
@@ -142,6 +144,7 @@ def decode(data: bytes, key: str) -> Manifest:
             stream_size=int(raw["stream_size"]), raw_size=int(raw["raw_size"]),
             compression=str(raw["compression"]), sha256=str(raw["sha256"]), parts=parts,
             send_flags=str(raw.get("send_flags", "")),
+            snapshot_txg=int(raw.get("snapshot_txg", 0)),
             source_server=str(raw.get("source_server", "")),
             created_at=str(raw.get("created_at", "")),
             cerssd_version=str(raw.get("cerssd_version", "")))

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
 
 from ..activity import ActivityRecord, Progress, StatusCode
 from ..backends.base import NotFound, Snapshot
 from ..backends.names import validate_snapshot
-from ..backends.runner import stop_process
+from ..backends.runner import LocalRunner, stop_process
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore import catalog
@@ -35,10 +35,12 @@ from ..objectstore.layout import Manifest, manifest_key, now_iso, segment_key
 from ..objectstore.stores import Stores
 from ..objectstore.upload import SegmentedUpload, UploadResult
 from ..servers import ServerRegistry
+from .fanout import FanoutGroup, FanoutMissed, SplitOff
+from .groups import FanoutGroups, StreamKey
 from .relay import Relay
 from .replicate import RetryPolicy
 from .store_calls import StoreCalls
-from .transfer import FdSet
+from .transfer import Endpoint, FdSet
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
@@ -52,6 +54,11 @@ class BackupRequest:
     store: str
     force_full: bool = False
     relationship: str | None = None
+    #: Set by a relationship: back up its newest snapshot (``-I`` from the last backed-up
+    #: one), and join the cycle's fan-out group so the slaves' send feeds the bucket too.
+    latest_prefix: str | None = None
+    intermediates: bool = False
+    fanout_group: str | None = None
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +66,10 @@ class BackupRequest:
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> BackupRequest:
         return cls(snapshot=p["snapshot"], server=p["server"], store=p["store"],
-                   force_full=bool(p.get("force_full")), relationship=p.get("relationship"))
+                   force_full=bool(p.get("force_full")), relationship=p.get("relationship"),
+                   latest_prefix=p.get("latest_prefix"),
+                   intermediates=bool(p.get("intermediates")),
+                   fanout_group=p.get("fanout_group"))
 
 
 def compressor_argv(compression: str, level: int | None) -> list[str] | None:
@@ -70,38 +80,80 @@ def compressor_argv(compression: str, level: int | None) -> list[str] | None:
 
 class BackupWork:
     def __init__(self, record: ActivityRecord, servers: ServerRegistry, stores: Stores,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
         self.req = BackupRequest.from_params(record.params)
         self.params = record.params
         self.servers = servers
         self.store: ObjectStore = stores.get(self.req.store)
         self.policy = policy
         self.upload: SegmentedUpload | None = None  # until the manifest is written
+        # Only a first run joins its group: after a daemon restart the group is gone.
+        self.group = groups.get(self.req.fanout_group) if groups and self.req.fanout_group \
+            and not record.restarts else None
 
     async def run(self, ctx: ActivityContext) -> None:
+        try:
+            await self._run(ctx)
+        finally:
+            self._leave_group()
+
+    async def _run(self, ctx: ActivityContext) -> None:
         calls = StoreCalls(ctx, self.store, self.policy)
         await self._abort_earlier_run(ctx, calls)
         src = await self.servers.backend(self.req.server)
         snap = await self._snapshot(ctx, src)
-        cfg = self.store.config
         existing = await calls("list backups", lambda: catalog.backups(self.store, snap.volume))
         if any(m.guid == snap.guid for m in existing):
             ctx.set_progress(0, 0)
-            ctx.log.info("snapshot already backed up", snapshot=snap.name, store=cfg.name)
+            ctx.log.info("snapshot already backed up", snapshot=snap.name,
+                         store=self.store.name)
             return
         base = None
         if not self.req.force_full:
-            source = {s.guid: s.creation for s in await src.snapshots(snap.volume)
-                      if s.guid != snap.guid}
-            base = catalog.newest_common(existing, source, snap.creation)
+            base = catalog.newest_common(existing, await src.snapshots(snap.volume), snap.guid)
+        group = self._member_of(snap, base)
+        try:
+            await self._backup(ctx, calls, src, snap, base, group)
+        except (SplitOff, FanoutMissed) as exc:
+            # The shared send went on without the bucket (it was slower, or came late):
+            # what was uploaded is thrown away and the backup sends on its own.
+            ctx.log.info("left the fan-out; sending on its own", why=str(exc))
+            ctx.remember(fanout="split-off" if isinstance(exc, SplitOff) else "missed")
+            await self._discard(ctx)
+            await self._backup(ctx, calls, src, snap, base, None)
+
+    def _member_of(self, snap: Snapshot, base: Manifest | None) -> FanoutGroup | None:
+        """The cycle's shared send, if it is exactly the stream this backup needs."""
+        entry = self.group
+        if entry is None:
+            return None
+        wanted = StreamKey(snap.guid, base.guid if base else None, "",
+                           self.req.intermediates and base is not None)
+        if entry.key != wanted:
+            self._leave_group()
+            return None
+        self.group = None  # attaching now: no withdraw afterwards
+        return entry.group
+
+    def _leave_group(self) -> None:
+        """A member that will not attach must say so, or the send waits for it."""
+        if self.group is not None:
+            self.group.group.withdraw(self.req.store)
+            self.group = None
+
+    async def _backup(self, ctx: ActivityContext, calls: StoreCalls, src: ZfsBackend,
+                      snap: Snapshot, base: Manifest | None,
+                      group: FanoutGroup | None) -> None:
+        cfg = self.store.config
         base_name = f"{snap.volume}@{base.label}" if base else None
-        exact = await src.size_estimate(snap.name, base_name)
+        exact = await src.size_estimate(snap.name, base_name,
+                                        intermediates=self.req.intermediates)
         size = exact if exact is not None else estimate_from(snap, base_name)
         ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
         ctx.counters.done = 0
         ctx.remember(base_guid=base.guid if base else None)
         ctx.log.info("backup planned", snapshot=snap.name, base=base_name, store=cfg.name,
-                     compression=cfg.compression, estimate=size)
+                     compression=cfg.compression, estimate=size, shared_send=group is not None)
         self.upload = SegmentedUpload(
             self.store, lambda i: segment_key(cfg.prefix, snap.volume, snap.label, snap.guid,
                                               cfg.compression, i),
@@ -109,8 +161,12 @@ class BackupWork:
             checkpoint=ctx.checkpoint, started=lambda key, upload_id: self._started(
                 ctx, key, upload_id),
             extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None)
-        self.upload.on_sent = ctx.counters.sent
-        raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload)
+        if group is None:
+            self.upload.on_sent = ctx.counters.sent
+            raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload)
+        else:  # the fan-out counts the bytes it hands over, as read and as sent
+            raw_size, result = await self._shared(ctx, group, self.upload)
+            ctx.remember(fanout="shared")
         for seg in result.segments:
             stored = await calls("check size", partial(self.store.head, seg.key))
             if stored.size != seg.size:
@@ -122,6 +178,7 @@ class BackupWork:
             parent_snapshot=base.snapshot if base else None, segments=result.segments,
             stream_size=result.size, raw_size=raw_size, compression=cfg.compression,
             sha256=result.sha256, parts=result.parts, source_server=self.req.server,
+            snapshot_txg=snap.createtxg,
             created_at=now_iso())
         mkey = manifest_key(cfg.prefix, snap.volume, snap.label, snap.guid)
         await calls("write manifest", lambda: self.store.put_bytes(
@@ -133,6 +190,41 @@ class BackupWork:
                      parts=len(result.parts), kind=manifest.kind, uploads={}, segments=[])
         ctx.log.info("backup complete", snapshot=snap.name, manifest=mkey, kind=manifest.kind,
                      raw_bytes=raw_size, stored_bytes=result.size, parts=len(result.parts))
+
+    async def _shared(self, ctx: ActivityContext, group: FanoutGroup,
+                      writer: SegmentedUpload) -> tuple[int, UploadResult]:
+        """Take the stream from the group's send: lane → [compressor|cat] → uploader."""
+        cfg = self.store.config
+        argv = compressor_argv(cfg.compression, cfg.compression_level) or ["cat"]
+        fds = FdSet()
+        out_r, out_w = fds.pipe()
+        attach = asyncio.ensure_future(group.attach(
+            self.req.store, Endpoint(LocalRunner(self.req.server), argv),
+            counters=ctx.counters, gate=ctx.flow, stdout=out_w,
+            spawned=lambda: fds.close(out_w)))
+        upload = asyncio.ensure_future(writer.run(out_r))
+        try:
+            await asyncio.wait({attach, upload}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in (upload, attach):  # the uploader's own failure is the real one
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            return await attach, await upload
+        finally:
+            for task in (attach, upload):
+                task.cancel()
+            await asyncio.gather(attach, upload, return_exceptions=True)
+            fds.close_all()
+
+    async def _discard(self, ctx: ActivityContext) -> None:
+        """Throw away an upload that will not be completed (before sending again)."""
+        if self.upload is None:
+            return
+        for key, upload_id in list(self.upload.unfinished.items()):
+            await self.store.abort(key, upload_id)
+        for key in self.upload.completed:
+            await self.store.delete(key)
+        self.upload = None
+        ctx.remember(uploads={}, segments=[])
 
     def _started(self, ctx: ActivityContext, key: str, upload_id: str) -> None:
         """Journal every upload and finished segment: a restart must clean them up."""
@@ -159,8 +251,15 @@ class BackupWork:
         except NotFound:
             raise ActivityError(f"snapshot {self.req.snapshot} does not exist on "
                                 f"{self.req.server}", StatusCode.ERROR, "not-found") from None
+        prefix = self.req.latest_prefix
+        if prefix is not None:  # a relationship's: its newest snapshot, whatever was asked
+            ours = [s for s in await src.snapshots(snap.volume) if s.label.startswith(prefix)]
+            if ours and ours[-1].guid != snap.guid:
+                snap = ours[-1]
+                self.req = replace(self.req, snapshot=snap.name)
+                ctx.remember(snapshot=snap.name, guid=snap.guid)
         known = self.params.get("guid")
-        if known is not None and known != snap.guid:
+        if known is not None and known != snap.guid and prefix is None:
             raise ActivityError(f"{snap.name} was replaced by another snapshot of that name "
                                 "since the backup began", StatusCode.ERROR, "conflict")
         if known is None:
@@ -178,8 +277,9 @@ class BackupWork:
         closer: asyncio.Future[None] | None = None
         try:
             send_r, send_w = fds.pipe()
-            send = await src.runner.spawn(src.send_argv(snapshot, base), stdin=None,
-                                          stdout=send_w)
+            send = await src.runner.spawn(
+                src.send_argv(snapshot, base, intermediates=self.req.intermediates),
+                stdin=None, stdout=send_w)
             procs.append(send)
             fds.close(send_w)
             read_fd = send_r
@@ -236,15 +336,11 @@ class BackupWork:
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Abort unfinished uploads and delete segments: without a manifest, no backup."""
-        if self.upload is None:
-            return
-        for key, upload_id in list(self.upload.unfinished.items()):
-            await self.store.abort(key, upload_id)
-            ctx.log.info("multipart upload aborted", key=key, upload_id=upload_id)
-        for key in self.upload.completed:
-            await self.store.delete(key)
-        self.upload = None
-        ctx.remember(uploads={}, segments=[])
+        if self.upload is not None:
+            ctx.log.info("removing the unfinished backup",
+                         uploads=len(self.upload.unfinished),
+                         segments=len(self.upload.completed))
+        await self._discard(ctx)
 
 
 def estimate_from(snap: Snapshot, base: str | None) -> int:
@@ -270,5 +366,5 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
-             policy: RetryPolicy) -> None:
-    engine.register(KIND, lambda r: BackupWork(r, servers, stores, policy))
+             policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
+    engine.register(KIND, lambda r: BackupWork(r, servers, stores, policy, groups))

@@ -33,7 +33,7 @@ def _as_snapshot(m: Manifest) -> Snapshot:
 def backups_to_delete(backups: Sequence[Manifest], grid: Sequence[Tier], *,
                       now: float) -> list[Manifest]:
     """Backups of one volume (oldest first) the grid no longer keeps and no kept one needs."""
-    ordered = sorted(backups, key=lambda m: m.snapshot_created)
+    ordered = list(backups)  # catalog order: by creation, then txg
     snaps = [_as_snapshot(m) for m in ordered]
     protected: set[str] = set()
     while True:

@@ -31,7 +31,10 @@ from ..backends.base import BackendError, Snapshot
 from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
+from ..objectstore import catalog
+from ..objectstore.client import StoreError
 from ..servers import ServerRegistry, ServerUnavailable
+from .backup import BackupRequest, submit_backup
 from .fanout import FanoutGroup
 from .groups import StreamKey
 from .plan import ReplicationConflict
@@ -88,6 +91,7 @@ class RelationshipWork:
             return
         name, guid = rt.newest
         behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != guid}
+        behind |= {store for store, base in rt.store_bases.items() if base != guid}
         if not behind:
             return
         try:
@@ -154,16 +158,27 @@ class RelationshipWork:
 
     async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
                                snapshot: str, only: set[str] | None = None) -> None:
+        """A transfer per slave and a backup per object store, none twice at once."""
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
             self.manager.groups.discard(old)
-        busy = self.manager.transfers(rt.name)
-        requests = [self._request(rt, s.server, snapshot) for s in rt.spec.slaves
-                    if s.server not in busy and (only is None or s.server in only)]
-        groups = await self._groups(rt, master, requests) if rt.spec.fanout else {}
+        busy = {**self.manager.transfers(rt.name), **self.manager.backups(rt.name)}
+        wanted = [name for name in (*(s.server for s in rt.spec.slaves), *rt.spec.stores)
+                  if name not in busy and (only is None or name in only)]
+        requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
+        backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
+        groups = await self._groups(rt, master, requests, backups) if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
             submit_transfer(self.engine, replace(req, fanout_group=groups.get(req.destination)),
                             parent=ctx.record.id)
+        for b in backups:
+            try:
+                assert self.manager.stores is not None  # the spec names configured stores
+                submit_backup(self.engine, self.servers, self.manager.stores,
+                              replace(b, fanout_group=groups.get(b.store)))
+            except ActivityError as exc:
+                rt.last_error = f"backup to {b.store} not started: {exc.message}"
+                ctx.log.warning("backup not started", store=b.store, error=exc.message)
 
     def _request(self, rt: Runtime, server: str, snapshot: str) -> ReplicationRequest:
         slave = rt.spec.slave(server)
@@ -173,29 +188,58 @@ class RelationshipWork:
             bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
             retry_deadline=rt.spec.retry_deadline, relationship=rt.name)
 
+    @staticmethod
+    def _backup(rt: Runtime, store: str, snapshot: str) -> BackupRequest:
+        return BackupRequest(snapshot=snapshot, server=rt.spec.master, store=store,
+                             relationship=rt.name, latest_prefix=rt.spec.prefix,
+                             intermediates=True)
+
     async def _groups(self, rt: Runtime, master: ZfsBackend,
-                      requests: list[ReplicationRequest]) -> dict[str, str]:
-        """Slaves needing the same stream, grouped: destination -> group id."""
-        by_key: dict[StreamKey, list[ReplicationRequest]] = {}
+                      requests: list[ReplicationRequest],
+                      backups: list[BackupRequest]) -> dict[str, str]:
+        """Slaves and stores needing the same stream, grouped: member -> group id."""
+        by_key: dict[StreamKey, list[str]] = {}
         bases: dict[StreamKey, str | None] = {}
-        for req in requests:
-            planned = await self._stream_key(master, req)
-            if planned is not None:
-                key, bases[key] = planned
-                by_key.setdefault(key, []).append(req)
+        snapshot = requests[0].snapshot if requests else backups[0].snapshot if backups \
+            else None
+        planned = [(r.destination, await self._stream_key(master, r)) for r in requests]
+        planned += [(b.store, await self._backup_key(master, b)) for b in backups]
+        for member, found in planned:
+            if found is not None:
+                key, bases[key] = found
+                by_key.setdefault(key, []).append(member)
         members: dict[str, str] = {}
-        for key, reqs in by_key.items():
-            if len(reqs) < 2:
+        for key, names in by_key.items():
+            if len(names) < 2 or snapshot is None:
                 continue
             group_id = uuid.uuid4().hex[:12]
             sender = Endpoint(master.runner, master.send_argv(
-                reqs[0].snapshot, bases[key], intermediates=key.intermediates,
-                flags=key.flags))
+                snapshot, bases[key], intermediates=key.intermediates, flags=key.flags))
             self.manager.groups.add(group_id, key, FanoutGroup(
-                sender, [r.destination for r in reqs], buffer_limit=rt.spec.fanout_buffer,
+                sender, names, buffer_limit=rt.spec.fanout_buffer,
                 stall_timeout=self.policy.stall_timeout))
-            members.update({r.destination: group_id for r in reqs})
+            members.update(dict.fromkeys(names, group_id))
         return members
+
+    async def _backup_key(self, master: ZfsBackend, req: BackupRequest,
+                          ) -> tuple[StreamKey, str | None] | None:
+        """The stream this store's backup needs now (and its base's name), or None."""
+        stores = self.manager.stores
+        if stores is None:
+            return None
+        try:
+            snap = await master.snapshot(req.snapshot)
+            existing = await catalog.backups(stores.get(req.store), snap.volume)
+            source = await master.snapshots(snap.volume)
+        except (StoreError, BackendError, SshError):
+            return None  # its backup plans (and reports) on its own
+        if any(m.guid == snap.guid for m in existing):
+            return None
+        base = catalog.newest_common(existing, source, snap.guid)
+        # -I means nothing without a base: a full stream is the same stream either way.
+        key = StreamKey(snap.guid, base.guid if base else None, "",
+                        req.intermediates and base is not None)
+        return key, f"{snap.volume}@{base.label}" if base else None
 
     async def _stream_key(self, master: ZfsBackend, req: ReplicationRequest,
                           ) -> tuple[StreamKey, str | None] | None:

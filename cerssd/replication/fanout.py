@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from ..backends.runner import stop_process
@@ -100,14 +100,22 @@ class FanoutGroup:
             self._settle(member)
 
     async def attach(self, member: str, receiver: Endpoint, *, counters: Counters,
-                     gate: FlowGate, limit: float | None = None) -> int:
-        """Receive the shared stream; returns the bytes written to this member."""
+                     gate: FlowGate, limit: float | None = None, stdout: int | None = None,
+                     spawned: Callable[[], None] | None = None) -> int:
+        """Receive the shared stream; returns the bytes written to this member.
+
+        ``stdout`` gives the receiver's output to the caller (a backup's compressor feeds
+        the uploader); ``spawned`` is called once the receiver holds it.
+        """
         lane = self._join(member, counters, gate, limit)
         recv: asyncio.subprocess.Process | None = None
         err: asyncio.Future[str] | None = None
         try:
-            recv = await receiver.runner.spawn(receiver.argv, stdin=lane.pipe.r,
-                                               stdout=asyncio.subprocess.DEVNULL)
+            recv = await receiver.runner.spawn(
+                receiver.argv, stdin=lane.pipe.r,
+                stdout=asyncio.subprocess.DEVNULL if stdout is None else stdout)
+            if spawned is not None:
+                spawned()
             lane.pipe.close(lane.pipe.r)  # the receiver holds it now
             err = asyncio.ensure_future(_stderr(recv))
             lane.start()

@@ -27,7 +27,7 @@ DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
 DEFAULT_FANOUT_BUFFER = 256 << 20
 
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
-         "slave_retention", "retry_deadline", "fanout", "fanout_buffer"}
+         "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores"}
 _SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit"}
 
 
@@ -57,6 +57,8 @@ class RelationshipSpec:
     retry_deadline: float | None = None
     fanout: bool = True
     fanout_buffer: int = DEFAULT_FANOUT_BUFFER
+    #: Object stores every cycle's snapshot is also backed up to (``[stores.NAME]``).
+    stores: tuple[str, ...] = ()
     #: The table it was parsed from, kept to persist and show it exactly as given.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     origin: str = "config"  # "config" | "api"
@@ -76,13 +78,15 @@ class RelationshipSpec:
             "slave_retention": list(self.raw.get("slave_retention",
                                                  self.raw.get("retention", DEFAULT_RETENTION))),
             "retry_deadline": self.retry_deadline, "fanout": self.fanout,
-            "fanout_buffer": self.fanout_buffer, "origin": self.origin,
+            "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
+            "origin": self.origin,
         }
 
 
 def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[str],
-                       key: str | None = None, origin: str = "config") -> RelationshipSpec:
-    """Validate one relationship table; ``servers`` are the configured server names."""
+                       key: str | None = None, origin: str = "config",
+                       stores: Collection[str] = ()) -> RelationshipSpec:
+    """Validate one relationship table; ``servers`` and ``stores`` are the configured names."""
     key = f"relationships.{name}" if key is None else key
     if not _NAME.match(name):
         raise ConfigError(key, "relationship names use letters, digits, '_', '.', '-' "
@@ -106,8 +110,18 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     fanout = t.get("fanout", True)
     if not isinstance(fanout, bool):
         raise ConfigError(f"{key}.fanout", "must be true or false")
+    store_names = t.get("stores", [])
+    if not isinstance(store_names, list | tuple) or not all(
+            isinstance(x, str) for x in store_names):
+        raise ConfigError(f"{key}.stores", 'must be a list of store names such as ["s3"]')
+    store_names = tuple(store_names)
+    for i, store in enumerate(store_names):
+        if store not in stores:
+            raise ConfigError(f"{key}.stores[{i}]", f"no [stores.{store}] in the config")
+    if len(set(store_names)) != len(store_names):
+        raise ConfigError(f"{key}.stores", "names a store twice")
     return RelationshipSpec(
-        name=name, volume=volume, master=master, slaves=slaves,
+        name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key),
         prefix=prefix, retention=retention, slave_retention=slave_retention,
         retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),

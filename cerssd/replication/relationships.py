@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,8 +32,9 @@ from ..backends.ssh import SshError
 from ..config import ConfigError
 from ..engine import Activity, ActivityEngine
 from ..journal import Journal
+from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
-from . import prune, replicate
+from . import backup, prune, replicate
 from .groups import FanoutGroups
 from .relationship import RelationshipSpec, parse_relationship
 from .retention import to_destroy
@@ -71,6 +72,9 @@ class Runtime:
     group_ids: list[str] = field(default_factory=list)
     #: A master retention pass was skipped while an earlier one ran: run it after.
     master_prune_due: bool = False
+    #: Per object store: the guid of its newest backup of the volume (the next
+    #: incremental's base, kept on the master like a slave's), None while unknown.
+    store_bases: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -83,7 +87,8 @@ class Runtime:
     def remembered(self) -> dict[str, Any]:
         return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
                 "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
-                "slaves": {n: s.remembered() for n, s in self.slaves.items()}}
+                "slaves": {n: s.remembered() for n, s in self.slaves.items()},
+                "store_bases": dict(self.store_bases)}
 
 
 def _runtime(spec: RelationshipSpec, state: Mapping[str, Any]) -> Runtime:
@@ -92,14 +97,18 @@ def _runtime(spec: RelationshipSpec, state: Mapping[str, Any]) -> Runtime:
         if name in slaves:
             slaves[name].restore(facts)
     newest = state.get("newest")
+    remembered_bases = state.get("store_bases", {})
     return Runtime(spec, slaves, stopped=bool(state.get("stopped")),
                    last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
-                   newest=(newest[0], newest[1]) if newest else None)
+                   newest=(newest[0], newest[1]) if newest else None,
+                   store_bases={s: remembered_bases.get(s) for s in spec.stores})
 
 
 class Relationships:
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry, journal: Journal,
-                 groups: FanoutGroups) -> None:
+                 groups: FanoutGroups, stores: Stores | None = None) -> None:
+        self.stores = stores
+        self.store_names: Collection[str] = stores.stores if stores else ()
         self.engine = engine
         self.servers = servers
         self.journal = journal
@@ -122,6 +131,7 @@ class Relationships:
                 continue
             try:
                 spec = parse_relationship(name, raw, servers=self.servers.entries,
+                                          stores=self.store_names,
                                           key=f"relationship {name}", origin="api")
             except ConfigError as exc:
                 log.error("stored relationship no longer valid; not started",
@@ -160,6 +170,10 @@ class Relationships:
                 if a.record.kind == kind and not a.record.state.terminal
                 and (relationship is None or a.record.params.get("relationship") == relationship)]
 
+    def backups(self, name: str) -> dict[str, Activity]:
+        """The live backup of each object store of ``name`` (at most one per store)."""
+        return {a.record.params["store"]: a for a in self._live(backup.KIND, name)}
+
     def transfers(self, name: str) -> dict[str, Activity]:
         """The live transfer of each slave of ``name`` (at most one per slave)."""
         return {a.record.params["destination"]: a
@@ -171,7 +185,8 @@ class Relationships:
             raise RelationshipError(f"relationship {spec.name} already exists")
         self.journal.save_relationship_spec(spec.name, dict(spec.raw))
         rt = Runtime(spec, {s.server: SlaveStatus(s.server, s.target_volume)
-                            for s in spec.slaves})
+                            for s in spec.slaves},
+                     store_bases=dict.fromkeys(spec.stores))
         self.runtimes[spec.name] = rt
         self.save(rt)
         rt.activity_id = self._submit(rt).id
@@ -247,6 +262,8 @@ class Relationships:
             self._follow_parent(rt, record)
         elif record.kind == replicate.KIND and record.state.terminal:
             self._spawn(self._after_transfer(rt, record))
+        elif record.kind == backup.KIND and record.state.terminal:
+            self._spawn(self._after_backup(rt, record))
         elif record.kind == prune.KIND and record.state.terminal and rt.master_prune_due \
                 and record.params.get("server") == rt.spec.master:
             rt.master_prune_due = False
@@ -291,11 +308,23 @@ class Relationships:
         self.save(rt)
         if record.state == State.SUCCEEDED:
             await self.prune_slave(rt, server)
-        if not self.transfers(rt.name):  # the cycle's last transfer: thin the master too
-            try:
-                await self.prune_master(rt)
-            except (BackendError, SshError) as exc:
-                log.info("master retention skipped", relationship=rt.name, error=str(exc))
+        await self._after_stream(rt)
+
+    async def _after_backup(self, rt: Runtime, record: ActivityRecord) -> None:
+        store = record.params["store"]
+        if record.state == State.SUCCEEDED and store in rt.store_bases:
+            rt.store_bases[store] = record.params.get("guid")
+            self.save(rt)
+        await self._after_stream(rt)
+
+    async def _after_stream(self, rt: Runtime) -> None:
+        """The cycle's last stream from the master has ended: thin the master too."""
+        if self.transfers(rt.name) or self.backups(rt.name):
+            return
+        try:
+            await self.prune_master(rt)
+        except (BackendError, SshError) as exc:
+            log.info("master retention skipped", relationship=rt.name, error=str(exc))
 
     # -- facts from ZFS -----------------------------------------------------------------
     async def _master_snapshots(self, rt: Runtime) -> list[Snapshot] | None:
@@ -368,8 +397,8 @@ class Relationships:
         slave's base is unknown. Master errors propagate: the cycle reports them.
         ``snapshots`` is the master's list when the caller has just read it.
         """
-        transfers = self.transfers(rt.name).values()
-        if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in transfers):
+        streams = [*self.transfers(rt.name).values(), *self.backups(rt.name).values()]
+        if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in streams):
             return
         protected = self.protected_bases(rt)
         if protected is None:
@@ -388,13 +417,26 @@ class Relationships:
                                [s.name for s in doomed], rt.name)
 
     def protected_bases(self, rt: Runtime) -> set[str] | None:
-        """Guids the master must keep: every slave's base; None if one is unknown."""
+        """Guids the master must keep: every slave's and store's base; None if one is
+        unknown (nothing is pruned then: a lost base would force a full stream)."""
         guids = set()
         for status in rt.slaves.values():
             if status.last_snapshot_guid is None:
                 return None
             guids.add(status.last_snapshot_guid)
+        for base in rt.store_bases.values():
+            if base is None:
+                return None
+            guids.add(base)
         return guids
+
+    def stores_json(self, rt: Runtime) -> list[dict[str, Any]]:
+        """Each object store's newest backup (by guid) and its live backup, if any."""
+        live = self.backups(rt.name)
+        return [{"store": store, "last_backup_guid": base,
+                 "backup": live[store].snapshot().to_json() if store in live else None,
+                 "link": link.to_json() if (link := self.servers.links.get(store)) else None}
+                for store, base in rt.store_bases.items()]
 
     # -- what the API and the metrics show ----------------------------------------------
     def slaves_json(self, rt: Runtime) -> list[dict[str, Any]]:
@@ -423,6 +465,7 @@ class Relationships:
             "next_cycle_at": rt.next_cycle_at if record else None,
             "newest_snapshot": rt.newest[0] if rt.newest else None,
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
+            "backups": self.stores_json(rt),
         }
 
     def all(self) -> Iterable[Runtime]:
