@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +165,32 @@ def test_relationship_errors_name_the_key(table: dict[str, object], key: str) ->
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert info.value.key == key, str(info.value)
+
+
+def test_check_config_reads_store_credentials_and_names_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "s3.toml"
+    key = tmp_path / "s3.key"
+    cfg.write_text(f'[stores.s3]\nbucket = "backups"\ncredentials_file = "{key}"\n')
+    missing = run_daemon(cfg, "--check-config")
+    assert missing.returncode == EX_CONFIG
+    assert "stores.s3.credentials_file: cannot read" in missing.stderr
+    key.write_text('access_key_id = "AK"\nsecret_access_key = "SECRET-VALUE"\n')
+    ok = run_daemon(cfg, "--check-config")
+    assert ok.returncode == 0 and "SECRET-VALUE" not in ok.stdout + ok.stderr
+
+
+def test_relationship_stores_must_exist_and_need_a_local_master() -> None:
+    base: dict[str, Any] = {
+        "servers": {"local": {"kind": "local"},
+                    "r": {"kind": "ssh", "host": "192.0.2.9", "known_hosts": "/k"}},
+        "stores": {"s3": {"bucket": "backups"}}}
+    rel = {"volume": "tank/v", "slaves": ["r"], "interval": "5m", "stores": ["s3"]}
+    assert parse_config({**base, "relationships": {"w": rel}}).relationships["w"].stores == (
+        "s3",)
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "relationships": {"w": {**rel, "stores": ["nope"]}}})
+    assert info.value.key == "relationships.w.stores[0]"
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "relationships": {"w": {
+            **rel, "master": "r", "slaves": ["local"]}}})
+    assert info.value.key == "relationships.w.stores"
