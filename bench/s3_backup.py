@@ -288,6 +288,7 @@ class Setup:
     bucket: str
     daemon: Daemon
     named_pids: dict[int, str]
+    fresh_mib: float  # the daemon's RSS once it is ready, before any backup
     data: Data | None = None
 
     def aws_env(self) -> dict[str, str]:
@@ -348,8 +349,9 @@ def start_weed(stack: contextlib.ExitStack, scratch: Path) -> WeedServer:
 
 def store_sections(setup_dir: Path, weed: WeedServer, bucket: str,
                    args: argparse.Namespace) -> str:
-    """Stores ``plain`` and ``zstd``: same bucket, own prefixes, the same part size and
-    concurrency (cerssd's defaults unless --part-size / --concurrency)."""
+    """Stores ``plain`` (no compression) and ``zstd``: same bucket, own prefixes, the same
+    part size and concurrency (cerssd's defaults unless --part-size / --concurrency), and
+    for ``zstd`` cerssd's default level unless --zstd-level."""
     key_file = setup_dir / "s3.key"
     key_file.write_text(f'access_key_id = "{weed.s3.access_key}"\n'
                         f'secret_access_key = "{weed.s3.secret_key}"\n')
@@ -359,11 +361,13 @@ def store_sections(setup_dir: Path, weed: WeedServer, bucket: str,
         tuning += f'part_size = "{args.part_size}"\n'
     if args.concurrency:
         tuning += f"concurrency = {args.concurrency}\n"
+    stores = {"plain": 'compression = "none"\n', "zstd": 'compression = "zstd"\n'}
+    if args.zstd_level:
+        stores["zstd"] += f"compression_level = {args.zstd_level}\n"
     return "".join(
         f'\n[stores.{name}]\nendpoint = "{weed.s3.endpoint}"\nbucket = "{bucket}"\n'
-        f'prefix = "cerssd-{name}/"\ncredentials_file = "{key_file}"\n'
-        f'compression = "{name if name != "plain" else "none"}"\n{tuning}'
-        for name in ("plain", "zstd"))
+        f'prefix = "cerssd-{name}/"\ncredentials_file = "{key_file}"\n{options}{tuning}'
+        for name, options in stores.items())
 
 
 def start_daemon(stack: contextlib.ExitStack, weed: WeedServer, bucket: str,
@@ -412,7 +416,9 @@ def environment(args: argparse.Namespace) -> Iterator[Setup]:
         if weed.pid is not None:
             named[weed.pid] = "weed"
         named.update({pid: "zfs-fuse" for pid in pids_named("zfs-fuse")})
-        yield Setup(data_pool, target_pool, weed, bucket, daemon, named)
+        fresh = _status_kib(daemon.proc.pid)
+        yield Setup(data_pool, target_pool, weed, bucket, daemon, named,
+                    fresh[0] / 1024 if fresh else 0.0)
 
 
 def make_data(setup: Setup, size_mib: int) -> Data:
@@ -544,14 +550,16 @@ def timed(setup: Setup, results: Results, method: str, cpu: bool,
             action: Callable[[], Measure]) -> Measure:
     """One timed measurement from quiet disks, recorded under ``method``."""
     settle(method, timeout=SETTLE_TIMEOUT)
-    results.idle_mib.append(idle_rss_mib(setup))
+    idle = idle_rss_mib(setup)
+    results.idle_mib.append(idle)
     with sampled(setup, results, method, cpu):
         got = action()
     results.add(method, got)
     assert setup.data is not None
     say(f"  {method:15} {got.seconds:6.2f} s  "
         f"{rate(setup.data.stream_bytes(method), got.seconds):>11}  "
-        f"peak RSS {got.peak_mib:6.1f} MiB (tree {got.tree_mib:.1f}) {got.note}")
+        f"peak RSS {got.peak_mib:6.1f} MiB (tree {got.tree_mib:.1f}; daemon before "
+        f"{idle:.1f}) {got.note}")
     return got
 
 
@@ -689,14 +697,16 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         f"- date: {started:%Y-%m-%d %H:%M} UTC; `{command_line()}` (= `--size "
         f"{args.size_mib}MiB --runs {args.runs} --warmup {args.warmup}"
         f"{f' --part-size {args.part_size}' if args.part_size else ''}"
-        f"{f' --concurrency {args.concurrency}' if args.concurrency else ''}`; "
+        f"{f' --concurrency {args.concurrency}' if args.concurrency else ''}"
+        f"{f' --zstd-level {args.zstd_level}' if args.zstd_level else ''}`; "
         f"{wall:.0f} s in all; load average {loads[0]} before, {loads[1]} after)",
         f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
         f"{info['zfs_fuse']}; {(aws_version.stdout or aws_version.stderr).strip()}; "
         f"weed {weed_version.stdout.strip().removeprefix('version ') or '?'} "
         "(`weed server`, 64 MB volumes, on this host)",
         f"- cerssd stores: part_size {args.part_size or 'default (8MiB)'}, concurrency "
-        f"{args.concurrency or 'default (4)'}; aws: its defaults (8 MiB parts, 10 requests)",
+        f"{args.concurrency or 'default (4)'}, zstd level {args.zstd_level or 'default (3)'}; "
+        "aws: its defaults (8 MiB parts, 10 requests)",
         f"- data: {args.size_mib} MiB random (stream {data.rand_bytes / 1e6:.1f} MB; "
         f"`zfs send | wc -c` alone {rate(data.rand_bytes, data.send_seconds)}) and "
         f"{args.size_mib} MiB of log lines (stream {data.text_bytes / 1e6:.1f} MB; "
@@ -713,8 +723,9 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         *(f"| {what} | {value:.2f} | {target} | {'meets' if ok else 'MISSES'} |"
           for what, value, target, ok in checks),
         "",
-        f"- daemon RSS before a measurement (idle): {min(results.idle_mib):.0f}-"
-        f"{max(results.idle_mib):.0f} MiB; the daemon's peak is the kernel's VmHWM, reset "
+        f"- daemon RSS (VmRSS) once ready: {setup.fresh_mib:.0f} MiB; before each timed "
+        f"measurement, in order: {', '.join(f'{v:.0f}' for v in results.idle_mib)} MiB; "
+        "the daemon's peak is the kernel's VmHWM, reset "
         "before each measurement; \"process tree\" adds its `zfs send` and `zstd` children "
         "(for aws: bash, `zfs send`, `zfs receive`), VmRSS summed every 0.1 s",
         "- cerssd's time is from the POST to the activity's success; cerssd runs per run: "
@@ -765,6 +776,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "cerssd's own)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="cerssd's concurrency for both stores (default: cerssd's own)")
+    parser.add_argument("--zstd-level", type=int, default=None,
+                        help="compression_level of the zstd store (default: cerssd's own)")
     parser.add_argument("--cpu", action="store_true",
                         help="also report where the CPU time went, per process")
     parser.add_argument("--daemon-log", type=Path, default=None,
