@@ -408,3 +408,30 @@ def test_relationship_backs_up_each_cycle_in_the_same_send_as_its_slaves(
     restore_ok(d, second["newest_snapshot"], f"{restored}/copy")
     for name in ("f", "g"):
         assert digest(f"/{restored}/copy/{name}") == digest(f"/{master}/data/{name}")
+
+
+def test_restore_receives_over_ssh_and_backup_from_ssh_is_refused(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        sshd: Any, tmp_path: Path) -> None:
+    """The restore's stream goes to a remote ``zfs receive``; a remote server cannot back
+    up directly (its stream would pass through this daemon: no direct_copy)."""
+    src, dst = make_pool(), make_pool()
+    zfs("create", f"{src}/vol")
+    write(f"/{src}/vol/f", 6)
+    zfs("snapshot", f"{src}/vol@r")
+    d = start_daemon(extra='[servers.local]\nkind = "local"\n' + sshd.config("remote")
+                     + store_section(s3_server, s3_bucket, tmp_path / "s3.key",
+                                     compression="lz4"))
+    caps = d.api("GET", "/v1/capabilities")
+    assert caps["local"]["direct_copy"] and not caps["remote"]["direct_copy"]
+    backup_ok(d, f"{src}/vol@r")
+    r = post_json(d, "/v1/restores", {"snapshot": f"{src}/vol@r", "server": "remote",
+                                      "target_volume": f"{dst}/copy"})
+    assert r.status == 202, r.body
+    done = d.wait_done(r.body["id"])
+    assert done["state"] == "succeeded", done["status"]
+    assert done["target"] == "remote"
+    assert guid(f"{dst}/copy@r") == guid(f"{src}/vol@r")
+    assert digest(f"/{dst}/copy/f") == digest(f"/{src}/vol/f")
+    refused = post_json(d, "/v1/backups", {"snapshot": f"{dst}/copy@r", "server": "remote"})
+    assert refused.status == 409 and "direct_copy" in refused.body["detail"]
