@@ -34,9 +34,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def zfs_streams() -> list[str]:
+def zfs_streams(pools: tuple[str, ...]) -> list[str]:
+    """The zfs send/receive processes on these pools (other tests and benchmarks may run)."""
     out = subprocess.run(["pgrep", "-a", "-x", "zfs"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if " send " in line or " receive " in line]
+    return [line for line in out.splitlines()
+            if (" send " in line or " receive " in line)
+            and any(f" {pool}/" in line or f" {pool}@" in line for pool in pools)]
 
 
 def replicate(d: DaemonProcess, snapshot: str, target: str, **extra: Any) -> Any:
@@ -125,7 +128,7 @@ def test_conflicts_answer_409_and_touch_nothing(start_daemon: Any,
     assert r.status == 409 and r.body["code"] == "target-diverged"
     assert "local-change" in r.body["detail"]
     assert snapshots(f"{dst}/data") == ["s1", "local-change"]
-    assert zfs_streams() == []
+    assert zfs_streams(pools) == []
 
 
 def test_modified_target_fails_with_conflict_and_keeps_data(start_daemon: Any,
@@ -168,7 +171,7 @@ def test_suspend_stops_bytes_and_resume_completes(start_daemon: Any,
     assert time.monotonic() - waited >= 1.9
     assert still["state"] == "suspended"
     assert still["progress"]["done"] - paused <= 1 * MiB  # at most one chunk in flight
-    assert len(zfs_streams()) == 2  # the sender is blocked, not killed
+    assert len(zfs_streams(pools)) == 2  # the sender is blocked, not killed
     metrics = d.api("GET", "/metrics")
     labels = f'id="{aid}",kind="replicate",unit="bytes",volume="{src}/data"'
     assert f"cerssd_activity_suspended{{{labels}}} 1.0" in metrics
@@ -197,7 +200,7 @@ def test_cancel_mid_transfer_leaves_target_at_previous_snapshot(
     assert done["state"] == "cancelled" and done["status"]["code"] == 2
     assert snapshots(f"{dst}/data") == ["s1"]
     assert not Path(f"/{dst}/data/big").exists()
-    assert zfs_streams() == []
+    assert zfs_streams(pools) == []
 
 
 def test_cancel_of_a_full_copy_leaves_no_target(start_daemon: Any,
@@ -209,7 +212,7 @@ def test_cancel_of_a_full_copy_leaves_no_target(start_daemon: Any,
     d.api("POST", f"/v1/activities/{aid}/cancel")
     assert d.wait_done(aid)["state"] == "cancelled"
     assert zfs("list", f"{dst}/data", check=False).returncode != 0
-    assert zfs_streams() == []
+    assert zfs_streams(pools) == []
 
 
 def test_kill_9_mid_transfer_then_restart_completes(start_daemon: Any,
