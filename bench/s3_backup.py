@@ -386,6 +386,7 @@ def start_daemon(stack: contextlib.ExitStack, weed: WeedServer, bucket: str,
     env.pop("NOTIFY_SOCKET", None)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         env.pop(name, None)  # the daemon reads its credentials file, nothing else
+    env.update(args.daemon_env)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config", str(config)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
@@ -698,7 +699,9 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         f"{args.size_mib}MiB --runs {args.runs} --warmup {args.warmup}"
         f"{f' --part-size {args.part_size}' if args.part_size else ''}"
         f"{f' --concurrency {args.concurrency}' if args.concurrency else ''}"
-        f"{f' --zstd-level {args.zstd_level}' if args.zstd_level else ''}`; "
+        f"{f' --zstd-level {args.zstd_level}' if args.zstd_level else ''}"
+        + "".join(f" --daemon-env {k}={v}" for k, v in args.daemon_env.items())
+        + f"`; "
         f"{wall:.0f} s in all; load average {loads[0]} before, {loads[1]} after)",
         f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
         f"{info['zfs_fuse']}; {(aws_version.stdout or aws_version.stderr).strip()}; "
@@ -745,6 +748,11 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
                   "0.1 s; zfs-fuse also serves anyone else's pools):", ""]
         lines += cpu_table({m: use.scaled(1 / args.runs) for m, use in results.cpu.items()},
                            top=8)
+        for method, use in results.cpu.items():
+            top = sorted(use.threads.get("cerssd", []), reverse=True)[:5]
+            if method.startswith("cerssd") and top:
+                lines.append(f"- {method}: busiest cerssd threads (CPU-s per run): "
+                             + ", ".join(f"{v / args.runs:.2f}" for v in top))
     return "\n".join(lines)
 
 
@@ -778,6 +786,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cerssd's concurrency for both stores (default: cerssd's own)")
     parser.add_argument("--zstd-level", type=int, default=None,
                         help="compression_level of the zstd store (default: cerssd's own)")
+    parser.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the daemon only, for experiments "
+                             "such as MALLOC_MMAP_THRESHOLD_=1048576 (repeatable)")
     parser.add_argument("--cpu", action="store_true",
                         help="also report where the CPU time went, per process")
     parser.add_argument("--daemon-log", type=Path, default=None,
@@ -791,6 +802,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = 0 if args.quick else 1
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
+    if any("=" not in item for item in args.daemon_env):
+        parser.error("--daemon-env: NAME=VALUE")
+    args.daemon_env = dict(item.split("=", 1) for item in args.daemon_env)
     if args.part_size is not None and not re.fullmatch(r"\d+(KiB|MiB|GiB)?", args.part_size):
         parser.error("--part-size: a size such as 8MiB")
     return args
