@@ -184,6 +184,7 @@ def test_store_errors_are_sorted_into_transient_and_permanent() -> None:
     assert not classify("s3", "x", ConnectionResetError()).permanent
     assert not classify("s3", "x", client_error("SlowDown", 503)).permanent
     assert not classify("s3", "x", client_error("InternalError", 500)).permanent
+    assert not classify("s3", "x", client_error("BadDigest", 400)).permanent  # damaged
     assert classify("s3", "x", client_error("SignatureDoesNotMatch", 403)).permanent
     assert classify("s3", "x", client_error("NoSuchBucket", 404)).permanent
     assert isinstance(classify("s3", "x", client_error("NoSuchKey", 404)), ObjectMissing)

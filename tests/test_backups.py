@@ -435,3 +435,50 @@ def test_restore_receives_over_ssh_and_backup_from_ssh_is_refused(
     assert digest(f"/{dst}/copy/f") == digest(f"/{src}/vol/f")
     refused = post_json(d, "/v1/backups", {"snapshot": f"{dst}/copy@r", "server": "remote"})
     assert refused.status == 409 and "direct_copy" in refused.body["detail"]
+
+
+async def test_a_stream_past_the_part_limit_continues_in_a_next_segment(
+        s3_server: WeedServer, s3_bucket: str, tmp_path: Path) -> None:
+    """With 2 parts per segment (S3's real limit is 10,000), 3 parts make 2 objects whose
+    concatenation is the stream, each with its own sha256 and the whole one's."""
+    import asyncio
+    import threading
+
+    from cerssd.objectstore.client import ObjectStore
+    from cerssd.objectstore.config import StoreConfig
+    from cerssd.objectstore.upload import SegmentedUpload
+
+    key_file = tmp_path / "k"
+    store_section(s3_server, s3_bucket, key_file)
+    store = ObjectStore(StoreConfig(name="s3", bucket=s3_bucket,
+                                    endpoint=s3_server.s3.endpoint, credentials_file=key_file))
+    data = os.urandom(12 * MiB)
+    r, w = os.pipe()
+    feeder = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    feeder.start()
+
+    async def retry(what: str, call: Any) -> Any:
+        return await call()
+
+    async def checkpoint() -> None:
+        await asyncio.sleep(0)
+
+    upload = SegmentedUpload(store, lambda i: f"seg/stream-{i:06d}", part_size=5 * MiB,
+                             concurrency=2, retry=retry, checkpoint=checkpoint,
+                             started=lambda k, u: None, parts_per_segment=2)
+    try:
+        result = await upload.run(r)
+    finally:
+        feeder.join()
+        os.close(r)
+        await store.close()
+    assert [(s.key, s.size) for s in result.segments] == [
+        ("seg/stream-000000", 10 * MiB), ("seg/stream-000001", 2 * MiB)]
+    assert [(p.segment, p.number) for p in result.parts] == [(0, 1), (0, 2), (1, 1)]
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    client = s3_server.client()
+    stored = b"".join(client.get_object(Bucket=s3_bucket, Key=s.key)["Body"].read()
+                      for s in result.segments)
+    assert stored == data
+    assert result.segments[0].sha256 == hashlib.sha256(data[:10 * MiB]).hexdigest()
+    assert result.segments[1].sha256 == hashlib.sha256(data[10 * MiB:]).hexdigest()

@@ -34,6 +34,9 @@ PERMANENT_CODES = frozenset({
     "EntityTooLarge", "InvalidArgument", "MalformedXML", "NotImplemented",
 })
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+#: 4xx codes that say the request was damaged or refused for a while: sent again.
+TRANSIENT_CODES = frozenset({"BadDigest", "RequestTimeout", "SlowDown",
+                             "RequestTimeTooSkewed"})
 
 
 class StoreError(Exception):
@@ -67,8 +70,9 @@ def classify(store: str, what: str, exc: Exception) -> StoreError:
         message = f"{what}: {code or status} {err.get('Message', '')}".strip()
         if code in NOT_FOUND_CODES:
             return ObjectMissing(store, message)
-        permanent = code in PERMANENT_CODES or (400 <= int(status or 0) < 500
-                                                and status not in (408, 429))
+        permanent = code in PERMANENT_CODES or (
+            400 <= int(status or 0) < 500 and status not in (408, 429)
+            and code not in TRANSIENT_CODES)
         return StoreError(store, message, permanent=permanent, code=code)
     if isinstance(exc, HTTPClientError | BotoConnectionError | aiohttp.ClientError | OSError
                   | TimeoutError):
@@ -95,7 +99,9 @@ class ObjectStore:
             max_pool_connections=self.config.concurrency * 2 + 2,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            s3={"addressing_style": "path"})
+            # Parts carry a ChecksumSHA256 the store verifies (upload.py): hashing every
+            # payload once more to sign it costs ~1.4 CPU-s per GiB for nothing.
+            s3={"addressing_style": "path", "payload_signing_enabled": False})
         self._client = await self._stack.enter_async_context(get_session().create_client(
             "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
             aws_access_key_id=creds.access_key_id,

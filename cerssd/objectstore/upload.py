@@ -1,11 +1,13 @@
 """Stream a pipe into S3 by multipart upload, with memory bounded whatever the size.
 
 Bytes are read from the pipe one part at a time by a worker thread (``readv`` into
-a reused buffer; the sha256 of the part and of the whole stream are computed as it
-goes, and hashlib drops the GIL), and up to ``concurrency`` parts upload at once.
-The reader waits for a free buffer before reading on, so memory stays at
+one reused buffer; the sha256 of the part and of the whole stream are computed as it
+goes, and hashlib drops the GIL), and up to ``concurrency`` parts upload at once,
+each as one ``bytes`` object that aiohttp sends without copying it again. The reader
+waits for a free slot before reading on, so memory stays at about
 ``(concurrency + 1) x part_size``, and a slow or lost store stops the reading, which
-blocks ``zfs send``: the backpressure the design asks for.
+blocks ``zfs send``: the backpressure the design asks for. Each part carries its
+sha256 (``ChecksumSHA256``), which the store verifies.
 
 S3 allows 10,000 parts per object. Instead of growing the parts (and the memory)
 with the stream, a stream longer than 10,000 parts continues in a next *segment*
@@ -20,6 +22,7 @@ parts in flight.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import os
@@ -53,10 +56,11 @@ class _Open:
     key: str
     upload_id: str
     offset: int
-    etags: dict[int, str] = field(default_factory=dict)
+    etags: dict[int, tuple[str, str]] = field(default_factory=dict)  # (etag, checksum)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    hash: Any = field(default_factory=hashlib.sha256)
+    hash: Any = field(default_factory=hashlib.sha256)  # used from segment 1 on
     size: int = 0
+    digest: str = ""
 
 
 def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
@@ -104,9 +108,8 @@ class SegmentedUpload:
 
     async def run(self, fd: int) -> UploadResult:
         whole = hashlib.sha256()
-        free: asyncio.Queue[bytearray] = asyncio.Queue()
-        for _ in range(self.concurrency + 1):
-            free.put_nowait(bytearray(self.part_size))
+        buffer = bytearray(self.part_size)  # one read buffer; each part leaves as bytes
+        slots = asyncio.Semaphore(self.concurrency)
         parts: list[Part] = []
         segments: list[Segment] = []
         current: _Open | None = None
@@ -114,31 +117,38 @@ class SegmentedUpload:
         try:
             while True:
                 await self.checkpoint()
-                buffer = await free.get()
+                await slots.acquire()  # a part in flight less: memory stays bounded
                 if current is not None:
                     _raise_failed(current.tasks)
-                hashes = [whole] if current is None or self._full(current, parts) \
-                    else [whole, current.hash]
+                starting = current is None or self._full(current, parts)
+                index = 0 if current is None else current.index + int(starting)
+                if starting and current is not None:
+                    current.digest = _segment_digest(current, whole)
+                seg_hash = hashlib.sha256() if starting or current is None else current.hash
+                # Segment 0's hash is the whole stream's up to its end: hashed once.
+                hashes = [whole] if index == 0 else [whole, seg_hash]
                 got, digest = await asyncio.to_thread(read_part, fd, buffer, self.part_size,
                                                       hashes)
                 self.on_read(got)
                 if got == 0 and parts:
-                    free.put_nowait(buffer)
+                    slots.release()
                     break
-                if current is None or self._full(current, parts):
+                body = bytes(memoryview(buffer)[:got])
+                if starting:
                     if current is not None:
                         segments.append(await self._complete(current))
-                    current = await self._begin(len(segments), offset)
-                    current.hash.update(memoryview(buffer)[:got])
+                    current = await self._begin(index, offset, seg_hash)
+                assert current is not None
                 number = len(parts) - current.index * self.parts_per_segment + 1
                 parts.append(Part(number, offset, got, digest, current.index))
                 offset += got
                 current.size += got
-                task = asyncio.ensure_future(self._upload(current, number, buffer, got, free))
+                task = asyncio.ensure_future(self._upload(current, number, body, digest, slots))
                 current.tasks.add(task)
                 if got < self.part_size:  # EOF inside this part: it is the last
                     break
             assert current is not None
+            current.digest = _segment_digest(current, whole)
             segments.append(await self._complete(current))
         except BaseException:
             if current is not None:
@@ -149,47 +159,49 @@ class SegmentedUpload:
     def _full(self, current: _Open, parts: list[Part]) -> bool:
         return len(parts) - current.index * self.parts_per_segment >= self.parts_per_segment
 
-    async def _begin(self, index: int, offset: int) -> _Open:
+    async def _begin(self, index: int, offset: int, seg_hash: Any) -> _Open:
         key = self.key_for(index)
         created = await self.retry(f"create upload {key}", lambda: self.store.call(
             "create_multipart_upload", Key=key, ContentType="application/octet-stream",
-            **self.extra))
+            ChecksumAlgorithm="SHA256", **self.extra))
         upload_id = str(created["UploadId"])
         self.unfinished[key] = upload_id
         self.started(key, upload_id)
-        return _Open(index, key, upload_id, offset)
+        return _Open(index, key, upload_id, offset, hash=seg_hash)
 
     async def _complete(self, seg: _Open) -> Segment:
         await asyncio.gather(*seg.tasks)
-        parts = [{"PartNumber": n, "ETag": seg.etags[n]} for n in sorted(seg.etags)]
+        parts = [{"PartNumber": n, "ETag": etag, "ChecksumSHA256": checksum}
+                 for n, (etag, checksum) in sorted(seg.etags.items())]
         await self.retry(f"complete upload {seg.key}", lambda: self.store.call(
             "complete_multipart_upload", Key=seg.key, UploadId=seg.upload_id,
             MultipartUpload={"Parts": parts}))
         del self.unfinished[seg.key]
         self.completed.append(seg.key)
-        return Segment(seg.index, seg.key, seg.offset, seg.size, seg.hash.hexdigest())
+        return Segment(seg.index, seg.key, seg.offset, seg.size, seg.digest)
 
-    async def _upload(self, seg: _Open, number: int, buffer: bytearray, size: int,
-                      free: asyncio.Queue[bytearray]) -> None:
-        # A full part is sent from its buffer, which stays out of the free queue until the
-        # part is stored (retries send it again); a short last part is copied out.
-        free_early = size < len(buffer)
-        body: bytes | bytearray = bytes(memoryview(buffer)[:size]) if free_early else buffer
-        if free_early:
-            free.put_nowait(buffer)
+    async def _upload(self, seg: _Open, number: int, body: bytes, digest: str,
+                      slots: asyncio.Semaphore) -> None:
+        # The store checks the part against our sha256 (and refuses it with BadDigest if
+        # it arrived damaged), so botocore need not hash the payload again to sign it.
+        checksum = base64.b64encode(bytes.fromhex(digest)).decode()
 
         async def attempt() -> str:
             response = await self.store.call(
                 "upload_part", Key=seg.key, UploadId=seg.upload_id, PartNumber=number,
-                Body=body)
+                Body=body, ChecksumSHA256=checksum)
             return str(response["ETag"])
 
         try:
-            seg.etags[number] = await self.retry(f"part {number} of {seg.key}", attempt)
-            self.on_sent(size)
+            seg.etags[number] = (await self.retry(f"part {number} of {seg.key}", attempt),
+                                 checksum)
+            self.on_sent(len(body))
         finally:
-            if not free_early:
-                free.put_nowait(buffer)
+            slots.release()
+
+
+def _segment_digest(seg: _Open, whole: Any) -> str:
+    return str((whole.copy() if seg.index == 0 else seg.hash).hexdigest())
 
 
 def _raise_failed(tasks: set[asyncio.Task[None]]) -> None:

@@ -44,7 +44,9 @@ from .transfer import Endpoint, FdSet
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
-DEFAULT_LEVEL = {"zstd": 3, "lz4": 1}
+#: zstd -1: on log-like data it compressed as well as -3 here at ~25% less CPU, and a
+#: backup on a busy node is CPU-bound (bench/RESULTS.md).
+DEFAULT_LEVEL = {"zstd": 1, "lz4": 1}
 
 
 @dataclass(frozen=True)
