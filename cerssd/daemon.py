@@ -30,6 +30,7 @@ from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_co
 from .engine import ActivityEngine
 from .journal import Journal
 from .logs import configure_logging
+from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
 from .replication import backup, backup_prune, continuous, prune, replicate, restore
@@ -253,4 +254,5 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cerssd: {args.config} is valid")
         return
     configure_logging(config.daemon.log_level)
+    tune_malloc()
     sys.exit(asyncio.run(run(config)))

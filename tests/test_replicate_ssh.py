@@ -155,7 +155,7 @@ def test_suspend_and_resume_over_ssh(daemon: DaemonProcess, pools: tuple[str, st
     paused = daemon.api("GET", f"/v1/activities/{aid}")["progress"]["done"]
     time.sleep(2.0)  # an observation window: nothing may move during it
     assert daemon.api("GET", f"/v1/activities/{aid}")["progress"]["done"] - paused <= MiB
-    assert any(" send " in p for p in zfs_streams())  # blocked, not killed
+    assert any(" send " in p for p in zfs_streams(pools))  # blocked, not killed
     daemon.api("POST", f"/v1/activities/{aid}/resume")
     done = daemon.wait_done(aid)
     assert done["state"] == "succeeded", done["status"]
@@ -177,7 +177,7 @@ def test_cancel_over_ssh_leaves_previous_snapshot(daemon: DaemonProcess,
     assert done["state"] == "cancelled"
     assert snapshots(f"{dst}/data") == ["s1"]
     assert not Path(f"/{dst}/data/big").exists()
-    assert zfs_streams() == []  # both remote ends are gone too
+    assert zfs_streams(pools) == []  # both remote ends are gone too
 
 
 def test_unknown_host_key_is_refused(daemon: DaemonProcess, pools: tuple[str, str]) -> None:

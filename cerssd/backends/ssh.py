@@ -21,14 +21,16 @@ import secrets
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
 import structlog
 
 from ..config import ServerConfig
 from ..links import Links
 from .runner import CommandFailed, CommandResult
+
+if TYPE_CHECKING:
+    import asyncssh
 
 log = structlog.get_logger("cerssd.ssh")
 
@@ -88,6 +90,8 @@ class SshRunner:
             return self._conn
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
+        import asyncssh  # here: 15 MiB a daemon without SSH servers need not carry
+
         cfg = self.cfg
         options: dict[str, Any] = {
             "port": cfg.port, "username": cfg.user, "known_hosts": str(cfg.known_hosts),
@@ -129,6 +133,8 @@ class SshRunner:
         return result
 
     async def _run(self, argv: Sequence[str], check: bool) -> CommandResult:
+        import asyncssh
+
         shell = await self._shell()
         try:
             result = await shell.run(shlex.join(argv))
@@ -145,6 +151,8 @@ class SshRunner:
         return result
 
     async def _shell(self) -> RemoteShell:
+        import asyncssh
+
         """An idle command shell on the server, or a new one."""
         while self._idle:
             shell = self._idle.pop()
