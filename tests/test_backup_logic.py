@@ -43,7 +43,7 @@ def store_config(**keys: Any) -> dict[str, Any]:
 def test_store_config_defaults_and_prefix_slash() -> None:
     cfg = parse_config(store_config(prefix="nodes/n1")).stores["s3"]
     assert (cfg.prefix, cfg.part_size, cfg.concurrency, cfg.compression) == \
-        ("nodes/n1/", 8 << 20, 4, "none")
+        ("nodes/n1/", 8 << 20, 3, "none")
 
 
 @pytest.mark.parametrize(("keys", "key"), [
