@@ -186,12 +186,28 @@ class BackupWork:
         await calls("write manifest", lambda: self.store.put_bytes(
             mkey, manifest.encode(), "application/json"))
         self.upload = None
+        await self._sweep_leftovers(ctx, calls, mkey.rpartition("/")[0] + "/")
         ctx.counters.done = raw_size
         ctx.set_progress(raw_size, raw_size, estimated=False)
         ctx.remember(manifest_key=mkey, stream_size=result.size, raw_size=raw_size,
                      parts=len(result.parts), kind=manifest.kind, uploads={}, segments=[])
         ctx.log.info("backup complete", snapshot=snap.name, manifest=mkey, kind=manifest.kind,
                      raw_bytes=raw_size, stored_bytes=result.size, parts=len(result.parts))
+
+    async def _sweep_leftovers(self, ctx: ActivityContext, calls: StoreCalls,
+                               prefix: str) -> None:
+        """Abort any upload still listed under this backup's directory once it is complete.
+
+        Seen on SeaweedFS after the store was killed and restarted mid-upload: a completed
+        upload was still listed. Aborting it frees what it holds; the completed objects
+        are not uploads and stay (on AWS a completed id is simply unknown: nothing to do).
+        """
+        leftovers = await calls("list leftovers", partial(self.store.multipart_uploads,
+                                                          prefix))
+        for key, upload_id, _ in leftovers:
+            await calls("abort leftover", partial(self.store.abort, key, upload_id))
+            ctx.log.info("aborted a leftover upload of a completed backup", key=key,
+                         upload_id=upload_id)
 
     async def _shared(self, ctx: ActivityContext, group: FanoutGroup,
                       writer: SegmentedUpload) -> tuple[int, UploadResult]:
