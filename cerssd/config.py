@@ -98,6 +98,15 @@ def load_config(path: Path) -> Config:
     return parse_config(data, source=path)
 
 
+def streams_directly(server: ServerConfig) -> bool:
+    """Whether ``server`` can stream to an object store itself (capability direct_copy).
+
+    Only the node this daemon runs on can: a remote server's stream would pass through
+    this daemon, the controller the design keeps out of the data path.
+    """
+    return server.kind == "local"
+
+
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     # Imported here: relationships use this module's ConfigError and duration parsing.
     from .objectstore.config import parse_store
@@ -119,7 +128,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                                  servers=servers, stores=stores)
         for name in rels_raw}
     for name, spec in relationships.items():
-        if spec.stores and servers[spec.master].kind != "local":
+        if spec.stores and not streams_directly(servers[spec.master]):
             raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
                               "stores only from a local master (direct_copy)")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,

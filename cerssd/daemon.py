@@ -86,13 +86,10 @@ class Daemon:
         self.engine.recover()
         self.relationships.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
-            self._tasks.append(asyncio.create_task(self._abort_orphans(started)))
+            self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
-
-    async def _abort_orphans(self, started: float) -> None:
-        await self.stores.abort_orphans(started)
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         self._lock_file = open(state_dir / "cerssd.lock", "w")  # noqa: SIM115 - held for life

@@ -43,9 +43,10 @@ class Links:
     """The link states of all remote servers (local servers have none)."""
 
     def __init__(self, servers: list[str]) -> None:
-        now = time.time()
-        self._links = {name: LinkState(name, last_up_at=now) for name in servers}
-        self.retries: dict[str, int] = {name: 0 for name in servers}
+        self._links: dict[str, LinkState] = {}
+        self.retries: dict[str, int] = {}
+        for name in servers:
+            self.add(name)
 
     def add(self, name: str) -> None:
         """Watch one more link (an object store's, named like the store)."""

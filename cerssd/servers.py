@@ -18,7 +18,7 @@ from .backends.base import BackendError, Capabilities
 from .backends.runner import LocalRunner, Runner
 from .backends.ssh import SshError, SshRunner
 from .backends.zfs import ZfsBackend
-from .config import ServerConfig
+from .config import ServerConfig, streams_directly
 from .links import Links
 
 log = structlog.get_logger("cerssd.servers")
@@ -87,7 +87,7 @@ class ServerRegistry:
             # while retries go on; a local server has no link to lose.
             # A local server streams to object stores itself (no controller in the path).
             caps = replace(caps, connection_loss_reporting=entry.config.kind == "ssh",
-                           direct_copy=entry.config.kind == "local")
+                           direct_copy=streams_directly(entry.config))
             entry.backend.capabilities = caps
             entry.probed, entry.probe_error, entry.permanent_error = True, None, False
             log.info("capabilities probed", server=name, capabilities=caps.published(),

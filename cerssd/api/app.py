@@ -22,7 +22,7 @@ from ..activity import IllegalTransition, State
 from ..backends.base import BackendError, NotFound
 from ..backends.names import InvalidName, validate_snapshot, validate_volume
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, streams_directly
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
@@ -236,7 +236,7 @@ class ControlApi:
             field_name = exc.key.removeprefix(".") or "name"
             raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",
                              field=field_name) from exc
-        if spec.stores and self.ctx.servers.entry(spec.master).config.kind != "local":
+        if spec.stores and not streams_directly(self.ctx.servers.entry(spec.master).config):
             raise ApiProblem(422, "Unprocessable Content", "stores: a relationship copies to "
                              "object stores only from a local master (direct_copy)",
                              field="stores")

@@ -151,9 +151,9 @@ class SshRunner:
         return result
 
     async def _shell(self) -> RemoteShell:
+        """An idle command shell on the server, or a new one."""
         import asyncssh
 
-        """An idle command shell on the server, or a new one."""
         while self._idle:
             shell = self._idle.pop()
             if shell.alive:

@@ -40,14 +40,13 @@ class Stores:
     def all(self) -> list[ObjectStore]:
         return list(self.stores.values())
 
-    async def abort_orphans(self, started_before: float) -> int:
+    async def abort_orphans(self, started_before: float) -> None:
         """Abort unfinished multipart uploads under each prefix begun before ``started_before``.
 
         Called with the daemon's start time: an upload begun earlier belongs to no live
         backup of this daemon (a backup restarted from the journal aborts its own and
         begins a new one), so it can only be left over.
         """
-        aborted = 0
         for store in self.stores.values():
             try:
                 uploads = await store.multipart_uploads(store.config.prefix)
@@ -55,13 +54,11 @@ class Stores:
                     if initiated >= started_before:
                         continue
                     await store.abort(key, upload_id)
-                    aborted += 1
                     log.warning("aborted an orphaned multipart upload", store=store.name,
                                 key=key, upload_id=upload_id)
             except StoreError as exc:
                 log.error("could not look for orphaned uploads", store=store.name,
                           error=str(exc))
-        return aborted
 
     async def close(self) -> None:
         for store in self.stores.values():

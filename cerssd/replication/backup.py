@@ -28,6 +28,7 @@ from ..backends.base import NotFound, Snapshot
 from ..backends.names import validate_snapshot
 from ..backends.runner import LocalRunner, stop_process
 from ..backends.zfs import ZfsBackend
+from ..config import streams_directly
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore import catalog
 from ..objectstore.client import ObjectStore
@@ -373,7 +374,7 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
     snap = validate_snapshot(req.snapshot)
     stores.get(req.store)
     entry = servers.entry(req.server)
-    if entry.config.kind != "local":
+    if not streams_directly(entry.config):
         raise ActivityError(
             f"server {req.server} cannot copy directly to an object store (direct_copy): "
             "its stream would pass through this daemon; run cerssd on that server",
