@@ -192,14 +192,25 @@ def test_store_errors_are_sorted_into_transient_and_permanent() -> None:
 
 def test_incremental_base_is_the_newest_by_txg_not_by_one_second_creation() -> None:
     from cerssd.backends.base import Snapshot
-    from cerssd.objectstore.catalog import newest_common
+    from cerssd.objectstore.catalog import newest_backed_up as newest_common
 
     def snap(guid: str) -> Snapshot:  # all made within one second, as scripts do
         return Snapshot(f"tank/v@s{guid}", "tank/v", f"s{guid}", guid, 1000, 0, 0, 0)
 
     source = [snap("1"), snap("2"), snap("3")]  # oldest first, by createtxg
-    catalog = [manifest("1", 1000), manifest("2", 1000, "1")]
+    catalog = {manifest("1", 1000).guid, manifest("2", 1000, "1").guid}
     base = newest_common(catalog, source, "3")
     assert base is not None and base.guid == "2"
     assert newest_common(catalog, source, "2") is not None
     assert newest_common(catalog, source, "1") is None
+
+
+def test_manifest_guid_is_read_off_the_key_of_the_volume_itself() -> None:
+    from cerssd.objectstore.layout import manifest_guid, manifest_key
+
+    key = manifest_key("p/", "tank/v", "daily.1", "123")
+    assert key == "p/tank/v/daily.1.123/manifest.json"
+    assert manifest_guid("p/", "tank/v", key) == "123"
+    child = manifest_key("p/", "tank/v/child", "s", "9")
+    assert manifest_guid("p/", "tank/v", child) is None  # a child volume's backup
+    assert manifest_guid("p/", "tank/v", "p/tank/v/s.9/stream-000000") is None

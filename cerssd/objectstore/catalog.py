@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import structlog
 
 from ..backends.base import Snapshot
 from .client import ObjectStore
-from .layout import MANIFEST, Manifest, ManifestInvalid, decode
+from .layout import MANIFEST, Manifest, ManifestInvalid, decode, manifest_guid
 
 log = structlog.get_logger("cerssd.objectstore")
 
@@ -49,14 +51,23 @@ def _depths(backups: list[Manifest]) -> dict[str, int]:
     return depths
 
 
-def newest_common(catalog: list[Manifest], source: list[Snapshot],
-                  target_guid: str) -> Manifest | None:
-    """The newest backed-up snapshot the source still has (by guid) before the target.
+async def backed_up_guids(store: ObjectStore, volume: str) -> set[str]:
+    """Guids of the snapshots of ``volume`` with a complete backup: one listing, no GETs
+    (the guid is part of every manifest's key, docs/backups.md)."""
+    prefix = store.config.prefix
+    guids = set()
+    async for item in store.list_objects(f"{prefix}{volume}/"):
+        if (guid := manifest_guid(prefix, volume, item.key)) is not None:
+            guids.add(guid)
+    return guids
+
+
+def newest_backed_up(guids: Collection[str], source: list[Snapshot],
+                     target_guid: str) -> Snapshot | None:
+    """The source's newest snapshot before the target that has a backup (by guid).
 
     ``source`` is the source's snapshot list, oldest first by creation txg: positions,
     not creation times (1 s steps), say which of two snapshots is newer.
     """
-    order = {s.guid: i for i, s in enumerate(source)}
-    upto = order.get(target_guid, len(source))
-    candidates = [m for m in catalog if m.guid in order and order[m.guid] < upto]
-    return max(candidates, key=lambda m: order[m.guid], default=None)
+    upto = next((i for i, s in enumerate(source) if s.guid == target_guid), len(source))
+    return next((s for s in reversed(source[:upto]) if s.guid in guids), None)

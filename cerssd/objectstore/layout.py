@@ -122,6 +122,19 @@ def manifest_key(prefix: str, volume: str, label: str, guid: str) -> str:
     return backup_dir(prefix, volume, label, guid) + MANIFEST
 
 
+def manifest_guid(prefix: str, volume: str, key: str) -> str | None:
+    """The guid of the backup of ``volume`` whose manifest is ``key``, read off the key.
+
+    None for keys that are not a manifest of ``volume`` itself (e.g. a child volume's).
+    """
+    head = f"{prefix}{volume}/"
+    rest = key[len(head):] if key.startswith(head) else ""
+    directory, slash, name = rest.partition("/")
+    guid = directory.rpartition(".")[2]
+    return guid if slash and name == MANIFEST and "." in directory and guid.isdigit() \
+        else None
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

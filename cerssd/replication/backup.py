@@ -39,7 +39,7 @@ from ..servers import ServerRegistry
 from .fanout import FanoutGroup, FanoutMissed, SplitOff
 from .groups import FanoutGroups, StreamKey
 from .relay import Relay
-from .replicate import RetryPolicy
+from .replicate import RetryPolicy, estimate_stream
 from .store_calls import StoreCalls
 from .transfer import Endpoint, FdSet
 
@@ -81,6 +81,45 @@ def compressor_argv(compression: str, level: int | None) -> list[str] | None:
     return [*COMPRESSORS[compression], f"-{level or DEFAULT_LEVEL[compression]}"]
 
 
+@dataclass(frozen=True)
+class BackupPlan:
+    """What a backup sends: ``snapshot``, incremental from ``base`` (a source snapshot
+    whose backup the store has) or full; ``done`` if the store has this one already."""
+
+    snapshot: Snapshot
+    base: Snapshot | None
+    intermediates: bool
+    done: bool = False
+
+    @property
+    def key(self) -> StreamKey:
+        """The stream, as fan-out groups compare them (``-I`` means nothing without a
+        base: a full stream is the same stream either way)."""
+        return StreamKey(self.snapshot.guid, self.base.guid if self.base else None, "",
+                         self.intermediates and self.base is not None)
+
+
+def pick_snapshot(source: list[Snapshot], req: BackupRequest) -> Snapshot:
+    """The snapshot asked for, or for a relationship its newest one (``latest_prefix``)."""
+    asked = next((s for s in source if s.name == req.snapshot), None)
+    if asked is None:
+        raise NotFound(f"snapshot {req.snapshot} does not exist on {req.server}")
+    if req.latest_prefix is not None:
+        ours = [s for s in source if s.label.startswith(req.latest_prefix)]
+        if ours:
+            return ours[-1]
+    return asked
+
+
+async def plan_backup(src: ZfsBackend, store: ObjectStore, req: BackupRequest) -> BackupPlan:
+    """The source's snapshots are listed once, the store's backups once (keys only)."""
+    source = await src.snapshots(validate_snapshot(req.snapshot).volume)
+    snap = pick_snapshot(source, req)
+    guids = await catalog.backed_up_guids(store, snap.volume)
+    base = None if req.force_full else catalog.newest_backed_up(guids, source, snap.guid)
+    return BackupPlan(snap, base, req.intermediates, done=snap.guid in guids)
+
+
 class BackupWork:
     def __init__(self, record: ActivityRecord, servers: ServerRegistry, stores: Stores,
                  policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
@@ -104,35 +143,33 @@ class BackupWork:
         calls = StoreCalls(ctx, self.store, self.policy)
         await self._abort_earlier_run(ctx, calls)
         src = await self.servers.backend(self.req.server)
-        snap = await self._snapshot(ctx, src)
-        existing = await calls("list backups", lambda: catalog.backups(self.store, snap.volume))
-        if any(m.guid == snap.guid for m in existing):
+        try:
+            plan = await calls("plan", lambda: plan_backup(src, self.store, self.req))
+        except NotFound as exc:
+            raise ActivityError(str(exc), StatusCode.ERROR, "not-found") from None
+        self._follow(ctx, plan.snapshot)
+        if plan.done:
             ctx.set_progress(0, 0)
-            ctx.log.info("snapshot already backed up", snapshot=snap.name,
+            ctx.log.info("snapshot already backed up", snapshot=plan.snapshot.name,
                          store=self.store.name)
             return
-        base = None
-        if not self.req.force_full:
-            base = catalog.newest_common(existing, await src.snapshots(snap.volume), snap.guid)
-        group = self._member_of(snap, base)
+        group = self._member_of(plan)
         try:
-            await self._backup(ctx, calls, src, snap, base, group)
+            await self._backup(ctx, calls, src, plan, group)
         except (SplitOff, FanoutMissed) as exc:
             # The shared send went on without the bucket (it was slower, or came late):
             # what was uploaded is thrown away and the backup sends on its own.
             ctx.log.info("left the fan-out; sending on its own", why=str(exc))
             ctx.remember(fanout="split-off" if isinstance(exc, SplitOff) else "missed")
             await self._discard(ctx)
-            await self._backup(ctx, calls, src, snap, base, None)
+            await self._backup(ctx, calls, src, plan, None)
 
-    def _member_of(self, snap: Snapshot, base: Manifest | None) -> FanoutGroup | None:
+    def _member_of(self, plan: BackupPlan) -> FanoutGroup | None:
         """The cycle's shared send, if it is exactly the stream this backup needs."""
         entry = self.group
         if entry is None:
             return None
-        wanted = StreamKey(snap.guid, base.guid if base else None, "",
-                           self.req.intermediates and base is not None)
-        if entry.key != wanted:
+        if entry.key != plan.key:
             self._leave_group()
             return None
         self.group = None  # attaching now: no withdraw afterwards
@@ -145,13 +182,13 @@ class BackupWork:
             self.group = None
 
     async def _backup(self, ctx: ActivityContext, calls: StoreCalls, src: ZfsBackend,
-                      snap: Snapshot, base: Manifest | None,
-                      group: FanoutGroup | None) -> None:
+                      plan: BackupPlan, group: FanoutGroup | None) -> None:
         cfg = self.store.config
-        base_name = f"{snap.volume}@{base.label}" if base else None
+        snap, base = plan.snapshot, plan.base
+        base_name = base.name if base else None
         exact = await src.size_estimate(snap.name, base_name,
                                         intermediates=self.req.intermediates)
-        size = exact if exact is not None else estimate_from(snap, base_name)
+        size = exact if exact is not None else estimate_stream(snap, base)
         ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
         ctx.counters.done = 0
         ctx.remember(base_guid=base.guid if base else None)
@@ -178,7 +215,7 @@ class BackupWork:
         manifest = Manifest(
             volume=snap.volume, snapshot=snap.name, guid=snap.guid,
             snapshot_created=snap.creation, parent_guid=base.guid if base else None,
-            parent_snapshot=base.snapshot if base else None, segments=result.segments,
+            parent_snapshot=base_name, segments=result.segments,
             stream_size=result.size, raw_size=raw_size, compression=cfg.compression,
             sha256=result.sha256, parts=result.parts, source_server=self.req.server,
             snapshot_txg=snap.createtxg,
@@ -264,26 +301,17 @@ class BackupWork:
                          uploads=len(uploads), segments=len(segments))
             ctx.remember(uploads={}, segments=[])
 
-    async def _snapshot(self, ctx: ActivityContext, src: ZfsBackend) -> Snapshot:
-        try:
-            snap = await src.snapshot(self.req.snapshot)
-        except NotFound:
-            raise ActivityError(f"snapshot {self.req.snapshot} does not exist on "
-                                f"{self.req.server}", StatusCode.ERROR, "not-found") from None
-        prefix = self.req.latest_prefix
-        if prefix is not None:  # a relationship's: its newest snapshot, whatever was asked
-            ours = [s for s in await src.snapshots(snap.volume) if s.label.startswith(prefix)]
-            if ours and ours[-1].guid != snap.guid:
-                snap = ours[-1]
-                self.req = replace(self.req, snapshot=snap.name)
-                ctx.remember(snapshot=snap.name, guid=snap.guid)
+    def _follow(self, ctx: ActivityContext, snap: Snapshot) -> None:
+        """Journal the snapshot this backup sends; one replaced under its name is refused."""
+        if snap.name != self.req.snapshot:  # a relationship's newer snapshot
+            self.req = replace(self.req, snapshot=snap.name)
+            ctx.remember(snapshot=snap.name, guid=snap.guid)
         known = self.params.get("guid")
-        if known is not None and known != snap.guid and prefix is None:
+        if known is not None and known != snap.guid and self.req.latest_prefix is None:
             raise ActivityError(f"{snap.name} was replaced by another snapshot of that name "
                                 "since the backup began", StatusCode.ERROR, "conflict")
         if known is None:
             ctx.remember(guid=snap.guid)
-        return snap
 
     async def _stream(self, ctx: ActivityContext, src: ZfsBackend, snapshot: str,
                       base: str | None, writer: SegmentedUpload) -> tuple[int, UploadResult]:
@@ -360,13 +388,6 @@ class BackupWork:
                          uploads=len(self.upload.unfinished),
                          segments=len(self.upload.completed))
         await self._discard(ctx)
-
-
-def estimate_from(snap: Snapshot, base: str | None) -> int:
-    """Space accounting's guess at the stream size, for zfs without ``send -nvP``."""
-    if base is None:
-        return max(snap.referenced, 1)
-    return max(snap.used, 1)
 
 
 def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,

@@ -31,10 +31,9 @@ from ..backends.base import BackendError, Snapshot
 from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
-from ..objectstore import catalog
 from ..objectstore.client import StoreError
 from ..servers import ServerRegistry, ServerUnavailable
-from .backup import BackupRequest, submit_backup
+from .backup import BackupRequest, plan_backup, submit_backup
 from .fanout import FanoutGroup
 from .groups import StreamKey
 from .plan import ReplicationConflict
@@ -228,18 +227,12 @@ class RelationshipWork:
         if stores is None:
             return None
         try:
-            snap = await master.snapshot(req.snapshot)
-            existing = await catalog.backups(stores.get(req.store), snap.volume)
-            source = await master.snapshots(snap.volume)
+            plan = await plan_backup(master, stores.get(req.store), req)
         except (StoreError, BackendError, SshError):
             return None  # its backup plans (and reports) on its own
-        if any(m.guid == snap.guid for m in existing):
+        if plan.done:
             return None
-        base = catalog.newest_common(existing, source, snap.guid)
-        # -I means nothing without a base: a full stream is the same stream either way.
-        key = StreamKey(snap.guid, base.guid if base else None, "",
-                        req.intermediates and base is not None)
-        return key, f"{snap.volume}@{base.label}" if base else None
+        return plan.key, plan.base.name if plan.base else None
 
     async def _stream_key(self, master: ZfsBackend, req: ReplicationRequest,
                           ) -> tuple[StreamKey, str | None] | None:

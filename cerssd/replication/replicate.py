@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from ..activity import ActivityRecord, LinkHealth, State, StatusCode
-from ..backends.base import BackendError, Busy, NotFound
+from ..backends.base import BackendError, Busy, NotFound, Snapshot
 from ..backends.names import validate_snapshot, validate_volume
 from ..backends.ssh import LinkDown, SshError
 from ..backends.zfs import ZfsBackend
@@ -156,15 +156,19 @@ async def stream_flags(src: ZfsBackend, dst: ZfsBackend, volume: str) -> str:
 
 
 def estimate(plan: Plan) -> int:
+    return estimate_stream(plan.snapshot, plan.base)
+
+
+def estimate_stream(snapshot: Snapshot, base: Snapshot | None) -> int:
     """A stream size guessed from space accounting, for servers without ``send -nvP``.
 
     A full stream is about the snapshot's referenced size; an incremental at least
     the growth since the base. Overwritten blocks make it low, so progress flags it
     as an estimate and raises the total if the stream runs past it.
     """
-    if plan.base is None:
-        return max(plan.snapshot.referenced, 1)
-    return max(plan.snapshot.referenced - plan.base.referenced, plan.snapshot.used, 1)
+    if base is None:
+        return max(snapshot.referenced, 1)
+    return max(snapshot.referenced - base.referenced, snapshot.used, 1)
 
 
 def while_busy() -> AsyncRetrying:
