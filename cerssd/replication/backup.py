@@ -18,7 +18,7 @@ reported lost, and reading waits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
@@ -41,7 +41,7 @@ from .groups import FanoutGroups, StreamKey
 from .relay import Relay
 from .replicate import RetryPolicy, estimate_stream
 from .store_calls import StoreCalls
-from .transfer import Endpoint, FdSet
+from .transfer import Endpoint, FdSet, first_failure
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
@@ -275,12 +275,24 @@ class BackupWork:
         """Throw away an upload that will not be completed (before sending again)."""
         if self.upload is None:
             return
-        for key, upload_id in list(self.upload.unfinished.items()):
-            await self.store.abort(key, upload_id)
-        for key in self.upload.completed:
-            await self.store.delete(key)
+        await self._remove(dict(self.upload.unfinished), list(self.upload.completed))
         self.upload = None
         ctx.remember(uploads={}, segments=[])
+
+    async def _remove(self, uploads: Mapping[str, str], segments: Iterable[str],
+                      calls: StoreCalls | None = None) -> None:
+        """Abort ``uploads`` and delete ``segments``: what an unfinished backup left.
+
+        With ``calls`` each request is retried while the store is away (a run starting
+        over); without, a failure propagates (a rollback reports it)."""
+        async def once(what: str, call: Callable[[], Awaitable[None]]) -> None:
+            await call()
+
+        run = calls or once
+        for key, upload_id in uploads.items():
+            await run("abort upload", partial(self.store.abort, key, upload_id))
+        for key in segments:
+            await run("delete segment", partial(self.store.delete, key))
 
     def _started(self, ctx: ActivityContext, key: str, upload_id: str) -> None:
         """Journal every upload and finished segment: a restart must clean them up."""
@@ -292,10 +304,7 @@ class BackupWork:
         """A restarted backup begins again: the earlier run's objects are removed."""
         uploads: dict[str, str] = self.params.get("uploads") or {}
         segments: list[str] = self.params.get("segments") or []
-        for key, upload_id in uploads.items():
-            await calls("abort earlier upload", partial(self.store.abort, key, upload_id))
-        for key in segments:
-            await calls("delete earlier segment", partial(self.store.delete, key))
+        await self._remove(uploads, segments, calls)
         if uploads or segments:
             ctx.log.info("removed the unfinished upload of the earlier run",
                          uploads=len(uploads), segments=len(segments))
@@ -349,7 +358,9 @@ class BackupWork:
             if closer is not None:
                 await closer
             raw = relay.result.bytes if relay is not None else result.size
-            await self._check_exits(procs)
+            problem = await first_failure(zip(("zfs send", "compressor"), procs, strict=False))
+            if problem is not None:
+                raise ActivityError(problem, StatusCode.ERROR, "backend")
             return raw, result
         finally:
             if relay is not None:
@@ -366,20 +377,6 @@ class BackupWork:
     async def _close_after(relay: Relay, fds: FdSet, fd: int) -> None:
         await asyncio.to_thread(relay.finished.wait)
         fds.close(fd)
-
-    @staticmethod
-    async def _check_exits(procs: list[asyncio.subprocess.Process]) -> None:
-        for proc in procs:
-            rc = await proc.wait()
-            if rc != 0:
-                err = b""
-                if proc.stderr is not None:
-                    with contextlib.suppress(Exception):
-                        err = await proc.stderr.read()
-                what = "zfs send" if proc is procs[0] else "compressor"
-                message = err.decode(errors="replace").strip().splitlines()
-                raise ActivityError(f"{what} failed: {message[-1] if message else rc}",
-                                    StatusCode.ERROR, "backend")
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Abort unfinished uploads and delete segments: without a manifest, no backup."""

@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     stop_never,
@@ -35,6 +37,7 @@ from ..backends.names import validate_snapshot, validate_volume
 from ..backends.ssh import LinkDown, SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
+from ..links import Links
 from ..servers import ServerRegistry, ServerUnavailable
 from .fanout import FanoutGroup, FanoutMissed, SplitOff
 from .groups import FanoutGroups, StreamKey
@@ -58,6 +61,31 @@ class RetryPolicy:
     stall_timeout: float | None = 30.0
     max_interval: float = 30.0
     deadline: float | None = 3600.0
+
+    def attempts(self, ctx: ActivityContext, *, transient: Callable[[BaseException], bool],
+                 report: Callable[[RetryCallState], None], deadline: float | None,
+                 first_wait: float = 1.0) -> AsyncRetrying:
+        """Tenacity attempts for one activity: its ``sleep`` (so sync-now wakes it), a
+        report before each back-off, and no limit for a deadline of None or inf."""
+        return AsyncRetrying(
+            retry=retry_if_exception(transient),
+            wait=wait_random_exponential(multiplier=first_wait, max=self.max_interval),
+            stop=stop_after_delay(deadline) if deadline not in (None, float("inf"))
+            else stop_never,
+            sleep=ctx.sleep, before_sleep=report, reraise=True)
+
+
+def report_link_retry(ctx: ActivityContext, links: Links, server: str, error: str,
+                      state: RetryCallState) -> float:
+    """Report a lost link at once, with its next try, in ``links`` and on the activity
+    (``retrying``); returns the back-off in seconds."""
+    delay = state.next_action.sleep if state.next_action else 0.0
+    links.lost(server, error)
+    link = links.retrying(server, state.attempt_number, time.time() + delay)
+    ctx.link_lost(link.health() if link else LinkHealth(
+        server=server, state="retrying", attempt=state.attempt_number,
+        next_try_at=time.time() + delay, last_error=error))
+    return delay
 
 
 class Transient(Exception):
@@ -203,13 +231,9 @@ class ReplicateWork:
         """
         deadline = self.policy.deadline if self.req.retry_deadline is None \
             else self.req.retry_deadline
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(Transient),
-            wait=wait_random_exponential(multiplier=1, max=self.policy.max_interval),
-            stop=stop_after_delay(deadline) if deadline not in (None, float("inf"))
-            else stop_never,
-            sleep=ctx.sleep, before_sleep=lambda state: self._report_retry(ctx, state),
-            reraise=True)
+        retrying = self.policy.attempts(
+            ctx, transient=lambda exc: isinstance(exc, Transient),
+            report=lambda state: self._report_retry(ctx, state), deadline=deadline)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -222,14 +246,7 @@ class ReplicateWork:
         exc = state.outcome.exception() if state.outcome else None
         if not isinstance(exc, Transient):
             return
-        delay = state.next_action.sleep if state.next_action else 0.0
-        links = self.servers.links
-        links.lost(exc.server, str(exc))
-        link = links.retrying(exc.server, state.attempt_number, time.time() + delay)
-        health = link.health() if link else LinkHealth(
-            server=exc.server, state="retrying", attempt=state.attempt_number,
-            next_try_at=time.time() + delay, last_error=str(exc))
-        ctx.link_lost(health)
+        delay = report_link_retry(ctx, self.servers.links, exc.server, str(exc), state)
         ctx.log.warning("replication interrupted; retrying", server=exc.server,
                         error=str(exc), attempt=state.attempt_number, retry_in=round(delay, 1))
 

@@ -34,7 +34,7 @@ from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
 from .replicate import RetryPolicy, while_busy
 from .store_calls import StoreCalls
-from .transfer import FdSet
+from .transfer import FdSet, first_failure
 
 KIND = "restore"
 DECOMPRESSORS = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}
@@ -172,24 +172,15 @@ class RestoreWork:
             except BrokenPipeError:
                 pass  # the receiver quit early: its exit status says why
             fds.close(in_w)
-            await self._check_exits(procs, manifest)
+            problem = await first_failure(
+                zip((f"zfs receive of {manifest.snapshot}", "decompressor"), procs,
+                    strict=False))
+            if problem is not None:
+                raise ActivityError(problem, StatusCode.ERROR, "backend")
         finally:
             fds.close_all()
             for proc in procs:
                 await asyncio.shield(stop_process(proc))
-
-    @staticmethod
-    async def _check_exits(procs: list[asyncio.subprocess.Process], manifest: Manifest) -> None:
-        for proc in procs:
-            rc = await proc.wait()
-            if rc != 0:
-                err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr \
-                    else ""
-                lines = [line for line in err.splitlines() if line.strip()]
-                what = "zfs receive" if proc is procs[0] else "decompressor"
-                raise ActivityError(f"{what} of {manifest.snapshot} failed: "
-                                    f"{lines[-1] if lines else f'exit status {rc}'}",
-                                    StatusCode.ERROR, "backend")
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Leave the target as it was: remove what this restore created or received."""

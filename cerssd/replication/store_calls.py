@@ -10,23 +10,16 @@ store's own message.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_delay,
-    stop_never,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState
 
-from ..activity import LinkHealth, State, StatusCode
+from ..activity import State, StatusCode
 from ..engine import ActivityContext, ActivityError
+from ..links import Links
 from ..objectstore.client import ObjectStore, StoreError
-from .replicate import RetryPolicy
+from .replicate import RetryPolicy, report_link_retry
 
 T = TypeVar("T")
 
@@ -43,11 +36,8 @@ class StoreCalls:
 
     async def __call__(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         deadline = self.policy.deadline
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            wait=wait_random_exponential(multiplier=0.5, max=self.policy.max_interval),
-            stop=stop_after_delay(deadline) if deadline else stop_never,
-            sleep=self.ctx.sleep, before_sleep=self._report, reraise=True)
+        retrying = self.policy.attempts(self.ctx, transient=_transient, report=self._report,
+                                        deadline=deadline, first_wait=0.5)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -64,16 +54,9 @@ class StoreCalls:
 
     def _report(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
-        links = self.store.links
         name = self.store.name
-        link = None
-        if links is not None:
-            links.lost(name, str(exc))
-            link = links.retrying(name, state.attempt_number, time.time() + delay)
-        self.ctx.link_lost(link.health() if link else LinkHealth(
-            server=name, state="retrying", attempt=state.attempt_number,
-            next_try_at=time.time() + delay, last_error=str(exc)))
+        links = self.store.links if self.store.links is not None else Links([])
+        delay = report_link_retry(self.ctx, links, name, str(exc), state)
         self.ctx.log.warning("object store call failed; retrying", store=name,
                              error=str(exc), attempt=state.attempt_number,
                              retry_in=round(delay, 1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..backends.runner import Runner, stop_process
@@ -167,6 +167,16 @@ async def _stderr(proc: asyncio.subprocess.Process) -> str:
     assert proc.stderr is not None
     data = await proc.stderr.read()
     return data.decode(errors="replace").strip()
+
+
+async def first_failure(named: Iterable[tuple[str, asyncio.subprocess.Process]],
+                        ) -> str | None:
+    """``NAME failed: its last stderr line`` for the first process that exited non-zero."""
+    for name, proc in named:
+        rc = await proc.wait()
+        if rc != 0:
+            return f"{name} failed: {_first_line(await _stderr(proc), rc)}"
+    return None
 
 
 def _first_line(text: str, rc: int) -> str:
