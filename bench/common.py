@@ -68,17 +68,21 @@ def run(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[s
     return result
 
 
-def bash(script: str) -> subprocess.CompletedProcess[str]:
+def bash(script: str, *, env: dict[str, str] | None = None,
+         watch: Callable[[int], contextlib.AbstractContextManager[Any]] | None = None,
+         ) -> subprocess.CompletedProcess[str]:
     """Run a pipeline with pipefail, so a failing ``zfs send`` fails the whole command.
 
     The pipeline gets its own process group: if the benchmark is interrupted, the whole
-    group (bash, zfs send, ssh) is stopped, not only bash.
+    group (bash, zfs send, ssh) is stopped, not only bash. ``watch(pid)`` is a context
+    (an RSS sampler, say) held while the pipeline runs.
     """
     proc = subprocess.Popen(["bash", "-c", f"set -o pipefail; {script}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
-        out, err = proc.communicate()
+        with watch(proc.pid) if watch else contextlib.nullcontext():
+            out, err = proc.communicate()
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)

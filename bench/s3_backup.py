@@ -78,7 +78,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -98,6 +97,7 @@ from common import (
     CpuUse,
     Daemon,
     announced_stack,
+    bash,
     bench_main,
     check_received,
     cleanup,
@@ -445,23 +445,17 @@ def make_data(setup: Setup, size_mib: int) -> Data:
 # -- the baseline: the AWS CLI -----------------------------------------------------------
 
 def timed_pipeline(setup: Setup, script: str) -> Measure:
-    """Run ``script`` with pipefail in its own process group; time it and the ``aws``
-    process's peak RSS. Interrupted, the whole group is stopped."""
+    """Run ``script`` (common.bash); time it and the ``aws`` process's peak RSS."""
+    samplers: list[RssSampler] = []
+
+    def sample(pid: int) -> RssSampler:
+        samplers.append(RssSampler(pid, watch="aws"))
+        return samplers[-1]
+
     start = time.monotonic()
-    proc = subprocess.Popen(["bash", "-c", f"set -o pipefail; {script}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=setup.aws_env())
-    try:
-        with RssSampler(proc.pid, watch="aws") as rss:
-            _, err = proc.communicate()
-        seconds = time.monotonic() - start
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise BenchError(f"`{script}` exited {proc.returncode}: {err.strip()}")
+    bash(script, env=setup.aws_env(), watch=sample)
+    seconds = time.monotonic() - start
+    rss = samplers[0]
     if rss.peak_kib == 0:
         raise BenchError(f"no sample of the aws process's RSS in `{script}`")
     return Measure(seconds, rss.peak_kib / 1024, rss.tree_kib / 1024)
