@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, replicate, replicate_ok, write_file, zfs
+from .conftest import DaemonProcess, post_json, replicate, replicate_ok, write_file, zfs
 from .openzfs_guest import OpenZfsGuest
 
 pytestmark = pytest.mark.openzfs
@@ -115,7 +115,11 @@ def test_interrupted_transfer_resumes_from_token(daemon: DaemonProcess, fresh: G
                     bandwidth_limit=4 * MiB).body["id"]
     total = daemon.wait_activity(aid, lambda a: a["progress"]["done"] > 10 * MiB,
                                  timeout=300, what="10 MiB to flow")["progress"]["total"]
+    # Suspended first: a command in the emulated guest can take seconds, in which the
+    # rest of the stream would arrive and the receive finish before the kill.
+    assert post_json(daemon, f"/v1/activities/{aid}/suspend", {}).status == 200
     fresh.sh("pkill -9 -f 'zfs [r]eceive'")  # the receiving side dies mid-stream
+    assert post_json(daemon, f"/v1/activities/{aid}/resume", {}).status == 200
     daemon.wait_activity(aid, lambda a: a["state"] == "retrying", timeout=60,
                          what="the retry after the interruption")
     done = daemon.wait_done(aid, timeout=600)
