@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import sys
-import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -20,13 +19,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from . import cli_backups, cli_relationships
+from . import cli_backups, cli_relationships, cli_watch
 from .cli_format import print_fields
 from .cli_format import size_text as _size
 from .cli_format import when as _ago
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
-POLL_SECONDS = 0.25
 
 
 class CliError(Exception):
@@ -146,26 +144,23 @@ def activity_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
 
 
 def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
-    """Follow an activity to its end with a live line on a terminal; exit with its status."""
+    """Follow an activity to its end with a live line on a terminal (``--wait``,
+    ``--follow``); exit with ``cli_watch.exit_status``: 0 succeeded, 1 failed, 2 cancelled."""
     live = sys.stderr.isatty() and not out.as_json
-    while activity["state"] not in ("succeeded", "failed", "cancelled"):
-        if live:
-            rate = activity["usage"]["rate_bytes_per_second"]
-            sys.stderr.write(f"\r\033[K{activity['state']:<10} {_progress(activity)}"
-                             f"  {_size(rate)}/s")
-            sys.stderr.flush()
-        time.sleep(POLL_SECONDS)
-        activity = client.request("GET", f"/v1/activities/{activity['id']}")
-    if live:
-        sys.stderr.write("\r\033[K")
+    activity = cli_watch.follow(client, activity,
+                                Console(stderr=True, highlight=False) if live else None)
     out.emit(activity, lambda a: render_activity(out, a))
-    return 0 if activity["status"] and activity["status"]["code"] == 0 else 1
+    return cli_watch.exit_status(activity)
 
 
 def run(args: argparse.Namespace) -> int:
     client = Client(args.socket)
     out = Output(args.json)
     cmd = args.command
+    if cmd == "status" and args.watch:
+        if args.json:
+            raise CliError("--watch draws for people; scripts poll --json status instead")
+        return cli_watch.watch(client, out.console, args.interval, CliError)
     if cmd == "status":
         return status_command(client, out)
     if cmd in ("relationships", "relationship"):
@@ -213,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             activity_rows(d["items"])))
     elif cmd == "show":
         data = client.request("GET", f"/v1/activities/{_q(args.id)}")
+        if args.follow:
+            return wait_for(client, out, data)
         out.emit(data, lambda a: render_activity(out, a))
     elif cmd in ("suspend", "resume", "cancel"):
         data = client.request("POST", f"/v1/activities/{_q(args.id)}/{cmd}")
@@ -282,7 +279,11 @@ def parser() -> argparse.ArgumentParser:
                    help=f"control socket (default $CERSSD_SOCKET or {DEFAULT_SOCKET})")
     p.add_argument("--json", action="store_true", help="print the API's JSON documents")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="daemon status")
+    st = sub.add_parser("status", help="daemon status")
+    st.add_argument("--watch", action="store_true",
+                    help="a live view until Ctrl-C (plain snapshots when not a terminal)")
+    st.add_argument("--interval", type=cli_watch.interval_arg, default=1.0, metavar="SECONDS",
+                    help="refresh period of --watch (default 1)")
     sub.add_parser("servers", help="configured servers")
     sub.add_parser("capabilities", help="capabilities per server")
     sub.add_parser("links", help="link health of remote servers")
@@ -298,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int)
     for verb in ("show", "suspend", "resume", "cancel"):
         sub.add_parser(verb, help=f"{verb} an activity").add_argument("id")
+    sub.choices["show"].add_argument(
+        "--follow", action="store_true",
+        help="follow it to its end; exit 0 succeeded, 1 failed, 2 cancelled")
     snap = sub.add_parser("snapshot", help="create or destroy a snapshot")
     snap.add_argument("action", choices=("create", "destroy"))
     snap.add_argument("name", help="pool/volume@name")

@@ -1,0 +1,388 @@
+"""``cerssctl status --watch`` and ``cerssctl show ID --follow``: live views of the daemon.
+
+Three parts, so the drawing can be tested without a terminal or a daemon:
+
+* ``fetch`` reads the API's documents once into a ``Frame``;
+* ``render`` turns a frame into a rich renderable: a pure function of the frame, the
+  time and the outage (if any), nothing else;
+* ``watch`` and ``follow`` are the loops around them.
+
+``watch`` redraws in place (``rich.live.Live``) on a terminal. When the daemon stops
+answering it keeps the last frame on screen under a "reconnecting…" line and carries on
+as soon as the socket answers again, so a daemon restart is a blip, not an exit. Off a
+terminal (stdout a pipe or a file) it prints a plain snapshot every interval instead,
+like ``top -b``: no escapes and no bars, one timestamped block per refresh, and a single
+"reconnecting…" line per outage, so ``cerssctl status --watch --interval 60 >> log``
+keeps a readable log. Ctrl-C ends it with status 0.
+
+``follow`` long-polls ``GET /v1/activities/ID?wait=S`` (answered the moment the
+activity ends) and draws one progress line on stderr when that is a terminal;
+``exit_status`` turns the finished activity into cerssctl's exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from .cli_format import size_text, when
+from .cli_relationships import _Client, lag_text
+
+#: The states the view lists as under way, in the order they are asked for.
+LIVE_STATES = ("running", "retrying", "suspended", "cancelling", "pending")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+ERRORS_SHOWN = 5
+#: Long-poll without a live line; below the client's 30 s socket timeout.
+FOLLOW_WAIT = 20
+
+# ``show --follow`` / ``--wait`` exit statuses. 1 is also cerssctl's own failure
+# (daemon unreachable, unknown activity): both mean "it did not succeed".
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+
+STATE_STYLE = {"running": "green", "pending": "dim", "suspended": "bold yellow",
+               "retrying": "bold red", "cancelling": "magenta", "up": "green",
+               "lost": "bold red", "in-sync": "green", "syncing": "cyan",
+               "behind": "yellow", "error": "bold red", "paused": "bold yellow",
+               "stopped": "dim", "stopping": "magenta"}
+#: Suspended and retrying work is marked in capitals: it stands out in plain text too.
+STATE_MARK = {"suspended": "SUSPENDED", "retrying": "RETRYING", "paused": "PAUSED",
+              "lost": "LOST", "error": "ERROR"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The API's documents from one refresh, as they came (``fetched_at`` is Unix time)."""
+
+    status: dict[str, Any]
+    relationships: list[dict[str, Any]]
+    activities: list[dict[str, Any]]
+    failed: list[dict[str, Any]]
+    links: list[dict[str, Any]]
+    fetched_at: float
+
+
+@dataclass(frozen=True)
+class Outage:
+    """The daemon has not answered since ``since``; ``error`` is the latest reason."""
+
+    since: float
+    error: str
+
+
+def fetch(client: _Client) -> Frame:
+    """One refresh. Activities are asked for only in the states the status counts say
+    exist, so an idle daemon costs three requests; the listing is per state because a
+    relationship's activity is old and would fall off a newest-first page."""
+    status = client.request("GET", "/v1/status")
+    counts: dict[str, int] = status["activities"]
+    live: list[dict[str, Any]] = []
+    for state in LIVE_STATES:
+        if counts.get(state):
+            live += client.request("GET", f"/v1/activities?state={state}&limit=100")["items"]
+    failed = (client.request("GET", f"/v1/activities?state=failed&limit={ERRORS_SHOWN}")
+              ["items"] if counts.get("failed") else [])
+    return Frame(status=status,
+                 relationships=client.request("GET", "/v1/relationships")["items"],
+                 activities=sorted(live, key=lambda a: a["created_at"]),
+                 failed=sorted(failed, key=lambda a: a["finished_at"] or 0, reverse=True),
+                 links=client.request("GET", "/v1/links")["items"], fetched_at=time.time())
+
+
+# -- text of single values ---------------------------------------------------------------
+def _styled(state: str) -> Text:
+    return Text(STATE_MARK.get(state, state), style=STATE_STYLE.get(state, ""))
+
+
+def _ago(ts: float | None, now: float) -> str:
+    return "-" if ts is None else lag_text(max(0.0, now - ts))
+
+
+def progress_text(p: dict[str, Any]) -> str:
+    """``n of m`` in the activity's unit with a percentage; ``0 of 0`` is open-ended."""
+    unit, done, total = p["unit"], p["done"], p["total"]
+    amount = size_text if unit == "bytes" else (lambda n: f"{n} {unit}")
+    if total == 0:
+        text = amount(done) if done else "0 of 0"
+    else:
+        text = f"{amount(done)} of {amount(total)} ({100 * done / total:.0f}%)"
+    return text + (" est." if p.get("estimated") else "")
+
+
+def rate_text(a: dict[str, Any]) -> str:
+    rate = a["usage"]["rate_bytes_per_second"]
+    return f"{size_text(rate)}/s" if rate > 0 and a["state"] == "running" else "-"
+
+
+def eta_text(a: dict[str, Any]) -> str:
+    """Time left at the current rate; only bytes have a rate, only running work an ETA."""
+    if a["state"] == "suspended":
+        return "paused"
+    p, rate = a["progress"], a["usage"]["rate_bytes_per_second"]
+    if a["state"] != "running" or p["unit"] != "bytes" or rate <= 0 or p["total"] <= p["done"]:
+        return "-"
+    return lag_text((p["total"] - p["done"]) / rate)
+
+
+def link_text(link: dict[str, Any] | None, now: float) -> str:
+    """Empty for a healthy link; otherwise what is wrong, since when, and the next try."""
+    if not link or link["state"] == "up":
+        return ""
+    text = f"{link['server']} {link['state']} {_ago(link.get('since'), now)}"
+    if link.get("attempt"):
+        text += f", attempt {link['attempt']}"
+    if link.get("next_try_at"):
+        text += f", next try in {lag_text(max(0.0, link['next_try_at'] - now))}"
+    return text + (f": {link['last_error']}" if link.get("last_error") else "")
+
+
+def bar(a: dict[str, Any]) -> RenderableType:
+    """A bar for n of m; a spinner for 0 of 0 (no anticipated completion)."""
+    p = a["progress"]
+    if p["total"] == 0:
+        return Spinner("dots", style=STATE_STYLE.get(a["state"], ""))
+    style = {"suspended": "yellow", "retrying": "red"}.get(a["state"], "bar.complete")
+    return ProgressBar(total=p["total"], completed=min(p["done"], p["total"]), width=16,
+                       complete_style=style)
+
+
+# -- sections ----------------------------------------------------------------------------
+Cell = RenderableType  # str, Text, a bar, a spinner
+
+
+def _table(columns: Sequence[str], rows: list[list[Cell]], *, keep: Sequence[str] = (),
+           free: Sequence[str] = ()) -> Table:
+    """A borderless table for a terminal of any width.
+
+    ``free`` columns (names, errors) give way first when it is narrow, their cells
+    (``_cut``) ending in "…" instead of wrapping. ``keep`` columns (ids, states) never
+    shrink: if even that is too wide, the right edge is cropped instead.
+    """
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for i, name in enumerate(columns):
+        widest = max(map(_width, [name, *(row[i] for row in rows)]))
+        table.add_column(_cut(name) if name in free else name, no_wrap=name not in free,
+                         min_width=widest if name in keep else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _cut(text: str, style: str = "") -> Text:
+    return Text(text, style=style, no_wrap=True, overflow="ellipsis")
+
+
+def _width(cell: Cell) -> int:
+    """The width a cell needs (for ``keep`` columns): text's length, a bar's width."""
+    if isinstance(cell, ProgressBar):
+        return cell.width or 0
+    if isinstance(cell, Text):
+        return cell.cell_len
+    return len(cell) if isinstance(cell, str) else 1  # a spinner
+
+
+def _header(frame: Frame) -> Text:
+    s = frame.status
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(s["activities"].items())) or "none"
+    servers = ", ".join(f"{k} {'up' if v else 'DOWN'}" for k, v in s["servers"].items())
+    return Text(f"cerssd {s['version']}  pid {s['pid']}  up {lag_text(s['uptime_seconds'])}  "
+                f"activities: {counts}  servers: {servers}  at {when(frame.fetched_at)[-8:]}",
+                style="bold")
+
+
+def relationships_table(items: list[dict[str, Any]], now: float) -> RenderableType:
+    """One row per slave. ``replication_status`` and ``active_server`` are shown when the
+    daemon reports them (failover support adds them), and not required."""
+    extra = [k for k in ("replication_status", "active_server") if any(k in r for r in items)]
+    rows: list[list[Cell]] = []
+    for r in items:
+        first: list[Cell] = [r["name"], _cut(r["volume"]), r["master"], _styled(r["state"]),
+                             *(str(r.get(k) or "-") for k in extra)]
+        for s in r["slaves"] or [{"server": "-", "state": "-", "lag_seconds": None,
+                                 "link": None, "error": None}]:
+            rows.append([*first, s["server"], _styled(s["state"]), lag_text(s["lag_seconds"]),
+                         _cut(link_text(s["link"], now) or "up"),
+                         _cut(s.get("error") or "", "red")])
+            first = [""] * len(first)
+    return _table(["relationship", "volume", "master", "state",
+                   *(k.replace("_", " ") for k in extra), "slave", "slave state", "lag",
+                   "link", "error"], rows,
+                  keep=("relationship", "slave", "slave state"),
+                  free=("volume", "link", "error"))
+
+
+def activities_table(items: list[dict[str, Any]], now: float, plain: bool) -> RenderableType:
+    """Work under way; bars (and spinners) only on a terminal."""
+    rows: list[list[Cell]] = []
+    for a in items:
+        what = (a["volume"] or "-") + (f" → {a['target']}" if a["target"] else "")
+        rows.append([a["id"], a["kind"], _styled(a["state"]), *([] if plain else [bar(a)]),
+                     progress_text(a["progress"]), eta_text(a), rate_text(a), _cut(what),
+                     _cut(link_text(a.get("link"), now))])
+    return _table(["id", "kind", "state", *([] if plain else [""]), "progress", "eta", "rate",
+                   "volume → target", "link"], rows,
+                  keep=("id", "state", "", "progress"), free=("kind", "volume → target", "link"))
+
+
+def links_table(items: list[dict[str, Any]], now: float) -> RenderableType:
+    rows: list[list[Cell]] = [
+        [x["server"], _styled(x["state"]), _ago(x["since"], now) if x["state"] != "up" else "-",
+         str(x["attempt"] or "-"),
+         lag_text(max(0.0, x["next_try_at"] - now)) if x["next_try_at"] else "-",
+         _cut(x["last_error"] or "")] for x in items]
+    return _table(["link", "state", "since", "attempt", "next try", "last error"], rows,
+                  keep=("link", "state"), free=("last error",))
+
+
+def errors_table(items: list[dict[str, Any]]) -> RenderableType:
+    rows: list[list[Cell]] = []
+    for a in items:
+        status = a["status"] or {"code": "?", "message": ""}
+        rows.append([when(a["finished_at"]), a["id"], a["kind"], _cut(a["volume"] or "-"),
+                     _cut(f"{status['code']} {status['message']}", "red")])
+    return _table(["failed at", "id", "kind", "volume", "status"], rows, keep=("id",),
+                  free=("volume", "status"))
+
+
+def render(frame: Frame | None, now: float, outage: Outage | None = None,
+           plain: bool = False) -> RenderableType:
+    """The whole view. With an outage, a "reconnecting…" line over the last frame seen."""
+    parts: list[RenderableType] = []
+    if outage is not None:
+        parts.append(Text(f"reconnecting… {outage.error} (for {_ago(outage.since, now)})",
+                          style="bold red"))
+        if frame is not None:
+            parts.append(Text(f"last seen at {when(frame.fetched_at)}:", style="dim"))
+    if frame is None:
+        return Group(*parts or [Text("connecting…")])
+    parts.append(_header(frame))
+    sections: list[tuple[str, list[dict[str, Any]], RenderableType]] = [
+        ("Relationships", frame.relationships, relationships_table(frame.relationships, now)),
+        ("Activities", frame.activities, activities_table(frame.activities, now, plain)),
+        ("Links", frame.links, links_table(frame.links, now)),
+        ("Last errors", frame.failed, errors_table(frame.failed))]
+    for title, items, table in sections:
+        parts.append(Text(f"\n{title}" + ("" if items else ": none"), style="bold underline"))
+        if items:
+            parts.append(table)
+    return Group(*parts)
+
+
+# -- the loops ---------------------------------------------------------------------------
+def _poll(client: _Client, frame: Frame | None, outage: Outage | None,
+          unreachable: type[Exception]) -> tuple[Frame | None, Outage | None]:
+    """A fresh frame, or the last one with the outage it is now in."""
+    try:
+        return fetch(client), None
+    except unreachable as exc:
+        return frame, Outage(outage.since if outage else time.time(), str(exc))
+
+
+def watch(client: _Client, console: Console, interval: float,
+          unreachable: type[Exception]) -> int:
+    """Refresh every ``interval`` seconds until Ctrl-C (status 0). ``unreachable`` is the
+    client's error type: any of it (daemon down, restarting, refusing) means "reconnect",
+    never "exit"."""
+    with contextlib.suppress(KeyboardInterrupt):
+        if console.is_terminal:
+            _watch_live(client, console, interval, unreachable)
+        else:
+            _watch_plain(client, console, interval, unreachable)
+    return 0
+
+
+def _ticks(interval: float) -> Iterator[None]:
+    """Forever, every ``interval`` seconds counted from the start (no drift)."""
+    start = time.monotonic()
+    n = 0
+    while True:
+        yield
+        n += 1
+        time.sleep(max(0.0, start + n * interval - time.monotonic()))
+
+
+def _watch_live(client: _Client, console: Console, interval: float,
+                unreachable: type[Exception]) -> None:
+    frame: Frame | None = None
+    outage: Outage | None = None
+    with Live(render(None, time.time()), console=console, refresh_per_second=4) as live:
+        for _ in _ticks(interval):
+            frame, outage = _poll(client, frame, outage, unreachable)
+            live.update(render(frame, time.time(), outage), refresh=True)
+
+
+def _watch_plain(client: _Client, console: Console, interval: float,
+                 unreachable: type[Exception]) -> None:
+    frame: Frame | None = None
+    outage: Outage | None = None
+    for _ in _ticks(interval):
+        was = outage
+        frame, outage = _poll(client, frame, outage, unreachable)
+        now = time.time()
+        if outage is None:
+            console.print(f"--- {when(now)}")
+            console.print(render(frame, now, plain=True))
+            console.print()
+        elif was is None:
+            console.print(f"--- {when(now)} reconnecting… {outage.error}")
+        console.file.flush()
+
+
+def follow(client: _Client, activity: dict[str, Any],
+           console: Console | None) -> dict[str, Any]:
+    """Wait for ``activity`` to end; with a ``console``, a live line on it meanwhile.
+
+    With no one watching, each request waits up to FOLLOW_WAIT seconds for the end; with
+    a line to draw, one second, so the line moves.
+    """
+    path = f"/v1/activities/{urllib.parse.quote(activity['id'], safe='')}"
+    wait = 1 if console is not None else FOLLOW_WAIT
+    with contextlib.ExitStack() as stack:
+        live = None
+        if console is not None:
+            live = stack.enter_context(Live(console=console, transient=True,
+                                            refresh_per_second=4))
+        while activity["state"] not in TERMINAL:
+            if live is not None:
+                live.update(follow_line(activity, time.time()), refresh=True)
+            activity = client.request("GET", f"{path}?wait={wait}")
+    return activity
+
+
+def follow_line(a: dict[str, Any], now: float) -> RenderableType:
+    """One activity's progress on one line: the row of the watch view, without the id."""
+    line = Table.grid(padding=(0, 1))
+    line.add_row(_styled(a["state"]), bar(a), progress_text(a["progress"]), rate_text(a),
+                 f"eta {eta_text(a)}", link_text(a.get("link"), now))
+    return line
+
+
+def exit_status(activity: dict[str, Any]) -> int:
+    """0 succeeded, 1 failed, 2 cancelled (by an operator or a daemon shutdown)."""
+    if activity["state"] == "succeeded":
+        return EXIT_SUCCEEDED
+    return EXIT_CANCELLED if activity["state"] == "cancelled" else EXIT_FAILED
+
+
+def interval_arg(text: str) -> float:
+    """argparse type for ``--interval``: seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the interval must be more than 0 seconds")
+    return value
