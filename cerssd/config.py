@@ -25,6 +25,18 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+#: The keys each table accepts, named once so the parser and the operator guide's test
+#: (tests/test_docs.py: every key is in docs/config.md) read the same list.
+SECTIONS = {"daemon", "servers", "stores", "relationships"}
+DAEMON_KEYS = {
+    "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
+    "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
+    "retry_deadline",
+}
+SERVER_KEYS = {
+    "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
+    "stateless", "cipher",
+}
 
 
 class ConfigError(ValueError):
@@ -112,7 +124,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     from .objectstore.config import parse_store
     from .replication.relationship import parse_relationship
 
-    reject_unknown(data, "", {"daemon", "servers", "stores", "relationships"})
+    reject_unknown(data, "", SECTIONS)
     daemon = _parse_daemon(_table(data, "daemon"))
     servers_raw = _table(data, "servers")
     servers = {name: _parse_server(name, _table(servers_raw, name, "servers."))
@@ -169,11 +181,7 @@ def parse_size(value: Any, key: str, minimum: int = 1 << 20) -> int:
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
-    reject_unknown(t, "daemon.", {
-        "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
-        "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
-        "retry_deadline",
-    })
+    reject_unknown(t, "daemon.", DAEMON_KEYS)
     d = DaemonConfig()
     level = _str(t, "log_level", "daemon.", d.log_level).lower()
     if level not in _LOG_LEVELS:
@@ -220,10 +228,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     prefix = f"servers.{name}."
     if not SERVER_NAME.match(name):
         raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
-    reject_unknown(t, prefix, {
-        "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
-        "stateless", "cipher",
-    })
+    reject_unknown(t, prefix, SERVER_KEYS)
     kind = _str(t, "kind", prefix, "local" if name == "local" else "ssh")
     if kind not in ("local", "ssh"):
         raise ConfigError(prefix + "kind", 'must be "local" or "ssh"')

@@ -27,6 +27,9 @@ DEFAULT_CONCURRENCY = 3
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
 _STORAGE_CLASS = re.compile(r"^[A-Z_]{1,40}$")
+#: The keys a ``[stores.NAME]`` table accepts (also read by tests/test_docs.py).
+STORE_KEYS = {"endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
+              "concurrency", "compression", "compression_level", "storage_class"}
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,7 @@ def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) ->
     if name in servers:
         raise ConfigError(f"stores.{name}", "a store cannot have the name of a server "
                           "(both name links)")
-    reject_unknown(t, prefix, {
-        "endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
-        "concurrency", "compression", "compression_level", "storage_class"})
+    reject_unknown(t, prefix, STORE_KEYS)
     d = StoreConfig(name=name, bucket="x")
     bucket = _string(t, "bucket", prefix, None)
     if bucket is None or not _BUCKET.match(bucket) or ".." in bucket:
