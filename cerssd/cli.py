@@ -188,9 +188,9 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "volumes":
         data = client.request("GET", f"/v1/volumes?server={_q(args.server)}")
         out.emit(data, lambda d: out.table(
-            ["name", "type", "used", "referenced", "guid"],
-            [(v["name"], v["type"], _size(v["used"]), _size(v["referenced"]), v["guid"])
-             for v in d["items"]]))
+            ["name", "type", "state", "used", "referenced", "guid"],
+            [(v["name"], v["type"], v.get("state", "-"), _size(v["used"]),
+              _size(v["referenced"]), v["guid"]) for v in d["items"]]))
     elif cmd == "snapshots":
         data = client.request("GET",
                               f"/v1/volumes/{_q(args.volume)}/snapshots?server={_q(args.server)}")

@@ -38,6 +38,7 @@ from .replication.groups import FanoutGroups
 from .replication.relationships import Relationships
 from .sdnotify import Notifier, watchdog_interval
 from .servers import ServerRegistry
+from .volume_states import VolumeStates
 
 log = structlog.get_logger("cerssd.daemon")
 
@@ -84,6 +85,10 @@ class Daemon:
         self.metrics = Metrics(self.engine, self.servers, self.relationships)
         started = time.time()
         self.engine.recover()
+        # Before anything submits: holds of the activities that came back, then the flows.
+        self.volume_states = VolumeStates(self.engine, self.servers)
+        self.volume_states.rebuild(self.engine.activities())
+        self.relationships.volume_states = self.volume_states
         self.relationships.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
             self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))
@@ -105,7 +110,8 @@ class Daemon:
                 raise StartupError(f"another daemon is listening on {path}")
             path.unlink()
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
-                                   lambda: self.config, self.relationships, self.stores))
+                                   lambda: self.config, self.relationships, self.stores,
+                                   volume_states=self.volume_states))
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable

@@ -461,6 +461,14 @@ class ActivityEngine:
             activity.task.cancel()
         return activity.snapshot()
 
+    def remember(self, activity_id: str, **params: Any) -> None:
+        """Persist facts about an activity from outside its work (e.g. the volumes it
+        holds), journaled at once so a restarted daemon finds them in its params."""
+        activity = self.get(activity_id)
+        activity.record = replace(activity.record,
+                                  params={**activity.record.params, **params})
+        self.persist(activity)
+
     def wake(self, activity_id: str) -> None:
         """Cut the activity's current retry back-off short: it tries again now."""
         self.get(activity_id).wake.set()

@@ -37,6 +37,7 @@ from ..replication.relationships import (
 )
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
 from . import backups
 from .peercred import may_mutate, peer_credentials
 from .problems import ApiProblem, problem_response
@@ -66,6 +67,7 @@ class ApiContext:
     relationships: Relationships
     stores: Stores | None = None
     started_at: float = field(default_factory=time.time)
+    volume_states: VolumeStates = field(kw_only=True)
 
 
 SERVER_QUERY = {"server": Field(str, "server name from the config", default="local")}
@@ -168,8 +170,10 @@ class ControlApi:
     async def volumes(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
         backend = await self.ctx.servers.backend(q["server"])
+        states = self.ctx.volume_states
         return _json({"server": q["server"],
-                      "items": [v.to_json() for v in await backend.volumes()]})
+                      "items": [{**v.to_json(), "state": states.state_of(q["server"], v)}
+                                for v in await backend.volumes()]})
 
     async def snapshots(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
@@ -183,6 +187,7 @@ class ControlApi:
         body = SNAPSHOT_CREATE.parse(await read_body(request))
         volume = validate_volume(request.match_info["volume"])
         await self.ctx.servers.backend(body["server"])
+        self.ctx.volume_states.check([(body["server"], volume)], "a snapshot")
         record = snapshots.submit_create(self.ctx.engine, body["server"], volume, body["name"])
         return _json(record.to_json(), 202)
 
@@ -190,6 +195,8 @@ class ControlApi:
         q = parse_query(request.query, SERVER_QUERY)
         name = f"{request.match_info['volume']}@{request.match_info['label']}"
         await self.ctx.servers.backend(q["server"])
+        self.ctx.volume_states.check([(q["server"], request.match_info["volume"])],
+                                     "destroying a snapshot")
         record = snapshots.submit_destroy(self.ctx.engine, q["server"], name)
         return _json(record.to_json(), 202)
 
@@ -213,7 +220,9 @@ class ControlApi:
         src = await self.ctx.servers.backend(req.source)
         dst = await self.ctx.servers.backend(req.destination)
         plan = await make_plan(req, src, dst)  # conflicts answer 409 before any work starts
-        record = submit_replication(self.ctx.engine, req)
+        record = self.ctx.volume_states.submit_holding(
+            holds=replication_holds(req), busy=REPLICATING,
+            submit=lambda: submit_replication(self.ctx.engine, req))
         return _json({**record.to_json(), "plan": plan.mode}, 202)
 
     # -- relationships ------------------------------------------------------------------
@@ -308,6 +317,8 @@ async def read_body(request: web.Request) -> Any:
 
 
 _A = ControlApi
+#: The 409 every action on a volume may get from a server without stateless_snapshots.
+VOLUME_BUSY = "volume busy on a stateful server (the problem names the holding activity)"
 ID = "{id:[0-9a-f]+}"
 VOL = "{volume:[^@]+?}"
 REL = "{name:[A-Za-z0-9][A-Za-z0-9_.-]*}"
@@ -317,20 +328,24 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server"),
     Route("GET", "/v1/links", _A.links,
           "Link health per remote server: up, lost (since, last error) or retrying"),
-    Route("GET", "/v1/volumes", _A.volumes, "Volumes on a server", query=SERVER_QUERY),
+    Route("GET", "/v1/volumes", _A.volumes,
+          "Volumes on a server, each with its state: available, in-use, or busy "
+          "(backing-up, replicating, restoring, failing-over) on a stateful server",
+          query=SERVER_QUERY),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
           "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,
           responses={404: "unknown volume or server"}),
     Route("POST", f"/v1/volumes/{VOL}/snapshots", _A.create_snapshot,
           "Create a snapshot (an activity)", mutating=True, body=SNAPSHOT_CREATE,
-          responses={202: "activity created"}),
+          responses={202: "activity created", 409: VOLUME_BUSY}),
     Route("DELETE", f"/v1/volumes/{VOL}/snapshots/{{label}}", _A.destroy_snapshot,
           "Destroy a snapshot (an activity)", mutating=True, query=SERVER_QUERY,
-          responses={202: "activity created"}),
+          responses={202: "activity created", 409: VOLUME_BUSY}),
     Route("POST", "/v1/replications", _A.replicate,
           "snapshot_replicate: send a snapshot from one server to another (an activity)",
           mutating=True, body=REPLICATION,
-          responses={202: "activity created", 409: "conflict (no common snapshot, diverged)"}),
+          responses={202: "activity created", 409: "conflict (no common snapshot, diverged), "
+                     "or " + VOLUME_BUSY}),
     Route("GET", "/v1/relationships", _A.relationships,
           "Relationships with each slave's state, lag and link"),
     Route("POST", "/v1/relationships", _A.create_relationship,
@@ -359,7 +374,8 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/backups", backups.create_backup,
           "Back up a snapshot straight into an object store (an activity)", mutating=True,
           body=backups.BACKUP, responses={202: "activity created", 404: "unknown snapshot",
-                                          409: "server cannot copy directly"}),
+                                          409: "server cannot copy directly, or "
+                                          + VOLUME_BUSY}),
     Route("POST", "/v1/backups/prune", backups.prune_backups,
           "Delete backups a retention grid no longer keeps (never a needed parent)",
           mutating=True, body=backups.PRUNE,
@@ -367,7 +383,8 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/restores", backups.create_restore,
           "Restore a backed-up snapshot (and its chain) into a volume (an activity)",
           mutating=True, body=backups.RESTORE,
-          responses={202: "activity created", 409: "broken chain or target exists"}),
+          responses={202: "activity created", 409: "broken chain or target exists, or "
+                     + VOLUME_BUSY}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
           query=ACTIVITY_QUERY),
     Route("GET", f"/v1/activities/{ID}", _A.activity,
@@ -395,6 +412,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (NotFound, 404, "Not Found"),
     (IllegalTransition, 409, "Illegal State Change"),
     (ReplicationConflict, 409, "Replication Conflict"),
+    (VolumeBusy, 409, "Volume Busy"),
     (ServerUnavailable, 503, "Server Unavailable"),
     (HostKeyRejected, 502, "Host Key Rejected"),
     (AuthenticationFailed, 502, "SSH Authentication Failed"),
@@ -419,7 +437,9 @@ def _problem_for(request: web.Request, exc: BaseException) -> web.Response | Non
                       if isinstance(exc, UnknownRelationship)
                       else f"no store {exc.args[0]} in the config"
                       if isinstance(exc, UnknownStore) else str(exc))
-            extra = {"code": exc.code} if isinstance(exc, ReplicationConflict) else {}
+            extra = ({"code": exc.code} if isinstance(exc, ReplicationConflict)
+                     else {"code": "volume-busy", **exc.hold.to_json()}
+                     if isinstance(exc, VolumeBusy) else {})
             return problem_response(request, status, title, detail, **extra)
     if isinstance(exc, StoreError):
         status, title = _STORE_PERMANENT if exc.permanent else _STORE_TRANSIENT

@@ -21,6 +21,7 @@ from ..replication.backup import BackupRequest, submit_backup
 from ..replication.backup_prune import backups_to_delete, submit_backup_prune
 from ..replication.restore import RestoreRequest, restore_chain, submit_restore
 from ..replication.retention import parse_grid
+from ..volume_states import BACKING_UP, RESTORING, backup_holds, restore_holds
 from .problems import ApiProblem
 from .schema import Body, Field, parse_query
 
@@ -103,7 +104,9 @@ async def create_backup(api: ControlApi, request: web.Request) -> web.Response:
     backend = await api.ctx.servers.backend(req.server)
     await backend.snapshot(req.snapshot)  # 404 now rather than a failed activity
     try:
-        record = submit_backup(api.ctx.engine, api.ctx.servers, _stores(api), req)
+        record = api.ctx.volume_states.submit_holding(
+            holds=backup_holds(req), busy=BACKING_UP,
+            submit=lambda: submit_backup(api.ctx.engine, api.ctx.servers, _stores(api), req))
     except ActivityError as exc:
         raise _conflict(exc) from exc
     return _json(record.to_json(), 202)
@@ -120,7 +123,9 @@ async def create_restore(api: ControlApi, request: web.Request) -> web.Response:
     await api.ctx.servers.backend(req.server)
     try:
         backups = await restore_chain(_stores(api).get(req.store), req.snapshot)
-        record = submit_restore(api.ctx.engine, api.ctx.servers, _stores(api), req)
+        record = api.ctx.volume_states.submit_holding(
+            holds=restore_holds(req), busy=RESTORING,
+            submit=lambda: submit_restore(api.ctx.engine, api.ctx.servers, _stores(api), req))
     except BrokenChain as exc:
         raise ApiProblem(409, "Broken Backup Chain", str(exc), code="broken-chain") from exc
     except ActivityError as exc:

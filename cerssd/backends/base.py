@@ -45,6 +45,10 @@ class Volume:
     creation: int
     used: int
     referenced: int
+    #: Whether clients could write to it: read-only (a replica, a fenced master) or, for a
+    #: filesystem, not mounted, means not (``volume_states.idle_state``).
+    readonly: bool = False
+    mounted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

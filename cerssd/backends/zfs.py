@@ -23,7 +23,7 @@ from .names import (
 )
 from .runner import CommandFailed, Runner
 
-_VOLUME_PROPS = "type,guid,creation,used,referenced"
+_VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted"
 _SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
 
 
@@ -154,20 +154,16 @@ class ZfsBackend:
         return rows
 
     async def volumes(self) -> list[Volume]:
-        pools = await self.pools()
-        if not pools:
-            return []
-        rows = await self._props(_VOLUME_PROPS, *pools, recursive=True)
-        return [Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
-                       used=_int(p.get("used")), referenced=_int(p.get("referenced")))
-                for name, p in rows.items() if p.get("type") in ("filesystem", "volume")]
+        # No names: every dataset in one command. Listing the pools first and naming them
+        # failed whenever a pool went away between the two commands.
+        rows = await self._props(_VOLUME_PROPS)
+        return [_volume(name, p) for name, p in rows.items()
+                if p.get("type") in ("filesystem", "volume")]
 
     async def volume(self, name: str) -> Volume:
         validate_volume(name)
         rows = await self._props(_VOLUME_PROPS, name)
-        p = rows[name]
-        return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
-                      used=_int(p.get("used")), referenced=_int(p.get("referenced")))
+        return _volume(name, rows[name])
 
     async def snapshots(self, volume: str) -> list[Snapshot]:
         """Snapshots of ``volume`` oldest first (by creation txg: creation has 1 s steps)."""
@@ -347,6 +343,13 @@ class ZfsBackend:
         if "/" not in volume:
             raise BackendError(f"refusing to destroy the root dataset of pool {volume}")
         await self._run("destroy", "-r", *(["-f"] if force_unmount else []), volume)
+
+
+def _volume(name: str, p: dict[str, str]) -> Volume:
+    # ``mounted`` is "-" for a zvol: it has no mount, only a device.
+    return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
+                  used=_int(p.get("used")), referenced=_int(p.get("referenced")),
+                  readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes")
 
 
 def _check_tag(tag: str) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import replace
+from functools import partial
 
 from ..activity import ActivityRecord, LinkHealth, State, StatusCode
 from ..backends.base import BackendError, Snapshot
@@ -33,6 +34,7 @@ from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore.client import StoreError
 from ..servers import ServerRegistry, ServerUnavailable
+from ..volume_states import BACKING_UP, REPLICATING, backup_holds, cycle_holds, replication_holds
 from .backup import BackupRequest, plan_backup, submit_backup
 from .fanout import FanoutGroup
 from .groups import StreamKey
@@ -163,18 +165,23 @@ class RelationshipWork:
         busy = {**self.manager.transfers(rt.name), **self.manager.backups(rt.name)}
         wanted = [name for name in (*(s.server for s in rt.spec.slaves), *rt.spec.stores)
                   if name not in busy and (only is None or name in only)]
+        states = self.manager.volume_states  # a stateful volume: one activity at a time
+        wanted = states.admit(wanted, partial(cycle_holds, rt.spec), rt.name, ctx.log)
         requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
         backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
         groups = await self._groups(rt, master, requests, backups) if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
-            submit_transfer(self.engine, replace(req, fanout_group=groups.get(req.destination)),
-                            parent=ctx.record.id)
+            states.try_submit(replication_holds(req), REPLICATING, partial(
+                submit_transfer, self.engine,
+                replace(req, fanout_group=groups.get(req.destination)), parent=ctx.record.id),
+                ctx.log)
         for b in backups:
             try:
                 assert self.manager.stores is not None  # the spec names configured stores
-                submit_backup(self.engine, self.servers, self.manager.stores,
-                              replace(b, fanout_group=groups.get(b.store)))
+                states.try_submit(backup_holds(b), BACKING_UP, partial(
+                    submit_backup, self.engine, self.servers, self.manager.stores,
+                    replace(b, fanout_group=groups.get(b.store))), ctx.log)
             except ActivityError as exc:
                 rt.last_error = f"backup to {b.store} not started: {exc.message}"
                 ctx.log.warning("backup not started", store=b.store, error=exc.message)

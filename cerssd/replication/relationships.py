@@ -34,6 +34,7 @@ from ..engine import Activity, ActivityEngine
 from ..journal import Journal
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
+from ..volume_states import VolumeStates
 from . import backup, prune, replicate
 from .groups import FanoutGroups
 from .relationship import RelationshipSpec, parse_relationship
@@ -105,6 +106,10 @@ def _runtime(spec: RelationshipSpec, state: Mapping[str, Any]) -> Runtime:
 
 
 class Relationships:
+    #: Set by the daemon once the engine has recovered: the cycles' transfers and a
+    #: failover hold volumes on stateful servers through it.
+    volume_states: VolumeStates
+
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry, journal: Journal,
                  groups: FanoutGroups, stores: Stores | None = None) -> None:
         self.stores = stores
