@@ -16,6 +16,13 @@ from .cli_format import print_fields, when
 VERBS = ("show", "pause", "resume", "remove", "sync-now")
 
 
+def _render_rejoin(out: _Output, d: dict[str, Any]) -> None:
+    head = "rejoined" if d["rejoined"] else "dry run (nothing changed)"
+    out.console.print(f"{head}: {d['summary']}")
+    for name in d["destroys_snapshots"]:
+        out.console.print(f"  {'destroyed' if d['rejoined'] else 'would destroy'} {name}")
+
+
 class _Client(Protocol):
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
 
@@ -47,23 +54,28 @@ def slave_summary(slave: dict[str, Any]) -> str:
 
 
 def relationship_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
-    return [(r["name"], r["volume"], r["master"], r["state"], r["schedule"], r["cycles"],
-             "; ".join(slave_summary(s) for s in r["slaves"])) for r in items]
+    return [(r["name"], r["volume"], r["master"], r["state"], r["replication_status"],
+             r["schedule"], r["cycles"], "; ".join(slave_summary(s) for s in r["slaves"]))
+            for r in items]
 
 
 def render_list(out: _Output, data: dict[str, Any]) -> None:
-    out.table(["name", "volume", "master", "state", "schedule", "cycles", "slaves"],
+    out.table(["name", "volume", "master", "state", "replication", "schedule", "cycles",
+               "slaves"],
               relationship_rows(data["items"]))
 
 
 def render_one(out: _Output, r: dict[str, Any]) -> None:
     lines = [("name", r["name"]), ("volume", f"{r['volume']} on {r['master']}"),
-             ("state", r["state"]), ("schedule", r["schedule"]), ("prefix", r["prefix"]),
+             ("state", r["state"]),
+             ("replication", f"{r['replication_status']} (home master {r['home_master']})"),
+             ("schedule", r["schedule"]), ("prefix", r["prefix"]),
              ("retention", ", ".join(r["retention"])), ("cycles", r["cycles"]),
              ("last cycle", when(r["last_cycle_at"])),
              ("next cycle", when(r["next_cycle_at"])),
              ("newest snapshot", r["newest_snapshot"] or "-"),
              ("activity", r["activity"] or "-"), ("last error", r["last_error"] or "-")]
+    lines += _failover_lines(r["failover"])
     print_fields(out.console, lines)
     out.console.print()
     out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
@@ -74,6 +86,23 @@ def render_one(out: _Output, r: dict[str, Any]) -> None:
     errors = [f"{s['server']}: {s['error']}" for s in r["slaves"] if s["error"]]
     for line in errors:
         out.console.print(f"error  {line}")
+
+
+def _failover_lines(f: dict[str, Any]) -> list[tuple[str, Any]]:
+    lines: list[tuple[str, Any]] = []
+    if f["last_failover_at"]:
+        lines.append(("last failover", when(f["last_failover_at"])))
+    if f["error"]:
+        lines.append(("failover error", f["error"]))
+    loss = f["data_loss"]
+    if loss:
+        lines.append(("data-loss window", f"writes after {loss['snapshot']} "
+                      f"({loss['window_seconds']}s before the failover) may be lost"))
+    for x in f["fenced"]:
+        state = "read-only" if x["applied_at"] else "not reached yet: fenced on return"
+        lines.append(("fenced", f"{x['server']}:{x['volume']} ({state}); rejoin with "
+                      "cerssctl relationship rejoin"))
+    return lines
 
 
 def _link_text(link: dict[str, Any]) -> str:
@@ -106,6 +135,19 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--retry-deadline", help='e.g. 2h, or "never"')
     c.add_argument("--no-fanout", action="store_true",
                    help="one zfs send per slave instead of one for all")
+    f = verbs.add_parser("failover", help="promote a slave (or fail back to the home master)")
+    f.add_argument("name")
+    f.add_argument("--to", required=True, metavar="SERVER", help="the slave to promote")
+    f.add_argument("--force", action="store_true",
+                   help="the master is down: promote at the slave's last snapshot "
+                        "(later writes are lost)")
+    f.add_argument("--wait", action="store_true", help="follow it to the end")
+    j = verbs.add_parser("rejoin", help="make a fenced old master a slave again "
+                                        "(dry run unless --rollback)")
+    j.add_argument("name")
+    j.add_argument("server")
+    j.add_argument("--rollback", action="store_true",
+                   help="consent: roll it back, destroying what the dry run lists")
 
 
 def create_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +173,20 @@ def run(client: _Client, out: _Output, args: argparse.Namespace) -> int:
         out.emit(data, lambda r: render_one(out, r))
         return 0
     path = f"/v1/relationships/{urllib.parse.quote(args.name, safe='')}"
-    if verb == "show":
+    if verb == "failover":
+        record = client.request("POST", f"{path}/failover", {"to": args.to,
+                                                              "force": args.force})
+        if args.wait:
+            from .cli import wait_for
+            return wait_for(client, out, record)  # type: ignore[arg-type]
+        out.emit(record, lambda a: out.console.print(
+            f"failover {a['id']} started: {a['source']} -> {a['target']}"))
+    elif verb == "rejoin":
+        body = {"server": args.server, "dry_run": not args.rollback,
+                "rollback": args.rollback}
+        out.emit(client.request("POST", f"{path}/rejoin", body),
+                 lambda d: _render_rejoin(out, d))
+    elif verb == "show":
         out.emit(client.request("GET", path), lambda r: render_one(out, r))
     elif verb == "remove":
         client.request("DELETE", path)

@@ -33,7 +33,15 @@ from .logs import configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
-from .replication import backup, backup_prune, continuous, prune, replicate, restore
+from .replication import (
+    backup,
+    backup_prune,
+    continuous,
+    failover,
+    prune,
+    replicate,
+    restore,
+)
 from .replication.groups import FanoutGroups
 from .replication.relationships import Relationships
 from .sdnotify import Notifier, watchdog_interval
@@ -81,6 +89,7 @@ class Daemon:
         self.relationships = Relationships(self.engine, self.servers, self.journal, groups,
                                            self.stores)
         continuous.register(self.engine, self.relationships, policy)
+        failover.register(self.engine, self.relationships)
         self.relationships.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships)
         started = time.time()

@@ -19,6 +19,7 @@ from . import __version__
 from .activity import ActivityRecord, State
 from .engine import Activity, ActivityEngine
 from .replication.relationships import Relationships
+from .replication.roles import STATUSES as ROLE_STATUSES
 from .replication.status import STATES
 from .servers import ServerRegistry
 
@@ -178,11 +179,42 @@ class RelationshipCollector(Collector):
                 for name in STATES:
                     state.add_metric([*values, name], 1 if slave["state"] == name else 0)
         yield from (lag, success, last_bytes, state, cycles)
+        yield from self._roles()
         groups = self.relationships.groups
         sends = CounterMetricFamily("cerssd_fanout_sends",
                                     "zfs send processes started to feed several slaves at once")
         sends.add_metric([], groups.sends + groups.live_sends())
         yield sends
+
+
+    def _roles(self) -> Iterator[Metric]:
+        status = GaugeMetricFamily("cerssd_relationship_replication_status",
+                                   "1 for the relationship's replication status (enabled, "
+                                   "failed-over, failing-over, ...)",
+                                   labels=["relationship", "status"])
+        active = GaugeMetricFamily("cerssd_relationship_active_server",
+                                   "1 for the server that is the relationship's master",
+                                   labels=["relationship", "server", "home"])
+        fenced = GaugeMetricFamily("cerssd_relationship_fenced",
+                                   "1 per old master fenced by an unplanned failover; "
+                                   "applied=0 until it has been reached and made read-only",
+                                   labels=["relationship", "server", "applied"])
+        loss = GaugeMetricFamily("cerssd_failover_data_loss_window_seconds",
+                                 "Writes an unplanned failover may have lost: seconds "
+                                 "between the promoted snapshot and the failover",
+                                 labels=["relationship"])
+        for rt in sorted(self.relationships.all(), key=lambda r: r.name):
+            current = self.relationships.replication_status(rt)
+            for name in ROLE_STATUSES:
+                status.add_metric([rt.name, name], 1 if current == name else 0)
+            active.add_metric([rt.name, rt.spec.master, str(rt.spec.master == rt.home).lower()],
+                              1)
+            for f in rt.failover.fenced.values():
+                fenced.add_metric([rt.name, f.server, "1" if f.applied_at else "0"], 1)
+            window = rt.failover.data_loss.window_seconds if rt.failover.data_loss else None
+            if window is not None:
+                loss.add_metric([rt.name], window)
+        yield from (status, active, fenced, loss)
 
 
 class Metrics:

@@ -374,6 +374,17 @@ def _start_sshd_in(ns: str, root: Path) -> int:
 _netns_counter = iter(range(1, 60))
 
 
+def _free_subnet() -> int:
+    """The next /30 of 192.0.2.0/24 no other test run on this machine is using (two
+    pytest processes at once would otherwise give two veths the same address)."""
+    for n in _netns_counter:
+        used = subprocess.run(["ip", "-o", "addr", "show", "to", f"192.0.2.{4 * n + 1}/32"],
+                              capture_output=True, text=True).stdout
+        if not used.strip():
+            return n
+    raise RuntimeError("no free /30 left in 192.0.2.0/24 for a test namespace")
+
+
 @pytest.fixture
 def make_netns_sshd(zfs_fuse: None) -> Iterator[Callable[[], NetnsSshServer]]:
     """sshd in its own namespace at 192.0.2.(4n+2), the host side at 192.0.2.(4n+1)/30.
@@ -387,7 +398,7 @@ def make_netns_sshd(zfs_fuse: None) -> Iterator[Callable[[], NetnsSshServer]]:
         subprocess.run(["ip", *args], check=True)
 
     def make() -> NetnsSshServer:
-        n = next(_netns_counter)
+        n = _free_subnet()
         tag = f"{os.getpid() % 10000}x{n}"
         ns, host_if, ns_if = f"cerssd{tag}", f"ch{tag}", f"cn{tag}"
         host_ip, ns_ip = f"192.0.2.{4 * n + 1}", f"192.0.2.{4 * n + 2}"

@@ -38,7 +38,7 @@ from ..replication.relationships import (
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
-from . import backups
+from . import backups, failover
 from .peercred import may_mutate, peer_credentials
 from .problems import ApiProblem, problem_response
 from .schema import Body, Field, parse_query
@@ -366,6 +366,16 @@ ROUTES: list[Route] = [
     Route("POST", f"/v1/relationships/{REL}/sync-now", _A.sync_relationship,
           "Start a cycle now; retrying transfers try again now", mutating=True,
           responses={202: "cycle requested", 409: "paused or stopped"}),
+    Route("POST", f"/v1/relationships/{REL}/failover", failover.failover,
+          "Fail over to a slave (or back to the home master): fence, final sync, promote, "
+          "reverse (an activity)", mutating=True, body=failover.FAILOVER,
+          responses={202: "activity created", 404: "unknown relationship or server",
+                     409: "not a slave, failover under way, or master down without force"}),
+    Route("POST", f"/v1/relationships/{REL}/rejoin", failover.rejoin_old_master,
+          "Rejoin a fenced old master as a slave: dry run first, rollback only with consent",
+          mutating=True, body=failover.REJOIN,
+          responses={200: "dry run, or rejoined", 409: "not fenced, no shared snapshot, "
+                     "or consent needed"}),
     Route("GET", "/v1/stores", backups.list_stores,
           "Object stores (endpoint, bucket, prefix, link; never credentials)"),
     Route("GET", "/v1/backups", backups.list_backups,

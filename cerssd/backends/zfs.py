@@ -8,6 +8,7 @@ supports is probed from its own usage text at start-up.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections import defaultdict
@@ -335,8 +336,52 @@ class ZfsBackend:
             await self.runner.run([self._zfs, "mount", new], check=False)
 
     async def set_readonly(self, volume: str, readonly: bool = True) -> None:
+        """Set ``readonly`` and make sure it is in force, not just recorded.
+
+        OpenZFS remounts a filesystem when the property changes. zfs-fuse does not:
+        the mount keeps its ``rw``/``ro`` option, which overrides the property
+        (``zfs get`` shows it with source ``temporary``) and lets writes through. So
+        when the effective value still differs, the filesystem is mounted again
+        with the matching option. A fence that cannot be made real is an error,
+        never a silent success.
+        """
         validate_volume(volume)
         await self._run("set", f"readonly={'on' if readonly else 'off'}", volume)
+        if await self.is_readonly(volume) == readonly:
+            return
+        await self._remount(volume, "ro" if readonly else "rw")
+        if await self.is_readonly(volume) != readonly:
+            raise BackendError(f"{volume} on {self.server} is still "
+                               f"{'writable' if readonly else 'read-only'} after a remount")
+
+    async def _remount(self, volume: str, option: str) -> None:
+        """Unmount (never forced: open files mean a client is busy) and mount again;
+        a busy filesystem is retried for a few seconds, then reported."""
+        for delay in (0.1, 0.3, 0.6, 1.0, 2.0, 0.0):
+            try:
+                await self._run("unmount", volume)
+                break
+            except Busy:
+                if not delay:
+                    raise
+                await asyncio.sleep(delay)
+            except BackendError as exc:
+                if "not currently mounted" not in str(exc):
+                    raise
+                break
+        await self._run("mount", "-o", option, volume)
+
+    async def is_readonly(self, volume: str) -> bool:
+        validate_volume(volume)
+        return (await self._run("get", "-H", "-o", "value", "readonly", volume)).strip() == "on"
+
+    async def rollback(self, snapshot: str) -> None:
+        """Roll the volume back to ``snapshot``, destroying every later snapshot (``-r``).
+
+        Callers ask the operator first: what it destroys cannot be brought back.
+        """
+        validate_snapshot(snapshot)
+        await self._run("rollback", "-r", snapshot)
 
     async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None:
         validate_volume(volume)

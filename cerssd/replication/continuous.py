@@ -74,6 +74,10 @@ class RelationshipWork:
             if not ctx.params.get("cycle_snapshot"):
                 await self._wait_for_tick(ctx, rt)
                 await ctx.checkpoint()
+                if rt.catch_up_due:  # woken for a slave left behind, not for a cycle
+                    rt.catch_up_due = False
+                    await self._catch_up(ctx, rt)
+                    continue
             try:
                 await self._cycle(ctx, rt)
             except (ServerUnavailable, SshError, BackendError) as exc:
@@ -129,6 +133,7 @@ class RelationshipWork:
 
     async def _cycle(self, ctx: ActivityContext, rt: Runtime) -> None:
         started = time.time()  # the schedule counts from a cycle's start
+        self.manager.fence_soon(rt)  # an old master that answers again stays read-only
         master = await self.servers.backend(rt.spec.master)
         if ctx.record.state == State.RETRYING:
             ctx.link_up(rt.spec.master)

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -39,12 +39,15 @@ from . import backup, prune, replicate
 from .groups import FanoutGroups
 from .relationship import RelationshipSpec, parse_relationship
 from .retention import to_destroy
+from .roles import FailoverState, RolesInvalid, apply_roles, replication_status, roles_json
 from .schedule import Schedule
 from .status import SlaveStatus, slave_json, slave_state
 
 log = structlog.get_logger("cerssd.relationships")
 
 KIND = "relationship"
+#: The longest wait between attempts to fence an old master that does not answer.
+FENCE_RETRY_CAP = 10.0
 
 
 class RelationshipError(Exception):
@@ -61,10 +64,19 @@ class Runtime:
 
     spec: RelationshipSpec
     slaves: dict[str, SlaveStatus]
+    #: The master its definition names; a failover away from it makes ``spec.master``
+    #: differ, and a failover back to it is a failback.
+    home: str = ""
+    failover: FailoverState = field(default_factory=FailoverState)
     stopped: bool = False
     last_cycle_at: float | None = None
     next_cycle_at: float | None = None
     cycles: int = 0
+    #: A slave finished a transfer still behind the newest snapshot (a cycle ran while
+    #: it was sending an older one): the relationship's activity catches it up now.
+    catch_up_due: bool = False
+    #: A pass of ``enforce_fences`` is under way.
+    fencing: bool = False
     #: The master's newest snapshot of this relationship: (name, guid), remembered.
     newest: tuple[str, str] | None = None
     last_error: str | None = None
@@ -89,17 +101,26 @@ class Runtime:
         return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
                 "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
                 "slaves": {n: s.remembered() for n, s in self.slaves.items()},
-                "store_bases": dict(self.store_bases)}
+                "store_bases": dict(self.store_bases),
+                "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
+                "failover": self.failover.remembered()}
 
 
-def _runtime(spec: RelationshipSpec, state: Mapping[str, Any]) -> Runtime:
+def _runtime(spec: RelationshipSpec, state: Mapping[str, Any],
+             servers: Collection[str]) -> Runtime:
+    """The live state of ``spec``: remembered facts, and the roles a failover left."""
+    home = spec.master
+    if state.get("roles"):
+        spec = apply_roles(spec, state["roles"], servers)
     slaves = {s.server: SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
     for name, facts in state.get("slaves", {}).items():
         if name in slaves:
             slaves[name].restore(facts)
     newest = state.get("newest")
     remembered_bases = state.get("store_bases", {})
-    return Runtime(spec, slaves, stopped=bool(state.get("stopped")),
+    return Runtime(spec, slaves, home=home,
+                   failover=FailoverState.restore(state.get("failover") or {}),
+                   stopped=bool(state.get("stopped")),
                    last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
                    newest=(newest[0], newest[1]) if newest else None,
                    store_bases={s: remembered_bases.get(s) for s in spec.stores})
@@ -127,7 +148,7 @@ class Relationships:
         """Config relationships plus those made through the API, with remembered facts."""
         stored = self.journal.load_relationships()
         for name, spec in configured.items():
-            self.runtimes[name] = _runtime(spec, stored.get(name, (None, {}))[1])
+            self._add(spec, stored.get(name, (None, {}))[1])
         for name, (raw, state) in stored.items():
             if raw is None or name in configured:
                 if raw is not None:
@@ -142,7 +163,14 @@ class Relationships:
                 log.error("stored relationship no longer valid; not started",
                           relationship=name, key=exc.key, problem=exc.problem)
                 continue
-            self.runtimes[name] = _runtime(spec, state)
+            self._add(spec, state)
+
+    def _add(self, spec: RelationshipSpec, state: Mapping[str, Any]) -> None:
+        try:
+            self.runtimes[spec.name] = _runtime(spec, state, self.servers.entries)
+        except RolesInvalid as exc:
+            log.error("relationship not started: fix the config (restore the servers) "
+                      "or remove the relationship", relationship=spec.name, problem=str(exc))
 
     def start(self) -> None:
         """After the engine's recovery: give every running relationship its activity."""
@@ -152,6 +180,8 @@ class Relationships:
                 continue
             activity = live.get(rt.name)
             rt.activity_id = activity.id if activity else self._submit(rt).id
+        for rt in self.runtimes.values():
+            self.fence_soon(rt)
 
     def _submit(self, rt: Runtime) -> ActivityRecord:
         return self.engine.submit(
@@ -190,7 +220,7 @@ class Relationships:
             raise RelationshipError(f"relationship {spec.name} already exists")
         self.journal.save_relationship_spec(spec.name, dict(spec.raw))
         rt = Runtime(spec, {s.server: SlaveStatus(s.server, s.target_volume)
-                            for s in spec.slaves},
+                            for s in spec.slaves}, home=spec.master,
                      store_bases=dict.fromkeys(spec.stores))
         self.runtimes[spec.name] = rt
         self.save(rt)
@@ -201,6 +231,7 @@ class Relationships:
 
     async def remove(self, name: str) -> None:
         rt = self.get(name)
+        self.check_no_failover(rt)
         if rt.spec.origin == "config":
             raise RelationshipError(f"relationship {name} is defined in the config file; "
                                     "remove it there and restart cerssd")
@@ -220,7 +251,9 @@ class Relationships:
         self.save(rt)
 
     async def pause(self, name: str) -> ActivityRecord:
-        activity = self._activity(self.get(name))
+        rt = self.get(name)
+        self.check_no_failover(rt)
+        activity = self._activity(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} is stopped")
         return await self.engine.suspend(activity.id)
@@ -228,17 +261,22 @@ class Relationships:
     async def resume(self, name: str) -> ActivityRecord:
         """Resume a paused relationship, or start a stopped one again."""
         rt = self.get(name)
+        self.check_no_failover(rt)
         activity = self._activity(rt)
         if activity is None:
-            rt.stopped = False
-            self.save(rt)
-            record = self._submit(rt)
-            rt.activity_id = record.id
-            return record
+            return self.start_again(rt)
         return await self.engine.resume(activity.id)
+
+    def start_again(self, rt: Runtime) -> ActivityRecord:
+        rt.stopped = False
+        self.save(rt)
+        record = self._submit(rt)
+        rt.activity_id = record.id
+        return record
 
     def sync_now(self, name: str) -> None:
         rt = self.get(name)
+        self.check_no_failover(rt)
         activity = self._activity(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} is stopped; resume it first")
@@ -247,6 +285,80 @@ class Relationships:
         self.engine.wake(activity.id)  # its wait for the next tick ends now
         for transfer in self.transfers(name).values():
             self.engine.wake(transfer.id)
+
+    # -- failover ---------------------------------------------------------------------
+    def check_no_failover(self, rt: Runtime) -> None:
+        if rt.failover.in_progress:
+            raise RelationshipError(
+                f"relationship {rt.name} is {rt.failover.status} (activity "
+                f"{rt.failover.activity}); wait for it to end")
+
+    async def halt(self, rt: Runtime) -> None:
+        """Stop the cycles and their transfers (rolled back) for a failover; the
+        failover starts the relationship again under its new roles."""
+        activity = self._activity(rt)
+        if activity is not None:
+            with contextlib.suppress(Exception):  # already ending: waited for below
+                await self.engine.cancel(activity.id)
+            await activity.done.wait()
+        for transfer in self.transfers(rt.name).values():
+            await transfer.done.wait()
+        rt.stopped = True
+        self.save(rt)
+
+    def set_roles(self, rt: Runtime, spec: RelationshipSpec) -> None:
+        """Put new roles in force; a slave kept in the same place keeps its facts."""
+        old = rt.slaves
+        rt.spec = spec
+        rt.slaves = {s.server: old[s.server] if s.server in old
+                     and old[s.server].target_volume == s.target_volume
+                     else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
+        rt.newest = None
+        rt.group_ids = []
+        self.save(rt)
+
+    async def enforce_fences(self, rt: Runtime) -> None:
+        """Keep every fenced old master read-only: set again whenever it answers, so a
+        master that comes back (or that someone made writable) never takes writes."""
+        for fenced in list(rt.failover.fenced.values()):
+            try:
+                backend = await self.servers.backend(fenced.server)
+                await backend.set_readonly(fenced.volume, True)
+            except NotFound:
+                pass  # the volume is gone: nothing there can take writes
+            except (BackendError, SshError) as exc:
+                log.debug("fenced server not reached", relationship=rt.name,
+                          server=fenced.server, error=str(exc))
+                continue
+            if fenced.applied_at is None:
+                log.warning("old master reachable again: fenced (read-only) until it "
+                            "rejoins", relationship=rt.name, server=fenced.server,
+                            volume=fenced.volume)
+            if fenced.server in rt.failover.fenced:
+                rt.failover.fenced[fenced.server] = replace(fenced,
+                                                            applied_at=time.time())
+                self.save(rt)
+
+    def fence_soon(self, rt: Runtime) -> None:
+        """Fence now, and keep trying while an old master has not been reached."""
+        if rt.failover.fenced and not rt.fencing:
+            self._spawn(self._quietly(self._fence_until_reached(rt)))
+
+    async def _fence_until_reached(self, rt: Runtime) -> None:
+        rt.fencing = True
+        try:
+            delay = 1.0
+            await self.enforce_fences(rt)
+            while any(f.applied_at is None for f in rt.failover.fenced.values()):
+                await asyncio.sleep(delay)  # an unreachable server: try again, backing off
+                delay = min(delay * 2, FENCE_RETRY_CAP)
+                await self.enforce_fences(rt)
+        finally:
+            rt.fencing = False
+
+    def activity_of(self, rt: Runtime) -> Activity | None:
+        """The relationship's live activity, None while it is stopped."""
+        return self._activity(rt)
 
     def _activity(self, rt: Runtime) -> Activity | None:
         if rt.activity_id is None:
@@ -313,7 +425,17 @@ class Relationships:
         self.save(rt)
         if record.state == State.SUCCEEDED:
             await self.prune_slave(rt, server)
+            self._catch_up_if_behind(rt, status)
         await self._after_stream(rt)
+
+    def _catch_up_if_behind(self, rt: Runtime, status: SlaveStatus) -> None:
+        activity = self._activity(rt)
+        if (rt.newest is None or status.last_snapshot_guid == rt.newest[1]
+                or activity is None or activity.record.state != State.RUNNING
+                or status.server in self.transfers(rt.name)):
+            return
+        rt.catch_up_due = True
+        self.engine.wake(activity.id)
 
     async def _after_backup(self, rt: Runtime, record: ActivityRecord) -> None:
         store = record.params["store"]
@@ -464,6 +586,9 @@ class Relationships:
         return {
             **rt.spec.to_json(),
             "state": _state(record),
+            "replication_status": self.replication_status(rt),
+            "active_server": rt.spec.master, "home_master": rt.home,
+            "failover": self.failover_json(rt),
             "activity": record.id if record else None,
             "link": asdict(record.link) if record and record.link else None,
             "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
@@ -472,6 +597,19 @@ class Relationships:
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
             "backups": self.stores_json(rt),
         }
+
+    def replication_status(self, rt: Runtime) -> str:
+        activity = self._activity(rt)
+        replicating = activity is not None and activity.record.state != State.SUSPENDED
+        return replication_status(rt.spec, rt.home, rt.failover, replicating=replicating)
+
+    @staticmethod
+    def failover_json(rt: Runtime) -> dict[str, Any]:
+        f = rt.failover
+        return {"activity": f.activity, "error": f.error,
+                "last_failover_at": f.last_failover_at,
+                "data_loss": f.data_loss.to_json() if f.data_loss else None,
+                "fenced": [x.to_json() for x in f.fenced.values()]}
 
     def all(self) -> Iterable[Runtime]:
         return list(self.runtimes.values())

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -464,8 +465,15 @@ class ReplicateWork:
         async def destination_side() -> None:
             if plan.mode == "full" or self.target_created:
                 # A replica is a standby: read-only, so that not even atime updates make it
-                # diverge from the master (failover makes it writable).
-                await dst.set_readonly(plan.target_volume)
+                # diverge from the master (failover makes it writable). Where that needs
+                # a remount (zfs-fuse), a reader holding it busy only delays it: the
+                # property is set, and the next failover's fence checks again.
+                try:
+                    await dst.set_readonly(plan.target_volume)
+                except Busy as exc:
+                    structlog.get_logger("cerssd.replicate").warning(
+                        "replica marked read-only but still mounted writable",
+                        target=plan.target_volume, error=str(exc))
             await self._move_hold(dst, plan.target_volume, plan.target_snapshot,
                                   plan.snapshot.label)
 
