@@ -33,6 +33,9 @@ DASHBOARD = REPO / "etc/grafana/cerssd-dashboard.json"
 PROMTOOL = "/usr/bin/promtool"
 # Series Prometheus itself makes for every target; the daemon-down rules need ``up``.
 PROMETHEUS_SERIES = {"up"}
+# Series that exist only after a rare event, declared by every scrape: test_failover.py
+# checks their samples after a real unplanned failover.
+AFTER_FAILOVER = {"cerssd_relationship_fenced"}
 # What issue 7 asks each of them to cover, by the metric that carries it.
 ALERTED = {"cerssd_replication_lag_seconds", "cerssd_link_up", "cerssd_activity_errors_total",
            "cerssd_activity_progress_done", "up"}
@@ -288,4 +291,5 @@ def test_rules_and_dashboard_use_only_exported_metrics(scrape: str) -> None:
         assert names, f"{where}: no metric found in {expr}"
         ours = names - PROMETHEUS_SERIES
         assert ours <= exported, f"{where}: not exported: {ours - exported}"
-        assert ours <= sampled, f"{where}: exported but without samples: {ours - sampled}"
+        unsampled = ours - sampled - AFTER_FAILOVER
+        assert not unsampled, f"{where}: exported but without samples: {unsampled}"
