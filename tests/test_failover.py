@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .test_cli import ctl
 from .test_relationships import metric, show, wait_in_sync
 from .test_replicate_local import guid, snapshots
 
@@ -186,6 +188,10 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     assert not readonly(new_vol)
     assert metric(d.api("GET", "/metrics"), "cerssd_relationship_fenced", applied="0",
                   relationship="hot", server="m") == 1.0
+    shown = ctl(d, "relationship", "show", "hot")
+    assert shown.returncode == 0, shown.stderr
+    assert "failed-over (home master m)" in shown.stdout
+    assert "data-loss window" in shown.stdout and "fenced" in shown.stdout
     # Cut off, the old master still believes it is one: writable.
     assert not readonly(m_vol)
     ns["m"].restore()
@@ -202,14 +208,18 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     dry = post_json(d, "/v1/relationships/hot/rejoin", {"server": "m"})
     assert dry.status == 200 and dry.body["rejoined"] is False
     assert dry.body["destroys_snapshots"] == [f"{m_vol}@diverged"]
+    dry_cli = ctl(d, "relationship", "rejoin", "hot", "m")
+    assert dry_cli.returncode == 0, dry_cli.stderr
+    assert "dry run (nothing changed)" in dry_cli.stdout
+    assert f"would destroy {m_vol}@diverged" in dry_cli.stdout
     assert "diverged" in snapshots(m_vol)
     no_consent = post_json(d, "/v1/relationships/hot/rejoin",
                            {"server": "m", "dry_run": False})
     assert no_consent.status == 409 and "rollback" in no_consent.body["detail"]
     assert "diverged" in snapshots(m_vol)
-    done_rejoin = post_json(d, "/v1/relationships/hot/rejoin",
-                            {"server": "m", "dry_run": False, "rollback": True})
-    assert done_rejoin.status == 200 and done_rejoin.body["rejoined"] is True
+    done_rejoin = ctl(d, "--json", "relationship", "rejoin", "hot", "m", "--rollback")
+    assert done_rejoin.returncode == 0, done_rejoin.stderr
+    assert json.loads(done_rejoin.stdout)["rejoined"] is True
     assert "diverged" not in snapshots(m_vol)
     assert not Path(f"/{m_vol}/unseen").exists()
     assert slaves_of(show(d, "hot")) == ["m", "s2"]
