@@ -181,6 +181,9 @@ STEPS: dict[str, list[Expect]] = {
                       r"^standby1\s+cerssd-standby1/data\s",
                       r"^standby2\s+cerssd-standby2/data\s")),
         Expect(shows=(r"\Awritten on standby1 while it was the master\Z",)),
+        # Only after the failback can a failover's final snapshot reach the bucket.
+        Expect(shows=(r"^cerssd-master/data@cerssd-data-failover-\S+\s+incremental\s",),
+               until=True),
     ],
 }
 # Blocks run apart from the one shell: the first terminal, the second, and the end.
@@ -359,11 +362,12 @@ def sandbox_pids() -> dict[str, int]:
 
 
 def alive(pid: int) -> bool:
+    """Running: a zombie waiting for its parent (here, init) to reap it is not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rpartition(") ")[2].split()[0] != "Z"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
