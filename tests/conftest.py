@@ -106,6 +106,15 @@ def pool(make_pool: Callable[..., str]) -> str:
     return make_pool()
 
 
+def make_writable(volume: str) -> None:
+    """What an operator does to write on a replica: ``readonly=off``, and on zfs-fuse a
+    remount, because the replica's ``ro`` mount otherwise overrides the property."""
+    zfs("set", "readonly=off", volume)
+    if zfs("get", "-H", "-o", "value", "readonly", volume).stdout.strip() == "on":
+        zfs("unmount", volume)
+        zfs("mount", volume)
+
+
 def write_file(path: Path | str, mib: int) -> None:
     """Incompressible data, so stream sizes are what the test expects."""
     with open(path, "wb") as f:

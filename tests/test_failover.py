@@ -126,6 +126,8 @@ def test_planned_failover_loses_no_write_and_failback_restores_roles(
         writer.join()
     assert done["state"] == "succeeded", done["status"]
     assert done["progress"]["done"] == done["progress"]["total"] == 6
+    assert done["params"]["result"]["slaves"] == ["m", "s2"]
+    assert done["params"]["result"]["data_loss"] is None
     # The fence stopped the writer, and the promoted slave has every acknowledged byte.
     assert writer.refused is not None and writer.refused.errno == errno.EROFS
     on_new = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -178,6 +180,8 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     done = d.wait_done(forced.body["id"], timeout=120)
     assert done["state"] == "succeeded", done["status"]
     assert done["params"]["planned"] is False
+    assert done["params"]["result"]["master"] == "local"
+    assert done["params"]["result"]["fenced"] == ["m"]
     r = show(d, "hot")
     assert (r["master"], r["replication_status"]) == ("local", "failed-over")
     assert slaves_of(r) == ["s2"]

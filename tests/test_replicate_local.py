@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, write_file, zfs
+from .conftest import DaemonProcess, make_writable, write_file, zfs
 from .conftest import replicate as replicate_between
 
 MiB = 1 << 20
@@ -139,7 +139,7 @@ def test_modified_target_fails_with_conflict_and_keeps_data(start_daemon: Any,
     d.wait_done(replicate(d, f"{src}/data@s1", f"{dst}/data").body["id"])
     with pytest.raises(OSError, match="Read-only file system"):  # the replica is read-only
         write_file(f"/{dst}/data/local-write", 1)
-    zfs("set", "readonly=off", f"{dst}/data")  # an operator writes on the replica anyway
+    make_writable(f"{dst}/data")  # an operator writes on the replica anyway
     write_file(f"/{dst}/data/local-write", 1)
     write_file(f"/{src}/data/new", 1)
     zfs("snapshot", f"{src}/data@s2")

@@ -20,6 +20,7 @@ from cerssd.config import parse_config
 from .conftest import (
     DaemonProcess,
     SshServer,
+    make_writable,
     post_json,
     raw_request,
     replicate,
@@ -252,7 +253,7 @@ def test_replication_metrics(daemon: DaemonProcess, pools: tuple[str, str]) -> N
     write_file(f"/{src}/data/a", 2)
     zfs("snapshot", f"{src}/data@s1")
     done = replicate_ok(daemon, f"{src}/data@s1", "local", "remote", f"{dst}/data")
-    zfs("set", "readonly=off", f"{dst}/data")
+    make_writable(f"{dst}/data")
     write_file(f"/{dst}/data/local-change", 1)
     zfs("snapshot", f"{src}/data@s2")
     r = replicate(daemon, f"{src}/data@s2", "local", "remote", f"{dst}/data")

@@ -260,6 +260,8 @@ class FailoverWork:
         now = time.time()
         if rt.spec.master != p["to"]:  # not done before a restart
             rt.failover.last_failover_at = now
+            # The window of the last unplanned failover, or none: a planned one loses nothing.
+            rt.failover.data_loss = None
             if not p["planned"]:
                 rt.failover.fenced[p["master"]] = Fenced(p["master"], p["volume"], since=now)
                 rt.failover.data_loss = DataLoss(p["final_snapshot"], p.get("final_created"),
@@ -268,6 +270,11 @@ class FailoverWork:
                                                 keep_old_master=p["planned"]))
         rt.failover.status = rt.failover.error = None
         self.manager.save(rt)
+        ctx.remember(result={
+            "master": rt.spec.master, "volume": rt.spec.volume,
+            "slaves": [s.server for s in rt.spec.slaves],
+            "fenced": sorted(rt.failover.fenced), "promoted_at": p["final_snapshot"],
+            "data_loss": rt.failover.data_loss.to_json() if rt.failover.data_loss else None})
         await self._release_stale_holds(ctx, rt)
         if p["was_running"] and self.manager.activity_of(rt) is None:
             self.manager.start_again(rt)
