@@ -127,7 +127,11 @@ from common import (
 )
 
 sys.path.insert(0, str(REPO))
+from cerssd.objectstore.config import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE
+from cerssd.replication.backup import DEFAULT_LEVEL
 from tests.seaweed import WeedServer, weed_binary  # the repository is on sys.path now
+
+ZSTD_DEFAULT_LEVEL = DEFAULT_LEVEL["zstd"]
 
 AWS = REPO / ".venv-awscli" / "bin" / "aws"
 TARGETS = {"backup": 1.0, "restore": 1.0, "zstd": 2.0}  # cerssd MB/s / aws MB/s, at least
@@ -701,8 +705,10 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         f"{info['zfs_fuse']}; {(aws_version.stdout or aws_version.stderr).strip()}; "
         f"weed {weed_version.stdout.strip().removeprefix('version ') or '?'} "
         "(`weed server`, 64 MB volumes, on this host)",
-        f"- cerssd stores: part_size {args.part_size or 'default (8MiB)'}, concurrency "
-        f"{args.concurrency or 'default (4)'}, zstd level {args.zstd_level or 'default (3)'}; "
+        f"- cerssd stores: part_size "
+        f"{args.part_size or f'default ({DEFAULT_PART_SIZE >> 20}MiB)'}, concurrency "
+        f"{args.concurrency or f'default ({DEFAULT_CONCURRENCY})'}, zstd level "
+        f"{args.zstd_level or f'default ({ZSTD_DEFAULT_LEVEL})'}; "
         "aws: its defaults (8 MiB parts, 10 requests)",
         f"- data: {args.size_mib} MiB random (stream {data.rand_bytes / 1e6:.1f} MB; "
         f"`zfs send | wc -c` alone {rate(data.rand_bytes, data.send_seconds)}) and "

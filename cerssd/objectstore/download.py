@@ -1,10 +1,11 @@
 """Read a backup's stream back from the bucket into a pipe, every part verified first.
 
-Parts are fetched with ranged GETs, up to ``concurrency`` ahead of the one being
-written, and written in order. Each part's sha256 is checked against the manifest
-*before* any of its bytes are written, so a corrupt object never reaches
-``zfs receive``; the whole stream's sha256 is checked at the end. Memory stays at
-about ``concurrency`` parts.
+Parts are fetched with ranged GETs, up to ``concurrency`` at once and one more ahead
+of the one being written, and written in order. Each part's sha256 is checked against
+the manifest as soon as it arrives (in a thread, so parts are checked in parallel and
+while the writer writes) and *before* any of its bytes are written, so a corrupt
+object never reaches ``zfs receive``; the whole stream's sha256 is computed alongside
+the writes and checked at the end. Memory stays at about ``concurrency + 2`` parts.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _verified(part: Part, data: bytes, key: str, whole: Any) -> None:
+def _check(part: Part, data: bytes, key: str) -> None:
     if len(data) != part.size or hashlib.sha256(data).hexdigest() != part.sha256:
         raise CorruptPart(f"part {part.number} of {key} (bytes {part.offset}.."
                           f"{part.offset + part.size - 1} of the stream) does not match its "
                           "sha256 in the manifest: the object was changed or damaged")
-    whole.update(data)
 
 
 async def download(store: ObjectStore, manifest: Manifest, fd: int, *, concurrency: int,
@@ -52,21 +52,27 @@ async def download(store: ObjectStore, manifest: Manifest, fd: int, *, concurren
     def fetch(part: Part) -> asyncio.Task[bytes]:
         seg = manifest.segments[part.segment]
         start = part.offset - seg.offset
-        return asyncio.ensure_future(retry(
-            f"part {part.number} of {seg.key}",
-            lambda: store.get_bytes(seg.key, (start, start + part.size - 1))))
+
+        async def verified() -> bytes:
+            data: bytes = await retry(
+                f"part {part.number} of {seg.key}",
+                lambda: store.get_bytes(seg.key, (start, start + part.size - 1)))
+            await asyncio.to_thread(_check, part, data, seg.key)
+            return data
+
+        return asyncio.ensure_future(verified())
 
     try:
         next_index = 0
-        for part in parts:
-            while next_index < len(parts) and len(pending) < concurrency:
+        for _ in parts:
+            # ``concurrency`` GETs in flight, plus one part ready for the next write.
+            while next_index < len(parts) and len(pending) <= concurrency:
                 pending.append(fetch(parts[next_index]))
                 next_index += 1
             data = await pending.pop(0)
-            seg_key = manifest.segments[part.segment].key
-            await asyncio.to_thread(_verified, part, data, seg_key, whole)
             await checkpoint()
-            await asyncio.to_thread(write_all, fd, data)
+            await asyncio.gather(asyncio.to_thread(write_all, fd, data),
+                                 asyncio.to_thread(whole.update, data))
             on_bytes(len(data))
     finally:
         for task in pending:
