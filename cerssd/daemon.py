@@ -28,7 +28,7 @@ from . import __version__, snapshots
 from .api.app import ApiContext, build_app
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
 from .engine import ActivityEngine
-from .journal import Journal
+from .journal import Journal, JournalError
 from .logs import configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
@@ -51,7 +51,10 @@ from .volume_states import VolumeStates
 log = structlog.get_logger("cerssd.daemon")
 
 #: Keys a reload cannot change in a running daemon (listeners, journal, servers' transports).
-RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen")
+#: Read once at start: a reload warns about a change to them and keeps the old value.
+#: The retry settings are built into the running activities' retry policy.
+RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
+                "retry_max_interval", "retry_deadline")
 
 
 class StartupError(Exception):
@@ -237,7 +240,7 @@ async def run(config: Config) -> int:
     daemon = Daemon(config)
     try:
         await daemon.setup()
-    except StartupError as exc:
+    except (StartupError, JournalError) as exc:
         log.error("cannot start", error=str(exc))
         return 1
     try:

@@ -416,9 +416,13 @@ class ActivityEngine:
         activity.record = replace(activity.record, state=state)
         self.persist(activity)
         self._notify(activity)
-        log.info("activity state", activity_id=activity.id, volume=activity.record.volume,
-                 kind=activity.record.kind, state=str(state),
-                 status=activity.record.status.message if activity.record.status else None)
+        status = activity.record.status
+        # A failure is what an operator looks for in the journal: warning, with its reason.
+        emit = log.warning if state == State.FAILED else log.info
+        emit("activity state", activity_id=activity.id, volume=activity.record.volume,
+             kind=activity.record.kind, state=str(state),
+             status=status.message if status else None,
+             reason=status.reason if status and state == State.FAILED else None)
 
     def persist(self, activity: Activity) -> None:
         self.journal.save(activity.snapshot())

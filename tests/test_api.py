@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,13 @@ def test_reload_keeps_old_config_on_error(daemon: DaemonProcess) -> None:
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: req(daemon, "GET", "/v1/status").body["daemon"]["activity_retention"]
                == 7200, 10, what="the good reload")
+    # The retry settings are built into running work: a reload says it keeps the old ones.
+    daemon.config_path.write_text(good.replace("[daemon]\n", '[daemon]\nretry_deadline = "2h"\n'))
+    daemon.proc.send_signal(signal.SIGHUP)
+    warning = wait_until(lambda: next((x for x in daemon.log().splitlines()
+                                       if "only after a restart" in x), None), 10,
+                         what="the restart warning")
+    assert "retry_deadline" in warning
 
 
 def test_metrics_on_socket_and_tcp_pass_promtool(start_daemon: Any, pool: str,
@@ -246,3 +254,16 @@ def test_second_daemon_on_same_socket_refused(start_daemon: Any, tmp_path: Path)
     assert second.proc.wait(30) == 1
     assert "another cerssd is using" in second.log() or "another daemon" in second.log()
     assert req(first, "GET", "/v1/status").status == 200
+
+
+def test_journal_from_a_newer_cerssd_is_a_clean_refusal(start_daemon: Any,
+                                                       tmp_path: Path) -> None:
+    state = tmp_path / "newer-state"
+    state.mkdir()
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        db.execute("PRAGMA user_version=99")
+    d = start_daemon(state_dir=state, wait=False)
+    assert d.proc.wait(30) == 1
+    log = d.log()
+    assert '"event": "cannot start"' in log and "newer than this cerssd" in log
+    assert "Traceback" not in log
