@@ -289,6 +289,8 @@ def test_cerssctl_relationship_commands(start_daemon: Any,
     status = ctl(d, "status").stdout
     assert "web" in status and "b in-sync lag" in status
     assert "paused" in ctl(d, "relationship", "pause", "web").stdout
+    twice = ctl(d, "relationship", "pause", "web")
+    assert twice.returncode == 1 and "already paused" in twice.stderr
     refused = ctl(d, "relationship", "sync-now", "web")
     assert refused.returncode == 1 and "paused" in refused.stderr
     assert "running" in ctl(d, "relationship", "resume", "web").stdout

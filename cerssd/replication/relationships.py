@@ -256,6 +256,8 @@ class Relationships:
         activity = self._activity(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} is stopped")
+        if activity.record.state == State.SUSPENDED:
+            raise RelationshipError(f"relationship {name} is already paused")
         return await self.engine.suspend(activity.id)
 
     async def resume(self, name: str) -> ActivityRecord:
