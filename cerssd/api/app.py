@@ -359,7 +359,7 @@ ROUTES: list[Route] = [
           mutating=True, responses={204: "removed", 409: "defined in the config file"}),
     Route("POST", f"/v1/relationships/{REL}/pause", _A.pause_relationship,
           "Pause: no new cycles, running transfers suspended", mutating=True,
-          responses={409: "not running"}),
+          responses={409: "stopped, already paused, or failing over"}),
     Route("POST", f"/v1/relationships/{REL}/resume", _A.resume_relationship,
           "Resume a paused relationship, or start a stopped one", mutating=True,
           responses={409: "not paused"}),
