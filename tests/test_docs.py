@@ -273,8 +273,8 @@ def docs_daemon(start_daemon: Callable[..., DaemonProcess], make_pool: Callable[
     yield d
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_documented_curl_examples_and_openapi_answer_as_shown(docs_daemon: DaemonProcess) -> None:
+    assert shutil.which("curl"), "curl is missing: scripts/setup installs it"
     found = examples()
     for rest, data_keyed in RUN.items():
         command = f"curl --unix-socket {SOCKET} {rest}"
@@ -358,8 +358,7 @@ def test_example_promql_is_valid_and_uses_documented_metrics(tmp_path: Path) -> 
         used = set(re.findall(r"\bcerssd_\w+", query))
         base = {re.sub(r"_(bucket|sum|count)$", "", n) for n in used}
         assert base <= names, f"{query!r} uses undocumented {sorted(base - names)}"
-    if shutil.which("promtool") is None:
-        pytest.skip("promtool is not installed")
+    assert shutil.which("promtool"), "promtool is missing: scripts/setup installs it"
     rules = {"groups": [{"name": "docs", "rules": [
         {"record": f"docs:example{i}", "expr": q.strip()} for i, q in enumerate(queries)]}]}
     path = tmp_path / "docs-rules.yml"
