@@ -219,10 +219,8 @@ class ActivityContext:
         self._activity.record = replace(self._activity.record, progress=p.advanced(done))
 
     def remember(self, **params: Any) -> None:
-        """Persist facts a restarted run needs (journaled with the next state change)."""
-        merged = {**self._activity.record.params, **params}
-        self._activity.record = replace(self._activity.record, params=merged)
-        self._engine.persist(self._activity)
+        """Persist facts a restarted run needs (journaled at once)."""
+        self._engine.remember(self._activity.id, **params)
 
     def link_lost(self, link: LinkHealth) -> None:
         self._activity.counters.retries += 1

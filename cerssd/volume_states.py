@@ -36,6 +36,7 @@ import structlog
 
 from .activity import ActivityRecord
 from .backends.base import Volume
+from .backends.names import validate_snapshot
 from .engine import Activity, ActivityEngine
 from .servers import ServerRegistry
 
@@ -246,12 +247,12 @@ class VolumeStates:
 # -- which volumes each action holds ------------------------------------------------------
 def replication_holds(req: ReplicationRequest) -> list[VolumeKey]:
     """A replication holds its source volume and the target volume on the destination."""
-    return [(req.source, req.snapshot.partition("@")[0]),
+    return [(req.source, validate_snapshot(req.snapshot).volume),
             (req.destination, req.target_volume)]
 
 
 def backup_holds(req: BackupRequest) -> list[VolumeKey]:
-    return [(req.server, req.snapshot.partition("@")[0])]
+    return [(req.server, validate_snapshot(req.snapshot).volume)]
 
 
 def restore_holds(req: RestoreRequest) -> list[VolumeKey]:

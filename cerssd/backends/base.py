@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -91,6 +93,13 @@ class AlreadyExists(BackendError):
 
 class Busy(BackendError):
     """The dataset is held or in use."""
+
+
+def while_busy(seconds: float = 30.0) -> AsyncRetrying:
+    """Retry what ZFS calls busy for a while: a dataset stays busy briefly after a
+    receive ends, or while a client has a file open for a moment."""
+    return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(seconds),
+                         wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
 
 
 class Backend(Protocol):

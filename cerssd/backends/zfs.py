@@ -8,14 +8,22 @@ supports is probed from its own usage text at start-up.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .base import AlreadyExists, BackendError, Busy, Capabilities, NotFound, Snapshot, Volume
+from .base import (
+    AlreadyExists,
+    BackendError,
+    Busy,
+    Capabilities,
+    NotFound,
+    Snapshot,
+    Volume,
+    while_busy,
+)
 from .names import (
     validate_bookmark,
     validate_snapshot,
@@ -94,6 +102,10 @@ def _classify(exc: CommandFailed) -> BackendError:
     if "busy" in text or "is held" in text or "has dependent clones" in text:
         return Busy(first)
     return BackendError(first)
+
+
+#: How long a fence or promotion waits for a filesystem's clients to close their files.
+REMOUNT_PATIENCE = 5.0
 
 
 class ZfsBackend:
@@ -357,18 +369,13 @@ class ZfsBackend:
     async def _remount(self, volume: str, option: str) -> None:
         """Unmount (never forced: open files mean a client is busy) and mount again;
         a busy filesystem is retried for a few seconds, then reported."""
-        for delay in (0.1, 0.3, 0.6, 1.0, 2.0, 0.0):
-            try:
-                await self._run("unmount", volume)
-                break
-            except Busy:
-                if not delay:
-                    raise
-                await asyncio.sleep(delay)
-            except BackendError as exc:
-                if "not currently mounted" not in str(exc):
-                    raise
-                break
+        async for attempt in while_busy(REMOUNT_PATIENCE):
+            with attempt:
+                try:
+                    await self._run("unmount", volume)
+                except BackendError as exc:
+                    if isinstance(exc, Busy) or "not currently mounted" not in str(exc):
+                        raise
         await self._run("mount", "-o", option, volume)
 
     async def is_readonly(self, volume: str) -> bool:

@@ -33,33 +33,25 @@ from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore.client import StoreError
-from ..servers import ServerRegistry, ServerUnavailable
+from ..servers import ServerUnavailable
 from ..volume_states import BACKING_UP, REPLICATING, backup_holds, cycle_holds, replication_holds
 from .backup import BackupRequest, plan_backup, submit_backup
 from .fanout import FanoutGroup
 from .groups import StreamKey
 from .plan import ReplicationConflict
-from .relationships import KIND, Relationships, Runtime
+from .relationships import KIND, RelationshipFlow, Relationships, Runtime
 from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_flags
 from .replicate import submit_replication as submit_transfer
 from .transfer import Endpoint
 
 
-class RelationshipWork:
+class RelationshipWork(RelationshipFlow):
     def __init__(self, record: ActivityRecord, manager: Relationships,
                  policy: RetryPolicy) -> None:
         self.name: str = record.params["relationship"]
         self.manager = manager
         self.policy = policy
         self.failures = 0
-
-    @property
-    def servers(self) -> ServerRegistry:
-        return self.manager.servers
-
-    @property
-    def engine(self) -> ActivityEngine:
-        return self.manager.engine
 
     async def run(self, ctx: ActivityContext) -> None:
         rt = self.manager.runtimes.get(self.name)

@@ -39,7 +39,7 @@ from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
-from .relationships import RelationshipError, Relationships, Runtime
+from .relationships import RelationshipError, RelationshipFlow, Relationships, Runtime
 from .replicate import ReplicationRequest, submit_replication
 from .roles import DataLoss, Fenced, promoted
 
@@ -113,18 +113,10 @@ async def submit_failover(manager: Relationships, req: FailoverRequest) -> Activ
     return record
 
 
-class FailoverWork:
+class FailoverWork(RelationshipFlow):
     def __init__(self, record: ActivityRecord, manager: Relationships) -> None:
         self.manager = manager
         self.relationship: str = record.params["relationship"]
-
-    @property
-    def servers(self) -> ServerRegistry:
-        return self.manager.servers
-
-    @property
-    def engine(self) -> ActivityEngine:
-        return self.manager.engine
 
     def _runtime(self) -> Runtime:
         try:
@@ -156,9 +148,8 @@ class FailoverWork:
         p = ctx.params
         try:
             master = await self.servers.backend(p["master"])
-            was_readonly = await master.is_readonly(p["volume"])
-            if "master_was_readonly" not in p:
-                ctx.remember(master_was_readonly=was_readonly)
+            if "master_was_readonly" not in p:  # not again after a restart: it is ours now
+                ctx.remember(master_was_readonly=await master.is_readonly(p["volume"]))
             await master.set_readonly(p["volume"], True)
         except UNREACHABLE as exc:
             if p.get("planned"):  # fenced before a restart, unreachable now: wait for it
@@ -319,15 +310,11 @@ class FailoverWork:
             ctx.log.info("fence lifted: the master takes writes again", master=p["master"])
         failed = not ctx.cancel_requested
         rt.failover.status = "failover-error" if failed else None
-        rt.failover.error = (self.error_message(ctx) if failed else None)
+        rt.failover.error = (f"failover failed at step {p.get('current_step', '?')}; rolled "
+                             "back, roles unchanged") if failed else None
         self.manager.save(rt)
         if p["was_running"] and self.manager.activity_of(rt) is None:
             self.manager.start_again(rt)
-
-    @staticmethod
-    def error_message(ctx: ActivityContext) -> str:
-        step = ctx.params.get("current_step", "?")
-        return f"failover failed at step {step}; rolled back, roles unchanged"
 
 
 def register(engine: ActivityEngine, manager: Relationships) -> None:

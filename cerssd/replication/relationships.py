@@ -243,7 +243,7 @@ class Relationships:
     async def stop(self, name: str) -> None:
         """Cancel the relationship's activity (its transfers roll back) and wait for it."""
         rt = self.get(name)
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if activity is not None:
             await self.engine.cancel(activity.id)
             await activity.done.wait()
@@ -253,7 +253,7 @@ class Relationships:
     async def pause(self, name: str) -> ActivityRecord:
         rt = self.get(name)
         self.check_no_failover(rt)
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} is stopped")
         if activity.record.state == State.SUSPENDED:
@@ -264,7 +264,7 @@ class Relationships:
         """Resume a paused relationship, or start a stopped one again."""
         rt = self.get(name)
         self.check_no_failover(rt)
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if activity is None:
             return self.start_again(rt)
         return await self.engine.resume(activity.id)
@@ -279,7 +279,7 @@ class Relationships:
     def sync_now(self, name: str) -> None:
         rt = self.get(name)
         self.check_no_failover(rt)
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} is stopped; resume it first")
         if activity.record.state == State.SUSPENDED:
@@ -298,7 +298,7 @@ class Relationships:
     async def halt(self, rt: Runtime) -> None:
         """Stop the cycles and their transfers (rolled back) for a failover; the
         failover starts the relationship again under its new roles."""
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if activity is not None:
             with contextlib.suppress(Exception):  # already ending: waited for below
                 await self.engine.cancel(activity.id)
@@ -350,19 +350,17 @@ class Relationships:
         rt.fencing = True
         try:
             delay = 1.0
-            await self.enforce_fences(rt)
-            while any(f.applied_at is None for f in rt.failover.fenced.values()):
+            while True:
+                await self.enforce_fences(rt)
+                if all(f.applied_at for f in rt.failover.fenced.values()):
+                    return
                 await asyncio.sleep(delay)  # an unreachable server: try again, backing off
                 delay = min(delay * 2, FENCE_RETRY_CAP)
-                await self.enforce_fences(rt)
         finally:
             rt.fencing = False
 
     def activity_of(self, rt: Runtime) -> Activity | None:
         """The relationship's live activity, None while it is stopped."""
-        return self._activity(rt)
-
-    def _activity(self, rt: Runtime) -> Activity | None:
         if rt.activity_id is None:
             return None
         with contextlib.suppress(KeyError):
@@ -431,7 +429,7 @@ class Relationships:
         await self._after_stream(rt)
 
     def _catch_up_if_behind(self, rt: Runtime, status: SlaveStatus) -> None:
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         if (rt.newest is None or status.last_snapshot_guid == rt.newest[1]
                 or activity is None or activity.record.state != State.RUNNING
                 or status.server in self.transfers(rt.name)):
@@ -583,14 +581,14 @@ class Relationships:
         return slaves
 
     def to_json(self, rt: Runtime) -> dict[str, Any]:
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         record = activity.snapshot() if activity else None
         return {
             **rt.spec.to_json(),
             "state": _state(record),
             "replication_status": self.replication_status(rt),
             "active_server": rt.spec.master, "home_master": rt.home,
-            "failover": self.failover_json(rt),
+            "failover": rt.failover.to_json(),
             "activity": record.id if record else None,
             "link": asdict(record.link) if record and record.link else None,
             "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
@@ -601,17 +599,9 @@ class Relationships:
         }
 
     def replication_status(self, rt: Runtime) -> str:
-        activity = self._activity(rt)
+        activity = self.activity_of(rt)
         replicating = activity is not None and activity.record.state != State.SUSPENDED
         return replication_status(rt.spec, rt.home, rt.failover, replicating=replicating)
-
-    @staticmethod
-    def failover_json(rt: Runtime) -> dict[str, Any]:
-        f = rt.failover
-        return {"activity": f.activity, "error": f.error,
-                "last_failover_at": f.last_failover_at,
-                "data_loss": f.data_loss.to_json() if f.data_loss else None,
-                "fenced": [x.to_json() for x in f.fenced.values()]}
 
     def all(self) -> Iterable[Runtime]:
         return list(self.runtimes.values())
@@ -622,3 +612,18 @@ def _state(record: ActivityRecord | None) -> str:
         return "stopped"
     return {State.SUSPENDED: "paused", State.RETRYING: "retrying",
             State.CANCELLING: "stopping"}.get(record.state, "running")
+
+
+class RelationshipFlow:
+    """Base of the activities that act on relationships (their cycles, a failover):
+    the daemon's servers and engine, reached through the relationships' manager."""
+
+    manager: Relationships
+
+    @property
+    def servers(self) -> ServerRegistry:
+        return self.manager.servers
+
+    @property
+    def engine(self) -> ActivityEngine:
+        return self.manager.engine

@@ -25,15 +25,13 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    retry_if_exception_type,
     stop_after_delay,
     stop_never,
-    wait_exponential,
     wait_random_exponential,
 )
 
 from ..activity import ActivityRecord, LinkHealth, State, StatusCode
-from ..backends.base import BackendError, Busy, NotFound, Snapshot
+from ..backends.base import BackendError, Busy, NotFound, Snapshot, while_busy
 from ..backends.names import validate_snapshot, validate_volume
 from ..backends.ssh import LinkDown, SshError
 from ..backends.zfs import ZfsBackend
@@ -198,12 +196,6 @@ def estimate_stream(snapshot: Snapshot, base: Snapshot | None) -> int:
     if base is None:
         return max(snapshot.referenced, 1)
     return max(snapshot.referenced - base.referenced, snapshot.used, 1)
-
-
-def while_busy() -> AsyncRetrying:
-    """Retry a destroy ZFS calls busy: it says so for a while after a receive ends."""
-    return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(30),
-                         wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
 
 
 def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from ..activity import ActivityRecord, Progress, StatusCode
-from ..backends.base import BackendError, NotFound
+from ..backends.base import BackendError, NotFound, while_busy
 from ..backends.names import validate_snapshot, validate_volume
 from ..backends.runner import stop_process
 from ..backends.zfs import ZfsBackend
@@ -32,7 +32,7 @@ from ..objectstore.download import CorruptPart, download
 from ..objectstore.layout import BrokenChain, Manifest, chain
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
-from .replicate import RetryPolicy, while_busy
+from .replicate import RetryPolicy
 from .store_calls import StoreCalls
 from .transfer import FdSet, first_failure
 

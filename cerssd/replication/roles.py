@@ -91,6 +91,13 @@ class FailoverState:
                 "data_loss": asdict(self.data_loss) if self.data_loss else None,
                 "fenced": {n: f.to_json() for n, f in self.fenced.items()}}
 
+    def to_json(self) -> dict[str, Any]:
+        """What the API shows: the remembered facts, the window and fences spelled out."""
+        return {"activity": self.activity, "error": self.error,
+                "last_failover_at": self.last_failover_at,
+                "data_loss": self.data_loss.to_json() if self.data_loss else None,
+                "fenced": [f.to_json() for f in self.fenced.values()]}
+
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> FailoverState:
         loss = data.get("data_loss")
