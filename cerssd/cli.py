@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sys
+import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -23,8 +24,22 @@ from . import cli_backups, cli_relationships, cli_watch
 from .cli_format import print_fields
 from .cli_format import size_text as _size
 from .cli_format import when as _ago
+from .config import ConfigError, parse_duration
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
+
+
+def _duration(text: str) -> float:
+    """An argparse type: a duration such as 90s, 2h or 7d, in seconds."""
+    try:
+        return parse_duration(text, "duration")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+
+
+def _unix(ago: float | None) -> int | None:
+    """The Unix time ``ago`` seconds before now, for the API's time filters."""
+    return None if ago is None else int(time.time() - ago)
 
 
 class CliError(Exception):
@@ -201,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "activities":
         query = urllib.parse.urlencode({k: v for k, v in (
             ("state", args.state), ("kind", args.kind), ("volume", args.volume),
-            ("limit", args.limit)) if v is not None})
+            ("relationship", args.relationship), ("since", _unix(args.since)),
+            ("until", _unix(args.until)), ("limit", args.limit), ("offset", args.offset))
+            if v is not None})
         data = client.request("GET", f"/v1/activities?{query}")
         out.emit(data, lambda d: out.table(
             ["id", "kind", "state", "volume", "target", "progress", "status"],
@@ -296,7 +313,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--state")
     a.add_argument("--kind")
     a.add_argument("--volume")
-    a.add_argument("--limit", type=int)
+    a.add_argument("--relationship")
+    a.add_argument("--since", metavar="AGO", type=_duration,
+                   help="created at most this long ago, e.g. 2h")
+    a.add_argument("--until", metavar="AGO", type=_duration,
+                   help="created at least this long ago, e.g. 1d")
+    a.add_argument("--limit", type=int, help="page size (default 100, at most 1000)")
+    a.add_argument("--offset", type=int, help="skip this many (the next page)")
     for verb in ("show", "suspend", "resume", "cancel"):
         sub.add_parser(verb, help=f"{verb} an activity").add_argument("id")
     sub.choices["show"].add_argument(

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -53,6 +54,11 @@ log = structlog.get_logger("cerssd.daemon")
 #: Keys a reload cannot change in a running daemon (listeners, journal, servers' transports).
 #: Read once at start: a reload warns about a change to them and keeps the old value.
 #: The retry settings are built into the running activities' retry policy.
+#: Seconds an in-flight request (a long poll, say) gets to finish at shutdown.
+REQUEST_GRACE = 2.0
+#: Seconds past ``shutdown_timeout`` after which the process ends whatever still runs.
+EXIT_GRACE = 10.0
+
 RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
                 "retry_max_interval", "retry_deadline")
 
@@ -124,7 +130,8 @@ class Daemon:
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
                                    lambda: self.config, self.relationships, self.stores,
                                    volume_states=self.volume_states))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=REQUEST_GRACE)
         await runner.setup()
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
         try:
@@ -147,7 +154,8 @@ class Daemon:
 
         app = web.Application()
         app.router.add_get("/metrics", scrape)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               shutdown_timeout=REQUEST_GRACE)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
@@ -171,7 +179,7 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         while True:
-            pruned = self.engine.prune()
+            pruned = await self.engine.prune()
             if pruned:
                 log.info("pruned finished activities", count=pruned)
             await asyncio.sleep(min(60.0, max(1.0, self.engine.retention / 10)))
@@ -246,8 +254,29 @@ async def run(config: Config) -> int:
     try:
         await daemon.serve()
     finally:
+        exit_by(config.daemon.shutdown_timeout + EXIT_GRACE)
         await daemon.shutdown()
     return 0
+
+
+def exit_by(seconds: float) -> threading.Timer:
+    """Make sure the process ends within ``seconds`` of a stop request.
+
+    The shutdown itself is bounded (activities by ``shutdown_timeout``, requests by
+    ``REQUEST_GRACE``), but asyncio's close waits without limit for its executor's
+    threads and the interpreter for every other thread: a thread blocked on a pipe or a
+    lock would keep a stopped daemon alive for ever. This timer ends it instead, saying so.
+    """
+    def give_up() -> None:
+        log.error("threads still running after shutdown; exiting anyway",
+                  threads=[t.name for t in threading.enumerate()
+                           if t is not threading.current_thread()])
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,8 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -38,9 +39,13 @@ from .activity import (
     Usage,
     check_transition,
 )
-from .journal import Journal
+from .journal import ActivityFilter, Journal
 
 log = structlog.get_logger("cerssd.engine")
+
+#: Finished activities kept in memory after they end, for the callers that were waiting
+#: on them (a failover's child, a long poll); older history is read from the journal.
+RECENT_FINISHED = 256
 
 
 class ActivityError(Exception):
@@ -143,6 +148,13 @@ class Counters:
 class Activity:
     """The live side of one activity; ``snapshot()`` gives the immutable record."""
 
+    @classmethod
+    def finished(cls, record: ActivityRecord) -> Activity:
+        """A handle on history read back from the journal: already done, nothing to run."""
+        activity = cls(record)
+        activity.done.set()
+        return activity
+
     def __init__(self, record: ActivityRecord) -> None:
         self.record = record
         self.gate = FlowGate()
@@ -237,10 +249,14 @@ class ActivityContext:
 
 
 class ActivityEngine:
+    """Runs activities; holds in memory only what is live (plus the few that just ended)
+    and leaves history to the journal, so its cost never grows with the history."""
+
     def __init__(self, journal: Journal, *, retention: float = 7 * 86400.0) -> None:
         self.journal = journal
         self.retention = retention
-        self._activities: dict[str, Activity] = {}
+        self._activities: dict[str, Activity] = {}  # live: not yet terminal
+        self._recent: OrderedDict[str, Activity] = OrderedDict()
         self._factories: dict[str, WorkFactory] = {}
         self._listeners: list[Listener] = []
         self._closed = False
@@ -256,22 +272,46 @@ class ActivityEngine:
 
     # -- queries --------------------------------------------------------------------
     def get(self, activity_id: str) -> Activity:
-        try:
-            return self._activities[activity_id]
-        except KeyError:
-            raise UnknownActivity(activity_id) from None
+        """A live or recently finished activity, or one read back from the journal."""
+        activity = self._activities.get(activity_id) or self._recent.get(activity_id)
+        if activity is not None:
+            return activity
+        record = self.journal.get(activity_id)
+        if record is None:
+            raise UnknownActivity(activity_id)
+        return Activity.finished(record)
 
-    def activities(self) -> Iterable[Activity]:
+    def activities(self) -> list[Activity]:
+        """The live activities (not yet terminal): bounded by what runs at once."""
         return list(self._activities.values())
+
+    def live(self, kind: str, relationship: str | None = None) -> list[Activity]:
+        """Live activities of ``kind``, of one relationship if named."""
+        return [a for a in self._activities.values()
+                if a.record.kind == kind and not a.record.state.terminal
+                and (relationship is None or a.record.params.get("relationship") == relationship)]
+
+    def page(self, where: ActivityFilter, limit: int, offset: int = 0) -> list[ActivityRecord]:
+        """Newest first from the journal, live ones as they are this moment."""
+        records = self.journal.page(where, limit, offset)
+        return [self._activities[r.id].snapshot() if r.id in self._activities else r
+                for r in records]
+
+    def count(self, where: ActivityFilter) -> int:
+        return self.journal.count(where)
+
+    def counts(self) -> Counter[tuple[str, str]]:
+        """Activities known, by (kind, state), from the journal's tally (no scan)."""
+        return self.journal.tally()
 
     # -- lifecycle ------------------------------------------------------------------
     def recover(self) -> list[ActivityRecord]:
-        """Load the journal: restart self-restarting work, fail the rest. Returns restarted."""
+        """Read back what was running: restart self-restarting work, fail the rest.
+
+        Only unfinished records are read: history stays in the journal. Returns restarted.
+        """
         restarted = []
-        for record in self.journal.load():
-            if record.state.terminal:
-                self._activities[record.id] = Activity(record)
-                continue
+        for record in self.journal.unfinished():
             if record.self_restarting and record.kind in self._factories:
                 was_suspended = record.state == State.SUSPENDED
                 fresh = replace(record, state=State.PENDING, restarts=record.restarts + 1,
@@ -287,7 +327,6 @@ class ActivityEngine:
                 failed = replace(record, state=State.FAILED, finished_at=time.time(),
                                  status=Status(StatusCode.INTERRUPTED,
                                                "interrupted by daemon restart"))
-                self._activities[record.id] = Activity(failed)
                 self.journal.save(failed)
                 log.warning("activity interrupted by daemon restart", activity_id=record.id,
                             kind=record.kind, volume=record.volume)
@@ -408,6 +447,14 @@ class ActivityEngine:
         activity.record = replace(final, status=status, finished_at=time.time())
         self.transition(activity, state)
         activity.record = activity.snapshot()
+        self._retire(activity)
+
+    def _retire(self, activity: Activity) -> None:
+        """A finished activity leaves the live set; the last few stay at hand."""
+        self._activities.pop(activity.id, None)
+        self._recent[activity.id] = activity
+        while len(self._recent) > RECENT_FINISHED:
+            self._recent.popitem(last=False)
 
     def transition(self, activity: Activity, state: State) -> None:
         check_transition(activity.id, activity.record.state, state)
@@ -480,14 +527,15 @@ class ActivityEngine:
         await asyncio.wait_for(activity.done.wait(), timeout)
         return activity.snapshot()
 
-    def prune(self, now: float | None = None) -> int:
+    async def prune(self, now: float | None = None) -> int:
+        """Drop history older than the retention, in batches in a thread (never blocks
+        the loop for long whatever the backlog). Returns how many records went."""
         cutoff = (now or time.time()) - self.retention
-        gone = [a.id for a in self._activities.values()
-                if a.record.finished_at is not None and a.record.finished_at < cutoff]
-        for activity_id in gone:
-            del self._activities[activity_id]
-        self.journal.prune(cutoff)
-        return len(gone)
+        for activity_id in [i for i, a in self._recent.items()
+                            if (a.record.finished_at or 0) < cutoff]:
+            del self._recent[activity_id]
+        gone = await asyncio.to_thread(self.journal.prune, cutoff)
+        return sum(gone.values())
 
     async def shutdown(self, timeout: float) -> None:
         """Stop taking work; checkpoint self-restarting activities, cancel the rest."""

@@ -55,11 +55,10 @@ class DaemonCollector(Collector):
         yield from self._servers()
 
     def _activities(self) -> Iterator[Metric]:
-        records = [a.snapshot() for a in self.engine.activities()]
+        running = [a.snapshot() for a in self.engine.activities()]
         by_state = GaugeMetricFamily("cerssd_activities", "Activities known, by kind and state",
                                      labels=["kind", "state"])
-        counts = Tally((r.kind, str(r.state)) for r in records)
-        for (kind, state), n in sorted(counts.items()):
+        for (kind, state), n in sorted(self.engine.counts().items()):
             by_state.add_metric([kind, state], n)
         yield by_state
         finished = CounterMetricFamily("cerssd_activities_finished",
@@ -68,7 +67,6 @@ class DaemonCollector(Collector):
         for (kind, state), n in sorted(self.finished.items()):
             finished.add_metric([kind, state], n)
         yield finished
-        running = [r for r in records if not r.state.terminal]
         yield _live_plus_finished(
             CounterMetricFamily("cerssd_bytes_moved", "Bytes read from sources by activities",
                                 labels=["kind"]),

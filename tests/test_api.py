@@ -127,6 +127,15 @@ def test_activities_filter_and_pages(daemon: DaemonProcess) -> None:
     assert destroys["total"] == 1
     assert req(daemon, "GET", "/v1/activities?state=failed").body["total"] == 0
     assert req(daemon, "GET", f"/v1/activities?volume={pool}/vol").body["total"] == 4
+    first = req(daemon, "GET", f"/v1/activities/{ids[0]}").body["created_at"]
+    since = req(daemon, "GET", f"/v1/activities?kind=snapshot&since={int(first) + 1}").body
+    later = [i for i in ids if req(daemon, "GET", f"/v1/activities/{i}").body["created_at"]
+             >= int(first) + 1]
+    assert since["total"] == len(later)
+    until = req(daemon, "GET", f"/v1/activities?kind=snapshot&until={int(first)}").body
+    assert until["total"] == 0
+    assert req(daemon, "GET", "/v1/activities?relationship=none").body["total"] == 0
+    assert_problem(req(daemon, "GET", "/v1/activities?limit=1001"), 400, "limit")
     one = req(daemon, "GET", f"/v1/activities/{ids[1]}").body
     assert one["target"] == f"{pool}/vol@p1" and one["self_restarting"] is False
     assert set(one["usage"]) == {"elapsed_seconds", "bytes_read", "bytes_on_wire", "retries",

@@ -86,7 +86,7 @@ async def test_success_journaled_with_status_zero(journal: Journal) -> None:
     assert final.state == State.SUCCEEDED and final.status is not None
     assert final.status.code == 0
     assert (final.progress.done, final.progress.total) == (2, 2)
-    assert journal.load()[0].state == State.SUCCEEDED
+    assert next(journal.iterate()).state == State.SUCCEEDED
 
 
 async def test_suspend_stops_progress_and_resume_continues(journal: Journal) -> None:
@@ -97,7 +97,7 @@ async def test_suspend_stops_progress_and_resume_continues(journal: Journal) -> 
     await work.step_taken.wait()
     suspended = await engine.suspend(record.id)
     assert suspended.state == State.SUSPENDED
-    assert journal.load()[0].state == State.SUSPENDED
+    assert next(journal.iterate()).state == State.SUSPENDED
     work.allow(2)  # allowed, but the gate is closed
     await asyncio.sleep(0.1)
     assert work.done_steps == 1
@@ -179,7 +179,7 @@ async def test_work_that_ends_while_retrying_succeeds_with_its_link_up(
     final = await engine.wait(record.id, 5)
     assert final.state == State.SUCCEEDED
     assert final.link is not None and (final.link.server, final.link.state) == ("r1", "up")
-    assert journal.load()[0].state == State.SUCCEEDED
+    assert next(journal.iterate()).state == State.SUCCEEDED
 
 
 class LastStepUngated:
@@ -255,7 +255,7 @@ async def test_shutdown_checkpoints_self_restarting(journal: Journal, tmp_path: 
     await wait_state(engine, keep.id, State.RUNNING)
     await wait_state(engine, drop.id, State.RUNNING)
     await engine.shutdown(5)
-    reopened = {r.id: r for r in Journal(tmp_path / "journal.sqlite3").load()}
+    reopened = {r.id: r for r in Journal(tmp_path / "journal.sqlite3").iterate()}
     assert reopened[keep.id].state == State.RUNNING  # picked up by the next start
     assert reopened[drop.id].state == State.CANCELLED
     assert reopened[drop.id].status is not None
@@ -270,8 +270,8 @@ async def test_prune_removes_old_finished(journal: Journal) -> None:
     journal.save(fresh)
     engine = engine_with(journal, SteppedWork())
     engine.recover()
-    assert engine.prune() == 1
-    assert [r.id for r in journal.load()] == ["bb02"]
+    assert await engine.prune() == 1
+    assert [r.id for r in journal.iterate()] == ["bb02"]
     with pytest.raises(UnknownActivity):
         engine.get("bb01")
 
@@ -280,7 +280,7 @@ def test_journal_is_wal_with_schema_version(tmp_path: Path) -> None:
     Journal(tmp_path / "j.sqlite3")
     db = sqlite3.connect(tmp_path / "j.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
@@ -304,4 +304,4 @@ def test_journal_upgrades_a_version_1_file_and_keeps_its_activities(tmp_path: Pa
     assert journal.load_relationships() == {"web": ({"volume": "tank/web"}, {"stopped": True})}
     journal.delete_relationship("web")
     assert journal.load_relationships() == {}
-    assert [r.id for r in journal.load()] == ["cc01"]
+    assert [r.id for r in journal.iterate()] == ["cc01"]

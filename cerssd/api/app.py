@@ -24,6 +24,7 @@ from ..backends.names import InvalidName, validate_snapshot, validate_volume
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import Config, ConfigError, streams_directly
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
+from ..journal import ActivityFilter
 from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BrokenChain
@@ -71,11 +72,17 @@ class ApiContext:
 
 
 SERVER_QUERY = {"server": Field(str, "server name from the config", default="local")}
+#: The largest page of activities one request may ask for: history lives in the journal
+#: and is read a page at a time.
+MAX_PAGE = 1000
 ACTIVITY_QUERY = {
     "state": Field(str, "only activities in this state"),
     "kind": Field(str, "only activities of this kind"),
     "volume": Field(str, "only activities on this volume"),
-    "limit": Field(int, "page size", default=100, minimum=1),
+    "relationship": Field(str, "only activities of this relationship"),
+    "since": Field(int, "only activities created at or after this Unix time", minimum=0),
+    "until": Field(int, "only activities created before this Unix time", minimum=0),
+    "limit": Field(int, f"page size (at most {MAX_PAGE})", default=100, minimum=1),
     "offset": Field(int, "items to skip", default=0, minimum=0),
 }
 MAX_WAIT = 300
@@ -130,10 +137,9 @@ class ControlApi:
 
     # -- daemon -------------------------------------------------------------------------
     async def status(self, request: web.Request) -> web.Response:
-        records = [a.snapshot() for a in self.ctx.engine.activities()]
         by_state: dict[str, int] = {}
-        for r in records:
-            by_state[str(r.state)] = by_state.get(str(r.state), 0) + 1
+        for (_, state), n in self.ctx.engine.counts().items():
+            by_state[state] = by_state.get(state, 0) + n
         cfg = self.ctx.config()
         return _json({
             "version": __version__, "pid": os.getpid(), "started_at": self.ctx.started_at,
@@ -279,14 +285,14 @@ class ControlApi:
         if q["state"] is not None and q["state"] not in {str(s) for s in State}:
             raise ApiProblem(400, "Bad Request", f"state must be one of "
                              f"{', '.join(str(s) for s in State)}")
-        records = [a.snapshot() for a in self.ctx.engine.activities()]
-        records = [r for r in records
-                   if (q["state"] is None or str(r.state) == q["state"])
-                   and (q["kind"] is None or r.kind == q["kind"])
-                   and (q["volume"] is None or r.volume == q["volume"])]
-        records.sort(key=lambda r: r.created_at, reverse=True)
-        page = records[q["offset"]: q["offset"] + q["limit"]]
-        return _json({"items": [r.to_json() for r in page], "total": len(records),
+        if q["limit"] > MAX_PAGE:
+            raise ApiProblem(400, "Bad Request", f"limit must be at most {MAX_PAGE}")
+        where = ActivityFilter(state=q["state"], kind=q["kind"], volume=q["volume"],
+                               relationship=q["relationship"], since=q["since"],
+                               until=q["until"])
+        engine = self.ctx.engine
+        page = engine.page(where, q["limit"], q["offset"])
+        return _json({"items": [r.to_json() for r in page], "total": engine.count(where),
                       "limit": q["limit"], "offset": q["offset"]})
 
     async def activity(self, request: web.Request) -> web.Response:

@@ -201,9 +201,7 @@ class Relationships:
             raise UnknownRelationship(name) from None
 
     def _live(self, kind: str, relationship: str | None = None) -> list[Activity]:
-        return [a for a in self.engine.activities()
-                if a.record.kind == kind and not a.record.state.terminal
-                and (relationship is None or a.record.params.get("relationship") == relationship)]
+        return self.engine.live(kind, relationship)
 
     def backups(self, name: str) -> dict[str, Activity]:
         """The live backup of each object store of ``name`` (at most one per store)."""

@@ -1,0 +1,198 @@
+"""Activity history lives in the journal, not in memory (issue 13, item 1).
+
+A real engine and a real SQLite journal: finished activities leave memory and are read
+back from the journal by id and by filtered, paged queries; counts come from a tally the
+journal's triggers keep, never from a scan; pruning runs in batches in a thread; a
+version-2 journal is upgraded in place with its history intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cerssd.activity import ActivityRecord, Progress, State, Status
+from cerssd.engine import RECENT_FINISHED, ActivityContext, ActivityEngine, UnknownActivity
+from cerssd.journal import PRUNE_BATCH, SCHEMA_VERSION, ActivityFilter, Journal
+
+
+class Quick:
+    """Work that ends at once."""
+
+    async def run(self, ctx: ActivityContext) -> None:
+        ctx.set_progress(1, 1, unit="steps")
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        pass
+
+
+class Held:
+    """Work that runs until the test releases it."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def run(self, ctx: ActivityContext) -> None:
+        ctx.set_progress(7, 10, unit="steps")
+        await self.release.wait()
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        pass
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[ActivityEngine]:
+    engine = ActivityEngine(Journal(tmp_path / "journal.sqlite3"), retention=3600)
+    engine.register("quick", lambda r: Quick())
+    yield engine
+    await engine.shutdown(5)
+
+
+def finished(activity_id: str, *, kind: str = "replicate", relationship: str = "web",
+             created_at: float, state: State = State.SUCCEEDED) -> ActivityRecord:
+    return ActivityRecord(
+        id=activity_id, kind=kind, volume=f"tank/{relationship}", source="local",
+        target="standby", created_at=created_at, state=state, started_at=created_at,
+        finished_at=created_at + 5, status=Status(0, "succeeded"),
+        params={"relationship": relationship}, progress=Progress(10, 10))
+
+
+async def test_finished_activities_leave_memory_and_read_back_from_the_journal(
+        engine: ActivityEngine) -> None:
+    ids = []
+    for _ in range(RECENT_FINISHED + 44):
+        record = engine.submit("quick", volume="tank/a")
+        ids.append(record.id)
+        await engine.wait(record.id, 5)
+    assert engine.activities() == []  # nothing live: history is not held
+    assert len(engine._recent) == RECENT_FINISHED  # the last few, bounded
+    oldest = engine.get(ids[0])  # long gone from memory: read back from the journal
+    assert oldest.record.state == State.SUCCEEDED and oldest.record.progress.done == 1
+    assert (await engine.wait(ids[0], 1)).id == ids[0]  # a waiter returns at once
+    with pytest.raises(UnknownActivity):
+        engine.get("0000000000000000")
+    assert engine.counts() == {("quick", "succeeded"): RECENT_FINISHED + 44}
+
+
+async def test_pages_filter_in_the_journal_and_show_live_ones_as_they_are(
+        engine: ActivityEngine) -> None:
+    journal = engine.journal
+    now = time.time()
+    for i in range(30):
+        journal.save(finished(f"old{i:02d}", relationship=("web", "db")[i % 2],
+                              created_at=now - 3000 + i))
+    journal.save(finished("fail0", relationship="other", state=State.FAILED,
+                          created_at=now - 100))
+    held = Held()
+    engine.register("held", lambda r: held)
+    live = engine.submit("held", volume="tank/web", params={"relationship": "web"})
+    for _ in range(100):
+        if engine.get(live.id).record.progress.done == 7:
+            break
+        await asyncio.sleep(0.01)
+    web = engine.page(ActivityFilter(relationship="web"), limit=5)
+    assert web[0].id == live.id and web[0].progress.done == 7  # the live record, not stale
+    assert [r.id for r in web[1:]] == ["old28", "old26", "old24", "old22"]  # newest first
+    assert engine.count(ActivityFilter(relationship="web")) == 16
+    assert [r.id for r in engine.page(ActivityFilter(relationship="db"), 2, offset=14)] \
+        == ["old01"]
+    assert [r.id for r in engine.page(ActivityFilter(state="failed"), 10)] == ["fail0"]
+    assert engine.count(ActivityFilter(kind="replicate", state="succeeded")) == 30
+    assert engine.count(ActivityFilter(volume="tank/db", kind="replicate")) == 15
+    window = ActivityFilter(since=int(now - 3000 + 10), until=int(now - 3000 + 20))
+    assert [r.id for r in engine.page(window, 100)] == [f"old{i:02d}" for i in range(19, 9, -1)]
+    assert engine.count(window) == 10
+    held.release.set()
+    await engine.wait(live.id, 5)
+    assert engine.count(ActivityFilter(kind="held", state="succeeded")) == 1
+
+
+async def test_counts_follow_every_change_without_a_scan(engine: ActivityEngine) -> None:
+    held = Held()
+    engine.register("held", lambda r: held)
+    record = engine.submit("held")
+    assert engine.counts()[("held", "pending")] == 1
+    for _ in range(100):
+        if engine.get(record.id).record.state == State.RUNNING:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.counts()[("held", "running")] == 1
+    assert ("held", "pending") not in engine.counts()
+    await engine.suspend(record.id)
+    assert engine.counts()[("held", "suspended")] == 1
+    await engine.cancel(record.id)
+    await engine.wait(record.id, 5)
+    assert engine.counts() == {("held", "cancelled"): 1}
+
+
+async def test_prune_runs_in_batches_and_keeps_the_rest(engine: ActivityEngine) -> None:
+    journal = engine.journal
+    now = time.time()
+    old = 2 * PRUNE_BATCH + 37
+    for i in range(old):
+        journal.save(finished(f"o{i:05d}", created_at=now - 7200 - i))
+    journal.save(finished("fresh", created_at=now - 10))
+    quick = engine.submit("quick")
+    await engine.wait(quick.id, 5)
+    assert await engine.prune() == old
+    assert engine.counts() == {("replicate", "succeeded"): 1, ("quick", "succeeded"): 1}
+    assert engine.get("fresh").record.state == State.SUCCEEDED
+    assert engine.get(quick.id).record.state == State.SUCCEEDED
+    with pytest.raises(UnknownActivity):
+        engine.get("o00000")
+
+
+async def test_recovery_reads_only_what_was_running(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    now = time.time()
+    for i in range(50):
+        journal.save(finished(f"h{i:02d}", created_at=now - 500 + i))
+    running = replace(finished("run1", created_at=now), state=State.RUNNING,
+                      finished_at=None, status=None)
+    journal.save(running)
+    assert [r.id for r in journal.unfinished()] == ["run1"]
+    engine = ActivityEngine(journal)
+    engine.register("replicate", lambda r: Quick())
+    engine.recover()  # not self-restarting: failed as interrupted, nothing else loaded
+    assert engine.activities() == []
+    assert engine.get("run1").record.state == State.FAILED
+    assert engine.counts() == {("replicate", "succeeded"): 50, ("replicate", "failed"): 1}
+
+
+def test_a_version_2_journal_is_upgraded_with_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE activities (id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT "
+        "NULL, created_at REAL NOT NULL, finished_at REAL, record TEXT NOT NULL);"
+        "CREATE INDEX activities_finished ON activities(finished_at);"
+        "CREATE TABLE relationships (name TEXT PRIMARY KEY, spec TEXT, state TEXT NOT NULL "
+        "DEFAULT '{}'); PRAGMA user_version=2;")
+    for i in range(5):
+        r = finished(f"v2r{i}", relationship="web", created_at=1000.0 + i)
+        db.execute("INSERT INTO activities VALUES (?, ?, ?, ?, ?, ?)",
+                   (r.id, r.kind, str(r.state), r.created_at, r.finished_at,
+                    json.dumps(r.to_json())))
+    db.execute("INSERT INTO relationships(name, spec) VALUES ('web', '{}')")
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert journal.count(ActivityFilter(relationship="web", volume="tank/web")) == 5
+    assert journal.tally() == {("replicate", "succeeded"): 5}
+    assert [r.id for r in journal.page(ActivityFilter(relationship="web"), 2)] \
+        == ["v2r4", "v2r3"]
+    assert journal.load_relationships() == {"web": ({}, {})}
+    journal.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    plan = " ".join(str(row) for row in db.execute(
+        "EXPLAIN QUERY PLAN SELECT record FROM activities WHERE relationship = 'web' "
+        "ORDER BY created_at DESC LIMIT 100"))
+    assert "activities_relationship" in plan and "TEMP B-TREE" not in plan  # no sort
