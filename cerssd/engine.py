@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -296,6 +297,13 @@ class ActivityEngine:
         records = self.journal.page(where, limit, offset)
         return [self._activities[r.id].snapshot() if r.id in self._activities else r
                 for r in records]
+
+    def page_json(self, where: ActivityFilter, limit: int, offset: int = 0) -> list[str]:
+        """``page`` as JSON texts: history as the journal stored it (not parsed and
+        written again), live activities as they are this moment."""
+        return [json.dumps(self._activities[i].snapshot().to_json())
+                if i in self._activities else text
+                for i, text in self.journal.page_json(where, limit, offset)]
 
     def count(self, where: ActivityFilter) -> int:
         return self.journal.count(where)

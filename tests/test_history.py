@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cerssd.activity import ActivityRecord, Progress, State, Status
 from cerssd.engine import RECENT_FINISHED, ActivityContext, ActivityEngine, UnknownActivity
 from cerssd.journal import PRUNE_BATCH, SCHEMA_VERSION, ActivityFilter, Journal
+from tests.conftest import REPO, wait_until
 
 
 class Quick:
@@ -196,3 +200,48 @@ def test_a_version_2_journal_is_upgraded_with_its_history(tmp_path: Path) -> Non
         "EXPLAIN QUERY PLAN SELECT record FROM activities WHERE relationship = 'web' "
         "ORDER BY created_at DESC LIMIT 100"))
     assert "activities_relationship" in plan and "TEMP B-TREE" not in plan  # no sort
+
+
+def test_a_daemon_over_a_long_history_pages_it_and_counts_it(start_daemon: Any,
+                                                             tmp_path: Path) -> None:
+    """A real daemon started on a journal of 20,000 finished activities: it lists them a
+    page at a time (the newest first, every filter), counts them in /v1/status and the
+    metrics, and prunes the ones past its retention in the background."""
+    state = tmp_path / "state"
+    journal = Journal(state / "journal.sqlite3")
+    now = time.time()
+    for i in range(20_000):
+        rel = f"r{i % 50:02d}"
+        journal.save(finished(f"x{i:06d}", relationship=rel, created_at=now - 20_000 + i))
+    for i in range(300):  # past a 1-day retention: pruned after the start
+        journal.save(finished(f"dead{i:04x}", created_at=now - 3 * 86400 - i))
+    journal.close()
+    d = start_daemon(state_dir=state, daemon_extra='activity_retention = "1d"')
+    wait_until(lambda: d.api("GET", "/v1/activities?limit=1")["total"] == 20_000, 60,
+               what="the old history to be pruned")
+    page = d.api("GET", "/v1/activities?relationship=r07&limit=3")
+    assert page["total"] == 400
+    assert [a["id"] for a in page["items"]] == ["x019957", "x019907", "x019857"]
+    window = d.api("GET", f"/v1/activities?since={int(now - 20_000 + 100)}"
+                   f"&until={int(now - 20_000 + 110)}&limit=1000")
+    assert window["total"] == len(window["items"]) in (10, 11)  # whole seconds
+    assert d.api("GET", "/v1/status")["activities"] == {"succeeded": 20_000}
+    metrics = d.api("GET", "/metrics")
+    assert 'cerssd_activities{kind="replicate",state="succeeded"} 20000.0' in metrics
+    with pytest.raises(Exception, match="Unknown Activity"):
+        d.api("GET", "/v1/activities/dead0000")
+
+
+def test_a_stopped_daemon_exits_even_if_a_thread_hangs(tmp_path: Path) -> None:
+    """``exit_by``: a thread that never ends (blocked on a pipe, say) cannot keep a
+    stopped daemon's process alive past the deadline."""
+    script = ("import threading, time\n"
+              "from cerssd.daemon import exit_by\n"
+              "threading.Thread(target=time.sleep, args=(3600,)).start()\n"
+              "exit_by(0.5)\n")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, cwd=REPO)
+    assert result.returncode == 1
+    assert time.monotonic() - start < 30
+    assert "threads still running after shutdown; exiting anyway" in result.stdout
