@@ -56,7 +56,10 @@ log = structlog.get_logger("cerssd.daemon")
 #: The retry settings are built into the running activities' retry policy.
 #: Seconds an in-flight request (a long poll, say) gets to finish at shutdown.
 REQUEST_GRACE = 2.0
-#: Seconds past ``shutdown_timeout`` after which the process ends whatever still runs.
+#: Seconds the SSH and object-store connections get to close at shutdown.
+CLOSE_GRACE = 5.0
+#: Seconds past ``shutdown_timeout`` after which the process ends whatever still runs:
+#: more than the graces above together, less than the unit's TimeoutStopSec margin (15 s).
 EXIT_GRACE = 10.0
 
 RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
@@ -220,8 +223,12 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
-        await self.servers.close()
-        await self.stores.close()
+        try:
+            await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close()),
+                                   CLOSE_GRACE)
+        except TimeoutError:
+            log.warning("connections did not close in time; leaving them",
+                        seconds=CLOSE_GRACE)
         with contextlib.suppress(FileNotFoundError):
             self.config.daemon.control_socket.unlink()
         log.info("stopped")
