@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .backends.names import InvalidName, validate_object_name
+
 if TYPE_CHECKING:
     from .objectstore.config import StoreConfig
     from .replication.relationship import RelationshipSpec
@@ -21,9 +23,11 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
 EX_CONFIG = 78
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.ASCII)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: A host, user or command name: one word, no whitespace or control characters (a newline
+#: in a host name would split a command line in the logs and in ssh's own parsing).
+_WORD = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The keys each table accepts, named once so the parser and the operator guide's test
 #: (tests/test_docs.py: every key is in docs/config.md) read the same list.
@@ -153,7 +157,7 @@ def parse_duration(value: Any, key: str) -> float:
         raise ConfigError(key, "must be a duration such as 30s, 15m or 7d")
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
         raise ConfigError(key, f"must be a duration such as 30s, 15m or 7d, not {value!r}")
@@ -162,7 +166,7 @@ def parse_duration(value: Any, key: str) -> float:
     return seconds
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*$")
+_SIZE = re.compile(r"\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*", re.ASCII)
 _SIZE_UNITS = {None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
                "G": 1 << 30, "GiB": 1 << 30}
 
@@ -171,7 +175,7 @@ def parse_size(value: Any, key: str, minimum: int = 1 << 20) -> int:
     """Accept a number of bytes or a string such as ``64MiB``; at least ``minimum``."""
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
-    elif isinstance(value, str) and (m := _SIZE.match(value)):
+    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
         size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
     else:
         raise ConfigError(key, f'must be a size such as "64MiB", not {value!r}')
@@ -219,15 +223,17 @@ def _metrics_listen(value: Any) -> MetricsListen | None:
     if not isinstance(value, str):
         raise ConfigError(key, 'must be "HOST:PORT" or "off"')
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(key, f'must be "HOST:PORT" or "off", not {value!r}')
     return MetricsListen(host.strip("[]"), int(port))
 
 
 def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     prefix = f"servers.{name}."
-    if not SERVER_NAME.match(name):
-        raise ConfigError(f"servers.{name}", "server names use letters, digits, '_', '.', '-'")
+    try:
+        validate_object_name(name, "server")
+    except InvalidName as exc:
+        raise ConfigError(f"servers.{name}", str(exc)) from None
     reject_unknown(t, prefix, SERVER_KEYS)
     kind = _str(t, "kind", prefix, "local" if name == "local" else "ssh")
     if kind not in ("local", "ssh"):
@@ -246,6 +252,11 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
         cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
     )
+    for word in ("host", "user", "zfs_command"):
+        value = getattr(server, word)
+        if value is not None and not _WORD.fullmatch(value):
+            raise ConfigError(prefix + word, f"must be a non-empty word without spaces or "
+                              f"control characters, not {value!r}")
     if not re.fullmatch(r"[a-z0-9@.,-]+", server.cipher):
         raise ConfigError(prefix + "cipher", "must be an OpenSSH cipher name such as "
                           "aes128-gcm@openssh.com")

@@ -152,8 +152,20 @@ def test_openapi_matches_the_routes(daemon: DaemonProcess) -> None:
     params = doc["paths"]["/v1/volumes/{volume}/snapshots/{label}"]["delete"]["parameters"]
     assert {p["name"] for p in params} == {"volume", "label", "server"}
     body = doc["paths"]["/v1/replications"]["post"]["requestBody"]["content"]
-    assert body["application/json"]["schema"]["required"] == ["snapshot", "source",
-                                                              "destination"]
+    ref = body["application/json"]["schema"]["$ref"]
+    schemas = doc["components"]["schemas"]
+    replication = schemas[ref.rsplit("/", 1)[1]]
+    assert replication["required"] == ["snapshot", "source", "destination"]
+    assert replication["additionalProperties"] is False
+    # the names carry the daemon's grammar and limits; every route documents its answer
+    assert replication["properties"]["snapshot"]["maxLength"] == 255
+    assert replication["properties"]["source"]["pattern"].startswith("^")
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            ok = [s for s in op["responses"] if s.startswith("2")]
+            assert ok and "default" in op["responses"], (method, path)
+            if path != "/metrics" and ok != ["204"]:
+                assert "content" in op["responses"][ok[0]], (method, path)
 
 
 def _as_nobody(socket_path: Path, method: str, path: str) -> tuple[int, str]:

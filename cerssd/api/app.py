@@ -15,19 +15,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+import structlog
 from aiohttp import web
 
 from .. import __version__, snapshots
-from ..activity import IllegalTransition, State
+from ..activity import IllegalTransition
 from ..backends.base import BackendError, NotFound
-from ..backends.names import InvalidName, validate_snapshot, validate_volume
+from ..backends.names import (
+    InvalidName,
+    validate_object_name,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import Config, ConfigError, streams_directly
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
 from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
-from ..objectstore.layout import BrokenChain
+from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores, UnknownStore
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
@@ -40,23 +48,38 @@ from ..replication.replicate import ReplicationRequest, make_plan, submit_replic
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
 from . import backups, failover
+from . import models as m
+from .models import MAX_WAIT
 from .peercred import may_mutate, peer_credentials
 from .problems import ApiProblem, problem_response
-from .schema import Body, Field, parse_query
+from .schema import parse_query, read_body
+
+log = structlog.get_logger("cerssd.api")
+_OPENAPI: dict[str, Any] | None = None
 
 Handler = Callable[["ControlApi", web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
 class Route:
+    """One route: the router, the credential check and the OpenAPI document read it."""
+
     method: str
     path: str
     handler: Handler
     summary: str
     mutating: bool = False
-    body: Body | None = None
-    query: dict[str, Field] = field(default_factory=dict)
-    responses: dict[int, str] = field(default_factory=dict)
+    #: The request body's model (``models.Request``), decoded by ``schema.read_body``.
+    body: type[m.Request] | None = None
+    #: The query parameters' model (``models.Query``), decoded by ``schema.parse_query``.
+    query: type[m.Query] | None = None
+    #: The success status and the model of its body (None: no body, e.g. 204).
+    ok: int = 200
+    returns: Any = None
+    media: str = "application/json"
+    #: Other statuses: a description (errors are problem documents), or for another
+    #: success a (description, model) pair.
+    responses: dict[int, str | tuple[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,62 +92,6 @@ class ApiContext:
     stores: Stores | None = None
     started_at: float = field(default_factory=time.time)
     volume_states: VolumeStates = field(kw_only=True)
-
-
-SERVER_QUERY = {"server": Field(str, "server name from the config", default="local")}
-#: The largest page of activities one request may ask for: history lives in the journal
-#: and is read a page at a time.
-MAX_PAGE = 1000
-ACTIVITY_QUERY = {
-    "state": Field(str, "only activities in this state"),
-    "kind": Field(str, "only activities of this kind"),
-    "volume": Field(str, "only activities on this volume"),
-    "relationship": Field(str, "only activities of this relationship"),
-    "since": Field(int, "only activities created at or after this Unix time", minimum=0),
-    "until": Field(int, "only activities created before this Unix time", minimum=0),
-    "limit": Field(int, f"page size (at most {MAX_PAGE})", default=100, minimum=1),
-    "offset": Field(int, "items to skip", default=0, minimum=0),
-}
-MAX_WAIT = 300
-WAIT_QUERY = {"wait": Field(int, f"seconds to wait for the activity to finish (at most "
-                            f"{MAX_WAIT}) before answering; 0 answers at once", default=0,
-                            minimum=0)}
-SNAPSHOT_CREATE = Body({
-    "name": Field(str, "the snapshot's name (the part after @)", required=True),
-    "server": Field(str, "server holding the volume", default="local"),
-})
-REPLICATION = Body({
-    "snapshot": Field(str, "pool/volume@name to replicate", required=True),
-    "source": Field(str, "server the snapshot is on", required=True),
-    "destination": Field(str, "server to replicate to", required=True),
-    "target_volume": Field(str, "volume on the destination (default: the same name)"),
-    "force_full_copy": Field(bool, "send a full stream even when an incremental is possible",
-                             default=False),
-    "overwrite": Field(bool, "with force_full_copy: replace an existing target (its "
-                       "snapshots are destroyed once the new copy is complete)", default=False),
-    "intermediates": Field(bool, "carry intermediate snapshots (zfs send -I)", default=False),
-    "bandwidth_limit": Field(int, "bytes per second, 0 or absent for no limit", minimum=0),
-})
-DURATION = (str, int)
-RELATIONSHIP = Body({
-    "name": Field(str, "the relationship's name", required=True),
-    "volume": Field(str, "pool/volume on the master", required=True),
-    "master": Field(str, "server holding the volume", default="local"),
-    "slaves": Field(list, "slaves: server names, or objects {server, target_volume, "
-                    "bandwidth_limit}", required=True),
-    "interval": Field(DURATION, "time between cycles, e.g. 5m (or give cron)"),
-    "cron": Field(str, "a five-field cron schedule in UTC (or give interval)"),
-    "prefix": Field(str, "label prefix of the snapshots it makes (default cerssd-NAME-)"),
-    "retention": Field(list, 'grid on the master, e.g. ["1h:all", "1d:1h", "1w:1d"]'),
-    "slave_retention": Field(list, "grid on the slaves (default: retention)"),
-    "retry_deadline": Field(DURATION, 'give up a transfer after retrying this long, or '
-                            '"never" (default: daemon.retry_deadline)'),
-    "fanout": Field(bool, "feed slaves that need the same stream from one zfs send",
-                    default=True),
-    "fanout_buffer": Field(DURATION, "per-slave buffer before a slow slave is split off, "
-                           "e.g. 64MiB"),
-    "stores": Field(list, "object stores every cycle's snapshot is also backed up to"),
-})
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -168,57 +135,61 @@ class ControlApi:
                             headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        from .openapi import openapi_document
+        global _OPENAPI
+        if _OPENAPI is None:  # the same for the daemon's life: built on first use
+            from .openapi import openapi_document
 
-        return _json(openapi_document(ROUTES))
+            _OPENAPI = openapi_document(ROUTES)
+        return _json(_OPENAPI)
 
     # -- volumes and snapshots ----------------------------------------------------------
     async def volumes(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, SERVER_QUERY)
-        backend = await self.ctx.servers.backend(q["server"])
+        q = parse_query(request.query, m.VolumesQuery)
+        backend = await self.ctx.servers.backend(q.server)
         states = self.ctx.volume_states
-        return _json({"server": q["server"],
-                      "items": [{**v.to_json(), "state": states.state_of(q["server"], v)}
+        return _json({"server": q.server,
+                      "items": [{**v.to_json(), "state": states.state_of(q.server, v)}
                                 for v in await backend.volumes()]})
 
     async def snapshots(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, SERVER_QUERY)
+        q = parse_query(request.query, m.ServerQuery)
         volume = validate_volume(request.match_info["volume"])
-        backend = await self.ctx.servers.backend(q["server"])
+        backend = await self.ctx.servers.backend(q.server)
         items = await backend.snapshots(volume)
-        return _json({"server": q["server"], "volume": volume,
+        return _json({"server": q.server, "volume": volume,
                       "items": [s.to_json() for s in items]})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
-        body = SNAPSHOT_CREATE.parse(await read_body(request))
         volume = validate_volume(request.match_info["volume"])
-        await self.ctx.servers.backend(body["server"])
-        self.ctx.volume_states.check([(body["server"], volume)], "a snapshot")
-        record = snapshots.submit_create(self.ctx.engine, body["server"], volume, body["name"])
+        body = await read_body(request, m.SnapshotCreate)
+        validate_snapshot(f"{volume}@{body.name}")  # the whole name fits ZFS's limit
+        backend = await self.ctx.servers.backend(body.server)
+        await backend.volume(volume)  # 404 now rather than a failed activity
+        self.ctx.volume_states.check([(body.server, volume)], "a snapshot")
+        record = snapshots.submit_create(self.ctx.engine, body.server, volume, body.name)
         return _json(record.to_json(), 202)
 
     async def destroy_snapshot(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, SERVER_QUERY)
-        name = f"{request.match_info['volume']}@{request.match_info['label']}"
-        await self.ctx.servers.backend(q["server"])
-        self.ctx.volume_states.check([(q["server"], request.match_info["volume"])],
-                                     "destroying a snapshot")
-        record = snapshots.submit_destroy(self.ctx.engine, q["server"], name)
+        volume = validate_volume(request.match_info["volume"])
+        label = validate_snapshot_label(request.match_info["label"])
+        name = str(validate_snapshot(f"{volume}@{label}"))
+        q = parse_query(request.query, m.ServerQuery)
+        backend = await self.ctx.servers.backend(q.server)
+        await backend.snapshot(name)  # 404 now rather than a failed activity
+        self.ctx.volume_states.check([(q.server, volume)], "destroying a snapshot")
+        record = snapshots.submit_destroy(self.ctx.engine, q.server, name)
         return _json(record.to_json(), 202)
 
     # -- replication --------------------------------------------------------------------
     async def replicate(self, request: web.Request) -> web.Response:
-        body = REPLICATION.parse(await read_body(request))
-        snapshot = body["snapshot"]
+        body = await read_body(request, m.ReplicationCreate)
+        snapshot = body.snapshot
         volume = validate_snapshot(snapshot).volume
-        if body["target_volume"] is not None:
-            validate_volume(body["target_volume"])
         req = ReplicationRequest(
-            snapshot=snapshot, source=body["source"], destination=body["destination"],
-            target_volume=body["target_volume"] or volume,
-            force_full_copy=body["force_full_copy"], overwrite=body["overwrite"],
-            intermediates=body["intermediates"],
-            bandwidth_limit=body["bandwidth_limit"] or None)
+            snapshot=snapshot, source=body.source, destination=body.destination,
+            target_volume=body.target_volume or volume,
+            force_full_copy=body.force_full_copy, overwrite=body.overwrite,
+            intermediates=body.intermediates, bandwidth_limit=body.bandwidth_limit or None)
         if req.source == req.destination and req.target_volume == volume:
             raise ApiProblem(422, "Unprocessable Content",
                              "target_volume: replicating to the same server needs a different "
@@ -238,12 +209,14 @@ class ControlApi:
 
     async def relationship(self, request: web.Request) -> web.Response:
         rels = self.ctx.relationships
-        return _json(rels.to_json(rels.get(request.match_info["name"])))
+        return _json(rels.to_json(rels.get(relationship_name(request))))
 
     async def create_relationship(self, request: web.Request) -> web.Response:
-        body = RELATIONSHIP.parse(await read_body(request))
-        name = body.pop("name")
-        table = {k: v for k, v in body.items() if v is not None}
+        body = await read_body(request, m.RelationshipCreate)
+        # The table as it would be written in the config file (and is persisted): the
+        # fields given, defaults left out, as parse_relationship reads both.
+        table = msgspec.to_builtins(body)
+        name = table.pop("name")
         try:
             spec = parse_relationship(name, table, servers=self.ctx.servers.entries, key="",
                                       origin="api", stores=self.ctx.relationships.store_names)
@@ -259,52 +232,46 @@ class ControlApi:
         return _json(rels.to_json(rels.create(spec)), 201)
 
     async def remove_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.remove(request.match_info["name"])
+        await self.ctx.relationships.remove(relationship_name(request))
         return web.Response(status=204)
 
     async def pause_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.pause(request.match_info["name"])
+        await self.ctx.relationships.pause(relationship_name(request))
         return self._relationship_now(request)
 
     async def resume_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.resume(request.match_info["name"])
+        await self.ctx.relationships.resume(relationship_name(request))
         return self._relationship_now(request)
 
     async def sync_relationship(self, request: web.Request) -> web.Response:
-        self.ctx.relationships.sync_now(request.match_info["name"])
+        self.ctx.relationships.sync_now(relationship_name(request))
         return self._relationship_now(request, 202)
 
     def _relationship_now(self, request: web.Request, status: int = 200) -> web.Response:
         """A control verb's answer: the relationship as it is after the verb."""
         rels = self.ctx.relationships
-        return _json(rels.to_json(rels.get(request.match_info["name"])), status)
+        return _json(rels.to_json(rels.get(relationship_name(request))), status)
 
     # -- activities ---------------------------------------------------------------------
     async def activities(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, ACTIVITY_QUERY)
-        if q["state"] is not None and q["state"] not in {str(s) for s in State}:
-            raise ApiProblem(400, "Bad Request", f"state must be one of "
-                             f"{', '.join(str(s) for s in State)}")
-        if q["limit"] > MAX_PAGE:
-            raise ApiProblem(400, "Bad Request", f"limit must be at most {MAX_PAGE}")
-        where = ActivityFilter(state=q["state"], kind=q["kind"], volume=q["volume"],
-                               relationship=q["relationship"], since=q["since"],
-                               until=q["until"])
+        q = parse_query(request.query, m.ActivitiesQuery)
+        where = ActivityFilter(state=str(q.state) if q.state else None, kind=q.kind,
+                               volume=q.volume, relationship=q.relationship, since=q.since,
+                               until=q.until)
         engine = self.ctx.engine
-        items = engine.page_json(where, q["limit"], q["offset"])
-        tail = json.dumps({"total": engine.count(where), "limit": q["limit"],
-                           "offset": q["offset"]})
+        items = engine.page_json(where, q.limit, q.offset)
+        tail = json.dumps({"total": engine.count(where), "limit": q.limit, "offset": q.offset})
         # The records go out as the journal holds them: a page of history is not parsed
         # and serialised again on every request.
         return web.Response(text='{"items": [' + ", ".join(items) + "], " + tail[1:],
                             content_type="application/json")
 
     async def activity(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, WAIT_QUERY)
+        q = parse_query(request.query, m.WaitQuery)
         activity = self.ctx.engine.get(request.match_info["id"])
-        if q["wait"]:
+        if q.wait:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(activity.done.wait(), min(q["wait"], MAX_WAIT))
+                await asyncio.wait_for(activity.done.wait(), min(q.wait, MAX_WAIT))
         return _json(activity.snapshot().to_json())
 
     async def suspend(self, request: web.Request) -> web.Response:
@@ -317,13 +284,9 @@ class ControlApi:
         return _json((await self.ctx.engine.cancel(request.match_info["id"])).to_json(), 202)
 
 
-async def read_body(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return {}
-    try:
-        return await request.json()
-    except json.JSONDecodeError as exc:
-        raise ApiProblem(400, "Bad Request", f"the body is not valid JSON: {exc}") from exc
+def relationship_name(request: web.Request) -> str:
+    """The relationship named in the path, checked: a bad name is 400, not a lookup."""
+    return validate_object_name(request.match_info["name"], "relationship")
 
 
 _A = ControlApi
@@ -331,94 +294,115 @@ _A = ControlApi
 VOLUME_BUSY = "volume busy on a stateful server (the problem names the holding activity)"
 ID = "{id:[0-9a-f]+}"
 VOL = "{volume:[^@]+?}"
-REL = "{name:[A-Za-z0-9][A-Za-z0-9_.-]*}"
+REL = "{name}"  # any segment: the handler answers a bad name with 400
 ROUTES: list[Route] = [
-    Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts"),
-    Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends"),
-    Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server"),
+    Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts",
+          returns=m.DaemonStatus),
+    Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends",
+          returns=m.Servers),
+    Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server",
+          returns=m.CapabilitiesByServer),
     Route("GET", "/v1/links", _A.links,
-          "Link health per remote server: up, lost (since, last error) or retrying"),
+          "Link health per remote server: up, lost (since, last error) or retrying",
+          returns=m.Links),
     Route("GET", "/v1/volumes", _A.volumes,
           "Volumes on a server, each with its state: available, in-use, or busy "
           "(backing-up, replicating, restoring, failing-over) on a stateful server",
-          query=SERVER_QUERY),
+          query=m.VolumesQuery, returns=m.Volumes, responses={404: "unknown server"}),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
-          "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,
-          responses={404: "unknown volume or server"}),
+          "Snapshots of a volume, oldest first, with guid and creation", query=m.ServerQuery,
+          returns=m.Snapshots, responses={404: "unknown volume or server"}),
     Route("POST", f"/v1/volumes/{VOL}/snapshots", _A.create_snapshot,
-          "Create a snapshot (an activity)", mutating=True, body=SNAPSHOT_CREATE,
-          responses={202: "activity created", 409: VOLUME_BUSY}),
+          "Create a snapshot (an activity)", mutating=True, body=m.SnapshotCreate,
+          ok=202, returns=m.Activity,
+          responses={202: "activity created", 404: "unknown volume or server",
+                     409: VOLUME_BUSY}),
     Route("DELETE", f"/v1/volumes/{VOL}/snapshots/{{label}}", _A.destroy_snapshot,
-          "Destroy a snapshot (an activity)", mutating=True, query=SERVER_QUERY,
-          responses={202: "activity created", 409: VOLUME_BUSY}),
+          "Destroy a snapshot (an activity)", mutating=True, query=m.ServerQuery,
+          ok=202, returns=m.Activity,
+          responses={202: "activity created", 404: "unknown snapshot, volume or server",
+                     409: VOLUME_BUSY}),
     Route("POST", "/v1/replications", _A.replicate,
           "snapshot_replicate: send a snapshot from one server to another (an activity)",
-          mutating=True, body=REPLICATION,
-          responses={202: "activity created", 409: "conflict (no common snapshot, diverged), "
-                     "or " + VOLUME_BUSY}),
+          mutating=True, body=m.ReplicationCreate, ok=202, returns=m.ReplicationAccepted,
+          responses={202: "activity created", 404: "unknown snapshot or server",
+                     409: "conflict (no common snapshot, diverged), or " + VOLUME_BUSY}),
     Route("GET", "/v1/relationships", _A.relationships,
-          "Relationships with each slave's state, lag and link"),
+          "Relationships with each slave's state, lag and link", returns=m.Relationships),
     Route("POST", "/v1/relationships", _A.create_relationship,
           "Create a relationship: keep a volume replicated to slaves, continuously",
-          mutating=True, body=RELATIONSHIP,
+          mutating=True, body=m.RelationshipCreate, ok=201, returns=m.Relationship,
           responses={201: "created", 409: "exists", 422: "invalid definition"}),
     Route("GET", f"/v1/relationships/{REL}", _A.relationship, "One relationship",
-          responses={404: "unknown relationship"}),
+          returns=m.Relationship, responses={404: "unknown relationship"}),
     Route("DELETE", f"/v1/relationships/{REL}", _A.remove_relationship,
           "Stop and forget a relationship made through the API (snapshots are kept)",
-          mutating=True, responses={204: "removed", 409: "defined in the config file"}),
+          mutating=True, ok=204,
+          responses={204: "removed", 404: "unknown relationship",
+                     409: "defined in the config file"}),
     Route("POST", f"/v1/relationships/{REL}/pause", _A.pause_relationship,
           "Pause: no new cycles, running transfers suspended", mutating=True,
-          responses={409: "stopped, already paused, or failing over"}),
+          returns=m.Relationship, responses={404: "unknown relationship",
+                                             409: "stopped, already paused, or failing over"}),
     Route("POST", f"/v1/relationships/{REL}/resume", _A.resume_relationship,
           "Resume a paused relationship, or start a stopped one", mutating=True,
-          responses={409: "not paused"}),
+          returns=m.Relationship, responses={404: "unknown relationship", 409: "not paused"}),
     Route("POST", f"/v1/relationships/{REL}/sync-now", _A.sync_relationship,
           "Start a cycle now; retrying transfers try again now", mutating=True,
-          responses={202: "cycle requested", 409: "paused or stopped"}),
+          ok=202, returns=m.Relationship,
+          responses={202: "cycle requested", 404: "unknown relationship",
+                     409: "paused or stopped"}),
     Route("POST", f"/v1/relationships/{REL}/failover", failover.failover,
           "Fail over to a slave (or back to the home master): fence, final sync, promote, "
-          "reverse (an activity)", mutating=True, body=failover.FAILOVER,
+          "reverse (an activity)", mutating=True, body=m.FailoverCreate,
+          ok=202, returns=m.Activity,
           responses={202: "activity created", 404: "unknown relationship or server",
                      409: "not a slave, failover under way, or master down without force"}),
     Route("POST", f"/v1/relationships/{REL}/rejoin", failover.rejoin_old_master,
           "Rejoin a fenced old master as a slave: dry run first, rollback only with consent",
-          mutating=True, body=failover.REJOIN,
-          responses={200: "dry run, or rejoined", 409: "not fenced, no shared snapshot, "
-                     "or consent needed"}),
+          mutating=True, body=m.RejoinCreate, returns=m.RejoinPlan,
+          responses={200: "dry run, or rejoined", 404: "unknown relationship or server",
+                     409: "not fenced, no shared snapshot, or consent needed"}),
     Route("GET", "/v1/stores", backups.list_stores,
-          "Object stores (endpoint, bucket, prefix, link; never credentials)"),
+          "Object stores (endpoint, bucket, prefix, link; never credentials)",
+          returns=m.Stores),
     Route("GET", "/v1/backups", backups.list_backups,
           "Complete backups in a store (those with a manifest), oldest first",
-          query=backups.BACKUPS_QUERY, responses={404: "unknown store"}),
+          query=m.BackupsQuery, returns=m.Backups,
+          responses={404: "unknown store", 409: "no store configured"}),
     Route("POST", "/v1/backups", backups.create_backup,
           "Back up a snapshot straight into an object store (an activity)", mutating=True,
-          body=backups.BACKUP, responses={202: "activity created", 404: "unknown snapshot",
-                                          409: "server cannot copy directly, or "
-                                          + VOLUME_BUSY}),
+          body=m.BackupCreate, ok=202, returns=m.Activity,
+          responses={202: "activity created", 404: "unknown snapshot, server or store",
+                     409: "server cannot copy directly, or " + VOLUME_BUSY}),
     Route("POST", "/v1/backups/prune", backups.prune_backups,
           "Delete backups a retention grid no longer keeps (never a needed parent)",
-          mutating=True, body=backups.PRUNE,
-          responses={200: "dry run or nothing to delete", 202: "activity created"}),
+          mutating=True, body=m.BackupPrune, returns=m.PrunePlan,
+          responses={200: "dry run or nothing to delete",
+                     202: ("activity created", m.PruneAccepted), 404: "unknown store"}),
     Route("POST", "/v1/restores", backups.create_restore,
           "Restore a backed-up snapshot (and its chain) into a volume (an activity)",
-          mutating=True, body=backups.RESTORE,
-          responses={202: "activity created", 409: "broken chain or target exists, or "
-                     + VOLUME_BUSY}),
+          mutating=True, body=m.RestoreCreate, ok=202, returns=m.RestoreAccepted,
+          responses={202: "activity created", 404: "no such backup, server or store",
+                     409: "broken chain or target exists, or " + VOLUME_BUSY}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
-          query=ACTIVITY_QUERY),
+          query=m.ActivitiesQuery, returns=m.ActivityPage),
     Route("GET", f"/v1/activities/{ID}", _A.activity,
           "One activity; with ?wait=S, answered when it finishes (or after S seconds)",
-          query=WAIT_QUERY, responses={404: "unknown activity"}),
+          query=m.WaitQuery, returns=m.Activity, responses={404: "unknown activity"}),
     Route("POST", f"/v1/activities/{ID}/suspend", _A.suspend,
           "Suspend: no further progress (the sender is blocked)", mutating=True,
-          responses={409: "not running"}),
+          returns=m.Activity, responses={404: "unknown activity", 409: "not running"}),
     Route("POST", f"/v1/activities/{ID}/resume", _A.resume, "Resume a suspended activity",
-          mutating=True, responses={409: "not suspended"}),
+          mutating=True, returns=m.Activity,
+          responses={404: "unknown activity", 409: "not suspended"}),
     Route("POST", f"/v1/activities/{ID}/cancel", _A.cancel, "Cancel and roll back",
-          mutating=True, responses={202: "cancelling", 409: "already finished"}),
-    Route("GET", "/v1/openapi.json", _A.openapi, "This document"),
-    Route("GET", "/metrics", _A.metrics, "Prometheus metrics (text format)"),
+          mutating=True, ok=202, returns=m.Activity,
+          responses={202: "cancelling", 404: "unknown activity", 409: "already finished"}),
+    Route("GET", "/v1/openapi.json", _A.openapi, "This document",
+          returns=m.OpenApiDocument),
+    Route("GET", "/metrics", _A.metrics, "Prometheus metrics (text format)",
+          media="text/plain"),
 ]
 
 _ERRORS: list[tuple[type[BaseException], int, str]] = [
@@ -427,6 +411,7 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (UnknownServer, 404, "Unknown Server"),
     (UnknownRelationship, 404, "Unknown Relationship"),
     (UnknownStore, 404, "Unknown Store"),
+    (BackupMissing, 404, "Unknown Backup"),
     (BrokenChain, 409, "Broken Backup Chain"),
     (RelationshipError, 409, "Relationship Conflict"),
     (NotFound, 404, "Not Found"),
@@ -491,9 +476,16 @@ def build_app(ctx: ApiContext, *, check_credentials: bool = True) -> web.Applica
             return problem_response(request, exc.status, exc.reason, exc.text or exc.reason)
         except Exception as exc:
             response = _problem_for(request, exc)
-            if response is None:
-                raise
-            return response
+            if response is not None:
+                return response
+            # A defect: one log line (the traceback as structured frames, no locals) and
+            # a problem document, never aiohttp's text/plain 500.
+            log.error("api request failed", method=request.method, path=request.path,
+                      error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            return problem_response(request, 500, "Internal Server Error",
+                                    f"the daemon failed to answer {request.method} "
+                                    f"{request.path} ({type(exc).__name__}); the daemon's "
+                                    "log has the details")
 
     app = web.Application(middlewares=[guard])
     for i, route in enumerate(ROUTES):

@@ -11,49 +11,22 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..backends.names import validate_snapshot, validate_volume
 from ..config import ConfigError
 from ..engine import ActivityError
 from ..objectstore import catalog
-from ..objectstore.layout import BrokenChain
+from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores
 from ..replication.backup import BackupRequest, submit_backup
 from ..replication.backup_prune import backups_to_delete, submit_backup_prune
 from ..replication.restore import RestoreRequest, restore_chain, submit_restore
 from ..replication.retention import parse_grid
 from ..volume_states import BACKING_UP, RESTORING, backup_holds, restore_holds
+from . import models as m
 from .problems import ApiProblem
-from .schema import Body, Field, parse_query
+from .schema import parse_query, read_body
 
 if TYPE_CHECKING:
     from .app import ControlApi
-
-BACKUP = Body({
-    "snapshot": Field(str, "pool/volume@name to back up", required=True),
-    "store": Field(str, "object store from the config (default: the only one)"),
-    "server": Field(str, "server holding the snapshot (it streams directly)",
-                    default="local"),
-    "force_full": Field(bool, "a full stream even if an incremental is possible",
-                        default=False),
-})
-RESTORE = Body({
-    "snapshot": Field(str, "pool/volume@name of the backed-up snapshot", required=True),
-    "target_volume": Field(str, "volume to receive into (new, or a copy holding part of "
-                           "the chain)", required=True),
-    "store": Field(str, "object store from the config (default: the only one)"),
-    "server": Field(str, "server to receive on (local or ssh)", default="local"),
-})
-PRUNE = Body({
-    "volume": Field(str, "pool/volume whose backups to thin", required=True),
-    "retention": Field(list, 'grid, e.g. ["1d:all", "1w:1d", "30d:1w"]', required=True),
-    "store": Field(str, "object store from the config (default: the only one)"),
-    "dry_run": Field(bool, "only say what would be deleted", default=False),
-})
-BACKUPS_QUERY = {
-    "store": Field(str, "object store (default: the only one)"),
-    "volume": Field(str, "only backups of this volume"),
-}
-
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
@@ -87,20 +60,16 @@ async def list_stores(api: ControlApi, request: web.Request) -> web.Response:
 
 
 async def list_backups(api: ControlApi, request: web.Request) -> web.Response:
-    q = parse_query(request.query, BACKUPS_QUERY)
-    name = _store_name(api, q["store"])
-    volume = validate_volume(q["volume"]) if q["volume"] else None
-    found = await catalog.backups(_stores(api).get(name), volume)
+    q = parse_query(request.query, m.BackupsQuery)
+    name = _store_name(api, q.store)
+    found = await catalog.backups(_stores(api).get(name), q.volume)
     return _json({"store": name, "items": [m.summary() for m in found]})
 
 
 async def create_backup(api: ControlApi, request: web.Request) -> web.Response:
-    from .app import read_body
-
-    body = BACKUP.parse(await read_body(request))
-    validate_snapshot(body["snapshot"])
-    req = BackupRequest(snapshot=body["snapshot"], server=body["server"],
-                        store=_store_name(api, body["store"]), force_full=body["force_full"])
+    body = await read_body(request, m.BackupCreate)
+    req = BackupRequest(snapshot=body.snapshot, server=body.server,
+                        store=_store_name(api, body.store), force_full=body.force_full)
     backend = await api.ctx.servers.backend(req.server)
     await backend.snapshot(req.snapshot)  # 404 now rather than a failed activity
     try:
@@ -113,19 +82,17 @@ async def create_backup(api: ControlApi, request: web.Request) -> web.Response:
 
 
 async def create_restore(api: ControlApi, request: web.Request) -> web.Response:
-    from .app import read_body
-
-    body = RESTORE.parse(await read_body(request))
-    validate_snapshot(body["snapshot"])
-    validate_volume(body["target_volume"])
-    req = RestoreRequest(store=_store_name(api, body["store"]), snapshot=body["snapshot"],
-                         server=body["server"], target_volume=body["target_volume"])
+    body = await read_body(request, m.RestoreCreate)
+    req = RestoreRequest(store=_store_name(api, body.store), snapshot=body.snapshot,
+                         server=body.server, target_volume=body.target_volume)
     await api.ctx.servers.backend(req.server)
     try:
         backups = await restore_chain(_stores(api).get(req.store), req.snapshot)
         record = api.ctx.volume_states.submit_holding(
             holds=restore_holds(req), busy=RESTORING,
             submit=lambda: submit_restore(api.ctx.engine, api.ctx.servers, _stores(api), req))
+    except BackupMissing as exc:
+        raise ApiProblem(404, "Unknown Backup", str(exc), code="no-such-backup") from exc
     except BrokenChain as exc:
         raise ApiProblem(409, "Broken Backup Chain", str(exc), code="broken-chain") from exc
     except ActivityError as exc:
@@ -134,21 +101,19 @@ async def create_restore(api: ControlApi, request: web.Request) -> web.Response:
 
 
 async def prune_backups(api: ControlApi, request: web.Request) -> web.Response:
-    from .app import read_body
-
-    body = PRUNE.parse(await read_body(request))
-    volume = validate_volume(body["volume"])
+    body = await read_body(request, m.BackupPrune)
+    volume = body.volume
     try:
-        grid = parse_grid(body["retention"], "retention")
+        grid = parse_grid(body.retention, "retention")
     except ConfigError as exc:
         raise ApiProblem(422, "Unprocessable Content", f"{exc.key}: {exc.problem}",
                          field="retention") from exc
-    name = _store_name(api, body["store"])
+    name = _store_name(api, body.store)
     found = await catalog.backups(_stores(api).get(name), volume)
     doomed = backups_to_delete(found, grid, now=time.time())
     plan = {"store": name, "volume": volume, "delete": [m.snapshot for m in doomed],
             "keep": [m.snapshot for m in found if m not in doomed]}
-    if body["dry_run"] or not doomed:
+    if body.dry_run or not doomed:
         return _json(plan)
     record = submit_backup_prune(api.ctx.engine, name, volume, doomed)
     return _json({**record.to_json(), "plan": plan}, 202)

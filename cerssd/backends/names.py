@@ -1,9 +1,21 @@
-"""Validation of ZFS dataset and snapshot names, done before any command runs.
+"""Validation of the names cerssd accepts, done before any command runs.
 
-Names are checked against a strict subset of what ZFS accepts (letters, digits
-and ``_ - : .``; no spaces), so that nothing an operator or an API client types
-can become a shell word, an option, or a path outside the pool. Remote command
-lines are still quoted; validation is the first wall, quoting the second.
+Dataset and snapshot names are checked against a strict subset of what ZFS accepts
+(letters, digits and ``_ - : .``; no spaces), so that nothing an operator or an API
+client types can become a shell word, an option, or a path outside the pool. Remote
+command lines are still quoted; validation is the first wall, quoting the second.
+
+Every check is a *full* match (``re.fullmatch``): with ``re.match("^...$")`` Python's
+``$`` also matches before a final newline, so ``"web\\n"`` would pass.
+
+The ``*_PATTERN`` strings are the same grammars for the OpenAPI document (JSON Schema,
+ECMA-262 regexes, where ``$`` is the end of the text). They are necessary, not sufficient:
+the reserved pool words and ``.``/``..`` components are refused here, not by the pattern.
+
+Lengths: ZFS limits a full dataset or snapshot name to 255 bytes (ZFS_MAX_DATASET_NAME_LEN
+is 256 with the NUL). Names here are ASCII, so characters are bytes. A snapshot label on
+its own is at most 253 characters (the shortest volume, a one-letter pool, plus ``@``
+leaves that much); with its volume the whole name must still fit in 255.
 """
 
 from __future__ import annotations
@@ -12,13 +24,28 @@ import re
 from dataclasses import dataclass
 
 MAX_NAME_LENGTH = 255
-_COMPONENT = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_POOL = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
-_RESERVED_POOLS = re.compile(r"^(mirror|raidz\d?|draid\d?|spare|log|cache|c\d.*)$")
+MAX_LABEL_LENGTH = MAX_NAME_LENGTH - 2
+#: Server, store and relationship names: they become link names, metric labels, route
+#: segments and config keys.
+MAX_OBJECT_NAME_LENGTH = 63
+
+_COMPONENT_RE = r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]*"
+_POOL_RE = r"[A-Za-z][A-Za-z0-9_.:-]*"
+_OBJECT_RE = rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_OBJECT_NAME_LENGTH - 1}}}"
+_COMPONENT = re.compile(_COMPONENT_RE)
+_POOL = re.compile(_POOL_RE)
+_OBJECT = re.compile(_OBJECT_RE)
+_RESERVED_POOLS = re.compile(r"mirror|raidz\d?|draid\d?|spare|log|cache|c\d.*")
+
+VOLUME_PATTERN = f"^{_POOL_RE}(/{_COMPONENT_RE})*$"
+LABEL_PATTERN = f"^{_COMPONENT_RE}$"
+SNAPSHOT_PATTERN = f"^{_POOL_RE}(/{_COMPONENT_RE})*@{_COMPONENT_RE}$"
+OBJECT_NAME_PATTERN = f"^{_OBJECT_RE}$"
 
 
 class InvalidName(ValueError):
-    """A dataset or snapshot name that cerssd refuses to pass to zfs."""
+    """A name that cerssd refuses (to pass to zfs, or to use as a server, store or
+    relationship name)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +64,7 @@ def validate_volume(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"volume name longer than {MAX_NAME_LENGTH} characters")
     parts = name.split("/")
-    if not _POOL.match(parts[0]) or _RESERVED_POOLS.match(parts[0]):
+    if not _POOL.fullmatch(parts[0]) or _RESERVED_POOLS.fullmatch(parts[0]):
         raise InvalidName(f"{name!r}: the pool name must start with a letter and use only "
                           "letters, digits and _ - : . (and not be a reserved vdev word)")
     for part in parts[1:]:
@@ -58,11 +85,11 @@ def validate_bookmark(name: str) -> SnapshotName:
 def _validate_child(name: str, separator: str, kind: str) -> SnapshotName:
     if not isinstance(name, str) or name.count(separator) != 1:
         raise InvalidName(f"{name!r}: a {kind} name has the form pool/volume{separator}name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"{kind} name longer than {MAX_NAME_LENGTH} characters")
     volume, _, child = name.partition(separator)
     validate_volume(volume)
     _check_component(name, child)
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidName(f"{kind} name longer than {MAX_NAME_LENGTH} characters")
     return SnapshotName(volume, child)
 
 
@@ -70,14 +97,24 @@ def validate_snapshot_label(label: str) -> str:
     """The part after ``@`` on its own (e.g. a name chosen for a new snapshot)."""
     if not isinstance(label, str):
         raise InvalidName("a snapshot name must be a string")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InvalidName(f"snapshot name longer than {MAX_LABEL_LENGTH} characters")
     _check_component(label, label)
     return label
+
+
+def validate_object_name(name: str, kind: str) -> str:
+    """A server, store or relationship name (``kind`` says which, for the message)."""
+    if not isinstance(name, str) or not _OBJECT.fullmatch(name):
+        raise InvalidName(f"{name!r}: {kind} names use letters, digits, '_', '.', '-', "
+                          f"start with a letter or digit, and have at most "
+                          f"{MAX_OBJECT_NAME_LENGTH} characters")
+    return name
 
 
 def _check_component(whole: str, part: str) -> None:
     if part in ("", ".", ".."):
         raise InvalidName(f"{whole!r}: empty, '.' or '..' component")
-    if not _COMPONENT.match(part):
-        raise InvalidName(f"{whole!r}: only letters, digits and _ - : . are allowed")
-    if part.startswith("-"):
-        raise InvalidName(f"{whole!r}: a component must not start with '-'")
+    if not _COMPONENT.fullmatch(part):
+        raise InvalidName(f"{whole!r}: only letters, digits and _ - : . are allowed, and "
+                          "a component must not start with '-'")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SERVER_NAME, ConfigError, parse_size, reject_unknown
+from ..backends.names import InvalidName, validate_object_name
+from ..config import ConfigError, parse_size, reject_unknown
 
 COMPRESSIONS = ("none", "zstd", "lz4")
 #: S3's own limits: parts are 5 MiB..5 GiB (the last may be smaller), at most 10,000.
@@ -24,9 +25,9 @@ MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 << 20
 DEFAULT_CONCURRENCY = 3
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
-_STORAGE_CLASS = re.compile(r"^[A-Z_]{1,40}$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
+_STORAGE_CLASS = re.compile(r"[A-Z_]{1,40}")
 #: The keys a ``[stores.NAME]`` table accepts (also read by tests/test_docs.py).
 STORE_KEYS = {"endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
               "concurrency", "compression", "compression_level", "storage_class"}
@@ -92,22 +93,24 @@ class StoreConfig:
 
 def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) -> StoreConfig:
     prefix = f"stores.{name}."
-    if not SERVER_NAME.match(name):
-        raise ConfigError(f"stores.{name}", "store names use letters, digits, '_', '.', '-'")
+    try:
+        validate_object_name(name, "store")
+    except InvalidName as exc:
+        raise ConfigError(f"stores.{name}", str(exc)) from None
     if name in servers:
         raise ConfigError(f"stores.{name}", "a store cannot have the name of a server "
                           "(both name links)")
     reject_unknown(t, prefix, STORE_KEYS)
     d = StoreConfig(name=name, bucket="x")
     bucket = _string(t, "bucket", prefix, None)
-    if bucket is None or not _BUCKET.match(bucket) or ".." in bucket:
+    if bucket is None or not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise ConfigError(prefix + "bucket", "is required: an S3 bucket name (3-63 lowercase "
                           "letters, digits, '.', '-')")
     endpoint = _string(t, "endpoint", prefix, None)
-    if endpoint is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", endpoint):
+    if endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", endpoint):
         raise ConfigError(prefix + "endpoint", f"must be an http(s) URL, not {endpoint!r}")
     key_prefix = _string(t, "prefix", prefix, d.prefix)
-    if not _PREFIX.match(key_prefix) or key_prefix.startswith("/") or "//" in key_prefix:
+    if not _PREFIX.fullmatch(key_prefix) or key_prefix.startswith("/") or "//" in key_prefix:
         raise ConfigError(prefix + "prefix", "must be a relative key prefix of letters, "
                           "digits and !_.*'()/-")
     if key_prefix and not key_prefix.endswith("/"):
@@ -128,7 +131,7 @@ def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) ->
         raise ConfigError(prefix + "compression_level",
                           "must be an integer from 1 (zstd up to 19, lz4 up to 12)")
     storage_class = _string(t, "storage_class", prefix, None)
-    if storage_class is not None and not _STORAGE_CLASS.match(storage_class):
+    if storage_class is not None and not _STORAGE_CLASS.fullmatch(storage_class):
         raise ConfigError(prefix + "storage_class", "must be an S3 storage class such as "
                           "STANDARD_IA")
     credentials = _string(t, "credentials_file", prefix, None)

@@ -38,6 +38,11 @@ class BrokenChain(LookupError):
     """An incremental's parent backup is not in the bucket (or not complete)."""
 
 
+class BackupMissing(BrokenChain):
+    """The backup asked for is not in the bucket at all (the API answers 404, not the
+    409 of a chain with a hole)."""
+
+
 @dataclass(frozen=True)
 class Part:
     """One upload part: ``number`` within its segment, ``offset`` within the stream."""

@@ -9,17 +9,21 @@ can always run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends.names import InvalidName, validate_snapshot_label, validate_volume
+from ..backends.names import (
+    InvalidName,
+    validate_object_name,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
 from ..config import ConfigError, parse_duration, parse_size, reject_unknown
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
 #: A second or more of stream: identical slaves drifted apart by more than 64 MiB when they
 #: share CPUs (bench/RESULTS.md); where receives cannot resume, a split-off costs the
@@ -88,9 +92,10 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
                        stores: Collection[str] = ()) -> RelationshipSpec:
     """Validate one relationship table; ``servers`` and ``stores`` are the configured names."""
     key = f"relationships.{name}" if key is None else key
-    if not _NAME.match(name):
-        raise ConfigError(key, "relationship names use letters, digits, '_', '.', '-' "
-                          "(at most 63)")
+    try:
+        validate_object_name(name, "relationship")
+    except InvalidName as exc:
+        raise ConfigError(key, str(exc)) from None
     reject_unknown(t, f"{key}.", _KEYS)
     volume = _volume(t.get("volume"), f"{key}.volume", required=True)
     master = _server(t.get("master", "local"), f"{key}.master", servers)
@@ -120,6 +125,7 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
             raise ConfigError(f"{key}.stores[{i}]", f"no [stores.{store}] in the config")
     if len(set(store_names)) != len(store_names):
         raise ConfigError(f"{key}.stores", "names a store twice")
+    _check_label_room(prefix, [volume, *(s.target_volume for s in slaves)], f"{key}.prefix")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key),
@@ -129,6 +135,21 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         fanout_buffer=parse_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
                                  f"{key}.fanout_buffer"),
         raw=dict(t), origin=origin)
+
+
+#: The longest label a relationship makes after its prefix: a failover's snapshot, with
+#: a counter should the same second be taken (continuous._label, failover).
+LONGEST_LABEL_SUFFIX = "failover-20260101T000000Z-99"
+
+
+def _check_label_room(prefix: str, volumes: list[str], key: str) -> None:
+    """Every snapshot the relationship will make must fit ZFS's 255-byte name limit."""
+    for volume in volumes:
+        try:
+            validate_snapshot(f"{volume}@{prefix}{LONGEST_LABEL_SUFFIX}")
+        except InvalidName as exc:
+            raise ConfigError(key, f"too long for {volume}: the snapshots it names would "
+                              f"not fit ({exc})") from None
 
 
 def _slaves(value: Any, key: str, servers: Collection[str], volume: str,

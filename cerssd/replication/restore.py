@@ -29,7 +29,7 @@ from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore import catalog
 from ..objectstore.client import ObjectMissing, ObjectStore
 from ..objectstore.download import CorruptPart, download
-from ..objectstore.layout import BrokenChain, Manifest, chain
+from ..objectstore.layout import BackupMissing, BrokenChain, Manifest, chain
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
 from .replicate import RetryPolicy
@@ -57,12 +57,13 @@ class RestoreRequest:
 
 
 async def restore_chain(store: ObjectStore, snapshot: str) -> list[Manifest]:
-    """The backups to receive for ``snapshot``, full first; raises BrokenChain."""
+    """The backups to receive for ``snapshot``, full first; raises BackupMissing when
+    there is no backup of it, BrokenChain when its chain has a hole."""
     volume = validate_snapshot(snapshot).volume
     backups = await catalog.backups(store, volume)
     wanted = [m for m in backups if m.snapshot == snapshot]
     if not wanted:
-        raise BrokenChain(f"store {store.name} has no complete backup of {snapshot}")
+        raise BackupMissing(f"store {store.name} has no complete backup of {snapshot}")
     return chain(backups, wanted[-1].guid)
 
 

@@ -1,0 +1,486 @@
+"""The control API's requests and responses, as typed models (msgspec).
+
+Each model is declared once and serves twice: ``schema.read_body``/``parse_query``
+decode requests into the request models (types, required fields, unknown fields,
+bounds), and ``openapi.py`` generates the served OpenAPI document from the same
+models, so the document is what the daemon accepts and answers. Response models are
+not used to encode (handlers build the JSON from the domain objects); the fuzz test
+(tests/test_api_fuzz.py) checks every answer against them.
+
+Names carry the daemon's grammar and length limits in the document (``pattern``,
+``maxLength``); they are enforced by ``backends.names`` (``Check``), with full matches,
+and a bad name answers 400 naming the field, as it did before the models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from msgspec import Meta, Struct
+
+from ..activity import LinkHealth, State, Status, Usage
+from ..backends.base import Capabilities, Snapshot
+from ..backends.names import (
+    LABEL_PATTERN,
+    MAX_LABEL_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OBJECT_NAME_LENGTH,
+    OBJECT_NAME_PATTERN,
+    SNAPSHOT_PATTERN,
+    VOLUME_PATTERN,
+    validate_object_name,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
+from ..links import LinkState
+
+
+@dataclass(frozen=True)
+class Check:
+    """Annotated metadata: the names validator a string field must pass (400 if not)."""
+
+    validate: Callable[[str], object]
+
+
+def doc(text: str) -> Meta:
+    """A field's description in the OpenAPI document."""
+    return Meta(description=text)
+
+
+def _limits(pattern: str, max_length: int) -> dict[str, Any]:
+    return {"pattern": pattern, "minLength": 1, "maxLength": max_length}
+
+
+VolumeName = Annotated[str, Meta(
+    description="a volume: pool[/dataset...]",
+    extra_json_schema=_limits(VOLUME_PATTERN, MAX_NAME_LENGTH)), Check(validate_volume)]
+SnapshotName = Annotated[str, Meta(
+    description="a snapshot: pool/volume@label",
+    extra_json_schema=_limits(SNAPSHOT_PATTERN, MAX_NAME_LENGTH)), Check(validate_snapshot)]
+Label = Annotated[str, Meta(
+    description=f"a snapshot's label (the part after @); with its volume at most "
+    f"{MAX_NAME_LENGTH} characters",
+    extra_json_schema=_limits(LABEL_PATTERN, MAX_LABEL_LENGTH)), Check(validate_snapshot_label)]
+ServerName = Annotated[str, Meta(
+    description="a server from the config",
+    extra_json_schema=_limits(OBJECT_NAME_PATTERN, MAX_OBJECT_NAME_LENGTH)),
+    Check(lambda n: validate_object_name(n, "server"))]
+StoreName = Annotated[str, Meta(
+    description="an object store from the config",
+    extra_json_schema=_limits(OBJECT_NAME_PATTERN, MAX_OBJECT_NAME_LENGTH)),
+    Check(lambda n: validate_object_name(n, "store"))]
+RelationshipName = Annotated[str, Meta(
+    description="a relationship",
+    extra_json_schema=_limits(OBJECT_NAME_PATTERN, MAX_OBJECT_NAME_LENGTH)),
+    Check(lambda n: validate_object_name(n, "relationship"))]
+ActivityId = Annotated[str, Meta(pattern="^[0-9a-f]+$", description="an activity's id")]
+#: A duration: seconds, or a string such as "90s", "15m", "7d".
+Duration = str | int
+Grid = Annotated[list[str], doc('a retention grid, e.g. ["1h:all", "1d:1h"]')]
+NonNegative = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(ge=1)]
+#: The largest page one request may ask for: history lives in the journal and is read a
+#: page at a time, so a page is always a small answer.
+MAX_PAGE = 1000
+
+
+
+class Request(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A request body: unknown fields are an error (a typo must not be ignored)."""
+
+
+class Query(Struct, kw_only=True):
+    """Query parameters: unknown ones are ignored, as HTTP clients expect."""
+
+
+# -- request bodies ---------------------------------------------------------------------
+class SnapshotCreate(Request):
+    name: Annotated[Label, doc("the snapshot's name (the part after @)")]
+    server: Annotated[ServerName, doc("server holding the volume")] = "local"
+
+
+class ReplicationCreate(Request):
+    snapshot: Annotated[SnapshotName, doc("pool/volume@name to replicate")]
+    source: Annotated[ServerName, doc("server the snapshot is on")]
+    destination: Annotated[ServerName, doc("server to replicate to")]
+    target_volume: Annotated[VolumeName | None, doc("volume on the destination (default: the same "
+        "name)")] = None
+    force_full_copy: Annotated[bool, doc("send a full stream even when an incremental is "
+        "possible")] = False
+    overwrite: Annotated[bool, doc("with force_full_copy: replace an existing target (its "
+        "snapshots are destroyed once the new copy is complete)")] = False
+    intermediates: Annotated[bool, doc("carry intermediate snapshots (zfs send -I)")] = False
+    bandwidth_limit: Annotated[NonNegative | None, doc("bytes per second, 0 or absent for no "
+        "limit")] = None
+
+
+class SlaveCreate(Request):
+    server: Annotated[ServerName, doc("the slave's server")]
+    target_volume: Annotated[VolumeName | None, doc("volume there (default: the master's volume "
+        "name)")] = None
+    bandwidth_limit: Annotated[Positive | None, doc("bytes per second")] = None
+
+
+class RelationshipCreate(Request):
+    name: Annotated[RelationshipName, doc("the relationship's name")]
+    volume: Annotated[VolumeName, doc("pool/volume on the master")]
+    slaves: Annotated[list[ServerName | SlaveCreate], Meta(min_length=1, description="slaves: "
+        "server names, or objects {server, target_volume, bandwidth_limit}")]
+    master: Annotated[ServerName, doc("server holding the volume")] = "local"
+    interval: Annotated[Duration | None, doc("time between cycles, e.g. 5m (or give cron)")] = None
+    cron: Annotated[str | None, doc("a five-field cron schedule in UTC (or give interval)")] = None
+    prefix: Annotated[str | None, doc("label prefix of the snapshots it makes (default "
+        "cerssd-NAME-)")] = None
+    retention: Annotated[Grid | None, doc('grid on the master (default ["1h:all", "1d:1h", '
+        '"1w:1d"])')] = None
+    slave_retention: Annotated[Grid | None, doc("grid on the slaves (default: retention)")] = None
+    retry_deadline: Annotated[Duration | None, doc('give up a transfer after retrying this long, '
+        'or "never" (default: daemon.retry_deadline)')] = None
+    fanout: Annotated[bool, doc("feed slaves that need the same stream from one zfs send")] = True
+    fanout_buffer: Annotated[Duration | None, doc("per-slave buffer before a slow slave is split "
+        "off, e.g. 64MiB")] = None
+    stores: Annotated[list[StoreName] | None, doc("object stores every cycle's snapshot is also "
+        "backed up to")] = None
+
+
+class FailoverCreate(Request):
+    to: Annotated[ServerName, doc("the slave to promote (the home master for a failback)")]
+    force: Annotated[bool, doc("allow an unplanned failover when the master does not answer: the "
+        "slave is promoted at its last snapshot, later writes are lost")] = False
+
+
+class RejoinCreate(Request):
+    server: Annotated[ServerName, doc("the fenced old master to make a slave again")]
+    dry_run: Annotated[bool, doc("only say what the rollback would destroy")] = True
+    rollback: Annotated[bool, doc("consent: roll the old master back to the shared snapshot, "
+        "destroying later snapshots and changes")] = False
+
+
+class BackupCreate(Request):
+    snapshot: Annotated[SnapshotName, doc("pool/volume@name to back up")]
+    store: Annotated[StoreName | None, doc("object store from the config (default: the only "
+        "one)")] = None
+    server: Annotated[ServerName,
+        doc("server holding the snapshot (it streams directly)")] = "local"
+    force_full: Annotated[bool, doc("a full stream even if an incremental is possible")] = False
+
+
+class RestoreCreate(Request):
+    snapshot: Annotated[SnapshotName, doc("pool/volume@name of the backed-up snapshot")]
+    target_volume: Annotated[VolumeName, doc("volume to receive into (new, or a copy holding part "
+        "of the chain)")]
+    store: Annotated[StoreName | None, doc("object store from the config (default: the only "
+        "one)")] = None
+    server: Annotated[ServerName, doc("server to receive on (local or ssh)")] = "local"
+
+
+class BackupPrune(Request):
+    volume: Annotated[VolumeName, doc("pool/volume whose backups to thin")]
+    retention: Annotated[Grid, doc('grid, e.g. ["1d:all", "1w:1d", "30d:1w"]')]
+    store: Annotated[StoreName | None, doc("object store from the config (default: the only "
+        "one)")] = None
+    dry_run: Annotated[bool, doc("only say what would be deleted")] = False
+
+
+# -- query parameters -------------------------------------------------------------------
+class ServerQuery(Query):
+    server: Annotated[ServerName, doc("server name from the config")] = "local"
+
+
+class VolumesQuery(ServerQuery):
+    pool: Annotated[VolumeName | None, doc("only volumes of this pool")] = None
+    limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_PAGE)], doc("page size")] = 1000
+    offset: Annotated[NonNegative, doc("items to skip")] = 0
+
+
+class ActivitiesQuery(Query):
+    state: Annotated[State | None, doc("only activities in this state")] = None
+    kind: Annotated[str | None, doc("only activities of this kind")] = None
+    volume: Annotated[str | None, doc("only activities on this volume")] = None
+    relationship: Annotated[str | None, doc("only activities of this relationship")] = None
+    since: Annotated[NonNegative | None, doc("only activities created at or after this Unix "
+        "time")] = None
+    until: Annotated[NonNegative | None, doc("only activities created before this Unix "
+        "time")] = None
+    limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_PAGE)], doc("page size")] = 100
+    offset: Annotated[NonNegative, doc("items to skip")] = 0
+
+
+MAX_WAIT = 300
+
+
+class WaitQuery(Query):
+    wait: Annotated[NonNegative, doc("seconds to wait for the activity to finish (at most "
+        "{MAX_WAIT}) before answering; 0 answers at once")] = 0
+
+
+class BackupsQuery(Query):
+    store: Annotated[StoreName | None, doc("object store (default: the only one)")] = None
+    volume: Annotated[VolumeName | None, doc("only backups of this volume")] = None
+
+
+#: Path parameters, by name in the route table's paths.
+PATH_PARAMETERS: dict[str, Any] = {
+    "volume": VolumeName, "label": Label, "name": RelationshipName, "id": ActivityId,
+}
+
+
+# -- responses --------------------------------------------------------------------------
+class Reply(Struct, kw_only=True):
+    """A response body. Fields may be added in later versions: clients ignore unknown
+    ones (the schemas do not forbid them)."""
+
+
+class Problem(Reply):
+    """RFC 9457 problem document (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    field: Annotated[str | None, doc("the request field at fault, when there is one")] = None
+    code: Annotated[str | None, doc("a stable word for the kind of conflict")] = None
+
+
+class Progress(Reply):
+    done: int
+    total: int
+    unit: str
+    estimated: bool
+    text: Annotated[str, doc('"n of m"')]
+
+
+class Activity(Reply):
+    id: str
+    kind: str
+    volume: str | None
+    source: str | None
+    target: str | None
+    created_at: float
+    state: State
+    started_at: float | None
+    finished_at: float | None
+    progress: Progress
+    status: Status | None
+    usage: Usage
+    self_restarting: bool
+    link: LinkHealth | None
+    params: dict[str, Any]
+    restarts: int
+
+
+class ActivityPage(Reply):
+    items: list[Activity]
+    total: int
+    limit: int
+    offset: int
+
+
+class DaemonSettings(Reply):
+    log_level: str
+    control_group: str | None
+    activity_retention: float
+    shutdown_timeout: float
+
+
+class DaemonStatus(Reply):
+    version: str
+    pid: int
+    started_at: float
+    uptime_seconds: float
+    config: str | None
+    daemon: DaemonSettings
+    activities: Annotated[dict[str, int], doc("activities by state")]
+    servers: Annotated[dict[str, bool], doc("whether each server answered its probe")]
+
+
+class Server(Reply):
+    name: str
+    kind: str
+    stateless: bool
+    backend: str
+    zfs_version: str | None
+    capabilities: list[str]
+    available: bool
+    error: str | None
+    host: Annotated[str | None, doc("ssh servers only")] = None
+    port: Annotated[int | None, doc("ssh servers only")] = None
+    user: Annotated[str | None, doc("ssh servers only")] = None
+
+
+class Servers(Reply):
+    items: list[Server]
+
+
+class Links(Reply):
+    items: list[LinkState]
+
+
+class Volume(Reply):
+    name: str
+    type: str
+    guid: str
+    creation: int
+    used: int
+    referenced: int
+    readonly: bool
+    mounted: bool
+    state: Annotated[str, doc("available, in-use, or busy (backing-up, replicating, restoring, "
+        "failing-over) on a stateful server")]
+
+
+class Volumes(Reply):
+    server: str
+    items: list[Volume]
+
+
+class Snapshots(Reply):
+    server: str
+    volume: str
+    items: list[Snapshot]
+
+
+class ReplicationAccepted(Activity):
+    plan: Annotated[str, doc("full or incremental")]
+
+
+class RelationshipLink(Reply):
+    server: str
+    state: str
+
+
+class RelationshipSlave(Reply):
+    server: str
+    target_volume: str
+    state: str
+    last_snapshot: str | None
+    last_snapshot_created: float | None
+    lag_seconds: float | None
+    last_success_at: float | None
+    last_cycle_bytes: int | None
+    error: str | None
+    activity: str | None
+    progress: Progress | None
+    link: RelationshipLink
+
+
+class RelationshipBackup(Reply):
+    store: str
+    last_backup_guid: str | None
+    backup: Activity | None
+    link: LinkState | None
+
+
+class SlaveSpec(Reply):
+    server: str
+    target_volume: str
+    bandwidth_limit: int | None
+
+
+class Relationship(Reply):
+    name: str
+    volume: str
+    master: str
+    slaves: list[RelationshipSlave]
+    schedule: Annotated[str, doc('e.g. "every 5m" or "cron */5 * * * *"')]
+    prefix: str
+    retention: list[str]
+    slave_retention: list[str]
+    retry_deadline: float | None
+    fanout: bool
+    fanout_buffer: int
+    stores: list[str]
+    origin: Annotated[str, doc("config or api")]
+    state: Annotated[str, doc("running, paused, retrying, stopping or stopped")]
+    replication_status: str
+    active_server: str
+    home_master: str
+    failover: dict[str, Any]
+    activity: str | None
+    link: LinkHealth | None
+    cycles: int
+    last_cycle_at: float | None
+    next_cycle_at: float | None
+    newest_snapshot: str | None
+    last_error: str | None
+    backups: list[RelationshipBackup]
+
+
+class Relationships(Reply):
+    items: list[Relationship]
+
+
+class RejoinPlan(Reply):
+    server: str
+    volume: str
+    rejoined: bool
+    base: str
+    base_created: int
+    destroys_snapshots: list[str]
+    discards_changes_after: int
+    summary: str
+
+
+class Store(Reply):
+    name: str
+    kind: str
+    endpoint: str | None
+    bucket: str
+    prefix: str
+    region: str
+    credentials: Annotated[str, doc("file or environment (never the credentials themselves)")]
+    part_size: int
+    concurrency: int
+    compression: str
+    storage_class: str | None
+    link: LinkState | None
+
+
+class Stores(Reply):
+    items: list[Store]
+
+
+class BackupSummary(Reply):
+    volume: str
+    snapshot: str
+    guid: str
+    snapshot_created: int
+    parent_guid: str | None
+    parent_snapshot: str | None
+    kind: Annotated[str, doc("full or incremental")]
+    segments: list[str]
+    parts: Annotated[int, doc("number of parts")]
+    stream_size: int
+    raw_size: int
+    compression: str
+    sha256: str
+
+
+class Backups(Reply):
+    store: str
+    items: list[BackupSummary]
+
+
+class RestoreAccepted(Activity):
+    chain: Annotated[list[str], doc("the snapshots restored, oldest first")]
+
+
+class PrunePlan(Reply):
+    store: str
+    volume: str
+    delete: list[str]
+    keep: list[str]
+
+
+class PruneAccepted(Activity):
+    plan: PrunePlan
+
+
+#: ``GET /v1/capabilities``: server name → its capabilities.
+CapabilitiesByServer = dict[str, Capabilities]
+#: ``GET /v1/openapi.json``: an OpenAPI 3.1 document.
+OpenApiDocument = dict[str, Any]
