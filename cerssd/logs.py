@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 from structlog.processors import ExceptionRenderer
@@ -19,7 +20,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _TRACEBACKS = ExceptionRenderer(ExceptionDictTransformer(show_locals=False, use_rich=False))
 
 
-def configure_logging(level: str = "info") -> None:
+def configure_logging(level: str = "info", file: TextIO | None = None) -> None:
+    """JSON lines on ``file`` (stdout by default) at ``level`` and above."""
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,6 +31,6 @@ def configure_logging(level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file or sys.stdout),
         cache_logger_on_first_use=False,
     )

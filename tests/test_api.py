@@ -288,3 +288,113 @@ def test_journal_from_a_newer_cerssd_is_a_clean_refusal(start_daemon: Any,
     log = d.log()
     assert '"event": "cannot start"' in log and "newer than this cerssd" in log
     assert "Traceback" not in log
+
+
+def test_bodies_that_are_not_json_are_400_problem_documents(daemon: DaemonProcess) -> None:
+    pool = daemon.pool  # type: ignore[attr-defined]
+    url = f"/v1/volumes/{pool}/vol/snapshots"
+    deep = b'{"name": "s", "server": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    for raw in (b'{"name": "\xff\xfe"}', b"\xff\xfe\xfd", b'{"name": "\\ud800"}',
+                b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000, deep):
+        r = req(daemon, "POST", url, raw_body=raw)
+        assert r.status in (400, 422) and r.content_type.startswith(PROBLEM), (raw[:20], r)
+    assert_problem(req(daemon, "POST", url, raw_body=b'{"name": "\xff"}'), 400, "not valid JSON")
+    assert_problem(req(daemon, "POST", url, raw_body=b'{"name": "s"'), 400, "not valid JSON")
+    assert_problem(req(daemon, "POST", url, raw_body=b"[" * 100_000), 400, "JSON object")
+    assert "Traceback" not in daemon.log() and "api request failed" not in daemon.log()
+
+
+def test_missing_volume_or_snapshot_is_404_before_any_activity(daemon: DaemonProcess) -> None:
+    pool = daemon.pool  # type: ignore[attr-defined]
+    before = req(daemon, "GET", "/v1/activities").body["total"]
+    assert_problem(req(daemon, "POST", f"/v1/volumes/{pool}/missing/snapshots", {"name": "s"}),
+                   404, "does not exist")
+    assert_problem(req(daemon, "DELETE", f"/v1/volumes/{pool}/missing/snapshots/s"), 404,
+                   "does not exist")
+    assert_problem(req(daemon, "DELETE", f"/v1/volumes/{pool}/vol/snapshots/none"), 404,
+                   "does not exist")
+    assert req(daemon, "GET", "/v1/activities").body["total"] == before
+
+
+def _zfs_logger(tmp_path: Path) -> tuple[Path, Path]:
+    """A zfs_command that records each call's arguments, then runs the real zfs."""
+    calls = tmp_path / "zfs-calls"
+    wrapper = tmp_path / "zfs-logged"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexec zfs "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, calls
+
+
+def test_hostile_names_are_400_and_reach_no_zfs(start_daemon: Any, pool: str,
+                                                tmp_path: Path) -> None:
+    """Every name kind, ending in a newline or a CR, holding a NUL, or too long: 400
+    naming the field (or the path), no activity, and no zfs command sees it."""
+    from urllib.parse import quote
+
+    wrapper, calls = _zfs_logger(tmp_path)
+    zfs("create", f"{pool}/vol")
+    zfs("snapshot", f"{pool}/vol@s")
+    d = start_daemon(extra=f'[servers.local]\nkind = "local"\nzfs_command = "{wrapper}"\n')
+    marker = "hostile"
+    suffixes = ["\n", "\r", "\x00"]
+    vol = f"{pool}/vol"
+
+    def path(text: str) -> str:
+        return quote(text, safe="/@")
+
+    cases: list[tuple[str, str, Any, str]] = []  # method, url, body, field or ""
+    for bad in suffixes:
+        v, lab, name = f"{vol}/{marker}{bad}", f"{marker}{bad}", f"{marker}{bad}"
+        cases += [
+            ("GET", f"/v1/volumes/{path(v)}/snapshots", None, ""),
+            ("POST", f"/v1/volumes/{path(v)}/snapshots", {"name": "s"}, ""),
+            ("POST", f"/v1/volumes/{vol}/snapshots", {"name": lab}, "name"),
+            ("DELETE", f"/v1/volumes/{vol}/snapshots/{path(lab)}", None, ""),
+            ("GET", f"/v1/volumes?server={path(name)}", None, "server"),
+            ("POST", f"/v1/volumes/{vol}/snapshots", {"name": "s", "server": name}, "server"),
+            ("POST", "/v1/replications", {"snapshot": f"{vol}@{lab}", "source": "local",
+                                          "destination": "local",
+                                          "target_volume": f"{pool}/c"}, "snapshot"),
+            ("POST", "/v1/replications", {"snapshot": f"{vol}@s", "source": "local",
+                                          "destination": "local", "target_volume": v},
+             "target_volume"),
+            ("POST", "/v1/relationships", {"name": name, "volume": vol, "interval": "5m",
+                                           "slaves": [{"server": "local",
+                                                       "target_volume": f"{pool}/c"}]},
+             "name"),
+            ("POST", "/v1/relationships", {"name": "r", "volume": v, "interval": "5m",
+                                           "slaves": ["local"]}, "volume"),
+            ("POST", "/v1/relationships", {"name": "r", "volume": vol, "interval": "5m",
+                                           "slaves": [name]}, "slaves[0]"),
+            ("POST", f"/v1/relationships/{path(name)}/pause", None, ""),
+            ("DELETE", f"/v1/relationships/{path(name)}", None, ""),
+            ("GET", f"/v1/backups?store={path(name)}", None, "store"),
+            ("POST", "/v1/backups", {"snapshot": f"{vol}@s", "store": name}, "store"),
+            ("POST", "/v1/restores", {"snapshot": f"{vol}@{lab}", "target_volume": f"{pool}/r"},
+             "snapshot"),
+        ]
+    long_label = marker + "x" * 250
+    cases += [
+        ("POST", f"/v1/volumes/{vol}/snapshots", {"name": long_label}, "name"),
+        ("POST", f"/v1/volumes/{vol}/snapshots", {"name": marker + "x" * (250 - len(vol))},
+         ""),  # a valid label, but with its volume over ZFS's 255
+        ("GET", f"/v1/volumes/{vol}/{marker}{'x' * 260}/snapshots", None, ""),
+        ("POST", "/v1/relationships", {"name": marker + "x" * 60, "volume": vol,
+                                       "slaves": ["local"], "interval": "5m"}, "name"),
+        ("GET", f"/v1/volumes?server={marker}{'x' * 60}", None, "server"),
+        ("GET", f"/v1/relationships/{marker}{'x' * 60}", None, ""),
+    ]
+    before = req(d, "GET", "/v1/activities").body["total"]
+    for method, url, body, field in cases:
+        r = req(d, method, url, body)
+        assert r.status == 400, (method, url, body, r.body)
+        assert r.content_type.startswith(PROBLEM) and r.body["title"] == "Invalid Name", r.body
+        if field:
+            assert r.body["field"] == field, (url, body, r.body)
+    assert req(d, "GET", "/v1/activities").body["total"] == before
+    assert req(d, "GET", "/v1/relationships").body["items"] == []
+    assert marker not in calls.read_text()
+    # the wrapper does see the names of valid requests
+    assert req(d, "GET", f"/v1/volumes/{vol}/snapshots").status == 200
+    assert vol in calls.read_text()
+    assert marker not in zfs("list", "-H", "-r", "-t", "all", "-o", "name", pool).stdout

@@ -341,7 +341,8 @@ def test_bad_backup_requests_get_problem_documents(setup: Any) -> None:
     r = post_json(d, "/v1/backups", {"snapshot": f"{src}/vol@x", "store": "nope"})
     assert r.status == 404 and "no store nope" in r.body["detail"]
     r = post_json(d, "/v1/restores", {"snapshot": f"{src}/vol@none", "target_volume": "p/x"})
-    assert r.status == 409 and "no complete backup" in r.body["detail"]
+    assert r.status == 404 and "no complete backup" in r.body["detail"]
+    assert r.body["title"] == "Unknown Backup" and r.body["code"] == "no-such-backup"
     assert post_json(d, "/v1/backups", {}).status == 422
 
 

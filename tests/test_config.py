@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from cerssd.config import EX_CONFIG, ConfigError, load_config, parse_config, parse_duration
+from cerssd.config import (
+    EX_CONFIG,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -194,3 +201,51 @@ def test_relationship_stores_must_exist_and_need_a_local_master() -> None:
         parse_config({**base, "relationships": {"w": {
             **rel, "master": "r", "slaves": ["local"]}}})
     assert info.value.key == "relationships.w.stores"
+
+
+#: A name that ends in a newline (Python's ``$`` matched before it), a carriage return,
+#: a NUL, and one over the 63-character limit: none is a usable server, store or
+#: relationship name.
+HOSTILE_NAMES = ["web\n", "web\r", "we\x00b", "w" * 64]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+@pytest.mark.parametrize("section", ["servers", "stores", "relationships"])
+def test_hostile_names_in_the_config_name_the_key(tmp_path: Path, section: str,
+                                                  name: str) -> None:
+    body = {"servers": 'kind = "local"', "stores": 'bucket = "bkt"',
+            "relationships": 'volume = "p/v"\nslaves = ["local"]\ninterval = "5m"'}[section]
+    escaped = name.encode("unicode_escape").decode().replace("\\x00", "\\u0000")
+    path = tmp_path / "cerssd.toml"
+    path.write_text(f'[{section}."{escaped}"]\n{body}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == f"{section}.{name}"
+    assert "names use letters" in info.value.problem
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("volume", "p/v\n"), ("volume", "p/v\r"), ("volume", "p/v\x00"),
+    ("volume", "p/" + "v" * 260), ("prefix", "x\n"), ("prefix", "p" * 240),
+])
+def test_hostile_relationship_values_name_the_key(key: str, value: str) -> None:
+    table = {"volume": "p/v", "slaves": [{"server": "local", "target_volume": "p/w"}],
+             "interval": "5m", key: value}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"relationships": {"web": table}})
+    assert info.value.key == f"relationships.web.{key}"
+
+
+@pytest.mark.parametrize("word", ["host", "user", "zfs_command"])
+def test_server_words_refuse_control_characters(word: str) -> None:
+    server = {"kind": "ssh", "host": "h", "known_hosts": "/k", word: "x\ny"}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"servers": {"b1": server}})
+    assert info.value.key == f"servers.b1.{word}"
+
+
+@pytest.mark.parametrize("value", ["5m\nx", "5\u0665m", "64MiB\nx", "6\u0664MiB"])
+def test_durations_and_sizes_are_full_matches(value: str) -> None:
+    """Surrounding blanks are forgiven; a second line or a non-ASCII digit is not."""
+    with pytest.raises(ConfigError):
+        parse_duration(value, "k") if "MiB" not in value else parse_size(value, "k")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cerssd.backends.names import (
+    LABEL_PATTERN,
+    MAX_LABEL_LENGTH,
+    OBJECT_NAME_PATTERN,
+    SNAPSHOT_PATTERN,
+    VOLUME_PATTERN,
     InvalidName,
     validate_bookmark,
+    validate_object_name,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
@@ -62,3 +70,52 @@ def test_label_rules() -> None:
     for bad in ("a/b", "a b", "", "..", "$x"):
         with pytest.raises(InvalidName):
             validate_snapshot_label(bad)
+
+
+CONTROL = ["\n", "\r", "\x00"]
+
+
+@pytest.mark.parametrize("bad", CONTROL)
+def test_control_characters_anywhere_are_refused(bad: str) -> None:
+    """``re.match("^...$")`` let a final newline through; full matches do not."""
+    for name in (f"tank/a{bad}", f"tank{bad}", f"tank/a{bad}/b"):
+        with pytest.raises(InvalidName):
+            validate_volume(name)
+    for name in (f"tank/a@s{bad}", f"tank/a{bad}@s"):
+        with pytest.raises(InvalidName):
+            validate_snapshot(name)
+    with pytest.raises(InvalidName):
+        validate_bookmark(f"tank/a#b{bad}")
+    with pytest.raises(InvalidName):
+        validate_snapshot_label(f"s{bad}")
+    for kind in ("server", "store", "relationship"):
+        with pytest.raises(InvalidName, match=f"{kind} names"):
+            validate_object_name(f"web{bad}", kind)
+
+
+def test_length_limits() -> None:
+    assert validate_snapshot_label("s" * MAX_LABEL_LENGTH)
+    with pytest.raises(InvalidName, match="longer"):
+        validate_snapshot_label("s" * (MAX_LABEL_LENGTH + 1))
+    assert validate_snapshot("t/" + "a" * 250 + "@s") is not None  # 254 characters
+    with pytest.raises(InvalidName, match="longer"):
+        validate_snapshot("t/" + "a" * 250 + "@sss")  # 256
+    assert validate_object_name("w" * 63, "server")
+    with pytest.raises(InvalidName):
+        validate_object_name("w" * 64, "server")
+
+
+def test_patterns_agree_with_the_validators() -> None:
+    """The OpenAPI patterns accept what the validators accept (they may accept more)."""
+    good = {VOLUME_PATTERN: ["tank", "tank/a-b_c.d:e", "t/a/b/c"],
+            SNAPSHOT_PATTERN: ["tank/a@daily-1", "t/a/b@s:1"],
+            LABEL_PATTERN: ["s1", "cerssd-web-20261123T014703Z"],
+            OBJECT_NAME_PATTERN: ["local", "b-1.x_y"]}
+    for pattern, names in good.items():
+        for name in names:
+            assert re.fullmatch(pattern.strip("^$"), name), (pattern, name)
+    for name in HOSTILE:
+        with pytest.raises(InvalidName):
+            validate_volume(name)
+        assert not re.fullmatch(VOLUME_PATTERN.strip("^$"), name) or name in (
+            "pool/../etc", "pool/./a", "mirror", "raidz1/a"), name  # refused by the code

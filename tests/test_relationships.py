@@ -184,7 +184,7 @@ def test_api_validation_and_lifecycle(start_daemon: Any, pools: tuple[str, str, 
     assert bad.status == 422 and "interval" in bad.body["detail"]
     bad = post_json(d, "/v1/relationships", {"name": "x", "volume": "bad name",
                                              "interval": "5m", "slaves": ["a"]})
-    assert bad.status == 422 and bad.body["field"] == "volume"
+    assert bad.status == 400 and bad.body["field"] == "volume"  # an invalid name
     bad = post_json(d, "/v1/relationships", {"name": "web", "volume": f"{master}/data",
                                              "interval": "5m", "slaves": ["a"]})
     assert bad.status == 409
