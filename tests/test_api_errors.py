@@ -21,7 +21,7 @@ SECRET = "AKIA-not-for-the-log-0123456789"
 class _BrokenEngine:
     """An engine whose listing fails with a defect, holding a secret in a local."""
 
-    def activities(self) -> list[Any]:
+    def counts(self) -> dict[Any, int]:
         secret_access_key = SECRET
         raise RuntimeError(f"defect while listing ({len(secret_access_key)} chars)")
 
@@ -58,7 +58,7 @@ async def test_unexpected_failure_is_a_problem_document_and_one_log_line(
     line = lines[0]
     assert line["event"] == "api request failed" and line["path"] == "/v1/status"
     frames = line["exception"][0]["frames"]
-    assert any(f["name"] == "activities" for f in frames)
+    assert any(f["name"] == "counts" for f in frames)
     assert SECRET not in json.dumps(line) and all("locals" not in f for f in frames)
 
 
