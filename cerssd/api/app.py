@@ -175,7 +175,8 @@ class ControlApi:
         name = str(validate_snapshot(f"{volume}@{label}"))
         q = parse_query(request.query, m.ServerQuery)
         backend = await self.ctx.servers.backend(q.server)
-        await backend.snapshot(name)  # 404 now rather than a failed activity
+        if not await backend.has_snapshot(name):  # 404 now rather than a failed activity
+            raise NotFound(f"snapshot {name} does not exist on {q.server}")
         self.ctx.volume_states.check([(q.server, volume)], "destroying a snapshot")
         record = snapshots.submit_destroy(self.ctx.engine, q.server, name)
         return _json(record.to_json(), 202)

@@ -246,6 +246,15 @@ class ZfsBackend:
         validate_snapshot(name)
         await self._run("destroy", name)
 
+    async def has_snapshot(self, name: str) -> bool:
+        """Whether snapshot ``name`` exists: one ``zfs get`` of it, not a listing."""
+        validate_snapshot(name)
+        try:
+            await self._run("get", "-H", "-o", "value", "type", name)
+        except NotFound:
+            return False
+        return True
+
     async def exists(self, volume: str) -> bool:
         validate_volume(volume)
         try:
