@@ -38,6 +38,7 @@ from ..replication.relationships import (
 )
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from ..volume_roots import volume_roots
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
 from . import backups, failover
 from .peercred import may_mutate, peer_credentials
@@ -84,6 +85,12 @@ ACTIVITY_QUERY = {
     "until": Field(int, "only activities created before this Unix time", minimum=0),
     "limit": Field(int, f"page size (at most {MAX_PAGE})", default=100, minimum=1),
     "offset": Field(int, "items to skip", default=0, minimum=0),
+}
+MAX_VOLUME_PAGE = 5000
+VOLUMES_QUERY = {
+    **SERVER_QUERY,
+    "limit": Field(int, f"page size (at most {MAX_VOLUME_PAGE})", default=100, minimum=1),
+    "offset": Field(int, "volumes to skip", default=0, minimum=0),
 }
 MAX_WAIT = 300
 WAIT_QUERY = {"wait": Field(int, f"seconds to wait for the activity to finish (at most "
@@ -174,12 +181,18 @@ class ControlApi:
 
     # -- volumes and snapshots ----------------------------------------------------------
     async def volumes(self, request: web.Request) -> web.Response:
-        q = parse_query(request.query, SERVER_QUERY)
+        q = parse_query(request.query, VOLUMES_QUERY)
+        if q["limit"] > MAX_VOLUME_PAGE:
+            raise ApiProblem(400, "Bad Request", f"limit must be at most {MAX_VOLUME_PAGE}")
         backend = await self.ctx.servers.backend(q["server"])
+        roots = volume_roots(self.ctx.servers.entry(q["server"]).config,
+                             (rt.spec for rt in self.ctx.relationships.all()))
+        page = await backend.volumes(roots, limit=q["limit"], offset=q["offset"])
         states = self.ctx.volume_states
-        return _json({"server": q["server"],
+        return _json({"server": q["server"], "roots": list(roots) if roots else None,
                       "items": [{**v.to_json(), "state": states.state_of(q["server"], v)}
-                                for v in await backend.volumes()]})
+                                for v in page.items],
+                      "total": page.total, "limit": q["limit"], "offset": q["offset"]})
 
     async def snapshots(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, SERVER_QUERY)
@@ -339,9 +352,10 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/links", _A.links,
           "Link health per remote server: up, lost (since, last error) or retrying"),
     Route("GET", "/v1/volumes", _A.volumes,
-          "Volumes on a server, each with its state: available, in-use, or busy "
-          "(backing-up, replicating, restoring, failing-over) on a stateful server",
-          query=SERVER_QUERY),
+          "Volumes the daemon serves on a server (its pools key, else the pools its "
+          "relationships name, else every pool: roots), paginated with a total, each with "
+          "its state: available, in-use, or busy (backing-up, replicating, restoring, "
+          "failing-over) on a stateful server", query=VOLUMES_QUERY),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
           "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,
           responses={404: "unknown volume or server"}),

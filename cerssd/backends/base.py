@@ -6,6 +6,7 @@ busy-state locking); backends never special-case their callers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -54,6 +55,14 @@ class Volume:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumePage:
+    """One page of a volume listing: ``items`` from ``offset`` on, of ``total`` in all."""
+
+    items: tuple[Volume, ...]
+    total: int
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,8 @@ class Backend(Protocol):
 
     async def pools(self) -> list[str]: ...
 
-    async def volumes(self) -> list[Volume]: ...
+    async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> VolumePage: ...
 
     async def snapshots(self, volume: str) -> list[Snapshot]: ...
 
