@@ -29,6 +29,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BrokenChain
 from ..objectstore.stores import Stores, UnknownStore
+from ..replication.holds import holds_of
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
 from ..replication.relationships import (
@@ -199,8 +200,11 @@ class ControlApi:
         volume = validate_volume(request.match_info["volume"])
         backend = await self.ctx.servers.backend(q["server"])
         items = await backend.snapshots(volume)
+        servers = list(self.ctx.servers.entries)
         return _json({"server": q["server"], "volume": volume,
-                      "items": [s.to_json() for s in items]})
+                      "items": [{**s.to_json(),
+                                 **(await holds_of(backend, s, servers)).to_json()}
+                                for s in items]})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         body = SNAPSHOT_CREATE.parse(await read_body(request))
@@ -357,7 +361,9 @@ ROUTES: list[Route] = [
           "its state: available, in-use, or busy (backing-up, replicating, restoring, "
           "failing-over) on a stateful server", query=VOLUMES_QUERY),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
-          "Snapshots of a volume, oldest first, with guid and creation", query=SERVER_QUERY,
+          "Snapshots of a volume, oldest first, with guid and creation, and who holds "
+          "each: cerssd_holds (cerssd's tags) and foreign_holds (holds that are not "
+          "cerssd's, which retention cannot get past)", query=SERVER_QUERY,
           responses={404: "unknown volume or server"}),
     Route("POST", f"/v1/volumes/{VOL}/snapshots", _A.create_snapshot,
           "Create a snapshot (an activity)", mutating=True, body=SNAPSHOT_CREATE,

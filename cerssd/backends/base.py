@@ -32,6 +32,10 @@ class Capabilities:
     typed_get: bool = False
     zvols: bool = False
     encryption: bool = False
+    #: A ``zfs send -I`` killed mid-stream leaves no hold behind: its temporary holds die
+    #: with the process (OpenZFS ties them to its /dev/zfs descriptor). zfs-fuse's stay
+    #: for ever, so there a range of snapshots is sent as a chain of ``-i`` steps.
+    safe_send_holds: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)

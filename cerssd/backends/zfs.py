@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -122,6 +122,8 @@ class ZfsBackend:
         self._stateless = stateless
         self.capabilities = Capabilities()
         self.version = "unknown"
+        #: Whether ``zfs holds`` works here; None until first tried.
+        self._holds_listing: bool | None = None
 
     async def _run(self, *args: str, tool: str | None = None) -> str:
         try:
@@ -141,7 +143,7 @@ class ZfsBackend:
             # OpenZFS >= 0.8: userland and kernel module versions. A kernel module means
             # zvols (zfs-fuse, in userspace, has the command but not the device).
             self.version = version.stdout.split()[0]
-            caps = replace(caps, zvols="kmod" in version.stdout)
+            caps = replace(caps, zvols="kmod" in version.stdout, safe_send_holds=True)
         else:
             upgrade = await self.runner.run([self._zpool, "upgrade", "-v"], check=False)
             m = re.search(r"pool version (\d+)", upgrade.stdout)
@@ -378,6 +380,34 @@ class ZfsBackend:
         except BackendError as exc:
             if "no such tag" not in str(exc):
                 raise
+
+    async def held_tags(self, snapshot: str, tags: Iterable[str]) -> frozenset[str]:
+        """Which of ``tags`` hold ``snapshot`` now.
+
+        ``zfs holds`` answers where it works. zfs-fuse's fails (it wants a Python helper
+        it does not ship), so there each tag is asked by taking it: "tag already exists"
+        means it was there, and a hold that was not there is released again at once.
+        """
+        validate_snapshot(snapshot)
+        wanted = frozenset(_check_tag(t) for t in tags)
+        if self._holds_listing is not False:
+            result = await self.runner.run([self._zfs, "holds", "-H", snapshot], check=False)
+            self._holds_listing = result.returncode == 0
+            if self._holds_listing:
+                found = {line.split("\t")[1] for line in result.stdout.splitlines()
+                         if line.count("\t") >= 2}
+                return wanted & found
+        found = set()
+        for tag in sorted(wanted):
+            try:
+                await self._run("hold", tag, snapshot)
+            except BackendError as exc:
+                if "tag already exists" not in str(exc):
+                    raise
+                found.add(tag)
+            else:
+                await self.release(tag, snapshot)
+        return frozenset(found)
 
     async def rename(self, old: str, new: str) -> None:
         """Rename a volume; unmounted for the rename, since zfs-fuse calls a mounted one busy."""
