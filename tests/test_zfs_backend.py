@@ -92,7 +92,8 @@ async def test_volume_listing_pages_roots_and_states(backend: ZfsBackend, pool: 
     other = make_pool()
     zfs("create", f"{other}/not-listed")
     zfs("create", f"{pool}/a")
-    zfs("create", "-o", "readonly=on", f"{pool}/a/ro")
+    zfs("create", f"{pool}/a/ro")
+    await backend.set_readonly(f"{pool}/a/ro")  # in force (zfs-fuse remounts it)
     zfs("create", "-o", "canmount=off", f"{pool}/b")
     for label in ("s1", "s2"):
         zfs("snapshot", "-r", f"{pool}@{label}")
