@@ -209,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
                               f"/v1/volumes/{_q(args.volume)}/snapshots?server={_q(args.server)}")
         out.emit(data, lambda d: out.table(
             ["name", "guid", "created", "used", "holds"],
-            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), s["userrefs"])
+            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), _holds(s))
              for s in d["items"]]))
     elif cmd == "activities":
         query = urllib.parse.urlencode({k: v for k, v in (
@@ -323,6 +323,13 @@ def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> i
         out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
         return 0
     return wait_for(client, out, data)
+
+
+def _holds(snapshot: dict[str, Any]) -> str:
+    """A snapshot's hold count, and how many of them are not cerssd's."""
+    foreign = snapshot.get("foreign_holds") or 0
+    return f"{snapshot['userrefs']} ({foreign} not cerssd's)" if foreign \
+        else str(snapshot["userrefs"])
 
 
 def _natural(text: str) -> int:

@@ -21,6 +21,7 @@ from cerssd.replication.prune import PruneWork
 
 from .conftest import DaemonProcess, wait_until, write_file, zfs
 from .conftest import replicate as replicate_between
+from .test_cli import ctl
 
 MiB = 1 << 20
 
@@ -120,6 +121,8 @@ def test_foreign_holds_are_listed_and_named_by_prune(daemon: DaemonProcess) -> N
             (["cerssd:local"], 1)
         assert (listed["new"]["cerssd_holds"], listed["new"]["foreign_holds"]) == ([], 0)
         assert userrefs(f"{pool}/vol")["old"] == 2  # asking changed nothing
+        table = ctl(daemon, "snapshots", f"{pool}/vol").stdout
+        assert "2 (1 not cerssd's)" in table
         kept = asyncio.run(_why_kept(f"{pool}/vol@old"))
         assert (kept["snapshot"], kept["foreign_holds"], kept["cerssd_holds"]) == \
             (f"{pool}/vol@old", 1, ["cerssd:local"])
