@@ -288,8 +288,9 @@ def volumes_command(client: Client, out: Output, args: argparse.Namespace) -> in
     data: dict[str, Any] = {}
     while True:
         limit = VOLUME_PAGE if args.limit is None else min(args.limit, VOLUME_PAGE)
+        root = f"&root={_q(args.root)}" if args.root else ""
         data = client.request("GET", f"/v1/volumes?server={_q(args.server)}&limit={limit}"
-                                     f"&offset={offset}", timeout=VOLUME_PAGE_TIMEOUT)
+                                     f"&offset={offset}{root}", timeout=VOLUME_PAGE_TIMEOUT)
         if out.as_json:
             items += data["items"]
         else:
@@ -361,6 +362,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("links", help="link health of remote servers")
     v = sub.add_parser("volumes", help="volumes on a server (all of them, page by page)")
     v.add_argument("--server", default="local")
+    v.add_argument("--root", help="only this dataset and those below it")
     v.add_argument("--limit", type=_positive, help="only this many (at most 5000)")
     v.add_argument("--offset", type=_natural, default=0, help="skip this many first")
     s = sub.add_parser("snapshots", help="snapshots of a volume")

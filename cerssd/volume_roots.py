@@ -32,3 +32,11 @@ def volume_roots(server: ServerConfig,
 
 def _pool(volume: str) -> str:
     return volume.partition("/")[0]
+
+
+def within(roots: tuple[str, ...] | None, root: str) -> tuple[str, ...]:
+    """The part of ``roots`` (None: every pool) at or below ``root``: a listing narrowed
+    to one dataset's tree never reaches beyond what the daemon serves."""
+    if roots is None or any(root == r or root.startswith(r + "/") for r in roots):
+        return (root,)
+    return tuple(r for r in roots if r.startswith(root + "/"))

@@ -70,6 +70,11 @@ def test_volume_listing_is_paginated_and_restricted_to_served_pools(
     assert lab["roots"] == [rel_pool]
     assert [v["name"] for v in lab["items"]] == [rel_pool, f"{rel_pool}/data"]
     assert not any(other in v["name"] for v in lab["items"] + page["items"])
+    narrowed = req(d, "GET", f"/v1/volumes?root={served}/v3").body
+    assert [v["name"] for v in narrowed["items"]] == [f"{served}/v3"]
+    outside = req(d, "GET", f"/v1/volumes?root={other}").body  # not served: nothing
+    assert (outside["roots"], outside["total"]) == ([], 0)
+    assert_problem(req(d, "GET", "/v1/volumes?root=-o%20x"), 400, "pool name")
     assert_problem(req(d, "GET", "/v1/volumes?limit=5001"), 400, "at most 5000")
     assert_problem(req(d, "GET", "/v1/volumes?limit=0"), 400, "limit")
     assert_problem(req(d, "GET", "/v1/volumes?offset=-1"), 400, "offset")

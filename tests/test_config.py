@@ -61,7 +61,7 @@ def test_errors_name_the_key(data: dict, key: str) -> None:
 
 
 def test_pools_and_the_roots_a_server_lists() -> None:
-    from cerssd.volume_roots import volume_roots
+    from cerssd.volume_roots import volume_roots, within
 
     cfg = parse_config({
         "servers": {"local": {"kind": "local", "pools": ["tank/vms", "backup"]},
@@ -73,6 +73,10 @@ def test_pools_and_the_roots_a_server_lists() -> None:
     assert volume_roots(cfg.servers["local"], specs) == ("backup", "tank/vms")
     assert volume_roots(cfg.servers["b"], specs) == ("stby",)
     assert volume_roots(cfg.servers["c"], specs) is None  # nothing says: every pool
+    assert within(None, "x/y") == ("x/y",)
+    assert within(("backup", "tank/vms"), "tank") == ("tank/vms",)
+    assert within(("backup", "tank/vms"), "tank/vms/a") == ("tank/vms/a",)
+    assert within(("backup", "tank/vms"), "other") == ()
 
 
 def test_durations() -> None:

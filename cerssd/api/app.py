@@ -39,7 +39,7 @@ from ..replication.relationships import (
 )
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
-from ..volume_roots import volume_roots
+from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
 from . import backups, failover
 from .peercred import may_mutate, peer_credentials
@@ -90,6 +90,7 @@ ACTIVITY_QUERY = {
 MAX_VOLUME_PAGE = 5000
 VOLUMES_QUERY = {
     **SERVER_QUERY,
+    "root": Field(str, "only this dataset and those below it (within what is served)"),
     "limit": Field(int, f"page size (at most {MAX_VOLUME_PAGE})", default=100, minimum=1),
     "offset": Field(int, "volumes to skip", default=0, minimum=0),
 }
@@ -188,9 +189,12 @@ class ControlApi:
         backend = await self.ctx.servers.backend(q["server"])
         roots = volume_roots(self.ctx.servers.entry(q["server"]).config,
                              (rt.spec for rt in self.ctx.relationships.all()))
+        if q["root"] is not None:
+            roots = within(roots, validate_volume(q["root"]))
         page = await backend.volumes(roots, limit=q["limit"], offset=q["offset"])
         states = self.ctx.volume_states
-        return _json({"server": q["server"], "roots": list(roots) if roots else None,
+        return _json({"server": q["server"],
+                      "roots": list(roots) if roots is not None else None,
                       "items": [{**v.to_json(), "state": states.state_of(q["server"], v)}
                                 for v in page.items],
                       "total": page.total, "limit": q["limit"], "offset": q["offset"]})
