@@ -39,7 +39,7 @@ def test_tables_and_json(daemon: DaemonProcess) -> None:
     caps = ctl(daemon, "capabilities").stdout
     assert any(line.split() == ["incremental_send", "yes"] for line in caps.splitlines())
     assert any(line.split() == ["resumable_send", "no"] for line in caps.splitlines())
-    assert f"{pool}/vol" in ctl(daemon, "volumes").stdout
+    assert f"{pool}/vol" in ctl(daemon, "volumes", "--root", pool).stdout
 
     created = ctl(daemon, "snapshot", "create", f"{pool}/vol@first")
     assert created.returncode == 0, created.stderr
