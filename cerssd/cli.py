@@ -62,8 +62,9 @@ class Client:
     def __init__(self, socket_path: str) -> None:
         self.socket_path = socket_path
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        conn = UnixHTTPConnection(self.socket_path)
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                timeout: float = 30.0) -> Any:
+        conn = UnixHTTPConnection(self.socket_path, timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
@@ -122,8 +123,9 @@ class Output:
         else:
             render(data)
 
-    def table(self, columns: Sequence[str], rows: list[Sequence[Any]]) -> None:
-        table = Table(box=None, pad_edge=False, header_style="bold")
+    def table(self, columns: Sequence[str], rows: list[Sequence[Any]], *,
+              header: bool = True) -> None:
+        table = Table(box=None, pad_edge=False, header_style="bold", show_header=header)
         for column in columns:
             table.add_column(column, no_wrap=True)
         for row in rows:
@@ -201,17 +203,13 @@ def run(args: argparse.Namespace) -> int:
             ["capability", *d.keys()],
             [(c, *("yes" if d[s][c] else "no" for s in d)) for c in names]))
     elif cmd == "volumes":
-        data = client.request("GET", f"/v1/volumes?server={_q(args.server)}")
-        out.emit(data, lambda d: out.table(
-            ["name", "type", "state", "used", "referenced", "guid"],
-            [(v["name"], v["type"], v.get("state", "-"), _size(v["used"]),
-              _size(v["referenced"]), v["guid"]) for v in d["items"]]))
+        return volumes_command(client, out, args)
     elif cmd == "snapshots":
         data = client.request("GET",
                               f"/v1/volumes/{_q(args.volume)}/snapshots?server={_q(args.server)}")
         out.emit(data, lambda d: out.table(
             ["name", "guid", "created", "used", "holds"],
-            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), s["userrefs"])
+            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), _holds(s))
              for s in d["items"]]))
     elif cmd == "activities":
         query = urllib.parse.urlencode({k: v for k, v in (
@@ -274,6 +272,44 @@ def status_command(client: Client, out: Output) -> int:
     return 0
 
 
+#: Volumes per request when cerssctl pages through a whole listing (the API's maximum):
+#: on zfs-fuse every page lists all the names again, so pages are large.
+VOLUME_PAGE = 5000
+#: How long one page may take: a server's ``zfs list`` of thousands of datasets on a busy
+#: node can take longer than the socket's usual 30 s, and a listing is only a read.
+VOLUME_PAGE_TIMEOUT = 300.0
+
+
+def volumes_command(client: Client, out: Output, args: argparse.Namespace) -> int:
+    """The volumes page by page, each page's rows printed as it arrives; ``--limit`` and
+    ``--offset`` ask for one page. ``--json`` prints one document with every item."""
+    offset = args.offset
+    items: list[dict[str, Any]] = []
+    data: dict[str, Any] = {}
+    while True:
+        limit = VOLUME_PAGE if args.limit is None else min(args.limit, VOLUME_PAGE)
+        root = f"&root={_q(args.root)}" if args.root else ""
+        data = client.request("GET", f"/v1/volumes?server={_q(args.server)}&limit={limit}"
+                                     f"&offset={offset}{root}", timeout=VOLUME_PAGE_TIMEOUT)
+        if out.as_json:
+            items += data["items"]
+        else:
+            out.table(["name", "type", "state", "used", "referenced", "guid"],
+                      [(v["name"], v["type"], v.get("state", "-"), _size(v["used"]),
+                        _size(v["referenced"]), v["guid"]) for v in data["items"]],
+                      header=offset == args.offset)
+        offset += len(data["items"])
+        if args.limit is not None or not data["items"] or offset >= data["total"]:
+            break
+    if out.as_json:
+        out.emit({**data, "items": items, "offset": args.offset, "limit": args.limit})
+    else:
+        roots = ", ".join(data.get("roots") or []) or "every pool"
+        out.console.print(f"{offset - args.offset} of {data.get('total', 0)} volumes "
+                          f"({roots})")
+    return 0
+
+
 def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> int:
     volume, at, label = args.name.partition("@")
     if not at:
@@ -290,6 +326,26 @@ def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> i
     return wait_for(client, out, data)
 
 
+def _holds(snapshot: dict[str, Any]) -> str:
+    """A snapshot's hold count, and how many of them are not cerssd's."""
+    foreign = snapshot.get("foreign_holds") or 0
+    return f"{snapshot['userrefs']} ({foreign} not cerssd's)" if foreign \
+        else str(snapshot["userrefs"])
+
+
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cerssctl", description="Control a running cerssd.")
     p.add_argument("--socket", default=os.environ.get("CERSSD_SOCKET", DEFAULT_SOCKET),
@@ -304,8 +360,11 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("servers", help="configured servers")
     sub.add_parser("capabilities", help="capabilities per server")
     sub.add_parser("links", help="link health of remote servers")
-    v = sub.add_parser("volumes", help="volumes on a server")
+    v = sub.add_parser("volumes", help="volumes on a server (all of them, page by page)")
     v.add_argument("--server", default="local")
+    v.add_argument("--root", help="only this dataset and those below it")
+    v.add_argument("--limit", type=_positive, help="only this many (at most 5000)")
+    v.add_argument("--offset", type=_natural, default=0, help="skip this many first")
     s = sub.add_parser("snapshots", help="snapshots of a volume")
     s.add_argument("volume")
     s.add_argument("--server", default="local")

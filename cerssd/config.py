@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backends.names import InvalidName, validate_object_name
+from .backends.names import InvalidName, validate_object_name, validate_volume
 
 if TYPE_CHECKING:
     from .objectstore.config import StoreConfig
@@ -39,7 +39,7 @@ DAEMON_KEYS = {
 }
 SERVER_KEYS = {
     "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
-    "stateless", "cipher",
+    "stateless", "cipher", "pools",
 }
 
 
@@ -90,6 +90,9 @@ class ServerConfig:
     zfs_command: str = "zfs"
     stateless: bool = True
     cipher: str = "aes128-gcm@openssh.com"
+    #: The pools (or datasets) whose volumes this daemon serves on the server: what
+    #: ``GET /v1/volumes`` lists. Empty: those its relationships name (``volume_roots``).
+    pools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         known_hosts=_path(t, "known_hosts", prefix, None),
         zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
         cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
+        pools=_pools(t, prefix),
     )
     for word in ("host", "user", "zfs_command"):
         value = getattr(server, word)
@@ -266,6 +270,23 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
                 raise ConfigError(prefix + required,
                                   "is required for an ssh server (host keys are always checked)")
     return server
+
+
+def _pools(t: Mapping[str, Any], prefix: str) -> tuple[str, ...]:
+    value = t.get("pools")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ConfigError(prefix + "pools", 'must be a non-empty list of pool or dataset '
+                          'names, such as ["tank"]')
+    for name in value:
+        try:
+            validate_volume(name)
+        except InvalidName as exc:
+            raise ConfigError(prefix + "pools", str(exc)) from exc
+    if len(set(value)) != len(value):
+        raise ConfigError(prefix + "pools", "names a pool twice")
+    return tuple(value)
 
 
 def _table(data: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, Any]:

@@ -48,9 +48,41 @@ def test_status_servers_capabilities(daemon: DaemonProcess) -> None:
     assert caps["local"]["resumable_send"] is False
 
 
+def test_volume_listing_is_paginated_and_restricted_to_served_pools(
+        start_daemon: Any, make_pool: Any) -> None:
+    served, rel_pool, other = make_pool(), make_pool(), make_pool()
+    for i in range(5):
+        zfs("create", f"{served}/v{i}")
+    zfs("create", f"{rel_pool}/data")
+    zfs("create", f"{other}/hidden")
+    zfs("snapshot", "-r", f"{served}@s1")
+    d = start_daemon(extra=f'[servers.local]\nkind = "local"\npools = ["{served}"]\n'
+                           f'[servers.lab]\nkind = "local"\n'
+                           f'[relationships.r]\nvolume = "{rel_pool}/data"\nmaster = "lab"\n'
+                           f'slaves = [{{server = "local", target_volume = "{other}/copy"}}]\n'
+                           'interval = "1h"\n')
+    page = req(d, "GET", "/v1/volumes?limit=2&offset=1").body
+    assert page["total"] == 6 and page["roots"] == [served]
+    assert (page["limit"], page["offset"]) == (2, 1)
+    assert [v["name"] for v in page["items"]] == [f"{served}/v0", f"{served}/v1"]
+    assert all(v["state"] == "in-use" for v in page["items"])  # mounted and writable
+    lab = req(d, "GET", "/v1/volumes?server=lab").body  # no pools key: the relationship's
+    assert lab["roots"] == [rel_pool]
+    assert [v["name"] for v in lab["items"]] == [rel_pool, f"{rel_pool}/data"]
+    assert not any(other in v["name"] for v in lab["items"] + page["items"])
+    narrowed = req(d, "GET", f"/v1/volumes?root={served}/v3").body
+    assert [v["name"] for v in narrowed["items"]] == [f"{served}/v3"]
+    outside = req(d, "GET", f"/v1/volumes?root={other}").body  # not served: nothing
+    assert (outside["roots"], outside["total"]) == ([], 0)
+    assert_problem(req(d, "GET", "/v1/volumes?root=-o%20x"), 400, "pool name")
+    assert_problem(req(d, "GET", "/v1/volumes?limit=5001"), 400, "at most 5000")
+    assert_problem(req(d, "GET", "/v1/volumes?limit=0"), 400, "limit")
+    assert_problem(req(d, "GET", "/v1/volumes?offset=-1"), 400, "offset")
+
+
 def test_volumes_and_snapshot_lifecycle(daemon: DaemonProcess) -> None:
     pool = daemon.pool  # type: ignore[attr-defined]
-    names = [v["name"] for v in req(daemon, "GET", "/v1/volumes").body["items"]]
+    names = [v["name"] for v in req(daemon, "GET", f"/v1/volumes?root={pool}").body["items"]]
     assert f"{pool}/vol" in names
     created = req(daemon, "POST", f"/v1/volumes/{pool}/vol/snapshots", {"name": "s1"})
     assert created.status == 202 and created.body["kind"] == "snapshot"

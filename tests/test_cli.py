@@ -39,7 +39,7 @@ def test_tables_and_json(daemon: DaemonProcess) -> None:
     caps = ctl(daemon, "capabilities").stdout
     assert any(line.split() == ["incremental_send", "yes"] for line in caps.splitlines())
     assert any(line.split() == ["resumable_send", "no"] for line in caps.splitlines())
-    assert f"{pool}/vol" in ctl(daemon, "volumes").stdout
+    assert f"{pool}/vol" in ctl(daemon, "volumes", "--root", pool).stdout
 
     created = ctl(daemon, "snapshot", "create", f"{pool}/vol@first")
     assert created.returncode == 0, created.stderr
@@ -97,3 +97,19 @@ def test_replicate_and_control_verbs(daemon: DaemonProcess, make_pool: Any) -> N
     assert "succeeded" in waited.stdout and "state            succeeded" in waited.stdout
     assert zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/vol@s1").stdout == zfs(
         "get", "-Hp", "-o", "value", "guid", f"{pool}/vol@s1").stdout
+
+
+def test_volumes_pages_and_says_how_many(start_daemon: Any, pool: str) -> None:
+    for name in ("a", "b", "c"):
+        zfs("create", f"{pool}/{name}")
+    d = start_daemon(extra=f'[servers.local]\nkind = "local"\npools = ["{pool}"]\n')
+    everything = json.loads(ctl(d, "--json", "volumes").stdout)
+    assert [v["name"] for v in everything["items"]] == [pool, f"{pool}/a", f"{pool}/b",
+                                                         f"{pool}/c"]
+    assert everything["total"] == 4 and everything["roots"] == [pool]
+    one = ctl(d, "volumes", "--limit", "1", "--offset", "2")
+    assert one.returncode == 0, one.stderr
+    assert f"{pool}/b" in one.stdout and f"{pool}/a" not in one.stdout
+    assert one.stdout.strip().splitlines()[-1] == f"1 of 4 volumes ({pool})"
+    bad = ctl(d, "volumes", "--limit", "0")
+    assert bad.returncode == 2 and "at least 1" in bad.stderr

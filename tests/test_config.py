@@ -53,6 +53,11 @@ def test_defaults_without_servers_give_local() -> None:
     ({"servers": {"bad name": {"kind": "local"}}}, "servers.bad name"),
     ({"servers": {"b1": {"kind": "local", "cipher": "aes -o ProxyCommand=x"}}},
      "servers.b1.cipher"),
+    ({"servers": {"b1": {"kind": "local", "pools": "tank"}}}, "servers.b1.pools"),
+    ({"servers": {"b1": {"kind": "local", "pools": []}}}, "servers.b1.pools"),
+    ({"servers": {"b1": {"kind": "local", "pools": ["tank", "-o x"]}}}, "servers.b1.pools"),
+    ({"servers": {"b1": {"kind": "local", "pools": ["tank", "tank"]}}}, "servers.b1.pools"),
+    ({"servers": {"b1": {"kind": "local", "pools": [1]}}}, "servers.b1.pools"),
     ({"extra": 1}, "extra"),
 ])
 def test_errors_name_the_key(data: dict, key: str) -> None:
@@ -60,6 +65,25 @@ def test_errors_name_the_key(data: dict, key: str) -> None:
         parse_config(data)
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}: ")
+
+
+def test_pools_and_the_roots_a_server_lists() -> None:
+    from cerssd.volume_roots import volume_roots, within
+
+    cfg = parse_config({
+        "servers": {"local": {"kind": "local", "pools": ["tank/vms", "backup"]},
+                    "b": {"kind": "local"}, "c": {"kind": "local"}},
+        "relationships": {"r": {"volume": "tank/web", "slaves": [
+            {"server": "b", "target_volume": "stby/web"}], "interval": "1h"}}})
+    assert cfg.servers["local"].pools == ("tank/vms", "backup")
+    specs = list(cfg.relationships.values())
+    assert volume_roots(cfg.servers["local"], specs) == ("backup", "tank/vms")
+    assert volume_roots(cfg.servers["b"], specs) == ("stby",)
+    assert volume_roots(cfg.servers["c"], specs) is None  # nothing says: every pool
+    assert within(None, "x/y") == ("x/y",)
+    assert within(("backup", "tank/vms"), "tank") == ("tank/vms",)
+    assert within(("backup", "tank/vms"), "tank/vms/a") == ("tank/vms/a",)
+    assert within(("backup", "tank/vms"), "other") == ()
 
 
 def test_durations() -> None:

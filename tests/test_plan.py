@@ -11,6 +11,7 @@ from cerssd.replication.plan import (
     TargetDiverged,
     TargetExists,
     plan_replication,
+    without_intermediates,
 )
 
 
@@ -93,3 +94,17 @@ def test_snapshot_base_preferred_over_bookmark() -> None:
                           source_bookmarks=marks)
     assert p.base is not None and p2.base is not None
     assert p.base.name == p2.base.name == "p/v@s2"
+
+
+def test_without_intermediates_sends_a_chain_of_i_steps() -> None:
+    p = plan(target=[snap("q/v", "s1", "g1")], intermediates=True)
+    chained = without_intermediates(p, SRC)
+    assert chained.intermediates is False and [s.label for s in chained.chain] == ["s2"]
+    assert [(b.label if b else None, s.label) for b, s in chained.steps()] == \
+        [("s1", "s2"), ("s2", "s3")]
+    one = without_intermediates(plan(target=[snap("q/v", "s2", "g2")], intermediates=True),
+                                SRC)
+    assert one.chain == () and [(b.label if b else None, s.label) for b, s in one.steps()] \
+        == [("s2", "s3")]
+    full = plan(exists=False, intermediates=True)
+    assert without_intermediates(full, SRC) == full and full.steps() == [(None, SRC[2])]

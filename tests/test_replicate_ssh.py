@@ -59,7 +59,7 @@ def test_backend_operations_on_a_remote_server(daemon: DaemonProcess,
     servers = {s["name"]: s for s in daemon.api("GET", "/v1/servers")["items"]}
     assert servers["remote"]["available"] and servers["remote"]["zfs_version"] == "pool version 23"
     assert daemon.api("GET", "/v1/capabilities")["remote"]["incremental_send"] is True
-    vols = daemon.api("GET", "/v1/volumes?server=remote")["items"]
+    vols = daemon.api("GET", f"/v1/volumes?server=remote&root={src}")["items"]
     assert f"{src}/data" in {v["name"] for v in vols}
     created = post_json(daemon, f"/v1/volumes/{src}/data/snapshots",
                    {"name": "viassh", "server": "remote"})

@@ -240,7 +240,7 @@ def test_idle_state(kind: str, readonly: bool, mounted: bool, state: str) -> Non
 
 # -- through the daemon, on real zfs-fuse -----------------------------------------------
 def volume_state(d: DaemonProcess, server: str, volume: str) -> str:
-    items = d.api("GET", f"/v1/volumes?server={server}")["items"]
+    items = d.api("GET", f"/v1/volumes?server={server}&root={volume}")["items"]
     states = {v["name"]: v["state"] for v in items}
     return states[volume]
 
@@ -324,7 +324,7 @@ def test_stateful_second_action_gets_409_naming_the_first_until_it_ends(
     assert first.body["params"][PARAM] == {
         "state": "replicating", "volumes": [["lab", f"{src}/data"], ["lab", f"{dst}/a"]]}
     assert volume_state(d, "lab", f"{src}/data") == REPLICATING
-    table = ctl(d, "volumes", "--server", "lab").stdout
+    table = ctl(d, "volumes", "--server", "lab", "--root", src).stdout
     assert re.search(rf"^\W*{src}/data\W+filesystem\W+replicating\W", table, re.M), table
     # The same zfs seen through the stateless server: its state is not touched.
     assert volume_state(d, "local", f"{src}/data") == IN_USE

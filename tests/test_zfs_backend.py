@@ -78,13 +78,40 @@ async def test_volumes_and_snapshots_listing(backend: ZfsBackend, pool: str) -> 
     zfs("create", f"{pool}/a")
     for label in ("one", "two", "a-late", "0-later"):  # same second; names out of order
         zfs("snapshot", f"{pool}/a@{label}")
-    vols = {v.name: v for v in await backend.volumes()}
+    vols = {v.name: v for v in (await backend.volumes([pool])).items}
     assert {f"{pool}", f"{pool}/a"} <= set(vols)
     assert vols[f"{pool}/a"].type == "filesystem" and vols[f"{pool}/a"].guid.isdigit()
     snaps = await backend.snapshots(f"{pool}/a")
     assert [s.label for s in snaps] == ["one", "two", "a-late", "0-later"]
     guid = zfs("get", "-Hp", "-o", "value", "guid", f"{pool}/a@one").stdout.strip()
     assert snaps[0].guid == guid and snaps[0].creation > 1_600_000_000
+
+
+async def test_volume_listing_pages_roots_and_states(backend: ZfsBackend, pool: str,
+                                                    make_pool: Any) -> None:
+    other = make_pool()
+    zfs("create", f"{other}/not-listed")
+    zfs("create", f"{pool}/a")
+    zfs("create", f"{pool}/a/ro")
+    await backend.set_readonly(f"{pool}/a/ro")  # in force (zfs-fuse remounts it)
+    zfs("create", "-o", "canmount=off", f"{pool}/b")
+    for label in ("s1", "s2"):
+        zfs("snapshot", "-r", f"{pool}@{label}")
+    everything = await backend.volumes([pool, f"{pool}/a", "nosuchpool"])
+    names = [v.name for v in everything.items]
+    assert names == [pool, f"{pool}/a", f"{pool}/a/ro", f"{pool}/b"] and everything.total == 4
+    assert not any(n.startswith(other) or "@" in n for n in names)
+    by_name = {v.name: v for v in everything.items}
+    assert by_name[f"{pool}/a"].mounted and not by_name[f"{pool}/a"].readonly
+    assert by_name[f"{pool}/a/ro"].readonly and not by_name[f"{pool}/b"].mounted
+    guid = zfs("get", "-Hp", "-o", "value", "guid", f"{pool}/b").stdout.strip()
+    assert by_name[f"{pool}/b"].guid == guid
+    page = await backend.volumes([pool], limit=2, offset=1)
+    assert [v.name for v in page.items] == names[1:3] and page.total == 4
+    past = await backend.volumes([pool], limit=2, offset=10)
+    assert past.items == () and past.total == 4
+    assert (await backend.volumes([])).total == 0
+    assert f"{other}/not-listed" in {v.name for v in (await backend.volumes()).items}
 
 
 async def test_create_and_destroy_snapshot(backend: ZfsBackend, pool: str) -> None:

@@ -37,6 +37,7 @@ from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores, UnknownStore
+from ..replication.holds import holds_of
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
 from ..replication.relationships import (
@@ -46,6 +47,7 @@ from ..replication.relationships import (
 )
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
 from . import backups, failover
 from . import models as m
@@ -146,18 +148,28 @@ class ControlApi:
     async def volumes(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, m.VolumesQuery)
         backend = await self.ctx.servers.backend(q.server)
+        roots = volume_roots(self.ctx.servers.entry(q.server).config,
+                             (rt.spec for rt in self.ctx.relationships.all()))
+        if q.root is not None:
+            roots = within(roots, q.root)
+        page = await backend.volumes(roots, limit=q.limit, offset=q.offset)
         states = self.ctx.volume_states
         return _json({"server": q.server,
+                      "roots": list(roots) if roots is not None else None,
                       "items": [{**v.to_json(), "state": states.state_of(q.server, v)}
-                                for v in await backend.volumes()]})
+                                for v in page.items],
+                      "total": page.total, "limit": q.limit, "offset": q.offset})
 
     async def snapshots(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, m.ServerQuery)
         volume = validate_volume(request.match_info["volume"])
         backend = await self.ctx.servers.backend(q.server)
         items = await backend.snapshots(volume)
+        servers = list(self.ctx.servers.entries)
         return _json({"server": q.server, "volume": volume,
-                      "items": [s.to_json() for s in items]})
+                      "items": [{**s.to_json(),
+                                 **(await holds_of(backend, s, servers)).to_json()}
+                                for s in items]})
 
     async def create_snapshot(self, request: web.Request) -> web.Response:
         volume = validate_volume(request.match_info["volume"])
@@ -307,11 +319,15 @@ ROUTES: list[Route] = [
           "Link health per remote server: up, lost (since, last error) or retrying",
           returns=m.Links),
     Route("GET", "/v1/volumes", _A.volumes,
-          "Volumes on a server, each with its state: available, in-use, or busy "
-          "(backing-up, replicating, restoring, failing-over) on a stateful server",
+          "Volumes the daemon serves on a server (its pools key, else the pools its "
+          "relationships name, else every pool: roots), paginated with a total, each with "
+          "its state: available, in-use, or busy (backing-up, replicating, restoring, "
+          "failing-over) on a stateful server",
           query=m.VolumesQuery, returns=m.Volumes, responses={404: "unknown server"}),
     Route("GET", f"/v1/volumes/{VOL}/snapshots", _A.snapshots,
-          "Snapshots of a volume, oldest first, with guid and creation", query=m.ServerQuery,
+          "Snapshots of a volume, oldest first, with guid and creation, and who holds "
+          "each: cerssd_holds (cerssd's tags) and foreign_holds (holds that are not "
+          "cerssd's, which retention cannot get past)", query=m.ServerQuery,
           returns=m.Snapshots, responses={404: "unknown volume or server"}),
     Route("POST", f"/v1/volumes/{VOL}/snapshots", _A.create_snapshot,
           "Create a snapshot (an activity)", mutating=True, body=m.SnapshotCreate,

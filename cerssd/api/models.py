@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from msgspec import Meta, Struct
 
 from ..activity import LinkHealth, State, Status, Usage
-from ..backends.base import Capabilities, Snapshot
+from ..backends.base import Capabilities
 from ..backends.names import (
     LABEL_PATTERN,
     MAX_LABEL_LENGTH,
@@ -85,6 +85,8 @@ Positive = Annotated[int, Meta(ge=1)]
 #: The largest page one request may ask for: history lives in the journal and is read a
 #: page at a time, so a page is always a small answer.
 MAX_PAGE = 1000
+#: The largest page of a volume listing (cerssctl volumes pages through all of them).
+MAX_VOLUME_PAGE = 5000
 
 
 
@@ -191,9 +193,11 @@ class ServerQuery(Query):
 
 
 class VolumesQuery(ServerQuery):
-    pool: Annotated[VolumeName | None, doc("only volumes of this pool")] = None
-    limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_PAGE)], doc("page size")] = 1000
-    offset: Annotated[NonNegative, doc("items to skip")] = 0
+    root: Annotated[VolumeName | None, doc("only this dataset and those below it (within "
+        "what is served)")] = None
+    limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_VOLUME_PAGE)],
+                     doc(f"page size (at most {MAX_VOLUME_PAGE})")] = 100
+    offset: Annotated[NonNegative, doc("volumes to skip")] = 0
 
 
 class ActivitiesQuery(Query):
@@ -335,13 +339,35 @@ class Volume(Reply):
 
 class Volumes(Reply):
     server: str
+    roots: Annotated[list[str] | None, doc("the datasets listed with all below them: the "
+        "server's pools key, else the pools its relationships name; null: every pool")]
     items: list[Volume]
+    total: Annotated[int, doc("volumes in all, across pages")]
+    limit: int
+    offset: int
+
+
+class ListedSnapshot(Reply):
+    """A snapshot in a listing: the backend's facts and who holds it."""
+
+    name: str
+    volume: str
+    label: str
+    guid: str
+    creation: int
+    used: int
+    referenced: int
+    userrefs: int
+    createtxg: int
+    cerssd_holds: Annotated[list[str], doc("cerssd's hold tags on it (replication bases)")]
+    foreign_holds: Annotated[int, doc("holds that are not cerssd's: retention cannot get "
+        "past them")]
 
 
 class Snapshots(Reply):
     server: str
     volume: str
-    items: list[Snapshot]
+    items: list[ListedSnapshot]
 
 
 class ReplicationAccepted(Activity):

@@ -6,6 +6,7 @@ busy-state locking); backends never special-case their callers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -31,6 +32,10 @@ class Capabilities:
     typed_get: bool = False
     zvols: bool = False
     encryption: bool = False
+    #: A ``zfs send -I`` killed mid-stream leaves no hold behind: its temporary holds die
+    #: with the process (OpenZFS ties them to its /dev/zfs descriptor). zfs-fuse's stay
+    #: for ever, so there a range of snapshots is sent as a chain of ``-i`` steps.
+    safe_send_holds: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)
@@ -54,6 +59,14 @@ class Volume:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumePage:
+    """One page of a volume listing: ``items`` from ``offset`` on, of ``total`` in all."""
+
+    items: tuple[Volume, ...]
+    total: int
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,8 @@ class Backend(Protocol):
 
     async def pools(self) -> list[str]: ...
 
-    async def volumes(self) -> list[Volume]: ...
+    async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> VolumePage: ...
 
     async def snapshots(self, volume: str) -> list[Snapshot]: ...
 

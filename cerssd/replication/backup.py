@@ -117,7 +117,10 @@ async def plan_backup(src: ZfsBackend, store: ObjectStore, req: BackupRequest) -
     snap = pick_snapshot(source, req)
     guids = await catalog.backed_up_guids(store, snap.volume)
     base = None if req.force_full else catalog.newest_backed_up(guids, source, snap.guid)
-    return BackupPlan(snap, base, req.intermediates, done=snap.guid in guids)
+    # Where a killed ``send -I`` pins its range for ever (zfs-fuse), a backup sends ``-i``:
+    # the store gets the snapshot, not the ones between (a restore of it is the same).
+    intermediates = req.intermediates and src.capabilities.safe_send_holds
+    return BackupPlan(snap, base, intermediates, done=snap.guid in guids)
 
 
 class BackupWork:
@@ -187,7 +190,7 @@ class BackupWork:
         snap, base = plan.snapshot, plan.base
         base_name = base.name if base else None
         exact = await src.size_estimate(snap.name, base_name,
-                                        intermediates=self.req.intermediates)
+                                        intermediates=plan.intermediates)
         size = exact if exact is not None else estimate_stream(snap, base)
         ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
         ctx.counters.done = 0
@@ -203,7 +206,8 @@ class BackupWork:
             extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None)
         if group is None:
             self.upload.on_sent = ctx.counters.sent
-            raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload)
+            raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload,
+                                                  plan.intermediates)
         else:  # the fan-out counts the bytes it hands over, as read and as sent
             raw_size, result = await self._shared(ctx, group, self.upload)
             ctx.remember(fanout="shared")
@@ -323,7 +327,8 @@ class BackupWork:
             ctx.remember(guid=snap.guid)
 
     async def _stream(self, ctx: ActivityContext, src: ZfsBackend, snapshot: str,
-                      base: str | None, writer: SegmentedUpload) -> tuple[int, UploadResult]:
+                      base: str | None, writer: SegmentedUpload,
+                      intermediates: bool) -> tuple[int, UploadResult]:
         """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
         cfg = self.store.config
         compress = compressor_argv(cfg.compression, cfg.compression_level)
@@ -334,7 +339,7 @@ class BackupWork:
         try:
             send_r, send_w = fds.pipe()
             send = await src.runner.spawn(
-                src.send_argv(snapshot, base, intermediates=self.req.intermediates),
+                src.send_argv(snapshot, base, intermediates=intermediates),
                 stdin=None, stdout=send_w)
             procs.append(send)
             fds.close(send_w)

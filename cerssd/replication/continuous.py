@@ -247,8 +247,8 @@ class RelationshipWork(RelationshipFlow):
             flags = await stream_flags(master, dst, plan.snapshot.volume)
         except (ReplicationConflict, BackendError, SshError):
             return None  # its transfer plans (and reports) on its own
-        if plan.mode == "up-to-date" or plan.overwrite:
-            return None
+        if plan.mode == "up-to-date" or plan.overwrite or plan.chain:
+            return None  # a chain of -i steps is several streams: each slave sends its own
         key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
                         plan.intermediates)
         return key, plan.base.name if plan.base else None

@@ -9,7 +9,7 @@ situation that would need destruction on the target becomes a typed conflict.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..backends.base import Snapshot
 
@@ -54,10 +54,36 @@ class Plan:
     target_volume: str
     intermediates: bool = False
     overwrite: bool = False
+    #: The snapshots between ``base`` and ``snapshot`` sent as a chain of ``-i`` steps
+    #: (base -> chain[0] -> ... -> snapshot) instead of one ``-I`` stream, on a source
+    #: whose ``-I`` leaves snapshots held when it is killed (``without_intermediates``).
+    chain: tuple[Snapshot, ...] = ()
 
     @property
     def target_snapshot(self) -> str:
         return f"{self.target_volume}@{self.snapshot.label}"
+
+    def steps(self) -> list[tuple[Snapshot | None, Snapshot]]:
+        """(base, snapshot) of each stream the plan sends, in order."""
+        ends = [*self.chain, self.snapshot]
+        return list(zip([self.base, *self.chain], ends, strict=True))
+
+
+def without_intermediates(plan: Plan, source_snapshots: Sequence[Snapshot]) -> Plan:
+    """``plan`` with its ``-I`` stream replaced by ``-i`` steps through each intermediate.
+
+    zfs-fuse's ``send -I`` takes temporary holds on both ends of the range and releases
+    them only when it finishes: a sender killed mid-stream (the daemon killed) leaves
+    them for ever, under a tag that is not cerssd's, and retention can never destroy
+    those snapshots. Its ``send -i`` takes none. The target gets the same snapshots.
+    """
+    if not plan.intermediates or plan.base is None:
+        return plan
+    guids = [s.guid for s in source_snapshots]
+    if plan.base.guid not in guids or plan.snapshot.guid not in guids:
+        return replace(plan, intermediates=False)
+    start, end = guids.index(plan.base.guid), guids.index(plan.snapshot.guid)
+    return replace(plan, intermediates=False, chain=tuple(source_snapshots[start + 1:end]))
 
 
 def plan_replication(

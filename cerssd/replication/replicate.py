@@ -40,7 +40,15 @@ from ..links import Links
 from ..servers import ServerRegistry, ServerUnavailable
 from .fanout import FanoutGroup, FanoutMissed, SplitOff
 from .groups import FanoutGroups, StreamKey
-from .plan import Plan, ReplicationConflict, TargetDiverged, TargetPoolMissing, plan_replication
+from .holds import hold_tag
+from .plan import (
+    Plan,
+    ReplicationConflict,
+    TargetDiverged,
+    TargetPoolMissing,
+    plan_replication,
+    without_intermediates,
+)
 from .transfer import Endpoint, TransferFailed, TransferStalled, transfer
 
 KIND = "replicate"
@@ -134,7 +142,7 @@ class ReplicationRequest:
     @property
     def hold_tag(self) -> str:
         """Per-destination hold keeping the common base alive on both sides."""
-        return f"cerssd:{self.destination}"
+        return hold_tag(self.destination)
 
     @property
     def staging_volume(self) -> str:
@@ -159,12 +167,15 @@ async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -
     exists = await dst.exists(req.target_volume)
     target_snaps = await dst.snapshots(req.target_volume) if exists else []
     bookmarks = await src.bookmarks(snap.volume) if source_snaps else []
-    return plan_replication(
+    plan = plan_replication(
         snapshot_name=req.snapshot, source_snapshots=source_snaps,
         target_volume=req.target_volume, target_exists=exists,
         target_snapshots=target_snaps, force_full_copy=req.force_full_copy,
         intermediates=req.intermediates, overwrite=req.overwrite,
         source_bookmarks=bookmarks)
+    if not src.capabilities.safe_send_holds:
+        plan = without_intermediates(plan, source_snaps)
+    return plan
 
 
 async def stream_flags(src: ZfsBackend, dst: ZfsBackend, volume: str) -> str:
@@ -305,21 +316,30 @@ class ReplicateWork:
             plan = replace(plan, overwrite=receive_into == self.req.staging_volume)
         flags = await stream_flags(src, dst, plan.snapshot.volume)
         base = plan.base.name if plan.base else None
-        sender = Endpoint(src.runner, src.send_argv(
-            plan.snapshot.name, base, intermediates=plan.intermediates, resume_token=token,
-            flags=flags))
-        receiver = Endpoint(dst.runner, dst.receive_argv(
-            receive_into, resumable=dst.capabilities.resumable_send))
-        exact = await src.size_estimate(
-            plan.snapshot.name, base, intermediates=plan.intermediates, resume_token=token,
-            flags=flags)
+        steps = [(b.name if b else None, snap.name) for b, snap in plan.steps()]
+        if token is not None:
+            steps = [(base, plan.snapshot.name)]
+        sizes = [await src.size_estimate(snap, b, intermediates=plan.intermediates,
+                                         resume_token=token, flags=flags)
+                 for b, snap in steps]
+        exact = None if None in sizes else sum(s or 0 for s in sizes)
         ctx.set_progress(0, exact if exact is not None else estimate(plan),
                          estimated=exact is None)
         ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
-                     base=base, snapshot=plan.snapshot.name, size=exact, flags=flags)
+                     base=base, snapshot=plan.snapshot.name, size=exact, flags=flags,
+                     steps=len(steps))
         ctx.counters.done = 0
         started = time.monotonic()
-        moved = await self._transfer(ctx, sender, receiver, self._member_of(plan, flags, token))
+        moved = 0
+        for step_base, step_snapshot in steps:
+            # One stream per step, each into its own receive: a receive reads one stream.
+            sender = Endpoint(src.runner, src.send_argv(
+                step_snapshot, step_base, intermediates=plan.intermediates,
+                resume_token=token, flags=flags))
+            receiver = Endpoint(dst.runner, dst.receive_argv(
+                receive_into, resumable=dst.capabilities.resumable_send))
+            group = self._member_of(plan, flags, token) if len(steps) == 1 else None
+            moved += await self._transfer(ctx, sender, receiver, group)
         seconds = time.monotonic() - started
         ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
                      mb_per_second=round(moved / seconds / 1e6, 1) if seconds else None)
@@ -372,7 +392,7 @@ class ReplicateWork:
             return None
         wanted = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
                            plan.intermediates)
-        if token is not None or plan.overwrite or entry.key != wanted:
+        if token is not None or plan.overwrite or plan.chain or entry.key != wanted:
             self._leave_group()
             return None
         return entry.group
