@@ -6,6 +6,11 @@ server (the default) a backup and two replications of one volume run at the same
 and the volume's state never turns busy; on a server configured ``stateless = false``
 the first replication holds the volume (``replicating``), a second action gets 409
 naming it, also across a daemon restart, and succeeds once the first has ended.
+
+The replications those tests look at are suspended mid-stream once they move bytes, so
+they stay alive (and holding) for as long as the checks take, whatever the machine's
+load: a volume's state is listed by one host-wide ``zfs get``, which a busy zfs-fuse can
+take longer to answer than a bandwidth-limited replication takes to end.
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ from cerssd.volume_states import (
     restore_holds,
 )
 
-from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
+from .conftest import (
+    SLOW,
+    DaemonProcess,
+    post_json,
+    raw_request,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .conftest import replicate as replicate_between
 from .seaweed import WeedServer
 from .test_backups import store_section
@@ -240,8 +253,11 @@ def test_idle_state(kind: str, readonly: bool, mounted: bool, state: str) -> Non
 
 # -- through the daemon, on real zfs-fuse -----------------------------------------------
 def volume_state(d: DaemonProcess, server: str, volume: str) -> str:
-    items = d.api("GET", f"/v1/volumes?server={server}")["items"]
-    states = {v["name"]: v["state"] for v in items}
+    """The volume's state as listed; the listing is one host-wide ``zfs get``, which a
+    zfs-fuse busy with other work can take longer than cerssctl's 30 s to answer."""
+    r = raw_request(d.socket_path, "GET", f"/v1/volumes?server={server}", timeout=SLOW)
+    assert r.status == 200, r.body
+    states = {v["name"]: v["state"] for v in r.body["items"]}
     return states[volume]
 
 
@@ -250,9 +266,29 @@ def activity(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
     return result
 
 
-def moving(d: DaemonProcess, activity_id: str) -> bool:
+def moving(a: dict[str, Any]) -> bool:
+    return bool(a["state"] == "running" and a["usage"]["bytes_read"] > 0)
+
+
+def suspend_mid_stream(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
+    """Once the replication moves bytes, suspend it: it then stays alive, mid-stream and
+    (on a stateful server) holding its volumes for as long as a test needs, however slow
+    the machine, instead of for the ~12 s its bandwidth limit would give it."""
+    d.wait_activity(activity_id, moving, timeout=SLOW, what="the replication moving bytes")
+    assert d.api("POST", f"/v1/activities/{activity_id}/suspend")["state"] == "suspended"
+    return mid_stream(d, activity_id)
+
+
+def mid_stream(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
     a = activity(d, activity_id)
-    return a["state"] == "running" and a["usage"]["bytes_read"] > 0
+    assert a["state"] == "suspended", a
+    assert 0 < a["progress"]["done"] < a["progress"]["total"], a["progress"]
+    return a
+
+
+def succeeded(d: DaemonProcess, activity_id: str) -> None:
+    done = d.wait_done(activity_id)
+    assert done["state"] == "succeeded", done["status"]
 
 
 @pytest.fixture
@@ -278,7 +314,9 @@ def test_stateless_backup_and_two_replications_of_one_volume_run_at_once(
         return next(iter(seen))
 
     assert state() == IN_USE
-    # 1 MiB/s over 12 MiB: both replications run for ~12 s, the backup starts inside that.
+    # Two replications of one volume, each suspended mid-stream once it moves bytes: both
+    # are alive (their sends blocked, not ended) for as long as the backup takes, so the
+    # three overlap by construction, not by a race against the bandwidth limit.
     ids = []
     for target in ("a", "b"):
         r = replicate_between(d, f"{src}/data@s1", "local", "local", f"{dst}/{target}",
@@ -286,20 +324,20 @@ def test_stateless_backup_and_two_replications_of_one_volume_run_at_once(
         assert r.status == 202, r.body
         assert PARAM not in r.body["params"]
         ids.append(r.body["id"])
-    wait_until(lambda: state() and all(moving(d, i) for i in ids), 30,
-               what="both replications moving bytes")
+        suspend_mid_stream(d, ids[-1])
+    assert state() == IN_USE
     b = post_json(d, "/v1/backups", {"snapshot": f"{src}/data@s1"})
-    assert b.status == 202, b.body
-    done = d.wait_activity(b.body["id"], lambda a: bool(state()) and a["state"] in (
-        "succeeded", "failed", "cancelled"), what="the backup to finish")
-    assert done["state"] == "succeeded", done["status"]
-    # The backup began and ended while both replications were running: all three overlapped.
-    assert all(activity(d, i)["state"] == "running" for i in ids), \
-        [activity(d, i)["state"] for i in ids]
+    assert b.status == 202, b.body  # not refused: the server has stateless_snapshots
+    assert state() == IN_USE
+    succeeded(d, b.body["id"])
+    # The backup began and ended while both replications were mid-stream.
     for i in ids:
-        finished = d.wait_activity(i, lambda a: bool(state()) and a["state"] in (
-            "succeeded", "failed", "cancelled"), what="a replication to finish")
-        assert finished["state"] == "succeeded", finished["status"]
+        mid_stream(d, i)
+    assert state() == IN_USE
+    for i in ids:
+        assert d.api("POST", f"/v1/activities/{i}/resume")["state"] == "running"
+    for i in ids:
+        succeeded(d, i)
     assert state() and seen == {IN_USE}, seen  # never a busy state, before, during, after
     for target in ("a", "b"):
         assert zfs("get", "-H", "-o", "value", "guid", f"{dst}/{target}@s1").stdout == \
@@ -323,8 +361,13 @@ def test_stateful_second_action_gets_409_naming_the_first_until_it_ends(
     first_id = first.body["id"]
     assert first.body["params"][PARAM] == {
         "state": "replicating", "volumes": [["lab", f"{src}/data"], ["lab", f"{dst}/a"]]}
+    # Suspended mid-stream, it holds the volume until the test resumes it: the checks
+    # below cannot race its end, however long a busy machine takes to answer them.
+    suspend_mid_stream(d, first_id)
     assert volume_state(d, "lab", f"{src}/data") == REPLICATING
-    table = ctl(d, "volumes", "--server", "lab").stdout
+    listed = ctl(d, "volumes", "--server", "lab")
+    assert listed.returncode == 0, listed.stderr
+    table = listed.stdout
     assert re.search(rf"^\W*{src}/data\W+filesystem\W+replicating\W", table, re.M), table
     # The same zfs seen through the stateless server: its state is not touched.
     assert volume_state(d, "local", f"{src}/data") == IN_USE
@@ -344,24 +387,25 @@ def test_stateful_second_action_gets_409_naming_the_first_until_it_ends(
     # Not a conflict on the stateless server, though it is the very same dataset.
     ok = replicate_between(d, f"{src}/data@s1", "local", "local", f"{dst}/c")
     assert ok.status == 202, ok.body
-    assert d.wait_done(ok.body["id"])["state"] == "succeeded"
+    succeeded(d, ok.body["id"])
 
-    # A daemon restart while held: the self-restarting replication comes back holding.
-    wait_until(lambda: moving(d, first_id), 30, what="the first replication moving bytes")
+    # A daemon restart while held: the self-restarting replication comes back holding
+    # (and suspended, as it was when the daemon stopped).
+    mid_stream(d, first_id)
     assert d.stop() == 0
     d = start_daemon(config_path=d.config_path)
-    back = activity(d, first_id)
-    assert back["restarts"] == 1 and back["state"] in ("pending", "running"), back
+    back = mid_stream(d, first_id)
+    assert back["restarts"] == 1, back
     assert volume_state(d, "lab", f"{src}/data") == REPLICATING
     refused(second())
     assert "volume holds restored" in d.log()
 
-    done = d.wait_done(first_id)
-    assert done["state"] == "succeeded", done["status"]
+    assert d.api("POST", f"/v1/activities/{first_id}/resume")["state"] == "running"
+    succeeded(d, first_id)
     assert volume_state(d, "lab", f"{src}/data") == IN_USE
     again = second()
     assert again.status == 202, again.body
-    assert d.wait_done(again.body["id"])["state"] == "succeeded"
+    succeeded(d, again.body["id"])
     # The new replica is released too; read-only (as replicas are left), so available.
     readonly = zfs("get", "-H", "-o", "value", "readonly", f"{dst}/b").stdout.strip()
     assert volume_state(d, "lab", f"{dst}/b") == (AVAILABLE if readonly == "on" else IN_USE)
@@ -391,12 +435,12 @@ def test_stateful_master_serves_its_slaves_one_transfer_at_a_time(
         ok = len(ts) == n and all(t["state"] == "succeeded" for t in ts)
         return ts if ok else None
 
-    first = wait_until(lambda: cycle_done(1), 60, what="the first cycle's one transfer")
+    first = wait_until(lambda: cycle_done(1), SLOW, what="the first cycle's one transfer")
     assert "skipped this round: volume held on a stateful server" in d.log()
     for n in (2, 3):
         r = raw_request(d.socket_path, "POST", "/v1/relationships/web/sync-now")
         assert r.status == 202, r.body
-        wait_until(lambda n=n: cycle_done(n), 60, what=f"cycle {n}'s one transfer")
+        wait_until(lambda n=n: cycle_done(n), SLOW, what=f"cycle {n}'s one transfer")
     ts = transfers()
     # One slave per cycle, taking turns; never two transfers from the master at once.
     served = [t["params"]["destination"] for t in ts]
