@@ -213,6 +213,34 @@ async def test_holds_come_back_with_the_activities_after_a_restart(tmp_path: Pat
     engine2.journal.close()
 
 
+async def test_holds_are_in_the_activitys_first_journal_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No journaled version of a holding activity lacks its holds: a daemon killed right
+    after the submit (before any later write) restarts the activity still holding."""
+    engine, _ = _engine(tmp_path)
+    states = VolumeStates(engine, FakeServers({"lvm": False, "zfs": True}))  # type: ignore[arg-type]
+    written: list[ActivityRecord] = []
+    save = engine.journal.save
+    monkeypatch.setattr(engine.journal, "save", lambda r: (written.append(r), save(r))[1])
+    held = states.submit_holding(holds=[("lvm", "p/v"), ("zfs", "q/v")], busy=REPLICATING,
+                                 submit=_submit(engine))
+    free = states.submit_holding(holds=[("zfs", "p/v")], busy=REPLICATING,
+                                 submit=_submit(engine))
+    versions = [r.params for r in written if r.id == held.id]
+    assert versions and all(p[PARAM] == {"state": "replicating", "volumes": [["lvm", "p/v"]]}
+                            for p in versions), versions
+    assert held.params[PARAM] == versions[0][PARAM]
+    assert all(PARAM not in r.params for r in written if r.id == free.id)
+    # What a daemon starting on the journal as it is now finds.
+    engine2, _ = _engine(tmp_path)
+    engine2.recover()
+    states2 = VolumeStates(engine2, FakeServers({"lvm": False}))  # type: ignore[arg-type]
+    assert states2.rebuild(engine2.activities()) == 1
+    assert states2.holder("lvm", "p/v").activity_id == held.id  # type: ignore[union-attr]
+    await engine2.shutdown(5)
+    await engine.shutdown(5)
+
+
 async def test_a_cycle_admits_one_start_per_stateful_volume_fairly(world: Any) -> None:
     engine, states, _ = world
     spec: Any = SimpleNamespace(volume="p/v", master="lvm", slaves=(
