@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -263,6 +263,8 @@ class ActivityEngine:
         self._closed = False
         # Activities restarted from the journal that were suspended when the daemon stopped.
         self._pending_suspend: set[str] = set()
+        #: Params ``submitting`` adds to what is submitted inside its block.
+        self._submit_params: dict[str, Any] = {}
 
     # -- registration -------------------------------------------------------------
     def register(self, kind: str, factory: WorkFactory) -> None:
@@ -350,9 +352,22 @@ class ActivityEngine:
             raise ValueError(f"no work registered for activity kind {kind!r}")
         record = ActivityRecord(
             id=uuid.uuid4().hex[:16], kind=kind, volume=volume, source=source, target=target,
-            created_at=time.time(), params=params or {}, self_restarting=self_restarting,
-            progress=progress or Progress())
+            created_at=time.time(), params={**(params or {}), **self._submit_params},
+            self_restarting=self_restarting, progress=progress or Progress())
         return self._start(record).snapshot()
+
+    @contextlib.contextmanager
+    def submitting(self, **params: Any) -> Iterator[None]:
+        """Add ``params`` to the activities submitted inside the block (synchronous code:
+        nothing else submits meanwhile). A caller that decides facts about an activity
+        before its flow builds it (the volumes it holds) gets them into the record's
+        first journal write: a daemon killed right after the submit still finds them,
+        which a ``remember`` just after could miss."""
+        saved, self._submit_params = self._submit_params, {**self._submit_params, **params}
+        try:
+            yield
+        finally:
+            self._submit_params = saved
 
     def _start(self, record: ActivityRecord) -> Activity:
         activity = Activity(record)

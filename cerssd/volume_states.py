@@ -18,12 +18,13 @@ writable zvol; a client could be writing to it right now. Anything else (read-on
 a replica or a fenced old master, or unmounted) is ``available``. Both facts come from the
 one ``zfs get`` that lists the volumes, so a state costs no extra command.
 
-Holds live in memory keyed by (server, volume). They are also written into the holding
-activity's params (``volume_holds``), so a daemon restart rebuilds them from the
-activities the engine recovered (a self-restarting replication comes back still holding
-its volumes); an engine listener releases them when the activity reaches a terminal
-state. Check, submit and hold run as one synchronous step, with no ``await`` between
-them, so two requests on the event loop cannot both pass the check.
+Holds live in memory keyed by (server, volume). They are also in the holding activity's
+params (``volume_holds``) from its first journal write on, so a daemon restart, even
+after a kill -9 right after the submit, rebuilds them from the activities the engine
+recovered (a self-restarting replication comes back still holding its volumes); an
+engine listener releases them when the activity reaches a terminal state. Check, submit
+and hold run as one synchronous step, with no ``await`` between them, so two requests on
+the event loop cannot both pass the check.
 """
 
 from __future__ import annotations
@@ -153,13 +154,13 @@ class VolumeStates:
         if busy not in BUSY_STATES:
             raise ValueError(f"{busy!r} is not a busy state")
         keys = self._free(holds, busy, frozenset(preempt))
-        record = submit()
         if not keys:
-            return record
+            return submit()
+        held = {"state": busy, "volumes": [list(k) for k in keys]}
+        with self._engine.submitting(**{PARAM: held}):  # journaled with the record
+            record = submit()
         self._take(record.id, record.kind, busy, keys)
-        self._engine.remember(record.id, **{PARAM: {
-            "state": busy, "volumes": [list(k) for k in keys]}})
-        return self._engine.get(record.id).snapshot()
+        return record
 
     def try_submit(self, holds: Iterable[VolumeKey], busy: str,
                    submit: Callable[[], ActivityRecord], logger: Any = log,

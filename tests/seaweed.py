@@ -162,7 +162,7 @@ class WeedServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def start(self, timeout: float = 60.0) -> S3Server:
+    def start(self, timeout: float = 180.0) -> S3Server:
         """Start weed (again, on the same data) and wait until S3 is really usable."""
         if self.running:
             raise RuntimeError(f"weed is already running as pid {self.pid}")

@@ -241,7 +241,7 @@ def test_peer_credentials(daemon: DaemonProcess) -> None:
     daemon.config_path.write_text(text)
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: req(daemon, "GET", "/v1/status").body["daemon"]["control_group"]
-               == "nogroup", 10, what="reload")
+               == "nogroup", what="reload")
     assert _as_nobody(daemon.socket_path, "POST", "/v1/activities/00ff/cancel")[0] == 404
 
 
@@ -249,7 +249,7 @@ def test_reload_keeps_old_config_on_error(daemon: DaemonProcess) -> None:
     good = daemon.config_path.read_text()
     daemon.config_path.write_text(good.replace("[daemon]\n", '[daemon]\nlog_level = "loud"\n'))
     daemon.proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: "config reload failed" in daemon.log(), 10, what="the reload error")
+    wait_until(lambda: "config reload failed" in daemon.log(), what="the reload error")
     line = next(json.loads(x) for x in daemon.log().splitlines()
                 if "config reload failed" in x)
     assert line["key"] == "daemon.log_level" and line["level"] == "error"
@@ -259,12 +259,12 @@ def test_reload_keeps_old_config_on_error(daemon: DaemonProcess) -> None:
                                                '[daemon]\nactivity_retention = "2h"\n'))
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: req(daemon, "GET", "/v1/status").body["daemon"]["activity_retention"]
-               == 7200, 10, what="the good reload")
+               == 7200, what="the good reload")
     # The retry settings are built into running work: a reload says it keeps the old ones.
     daemon.config_path.write_text(good.replace("[daemon]\n", '[daemon]\nretry_deadline = "2h"\n'))
     daemon.proc.send_signal(signal.SIGHUP)
     warning = wait_until(lambda: next((x for x in daemon.log().splitlines()
-                                       if "only after a restart" in x), None), 10,
+                                       if "only after a restart" in x), None),
                          what="the restart warning")
     assert "retry_deadline" in warning
 

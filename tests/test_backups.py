@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, post_json, raw_request, wait_until, zfs
+from .conftest import SLOW, DaemonProcess, post_json, raw_request, wait_until, zfs
 from .seaweed import WeedServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,13 +236,13 @@ def test_s3_outage_mid_upload_is_reported_and_the_backup_completes(
         assert 'cerssd_link_up{server="s3"} 0.0' in metrics
     finally:
         s3_server.start()
-    done = d.wait_done(a["id"], timeout=180)
+    done = d.wait_done(a["id"])
     assert done["state"] == "succeeded", done["status"]
     assert done["usage"]["retries"] >= 1
     assert {link["server"]: link["state"] for link in d.api("GET", "/v1/links")["items"]}[
         "s3"] == "up"
     # SeaweedFS may list an upload a moment after it was completed across its restart.
-    wait_until(lambda: open_uploads(s3_server, s3_bucket) == [], 10,
+    wait_until(lambda: open_uploads(s3_server, s3_bucket) == [], SLOW,
                what="no multipart upload left")
     restore_ok(d, f"{src}/vol@o", f"{dst}/copy")
     assert digest(f"/{dst}/copy/f") == digest(f"/{src}/vol/f")
@@ -264,7 +264,7 @@ def test_kill_9_mid_upload_then_restart_completes_and_leaves_no_orphan(
     again = d2.api("GET", f"/v1/activities/{a['id']}")
     assert again["restarts"] == 1 and again["state"] == "suspended"  # as it was left
     post_json(d2, f"/v1/activities/{a['id']}/resume", {})
-    done = d2.wait_done(a["id"], timeout=180)
+    done = d2.wait_done(a["id"])
     assert done["state"] == "succeeded", done["status"]
     assert open_uploads(s3_server, s3_bucket) == []  # the old upload was aborted
     assert "removed the unfinished upload of the earlier run" in d2.log()
@@ -278,7 +278,7 @@ def test_orphaned_upload_from_before_start_is_aborted(
     client.create_multipart_upload(Bucket=s3_bucket, Key="cerssd/pool/vol/x.1/stream-000000")
     client.create_multipart_upload(Bucket=s3_bucket, Key="elsewhere/not-ours")
     d, _, _ = setup()
-    wait_until(lambda: open_uploads(s3_server, s3_bucket) == ["elsewhere/not-ours"], 30,
+    wait_until(lambda: open_uploads(s3_server, s3_bucket) == ["elsewhere/not-ours"], SLOW,
                what="the orphan under cerssd/ to be aborted")
     assert "aborted an orphaned multipart upload" in d.log()
 
@@ -311,7 +311,7 @@ def test_retention_keeps_the_parents_kept_incrementals_need(setup: Any) -> None:
     zfs("snapshot", f"{src}/vol@b4")
     backup_ok(d, f"{src}/vol@b4", force_full=True)
     wait_until(lambda: post_json(d, "/v1/backups/prune", {**grid, "dry_run": True}).body[
-        "delete"] == [f"{src}/vol@b{i}" for i in (1, 2, 3)], 10,
+        "delete"] == [f"{src}/vol@b{i}" for i in (1, 2, 3)], SLOW,
         what="b1..b3 to age out of the 1 s tier")
     r = post_json(d, "/v1/backups/prune", grid)
     assert r.status == 202
@@ -393,7 +393,7 @@ def test_relationship_backs_up_each_cycle_in_the_same_send_as_its_slaves(
         return done if len(done) >= n and len(items) == len(done) else None
 
     first = wait_in_sync(d, "web")
-    (b1,) = wait_until(lambda: backups_done(1), 60, what="the first cycle's backup")
+    (b1,) = wait_until(lambda: backups_done(1), SLOW, what="the first cycle's backup")
     assert b1["params"]["fanout"] == "shared" and b1["params"]["kind"] == "full"
     assert metric(d.api("GET", "/metrics"), "cerssd_fanout_sends_total") == 1.0  # one send
     assert all(t["params"]["fanout"] == "shared" for t in transfers(d, "web"))
@@ -401,7 +401,7 @@ def test_relationship_backs_up_each_cycle_in_the_same_send_as_its_slaves(
 
     write(f"/{master}/data/g", 2)
     assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
-    wait_until(lambda: backups_done(2), 60, what="the second cycle's backup")
+    wait_until(lambda: backups_done(2), SLOW, what="the second cycle's backup")
     second = wait_in_sync(d, "web")
     items = listed(d, f"{master}/data")
     assert [m["kind"] for m in items] == ["full", "incremental"]

@@ -33,7 +33,7 @@ from cerssd.objectstore.config import parse_store
 from cerssd.replication import relationship as rel_config
 from cerssd.replication.relationship import parse_relationship
 
-from .conftest import DaemonProcess, SshServer, post_json, raw_request, wait_until, zfs
+from .conftest import SLOW, DaemonProcess, SshServer, post_json, raw_request, wait_until, zfs
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GUIDE = ("README.md", "install.md", "config.md", "api.md", "metrics.md",
@@ -269,7 +269,7 @@ def docs_daemon(start_daemon: Callable[..., DaemonProcess], make_pool: Callable[
     d.pool = master  # type: ignore[attr-defined]
     wait_until(lambda: all(s["state"] == "in-sync" for s in
                            d.api("GET", "/v1/relationships/web")["slaves"]),
-               120, interval=0.5, what="relationship web to bring standby1 in sync")
+               SLOW, interval=0.5, what="relationship web to bring standby1 in sync")
     yield d
 
 

@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .conftest import (
+    SLOW,
+    DaemonProcess,
+    NetnsSshServer,
+    post_json,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .test_cli import ctl
 from .test_relationships import metric, show, wait_in_sync
 from .test_replicate_local import guid, snapshots
@@ -119,7 +127,7 @@ def test_planned_failover_loses_no_write_and_failback_restores_roles(
         started = failover(d, "local")
         assert started.status == 202, started.body
         assert show(d, "hot")["replication_status"] == "failing-over"
-        done = d.wait_done(started.body["id"], timeout=180)
+        done = d.wait_done(started.body["id"])
         writer.join(30)
     finally:  # a writer left running would keep the test pool busy at teardown
         writer.stop.set()
@@ -146,7 +154,7 @@ def test_planned_failover_loses_no_write_and_failback_restores_roles(
     # The old master and the other slave follow the new master.
     write_file(f"/{new_vol}/after-failover", 1)
     assert post_json(d, "/v1/relationships/hot/sync-now", {}).status == 202
-    r = wait_in_sync(d, "hot", timeout=120)
+    r = wait_in_sync(d, "hot")
     label = r["newest_snapshot"].split("@")[1]
     for vol in (m_vol, f"{pools['s2']}/data"):
         assert guid(f"{vol}@{label}") == guid(r["newest_snapshot"])
@@ -155,7 +163,7 @@ def test_planned_failover_loses_no_write_and_failback_restores_roles(
     back = failover(d, "m")
     assert back.status == 202, back.body
     assert show(d, "hot")["replication_status"] == "failing-back"
-    assert d.wait_done(back.body["id"], timeout=180)["state"] == "succeeded"
+    assert d.wait_done(back.body["id"])["state"] == "succeeded"
     r = show(d, "hot")
     assert (r["master"], r["replication_status"]) == ("m", "enabled")
     assert slaves_of(r) == ["local", "s2"]
@@ -177,7 +185,7 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     assert show(d, "hot")["master"] == "m"
     forced = failover(d, "local", force=True)
     assert forced.status == 202, forced.body
-    done = d.wait_done(forced.body["id"], timeout=120)
+    done = d.wait_done(forced.body["id"])
     assert done["state"] == "succeeded", done["status"]
     assert done["params"]["planned"] is False
     assert done["params"]["result"]["master"] == "local"
@@ -200,7 +208,7 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     assert not readonly(m_vol)
     ns["m"].restore()
     assert post_json(d, "/v1/relationships/hot/sync-now", {}).status == 202
-    wait_until(lambda: show(d, "hot")["failover"]["fenced"][0]["applied_at"], 60,
+    wait_until(lambda: show(d, "hot")["failover"]["fenced"][0]["applied_at"], SLOW,
                what="the returning old master fenced")
     assert readonly(m_vol)
     with pytest.raises(OSError) as refused_write:
@@ -227,7 +235,7 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
     assert "diverged" not in snapshots(m_vol)
     assert not Path(f"/{m_vol}/unseen").exists()
     assert slaves_of(show(d, "hot")) == ["m", "s2"]
-    r = wait_in_sync(d, "hot", timeout=120)
+    r = wait_in_sync(d, "hot")
     assert guid(f"{m_vol}@{r['newest_snapshot'].split('@')[1]}") == guid(r["newest_snapshot"])
     assert show(d, "hot")["failover"]["fenced"] == []
 
@@ -235,7 +243,7 @@ def test_unplanned_failover_needs_force_fences_the_old_master_and_rejoins_with_c
 def test_daemon_killed_mid_failover_completes_it_on_restart(
         cluster: Callable[..., Any], start_daemon: Any) -> None:
     d, pools, _ns = cluster(limit=2 * MiB)
-    wait_in_sync(d, "hot", timeout=120)
+    wait_in_sync(d, "hot")
     m_vol, new_vol = f"{pools['m']}/data", f"{pools['local']}/data"
     write_file(f"/{m_vol}/more", 12)
     started = failover(d, "local")
@@ -251,7 +259,7 @@ def test_daemon_killed_mid_failover_completes_it_on_restart(
     d.proc.wait()
     assert readonly(m_vol) and readonly(new_vol)  # fenced, not yet promoted
     d2 = start_daemon(config_path=d.config_path)
-    done = d2.wait_done(started.body["id"], timeout=180)
+    done = d2.wait_done(started.body["id"])
     assert done["state"] == "succeeded" and done["restarts"] >= 1
     assert readonly(m_vol) and not readonly(new_vol)  # never two writable masters
     final = done["params"]["final_snapshot"].split("@")[1]
@@ -271,10 +279,10 @@ def test_cancelled_or_failed_failover_rolls_back_the_fence(
     started = failover(d, "s2")
     assert started.status == 202, started.body
     running = d.wait_activity(started.body["id"], lambda a: a["params"].get("sync_activity"),
-                              60, what="final sync started")
+                              what="final sync started")
     assert running["params"]["fenced"] is True and readonly(m_vol)
     d.wait_activity(running["params"]["sync_activity"], lambda a: a["state"] == "retrying",
-                    30, what="final sync retrying")
+                    what="final sync retrying")
     assert post_json(d, f"/v1/activities/{started.body['id']}/cancel", {}).status == 202
     done = d.wait_done(started.body["id"])
     assert done["state"] == "cancelled", done["status"]
@@ -286,7 +294,7 @@ def test_cancelled_or_failed_failover_rolls_back_the_fence(
     # The same failover left to fail (the retry deadline passes) reports failover-error.
     failed = failover(d, "s2")
     assert failed.status == 202, failed.body
-    done = d.wait_done(failed.body["id"], timeout=120)
+    done = d.wait_done(failed.body["id"])
     assert done["state"] == "failed"
     r = show(d, "hot")
     assert (r["master"], r["replication_status"]) == ("m", "failover-error")

@@ -55,8 +55,10 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def wait_until(predicate: Callable[[], object], timeout: float = 5.0,
+async def wait_until(predicate: Callable[[], object], timeout: float = 30.0,
                      what: str = "condition") -> None:
+    """Poll ``predicate``; the limit is generous, as these are real processes on a machine
+    that may be busy, and the wait ends as soon as the condition holds."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -69,7 +71,7 @@ async def no_fd_leak() -> AsyncIterator[None]:
     before = _fd_count()
     yield
     # Transports close their pipes in loop callbacks just after the processes end.
-    await wait_until(lambda: _fd_count() <= before, 2.0, f"fds back to {before}")
+    await wait_until(lambda: _fd_count() <= before, what=f"fds back to {before}")
 
 
 @pytest.fixture
@@ -151,9 +153,11 @@ async def test_slow_member_is_split_off_and_the_others_finish(
     group = fanout(runner, tmp_path, src, ["fast1", "fast2", "slow"], buffer_limit=8 * MiB)
     fast = [Member(group, n, cat_to(runner, tmp_path / n)) for n in ("fast1", "fast2")]
     slow = Member(group, "slow", slow_reader(runner))
-    started = time.monotonic()
     await asyncio.gather(*(m.task for m in fast))
-    assert time.monotonic() - started < 5
+    # Not held back: had the fast ones waited for the slow one, they could be at most the
+    # buffer limit ahead of it when they finished. (Bytes, not seconds: a busy machine
+    # slows cat, not the slow reader's clock.)
+    assert slow.counters.bytes_read < 32 * MiB - 8 * MiB
     with pytest.raises(SplitOff) as caught:
         await slow.task
     assert caught.value.side == "fanout"
@@ -191,7 +195,7 @@ async def _settled_writes(pid: int) -> int:
         seen.append(_written_by(pid))
         return len(seen) > 10 and len(set(seen[-10:])) == 1
 
-    await wait_until(steady, 5.0, "the sender to block")
+    await wait_until(steady, what="the sender to block")
     return seen[-1]
 
 
@@ -323,7 +327,7 @@ async def test_one_withdrawn_the_send_starts_without_waiting(
     group = fanout(runner, tmp_path, src, ["a", "b"], join_timeout=60)
     a = Member(group, "a", cat_to(runner, tmp_path / "a"))
     group.withdraw("b")
-    assert await asyncio.wait_for(a.task, 10) == 2 * MiB
+    assert await asyncio.wait_for(a.task, 60) == 2 * MiB
     assert group.sends_started == 1
 
 
@@ -346,7 +350,7 @@ async def test_stalled_stream_raises_within_the_timeout(runner: RecordingRunner)
     with pytest.raises(TransferStalled):
         await group.attach("a", Endpoint(runner, ["sh", "-c", "exec cat >/dev/null"]),
                            counters=counters, gate=FlowGate())
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30  # the stalled sender ends only after 60 s
     assert counters.bytes_read == 1000
 
 

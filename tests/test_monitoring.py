@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import REPO, DaemonProcess, SshServer, post_json, wait_until, zfs
+from .conftest import REPO, SLOW, DaemonProcess, SshServer, post_json, wait_until, zfs
 
 RULES = REPO / "etc/prometheus/cerssd-alerts.yml"
 RULE_TESTS = REPO / "etc/prometheus/cerssd-alerts.test.yml"
@@ -269,7 +269,7 @@ def scrape(start_daemon: Any, make_pool: Any, sshd: SshServer) -> str:
               f'slaves = [{{server = "remote", target_volume = "{slave}/data"}}]\n')
     d: DaemonProcess = start_daemon(extra=config)
     wait_until(lambda: d.api("GET", "/v1/relationships/web")["slaves"][0]["state"]
-               == "in-sync", 120, interval=0.2, what="the slave in sync")
+               == "in-sync", SLOW, interval=0.2, what="the slave in sync")
     zfs("snapshot", f"{master}/data@taken")
     taken = post_json(d, f"/v1/volumes/{master}/data/snapshots", {"name": "taken"})
     assert taken.status == 202, taken.body

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
+from .conftest import SLOW, DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
 from .test_replicate_local import guid, snapshots
 
 MiB = 1 << 20
@@ -39,7 +39,7 @@ def slave(d: DaemonProcess, name: str, server: str) -> dict[str, Any]:
     return next(s for s in show(d, name)["slaves"] if s["server"] == server)
 
 
-def wait_in_sync(d: DaemonProcess, name: str, timeout: float = 120) -> dict[str, Any]:
+def wait_in_sync(d: DaemonProcess, name: str, timeout: float = SLOW) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         r = show(d, name)
         newest = r["newest_snapshot"]
@@ -98,7 +98,7 @@ def test_cycles_fan_out_to_both_slaves_and_report_lag(
     for pool in (a, b):
         assert guid(f"{pool}/data@{label}") == guid(newest)
     done = wait_until(lambda: [t for t in transfers(d, "web") if t["state"] == "succeeded"]
-                      if len(transfers(d, "web")) == 2 else None, 30, what="two transfers")
+                      if len(transfers(d, "web")) == 2 else None, SLOW, what="two transfers")
     assert {t["params"]["destination"] for t in done} == {"a", "b"}
     assert all(t["params"]["fanout"] == "shared" for t in done), done
     text = d.api("GET", "/metrics")
@@ -118,7 +118,7 @@ def test_cycles_fan_out_to_both_slaves_and_report_lag(
 
     write_file(f"/{master}/data/f2", 4)
     assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
-    second = wait_until(lambda: (r := wait_in_sync(d, "web"))["cycles"] == 2 and r, 60,
+    second = wait_until(lambda: (r := wait_in_sync(d, "web"))["cycles"] == 2 and r, SLOW,
                         what="a second cycle")
     assert second["newest_snapshot"] != newest
     increments = [t for t in transfers(d, "web") if t["params"]["snapshot"]
@@ -157,7 +157,7 @@ def test_pause_suspends_transfers_and_resume_finishes_them(
     assert paused["state"] == "paused"
     ids = [s["activity"] for s in paused["slaves"]]
     wait_until(lambda: all(d.api("GET", f"/v1/activities/{i}")["state"] == "suspended"
-                           for i in ids), 10, what="transfers suspended")
+                           for i in ids), 60, what="transfers suspended")
     before = [d.api("GET", f"/v1/activities/{i}")["progress"]["done"] for i in ids]
     # A non-event needs a window: no byte may move while a second of its clock passes.
     start = d.api("GET", f"/v1/activities/{ids[0]}")["usage"]["elapsed_seconds"]
@@ -167,7 +167,7 @@ def test_pause_suspends_transfers_and_resume_finishes_them(
     after = [d.api("GET", f"/v1/activities/{i}")["progress"]["done"] for i in ids]
     assert after == before
     assert post_json(d, "/v1/relationships/slow/resume", {}).body["state"] == "running"
-    wait_in_sync(d, "slow", timeout=60)
+    wait_in_sync(d, "slow")
     for i in ids:
         assert d.wait_done(i)["state"] == "succeeded"
 
@@ -195,7 +195,7 @@ def test_api_validation_and_lifecycle(start_daemon: Any, pools: tuple[str, str, 
         "name": "api1", "volume": f"{master}/data", "cron": "0 3 * * *",
         "slaves": [{"server": "b", "target_volume": f"{b}/copy"}]})
     assert made.status == 201 and made.body["schedule"] == "cron 0 3 * * *"
-    wait_until(lambda: show(d, "api1")["slaves"][0]["state"] == "in-sync", 60,
+    wait_until(lambda: show(d, "api1")["slaves"][0]["state"] == "in-sync", SLOW,
                what="api1 in sync")  # the first cycle runs at once
     names = [r["name"] for r in d.api("GET", "/v1/relationships")["items"]]
     assert names == ["web", "api1"]
@@ -229,7 +229,7 @@ def test_retention_thins_master_and_slaves_but_keeps_bases(
         wait_until(lambda last=last: time.time() - created(last) > 1.2, 10,
                    what="the last snapshot to age past 1 s")
         assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
-        wait_until(lambda n=n: (r := wait_in_sync(d, "web"))["cycles"] >= n and r, 60,
+        wait_until(lambda n=n: (r := wait_in_sync(d, "web"))["cycles"] >= n and r, SLOW,
                    what=f"cycle {n}")
 
     def pruned() -> bool:
@@ -238,13 +238,13 @@ def test_retention_thins_master_and_slaves_but_keeps_bases(
             [s for s in snapshots(f"{p}/data") if s.startswith("cerssd-web-")] == ours
             for p in (a, b))
 
-    wait_until(pruned, 60, what="retention to leave only the newest (the common base)")
+    wait_until(pruned, SLOW, what="retention to leave only the newest (the common base)")
     assert "operator-made" in snapshots(f"{master}/data")  # not ours: never destroyed
     newest = show(d, "web")["newest_snapshot"].split("@")[1]
     assert snapshots(f"{a}/data")[-1] == newest
     # The last pass may still be finishing (its snapshots are gone before it says so).
     prunes = wait_until(lambda: (items := d.api("GET", "/v1/activities?kind=prune&limit=100")[
-        "items"]) and all(p["state"] in TERMINAL for p in items) and items, 30,
+        "items"]) and all(p["state"] in TERMINAL for p in items) and items, SLOW,
         what="every retention pass to finish")
     assert [p["state"] for p in prunes] == ["succeeded"] * len(prunes), prunes
 
@@ -262,7 +262,7 @@ def test_kill_9_mid_cycle_resumes_and_converges(start_daemon: Any,
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait()
     d2 = start_daemon(config_path=d.config_path)
-    r = wait_in_sync(d2, "k9", timeout=120)
+    r = wait_in_sync(d2, "k9")
     assert r["newest_snapshot"] == taken  # the same cycle, not a new snapshot
     assert [s for s in snapshots(f"{master}/data") if s.startswith("cerssd-k9-")] == \
         [taken.split("@")[1]]
@@ -303,7 +303,7 @@ def test_cerssctl_relationship_commands(start_daemon: Any,
     bad = ctl(d, "relationship", "create", "x", f"{master}/data", "--slave", "zz",
               "--interval", "1m")
     assert bad.returncode == 1 and "slaves[0].server" in bad.stderr
-    wait_until(lambda: slave(d, "copy", "b")["state"] == "in-sync", 60, what="copy in sync")
+    wait_until(lambda: slave(d, "copy", "b")["state"] == "in-sync", SLOW, what="copy in sync")
     assert ctl(d, "relationship", "remove", "copy").returncode == 0
     assert "copy" not in ctl(d, "relationships").stdout
     gone = ctl(d, "relationship", "show", "copy")
@@ -332,5 +332,5 @@ def test_cancel_stops_the_relationship_and_rolls_back_its_transfers(
     d2 = start_daemon(config_path=d.config_path)
     assert show(d2, "c")["state"] == "stopped"
     assert post_json(d2, "/v1/relationships/c/resume", {}).body["state"] == "running"
-    wait_in_sync(d2, "c", timeout=60)  # at once: the slaves are behind, no new cycle needed
+    wait_in_sync(d2, "c")  # at once: the slaves are behind, no new cycle needed
     assert show(d2, "c")["cycles"] == 1

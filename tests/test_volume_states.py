@@ -6,6 +6,11 @@ server (the default) a backup and two replications of one volume run at the same
 and the volume's state never turns busy; on a server configured ``stateless = false``
 the first replication holds the volume (``replicating``), a second action gets 409
 naming it, also across a daemon restart, and succeeds once the first has ended.
+
+The replications those tests look at are suspended mid-stream once they move bytes, so
+they stay alive (and holding) for as long as the checks take, whatever the machine's
+load: a volume's state is listed by one host-wide ``zfs get``, which a busy zfs-fuse can
+take longer to answer than a bandwidth-limited replication takes to end.
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ from cerssd.volume_states import (
     restore_holds,
 )
 
-from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
+from .conftest import (
+    SLOW,
+    DaemonProcess,
+    post_json,
+    raw_request,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .conftest import replicate as replicate_between
 from .seaweed import WeedServer
 from .test_backups import store_section
@@ -200,6 +213,34 @@ async def test_holds_come_back_with_the_activities_after_a_restart(tmp_path: Pat
     engine2.journal.close()
 
 
+async def test_holds_are_in_the_activitys_first_journal_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No journaled version of a holding activity lacks its holds: a daemon killed right
+    after the submit (before any later write) restarts the activity still holding."""
+    engine, _ = _engine(tmp_path)
+    states = VolumeStates(engine, FakeServers({"lvm": False, "zfs": True}))  # type: ignore[arg-type]
+    written: list[ActivityRecord] = []
+    save = engine.journal.save
+    monkeypatch.setattr(engine.journal, "save", lambda r: (written.append(r), save(r))[1])
+    held = states.submit_holding(holds=[("lvm", "p/v"), ("zfs", "q/v")], busy=REPLICATING,
+                                 submit=_submit(engine))
+    free = states.submit_holding(holds=[("zfs", "p/v")], busy=REPLICATING,
+                                 submit=_submit(engine))
+    versions = [r.params for r in written if r.id == held.id]
+    assert versions and all(p[PARAM] == {"state": "replicating", "volumes": [["lvm", "p/v"]]}
+                            for p in versions), versions
+    assert held.params[PARAM] == versions[0][PARAM]
+    assert all(PARAM not in r.params for r in written if r.id == free.id)
+    # What a daemon starting on the journal as it is now finds.
+    engine2, _ = _engine(tmp_path)
+    engine2.recover()
+    states2 = VolumeStates(engine2, FakeServers({"lvm": False}))  # type: ignore[arg-type]
+    assert states2.rebuild(engine2.activities()) == 1
+    assert states2.holder("lvm", "p/v").activity_id == held.id  # type: ignore[union-attr]
+    await engine2.shutdown(5)
+    await engine.shutdown(5)
+
+
 async def test_a_cycle_admits_one_start_per_stateful_volume_fairly(world: Any) -> None:
     engine, states, _ = world
     spec: Any = SimpleNamespace(volume="p/v", master="lvm", slaves=(
@@ -239,10 +280,17 @@ def test_idle_state(kind: str, readonly: bool, mounted: bool, state: str) -> Non
 
 
 # -- through the daemon, on real zfs-fuse -----------------------------------------------
+def listed_states(d: DaemonProcess, server: str, root: str) -> dict[str, str]:
+    """Each volume's state as listed, of the tree under ``root`` only: the tests share
+    zfs-fuse with others, and a busy zfs-fuse is slow to list much."""
+    r = raw_request(d.socket_path, "GET", f"/v1/volumes?server={server}&root={root}",
+                    timeout=SLOW)
+    assert r.status == 200, r.body
+    return {v["name"]: v["state"] for v in r.body["items"]}
+
+
 def volume_state(d: DaemonProcess, server: str, volume: str) -> str:
-    items = d.api("GET", f"/v1/volumes?server={server}&root={volume}")["items"]
-    states = {v["name"]: v["state"] for v in items}
-    return states[volume]
+    return listed_states(d, server, volume)[volume]
 
 
 def activity(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
@@ -250,9 +298,29 @@ def activity(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
     return result
 
 
-def moving(d: DaemonProcess, activity_id: str) -> bool:
+def moving(a: dict[str, Any]) -> bool:
+    return bool(a["state"] == "running" and a["usage"]["bytes_read"] > 0)
+
+
+def suspend_mid_stream(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
+    """Once the replication moves bytes, suspend it: it then stays alive, mid-stream and
+    (on a stateful server) holding its volumes for as long as a test needs, however slow
+    the machine, instead of for the ~12 s its bandwidth limit would give it."""
+    d.wait_activity(activity_id, moving, timeout=SLOW, what="the replication moving bytes")
+    assert d.api("POST", f"/v1/activities/{activity_id}/suspend")["state"] == "suspended"
+    return mid_stream(d, activity_id)
+
+
+def mid_stream(d: DaemonProcess, activity_id: str) -> dict[str, Any]:
     a = activity(d, activity_id)
-    return a["state"] == "running" and a["usage"]["bytes_read"] > 0
+    assert a["state"] == "suspended", a
+    assert 0 < a["progress"]["done"] < a["progress"]["total"], a["progress"]
+    return a
+
+
+def succeeded(d: DaemonProcess, activity_id: str) -> None:
+    done = d.wait_done(activity_id)
+    assert done["state"] == "succeeded", done["status"]
 
 
 @pytest.fixture
@@ -278,7 +346,9 @@ def test_stateless_backup_and_two_replications_of_one_volume_run_at_once(
         return next(iter(seen))
 
     assert state() == IN_USE
-    # 1 MiB/s over 12 MiB: both replications run for ~12 s, the backup starts inside that.
+    # Two replications of one volume, each suspended mid-stream once it moves bytes: both
+    # are alive (their sends blocked, not ended) for as long as the backup takes, so the
+    # three overlap by construction, not by a race against the bandwidth limit.
     ids = []
     for target in ("a", "b"):
         r = replicate_between(d, f"{src}/data@s1", "local", "local", f"{dst}/{target}",
@@ -286,20 +356,18 @@ def test_stateless_backup_and_two_replications_of_one_volume_run_at_once(
         assert r.status == 202, r.body
         assert PARAM not in r.body["params"]
         ids.append(r.body["id"])
-    wait_until(lambda: state() and all(moving(d, i) for i in ids), 30,
-               what="both replications moving bytes")
+        suspend_mid_stream(d, ids[-1])
     b = post_json(d, "/v1/backups", {"snapshot": f"{src}/data@s1"})
-    assert b.status == 202, b.body
-    done = d.wait_activity(b.body["id"], lambda a: bool(state()) and a["state"] in (
-        "succeeded", "failed", "cancelled"), what="the backup to finish")
-    assert done["state"] == "succeeded", done["status"]
-    # The backup began and ended while both replications were running: all three overlapped.
-    assert all(activity(d, i)["state"] == "running" for i in ids), \
-        [activity(d, i)["state"] for i in ids]
+    assert b.status == 202, b.body  # not refused: the server has stateless_snapshots
+    assert state() == IN_USE  # while all three are alive
+    succeeded(d, b.body["id"])
+    # The backup began and ended while both replications were mid-stream.
     for i in ids:
-        finished = d.wait_activity(i, lambda a: bool(state()) and a["state"] in (
-            "succeeded", "failed", "cancelled"), what="a replication to finish")
-        assert finished["state"] == "succeeded", finished["status"]
+        mid_stream(d, i)
+    for i in ids:
+        assert d.api("POST", f"/v1/activities/{i}/resume")["state"] == "running"
+    for i in ids:
+        succeeded(d, i)
     assert state() and seen == {IN_USE}, seen  # never a busy state, before, during, after
     for target in ("a", "b"):
         assert zfs("get", "-H", "-o", "value", "guid", f"{dst}/{target}@s1").stdout == \
@@ -323,8 +391,13 @@ def test_stateful_second_action_gets_409_naming_the_first_until_it_ends(
     first_id = first.body["id"]
     assert first.body["params"][PARAM] == {
         "state": "replicating", "volumes": [["lab", f"{src}/data"], ["lab", f"{dst}/a"]]}
+    # Suspended mid-stream, it holds the volume until the test resumes it: the checks
+    # below cannot race its end, however long a busy machine takes to answer them.
+    suspend_mid_stream(d, first_id)
     assert volume_state(d, "lab", f"{src}/data") == REPLICATING
-    table = ctl(d, "volumes", "--server", "lab", "--root", src).stdout
+    listed = ctl(d, "volumes", "--server", "lab", "--root", src)
+    assert listed.returncode == 0, listed.stderr
+    table = listed.stdout
     assert re.search(rf"^\W*{src}/data\W+filesystem\W+replicating\W", table, re.M), table
     # The same zfs seen through the stateless server: its state is not touched.
     assert volume_state(d, "local", f"{src}/data") == IN_USE
@@ -344,27 +417,30 @@ def test_stateful_second_action_gets_409_naming_the_first_until_it_ends(
     # Not a conflict on the stateless server, though it is the very same dataset.
     ok = replicate_between(d, f"{src}/data@s1", "local", "local", f"{dst}/c")
     assert ok.status == 202, ok.body
-    assert d.wait_done(ok.body["id"])["state"] == "succeeded"
+    succeeded(d, ok.body["id"])
 
-    # A daemon restart while held: the self-restarting replication comes back holding.
-    wait_until(lambda: moving(d, first_id), 30, what="the first replication moving bytes")
+    # A daemon restart while held: the self-restarting replication comes back holding
+    # (and suspended, as it was when the daemon stopped).
+    mid_stream(d, first_id)
     assert d.stop() == 0
     d = start_daemon(config_path=d.config_path)
-    back = activity(d, first_id)
-    assert back["restarts"] == 1 and back["state"] in ("pending", "running"), back
+    back = mid_stream(d, first_id)
+    assert back["restarts"] == 1, back
     assert volume_state(d, "lab", f"{src}/data") == REPLICATING
     refused(second())
     assert "volume holds restored" in d.log()
 
-    done = d.wait_done(first_id)
-    assert done["state"] == "succeeded", done["status"]
-    assert volume_state(d, "lab", f"{src}/data") == IN_USE
-    again = second()
+    assert d.api("POST", f"/v1/activities/{first_id}/resume")["state"] == "running"
+    succeeded(d, first_id)
+    again = second()  # accepted: the first's end released its holds
     assert again.status == 202, again.body
-    assert d.wait_done(again.body["id"])["state"] == "succeeded"
-    # The new replica is released too; read-only (as replicas are left), so available.
+    succeeded(d, again.body["id"])
+    # Both released: the source in use as before; the new replica read-only (as replicas
+    # are left), so available.
     readonly = zfs("get", "-H", "-o", "value", "readonly", f"{dst}/b").stdout.strip()
-    assert volume_state(d, "lab", f"{dst}/b") == (AVAILABLE if readonly == "on" else IN_USE)
+    assert listed_states(d, "lab", src)[f"{src}/data"] == IN_USE
+    assert listed_states(d, "lab", dst)[f"{dst}/b"] == (AVAILABLE if readonly == "on"
+                                                        else IN_USE)
 
 
 def test_stateful_master_serves_its_slaves_one_transfer_at_a_time(
@@ -391,12 +467,12 @@ def test_stateful_master_serves_its_slaves_one_transfer_at_a_time(
         ok = len(ts) == n and all(t["state"] == "succeeded" for t in ts)
         return ts if ok else None
 
-    first = wait_until(lambda: cycle_done(1), 60, what="the first cycle's one transfer")
+    first = wait_until(lambda: cycle_done(1), SLOW, what="the first cycle's one transfer")
     assert "skipped this round: volume held on a stateful server" in d.log()
     for n in (2, 3):
         r = raw_request(d.socket_path, "POST", "/v1/relationships/web/sync-now")
         assert r.status == 202, r.body
-        wait_until(lambda n=n: cycle_done(n), 60, what=f"cycle {n}'s one transfer")
+        wait_until(lambda n=n: cycle_done(n), SLOW, what=f"cycle {n}'s one transfer")
     ts = transfers()
     # One slave per cycle, taking turns; never two transfers from the master at once.
     served = [t["params"]["destination"] for t in ts]
