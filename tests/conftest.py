@@ -29,6 +29,14 @@ import pytest
 from cerssd.cli import Client
 from cerssd.config import load_config
 from tests.seaweed import WeedServer
+from tests.sshd import (
+    NetnsSshServer,
+    SshServer,
+    create_netns_sshd,
+    remove_netns_sshd,
+)
+from tests.sshd import free_port as _free_port
+from tests.sshd import keygen as _keygen
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -280,43 +288,6 @@ def raw_request(socket_path: Path | str, method: str, path: str, body: bytes | N
     return RawResponse(response.status, ctype, parsed)
 
 
-def ssh_server_section(name: str, host: str, port: int, identity_file: Path,
-                       known_hosts: Path, extra: str = "") -> str:
-    """A cerssd ``[servers.NAME]`` section for root over SSH with a key."""
-    return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"{host}\"\nport = {port}\n"
-            f"user = \"root\"\nidentity_file = \"{identity_file}\"\n"
-            f"known_hosts = \"{known_hosts}\"\n{extra}\n")
-
-
-
-@dataclass(frozen=True)
-class SshServer:
-    """A private sshd on 127.0.0.1 that lets root in with ``client_key``."""
-
-    port: int
-    client_key: Path
-    known_hosts: Path
-    wrong_known_hosts: Path
-    pid: int
-
-    host = "127.0.0.1"
-
-    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
-        return ssh_server_section(name, self.host, self.port, self.client_key,
-                                  known_hosts or self.known_hosts, extra)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
-                   check=True)
-
-
 @pytest.fixture(scope="session")
 def sshd(zfs_fuse: None) -> Iterator[SshServer]:
     sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -349,65 +320,6 @@ def sshd(zfs_fuse: None) -> Iterator[SshServer]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class NetnsSshServer(SshServer):
-    """An sshd inside a network namespace, reached over a veth pair (TEST-NET-1 only)."""
-
-    namespace: str = ""
-    host_veth: str = ""
-    address: str = ""
-    root: Path = Path("/nonexistent")
-
-    @property
-    def host(self) -> str:  # type: ignore[override]
-        return self.address
-
-    def cut(self) -> None:
-        subprocess.run(["ip", "link", "set", self.host_veth, "down"], check=True)
-
-    def restore(self) -> None:
-        subprocess.run(["ip", "link", "set", self.host_veth, "up"], check=True)
-
-    def kill_sshd(self) -> None:
-        """Kill sshd and every process in the namespace (its sessions, a zfs receive)."""
-        _kill_namespace(self.namespace)
-
-    def start_sshd(self) -> None:
-        (self.root / "sshd.pid").unlink(missing_ok=True)
-        _start_sshd_in(self.namespace, self.root)
-
-
-def _kill_namespace(ns: str) -> None:
-    left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-    for leftover in left.stdout.split():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(leftover), signal.SIGKILL)
-
-
-def _start_sshd_in(ns: str, root: Path) -> int:
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    # nsenter joins only the network namespace; `ip netns exec` would also give sshd a
-    # mount namespace of its own, where zfs-fuse cannot mount what it receives.
-    subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sshd_bin, "-f",
-                    str(root / "sshd_config"), "-E", str(root / "sshd.log")], check=True)
-    return int(wait_until(lambda: (root / "sshd.pid").exists()
-                          and (root / "sshd.pid").read_text().strip(), 10, what="sshd"))
-
-
-_netns_counter = iter(range(1, 60))
-
-
-def _free_subnet() -> int:
-    """The next /30 of 192.0.2.0/24 no other test run on this machine is using (two
-    pytest processes at once would otherwise give two veths the same address)."""
-    for n in _netns_counter:
-        used = subprocess.run(["ip", "-o", "addr", "show", "to", f"192.0.2.{4 * n + 1}/32"],
-                              capture_output=True, text=True).stdout
-        if not used.strip():
-            return n
-    raise RuntimeError("no free /30 left in 192.0.2.0/24 for a test namespace")
-
-
 @pytest.fixture
 def make_netns_sshd(zfs_fuse: None) -> Iterator[Callable[[], NetnsSshServer]]:
     """sshd in its own namespace at 192.0.2.(4n+2), the host side at 192.0.2.(4n+1)/30.
@@ -415,51 +327,18 @@ def make_netns_sshd(zfs_fuse: None) -> Iterator[Callable[[], NetnsSshServer]]:
     Only addresses from 192.0.2.0/24 (TEST-NET-1) inside namespaces this fixture makes
     are used; it removes the namespaces (and with them the veth pairs) afterwards.
     """
-    made: list[tuple[str, str, Path]] = []
-
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", *args], check=True)
+    made: list[NetnsSshServer] = []
 
     def make() -> NetnsSshServer:
-        n = _free_subnet()
-        tag = f"{os.getpid() % 10000}x{n}"
-        ns, host_if, ns_if = f"cerssd{tag}", f"ch{tag}", f"cn{tag}"
-        host_ip, ns_ip = f"192.0.2.{4 * n + 1}", f"192.0.2.{4 * n + 2}"
-        root = Path(tempfile.mkdtemp(prefix="cerssd-netns-"))
-        ip("netns", "add", ns)
-        made.append((ns, host_if, root))
-        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        ip("link", "set", ns_if, "netns", ns)
-        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
-        ip("link", "set", host_if, "up")
-        ip("netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/30", "dev", ns_if)
-        ip("netns", "exec", ns, "ip", "link", "set", ns_if, "up")
-        ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        for key in ("host_key", "client_key"):
-            _keygen(root / key)
-        (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-        host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
-        (root / "known_hosts").write_text(f"{ns_ip} {host_pub}\n")
-        (root / "wrong_known_hosts").write_text("")
-        (root / "sshd_config").write_text(
-            f"Port 22\nListenAddress {ns_ip}\nHostKey {root}/host_key\n"
-            f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-            "ClientAliveInterval 2\nClientAliveCountMax 2\n")
-        Path("/run/sshd").mkdir(exist_ok=True)
-        pid = _start_sshd_in(ns, root)
-        return NetnsSshServer(22, root / "client_key", root / "known_hosts",
-                              root / "wrong_known_hosts", pid, ns, host_if, ns_ip, root)
+        server = create_netns_sshd()
+        made.append(server)
+        return server
 
     try:
         yield make
     finally:
-        for ns, host_if, root in made:
-            _kill_namespace(ns)
-            subprocess.run(["ip", "link", "del", host_if], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            shutil.rmtree(root, ignore_errors=True)
+        for server in made:
+            remove_netns_sshd(server)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ssh_server_section
+from .sshd import ssh_server_section
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST_SCRIPT = REPO / "scripts" / "openzfs-guest"

@@ -32,13 +32,13 @@ from cerssd.cli import parser
 
 from .conftest import (
     DaemonProcess,
-    _free_port,
     post_json,
-    ssh_server_section,
     wait_until,
     write_file,
     zfs,
 )
+from .sshd import free_port as _free_port
+from .sshd import ssh_server_section
 
 MiB = 1 << 20
 CTL = [sys.executable, "-m", "cerssd.cli"]
