@@ -12,11 +12,15 @@ on the master volume for the whole run. Three scenarios, each ``N`` trials:
   ``kill -9`` of the daemon, then SIGKILL of whatever is left in its cgroup (its
   ``zfs send``, ssh, zstd: what systemd does with the unit's cgroup after the main
   process died), then the daemon is started again on the same config and state;
-* ``cut``: once bytes flow to ``standby2``, its link is cut (``ip link set … down`` on
-  the host side of the veth pair) and brought up again after a random 1-8 s;
+* ``cut``: once a random 1-16 MiB of a cycle's stream has gone to ``standby2``, its link
+  is cut (``ip link set … down`` on the host side of the veth pair) and brought up
+  again after a random 2-15 s (shorter or longer than the 10 s ``stall_timeout``: a
+  short cut may be ridden out by TCP without a retry, a long one must be reported and
+  retried);
 * ``store``: SeaweedFS is killed (SIGKILL) and started again after a random 1-6 s,
   alternately mid-backup (the relationship's backup of a cycle) and mid-restore (a
-  ``POST /v1/restores`` of a complete backup into a new volume on the master).
+  ``POST /v1/restores`` of a complete backup into a new volume on the master), once a
+  random 0.25-16 MiB of the backup's stream or 5-70 % of the restore's has passed.
 
 After each trial the benchmark waits for convergence: a cycle started after the fault
 was healed (``sync-now``, again whenever the relationship is idle with an older newest
@@ -63,6 +67,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import statistics
@@ -563,6 +568,13 @@ class Trial:
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     point: str = ""  # where the fault hit
+    hit: list[str] = field(default_factory=list)  # activities running when it hit
+    effects: list[str] = field(default_factory=list)  # what became of them
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the fault visibly interrupted work (a retry or a restart)."""
+        return any(re.search(r"(retried|restarted) [1-9]", e) for e in self.effects)
 
 
 @dataclass
@@ -572,39 +584,54 @@ class Plan:
     cycle_seconds: float = 5.0  # a typical cycle's length, measured at warm-up
 
 
-def phase(env: Env) -> str:
-    """Where a cycle is, in a few words (read just before a fault)."""
+def phase(env: Env, trial: Trial) -> str:
+    """Where a cycle is, in a few words (read just before a fault); the activities it
+    runs are remembered, to find out after convergence whether the fault hit them."""
     try:
         rel = env.api("GET", f"/v1/relationships/{RELATIONSHIP}", timeout=5)
     except BenchError:
         return "relationship unreadable"
     parts = []
+    trial.hit += [s["activity"] for s in rel["slaves"] if s.get("activity")]
+    trial.hit += [b["backup"]["id"] for b in rel.get("backups", []) if b.get("backup")]
     for s in rel["slaves"]:
         progress = s.get("progress") or {}
-        done, total = progress.get("done"), progress.get("total")
-        frac = f" {100 * done / total:.0f}%" if done is not None and total else ""
+        done = progress.get("done")
+        frac = f" {done / MIB:.1f} MiB sent" if done is not None else ""
         parts.append(f"{s['server']} {s['state']}{frac}")
     for b in rel.get("backups", []):
         parts.append(f"{b['store']} {'backing up' if b.get('backup') else 'idle'}")
     return ", ".join(parts)
 
 
-def slave_progress(env: Env, server: str) -> int:
+Progress = tuple[int, int]  # bytes done, bytes in all (0: not known yet)
+
+
+def progress_of(record: dict[str, Any] | None) -> Progress:
+    progress = (record or {}).get("progress") or {}
+    return int(progress.get("done") or 0), int(progress.get("total") or 0)
+
+
+def slave_progress(env: Env, server: str) -> Progress:
     rel = env.relationship()
-    s = next(x for x in rel["slaves"] if x["server"] == server)
-    return int((s.get("progress") or {}).get("done") or 0)
+    return progress_of(next(x for x in rel["slaves"] if x["server"] == server))
 
 
 class Missed(Exception):
     """The work a fault was meant for ended before it could be caught in the middle."""
 
 
-def wait_moving(probe: Callable[[], int], at_least: int, timeout: float, what: str) -> bool:
-    """Poll fast until ``probe`` passes ``at_least`` bytes; False if it never did."""
+def wait_moving(probe: Callable[[], Progress], at: float, timeout: float, what: str,
+                exact_total: bool = False) -> bool:
+    """Poll fast until ``probe`` says ``at`` bytes are done (or, with ``exact_total``,
+    the fraction ``at`` of the total); False if it never got there. A replication's or
+    backup's total is an estimate on zfs-fuse (no ``send -nvP``), raised as bytes pass
+    it, so only a restore's (from its manifests) serves as a fraction."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if probe() > at_least:
+            done, total = probe()
+            if done > (at * total if exact_total else at) and (total or not exact_total):
                 return True
         except Missed:
             say(f"{what} ended before it could be caught in the middle")
@@ -622,26 +649,27 @@ def burst(env: Env, mib: int) -> None:
 
 
 def trial_kill(env: Env, plan: Plan, trial: Trial) -> float:
-    delay = plan.rng.uniform(0, 1.2 * plan.cycle_seconds)
+    delay = plan.rng.uniform(0, plan.cycle_seconds)
     sync_now(env)
     time.sleep(delay)
-    trial.point = f"{delay:.1f}s into the cycle: {phase(env)}"
+    trial.point = f"{delay:.1f}s into the cycle: {phase(env, trial)}"
     crash_daemon(env)
     spawn_daemon(env)
     return time.time()
 
 
 def trial_cut(env: Env, plan: Plan, trial: Trial) -> float:
-    down_for = plan.rng.uniform(1, 8)
+    down_for = plan.rng.uniform(2, 15)
+    at = plan.rng.uniform(1, 16) * MIB
     for attempt in range(3):
-        burst(env, 16 << attempt)
+        burst(env, 32 << attempt)
         sync_now(env)
-        if wait_moving(lambda: slave_progress(env, CUT_STANDBY), MIB, 60,
+        if wait_moving(lambda: slave_progress(env, CUT_STANDBY), at, 60,
                        f"{CUT_STANDBY}'s transfer"):
             break
     else:
         raise BenchError(f"never caught a transfer to {CUT_STANDBY} in the middle")
-    trial.point = f"{phase(env)}; down {down_for:.1f}s"
+    trial.point = f"{phase(env, trial)}; down {down_for:.1f}s"
     env.netns.cut()
     try:
         time.sleep(down_for)
@@ -650,12 +678,9 @@ def trial_cut(env: Env, plan: Plan, trial: Trial) -> float:
     return time.time()
 
 
-def backup_progress(env: Env) -> int:
+def backup_progress(env: Env) -> Progress:
     rel = env.relationship()
-    record = rel["backups"][0].get("backup")  # the running backup's activity, if any
-    if not record:
-        return 0
-    return int((record.get("progress") or {}).get("done") or 0)
+    return progress_of(rel["backups"][0].get("backup"))  # the running backup, if any
 
 
 def kill_store(env: Env, plan: Plan, trial: Trial) -> float:
@@ -668,14 +693,15 @@ def kill_store(env: Env, plan: Plan, trial: Trial) -> float:
 
 
 def trial_store_backup(env: Env, plan: Plan, trial: Trial) -> float:
+    at = plan.rng.uniform(0.25, 16) * MIB
     for attempt in range(3):
-        burst(env, 16 << attempt)
+        burst(env, 32 << attempt)
         sync_now(env)
-        if wait_moving(lambda: backup_progress(env), MIB // 4, 60, "the backup"):
+        if wait_moving(lambda: backup_progress(env), at, 60, "the backup"):
             break
     else:
         raise BenchError("never caught a backup in the middle")
-    trial.point = f"mid-backup: {phase(env)}"
+    trial.point = f"mid-backup: {phase(env, trial)}"
     return kill_store(env, plan, trial)
 
 
@@ -694,6 +720,7 @@ def restore_chain_start(env: Env) -> dict[str, Any]:
 
 def trial_store_restore(env: Env, plan: Plan,
                         trial: Trial) -> tuple[float, Callable[[], str | None]]:
+    at = plan.rng.uniform(0.05, 0.7)
     for attempt in range(3):
         backup = restore_chain_start(env)
         target = f"{env.master}/restored{trial.number}x{attempt}"
@@ -702,17 +729,18 @@ def trial_store_restore(env: Env, plan: Plan,
                                                   "target_volume": target})
         restore_id = answer["id"]
 
-        def progress(rid: str = restore_id) -> int:
+        def progress(rid: str = restore_id) -> Progress:
             record = env.api("GET", f"/v1/activities/{rid}")
             if record["state"] in TERMINAL:
                 raise Missed(rid)
-            return int((record.get("progress") or {}).get("done") or 0)
+            return progress_of(record)
 
-        if wait_moving(progress, MIB // 4, 60, "the restore"):
+        if wait_moving(progress, at, 60, "the restore", exact_total=True):
             break
         finish_restore(env, restore_id, target, backup, timeout=120)
     else:
         raise BenchError("never caught a restore in the middle")
+    trial.hit.append(restore_id)
     trial.point = (f"mid-restore of {backup['snapshot'].partition('@')[2]} "
                    f"({len(answer.get('chain') or [])} in its chain)")
     healed = kill_store(env, plan, trial)
@@ -768,14 +796,31 @@ def run_trial(env: Env, plan: Plan, scenario: str, number: int, known: Known) ->
             healed, extra = trial_store_restore(env, plan, trial)
         trial.converge_seconds = Converger(env, healed, extra).wait(timeout)
         trial.failures, trial.notes = check_all(env, known)
+        trial.effects = effects(env, trial.hit)
     except BenchError as exc:
         trial.failures.append(str(exc))
         recover(env)
     trial.passed = not trial.failures
     verdict = "passed" if trial.passed else "FAILED: " + " | ".join(trial.failures)
     took = f"{trial.converge_seconds:.1f}s" if trial.converge_seconds is not None else "-"
-    say(f"{scenario} #{number}: {verdict} (converged in {took}; {trial.point})")
+    say(f"{scenario} #{number}: {verdict} (converged in {took}; {trial.point}; "
+        f"{'; '.join(trial.effects) or 'no activity hit'})")
     return trial
+
+
+def effects(env: Env, ids: list[str]) -> list[str]:
+    """What became of the activities a fault hit: their end, retries and restarts."""
+    found = []
+    for activity_id in dict.fromkeys(ids):
+        try:
+            a = env.api("GET", f"/v1/activities/{activity_id}")
+        except BenchError as exc:
+            found.append(f"{activity_id}: {exc}")
+            continue
+        found.append(f"{a['kind']} to {a.get('target')} {a['state']}, retried "
+                     f"{(a.get('usage') or {}).get('retries', 0)}x, restarted "
+                     f"{a.get('restarts', 0)}x")
+    return found
 
 
 def recover(env: Env) -> None:
@@ -884,8 +929,8 @@ def report(args: argparse.Namespace, seed: int, started: Any, load_before: str,
              f"`{command_line()}`; seed {seed}",
              f"- machine: {m['nproc']} CPUs (nproc), {m['cpu']}, kernel {m['kernel']}, "
              f"{m['zfs_fuse']}; load average {load_before} before, {load_average()} after",
-             "", "| scenario | trials | passed | converge median s | converge max s |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             "", "| scenario | trials | passed | fault interrupted work | converge median s "
+             "| converge max s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for key, text in SCENARIOS.items():
         mine = [t for t in trials if t.scenario == key]
         times = [t.converge_seconds for t in mine if t.converge_seconds is not None]
@@ -893,7 +938,8 @@ def report(args: argparse.Namespace, seed: int, started: Any, load_before: str,
         top = f"{max(times):.1f}" if times else "-"
         skipped = f" ({not_run[key]} not run: time limit)" if not_run.get(key) else ""
         lines.append(f"| {key}: {text} | {len(mine)}{skipped} | "
-                     f"{sum(t.passed for t in mine)} | {med} | {top} |")
+                     f"{sum(t.passed for t in mine)} | {sum(t.interrupted for t in mine)} "
+                     f"| {med} | {top} |")
     failed = [t for t in trials if not t.passed]
     lines += ["", "Failures:" if failed else "Failures: none."]
     for t in failed:
@@ -905,7 +951,8 @@ def report(args: argparse.Namespace, seed: int, started: Any, load_before: str,
     lines += ["", "Fault points (first few per scenario):"]
     for key in SCENARIOS:
         for t in [t for t in trials if t.scenario == key][:5]:
-            lines.append(f"- {key} #{t.number}: {t.point}")
+            lines.append(f"- {key} #{t.number}: {t.point}; then: "
+                         f"{'; '.join(t.effects) or 'no activity hit'}")
     return "\n".join(lines)
 
 
@@ -924,7 +971,7 @@ def main() -> int:
                         help="data on the master volume at the start")
     parser.add_argument("--write-mib", type=float, default=0.5,
                         help="the writer's rate on the master volume, MiB/s")
-    parser.add_argument("--limit-mib", type=int, default=8,
+    parser.add_argument("--limit-mib", type=int, default=4,
                         help="bandwidth limit to standby2, MiB/s (so a cut lands mid-stream)")
     parser.add_argument("--pool-mib", type=int, default=1024, help="each pool's size")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
