@@ -41,13 +41,16 @@ from .groups import FanoutGroups, StreamKey
 from .relay import Relay
 from .replicate import RetryPolicy, estimate_stream
 from .store_calls import StoreCalls
-from .transfer import Endpoint, FdSet, first_failure
+from .transfer import Endpoint, FdSet, TransferStalled, first_failure
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
 #: zstd -1: on log-like data it compressed as well as -3 here at ~25% less CPU, and a
 #: backup on a busy node is CPU-bound (bench/RESULTS.md).
 DEFAULT_LEVEL = {"zstd": 1, "lz4": 1}
+#: Why a backup left its cycle's shared send (the ``fanout`` it remembers).
+_LEFT: dict[type[Exception], str] = {SplitOff: "split-off", FanoutMissed: "missed",
+                                     TransferStalled: "stalled"}
 
 
 @dataclass(frozen=True)
@@ -159,12 +162,14 @@ class BackupWork:
         group = self._member_of(plan)
         try:
             await self._backup(ctx, calls, src, plan, group)
-        except (SplitOff, FanoutMissed) as exc:
-            # The shared send went on without the bucket (it was slower, or came late):
-            # what was uploaded is thrown away and the backup sends on its own.
+        except (SplitOff, FanoutMissed, TransferStalled) as exc:
+            # The shared send went on without the bucket (it was slower, came late, or
+            # took nothing for the stall timeout because the store was away and its
+            # calls were being retried): what was uploaded is thrown away and the backup
+            # sends on its own, whose store calls retry as long as the policy allows.
             ctx.log.info("left the fan-out; sending on its own", why=str(exc))
-            ctx.remember(fanout="split-off" if isinstance(exc, SplitOff) else "missed")
-            await self._discard(ctx)
+            ctx.remember(fanout=_LEFT.get(type(exc), "missed"))
+            await self._discard(ctx, calls)  # the store may still be away: retried
             await self._backup(ctx, calls, src, plan, None)
 
     def _member_of(self, plan: BackupPlan) -> FanoutGroup | None:
@@ -275,11 +280,12 @@ class BackupWork:
             await asyncio.gather(attach, upload, return_exceptions=True)
             fds.close_all()
 
-    async def _discard(self, ctx: ActivityContext) -> None:
-        """Throw away an upload that will not be completed (before sending again)."""
+    async def _discard(self, ctx: ActivityContext, calls: StoreCalls | None = None) -> None:
+        """Throw away an upload that will not be completed (before sending again, with
+        ``calls`` retrying while the store is away; in a rollback, without)."""
         if self.upload is None:
             return
-        await self._remove(dict(self.upload.unfinished), list(self.upload.completed))
+        await self._remove(dict(self.upload.unfinished), list(self.upload.completed), calls)
         self.upload = None
         ctx.remember(uploads={}, segments=[])
 
