@@ -41,7 +41,10 @@ snapshot) has its snapshot on every slave and in the store. Then it checks:
   ``list-multipart-uploads`` lists nothing;
 * journal integrity: ``PRAGMA integrity_check`` of the state directory's
   ``journal.sqlite3`` is ``ok``, and no activity is left non-terminal unless it is
-  self-restarting or the relationship's own live activity.
+  self-restarting or the relationship's own live activity;
+* the work the fault hit (the transfers, backup or restore running just before it)
+  succeeded in the end, by retrying or by restarting from the journal, rather than
+  failing and leaving it to the next cycle.
 
 A pinned snapshot or stray dataset that persists is reported once, by the trial that
 made it; later trials name it as carried over but do not fail for it again.
@@ -796,9 +799,11 @@ def run_trial(env: Env, plan: Plan, scenario: str, number: int, known: Known) ->
             healed, extra = trial_store_restore(env, plan, trial)
         trial.converge_seconds = Converger(env, healed, extra).wait(timeout)
         trial.failures, trial.notes = check_all(env, known)
-        trial.effects = effects(env, trial.hit)
-    except BenchError as exc:
-        trial.failures.append(str(exc))
+        trial.effects, failed = effects(env, trial.hit)
+        trial.failures += failed
+    except Exception as exc:  # a trial's failure is a finding; the run goes on
+        trial.failures.append(str(exc) if isinstance(exc, BenchError)
+                              else f"unexpected {type(exc).__name__}: {exc}")
         recover(env)
     trial.passed = not trial.failures
     verdict = "passed" if trial.passed else "FAILED: " + " | ".join(trial.failures)
@@ -808,9 +813,11 @@ def run_trial(env: Env, plan: Plan, scenario: str, number: int, known: Known) ->
     return trial
 
 
-def effects(env: Env, ids: list[str]) -> list[str]:
-    """What became of the activities a fault hit: their end, retries and restarts."""
-    found = []
+def effects(env: Env, ids: list[str]) -> tuple[list[str], list[str]]:
+    """What became of the activities a fault hit (their end, retries and restarts), and
+    which of them did not succeed: a transfer, backup or restore must ride out the fault
+    (retry, or restart from the journal), not leave it to the next cycle."""
+    found, failed = [], []
     for activity_id in dict.fromkeys(ids):
         try:
             a = env.api("GET", f"/v1/activities/{activity_id}")
@@ -820,11 +827,15 @@ def effects(env: Env, ids: list[str]) -> list[str]:
         found.append(f"{a['kind']} to {a.get('target')} {a['state']}, retried "
                      f"{(a.get('usage') or {}).get('retries', 0)}x, restarted "
                      f"{a.get('restarts', 0)}x")
-    return found
+        if a["state"] != "succeeded":
+            failed.append(f"{a['kind']} {activity_id} to {a.get('target')} hit by the "
+                          f"fault ended {a['state']}: {(a.get('status') or {}).get('message')}")
+    return found, failed
 
 
 def recover(env: Env) -> None:
-    """After a failed trial: whatever the fault left down is brought back up."""
+    """After a failed trial: whatever the fault left down is brought back up, and a
+    restore's target that was left behind is removed (once the restore has ended)."""
     env.netns.restore()
     if not env.weed.running:
         env.weed.start(timeout=120)
@@ -832,6 +843,11 @@ def recover(env: Env) -> None:
         env.daemon = None
         kill_cgroup(env.cgroup)
         spawn_daemon(env)
+    for name in datasets(env.master):
+        if name.startswith(f"{env.master}/restored") and "@" not in name:
+            with contextlib.suppress(BenchError):
+                wait_until(lambda n=name: zfs("destroy", "-r", n, check=False).returncode
+                           == 0, 120, f"{name} to be destroyed", interval=1)
 
 
 # -- the run ---------------------------------------------------------------------------
