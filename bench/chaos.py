@@ -1013,7 +1013,9 @@ def main() -> int:
                         help="the writer's rate on the master volume, MiB/s")
     parser.add_argument("--limit-mib", type=int, default=4,
                         help="bandwidth limit to standby2, MiB/s (so a cut lands mid-stream)")
-    parser.add_argument("--pool-mib", type=int, default=1024, help="each pool's size")
+    parser.add_argument("--pool-mib", type=int, default=4096,
+                        help="each pool's size (sparse): the demo's retention keeps every "
+                        "snapshot for 10 min, and each cycle rewrites ~50 MiB")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
                         help="where the pools' sparse files go")
     parser.add_argument("--keep-logs", type=Path, default=None,
