@@ -481,24 +481,28 @@ def environment(args: argparse.Namespace) -> Iterator[Setup]:
                     fresh[0] / 1024 if fresh else 0.0, args.profile)
 
 
-def make_data(setup: Setup, size_mib: int) -> Data:
-    """POOL/rand (random) and POOL/text (log lines), a snapshot ``@s`` of each."""
-    rand, text = f"{setup.data_pool}/rand", f"{setup.data_pool}/text"
-    for volume in (rand, text):
+def make_data(setup: Setup, size_mib: int, text: bool = True) -> Data:
+    """POOL/rand (random) and POOL/text (log lines; not with --no-text), a snapshot ``@s``
+    of each."""
+    rand, text_volume = f"{setup.data_pool}/rand", f"{setup.data_pool}/text"
+    volumes = [rand, text_volume] if text else [rand]
+    for volume in volumes:
         zfs("create", volume)
     say(f"writing {size_mib} MiB of random data to {rand}")
     write_random(Path(f"/{rand}/data"), size_mib)
-    say(f"writing {size_mib} MiB of log lines to {text}")
-    write_text(Path(f"/{text}/access.log"), size_mib)
-    ratio = lz4_ratio(Path(f"/{text}/access.log"))
-    for volume in (rand, text):
+    ratio = 0.0
+    if text:
+        say(f"writing {size_mib} MiB of log lines to {text_volume}")
+        write_text(Path(f"/{text_volume}/access.log"), size_mib)
+        ratio = lz4_ratio(Path(f"/{text_volume}/access.log"))
+    for volume in volumes:
         zfs("snapshot", f"{volume}@s")
     rand_bytes, send_seconds = stream_size(f"{rand}@s")
-    text_bytes, _ = stream_size(f"{text}@s")
+    text_bytes = stream_size(f"{text_volume}@s")[0] if text else 0
     say(f"streams: rand {rand_bytes / 1e6:.1f} MB (zfs send | wc -c "
         f"{rate(rand_bytes, send_seconds)}), text {text_bytes / 1e6:.1f} MB, "
         f"lz4 ratio of the text {ratio:.2f}")
-    return Data(f"{rand}@s", f"{text}@s", rand_bytes, text_bytes, send_seconds, ratio)
+    return Data(f"{rand}@s", f"{text_volume}@s", rand_bytes, text_bytes, send_seconds, ratio)
 
 
 # -- the baseline: the AWS CLI -----------------------------------------------------------
@@ -651,7 +655,8 @@ def pair(first_baseline: bool, baseline: Callable[[], object],
         step()
 
 
-def one_round(setup: Setup, name: str, results: Results, index: int, cpu: bool) -> None:
+def one_round(setup: Setup, name: str, results: Results, index: int, cpu: bool,
+              text: bool = True) -> None:
     """Backup, restore, compressible backup; within each pair the order alternates."""
     data = setup.data
     assert data is not None
@@ -674,10 +679,11 @@ def one_round(setup: Setup, name: str, results: Results, index: int, cpu: bool) 
              setup, data.rand, keys["rand"], f"{t}/aws_{name}")),
          lambda: timed(setup, results, "cerssd_restore", cpu, lambda: cerssd_restore(
              setup, data.rand, f"{t}/cerssd_{name}")))
-    pair(first,
-         lambda: timed(setup, results, "aws_text", cpu, lambda: aws_backup(
-             setup, data.text, keys["text"], data.text_bytes)),
-         lambda: timed(setup, results, "cerssd_zstd", cpu, zstd_backup))
+    if text:
+        pair(first,
+             lambda: timed(setup, results, "aws_text", cpu, lambda: aws_backup(
+                 setup, data.text, keys["text"], data.text_bytes)),
+             lambda: timed(setup, results, "cerssd_zstd", cpu, zstd_backup))
     empty_bucket(setup)
 
 
@@ -714,7 +720,7 @@ def benchmark(args: argparse.Namespace) -> str:
     load_before = load_average()
     results, warm = Results(), Results()
     with environment(args) as setup:
-        setup.data = make_data(setup, args.size_mib)
+        setup.data = make_data(setup, args.size_mib, args.text)
         rounds = [(f"w{i}", warm) for i in range(1, args.warmup + 1)]
         rounds += [(str(i), results) for i in range(1, args.runs + 1)]
         for index, (name, into) in enumerate(rounds):
@@ -722,7 +728,7 @@ def benchmark(args: argparse.Namespace) -> str:
                 else f"run {name}/{args.runs}"
             say(f"{what} ({'baseline' if index % 2 == 0 else 'cerssd'} first in each pair; "
                 f"load {load_average()})")
-            one_round(setup, name, into, index, args.cpu and into is results)
+            one_round(setup, name, into, index, args.cpu and into is results, args.text)
         setup.daemon.check_alive()
         weed_disk = run(["du", "-sh", str(setup.weed.s3.data_dir)]).stdout.split()[0]
         return report(results, warm, args, setup, started, time.monotonic() - t0,
@@ -743,14 +749,16 @@ def ratios(results: Results, data: Data) -> list[tuple[str, str, str, bool]]:
                 f"{below} of {len(per_round)} rounds below)", f"≥ {target:.1f}",
                 value >= target)
 
-    rss = max(results.peak(m) for m in ("cerssd_backup", "cerssd_restore", "cerssd_zstd"))
+    rss = max(results.peak(m) for m in ("cerssd_backup", "cerssd_restore", "cerssd_zstd")
+              if m in results.runs)
     cpu = [m.cpu_seconds / (data.rand_bytes / GIB) for m in results.runs["cerssd_backup"]]
     rows = [("backup: cerssd / aws MB/s",
              *speed("cerssd_backup", "aws_backup", TARGETS["backup"])),
             ("restore: cerssd / aws MB/s",
              *speed("cerssd_restore", "aws_restore", TARGETS["restore"])),
-            ("text backup: cerssd zstd / aws MB/s",
-             *speed("cerssd_zstd", "aws_text", TARGETS["zstd"])),
+            *([("text backup: cerssd zstd / aws MB/s",
+                *speed("cerssd_zstd", "aws_text", TARGETS["zstd"]))]
+              if "cerssd_zstd" in results.runs else []),
             ("cerssd daemon peak RSS, MiB (max of all its runs)", f"{rss:.1f}",
              f"≤ {RSS_LIMIT_MIB:.0f}", rss <= RSS_LIMIT_MIB),
             ("cerssd daemon CPU-s per GiB, plain backup (user + sys)",
@@ -764,6 +772,8 @@ def table(results: Results, data: Data) -> list[str]:
              "peak RSS MiB (max) | seconds per run | peak RSS per run (MiB; process tree) |",
              "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for method, label in METHODS:
+        if method not in results.runs:
+            continue
         runs = results.runs[method]
         secs = results.seconds(method)
         cpu = [m.cpu_seconds / (data.stream_bytes(method) / GIB) for m in runs]
@@ -809,7 +819,9 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         f"`zfs send | wc -c` alone {rate(data.rand_bytes, data.send_seconds)}) and "
         f"{args.size_mib} MiB of log lines (stream {data.text_bytes / 1e6:.1f} MB; "
         f"`lz4 -c | wc -c` ratio {data.lz4_ratio:.2f}; cerssd's zstd stored it "
-        f"{median(results.stored_ratio):.2f}x smaller); MB = 10^6 bytes of zfs stream",
+        + (f"{median(results.stored_ratio):.2f}x smaller" if results.stored_ratio else
+           "not measured: --no-text")
+        + "); MB = 10^6 bytes of zfs stream",
         f"- median of {args.runs} round(s) after {args.warmup} untimed warm-up round(s); "
         "in each round backup, restore and text backup pairs, the order within a pair "
         "alternating from round to round; every measurement from quiet disks",
@@ -836,7 +848,8 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         "and `zstd`",
         "- cerssd's time is from the POST to the activity's success; cerssd runs per run: "
         + "; ".join(f"{m}: " + ", ".join(r.note for r in results.runs[m])
-                    for m in ("cerssd_backup", "cerssd_restore", "cerssd_zstd")),
+                    for m in ("cerssd_backup", "cerssd_restore", "cerssd_zstd")
+                    if m in results.runs),
         "- checked every run: the aws objects have the stream's size; cerssd's backups "
         "are full and read the whole stream; every restored snapshot has the source's "
         f"guid ({guid(data.rand)}); the bucket is emptied after every round; weed's data "
@@ -892,6 +905,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the daemon only, for experiments "
                              "such as MALLOC_MMAP_THRESHOLD_=1048576 (repeatable)")
+    parser.add_argument("--no-text", dest="text", action="store_false",
+                        help="leave out the compressible-data pair (aws vs cerssd zstd): "
+                             "rounds a third shorter")
     parser.add_argument("--cpu", action="store_true",
                         help="also report where the CPU time went, per process")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
