@@ -1,7 +1,8 @@
 """Read a backup's stream back from the bucket into a pipe, every part verified first.
 
-Parts are fetched with ranged GETs, up to ``concurrency`` at once and one more ahead
-of the one being written, and written in order. Each GET reads straight into a buffer
+Parts are fetched with ranged GETs (``GETS_PER_PART`` for each), up to
+``concurrency`` parts at once and one more ahead of the one being written, and
+written in order. Each GET reads straight into a buffer
 of a pool allocated once per download (buffers.py: a fresh buffer per part cost more
 CPU than the copy), through the lean path of parts.py. Each part's sha256 is checked
 against the manifest as soon as it arrives (in a thread, so parts are checked in
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .buffers import BufferPool
@@ -25,6 +26,10 @@ from .client import ObjectStore
 from .layout import Manifest, Part
 
 Retrier = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+#: Ranged GETs a part is fetched with, at once. A GET spends much of its time waiting
+#: for the store; more of them in flight hide that wait without holding more memory
+#: (the part's buffer is the same), where more parts ahead would.
+GETS_PER_PART = 2
 
 
 class CorruptPart(Exception):
@@ -44,6 +49,18 @@ def _check(part: Part, data: memoryview, key: str) -> None:
                           "sha256 in the manifest: the object was changed or damaged")
 
 
+async def _all_or_none(calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Run ``calls`` at once; when one fails, the others are stopped (they write into a
+    buffer that goes back to the pool) before its exception is raised."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def download(store: ObjectStore, manifest: Manifest, fd: int, *, concurrency: int,
                    retry: Retrier, checkpoint: Callable[[], Awaitable[None]],
                    on_bytes: Callable[[int], None]) -> None:
@@ -59,11 +76,17 @@ async def download(store: ObjectStore, manifest: Manifest, fd: int, *, concurren
         seg = manifest.segments[part.segment]
         start = part.offset - seg.offset
 
+        async def piece(offset: int, end: int, data: memoryview) -> None:
+            await retry(f"part {part.number} of {seg.key}",
+                        lambda: store.get_range_into(seg.key, start + offset,
+                                                     data[offset:end]))
+
         async def verified() -> tuple[bytearray, memoryview]:
             data = memoryview(buffer)[:part.size]
+            step = -(-part.size // GETS_PER_PART)
             try:
-                await retry(f"part {part.number} of {seg.key}",
-                            lambda: store.get_range_into(seg.key, start, data))
+                await _all_or_none([piece(offset, min(offset + step, part.size), data)
+                                    for offset in range(0, part.size, step)])
                 await asyncio.to_thread(_check, part, data, seg.key)
             except BaseException:
                 pool.give(buffer)

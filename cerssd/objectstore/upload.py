@@ -65,19 +65,30 @@ class _Open:
     digest: str = ""
 
 
+#: Bytes read from the pipe per call, and hashed right away while they are in the CPU's
+#: cache: a part read whole and hashed after was read back from memory twice more.
+READ_CHUNK = 256 << 10
+
+
 def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
-    """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256)."""
+    """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256).
+
+    Every chunk is added to the part's sha256 and to ``hashes`` as soon as it is read.
+    """
     view = memoryview(buffer)[:size]
+    part = hashlib.sha256()
     got = 0
     try:
         while got < size:
-            n = os.readv(fd, [view[got:]])
+            n = os.readv(fd, [view[got:got + READ_CHUNK]])
             if n == 0:
                 break
+            chunk = view[got:got + n]
+            part.update(chunk)
+            for h in hashes:
+                h.update(chunk)
+            chunk.release()
             got += n
-        part = hashlib.sha256(view[:got])
-        for h in hashes:
-            h.update(view[:got])
     finally:
         view.release()
     return got, part.hexdigest()
