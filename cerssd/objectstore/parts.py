@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import hmac
 import re
+import urllib.request
 from typing import Any
 from urllib.parse import quote
 
@@ -112,11 +113,15 @@ class PartClient:
         self._base_path = base.raw_path.rstrip("/") + "/" + uri_encode(config.bucket,
                                                                         keep_slash=False)
         self._signer = Signer(credentials, config.region)
+        # The proxy botocore would take from the environment for this endpoint. (Not
+        # aiohttp's trust_env: that also reads ~/.netrc, whose password would replace
+        # the signature.)
+        bypass = base.host is not None and bool(urllib.request.proxy_bypass(base.host))
+        self._proxy = None if bypass else urllib.request.getproxies().get(base.scheme)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=config.concurrency * 2 + 2),
             timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10),
-            headers={"User-Agent": f"cerssd/{__version__}"}, trust_env=True,
-            auto_decompress=False)
+            headers={"User-Agent": f"cerssd/{__version__}"}, auto_decompress=False)
 
     async def close(self) -> None:
         await self._session.close()
@@ -139,7 +144,8 @@ class PartClient:
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, sha256_hex,
             {"x-amz-checksum-sha256": checksum_b64})
         headers["Content-Length"] = str(body.nbytes)
-        async with self._session.put(url, data=PartBody(body), headers=headers) as response:
+        async with self._session.put(url, data=PartBody(body), headers=headers,
+                                     proxy=self._proxy) as response:
             if response.status != 200:
                 await _raise_error(response, "UploadPart")
             await response.read()
@@ -155,7 +161,7 @@ class PartClient:
         size = into.nbytes
         url, headers = self._request("GET", key, {}, EMPTY_SHA256)
         headers["Range"] = f"bytes={start}-{start + size - 1}"
-        async with self._session.get(url, headers=headers) as response:
+        async with self._session.get(url, headers=headers, proxy=self._proxy) as response:
             if response.status not in (200, 206):
                 await _raise_error(response, "GetObject")
             if response.content_length != size:
