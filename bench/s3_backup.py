@@ -816,14 +816,15 @@ def report(results: Results, warm: Results, args: argparse.Namespace, setup: Set
         f"{args.zstd_level or f'default ({ZSTD_DEFAULT_LEVEL})'}; "
         "aws: its defaults (8 MiB parts, 10 requests)",
         f"- data: {args.size_mib} MiB random (stream {data.rand_bytes / 1e6:.1f} MB; "
-        f"`zfs send | wc -c` alone {rate(data.rand_bytes, data.send_seconds)}) and "
-        f"{args.size_mib} MiB of log lines (stream {data.text_bytes / 1e6:.1f} MB; "
-        f"`lz4 -c | wc -c` ratio {data.lz4_ratio:.2f}; cerssd's zstd stored it "
-        + (f"{median(results.stored_ratio):.2f}x smaller" if results.stored_ratio else
-           "not measured: --no-text")
-        + "); MB = 10^6 bytes of zfs stream",
+        f"`zfs send | wc -c` alone {rate(data.rand_bytes, data.send_seconds)})"
+        + (f" and {args.size_mib} MiB of log lines (stream {data.text_bytes / 1e6:.1f} MB; "
+           f"`lz4 -c | wc -c` ratio {data.lz4_ratio:.2f}; cerssd's zstd stored it "
+           f"{median(results.stored_ratio):.2f}x smaller)" if results.stored_ratio else
+           " (no compressible data: --no-text)")
+        + "; MB = 10^6 bytes of zfs stream",
         f"- median of {args.runs} round(s) after {args.warmup} untimed warm-up round(s); "
-        "in each round backup, restore and text backup pairs, the order within a pair "
+        f"in each round backup, restore{' and text backup' if args.text else ''} pairs, "
+        "the order within a pair "
         "alternating from round to round; every measurement from quiet disks",
         "",
         *table(results, data),
