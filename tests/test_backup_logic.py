@@ -6,6 +6,7 @@ edges (bad config keys, damaged manifests, chains with holes) cheaply.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -214,3 +215,45 @@ def test_manifest_guid_is_read_off_the_key_of_the_volume_itself() -> None:
     child = manifest_key("p/", "tank/v/child", "s", "9")
     assert manifest_guid("p/", "tank/v", child) is None  # a child volume's backup
     assert manifest_guid("p/", "tank/v", "p/tank/v/s.9/stream-000000") is None
+
+
+@pytest.mark.parametrize("key", ["pool/vol/label.123/stream-000000",
+                                 "p/v@x/weird key+%~=&;é/stream-000000.zst"])
+def test_part_requests_are_signed_as_botocore_signs_them(
+        key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean part path (parts.py) signs UploadPart and ranged GETs itself: its
+    Authorization must be exactly what botocore's S3 SigV4 gives the same request."""
+    import datetime as dt
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotoCredentials
+
+    from cerssd.objectstore.config import Credentials, StoreConfig
+    from cerssd.objectstore.parts import EMPTY_SHA256, Signer, endpoint_of, uri_encode
+
+    now = dt.datetime(2026, 12, 6, 7, 8, 9, tzinfo=dt.UTC)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    signer = Signer(creds, "eu-west-3")
+    body = os.urandom(1000)
+    digest = hashlib.sha256(body).hexdigest()
+    checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+    path = f"/bucket/{uri_encode(key, keep_slash=True)}"
+    for method, query, payload, extra, data in (
+            ("PUT", {"partNumber": "7", "uploadId": "a+b/c=="}, digest,
+             {"x-amz-checksum-sha256": checksum}, body),
+            ("GET", {}, EMPTY_SHA256, None, b"")):
+        ours = signer.headers(method, "127.0.0.1:8333", path, query, payload, extra, now=now)
+        url = f"http://127.0.0.1:8333{path}"
+        if query:
+            url += "?" + "&".join(f"{k}={uri_encode(v, keep_slash=False)}"
+                                  for k, v in query.items())
+        request = AWSRequest(method=method, url=url, data=data, headers=dict(extra or {}))
+        botocore.auth.S3SigV4Auth(BotoCredentials(creds.access_key_id,
+                                                  creds.secret_access_key),
+                                  "s3", "eu-west-3").add_auth(request)
+        assert ours["Authorization"] == request.headers["Authorization"]
+        assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
+    assert endpoint_of(StoreConfig(name="s", bucket="b", region="eu-west-3")) == \
+        "https://s3.eu-west-3.amazonaws.com"

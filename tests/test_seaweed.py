@@ -216,3 +216,63 @@ async def test_multipart_upload_with_checksums(s3_server: WeedServer, s3_bucket:
         assert await read_object(client, s3_bucket, "multi",
                                  Range=f"bytes={edge - 2}-{edge + 1}") == whole[edge - 2:edge + 2]
         assert await read_object(client, s3_bucket, "multi") == whole
+
+
+async def test_lean_part_path_uploads_reads_and_sorts_failures(
+        s3_server: WeedServer, s3_bucket: str, tmp_path: Path) -> None:
+    """UploadPart and ranged GETs go around botocore (cerssd/objectstore/parts.py): on a
+    real store they must be accepted as signed, refused when the part arrives damaged
+    (a transient BadDigest, retried by the caller), refused for bad credentials
+    (permanent), and a key with awkward characters must name the same object both ways."""
+    import hashlib
+
+    from cerssd.objectstore.client import ObjectMissing, ObjectStore, StoreError
+    from cerssd.objectstore.config import StoreConfig
+
+    def store(secret: str) -> ObjectStore:
+        key_file = tmp_path / f"key-{len(secret)}"
+        key_file.write_text(f'access_key_id = "{s3_server.s3.access_key}"\n'
+                            f'secret_access_key = "{secret}"\n')
+        return ObjectStore(StoreConfig(name="s3", bucket=s3_bucket,
+                                       endpoint=s3_server.s3.endpoint,
+                                       credentials_file=key_file))
+
+    def sums(data: bytes) -> tuple[str, str]:
+        digest = hashlib.sha256(data).digest()
+        return digest.hex(), base64.b64encode(digest).decode()
+
+    key = "pool/vol/lab el+%=&;é.42/stream-000000"
+    parts = [os.urandom(5 << 20), os.urandom(1000)]
+    good, bad = store(s3_server.s3.secret_key), store("not-" + s3_server.s3.secret_key)
+    try:
+        upload_id = (await good.call("create_multipart_upload", Key=key,
+                                     ChecksumAlgorithm="SHA256"))["UploadId"]
+        hex0, b64_0 = sums(parts[0])
+        with pytest.raises(StoreError) as damaged:
+            await good.upload_part(key, upload_id, 1, memoryview(parts[0]), hex0,
+                                   sums(b"something else")[1])
+        assert not damaged.value.permanent, damaged.value
+        with pytest.raises(StoreError) as forged:
+            await bad.upload_part(key, upload_id, 1, memoryview(parts[0]), hex0, b64_0)
+        assert forged.value.permanent and forged.value.code == "SignatureDoesNotMatch"
+        done = []
+        for number, body in enumerate(parts, 1):
+            hex_digest, b64 = sums(body)
+            etag = await good.upload_part(key, upload_id, number, memoryview(body),
+                                          hex_digest, b64)
+            done.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": b64})
+        await good.call("complete_multipart_upload", Key=key, UploadId=upload_id,
+                        MultipartUpload={"Parts": done})
+        whole = b"".join(parts)
+        assert (await good.head(key)).size == len(whole)
+        into = bytearray(3000)
+        await good.get_range_into(key, len(parts[0]) - 2000, memoryview(into))
+        assert into == whole[len(parts[0]) - 2000:len(parts[0]) + 1000]
+        with pytest.raises(ObjectMissing):
+            await good.get_range_into(key + ".missing", 0, memoryview(bytearray(10)))
+        with pytest.raises(StoreError) as past_end:
+            await good.get_range_into(key, len(whole) - 10, memoryview(bytearray(20)))
+        assert past_end.value.code == "InvalidRange"
+    finally:
+        await good.close()
+        await bad.close()

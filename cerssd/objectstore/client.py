@@ -18,12 +18,13 @@ from typing import Any
 import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from ..links import Links
 from .config import StoreConfig
+from .parts import PartClient
 
 log = structlog.get_logger("cerssd.objectstore")
 
@@ -82,6 +83,18 @@ def classify(store: str, what: str, exc: Exception) -> StoreError:
     raise exc
 
 
+_SESSION: AioSession | None = None
+
+
+def shared_session() -> AioSession:
+    """One botocore session for every store: its loader reads and keeps the S3 service
+    model once, where a session per store kept a copy each (~13 MiB a store)."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = get_session()
+    return _SESSION
+
+
 class ObjectStore:
     """An open client for one ``[stores.NAME]``; its link is in the daemon's ``Links``."""
 
@@ -91,6 +104,7 @@ class ObjectStore:
         self.links = links
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._parts: PartClient | None = None  # the bytes of parts: parts.py
 
     async def open(self) -> None:
         creds = self.config.load_credentials()
@@ -102,14 +116,41 @@ class ObjectStore:
             # Parts carry a ChecksumSHA256 the store verifies (upload.py): hashing every
             # payload once more to sign it costs ~1.4 CPU-s per GiB for nothing.
             s3={"addressing_style": "path", "payload_signing_enabled": False})
-        self._client = await self._stack.enter_async_context(get_session().create_client(
+        self._client = await self._stack.enter_async_context(shared_session().create_client(
             "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
             aws_access_key_id=creds.access_key_id,
             aws_secret_access_key=creds.secret_access_key, config=aio_config))
+        self._parts = PartClient(self.config, creds)
+        self._stack.push_async_callback(self._parts.close)
 
     async def close(self) -> None:
         await self._stack.aclose()
         self._client = None
+        self._parts = None
+
+    async def _part_client(self) -> PartClient:
+        if self._parts is None:
+            await self.open()
+        assert self._parts is not None
+        return self._parts
+
+    async def upload_part(self, key: str, upload_id: str, number: int, body: memoryview,
+                          sha256_hex: str, checksum_b64: str) -> str:
+        """Part ``number`` of an upload, sent from ``body`` as it is; returns its ETag."""
+        parts = await self._part_client()
+        try:
+            return await parts.upload_part(key, upload_id, number, body, sha256_hex,
+                                           checksum_b64)
+        except Exception as exc:
+            raise classify(self.name, f"upload_part {key}", exc) from exc
+
+    async def get_range_into(self, key: str, start: int, into: memoryview) -> None:
+        """Fill ``into`` with the object's bytes from ``start`` on (``len(into)`` of them)."""
+        parts = await self._part_client()
+        try:
+            await parts.get_range_into(key, start, into)
+        except Exception as exc:
+            raise classify(self.name, f"get_object {key}", exc) from exc
 
     async def call(self, operation: str, **kwargs: Any) -> Any:
         """One S3 operation on this store's bucket; failures become ``StoreError``."""

@@ -1,13 +1,14 @@
 """Stream a pipe into S3 by multipart upload, with memory bounded whatever the size.
 
-Bytes are read from the pipe one part at a time by a worker thread (``readv`` into
-one reused buffer; the sha256 of the part and of the whole stream are computed as it
-goes, and hashlib drops the GIL), and up to ``concurrency`` parts upload at once,
-each as one ``bytes`` object that aiohttp sends without copying it again. The reader
-waits for a free slot before reading on, so memory stays at about
-``(concurrency + 1) x part_size``, and a slow or lost store stops the reading, which
-blocks ``zfs send``: the backpressure the design asks for. Each part carries its
-sha256 (``ChecksumSHA256``), which the store verifies.
+Bytes are read from the pipe one part at a time by a worker thread (``readv`` into a
+buffer of a pool allocated once per upload; the sha256 of the part and of the whole
+stream are computed as it goes, and hashlib drops the GIL), and up to
+``concurrency`` parts upload at once, each sent from its buffer without a copy
+(buffers.PartBody). The reader waits for a free buffer before reading on, so memory
+stays at ``(concurrency + 1) x part_size``, and a slow or lost store stops the
+reading, which blocks ``zfs send``: the backpressure the design asks for. Each part
+carries its sha256 (``ChecksumSHA256``), which the store verifies, and is sent without
+botocore's per-call overhead and signed without hashing the payload again (parts.py).
 
 S3 allows 10,000 parts per object. Instead of growing the parts (and the memory)
 with the stream, a stream longer than 10,000 parts continues in a next *segment*
@@ -25,12 +26,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import io
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .buffers import BufferPool
 from .client import ObjectStore
 from .config import MAX_PARTS
 from .layout import Part, Segment
@@ -64,19 +65,30 @@ class _Open:
     digest: str = ""
 
 
+#: Bytes read from the pipe per call, and hashed right away while they are in the CPU's
+#: cache: a part read whole and hashed after was read back from memory twice more.
+READ_CHUNK = 256 << 10
+
+
 def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
-    """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256)."""
+    """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256).
+
+    Every chunk is added to the part's sha256 and to ``hashes`` as soon as it is read.
+    """
     view = memoryview(buffer)[:size]
+    part = hashlib.sha256()
     got = 0
     try:
         while got < size:
-            n = os.readv(fd, [view[got:]])
+            n = os.readv(fd, [view[got:got + READ_CHUNK]])
             if n == 0:
                 break
+            chunk = view[got:got + n]
+            part.update(chunk)
+            for h in hashes:
+                h.update(chunk)
+            chunk.release()
             got += n
-        part = hashlib.sha256(view[:got])
-        for h in hashes:
-            h.update(view[:got])
     finally:
         view.release()
     return got, part.hexdigest()
@@ -109,8 +121,8 @@ class SegmentedUpload:
 
     async def run(self, fd: int) -> UploadResult:
         whole = hashlib.sha256()
-        buffer = bytearray(self.part_size)  # one read buffer; each part leaves as bytes
-        slots = asyncio.Semaphore(self.concurrency)
+        # ``concurrency`` parts uploading and one being read: the memory of the upload.
+        pool = BufferPool(self.concurrency + 1, self.part_size)
         parts: list[Part] = []
         segments: list[Segment] = []
         current: _Open | None = None
@@ -118,7 +130,7 @@ class SegmentedUpload:
         try:
             while True:
                 await self.checkpoint()
-                await slots.acquire()  # a part in flight less: memory stays bounded
+                buffer = await pool.take()  # a part in flight less: memory stays bounded
                 if current is not None:
                     _raise_failed(current.tasks)
                 starting = current is None or self._full(current, parts)
@@ -132,9 +144,8 @@ class SegmentedUpload:
                                                       hashes)
                 self.on_read(got)
                 if got == 0 and parts:
-                    slots.release()
+                    pool.give(buffer)
                     break
-                body = bytes(memoryview(buffer)[:got])
                 if starting:
                     if current is not None:
                         segments.append(await self._complete(current))
@@ -144,7 +155,8 @@ class SegmentedUpload:
                 parts.append(Part(number, offset, got, digest, current.index))
                 offset += got
                 current.size += got
-                task = asyncio.ensure_future(self._upload(current, number, body, digest, slots))
+                task = asyncio.ensure_future(self._upload(current, number, buffer, got, digest,
+                                                          pool))
                 current.tasks.add(task)
                 if got < self.part_size:  # EOF inside this part: it is the last
                     break
@@ -181,27 +193,25 @@ class SegmentedUpload:
         self.completed.append(seg.key)
         return Segment(seg.index, seg.key, seg.offset, seg.size, seg.digest)
 
-    async def _upload(self, seg: _Open, number: int, body: bytes, digest: str,
-                      slots: asyncio.Semaphore) -> None:
+    async def _upload(self, seg: _Open, number: int, buffer: bytearray, size: int,
+                      digest: str, pool: BufferPool) -> None:
+        """Send ``buffer[:size]`` as part ``number`` (retried from the same buffer), then
+        give the buffer back for the next part to be read into."""
         # The store checks the part against our sha256 (and refuses it with BadDigest if
         # it arrived damaged), so botocore need not hash the payload again to sign it.
         checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+        view = memoryview(buffer)[:size]
 
         async def attempt() -> str:
-            # A file object, so aiohttp sends it in 64 KiB chunks and waits for the socket;
-            # given the whole bytes, Python 3.11's transport copies what the socket does not
-            # take at once into its own buffer (nearly a second copy of every part).
-            response = await self.store.call(
-                "upload_part", Key=seg.key, UploadId=seg.upload_id, PartNumber=number,
-                Body=io.BytesIO(body), ContentLength=len(body), ChecksumSHA256=checksum)
-            return str(response["ETag"])
+            return await self.store.upload_part(seg.key, seg.upload_id, number, view,
+                                                digest, checksum)
 
         try:
             seg.etags[number] = (await self.retry(f"part {number} of {seg.key}", attempt),
                                  checksum)
-            self.on_sent(len(body))
+            self.on_sent(size)
         finally:
-            slots.release()
+            pool.give(buffer)
 
 
 def _segment_digest(seg: _Open, whole: Any) -> str:

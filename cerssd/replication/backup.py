@@ -41,7 +41,7 @@ from .groups import FanoutGroups, StreamKey
 from .relay import Relay
 from .replicate import RetryPolicy, estimate_stream
 from .store_calls import StoreCalls
-from .transfer import Endpoint, FdSet, TransferStalled, first_failure
+from .transfer import STREAM_PIPE, Endpoint, FdSet, TransferStalled, first_failure
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
@@ -262,7 +262,7 @@ class BackupWork:
         cfg = self.store.config
         argv = compressor_argv(cfg.compression, cfg.compression_level) or ["cat"]
         fds = FdSet()
-        out_r, out_w = fds.pipe()
+        out_r, out_w = fds.pipe(STREAM_PIPE)
         attach = asyncio.ensure_future(group.attach(
             self.req.store, Endpoint(LocalRunner(self.req.server), argv),
             counters=ctx.counters, gate=ctx.flow, stdout=out_w,
@@ -343,7 +343,7 @@ class BackupWork:
         relay: Relay | None = None
         closer: asyncio.Future[None] | None = None
         try:
-            send_r, send_w = fds.pipe()
+            send_r, send_w = fds.pipe(STREAM_PIPE)
             send = await src.runner.spawn(
                 src.send_argv(snapshot, base, intermediates=intermediates),
                 stdin=None, stdout=send_w)
@@ -353,8 +353,8 @@ class BackupWork:
             if compress is None:
                 writer.on_read = ctx.counters.read
             else:
-                raw_r, raw_w = fds.pipe()
-                out_r, out_w = fds.pipe()
+                raw_r, raw_w = fds.pipe(STREAM_PIPE)
+                out_r, out_w = fds.pipe(STREAM_PIPE)
                 comp = await asyncio.create_subprocess_exec(
                     *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
                 procs.append(comp)

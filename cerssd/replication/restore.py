@@ -34,7 +34,7 @@ from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
 from .replicate import RetryPolicy
 from .store_calls import StoreCalls
-from .transfer import FdSet, first_failure
+from .transfer import STREAM_PIPE, FdSet, first_failure
 
 KIND = "restore"
 DECOMPRESSORS = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}
@@ -149,10 +149,10 @@ class RestoreWork:
         fds = FdSet()
         procs: list[asyncio.subprocess.Process] = []
         try:
-            in_r, in_w = fds.pipe()
+            in_r, in_w = fds.pipe(STREAM_PIPE)
             recv_stdin = in_r
             if manifest.compression != "none":
-                out_r, out_w = fds.pipe()
+                out_r, out_w = fds.pipe(STREAM_PIPE)
                 procs.append(await asyncio.create_subprocess_exec(
                     *DECOMPRESSORS[manifest.compression], stdin=in_r, stdout=out_w,
                     stderr=asyncio.subprocess.PIPE))
