@@ -46,6 +46,12 @@ class CliError(Exception):
     """Printed as one line; exits 1."""
 
 
+class Unreachable(CliError):
+    """The daemon did not answer (not running, restarting, shutting down): a loop that
+    follows it (``show --follow``, ``--wait``) waits for it to come back instead of
+    exiting."""
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = 30.0) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -72,23 +78,25 @@ class Client:
             response = conn.getresponse()
             data = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise CliError(f"cannot reach cerssd at {self.socket_path}: {exc.strerror} "
-                           "(is the daemon running?)") from None
+            raise Unreachable(f"cannot reach cerssd at {self.socket_path}: {exc.strerror} "
+                              "(is the daemon running?)") from None
         except PermissionError:
             raise CliError(f"permission denied on {self.socket_path} "
                            "(run as root or a member of the control group)") from None
-        except OSError as exc:
-            raise CliError(f"cannot talk to cerssd at {self.socket_path}: {exc}") from None
+        except OSError as exc:  # reset, closed mid-answer, timed out
+            raise Unreachable(f"cannot talk to cerssd at {self.socket_path}: {exc}") from None
         finally:
             conn.close()
         if response.status >= 400:
             try:
                 problem = json.loads(data)
-                raise CliError(f"{problem.get('title', response.reason)}: "
-                               f"{problem.get('detail', '')}")
             except json.JSONDecodeError:
                 raise CliError(f"HTTP {response.status}: {data.decode(errors='replace')}") \
                     from None
+            message = f"{problem.get('title', response.reason)}: {problem.get('detail', '')}"
+            if (response.status, problem.get("title")) == (503, "Shutting Down"):
+                raise Unreachable(message)  # going away: it will be back
+            raise CliError(message)
         if not data:  # 204 No Content
             return None
         if response.getheader("Content-Type", "").startswith("text/plain"):
@@ -165,7 +173,8 @@ def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
     ``--follow``); exit with ``cli_watch.exit_status``: 0 succeeded, 1 failed, 2 cancelled."""
     live = sys.stderr.isatty() and not out.as_json
     activity = cli_watch.follow(client, activity,
-                                Console(stderr=True, highlight=False) if live else None)
+                                Console(stderr=True, highlight=False) if live else None,
+                                Unreachable)
     out.emit(activity, lambda a: render_activity(out, a))
     return cli_watch.exit_status(activity)
 

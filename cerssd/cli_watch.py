@@ -15,8 +15,15 @@ like ``top -b``: no escapes and no bars, one timestamped block per refresh, and 
 "reconnecting…" line per outage, so ``cerssctl status --watch --interval 60 >> log``
 keeps a readable log. Ctrl-C ends it with status 0.
 
+The view is made to fit 120 columns (``VIEW_WIDTH``, the width of the plain snapshots):
+names and errors give way with "…", ids and states never do. What is wrong *now* is
+said where it is looked for: a server whose link is retrying or lost says so in the
+header (not ``up``), and every link that is not up is listed under "Last errors" with
+its error; a healed link's old error is not shown any more.
+
 ``follow`` long-polls ``GET /v1/activities/ID?wait=S`` (answered the moment the
-activity ends) and draws one progress line on stderr when that is a terminal;
+activity ends) and draws one progress line on stderr when that is a terminal; it rides
+out a daemon restart the same way (``attempt``), saying it is reconnecting.
 ``exit_status`` turns the finished activity into cerssctl's exit status.
 """
 
@@ -24,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -44,8 +52,13 @@ from .cli_relationships import _Client, lag_text
 LIVE_STATES = ("running", "retrying", "suspended", "cancelling", "pending")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 ERRORS_SHOWN = 5
+#: The width the whole view is made to fit (the plain snapshots are printed at it).
+VIEW_WIDTH = 120
+BAR_WIDTH = 10
 #: Long-poll without a live line; below the client's 30 s socket timeout.
 FOLLOW_WAIT = 20
+#: How often ``follow`` asks again while the daemon does not answer.
+RECONNECT_INTERVAL = 1.0
 
 # ``show --follow`` / ``--wait`` exit statuses. 1 is also cerssctl's own failure
 # (daemon unreachable, unknown activity): both mean "it did not succeed".
@@ -57,10 +70,10 @@ STATE_STYLE = {"running": "green", "pending": "dim", "suspended": "bold yellow",
                "retrying": "bold red", "cancelling": "magenta", "up": "green",
                "lost": "bold red", "in-sync": "green", "syncing": "cyan",
                "behind": "yellow", "error": "bold red", "paused": "bold yellow",
-               "stopped": "dim", "stopping": "magenta"}
+               "stopped": "dim", "stopping": "magenta", "down": "bold red"}
 #: Suspended and retrying work is marked in capitals: it stands out in plain text too.
 STATE_MARK = {"suspended": "SUSPENDED", "retrying": "RETRYING", "paused": "PAUSED",
-              "lost": "LOST", "error": "ERROR"}
+              "lost": "LOST", "error": "ERROR", "down": "DOWN"}
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,8 @@ class Outage:
 
 
 def fetch(client: _Client) -> Frame:
-    """One refresh. Activities are asked for only in the states the status counts say
-    exist, so an idle daemon costs three requests; the listing is per state because a
+    """One refresh. Live activities are asked for only in the states the status counts say
+    exist, so an idle daemon costs four requests; the listing is per state because a
     relationship's activity is old and would fall off a newest-first page."""
     status = client.request("GET", "/v1/status")
     counts: dict[str, int] = status["activities"]
@@ -93,8 +106,8 @@ def fetch(client: _Client) -> Frame:
     for state in LIVE_STATES:
         if counts.get(state):
             live += client.request("GET", f"/v1/activities?state={state}&limit=100")["items"]
-    failed = (client.request("GET", f"/v1/activities?state=failed&limit={ERRORS_SHOWN}")
-              ["items"] if counts.get("failed") else [])
+    # Always asked for: the counts may cover only live work, not history.
+    failed = client.request("GET", f"/v1/activities?state=failed&limit={ERRORS_SHOWN}")["items"]
     return Frame(status=status,
                  relationships=client.request("GET", "/v1/relationships")["items"],
                  activities=sorted(live, key=lambda a: a["created_at"]),
@@ -111,14 +124,16 @@ def _ago(ts: float | None, now: float) -> str:
     return "-" if ts is None else lag_text(max(0.0, now - ts))
 
 
-def progress_text(p: dict[str, Any]) -> str:
-    """``n of m`` in the activity's unit with a percentage; ``0 of 0`` is open-ended."""
+def progress_text(p: dict[str, Any], percent: bool = True) -> str:
+    """``n of m`` in the activity's unit with a percentage (left out beside a bar, which
+    shows it); ``0 of 0`` is open-ended."""
     unit, done, total = p["unit"], p["done"], p["total"]
     amount = size_text if unit == "bytes" else (lambda n: f"{n} {unit}")
     if total == 0:
         text = amount(done) if done else "0 of 0"
     else:
-        text = f"{amount(done)} of {amount(total)} ({100 * done / total:.0f}%)"
+        text = f"{amount(done)} of {amount(total)}"
+        text += f" ({100 * done / total:.0f}%)" if percent else ""
     return text + (" est." if p.get("estimated") else "")
 
 
@@ -137,11 +152,13 @@ def eta_text(a: dict[str, Any]) -> str:
     return lag_text((p["total"] - p["done"]) / rate)
 
 
-def link_text(link: dict[str, Any] | None, now: float) -> str:
-    """Empty for a healthy link; otherwise what is wrong, since when, and the next try."""
+def link_text(link: dict[str, Any] | None, now: float, server: bool = True) -> str:
+    """Empty for a healthy link; otherwise what is wrong, since when, and the next try
+    (and the server's name first, unless the row names it already)."""
     if not link or link["state"] == "up":
         return ""
-    text = f"{link['server']} {link['state']} {_ago(link.get('since'), now)}"
+    text = (f"{link['server']} " if server else "") + \
+        f"{link['state']} {_ago(link.get('since'), now)}"
     if link.get("attempt"):
         text += f", attempt {link['attempt']}"
     if link.get("next_try_at"):
@@ -155,7 +172,7 @@ def bar(a: dict[str, Any]) -> RenderableType:
     if p["total"] == 0:
         return Spinner("dots", style=STATE_STYLE.get(a["state"], ""))
     style = {"suspended": "yellow", "retrying": "red"}.get(a["state"], "bar.complete")
-    return ProgressBar(total=p["total"], completed=min(p["done"], p["total"]), width=16,
+    return ProgressBar(total=p["total"], completed=min(p["done"], p["total"]), width=BAR_WIDTH,
                        complete_style=style)
 
 
@@ -194,47 +211,70 @@ def _width(cell: Cell) -> int:
     return len(cell) if isinstance(cell, str) else 1  # a spinner
 
 
+def server_states(frame: Frame) -> list[tuple[str, str]]:
+    """Each server's state for the header, then each object store's: a link that is not
+    up says so (a retrying link is ``retrying``, not ``up``); otherwise a server is ``up``
+    once probed and ``down`` until then (a local server has no link)."""
+    links = {x["server"]: x["state"] for x in frame.links}
+    states = [(name, links[name] if links.get(name, "up") != "up"
+               else "up" if probed else "down")
+              for name, probed in frame.status["servers"].items()]
+    return states + [(name, state) for name, state in links.items()
+                     if name not in frame.status["servers"]]
+
+
 def _header(frame: Frame) -> Text:
+    """Two lines: the daemon, then what it counts and each server's state."""
     s = frame.status
     counts = ", ".join(f"{k}={v}" for k, v in sorted(s["activities"].items())) or "none"
-    servers = ", ".join(f"{k} {'up' if v else 'DOWN'}" for k, v in s["servers"].items())
-    return Text(f"cerssd {s['version']}  pid {s['pid']}  up {lag_text(s['uptime_seconds'])}  "
-                f"activities: {counts}  servers: {servers}  at {when(frame.fetched_at)[-8:]}",
+    text = Text(f"cerssd {s['version']}  pid {s['pid']}  up {lag_text(s['uptime_seconds'])}  "
+                f"at {when(frame.fetched_at)[-8:]}\nactivities: {counts}  servers: ",
                 style="bold")
+    for i, (name, state) in enumerate(server_states(frame)):
+        text.append(", " if i else "")
+        text.append(f"{name} ")
+        text.append(_styled(state))
+    return text
 
 
 def relationships_table(items: list[dict[str, Any]], now: float) -> RenderableType:
-    """One row per slave. ``replication_status`` and ``active_server`` are shown when the
-    daemon reports them (failover support adds them), and not required."""
-    extra = [k for k in ("replication_status", "active_server") if any(k in r for r in items)]
+    """One row per slave. A ``replication`` column (``failed-over``…) appears when some
+    relationship's ``replication_status`` is not the plain ``enabled``; ``master`` is the
+    active one. The last column is the slave's trouble: its link while that is not up,
+    else its last transfer's error, else ``up``."""
+    replication = any(r.get("replication_status", "enabled") != "enabled" for r in items)
     rows: list[list[Cell]] = []
     for r in items:
         first: list[Cell] = [r["name"], _cut(r["volume"]), r["master"], _styled(r["state"]),
-                             *(str(r.get(k) or "-") for k in extra)]
+                             *([str(r.get("replication_status") or "-")] if replication
+                               else [])]
         for s in r["slaves"] or [{"server": "-", "state": "-", "lag_seconds": None,
                                  "link": None, "error": None}]:
+            down = link_text(s["link"], now, server=False)
+            trouble = (_cut(down, "red") if down else
+                       _cut(s["error"], "red") if s.get("error") else Text("up"))
             rows.append([*first, s["server"], _styled(s["state"]), lag_text(s["lag_seconds"]),
-                         _cut(link_text(s["link"], now) or "up"),
-                         _cut(s.get("error") or "", "red")])
+                         trouble])
             first = [""] * len(first)
     return _table(["relationship", "volume", "master", "state",
-                   *(k.replace("_", " ") for k in extra), "slave", "slave state", "lag",
-                   "link", "error"], rows,
+                   *(["replication"] if replication else []), "slave", "slave state", "lag",
+                   "link / error"], rows,
                   keep=("relationship", "slave", "slave state"),
-                  free=("volume", "link", "error"))
+                  free=("volume", "link / error"))
 
 
 def activities_table(items: list[dict[str, Any]], now: float, plain: bool) -> RenderableType:
-    """Work under way; bars (and spinners) only on a terminal."""
+    """Work under way; bars (and spinners) only on a terminal. A retrying activity's
+    link is not repeated here: the link is listed under "Last errors" and "Links"."""
     rows: list[list[Cell]] = []
     for a in items:
         what = (a["volume"] or "-") + (f" → {a['target']}" if a["target"] else "")
         rows.append([a["id"], a["kind"], _styled(a["state"]), *([] if plain else [bar(a)]),
-                     progress_text(a["progress"]), eta_text(a), rate_text(a), _cut(what),
-                     _cut(link_text(a.get("link"), now))])
+                     progress_text(a["progress"], percent=plain), eta_text(a), rate_text(a),
+                     _cut(what)])
     return _table(["id", "kind", "state", *([] if plain else [""]), "progress", "eta", "rate",
-                   "volume → target", "link"], rows,
-                  keep=("id", "state", "", "progress"), free=("kind", "volume → target", "link"))
+                   "volume → target"], rows,
+                  keep=("id", "kind", "state", "", "progress"), free=("volume → target",))
 
 
 def links_table(items: list[dict[str, Any]], now: float) -> RenderableType:
@@ -242,19 +282,36 @@ def links_table(items: list[dict[str, Any]], now: float) -> RenderableType:
         [x["server"], _styled(x["state"]), _ago(x["since"], now) if x["state"] != "up" else "-",
          str(x["attempt"] or "-"),
          lag_text(max(0.0, x["next_try_at"] - now)) if x["next_try_at"] else "-",
-         _cut(x["last_error"] or "")] for x in items]
+         _cut(x["last_error"] or "" if x["state"] != "up" else "")] for x in items]
     return _table(["link", "state", "since", "attempt", "next try", "last error"], rows,
                   keep=("link", "state"), free=("last error",))
 
 
-def errors_table(items: list[dict[str, Any]]) -> RenderableType:
-    rows: list[list[Cell]] = []
-    for a in items:
+def _clock(ts: float | None, now: float) -> str:
+    """The time of day within the last day, the date and time before that."""
+    if ts is None:
+        return "-"
+    return when(ts)[-8:] if now - ts < 86400 else when(ts)
+
+
+def errors_table(links: list[dict[str, Any]], failed: list[dict[str, Any]],
+                 now: float) -> RenderableType:
+    """What is wrong now, then what went wrong: each link that is not up (since when, why),
+    then the latest failed activities."""
+    rows: list[list[Cell]] = [
+        [_clock(x["since"], now), x["server"], "link", "-",
+         _cut(f"{STATE_MARK.get(x['state'], x['state'])}: {x['last_error'] or 'no answer'}",
+              "red")] for x in links]
+    for a in failed:
         status = a["status"] or {"code": "?", "message": ""}
-        rows.append([when(a["finished_at"]), a["id"], a["kind"], _cut(a["volume"] or "-"),
+        rows.append([_clock(a["finished_at"], now), a["id"], a["kind"], _cut(a["volume"] or "-"),
                      _cut(f"{status['code']} {status['message']}", "red")])
-    return _table(["failed at", "id", "kind", "volume", "status"], rows, keep=("id",),
-                  free=("volume", "status"))
+    return _table(["at", "id / link", "kind", "volume", "error"], rows, keep=("id / link",),
+                  free=("volume", "error"))
+
+
+def down_links(frame: Frame) -> list[dict[str, Any]]:
+    return [x for x in frame.links if x["state"] != "up"]
 
 
 def render(frame: Frame | None, now: float, outage: Outage | None = None,
@@ -269,11 +326,12 @@ def render(frame: Frame | None, now: float, outage: Outage | None = None,
     if frame is None:
         return Group(*parts or [Text("connecting…")])
     parts.append(_header(frame))
+    down = down_links(frame)
     sections: list[tuple[str, list[dict[str, Any]], RenderableType]] = [
         ("Relationships", frame.relationships, relationships_table(frame.relationships, now)),
         ("Activities", frame.activities, activities_table(frame.activities, now, plain)),
         ("Links", frame.links, links_table(frame.links, now)),
-        ("Last errors", frame.failed, errors_table(frame.failed))]
+        ("Last errors", [*down, *frame.failed], errors_table(down, frame.failed, now))]
     for title, items, table in sections:
         parts.append(Text(f"\n{title}" + ("" if items else ": none"), style="bold underline"))
         if items:
@@ -282,13 +340,24 @@ def render(frame: Frame | None, now: float, outage: Outage | None = None,
 
 
 # -- the loops ---------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+def attempt(call: Callable[[], T], outage: Outage | None,
+            unreachable: type[Exception]) -> tuple[T | None, Outage | None]:
+    """``call()``'s answer, or None and the outage the daemon is now in (kept since its
+    start): how both loops ride out a daemon restart."""
+    try:
+        return call(), None
+    except unreachable as exc:
+        return None, Outage(outage.since if outage else time.time(), str(exc))
+
+
 def _poll(client: _Client, frame: Frame | None, outage: Outage | None,
           unreachable: type[Exception]) -> tuple[Frame | None, Outage | None]:
     """A fresh frame, or the last one with the outage it is now in."""
-    try:
-        return fetch(client), None
-    except unreachable as exc:
-        return frame, Outage(outage.since if outage else time.time(), str(exc))
+    fresh, outage = attempt(lambda: fetch(client), outage, unreachable)
+    return fresh or frame, outage
 
 
 def watch(client: _Client, console: Console, interval: float,
@@ -334,22 +403,26 @@ def _watch_plain(client: _Client, console: Console, interval: float,
         now = time.time()
         if outage is None:
             console.print(f"--- {when(now)}")
-            console.print(render(frame, now, plain=True))
+            console.print(render(frame, now, plain=True), width=VIEW_WIDTH)
             console.print()
         elif was is None:
             console.print(f"--- {when(now)} reconnecting… {outage.error}")
         console.file.flush()
 
 
-def follow(client: _Client, activity: dict[str, Any],
-           console: Console | None) -> dict[str, Any]:
+def follow(client: _Client, activity: dict[str, Any], console: Console | None,
+           unreachable: type[Exception]) -> dict[str, Any]:
     """Wait for ``activity`` to end; with a ``console``, a live line on it meanwhile.
 
     With no one watching, each request waits up to FOLLOW_WAIT seconds for the end; with
-    a line to draw, one second, so the line moves.
+    a line to draw, one second, so the line moves. While the daemon does not answer
+    (``unreachable``: it is restarting) it says "reconnecting…" (on the live line, or
+    once per outage on stderr) and asks again every second, as the watch view does: a
+    self-restarting activity carries on in the restarted daemon, and so does this.
     """
     path = f"/v1/activities/{urllib.parse.quote(activity['id'], safe='')}"
     wait = 1 if console is not None else FOLLOW_WAIT
+    outage: Outage | None = None
     with contextlib.ExitStack() as stack:
         live = None
         if console is not None:
@@ -357,17 +430,31 @@ def follow(client: _Client, activity: dict[str, Any],
                                             refresh_per_second=4))
         while activity["state"] not in TERMINAL:
             if live is not None:
-                live.update(follow_line(activity, time.time()), refresh=True)
-            activity = client.request("GET", f"{path}?wait={wait}")
+                live.update(follow_line(activity, time.time(), outage), refresh=True)
+            was = outage
+            fresh, outage = attempt(lambda: client.request("GET", f"{path}?wait={wait}"),
+                                    outage, unreachable)
+            if fresh is not None:
+                activity = fresh
+            if live is None and (outage is None) != (was is None):
+                print(f"cerssctl: reconnecting… {outage.error}" if outage else
+                      "cerssctl: reconnected", file=sys.stderr, flush=True)
+            if outage is not None:
+                time.sleep(RECONNECT_INTERVAL)
     return activity
 
 
-def follow_line(a: dict[str, Any], now: float) -> RenderableType:
-    """One activity's progress on one line: the row of the watch view, without the id."""
+def follow_line(a: dict[str, Any], now: float,
+                outage: Outage | None = None) -> RenderableType:
+    """One activity's progress on one line: the row of the watch view, without the id;
+    during an outage, the "reconnecting…" line over the last one seen."""
     line = Table.grid(padding=(0, 1))
     line.add_row(_styled(a["state"]), bar(a), progress_text(a["progress"]), rate_text(a),
                  f"eta {eta_text(a)}", link_text(a.get("link"), now))
-    return line
+    if outage is None:
+        return line
+    return Group(Text(f"reconnecting… {outage.error} (for {_ago(outage.since, now)})",
+                      style="bold red"), line)
 
 
 def exit_status(activity: dict[str, Any]) -> int:

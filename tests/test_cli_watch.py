@@ -21,6 +21,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import pytest
 from rich.console import Console
 
 from cerssd import cli_watch
-from cerssd.cli import parser
+from cerssd.cli import CliError, Unreachable, parser
 
 from .conftest import (
     DaemonProcess,
@@ -103,20 +104,20 @@ def test_view_shows_running_suspended_retrying_lost_link_and_errors(
         console = Console(record=True, width=250, color_system="truecolor")
         console.print(cli_watch.render(frame, time.time()))
         text = console.export_text()
+        narrow = _text(cli_watch.render(frame, time.time()), width=cli_watch.VIEW_WIDTH)
     finally:
         for aid in (running, suspended):
             d.api("POST", f"/v1/activities/{aid}/cancel")
             assert d.wait_done(aid)["state"] == "cancelled"
 
     run_row = row(text, running)
-    assert " running " in run_row and re.search(r" of 16\.\d MiB \(\d+%\)", run_row)
+    assert " running " in run_row and re.search(r" of 16\.\d MiB ", run_row)
     assert re.search(r" \d+s +\d+\.\d KiB/s ", run_row)  # ETA and rate
     assert "━" in run_row  # a bar
     susp_row = row(text, suspended)
     assert " SUSPENDED " in susp_row and " paused " in susp_row
     retry_row = row(text, retrying[0]["id"])
     assert " RETRYING " in retry_row and "→ gone:ghost/vol" in retry_row
-    assert "gone retrying " in retry_row and "attempt" in retry_row
     relationship = next(a for a in frame.activities if a["kind"] == "relationship")
     assert "0 of 0" in row(text, relationship["id"])  # open-ended: a spinner, not a bar
     rel = section(text, "Relationships")
@@ -124,8 +125,19 @@ def test_view_shows_running_suspended_retrying_lost_link_and_errors(
     assert "gone" in rel[1].split() and " LOST " in rel[1]
     gone = next(line for line in section(text, "Links") if line.startswith("gone "))
     assert gone.split()[1] in ("LOST", "RETRYING") and "cannot reach" in gone
-    assert "already exists" in row("\n".join(section(text, "Last errors")), bad)
-    assert f"pid {d.proc.pid}" in text and "gone DOWN" in text
+    errors = "\n".join(section(text, "Last errors"))
+    assert "already exists" in row(errors, bad)
+    down = row(errors, "gone ").split()  # the lost link is an error now, with its reason
+    assert down[2] == "link" and down[4].rstrip(":") in ("LOST", "RETRYING"), down
+    assert "cannot reach" in row(errors, "gone ")
+    assert f"pid {d.proc.pid}" in text
+    assert re.search(r"servers: .*gone (LOST|RETRYING)", text), text  # not "up", not "DOWN"
+    # The same frame in 120 columns: nothing wider, ids and states whole.
+    assert max(map(len, narrow.splitlines())) <= cli_watch.VIEW_WIDTH, narrow
+    for aid in (running, suspended, retrying[0]["id"], bad):
+        assert aid in narrow
+    assert " SUSPENDED " in row(narrow, suspended)
+    assert " RETRYING " in row(narrow, retrying[0]["id"])
 
 
 # -- the view, from recorded JSON: what the live daemon cannot be made to show cheaply ------
@@ -145,26 +157,103 @@ def _frame(relationships: list[dict[str, Any]],
         fetched_at=1000.0)
 
 
-def _text(renderable: Any) -> str:
-    console = Console(record=True, width=250)
+def _text(renderable: Any, width: int = 250) -> str:
+    console = Console(record=True, width=width)
     console.print(renderable)
     return console.export_text()
 
 
-def test_failover_fields_are_shown_only_when_the_daemon_reports_them() -> None:
+def test_replication_status_is_shown_only_when_it_says_something() -> None:
     slave = {"server": "s1", "state": "in-sync", "lag_seconds": 12.0,
              "link": {"server": "s1", "state": "up"}, "error": None}
     rel = {"name": "hot", "volume": "tank/vol", "master": "local", "state": "running",
            "slaves": [slave]}
-    without = _text(cli_watch.render(_frame([rel], []), 1000.0))
-    assert "replication status" not in without and "active server" not in without
-    assert section(without, "Relationships")[1].split() == [
-        "hot", "tank/vol", "local", "running", "s1", "in-sync", "12s", "up"]
-    failed_over = {**rel, "replication_status": "failed-over", "active_server": "s1"}
+    for shown in (rel, {**rel, "replication_status": "enabled", "active_server": "local"}):
+        text = _text(cli_watch.render(_frame([shown], []), 1000.0))
+        assert "replication" not in text and "active server" not in text
+        assert section(text, "Relationships")[1].split() == [
+            "hot", "tank/vol", "local", "running", "s1", "in-sync", "12s", "up"]
+    failed_over = {**rel, "master": "s1", "replication_status": "failed-over",
+                   "active_server": "s1"}
     shown = section(_text(cli_watch.render(_frame([failed_over], []), 1000.0)),
                     "Relationships")
-    assert shown[0].split()[4:8] == ["replication", "status", "active", "server"]
-    assert shown[1].split()[4:6] == ["failed-over", "s1"]
+    assert shown[0].split()[:5] == ["relationship", "volume", "master", "state", "replication"]
+    assert shown[1].split()[2:5] == ["s1", "running", "failed-over"]
+
+
+def test_header_last_errors_and_links_say_what_is_wrong_now() -> None:
+    """A retrying link is retrying in the header, a down link is an error, and a healed
+    link's old error is gone from the view."""
+    retrying = {"server": "s1", "state": "retrying", "since": 940.0, "attempt": 4,
+                "next_try_at": 1008.0, "last_error": "Connection refused"}
+    healed = {"server": "s2", "state": "up", "since": None, "attempt": 0,
+              "next_try_at": None, "last_error": "Connection timed out"}
+    store = {"server": "s3", "state": "lost", "since": 990.0, "attempt": 0,
+             "next_try_at": None, "last_error": "store unreachable"}
+    frame = replace(_frame([], []), links=[retrying, healed, store], status={
+        "version": "0.1.0", "pid": 42, "uptime_seconds": 90.0, "activities": {},
+        "servers": {"local": True, "s1": True, "s2": True, "idle": False}})
+    text = _text(cli_watch.render(frame, 1000.0))
+    header = text.splitlines()[1]
+    assert "servers: local up, s1 RETRYING, s2 up, idle DOWN, s3 LOST" in header, header
+    errors = section(text, "Last errors")
+    assert errors[0].split() == ["at", "id", "/", "link", "kind", "volume", "error"]
+    assert row("\n".join(errors), "s1 ").split()[1:] == [
+        "s1", "link", "-", "RETRYING:", "Connection", "refused"]
+    assert "store unreachable" in row("\n".join(errors), "s3 ")
+    assert "s2" not in "\n".join(errors)
+    assert "timed out" not in text  # healed: its old error is not shown anywhere
+    links = section(text, "Links")
+    assert row("\n".join(links), "s2 ").split() == ["s2", "up", "-", "-", "-"]
+    assert "Connection refused" in row("\n".join(links), "s1 ")
+    healed_only = replace(frame, links=[healed])
+    assert "Last errors: none" in _text(cli_watch.render(healed_only, 1000.0))
+
+
+def test_a_busy_view_fits_120_columns() -> None:
+    """Long names, a failover, every kind of trouble: each line fits, names give way
+    with "…", ids, states and numbers never do."""
+    link = {"server": "standby-two", "state": "retrying", "since": 900.0, "attempt": 7,
+            "next_try_at": 1030.0,
+            "last_error": "ssh: connect to host 10.0.0.2 port 22: Connection refused"}
+    long_volume = "tank/projects/engineering/builds/nightly-artifacts"
+    slave = {"server": "standby-two", "state": "behind", "lag_seconds": 3600.0, "link": link,
+             "error": "cannot receive incremental stream: destination has been modified"}
+    rel = {"name": "projects-hourly", "volume": long_volume, "master": "standby-one",
+           "state": "running", "replication_status": "failed-over",
+           "active_server": "standby-one",
+           "slaves": [slave, {**slave, "server": "primary", "state": "in-sync", "link": None,
+                              "error": None, "lag_seconds": 30.0}]}
+    acts = [_activity("0123456789abcdef", "running", 4 * MiB, 16 * MiB, rate=3.0 * MiB,
+                      volume=long_volume, target=f"standby-two:{long_volume}"),
+            _activity("fedcba9876543210", "retrying", 5 * MiB, 1 << 40, link=link,
+                      volume=long_volume, target=f"standby-two:{long_volume}"),
+            _activity("aaaabbbbccccdddd", "suspended", 0, 0, kind="relationship")]
+    failed = [{**_activity("1111222233334444", "failed", 0, 0), "finished_at": 990.0,
+               "status": {"code": 1, "message": slave["error"]}}]
+    frame = cli_watch.Frame(
+        status={"version": "0.1.0", "pid": 12345, "uptime_seconds": 3 * 86400.0,
+                "activities": {"running": 1, "retrying": 1, "suspended": 1},
+                "servers": {"local": True, "primary": True, "standby-one": True,
+                            "standby-two": True}},
+        relationships=[rel], activities=acts, failed=failed, links=[link],
+        fetched_at=1000.0)
+    for plain in (False, True):
+        text = _text(cli_watch.render(frame, 1000.0, plain=plain), width=120)
+        assert max(map(len, text.splitlines())) <= 120, text
+        assert "standby-two RETRYING" in text.splitlines()[1] + text.splitlines()[2]
+        for a in [*acts, *failed]:
+            assert a["id"] in text
+        assert " RETRYING " in row(text, "fedcba9876543210")
+        assert " SUSPENDED " in row(text, "aaaabbbbccccdddd")
+        assert "4.0 MiB of 16.0 MiB" in row(text, "0123456789abcdef")
+        rels = section(text, "Relationships")
+        first = rels[1].split()
+        assert first[0] == "projects-hourly" and first[1].startswith("tank/projects/")
+        assert first[1].endswith("…") and first[2:5] == ["standby-one", "running",
+                                                          "failed-over"], rels
+        assert "retrying 100s" in rels[1]
+        assert " link " in row("\n".join(section(text, "Last errors")), "  standby-two  ")
 
 
 def test_progress_rate_eta_and_the_follow_line() -> None:
@@ -180,12 +269,45 @@ def test_progress_rate_eta_and_the_follow_line() -> None:
     assert cli_watch.eta_text(lost) == "-"
     assert cli_watch.link_text(lost["link"], 1000.0) == \
         "s1 retrying 10s, attempt 3, next try in 2s: Connection refused"
-    plain = _text(cli_watch.render(_frame([], [a, lost]), 1000.0, plain=True))
-    assert "━" not in plain and "RETRYING" in row(plain, "s1 retrying")
+    plain = _text(cli_watch.render(_frame([], [a, {**lost, "id": "a2"}]), 1000.0,
+                                   plain=True))
+    assert "━" not in plain and "RETRYING" in row(plain, "a2")
+    assert "(25%)" in row(plain, "a1")  # no bar: the percentage says it
+    terminal = _text(cli_watch.render(_frame([], [a]), 1000.0))
+    assert "━" in row(terminal, "a1") and "(25%)" not in terminal
     outage = cli_watch.Outage(since=995.0, error="cannot reach cerssd")
     stale = _text(cli_watch.render(_frame([], [a]), 1000.0, outage)).splitlines()
     assert stale[0] == "reconnecting… cannot reach cerssd (for 5s)"
     assert any("a1" in line for line in stale)  # the last frame stays on screen
+    lines = _text(cli_watch.follow_line(a, 1000.0, outage)).splitlines()
+    assert lines[0] == "reconnecting… cannot reach cerssd (for 5s)" and "eta 6s" in lines[1]
+
+
+def test_follow_off_a_terminal_says_reconnecting_once_per_outage(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_watch, "RECONNECT_INTERVAL", 0.0)
+    answers: list[Any] = [Unreachable("cannot reach cerssd"), Unreachable("still not"),
+                          _activity("a1", "running", 1, 2),
+                          Unreachable("gone again"), _activity("a1", "succeeded", 2, 2)]
+
+    class Client:
+        def request(self, method: str, path: str) -> Any:
+            assert (method, path) == ("GET", f"/v1/activities/a1?wait={cli_watch.FOLLOW_WAIT}")
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    done = cli_watch.follow(Client(), _activity("a1", "running", 0, 2), None,  # type: ignore[arg-type]
+                            Unreachable)
+    assert done["state"] == "succeeded" and not answers
+    assert capsys.readouterr().err.splitlines() == [
+        "cerssctl: reconnecting… cannot reach cerssd", "cerssctl: reconnected",
+        "cerssctl: reconnecting… gone again", "cerssctl: reconnected"]
+    with pytest.raises(CliError):  # anything else (an unknown activity) still ends it
+        answers[:] = [CliError("Not Found: no activity a1")]
+        cli_watch.follow(Client(), _activity("a1", "running", 0, 2), None,  # type: ignore[arg-type]
+                         Unreachable)
 
 
 def test_interval_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
@@ -360,3 +482,31 @@ def test_follow_exits_with_the_activity_status(daemon: DaemonProcess, make_pool:
             proc.wait()
     assert proc.returncode == 2, out + err
     assert "state            cancelled" in out and "Traceback" not in err
+
+
+def test_follow_rides_out_a_daemon_restart(start_daemon: Any, make_pool: Any,
+                                           pty_ctl: Any) -> None:
+    """The daemon is stopped and started again while ``show --follow`` draws its line: it
+    says it is reconnecting, carries on, and exits with the status of the activity, which
+    the restarted daemon ran to its end."""
+    src, dst = make_pool(), make_pool()
+    zfs("create", f"{src}/vol")
+    write_file(f"/{src}/vol/data", 4)
+    zfs("snapshot", f"{src}/vol@s1")
+    d = start_daemon()
+    aid = replicate_slowly(d, f"{src}/vol@s1", f"{dst}/copy", MiB)
+    term = pty_ctl(["--socket", str(d.socket_path), "show", aid, "--follow"])
+    term.wait_for("━")  # following: the live line is drawn
+    down = term.mark()
+    assert d.stop() == 0
+    term.wait_for("reconnecting…", down)
+    assert "cannot reach cerssd" in term.text(down)
+    assert term.proc.poll() is None  # still following, with no daemon
+    d2 = start_daemon(config_path=d.config_path)
+    assert term.proc.wait(120) == 0, term.text()
+    term.reader.join(5)
+    text = term.text()
+    assert f"id               {aid}" in text and "state            succeeded" in text
+    assert "Traceback" not in text
+    done = d2.api("GET", f"/v1/activities/{aid}")
+    assert (done["state"], done["restarts"]) == ("succeeded", 1)
