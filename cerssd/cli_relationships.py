@@ -72,7 +72,9 @@ def render_one(out: _Output, r: dict[str, Any]) -> None:
              ("schedule", r["schedule"]), ("prefix", r["prefix"]),
              ("retention", ", ".join(r["retention"])), ("cycles", r["cycles"]),
              ("last cycle", when(r["last_cycle_at"])),
-             ("next cycle", when(r["next_cycle_at"])),
+             ("next cycle", when(r["next_cycle_at"]) if not r.get("cycle_waiting_since")
+              else f"cycle waiting for its turn since {when(r['cycle_waiting_since'])} "
+                   "(daemon.max_concurrent_cycles)"),
              ("newest snapshot", r["newest_snapshot"] or "-"),
              ("activity", r["activity"] or "-"), ("last error", r["last_error"] or "-")]
     lines += _failover_lines(r["failover"])

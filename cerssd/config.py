@@ -35,7 +35,7 @@ SECTIONS = {"daemon", "servers", "stores", "relationships"}
 DAEMON_KEYS = {
     "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
     "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
-    "retry_deadline",
+    "retry_deadline", "max_concurrent_cycles",
 }
 SERVER_KEYS = {
     "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
@@ -70,6 +70,10 @@ class DaemonConfig:
     stall_timeout: float = 30.0
     retry_max_interval: float = 30.0
     retry_deadline: float | None = 3600.0
+    #: Relationship cycles that may run at once (``replication/cycle_gate.py``): a few
+    #: cores' worth of zfs commands and SSH round trips, and small enough that a herd
+    #: of cycles cannot swamp a node.
+    max_concurrent_cycles: int = 4
 
     @property
     def journal_path(self) -> Path:
@@ -209,7 +213,17 @@ def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
                                           "daemon.retry_max_interval"),
         retry_deadline=_optional_duration(t.get("retry_deadline", d.retry_deadline),
                                           "daemon.retry_deadline"),
+        max_concurrent_cycles=_count(t, "max_concurrent_cycles", "daemon.",
+                                     d.max_concurrent_cycles, high=1000),
     )
+
+
+def _count(t: Mapping[str, Any], name: str, prefix: str, default: int, *, high: int) -> int:
+    """A whole number from 1 to ``high`` (true/false are not numbers here)."""
+    value = t.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ConfigError(prefix + name, f"must be a whole number from 1 to {high}")
+    return value
 
 
 def _optional_duration(value: Any, key: str) -> float | None:

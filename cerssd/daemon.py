@@ -43,6 +43,7 @@ from .replication import (
     replicate,
     restore,
 )
+from .replication.cycle_gate import CycleGate
 from .replication.groups import FanoutGroups
 from .replication.relationships import Relationships
 from .sdnotify import Notifier, watchdog_interval
@@ -100,7 +101,8 @@ class Daemon:
         backup_prune.register(self.engine, self.stores, policy)
         self.relationships = Relationships(self.engine, self.servers, self.journal, groups,
                                            self.stores)
-        continuous.register(self.engine, self.relationships, policy)
+        self.cycle_gate = CycleGate(d.max_concurrent_cycles)
+        continuous.register(self.engine, self.relationships, policy, self.cycle_gate)
         failover.register(self.engine, self.relationships)
         self.relationships.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships)
@@ -211,6 +213,7 @@ class Daemon:
             log.warning("some changes take effect only after a restart", keys=unchanged)
         configure_logging(new.daemon.log_level)
         self.engine.retention = new.daemon.activity_retention
+        self.cycle_gate.limit = new.daemon.max_concurrent_cycles
         self.config = _keep_restart_keys(new, self.config)
         log.info("config reloaded", path=str(path))
         self.notifier.notify(ready=1, status="serving")

@@ -43,6 +43,11 @@ def test_defaults_without_servers_give_local() -> None:
     ({"daemon": {"activity_retention": "soon"}}, "daemon.activity_retention"),
     ({"daemon": {"shutdown_timeout": -1}}, "daemon.shutdown_timeout"),
     ({"daemon": {"colour": "blue"}}, "daemon.colour"),
+    ({"daemon": {"max_concurrent_cycles": 0}}, "daemon.max_concurrent_cycles"),
+    ({"daemon": {"max_concurrent_cycles": 1001}}, "daemon.max_concurrent_cycles"),
+    ({"daemon": {"max_concurrent_cycles": 2.5}}, "daemon.max_concurrent_cycles"),
+    ({"daemon": {"max_concurrent_cycles": "4"}}, "daemon.max_concurrent_cycles"),
+    ({"daemon": {"max_concurrent_cycles": True}}, "daemon.max_concurrent_cycles"),
     ({"daemon": "x"}, "daemon"),
     ({"servers": {"b1": {"kind": "ssh", "known_hosts": "/k"}}}, "servers.b1.host"),
     ({"servers": {"b1": {"kind": "ssh", "host": "h"}}}, "servers.b1.known_hosts"),
@@ -131,6 +136,12 @@ def test_check_config_flag(tmp_path: Path) -> None:
     good.write_text("[daemon]\n")
     result = run_daemon(good, "--check-config")
     assert result.returncode == 0 and "is valid" in result.stdout
+
+
+def test_max_concurrent_cycles() -> None:
+    assert parse_config({}).daemon.max_concurrent_cycles == 4
+    assert parse_config({"daemon": {"max_concurrent_cycles": 1}}).daemon \
+        .max_concurrent_cycles == 1
 
 
 def test_retry_keys() -> None:

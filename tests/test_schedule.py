@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import FrozenInstanceError
@@ -10,7 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cerssd.config import ConfigError, parse_duration
-from cerssd.replication.schedule import Cron, Interval, describe, parse_schedule
+from cerssd.replication.schedule import (
+    Cron,
+    Interval,
+    describe,
+    parse_schedule,
+    spread_offset,
+)
 
 KEY = "relationships.db"
 
@@ -404,7 +411,10 @@ def test_interval_downtime_caught_up_once_then_regular() -> None:
     last = ts(2025, 6, 9, 12)
     now = ts(2025, 6, 10, 15, 3, 17)  # hundreds of intervals missed
     assert i.next_after(last, now) == now
-    assert i.next_after(now, now + 20) == now + 300  # anchored to the catch-up
+    # Back on the grid (offset 0: every 5 minutes past the hour), at least 150 s later.
+    assert i.next_after(now, now + 20) == ts(2025, 6, 10, 15, 10)
+    assert i.next_after(ts(2025, 6, 10, 15, 8, 17), ts(2025, 6, 10, 15, 8, 18)) == \
+        ts(2025, 6, 10, 15, 15)
 
 
 def test_interval_overrun_runs_next_cycle_now() -> None:
@@ -415,6 +425,39 @@ def test_interval_overrun_runs_next_cycle_now() -> None:
 def test_interval_clock_stepped_back_waits_at_most_one_interval() -> None:
     now = ts(2025, 6, 10, 12)
     assert Interval(300).next_after(now + 3600, now) == now + 300
+
+
+def test_interval_cycles_fall_on_the_relationships_own_offset() -> None:
+    i = Interval(300, offset=47.5)
+    slot = ts(2025, 6, 10, 12, 0, 47.5)
+    assert i.next_after(slot, slot + 1) == slot + 300
+    assert i.next_after(slot - 0.01, slot) == slot + 300  # a timer a hair early: its slot
+    assert i.next_after(slot + 140, slot + 141) == slot + 300  # started late: its slot
+    assert i.next_after(slot + 200, slot + 201) == slot + 600  # never < 150 s apart
+    # A first cycle (at once), then the grid: every later start is at the offset.
+    t, starts = ts(2025, 6, 10, 12, 3, 11), []
+    for _ in range(5):
+        t = i.next_after(starts[-1] if starts else None, t)
+        starts.append(t)
+    assert starts[0] == ts(2025, 6, 10, 12, 3, 11)
+    assert [round((x - 47.5) % 300, 6) for x in starts[1:]] == [0.0] * 4
+    assert all(b - a >= 150 for a, b in itertools.pairwise(starts))
+
+
+def test_spread_offset_is_stable_in_range_and_spreads_like_names() -> None:
+    assert spread_offset("web", 60) == spread_offset("web", 60)
+    assert spread_offset("web", 60) != spread_offset("web2", 60)
+    assert spread_offset("web", 120) == pytest.approx(2 * spread_offset("web", 60))
+    assert parse_schedule("1m", None, KEY, "web") == Interval(60.0, spread_offset("web", 60))
+    assert parse_schedule(None, "* * * * *", KEY, "web") == Cron("* * * * *")
+    # Fifty look-alike names on a one-minute interval: spread over the minute, not in
+    # one second. (A hash is not a perfect spacing: a few may share a second.)
+    offsets = [spread_offset(f"vol-{n:02d}", 60) for n in range(50)]
+    assert all(0 <= o < 60 for o in offsets)
+    per_second = [sum(int(o) == s for o in offsets) for s in range(60)]
+    assert max(per_second) <= 4, per_second
+    assert sum(1 for c in per_second if c) >= 30, per_second
+    assert min(offsets) < 6 and max(offsets) > 54  # the whole minute is used
 
 
 # --- describe -----------------------------------------------------------------------

@@ -13,8 +13,9 @@ A cycle takes a snapshot on the master and brings every slave up to it:
    put in one fan-out group: one ``zfs send`` feeds them all.
 
 The cycle does not wait for its transfers: a slave that is down must not hold the
-others back. What the transfers achieve is recorded as they finish
-(``Relationships._after_transfer``).
+others back. Each cycle (and the catch-up at start) first takes a turn at the daemon's
+cycle gate (``cycle_gate``), so only ``max_concurrent_cycles`` run at once. What the
+transfers achieve is recorded as they finish (``Relationships._after_transfer``).
 
 If the master cannot be reached the relationship reports ``retrying`` with the
 link's health, backs off, and tries again; it never fails on a lost link.
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from functools import partial
 
@@ -36,6 +38,7 @@ from ..objectstore.client import StoreError
 from ..servers import ServerUnavailable
 from ..volume_states import BACKING_UP, REPLICATING, backup_holds, cycle_holds, replication_holds
 from .backup import BackupRequest, plan_backup, submit_backup
+from .cycle_gate import CycleGate
 from .fanout import FanoutGroup
 from .groups import StreamKey
 from .plan import ReplicationConflict
@@ -47,10 +50,11 @@ from .transfer import Endpoint
 
 class RelationshipWork(RelationshipFlow):
     def __init__(self, record: ActivityRecord, manager: Relationships,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, gate: CycleGate) -> None:
         self.name: str = record.params["relationship"]
         self.manager = manager
         self.policy = policy
+        self.gate = gate
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:
@@ -59,8 +63,9 @@ class RelationshipWork(RelationshipFlow):
             raise ActivityError(f"relationship {self.name} is no longer defined",
                                 StatusCode.NOT_FOUND, "not-found")
         rt.activity_id = ctx.record.id
-        await self.manager.refresh_all(rt)
-        await self._catch_up(ctx, rt)
+        async with self._turn(ctx, rt):
+            await self.manager.refresh_all(rt)
+            await self._catch_up(ctx, rt)
         while True:
             await ctx.checkpoint()
             if not ctx.params.get("cycle_snapshot"):
@@ -68,14 +73,26 @@ class RelationshipWork(RelationshipFlow):
                 await ctx.checkpoint()
                 if rt.catch_up_due:  # woken for a slave left behind, not for a cycle
                     rt.catch_up_due = False
-                    await self._catch_up(ctx, rt)
+                    async with self._turn(ctx, rt):
+                        await self._catch_up(ctx, rt)
                     continue
             try:
-                await self._cycle(ctx, rt)
+                async with self._turn(ctx, rt):
+                    await self._cycle(ctx, rt)
             except (ServerUnavailable, SshError, BackendError) as exc:
                 await self._master_trouble(ctx, rt, exc)
             else:
                 self.failures = 0
+
+    def _turn(self, ctx: ActivityContext, rt: Runtime) -> AbstractAsyncContextManager[None]:
+        """A turn at the daemon's cycle gate (``max_concurrent_cycles``); while the cycle
+        waits for it, the relationship's status says since when."""
+        def waiting(queued: bool) -> None:
+            rt.cycle_waiting_since = time.time() if queued else None
+            if queued:
+                ctx.log.info("cycle waits for its turn", running=self.gate.running,
+                             waiting=self.gate.waiting, limit=self.gate.limit)
+        return self.gate.turn(waiting)
 
     async def _catch_up(self, ctx: ActivityContext, rt: Runtime) -> None:
         """On (re)start: slaves behind the newest snapshot and with no transfer get one now.
@@ -274,5 +291,6 @@ def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:
     return label
 
 
-def register(engine: ActivityEngine, manager: Relationships, policy: RetryPolicy) -> None:
-    engine.register(KIND, lambda r: RelationshipWork(r, manager, policy))
+def register(engine: ActivityEngine, manager: Relationships, policy: RetryPolicy,
+             gate: CycleGate) -> None:
+    engine.register(KIND, lambda r: RelationshipWork(r, manager, policy, gate))

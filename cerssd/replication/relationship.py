@@ -128,7 +128,7 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     _check_label_room(prefix, [volume, *(s.target_volume for s in slaves)], f"{key}.prefix")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
-        schedule=parse_schedule(t.get("interval"), t.get("cron"), key),
+        schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
         prefix=prefix, retention=retention, slave_retention=slave_retention,
         retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
         fanout=fanout,

@@ -80,6 +80,8 @@ class Runtime:
     #: The master's newest snapshot of this relationship: (name, guid), remembered.
     newest: tuple[str, str] | None = None
     last_error: str | None = None
+    #: Since when its cycle waits for a turn (``max_concurrent_cycles``); None if not.
+    cycle_waiting_since: float | None = None
     activity_id: str | None = None
     suspended_children: set[str] = field(default_factory=set)
     group_ids: list[str] = field(default_factory=list)
@@ -591,6 +593,7 @@ class Relationships:
             "link": asdict(record.link) if record and record.link else None,
             "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
             "next_cycle_at": rt.next_cycle_at if record else None,
+            "cycle_waiting_since": rt.cycle_waiting_since if record else None,
             "newest_snapshot": rt.newest[0] if rt.newest else None,
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
             "backups": self.stores_json(rt),

@@ -9,10 +9,11 @@ Downtime is caught up **once**, not once per missed slot: replication is
 incremental, so a single cycle brings the slaves to the present and a burst of
 back-to-back snapshots would only churn the retention grid. The rules:
 
-* ``Interval``: the first cycle is immediate; after that ``last + seconds``; if that
-  moment has already passed (the daemon was down, or a cycle overran) the answer is
-  ``now`` and the following cycles are ``seconds`` apart from that catch-up: the
-  interval is anchored to the last cycle, not to a wall-clock grid.
+* ``Interval``: the first cycle is immediate; after that cycles fall on the
+  relationship's own grid, the times ``offset + k * seconds``. If the slot after the
+  last cycle has already passed (the daemon was down, or a cycle overran) the answer is
+  ``now``, and the cycle after that catch-up is back on the grid, at the first slot at
+  least half an interval later (so two cycles are never closer than that).
 * ``Cron``: the first cycle waits for the next matching minute; if a matching minute
   passed after ``last`` without a cycle, the answer is ``now``; otherwise the next
   matching minute after now.
@@ -20,10 +21,19 @@ back-to-back snapshots would only churn the retention grid. The rules:
 The caller should keep the deadline it was given rather than recompute it on
 waking: ``next_after(None, now)`` is always in the future, so recomputing it a few
 milliseconds after the deadline would move the first cron cycle on by a slot.
+
+Why a grid with an offset. Fifty relationships on ``interval = "1m"`` anchored to
+their last cycles start together for ever once something lines them up (a daemon
+restart catches them all up in the same second). Each relationship's ``offset`` is a
+stable fraction of its interval taken from a hash of its name (``spread_offset``), so
+their cycles are spread evenly over the interval, and a restart cannot line them up:
+after the catch-up each goes back to its own slot. A cron schedule runs at the minutes
+it names; relationships that should not start together are given different minutes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
@@ -72,9 +82,10 @@ _FIELDS = (
 
 @dataclass(frozen=True)
 class Interval:
-    """A cycle every ``seconds``, anchored to the previous cycle."""
+    """A cycle every ``seconds``, on the grid ``offset + k * seconds`` (Unix time)."""
 
     seconds: float
+    offset: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds) and self.seconds > 0):
@@ -83,18 +94,34 @@ class Interval:
     def next_after(self, last: float | None, now: float) -> float:
         """Unix time of the next cycle.
 
-        ``now`` when there was no cycle yet or ``last + seconds`` has passed: a
-        daemon that was down for a day takes one catch-up snapshot, then continues
-        every ``seconds`` from it. Otherwise ``last + seconds``, but never more than
-        one interval from ``now``: if the clock was stepped back, ``last`` lies in
-        the future and waiting for it would stall replication.
+        ``now`` when there was no cycle yet, or when the slot after ``last`` has
+        passed: a daemon that was down for a day takes one catch-up snapshot. The
+        slot after ``last`` is the first grid time more than half an interval after
+        it: a cycle that started late (it waited its turn, or fired a hair early)
+        still counts as its slot's, and a catch-up is followed by a slot, not by a
+        second cycle moments later. If the clock was stepped back (``last`` lies in
+        the future), the next slot after ``now``: waiting for ``last``'s would stall
+        replication.
         """
         if last is None:
             return now
-        due = last + self.seconds
-        if due <= now:
-            return now
-        return min(due, now + self.seconds)
+        if last > now:
+            return self._first_after(now)
+        due = self._first_after(last + self.seconds / 2)
+        return now if due <= now else due
+
+    def _first_after(self, t: float) -> float:
+        """The first grid time strictly after ``t``."""
+        return self.offset + (math.floor((t - self.offset) / self.seconds) + 1) * self.seconds
+
+
+def spread_offset(name: str, seconds: float) -> float:
+    """A stable offset in ``[0, seconds)`` for the relationship ``name``: the first 8
+    bytes of the SHA-256 of its name as a fraction of the interval. Stable across
+    restarts and machines (Python's ``hash`` is salted per process) and evenly spread
+    over the interval however the names look alike."""
+    fraction = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2.0**64
+    return fraction * seconds
 
 
 @dataclass(frozen=True)
@@ -203,11 +230,13 @@ class Cron:
 Schedule = Interval | Cron
 
 
-def parse_schedule(interval: object, cron: object, key: str) -> Schedule:
+def parse_schedule(interval: object, cron: object, key: str, name: str | None = None,
+                   ) -> Schedule:
     """The schedule of the relationship at ``key`` from its ``interval`` and ``cron``.
 
     Exactly one must be given (``None`` means absent): both would leave it unclear
-    which one the operator meant, and neither would mean never replicating.
+    which one the operator meant, and neither would mean never replicating. An
+    interval gets the offset of the relationship ``name`` (``spread_offset``).
     """
     if interval is None and cron is None:
         raise ConfigError(key, 'needs a schedule: interval (such as "15m") or cron '
@@ -221,7 +250,7 @@ def parse_schedule(interval: object, cron: object, key: str) -> Schedule:
     seconds = parse_duration(interval, f"{key}.interval")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{key}.interval", "must be a positive duration such as 15m")
-    return Interval(seconds)
+    return Interval(seconds, spread_offset(name, seconds) if name is not None else 0.0)
 
 
 def describe(schedule: Schedule) -> str:
