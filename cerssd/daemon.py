@@ -40,6 +40,7 @@ from .replication import (
     continuous,
     failover,
     prune,
+    rejoin,
     replicate,
     restore,
 )
@@ -104,6 +105,7 @@ class Daemon:
         self.cycle_gate = CycleGate(d.max_concurrent_cycles)
         continuous.register(self.engine, self.relationships, policy, self.cycle_gate)
         failover.register(self.engine, self.relationships)
+        rejoin.register(self.engine, self.relationships)
         self.relationships.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships)
         started = time.time()

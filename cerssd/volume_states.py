@@ -2,7 +2,8 @@
 vs stateful").
 
 A volume is ``available`` or ``in-use`` when nothing holds it, or in a busy state
-(``backing-up``, ``replicating``, ``restoring``, ``failing-over``) while an activity does.
+(``backing-up``, ``replicating``, ``restoring``, ``failing-over``, ``pruning``,
+``rejoining``) while an activity does.
 
 Why two regimes. ZFS snapshots cost nothing and every activity reads from (or receives
 into) a snapshot, so on a server that publishes ``stateless_snapshots`` activities never
@@ -55,10 +56,13 @@ BACKING_UP = "backing-up"
 REPLICATING = "replicating"
 RESTORING = "restoring"
 FAILING_OVER = "failing-over"
-BUSY_STATES = frozenset({BACKING_UP, REPLICATING, RESTORING, FAILING_OVER})
+PRUNING = "pruning"
+REJOINING = "rejoining"
+BUSY_STATES = frozenset({BACKING_UP, REPLICATING, RESTORING, FAILING_OVER, PRUNING,
+                         REJOINING})
 
 _ACTIONS = {BACKING_UP: "a backup", REPLICATING: "a replication", RESTORING: "a restore",
-            FAILING_OVER: "a failover"}
+            FAILING_OVER: "a failover", PRUNING: "a prune", REJOINING: "a rejoin"}
 
 #: The activity param that carries an activity's holds across a daemon restart.
 PARAM = "volume_holds"
@@ -258,6 +262,23 @@ def backup_holds(req: BackupRequest) -> list[VolumeKey]:
 
 def restore_holds(req: RestoreRequest) -> list[VolumeKey]:
     return [(req.server, req.target_volume)]
+
+
+def prune_holds(server: str, volume: str) -> list[VolumeKey]:
+    """A prune destroys snapshots of ``volume`` on ``server``: it holds that volume."""
+    return [(server, volume)]
+
+
+def backup_prune_holds(servers: Iterable[str], volume: str) -> list[VolumeKey]:
+    """A backup prune deletes a bucket's backups of ``volume``. The bucket names them by
+    volume alone, not by server, so any server's backup or restore of that volume may
+    be the chain it is cutting: it holds the volume on every (stateful) server."""
+    return [(server, volume) for server in servers]
+
+
+def rejoin_holds(server: str, volume: str) -> list[VolumeKey]:
+    """A rejoin rolls the fenced old master's volume back: it holds that volume."""
+    return [(server, volume)]
 
 
 def cycle_holds(spec: RelationshipSpec, member: str) -> list[VolumeKey]:

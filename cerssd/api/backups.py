@@ -20,7 +20,14 @@ from ..replication.backup import BackupRequest, submit_backup
 from ..replication.backup_prune import backups_to_delete, submit_backup_prune
 from ..replication.restore import RestoreRequest, restore_chain, submit_restore
 from ..replication.retention import parse_grid
-from ..volume_states import BACKING_UP, RESTORING, backup_holds, restore_holds
+from ..volume_states import (
+    BACKING_UP,
+    PRUNING,
+    RESTORING,
+    backup_holds,
+    backup_prune_holds,
+    restore_holds,
+)
 from . import models as m
 from .problems import ApiProblem
 from .schema import parse_query, read_body
@@ -115,5 +122,7 @@ async def prune_backups(api: ControlApi, request: web.Request) -> web.Response:
             "keep": [m.snapshot for m in found if m not in doomed]}
     if body.dry_run or not doomed:
         return _json(plan)
-    record = submit_backup_prune(api.ctx.engine, name, volume, doomed)
+    record = api.ctx.volume_states.submit_holding(
+        holds=backup_prune_holds(api.ctx.servers.entries, volume), busy=PRUNING,
+        submit=lambda: submit_backup_prune(api.ctx.engine, name, volume, doomed))
     return _json({**record.to_json(), "plan": plan}, 202)

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..activity import State, StatusCode
 from ..replication.failover import FailoverRequest, submit_failover
-from ..replication.rejoin import plan_rejoin, rejoin
+from ..replication.rejoin import plan_rejoin, submit_rejoin
+from ..volume_states import REJOINING, rejoin_holds
 from . import models as m
 from .problems import ApiProblem
 from .schema import read_body
@@ -48,5 +50,19 @@ async def rejoin_old_master(api: ControlApi, request: web.Request) -> web.Respon
         raise ApiProblem(409, "Consent Needed", "rejoining rolls the old master back: "
                          f"{plan.to_json(done=False)['summary']}. Review the dry run, then "
                          "send dry_run=false with rollback=true", **plan.to_json(done=False))
-    await rejoin(rels, rt, plan)
-    return _json(plan.to_json(done=True))
+    rels.check_no_failover(rt)
+    # An activity, so that on a stateful server it holds the volume it rolls back (409
+    # while another activity does, and for others while it runs); the answer waits for it.
+    record = api.ctx.volume_states.submit_holding(
+        holds=rejoin_holds(plan.server, plan.volume), busy=REJOINING,
+        submit=lambda: submit_rejoin(rels.engine, rt, plan))
+    activity = rels.engine.get(record.id)
+    await activity.done.wait()
+    done = activity.snapshot()
+    if done.state != State.SUCCEEDED:
+        status = done.status
+        message = status.message if status else str(done.state)
+        code = status.code if status else StatusCode.ERROR
+        raise ApiProblem(409 if code == StatusCode.CONFLICT else 502, "Rejoin Failed",
+                         message, activity=record.id)
+    return _json({**plan.to_json(done=True), "activity": record.id})

@@ -334,7 +334,7 @@ class Volume(Reply):
     readonly: bool
     mounted: bool
     state: Annotated[str, doc("available, in-use, or busy (backing-up, replicating, restoring, "
-        "failing-over) on a stateful server")]
+        "failing-over, pruning, rejoining) on a stateful server")]
 
 
 class Volumes(Reply):
@@ -431,6 +431,9 @@ class Relationship(Reply):
     cycles: int
     last_cycle_at: float | None
     next_cycle_at: float | None
+    cycle_waiting_since: Annotated[float | None, doc(
+        "since when a due cycle waits for its turn (daemon.max_concurrent_cycles); "
+        "null when it does not")]
     newest_snapshot: str | None
     last_error: str | None
     backups: list[RelationshipBackup]
@@ -449,6 +452,8 @@ class RejoinPlan(Reply):
     destroys_snapshots: list[str]
     discards_changes_after: int
     summary: str
+    activity: Annotated[str | None, doc("the rejoin activity that rolled back (not in a "
+                                        "dry run)")] = None
 
 
 class Store(Reply):

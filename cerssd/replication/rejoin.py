@@ -5,6 +5,15 @@ the newest one the two share (by guid), and changes since then. To follow the ne
 master it must be rolled back to that shared snapshot, which destroys them. So a
 rejoin is first a *dry run* that says exactly what would be destroyed, and it is
 carried out only when the operator says ``rollback: true``.
+
+Carried out, it is an activity (kind ``rejoin``) like every other piece of backend
+work, so that on a server without ``stateless_snapshots`` it holds the old master's
+volume (``rejoining``) and a conflicting action gets 409 naming it, as the other
+flows' holds do. The API waits for it and answers as before. The activity plans
+again before it rolls back and refuses if the plan is not the one consented to (a
+snapshot came or went in between). It is not self-restarting: a daemon stopped
+mid-rejoin leaves the server fenced, and the operator asks again (every step is
+safe to repeat).
 """
 
 from __future__ import annotations
@@ -15,12 +24,16 @@ from typing import Any
 
 import structlog
 
+from ..activity import ActivityRecord, Progress, StatusCode
 from ..backends.base import Snapshot
+from ..engine import ActivityContext, ActivityEngine, ActivityError
 from .relationship import SlaveSpec
-from .relationships import RelationshipError, Relationships, Runtime
+from .relationships import RelationshipError, RelationshipFlow, Relationships, Runtime
 from .roles import with_slave
 
 log = structlog.get_logger("cerssd.rejoin")
+
+KIND = "rejoin"
 
 
 @dataclass(frozen=True)
@@ -79,3 +92,42 @@ async def rejoin(manager: Relationships, rt: Runtime, plan: RejoinPlan) -> None:
                 destroyed=[s.name for s in plan.destroys], at=time.time())
     if manager.activity_of(rt) is not None:
         manager.sync_now(rt.name)
+
+
+def submit_rejoin(engine: ActivityEngine, rt: Runtime, plan: RejoinPlan) -> ActivityRecord:
+    """The consented rejoin of ``plan`` as an activity (the API holds its volume)."""
+    return engine.submit(
+        KIND, volume=plan.volume, source=rt.spec.master, target=f"{plan.server}:{plan.volume}",
+        params={"relationship": rt.name, "server": plan.server, "volume": plan.volume,
+                "base": plan.base.name, "base_guid": plan.base.guid,
+                "destroys": [s.name for s in plan.destroys]},
+        progress=Progress(0, 1, unit="rollbacks"))
+
+
+class RejoinWork(RelationshipFlow):
+    def __init__(self, record: ActivityRecord, manager: Relationships) -> None:
+        self.manager = manager
+        self.params = record.params
+
+    async def run(self, ctx: ActivityContext) -> None:
+        p = self.params
+        try:
+            rt = self.manager.get(p["relationship"])
+            plan = await plan_rejoin(self.manager, rt, p["server"])
+            if (plan.base.guid, [s.name for s in plan.destroys]) != (p["base_guid"],
+                                                                      p["destroys"]):
+                raise RelationshipError(
+                    f"{p['server']}:{p['volume']} changed since the rollback was consented "
+                    "to; run the dry run again and review what it destroys now")
+            await rejoin(self.manager, rt, plan)
+        except (KeyError, RelationshipError) as exc:
+            raise ActivityError(str(exc), StatusCode.CONFLICT, "conflict") from exc
+        ctx.set_progress(1)
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """A rollback that happened cannot be undone; one that did not changed nothing."""
+        return None
+
+
+def register(engine: ActivityEngine, manager: Relationships) -> None:
+    engine.register(KIND, lambda r: RejoinWork(r, manager))

@@ -22,6 +22,7 @@ import contextlib
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ from ..engine import Activity, ActivityEngine
 from ..journal import Journal
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
-from ..volume_states import VolumeStates
+from ..volume_states import PRUNING, VolumeStates, prune_holds
 from . import backup, prune, replicate
 from .groups import FanoutGroups
 from .relationship import RelationshipSpec, parse_relationship
@@ -512,9 +513,11 @@ class Relationships:
             return
         doomed = to_destroy(snaps, rt.spec.slave_retention, now=time.time(),
                             prefix=rt.spec.prefix, protected={status.last_snapshot_guid})
-        if doomed:
-            prune.submit_prune(self.engine, server, status.target_volume,
-                               [s.name for s in doomed], rt.name)
+        if doomed:  # a stateful slave's volume is held while pruned; skipped if held
+            self.volume_states.try_submit(
+                prune_holds(server, status.target_volume), PRUNING,
+                partial(prune.submit_prune, self.engine, server, status.target_volume,
+                        [s.name for s in doomed], rt.name), log.bind(relationship=rt.name))
 
     async def prune_master(self, rt: Runtime, snapshots: list[Snapshot] | None = None) -> None:
         """Retention on the master, sparing every slave's newest common base.
