@@ -278,11 +278,13 @@ def activities_table(items: list[dict[str, Any]], now: float, plain: bool) -> Re
 
 
 def links_table(items: list[dict[str, Any]], now: float) -> RenderableType:
+    """Every link; the last error only while the link is not up (a healed link's old
+    error is history, not news)."""
     rows: list[list[Cell]] = [
         [x["server"], _styled(x["state"]), _ago(x["since"], now) if x["state"] != "up" else "-",
          str(x["attempt"] or "-"),
          lag_text(max(0.0, x["next_try_at"] - now)) if x["next_try_at"] else "-",
-         _cut(x["last_error"] or "" if x["state"] != "up" else "")] for x in items]
+         _cut((x["last_error"] or "") if x["state"] != "up" else "")] for x in items]
     return _table(["link", "state", "since", "attempt", "next try", "last error"], rows,
                   keep=("link", "state"), free=("last error",))
 
