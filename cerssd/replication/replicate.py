@@ -8,7 +8,8 @@ have changed in between.
 An interrupted transfer continues from the receive's resume token where the
 destination has them (OpenZFS ``receive -s``); elsewhere (zfs-fuse) it starts
 again from the common base, since a cut-off receive leaves the target at its
-last complete snapshot.
+last complete snapshot. A token whose snapshot was destroyed on the source since
+is discarded (``receive -A``) and the transfer planned again.
 """
 
 from __future__ import annotations
@@ -297,6 +298,14 @@ class ReplicateWork:
         receive_into, token = await self._pending_receive(dst)
         if ctx.record.state == State.RETRYING:  # both servers answered again
             ctx.link_up(self._remote_side())
+        if token is not None and (why := await src.stale_resume_token(token)):
+            # The snapshot it was cut from is gone from the source: no retry could ever
+            # resume it, and it would keep the target from receiving anything else.
+            await dst.abort_receive(receive_into)
+            ctx.log.warning("discarded a resume token whose snapshot is gone from the "
+                            "source; planning the transfer again", target=receive_into,
+                            why=why)
+            receive_into, token = self.req.target_volume, None
         if token is None:
             await self._clean_leftovers(ctx, dst)
             await self._follow_latest(ctx, src)
