@@ -18,7 +18,18 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, NetnsSshServer, raw_request, wait_until, write_file, zfs
+from cerssd.backends.ssh import LinkDown, SshRunner
+from cerssd.config import parse_config
+from cerssd.links import Links
+
+from .conftest import (
+    DaemonProcess,
+    NetnsSshServer,
+    raw_request,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .test_replicate_local import guid
 
 MiB = 1 << 20
@@ -202,3 +213,30 @@ def test_slow_but_live_streams_are_never_reported_lost(
     assert still["progress"]["done"] > 60 * KiB  # ~4 KiB/s for 20 s and more: it moved
     d.api("POST", f"/v1/activities/{limited}/cancel")
     assert d.wait_done(limited, timeout=60)["state"] == "cancelled"
+
+
+async def test_command_on_a_dead_link_fails_within_10s(
+        netns_sshd: NetnsSshServer, tmp_path: Path) -> None:
+    """The control connection (commands) with its default keepalives: a command sent
+    after every packet starts being lost fails as a lost link, not after TCP's minutes."""
+    cfg = parse_config({"servers": {"slave": {
+        "host": netns_sshd.host, "port": netns_sshd.port,
+        "identity_file": str(netns_sshd.client_key),
+        "known_hosts": str(netns_sshd.known_hosts)}}}).servers["slave"]
+    links = Links(["slave"])
+    runner = SshRunner(cfg, tmp_path / "ssh", links=links)
+    try:
+        assert (await runner.run(["echo", "up"])).stdout == "up\n"
+        netns_sshd.drop()
+        dropped_at = time.monotonic()
+        with pytest.raises(LinkDown):
+            await runner.run(["echo", "lost"])
+        assert time.monotonic() - dropped_at < REPORTED_WITHIN
+        lost = links.get("slave")
+        assert lost is not None and lost.state == "lost" and lost.last_error
+        netns_sshd.restore()
+        assert (await runner.run(["echo", "back"])).stdout == "back\n"
+        restored = links.get("slave")
+        assert restored is not None and restored.state == "up"
+    finally:
+        await runner.close()
