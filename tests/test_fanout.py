@@ -391,6 +391,17 @@ async def test_transfer_with_a_receiver_hung_after_the_stream_is_a_stall(
     assert sha(tmp_path / "b") == sha(src)
 
 
+@pytest.mark.parametrize(("sender", "receiver", "blamed"), [
+    (["sh", "-c", "head -c 1000 /dev/zero; exec sleep 60"], ["cat"], "the send produced none"),
+    (["head", "-c", str(4 * MiB), "/dev/zero"], ["sleep", "60"], "the receive took none"),
+], ids=["quiet-source", "stuck-sink"])
+async def test_a_stall_names_the_end_that_held_it_up(
+        runner: RecordingRunner, sender: list[str], receiver: list[str], blamed: str) -> None:
+    with pytest.raises(TransferStalled, match=blamed):
+        await transfer(Endpoint(runner, sender), Endpoint(runner, receiver),
+                       counters=Counters(), gate=FlowGate(), stall_timeout=0.5)
+
+
 def test_exit_timeout_allows_what_may_still_be_on_its_way() -> None:
     assert exit_timeout(None, MiB, 10) is None  # the watchdog is off
     assert exit_timeout(30, 0, 10) == 30

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import struct
+import termios
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -134,9 +136,11 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
     try:
         await asyncio.wait([finished, watchdog], return_when=asyncio.FIRST_COMPLETED)
         if not finished.done():  # the watchdog fired: nothing moved for too long
+            why = stuck_side(pipes)
             relay.stop.set()
             await _stop_both(send, recv)
-            raise TransferStalled("relay", f"no data moved for {stall_timeout:g} s (stalled)")
+            raise TransferStalled("relay", f"no data moved for {stall_timeout:g} s "
+                                  f"({why}; stalled)")
     except asyncio.CancelledError:
         relay.stop.set()
         await asyncio.shield(_stop_both(send, recv))
@@ -214,6 +218,22 @@ async def exit_status(proc: asyncio.subprocess.Process, side: str,
     except TimeoutError:
         raise TransferStalled(side, f"the stream ended but the {side} did not exit within "
                               f"{timeout:.0f} s (hung; stalled)") from None
+
+
+def stuck_side(pipes: _Pipes) -> str:
+    """Which end held a stalled stream up: bytes left waiting in the pipe to the receive
+    (or in the sender's, behind it) mean the receive took none; empty pipes mean the send
+    produced none. Read with FIONREAD, before either pipe is closed."""
+    def queued(fd: int) -> int:
+        try:
+            count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            return 0
+        return count
+
+    if queued(pipes.recv_w) or queued(pipes.send_r):
+        return "the receive took none of it"
+    return "the send produced none"
 
 
 async def _stop_both(*procs: asyncio.subprocess.Process) -> None:
