@@ -158,8 +158,9 @@ def test_resume_token_of_a_destroyed_snapshot_is_discarded(
     assert not fresh.exists("tank/data@s2")
     assert post_json(daemon, f"/v1/activities/{aid}/resume", {}).status == 200
     gone = daemon.wait_done(aid, timeout=600)
-    # s2 itself is gone, so this request ends, but as "not found", not as a failed resume
-    assert gone["state"] == "failed" and gone["status"]["reason"] == "not-found", gone
+    # s2 itself is gone, so this request ends: as a missing snapshot, not a failed resume
+    assert gone["state"] == "failed", gone
+    assert gone["status"]["reason"] == "source-snapshot-missing", gone["status"]
     assert '"discarded a resume token the source can never resume' in daemon.log()
     assert fresh.prop("tank2/data", "receive_resume_token") == "-"
     # The next transfer to the target is planned as if no receive had been cut off.
