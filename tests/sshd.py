@@ -58,11 +58,27 @@ class NetnsSshServer(SshServer):
     def host(self) -> str:  # type: ignore[override]
         return self.address
 
+    @property
+    def ns_veth(self) -> str:
+        return "cn" + self.host_veth.removeprefix("ch")
+
     def cut(self) -> None:
         subprocess.run(["ip", "link", "set", self.host_veth, "down"], check=True)
 
+    def drop(self) -> None:
+        """Lose every packet both ways with the link left up (a ``blackhole`` qdisc on
+        each end: this kernel has no netem), as a dead path behind a switch would."""
+        subprocess.run(["tc", "qdisc", "add", "dev", self.host_veth, "root", "blackhole"],
+                       check=True)
+        subprocess.run(["ip", "netns", "exec", self.namespace, "tc", "qdisc", "add", "dev",
+                        self.ns_veth, "root", "blackhole"], check=True)
+
     def restore(self) -> None:
         subprocess.run(["ip", "link", "set", self.host_veth, "up"], check=True)
+        subprocess.run(["tc", "qdisc", "del", "dev", self.host_veth, "root"],
+                       capture_output=True)
+        subprocess.run(["ip", "netns", "exec", self.namespace, "tc", "qdisc", "del", "dev",
+                        self.ns_veth, "root"], capture_output=True)
 
     def kill_sshd(self) -> None:
         """Kill sshd and every process in the namespace (its sessions, a zfs receive)."""

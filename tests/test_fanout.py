@@ -20,7 +20,14 @@ from cerssd.backends.runner import LocalRunner
 from cerssd.engine import Counters, FlowGate
 from cerssd.replication.fanout import PIPE_SIZE, WINDOW, FanoutGroup, FanoutMissed, SplitOff
 from cerssd.replication.relay import CHUNK
-from cerssd.replication.transfer import Endpoint, TransferFailed, TransferStalled
+from cerssd.replication.transfer import (
+    IN_FLIGHT,
+    Endpoint,
+    TransferFailed,
+    TransferStalled,
+    exit_timeout,
+    transfer,
+)
 
 MiB = 1 << 20
 #: A receiver that reads 64 KiB every 50 ms (about 1.3 MB/s): far slower than ``cat``.
@@ -352,6 +359,56 @@ async def test_stalled_stream_raises_within_the_timeout(runner: RecordingRunner)
                            counters=counters, gate=FlowGate())
     assert time.monotonic() - started < 30  # the stalled sender ends only after 60 s
     assert counters.bytes_read == 1000
+
+
+#: A receiver that takes the whole stream, then never exits (a hung ``zfs receive``).
+HANGS_AFTER_THE_STREAM = ["sh", "-c", 'cat > "$0"; exec sleep 60']
+
+
+async def test_receiver_hung_after_the_whole_stream_is_a_stall(
+        runner: RecordingRunner, tmp_path: Path) -> None:
+    src = make_source(tmp_path, 1 * MiB)
+    group = FanoutGroup(counted_sender(runner, tmp_path, src), ["a"], stall_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(TransferStalled, match="did not exit"):
+        await group.attach("a", Endpoint(runner, [*HANGS_AFTER_THE_STREAM,
+                                                  str(tmp_path / "a")]),
+                           counters=Counters(), gate=FlowGate())
+    assert time.monotonic() - started < 8  # 1 s + what a MiB takes to drain, then stopped
+    assert sha(tmp_path / "a") == sha(src)  # it did have the whole stream
+
+
+async def test_transfer_with_a_receiver_hung_after_the_stream_is_a_stall(
+        runner: RecordingRunner, tmp_path: Path) -> None:
+    src = make_source(tmp_path, 1 * MiB)
+    started = time.monotonic()
+    with pytest.raises(TransferStalled, match="did not exit") as raised:
+        await transfer(Endpoint(runner, ["cat", str(src)]),
+                       Endpoint(runner, [*HANGS_AFTER_THE_STREAM, str(tmp_path / "b")]),
+                       counters=Counters(), gate=FlowGate(), stall_timeout=1.0)
+    assert raised.value.side == "receive"
+    assert time.monotonic() - started < 8
+    assert sha(tmp_path / "b") == sha(src)
+
+
+@pytest.mark.parametrize(("sender", "receiver", "blamed"), [
+    (["sh", "-c", "head -c 1000 /dev/zero; exec sleep 60"], ["cat"], "the send produced none"),
+    (["head", "-c", str(4 * MiB), "/dev/zero"], ["sleep", "60"], "the receive took none"),
+], ids=["quiet-source", "stuck-sink"])
+async def test_a_stall_names_the_end_that_held_it_up(
+        runner: RecordingRunner, sender: list[str], receiver: list[str], blamed: str) -> None:
+    with pytest.raises(TransferStalled, match=blamed):
+        await transfer(Endpoint(runner, sender), Endpoint(runner, receiver),
+                       counters=Counters(), gate=FlowGate(), stall_timeout=0.5)
+
+
+def test_exit_timeout_allows_what_may_still_be_on_its_way() -> None:
+    assert exit_timeout(None, MiB, 10) is None  # the watchdog is off
+    assert exit_timeout(30, 0, 10) == 30
+    # A quick stream: at most its own duration again (it cannot have more in flight).
+    assert exit_timeout(30, 10 * MiB, 0.5) == 30.5
+    # 1 GiB at 1 MiB/s (a slow WAN): IN_FLIGHT takes IN_FLIGHT/1 MiB seconds to arrive.
+    assert exit_timeout(30, 1024 * MiB, 1024) == 30 + IN_FLIGHT / MiB
 
 
 async def test_rate_limit_paces_a_member(runner: RecordingRunner, tmp_path: Path) -> None:

@@ -133,6 +133,43 @@ def test_interrupted_transfer_resumes_from_token(daemon: DaemonProcess, fresh: G
     assert fresh.prop("tank2/data", "receive_resume_token") == "-"
 
 
+def test_resume_token_of_a_destroyed_snapshot_is_discarded(
+        daemon: DaemonProcess, fresh: Guest) -> None:
+    """The failure zrepl users hit: a receive cut off mid-stream leaves a token, then the
+    snapshot it was cut from is destroyed on the source. The token can never resume; kept,
+    it would make every later transfer to the target fail. It is discarded instead."""
+    fresh.sh("zfs create tank/data")
+    fresh.write("/tank/data/f", 1)
+    fresh.sh("zfs snapshot tank/data@s1")
+    replicate_ok(daemon, "tank/data@s1", "guest", "guest2", "tank2/data", timeout=600)
+    fresh.write("/tank/data/g", 24)
+    fresh.sh("zfs snapshot tank/data@s2")
+    aid = replicate(daemon, "tank/data@s2", "guest", "guest2", "tank2/data",
+                    bandwidth_limit=4 * MiB).body["id"]
+    daemon.wait_activity(aid, lambda a: a["progress"]["done"] > 8 * MiB, timeout=300,
+                         what="8 MiB to flow")
+    assert post_json(daemon, f"/v1/activities/{aid}/suspend", {}).status == 200
+    fresh.sh("pkill -9 -f 'zfs [r]eceive'; pkill -9 -f 'zfs [s]end'")  # both ends die
+    fresh.sh("for i in $(seq 60); do [ \"$(zfs get -Hp -o value receive_resume_token "
+             "tank2/data)\" != - ] && break; sleep 1; done")
+    assert fresh.prop("tank2/data", "receive_resume_token") != "-"
+    # ...and the snapshot the token was cut from is destroyed on the source
+    fresh.sh("for i in $(seq 30); do zfs destroy tank/data@s2 && break; sleep 1; done")
+    assert not fresh.exists("tank/data@s2")
+    assert post_json(daemon, f"/v1/activities/{aid}/resume", {}).status == 200
+    gone = daemon.wait_done(aid, timeout=600)
+    # s2 itself is gone, so this request ends: as a missing snapshot, not a failed resume
+    assert gone["state"] == "failed", gone
+    assert gone["status"]["reason"] == "source-snapshot-missing", gone["status"]
+    assert '"discarded a resume token the source can never resume' in daemon.log()
+    assert fresh.prop("tank2/data", "receive_resume_token") == "-"
+    # The next transfer to the target is planned as if no receive had been cut off.
+    fresh.sh("zfs snapshot tank/data@s3")
+    done = replicate_ok(daemon, "tank/data@s3", "guest", "guest2", "tank2/data", timeout=600)
+    assert done["usage"]["bytes_on_wire"] < 30 * MiB  # an incremental from s1
+    assert fresh.guid("tank2/data@s3") == fresh.guid("tank/data@s3")
+
+
 def test_cancel_clears_partial_receive(daemon: DaemonProcess, fresh: Guest) -> None:
     fresh.sh("zfs create tank/data")
     fresh.write("/tank/data/f", 1)

@@ -209,6 +209,37 @@ async def test_openzfs_paths_build_the_documented_commands() -> None:
         backend.send_argv("tank/a@s2", flags="R")
 
 
+@pytest.mark.parametrize(("rc", "stderr", "stale"), [
+    (0, "", None),
+    # OpenZFS 2.1's words (libzfs_sendrecv.c) when the token's snapshot or base is gone
+    (255, "cannot resume send: 'tank/a@s2' used in the initial send no longer exists\n",
+     "cannot resume send: 'tank/a@s2' used in the initial send no longer exists"),
+    (255, "cannot resume send: incremental source 0x1a2b no longer exists\n",
+     "cannot resume send: incremental source 0x1a2b no longer exists"),
+    (255, "cannot resume send: 'tank/a@s2' is no longer the same snapshot used in the "
+          "initial send\n",
+     "cannot resume send: 'tank/a@s2' is no longer the same snapshot used in the "
+     "initial send"),
+    (1, "cannot open 'tank/a': dataset is busy\n", None),  # no verdict on the token
+])
+async def test_a_stale_resume_token_is_told_from_other_failures(
+        rc: int, stderr: str, stale: str | None) -> None:
+    from cerssd.backends.runner import CommandResult
+
+    token = "1-f3e4d5c6b-c0-789c636064000310"
+    runner = RecordingRunner({})
+    answer = CommandResult(rc, "", stderr)
+
+    async def run(argv: Any, *, check: bool = True) -> Any:
+        runner.commands.append(list(argv))
+        return answer
+
+    runner.run = run  # type: ignore[method-assign]
+    backend = ZfsBackend(runner)  # type: ignore[arg-type]
+    assert await backend.stale_resume_token(token) == stale
+    assert runner.commands == [["zfs", "send", "-nvP", "-t", token]]
+
+
 async def test_zfs_fuse_never_asks_for_tokens_or_estimates(backend: ZfsBackend) -> None:
     await backend.probe()
     assert await backend.size_estimate("tank/a@s2") is None

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
+log = structlog.get_logger("cerssd.runner")
+
 
 class CommandFailed(Exception):
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
@@ -70,7 +74,12 @@ class LocalRunner:
 
 
 async def stop_process(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    """Terminate, then kill after ``grace`` seconds; always reaps the child."""
+    """Terminate, then kill after ``grace`` seconds, and reap the child.
+
+    A process stuck in the kernel (a ``zfs receive`` in uninterruptible sleep on a
+    hung pool) survives even SIGKILL until it leaves it; the caller is not held up
+    for that longer than another ``grace``: asyncio reaps the child once it does exit.
+    """
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -80,4 +89,8 @@ async def stop_process(proc: asyncio.subprocess.Process, grace: float = 5.0) -> 
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        await proc.wait()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.warning("process did not exit on SIGKILL (stuck in the kernel); left "
+                        "to exit by itself", pid=proc.pid)

@@ -35,6 +35,17 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cerssd.ssh")
 
 DEFAULT_CIPHER = "aes128-gcm@openssh.com"
+#: SSH keepalives, on both channels: a server that sends nothing for KEEPALIVE_INTERVAL
+#: seconds is asked for a reply, and after KEEPALIVE_COUNT_MAX more such silences the
+#: connection is declared dead. A cut link is so found within 8 s of the last packet
+#: heard (OpenSSH checks on whole seconds: 7-8 s) whatever a stream's rate, and the loss
+#: is reported at once. A live server answers a keepalive however slow its stream (a
+#: bandwidth limit, a slow disk behind ``zfs receive``), so these do not misfire there;
+#: the stall watchdog (``daemon.stall_timeout``) is left for hung processes. Measured
+#: with 3 s x 2, a cut was reported in 7.8-8.7 s: too close to the 10 s an operator
+#: expects on a busy node.
+KEEPALIVE_INTERVAL = 2.0
+KEEPALIVE_COUNT_MAX = 3
 #: Command shells kept per server; more concurrent commands wait for one.
 MAX_SHELLS = 4
 
@@ -63,8 +74,9 @@ class LinkDown(SshError):
 
 class SshRunner:
     def __init__(self, cfg: ServerConfig, control_dir: Path, *,
-                 links: Links | None = None, keepalive_interval: float = 3.0,
-                 keepalive_count_max: int = 2, connect_timeout: float = 8.0) -> None:
+                 links: Links | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
+                 keepalive_count_max: int = KEEPALIVE_COUNT_MAX,
+                 connect_timeout: float = 8.0) -> None:
         assert cfg.host is not None and cfg.known_hosts is not None
         self.server = cfg.name
         self.cfg = cfg
@@ -156,8 +168,9 @@ class SshRunner:
 
         while self._idle:
             shell = self._idle.pop()
-            if shell.alive:
+            if shell.alive and not shell.process.is_closing():
                 return shell
+            shell.close()  # its connection died meanwhile (keepalives): not worth a try
         conn = await self.connection()
         try:
             return await RemoteShell.start(conn)

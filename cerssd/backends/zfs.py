@@ -106,6 +106,9 @@ def _classify(exc: CommandFailed) -> BackendError:
     return BackendError(first)
 
 
+#: What ``zfs send -t`` says when a token's snapshot, or its incremental base, was
+#: destroyed on the source or replaced by another of the same name (OpenZFS 2.x).
+STALE_TOKEN = ("no longer exists", "no longer the same snapshot")
 #: How long a fence or promotion waits for a filesystem's clients to close their files.
 REMOUNT_PATIENCE = 5.0
 
@@ -364,6 +367,25 @@ class ZfsBackend:
             return None
         token = out.strip()
         return None if token in ("", "-") else token
+
+    async def stale_resume_token(self, token: str) -> str | None:
+        """Why ``token`` can never resume a send from this (source) server, or None.
+
+        A dry run of ``zfs send -t`` looks up the snapshot the token was cut from, and
+        its incremental base, by guid: once either is destroyed here (or replaced by a
+        snapshot of the same name) it says so, and no retry will ever change that. Any
+        other failure (the link, a busy pool) is not taken as a verdict on the token.
+        """
+        out = await self.runner.run(self.send_argv("", resume_token=token, estimate=True),
+                                    check=False)
+        if out.returncode == 0:
+            return None
+        text = out.stderr + out.stdout
+        if any(phrase in text for phrase in STALE_TOKEN):
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            return next((line for line in lines if any(p in line for p in STALE_TOKEN)),
+                        lines[-1])
+        return None
 
     async def abort_receive(self, volume: str) -> None:
         """Discard a partial resumable receive (``zfs receive -A``)."""

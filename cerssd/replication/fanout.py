@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from .transfer import (
     _first_line,
     _stderr,
     _watch_stall,
+    exit_status,
+    exit_timeout,
 )
 
 __all__ = ["PIPE_SIZE", "WINDOW", "FanoutGroup", "FanoutMissed", "SplitOff"]
@@ -122,7 +125,7 @@ class FanoutGroup:
             self._settle(member)
             await self._started.wait()
             await self._stream(lane)
-            return await self._conclude(lane, recv, err)
+            return await self._conclude(lane, recv, err, bounded=stdout is None)
         finally:
             await asyncio.shield(self._leave(lane, recv, err))
 
@@ -216,14 +219,22 @@ class FanoutGroup:
                                   f"{self._stall_timeout:g} s (stalled)")
 
     async def _conclude(self, lane: Lane, recv: asyncio.subprocess.Process,
-                        err: asyncio.Future[str]) -> int:
-        """Judge the member by the send's and its receiver's exit, as transfer._pump does."""
+                        err: asyncio.Future[str], *, bounded: bool) -> int:
+        """Judge the member by the send's and its receiver's exit, as transfer._pump does.
+
+        A ``zfs receive`` that does not exit once it has the whole stream is hung and is
+        reported as a stall (``bounded``); a receiver whose output goes on to the caller
+        (a backup's compressor) exits when the caller has taken its output, which the
+        caller watches itself.
+        """
         broke = isinstance(lane.error, BrokenPipeError)
         cut = not lane.drained and not broke
         if cut:  # never hand a cut stream over as complete: stop the receiver first
             await stop_process(recv)
         lane.pipe.close(lane.pipe.w)  # EOF to the receiver
-        recv_rc = await recv.wait()
+        recv_rc = await exit_status(recv, "receive", exit_timeout(
+            self._stall_timeout, lane.written, time.monotonic() - lane.began)
+            if bounded else None)
         recv_msg = await err
         if cut and lane.error is not None:  # this writer failed: no need to await the send
             raise TransferFailed("fanout", str(lane.error))

@@ -107,6 +107,7 @@ class Lane:
         self.ready = threading.Condition(hub.lock)
         self.stop = threading.Event()
         self.written = 0
+        self.began = time.monotonic()  # when it joined: the stream can be no older
         self.error: BaseException | None = None
         self.drained = False  # the whole stream reached the receiver's pipe
         self.split = False

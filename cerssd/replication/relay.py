@@ -20,6 +20,8 @@ from ..engine import Counters, FlowGate
 #: measured here, 1 MiB pipes made a 1 GiB stream over SSH about 10 % slower (the pages
 #: no longer stay in cache), while the default pipes matched a plain shell pipeline.
 CHUNK = 1 << 20
+#: The smallest piece a rate-limited stream moves at a time (see RateLimit.chunk).
+MIN_PACED_CHUNK = 4 << 10
 
 
 @dataclass
@@ -37,7 +39,11 @@ class RateLimit:
         self._sent = 0
 
     def chunk(self) -> int:
-        return max(64 * 1024, min(CHUNK, int(self.rate / 10)))
+        """A tenth of a second's worth, at least a page: each pause then lasts at most
+        a second at 4 KiB/s and up. A larger floor (64 KiB was) made a slow stream move
+        in bursts 16 s apart at 4 KiB/s: a live stream that looked stalled, and a dead
+        receiver that was noticed only after the pause."""
+        return max(MIN_PACED_CHUNK, min(CHUNK, int(self.rate / 10)))
 
     def pace(self, n: int, stop: threading.Event) -> None:
         self._sent += n

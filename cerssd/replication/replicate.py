@@ -8,7 +8,8 @@ have changed in between.
 An interrupted transfer continues from the receive's resume token where the
 destination has them (OpenZFS ``receive -s``); elsewhere (zfs-fuse) it starts
 again from the common base, since a cut-off receive leaves the target at its
-last complete snapshot.
+last complete snapshot. A token whose snapshot was destroyed on the source since
+is discarded (``receive -A``) and the transfer planned again.
 """
 
 from __future__ import annotations
@@ -297,6 +298,13 @@ class ReplicateWork:
         receive_into, token = await self._pending_receive(dst)
         if ctx.record.state == State.RETRYING:  # both servers answered again
             ctx.link_up(self._remote_side())
+        if token is not None and (why := await self._unusable(src, token)):
+            # No retry could ever resume from it, and while it stays the target can
+            # receive nothing else: discard it and plan as if it had never been.
+            await dst.abort_receive(receive_into)
+            ctx.log.warning("discarded a resume token the source can never resume; "
+                            "planning the transfer again", target=receive_into, why=why)
+            receive_into, token = self.req.target_volume, None
         if token is None:
             await self._clean_leftovers(ctx, dst)
             await self._follow_latest(ctx, src)
@@ -331,13 +339,15 @@ class ReplicateWork:
         ctx.counters.done = 0
         started = time.monotonic()
         moved = 0
+        # A partial receive is kept only where the source can resume from it (send -t).
+        resumable = src.capabilities.resumable_send and dst.capabilities.resumable_send
         for step_base, step_snapshot in steps:
             # One stream per step, each into its own receive: a receive reads one stream.
             sender = Endpoint(src.runner, src.send_argv(
                 step_snapshot, step_base, intermediates=plan.intermediates,
                 resume_token=token, flags=flags))
-            receiver = Endpoint(dst.runner, dst.receive_argv(
-                receive_into, resumable=dst.capabilities.resumable_send))
+            receiver = Endpoint(dst.runner, dst.receive_argv(receive_into,
+                                                             resumable=resumable))
             group = self._member_of(plan, flags, token) if len(steps) == 1 else None
             moved += await self._transfer(ctx, sender, receiver, group)
         seconds = time.monotonic() - started
@@ -349,6 +359,13 @@ class ReplicateWork:
         await self._finish_target(src, dst, plan)
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
+
+    @staticmethod
+    async def _unusable(src: ZfsBackend, token: str) -> str | None:
+        """Why the source can never resume from ``token``, or None if it can."""
+        if not src.capabilities.resumable_send:
+            return f"{src.server} cannot resume a send (no zfs send -t)"
+        return await src.stale_resume_token(token)
 
     async def _pending_receive(self, dst: ZfsBackend) -> tuple[str, str | None]:
         """Where a cut-off resumable receive of this request left a token, if anywhere."""

@@ -13,12 +13,20 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import struct
+import termios
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..backends.runner import Runner, stop_process
 from ..engine import Counters, FlowGate
 from .relay import Relay
+
+#: The most a stream can have on its way between the daemon's pipe and a remote receive:
+#: OpenSSH's 2 MiB channel window, its buffers and both kernels' socket buffers (a few
+#: MiB each at most), with room to spare.
+IN_FLIGHT = 16 << 20
 
 
 class TransferFailed(Exception):
@@ -108,6 +116,7 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
                 pipes: _Pipes, counters: Counters, gate: FlowGate,
                 limit: float | None, stall_timeout: float | None) -> int:
     loop = asyncio.get_running_loop()
+    started = time.monotonic()
     finished: asyncio.Future[None] = loop.create_future()
     relay = Relay(pipes.send_r, pipes.recv_w, counters=counters, gate=gate, limit=limit)
 
@@ -127,9 +136,11 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
     try:
         await asyncio.wait([finished, watchdog], return_when=asyncio.FIRST_COMPLETED)
         if not finished.done():  # the watchdog fired: nothing moved for too long
+            why = stuck_side(pipes)
             relay.stop.set()
             await _stop_both(send, recv)
-            raise TransferStalled("relay", f"no data moved for {stall_timeout:g} s (stalled)")
+            raise TransferStalled("relay", f"no data moved for {stall_timeout:g} s "
+                                  f"({why}; stalled)")
     except asyncio.CancelledError:
         relay.stop.set()
         await asyncio.shield(_stop_both(send, recv))
@@ -140,7 +151,11 @@ async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Proce
         # reused at once. Closing then gives EOF to the receiver and EPIPE to a sender.
         await asyncio.shield(watcher)
         pipes.close(pipes.send_r, pipes.recv_w)
-    send_rc, recv_rc = await send.wait(), await recv.wait()
+    # The stream has ended (or broke): both ends must exit now. One that does not is hung
+    # (a receive whose mount never returns, a stopped process): a stall, not a wait for ever.
+    recv_rc = await exit_status(recv, "receive", exit_timeout(
+        stall_timeout, relay.result.bytes, time.monotonic() - started))
+    send_rc = await exit_status(send, "send", stall_timeout)
     send_msg, recv_msg = await send_err, await recv_err
     receiver_broke = isinstance(relay.result.error, BrokenPipeError)
     if recv_rc != 0 and (receiver_broke or send_rc == 0):
@@ -169,6 +184,56 @@ async def _watch_stall(counters: Counters, gate: FlowGate, timeout: float | None
             seen, quiet = counters.bytes_read, 0.0
         else:
             quiet += step
+
+
+def exit_timeout(stall_timeout: float | None, moved: int, seconds: float) -> float | None:
+    """How long a receive may take to exit once the daemon has passed on the last byte.
+
+    The stall timeout, plus the time to drain what may still be on its way: between
+    the daemon's pipe and a remote ``zfs receive`` lie the SSH channel window and both
+    kernels' socket buffers (IN_FLIGHT at most, never more than the stream itself), which
+    on a slow link take a while to arrive; the stream's own rate says how long.
+    """
+    if stall_timeout is None:
+        return None
+    if moved <= 0 or seconds <= 0:
+        return stall_timeout
+    return stall_timeout + min(seconds, IN_FLIGHT / (moved / seconds))
+
+
+async def exit_status(proc: asyncio.subprocess.Process, side: str,
+                      timeout: float | None) -> int:
+    """``proc``'s exit status once its stream has ended, waiting at most ``timeout``.
+
+    A ``zfs receive`` that has read the whole stream has only its commit left: a few
+    seconds, more on a slow disk. One that has not exited a stall timeout later is
+    hung, and a transfer waiting for it would show ``running`` for ever; it is stopped
+    (by the caller) and the transfer retried like any stall. A receive that did commit
+    before it hung leaves the target at the snapshot, so the retry finds nothing to do.
+    """
+    if timeout is None:
+        return await proc.wait()
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        raise TransferStalled(side, f"the stream ended but the {side} did not exit within "
+                              f"{timeout:.0f} s (hung; stalled)") from None
+
+
+def stuck_side(pipes: _Pipes) -> str:
+    """Which end held a stalled stream up: bytes left waiting in the pipe to the receive
+    (or in the sender's, behind it) mean the receive took none; empty pipes mean the send
+    produced none. Read with FIONREAD, before either pipe is closed."""
+    def queued(fd: int) -> int:
+        try:
+            count: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+        except OSError:
+            return 0
+        return count
+
+    if queued(pipes.recv_w) or queued(pipes.send_r):
+        return "the receive took none of it"
+    return "the send produced none"
 
 
 async def _stop_both(*procs: asyncio.subprocess.Process) -> None:
