@@ -219,41 +219,50 @@ def test_manifest_guid_is_read_off_the_key_of_the_volume_itself() -> None:
 
 @pytest.mark.parametrize("key", ["pool/vol/label.123/stream-000000",
                                  "p/v@x/weird key+%~=&;é/stream-000000.zst"])
-def test_part_requests_are_signed_as_botocore_signs_them(
+async def test_part_requests_sign_the_given_payload_hash_as_botocore_signs_the_body(
         key: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lean part path (parts.py) signs UploadPart and ranged GETs itself: its
-    Authorization must be exactly what botocore's S3 SigV4 gives the same request."""
+    """The lean part path (parts.py) signs with botocore's S3SigV4Auth but hands it the
+    part's sha256 instead of the body: the Authorization must be exactly what stock
+    botocore gives when it hashes the body itself (a wrong or empty payload hash would
+    differ), and a session token must be sent and signed."""
     import datetime as dt
 
     import botocore.auth
     from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials as BotoCredentials
+    from botocore.credentials import ReadOnlyCredentials
 
-    from cerssd.objectstore.config import Credentials, StoreConfig
-    from cerssd.objectstore.parts import EMPTY_SHA256, Signer, endpoint_of, uri_encode
+    from cerssd.objectstore.config import StoreConfig
+    from cerssd.objectstore.parts import EMPTY_SHA256, PartClient, endpoint_of, uri_encode
 
-    now = dt.datetime(2026, 12, 6, 7, 8, 9, tzinfo=dt.UTC)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
-    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
-    signer = Signer(creds, "eu-west-3")
+    now = dt.datetime(2026, 12, 6, 7, 8, 9)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
     body = os.urandom(1000)
     digest = hashlib.sha256(body).hexdigest()
     checksum = base64.b64encode(bytes.fromhex(digest)).decode()
-    path = f"/bucket/{uri_encode(key, keep_slash=True)}"
-    for method, query, payload, extra, data in (
-            ("PUT", {"partNumber": "7", "uploadId": "a+b/c=="}, digest,
-             {"x-amz-checksum-sha256": checksum}, body),
-            ("GET", {}, EMPTY_SHA256, None, b"")):
-        ours = signer.headers(method, "127.0.0.1:8333", path, query, payload, extra, now=now)
-        url = f"http://127.0.0.1:8333{path}"
-        if query:
-            url += "?" + "&".join(f"{k}={uri_encode(v, keep_slash=False)}"
-                                  for k, v in query.items())
-        request = AWSRequest(method=method, url=url, data=data, headers=dict(extra or {}))
-        botocore.auth.S3SigV4Auth(BotoCredentials(creds.access_key_id,
-                                                  creds.secret_access_key),
-                                  "s3", "eu-west-3").add_auth(request)
-        assert ours["Authorization"] == request.headers["Authorization"]
-        assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
+    for token in (None, "FwoGZXIvYXdzEBYaD+token/=="):
+        creds = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                                    token)
+        parts = PartClient(StoreConfig(name="s", bucket="bucket", region="eu-west-3",
+                                       endpoint="http://127.0.0.1:8333"), creds)
+        try:
+            for method, query, payload, extra, data in (
+                    ("PUT", {"partNumber": "7", "uploadId": "a+b/c=="}, digest,
+                     {"x-amz-checksum-sha256": checksum}, body),
+                    ("GET", {}, EMPTY_SHA256, {"Range": "bytes=5-9"}, b"")):
+                url, ours = parts._request(method, key, query, payload, extra)
+                assert url.raw_path == f"/bucket/{uri_encode(key, keep_slash=True)}"
+                stock = AWSRequest(method=method, url=str(url), data=data, headers=extra)
+                botocore.auth.S3SigV4Auth(creds, "s3", "eu-west-3").add_auth(stock)
+                assert ours["Authorization"] == stock.headers["Authorization"]
+                assert ours["X-Amz-Content-SHA256"] == payload
+                assert ours["Host"] == "127.0.0.1:8333"
+                signed = ours["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+                if token:
+                    assert ours["X-Amz-Security-Token"] == token
+                    assert "x-amz-security-token" in signed.split(";")
+                else:
+                    assert "X-Amz-Security-Token" not in ours
+        finally:
+            await parts.close()
     assert endpoint_of(StoreConfig(name="s", bucket="b", region="eu-west-3")) == \
         "https://s3.eu-west-3.amazonaws.com"

@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
@@ -120,7 +121,9 @@ class ObjectStore:
             "s3", endpoint_url=self.config.endpoint, region_name=self.config.region,
             aws_access_key_id=creds.access_key_id,
             aws_secret_access_key=creds.secret_access_key, config=aio_config))
-        self._parts = PartClient(self.config, creds)
+        # The same key pair as the client's, in botocore's form (a token would be signed).
+        self._parts = PartClient(self.config, ReadOnlyCredentials(
+            creds.access_key_id, creds.secret_access_key, None))
         self._stack.push_async_callback(self._parts.close)
 
     async def close(self) -> None:

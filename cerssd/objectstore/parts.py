@@ -8,10 +8,13 @@ head, delete, the manifest) still goes through aiobotocore (client.py); only
 ``UploadPart`` and the ranged ``GetObject`` of a part are made here, on aiohttp
 directly, path-style as the client is configured.
 
-The signature is AWS SigV4 with the payload's own sha256 as ``x-amz-content-sha256``:
-the part's digest is computed anyway (it goes in the manifest and, as
-``x-amz-checksum-sha256``, to the store, which verifies it), so the body is signed in
-full without hashing it again. The signing key is derived once a day, not per call.
+The signature is botocore's own S3 SigV4 (``S3SigV4Auth.add_auth`` on an
+``AWSRequest`` without a body; a session token is sent and signed as botocore does)
+with the payload's own sha256 as ``x-amz-content-sha256``: the part's digest is
+computed anyway (it goes in the manifest and, as ``x-amz-checksum-sha256``, to the
+store, which verifies it), so the body is signed in full without hashing it again.
+The signed headers are copied onto the aiohttp request. Signing costs ~80 us of CPU a
+call (measured), ~10 ms per GiB at 128 parts.
 
 A failure is raised as botocore's ``ClientError`` (the store's error code and message
 from its XML answer) or as aiohttp's own exceptions, so ``client.classify`` sorts
@@ -20,21 +23,22 @@ both exactly as it sorts the rest.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import hmac
 import re
 import urllib.request
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import ClientError
 from yarl import URL
 
 from .. import __version__
 from .buffers import PartBody
-from .config import Credentials, StoreConfig
+from .config import StoreConfig
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 #: An error document larger than this is not read whole (only its code matters).
@@ -48,53 +52,18 @@ def uri_encode(text: str, *, keep_slash: bool) -> str:
     return quote(text, safe="-_.~/" if keep_slash else "-_.~")
 
 
-class Signer:
-    """SigV4 for one key pair and region, service ``s3``."""
+class PresetPayloadAuth(S3SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+    """botocore's own S3 SigV4, told the payload's sha256 instead of finding it.
 
-    def __init__(self, credentials: Credentials, region: str) -> None:
-        self._access = credentials.access_key_id
-        self._secret = credentials.secret_access_key
-        self._region = region
-        self._day = ""
-        self._key = b""
+    ``S3SigV4Auth`` replaces any ``X-Amz-Content-SHA256`` it is given with
+    ``payload(request)``, which reads and hashes the body (always over plain http).
+    Only that is changed: the hash comes from ``request.context["payload_sha256"]``,
+    the digest the caller has already computed, so the request is built without a
+    body and the body is never read for signing.
+    """
 
-    def _signing_key(self, day: str) -> bytes:
-        if day != self._day:
-            key = ("AWS4" + self._secret).encode()
-            for part in (day, self._region, "s3", "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._day, self._key = day, key
-        return self._key
-
-    def headers(self, method: str, host: str, path: str, query: dict[str, str],
-                payload_sha256: str, extra: dict[str, str] | None = None,
-                now: dt.datetime | None = None) -> dict[str, str]:
-        """The headers that sign ``method host path?query`` with this payload hash.
-
-        ``path`` is already encoded (it is sent as it is); ``extra`` headers are signed
-        too.
-        """
-        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
-        day = stamp[:8]
-        signed = {"host": host, "x-amz-content-sha256": payload_sha256, "x-amz-date": stamp}
-        signed.update({k.lower(): v.strip() for k, v in (extra or {}).items()})
-        names = sorted(signed)
-        canonical_query = "&".join(
-            f"{uri_encode(k, keep_slash=False)}={uri_encode(v, keep_slash=False)}"
-            for k, v in sorted(query.items()))
-        canonical = "\n".join([
-            method, path, canonical_query,
-            "".join(f"{name}:{signed[name]}\n" for name in names),
-            ";".join(names), payload_sha256])
-        scope = f"{day}/{self._region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope,
-                             hashlib.sha256(canonical.encode()).hexdigest()])
-        signature = hmac.new(self._signing_key(day), to_sign.encode(),
-                             hashlib.sha256).hexdigest()
-        out = {k: v for k, v in signed.items() if k != "host"}
-        out["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self._access}/{scope}, "
-                                f"SignedHeaders={';'.join(names)}, Signature={signature}")
-        return out
+    def payload(self, request: AWSRequest) -> str:
+        return str(request.context["payload_sha256"])
 
 
 def endpoint_of(config: StoreConfig) -> str:
@@ -104,7 +73,7 @@ def endpoint_of(config: StoreConfig) -> str:
 class PartClient:
     """``UploadPart`` and ranged ``GetObject`` for one store, on one aiohttp session."""
 
-    def __init__(self, config: StoreConfig, credentials: Credentials) -> None:
+    def __init__(self, config: StoreConfig, credentials: ReadOnlyCredentials) -> None:
         base = URL(endpoint_of(config))
         self._origin = f"{base.scheme}://{base.raw_authority}"
         # What aiohttp sends as Host (a default port left out): what must be signed.
@@ -112,7 +81,7 @@ class PartClient:
         # Path style, as the aiobotocore client is configured: /[endpoint path/]bucket/key.
         self._base_path = base.raw_path.rstrip("/") + "/" + uri_encode(config.bucket,
                                                                         keep_slash=False)
-        self._signer = Signer(credentials, config.region)
+        self._auth = PresetPayloadAuth(credentials, "s3", config.region)
         # The proxy botocore would take from the environment for this endpoint. (Not
         # aiohttp's trust_env: that also reads ~/.netrc, whose password would replace
         # the signature.)
@@ -127,15 +96,18 @@ class PartClient:
         await self._session.close()
 
     def _request(self, method: str, key: str, query: dict[str, str], payload_sha256: str,
-                 extra: dict[str, str] | None = None) -> tuple[URL, dict[str, str]]:
+                 extra: dict[str, str]) -> tuple[URL, dict[str, str]]:
+        """The URL and the signed headers (``extra`` among them) of one request."""
         path = f"{self._base_path}/{uri_encode(key, keep_slash=True)}"
-        headers = self._signer.headers(method, self._host, path, query, payload_sha256, extra)
         query_string = "&".join(f"{uri_encode(k, keep_slash=False)}="
                                 f"{uri_encode(v, keep_slash=False)}"
                                 for k, v in sorted(query.items()))
-        url = URL(f"{self._origin}{path}" + (f"?{query_string}" if query_string else ""),
-                  encoded=True)
-        return url, headers
+        raw = f"{self._origin}{path}" + (f"?{query_string}" if query_string else "")
+        # Host is given, not left to each side to derive: what is signed is what is sent.
+        request = AWSRequest(method=method, url=raw, headers={"Host": self._host, **extra})
+        request.context["payload_sha256"] = payload_sha256
+        self._auth.add_auth(request)
+        return URL(raw, encoded=True), dict(request.headers.items())
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: memoryview,
                           sha256_hex: str, checksum_b64: str) -> str:
@@ -143,7 +115,7 @@ class PartClient:
         url, headers = self._request(
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, sha256_hex,
             {"x-amz-checksum-sha256": checksum_b64})
-        headers["Content-Length"] = str(body.nbytes)
+        headers["Content-Length"] = str(body.nbytes)  # not signed, as botocore does
         async with self._session.put(url, data=PartBody(body), headers=headers,
                                      proxy=self._proxy) as response:
             if response.status != 200:
@@ -159,8 +131,8 @@ class PartClient:
     async def get_range_into(self, key: str, start: int, into: memoryview) -> None:
         """Fill ``into`` with bytes ``start ..`` of the object (exactly its length)."""
         size = into.nbytes
-        url, headers = self._request("GET", key, {}, EMPTY_SHA256)
-        headers["Range"] = f"bytes={start}-{start + size - 1}"
+        url, headers = self._request("GET", key, {}, EMPTY_SHA256,
+                                     {"Range": f"bytes={start}-{start + size - 1}"})
         async with self._session.get(url, headers=headers, proxy=self._proxy) as response:
             if response.status not in (200, 206):
                 await _raise_error(response, "GetObject")
