@@ -168,6 +168,8 @@ def test_activities_filter_and_pages(daemon: DaemonProcess) -> None:
     assert until["total"] == 0
     assert req(daemon, "GET", "/v1/activities?relationship=none").body["total"] == 0
     assert_problem(req(daemon, "GET", "/v1/activities?limit=1001"), 400, "limit")
+    for huge in ("since", "until", "offset"):  # bounded before they reach SQLite
+        assert_problem(req(daemon, "GET", f"/v1/activities?{huge}={10**30}"), 400, huge)
     one = req(daemon, "GET", f"/v1/activities/{ids[1]}").body
     assert one["target"] == f"{pool}/vol@p1" and one["self_restarting"] is False
     assert set(one["usage"]) == {"elapsed_seconds", "bytes_read", "bytes_on_wire", "retries",

@@ -81,6 +81,10 @@ ActivityId = Annotated[str, Meta(pattern="^[0-9a-f]+$", description="an activity
 Duration = str | int
 Grid = Annotated[list[str], doc('a retention grid, e.g. ["1h:all", "1d:1h"]')]
 NonNegative = Annotated[int, Meta(ge=0)]
+#: An offset into a listing: bounded, because it reaches SQLite, whose integers are 64-bit.
+Offset = Annotated[int, Meta(ge=0, le=2**62)]
+#: A Unix time in whole seconds, up to the end of the year 9999 (it reaches SQLite too).
+UnixTime = Annotated[int, Meta(ge=0, le=253_402_300_799)]
 Positive = Annotated[int, Meta(ge=1)]
 #: The largest page one request may ask for: history lives in the journal and is read a
 #: page at a time, so a page is always a small answer.
@@ -197,7 +201,7 @@ class VolumesQuery(ServerQuery):
         "what is served)")] = None
     limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_VOLUME_PAGE)],
                      doc(f"page size (at most {MAX_VOLUME_PAGE})")] = 100
-    offset: Annotated[NonNegative, doc("volumes to skip")] = 0
+    offset: Annotated[Offset, doc("volumes to skip")] = 0
 
 
 class ActivitiesQuery(Query):
@@ -205,12 +209,12 @@ class ActivitiesQuery(Query):
     kind: Annotated[str | None, doc("only activities of this kind")] = None
     volume: Annotated[str | None, doc("only activities on this volume")] = None
     relationship: Annotated[str | None, doc("only activities of this relationship")] = None
-    since: Annotated[NonNegative | None, doc("only activities created at or after this Unix "
+    since: Annotated[UnixTime | None, doc("only activities created at or after this Unix "
         "time")] = None
-    until: Annotated[NonNegative | None, doc("only activities created before this Unix "
+    until: Annotated[UnixTime | None, doc("only activities created before this Unix "
         "time")] = None
     limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_PAGE)], doc("page size")] = 100
-    offset: Annotated[NonNegative, doc("items to skip")] = 0
+    offset: Annotated[Offset, doc("items to skip")] = 0
 
 
 MAX_WAIT = 300
