@@ -352,7 +352,7 @@ def spread(values: list[float]) -> str:
 def report(runs: list[Run], args: argparse.Namespace, started: Any, seconds: float) -> str:
     m = machine()
     by_variant = {v: [figures(r) for r in runs if r.variant == v] for v in ("empty", "filled")}
-    keys = list(by_variant["filled"][0])
+    keys = list(figures(runs[0]))
     lines = [f"### Activity history: a journal of {args.records:,} finished activities vs "
              f"an empty one ({started:%Y-%m-%d})", "",
              f"- date: {started:%Y-%m-%d %H:%M} UTC; `{command_line()}` ({seconds:.0f} s)",
@@ -374,7 +374,7 @@ def benchmark(args: argparse.Namespace) -> str:
         journal = filled_journal(args.cache, args.records, args.relationships)
         for round_no in range(args.rounds):
             order = ["empty", "filled"] if round_no % 2 == 0 else ["filled", "empty"]
-            for variant in order:
+            for variant in (v for v in order if v in args.variants):
                 say(f"round {round_no + 1}/{args.rounds}: {variant} journal")
                 runs.append(one_run(stack, setup, variant,
                                     journal if variant == "filled" else None, args))
@@ -392,6 +392,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=30.0)
     p.add_argument("--cpu-seconds", type=float, default=60.0)
     p.add_argument("--idle-seconds", type=float, default=20.0)
+    p.add_argument("--variants", nargs="+", choices=["empty", "filled"],
+                   default=["empty", "filled"], help="which journals to run (both: the "
+                   "comparison; one: to profile it)")
     p.add_argument("--cache", type=Path, default=Path("/var/tmp/cerssd-bench"))
     p.add_argument("--keep-logs", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
