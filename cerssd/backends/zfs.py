@@ -296,16 +296,16 @@ class ZfsBackend:
     async def has_snapshot(self, name: str) -> bool:
         """Whether snapshot ``name`` exists: one ``zfs get`` of it, not a listing."""
         validate_snapshot(name)
-        try:
-            await self._run("get", "-H", "-o", "value", "type", name)
-        except NotFound:
-            return False
-        return True
+        return await self._dataset_exists(name)
 
     async def exists(self, volume: str) -> bool:
         validate_volume(volume)
+        return await self._dataset_exists(volume)
+
+    async def _dataset_exists(self, name: str) -> bool:
+        """One ``zfs get`` of a validated dataset or snapshot name."""
         try:
-            await self._run("get", "-H", "-o", "value", "type", volume)
+            await self._run("get", "-H", "-o", "value", "type", name)
         except NotFound:
             return False
         return True

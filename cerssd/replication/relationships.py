@@ -177,7 +177,7 @@ class Relationships:
 
     def start(self) -> None:
         """After the engine's recovery: give every running relationship its activity."""
-        live = {a.record.params.get("relationship"): a for a in self._live(KIND)}
+        live = {a.record.params.get("relationship"): a for a in self.engine.live(KIND)}
         for rt in self.runtimes.values():
             if rt.stopped:
                 continue
@@ -203,17 +203,14 @@ class Relationships:
         except KeyError:
             raise UnknownRelationship(name) from None
 
-    def _live(self, kind: str, relationship: str | None = None) -> list[Activity]:
-        return self.engine.live(kind, relationship)
-
     def backups(self, name: str) -> dict[str, Activity]:
         """The live backup of each object store of ``name`` (at most one per store)."""
-        return {a.record.params["store"]: a for a in self._live(backup.KIND, name)}
+        return {a.record.params["store"]: a for a in self.engine.live(backup.KIND, name)}
 
     def transfers(self, name: str) -> dict[str, Activity]:
         """The live transfer of each slave of ``name`` (at most one per slave)."""
         return {a.record.params["destination"]: a
-                for a in self._live(replicate.KIND, name)}
+                for a in self.engine.live(replicate.KIND, name)}
 
     # -- the operator's verbs ---------------------------------------------------------
     def create(self, spec: RelationshipSpec) -> Runtime:
@@ -534,7 +531,7 @@ class Relationships:
         if protected is None:
             return
         if any(p.record.params["server"] == rt.spec.master
-               for p in self._live(prune.KIND, rt.name)):
+               for p in self.engine.live(prune.KIND, rt.name)):
             rt.master_prune_due = True  # the running pass may predate this cycle's snapshot
             return
         if snapshots is None:
