@@ -98,8 +98,14 @@ def synced_after_write(walk: Walk) -> bool:
 
 
 def write_backed_up(walk: Walk) -> bool:
+    """A backup of the write's snapshot or a later one (which carries the write) is in the bucket.
+
+    A cycle skips its backup while the store's previous one still runs or the volume is held;
+    the next cycle's backup then carries the skipped snapshot's data, under its own name.
+    """
+    written = walk.notes["write_snapshot"].partition("@")[2]
     items = walk.api("/v1/backups?volume=cerssd-master/data")["items"]
-    return any(m["snapshot"] == walk.notes["write_snapshot"] for m in items)
+    return any(m["snapshot"].partition("@")[2] >= written for m in items)
 
 
 def replicate_running(walk: Walk) -> bool:
@@ -453,6 +459,8 @@ def test_readme_walkthrough(demo_env: dict[str, str], tmp_path: Path) -> None:
 
 def _walk(blocks: dict[str, list[str]], env: dict[str, str], tmp_path: Path,
           started: list[subprocess.Popen[bytes]], term: Terminal) -> None:
+    # A zfs-fuse an earlier sandbox left for other pools is not this walk's to stop.
+    before = set(sandbox_processes())
     # First terminal: `make demo`, left running.
     up_log = tmp_path / "make-demo.log"
     with up_log.open("wb") as out:
@@ -498,5 +506,5 @@ def _walk(blocks: dict[str, list[str]], env: dict[str, str], tmp_path: Path,
     assert demo.wait(SLOW) == 0, up_log.read_text()[-3000:]  # cerssd stopped cleanly
     assert existing_pools() == [], "pools left behind"
     assert [name for name, pid in pids.items() if alive(pid)] == []
-    assert sandbox_processes() == []
+    assert set(sandbox_processes()) - before == set()
     assert not SANDBOX.exists()
