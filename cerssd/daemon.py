@@ -34,19 +34,10 @@ from .logs import configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
-from .replication import (
-    backup,
-    backup_prune,
-    continuous,
-    failover,
-    prune,
-    rejoin,
-    replicate,
-    restore,
-)
+from .replication import backup, backup_prune, prune, replicate, restore
 from .replication.cycle_gate import CycleGate
 from .replication.groups import FanoutGroups
-from .replication.relationships import Relationships
+from .replication.manager import RelationshipManager
 from .sdnotify import Notifier, watchdog_interval
 from .servers import ServerRegistry
 from .volume_states import VolumeStates
@@ -100,20 +91,18 @@ class Daemon:
         backup.register(self.engine, self.servers, self.stores, policy, groups)
         restore.register(self.engine, self.servers, self.stores, policy)
         backup_prune.register(self.engine, self.stores, policy)
-        self.relationships = Relationships(self.engine, self.servers, self.journal, groups,
-                                           self.stores)
+        # Built before the recovery (the relationship flows are handed it), filled after.
+        self.volume_states = VolumeStates(self.engine, self.servers)
         self.cycle_gate = CycleGate(d.max_concurrent_cycles)
-        continuous.register(self.engine, self.relationships, policy, self.cycle_gate)
-        failover.register(self.engine, self.relationships)
-        rejoin.register(self.engine, self.relationships)
-        self.relationships.load(self.config.relationships)
-        self.metrics = Metrics(self.engine, self.servers, self.relationships)
+        self.relationships = RelationshipManager.build(
+            self.engine, self.servers, self.journal, volume_states=self.volume_states,
+            groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate)
+        self.relationships.registry.load(self.config.relationships)
+        self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups)
         started = time.time()
         self.engine.recover()
         # Before anything submits: holds of the activities that came back, then the flows.
-        self.volume_states = VolumeStates(self.engine, self.servers)
         self.volume_states.rebuild(self.engine.activities())
-        self.relationships.volume_states = self.volume_states
         self.relationships.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
             self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))

@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .activity import ActivityRecord, State
 from .engine import Activity, ActivityEngine
-from .replication.relationships import Relationships
+from .replication.groups import FanoutGroups
+from .replication.rendering import RelationshipView
 from .replication.roles import STATUSES as ROLE_STATUSES
 from .replication.status import STATES
 from .servers import ServerRegistry
@@ -145,8 +146,9 @@ def _pair(record: ActivityRecord) -> tuple[str, str]:
 class RelationshipCollector(Collector):
     """Per relationship and slave: lag, last success, state; cycles and fan-out sends."""
 
-    def __init__(self, relationships: Relationships) -> None:
+    def __init__(self, relationships: RelationshipView, groups: FanoutGroups) -> None:
         self.relationships = relationships
+        self.groups = groups
 
     def collect(self) -> Iterator[Metric]:
         labels = ["relationship", "slave"]
@@ -178,7 +180,7 @@ class RelationshipCollector(Collector):
                     state.add_metric([*values, name], 1 if slave["state"] == name else 0)
         yield from (lag, success, last_bytes, state, cycles)
         yield from self._roles()
-        groups = self.relationships.groups
+        groups = self.groups
         sends = CounterMetricFamily("cerssd_fanout_sends",
                                     "zfs send processes started to feed several slaves at once")
         sends.add_metric([], groups.sends + groups.live_sends())
@@ -217,12 +219,14 @@ class RelationshipCollector(Collector):
 
 class Metrics:
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
-                 relationships: Relationships | None = None) -> None:
+                 relationships: RelationshipView | None = None,
+                 groups: FanoutGroups | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(engine, servers)
         self.registry.register(self.collector)
         if relationships is not None:
-            self.registry.register(RelationshipCollector(relationships))
+            self.registry.register(RelationshipCollector(
+                relationships, groups if groups is not None else FanoutGroups()))
         self.duration = Histogram(
             "cerssd_replication_duration_seconds", "Wall time of finished replications",
             ["source", "destination", "state"], registry=self.registry,

@@ -38,14 +38,11 @@ from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores, UnknownStore
 from ..replication.holds import holds_of
+from ..replication.manager import RelationshipManager
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
-from ..replication.relationships import (
-    RelationshipError,
-    Relationships,
-    UnknownRelationship,
-)
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
+from ..replication.runtime import RelationshipError, UnknownRelationship
 from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
@@ -90,7 +87,7 @@ class ApiContext:
     servers: ServerRegistry
     metrics: Metrics
     config: Callable[[], Config]
-    relationships: Relationships
+    relationships: RelationshipManager
     stores: Stores | None = None
     started_at: float = field(default_factory=time.time)
     volume_states: VolumeStates = field(kw_only=True)
@@ -149,7 +146,7 @@ class ControlApi:
         q = parse_query(request.query, m.VolumesQuery)
         backend = await self.ctx.servers.backend(q.server)
         roots = volume_roots(self.ctx.servers.entry(q.server).config,
-                             (rt.spec for rt in self.ctx.relationships.all()))
+                             (rt.spec for rt in self.ctx.relationships.registry.all()))
         if q.root is not None:
             roots = within(roots, q.root)
         page = await backend.volumes(roots, limit=q.limit, offset=q.offset)
@@ -217,12 +214,11 @@ class ControlApi:
 
     # -- relationships ------------------------------------------------------------------
     async def relationships(self, request: web.Request) -> web.Response:
-        rels = self.ctx.relationships
-        return _json({"items": [rels.to_json(rt) for rt in rels.all()]})
+        view = self.ctx.relationships.view
+        return _json({"items": [view.to_json(rt) for rt in view.all()]})
 
     async def relationship(self, request: web.Request) -> web.Response:
-        rels = self.ctx.relationships
-        return _json(rels.to_json(rels.get(relationship_name(request))))
+        return self._relationship_now(request)
 
     async def create_relationship(self, request: web.Request) -> web.Response:
         body = await read_body(request, m.RelationshipCreate)
@@ -232,7 +228,8 @@ class ControlApi:
         name = table.pop("name")
         try:
             spec = parse_relationship(name, table, servers=self.ctx.servers.entries, key="",
-                                      origin="api", stores=self.ctx.relationships.store_names)
+                                      origin="api",
+                                      stores=self.ctx.relationships.registry.store_names)
         except ConfigError as exc:
             field_name = exc.key.removeprefix(".") or "name"
             raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",
@@ -242,28 +239,28 @@ class ControlApi:
                              "object stores only from a local master (direct_copy)",
                              field="stores")
         rels = self.ctx.relationships
-        return _json(rels.to_json(rels.create(spec)), 201)
+        return _json(rels.view.to_json(rels.verbs.create(spec)), 201)
 
     async def remove_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.remove(relationship_name(request))
+        await self.ctx.relationships.verbs.remove(relationship_name(request))
         return web.Response(status=204)
 
     async def pause_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.pause(relationship_name(request))
+        await self.ctx.relationships.verbs.pause(relationship_name(request))
         return self._relationship_now(request)
 
     async def resume_relationship(self, request: web.Request) -> web.Response:
-        await self.ctx.relationships.resume(relationship_name(request))
+        await self.ctx.relationships.verbs.resume(relationship_name(request))
         return self._relationship_now(request)
 
     async def sync_relationship(self, request: web.Request) -> web.Response:
-        self.ctx.relationships.sync_now(relationship_name(request))
+        self.ctx.relationships.verbs.sync_now(relationship_name(request))
         return self._relationship_now(request, 202)
 
     def _relationship_now(self, request: web.Request, status: int = 200) -> web.Response:
-        """A control verb's answer: the relationship as it is after the verb."""
+        """The relationship as it is now (a control verb's answer: after the verb)."""
         rels = self.ctx.relationships
-        return _json(rels.to_json(rels.get(relationship_name(request))), status)
+        return _json(rels.view.to_json(rels.registry.get(relationship_name(request))), status)
 
     # -- activities ---------------------------------------------------------------------
     async def activities(self, request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from aiohttp import web
 from ..activity import State, StatusCode
 from ..replication.failover import FailoverRequest, submit_failover
 from ..replication.rejoin import plan_rejoin, submit_rejoin
+from ..replication.runtime import check_no_failover
 from ..volume_states import REJOINING, rejoin_holds
 from . import models as m
 from .problems import ApiProblem
@@ -31,7 +32,7 @@ async def failover(api: ControlApi, request: web.Request) -> web.Response:
     name = relationship_name(request)
     body = await read_body(request, m.FailoverCreate)
     api.ctx.servers.entry(body.to)  # 404 for a server not in the config
-    record = await submit_failover(api.ctx.relationships, FailoverRequest(
+    record = await submit_failover(api.ctx.relationships.failover, FailoverRequest(
         relationship=name, to=body.to, force=body.force))
     return _json(record.to_json(), 202)
 
@@ -41,22 +42,21 @@ async def rejoin_old_master(api: ControlApi, request: web.Request) -> web.Respon
 
     name = relationship_name(request)
     body = await read_body(request, m.RejoinCreate)
-    rels = api.ctx.relationships
-    rt = rels.get(name)
-    plan = await plan_rejoin(rels, rt, body.server)
+    rt = api.ctx.relationships.registry.get(name)
+    plan = await plan_rejoin(api.ctx.servers, rt, body.server)
     if body.dry_run:
         return _json(plan.to_json(done=False))
     if not body.rollback:
         raise ApiProblem(409, "Consent Needed", "rejoining rolls the old master back: "
                          f"{plan.to_json(done=False)['summary']}. Review the dry run, then "
                          "send dry_run=false with rollback=true", **plan.to_json(done=False))
-    rels.check_no_failover(rt)
+    check_no_failover(rt)
     # An activity, so that on a stateful server it holds the volume it rolls back (409
     # while another activity does, and for others while it runs); the answer waits for it.
     record = api.ctx.volume_states.submit_holding(
         holds=rejoin_holds(plan.server, plan.volume), busy=REJOINING,
-        submit=lambda: submit_rejoin(rels.engine, rt, plan))
-    activity = rels.engine.get(record.id)
+        submit=lambda: submit_rejoin(api.ctx.engine, rt, plan))
+    activity = api.ctx.engine.get(record.id)
     await activity.done.wait()
     done = activity.snapshot()
     if done.state != State.SUCCEEDED:

@@ -15,7 +15,7 @@ A cycle takes a snapshot on the master and brings every slave up to it:
 The cycle does not wait for its transfers: a slave that is down must not hold the
 others back. Each cycle (and the catch-up at start) first takes a turn at the daemon's
 cycle gate (``cycle_gate``), so only ``max_concurrent_cycles`` run at once. What the
-transfers achieve is recorded as they finish (``Relationships._after_transfer``).
+transfers achieve is recorded as they finish (``reactions.Reactions``).
 
 If the master cannot be reached the relationship reports ``retrying`` with the
 link's health, backs off, and tries again; it never fails on a lost link.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 
 from ..activity import ActivityRecord, LinkHealth, State, StatusCode
@@ -35,36 +35,71 @@ from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore.client import StoreError
-from ..servers import ServerUnavailable
-from ..volume_states import BACKING_UP, REPLICATING, backup_holds, cycle_holds, replication_holds
+from ..objectstore.stores import Stores
+from ..servers import ServerRegistry, ServerUnavailable
+from ..volume_states import (
+    BACKING_UP,
+    REPLICATING,
+    VolumeStates,
+    backup_holds,
+    cycle_holds,
+    replication_holds,
+)
 from .backup import BackupRequest, plan_backup, submit_backup
 from .cycle_gate import CycleGate
 from .fanout import FanoutGroup
-from .groups import StreamKey
+from .fencing import Fencing
+from .groups import FanoutGroups, StreamKey
 from .plan import ReplicationConflict
-from .relationships import KIND, RelationshipFlow, Relationships, Runtime
+from .registry import RelationshipRegistry
 from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_flags
 from .replicate import submit_replication as submit_transfer
+from .runtime import KIND, Runtime
 from .transfer import Endpoint
+from .upkeep import Upkeep
 
 
-class RelationshipWork(RelationshipFlow):
-    def __init__(self, record: ActivityRecord, manager: Relationships,
-                 policy: RetryPolicy, gate: CycleGate) -> None:
+@dataclass(frozen=True)
+class CycleDeps:
+    """What a relationship's cycles act on and through, handed in by the daemon."""
+
+    engine: ActivityEngine
+    servers: ServerRegistry
+    registry: RelationshipRegistry
+    upkeep: Upkeep
+    fencing: Fencing
+    #: A stateful volume: one activity at a time.
+    volume_states: VolumeStates
+    groups: FanoutGroups
+    #: None when no object store is configured (then no relationship names one).
+    stores: Stores | None
+    policy: RetryPolicy
+    gate: CycleGate
+
+
+class RelationshipWork:
+    def __init__(self, record: ActivityRecord, deps: CycleDeps) -> None:
         self.name: str = record.params["relationship"]
-        self.manager = manager
-        self.policy = policy
-        self.gate = gate
+        self.engine = deps.engine
+        self.servers = deps.servers
+        self.registry = deps.registry
+        self.upkeep = deps.upkeep
+        self.fencing = deps.fencing
+        self.volume_states = deps.volume_states
+        self.groups = deps.groups
+        self.stores = deps.stores
+        self.policy = deps.policy
+        self.gate = deps.gate
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:
-        rt = self.manager.runtimes.get(self.name)
+        rt = self.registry.runtimes.get(self.name)
         if rt is None:
             raise ActivityError(f"relationship {self.name} is no longer defined",
                                 StatusCode.NOT_FOUND, "not-found")
         rt.activity_id = ctx.record.id
         async with self._turn(ctx, rt):
-            await self.manager.refresh_all(rt)
+            await self.upkeep.refresh_all(rt)
             await self._catch_up(ctx, rt)
         while True:
             await ctx.checkpoint()
@@ -142,19 +177,19 @@ class RelationshipWork(RelationshipFlow):
 
     async def _cycle(self, ctx: ActivityContext, rt: Runtime) -> None:
         started = time.time()  # the schedule counts from a cycle's start
-        self.manager.fence_soon(rt)  # an old master that answers again stays read-only
+        self.fencing.fence_soon(rt)  # an old master that answers again stays read-only
         master = await self.servers.backend(rt.spec.master)
         if ctx.record.state == State.RETRYING:
             ctx.link_up(rt.spec.master)
         existing = await master.snapshots(rt.spec.volume)
-        await self.manager.prune_master(rt, existing)
+        await self.upkeep.prune_master(rt, existing)
         snap = await self._snapshot(ctx, rt, master, existing)
         rt.newest = (snap.name, snap.guid)
         await self._start_transfers(ctx, rt, master, snap.name)
         rt.last_cycle_at, rt.last_error = started, None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
-        self.manager.save(rt)
+        self.registry.save(rt)
         ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
                      cycle=rt.cycles)
 
@@ -175,11 +210,11 @@ class RelationshipWork(RelationshipFlow):
                                snapshot: str, only: set[str] | None = None) -> None:
         """A transfer per slave and a backup per object store, none twice at once."""
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
-            self.manager.groups.discard(old)
-        busy = {**self.manager.transfers(rt.name), **self.manager.backups(rt.name)}
+            self.groups.discard(old)
+        busy = {**self.registry.transfers(rt.name), **self.registry.backups(rt.name)}
         wanted = [name for name in (*(s.server for s in rt.spec.slaves), *rt.spec.stores)
                   if name not in busy and (only is None or name in only)]
-        states = self.manager.volume_states  # a stateful volume: one activity at a time
+        states = self.volume_states  # a stateful volume: one activity at a time
         wanted = states.admit(wanted, partial(cycle_holds, rt.spec), rt.name, ctx.log)
         requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
         backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
@@ -192,9 +227,9 @@ class RelationshipWork(RelationshipFlow):
                 ctx.log)
         for b in backups:
             try:
-                assert self.manager.stores is not None  # the spec names configured stores
+                assert self.stores is not None  # the spec names configured stores
                 states.try_submit(backup_holds(b), BACKING_UP, partial(
-                    submit_backup, self.engine, self.servers, self.manager.stores,
+                    submit_backup, self.engine, self.servers, self.stores,
                     replace(b, fanout_group=groups.get(b.store))), ctx.log)
             except ActivityError as exc:
                 rt.last_error = f"backup to {b.store} not started: {exc.message}"
@@ -235,7 +270,7 @@ class RelationshipWork(RelationshipFlow):
             group_id = uuid.uuid4().hex[:12]
             sender = Endpoint(master.runner, master.send_argv(
                 snapshot, bases[key], intermediates=key.intermediates, flags=key.flags))
-            self.manager.groups.add(group_id, key, FanoutGroup(
+            self.groups.add(group_id, key, FanoutGroup(
                 sender, names, buffer_limit=rt.spec.fanout_buffer,
                 stall_timeout=self.policy.stall_timeout))
             members.update(dict.fromkeys(names, group_id))
@@ -244,7 +279,7 @@ class RelationshipWork(RelationshipFlow):
     async def _backup_key(self, master: ZfsBackend, req: BackupRequest,
                           ) -> tuple[StreamKey, str | None] | None:
         """The stream this store's backup needs now (and its base's name), or None."""
-        stores = self.manager.stores
+        stores = self.stores
         if stores is None:
             return None
         try:
@@ -274,7 +309,7 @@ class RelationshipWork(RelationshipFlow):
         """Cancelled by the operator: cancel (and so roll back) its running transfers."""
         if not ctx.cancel_requested:
             return  # failed or checkpointed at shutdown: transfers carry on / restart
-        for transfer in self.manager.transfers(self.name).values():
+        for transfer in self.registry.transfers(self.name).values():
             try:
                 await self.engine.cancel(transfer.id)
             except Exception as exc:  # already finishing: nothing left to cancel
@@ -291,6 +326,5 @@ def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:
     return label
 
 
-def register(engine: ActivityEngine, manager: Relationships, policy: RetryPolicy,
-             gate: CycleGate) -> None:
-    engine.register(KIND, lambda r: RelationshipWork(r, manager, policy, gate))
+def register(engine: ActivityEngine, deps: CycleDeps) -> None:
+    engine.register(KIND, lambda r: RelationshipWork(r, deps))

@@ -39,9 +39,12 @@ from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
-from .relationships import RelationshipError, RelationshipFlow, Relationships, Runtime
+from ..volume_states import VolumeStates
+from .fencing import Fencing
+from .registry import RelationshipRegistry
 from .replicate import ReplicationRequest, submit_replication
 from .roles import DataLoss, Fenced, promoted
+from .runtime import RelationshipError, Runtime, check_no_failover
 
 KIND = "failover"
 STEPS = ("halt", "fence", "snapshot", "sync", "promote", "reverse")
@@ -56,6 +59,18 @@ class FailoverRequest:
     force: bool = False
 
 
+@dataclass(frozen=True)
+class FailoverDeps:
+    """What a failover acts on and through, handed in by the daemon (and the API)."""
+
+    engine: ActivityEngine
+    servers: ServerRegistry
+    registry: RelationshipRegistry
+    fencing: Fencing
+    #: On a stateful server the failover holds both volumes.
+    volume_states: VolumeStates
+
+
 async def master_answers(servers: ServerRegistry, rt: Runtime) -> str | None:
     """None if the master answers for its volume, else why not."""
     try:
@@ -66,15 +81,15 @@ async def master_answers(servers: ServerRegistry, rt: Runtime) -> str | None:
     return None
 
 
-async def submit_failover(manager: Relationships, req: FailoverRequest) -> ActivityRecord:
+async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityRecord:
     """Check the request, then start the failover (HTTP 409 on a refusal).
 
     Without ``force`` the master must answer: a planned failover loses nothing,
     an unplanned one loses the writes after the slave's last snapshot, and that
     is for an operator to accept, not for a typo.
     """
-    rt = manager.get(req.relationship)
-    manager.check_no_failover(rt)
+    rt = deps.registry.get(req.relationship)
+    check_no_failover(rt)
     if req.to == rt.spec.master:
         raise RelationshipError(f"{req.to} is already the master of {rt.name}")
     if req.to in rt.failover.fenced:
@@ -83,7 +98,7 @@ async def submit_failover(manager: Relationships, req: FailoverRequest) -> Activ
     if req.to not in rt.slaves:
         raise RelationshipError(f"{req.to} is not a slave of {rt.name} (slaves: "
                                 f"{', '.join(rt.slaves) or 'none'})")
-    problem = await master_answers(manager.servers, rt)
+    problem = await master_answers(deps.servers, rt)
     if problem is not None and not req.force:
         status = rt.slaves[req.to]
         raise RelationshipError(
@@ -91,16 +106,16 @@ async def submit_failover(manager: Relationships, req: FailoverRequest) -> Activ
             f"failover promotes {req.to} at its last snapshot "
             f"({status.last_snapshot or 'unknown'}) and loses the writes made after it. "
             "Pass force=true to do that")
-    manager.check_no_failover(rt)  # the check above awaited: look again
+    check_no_failover(rt)  # the check above awaited: look again
     target = rt.spec.slave(req.to).target_volume
     failback = req.to == rt.home
     status_name = "failing-back" if failback else "failing-over"
     # On a stateful server the failover holds both volumes (409 while another activity
     # does); it takes over its own relationship's transfers' holds, since it halts them.
-    record = manager.volume_states.submit_holding(
+    record = deps.volume_states.submit_holding(
         holds=[(rt.spec.master, rt.spec.volume), (req.to, target)], busy="failing-over",
-        preempt=[a.id for a in manager.transfers(rt.name).values()],
-        submit=lambda: manager.engine.submit(
+        preempt=[a.id for a in deps.registry.transfers(rt.name).values()],
+        submit=lambda: deps.engine.submit(
             KIND, volume=rt.spec.volume, source=rt.spec.master, target=f"{req.to}:{target}",
             params={"relationship": rt.name, "to": req.to, "force": req.force,
                     "master": rt.spec.master, "volume": rt.spec.volume,
@@ -109,18 +124,21 @@ async def submit_failover(manager: Relationships, req: FailoverRequest) -> Activ
             self_restarting=True, progress=Progress(0, len(STEPS), unit="steps")))
     rt.failover.status, rt.failover.activity, rt.failover.error = \
         status_name, record.id, None
-    manager.save(rt)
+    deps.registry.save(rt)
     return record
 
 
-class FailoverWork(RelationshipFlow):
-    def __init__(self, record: ActivityRecord, manager: Relationships) -> None:
-        self.manager = manager
+class FailoverWork:
+    def __init__(self, record: ActivityRecord, deps: FailoverDeps) -> None:
+        self.engine = deps.engine
+        self.servers = deps.servers
+        self.registry = deps.registry
+        self.fencing = deps.fencing
         self.relationship: str = record.params["relationship"]
 
     def _runtime(self) -> Runtime:
         try:
-            return self.manager.get(self.relationship)
+            return self.registry.get(self.relationship)
         except KeyError:
             raise ActivityError(f"relationship {self.relationship} is no longer "
                                 "defined", StatusCode.NOT_FOUND, "not-found") from None
@@ -142,7 +160,7 @@ class FailoverWork(RelationshipFlow):
                      planned=ctx.params.get("planned"))
 
     async def _halt(self, ctx: ActivityContext, rt: Runtime) -> None:
-        await self.manager.halt(rt)
+        await self.registry.halt(rt)
 
     async def _fence(self, ctx: ActivityContext, rt: Runtime) -> None:
         p = ctx.params
@@ -257,19 +275,19 @@ class FailoverWork(RelationshipFlow):
                 rt.failover.fenced[p["master"]] = Fenced(p["master"], p["volume"], since=now)
                 rt.failover.data_loss = DataLoss(p["final_snapshot"], p.get("final_created"),
                                                  failed_over_at=now)
-            self.manager.set_roles(rt, promoted(rt.spec, p["to"],
-                                                keep_old_master=p["planned"]))
+            self.registry.set_roles(rt, promoted(rt.spec, p["to"],
+                                                 keep_old_master=p["planned"]))
         rt.failover.status = rt.failover.error = None
-        self.manager.save(rt)
+        self.registry.save(rt)
         ctx.remember(result={
             "master": rt.spec.master, "volume": rt.spec.volume,
             "slaves": [s.server for s in rt.spec.slaves],
             "fenced": sorted(rt.failover.fenced), "promoted_at": p["final_snapshot"],
             "data_loss": rt.failover.data_loss.to_json() if rt.failover.data_loss else None})
         await self._release_stale_holds(ctx, rt)
-        if p["was_running"] and self.manager.activity_of(rt) is None:
-            self.manager.start_again(rt)
-        self.manager.fence_soon(rt)
+        if p["was_running"] and self.registry.activity_of(rt) is None:
+            self.registry.start_again(rt)
+        self.fencing.fence_soon(rt)
 
     async def _release_stale_holds(self, ctx: ActivityContext, rt: Runtime) -> None:
         """Holds for streams that no longer run this way would pin snapshots forever:
@@ -312,11 +330,11 @@ class FailoverWork(RelationshipFlow):
         rt.failover.status = "failover-error" if failed else None
         rt.failover.error = (f"failover failed at step {p.get('current_step', '?')}; rolled "
                              "back, roles unchanged") if failed else None
-        self.manager.save(rt)
-        if p["was_running"] and self.manager.activity_of(rt) is None:
-            self.manager.start_again(rt)
+        self.registry.save(rt)
+        if p["was_running"] and self.registry.activity_of(rt) is None:
+            self.registry.start_again(rt)
 
 
-def register(engine: ActivityEngine, manager: Relationships) -> None:
-    engine.register(KIND, lambda r: FailoverWork(r, manager))
+def register(engine: ActivityEngine, deps: FailoverDeps) -> None:
+    engine.register(KIND, lambda r: FailoverWork(r, deps))
 

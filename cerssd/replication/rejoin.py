@@ -27,13 +27,26 @@ import structlog
 from ..activity import ActivityRecord, Progress, StatusCode
 from ..backends.base import Snapshot
 from ..engine import ActivityContext, ActivityEngine, ActivityError
+from ..servers import ServerRegistry
+from .registry import RelationshipRegistry
 from .relationship import SlaveSpec
-from .relationships import RelationshipError, RelationshipFlow, Relationships, Runtime
 from .roles import with_slave
+from .runtime import RelationshipError, Runtime, check_no_failover
+from .verbs import OperatorVerbs
 
 log = structlog.get_logger("cerssd.rejoin")
 
 KIND = "rejoin"
+
+
+@dataclass(frozen=True)
+class RejoinDeps:
+    """What a rejoin acts on and through, handed in by the daemon."""
+
+    servers: ServerRegistry
+    registry: RelationshipRegistry
+    #: A rejoin ends with a sync-now, refused like the operator's while paused.
+    verbs: OperatorVerbs
 
 
 @dataclass(frozen=True)
@@ -56,13 +69,13 @@ class RejoinPlan:
         }
 
 
-async def plan_rejoin(manager: Relationships, rt: Runtime, server: str) -> RejoinPlan:
+async def plan_rejoin(servers: ServerRegistry, rt: Runtime, server: str) -> RejoinPlan:
     fenced = rt.failover.fenced.get(server)
     if fenced is None:
         raise RelationshipError(f"{server} is not a fenced old master of {rt.name} "
                                 f"(fenced: {', '.join(rt.failover.fenced) or 'none'})")
-    master = await manager.servers.backend(rt.spec.master)
-    old = await manager.servers.backend(server)
+    master = await servers.backend(rt.spec.master)
+    old = await servers.backend(server)
     ours = {s.guid for s in await master.snapshots(rt.spec.volume)}
     theirs = await old.snapshots(fenced.volume)
     shared = [i for i, s in enumerate(theirs) if s.guid in ours]
@@ -74,10 +87,10 @@ async def plan_rejoin(manager: Relationships, rt: Runtime, server: str) -> Rejoi
     return RejoinPlan(server, fenced.volume, theirs[last], tuple(theirs[last + 1:]))
 
 
-async def rejoin(manager: Relationships, rt: Runtime, plan: RejoinPlan) -> None:
+async def rejoin(deps: RejoinDeps, rt: Runtime, plan: RejoinPlan) -> None:
     """Roll the old master back to the shared base and make it a slave (read-only)."""
-    manager.check_no_failover(rt)
-    backend = await manager.servers.backend(plan.server)
+    check_no_failover(rt)
+    backend = await deps.servers.backend(plan.server)
     await backend.set_readonly(plan.volume, True)
     owners = {rt.spec.master, plan.server, *rt.slaves}
     for snap in plan.destroys:  # our own holds would make the rollback fail
@@ -86,12 +99,12 @@ async def rejoin(manager: Relationships, rt: Runtime, plan: RejoinPlan) -> None:
                 await backend.release(f"cerssd:{owner}", snap.name)
     await backend.rollback(plan.base.name)  # changes after the base go too, always
     del rt.failover.fenced[plan.server]
-    manager.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume)))
+    deps.registry.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume)))
     log.warning("old master rolled back and rejoined as a slave", relationship=rt.name,
                 server=plan.server, base=plan.base.name,
                 destroyed=[s.name for s in plan.destroys], at=time.time())
-    if manager.activity_of(rt) is not None:
-        manager.sync_now(rt.name)
+    if deps.registry.activity_of(rt) is not None:
+        deps.verbs.sync_now(rt.name)
 
 
 def submit_rejoin(engine: ActivityEngine, rt: Runtime, plan: RejoinPlan) -> ActivityRecord:
@@ -104,22 +117,22 @@ def submit_rejoin(engine: ActivityEngine, rt: Runtime, plan: RejoinPlan) -> Acti
         progress=Progress(0, 1, unit="rollbacks"))
 
 
-class RejoinWork(RelationshipFlow):
-    def __init__(self, record: ActivityRecord, manager: Relationships) -> None:
-        self.manager = manager
+class RejoinWork:
+    def __init__(self, record: ActivityRecord, deps: RejoinDeps) -> None:
+        self.deps = deps
         self.params = record.params
 
     async def run(self, ctx: ActivityContext) -> None:
         p = self.params
         try:
-            rt = self.manager.get(p["relationship"])
-            plan = await plan_rejoin(self.manager, rt, p["server"])
+            rt = self.deps.registry.get(p["relationship"])
+            plan = await plan_rejoin(self.deps.servers, rt, p["server"])
             if (plan.base.guid, [s.name for s in plan.destroys]) != (p["base_guid"],
                                                                       p["destroys"]):
                 raise RelationshipError(
                     f"{p['server']}:{p['volume']} changed since the rollback was consented "
                     "to; run the dry run again and review what it destroys now")
-            await rejoin(self.manager, rt, plan)
+            await rejoin(self.deps, rt, plan)
         except (KeyError, RelationshipError) as exc:
             raise ActivityError(str(exc), StatusCode.CONFLICT, "conflict") from exc
         ctx.set_progress(1)
@@ -129,5 +142,5 @@ class RejoinWork(RelationshipFlow):
         return None
 
 
-def register(engine: ActivityEngine, manager: Relationships) -> None:
-    engine.register(KIND, lambda r: RejoinWork(r, manager))
+def register(engine: ActivityEngine, deps: RejoinDeps) -> None:
+    engine.register(KIND, lambda r: RejoinWork(r, deps))
