@@ -24,7 +24,7 @@ from . import cli_backups, cli_relationships, cli_watch
 from .cli_format import print_fields
 from .cli_format import size_text as _size
 from .cli_format import when as _ago
-from .config import ConfigError, parse_duration
+from .parsing import ConfigError, parse_duration
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
 

@@ -12,19 +12,16 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .backends.names import InvalidName, validate_object_name, validate_volume
-
-if TYPE_CHECKING:
-    from .objectstore.config import StoreConfig
-    from .replication.relationship import RelationshipSpec
+from .objectstore.config import StoreConfig, parse_store
+from .parsing import ConfigError, parse_duration, reject_unknown
+from .replication.relationship import RelationshipSpec, parse_relationship
 
 DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
 EX_CONFIG = 78
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.ASCII)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 #: A host, user or command name: one word, no whitespace or control characters (a newline
 #: in a host name would split a command line in the logs and in ssh's own parsing).
 _WORD = re.compile(r"[^\s\x00-\x1f\x7f]+")
@@ -41,15 +38,6 @@ SERVER_KEYS = {
     "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
     "stateless", "cipher", "pools",
 }
-
-
-class ConfigError(ValueError):
-    """A problem with one key of the configuration file."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -131,10 +119,6 @@ def streams_directly(server: ServerConfig) -> bool:
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
-    # Imported here: relationships use this module's ConfigError and duration parsing.
-    from .objectstore.config import parse_store
-    from .replication.relationship import parse_relationship
-
     reject_unknown(data, "", SECTIONS)
     daemon = _parse_daemon(_table(data, "daemon"))
     servers_raw = _table(data, "servers")
@@ -156,39 +140,6 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                               "stores only from a local master (direct_copy)")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
                   source=source)
-
-
-def parse_duration(value: Any, key: str) -> float:
-    """Accept a number of seconds or a string such as ``90s``, ``15m``, ``7d``."""
-    if isinstance(value, bool):
-        raise ConfigError(key, "must be a duration such as 30s, 15m or 7d")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    else:
-        raise ConfigError(key, f"must be a duration such as 30s, 15m or 7d, not {value!r}")
-    if seconds < 0:
-        raise ConfigError(key, "must not be negative")
-    return seconds
-
-
-_SIZE = re.compile(r"\s*(\d+)\s*(KiB|MiB|GiB|K|M|G)?\s*", re.ASCII)
-_SIZE_UNITS = {None: 1, "K": 1 << 10, "KiB": 1 << 10, "M": 1 << 20, "MiB": 1 << 20,
-               "G": 1 << 30, "GiB": 1 << 30}
-
-
-def parse_size(value: Any, key: str, minimum: int = 1 << 20) -> int:
-    """Accept a number of bytes or a string such as ``64MiB``; at least ``minimum``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE.fullmatch(value)):
-        size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
-    else:
-        raise ConfigError(key, f'must be a size such as "64MiB", not {value!r}')
-    if size < minimum:
-        raise ConfigError(key, f"must be at least {minimum >> 20}MiB")
-    return size
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
@@ -308,13 +259,6 @@ def _table(data: Mapping[str, Any], key: str, prefix: str = "") -> Mapping[str, 
     if not isinstance(value, Mapping):
         raise ConfigError(prefix + key, "must be a table")
     return value
-
-
-def reject_unknown(t: Mapping[str, Any], prefix: str, known: set[str]) -> None:
-    """A key the daemon does not know is an error naming it (a typo must not be ignored)."""
-    for key in t:
-        if key not in known:
-            raise ConfigError(prefix + key, f"unknown key (known: {', '.join(sorted(known))})")
 
 
 def _str(t: Mapping[str, Any], key: str, prefix: str, default: Any) -> Any:

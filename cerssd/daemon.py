@@ -27,13 +27,14 @@ from aiohttp import web
 
 from . import __version__, snapshots
 from .api.app import ApiContext, build_app
-from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, ConfigError, load_config
+from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError
 from .logs import configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
+from .parsing import ConfigError
 from .replication import backup, backup_prune, prune, replicate, restore
 from .replication.cycle_gate import CycleGate
 from .replication.groups import FanoutGroups

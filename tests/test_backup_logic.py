@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cerssd.config import ConfigError, parse_config
+from cerssd.config import parse_config
 from cerssd.objectstore.config import StoreConfig
 from cerssd.objectstore.layout import (
     BrokenChain,
@@ -30,6 +30,7 @@ from cerssd.objectstore.layout import (
     segment_key,
 )
 from cerssd.objectstore.upload import read_part
+from cerssd.parsing import ConfigError
 from cerssd.replication.backup_prune import backups_to_delete
 from cerssd.replication.retention import parse_grid
 

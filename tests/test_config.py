@@ -9,14 +9,8 @@ from typing import Any
 
 import pytest
 
-from cerssd.config import (
-    EX_CONFIG,
-    ConfigError,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_size,
-)
+from cerssd.config import EX_CONFIG, load_config, parse_config
+from cerssd.parsing import ConfigError, parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 

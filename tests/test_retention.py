@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cerssd.backends.base import Snapshot
-from cerssd.config import ConfigError
+from cerssd.parsing import ConfigError
 from cerssd.replication.retention import parse_grid, to_destroy
 
 H, D = 3600, 86400

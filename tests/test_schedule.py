@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cerssd.config import ConfigError, parse_duration
+from cerssd.parsing import ConfigError, parse_duration
 from cerssd.replication.schedule import (
     Cron,
     Interval,

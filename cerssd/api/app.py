@@ -30,13 +30,14 @@ from ..backends.names import (
     validate_volume,
 )
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
-from ..config import Config, ConfigError, streams_directly
+from ..config import Config, streams_directly
 from ..engine import ActivityEngine, EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
 from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores, UnknownStore
+from ..parsing import ConfigError
 from ..replication.holds import holds_of
 from ..replication.manager import RelationshipManager
 from ..replication.plan import ReplicationConflict

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..config import ConfigError
 from ..engine import ActivityError
 from ..objectstore import catalog
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores
+from ..parsing import ConfigError
 from ..replication.backup import BackupRequest, submit_backup
 from ..replication.backup_prune import backups_to_delete, submit_backup_prune
 from ..replication.restore import RestoreRequest, restore_chain, submit_restore

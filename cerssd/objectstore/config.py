@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.names import InvalidName, validate_object_name
-from ..config import ConfigError, parse_size, reject_unknown
+from ..parsing import ConfigError, parse_size, reject_unknown
 
 COMPRESSIONS = ("none", "zstd", "lz4")
 #: S3's own limits: parts are 5 MiB..5 GiB (the last may be smaller), at most 10,000.

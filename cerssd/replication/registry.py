@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from ..activity import ActivityRecord, Progress
-from ..config import ConfigError
 from ..engine import Activity, ActivityEngine
 from ..journal import Journal
+from ..parsing import ConfigError
 from ..servers import ServerRegistry
 from . import backup, replicate
 from .relationship import RelationshipSpec, parse_relationship

@@ -20,7 +20,7 @@ from ..backends.names import (
     validate_snapshot_label,
     validate_volume,
 )
-from ..config import ConfigError, parse_duration, parse_size, reject_unknown
+from ..parsing import ConfigError, parse_duration, parse_size, reject_unknown
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 

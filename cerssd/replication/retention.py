@@ -20,7 +20,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ..backends.base import Snapshot
-from ..config import ConfigError, parse_duration
+from ..parsing import ConfigError, parse_duration
 
 
 @dataclass(frozen=True)

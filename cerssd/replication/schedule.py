@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import InitVar, dataclass, field
 from datetime import date
 
-from ..config import ConfigError, parse_duration
+from ..parsing import ConfigError, parse_duration
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MINUTES_PER_DAY = 1440
