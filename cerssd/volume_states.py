@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -41,12 +41,6 @@ from .backends.base import Volume
 from .backends.names import validate_snapshot
 from .engine import Activity, ActivityEngine
 from .servers import ServerRegistry
-
-if TYPE_CHECKING:
-    from .replication.backup import BackupRequest
-    from .replication.relationship import RelationshipSpec
-    from .replication.replicate import ReplicationRequest
-    from .replication.restore import RestoreRequest
 
 log = structlog.get_logger("cerssd.volume_states")
 
@@ -250,17 +244,68 @@ class VolumeStates:
 
 
 # -- which volumes each action holds ------------------------------------------------------
-def replication_holds(req: ReplicationRequest) -> list[VolumeKey]:
+# The requests are described by what is read of them, not imported: the activities in
+# replication/ depend on this module, never the other way round.
+class ReplicationLike(Protocol):
+    """What a replication's holds are read from (``replication.replicate.ReplicationRequest``)."""
+
+    @property
+    def snapshot(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def destination(self) -> str: ...
+    @property
+    def target_volume(self) -> str: ...
+
+
+class BackupLike(Protocol):
+    """What a backup's holds are read from (``replication.backup.BackupRequest``)."""
+
+    @property
+    def snapshot(self) -> str: ...
+    @property
+    def server(self) -> str: ...
+
+
+class RestoreLike(Protocol):
+    """What a restore's holds are read from (``replication.restore.RestoreRequest``)."""
+
+    @property
+    def server(self) -> str: ...
+    @property
+    def target_volume(self) -> str: ...
+
+
+class SlaveLike(Protocol):
+    @property
+    def server(self) -> str: ...
+    @property
+    def target_volume(self) -> str: ...
+
+
+class RelationshipLike(Protocol):
+    """What a cycle's holds are read from (``replication.relationship.RelationshipSpec``)."""
+
+    @property
+    def master(self) -> str: ...
+    @property
+    def volume(self) -> str: ...
+    @property
+    def slaves(self) -> Sequence[SlaveLike]: ...
+
+
+def replication_holds(req: ReplicationLike) -> list[VolumeKey]:
     """A replication holds its source volume and the target volume on the destination."""
     return [(req.source, validate_snapshot(req.snapshot).volume),
             (req.destination, req.target_volume)]
 
 
-def backup_holds(req: BackupRequest) -> list[VolumeKey]:
+def backup_holds(req: BackupLike) -> list[VolumeKey]:
     return [(req.server, validate_snapshot(req.snapshot).volume)]
 
 
-def restore_holds(req: RestoreRequest) -> list[VolumeKey]:
+def restore_holds(req: RestoreLike) -> list[VolumeKey]:
     return [(req.server, req.target_volume)]
 
 
@@ -281,7 +326,7 @@ def rejoin_holds(server: str, volume: str) -> list[VolumeKey]:
     return [(server, volume)]
 
 
-def cycle_holds(spec: RelationshipSpec, member: str) -> list[VolumeKey]:
+def cycle_holds(spec: RelationshipLike, member: str) -> list[VolumeKey]:
     """What a relationship cycle's start for ``member`` holds: a slave's transfer holds the
     master's volume and the slave's target; a store's backup, the master's volume."""
     master = (spec.master, spec.volume)
