@@ -26,7 +26,8 @@ import structlog
 from aiohttp import web
 
 from . import __version__, snapshots
-from .api.app import ApiContext, build_app
+from .api.app import build_app
+from .api.context import ApiContext
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError

@@ -12,7 +12,8 @@ import pytest
 import structlog
 from aiohttp.test_utils import TestClient, TestServer
 
-from cerssd.api.app import ApiContext, build_app
+from cerssd.api.app import build_app
+from cerssd.api.context import ApiContext
 from cerssd.logs import configure_logging
 
 SECRET = "AKIA-not-for-the-log-0123456789"

@@ -12,7 +12,6 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -24,79 +23,39 @@ from ..activity import IllegalTransition
 from ..backends.base import BackendError, NotFound
 from ..backends.names import (
     InvalidName,
-    validate_object_name,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
 )
 from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
-from ..config import Config, streams_directly
-from ..engine import ActivityEngine, EngineClosed, UnknownActivity
+from ..config import streams_directly
+from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
-from ..metrics import CONTENT_TYPE, Metrics
+from ..metrics import CONTENT_TYPE
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
-from ..objectstore.stores import Stores, UnknownStore
+from ..objectstore.stores import UnknownStore
 from ..parsing import ConfigError
 from ..replication.holds import holds_of
-from ..replication.manager import RelationshipManager
 from ..replication.plan import ReplicationConflict
 from ..replication.relationship import parse_relationship
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..replication.runtime import RelationshipError, UnknownRelationship
-from ..servers import ServerRegistry, ServerUnavailable, UnknownServer
+from ..servers import ServerUnavailable, UnknownServer
 from ..volume_roots import volume_roots, within
-from ..volume_states import REPLICATING, VolumeBusy, VolumeStates, replication_holds
+from ..volume_states import REPLICATING, VolumeBusy, replication_holds
 from . import backups, failover
 from . import models as m
+from .context import ApiContext
 from .models import MAX_WAIT
+from .openapi import openapi_document
 from .peercred import may_mutate, peer_credentials
 from .problems import ApiProblem, problem_response
+from .routing import Handler, Route, json_response, relationship_name
 from .schema import parse_query, read_body
 
 log = structlog.get_logger("cerssd.api")
 _OPENAPI: dict[str, Any] | None = None
-
-Handler = Callable[["ControlApi", web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One route: the router, the credential check and the OpenAPI document read it."""
-
-    method: str
-    path: str
-    handler: Handler
-    summary: str
-    mutating: bool = False
-    #: The request body's model (``models.Request``), decoded by ``schema.read_body``.
-    body: type[m.Request] | None = None
-    #: The query parameters' model (``models.Query``), decoded by ``schema.parse_query``.
-    query: type[m.Query] | None = None
-    #: The success status and the model of its body (None: no body, e.g. 204).
-    ok: int = 200
-    returns: Any = None
-    media: str = "application/json"
-    #: Other statuses: a description (errors are problem documents), or for another
-    #: success a (description, model) pair.
-    responses: dict[int, str | tuple[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
-class ApiContext:
-    engine: ActivityEngine
-    servers: ServerRegistry
-    metrics: Metrics
-    config: Callable[[], Config]
-    relationships: RelationshipManager
-    stores: Stores | None = None
-    started_at: float = field(default_factory=time.time)
-    volume_states: VolumeStates = field(kw_only=True)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, indent=None))
-
 
 class ControlApi:
     def __init__(self, ctx: ApiContext) -> None:
@@ -108,7 +67,7 @@ class ControlApi:
         for (_, state), n in self.ctx.engine.counts().items():
             by_state[state] = by_state.get(state, 0) + n
         cfg = self.ctx.config()
-        return _json({
+        return json_response({
             "version": __version__, "pid": os.getpid(), "started_at": self.ctx.started_at,
             "uptime_seconds": round(time.time() - self.ctx.started_at, 3),
             "config": str(cfg.source) if cfg.source else None,
@@ -121,13 +80,13 @@ class ControlApi:
         })
 
     async def servers(self, request: web.Request) -> web.Response:
-        return _json({"items": [e.to_json() for e in self.ctx.servers.entries.values()]})
+        return json_response({"items": [e.to_json() for e in self.ctx.servers.entries.values()]})
 
     async def links(self, request: web.Request) -> web.Response:
-        return _json({"items": [link.to_json() for link in self.ctx.servers.links.all()]})
+        return json_response({"items": [link.to_json() for link in self.ctx.servers.links.all()]})
 
     async def capabilities(self, request: web.Request) -> web.Response:
-        return _json({name: caps.to_json()
+        return json_response({name: caps.to_json()
                       for name, caps in self.ctx.servers.capabilities().items()})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -137,10 +96,8 @@ class ControlApi:
     async def openapi(self, request: web.Request) -> web.Response:
         global _OPENAPI
         if _OPENAPI is None:  # the same for the daemon's life: built on first use
-            from .openapi import openapi_document
-
             _OPENAPI = openapi_document(ROUTES)
-        return _json(_OPENAPI)
+        return json_response(_OPENAPI)
 
     # -- volumes and snapshots ----------------------------------------------------------
     async def volumes(self, request: web.Request) -> web.Response:
@@ -152,7 +109,7 @@ class ControlApi:
             roots = within(roots, q.root)
         page = await backend.volumes(roots, limit=q.limit, offset=q.offset)
         states = self.ctx.volume_states
-        return _json({"server": q.server,
+        return json_response({"server": q.server,
                       "roots": list(roots) if roots is not None else None,
                       "items": [{**v.to_json(), "state": states.state_of(q.server, v)}
                                 for v in page.items],
@@ -164,7 +121,7 @@ class ControlApi:
         backend = await self.ctx.servers.backend(q.server)
         items = await backend.snapshots(volume)
         servers = list(self.ctx.servers.entries)
-        return _json({"server": q.server, "volume": volume,
+        return json_response({"server": q.server, "volume": volume,
                       "items": [{**s.to_json(),
                                  **(await holds_of(backend, s, servers)).to_json()}
                                 for s in items]})
@@ -177,7 +134,7 @@ class ControlApi:
         await backend.volume(volume)  # 404 now rather than a failed activity
         self.ctx.volume_states.check([(body.server, volume)], "a snapshot")
         record = snapshots.submit_create(self.ctx.engine, body.server, volume, body.name)
-        return _json(record.to_json(), 202)
+        return json_response(record.to_json(), 202)
 
     async def destroy_snapshot(self, request: web.Request) -> web.Response:
         volume = validate_volume(request.match_info["volume"])
@@ -189,7 +146,7 @@ class ControlApi:
             raise NotFound(f"snapshot {name} does not exist on {q.server}")
         self.ctx.volume_states.check([(q.server, volume)], "destroying a snapshot")
         record = snapshots.submit_destroy(self.ctx.engine, q.server, name)
-        return _json(record.to_json(), 202)
+        return json_response(record.to_json(), 202)
 
     # -- replication --------------------------------------------------------------------
     async def replicate(self, request: web.Request) -> web.Response:
@@ -211,12 +168,12 @@ class ControlApi:
         record = self.ctx.volume_states.submit_holding(
             holds=replication_holds(req), busy=REPLICATING,
             submit=lambda: submit_replication(self.ctx.engine, req))
-        return _json({**record.to_json(), "plan": plan.mode}, 202)
+        return json_response({**record.to_json(), "plan": plan.mode}, 202)
 
     # -- relationships ------------------------------------------------------------------
     async def relationships(self, request: web.Request) -> web.Response:
         view = self.ctx.relationships.view
-        return _json({"items": [view.to_json(rt) for rt in view.all()]})
+        return json_response({"items": [view.to_json(rt) for rt in view.all()]})
 
     async def relationship(self, request: web.Request) -> web.Response:
         return self._relationship_now(request)
@@ -240,7 +197,7 @@ class ControlApi:
                              "object stores only from a local master (direct_copy)",
                              field="stores")
         rels = self.ctx.relationships
-        return _json(rels.view.to_json(rels.verbs.create(spec)), 201)
+        return json_response(rels.view.to_json(rels.verbs.create(spec)), 201)
 
     async def remove_relationship(self, request: web.Request) -> web.Response:
         await self.ctx.relationships.verbs.remove(relationship_name(request))
@@ -261,7 +218,8 @@ class ControlApi:
     def _relationship_now(self, request: web.Request, status: int = 200) -> web.Response:
         """The relationship as it is now (a control verb's answer: after the verb)."""
         rels = self.ctx.relationships
-        return _json(rels.view.to_json(rels.registry.get(relationship_name(request))), status)
+        rt = rels.registry.get(relationship_name(request))
+        return json_response(rels.view.to_json(rt), status)
 
     # -- activities ---------------------------------------------------------------------
     async def activities(self, request: web.Request) -> web.Response:
@@ -283,21 +241,17 @@ class ControlApi:
         if q.wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(activity.done.wait(), min(q.wait, MAX_WAIT))
-        return _json(activity.snapshot().to_json())
+        return json_response(activity.snapshot().to_json())
 
     async def suspend(self, request: web.Request) -> web.Response:
-        return _json((await self.ctx.engine.suspend(request.match_info["id"])).to_json())
+        return json_response((await self.ctx.engine.suspend(request.match_info["id"])).to_json())
 
     async def resume(self, request: web.Request) -> web.Response:
-        return _json((await self.ctx.engine.resume(request.match_info["id"])).to_json())
+        return json_response((await self.ctx.engine.resume(request.match_info["id"])).to_json())
 
     async def cancel(self, request: web.Request) -> web.Response:
-        return _json((await self.ctx.engine.cancel(request.match_info["id"])).to_json(), 202)
-
-
-def relationship_name(request: web.Request) -> str:
-    """The relationship named in the path, checked: a bad name is 400, not a lookup."""
-    return validate_object_name(request.match_info["name"], "relationship")
+        record = await self.ctx.engine.cancel(request.match_info["id"])
+        return json_response(record.to_json(), 202)
 
 
 _A = ControlApi
@@ -306,7 +260,7 @@ VOLUME_BUSY = "volume busy on a stateful server (the problem names the holding a
 ID = "{id:[0-9a-f]+}"
 VOL = "{volume:[^@]+?}"
 REL = "{name}"  # any segment: the handler answers a bad name with 400
-ROUTES: list[Route] = [
+ROUTES: list[Route[ControlApi]] = [
     Route("GET", "/v1/status", _A.status, "Daemon status: version, uptime, activity counts",
           returns=m.DaemonStatus),
     Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends",
@@ -516,8 +470,8 @@ def build_app(ctx: ApiContext, *, check_credentials: bool = True) -> web.Applica
     return app
 
 
-def _bind(api: ControlApi, handler: Handler) -> Callable[[web.Request],
-                                                          Awaitable[web.StreamResponse]]:
+def _bind(api: ControlApi, handler: Handler[ControlApi],
+          ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await handler(api, request)
 

@@ -7,7 +7,6 @@ that drives the router, the credential check and the OpenAPI document.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,23 +29,18 @@ from ..volume_states import (
 )
 from . import models as m
 from .problems import ApiProblem
+from .routing import Api, json_response
 from .schema import parse_query, read_body
 
-if TYPE_CHECKING:
-    from .app import ControlApi
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
-def _stores(api: ControlApi) -> Stores:
+def _stores(api: Api) -> Stores:
     stores = api.ctx.stores
     if stores is None or not stores.stores:
         raise ApiProblem(409, "No Object Store", "no [stores.NAME] is configured")
     return stores
 
 
-def _store_name(api: ControlApi, name: str | None) -> str:
+def _store_name(api: Api, name: str | None) -> str:
     stores = _stores(api)
     if name is None:
         if len(stores.stores) != 1:
@@ -61,19 +55,19 @@ def _conflict(exc: ActivityError) -> ApiProblem:
     return ApiProblem(409, "Conflict", exc.message, code=exc.reason)
 
 
-async def list_stores(api: ControlApi, request: web.Request) -> web.Response:
+async def list_stores(api: Api, request: web.Request) -> web.Response:
     stores = api.ctx.stores
-    return _json({"items": [s.to_json() for s in (stores.all() if stores else [])]})
+    return json_response({"items": [s.to_json() for s in (stores.all() if stores else [])]})
 
 
-async def list_backups(api: ControlApi, request: web.Request) -> web.Response:
+async def list_backups(api: Api, request: web.Request) -> web.Response:
     q = parse_query(request.query, m.BackupsQuery)
     name = _store_name(api, q.store)
     found = await catalog.backups(_stores(api).get(name), q.volume)
-    return _json({"store": name, "items": [m.summary() for m in found]})
+    return json_response({"store": name, "items": [m.summary() for m in found]})
 
 
-async def create_backup(api: ControlApi, request: web.Request) -> web.Response:
+async def create_backup(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.BackupCreate)
     req = BackupRequest(snapshot=body.snapshot, server=body.server,
                         store=_store_name(api, body.store), force_full=body.force_full)
@@ -85,10 +79,10 @@ async def create_backup(api: ControlApi, request: web.Request) -> web.Response:
             submit=lambda: submit_backup(api.ctx.engine, api.ctx.servers, _stores(api), req))
     except ActivityError as exc:
         raise _conflict(exc) from exc
-    return _json(record.to_json(), 202)
+    return json_response(record.to_json(), 202)
 
 
-async def create_restore(api: ControlApi, request: web.Request) -> web.Response:
+async def create_restore(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.RestoreCreate)
     req = RestoreRequest(store=_store_name(api, body.store), snapshot=body.snapshot,
                          server=body.server, target_volume=body.target_volume)
@@ -104,10 +98,10 @@ async def create_restore(api: ControlApi, request: web.Request) -> web.Response:
         raise ApiProblem(409, "Broken Backup Chain", str(exc), code="broken-chain") from exc
     except ActivityError as exc:
         raise _conflict(exc) from exc
-    return _json({**record.to_json(), "chain": [m.snapshot for m in backups]}, 202)
+    return json_response({**record.to_json(), "chain": [m.snapshot for m in backups]}, 202)
 
 
-async def prune_backups(api: ControlApi, request: web.Request) -> web.Response:
+async def prune_backups(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.BackupPrune)
     volume = body.volume
     try:
@@ -121,8 +115,8 @@ async def prune_backups(api: ControlApi, request: web.Request) -> web.Response:
     plan = {"store": name, "volume": volume, "delete": [m.snapshot for m in doomed],
             "keep": [m.snapshot for m in found if m not in doomed]}
     if body.dry_run or not doomed:
-        return _json(plan)
+        return json_response(plan)
     record = api.ctx.volume_states.submit_holding(
         holds=backup_prune_holds(api.ctx.servers.entries, volume), busy=PRUNING,
         submit=lambda: submit_backup_prune(api.ctx.engine, name, volume, doomed))
-    return _json({**record.to_json(), "plan": plan}, 202)
+    return json_response({**record.to_json(), "plan": plan}, 202)

@@ -6,8 +6,6 @@ that drives the router, the credential check and the OpenAPI document.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from aiohttp import web
 
 from ..activity import State, StatusCode
@@ -17,35 +15,26 @@ from ..replication.runtime import check_no_failover
 from ..volume_states import REJOINING, rejoin_holds
 from . import models as m
 from .problems import ApiProblem
+from .routing import Api, json_response, relationship_name
 from .schema import read_body
 
-if TYPE_CHECKING:
-    from .app import ControlApi
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
-async def failover(api: ControlApi, request: web.Request) -> web.Response:
-    from .app import relationship_name
-
+async def failover(api: Api, request: web.Request) -> web.Response:
     name = relationship_name(request)
     body = await read_body(request, m.FailoverCreate)
     api.ctx.servers.entry(body.to)  # 404 for a server not in the config
     record = await submit_failover(api.ctx.relationships.failover, FailoverRequest(
         relationship=name, to=body.to, force=body.force))
-    return _json(record.to_json(), 202)
+    return json_response(record.to_json(), 202)
 
 
-async def rejoin_old_master(api: ControlApi, request: web.Request) -> web.Response:
-    from .app import relationship_name
-
+async def rejoin_old_master(api: Api, request: web.Request) -> web.Response:
     name = relationship_name(request)
     body = await read_body(request, m.RejoinCreate)
     rt = api.ctx.relationships.registry.get(name)
     plan = await plan_rejoin(api.ctx.servers, rt, body.server)
     if body.dry_run:
-        return _json(plan.to_json(done=False))
+        return json_response(plan.to_json(done=False))
     if not body.rollback:
         raise ApiProblem(409, "Consent Needed", "rejoining rolls the old master back: "
                          f"{plan.to_json(done=False)['summary']}. Review the dry run, then "
@@ -65,4 +54,4 @@ async def rejoin_old_master(api: ControlApi, request: web.Request) -> web.Respon
         code = status.code if status else StatusCode.ERROR
         raise ApiProblem(409 if code == StatusCode.CONFLICT else 502, "Rejoin Failed",
                          message, activity=record.id)
-    return _json({**plan.to_json(done=True), "activity": record.id})
+    return json_response({**plan.to_json(done=True), "activity": record.id})

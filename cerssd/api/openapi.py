@@ -8,15 +8,14 @@ requests are decoded with (``models.py``), so the document cannot drift from the
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
 from .. import __version__
 from .models import PATH_PARAMETERS, Problem
-
-if TYPE_CHECKING:
-    from .app import Route
+from .routing import Route
 
 REF = "#/components/schemas/{name}"
 PROBLEM_TYPE = "application/problem+json"
@@ -39,7 +38,7 @@ def _problem(description: str) -> dict[str, Any]:
 class _Schemas:
     """Every model's schema, generated in one pass so shared models are components."""
 
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(self, routes: Sequence[Route[Any]]) -> None:
         self.types: list[Any] = [Problem, *PATH_PARAMETERS.values()]
         for route in routes:
             self.types += [t for t in (route.body, route.query, route.returns)
@@ -59,7 +58,7 @@ class _Schemas:
         return schema
 
 
-def _parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
+def _parameters(route: Route[Any], schemas: _Schemas) -> list[dict[str, Any]]:
     params = [{"name": name, "in": "path", "required": True,
                "schema": schemas.of(PATH_PARAMETERS[name])} for name in _path_names(route.path)]
     if route.query is not None:
@@ -82,7 +81,7 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {**out, **arms[0]} if len(arms) == 1 else {**out, "anyOf": arms}
 
 
-def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
+def _operation(route: Route[Any], schemas: _Schemas) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     ok: dict[str, Any] = {"description": route.responses.get(route.ok, "OK")}
     if isinstance(ok["description"], tuple):
@@ -122,7 +121,7 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     return op
 
 
-def openapi_document(routes: list[Route]) -> dict[str, Any]:
+def openapi_document(routes: Sequence[Route[Any]]) -> dict[str, Any]:
     schemas = _Schemas(routes)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
