@@ -12,7 +12,7 @@ the moment it exists (also on error, Ctrl-C or SIGTERM, and only by the pid we s
 * a real ``cerssd`` daemon with its own config, state directory and control socket.
 
 The daemon is driven through its control socket by :class:`SocketClient`, a small HTTP
-client of our own rather than ``cerssd.cli.Client``: a long-poll (``?wait=S``) must be
+client of our own rather than ``cerssd.cli.client.Client``: a long-poll (``?wait=S``) must be
 allowed to outlast the CLI's 30 s socket timeout, and the benchmark should not break when
 the CLI changes.
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from cerssd.cli import Client
+from cerssd.cli.client import Client
 from cerssd.config import load_config
 from tests.seaweed import WeedServer
 from tests.sshd import (
@@ -274,7 +274,7 @@ def raw_request(socket_path: Path | str, method: str, path: str, body: bytes | N
     """
     import json
 
-    from cerssd.cli import UnixHTTPConnection
+    from cerssd.cli.client import UnixHTTPConnection
 
     conn = UnixHTTPConnection(str(socket_path), timeout=timeout)
     try:

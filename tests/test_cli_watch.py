@@ -28,8 +28,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from cerssd import cli_watch
-from cerssd.cli import CliError, Unreachable, parser
+from cerssd.cli import watch as cli_watch
+from cerssd.cli.client import CliError, Unreachable
+from cerssd.cli.main import parser
 
 from .conftest import (
     DaemonProcess,

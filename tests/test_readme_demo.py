@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from cerssd.cli import Client, CliError
+from cerssd.cli.client import Client, CliError
 
 # The walkthrough's waits (for a cycle, a retry, a restore, a command) end at their event;
 # SLOW is only their failure limit. The README promises seconds on an idle machine, and

@@ -1,4 +1,5 @@
-"""``cerssctl``: the operator's command line, a thin client of the control socket.
+"""``cerssctl``: the command line, and the commands that are not relationships' or
+backups' (those are in ``relationships`` and ``backups``).
 
 Human tables by default, ``--json`` for scripts (the API's own documents). A
 daemon that cannot be reached is one line on stderr and exit status 1.
@@ -7,24 +8,17 @@ daemon that cannot be reached is one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import socket
 import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from . import cli_backups, cli_relationships, cli_watch
-from .cli_format import print_fields
-from .cli_format import size_text as _size
-from .cli_format import when as _ago
-from .parsing import ConfigError, parse_duration
+from ..parsing import ConfigError, parse_duration
+from . import backups, relationships, watch
+from .client import Client, CliError, quote
+from .output import Output, activity_rows, render_activity, size_text, when
+from .watch import wait_for
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
 
@@ -42,143 +36,6 @@ def _unix(ago: float | None) -> int | None:
     return None if ago is None else int(time.time() - ago)
 
 
-class CliError(Exception):
-    """Printed as one line; exits 1."""
-
-
-class Unreachable(CliError):
-    """The daemon did not answer (not running, restarting, shutting down): a loop that
-    follows it (``show --follow``, ``--wait``) waits for it to come back instead of
-    exiting."""
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
-class Client:
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
-                timeout: float = 30.0) -> Any:
-        conn = UnixHTTPConnection(self.socket_path, timeout)
-        try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise Unreachable(f"cannot reach cerssd at {self.socket_path}: {exc.strerror} "
-                              "(is the daemon running?)") from None
-        except PermissionError:
-            raise CliError(f"permission denied on {self.socket_path} "
-                           "(run as root or a member of the control group)") from None
-        except OSError as exc:  # reset, closed mid-answer, timed out
-            raise Unreachable(f"cannot talk to cerssd at {self.socket_path}: {exc}") from None
-        finally:
-            conn.close()
-        if response.status >= 400:
-            try:
-                problem = json.loads(data)
-            except json.JSONDecodeError:
-                raise CliError(f"HTTP {response.status}: {data.decode(errors='replace')}") \
-                    from None
-            message = f"{problem.get('title', response.reason)}: {problem.get('detail', '')}"
-            if (response.status, problem.get("title")) == (503, "Shutting Down"):
-                raise Unreachable(message)  # going away: it will be back
-            raise CliError(message)
-        if not data:  # 204 No Content
-            return None
-        if response.getheader("Content-Type", "").startswith("text/plain"):
-            return data.decode()
-        return json.loads(data)
-
-
-def _q(path: str) -> str:
-    return urllib.parse.quote(path, safe="/@")
-
-
-def _progress(a: dict[str, Any]) -> str:
-    p = a["progress"]
-    if p["unit"] == "bytes":
-        text = f"{_size(p['done'])} of {_size(p['total'])}" if p["total"] else _size(p["done"])
-    else:
-        text = f"{p['done']} of {p['total']} {p['unit']}"
-    if p["total"] == 0 and p["done"] == 0:
-        text = "0 of 0"
-    return text + (" (est.)" if p["estimated"] else "")
-
-
-class Output:
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-        # Off a terminal, a wide fixed width keeps table rows (ids above all) unbroken.
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-
-    def emit(self, data: Any, render: Any = None) -> None:
-        if self.as_json or render is None:
-            print(json.dumps(data, indent=2))
-        else:
-            render(data)
-
-    def table(self, columns: Sequence[str], rows: list[Sequence[Any]], *,
-              header: bool = True) -> None:
-        table = Table(box=None, pad_edge=False, header_style="bold", show_header=header)
-        for column in columns:
-            table.add_column(column, no_wrap=True)
-        for row in rows:
-            table.add_row(*(str(c) for c in row))
-        self.console.print(table)
-
-
-def render_activity(out: Output, a: dict[str, Any]) -> None:
-    status = a["status"]
-    lines = [
-        ("id", a["id"]), ("kind", a["kind"]), ("state", a["state"]),
-        ("volume", a["volume"] or "-"), ("source", a["source"] or "-"),
-        ("target", a["target"] or "-"), ("progress", _progress(a)),
-        ("self_restarting", str(a["self_restarting"]).lower()),
-        ("status", f"{status['code']} {status['message']}" if status else "-"),
-        ("created", _ago(a["created_at"])), ("finished", _ago(a["finished_at"])),
-        ("elapsed", f"{a['usage']['elapsed_seconds']:.1f} s"),
-        ("bytes read", _size(a["usage"]["bytes_read"])),
-        ("bytes on wire", _size(a["usage"]["bytes_on_wire"])),
-        ("rate", f"{_size(a['usage']['rate_bytes_per_second'])}/s"),
-        ("retries", a["usage"]["retries"]),
-    ]
-    if a.get("link"):
-        link = a["link"]
-        lines.append(("link", f"{link['server']} {link['state']}"
-                      + (f" ({link['last_error']})" if link.get("last_error") else "")))
-    print_fields(out.console, lines)
-
-
-def activity_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
-    return [(a["id"], a["kind"], a["state"], a["volume"] or "-", a["target"] or "-",
-             _progress(a), a["status"]["code"] if a["status"] else "-") for a in items]
-
-
-def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
-    """Follow an activity to its end with a live line on a terminal (``--wait``,
-    ``--follow``); exit with ``cli_watch.exit_status``: 0 succeeded, 1 failed, 2 cancelled."""
-    live = sys.stderr.isatty() and not out.as_json
-    activity = cli_watch.follow(client, activity,
-                                Console(stderr=True, highlight=False) if live else None,
-                                Unreachable)
-    out.emit(activity, lambda a: render_activity(out, a))
-    return cli_watch.exit_status(activity)
-
-
 def run(args: argparse.Namespace) -> int:
     client = Client(args.socket)
     out = Output(args.json)
@@ -186,13 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "status" and args.watch:
         if args.json:
             raise CliError("--watch draws for people; scripts poll --json status instead")
-        return cli_watch.watch(client, out.console, args.interval, CliError)
+        return watch.watch(client, out.console, args.interval, CliError)
     if cmd == "status":
         return status_command(client, out)
     if cmd in ("relationships", "relationship"):
-        return cli_relationships.run(client, out, args)
-    if cmd in cli_backups.COMMANDS:
-        return cli_backups.run(client, out, args, wait_for)
+        return relationships.run(client, out, args)
+    if cmd in backups.COMMANDS:
+        return backups.run(client, out, args)
     elif cmd == "servers":
         data = client.request("GET", "/v1/servers")
         out.emit(data, lambda d: out.table(
@@ -203,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         data = client.request("GET", "/v1/links")
         out.emit(data, lambda d: out.table(
             ["server", "state", "since", "attempt", "next try", "last error"],
-            [(link["server"], link["state"], _ago(link["since"]), link["attempt"] or "-",
-              _ago(link["next_try_at"]), link["last_error"] or "") for link in d["items"]]))
+            [(link["server"], link["state"], when(link["since"]), link["attempt"] or "-",
+              when(link["next_try_at"]), link["last_error"] or "") for link in d["items"]]))
     elif cmd == "capabilities":
         data = client.request("GET", "/v1/capabilities")
         names = sorted({c for caps in data.values() for c in caps})
@@ -215,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
         return volumes_command(client, out, args)
     elif cmd == "snapshots":
         data = client.request("GET",
-                              f"/v1/volumes/{_q(args.volume)}/snapshots?server={_q(args.server)}")
+                              f"/v1/volumes/{quote(args.volume)}/snapshots?server={quote(args.server)}")
         out.emit(data, lambda d: out.table(
             ["name", "guid", "created", "used", "holds"],
-            [(s["name"], s["guid"], _ago(s["creation"]), _size(s["used"]), _holds(s))
+            [(s["name"], s["guid"], when(s["creation"]), size_text(s["used"]), _holds(s))
              for s in d["items"]]))
     elif cmd == "activities":
         query = urllib.parse.urlencode({k: v for k, v in (
@@ -231,12 +88,12 @@ def run(args: argparse.Namespace) -> int:
             ["id", "kind", "state", "volume", "target", "progress", "status"],
             activity_rows(d["items"])))
     elif cmd == "show":
-        data = client.request("GET", f"/v1/activities/{_q(args.id)}")
+        data = client.request("GET", f"/v1/activities/{quote(args.id)}")
         if args.follow:
             return wait_for(client, out, data)
         out.emit(data, lambda a: render_activity(out, a))
     elif cmd in ("suspend", "resume", "cancel"):
-        data = client.request("POST", f"/v1/activities/{_q(args.id)}/{cmd}")
+        data = client.request("POST", f"/v1/activities/{quote(args.id)}/{cmd}")
         out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
     elif cmd == "snapshot":
         return snapshot_command(client, out, args)
@@ -270,11 +127,11 @@ def status_command(client: Client, out: Output) -> int:
                     ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))])
         if d["relationships"]:
             out.console.print()
-            cli_relationships.render_list(out, {"items": d["relationships"]})
+            relationships.render_list(out, {"items": d["relationships"]})
         if d["links"]:
             out.console.print()
             out.table(["link", "state", "since", "last error"],
-                      [(x["server"], x["state"], _ago(x["since"]), x["last_error"] or "")
+                      [(x["server"], x["state"], when(x["since"]), x["last_error"] or "")
                        for x in d["links"]])
 
     out.emit(data, render)
@@ -297,15 +154,15 @@ def volumes_command(client: Client, out: Output, args: argparse.Namespace) -> in
     data: dict[str, Any] = {}
     while True:
         limit = VOLUME_PAGE if args.limit is None else min(args.limit, VOLUME_PAGE)
-        root = f"&root={_q(args.root)}" if args.root else ""
-        data = client.request("GET", f"/v1/volumes?server={_q(args.server)}&limit={limit}"
+        root = f"&root={quote(args.root)}" if args.root else ""
+        data = client.request("GET", f"/v1/volumes?server={quote(args.server)}&limit={limit}"
                                      f"&offset={offset}{root}", timeout=VOLUME_PAGE_TIMEOUT)
         if out.as_json:
             items += data["items"]
         else:
             out.table(["name", "type", "state", "used", "referenced", "guid"],
-                      [(v["name"], v["type"], v.get("state", "-"), _size(v["used"]),
-                        _size(v["referenced"]), v["guid"]) for v in data["items"]],
+                      [(v["name"], v["type"], v.get("state", "-"), size_text(v["used"]),
+                        size_text(v["referenced"]), v["guid"]) for v in data["items"]],
                       header=offset == args.offset)
         offset += len(data["items"])
         if args.limit is not None or not data["items"] or offset >= data["total"]:
@@ -324,11 +181,11 @@ def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> i
     if not at:
         raise CliError(f"{args.name!r}: give a snapshot as pool/volume@name")
     if args.action == "create":
-        data = client.request("POST", f"/v1/volumes/{_q(volume)}/snapshots",
+        data = client.request("POST", f"/v1/volumes/{quote(volume)}/snapshots",
                               {"name": label, "server": args.server})
     else:
-        data = client.request("DELETE", f"/v1/volumes/{_q(volume)}/snapshots/{_q(label)}"
-                                        f"?server={_q(args.server)}")
+        data = client.request("DELETE", f"/v1/volumes/{quote(volume)}/snapshots/{quote(label)}"
+                                        f"?server={quote(args.server)}")
     if args.no_wait:
         out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
         return 0
@@ -364,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="daemon status")
     st.add_argument("--watch", action="store_true",
                     help="a live view until Ctrl-C (plain snapshots when not a terminal)")
-    st.add_argument("--interval", type=cli_watch.interval_arg, default=1.0, metavar="SECONDS",
+    st.add_argument("--interval", type=watch.interval_arg, default=1.0, metavar="SECONDS",
                     help="refresh period of --watch (default 1)")
     sub.add_parser("servers", help="configured servers")
     sub.add_parser("capabilities", help="capabilities per server")
@@ -409,8 +266,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--intermediates", action="store_true", help="send -I")
     r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
     r.add_argument("--wait", action="store_true", help="follow it to the end")
-    cli_relationships.add_parsers(sub)
-    cli_backups.add_parsers(sub)
+    relationships.add_parsers(sub)
+    backups.add_parsers(sub)
     return p
 
 

@@ -24,7 +24,8 @@ its error; a healed link's old error is not shown any more.
 ``follow`` long-polls ``GET /v1/activities/ID?wait=S`` (answered the moment the
 activity ends) and draws one progress line on stderr when that is a terminal; it rides
 out a daemon restart the same way (``attempt``), saying it is reconnecting.
-``exit_status`` turns the finished activity into cerssctl's exit status.
+``exit_status`` turns the finished activity into cerssctl's exit status, and
+``wait_for`` (every command's ``--wait``) is ``follow`` and that, printing the activity.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from .cli_format import size_text, when
-from .cli_relationships import _Client, lag_text
+from .client import Client, Unreachable
+from .output import Output, lag_text, render_activity, size_text, when
 
 #: The states the view lists as under way, in the order they are asked for.
 LIVE_STATES = ("running", "retrying", "suspended", "cancelling", "pending")
@@ -96,7 +97,7 @@ class Outage:
     error: str
 
 
-def fetch(client: _Client) -> Frame:
+def fetch(client: Client) -> Frame:
     """One refresh. Live activities are asked for only in the states the status counts say
     exist, so an idle daemon costs four requests; the listing is per state because a
     relationship's activity is old and would fall off a newest-first page."""
@@ -355,14 +356,14 @@ def attempt(call: Callable[[], T], outage: Outage | None,
         return None, Outage(outage.since if outage else time.time(), str(exc))
 
 
-def _poll(client: _Client, frame: Frame | None, outage: Outage | None,
+def _poll(client: Client, frame: Frame | None, outage: Outage | None,
           unreachable: type[Exception]) -> tuple[Frame | None, Outage | None]:
     """A fresh frame, or the last one with the outage it is now in."""
     fresh, outage = attempt(lambda: fetch(client), outage, unreachable)
     return fresh or frame, outage
 
 
-def watch(client: _Client, console: Console, interval: float,
+def watch(client: Client, console: Console, interval: float,
           unreachable: type[Exception]) -> int:
     """Refresh every ``interval`` seconds until Ctrl-C (status 0). ``unreachable`` is the
     client's error type: any of it (daemon down, restarting, refusing) means "reconnect",
@@ -385,7 +386,7 @@ def _ticks(interval: float) -> Iterator[None]:
         time.sleep(max(0.0, start + n * interval - time.monotonic()))
 
 
-def _watch_live(client: _Client, console: Console, interval: float,
+def _watch_live(client: Client, console: Console, interval: float,
                 unreachable: type[Exception]) -> None:
     frame: Frame | None = None
     outage: Outage | None = None
@@ -395,7 +396,7 @@ def _watch_live(client: _Client, console: Console, interval: float,
             live.update(render(frame, time.time(), outage), refresh=True)
 
 
-def _watch_plain(client: _Client, console: Console, interval: float,
+def _watch_plain(client: Client, console: Console, interval: float,
                  unreachable: type[Exception]) -> None:
     frame: Frame | None = None
     outage: Outage | None = None
@@ -412,8 +413,8 @@ def _watch_plain(client: _Client, console: Console, interval: float,
         console.file.flush()
 
 
-def follow(client: _Client, activity: dict[str, Any], console: Console | None,
-           unreachable: type[Exception]) -> dict[str, Any]:
+def follow(client: Client, activity: dict[str, Any], console: Console | None,
+           unreachable: type[Exception] = Unreachable) -> dict[str, Any]:
     """Wait for ``activity`` to end; with a ``console``, a live line on it meanwhile.
 
     With no one watching, each request waits up to FOLLOW_WAIT seconds for the end; with
@@ -464,6 +465,15 @@ def exit_status(activity: dict[str, Any]) -> int:
     if activity["state"] == "succeeded":
         return EXIT_SUCCEEDED
     return EXIT_CANCELLED if activity["state"] == "cancelled" else EXIT_FAILED
+
+
+def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
+    """Follow an activity to its end with a live line on a terminal (``--wait``,
+    ``--follow``); exit with ``exit_status``: 0 succeeded, 1 failed, 2 cancelled."""
+    live = sys.stderr.isatty() and not out.as_json
+    activity = follow(client, activity, Console(stderr=True, highlight=False) if live else None)
+    out.emit(activity, lambda a: render_activity(out, a))
+    return exit_status(activity)
 
 
 def interval_arg(text: str) -> float:

@@ -1,6 +1,6 @@
 """``cerssctl relationships`` and ``cerssctl relationship ...``: continuous replication.
 
-Kept apart from ``cli`` so that module stays the generic client; both render the
+Kept apart from ``main`` so that module keeps the generic commands; both render the
 API's documents and nothing else.
 """
 
@@ -9,42 +9,20 @@ from __future__ import annotations
 import argparse
 import urllib.parse
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from .cli_format import print_fields, when
+from .client import Client
+from .output import Output, lag_text, print_fields, when
+from .watch import wait_for
 
 VERBS = ("show", "pause", "resume", "remove", "sync-now")
 
 
-def _render_rejoin(out: _Output, d: dict[str, Any]) -> None:
+def _render_rejoin(out: Output, d: dict[str, Any]) -> None:
     head = "rejoined" if d["rejoined"] else "dry run (nothing changed)"
     out.console.print(f"{head}: {d['summary']}")
     for name in d["destroys_snapshots"]:
         out.console.print(f"  {'destroyed' if d['rejoined'] else 'would destroy'} {name}")
-
-
-class _Client(Protocol):
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any: ...
-
-
-class _Output(Protocol):
-    console: Any
-
-    def emit(self, data: Any, render: Any = None) -> None: ...
-
-    def table(self, columns: Sequence[str], rows: list[Sequence[Any]]) -> None: ...
-
-
-def lag_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 def slave_summary(slave: dict[str, Any]) -> str:
@@ -59,13 +37,13 @@ def relationship_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
             for r in items]
 
 
-def render_list(out: _Output, data: dict[str, Any]) -> None:
+def render_list(out: Output, data: dict[str, Any]) -> None:
     out.table(["name", "volume", "master", "state", "replication", "schedule", "cycles",
                "slaves"],
               relationship_rows(data["items"]))
 
 
-def render_one(out: _Output, r: dict[str, Any]) -> None:
+def render_one(out: Output, r: dict[str, Any]) -> None:
     lines = [("name", r["name"]), ("volume", f"{r['volume']} on {r['master']}"),
              ("state", r["state"]),
              ("replication", f"{r['replication_status']} (home master {r['home_master']})"),
@@ -165,7 +143,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-def run(client: _Client, out: _Output, args: argparse.Namespace) -> int:
+def run(client: Client, out: Output, args: argparse.Namespace) -> int:
     if args.command == "relationships":
         out.emit(client.request("GET", "/v1/relationships"), lambda d: render_list(out, d))
         return 0
@@ -179,8 +157,7 @@ def run(client: _Client, out: _Output, args: argparse.Namespace) -> int:
         record = client.request("POST", f"{path}/failover", {"to": args.to,
                                                               "force": args.force})
         if args.wait:
-            from .cli import wait_for
-            return wait_for(client, out, record)  # type: ignore[arg-type]
+            return wait_for(client, out, record)
         out.emit(record, lambda a: out.console.print(
             f"failover {a['id']} started: {a['source']} -> {a['target']}"))
     elif verb == "rejoin":

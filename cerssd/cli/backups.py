@@ -1,6 +1,6 @@
 """``cerssctl stores|backups|backup|restore|prune-backups``: object-store copies.
 
-Like ``cli_relationships``: renders the API's documents and nothing else; ``backup``
+Like ``relationships``: renders the API's documents and nothing else; ``backup``
 and ``restore`` follow their activity with a live line (``--no-wait`` returns at once).
 """
 
@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import argparse
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
-from .cli_format import size_text as _size
-from .cli_relationships import _Client, _Output
+from .client import Client
+from .output import Output, size_text
+from .watch import wait_for
 
 COMMANDS = ("stores", "backups", "backup", "restore", "prune-backups")
-
-Follow = Callable[[Any, Any, dict[str, Any]], int]  # cli.wait_for
-
 
 def add_parsers(sub: Any) -> None:
     sub.add_parser("stores", help="object stores and their links")
@@ -48,7 +45,7 @@ def _with_store(body: dict[str, Any], store: str | None) -> dict[str, Any]:
     return {**body, "store": store} if store else body
 
 
-def run(client: _Client, out: _Output, args: argparse.Namespace, follow: Follow) -> int:
+def run(client: Client, out: Output, args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "stores":
         data = client.request("GET", "/v1/stores")
@@ -63,7 +60,7 @@ def run(client: _Client, out: _Output, args: argparse.Namespace, follow: Follow)
         out.emit(data, lambda d: out.table(
             ["snapshot", "kind", "parent", "stored", "stream", "compression", "created"],
             [(m["snapshot"], m["kind"], (m["parent_snapshot"] or "-").partition("@")[2] or "-",
-              _size(m["stream_size"]), _size(m["raw_size"]), m["compression"],
+              size_text(m["stream_size"]), size_text(m["raw_size"]), m["compression"],
               m["created_at"]) for m in d["items"]]))
     elif cmd in ("backup", "restore"):
         if cmd == "backup":
@@ -75,7 +72,7 @@ def run(client: _Client, out: _Output, args: argparse.Namespace, follow: Follow)
                                 "server": args.server}, args.store)
             data = client.request("POST", "/v1/restores", body)
         if not args.no_wait:
-            return follow(client, out, data)
+            return wait_for(client, out, data)
         out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
     elif cmd == "prune-backups":
         body = _with_store({"volume": args.volume, "retention": args.retention,
