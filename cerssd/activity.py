@@ -44,6 +44,15 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
+class LinkCondition(enum.StrEnum):
+    """The state of a link to a server or an object store: up; lost (a call failed,
+    retries continue); retrying (the next retry is scheduled). Also the API's schema."""
+
+    UP = "up"
+    LOST = "lost"
+    RETRYING = "retrying"
+
+
 class StatusCode(enum.IntEnum):
     """``status`` of a finished activity: 0 is success, anything else an error."""
 
@@ -100,7 +109,7 @@ class LinkHealth:
     """What the activity's link looks like: ``up``, ``lost`` or ``retrying``."""
 
     server: str
-    state: str = "up"
+    state: LinkCondition = LinkCondition.UP
     since: float | None = None
     attempt: int = 0
     next_try_at: float | None = None
@@ -155,6 +164,7 @@ class ActivityRecord:
             status=Status(**data["status"]) if data.get("status") else None,
             usage=Usage(**data["usage"]),
             self_restarting=data.get("self_restarting", False),
-            link=LinkHealth(**data["link"]) if data.get("link") else None,
+            link=(LinkHealth(**{**data["link"], "state": LinkCondition(data["link"]["state"])})
+                  if data.get("link") else None),
             params=data.get("params", {}), restarts=data.get("restarts", 0),
         )

@@ -32,6 +32,7 @@ import structlog
 from .activity import (
     ActivityRecord,
     IllegalTransition,
+    LinkCondition,
     LinkHealth,
     Progress,
     State,
@@ -413,7 +414,7 @@ class ActivityEngine:
         """
         record = activity.record
         if record.state in (State.RETRYING, State.SUSPENDED):
-            if record.link is not None and record.link.state != "up":
+            if record.link is not None and record.link.state != LinkCondition.UP:
                 activity.record = replace(record, link=LinkHealth(server=record.link.server))
             activity.gate.open()
             self.transition(activity, State.RUNNING)

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from .activity import LinkHealth
+from .activity import LinkCondition, LinkHealth
 
 log = structlog.get_logger("cerssd.links")
 
@@ -22,7 +22,7 @@ log = structlog.get_logger("cerssd.links")
 @dataclass(frozen=True)
 class LinkState:
     server: str
-    state: str = "up"  # up | lost | retrying
+    state: LinkCondition = LinkCondition.UP
     since: float | None = None
     last_error: str | None = None
     attempt: int = 0
@@ -64,8 +64,8 @@ class Links:
         link = self._links.get(server)
         if link is None:
             return None
-        if link.state == "up":
-            link = replace(link, state="lost", since=time.time(), last_error=error,
+        if link.state == LinkCondition.UP:
+            link = replace(link, state=LinkCondition.LOST, since=time.time(), last_error=error,
                            attempt=0, next_try_at=None, losses=link.losses + 1)
             log.warning("link lost; retrying", server=server, error=error)
         else:
@@ -77,7 +77,7 @@ class Links:
         link = self._links.get(server)
         if link is None:
             return None
-        link = replace(link, state="retrying", attempt=attempt, next_try_at=next_try_at,
+        link = replace(link, state=LinkCondition.RETRYING, attempt=attempt, next_try_at=next_try_at,
                        since=link.since or time.time())
         self._links[server] = link
         self.retries[server] += 1
@@ -90,11 +90,11 @@ class Links:
         link = self._links.get(server)
         if link is None:
             return None
-        if link.state != "up":
+        if link.state != LinkCondition.UP:
             down_for = time.time() - (link.since or time.time())
             log.info("link restored", server=server, down_seconds=round(down_for, 1),
                      attempts=link.attempt)
-        link = replace(link, state="up", since=None, attempt=0, next_try_at=None,
+        link = replace(link, state=LinkCondition.UP, since=None, attempt=0, next_try_at=None,
                        last_up_at=time.time())
         self._links[server] = link
         return link

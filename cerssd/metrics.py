@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .activity import ActivityRecord, State
+from .activity import ActivityRecord, LinkCondition, State
 from .engine import Activity, ActivityEngine
 from .replication.groups import FanoutGroups
 from .replication.rendering import RelationshipView
@@ -119,7 +119,7 @@ class DaemonCollector(Collector):
         retries = CounterMetricFamily("cerssd_link_retries", "Retries scheduled on the link",
                                       labels=["server"])
         for link in sorted(self.servers.links.all(), key=lambda x: x.server):
-            link_up.add_metric([link.server], 1 if link.state == "up" else 0)
+            link_up.add_metric([link.server], 1 if link.state == LinkCondition.UP else 0)
             losses.add_metric([link.server], link.losses)
             retries.add_metric([link.server], self.servers.links.retries[link.server])
         yield link_up

@@ -30,6 +30,7 @@ the event loop cannot both pass the check.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -44,19 +45,38 @@ from .servers import ServerRegistry
 
 log = structlog.get_logger("cerssd.volume_states")
 
-AVAILABLE = "available"
-IN_USE = "in-use"
-BACKING_UP = "backing-up"
-REPLICATING = "replicating"
-RESTORING = "restoring"
-FAILING_OVER = "failing-over"
-PRUNING = "pruning"
-REJOINING = "rejoining"
+
+class VolumeState(enum.StrEnum):
+    """A volume's state: available or in-use while nothing holds it; backing-up,
+    replicating, restoring, failing-over, pruning or rejoining while an activity holds
+    it on a stateful server. Also the API's schema."""
+
+    AVAILABLE = "available"
+    IN_USE = "in-use"
+    BACKING_UP = "backing-up"
+    REPLICATING = "replicating"
+    RESTORING = "restoring"
+    FAILING_OVER = "failing-over"
+    PRUNING = "pruning"
+    REJOINING = "rejoining"
+
+
+#: The members by their short names, as the flows and handlers that hold volumes say them.
+AVAILABLE = VolumeState.AVAILABLE
+IN_USE = VolumeState.IN_USE
+BACKING_UP = VolumeState.BACKING_UP
+REPLICATING = VolumeState.REPLICATING
+RESTORING = VolumeState.RESTORING
+FAILING_OVER = VolumeState.FAILING_OVER
+PRUNING = VolumeState.PRUNING
+REJOINING = VolumeState.REJOINING
 BUSY_STATES = frozenset({BACKING_UP, REPLICATING, RESTORING, FAILING_OVER, PRUNING,
                          REJOINING})
 
-_ACTIONS = {BACKING_UP: "a backup", REPLICATING: "a replication", RESTORING: "a restore",
-            FAILING_OVER: "a failover", PRUNING: "a prune", REJOINING: "a rejoin"}
+#: A busy state as the action that would wait for it ("a backup must wait...").
+_ACTIONS: dict[str, str] = {
+    BACKING_UP: "a backup", REPLICATING: "a replication", RESTORING: "a restore",
+    FAILING_OVER: "a failover", PRUNING: "a prune", REJOINING: "a rejoin"}
 
 #: The activity param that carries an activity's holds across a daemon restart.
 PARAM = "volume_holds"
@@ -71,7 +91,7 @@ class Hold:
 
     server: str
     volume: str
-    state: str
+    state: VolumeState
     activity_id: str
     kind: str
 
@@ -92,7 +112,7 @@ class VolumeBusy(Exception):
         self.action = action
 
 
-def idle_state(volume: Volume) -> str:
+def idle_state(volume: Volume) -> VolumeState:
     """``in-use`` or ``available``: whether a client could be writing to ``volume`` now."""
     if volume.readonly:
         return AVAILABLE
@@ -130,7 +150,7 @@ class VolumeStates:
     def holds(self) -> list[Hold]:
         return list(self._holds.values())
 
-    def state_of(self, server: str, volume: Volume) -> str:
+    def state_of(self, server: str, volume: Volume) -> VolumeState:
         hold = self._holds.get((server, volume.name))
         return hold.state if hold is not None else idle_state(volume)
 
@@ -139,7 +159,7 @@ class VolumeStates:
         """The stateful ones among ``volumes``; raises VolumeBusy if one of them is held."""
         return self._free(volumes, action, frozenset())
 
-    def submit_holding(self, *, holds: Iterable[VolumeKey], busy: str,
+    def submit_holding(self, *, holds: Iterable[VolumeKey], busy: VolumeState,
                        submit: Callable[[], ActivityRecord],
                        preempt: Iterable[str] = ()) -> ActivityRecord:
         """Check ``holds``, ``submit()``, and hold the stateful ones as ``busy`` for the
@@ -160,7 +180,7 @@ class VolumeStates:
         self._take(record.id, record.kind, busy, keys)
         return record
 
-    def try_submit(self, holds: Iterable[VolumeKey], busy: str,
+    def try_submit(self, holds: Iterable[VolumeKey], busy: VolumeState,
                    submit: Callable[[], ActivityRecord], logger: Any = log,
                    ) -> ActivityRecord | None:
         """``submit_holding`` for a loop that skips a busy volume (logged) instead of failing."""
@@ -207,7 +227,7 @@ class VolumeStates:
             if record.state.terminal or not isinstance(held, dict):
                 continue
             keys = [(str(s), str(v)) for s, v in held.get("volumes", [])]
-            self._take(record.id, record.kind, str(held.get("state")), keys)
+            self._take(record.id, record.kind, VolumeState(str(held.get("state"))), keys)
             count += len(keys)
             log.info("volume holds restored", activity_id=record.id, kind=record.kind,
                      state=held.get("state"), volumes=[f"{s}:{v}" for s, v in keys])
@@ -235,7 +255,7 @@ class VolumeStates:
                 raise VolumeBusy(hold, action)
         return keys
 
-    def _take(self, activity_id: str, kind: str, state: str, keys: Iterable[VolumeKey],
+    def _take(self, activity_id: str, kind: str, state: VolumeState, keys: Iterable[VolumeKey],
               ) -> None:
         for server, volume in keys:
             self._holds[(server, volume)] = Hold(server, volume, state, activity_id, kind)

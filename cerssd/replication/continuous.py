@@ -29,7 +29,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 
-from ..activity import ActivityRecord, LinkHealth, State, StatusCode
+from ..activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
 from ..backends.base import BackendError, Snapshot
 from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
@@ -50,7 +50,7 @@ from .cycle_gate import CycleGate
 from .fanout import FanoutGroup
 from .fencing import Fencing
 from .groups import FanoutGroups, StreamKey
-from .plan import ReplicationConflict
+from .plan import PlanMode, ReplicationConflict
 from .registry import RelationshipRegistry
 from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_flags
 from .replicate import submit_replication as submit_transfer
@@ -170,7 +170,7 @@ class RelationshipWork:
                         attempt=self.failures, retry_in=delay, permanent=permanent)
         link = self.servers.links.get(rt.spec.master)
         if link is not None and not permanent:
-            ctx.link_lost(LinkHealth(server=rt.spec.master, state="retrying",
+            ctx.link_lost(LinkHealth(server=rt.spec.master, state=LinkCondition.RETRYING,
                                      since=link.since, attempt=self.failures,
                                      next_try_at=time.time() + delay, last_error=str(exc)))
         await ctx.sleep(delay)
@@ -299,7 +299,7 @@ class RelationshipWork:
             flags = await stream_flags(master, dst, plan.snapshot.volume)
         except (ReplicationConflict, BackendError, SshError):
             return None  # its transfer plans (and reports) on its own
-        if plan.mode == "up-to-date" or plan.overwrite or plan.chain:
+        if plan.mode == PlanMode.UP_TO_DATE or plan.overwrite or plan.chain:
             return None  # a chain of -i steps is several streams: each slave sends its own
         key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
                         plan.intermediates)

@@ -39,11 +39,11 @@ from ..backends.ssh import SshError
 from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
-from ..volume_states import VolumeStates
+from ..volume_states import VolumeState, VolumeStates
 from .fencing import Fencing
 from .registry import RelationshipRegistry
 from .replicate import ReplicationRequest, submit_replication
-from .roles import DataLoss, Fenced, promoted
+from .roles import DataLoss, FailoverStatus, Fenced, promoted
 from .runtime import RelationshipError, Runtime, check_no_failover
 
 KIND = "failover"
@@ -109,11 +109,11 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
     check_no_failover(rt)  # the check above awaited: look again
     target = rt.spec.slave(req.to).target_volume
     failback = req.to == rt.home
-    status_name = "failing-back" if failback else "failing-over"
+    status_name = FailoverStatus.FAILING_BACK if failback else FailoverStatus.FAILING_OVER
     # On a stateful server the failover holds both volumes (409 while another activity
     # does); it takes over its own relationship's transfers' holds, since it halts them.
     record = deps.volume_states.submit_holding(
-        holds=[(rt.spec.master, rt.spec.volume), (req.to, target)], busy="failing-over",
+        holds=[(rt.spec.master, rt.spec.volume), (req.to, target)], busy=VolumeState.FAILING_OVER,
         preempt=[a.id for a in deps.registry.transfers(rt.name).values()],
         submit=lambda: deps.engine.submit(
             KIND, volume=rt.spec.volume, source=rt.spec.master, target=f"{req.to}:{target}",
@@ -327,7 +327,7 @@ class FailoverWork:
             await master.set_readonly(p["volume"], False)
             ctx.log.info("fence lifted: the master takes writes again", master=p["master"])
         failed = not ctx.cancel_requested
-        rt.failover.status = "failover-error" if failed else None
+        rt.failover.status = FailoverStatus.FAILOVER_ERROR if failed else None
         rt.failover.error = (f"failover failed at step {p.get('current_step', '?')}; rolled "
                              "back, roles unchanged") if failed else None
         self.registry.save(rt)

@@ -8,10 +8,22 @@ situation that would need destruction on the target becomes a typed conflict.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..backends.base import Snapshot
+
+
+class PlanMode(enum.StrEnum):
+    """What a replication sends: full (everything), incremental (the changes since a
+    common base), up-to-date (nothing: the target has the snapshot), resume (the rest of
+    a partial receive, from its resume token). Also the API's schema."""
+
+    FULL = "full"
+    INCREMENTAL = "incremental"
+    UP_TO_DATE = "up-to-date"
+    RESUME = "resume"
 
 
 class ReplicationConflict(Exception):
@@ -46,9 +58,9 @@ class TargetPoolMissing(ReplicationConflict):
 
 @dataclass(frozen=True)
 class Plan:
-    """``mode`` is ``full``, ``incremental`` or ``up-to-date``."""
+    """What one replication sends (``mode``) and from which base."""
 
-    mode: str
+    mode: PlanMode
     snapshot: Snapshot
     base: Snapshot | None
     target_volume: str
@@ -102,13 +114,13 @@ def plan_replication(
     if snap is None:
         raise SourceSnapshotMissing(f"snapshot {snapshot_name} does not exist on the source")
     if any(t.guid == snap.guid for t in target_snapshots):
-        return Plan("up-to-date", snap, snap, target_volume)
+        return Plan(PlanMode.UP_TO_DATE, snap, snap, target_volume)
     if force_full_copy or not target_exists:
         if target_exists and not overwrite:
             raise TargetExists(
                 f"{target_volume} already exists on the destination; a full copy would "
                 "replace it: ask for overwrite explicitly, or drop force_full_copy")
-        return Plan("full", snap, None, target_volume, overwrite=target_exists)
+        return Plan(PlanMode.FULL, snap, None, target_volume, overwrite=target_exists)
     base = newest_common(source_snapshots, snap, target_snapshots) or newest_bookmark(
         source_bookmarks, snap, target_snapshots)
     if base is None:
@@ -122,7 +134,7 @@ def plan_replication(
             f"{target_volume} has snapshots newer than the common base {base.label}: "
             f"{', '.join(s.label for s in newer)}; nothing was sent or destroyed")
     # A bookmark can only be the base of a plain -i stream: intermediates are gone with it.
-    return Plan("incremental", snap, base, target_volume,
+    return Plan(PlanMode.INCREMENTAL, snap, base, target_volume,
                 intermediates and "#" not in base.name)
 
 

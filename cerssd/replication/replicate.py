@@ -31,7 +31,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..activity import ActivityRecord, LinkHealth, State, StatusCode
+from ..activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
 from ..backends.base import BackendError, Busy, NotFound, Snapshot, while_busy
 from ..backends.names import validate_snapshot, validate_volume
 from ..backends.ssh import LinkDown, SshError
@@ -44,6 +44,7 @@ from .groups import FanoutGroups, StreamKey
 from .holds import hold_tag
 from .plan import (
     Plan,
+    PlanMode,
     ReplicationConflict,
     TargetDiverged,
     TargetPoolMissing,
@@ -91,7 +92,7 @@ def report_link_retry(ctx: ActivityContext, links: Links, server: str, error: st
     links.lost(server, error)
     link = links.retrying(server, state.attempt_number, time.time() + delay)
     ctx.link_lost(link.health() if link else LinkHealth(
-        server=server, state="retrying", attempt=state.attempt_number,
+        server=server, state=LinkCondition.RETRYING, attempt=state.attempt_number,
         next_try_at=time.time() + delay, last_error=error))
     return delay
 
@@ -309,13 +310,13 @@ class ReplicateWork:
             await self._clean_leftovers(ctx, dst)
             await self._follow_latest(ctx, src)
             plan = await self._plan(src, dst)
-            if plan.mode == "up-to-date":
+            if plan.mode == PlanMode.UP_TO_DATE:
                 ctx.set_progress(0, 0)
                 ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
                 await self._finish_target(src, dst, plan)
                 return
             receive_into = self.req.staging_volume if plan.overwrite else plan.target_volume
-            if plan.mode == "full" and not plan.overwrite and not self.target_created:
+            if plan.mode == PlanMode.FULL and not plan.overwrite and not self.target_created:
                 self.target_created = True
                 ctx.remember(target_created=True)
         else:
@@ -383,7 +384,7 @@ class ReplicateWork:
             if not resuming:
                 return await make_plan(self.req, src, dst)
             snap = await src.snapshot(self.req.snapshot)
-            return Plan("resume", snap, None, self.req.target_volume)
+            return Plan(PlanMode.RESUME, snap, None, self.req.target_volume)
         except ReplicationConflict as exc:
             raise ActivityError(exc.message, StatusCode.CONFLICT, exc.code) from exc
         except NotFound as exc:
@@ -492,7 +493,7 @@ class ReplicateWork:
         (each is a round trip to its server).
         """
         async def destination_side() -> None:
-            if plan.mode == "full" or self.target_created:
+            if plan.mode == PlanMode.FULL or self.target_created:
                 # A replica is a standby: read-only, so that not even atime updates make it
                 # diverge from the master (failover makes it writable). Where that needs
                 # a remount (zfs-fuse), a reader holding it busy only delays it: the

@@ -20,15 +20,39 @@ The replication status follows Cinder's values:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .relationship import RelationshipSpec, SlaveSpec
 
-STATUSES = ("enabled", "disabled", "failing-over", "failed-over", "failover-error",
-            "failing-back")
-IN_PROGRESS = ("failing-over", "failing-back")
+
+class ReplicationStatus(enum.StrEnum):
+    """A relationship's replication status: enabled (replicating from the home master),
+    disabled (paused or stopped), failing-over or failing-back (a failover under way),
+    failed-over (the master is not the home master), failover-error (the last failover
+    failed and was rolled back). Cinder's values; also the API's schema."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    FAILING_OVER = "failing-over"
+    FAILED_OVER = "failed-over"
+    FAILOVER_ERROR = "failover-error"
+    FAILING_BACK = "failing-back"
+
+
+class FailoverStatus(enum.StrEnum):
+    """Where a relationship's failover stands, while it is news: under way (over or
+    back), or failed and rolled back. These are also replication statuses."""
+
+    FAILING_OVER = "failing-over"
+    FAILING_BACK = "failing-back"
+    FAILOVER_ERROR = "failover-error"
+
+
+STATUSES = tuple(ReplicationStatus)
+IN_PROGRESS = (FailoverStatus.FAILING_OVER, FailoverStatus.FAILING_BACK)
 
 
 class RolesInvalid(Exception):
@@ -74,7 +98,7 @@ class FailoverState:
     """The failover facts of one relationship, remembered across restarts."""
 
     #: ``failing-over``, ``failing-back`` or ``failover-error``; None otherwise.
-    status: str | None = None
+    status: FailoverStatus | None = None
     activity: str | None = None
     error: str | None = None
     last_failover_at: float | None = None
@@ -101,19 +125,21 @@ class FailoverState:
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> FailoverState:
         loss = data.get("data_loss")
-        return cls(status=data.get("status"), activity=data.get("activity"),
+        status = data.get("status")
+        return cls(status=FailoverStatus(status) if status else None,
+                   activity=data.get("activity"),
                    error=data.get("error"), last_failover_at=data.get("last_failover_at"),
                    data_loss=DataLoss(**loss) if loss else None,
                    fenced={n: Fenced(**f) for n, f in data.get("fenced", {}).items()})
 
 
 def replication_status(spec: RelationshipSpec, home: str, failover: FailoverState, *,
-                       replicating: bool) -> str:
+                       replicating: bool) -> ReplicationStatus:
     if failover.status is not None:
-        return failover.status
+        return ReplicationStatus(failover.status)
     if spec.master != home:
-        return "failed-over"
-    return "enabled" if replicating else "disabled"
+        return ReplicationStatus.FAILED_OVER
+    return ReplicationStatus.ENABLED if replicating else ReplicationStatus.DISABLED
 
 
 def promoted(spec: RelationshipSpec, to: str, *, keep_old_master: bool) -> RelationshipSpec:

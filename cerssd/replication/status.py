@@ -16,13 +16,27 @@ the slave would lose were it promoted now (the RPO actually achieved).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
-from ..activity import ActivityRecord, State
+from ..activity import ActivityRecord, LinkCondition, State
 from ..links import LinkState
 
-STATES = ("in-sync", "syncing", "behind", "lost", "error")
+
+class SlaveState(enum.StrEnum):
+    """A slave's state, derived when asked: in-sync, syncing, behind, lost (its link is
+    down or its transfer retrying), error (its last transfer failed). Also the API's
+    schema and a metric's label."""
+
+    IN_SYNC = "in-sync"
+    SYNCING = "syncing"
+    BEHIND = "behind"
+    LOST = "lost"
+    ERROR = "error"
+
+
+STATES = tuple(SlaveState)
 
 
 @dataclass
@@ -55,20 +69,20 @@ class SlaveStatus:
 
 
 def slave_state(status: SlaveStatus, *, newest_guid: str | None,
-                transfer: ActivityRecord | None, link: LinkState | None) -> str:
-    if (link is not None and link.state != "up") or (
+                transfer: ActivityRecord | None, link: LinkState | None) -> SlaveState:
+    if (link is not None and link.state != LinkCondition.UP) or (
             transfer is not None and transfer.state == State.RETRYING):
-        return "lost"
+        return SlaveState.LOST
     if transfer is not None and not transfer.state.terminal:
-        return "syncing"
+        return SlaveState.SYNCING
     if status.error:
-        return "error"
+        return SlaveState.ERROR
     if newest_guid is not None and status.last_snapshot_guid == newest_guid:
-        return "in-sync"
-    return "behind"
+        return SlaveState.IN_SYNC
+    return SlaveState.BEHIND
 
 
-def slave_json(status: SlaveStatus, *, now: float, state: str,
+def slave_json(status: SlaveStatus, *, now: float, state: SlaveState,
                transfer: ActivityRecord | None, link: LinkState | None) -> dict[str, Any]:
     lag = status.lag(now)
     return {
@@ -81,5 +95,6 @@ def slave_json(status: SlaveStatus, *, now: float, state: str,
         "activity": transfer.id if transfer is not None else None,
         "progress": transfer.to_json()["progress"] if transfer is not None else None,
         "link": link.to_json() if link is not None else {"server": status.server,
-                                                          "state": "up", "local": True},
+                                                          "state": LinkCondition.UP,
+                                                          "local": True},
     }

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from tenacity import RetryCallState
 
-from ..activity import State, StatusCode
+from ..activity import LinkCondition, State, StatusCode
 from ..engine import ActivityContext, ActivityError
 from ..links import Links
 from ..objectstore.client import ObjectStore, StoreError
@@ -64,7 +64,7 @@ class StoreCalls:
     def _back_up(self) -> None:
         links = self.store.links
         link = links.get(self.store.name) if links else None
-        if link is not None and link.state != "up":
+        if link is not None and link.state != LinkCondition.UP:
             links.up(self.store.name)  # type: ignore[union-attr]
         if self.ctx.record.state == State.RETRYING:
             self.ctx.link_up(self.store.name)
