@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from ..activity import LinkHealth, State, Status, Usage
+from ..activity import LinkCondition, LinkHealth, State, Status, Usage
 from ..backends.base import Capabilities
 from ..backends.names import (
     LABEL_PATTERN,
@@ -36,6 +36,11 @@ from ..backends.names import (
     validate_volume,
 )
 from ..links import LinkState
+from ..objectstore.config import Compression
+from ..replication.plan import PlanMode
+from ..replication.roles import ReplicationStatus
+from ..replication.status import SlaveState
+from ..volume_states import VolumeState
 
 
 @dataclass(frozen=True)
@@ -289,7 +294,7 @@ class ActivityPage(Reply):
 
 
 class DaemonSettings(Reply):
-    log_level: str
+    log_level: Literal["debug", "info", "warning", "error"]
     control_group: str | None
     activity_retention: float
     shutdown_timeout: float
@@ -308,7 +313,7 @@ class DaemonStatus(Reply):
 
 class Server(Reply):
     name: str
-    kind: str
+    kind: Literal["local", "ssh"]
     stateless: bool
     backend: str
     zfs_version: str | None
@@ -337,8 +342,8 @@ class Volume(Reply):
     referenced: int
     readonly: bool
     mounted: bool
-    state: Annotated[str, doc("available, in-use, or busy (backing-up, replicating, restoring, "
-        "failing-over, pruning, rejoining) on a stateful server")]
+    state: Annotated[VolumeState, doc("available, in-use, or busy (backing-up, replicating, "
+        "restoring, failing-over, pruning, rejoining) on a stateful server")]
 
 
 class Volumes(Reply):
@@ -375,18 +380,18 @@ class Snapshots(Reply):
 
 
 class ReplicationAccepted(Activity):
-    plan: Annotated[str, doc("full or incremental")]
+    plan: Annotated[PlanMode, doc("full, incremental, or up-to-date (nothing to send)")]
 
 
 class RelationshipLink(Reply):
     server: str
-    state: str
+    state: LinkCondition
 
 
 class RelationshipSlave(Reply):
     server: str
     target_volume: str
-    state: str
+    state: SlaveState
     last_snapshot: str | None
     last_snapshot_created: float | None
     lag_seconds: float | None
@@ -424,9 +429,10 @@ class Relationship(Reply):
     fanout: bool
     fanout_buffer: int
     stores: list[str]
-    origin: Annotated[str, doc("config or api")]
-    state: Annotated[str, doc("running, paused, retrying, stopping or stopped")]
-    replication_status: str
+    origin: Annotated[Literal["config", "api"], doc("config or api")]
+    state: Annotated[Literal["running", "paused", "retrying", "stopping", "stopped"],
+                     doc("running, paused, retrying, stopping or stopped")]
+    replication_status: ReplicationStatus
     active_server: str
     home_master: str
     failover: dict[str, Any]
@@ -462,15 +468,16 @@ class RejoinPlan(Reply):
 
 class Store(Reply):
     name: str
-    kind: str
+    kind: Literal["s3"]
     endpoint: str | None
     bucket: str
     prefix: str
     region: str
-    credentials: Annotated[str, doc("file or environment (never the credentials themselves)")]
+    credentials: Annotated[Literal["file", "environment"],
+                           doc("file or environment (never the credentials themselves)")]
     part_size: int
     concurrency: int
-    compression: str
+    compression: Compression
     storage_class: str | None
     link: LinkState | None
 
@@ -486,7 +493,7 @@ class BackupSummary(Reply):
     snapshot_created: int
     parent_guid: str | None
     parent_snapshot: str | None
-    kind: Annotated[str, doc("full or incremental")]
+    kind: Annotated[Literal["full", "incremental"], doc("full or incremental")]
     segments: list[str]
     parts: Annotated[int, doc("number of parts")]
     stream_size: int

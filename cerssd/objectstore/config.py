@@ -13,12 +13,14 @@ import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..backends.names import InvalidName, validate_object_name
 from ..parsing import ConfigError, parse_size, reject_unknown
 
-COMPRESSIONS = ("none", "zstd", "lz4")
+#: How a store's streams are compressed (the API schema lists these values).
+Compression = Literal["none", "zstd", "lz4"]
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 #: S3's own limits: parts are 5 MiB..5 GiB (the last may be smaller), at most 10,000.
 MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
