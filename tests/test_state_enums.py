@@ -16,7 +16,7 @@ from cerssd.api.openapi import openapi_document
 from cerssd.links import Links
 from cerssd.replication.plan import PlanMode
 from cerssd.replication.roles import STATUSES, FailoverState, FailoverStatus, ReplicationStatus
-from cerssd.replication.status import STATES, SlaveState
+from cerssd.replication.status import STATES, RelationshipState, SlaveState
 from cerssd.volume_states import BUSY_STATES, VolumeState
 
 #: The strings each state had before it was an enumeration: the API, the journal, the
@@ -28,6 +28,7 @@ WIRE: list[tuple[type[enum.StrEnum], list[str]]] = [
                          "failover-error", "failing-back"]),
     (FailoverStatus, ["failing-over", "failing-back", "failover-error"]),
     (SlaveState, ["in-sync", "syncing", "behind", "lost", "error"]),
+    (RelationshipState, ["running", "paused", "retrying", "stopping", "stopped"]),
     (VolumeState, ["available", "in-use", "backing-up", "replicating", "restoring",
                    "failing-over", "pruning", "rejoining"]),
 ]
@@ -83,7 +84,7 @@ def _schema(doc: dict[str, Any], model: str, field: str) -> dict[str, Any]:
     ("RelationshipLink", "state", list(LinkCondition)),
     ("LinkState", "state", list(LinkCondition)),
     ("Relationship", "replication_status", list(ReplicationStatus)),
-    ("Relationship", "state", ["running", "paused", "retrying", "stopping", "stopped"]),
+    ("Relationship", "state", list(RelationshipState)),
     ("Relationship", "origin", ["config", "api"]),
     ("ReplicationAccepted", "plan", list(PlanMode)),
     ("BackupSummary", "kind", ["full", "incremental"]),

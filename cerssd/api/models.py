@@ -39,7 +39,7 @@ from ..links import LinkState
 from ..objectstore.config import Compression
 from ..replication.plan import PlanMode
 from ..replication.roles import ReplicationStatus
-from ..replication.status import SlaveState
+from ..replication.status import RelationshipState, SlaveState
 from ..volume_states import VolumeState
 
 
@@ -430,8 +430,7 @@ class Relationship(Reply):
     fanout_buffer: int
     stores: list[str]
     origin: Annotated[Literal["config", "api"], doc("config or api")]
-    state: Annotated[Literal["running", "paused", "retrying", "stopping", "stopped"],
-                     doc("running, paused, retrying, stopping or stopped")]
+    state: RelationshipState
     replication_status: ReplicationStatus
     active_server: str
     home_master: str

@@ -14,9 +14,9 @@ from typing import Any
 from ..activity import ActivityRecord, State
 from ..links import Links
 from .registry import RelationshipRegistry
-from .roles import replication_status
+from .roles import ReplicationStatus, replication_status
 from .runtime import Runtime
-from .status import slave_json, slave_state
+from .status import RelationshipState, slave_json, slave_state
 
 
 class RelationshipView:
@@ -69,14 +69,16 @@ class RelationshipView:
                  "link": link.to_json() if (link := self.links.get(store)) else None}
                 for store, base in rt.store_bases.items()]
 
-    def replication_status(self, rt: Runtime) -> str:
+    def replication_status(self, rt: Runtime) -> ReplicationStatus:
         activity = self.registry.activity_of(rt)
         replicating = activity is not None and activity.record.state != State.SUSPENDED
         return replication_status(rt.spec, rt.home, rt.failover, replicating=replicating)
 
 
-def _state(record: ActivityRecord | None) -> str:
+def _state(record: ActivityRecord | None) -> RelationshipState:
     if record is None:
-        return "stopped"
-    return {State.SUSPENDED: "paused", State.RETRYING: "retrying",
-            State.CANCELLING: "stopping"}.get(record.state, "running")
+        return RelationshipState.STOPPED
+    by_activity = {State.SUSPENDED: RelationshipState.PAUSED,
+                   State.RETRYING: RelationshipState.RETRYING,
+                   State.CANCELLING: RelationshipState.STOPPING}
+    return by_activity.get(record.state, RelationshipState.RUNNING)

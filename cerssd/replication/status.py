@@ -39,6 +39,17 @@ class SlaveState(enum.StrEnum):
 STATES = tuple(SlaveState)
 
 
+class RelationshipState(enum.StrEnum):
+    """A relationship's state, from its activity's: running, paused (suspended),
+    retrying, stopping (cancelling), stopped (no activity). Also the API's schema."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    RETRYING = "retrying"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
 @dataclass
 class SlaveStatus:
     server: str
