@@ -119,7 +119,7 @@ CUT_STANDBY = "standby2"  # the one behind the network namespace
 STORE = "s3"
 BUCKET = "cerssd-chaos"
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")
-HOLD_TAG_PREFIX = "cerssd:"  # ReplicateRequest.hold_tag: one per destination
+HOLD_TAG_PREFIX = "cerssd:"  # storage.zfs.names.hold_tag: one per destination
 
 
 # -- the environment -----------------------------------------------------------------

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.names import InvalidName, validate_object_name, validate_volume
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
 from .replication.relationship import RelationshipSpec, parse_relationship
+from .storage.names import InvalidName, validate_object_name, validate_volume
+from .storage.registry import BACKENDS, DEFAULT_BACKEND
 
 DEFAULT_CONFIG_PATH = Path("/etc/cerssd/cerssd.toml")
 EX_CONFIG = 78
@@ -35,8 +36,8 @@ DAEMON_KEYS = {
     "retry_deadline", "max_concurrent_cycles",
 }
 SERVER_KEYS = {
-    "kind", "host", "port", "user", "identity_file", "known_hosts", "zfs_command",
-    "stateless", "cipher", "pools",
+    "kind", "backend", "host", "port", "user", "identity_file", "known_hosts",
+    "zfs_command", "stateless", "cipher", "pools",
 }
 
 
@@ -75,6 +76,8 @@ class ServerConfig:
     name: str
     kind: str  # "local" | "ssh"
     host: str | None = None
+    #: The storage backend (``storage.registry``): how volumes are kept on the server.
+    backend: str = DEFAULT_BACKEND
     port: int = 22
     user: str = "root"
     identity_file: Path | None = None
@@ -212,8 +215,12 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     stateless = t.get("stateless", True)
     if not isinstance(stateless, bool):
         raise ConfigError(prefix + "stateless", "must be true or false")
+    backend = _str(t, "backend", prefix, DEFAULT_BACKEND)
+    if backend not in BACKENDS:
+        raise ConfigError(prefix + "backend", f"must be one of {', '.join(sorted(BACKENDS))}, "
+                          f"not {backend!r}")
     server = ServerConfig(
-        name=name, kind=kind, host=_str(t, "host", prefix, None), port=port,
+        name=name, kind=kind, backend=backend, host=_str(t, "host", prefix, None), port=port,
         user=_str(t, "user", prefix, "root"),
         identity_file=_path(t, "identity_file", prefix, None),
         known_hosts=_path(t, "known_hosts", prefix, None),

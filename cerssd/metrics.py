@@ -108,7 +108,7 @@ class DaemonCollector(Collector):
         for name, entry in sorted(self.servers.entries.items()):
             up.add_metric([name], 1 if entry.probed else 0)
             if entry.probed:
-                for cap, value in sorted(entry.backend.capabilities.to_json().items()):
+                for cap, value in sorted(entry.capabilities.to_json().items()):
                     caps.add_metric([name, cap], 1 if value else 0)
         yield up
         yield caps

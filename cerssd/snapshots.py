@@ -8,10 +8,10 @@ roll back (destroy what it made) if it is cancelled or fails after the fact.
 from __future__ import annotations
 
 from .activity import ActivityRecord, Progress, StatusCode
-from .backends.base import AlreadyExists, BackendError, Busy, NotFound
-from .backends.names import validate_snapshot, validate_snapshot_label, validate_volume
 from .engine import ActivityContext, ActivityEngine, ActivityError
 from .servers import ServerRegistry
+from .storage.errors import AlreadyExists, BackendError, Busy, NotFound
+from .storage.names import validate_snapshot, validate_snapshot_label, validate_volume
 
 CREATE = "snapshot"
 DESTROY = "destroy"

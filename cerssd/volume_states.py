@@ -38,10 +38,10 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from .activity import ActivityRecord
-from .backends.base import Volume
-from .backends.names import validate_snapshot
 from .engine import Activity, ActivityEngine
 from .servers import ServerRegistry
+from .storage.names import validate_snapshot
+from .storage.values import Volume
 
 log = structlog.get_logger("cerssd.volume_states")
 

@@ -193,8 +193,8 @@ def test_store_errors_are_sorted_into_transient_and_permanent() -> None:
 
 
 def test_incremental_base_is_the_newest_by_txg_not_by_one_second_creation() -> None:
-    from cerssd.backends.base import Snapshot
     from cerssd.objectstore.catalog import newest_backed_up as newest_common
+    from cerssd.storage.values import Snapshot
 
     def snap(guid: str) -> Snapshot:  # all made within one second, as scripts do
         return Snapshot(f"tank/v@s{guid}", "tank/v", f"s{guid}", guid, 1000, 0, 0, 0)

@@ -15,9 +15,9 @@ import subprocess
 from typing import Any
 
 from cerssd.activity import ActivityRecord
-from cerssd.backends.runner import LocalRunner
-from cerssd.backends.zfs import ZfsBackend
 from cerssd.replication.prune import PruneWork
+from cerssd.storage.zfs import ZfsBackend
+from cerssd.transport.runner import LocalRunner
 
 from .conftest import DaemonProcess, wait_until, write_file, zfs
 from .conftest import replicate as replicate_between

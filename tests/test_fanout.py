@@ -16,18 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from cerssd.backends.runner import LocalRunner
 from cerssd.engine import Counters, FlowGate
 from cerssd.replication.fanout import PIPE_SIZE, WINDOW, FanoutGroup, FanoutMissed, SplitOff
 from cerssd.replication.relay import CHUNK
 from cerssd.replication.transfer import (
     IN_FLIGHT,
-    Endpoint,
     TransferFailed,
     TransferStalled,
     exit_timeout,
     transfer,
 )
+from cerssd.transport.runner import LocalRunner
+from cerssd.transport.stream import Endpoint
 
 MiB = 1 << 20
 #: A receiver that reads 64 KiB every 50 ms (about 1.3 MB/s): far slower than ``cat``.

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from cerssd.backends.ssh import LinkDown, SshRunner
 from cerssd.config import parse_config
 from cerssd.links import Links
+from cerssd.transport.ssh import LinkDown, SshRunner
 
 from .conftest import (
     DaemonProcess,

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from cerssd.backends.names import (
+from cerssd.storage.names import (
     LABEL_PATTERN,
     MAX_LABEL_LENGTH,
     OBJECT_NAME_PATTERN,

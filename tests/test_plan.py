@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from cerssd.backends.base import Snapshot
 from cerssd.replication.plan import (
     NoCommonSnapshot,
     SourceSnapshotMissing,
@@ -13,6 +12,7 @@ from cerssd.replication.plan import (
     plan_replication,
     without_intermediates,
 )
+from cerssd.storage.values import Snapshot
 
 
 def snap(volume: str, label: str, guid: str) -> Snapshot:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cerssd.backends.runner import CommandFailed
-from cerssd.backends.ssh import HostKeyRejected, LinkDown, SshRunner
 from cerssd.config import parse_config
+from cerssd.transport.runner import CommandFailed
+from cerssd.transport.ssh import HostKeyRejected, LinkDown, SshRunner
 
 from .conftest import (
     DaemonProcess,

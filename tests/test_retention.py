@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cerssd.backends.base import Snapshot
 from cerssd.parsing import ConfigError
 from cerssd.replication.retention import parse_grid, to_destroy
+from cerssd.storage.values import Snapshot
 
 H, D = 3600, 86400
 NOW = 1_800_000_000 - (1_800_000_000 % D)  # midnight, so buckets are easy to reason about

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 
 from cerssd.activity import ActivityRecord, State
-from cerssd.backends.base import Capabilities, Volume
 from cerssd.engine import ActivityContext, ActivityEngine
 from cerssd.journal import Journal
 from cerssd.replication.backup import BackupRequest
 from cerssd.replication.relationship import SlaveSpec
 from cerssd.replication.replicate import ReplicationRequest
 from cerssd.replication.restore import RestoreRequest
+from cerssd.storage.values import Capabilities, Volume
 from cerssd.volume_states import (
     AVAILABLE,
     IN_USE,

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from cerssd.backends.base import AlreadyExists, Busy, NotFound
-from cerssd.backends.names import InvalidName
-from cerssd.backends.runner import LocalRunner
-from cerssd.backends.zfs import ZfsBackend, capabilities_from_usage, parse_usage
+from cerssd.storage.errors import AlreadyExists, Busy, NotFound
+from cerssd.storage.names import InvalidName
+from cerssd.storage.zfs import ZfsBackend
+from cerssd.storage.zfs.probe import capabilities_from_usage, parse_usage
+from cerssd.transport.runner import LocalRunner
 
 from .conftest import zfs
 
@@ -67,7 +68,7 @@ async def test_stateful_server_does_not_publish_stateless(zfs_fuse: None) -> Non
 
 
 async def test_probe_of_missing_zfs_is_a_clear_error() -> None:
-    from cerssd.backends.base import BackendError
+    from cerssd.storage.errors import BackendError
 
     backend = ZfsBackend(LocalRunner("x"), zfs="/bin/true")
     with pytest.raises(BackendError, match="did not print its usage"):
@@ -166,7 +167,7 @@ class RecordingRunner:
         self.commands: list[list[str]] = []
 
     async def run(self, argv: Any, *, check: bool = True) -> Any:
-        from cerssd.backends.runner import CommandResult
+        from cerssd.transport.runner import CommandResult
 
         self.commands.append(list(argv))
         key = " ".join(argv[:2])
@@ -201,7 +202,7 @@ async def test_openzfs_paths_build_the_documented_commands() -> None:
     assert backend.send_argv("tank/a@s3", "tank/a#cerssd-b-s2", intermediates=True,
                              flags="w") == ["zfs", "send", "-w", "-i", "tank/a#cerssd-b-s2",
                                             "tank/a@s3"]
-    from cerssd.backends.base import BackendError
+    from cerssd.storage.errors import BackendError
 
     with pytest.raises(BackendError, match="malformed"):
         backend.send_argv("tank/a@s2", resume_token="1-x; rm -rf /")
@@ -224,7 +225,7 @@ async def test_openzfs_paths_build_the_documented_commands() -> None:
 ])
 async def test_a_stale_resume_token_is_told_from_other_failures(
         rc: int, stderr: str, stale: str | None) -> None:
-    from cerssd.backends.runner import CommandResult
+    from cerssd.transport.runner import CommandResult
 
     token = "1-f3e4d5c6b-c0-789c636064000310"
     runner = RecordingRunner({})

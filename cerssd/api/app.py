@@ -20,14 +20,6 @@ from aiohttp import web
 
 from .. import __version__, snapshots
 from ..activity import IllegalTransition
-from ..backends.base import BackendError, NotFound
-from ..backends.names import (
-    InvalidName,
-    validate_snapshot,
-    validate_snapshot_label,
-    validate_volume,
-)
-from ..backends.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..config import streams_directly
 from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
@@ -42,6 +34,9 @@ from ..replication.relationship import parse_relationship
 from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
 from ..replication.runtime import RelationshipError, UnknownRelationship
 from ..servers import ServerUnavailable, UnknownServer
+from ..storage.errors import BackendError, NotFound
+from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_label, validate_volume
+from ..transport.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, replication_holds
 from . import backups, failover

@@ -8,7 +8,7 @@ not used to encode (handlers build the JSON from the domain objects); the fuzz t
 (tests/test_api_fuzz.py) checks every answer against them.
 
 Names carry the daemon's grammar and length limits in the document (``pattern``,
-``maxLength``); they are enforced by ``backends.names`` (``Check``), with full matches,
+``maxLength``); they are enforced by ``storage.names`` (``Check``), with full matches,
 and a bad name answers 400 naming the field, as it did before the models.
 """
 
@@ -21,8 +21,12 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct
 
 from ..activity import LinkCondition, LinkHealth, State, Status, Usage
-from ..backends.base import Capabilities
-from ..backends.names import (
+from ..links import LinkState
+from ..objectstore.config import Compression
+from ..replication.plan import PlanMode
+from ..replication.roles import ReplicationStatus
+from ..replication.status import RelationshipState, SlaveState
+from ..storage.names import (
     LABEL_PATTERN,
     MAX_LABEL_LENGTH,
     MAX_NAME_LENGTH,
@@ -35,11 +39,7 @@ from ..backends.names import (
     validate_snapshot_label,
     validate_volume,
 )
-from ..links import LinkState
-from ..objectstore.config import Compression
-from ..replication.plan import PlanMode
-from ..replication.roles import ReplicationStatus
-from ..replication.status import RelationshipState, SlaveState
+from ..storage.values import Capabilities
 from ..volume_states import VolumeState
 
 

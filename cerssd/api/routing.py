@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import web
 
-from ..backends.names import validate_object_name
+from ..storage.names import validate_object_name
 from . import models as m
 from .context import ApiContext
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import msgspec
 from aiohttp import web
 
-from ..backends.names import InvalidName
+from ..storage.names import InvalidName
 from .models import Check, Query, Request
 from .problems import ApiProblem, bad_request
 

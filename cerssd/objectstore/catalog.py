@@ -6,7 +6,7 @@ from collections.abc import Collection
 
 import structlog
 
-from ..backends.base import Snapshot
+from ..storage.values import Snapshot
 from .client import ObjectStore
 from .layout import MANIFEST, Manifest, ManifestInvalid, decode, manifest_guid
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from ..backends.names import InvalidName, validate_object_name
 from ..parsing import ConfigError, parse_size, reject_unknown
+from ..storage.names import InvalidName, validate_object_name
 
 #: How a store's streams are compressed (the API schema lists these values).
 Compression = Literal["none", "zstd", "lz4"]

@@ -24,10 +24,6 @@ from functools import partial
 from typing import Any
 
 from ..activity import ActivityRecord, Progress, StatusCode
-from ..backends.base import NotFound, Snapshot
-from ..backends.names import validate_snapshot
-from ..backends.runner import LocalRunner, stop_process
-from ..backends.zfs import ZfsBackend
 from ..config import streams_directly
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore import catalog
@@ -36,12 +32,18 @@ from ..objectstore.layout import Manifest, manifest_key, now_iso, segment_key
 from ..objectstore.stores import Stores
 from ..objectstore.upload import SegmentedUpload, UploadResult
 from ..servers import ServerRegistry
+from ..storage.errors import NotFound
+from ..storage.interface import StorageBackend
+from ..storage.names import validate_snapshot
+from ..storage.values import Snapshot, StreamOptions
+from ..transport.process import stop_process
+from ..transport.stream import local_command
 from .fanout import FanoutGroup, FanoutMissed, SplitOff
 from .groups import FanoutGroups, StreamKey
 from .relay import Relay
 from .replicate import RetryPolicy, estimate_stream
 from .store_calls import StoreCalls
-from .transfer import STREAM_PIPE, Endpoint, FdSet, TransferStalled, first_failure
+from .transfer import STREAM_PIPE, FdSet, TransferStalled, first_failure
 
 KIND = "backup"
 COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
@@ -98,7 +100,8 @@ class BackupPlan:
     def key(self) -> StreamKey:
         """The stream, as fan-out groups compare them (``-I`` means nothing without a
         base: a full stream is the same stream either way)."""
-        return StreamKey(self.snapshot.guid, self.base.guid if self.base else None, "",
+        return StreamKey(self.snapshot.guid, self.base.guid if self.base else None,
+                         StreamOptions(),
                          self.intermediates and self.base is not None)
 
 
@@ -114,7 +117,7 @@ def pick_snapshot(source: list[Snapshot], req: BackupRequest) -> Snapshot:
     return asked
 
 
-async def plan_backup(src: ZfsBackend, store: ObjectStore, req: BackupRequest) -> BackupPlan:
+async def plan_backup(src: StorageBackend, store: ObjectStore, req: BackupRequest) -> BackupPlan:
     """The source's snapshots are listed once, the store's backups once (keys only)."""
     source = await src.snapshots(validate_snapshot(req.snapshot).volume)
     snap = pick_snapshot(source, req)
@@ -189,13 +192,12 @@ class BackupWork:
             self.group.group.withdraw(self.req.store)
             self.group = None
 
-    async def _backup(self, ctx: ActivityContext, calls: StoreCalls, src: ZfsBackend,
+    async def _backup(self, ctx: ActivityContext, calls: StoreCalls, src: StorageBackend,
                       plan: BackupPlan, group: FanoutGroup | None) -> None:
         cfg = self.store.config
         snap, base = plan.snapshot, plan.base
         base_name = base.name if base else None
-        exact = await src.size_estimate(snap.name, base_name,
-                                        intermediates=plan.intermediates)
+        exact = await src.estimate(snap.name, base_name, intermediates=plan.intermediates)
         size = exact if exact is not None else estimate_stream(snap, base)
         ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
         ctx.counters.done = 0
@@ -264,7 +266,7 @@ class BackupWork:
         fds = FdSet()
         out_r, out_w = fds.pipe(STREAM_PIPE)
         attach = asyncio.ensure_future(group.attach(
-            self.req.store, Endpoint(LocalRunner(self.req.server), argv),
+            self.req.store, local_command(argv),
             counters=ctx.counters, gate=ctx.flow, stdout=out_w,
             spawned=lambda: fds.close(out_w)))
         upload = asyncio.ensure_future(writer.run(out_r))
@@ -332,7 +334,7 @@ class BackupWork:
         if known is None:
             ctx.remember(guid=snap.guid)
 
-    async def _stream(self, ctx: ActivityContext, src: ZfsBackend, snapshot: str,
+    async def _stream(self, ctx: ActivityContext, src: StorageBackend, snapshot: str,
                       base: str | None, writer: SegmentedUpload,
                       intermediates: bool) -> tuple[int, UploadResult]:
         """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
@@ -344,8 +346,7 @@ class BackupWork:
         closer: asyncio.Future[None] | None = None
         try:
             send_r, send_w = fds.pipe(STREAM_PIPE)
-            send = await src.runner.spawn(
-                src.send_argv(snapshot, base, intermediates=intermediates),
+            send = await src.send(snapshot, base, intermediates=intermediates).spawn(
                 stdin=None, stdout=send_w)
             procs.append(send)
             fds.close(send_w)

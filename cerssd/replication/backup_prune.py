@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from functools import partial
 
 from ..activity import ActivityRecord, Progress
-from ..backends.base import Snapshot
 from ..engine import ActivityContext, ActivityEngine
 from ..objectstore import catalog
 from ..objectstore.layout import Manifest, manifest_key, needed_parents
 from ..objectstore.stores import Stores
+from ..storage.values import Snapshot
 from .replicate import RetryPolicy
 from .retention import Tier, to_destroy
 from .store_calls import StoreCalls

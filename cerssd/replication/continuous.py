@@ -9,7 +9,7 @@ A cycle takes a snapshot on the master and brings every slave up to it:
 3. one child ``replicate`` activity per slave that has no transfer under way (a
    slave that is still retrying is not given a second one: its transfer follows
    the newest snapshot, so after an outage it catches up in one ``-I`` incremental);
-4. slaves that need the very same stream (same snapshot, base and send flags) are
+4. slaves that need the very same stream (same snapshot, base and stream options) are
    put in one fan-out group: one ``zfs send`` feeds them all.
 
 The cycle does not wait for its transfers: a slave that is down must not hold the
@@ -30,13 +30,14 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from ..activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
-from ..backends.base import BackendError, Snapshot
-from ..backends.ssh import SshError
-from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore.client import StoreError
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry, ServerUnavailable
+from ..storage.errors import BackendError
+from ..storage.interface import StorageBackend
+from ..storage.values import Snapshot
+from ..transport.errors import LinkError
 from ..volume_states import (
     BACKING_UP,
     REPLICATING,
@@ -52,10 +53,9 @@ from .fencing import Fencing
 from .groups import FanoutGroups, StreamKey
 from .plan import PlanMode, ReplicationConflict
 from .registry import RelationshipRegistry
-from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_flags
+from .replicate import ReplicationRequest, RetryPolicy, make_plan, stream_options
 from .replicate import submit_replication as submit_transfer
 from .runtime import KIND, Runtime
-from .transfer import Endpoint
 from .upkeep import Upkeep
 
 
@@ -114,7 +114,7 @@ class RelationshipWork:
             try:
                 async with self._turn(ctx, rt):
                     await self._cycle(ctx, rt)
-            except (ServerUnavailable, SshError, BackendError) as exc:
+            except (ServerUnavailable, LinkError, BackendError) as exc:
                 await self._master_trouble(ctx, rt, exc)
             else:
                 self.failures = 0
@@ -146,7 +146,7 @@ class RelationshipWork:
         try:
             master = await self.servers.backend(rt.spec.master)
             await self._start_transfers(ctx, rt, master, name, only=behind)
-        except (ServerUnavailable, SshError, BackendError) as exc:
+        except (ServerUnavailable, LinkError, BackendError) as exc:
             ctx.log.info("catch-up skipped; the next cycle will do", error=str(exc))
 
     async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
@@ -193,7 +193,7 @@ class RelationshipWork:
         ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
                      cycle=rt.cycles)
 
-    async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
+    async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
                         snapshots: list[Snapshot]) -> Snapshot:
         existing = {s.label: s for s in snapshots}
         label = ctx.params.get("cycle_snapshot")
@@ -206,7 +206,7 @@ class RelationshipWork:
         ctx.log.info("snapshot taken", snapshot=snap.name)
         return snap
 
-    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: ZfsBackend,
+    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
                                snapshot: str, only: set[str] | None = None) -> None:
         """A transfer per slave and a backup per object store, none twice at once."""
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
@@ -249,7 +249,7 @@ class RelationshipWork:
                              relationship=rt.name, latest_prefix=rt.spec.prefix,
                              intermediates=True)
 
-    async def _groups(self, rt: Runtime, master: ZfsBackend,
+    async def _groups(self, rt: Runtime, master: StorageBackend,
                       requests: list[ReplicationRequest],
                       backups: list[BackupRequest]) -> dict[str, str]:
         """Slaves and stores needing the same stream, grouped: member -> group id."""
@@ -268,15 +268,15 @@ class RelationshipWork:
             if len(names) < 2 or snapshot is None:
                 continue
             group_id = uuid.uuid4().hex[:12]
-            sender = Endpoint(master.runner, master.send_argv(
-                snapshot, bases[key], intermediates=key.intermediates, flags=key.flags))
+            sender = master.send(snapshot, bases[key], intermediates=key.intermediates,
+                                 options=key.options)
             self.groups.add(group_id, key, FanoutGroup(
                 sender, names, buffer_limit=rt.spec.fanout_buffer,
                 stall_timeout=self.policy.stall_timeout))
             members.update(dict.fromkeys(names, group_id))
         return members
 
-    async def _backup_key(self, master: ZfsBackend, req: BackupRequest,
+    async def _backup_key(self, master: StorageBackend, req: BackupRequest,
                           ) -> tuple[StreamKey, str | None] | None:
         """The stream this store's backup needs now (and its base's name), or None."""
         stores = self.stores
@@ -284,24 +284,24 @@ class RelationshipWork:
             return None
         try:
             plan = await plan_backup(master, stores.get(req.store), req)
-        except (StoreError, BackendError, SshError):
+        except (StoreError, BackendError, LinkError):
             return None  # its backup plans (and reports) on its own
         if plan.done:
             return None
         return plan.key, plan.base.name if plan.base else None
 
-    async def _stream_key(self, master: ZfsBackend, req: ReplicationRequest,
+    async def _stream_key(self, master: StorageBackend, req: ReplicationRequest,
                           ) -> tuple[StreamKey, str | None] | None:
         """The stream this slave needs now (and its base's name), or None if unknown here."""
         try:
             dst = await self.servers.backend(req.destination)
             plan = await make_plan(req, master, dst)
-            flags = await stream_flags(master, dst, plan.snapshot.volume)
-        except (ReplicationConflict, BackendError, SshError):
+            options = await stream_options(master, dst, plan.snapshot.volume)
+        except (ReplicationConflict, BackendError, LinkError):
             return None  # its transfer plans (and reports) on its own
         if plan.mode == PlanMode.UP_TO_DATE or plan.overwrite or plan.chain:
             return None  # a chain of -i steps is several streams: each slave sends its own
-        key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
+        key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, options,
                         plan.intermediates)
         return key, plan.base.name if plan.base else None
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..activity import ActivityRecord, Progress, State, StatusCode
-from ..backends.base import BackendError, NotFound
-from ..backends.ssh import SshError
-from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry, ServerUnavailable
+from ..storage.errors import BackendError, NotFound
+from ..storage.interface import StorageBackend
+from ..transport.errors import LinkError
 from ..volume_states import VolumeState, VolumeStates
 from .fencing import Fencing
 from .registry import RelationshipRegistry
@@ -48,7 +48,7 @@ from .runtime import RelationshipError, Runtime, check_no_failover
 
 KIND = "failover"
 STEPS = ("halt", "fence", "snapshot", "sync", "promote", "reverse")
-UNREACHABLE = (ServerUnavailable, SshError)
+UNREACHABLE = (ServerUnavailable, LinkError)
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class FailoverWork:
                                 StatusCode.CONFLICT, "sync-unverified")
 
     @staticmethod
-    async def _has_final(slave: ZfsBackend, p: dict[str, Any]) -> bool:
+    async def _has_final(slave: StorageBackend, p: dict[str, Any]) -> bool:
         with contextlib.suppress(NotFound):
             snaps = await slave.snapshots(p["target_volume"])
             return any(s.guid == p["final_guid"] for s in snaps)
@@ -304,8 +304,8 @@ class FailoverWork:
                 for snap in await backend.snapshots(volume):
                     if snap.userrefs:
                         for owner in owners:
-                            await backend.release(f"cerssd:{owner}", snap.name)
-            except (BackendError, SshError) as exc:
+                            await backend.unpin(snap.name, owner)
+            except (BackendError, LinkError) as exc:
                 ctx.log.info("stale holds not released", server=server, error=str(exc))
 
     async def rollback(self, ctx: ActivityContext) -> None:

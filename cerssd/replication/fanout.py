@@ -25,11 +25,11 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
-from ..backends.runner import stop_process
 from ..engine import Counters, FlowGate
+from ..transport.process import stop_process
+from ..transport.stream import StreamEndpoint
 from .fanout_lanes import PIPE_SIZE, WINDOW, Hub, Lane, Pipe
 from .transfer import (
-    Endpoint,
     TransferFailed,
     TransferStalled,
     _first_line,
@@ -69,7 +69,7 @@ class FanoutGroup:
     later gets FanoutMissed. No sender runs if every member withdraws.
     """
 
-    def __init__(self, sender: Endpoint, members: Collection[str], *,
+    def __init__(self, sender: StreamEndpoint, members: Collection[str], *,
                  buffer_limit: int = 64 << 20, join_timeout: float = 10.0,
                  stall_timeout: float | None = None) -> None:
         if buffer_limit < 2:
@@ -102,7 +102,7 @@ class FanoutGroup:
             self._arrived.add(member)
             self._settle(member)
 
-    async def attach(self, member: str, receiver: Endpoint, *, counters: Counters,
+    async def attach(self, member: str, receiver: StreamEndpoint, *, counters: Counters,
                      gate: FlowGate, limit: float | None = None, stdout: int | None = None,
                      spawned: Callable[[], None] | None = None) -> int:
         """Receive the shared stream; returns the bytes written to this member.
@@ -114,8 +114,8 @@ class FanoutGroup:
         recv: asyncio.subprocess.Process | None = None
         err: asyncio.Future[str] | None = None
         try:
-            recv = await receiver.runner.spawn(
-                receiver.argv, stdin=lane.pipe.r,
+            recv = await receiver.spawn(
+                stdin=lane.pipe.r,
                 stdout=asyncio.subprocess.DEVNULL if stdout is None else stdout)
             if spawned is not None:
                 spawned()
@@ -175,8 +175,7 @@ class FanoutGroup:
         try:
             os.set_blocking(pipe.r, False)  # only our end: the sender's stays blocking
             try:
-                proc = await self._sender.runner.spawn(self._sender.argv, stdin=None,
-                                                       stdout=pipe.w)
+                proc = await self._sender.spawn(stdin=None, stdout=pipe.w)
             except Exception as exc:
                 return self._not_started(exc)
             finally:

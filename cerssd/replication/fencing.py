@@ -16,9 +16,9 @@ from dataclasses import replace
 
 import structlog
 
-from ..backends.base import BackendError, NotFound
-from ..backends.ssh import SshError
 from ..servers import ServerRegistry
+from ..storage.errors import BackendError, NotFound
+from ..transport.errors import LinkError
 from .background import BackgroundTasks
 from .registry import RelationshipRegistry
 from .runtime import Runtime
@@ -44,7 +44,7 @@ class Fencing:
                 await backend.set_readonly(fenced.volume, True)
             except NotFound:
                 pass  # the volume is gone: nothing there can take writes
-            except (BackendError, SshError) as exc:
+            except (BackendError, LinkError) as exc:
                 log.debug("fenced server not reached", relationship=rt.name,
                           server=fenced.server, error=str(exc))
                 continue

@@ -1,7 +1,7 @@
 """The fan-out groups of the running cycle, shared between a relationship and its transfers.
 
 A relationship makes one group per set of slaves that need the same stream (same
-snapshot, same base, same send flags); each slave's transfer, a child activity of
+snapshot, same base, same stream options); each slave's transfer, a child activity of
 its own, looks its group up by id and joins the single send only if the stream it
 planned is exactly the group's (``StreamKey``). Groups live in memory only: after a
 daemon restart a transfer finds none and sends on its own.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..storage.values import StreamOptions
 from .fanout import FanoutGroup
 
 
@@ -20,7 +21,7 @@ class StreamKey:
 
     snapshot_guid: str
     base_guid: str | None
-    flags: str
+    options: StreamOptions
     intermediates: bool
 
 

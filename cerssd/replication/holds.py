@@ -1,6 +1,7 @@
 """Whose holds keep a snapshot: cerssd's own (``cerssd:SERVER``) or someone else's.
 
-cerssd holds a replication's common base with the tag ``cerssd:<destination>``. Any
+cerssd pins a replication's common base for its destination (the backend names the
+pin: on ZFS the hold ``cerssd:<destination>``). Any
 other hold is not cerssd's to release: an operator's, or one a killed ``zfs send -I``
 left on zfs-fuse. Retention cannot destroy such a snapshot, so the snapshot listing
 and the prune result name it instead of skipping it silently. ``userrefs`` counts every
@@ -13,13 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends.base import Snapshot
-from ..backends.zfs import ZfsBackend
-
-
-def hold_tag(server: str) -> str:
-    """The tag of cerssd's hold on a base replicated to ``server``."""
-    return f"cerssd:{server}"
+from ..storage.interface import StorageBackend
+from ..storage.values import Snapshot
 
 
 @dataclass(frozen=True)
@@ -46,9 +42,11 @@ class Holds:
 NO_HOLDS = Holds((), 0)
 
 
-async def holds_of(backend: ZfsBackend, snapshot: Snapshot, servers: Iterable[str]) -> Holds:
-    """``snapshot``'s holds; ``servers`` are the configured server names (cerssd's tags)."""
+async def holds_of(backend: StorageBackend, snapshot: Snapshot,
+                   servers: Iterable[str]) -> Holds:
+    """``snapshot``'s holds; ``servers`` are the configured server names (cerssd's pins)."""
     if not snapshot.userrefs:
         return NO_HOLDS
-    own = await backend.held_tags(snapshot.name, [hold_tag(s) for s in servers])
-    return Holds(tuple(sorted(own)), max(snapshot.userrefs - len(own), 0))
+    own = await backend.pinned_by(snapshot.name, servers)
+    return Holds(tuple(sorted(backend.pin_tag(s) for s in own)),
+                 max(snapshot.userrefs - len(own), 0))

@@ -12,7 +12,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..backends.base import Snapshot
+from ..storage.values import Snapshot
 
 
 class PlanMode(enum.StrEnum):

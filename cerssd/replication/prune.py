@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..activity import ActivityRecord, Progress
-from ..backends.base import BackendError, Busy, NotFound
-from ..backends.names import validate_snapshot, validate_volume
-from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine
 from ..servers import ServerRegistry
+from ..storage.errors import BackendError, Busy, NotFound
+from ..storage.interface import StorageBackend
+from ..storage.names import validate_snapshot, validate_volume
 from .holds import NO_HOLDS, holds_of
 
 KIND = "prune"
@@ -51,7 +51,7 @@ class PruneWork:
         ctx.log.info("retention applied", server=self.server,
                      destroyed=len(self.snapshots) - len(skipped), kept_held=len(skipped))
 
-    async def _why_kept(self, backend: ZfsBackend, name: str, error: str) -> dict[str, Any]:
+    async def _why_kept(self, backend: StorageBackend, name: str, error: str) -> dict[str, Any]:
         """What the prune result says of a snapshot ZFS would not destroy: whose holds."""
         try:
             holds = await holds_of(backend, await backend.snapshot(name),

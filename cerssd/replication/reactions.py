@@ -18,9 +18,9 @@ from __future__ import annotations
 import structlog
 
 from ..activity import ActivityRecord, State
-from ..backends.base import BackendError
-from ..backends.ssh import SshError
 from ..engine import Activity, ActivityEngine
+from ..storage.errors import BackendError
+from ..transport.errors import LinkError
 from . import backup, prune, replicate
 from .background import BackgroundTasks
 from .registry import RelationshipRegistry
@@ -111,5 +111,5 @@ class Reactions:
             return
         try:
             await self.upkeep.prune_master(rt)
-        except (BackendError, SshError) as exc:
+        except (BackendError, LinkError) as exc:
             log.info("master retention skipped", relationship=rt.name, error=str(exc))

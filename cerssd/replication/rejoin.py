@@ -25,9 +25,9 @@ from typing import Any
 import structlog
 
 from ..activity import ActivityRecord, Progress, StatusCode
-from ..backends.base import Snapshot
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..servers import ServerRegistry
+from ..storage.values import Snapshot
 from .registry import RelationshipRegistry
 from .relationship import SlaveSpec
 from .roles import with_slave
@@ -96,7 +96,7 @@ async def rejoin(deps: RejoinDeps, rt: Runtime, plan: RejoinPlan) -> None:
     for snap in plan.destroys:  # our own holds would make the rollback fail
         if snap.userrefs:
             for owner in owners:
-                await backend.release(f"cerssd:{owner}", snap.name)
+                await backend.unpin(snap.name, owner)
     await backend.rollback(plan.base.name)  # changes after the base go too, always
     del rt.failover.fenced[plan.server]
     deps.registry.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume)))

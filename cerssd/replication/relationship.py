@@ -13,14 +13,14 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends.names import (
+from ..parsing import ConfigError, parse_duration, parse_size, reject_unknown
+from ..storage.names import (
     InvalidName,
     validate_object_name,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
 )
-from ..parsing import ConfigError, parse_duration, parse_size, reject_unknown
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 

@@ -6,10 +6,10 @@ the activity runs (or re-runs after a daemon restart), because the servers may
 have changed in between.
 
 An interrupted transfer continues from the receive's resume token where the
-destination has them (OpenZFS ``receive -s``); elsewhere (zfs-fuse) it starts
-again from the common base, since a cut-off receive leaves the target at its
-last complete snapshot. A token whose snapshot was destroyed on the source since
-is discarded (``receive -A``) and the transfer planned again.
+destination keeps them (capability ``resumable_send``: OpenZFS); elsewhere (zfs-fuse)
+it starts again from the common base, since a cut-off receive leaves the target at
+its last complete snapshot. A token whose snapshot was destroyed on the source since
+is discarded (``abort_receive``) and the transfer planned again.
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ from tenacity import (
 )
 
 from ..activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
-from ..backends.base import BackendError, Busy, NotFound, Snapshot, while_busy
-from ..backends.names import validate_snapshot, validate_volume
-from ..backends.ssh import LinkDown, SshError
-from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..links import Links
 from ..servers import ServerRegistry, ServerUnavailable
+from ..storage.errors import BackendError, Busy, NotFound, while_busy
+from ..storage.interface import StorageBackend
+from ..storage.names import validate_snapshot, validate_volume
+from ..storage.values import Snapshot, StreamOptions
+from ..transport.errors import LinkError, LinkLost, stream_link_lost, stream_link_refused
+from ..transport.stream import StreamEndpoint
 from .fanout import FanoutGroup, FanoutMissed, SplitOff
 from .groups import FanoutGroups, StreamKey
-from .holds import hold_tag
 from .plan import (
     Plan,
     PlanMode,
@@ -51,13 +52,9 @@ from .plan import (
     plan_replication,
     without_intermediates,
 )
-from .transfer import Endpoint, TransferFailed, TransferStalled, transfer
+from .transfer import TransferFailed, TransferStalled, transfer
 
 KIND = "replicate"
-#: What ssh says when the connection, not the command, failed.
-LINK_ERRORS = ("Connection closed", "Connection reset", "Broken pipe", "timed out",
-               "Timeout, server", "not responding", "Connection refused", "No route to host",
-               "Network is unreachable", "closed by remote host")
 #: What receivers say when a stream uses features they do not have (older ZFS).
 INCOMPATIBLE_STREAM = ("unsupported", "stream version", "invalid backup stream")
 STAGING_SUFFIX = "-cerssd-incoming"
@@ -142,24 +139,19 @@ class ReplicationRequest:
                 "fanout_group": self.fanout_group, "relationship": self.relationship}
 
     @property
-    def hold_tag(self) -> str:
-        """Per-destination hold keeping the common base alive on both sides."""
-        return hold_tag(self.destination)
-
-    @property
     def staging_volume(self) -> str:
         """Where an overwriting full copy is received before it replaces the target."""
         return self.target_volume + STAGING_SUFFIX
 
 
-async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -> Plan:
+async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBackend) -> Plan:
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
     try:
         source_snaps = await src.snapshots(snap.volume)
     except NotFound:
         source_snaps = []
-    pool = req.target_volume.split("/")[0]
+    pool = dst.pool_of(req.target_volume)
     if pool not in await dst.pools():
         raise TargetPoolMissing(f"pool {pool} does not exist on {dst.server}")
     parent = req.target_volume.rpartition("/")[0]
@@ -180,19 +172,20 @@ async def make_plan(req: ReplicationRequest, src: ZfsBackend, dst: ZfsBackend) -
     return plan
 
 
-async def stream_flags(src: ZfsBackend, dst: ZfsBackend, volume: str) -> str:
-    """Send options both ends understand: raw for encrypted data, else compressed blocks.
+async def stream_options(src: StorageBackend, dst: StorageBackend,
+                         volume: str) -> StreamOptions:
+    """Options both ends understand: raw for encrypted data, else compressed blocks.
 
-    Raw (``-w``) keeps an encrypted dataset encrypted on the wire and on the target (the
-    key never leaves the source). ``-Lec`` keeps large and compressed blocks as they are
-    on disk; only OpenZFS receivers read such streams, so zfs-fuse gets plain ones.
+    Raw keeps an encrypted volume encrypted on the wire and on the target (the key never
+    leaves the source). Compressed keeps blocks as they are on disk; only receivers with
+    ``compressed_send`` read such streams, so the others get plain ones.
     """
     both = (src.capabilities, dst.capabilities)
     if all(c.raw_send for c in both) and await src.encrypted(volume):
-        return "w"
+        return StreamOptions(raw=True)
     if all(c.compressed_send for c in both):
-        return "Lec"
-    return ""
+        return StreamOptions(compressed=True)
+    return StreamOptions()
 
 
 def estimate(plan: Plan) -> int:
@@ -211,7 +204,7 @@ def estimate_stream(snapshot: Snapshot, base: Snapshot | None) -> int:
     return max(snapshot.referenced - base.referenced, snapshot.used, 1)
 
 
-def _link_error(exc: SshError | ServerUnavailable) -> ActivityError:
+def _link_error(exc: LinkError | ServerUnavailable) -> ActivityError:
     if exc.permanent:
         return ActivityError(str(exc), StatusCode.ERROR, "ssh-rejected")
     return ActivityError(str(exc), StatusCode.LINK, "link")
@@ -281,13 +274,13 @@ class ReplicateWork:
         """One attempt, with failures sorted into transient (retried) and permanent."""
         try:
             await self._run(ctx)
-        except LinkDown as exc:
+        except LinkLost as exc:
             raise Transient(exc.server or self.req.destination, str(exc)) from exc
         except ServerUnavailable as exc:
             if exc.permanent:
                 raise _link_error(exc) from exc
             raise Transient(exc.server, str(exc)) from exc
-        except SshError as exc:
+        except LinkError as exc:
             raise _link_error(exc) from exc
         except BackendError as exc:
             raise ActivityError(str(exc), StatusCode.ERROR, "backend") from exc
@@ -323,33 +316,31 @@ class ReplicateWork:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
             plan = await self._plan(src, dst, resuming=True)
             plan = replace(plan, overwrite=receive_into == self.req.staging_volume)
-        flags = await stream_flags(src, dst, plan.snapshot.volume)
+        options = await stream_options(src, dst, plan.snapshot.volume)
         base = plan.base.name if plan.base else None
         steps = [(b.name if b else None, snap.name) for b, snap in plan.steps()]
         if token is not None:
             steps = [(base, plan.snapshot.name)]
-        sizes = [await src.size_estimate(snap, b, intermediates=plan.intermediates,
-                                         resume_token=token, flags=flags)
+        sizes = [await src.estimate(snap, b, intermediates=plan.intermediates,
+                                    resume_token=token, options=options)
                  for b, snap in steps]
         exact = None if None in sizes else sum(s or 0 for s in sizes)
         ctx.set_progress(0, exact if exact is not None else estimate(plan),
                          estimated=exact is None)
         ctx.log.info("replication planned", mode=plan.mode, resumed=token is not None,
-                     base=base, snapshot=plan.snapshot.name, size=exact, flags=flags,
+                     base=base, snapshot=plan.snapshot.name, size=exact, options=str(options),
                      steps=len(steps))
         ctx.counters.done = 0
         started = time.monotonic()
         moved = 0
-        # A partial receive is kept only where the source can resume from it (send -t).
+        # A partial receive is kept only where the source can resume from it.
         resumable = src.capabilities.resumable_send and dst.capabilities.resumable_send
         for step_base, step_snapshot in steps:
             # One stream per step, each into its own receive: a receive reads one stream.
-            sender = Endpoint(src.runner, src.send_argv(
-                step_snapshot, step_base, intermediates=plan.intermediates,
-                resume_token=token, flags=flags))
-            receiver = Endpoint(dst.runner, dst.receive_argv(receive_into,
-                                                             resumable=resumable))
-            group = self._member_of(plan, flags, token) if len(steps) == 1 else None
+            sender = src.send(step_snapshot, step_base, intermediates=plan.intermediates,
+                              resume_token=token, options=options)
+            receiver = dst.receive(receive_into, resumable=resumable)
+            group = self._member_of(plan, options, token) if len(steps) == 1 else None
             moved += await self._transfer(ctx, sender, receiver, group)
         seconds = time.monotonic() - started
         ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
@@ -362,13 +353,13 @@ class ReplicateWork:
         ctx.set_progress(moved, moved, estimated=False)
 
     @staticmethod
-    async def _unusable(src: ZfsBackend, token: str) -> str | None:
+    async def _unusable(src: StorageBackend, token: str) -> str | None:
         """Why the source can never resume from ``token``, or None if it can."""
         if not src.capabilities.resumable_send:
             return f"{src.server} cannot resume a send (no zfs send -t)"
         return await src.stale_resume_token(token)
 
-    async def _pending_receive(self, dst: ZfsBackend) -> tuple[str, str | None]:
+    async def _pending_receive(self, dst: StorageBackend) -> tuple[str, str | None]:
         """Where a cut-off resumable receive of this request left a token, if anywhere."""
         candidates = [self.req.target_volume]
         if self.req.overwrite:
@@ -379,7 +370,8 @@ class ReplicateWork:
                 return volume, token
         return self.req.target_volume, None
 
-    async def _plan(self, src: ZfsBackend, dst: ZfsBackend, *, resuming: bool = False) -> Plan:
+    async def _plan(self, src: StorageBackend, dst: StorageBackend, *,
+                    resuming: bool = False) -> Plan:
         try:
             if not resuming:
                 return await make_plan(self.req, src, dst)
@@ -390,7 +382,7 @@ class ReplicateWork:
         except NotFound as exc:
             raise ActivityError(str(exc), StatusCode.NOT_FOUND, "not-found") from exc
 
-    async def _follow_latest(self, ctx: ActivityContext, src: ZfsBackend) -> None:
+    async def _follow_latest(self, ctx: ActivityContext, src: StorageBackend) -> None:
         """For a relationship: aim at the master's newest snapshot of the relationship."""
         prefix = self.req.latest_prefix
         if prefix is None:
@@ -403,20 +395,21 @@ class ReplicateWork:
             self.req = replace(self.req, snapshot=ours[-1].name)
             ctx.remember(snapshot=self.req.snapshot)
 
-    def _member_of(self, plan: Plan, flags: str, token: str | None) -> FanoutGroup | None:
+    def _member_of(self, plan: Plan, options: StreamOptions,
+                   token: str | None) -> FanoutGroup | None:
         """The fan-out group to join, if its stream is exactly the one this plan needs."""
         entry = self.group
         if entry is None:
             return None
-        wanted = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, flags,
-                           plan.intermediates)
+        wanted = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None,
+                           options, plan.intermediates)
         if token is not None or plan.overwrite or plan.chain or entry.key != wanted:
             self._leave_group()
             return None
         return entry.group
 
-    async def _transfer(self, ctx: ActivityContext, sender: Endpoint, receiver: Endpoint,
-                        group: FanoutGroup | None = None) -> int:
+    async def _transfer(self, ctx: ActivityContext, sender: StreamEndpoint,
+                        receiver: StreamEndpoint, group: FanoutGroup | None = None) -> int:
         try:
             if group is not None:
                 self.fanout_result, self.group = "joined", None  # one try at the shared send
@@ -434,8 +427,7 @@ class ReplicateWork:
             raise Transient(self._remote_side(), str(exc)) from exc
         except TransferFailed as exc:
             side = self.req.source if exc.side == "send" else self.req.destination
-            if self._is_remote(side) and (exc.returncode == 255 or any(
-                    text in exc.stderr for text in LINK_ERRORS)):
+            if self._is_remote(side) and stream_link_lost(exc.returncode, exc.stderr):
                 raise Transient(side, f"stream interrupted: {exc}") from exc
             if exc.side == "receive" and "busy" in exc.stderr:
                 # After a lost link the old receive can linger on the server until its
@@ -453,29 +445,24 @@ class ReplicateWork:
                     f"{self.req.source} sends ({exc}); replicate between these two only "
                     "towards the newer ZFS, or with a stream format both know",
                     StatusCode.ERROR, "stream-incompatible") from exc
-            if "Host key verification failed" in exc.stderr:
+            if stream_link_refused(exc.stderr):
                 raise ActivityError(f"transfer refused: {exc}", StatusCode.ERROR,
                                     "ssh-rejected") from exc
             raise ActivityError(f"transfer failed on the {exc}", StatusCode.ERROR,
                                 "transfer") from exc
 
-    async def _replace_target(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
+    async def _replace_target(self, ctx: ActivityContext, dst: StorageBackend) -> None:
         """Overwrite: the staged copy is complete, only now is the old target destroyed.
 
         Our own holds on the old target go with it; anyone else's hold stops the
         destroy with a clear error and the staged copy stays for a retry.
         """
         await self._release_all(dst, self.req.target_volume)
-        async for attempt in while_busy():
-            with attempt:
-                await dst.destroy_volume(self.req.target_volume, force_unmount=True)
-        async for attempt in while_busy():
-            with attempt:
-                await dst.rename(self.req.staging_volume, self.req.target_volume)
+        await dst.replace_volume(self.req.target_volume, self.req.staging_volume)
         ctx.log.warning("replaced the target with a full copy (overwrite)",
                         target=self.req.target_volume)
 
-    async def _verify(self, plan: Plan, dst: ZfsBackend) -> None:
+    async def _verify(self, plan: Plan, dst: StorageBackend) -> None:
         try:
             received = await dst.snapshot(plan.target_snapshot)
         except NotFound as exc:
@@ -486,7 +473,7 @@ class ReplicateWork:
                 f"guid mismatch after receive: {plan.target_snapshot} has {received.guid}, "
                 f"source has {plan.snapshot.guid}", reason="verify")
 
-    async def _finish_target(self, src: ZfsBackend, dst: ZfsBackend, plan: Plan) -> None:
+    async def _finish_target(self, src: StorageBackend, dst: StorageBackend, plan: Plan) -> None:
         """With the target at the snapshot: read-only replica, holds and bookmark moved.
 
         The source's and the destination's steps are independent, so they run at once
@@ -495,9 +482,9 @@ class ReplicateWork:
         async def destination_side() -> None:
             if plan.mode == PlanMode.FULL or self.target_created:
                 # A replica is a standby: read-only, so that not even atime updates make it
-                # diverge from the master (failover makes it writable). Where that needs
-                # a remount (zfs-fuse), a reader holding it busy only delays it: the
-                # property is set, and the next failover's fence checks again.
+                # diverge from the master (failover makes it writable). Where the backend
+                # cannot put that in force while a reader holds the volume (Busy), it is
+                # only delayed: it is recorded, and the next failover's fence checks again.
                 try:
                     await dst.set_readonly(plan.target_volume)
                 except Busy as exc:
@@ -510,45 +497,31 @@ class ReplicateWork:
         async def source_side() -> None:
             await self._move_hold(src, plan.snapshot.volume, plan.snapshot.name,
                                   plan.snapshot.label)
-            await self._move_bookmark(src, plan)
+            # Still a base for the next incremental if the snapshot is destroyed after all.
+            await src.mark_base(plan.snapshot, self.req.destination)
 
         await asyncio.gather(destination_side(), source_side())
 
-    async def _move_bookmark(self, src: ZfsBackend, plan: Plan) -> None:
-        """Bookmark the new common snapshot for this destination; drop the older one.
-
-        If the snapshot is destroyed on the source after all, the bookmark still serves
-        as the base of the next incremental (same guid), so no full resend is needed.
-        """
-        if not src.capabilities.bookmarks:
-            return
-        prefix = f"cerssd-{self.req.destination}-"
-        volume = plan.snapshot.volume
-        await src.create_bookmark(plan.snapshot.name, f"{volume}#{prefix}{plan.snapshot.label}")
-        for mark in await src.bookmarks(volume):
-            if mark.label.startswith(prefix) and mark.guid != plan.snapshot.guid:
-                await src.destroy_bookmark(mark.name)
-
-    async def _move_hold(self, backend: ZfsBackend, volume: str, snapshot: str,
+    async def _move_hold(self, backend: StorageBackend, volume: str, snapshot: str,
                          label: str) -> None:
         if not backend.capabilities.holds:
             return
-        await backend.hold(self.req.hold_tag, snapshot)
+        await backend.pin(snapshot, self.req.destination)
         await self._release_all(backend, volume, keep=label)
 
-    async def _release_all(self, backend: ZfsBackend, volume: str, keep: str = "") -> None:
-        """Release this destination's hold from every held snapshot of ``volume`` but one.
+    async def _release_all(self, backend: StorageBackend, volume: str, keep: str = "") -> None:
+        """Unpin this destination's base from every held snapshot of ``volume`` but one.
 
-        zfs-fuse cannot list hold tags (``zfs holds`` is missing there), so every
-        snapshot with a user reference is asked; a missing tag is not an error.
+        Every snapshot with a user reference is asked (a backend may not list its pins
+        cheaply); one without this destination's pin is not an error.
         """
         if not backend.capabilities.holds:
             return
         for snap in await backend.snapshots(volume):
             if snap.userrefs and snap.label != keep:
-                await backend.release(self.req.hold_tag, snap.name)
+                await backend.unpin(snap.name, self.req.destination)
 
-    async def _clean_leftovers(self, ctx: ActivityContext, dst: ZfsBackend) -> None:
+    async def _clean_leftovers(self, ctx: ActivityContext, dst: StorageBackend) -> None:
         """Before a (re)start: drop what an earlier, cut-off run of this activity left."""
         if self.target_created:
             await self._remove_partial(ctx, dst, self.req.target_volume)
@@ -558,7 +531,7 @@ class ReplicateWork:
     async def rollback(self, ctx: ActivityContext) -> None:
         """Both ends are already stopped: clear partial state so the target is as it was.
 
-        On cancel a resumable receive's saved state is aborted (``receive -A``); after a
+        On cancel a resumable receive's saved state is aborted (``abort_receive``); after a
         failure it is kept so that the next attempt resumes. A new volume this activity
         created and that holds no snapshot is removed (zfs-fuse leaves one behind and
         cleans it up asynchronously); a staging copy for overwrite is removed.
@@ -579,7 +552,7 @@ class ReplicateWork:
                 return
         await self._clean_leftovers(ctx, dst)
 
-    async def _remove_partial(self, ctx: ActivityContext, dst: ZfsBackend, volume: str, *,
+    async def _remove_partial(self, ctx: ActivityContext, dst: StorageBackend, volume: str, *,
                               any_content: bool = False) -> None:
         try:
             # Right after the receiver is killed ZFS may still be cleaning up the partial

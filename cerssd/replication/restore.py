@@ -21,10 +21,6 @@ from functools import partial
 from typing import Any
 
 from ..activity import ActivityRecord, Progress, StatusCode
-from ..backends.base import BackendError, NotFound, while_busy
-from ..backends.names import validate_snapshot, validate_volume
-from ..backends.runner import stop_process
-from ..backends.zfs import ZfsBackend
 from ..engine import ActivityContext, ActivityEngine, ActivityError
 from ..objectstore import catalog
 from ..objectstore.client import ObjectMissing, ObjectStore
@@ -32,6 +28,10 @@ from ..objectstore.download import CorruptPart, download
 from ..objectstore.layout import BackupMissing, BrokenChain, Manifest, chain
 from ..objectstore.stores import Stores
 from ..servers import ServerRegistry
+from ..storage.errors import BackendError, NotFound, while_busy
+from ..storage.interface import StorageBackend
+from ..storage.names import validate_snapshot, validate_volume
+from ..transport.process import stop_process
 from .replicate import RetryPolicy
 from .store_calls import StoreCalls
 from .transfer import STREAM_PIPE, FdSet, first_failure
@@ -126,10 +126,10 @@ class RestoreWork:
                         f"{info.size} bytes, the manifest says {seg.size}",
                         StatusCode.ERROR, "broken-chain")
 
-    async def _still_needed(self, dst: ZfsBackend, backups: list[Manifest]) -> list[Manifest]:
+    async def _still_needed(self, dst: StorageBackend, backups: list[Manifest]) -> list[Manifest]:
         """The part of the chain the target lacks; refuses a target that is not a copy."""
         target = self.req.target_volume
-        pool = target.split("/")[0]
+        pool = dst.pool_of(target)
         if pool not in await dst.pools():
             raise ActivityError(f"pool {pool} does not exist on {self.req.server}",
                                 StatusCode.ERROR, "conflict")
@@ -144,7 +144,7 @@ class RestoreWork:
                 StatusCode.ERROR, "conflict")
         return backups[present[-1] + 1:]
 
-    async def _receive(self, ctx: ActivityContext, calls: StoreCalls, dst: ZfsBackend,
+    async def _receive(self, ctx: ActivityContext, calls: StoreCalls, dst: StorageBackend,
                        manifest: Manifest, *, force: bool) -> None:
         fds = FdSet()
         procs: list[asyncio.subprocess.Process] = []
@@ -158,11 +158,10 @@ class RestoreWork:
                     stderr=asyncio.subprocess.PIPE))
                 fds.close(in_r, out_w)
                 recv_stdin = out_r
-            argv = dst.receive_argv(self.req.target_volume)
-            if force:  # an incremental onto the snapshot this restore just received
-                argv.insert(2, "-F")
-            procs.insert(0, await dst.runner.spawn(argv, stdin=recv_stdin,
-                                                   stdout=asyncio.subprocess.DEVNULL))
+            # With ``force``: an incremental onto the snapshot this restore just received.
+            receiver = dst.receive(self.req.target_volume, discard_changes=force)
+            procs.insert(0, await receiver.spawn(stdin=recv_stdin,
+                                                 stdout=asyncio.subprocess.DEVNULL))
             fds.close(recv_stdin)
             try:
                 await download(self.store, manifest, in_w, concurrency=self.store.config.

@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from ..backends.base import Snapshot
 from ..parsing import ConfigError, parse_duration
+from ..storage.values import Snapshot
 
 
 @dataclass(frozen=True)

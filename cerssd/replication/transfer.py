@@ -16,11 +16,11 @@ import os
 import struct
 import termios
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 
-from ..backends.runner import Runner, stop_process
 from ..engine import Counters, FlowGate
+from ..transport.process import stop_process
+from ..transport.stream import StreamEndpoint
 from .relay import Relay
 
 #: The most a stream can have on its way between the daemon's pipe and a remote receive:
@@ -39,12 +39,6 @@ class TransferFailed(Exception):
 
 class TransferStalled(TransferFailed):
     """No byte moved for the stall timeout while the activity was not suspended."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    runner: Runner
-    argv: Sequence[str]
 
 
 #: Room in an object store stream's pipes: the uploader reads and the downloader writes
@@ -93,15 +87,15 @@ class _Pipes(FdSet):
         self.recv_r, self.recv_w = self.pipe()
 
 
-async def transfer(sender: Endpoint, receiver: Endpoint, *, counters: Counters,
+async def transfer(sender: StreamEndpoint, receiver: StreamEndpoint, *, counters: Counters,
                    gate: FlowGate, limit: float | None = None,
                    stall_timeout: float | None = None) -> int:
     """Run the stream to completion; returns the bytes moved. Cancel-safe."""
     pipes = _Pipes()
     send = recv = None
     try:
-        send = await sender.runner.spawn(sender.argv, stdin=None, stdout=pipes.send_w)
-        recv = await receiver.runner.spawn(receiver.argv, stdin=pipes.recv_r,
+        send = await sender.spawn(stdin=None, stdout=pipes.send_w)
+        recv = await receiver.spawn(stdin=pipes.recv_r,
                                            stdout=asyncio.subprocess.DEVNULL)
         pipes.close(pipes.send_w, pipes.recv_r)  # the children hold these ends now
         return await _pump(send, recv, pipes, counters, gate, limit, stall_timeout)

@@ -16,10 +16,11 @@ from functools import partial
 import structlog
 
 from ..activity import State
-from ..backends.base import BackendError, NotFound, Snapshot
-from ..backends.ssh import SshError
 from ..engine import ActivityEngine
 from ..servers import ServerRegistry
+from ..storage.errors import BackendError, NotFound
+from ..storage.values import Snapshot
+from ..transport.errors import LinkError
 from ..volume_states import PRUNING, VolumeStates, prune_holds
 from . import prune
 from .registry import RelationshipRegistry
@@ -44,7 +45,7 @@ class Upkeep:
         try:
             master = await self.servers.backend(rt.spec.master)
             ours = await master.snapshots(rt.spec.volume)
-        except (BackendError, SshError) as exc:
+        except (BackendError, LinkError) as exc:
             log.info("master not listed", relationship=rt.name, error=str(exc))
             return None
         mine = [s for s in ours if s.label.startswith(rt.spec.prefix)]
@@ -63,7 +64,7 @@ class Upkeep:
             theirs = {s.guid for s in await slave.snapshots(status.target_volume)}
         except NotFound:
             theirs = set()  # no target volume yet
-        except (BackendError, SshError) as exc:
+        except (BackendError, LinkError) as exc:
             log.info("slave state not refreshed", relationship=rt.name, slave=server,
                      error=str(exc))
             return
@@ -92,7 +93,7 @@ class Upkeep:
         try:
             backend = await self.servers.backend(server)
             snaps = await backend.snapshots(status.target_volume)
-        except (BackendError, SshError) as exc:
+        except (BackendError, LinkError) as exc:
             log.info("slave retention skipped", relationship=rt.name, slave=server,
                      error=str(exc))
             return

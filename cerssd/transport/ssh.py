@@ -27,7 +27,8 @@ import structlog
 
 from ..config import ServerConfig
 from ..links import Links
-from .runner import CommandFailed, CommandResult
+from .errors import LinkError, LinkLost
+from .runner import CommandFailed, CommandResult, TransportFacts
 
 if TYPE_CHECKING:
     import asyncssh
@@ -50,10 +51,8 @@ KEEPALIVE_COUNT_MAX = 3
 MAX_SHELLS = 4
 
 
-class SshError(Exception):
+class SshError(LinkError):
     """Could not run a command on the remote server."""
-
-    permanent = False
 
 
 class HostKeyRejected(SshError):
@@ -64,15 +63,13 @@ class AuthenticationFailed(SshError):
     permanent = True
 
 
-class LinkDown(SshError):
+class LinkDown(SshError, LinkLost):
     """The server could not be reached, or the connection broke (transient)."""
-
-    def __init__(self, message: str, server: str | None = None) -> None:
-        super().__init__(message)
-        self.server = server
 
 
 class SshRunner:
+    facts = TransportFacts(connection_loss_reporting=True, direct_copy=False)
+
     def __init__(self, cfg: ServerConfig, control_dir: Path, *,
                  links: Links | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
                  keepalive_count_max: int = KEEPALIVE_COUNT_MAX,

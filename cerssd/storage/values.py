@@ -1,4 +1,5 @@
-"""What every volume backend publishes and offers: capabilities, volumes, snapshots.
+"""The values a storage backend answers with: capabilities, volumes, snapshots, and the
+options of a stream.
 
 Flows read ``Capabilities`` to choose a path (incremental or full, stateless or
 busy-state locking); backends never special-case their callers.
@@ -6,11 +7,8 @@ busy-state locking); backends never special-case their callers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol
-
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -92,44 +90,18 @@ class Snapshot:
         return asdict(self)
 
 
-class BackendError(Exception):
-    """A backend command failed; ``message`` is meant for the operator."""
+@dataclass(frozen=True)
+class StreamOptions:
+    """How a stream carries its blocks, chosen by the flow from both ends' capabilities.
 
+    Two slaves' streams are the same stream only with the same options (``StreamKey``);
+    a backend turns them into its own command (for ZFS: send flags).
+    """
 
-class NotFound(BackendError):
-    pass
+    #: Encrypted data as it is on disk: the key never leaves the source.
+    raw: bool = False
+    #: Large, embedded and compressed blocks kept as they are on disk.
+    compressed: bool = False
 
-
-class AlreadyExists(BackendError):
-    pass
-
-
-class Busy(BackendError):
-    """The dataset is held or in use."""
-
-
-def while_busy(seconds: float = 30.0) -> AsyncRetrying:
-    """Retry what ZFS calls busy for a while: a dataset stays busy briefly after a
-    receive ends, or while a client has a file open for a moment."""
-    return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(seconds),
-                         wait=wait_exponential(multiplier=0.1, max=2), reraise=True)
-
-
-class Backend(Protocol):
-    server: str
-    capabilities: Capabilities
-
-    async def probe(self) -> Capabilities: ...
-
-    async def pools(self) -> list[str]: ...
-
-    async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
-                      offset: int = 0) -> VolumePage: ...
-
-    async def snapshots(self, volume: str) -> list[Snapshot]: ...
-
-    async def create_snapshot(self, volume: str, label: str) -> Snapshot: ...
-
-    async def destroy_snapshot(self, name: str) -> None: ...
-
-    def info(self) -> dict[str, Any]: ...
+    def __str__(self) -> str:
+        return "raw" if self.raw else "compressed" if self.compressed else "plain"

@@ -1,7 +1,12 @@
 """ZFS backend: the ``zfs`` and ``zpool`` command-line tools driven through a Runner.
 
-Every name is validated (``names``) before a command is built, commands are argv
-lists, and exact values are read with ``zfs get -Hp`` (which zfs-fuse and OpenZFS
+It implements ``StorageBackend`` for zfs-fuse and OpenZFS, locally or over SSH (the
+runner decides). The domain methods (``send``/``receive``, ``pin``, ``mark_base``,
+``replace_volume``...) are built on ZFS-shaped ones (``send_argv``, ``hold``,
+``create_bookmark``, ``rename``...), which stay public for tests and tools.
+
+Every name is validated (``storage.names``) before a command is built, commands are
+argv lists, and exact values are read with ``zfs get -Hp`` (which zfs-fuse and OpenZFS
 both have), or ``zfs list -Hp`` where this zfs has it (zfs-fuse does not). What this
 ``zfs`` supports is probed from its own usage text at start-up.
 """
@@ -12,86 +17,24 @@ import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from .base import (
-    AlreadyExists,
-    BackendError,
-    Busy,
-    Capabilities,
-    NotFound,
-    Snapshot,
-    Volume,
-    VolumePage,
-    while_busy,
-)
-from .names import (
+from ...transport.runner import CommandFailed, Runner
+from ...transport.stream import Endpoint
+from ..errors import AlreadyExists, BackendError, Busy, NotFound, while_busy
+from ..names import (
     validate_bookmark,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
 )
-from .runner import CommandFailed, Runner
+from ..values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
+from .probe import capabilities_from_usage, parse_usage
 
 _VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted"
 _SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
-
-
-@dataclass(frozen=True)
-class ZfsUsage:
-    """The facts read off ``zfs``'s usage text: commands and the flags of a few of them."""
-
-    commands: frozenset[str]
-    send_line: str
-    receive_line: str
-    list_flags: str
-    get_line: str
-
-
-def parse_usage(text: str) -> ZfsUsage:
-    commands: set[str] = set()
-    lines: dict[str, list[str]] = defaultdict(list)
-    current: str | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not raw.startswith(("\t", " ")) or not line:
-            current = None
-            continue
-        m = re.match(r"^([a-z][a-z-]*)\b", line)
-        if m:
-            current = m.group(1)
-            commands.add(current)
-            lines[current].append(line)
-        elif current is not None:  # a continuation line of the command above
-            lines[current][-1] += " " + line
-    list_line = " ".join(lines.get("list", []))
-    m = re.search(r"list \[-([A-Za-z]+)\]", list_line)
-    return ZfsUsage(
-        commands=frozenset(commands),
-        send_line=" ".join(lines.get("send", [])),
-        receive_line=" ".join(lines.get("receive", []) + lines.get("recv", [])),
-        list_flags=m.group(1) if m else "",
-        get_line=" ".join(lines.get("get", [])),
-    )
-
-
-def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities:
-    send_flags = "".join(re.findall(r"send \[-([A-Za-z]+)\]", usage.send_line))
-    return Capabilities(
-        stateless_snapshots=stateless,
-        incremental_send=bool(re.search(r"\[iI\]|-I\|-i|-i\|-I", usage.send_line)),
-        resumable_send="-t" in usage.send_line and "receive_resume_token" in usage.send_line,
-        bookmarks="bookmark" in usage.commands,
-        holds="hold" in usage.commands and "release" in usage.commands,
-        size_estimate="n" in send_flags and "P" in send_flags,
-        raw_send="w" in send_flags,
-        compressed_send="c" in send_flags,
-        self_restarting=True,
-        parsable_list="p" in usage.list_flags,
-        typed_get="-t" in usage.get_line,
-        encryption="load-key" in usage.commands,
-    )
 
 
 def _classify(exc: CommandFailed) -> BackendError:
@@ -114,7 +57,7 @@ REMOUNT_PATIENCE = 5.0
 
 
 class ZfsBackend:
-    """One server's ZFS, reached through ``runner`` (local now, SSH later)."""
+    """One server's ZFS, reached through ``runner`` (``LocalRunner`` or ``SshRunner``)."""
 
     def __init__(self, runner: Runner, *, zfs: str = "zfs", zpool: str = "zpool",
                  stateless: bool = True) -> None:
@@ -396,7 +339,7 @@ class ZfsBackend:
     async def hold(self, tag: str, snapshot: str) -> None:
         validate_snapshot(snapshot)
         try:
-            await self._run("hold", _check_tag(tag), snapshot)
+            await self._run("hold", check_tag(tag), snapshot)
         except BackendError as exc:
             if "tag already exists" not in str(exc):
                 raise
@@ -405,7 +348,7 @@ class ZfsBackend:
         """Release ``tag``; a snapshot without that hold (or gone) is fine."""
         validate_snapshot(snapshot)
         try:
-            await self._run("release", _check_tag(tag), snapshot)
+            await self._run("release", check_tag(tag), snapshot)
         except NotFound:
             pass
         except BackendError as exc:
@@ -420,7 +363,7 @@ class ZfsBackend:
         means it was there, and a hold that was not there is released again at once.
         """
         validate_snapshot(snapshot)
-        wanted = frozenset(_check_tag(t) for t in tags)
+        wanted = frozenset(check_tag(t) for t in tags)
         if self._holds_listing is not False:
             result = await self.runner.run([self._zfs, "holds", "-H", snapshot], check=False)
             self._holds_listing = result.returncode == 0
@@ -500,6 +443,71 @@ class ZfsBackend:
         await self._run("destroy", "-r", *(["-f"] if force_unmount else []), volume)
 
 
+    # The domain side (``StorageBackend``), built on the ZFS-shaped methods above.
+
+    def pool_of(self, volume: str) -> str:
+        return pool_of(volume)
+
+    async def replace_volume(self, volume: str, replacement: str) -> None:
+        """Destroy ``volume``, then rename ``replacement`` to it; each step retried while
+        ZFS calls the dataset busy (a receive just ended, a client closing a file)."""
+        async for attempt in while_busy():
+            with attempt:
+                await self.destroy_volume(volume, force_unmount=True)
+        async for attempt in while_busy():
+            with attempt:
+                await self.rename(replacement, volume)
+
+    def pin_tag(self, for_server: str) -> str:
+        return hold_tag(for_server)
+
+    async def pin(self, snapshot: str, for_server: str) -> None:
+        if self.capabilities.holds:
+            await self.hold(hold_tag(for_server), snapshot)
+
+    async def unpin(self, snapshot: str, for_server: str) -> None:
+        if self.capabilities.holds:
+            await self.release(hold_tag(for_server), snapshot)
+
+    async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:
+        by_tag = {hold_tag(s): s for s in servers}
+        return frozenset(by_tag[t] for t in await self.held_tags(snapshot, by_tag))
+
+    async def mark_base(self, snapshot: Snapshot, for_server: str) -> None:
+        """A bookmark of the new common snapshot for this destination; older ones go.
+
+        If the snapshot is destroyed on the source after all, the bookmark still serves
+        as the base of the next incremental (same guid), so no full resend is needed.
+        """
+        if not self.capabilities.bookmarks:
+            return
+        prefix = mark_prefix(for_server)
+        await self.create_bookmark(snapshot.name,
+                                   f"{snapshot.volume}#{prefix}{snapshot.label}")
+        for mark in await self.bookmarks(snapshot.volume):
+            if mark.label.startswith(prefix) and mark.guid != snapshot.guid:
+                await self.destroy_bookmark(mark.name)
+
+    def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> Endpoint:
+        return Endpoint(self.runner, self.send_argv(
+            snapshot, base, intermediates=intermediates, resume_token=resume_token,
+            flags=send_flags(options)))
+
+    def receive(self, volume: str, *, resumable: bool = False,
+                discard_changes: bool = False) -> Endpoint:
+        argv = self.receive_argv(volume, resumable=resumable)
+        if discard_changes:
+            argv.insert(2, "-F")
+        return Endpoint(self.runner, argv)
+
+    async def estimate(self, snapshot: str, base: str | None = None, *,
+                       intermediates: bool = False, resume_token: str | None = None,
+                       options: StreamOptions = StreamOptions()) -> int | None:
+        return await self.size_estimate(snapshot, base, intermediates=intermediates,
+                                        resume_token=resume_token, flags=send_flags(options))
+
 def _volume(name: str, p: dict[str, str]) -> Volume:
     # ``mounted`` is "-" for a zvol: it has no mount, only a device.
     return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
@@ -520,12 +528,6 @@ def _outermost(roots: list[str]) -> list[str]:
         if not any(root.startswith(k + "/") for k in kept):
             kept.append(root)
     return kept
-
-
-def _check_tag(tag: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", tag):
-        raise BackendError(f"invalid hold tag {tag!r}")
-    return tag
 
 
 def _int(value: str | None) -> int:

@@ -1,22 +1,22 @@
-"""Running commands on a server: one abstraction for local and (later) SSH execution.
+"""Running commands on a server: the ``Runner`` protocol and the local runner.
 
 Commands are argv lists, never shell strings. ``LocalRunner`` executes them
-directly; a remote runner quotes each argument with ``shlex.quote`` because SSH
-hands a single string to the remote shell. Cancelling a run kills the process.
+directly; the SSH runner (``ssh``) quotes each argument with ``shlex.quote`` because
+SSH hands a single string to the remote shell. Cancelling a run kills the process.
+A runner also says what its link is like (``TransportFacts``): whether a lost
+connection is reported while retries go on, and whether the node can stream to an
+object store itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import structlog
-
-log = structlog.get_logger("cerssd.runner")
+from .process import stop_process
 
 
 class CommandFailed(Exception):
@@ -36,10 +36,23 @@ class CommandResult:
     stderr: str
 
 
+@dataclass(frozen=True)
+class TransportFacts:
+    """What the way to a server offers, published next to its storage capabilities."""
+
+    #: A lost link is watched (keepalives, stall watchdog) and reported while retries go
+    #: on; a local server has no link to lose.
+    connection_loss_reporting: bool = False
+    #: The node streams to object stores itself (no controller in the path): only the
+    #: one this daemon runs on.
+    direct_copy: bool = False
+
+
 class Runner(Protocol):
     """Executes argv lists on one server."""
 
     server: str
+    facts: TransportFacts
 
     async def run(self, argv: Sequence[str], *, check: bool = True) -> CommandResult: ...
 
@@ -48,6 +61,8 @@ class Runner(Protocol):
 
 
 class LocalRunner:
+    facts = TransportFacts(connection_loss_reporting=False, direct_copy=True)
+
     def __init__(self, server: str = "local") -> None:
         self.server = server
 
@@ -71,26 +86,3 @@ class LocalRunner:
         return await asyncio.create_subprocess_exec(
             *argv, stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=stdout, stderr=asyncio.subprocess.PIPE)
-
-
-async def stop_process(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
-    """Terminate, then kill after ``grace`` seconds, and reap the child.
-
-    A process stuck in the kernel (a ``zfs receive`` in uninterruptible sleep on a
-    hung pool) survives even SIGKILL until it leaves it; the caller is not held up
-    for that longer than another ``grace``: asyncio reaps the child once it does exit.
-    """
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            log.warning("process did not exit on SIGKILL (stuck in the kernel); left "
-                        "to exit by itself", pid=proc.pid)

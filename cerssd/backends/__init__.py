@@ -1,1 +1,0 @@
-"""Volume drivers: one module per backend behind a small protocol (``base``)."""

@@ -1,0 +1,144 @@
+"""``StorageBackend``: what the flows need from one server's storage, and nothing more.
+
+The flows own this protocol (zrepl's ``logic`` declares the ``Sender``/``Receiver`` it
+needs in the same way); a backend implements it in its own package. Methods are named
+for what a flow wants, not for a tool's flags: a stream is asked for by snapshot, base
+and ``StreamOptions`` and handed back as a ready ``StreamEndpoint``; an incremental base
+is *pinned* for a destination (ZFS: a hold) and *marked* so it outlives the snapshot
+(ZFS: a bookmark). What a backend cannot do it says in ``capabilities``, and the
+methods behind a missing capability are harmless no-ops (``pin`` without holds) or
+answer "unknown" (``estimate`` returns None), so a flow reads capabilities only to
+choose between paths, never to avoid a crash.
+
+Names are validated by the backend before anything runs (``storage.names``); errors
+are ``storage.errors`` types, and a link failure underneath is a
+``transport.errors.LinkError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from ..transport.stream import StreamEndpoint
+from .values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+
+
+class StorageBackend(Protocol):
+    server: str
+    capabilities: Capabilities
+
+    async def probe(self) -> Capabilities:
+        """Find out (not assume) what this server's storage can do; sets ``capabilities``."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/servers`` shows of the backend (kind, version, capabilities)."""
+        ...
+
+    # Pools and volumes
+
+    async def pools(self) -> list[str]: ...
+
+    def pool_of(self, volume: str) -> str:
+        """The pool ``volume`` lives in (validated; no command runs)."""
+        ...
+
+    async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> VolumePage: ...
+
+    async def volume(self, name: str) -> Volume: ...
+
+    async def exists(self, volume: str) -> bool: ...
+
+    async def encrypted(self, volume: str) -> bool: ...
+
+    async def set_readonly(self, volume: str, readonly: bool = True) -> None:
+        """Fence (or lift the fence on) ``volume``: in force when this returns, or an
+        error; ``Busy`` when a client keeps it from taking effect yet."""
+        ...
+
+    async def is_readonly(self, volume: str) -> bool: ...
+
+    async def replace_volume(self, volume: str, replacement: str) -> None:
+        """Destroy ``volume`` and give ``replacement`` its name (an overwriting copy)."""
+        ...
+
+    async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None: ...
+
+    # Snapshots and marks
+
+    async def snapshots(self, volume: str) -> list[Snapshot]:
+        """Oldest first."""
+        ...
+
+    async def snapshot(self, name: str) -> Snapshot: ...
+
+    async def has_snapshot(self, name: str) -> bool: ...
+
+    async def create_snapshot(self, volume: str, label: str) -> Snapshot: ...
+
+    async def destroy_snapshot(self, name: str) -> None: ...
+
+    async def rollback(self, snapshot: str) -> None:
+        """Back to ``snapshot``, destroying every later one and every change since."""
+        ...
+
+    async def bookmarks(self, volume: str) -> list[Snapshot]:
+        """Marks that can serve as an incremental base; empty without ``bookmarks``."""
+        ...
+
+    async def mark_base(self, snapshot: Snapshot, for_server: str) -> None:
+        """Keep ``snapshot`` usable as ``for_server``'s incremental base even after it
+        is destroyed, and drop that server's older mark (no-op without bookmarks)."""
+        ...
+
+    def pin_tag(self, for_server: str) -> str:
+        """The name of the pin that keeps a base alive for ``for_server``."""
+        ...
+
+    async def pin(self, snapshot: str, for_server: str) -> None:
+        """Keep ``snapshot`` from being destroyed while it is ``for_server``'s base
+        (no-op without holds)."""
+        ...
+
+    async def unpin(self, snapshot: str, for_server: str) -> None:
+        """Drop that pin; a snapshot without it (or gone) is fine."""
+        ...
+
+    async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:
+        """Which of ``servers`` pin ``snapshot`` now."""
+        ...
+
+    # Streams
+
+    def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> StreamEndpoint:
+        """The sending end of a stream of ``snapshot`` (incremental from ``base``, a
+        snapshot or a mark; with ``intermediates`` the snapshots between too)."""
+        ...
+
+    def receive(self, volume: str, *, resumable: bool = False,
+                discard_changes: bool = False) -> StreamEndpoint:
+        """The receiving end into ``volume``; ``resumable`` keeps a cut-off receive's
+        state, ``discard_changes`` first drops changes made since the last snapshot."""
+        ...
+
+    async def estimate(self, snapshot: str, base: str | None = None, *,
+                       intermediates: bool = False, resume_token: str | None = None,
+                       options: StreamOptions = StreamOptions()) -> int | None:
+        """The stream's exact size, or None where the backend cannot say."""
+        ...
+
+    async def resume_token(self, volume: str) -> str | None:
+        """The token a cut-off receive into ``volume`` left (a pending partial receive)."""
+        ...
+
+    async def stale_resume_token(self, token: str) -> str | None:
+        """Why no send from this server can ever resume from ``token``, or None."""
+        ...
+
+    async def abort_receive(self, volume: str) -> None:
+        """Discard a pending partial receive (no-op without resumable sends)."""
+        ...

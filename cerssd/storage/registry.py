@@ -1,0 +1,40 @@
+"""Which storage backend a server uses: its ``backend`` config key, mapped to a class.
+
+A second backend is its own package plus one line in ``BACKENDS``; the config accepts
+exactly the names listed here (an unknown one is a config error naming the key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from ..transport.runner import Runner
+from .interface import StorageBackend
+from .zfs import ZfsBackend
+
+DEFAULT_BACKEND = "zfs"
+
+
+class BackendSettings(Protocol):
+    """What of a server's configuration a backend reads (``config.ServerConfig``)."""
+
+    @property
+    def zfs_command(self) -> str: ...
+
+    @property
+    def stateless(self) -> bool: ...
+
+
+def _zfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
+    return ZfsBackend(runner, zfs=cfg.zfs_command, stateless=cfg.stateless)
+
+
+BACKENDS: Mapping[str, Callable[[Runner, BackendSettings], StorageBackend]] = {
+    "zfs": _zfs,
+}
+
+
+def make_backend(name: str, runner: Runner, cfg: BackendSettings) -> StorageBackend:
+    """The ``name`` backend on the server ``runner`` reaches (config already checked)."""
+    return BACKENDS[name](runner, cfg)

@@ -1,0 +1,46 @@
+"""How ZFS spells what the flows ask for by meaning: pins, marks, pools, stream options.
+
+A pin for a destination is the hold ``cerssd:<server>``, a base mark the bookmark
+``volume#cerssd-<server>-<label>``, a volume's pool the first component of its name,
+and ``StreamOptions`` become ``zfs send`` flags. Only this package builds them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import BackendError
+from ..names import validate_volume
+from ..values import StreamOptions
+
+HOLD_PREFIX = "cerssd:"
+
+
+def hold_tag(server: str) -> str:
+    """The tag of cerssd's hold on a base replicated to ``server``."""
+    return check_tag(f"{HOLD_PREFIX}{server}")
+
+
+def check_tag(tag: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", tag):
+        raise BackendError(f"invalid hold tag {tag!r}")
+    return tag
+
+
+def mark_prefix(server: str) -> str:
+    """The label prefix of the bookmarks kept for ``server``'s incremental base."""
+    return f"cerssd-{server}-"
+
+
+def pool_of(volume: str) -> str:
+    return validate_volume(volume).split("/")[0]
+
+
+def send_flags(options: StreamOptions) -> str:
+    """Raw (``-w``) keeps an encrypted dataset encrypted on the wire and on the target;
+    ``-Lec`` keeps large, embedded and compressed blocks as they are on disk."""
+    if options.raw:
+        return "w"
+    if options.compressed:
+        return "Lec"
+    return ""

@@ -1,0 +1,70 @@
+"""What this ``zfs`` can do, read off its own usage text (never assumed from a version).
+
+zfs-fuse and every OpenZFS release print their commands and flags when run without
+arguments; the flags of ``send``, ``receive``, ``list`` and ``get`` and the presence
+of ``bookmark``, ``hold`` and ``load-key`` give the capabilities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..values import Capabilities
+
+
+@dataclass(frozen=True)
+class ZfsUsage:
+    """The facts read off ``zfs``'s usage text: commands and the flags of a few of them."""
+
+    commands: frozenset[str]
+    send_line: str
+    receive_line: str
+    list_flags: str
+    get_line: str
+
+
+def parse_usage(text: str) -> ZfsUsage:
+    commands: set[str] = set()
+    lines: dict[str, list[str]] = defaultdict(list)
+    current: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not raw.startswith(("\t", " ")) or not line:
+            current = None
+            continue
+        m = re.match(r"^([a-z][a-z-]*)\b", line)
+        if m:
+            current = m.group(1)
+            commands.add(current)
+            lines[current].append(line)
+        elif current is not None:  # a continuation line of the command above
+            lines[current][-1] += " " + line
+    list_line = " ".join(lines.get("list", []))
+    m = re.search(r"list \[-([A-Za-z]+)\]", list_line)
+    return ZfsUsage(
+        commands=frozenset(commands),
+        send_line=" ".join(lines.get("send", [])),
+        receive_line=" ".join(lines.get("receive", []) + lines.get("recv", [])),
+        list_flags=m.group(1) if m else "",
+        get_line=" ".join(lines.get("get", [])),
+    )
+
+
+def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities:
+    send_flags = "".join(re.findall(r"send \[-([A-Za-z]+)\]", usage.send_line))
+    return Capabilities(
+        stateless_snapshots=stateless,
+        incremental_send=bool(re.search(r"\[iI\]|-I\|-i|-i\|-I", usage.send_line)),
+        resumable_send="-t" in usage.send_line and "receive_resume_token" in usage.send_line,
+        bookmarks="bookmark" in usage.commands,
+        holds="hold" in usage.commands and "release" in usage.commands,
+        size_estimate="n" in send_flags and "P" in send_flags,
+        raw_send="w" in send_flags,
+        compressed_send="c" in send_flags,
+        self_restarting=True,
+        parsable_list="p" in usage.list_flags,
+        typed_get="-t" in usage.get_line,
+        encryption="load-key" in usage.commands,
+    )
