@@ -95,8 +95,7 @@ async def transfer(sender: StreamEndpoint, receiver: StreamEndpoint, *, counters
     send = recv = None
     try:
         send = await sender.spawn(stdin=None, stdout=pipes.send_w)
-        recv = await receiver.spawn(stdin=pipes.recv_r,
-                                           stdout=asyncio.subprocess.DEVNULL)
+        recv = await receiver.spawn(stdin=pipes.recv_r, stdout=asyncio.subprocess.DEVNULL)
         pipes.close(pipes.send_w, pipes.recv_r)  # the children hold these ends now
         return await _pump(send, recv, pipes, counters, gate, limit, stall_timeout)
     finally:

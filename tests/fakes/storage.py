@@ -1,0 +1,395 @@
+"""``FakeBackend``: an in-memory ``StorageBackend`` for fast flow tests (no root, no ZFS).
+
+Volumes, snapshots, pins and marks live in dicts. Streams are real processes, so that a
+flow's stream goes through the real pipeline (``transfer``, fan-out, cancel, stall):
+``send`` writes what the stream carries (the snapshots, the base's guid) to a file and
+hands out ``cat FILE``; ``receive`` hands out a ``cat`` into an inbox file that is
+renamed into place only once the stream ended (a killed receive leaves nothing). The
+next call on the backend takes in what arrived, as a receive would have: a stream onto
+a target that is not at its base, or a full stream onto an existing volume, is refused
+then and remembered in ``refused``.
+
+``hooks`` lets a test step in before a named method runs (to fail it, or to wait).
+The contract suite (tests/test_storage_contract.py) holds this backend to the same
+behaviour as ZFS.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound
+from cerssd.storage.names import (
+    validate_bookmark,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
+from cerssd.storage.values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from cerssd.transport.runner import LocalRunner
+from cerssd.transport.stream import Endpoint
+
+#: What the fake can do: ZFS's feature set less what needs a resumable receive or an
+#: exact size (those stay with the zfs-fuse and OpenZFS tiers).
+FAKE_CAPABILITIES = Capabilities(
+    stateless_snapshots=True, incremental_send=True, bookmarks=True, holds=True,
+    self_restarting=True, safe_send_holds=True, parsable_list=True, typed_get=True)
+
+_txg = itertools.count(1)
+
+
+@dataclass
+class FakeVolume:
+    name: str
+    guid: str
+    creation: int
+    snapshots: list[Snapshot] = field(default_factory=list)
+    bookmarks: list[Snapshot] = field(default_factory=list)
+    pins: dict[str, set[str]] = field(default_factory=dict)
+    readonly: bool = False
+    #: Written to since the last snapshot (an incremental receive would be refused).
+    changed: bool = False
+
+
+def _guid() -> str:
+    return str(secrets.randbits(63))
+
+
+class FakeBackend:
+    def __init__(self, server: str, workdir: Path, *, pools: Iterable[str] = ("tank",),
+                 capabilities: Capabilities = FAKE_CAPABILITIES) -> None:
+        self.server = server
+        self.capabilities = Capabilities()
+        self._probed = capabilities
+        self._pools = set(pools)
+        self.vols: dict[str, FakeVolume] = {p: FakeVolume(p, _guid(), int(time.time()))
+                                            for p in self._pools}
+        self._dir = workdir / f"fake-{server}-{uuid.uuid4().hex[:6]}"
+        (self._dir / "streams").mkdir(parents=True)
+        (self._dir / "inbox").mkdir()
+        self._pending: dict[Path, tuple[str, bool]] = {}
+        self.refused: list[str] = []
+        #: method name -> awaited before the method runs (raise to fail it).
+        self.hooks: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.calls: list[str] = []
+
+    # Test set-up helpers (not part of the protocol)
+
+    def add_volume(self, name: str) -> FakeVolume:
+        validate_volume(name)
+        if self.pool_of(name) not in self._pools:
+            raise NotFound(f"no such pool {self.pool_of(name)}")
+        if name in self.vols:
+            raise AlreadyExists(f"{name} already exists")
+        vol = FakeVolume(name, _guid(), int(time.time()))
+        self.vols[name] = vol
+        return vol
+
+    def write(self, volume: str) -> None:
+        """A client wrote to ``volume`` (refused when it is read-only)."""
+        vol = self._vol(volume)
+        if vol.readonly:
+            raise BackendError(f"{volume} is read-only")
+        vol.changed = True
+
+    async def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        self._take_in()
+        hook = self.hooks.get(method)
+        if hook is not None:
+            await hook()
+
+    def _vol(self, name: str) -> FakeVolume:
+        validate_volume(name)
+        vol = self.vols.get(name)
+        if vol is None:
+            raise NotFound(f"dataset {name} does not exist on {self.server}")
+        return vol
+
+    # StorageBackend
+
+    async def probe(self) -> Capabilities:
+        await self._enter("probe")
+        self.capabilities = self._probed
+        return self.capabilities
+
+    def info(self) -> dict[str, Any]:
+        return {"server": self.server, "backend": "fake",
+                "capabilities": self.capabilities.published()}
+
+    async def pools(self) -> list[str]:
+        await self._enter("pools")
+        return sorted(self._pools)
+
+    def pool_of(self, volume: str) -> str:
+        return validate_volume(volume).partition("/")[0]
+
+    async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
+                      offset: int = 0) -> VolumePage:
+        await self._enter("volumes")
+        names = sorted(n for n in self.vols if roots is None or any(
+            n == validate_volume(r) or n.startswith(r + "/") for r in roots))
+        end = None if limit is None else offset + limit
+        return VolumePage(tuple(self._volume(n) for n in names[offset:end]), len(names))
+
+    def _volume(self, name: str) -> Volume:
+        vol = self.vols[name]
+        return Volume(name=name, type="filesystem", guid=vol.guid, creation=vol.creation,
+                      used=0, referenced=0, readonly=vol.readonly, mounted=True)
+
+    async def volume(self, name: str) -> Volume:
+        await self._enter("volume")
+        self._vol(name)
+        return self._volume(name)
+
+    async def exists(self, volume: str) -> bool:
+        await self._enter("exists")
+        validate_volume(volume)
+        return volume in self.vols
+
+    async def encrypted(self, volume: str) -> bool:
+        await self._enter("encrypted")
+        self._vol(volume)
+        return False
+
+    async def set_readonly(self, volume: str, readonly: bool = True) -> None:
+        await self._enter("set_readonly")
+        self._vol(volume).readonly = readonly
+
+    async def is_readonly(self, volume: str) -> bool:
+        await self._enter("is_readonly")
+        return self._vol(volume).readonly
+
+    async def replace_volume(self, volume: str, replacement: str) -> None:
+        await self._enter("replace_volume")
+        await self.destroy_volume(volume, force_unmount=True)
+        vol = self.vols.pop(self._vol(replacement).name)
+        vol.name = volume
+        vol.snapshots = [replace(s, name=f"{volume}@{s.label}", volume=volume)
+                         for s in vol.snapshots]
+        vol.pins = {f"{volume}@{k.partition('@')[2]}": v for k, v in vol.pins.items()}
+        self.vols[volume] = vol
+
+    async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None:
+        await self._enter("destroy_volume")
+        if "/" not in validate_volume(volume):
+            raise BackendError(f"refusing to destroy the root dataset of pool {volume}")
+        self._vol(volume)
+        doomed = [n for n in self.vols if n == volume or n.startswith(volume + "/")]
+        if any(self.vols[n].pins.get(s.name) for n in doomed for s in self.vols[n].snapshots):
+            raise Busy(f"a snapshot of {volume} is held")
+        for name in doomed:
+            del self.vols[name]
+
+    async def snapshots(self, volume: str) -> list[Snapshot]:
+        await self._enter("snapshots")
+        vol = self._vol(volume)
+        return [self._counted(vol, s) for s in vol.snapshots]
+
+    @staticmethod
+    def _counted(vol: FakeVolume, snap: Snapshot) -> Snapshot:
+        return replace(snap, userrefs=len(vol.pins.get(snap.name, ())))
+
+    async def snapshot(self, name: str) -> Snapshot:
+        await self._enter("snapshot")
+        snap = validate_snapshot(name)
+        vol = self._vol(snap.volume)
+        for s in vol.snapshots:
+            if s.name == name:
+                return self._counted(vol, s)
+        raise NotFound(f"snapshot {name} does not exist on {self.server}")
+
+    async def has_snapshot(self, name: str) -> bool:
+        await self._enter("has_snapshot")
+        snap = validate_snapshot(name)
+        vol = self.vols.get(snap.volume)
+        return vol is not None and any(s.name == name for s in vol.snapshots)
+
+    async def create_snapshot(self, volume: str, label: str) -> Snapshot:
+        await self._enter("create_snapshot")
+        validate_snapshot_label(label)
+        vol = self._vol(volume)
+        name = f"{volume}@{label}"
+        if any(s.name == name for s in vol.snapshots):
+            raise AlreadyExists(f"dataset already exists: {name}")
+        snap = Snapshot(name=name, volume=volume, label=label, guid=_guid(),
+                        creation=int(time.time()), used=0, referenced=1 << 20, userrefs=0,
+                        createtxg=next(_txg))
+        vol.snapshots.append(snap)
+        vol.changed = False
+        return snap
+
+    async def destroy_snapshot(self, name: str) -> None:
+        await self._enter("destroy_snapshot")
+        snap = validate_snapshot(name)
+        vol = self._vol(snap.volume)
+        if not any(s.name == name for s in vol.snapshots):
+            raise NotFound(f"could not find any snapshots to destroy; {name} does not exist")
+        if vol.pins.get(name):
+            raise Busy(f"cannot destroy snapshot {name}: dataset is busy (it is held)")
+        vol.snapshots = [s for s in vol.snapshots if s.name != name]
+        vol.pins.pop(name, None)
+
+    async def rollback(self, snapshot: str) -> None:
+        await self._enter("rollback")
+        snap = validate_snapshot(snapshot)
+        vol = self._vol(snap.volume)
+        at = next((i for i, s in enumerate(vol.snapshots) if s.name == snapshot), None)
+        if at is None:
+            raise NotFound(f"{snapshot} does not exist")
+        later = vol.snapshots[at + 1:]
+        if any(vol.pins.get(s.name) for s in later):
+            raise Busy("a later snapshot is held")
+        vol.snapshots = vol.snapshots[:at + 1]
+        vol.changed = False
+
+    async def bookmarks(self, volume: str) -> list[Snapshot]:
+        await self._enter("bookmarks")
+        vol = self._vol(volume)
+        return list(vol.bookmarks) if self.capabilities.bookmarks else []
+
+    async def mark_base(self, snapshot: Snapshot, for_server: str) -> None:
+        await self._enter("mark_base")
+        if not self.capabilities.bookmarks:
+            return
+        vol = self._vol(snapshot.volume)
+        prefix = f"fake-{for_server}-"
+        name = f"{snapshot.volume}#{prefix}{snapshot.label}"
+        validate_bookmark(name)
+        vol.bookmarks = [m for m in vol.bookmarks if not m.label.startswith(prefix)]
+        vol.bookmarks.append(replace(snapshot, name=name, label=name.partition("#")[2],
+                                     used=0, referenced=0, userrefs=0))
+
+    def pin_tag(self, for_server: str) -> str:
+        return f"fake:{for_server}"
+
+    async def pin(self, snapshot: str, for_server: str) -> None:
+        await self._enter("pin")
+        if not self.capabilities.holds:
+            return
+        snap = validate_snapshot(snapshot)
+        vol = self._vol(snap.volume)
+        if not any(s.name == snapshot for s in vol.snapshots):
+            raise NotFound(f"{snapshot} does not exist")
+        vol.pins.setdefault(snapshot, set()).add(for_server)
+
+    async def unpin(self, snapshot: str, for_server: str) -> None:
+        await self._enter("unpin")
+        snap = validate_snapshot(snapshot)
+        vol = self.vols.get(snap.volume)
+        if vol is not None:
+            vol.pins.get(snapshot, set()).discard(for_server)
+
+    async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:
+        await self._enter("pinned_by")
+        snap = validate_snapshot(snapshot)
+        vol = self._vol(snap.volume)
+        return frozenset(vol.pins.get(snapshot, set()) & set(servers))
+
+    # Streams
+
+    def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> Endpoint:
+        self.calls.append("send")
+        self._take_in()
+        if resume_token is not None:
+            raise BackendError("the fake backend cannot resume a send")
+        snap = validate_snapshot(snapshot)
+        vol = self._vol(snap.volume)
+        index = {s.name: i for i, s in enumerate(vol.snapshots)}
+        if snapshot not in index:
+            raise NotFound(f"{snapshot} does not exist")
+        sent = [vol.snapshots[index[snapshot]]]
+        base_guid = None
+        if base is not None:
+            if "#" in base:
+                mark = next((m for m in vol.bookmarks if m.name == base), None)
+                if mark is None:
+                    raise NotFound(f"{base} does not exist")
+                base_guid = mark.guid
+            else:
+                if base not in index:
+                    raise NotFound(f"{base} does not exist")
+                base_guid = vol.snapshots[index[base]].guid
+                if intermediates:
+                    sent = vol.snapshots[index[base] + 1:index[snapshot] + 1]
+        path = self._dir / "streams" / f"{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps({
+            "base_guid": base_guid, "options": str(options),
+            "snapshots": [{"label": s.label, "guid": s.guid, "creation": s.creation,
+                           "referenced": s.referenced} for s in sent]}))
+        return Endpoint(LocalRunner(self.server), ["cat", str(path)])
+
+    def receive(self, volume: str, *, resumable: bool = False,
+                discard_changes: bool = False) -> Endpoint:
+        self.calls.append("receive")
+        validate_volume(volume)
+        path = self._dir / "inbox" / f"{uuid.uuid4().hex}.json"
+        self._pending[path] = (volume, discard_changes)
+        return Endpoint(LocalRunner(self.server),
+                        ["sh", "-c", 'cat > "$0.part" && mv "$0.part" "$0"', str(path)])
+
+    def _take_in(self) -> None:
+        """Apply every stream that arrived completely since the last call."""
+        for path, (volume, discard) in list(self._pending.items()):
+            if not path.exists():
+                if not path.with_name(path.name + ".part").exists():
+                    continue  # not started yet
+                continue  # still arriving, or cut off: nothing received
+            del self._pending[path]
+            stream = json.loads(path.read_text())
+            path.unlink()
+            problem = self._apply(volume, stream, discard)
+            if problem is not None:
+                self.refused.append(problem)
+
+    def _apply(self, volume: str, stream: dict[str, Any], discard: bool) -> str | None:
+        vol = self.vols.get(volume)
+        if stream["base_guid"] is None:
+            if vol is not None:
+                return f"destination {volume} exists"
+            parent = volume.rpartition("/")[0]
+            if parent not in self.vols:
+                return f"parent of {volume} does not exist"
+            vol = self.add_volume(volume)
+        else:
+            if vol is None or not vol.snapshots:
+                return f"{volume} has no base for an incremental stream"
+            if vol.snapshots[-1].guid != stream["base_guid"]:
+                return f"destination {volume} has snapshots after the base"
+            if vol.changed and not discard:
+                return f"destination {volume} has been modified since the most recent snapshot"
+        for s in stream["snapshots"]:
+            vol.snapshots.append(Snapshot(
+                name=f"{volume}@{s['label']}", volume=volume, label=s["label"],
+                guid=s["guid"], creation=s["creation"], used=0, referenced=s["referenced"],
+                userrefs=0, createtxg=next(_txg)))
+        vol.changed = False
+        return None
+
+    async def estimate(self, snapshot: str, base: str | None = None, *,
+                       intermediates: bool = False, resume_token: str | None = None,
+                       options: StreamOptions = StreamOptions()) -> int | None:
+        await self._enter("estimate")
+        return None
+
+    async def resume_token(self, volume: str) -> str | None:
+        await self._enter("resume_token")
+        return None
+
+    async def stale_resume_token(self, token: str) -> str | None:
+        await self._enter("stale_resume_token")
+        return "the fake backend keeps no partial receives"
+
+    async def abort_receive(self, volume: str) -> None:
+        await self._enter("abort_receive")
+        validate_volume(volume)

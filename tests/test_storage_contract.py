@@ -1,0 +1,296 @@
+"""One contract for every ``StorageBackend``: the fake, zfs-fuse here, OpenZFS in a guest.
+
+The flows are written against the protocol, so every implementation must behave the
+same where the flows can tell: snapshots listed oldest first with guids, names refused
+before anything runs, pins that keep a snapshot, streams that carry guids and are
+taken in only onto their base, fencing, rollback, replace. Where a capability is
+missing the method's answer is the documented no-op (``estimate`` None, no marks).
+
+Each test gets a ``Store``: a backend, its pool, and a way to make an empty volume
+(flows never create volumes, so the protocol has no verb for it). The ``openzfs``
+parameter runs on the QEMU guest (marker ``openzfs``, like tests/test_openzfs.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cerssd.config import ServerConfig
+from cerssd.engine import Counters, FlowGate
+from cerssd.replication.transfer import TransferFailed, transfer
+from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound
+from cerssd.storage.interface import StorageBackend
+from cerssd.storage.names import InvalidName
+from cerssd.storage.values import Capabilities
+from cerssd.storage.zfs import ZfsBackend
+from cerssd.transport.runner import LocalRunner
+from cerssd.transport.ssh import SshRunner
+
+from .conftest import zfs
+from .fakes.storage import FakeBackend
+from .openzfs_guest import OpenZfsGuest
+
+PEER = "contract-peer"
+
+
+@dataclass
+class Store:
+    backend: StorageBackend
+    pool: str
+    make_volume: Callable[[str], object]
+
+    def fresh(self) -> str:
+        """A new empty volume's name."""
+        name = f"{self.pool}/v{uuid.uuid4().hex[:8]}"
+        self.make_volume(name)
+        return name
+
+    def unused(self) -> str:
+        return f"{self.pool}/n{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def fuse_pool(make_pool: Callable[..., str]) -> str:
+    return make_pool()
+
+
+@pytest.fixture(scope="module")
+def guest_pool(openzfs_guest: OpenZfsGuest) -> Iterator[str]:
+    result = openzfs_guest.ssh("zpool", "create", "-f", "-o", "ashift=12", "contract",
+                               openzfs_guest.disks[0])
+    assert result.returncode == 0, result.stderr
+    yield "contract"
+    openzfs_guest.ssh("zpool", "destroy", "-f", "contract")
+
+
+@pytest.fixture(params=["fake", "zfs-fuse",
+                        pytest.param("openzfs", marks=pytest.mark.openzfs)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "fake":
+        fake = FakeBackend("contract", tmp_path)
+        await fake.probe()
+        yield Store(fake, "tank", fake.add_volume)
+    elif request.param == "zfs-fuse":
+        pool = request.getfixturevalue("fuse_pool")
+        backend = ZfsBackend(LocalRunner("contract"))
+        await backend.probe()
+        yield Store(backend, pool, lambda name: zfs("create", name))
+    else:
+        vm: OpenZfsGuest = request.getfixturevalue("openzfs_guest")
+        pool = request.getfixturevalue("guest_pool")
+        cfg = ServerConfig(name="guest", kind="ssh", host="127.0.0.1", port=vm.port,
+                           identity_file=vm.client_key, known_hosts=vm.known_hosts)
+        runner = SshRunner(cfg, Path(tempfile.mkdtemp(prefix="cerssd-contract-")))
+        backend = ZfsBackend(runner)
+        await backend.probe()
+
+        def create(name: str) -> None:
+            result = vm.ssh("zfs", "create", name)
+            assert result.returncode == 0, result.stderr
+
+        try:
+            yield Store(backend, pool, create)
+        finally:
+            await runner.close()
+
+
+async def stream(src: StorageBackend, snapshot: str, dst: StorageBackend, target: str,
+                 base: str | None = None, *, intermediates: bool = False) -> int:
+    return await transfer(src.send(snapshot, base, intermediates=intermediates),
+                          dst.receive(target), counters=Counters(), gate=FlowGate(),
+                          stall_timeout=120)
+
+
+async def test_probe_publishes_capabilities(store: Store) -> None:
+    caps = await store.backend.probe()
+    assert isinstance(caps, Capabilities) and caps is store.backend.capabilities
+    assert caps.incremental_send and caps.holds
+    assert store.backend.info()["server"] == store.backend.server
+
+
+async def test_pools_and_the_pool_of_a_volume(store: Store) -> None:
+    assert store.pool in await store.backend.pools()
+    assert store.backend.pool_of(f"{store.pool}/a/b") == store.pool
+    assert store.backend.pool_of(store.pool) == store.pool
+
+
+async def test_snapshot_lifecycle(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    assert await b.exists(vol) and await b.snapshots(vol) == []
+    snap = await b.create_snapshot(vol, "s1")
+    assert (snap.name, snap.volume, snap.label) == (f"{vol}@s1", vol, "s1") and snap.guid
+    assert await b.snapshot(snap.name) == snap
+    assert await b.has_snapshot(snap.name)
+    with pytest.raises(AlreadyExists):
+        await b.create_snapshot(vol, "s1")
+    await b.destroy_snapshot(snap.name)
+    assert not await b.has_snapshot(snap.name) and await b.snapshots(vol) == []
+    with pytest.raises(NotFound):
+        await b.destroy_snapshot(snap.name)
+    with pytest.raises(NotFound):
+        await b.snapshot(snap.name)
+    with pytest.raises(NotFound):
+        await b.snapshots(store.unused())
+    assert not await b.exists(store.unused())
+
+
+async def test_snapshots_are_listed_oldest_first_with_distinct_guids(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    for label in ("c", "a", "b"):  # made within one second: order by creation, not name
+        await b.create_snapshot(vol, label)
+    snaps = await b.snapshots(vol)
+    assert [s.label for s in snaps] == ["c", "a", "b"]
+    assert len({s.guid for s in snaps}) == 3
+
+
+@pytest.mark.parametrize("bad", ["", "-rf", "a b", "tank/../x", "tank/a\n", "tank;ls"])
+async def test_hostile_names_are_refused_before_anything_runs(store: Store, bad: str) -> None:
+    b = store.backend
+    with pytest.raises(InvalidName):
+        await b.snapshots(bad)
+    with pytest.raises(InvalidName):
+        await b.create_snapshot(store.pool, bad or "-x")
+    with pytest.raises(InvalidName):
+        await b.destroy_snapshot(f"{store.pool}@{bad}")
+    with pytest.raises(InvalidName):
+        b.receive(bad)
+
+
+async def test_a_pin_keeps_a_snapshot_until_unpinned(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    snap = await b.create_snapshot(vol, "base")
+    await b.pin(snap.name, PEER)
+    assert await b.pinned_by(snap.name, [PEER, "someone"]) == {PEER}
+    assert (await b.snapshot(snap.name)).userrefs == 1
+    assert PEER in b.pin_tag(PEER)
+    with pytest.raises(Busy):
+        await b.destroy_snapshot(snap.name)
+    await b.unpin(snap.name, PEER)
+    await b.unpin(snap.name, PEER)  # not pinned any more: fine
+    assert await b.pinned_by(snap.name, [PEER]) == frozenset()
+    await b.destroy_snapshot(snap.name)
+    await b.unpin(snap.name, PEER)  # gone: fine too
+
+
+async def test_full_then_incremental_streams_keep_guids(store: Store) -> None:
+    b, vol, target = store.backend, store.fresh(), store.unused()
+    s1 = await b.create_snapshot(vol, "s1")
+    assert await stream(b, s1.name, b, target) > 0
+    assert [s.guid for s in await b.snapshots(target)] == [s1.guid]
+    s2 = await b.create_snapshot(vol, "s2")
+    s3 = await b.create_snapshot(vol, "s3")
+    await stream(b, s3.name, b, target, s1.name, intermediates=True)
+    assert [s.guid for s in await b.snapshots(target)] == [s1.guid, s2.guid, s3.guid]
+    s4 = await b.create_snapshot(vol, "s4")
+    await stream(b, s4.name, b, target, s3.name)
+    assert [s.label for s in await b.snapshots(target)] == ["s1", "s2", "s3", "s4"]
+
+
+async def test_a_stream_is_taken_in_only_onto_its_base(store: Store) -> None:
+    b, vol, target = store.backend, store.fresh(), store.unused()
+    s1 = await b.create_snapshot(vol, "s1")
+    await stream(b, s1.name, b, target)
+    stranger = store.fresh()  # never had s1
+    await b.create_snapshot(stranger, "x")
+    s2 = await b.create_snapshot(vol, "s2")
+    with contextlib.suppress(TransferFailed):
+        await stream(b, s2.name, b, stranger, s1.name)
+    assert [s.label for s in await b.snapshots(stranger)] == ["x"]
+    with contextlib.suppress(TransferFailed):  # a full stream onto an existing volume
+        await stream(b, s2.name, b, target)
+    assert [s.label for s in await b.snapshots(target)] == ["s1"]
+
+
+async def test_readonly_is_in_force_and_lifted(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    assert not await b.is_readonly(vol)
+    await b.set_readonly(vol, True)
+    assert await b.is_readonly(vol)
+    assert (await b.volume(vol)).readonly
+    await b.set_readonly(vol, False)
+    assert not await b.is_readonly(vol)
+
+
+async def test_rollback_destroys_every_later_snapshot(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    for label in ("s1", "s2", "s3"):
+        await b.create_snapshot(vol, label)
+    await b.rollback(f"{vol}@s1")
+    assert [s.label for s in await b.snapshots(vol)] == ["s1"]
+
+
+async def test_replace_volume_gives_the_replacement_its_name(store: Store) -> None:
+    b, vol, staging = store.backend, store.fresh(), store.fresh()
+    await b.create_snapshot(vol, "old")
+    new = await b.create_snapshot(staging, "new")
+    await b.replace_volume(vol, staging)
+    assert not await b.exists(staging)
+    assert [(s.label, s.guid) for s in await b.snapshots(vol)] == [("new", new.guid)]
+
+
+async def test_destroy_volume_but_never_a_pool(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    await b.create_snapshot(vol, "s1")
+    await b.destroy_volume(vol, force_unmount=True)  # zfs-fuse: just made, still busy
+    assert not await b.exists(vol)
+    with pytest.raises(BackendError):
+        await b.destroy_volume(store.pool)
+    assert await b.exists(store.pool)
+
+
+async def test_a_marked_base_serves_after_its_snapshot_is_gone(store: Store) -> None:
+    b, vol, target = store.backend, store.fresh(), store.unused()
+    s1 = await b.create_snapshot(vol, "s1")
+    await b.mark_base(s1, PEER)
+    if not b.capabilities.bookmarks:
+        assert await b.bookmarks(vol) == []
+        return
+    await stream(b, s1.name, b, target)
+    s2 = await b.create_snapshot(vol, "s2")
+    await b.mark_base(s2, PEER)  # moves: the older mark goes
+    assert [m.guid for m in await b.bookmarks(vol)] == [s2.guid]
+    await b.mark_base(s1, "other-peer")
+    await b.destroy_snapshot(s1.name)
+    marks = {m.guid: m for m in await b.bookmarks(vol)}
+    assert set(marks) == {s1.guid, s2.guid}
+    await stream(b, s2.name, b, target, marks[s1.guid].name)
+    assert [s.guid for s in await b.snapshots(target)] == [s1.guid, s2.guid]
+
+
+async def test_estimate_is_exact_or_says_it_cannot(store: Store) -> None:
+    b, vol = store.backend, store.fresh()
+    snap = await b.create_snapshot(vol, "s1")
+    size = await b.estimate(snap.name)
+    if b.capabilities.size_estimate:
+        assert size is not None and size > 0
+    else:
+        assert size is None
+
+
+async def test_no_partial_receive_is_pending_after_a_complete_one(store: Store) -> None:
+    b, vol, target = store.backend, store.fresh(), store.unused()
+    snap = await b.create_snapshot(vol, "s1")
+    await stream(b, snap.name, b, target)
+    assert await b.resume_token(target) is None
+    await b.abort_receive(target)  # nothing to abort: no error
+    assert [s.guid for s in await b.snapshots(target)] == [snap.guid]
+
+
+async def test_volumes_are_listed_under_roots_in_pages(store: Store) -> None:
+    b, parent = store.backend, store.fresh()
+    for child in ("a", "b", "c"):
+        store.make_volume(f"{parent}/{child}")
+    everything = await b.volumes([parent])
+    assert [v.name for v in everything.items] == [parent, *(f"{parent}/{c}" for c in "abc")]
+    assert everything.total == 4
+    page = await b.volumes([parent], limit=2, offset=1)
+    assert [v.name for v in page.items] == [f"{parent}/a", f"{parent}/b"]
+    assert page.total == 4
+    assert (await b.volumes([store.unused()])).total == 0
