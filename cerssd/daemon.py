@@ -41,7 +41,7 @@ from .replication.cycle_gate import CycleGate
 from .replication.groups import FanoutGroups
 from .replication.manager import RelationshipManager
 from .sdnotify import Notifier, watchdog_interval
-from .servers import ServerRegistry
+from .servers import BackendFactory, ServerRegistry, configured_backend
 from .volume_states import VolumeStates
 
 log = structlog.get_logger("cerssd.daemon")
@@ -66,8 +66,12 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *,
+                 backend_factory: BackendFactory = configured_backend) -> None:
+        """``backend_factory`` builds each server's storage backend: the registry's for
+        its ``backend`` key; the fast flow tests pass an in-memory fake."""
         self.config = config
+        self._backend_factory = backend_factory
         self.notifier = Notifier()
         self.stopping = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -80,7 +84,8 @@ class Daemon:
         self._lock_state_dir(d.state_dir)
         self.journal = Journal(d.journal_path)
         self.engine = ActivityEngine(self.journal, retention=d.activity_retention)
-        self.servers = ServerRegistry(self.config.servers, d.control_socket.parent / "ssh")
+        self.servers = ServerRegistry(self.config.servers, d.control_socket.parent / "ssh",
+                                      backend_factory=self._backend_factory)
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
         policy = replicate.RetryPolicy(stall_timeout=d.stall_timeout or None,

@@ -80,6 +80,8 @@ class FakeBackend:
         #: method name -> awaited before the method runs (raise to fail it).
         self.hooks: dict[str, Callable[[], Awaitable[None]]] = {}
         self.calls: list[str] = []
+        #: Senders keep the stream open after the data (see ``stalling``).
+        self.stall_sends = False
 
     # Test set-up helpers (not part of the protocol)
 
@@ -327,7 +329,8 @@ class FakeBackend:
             "base_guid": base_guid, "options": str(options),
             "snapshots": [{"label": s.label, "guid": s.guid, "creation": s.creation,
                            "referenced": s.referenced} for s in sent]}))
-        return Endpoint(LocalRunner(self.server), ["cat", str(path)])
+        endpoint = Endpoint(LocalRunner(self.server), ["cat", str(path)])
+        return stalling(endpoint) if self.stall_sends else endpoint
 
     def receive(self, volume: str, *, resumable: bool = False,
                 discard_changes: bool = False) -> Endpoint:
@@ -393,3 +396,10 @@ class FakeBackend:
     async def abort_receive(self, volume: str) -> None:
         await self._enter("abort_receive")
         validate_volume(volume)
+
+
+def stalling(endpoint: Endpoint) -> Endpoint:
+    """The same stream, but its sender never ends after the data (until killed): a
+    transfer that stays mid-stream for as long as a test needs (cancel, suspend)."""
+    return Endpoint(endpoint.runner, ["sh", "-c", 'cat "$0" && exec sleep 3600',
+                                      *endpoint.argv[1:]])
