@@ -5,6 +5,12 @@
 * ``start_daemon``: a real ``cerssd`` process with its own socket, state and
   config; readiness is awaited through the systemd notify protocol (READY=1),
   the same signal systemd waits for.
+
+Two tiers, marked here at collection: a test that uses a real service (zfs-fuse,
+sshd, a network namespace, SeaweedFS, the OpenZFS guest: ``SERVICE_FIXTURES``, or
+any fixture built on one) or is marked ``integration``/``openzfs`` by hand is
+``integration``; every other test is ``fast`` (pure logic and the fake backend: no
+root, no services). ``make test-fast`` runs ``pytest -m fast``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,22 @@ SLOW = 300.0
 
 # The OpenZFS tier's session fixture (a QEMU guest), usable from any test module.
 pytest_plugins = ("tests.openzfs_guest",)
+
+#: The fixtures that start a real service; a test using one (directly or through
+#: another fixture, such as ``make_pool`` or ``start_daemon``) is in the integration tier.
+SERVICE_FIXTURES = frozenset({"zfs_fuse", "sshd", "make_netns_sshd", "s3_server",
+                              "openzfs_guest"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``fast`` or ``integration`` (see the module docstring)."""
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if (uses & SERVICE_FIXTURES or item.get_closest_marker("integration")
+                or item.get_closest_marker("openzfs")):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.fast)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.05,

@@ -43,6 +43,9 @@ from cerssd.cli.client import Client, CliError
 # the sandbox's zfs-fuse, sshd, SeaweedFS and cerssd may share two CPUs with other work.
 from .conftest import SLOW
 
+#: The sandbox starts zfs-fuse, sshd and SeaweedFS itself (not through the fixtures).
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parent.parent
 SANDBOX = REPO / "sandbox"
 SOCKET = SANDBOX / "run" / "control.sock"

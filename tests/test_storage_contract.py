@@ -70,7 +70,7 @@ def guest_pool(openzfs_guest: OpenZfsGuest) -> Iterator[str]:
     openzfs_guest.ssh("zpool", "destroy", "-f", "contract")
 
 
-@pytest.fixture(params=["fake", "zfs-fuse",
+@pytest.fixture(params=["fake", pytest.param("zfs-fuse", marks=pytest.mark.integration),
                         pytest.param("openzfs", marks=pytest.mark.openzfs)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "fake":
