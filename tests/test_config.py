@@ -273,6 +273,16 @@ def test_server_words_refuse_control_characters(word: str) -> None:
     assert info.value.key == f"servers.b1.{word}"
 
 
+def test_a_server_backend_is_zfs_unless_named_and_only_a_registered_one() -> None:
+    assert parse_config({}).servers["local"].backend == "zfs"
+    cfg = parse_config({"servers": {"local": {"kind": "local", "backend": "zfs"}}})
+    assert cfg.servers["local"].backend == "zfs"
+    for bad in ("btrfs", "ZFS", "zfs\n", 3):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"servers": {"local": {"kind": "local", "backend": bad}}})
+        assert info.value.key == "servers.local.backend"
+
+
 @pytest.mark.parametrize("value", ["5m\nx", "5\u0665m", "64MiB\nx", "6\u0664MiB"])
 def test_durations_and_sizes_are_full_matches(value: str) -> None:
     """Surrounding blanks are forgiven; a second line or a non-ASCII digit is not."""
