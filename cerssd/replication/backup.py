@@ -123,8 +123,9 @@ async def plan_backup(src: StorageBackend, store: ObjectStore, req: BackupReques
     snap = pick_snapshot(source, req)
     guids = await catalog.backed_up_guids(store, snap.volume)
     base = None if req.force_full else catalog.newest_backed_up(guids, source, snap.guid)
-    # Where a killed ``send -I`` pins its range for ever (zfs-fuse), a backup sends ``-i``:
-    # the store gets the snapshot, not the ones between (a restore of it is the same).
+    # Where a killed send with intermediates pins its range for ever (no
+    # ``safe_send_holds``: zfs-fuse), a backup sends the snapshot alone: the store gets
+    # it, not the ones between (a restore of it is the same).
     intermediates = req.intermediates and src.capabilities.safe_send_holds
     return BackupPlan(snap, base, intermediates, done=snap.guid in guids)
 
