@@ -121,6 +121,15 @@ async def test_pools_and_the_pool_of_a_volume(store: Store) -> None:
     assert store.backend.pool_of(store.pool) == store.pool
 
 
+async def test_a_target_needs_its_pool_and_parent(store: Store) -> None:
+    b = store.backend
+    assert await b.target_problem(store.unused()) is None
+    assert await b.target_problem(f"{store.fresh()}/child") is None
+    missing = store.unused()
+    assert missing in str(await b.target_problem(f"{missing}/child"))
+    assert "nosuchpool" in str(await b.target_problem("nosuchpool/x"))
+
+
 async def test_snapshot_lifecycle(store: Store) -> None:
     b, vol = store.backend, store.fresh()
     assert await b.exists(vol) and await b.snapshots(vol) == []

@@ -151,14 +151,9 @@ async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBa
         source_snaps = await src.snapshots(snap.volume)
     except NotFound:
         source_snaps = []
-    pool = dst.pool_of(req.target_volume)
-    if pool not in await dst.pools():
-        raise TargetPoolMissing(f"pool {pool} does not exist on {dst.server}")
-    parent = req.target_volume.rpartition("/")[0]
-    if parent and not await dst.exists(parent):
-        raise TargetPoolMissing(
-            f"{parent} does not exist on {dst.server}; create the parent dataset first")
     exists = await dst.exists(req.target_volume)
+    if not exists and (problem := await dst.target_problem(req.target_volume)):
+        raise TargetPoolMissing(problem)
     target_snaps = await dst.snapshots(req.target_volume) if exists else []
     bookmarks = await src.bookmarks(snap.volume) if source_snaps else []
     plan = plan_replication(

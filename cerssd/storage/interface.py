@@ -51,6 +51,11 @@ class StorageBackend(Protocol):
 
     async def exists(self, volume: str) -> bool: ...
 
+    async def target_problem(self, volume: str) -> str | None:
+        """Why a stream could not be received into a new ``volume`` here (its pool or
+        its parent is missing), or None."""
+        ...
+
     async def encrypted(self, volume: str) -> bool: ...
 
     async def set_readonly(self, volume: str, readonly: bool = True) -> None:

@@ -157,6 +157,16 @@ class FakeBackend:
         validate_volume(volume)
         return volume in self.vols
 
+    async def target_problem(self, volume: str) -> str | None:
+        await self._enter("target_problem")
+        pool = self.pool_of(volume)
+        if pool not in self._pools:
+            return f"pool {pool} does not exist on {self.server}"
+        parent = volume.rpartition("/")[0]
+        if parent and parent not in self.vols:
+            return f"{parent} does not exist on {self.server}; create the parent dataset first"
+        return None
+
     async def encrypted(self, volume: str) -> bool:
         await self._enter("encrypted")
         self._vol(volume)

@@ -448,6 +448,17 @@ class ZfsBackend:
     def pool_of(self, volume: str) -> str:
         return pool_of(volume)
 
+    async def target_problem(self, volume: str) -> str | None:
+        """A receive creates the last component only: its pool and parent must exist."""
+        pool = pool_of(volume)
+        if pool not in await self.pools():
+            return f"pool {pool} does not exist on {self.server}"
+        parent = volume.rpartition("/")[0]
+        if parent and not await self.exists(parent):
+            return (f"{parent} does not exist on {self.server}; create the parent dataset "
+                    "first")
+        return None
+
     async def replace_volume(self, volume: str, replacement: str) -> None:
         """Destroy ``volume``, then rename ``replacement`` to it; each step retried while
         ZFS calls the dataset busy (a receive just ended, a client closing a file)."""
