@@ -30,6 +30,7 @@ from ..names import (
     validate_volume,
 )
 from ..values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from . import fuse
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
 
@@ -52,8 +53,6 @@ def _classify(exc: CommandFailed) -> BackendError:
 #: What ``zfs send -t`` says when a token's snapshot, or its incremental base, was
 #: destroyed on the source or replaced by another of the same name (OpenZFS 2.x).
 STALE_TOKEN = ("no longer exists", "no longer the same snapshot")
-#: How long a fence or promotion waits for a filesystem's clients to close their files.
-REMOUNT_PATIENCE = 5.0
 
 
 class ZfsBackend:
@@ -371,17 +370,7 @@ class ZfsBackend:
                 found = {line.split("\t")[1] for line in result.stdout.splitlines()
                          if line.count("\t") >= 2}
                 return wanted & found
-        found = set()
-        for tag in sorted(wanted):
-            try:
-                await self._run("hold", tag, snapshot)
-            except BackendError as exc:
-                if "tag already exists" not in str(exc):
-                    raise
-                found.add(tag)
-            else:
-                await self.release(tag, snapshot)
-        return frozenset(found)
+        return await fuse.tags_by_taking(self._run, self.release, snapshot, wanted)
 
     async def rename(self, old: str, new: str) -> None:
         """Rename a volume; unmounted for the rename, since zfs-fuse calls a mounted one busy."""
@@ -407,22 +396,10 @@ class ZfsBackend:
         await self._run("set", f"readonly={'on' if readonly else 'off'}", volume)
         if await self.is_readonly(volume) == readonly:
             return
-        await self._remount(volume, "ro" if readonly else "rw")
+        await fuse.remount(self._run, volume, "ro" if readonly else "rw")
         if await self.is_readonly(volume) != readonly:
             raise BackendError(f"{volume} on {self.server} is still "
                                f"{'writable' if readonly else 'read-only'} after a remount")
-
-    async def _remount(self, volume: str, option: str) -> None:
-        """Unmount (never forced: open files mean a client is busy) and mount again;
-        a busy filesystem is retried for a few seconds, then reported."""
-        async for attempt in while_busy(REMOUNT_PATIENCE):
-            with attempt:
-                try:
-                    await self._run("unmount", volume)
-                except BackendError as exc:
-                    if isinstance(exc, Busy) or "not currently mounted" not in str(exc):
-                        raise
-        await self._run("mount", "-o", option, volume)
 
     async def is_readonly(self, volume: str) -> bool:
         validate_volume(volume)
