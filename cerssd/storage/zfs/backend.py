@@ -30,7 +30,7 @@ from ..names import (
     validate_volume,
 )
 from ..values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
-from . import fuse
+from .fuse import remount, tags_by_taking
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
 
@@ -370,7 +370,7 @@ class ZfsBackend:
                 found = {line.split("\t")[1] for line in result.stdout.splitlines()
                          if line.count("\t") >= 2}
                 return wanted & found
-        return await fuse.tags_by_taking(self._run, self.release, snapshot, wanted)
+        return await tags_by_taking(self._run, self.release, snapshot, wanted)
 
     async def rename(self, old: str, new: str) -> None:
         """Rename a volume; unmounted for the rename, since zfs-fuse calls a mounted one busy."""
@@ -396,7 +396,7 @@ class ZfsBackend:
         await self._run("set", f"readonly={'on' if readonly else 'off'}", volume)
         if await self.is_readonly(volume) == readonly:
             return
-        await fuse.remount(self._run, volume, "ro" if readonly else "rw")
+        await remount(self._run, volume, "ro" if readonly else "rw")
         if await self.is_readonly(volume) != readonly:
             raise BackendError(f"{volume} on {self.server} is still "
                                f"{'writable' if readonly else 'read-only'} after a remount")
