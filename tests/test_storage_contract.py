@@ -25,7 +25,7 @@ import pytest
 from cerssd.config import ServerConfig
 from cerssd.engine import Counters, FlowGate
 from cerssd.replication.transfer import TransferFailed, transfer
-from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound
+from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound, while_busy
 from cerssd.storage.interface import StorageBackend
 from cerssd.storage.names import InvalidName
 from cerssd.storage.values import Capabilities
@@ -247,7 +247,10 @@ async def test_replace_volume_gives_the_replacement_its_name(store: Store) -> No
 async def test_destroy_volume_but_never_a_pool(store: Store) -> None:
     b, vol = store.backend, store.fresh()
     await b.create_snapshot(vol, "s1")
-    await b.destroy_volume(vol, force_unmount=True)  # zfs-fuse: just made, still busy
+    # Busy is transient (zfs-fuse: a volume just made or used): callers retry, as flows do.
+    async for attempt in while_busy():
+        with attempt:
+            await b.destroy_volume(vol, force_unmount=True)
     assert not await b.exists(vol)
     with pytest.raises(BackendError):
         await b.destroy_volume(store.pool)
