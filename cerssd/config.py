@@ -16,7 +16,7 @@ from typing import Any
 
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
-from .replication.relationship import RelationshipSpec, parse_relationship
+from .replication.logic.spec import RelationshipSpec, parse_relationship
 from .storage.names import InvalidName, validate_object_name, validate_volume
 from .storage.registry import BACKENDS, DEFAULT_BACKEND
 
@@ -59,7 +59,7 @@ class DaemonConfig:
     stall_timeout: float = 30.0
     retry_max_interval: float = 30.0
     retry_deadline: float | None = 3600.0
-    #: Relationship cycles that may run at once (``replication/cycle_gate.py``): a few
+    #: Relationship cycles that may run at once (``replication/relationships/cycle_gate.py``): a few
     #: cores' worth of zfs commands and SSH round trips, and small enough that a herd
     #: of cycles cannot swamp a node.
     max_concurrent_cycles: int = 4

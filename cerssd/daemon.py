@@ -36,10 +36,11 @@ from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
 from .parsing import ConfigError
-from .replication import backup, backup_prune, prune, replicate, restore
-from .replication.cycle_gate import CycleGate
-from .replication.groups import FanoutGroups
-from .replication.manager import RelationshipManager
+from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
+from .replication.relationships.cycle_gate import CycleGate
+from .replication.relationships.manager import RelationshipManager
+from .replication.retry import RetryPolicy
+from .replication.stream.groups import FanoutGroups
 from .sdnotify import Notifier, watchdog_interval
 from .servers import BackendFactory, ServerRegistry, configured_backend
 from .volume_states import VolumeStates
@@ -88,16 +89,16 @@ class Daemon:
                                       backend_factory=self._backend_factory)
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
-        policy = replicate.RetryPolicy(stall_timeout=d.stall_timeout or None,
+        policy = RetryPolicy(stall_timeout=d.stall_timeout or None,
                                        max_interval=d.retry_max_interval,
                                        deadline=d.retry_deadline)
         groups = FanoutGroups()
         replicate.register(self.engine, self.servers, policy, groups)
-        prune.register(self.engine, self.servers)
+        snapshot_prune.register(self.engine, self.servers)
         self.stores = Stores(self.config.stores, self.servers.links)
         backup.register(self.engine, self.servers, self.stores, policy, groups)
         restore.register(self.engine, self.servers, self.stores, policy)
-        backup_prune.register(self.engine, self.stores, policy)
+        bucket_prune.register(self.engine, self.stores, policy)
         # Built before the recovery (the relationship flows are handed it), filled after.
         self.volume_states = VolumeStates(self.engine, self.servers)
         self.cycle_gate = CycleGate(d.max_concurrent_cycles)

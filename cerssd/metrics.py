@@ -18,10 +18,10 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .activity import ActivityRecord, LinkCondition, State
 from .engine import Activity, ActivityEngine
-from .replication.groups import FanoutGroups
-from .replication.rendering import RelationshipView
-from .replication.roles import STATUSES as ROLE_STATUSES
-from .replication.status import STATES
+from .replication.logic.roles import STATUSES as ROLE_STATUSES
+from .replication.logic.slave_status import STATES
+from .replication.relationships.rendering import RelationshipView
+from .replication.stream.groups import FanoutGroups
 from .servers import ServerRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import ServerConfig
-from .replication.relationship import RelationshipSpec
+from .replication.logic.spec import RelationshipSpec
 
 
 def volume_roots(server: ServerConfig,

@@ -31,8 +31,8 @@ from cerssd.objectstore.layout import (
 )
 from cerssd.objectstore.upload import read_part
 from cerssd.parsing import ConfigError
-from cerssd.replication.backup_prune import backups_to_delete
-from cerssd.replication.retention import parse_grid
+from cerssd.replication.flows.bucket_prune import backups_to_delete
+from cerssd.replication.logic.retention import parse_grid
 
 HOUR = 3600
 

@@ -15,7 +15,7 @@ import subprocess
 from typing import Any
 
 from cerssd.activity import ActivityRecord
-from cerssd.replication.prune import PruneWork
+from cerssd.replication.flows.snapshot_prune import PruneWork
 from cerssd.storage.zfs import ZfsBackend
 from cerssd.transport.runner import LocalRunner
 

@@ -1,4 +1,4 @@
-"""The cycle gate as logic (``cerssd.replication.cycle_gate``): the cap, FIFO turns,
+"""The cycle gate as logic (``cerssd.replication.relationships.cycle_gate``): the cap, FIFO turns,
 cancellation while waiting or just let in, and a limit changed while cycles wait.
 Through a real daemon: tests/test_relationships_spread.py."""
 
@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from cerssd.replication.cycle_gate import CycleGate
+from cerssd.replication.relationships.cycle_gate import CycleGate
 
 
 async def settle() -> None:

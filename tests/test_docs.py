@@ -30,8 +30,8 @@ from cerssd.config import parse_config
 from cerssd.daemon import RESTART_KEYS
 from cerssd.objectstore import config as store_config
 from cerssd.objectstore.config import parse_store
-from cerssd.replication import relationship as rel_config
-from cerssd.replication.relationship import parse_relationship
+from cerssd.replication.logic import spec as rel_config
+from cerssd.replication.logic.spec import parse_relationship
 
 from .conftest import SLOW, DaemonProcess, SshServer, post_json, raw_request, wait_until, zfs
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from cerssd.engine import Counters, FlowGate
-from cerssd.replication.fanout import PIPE_SIZE, WINDOW, FanoutGroup, FanoutMissed, SplitOff
-from cerssd.replication.relay import CHUNK
-from cerssd.replication.transfer import (
+from cerssd.flow_control import Counters, FlowGate
+from cerssd.replication.stream.fanout import PIPE_SIZE, WINDOW, FanoutGroup, FanoutMissed, SplitOff
+from cerssd.replication.stream.relay import CHUNK
+from cerssd.replication.stream.transfer import (
     IN_FLIGHT,
     TransferFailed,
     TransferStalled,

@@ -107,6 +107,49 @@ def test_cerssd_has_no_import_cycle() -> None:
                     + describe(cycle, graph, module_names(PACKAGE)), pytrace=False)
 
 
+#: replication's layers, lowest first: a module may import its own layer and those before it.
+REPLICATION_LAYERS = ("logic", "retry", "stream", "flows", "relationships")
+#: What no flow or replication layer may import: the storage and transport implementations.
+IMPLEMENTATIONS = ("cerssd.storage.zfs", "cerssd.transport.ssh", "cerssd.transport.runner")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if len(parts) < 3 or parts[:2] != ["cerssd", "replication"]:
+        return None
+    return REPLICATION_LAYERS.index(parts[2]) if parts[2] in REPLICATION_LAYERS else None
+
+
+def layering_violations(graph: Graph) -> list[str]:
+    """Imports that reach up a layer, or from replication/ into an implementation."""
+    found = []
+    for module, edges in sorted(graph.items()):
+        here = _layer(module)
+        if here is None:
+            continue
+        for target in sorted(edges):
+            there = _layer(target)
+            if there is not None and there > here:
+                found.append(f"{module} imports {target} (a higher layer)")
+            if target.startswith(IMPLEMENTATIONS):
+                found.append(f"{module} imports {target} (an implementation)")
+    return found
+
+
+def test_replication_imports_only_down_its_layers() -> None:
+    assert layering_violations(import_graph(PACKAGE)) == []
+
+
+def test_a_layer_reaching_up_is_reported(tmp_path: Path) -> None:
+    graph: Graph = {"cerssd.replication.logic.plan": {"cerssd.replication.flows.replicate": 3},
+                    "cerssd.replication.flows.replicate": {"cerssd.storage.zfs.backend": 9}}
+    assert layering_violations(graph) == [
+        "cerssd.replication.flows.replicate imports cerssd.storage.zfs.backend "
+        "(an implementation)",
+        "cerssd.replication.logic.plan imports cerssd.replication.flows.replicate "
+        "(a higher layer)"]
+
+
 def test_the_graph_is_the_whole_package() -> None:
     """A sanity check of the reader on the real tree: known edges of each kind are seen."""
     graph = import_graph(PACKAGE)

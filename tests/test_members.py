@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cerssd.replication.members import (
+from cerssd.replication.logic.members import (
     ListedDataset,
     Member,
     SelectionError,

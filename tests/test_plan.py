@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cerssd.replication.plan import (
+from cerssd.replication.logic.plan import (
     NoCommonSnapshot,
     SourceSnapshotMissing,
     TargetDiverged,

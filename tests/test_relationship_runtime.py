@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from cerssd.replication.relationship import RelationshipSpec, parse_relationship
-from cerssd.replication.roles import Fenced, RolesInvalid, promoted
-from cerssd.replication.runtime import (
+from cerssd.replication.logic.roles import Fenced, RolesInvalid, promoted
+from cerssd.replication.logic.spec import RelationshipSpec, parse_relationship
+from cerssd.replication.relationships.runtime import (
     RelationshipError,
     check_no_failover,
     new_runtime,
     restore_runtime,
 )
-from cerssd.replication.upkeep import protected_bases
+from cerssd.replication.relationships.upkeep import protected_bases
 
 SERVERS = ("local", "s1", "s2")
 

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cerssd.replication.schedule import spread_offset
+from cerssd.replication.logic.schedule import spread_offset
 
 from .conftest import DaemonProcess, wait_until, zfs
 

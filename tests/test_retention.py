@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cerssd.parsing import ConfigError
-from cerssd.replication.retention import parse_grid, to_destroy
+from cerssd.replication.logic.retention import parse_grid, to_destroy
 from cerssd.storage.values import Snapshot
 
 H, D = 3600, 86400

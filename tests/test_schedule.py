@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cerssd.parsing import ConfigError, parse_duration
-from cerssd.replication.schedule import (
+from cerssd.replication.logic.schedule import (
     Cron,
     Interval,
     describe,

@@ -8,7 +8,7 @@ import pytest
 
 from cerssd.activity import ActivityRecord, State
 from cerssd.links import LinkState
-from cerssd.replication.status import SlaveStatus, slave_json, slave_state
+from cerssd.replication.logic.slave_status import SlaveStatus, slave_json, slave_state
 
 TRANSFER = ActivityRecord(id="t1", kind="replicate", volume="tank/v", source="local",
                           target="s1:tank/v", created_at=0.0)

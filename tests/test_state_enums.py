@@ -14,9 +14,14 @@ from cerssd.activity import LinkCondition, LinkHealth
 from cerssd.api.app import ROUTES
 from cerssd.api.openapi import openapi_document
 from cerssd.links import Links
-from cerssd.replication.plan import PlanMode
-from cerssd.replication.roles import STATUSES, FailoverState, FailoverStatus, ReplicationStatus
-from cerssd.replication.status import STATES, RelationshipState, SlaveState
+from cerssd.replication.logic.plan import PlanMode
+from cerssd.replication.logic.roles import (
+    STATUSES,
+    FailoverState,
+    FailoverStatus,
+    ReplicationStatus,
+)
+from cerssd.replication.logic.slave_status import STATES, RelationshipState, SlaveState
 from cerssd.volume_states import BUSY_STATES, VolumeState
 
 #: The strings each state had before it was an enumeration: the API, the journal, the

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from cerssd.config import ServerConfig
-from cerssd.engine import Counters, FlowGate
-from cerssd.replication.transfer import TransferFailed, transfer
+from cerssd.flow_control import Counters, FlowGate
+from cerssd.replication.stream.transfer import TransferFailed, transfer
 from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound, while_busy
 from cerssd.storage.interface import StorageBackend
 from cerssd.storage.names import InvalidName

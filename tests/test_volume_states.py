@@ -29,10 +29,10 @@ import pytest
 from cerssd.activity import ActivityRecord, State
 from cerssd.engine import ActivityContext, ActivityEngine
 from cerssd.journal import Journal
-from cerssd.replication.backup import BackupRequest
-from cerssd.replication.relationship import SlaveSpec
-from cerssd.replication.replicate import ReplicationRequest
-from cerssd.replication.restore import RestoreRequest
+from cerssd.replication.flows.backup import BackupRequest
+from cerssd.replication.flows.replicate import ReplicationRequest
+from cerssd.replication.flows.restore import RestoreRequest
+from cerssd.replication.logic.spec import SlaveSpec
 from cerssd.storage.values import Capabilities, Volume
 from cerssd.volume_states import (
     AVAILABLE,

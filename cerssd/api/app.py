@@ -28,11 +28,11 @@ from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import UnknownStore
 from ..parsing import ConfigError
-from ..replication.holds import holds_of
-from ..replication.plan import ReplicationConflict
-from ..replication.relationship import parse_relationship
-from ..replication.replicate import ReplicationRequest, make_plan, submit_replication
-from ..replication.runtime import RelationshipError, UnknownRelationship
+from ..replication.flows.replicate import ReplicationRequest, make_plan, submit_replication
+from ..replication.logic.holds import holds_of
+from ..replication.logic.plan import ReplicationConflict
+from ..replication.logic.spec import parse_relationship
+from ..replication.relationships.runtime import RelationshipError, UnknownRelationship
 from ..servers import ServerUnavailable, UnknownServer
 from ..storage.errors import BackendError, NotFound
 from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_label, validate_volume

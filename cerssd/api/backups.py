@@ -15,10 +15,10 @@ from ..objectstore import catalog
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores
 from ..parsing import ConfigError
-from ..replication.backup import BackupRequest, submit_backup
-from ..replication.backup_prune import backups_to_delete, submit_backup_prune
-from ..replication.restore import RestoreRequest, restore_chain, submit_restore
-from ..replication.retention import parse_grid
+from ..replication.flows.backup import BackupRequest, submit_backup
+from ..replication.flows.bucket_prune import backups_to_delete, submit_backup_prune
+from ..replication.flows.restore import RestoreRequest, restore_chain, submit_restore
+from ..replication.logic.retention import parse_grid
 from ..volume_states import (
     BACKING_UP,
     PRUNING,

@@ -14,7 +14,7 @@ from ..config import Config
 from ..engine import ActivityEngine
 from ..metrics import Metrics
 from ..objectstore.stores import Stores
-from ..replication.manager import RelationshipManager
+from ..replication.relationships.manager import RelationshipManager
 from ..servers import ServerRegistry
 from ..volume_states import VolumeStates
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..activity import State, StatusCode
-from ..replication.failover import FailoverRequest, submit_failover
-from ..replication.rejoin import plan_rejoin, submit_rejoin
-from ..replication.runtime import check_no_failover
+from ..replication.relationships.failover import FailoverRequest, submit_failover
+from ..replication.relationships.rejoin import plan_rejoin, submit_rejoin
+from ..replication.relationships.runtime import check_no_failover
 from ..volume_states import REJOINING, rejoin_holds
 from . import models as m
 from .problems import ApiProblem

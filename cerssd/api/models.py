@@ -23,9 +23,9 @@ from msgspec import Meta, Struct
 from ..activity import LinkCondition, LinkHealth, State, Status, Usage
 from ..links import LinkState
 from ..objectstore.config import Compression
-from ..replication.plan import PlanMode
-from ..replication.roles import ReplicationStatus
-from ..replication.status import RelationshipState, SlaveState
+from ..replication.logic.plan import PlanMode
+from ..replication.logic.roles import ReplicationStatus
+from ..replication.logic.slave_status import RelationshipState, SlaveState
 from ..storage.names import (
     LABEL_PATTERN,
     MAX_LABEL_LENGTH,

@@ -1,0 +1,1 @@
+"""One module per volume activity kind, each registered with the engine by the daemon."""

@@ -1,0 +1,223 @@
+"""Restore: a backup chain read back from the bucket into any server's pool.
+
+    S3 ─ranged GETs, sha256 per part─▶ [zstd -d|lz4 -d] ─pipe─▶ zfs receive (local / ssh)
+
+The chain (full, then each incremental up to the chosen snapshot) is checked whole
+before anything is written: every manifest present, every segment object there with
+its size. A target that already holds part of the chain (matched by guid) continues
+from there; any other existing target is refused, never overwritten.
+
+On failure or cancel the restore leaves the target as it found it: a target it
+created is destroyed, snapshots it received into an existing one are destroyed.
+After a daemon restart it continues from what the target already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+from ...activity import ActivityRecord, Progress, StatusCode
+from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...objectstore import catalog
+from ...objectstore.client import ObjectMissing, ObjectStore
+from ...objectstore.download import CorruptPart, download
+from ...objectstore.layout import BackupMissing, BrokenChain, Manifest, chain
+from ...objectstore.stores import Stores
+from ...servers import ServerRegistry
+from ...storage.errors import BackendError, NotFound, while_busy
+from ...storage.interface import StorageBackend
+from ...storage.names import validate_snapshot, validate_volume
+from ...transport.process import stop_process
+from ..retry import RetryPolicy
+from ..stream.store_calls import StoreCalls
+from ..stream.transfer import STREAM_PIPE, FdSet, first_failure
+
+KIND = "restore"
+DECOMPRESSORS = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    store: str
+    snapshot: str  # the backed-up snapshot's full name, volume@label
+    server: str
+    target_volume: str
+
+    def params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> RestoreRequest:
+        return cls(store=p["store"], snapshot=p["snapshot"], server=p["server"],
+                   target_volume=p["target_volume"])
+
+
+async def restore_chain(store: ObjectStore, snapshot: str) -> list[Manifest]:
+    """The backups to receive for ``snapshot``, full first; raises BackupMissing when
+    there is no backup of it, BrokenChain when its chain has a hole."""
+    volume = validate_snapshot(snapshot).volume
+    backups = await catalog.backups(store, volume)
+    wanted = [m for m in backups if m.snapshot == snapshot]
+    if not wanted:
+        raise BackupMissing(f"store {store.name} has no complete backup of {snapshot}")
+    return chain(backups, wanted[-1].guid)
+
+
+class RestoreWork:
+    def __init__(self, record: ActivityRecord, servers: ServerRegistry, stores: Stores,
+                 policy: RetryPolicy) -> None:
+        self.req = RestoreRequest.from_params(record.params)
+        self.params = record.params
+        self.servers = servers
+        self.store = stores.get(self.req.store)
+        self.policy = policy
+        self.created_target = bool(record.params.get("created_target"))
+        self.received: list[str] = list(record.params.get("received", []))
+
+    async def run(self, ctx: ActivityContext) -> None:
+        calls = StoreCalls(ctx, self.store, self.policy)
+        try:
+            backups = await calls("read the chain",
+                                  lambda: restore_chain(self.store, self.req.snapshot))
+        except BrokenChain as exc:
+            raise ActivityError(str(exc), StatusCode.ERROR, "broken-chain") from exc
+        await self._check_objects(calls, backups)
+        dst = await self.servers.backend(self.req.server)
+        todo = await self._still_needed(dst, backups)
+        total = sum(m.stream_size for m in todo)
+        ctx.set_progress(0, total, unit="bytes", estimated=False)
+        ctx.counters.done = 0
+        ctx.log.info("restore planned", snapshot=self.req.snapshot, store=self.store.name,
+                     target=self.req.target_volume, backups=len(todo), bytes=total)
+        for i, manifest in enumerate(todo):
+            await ctx.checkpoint()
+            if not await dst.exists(self.req.target_volume):
+                self.created_target = True
+                ctx.remember(created_target=True)
+            await self._receive(ctx, calls, dst, manifest, force=i > 0)
+            got = await dst.snapshot(f"{self.req.target_volume}@{manifest.label}")
+            if got.guid != manifest.guid:
+                raise ActivityError(f"received {got.name} has guid {got.guid}, the backup "
+                                    f"says {manifest.guid}", StatusCode.ERROR, "verify")
+            self.received.append(got.name)
+            ctx.remember(received=self.received)
+        ctx.log.info("restore complete", snapshot=self.req.snapshot,
+                     target=self.req.target_volume, backups=len(todo))
+
+    async def _check_objects(self, calls: StoreCalls, backups: list[Manifest]) -> None:
+        """Every segment of the chain must be there, whole, before anything is received."""
+        for manifest in backups:
+            for seg in manifest.segments:
+                try:
+                    info = await calls("check segment", partial(self.store.head, seg.key))
+                except ActivityError as exc:
+                    if isinstance(exc.__cause__, ObjectMissing):
+                        raise ActivityError(
+                            f"the backup of {manifest.snapshot} is incomplete: {seg.key} is "
+                            "missing from the bucket", StatusCode.ERROR, "broken-chain") from exc
+                    raise
+                if info.size != seg.size:
+                    raise ActivityError(
+                        f"the backup of {manifest.snapshot} is damaged: {seg.key} has "
+                        f"{info.size} bytes, the manifest says {seg.size}",
+                        StatusCode.ERROR, "broken-chain")
+
+    async def _still_needed(self, dst: StorageBackend, backups: list[Manifest]) -> list[Manifest]:
+        """The part of the chain the target lacks; refuses a target that is not a copy."""
+        target = self.req.target_volume
+        pool = dst.pool_of(target)
+        if pool not in await dst.pools():
+            raise ActivityError(f"pool {pool} does not exist on {self.req.server}",
+                                StatusCode.ERROR, "conflict")
+        if not await dst.exists(target):
+            return backups
+        have = {s.guid for s in await dst.snapshots(target)}
+        present = [i for i, m in enumerate(backups) if m.guid in have]
+        if not present:
+            raise ActivityError(
+                f"{target} already exists on {self.req.server} and holds none of the "
+                "snapshots of this backup chain; restore into a new volume",
+                StatusCode.ERROR, "conflict")
+        return backups[present[-1] + 1:]
+
+    async def _receive(self, ctx: ActivityContext, calls: StoreCalls, dst: StorageBackend,
+                       manifest: Manifest, *, force: bool) -> None:
+        fds = FdSet()
+        procs: list[asyncio.subprocess.Process] = []
+        try:
+            in_r, in_w = fds.pipe(STREAM_PIPE)
+            recv_stdin = in_r
+            if manifest.compression != "none":
+                out_r, out_w = fds.pipe(STREAM_PIPE)
+                procs.append(await asyncio.create_subprocess_exec(
+                    *DECOMPRESSORS[manifest.compression], stdin=in_r, stdout=out_w,
+                    stderr=asyncio.subprocess.PIPE))
+                fds.close(in_r, out_w)
+                recv_stdin = out_r
+            # With ``force``: an incremental onto the snapshot this restore just received.
+            receiver = dst.receive(self.req.target_volume, discard_changes=force)
+            procs.insert(0, await receiver.spawn(stdin=recv_stdin,
+                                                 stdout=asyncio.subprocess.DEVNULL))
+            fds.close(recv_stdin)
+            try:
+                await download(self.store, manifest, in_w, concurrency=self.store.config.
+                               concurrency, retry=calls, checkpoint=ctx.checkpoint,
+                               on_bytes=ctx.counters.moved)
+            except CorruptPart as exc:
+                raise ActivityError(str(exc), StatusCode.ERROR, "corrupt") from exc
+            except BrokenPipeError:
+                pass  # the receiver quit early: its exit status says why
+            fds.close(in_w)
+            problem = await first_failure(
+                zip((f"zfs receive of {manifest.snapshot}", "decompressor"), procs,
+                    strict=False))
+            if problem is not None:
+                raise ActivityError(problem, StatusCode.ERROR, "backend")
+        finally:
+            fds.close_all()
+            for proc in procs:
+                await asyncio.shield(stop_process(proc))
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """Leave the target as it was: remove what this restore created or received."""
+        try:
+            dst = await self.servers.backend(self.req.server)
+        except BackendError as exc:
+            raise ActivityError(f"cannot roll back on {self.req.server}: {exc}") from exc
+        target = self.req.target_volume
+        if self.created_target:
+            # Right after the receiver is killed ZFS may still call the dataset busy.
+            async for attempt in while_busy():
+                with attempt, contextlib.suppress(NotFound):
+                    if await dst.exists(target):
+                        await dst.destroy_volume(target, force_unmount=True)
+                        ctx.log.info("removed the partly restored volume", volume=target)
+        else:
+            for name in reversed(self.received):
+                with contextlib.suppress(NotFound):
+                    await dst.destroy_snapshot(name)
+        self.received = []
+        ctx.remember(received=[], created_target=False)
+
+
+def submit_restore(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
+                   req: RestoreRequest) -> ActivityRecord:
+    validate_snapshot(req.snapshot)
+    validate_volume(req.target_volume)
+    if "/" not in req.target_volume:
+        raise ActivityError("restore into a dataset below a pool's root, e.g. POOL/restored",
+                            StatusCode.ERROR, "conflict")
+    stores.get(req.store)
+    servers.entry(req.server)
+    return engine.submit(KIND, volume=req.target_volume, source=req.store,
+                         target=req.server, params=req.params(), self_restarting=True,
+                         progress=Progress(0, 0, unit="bytes"))
+
+
+def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
+             policy: RetryPolicy) -> None:
+    engine.register(KIND, lambda r: RestoreWork(r, servers, stores, policy))

@@ -1,0 +1,222 @@
+"""A relationship: "keep volume V on master M replicated to slaves S1..Sn", as a value.
+
+Relationships come from the config file (``[relationships.NAME]``) or from the API;
+both are parsed here by one function, so a bad key gets the same clear error
+(``ConfigError`` naming the dotted key) whether it was typed in a file or posted.
+The schedule and retention grids are parsed too, so a relationship that exists
+can always run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...parsing import ConfigError, parse_duration, parse_size, reject_unknown
+from ...storage.names import (
+    InvalidName,
+    validate_object_name,
+    validate_snapshot,
+    validate_snapshot_label,
+    validate_volume,
+)
+from .retention import Tier, parse_grid
+from .schedule import Schedule, describe, parse_schedule
+
+DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
+#: A second or more of stream: identical slaves drifted apart by more than 64 MiB when they
+#: share CPUs (bench/RESULTS.md); where receives cannot resume, a split-off costs the
+#: slave the whole stream again. Chunks are shared, so this bounds the group's memory.
+DEFAULT_FANOUT_BUFFER = 256 << 20
+
+_KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
+         "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores"}
+_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit"}
+
+
+@dataclass(frozen=True)
+class SlaveSpec:
+    """One slave of a relationship: a server and the volume there that mirrors the master."""
+
+    server: str
+    target_volume: str
+    bandwidth_limit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"server": self.server, "target_volume": self.target_volume,
+                "bandwidth_limit": self.bandwidth_limit}
+
+
+@dataclass(frozen=True)
+class RelationshipSpec:
+    name: str
+    volume: str
+    master: str
+    slaves: tuple[SlaveSpec, ...]
+    schedule: Schedule
+    prefix: str
+    retention: tuple[Tier, ...]
+    slave_retention: tuple[Tier, ...]
+    retry_deadline: float | None = None
+    fanout: bool = True
+    fanout_buffer: int = DEFAULT_FANOUT_BUFFER
+    #: Object stores every cycle's snapshot is also backed up to (``[stores.NAME]``).
+    stores: tuple[str, ...] = ()
+    #: The table it was parsed from, kept to persist and show it exactly as given.
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    origin: str = "config"  # "config" | "api"
+
+    def slave(self, server: str) -> SlaveSpec:
+        for s in self.slaves:
+            if s.server == server:
+                return s
+        raise KeyError(server)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "volume": self.volume, "master": self.master,
+            "slaves": [s.to_json() for s in self.slaves], "schedule": describe(self.schedule),
+            "prefix": self.prefix, "retention": list(self.raw.get("retention",
+                                                                   DEFAULT_RETENTION)),
+            "slave_retention": list(self.raw.get("slave_retention",
+                                                 self.raw.get("retention", DEFAULT_RETENTION))),
+            "retry_deadline": self.retry_deadline, "fanout": self.fanout,
+            "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
+            "origin": self.origin,
+        }
+
+
+def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[str],
+                       key: str | None = None, origin: str = "config",
+                       stores: Collection[str] = ()) -> RelationshipSpec:
+    """Validate one relationship table; ``servers`` and ``stores`` are the configured names."""
+    key = f"relationships.{name}" if key is None else key
+    try:
+        validate_object_name(name, "relationship")
+    except InvalidName as exc:
+        raise ConfigError(key, str(exc)) from None
+    reject_unknown(t, f"{key}.", _KEYS)
+    volume = _volume(t.get("volume"), f"{key}.volume", required=True)
+    master = _server(t.get("master", "local"), f"{key}.master", servers)
+    slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master)
+    prefix = t.get("prefix", f"cerssd-{name}-")
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"{key}.prefix", "must be a non-empty string")
+    try:
+        validate_snapshot_label(prefix + "x")
+    except InvalidName as exc:
+        raise ConfigError(f"{key}.prefix", f"not usable in snapshot names: {exc}") from None
+    retention = tuple(parse_grid(_as_list(t.get("retention", DEFAULT_RETENTION),
+                                          f"{key}.retention"), f"{key}.retention"))
+    slave_grid = t.get("slave_retention", t.get("retention", DEFAULT_RETENTION))
+    slave_retention = tuple(parse_grid(_as_list(slave_grid, f"{key}.slave_retention"),
+                                       f"{key}.slave_retention"))
+    fanout = t.get("fanout", True)
+    if not isinstance(fanout, bool):
+        raise ConfigError(f"{key}.fanout", "must be true or false")
+    store_names = t.get("stores", [])
+    if not isinstance(store_names, list | tuple) or not all(
+            isinstance(x, str) for x in store_names):
+        raise ConfigError(f"{key}.stores", 'must be a list of store names such as ["s3"]')
+    store_names = tuple(store_names)
+    for i, store in enumerate(store_names):
+        if store not in stores:
+            raise ConfigError(f"{key}.stores[{i}]", f"no [stores.{store}] in the config")
+    if len(set(store_names)) != len(store_names):
+        raise ConfigError(f"{key}.stores", "names a store twice")
+    _check_label_room(prefix, [volume, *(s.target_volume for s in slaves)], f"{key}.prefix")
+    return RelationshipSpec(
+        name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
+        schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
+        prefix=prefix, retention=retention, slave_retention=slave_retention,
+        retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
+        fanout=fanout,
+        fanout_buffer=parse_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
+                                 f"{key}.fanout_buffer"),
+        raw=dict(t), origin=origin)
+
+
+#: The longest label a relationship makes after its prefix: a failover's snapshot, with
+#: a counter should the same second be taken (cycle._label, failover).
+LONGEST_LABEL_SUFFIX = "failover-20260101T000000Z-99"
+
+
+def _check_label_room(prefix: str, volumes: list[str], key: str) -> None:
+    """Every snapshot the relationship will make must fit ZFS's 255-byte name limit."""
+    for volume in volumes:
+        try:
+            validate_snapshot(f"{volume}@{prefix}{LONGEST_LABEL_SUFFIX}")
+        except InvalidName as exc:
+            raise ConfigError(key, f"too long for {volume}: the snapshots it names would "
+                              f"not fit ({exc})") from None
+
+
+def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
+            master: str) -> tuple[SlaveSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, "must be a non-empty list of slaves, each a table with "
+                          "server (and optionally target_volume, bandwidth_limit)")
+    slaves: list[SlaveSpec] = []
+    for i, item in enumerate(value):
+        k = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {"server": item}
+        if not isinstance(item, Mapping):
+            raise ConfigError(k, "must be a server name or a table")
+        reject_unknown(item, f"{k}.", _SLAVE_KEYS)
+        server = _server(item.get("server"), f"{k}.server", servers)
+        target = _volume(item.get("target_volume", volume), f"{k}.target_volume",
+                         required=True)
+        if server == master and target == volume:
+            raise ConfigError(f"{k}.target_volume", "a slave on the master's server needs "
+                              "a different target_volume")
+        if any(s.server == server for s in slaves):
+            raise ConfigError(f"{k}.server", f"{server} is already a slave of this "
+                              "relationship")
+        limit = item.get("bandwidth_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit <= 0):
+            raise ConfigError(f"{k}.bandwidth_limit", "must be a positive number of bytes "
+                              "per second")
+        slaves.append(SlaveSpec(server, target, limit))
+    return tuple(slaves)
+
+
+def _server(value: Any, key: str, servers: Collection[str]) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "must be the name of a configured server")
+    if value not in servers:
+        raise ConfigError(key, f"no server {value!r} is configured (servers: "
+                          f"{', '.join(sorted(servers))})")
+    return value
+
+
+def _volume(value: Any, key: str, *, required: bool) -> str:
+    if value is None and required:
+        raise ConfigError(key, "is required (pool/path of a filesystem or zvol)")
+    if not isinstance(value, str):
+        raise ConfigError(key, "must be a string such as tank/data")
+    try:
+        return validate_volume(value)
+    except InvalidName as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _as_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise ConfigError(key, 'must be a list of tiers such as ["1h:all", "1d:1h"]')
+    return value
+
+
+def _deadline(value: Any, key: str) -> float | None:
+    if value is None:
+        return None
+    if value == "never":
+        return float("inf")
+    seconds = parse_duration(value, key)
+    if seconds <= 0:
+        raise ConfigError(key, "must be positive (or \"never\")")
+    return seconds

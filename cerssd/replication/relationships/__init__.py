@@ -1,0 +1,1 @@
+"""The relationship manager and the activities that act on a whole relationship."""

@@ -1,0 +1,331 @@
+"""One relationship's life: a cycle per schedule tick, forever (progress 0 of 0).
+
+A cycle takes a snapshot on the master and brings every slave up to it:
+
+1. retention on the master first, while no stream reads from it, sparing every
+   slave's newest common base (and skipped altogether while one is unknown);
+2. the snapshot, named ``PREFIX + UTC time``; its name is journaled *before* it is
+   made, so a daemon killed in between uses it on restart instead of making another;
+3. one child ``replicate`` activity per slave that has no transfer under way (a
+   slave that is still retrying is not given a second one: its transfer follows
+   the newest snapshot, so after an outage it catches up in one ``-I`` incremental);
+4. slaves that need the very same stream (same snapshot, base and stream options) are
+   put in one fan-out group: one ``zfs send`` feeds them all.
+
+The cycle does not wait for its transfers: a slave that is down must not hold the
+others back. Each cycle (and the catch-up at start) first takes a turn at the daemon's
+cycle gate (``cycle_gate``), so only ``max_concurrent_cycles`` run at once. What the
+transfers achieve is recorded as they finish (``reactions.Reactions``).
+
+If the master cannot be reached the relationship reports ``retrying`` with the
+link's health, backs off, and tries again; it never fails on a lost link.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+from functools import partial
+
+from ...activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
+from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...objectstore.client import StoreError
+from ...objectstore.stores import Stores
+from ...servers import ServerRegistry, ServerUnavailable
+from ...storage.errors import BackendError
+from ...storage.interface import StorageBackend
+from ...storage.values import Snapshot
+from ...transport.errors import LinkError
+from ...volume_states import (
+    BACKING_UP,
+    REPLICATING,
+    VolumeStates,
+    backup_holds,
+    cycle_holds,
+    replication_holds,
+)
+from ..flows.backup import BackupRequest, plan_backup, submit_backup
+from ..flows.replicate import ReplicationRequest, make_plan, stream_options
+from ..flows.replicate import submit_replication as submit_transfer
+from ..logic.plan import PlanMode, ReplicationConflict
+from ..retry import RetryPolicy
+from ..stream.fanout import FanoutGroup
+from ..stream.groups import FanoutGroups, StreamKey
+from .cycle_gate import CycleGate
+from .fencing import Fencing
+from .registry import RelationshipRegistry
+from .runtime import KIND, Runtime
+from .upkeep import Upkeep
+
+
+@dataclass(frozen=True)
+class CycleDeps:
+    """What a relationship's cycles act on and through, handed in by the daemon."""
+
+    engine: ActivityEngine
+    servers: ServerRegistry
+    registry: RelationshipRegistry
+    upkeep: Upkeep
+    fencing: Fencing
+    #: A stateful volume: one activity at a time.
+    volume_states: VolumeStates
+    groups: FanoutGroups
+    #: None when no object store is configured (then no relationship names one).
+    stores: Stores | None
+    policy: RetryPolicy
+    gate: CycleGate
+
+
+class RelationshipWork:
+    def __init__(self, record: ActivityRecord, deps: CycleDeps) -> None:
+        self.name: str = record.params["relationship"]
+        self.engine = deps.engine
+        self.servers = deps.servers
+        self.registry = deps.registry
+        self.upkeep = deps.upkeep
+        self.fencing = deps.fencing
+        self.volume_states = deps.volume_states
+        self.groups = deps.groups
+        self.stores = deps.stores
+        self.policy = deps.policy
+        self.gate = deps.gate
+        self.failures = 0
+
+    async def run(self, ctx: ActivityContext) -> None:
+        rt = self.registry.runtimes.get(self.name)
+        if rt is None:
+            raise ActivityError(f"relationship {self.name} is no longer defined",
+                                StatusCode.NOT_FOUND, "not-found")
+        rt.activity_id = ctx.record.id
+        async with self._turn(ctx, rt):
+            await self.upkeep.refresh_all(rt)
+            await self._catch_up(ctx, rt)
+        while True:
+            await ctx.checkpoint()
+            if not ctx.params.get("cycle_snapshot"):
+                await self._wait_for_tick(ctx, rt)
+                await ctx.checkpoint()
+                if rt.catch_up_due:  # woken for a slave left behind, not for a cycle
+                    rt.catch_up_due = False
+                    async with self._turn(ctx, rt):
+                        await self._catch_up(ctx, rt)
+                    continue
+            try:
+                async with self._turn(ctx, rt):
+                    await self._cycle(ctx, rt)
+            except (ServerUnavailable, LinkError, BackendError) as exc:
+                await self._master_trouble(ctx, rt, exc)
+            else:
+                self.failures = 0
+
+    def _turn(self, ctx: ActivityContext, rt: Runtime) -> AbstractAsyncContextManager[None]:
+        """A turn at the daemon's cycle gate (``max_concurrent_cycles``); while the cycle
+        waits for it, the relationship's status says since when."""
+        def waiting(queued: bool) -> None:
+            rt.cycle_waiting_since = time.time() if queued else None
+            if queued:
+                ctx.log.info("cycle waits for its turn", running=self.gate.running,
+                             waiting=self.gate.waiting, limit=self.gate.limit)
+        return self.gate.turn(waiting)
+
+    async def _catch_up(self, ctx: ActivityContext, rt: Runtime) -> None:
+        """On (re)start: slaves behind the newest snapshot and with no transfer get one now.
+
+        After a cancelled relationship is resumed, or a transfer gave up while the
+        daemon was down, waiting a whole interval would leave a standby stale for no
+        reason; no new snapshot is needed for that.
+        """
+        if rt.newest is None:
+            return
+        name, guid = rt.newest
+        behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != guid}
+        behind |= {store for store, base in rt.store_bases.items() if base != guid}
+        if not behind:
+            return
+        try:
+            master = await self.servers.backend(rt.spec.master)
+            await self._start_transfers(ctx, rt, master, name, only=behind)
+        except (ServerUnavailable, LinkError, BackendError) as exc:
+            ctx.log.info("catch-up skipped; the next cycle will do", error=str(exc))
+
+    async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
+        """Until the schedule's next tick, or sync-now (which wakes the activity). A new
+        relationship starts at once: a standby that waits for the first cron slot is no
+        standby."""
+        now = time.time()
+        rt.next_cycle_at = now if rt.last_cycle_at is None \
+            else rt.schedule.next_after(rt.last_cycle_at, now)
+        # Also at 0 s: a sync-now that came while the last cycle ran is used up here.
+        await ctx.sleep(max(0.0, rt.next_cycle_at - now))
+
+    async def _master_trouble(self, ctx: ActivityContext, rt: Runtime,
+                              exc: Exception) -> None:
+        """Report the master's problem and back off; the next try is a fresh cycle."""
+        self.failures += 1
+        permanent = getattr(exc, "permanent", False)
+        rt.last_error = f"cycle failed on {rt.spec.master}: {exc}"
+        delay = min(self.policy.max_interval, 2.0 ** min(self.failures, 10))
+        ctx.log.warning("relationship cycle failed; retrying", error=str(exc),
+                        attempt=self.failures, retry_in=delay, permanent=permanent)
+        link = self.servers.links.get(rt.spec.master)
+        if link is not None and not permanent:
+            ctx.link_lost(LinkHealth(server=rt.spec.master, state=LinkCondition.RETRYING,
+                                     since=link.since, attempt=self.failures,
+                                     next_try_at=time.time() + delay, last_error=str(exc)))
+        await ctx.sleep(delay)
+
+    async def _cycle(self, ctx: ActivityContext, rt: Runtime) -> None:
+        started = time.time()  # the schedule counts from a cycle's start
+        self.fencing.fence_soon(rt)  # an old master that answers again stays read-only
+        master = await self.servers.backend(rt.spec.master)
+        if ctx.record.state == State.RETRYING:
+            ctx.link_up(rt.spec.master)
+        existing = await master.snapshots(rt.spec.volume)
+        await self.upkeep.prune_master(rt, existing)
+        snap = await self._snapshot(ctx, rt, master, existing)
+        rt.newest = (snap.name, snap.guid)
+        await self._start_transfers(ctx, rt, master, snap.name)
+        rt.last_cycle_at, rt.last_error = started, None
+        rt.cycles += 1
+        ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
+        self.registry.save(rt)
+        ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
+                     cycle=rt.cycles)
+
+    async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
+                        snapshots: list[Snapshot]) -> Snapshot:
+        existing = {s.label: s for s in snapshots}
+        label = ctx.params.get("cycle_snapshot")
+        if isinstance(label, str) and label in existing:
+            return existing[label]  # made before a restart: used, not made again
+        if not isinstance(label, str):
+            label = _label(rt.spec.prefix, time.time(), existing)
+            ctx.remember(cycle_snapshot=label)
+        snap = await master.create_snapshot(rt.spec.volume, label)
+        ctx.log.info("snapshot taken", snapshot=snap.name)
+        return snap
+
+    async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
+                               snapshot: str, only: set[str] | None = None) -> None:
+        """A transfer per slave and a backup per object store, none twice at once."""
+        for old in rt.group_ids:  # the last cycle's groups: their members have joined
+            self.groups.discard(old)
+        busy = {**self.registry.transfers(rt.name), **self.registry.backups(rt.name)}
+        wanted = [name for name in (*(s.server for s in rt.spec.slaves), *rt.spec.stores)
+                  if name not in busy and (only is None or name in only)]
+        states = self.volume_states  # a stateful volume: one activity at a time
+        wanted = states.admit(wanted, partial(cycle_holds, rt.spec), rt.name, ctx.log)
+        requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
+        backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
+        groups = await self._groups(rt, master, requests, backups) if rt.spec.fanout else {}
+        rt.group_ids = sorted(set(groups.values()))
+        for req in requests:
+            states.try_submit(replication_holds(req), REPLICATING, partial(
+                submit_transfer, self.engine,
+                replace(req, fanout_group=groups.get(req.destination)), parent=ctx.record.id),
+                ctx.log)
+        for b in backups:
+            try:
+                assert self.stores is not None  # the spec names configured stores
+                states.try_submit(backup_holds(b), BACKING_UP, partial(
+                    submit_backup, self.engine, self.servers, self.stores,
+                    replace(b, fanout_group=groups.get(b.store))), ctx.log)
+            except ActivityError as exc:
+                rt.last_error = f"backup to {b.store} not started: {exc.message}"
+                ctx.log.warning("backup not started", store=b.store, error=exc.message)
+
+    def _request(self, rt: Runtime, server: str, snapshot: str) -> ReplicationRequest:
+        slave = rt.spec.slave(server)
+        return ReplicationRequest(
+            snapshot=snapshot, source=rt.spec.master, destination=server,
+            target_volume=slave.target_volume, intermediates=True,
+            bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name)
+
+    @staticmethod
+    def _backup(rt: Runtime, store: str, snapshot: str) -> BackupRequest:
+        return BackupRequest(snapshot=snapshot, server=rt.spec.master, store=store,
+                             relationship=rt.name, latest_prefix=rt.spec.prefix,
+                             intermediates=True)
+
+    async def _groups(self, rt: Runtime, master: StorageBackend,
+                      requests: list[ReplicationRequest],
+                      backups: list[BackupRequest]) -> dict[str, str]:
+        """Slaves and stores needing the same stream, grouped: member -> group id."""
+        by_key: dict[StreamKey, list[str]] = {}
+        bases: dict[StreamKey, str | None] = {}
+        snapshot = requests[0].snapshot if requests else backups[0].snapshot if backups \
+            else None
+        planned = [(r.destination, await self._stream_key(master, r)) for r in requests]
+        planned += [(b.store, await self._backup_key(master, b)) for b in backups]
+        for member, found in planned:
+            if found is not None:
+                key, bases[key] = found
+                by_key.setdefault(key, []).append(member)
+        members: dict[str, str] = {}
+        for key, names in by_key.items():
+            if len(names) < 2 or snapshot is None:
+                continue
+            group_id = uuid.uuid4().hex[:12]
+            sender = master.send(snapshot, bases[key], intermediates=key.intermediates,
+                                 options=key.options)
+            self.groups.add(group_id, key, FanoutGroup(
+                sender, names, buffer_limit=rt.spec.fanout_buffer,
+                stall_timeout=self.policy.stall_timeout))
+            members.update(dict.fromkeys(names, group_id))
+        return members
+
+    async def _backup_key(self, master: StorageBackend, req: BackupRequest,
+                          ) -> tuple[StreamKey, str | None] | None:
+        """The stream this store's backup needs now (and its base's name), or None."""
+        stores = self.stores
+        if stores is None:
+            return None
+        try:
+            plan = await plan_backup(master, stores.get(req.store), req)
+        except (StoreError, BackendError, LinkError):
+            return None  # its backup plans (and reports) on its own
+        if plan.done:
+            return None
+        return plan.key, plan.base.name if plan.base else None
+
+    async def _stream_key(self, master: StorageBackend, req: ReplicationRequest,
+                          ) -> tuple[StreamKey, str | None] | None:
+        """The stream this slave needs now (and its base's name), or None if unknown here."""
+        try:
+            dst = await self.servers.backend(req.destination)
+            plan = await make_plan(req, master, dst)
+            options = await stream_options(master, dst, plan.snapshot.volume)
+        except (ReplicationConflict, BackendError, LinkError):
+            return None  # its transfer plans (and reports) on its own
+        if plan.mode == PlanMode.UP_TO_DATE or plan.overwrite or plan.chain:
+            return None  # a chain of -i steps is several streams: each slave sends its own
+        key = StreamKey(plan.snapshot.guid, plan.base.guid if plan.base else None, options,
+                        plan.intermediates)
+        return key, plan.base.name if plan.base else None
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """Cancelled by the operator: cancel (and so roll back) its running transfers."""
+        if not ctx.cancel_requested:
+            return  # failed or checkpointed at shutdown: transfers carry on / restart
+        for transfer in self.registry.transfers(self.name).values():
+            try:
+                await self.engine.cancel(transfer.id)
+            except Exception as exc:  # already finishing: nothing left to cancel
+                ctx.log.info("transfer not cancelled", activity=transfer.id, error=str(exc))
+            await transfer.done.wait()
+
+
+def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:
+    base = prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    label, n = base, 1
+    while label in existing:
+        n += 1
+        label = f"{base}-{n}"
+    return label
+
+
+def register(engine: ActivityEngine, deps: CycleDeps) -> None:
+    engine.register(KIND, lambda r: RelationshipWork(r, deps))

@@ -1,0 +1,115 @@
+"""What the relationship manager does when one of a relationship's activities changes.
+
+One engine listener, so the generic activity verbs act on relationships too:
+
+* pausing the relationship's activity suspends its running transfers, resuming it
+  resumes them (``/v1/activities/{id}/suspend`` does the same as ``/pause``); a
+  cancelled one leaves the relationship stopped;
+* a finished transfer updates its slave's facts and prunes the slave, and wakes the
+  relationship's activity if the slave is still behind the newest snapshot;
+* a finished backup records its store's new base;
+* once the last stream from the master has ended, the master is thinned too.
+
+Listeners are synchronous: the work runs as background tasks.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from ...activity import ActivityRecord, State
+from ...engine import Activity, ActivityEngine
+from ...storage.errors import BackendError
+from ...transport.errors import LinkError
+from ..flows import backup, replicate, snapshot_prune
+from ..logic.slave_status import SlaveStatus
+from .background import BackgroundTasks
+from .registry import RelationshipRegistry
+from .runtime import KIND, Runtime
+from .upkeep import Upkeep
+
+log = structlog.get_logger("cerssd.relationships")
+
+
+class Reactions:
+    def __init__(self, engine: ActivityEngine, registry: RelationshipRegistry,
+                 upkeep: Upkeep) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.upkeep = upkeep
+        self._tasks = BackgroundTasks()
+        engine.add_listener(self._on_change)
+
+    def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
+        name = record.params.get("relationship")
+        rt = self.registry.runtimes.get(name) if isinstance(name, str) else None
+        if rt is None:
+            return
+        if record.kind == KIND and record.id == rt.activity_id:
+            self._follow_parent(rt, record)
+        elif record.kind == replicate.KIND and record.state.terminal:
+            self._tasks.spawn(self._after_transfer(rt, record))
+        elif record.kind == backup.KIND and record.state.terminal:
+            self._tasks.spawn(self._after_backup(rt, record))
+        elif record.kind == snapshot_prune.KIND and record.state.terminal and rt.master_prune_due \
+                and record.params.get("server") == rt.spec.master:
+            rt.master_prune_due = False
+            self._tasks.spawn_quietly(self.upkeep.prune_master(rt))
+
+    def _follow_parent(self, rt: Runtime, record: ActivityRecord) -> None:
+        """Pause or resume the relationship's running transfers with it."""
+        if record.state == State.SUSPENDED:
+            for transfer in self.registry.transfers(rt.name).values():
+                if transfer.record.state in (State.RUNNING, State.RETRYING):
+                    rt.suspended_children.add(transfer.id)
+                    self._tasks.spawn_quietly(self.engine.suspend(transfer.id))
+        elif record.state == State.RUNNING and rt.suspended_children:
+            for child in list(rt.suspended_children):
+                self._tasks.spawn_quietly(self.engine.resume(child))
+            rt.suspended_children.clear()
+        elif record.state == State.CANCELLED:
+            rt.stopped = True
+            self.registry.save(rt)
+
+    async def _after_transfer(self, rt: Runtime, record: ActivityRecord) -> None:
+        server = record.params["destination"]
+        status = rt.slaves.get(server)
+        if status is None:
+            return
+        if record.state == State.SUCCEEDED:
+            status.error = None
+            status.last_success_at = record.finished_at
+            status.last_cycle_bytes = record.usage.bytes_on_wire
+        elif record.state == State.FAILED and record.status is not None:
+            status.error = record.status.message
+        await self.upkeep.refresh_slave(rt, server)
+        self.registry.save(rt)
+        if record.state == State.SUCCEEDED:
+            await self.upkeep.prune_slave(rt, server)
+            self._catch_up_if_behind(rt, status)
+        await self._after_stream(rt)
+
+    def _catch_up_if_behind(self, rt: Runtime, status: SlaveStatus) -> None:
+        activity = self.registry.activity_of(rt)
+        if (rt.newest is None or status.last_snapshot_guid == rt.newest[1]
+                or activity is None or activity.record.state != State.RUNNING
+                or status.server in self.registry.transfers(rt.name)):
+            return
+        rt.catch_up_due = True
+        self.engine.wake(activity.id)
+
+    async def _after_backup(self, rt: Runtime, record: ActivityRecord) -> None:
+        store = record.params["store"]
+        if record.state == State.SUCCEEDED and store in rt.store_bases:
+            rt.store_bases[store] = record.params.get("guid")
+            self.registry.save(rt)
+        await self._after_stream(rt)
+
+    async def _after_stream(self, rt: Runtime) -> None:
+        """The cycle's last stream from the master has ended: thin the master too."""
+        if self.registry.transfers(rt.name) or self.registry.backups(rt.name):
+            return
+        try:
+            await self.upkeep.prune_master(rt)
+        except (BackendError, LinkError) as exc:
+            log.info("master retention skipped", relationship=rt.name, error=str(exc))

@@ -1,0 +1,84 @@
+"""Relationships as the API and the metrics show them: JSON documents, derived states.
+
+Read-only: nothing here changes a relationship. Each slave's state is derived from its
+facts, its live transfer and its link at the moment of asking (``status.slave_state``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from ...activity import ActivityRecord, State
+from ...links import Links
+from ..logic.roles import ReplicationStatus, replication_status
+from ..logic.slave_status import RelationshipState, slave_json, slave_state
+from .registry import RelationshipRegistry
+from .runtime import Runtime
+
+
+class RelationshipView:
+    def __init__(self, registry: RelationshipRegistry, links: Links) -> None:
+        self.registry = registry
+        #: Each server's and object store's link, by name (the health shown with it).
+        self.links = links
+
+    def all(self) -> Iterable[Runtime]:
+        return self.registry.all()
+
+    def to_json(self, rt: Runtime) -> dict[str, Any]:
+        activity = self.registry.activity_of(rt)
+        record = activity.snapshot() if activity else None
+        return {
+            **rt.spec.to_json(),
+            "state": _state(record),
+            "replication_status": self.replication_status(rt),
+            "active_server": rt.spec.master, "home_master": rt.home,
+            "failover": rt.failover.to_json(),
+            "activity": record.id if record else None,
+            "link": asdict(record.link) if record and record.link else None,
+            "cycles": rt.cycles, "last_cycle_at": rt.last_cycle_at,
+            "next_cycle_at": rt.next_cycle_at if record else None,
+            "cycle_waiting_since": rt.cycle_waiting_since if record else None,
+            "newest_snapshot": rt.newest[0] if rt.newest else None,
+            "last_error": rt.last_error, "slaves": self.slaves_json(rt),
+            "backups": self.stores_json(rt),
+        }
+
+    def slaves_json(self, rt: Runtime) -> list[dict[str, Any]]:
+        """Each slave's facts with its derived state, live transfer and link."""
+        now = time.time()
+        transfers = self.registry.transfers(rt.name)
+        newest = rt.newest[1] if rt.newest else None
+        slaves = []
+        for server, status in rt.slaves.items():
+            transfer = transfers[server].snapshot() if server in transfers else None
+            link = self.links.get(server)
+            state = slave_state(status, newest_guid=newest, transfer=transfer, link=link)
+            slaves.append(slave_json(status, now=now, state=state, transfer=transfer,
+                                     link=link))
+        return slaves
+
+    def stores_json(self, rt: Runtime) -> list[dict[str, Any]]:
+        """Each object store's newest backup (by guid) and its live backup, if any."""
+        live = self.registry.backups(rt.name)
+        return [{"store": store, "last_backup_guid": base,
+                 "backup": live[store].snapshot().to_json() if store in live else None,
+                 "link": link.to_json() if (link := self.links.get(store)) else None}
+                for store, base in rt.store_bases.items()]
+
+    def replication_status(self, rt: Runtime) -> ReplicationStatus:
+        activity = self.registry.activity_of(rt)
+        replicating = activity is not None and activity.record.state != State.SUSPENDED
+        return replication_status(rt.spec, rt.home, rt.failover, replicating=replicating)
+
+
+def _state(record: ActivityRecord | None) -> RelationshipState:
+    if record is None:
+        return RelationshipState.STOPPED
+    by_activity = {State.SUSPENDED: RelationshipState.PAUSED,
+                   State.RETRYING: RelationshipState.RETRYING,
+                   State.CANCELLING: RelationshipState.STOPPING}
+    return by_activity.get(record.state, RelationshipState.RUNNING)

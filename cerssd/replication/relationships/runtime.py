@@ -1,0 +1,130 @@
+"""One relationship's live state (``Runtime``), and the errors its verbs raise.
+
+The definition (``relationship.RelationshipSpec``, parsed from the config or the API)
+says what to keep replicated; a ``Runtime`` is what the daemon knows about it now:
+the roles a failover left, each slave's facts, the newest snapshot, the ids of its
+activities. The facts that must survive a restart are ``remembered()`` into the
+journal and read back by ``restore_runtime``. Every part of the relationship manager
+(registry, verbs, fencing, reactions, upkeep, rendering) and the flows that act on a
+relationship share this one object per relationship.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..logic.roles import FailoverState, apply_roles, roles_json
+from ..logic.schedule import Schedule
+from ..logic.slave_status import SlaveStatus
+from ..logic.spec import RelationshipSpec
+
+#: The activity kind of a relationship's long-lived activity (``relationships/cycle.py``).
+KIND = "relationship"
+
+
+class RelationshipError(Exception):
+    """An operator's request about a relationship that cannot be done (HTTP 409)."""
+
+
+class UnknownRelationship(KeyError):
+    pass
+
+
+@dataclass
+class Runtime:
+    """One relationship's live state; ``spec`` is its definition."""
+
+    spec: RelationshipSpec
+    slaves: dict[str, SlaveStatus]
+    #: The master its definition names; a failover away from it makes ``spec.master``
+    #: differ, and a failover back to it is a failback.
+    home: str = ""
+    failover: FailoverState = field(default_factory=FailoverState)
+    stopped: bool = False
+    last_cycle_at: float | None = None
+    next_cycle_at: float | None = None
+    cycles: int = 0
+    #: A slave finished a transfer still behind the newest snapshot (a cycle ran while
+    #: it was sending an older one): the relationship's activity catches it up now.
+    catch_up_due: bool = False
+    #: A pass of ``Fencing.enforce`` is under way.
+    fencing: bool = False
+    #: The master's newest snapshot of this relationship: (name, guid), remembered.
+    newest: tuple[str, str] | None = None
+    last_error: str | None = None
+    #: Since when its cycle waits for a turn (``max_concurrent_cycles``); None if not.
+    cycle_waiting_since: float | None = None
+    activity_id: str | None = None
+    suspended_children: set[str] = field(default_factory=set)
+    group_ids: list[str] = field(default_factory=list)
+    #: A master retention pass was skipped while an earlier one ran: run it after.
+    master_prune_due: bool = False
+    #: Per object store: the guid of its newest backup of the volume (the next
+    #: incremental's base, kept on the master like a slave's), None while unknown.
+    store_bases: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.spec.schedule
+
+    def remembered(self) -> dict[str, Any]:
+        return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
+                "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
+                "slaves": {n: s.remembered() for n, s in self.slaves.items()},
+                "store_bases": dict(self.store_bases),
+                "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
+                "failover": self.failover.remembered()}
+
+    def take_roles(self, spec: RelationshipSpec) -> None:
+        """Put new roles in force; a slave kept in the same place keeps its facts."""
+        old = self.slaves
+        self.spec = spec
+        self.slaves = {s.server: old[s.server] if s.server in old
+                       and old[s.server].target_volume == s.target_volume
+                       else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
+        self.newest = None
+        self.group_ids = []
+
+
+def new_runtime(spec: RelationshipSpec) -> Runtime:
+    """The live state of a relationship just defined: nothing known yet."""
+    return Runtime(spec, {s.server: SlaveStatus(s.server, s.target_volume)
+                          for s in spec.slaves}, home=spec.master,
+                   store_bases=dict.fromkeys(spec.stores))
+
+
+def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
+                    servers: Collection[str]) -> Runtime:
+    """The live state of ``spec``: remembered facts, and the roles a failover left.
+
+    Raises ``roles.RolesInvalid`` when the remembered roles name servers no longer
+    configured."""
+    home = spec.master
+    if state.get("roles"):
+        spec = apply_roles(spec, state["roles"], servers)
+    slaves = {s.server: SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
+    for name, facts in state.get("slaves", {}).items():
+        if name in slaves:
+            slaves[name].restore(facts)
+    newest = state.get("newest")
+    remembered_bases = state.get("store_bases", {})
+    return Runtime(spec, slaves, home=home,
+                   failover=FailoverState.restore(state.get("failover") or {}),
+                   stopped=bool(state.get("stopped")),
+                   last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
+                   newest=(newest[0], newest[1]) if newest else None,
+                   store_bases={s: remembered_bases.get(s) for s in spec.stores})
+
+
+def check_no_failover(rt: Runtime) -> None:
+    """Refuse (409) while a failover or failback of ``rt`` runs: its roles are moving."""
+    if rt.failover.in_progress:
+        raise RelationshipError(
+            f"relationship {rt.name} is {rt.failover.status} (activity "
+            f"{rt.failover.activity}); wait for it to end")

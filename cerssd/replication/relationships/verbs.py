@@ -1,0 +1,74 @@
+"""The operator's verbs on a relationship: create, remove, pause, resume, sync-now.
+
+Each checks that the verb makes sense now (409 ``RelationshipError`` with the reason
+if not: a failover in progress, stopped, already paused, defined in the config file)
+and then acts through the registry and the engine. Failover and rejoin are activities
+of their own (``failover.py``, ``rejoin.py``).
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from ...activity import ActivityRecord, State
+from ...engine import ActivityEngine
+from ..logic.spec import RelationshipSpec
+from .registry import RelationshipRegistry
+from .runtime import RelationshipError, Runtime, check_no_failover
+
+log = structlog.get_logger("cerssd.relationships")
+
+
+class OperatorVerbs:
+    def __init__(self, engine: ActivityEngine, registry: RelationshipRegistry) -> None:
+        self.engine = engine
+        self.registry = registry
+
+    def create(self, spec: RelationshipSpec) -> Runtime:
+        rt = self.registry.add(spec)
+        self.registry.launch(rt)
+        log.info("relationship created", relationship=spec.name, volume=spec.volume,
+                 slaves=[s.server for s in spec.slaves])
+        return rt
+
+    async def remove(self, name: str) -> None:
+        rt = self.registry.get(name)
+        check_no_failover(rt)
+        if rt.spec.origin == "config":
+            raise RelationshipError(f"relationship {name} is defined in the config file; "
+                                    "remove it there and restart cerssd")
+        await self.registry.stop(rt)
+        self.registry.remove(name)
+        log.info("relationship removed; its snapshots were left in place", relationship=name)
+
+    async def pause(self, name: str) -> ActivityRecord:
+        rt = self.registry.get(name)
+        check_no_failover(rt)
+        activity = self.registry.activity_of(rt)
+        if activity is None:
+            raise RelationshipError(f"relationship {name} is stopped")
+        if activity.record.state == State.SUSPENDED:
+            raise RelationshipError(f"relationship {name} is already paused")
+        return await self.engine.suspend(activity.id)
+
+    async def resume(self, name: str) -> ActivityRecord:
+        """Resume a paused relationship, or start a stopped one again."""
+        rt = self.registry.get(name)
+        check_no_failover(rt)
+        activity = self.registry.activity_of(rt)
+        if activity is None:
+            return self.registry.start_again(rt)
+        return await self.engine.resume(activity.id)
+
+    def sync_now(self, name: str) -> None:
+        """Start a cycle at once, and cut the back-off of its retrying transfers."""
+        rt = self.registry.get(name)
+        check_no_failover(rt)
+        activity = self.registry.activity_of(rt)
+        if activity is None:
+            raise RelationshipError(f"relationship {name} is stopped; resume it first")
+        if activity.record.state == State.SUSPENDED:
+            raise RelationshipError(f"relationship {name} is paused; resume it first")
+        self.engine.wake(activity.id)  # its wait for the next tick ends now
+        for transfer in self.registry.transfers(name).values():
+            self.engine.wake(transfer.id)

@@ -1,0 +1,1 @@
+"""The byte pipeline: processes, pipes and sockets between a send and its receivers."""
