@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -96,17 +97,25 @@ class ReplicationRequest:
         return self.target_volume + STAGING_SUFFIX
 
 
-async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBackend) -> Plan:
+async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBackend, *,
+                    source_snaps: list[Snapshot] | None = None) -> Plan:
+    """The plan from one listing of each side's snapshots (``source_snaps``: the source's,
+    when the caller has just listed them). The target's pool and parent are asked about
+    only when the target does not exist: a volume that exists has both."""
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
+    if source_snaps is None:
+        try:
+            source_snaps = await src.snapshots(snap.volume)
+        except NotFound:
+            source_snaps = []
     try:
-        source_snaps = await src.snapshots(snap.volume)
+        target_snaps = await dst.snapshots(req.target_volume)
+        exists = True
     except NotFound:
-        source_snaps = []
-    exists = await dst.exists(req.target_volume)
-    if not exists and (problem := await dst.target_problem(req.target_volume)):
-        raise TargetPoolMissing(problem)
-    target_snaps = await dst.snapshots(req.target_volume) if exists else []
+        if problem := await dst.target_problem(req.target_volume):
+            raise TargetPoolMissing(problem) from None
+        target_snaps, exists = [], False
     bookmarks = await src.bookmarks(snap.volume) if source_snaps else []
     plan = plan_replication(
         snapshot_name=req.snapshot, source_snapshots=source_snaps,
@@ -114,6 +123,7 @@ async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBa
         target_snapshots=target_snaps, force_full_copy=req.force_full_copy,
         intermediates=req.intermediates, overwrite=req.overwrite,
         source_bookmarks=bookmarks)
+    plan = replace(plan, listed=(tuple(source_snaps), tuple(target_snaps)))
     if not src.capabilities.safe_send_holds:
         plan = without_intermediates(plan, source_snaps)
     return plan
@@ -248,12 +258,13 @@ class ReplicateWork:
             receive_into, token = self.req.target_volume, None
         if token is None:
             await self._clean_leftovers(ctx, dst)
-            await self._follow_latest(ctx, src)
-            plan = await self._plan(src, dst)
+            listed = await self._follow_latest(ctx, src)
+            plan = await self._plan(src, dst, source_snaps=listed)
             if plan.mode == PlanMode.UP_TO_DATE:
                 ctx.set_progress(0, 0)
                 ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
                 await self._finish_target(src, dst, plan)
+                _remember_received(ctx, plan)
                 return
             receive_into = self.req.staging_volume if plan.overwrite else plan.target_volume
             if plan.mode == PlanMode.FULL and not plan.overwrite and not self.target_created:
@@ -296,6 +307,7 @@ class ReplicateWork:
             await self._replace_target(ctx, dst)
         await self._verify(plan, dst)
         await self._finish_target(src, dst, plan)
+        _remember_received(ctx, plan)
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
 
@@ -318,10 +330,11 @@ class ReplicateWork:
         return self.req.target_volume, None
 
     async def _plan(self, src: StorageBackend, dst: StorageBackend, *,
-                    resuming: bool = False) -> Plan:
+                    resuming: bool = False,
+                    source_snaps: list[Snapshot] | None = None) -> Plan:
         try:
             if not resuming:
-                return await make_plan(self.req, src, dst)
+                return await make_plan(self.req, src, dst, source_snaps=source_snaps)
             snap = await src.snapshot(self.req.snapshot)
             return Plan(PlanMode.RESUME, snap, None, self.req.target_volume)
         except ReplicationConflict as exc:
@@ -329,18 +342,25 @@ class ReplicateWork:
         except NotFound as exc:
             raise ActivityError(str(exc), StatusCode.NOT_FOUND, "not-found") from exc
 
-    async def _follow_latest(self, ctx: ActivityContext, src: StorageBackend) -> None:
-        """For a relationship: aim at the master's newest snapshot of the relationship."""
+    async def _follow_latest(self, ctx: ActivityContext,
+                             src: StorageBackend) -> list[Snapshot] | None:
+        """For a relationship: aim at the master's newest snapshot of the relationship.
+        Returns the source's snapshots it listed for that (the plan uses them), if any."""
         prefix = self.req.latest_prefix
         if prefix is None:
-            return
+            return None
         volume = validate_snapshot(self.req.snapshot).volume
-        ours = [s for s in await src.snapshots(volume) if s.label.startswith(prefix)]
+        try:
+            listed = await src.snapshots(volume)
+        except NotFound:
+            return None  # the plan says what is missing
+        ours = [s for s in listed if s.label.startswith(prefix)]
         if ours and ours[-1].name != self.req.snapshot:
             ctx.log.info("catching up to the newest snapshot", snapshot=ours[-1].name,
                          was=self.req.snapshot)
             self.req = replace(self.req, snapshot=ours[-1].name)
             ctx.remember(snapshot=self.req.snapshot)
+        return listed
 
     def _member_of(self, plan: Plan, options: StreamOptions,
                    token: str | None) -> FanoutGroup | None:
@@ -438,33 +458,44 @@ class ReplicateWork:
                     structlog.get_logger("cerssd.replicate").warning(
                         "replica marked read-only but still mounted writable",
                         target=plan.target_volume, error=str(exc))
+            # An overwritten target is another volume than the one listed.
+            listed = plan.listed[1] if plan.listed and not plan.overwrite else None
             await self._move_hold(dst, plan.target_volume, plan.target_snapshot,
-                                  plan.snapshot.label)
+                                  plan.snapshot.label, listed)
 
         async def source_side() -> None:
             await self._move_hold(src, plan.snapshot.volume, plan.snapshot.name,
-                                  plan.snapshot.label)
+                                  plan.snapshot.label, plan.listed[0] if plan.listed else None)
             # Still a base for the next incremental if the snapshot is destroyed after all.
             await src.mark_base(plan.snapshot, self.req.destination)
 
         await asyncio.gather(destination_side(), source_side())
 
     async def _move_hold(self, backend: StorageBackend, volume: str, snapshot: str,
-                         label: str) -> None:
+                         label: str, listed: Sequence[Snapshot] | None) -> None:
+        """Pin the new common snapshot, unpin this destination's older bases.
+
+        ``listed`` is the plan's listing of ``volume``, if it has one: only this activity
+        moves this destination's pin (one transfer per destination at a time), so every
+        snapshot that carried it already had a user reference there, and the snapshots
+        received or made since carry none of ours but the one just pinned.
+        """
         if not backend.capabilities.holds:
             return
         await backend.pin(snapshot, self.req.destination)
-        await self._release_all(backend, volume, keep=label)
+        await self._release_all(backend, volume, keep=label, listed=listed)
 
-    async def _release_all(self, backend: StorageBackend, volume: str, keep: str = "") -> None:
+    async def _release_all(self, backend: StorageBackend, volume: str, keep: str = "",
+                           listed: Sequence[Snapshot] | None = None) -> None:
         """Unpin this destination's base from every held snapshot of ``volume`` but one.
 
         Every snapshot with a user reference is asked (a backend may not list its pins
         cheaply); one without this destination's pin is not an error.
+        ``listed``: a recent listing of the volume to use instead of a new one.
         """
         if not backend.capabilities.holds:
             return
-        for snap in await backend.snapshots(volume):
+        for snap in listed if listed is not None else await backend.snapshots(volume):
             if snap.userrefs and snap.label != keep:
                 await backend.unpin(snap.name, self.req.destination)
 
@@ -523,6 +554,13 @@ class ReplicateWork:
         if self._is_remote(self.req.destination) or not self._is_remote(self.req.source):
             return self.req.destination
         return self.req.source
+
+
+def _remember_received(ctx: ActivityContext, plan: Plan) -> None:
+    """The snapshot the destination now shares with the source: the relationship takes
+    its slave's newest common base from here instead of listing both sides again."""
+    ctx.remember(received={"label": plan.snapshot.label, "guid": plan.snapshot.guid,
+                           "creation": plan.snapshot.creation})
 
 
 def submit_replication(engine: ActivityEngine, req: ReplicationRequest,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ...storage.values import Snapshot
 
@@ -70,6 +70,11 @@ class Plan:
     #: (base -> chain[0] -> ... -> snapshot) instead of one ``-I`` stream, on a source
     #: whose ``-I`` leaves snapshots held when it is killed (``without_intermediates``).
     chain: tuple[Snapshot, ...] = ()
+    #: The snapshot listings the plan was made from (source, target), so the transfer
+    #: that carries it out finds its holds to release without listing both sides again;
+    #: None for a plan made without them (a resumed receive).
+    listed: tuple[tuple[Snapshot, ...], tuple[Snapshot, ...]] | None = field(
+        default=None, compare=False, repr=False)
 
     @property
     def target_snapshot(self) -> str:

@@ -186,7 +186,8 @@ class RelationshipWork:
         await self.upkeep.prune_master(rt, existing)
         snap = await self._snapshot(ctx, rt, master, existing)
         rt.newest = (snap.name, snap.guid)
-        await self._start_transfers(ctx, rt, master, snap.name)
+        listed = existing if any(s.name == snap.name for s in existing) else [*existing, snap]
+        await self._start_transfers(ctx, rt, master, snap.name, listed=listed)
         rt.last_cycle_at, rt.last_error = started, None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
@@ -208,8 +209,10 @@ class RelationshipWork:
         return snap
 
     async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
-                               snapshot: str, only: set[str] | None = None) -> None:
-        """A transfer per slave and a backup per object store, none twice at once."""
+                               snapshot: str, only: set[str] | None = None,
+                               listed: list[Snapshot] | None = None) -> None:
+        """A transfer per slave and a backup per object store, none twice at once.
+        ``listed``: the master's snapshots of the volume, when the cycle has them."""
         for old in rt.group_ids:  # the last cycle's groups: their members have joined
             self.groups.discard(old)
         busy = {**self.registry.transfers(rt.name), **self.registry.backups(rt.name)}
@@ -219,7 +222,8 @@ class RelationshipWork:
         wanted = states.admit(wanted, partial(cycle_holds, rt.spec), rt.name, ctx.log)
         requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
         backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
-        groups = await self._groups(rt, master, requests, backups) if rt.spec.fanout else {}
+        groups = await self._groups(rt, master, requests, backups, listed) \
+            if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
             states.try_submit(replication_holds(req), REPLICATING, partial(
@@ -252,13 +256,17 @@ class RelationshipWork:
 
     async def _groups(self, rt: Runtime, master: StorageBackend,
                       requests: list[ReplicationRequest],
-                      backups: list[BackupRequest]) -> dict[str, str]:
-        """Slaves and stores needing the same stream, grouped: member -> group id."""
+                      backups: list[BackupRequest],
+                      listed: list[Snapshot] | None = None) -> dict[str, str]:
+        """Slaves and stores needing the same stream, grouped: member -> group id.
+        Each slave's plan uses the cycle's listing of the master (``listed``) rather than
+        one of its own: each listing costs ZFS a visit to every snapshot kept."""
         by_key: dict[StreamKey, list[str]] = {}
         bases: dict[StreamKey, str | None] = {}
         snapshot = requests[0].snapshot if requests else backups[0].snapshot if backups \
             else None
-        planned = [(r.destination, await self._stream_key(master, r)) for r in requests]
+        planned = [(r.destination, await self._stream_key(master, r, listed))
+                   for r in requests]
         planned += [(b.store, await self._backup_key(master, b)) for b in backups]
         for member, found in planned:
             if found is not None:
@@ -292,11 +300,12 @@ class RelationshipWork:
         return plan.key, plan.base.name if plan.base else None
 
     async def _stream_key(self, master: StorageBackend, req: ReplicationRequest,
+                          listed: list[Snapshot] | None = None,
                           ) -> tuple[StreamKey, str | None] | None:
         """The stream this slave needs now (and its base's name), or None if unknown here."""
         try:
             dst = await self.servers.backend(req.destination)
-            plan = await make_plan(req, master, dst)
+            plan = await make_plan(req, master, dst, source_snaps=listed)
             options = await stream_options(master, dst, plan.snapshot.volume)
         except (ReplicationConflict, BackendError, LinkError):
             return None  # its transfer plans (and reports) on its own

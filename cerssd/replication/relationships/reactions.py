@@ -82,7 +82,16 @@ class Reactions:
             status.last_cycle_bytes = record.usage.bytes_on_wire
         elif record.state == State.FAILED and record.status is not None:
             status.error = record.status.message
-        await self.upkeep.refresh_slave(rt, server)
+        received = record.params.get("received")
+        if record.state == State.SUCCEEDED and isinstance(received, dict) \
+                and record.params.get("target_volume") == status.target_volume:
+            # The snapshot it sent is the newest the slave shares with the master (one
+            # transfer per slave at a time): known without listing either side again.
+            status.last_snapshot = f"{status.target_volume}@{received['label']}"
+            status.last_snapshot_guid = received["guid"]
+            status.last_snapshot_created = float(received["creation"])
+        else:
+            await self.upkeep.refresh_slave(rt, server)
         self.registry.save(rt)
         if record.state == State.SUCCEEDED:
             await self.upkeep.prune_slave(rt, server)

@@ -171,16 +171,9 @@ class ZfsBackend:
         """Snapshots of ``volume`` oldest first (by creation txg: creation has 1 s steps)."""
         validate_volume(volume)
         rows = await self._props(_SNAPSHOT_PROPS, volume, depth=1)
-        snaps: list[tuple[int, Snapshot]] = []
-        for name, p in rows.items():
-            vol, at, label = name.partition("@")
-            if at and vol == volume and p.get("type") == "snapshot":
-                snaps.append((_int(p.get("createtxg")), Snapshot(
-                    name=name, volume=vol, label=label, guid=p["guid"],
-                    creation=int(p["creation"]), used=_int(p.get("used")),
-                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")),
-                    createtxg=_int(p.get("createtxg")))))
-        return [snap for _, snap in sorted(snaps, key=lambda pair: pair[0])]
+        snaps = [_snapshot(name, p) for name, p in rows.items()
+                 if name.partition("@")[0] == volume and p.get("type") == "snapshot"]
+        return sorted(snaps, key=lambda snap: snap.createtxg)
 
     async def bookmarks(self, volume: str) -> list[Snapshot]:
         """Bookmarks of ``volume`` oldest first; empty where this zfs has none."""
@@ -219,11 +212,17 @@ class ZfsBackend:
         return out.strip() not in ("", "-", "off")
 
     async def snapshot(self, name: str) -> Snapshot:
-        snap = validate_snapshot(name)
-        for candidate in await self.snapshots(snap.volume):
-            if candidate.name == name:
-                return candidate
-        raise NotFound(f"snapshot {name} does not exist on {self.server}")
+        """One snapshot's facts: a ``zfs get`` of that name alone, never a listing of the
+        volume's snapshots (each one listed costs zfs-fuse about 1 ms of CPU, and a
+        cycle's checks would pay that for every snapshot retention keeps)."""
+        validate_snapshot(name)
+        try:
+            rows = await self._props(_SNAPSHOT_PROPS, name)
+        except NotFound:
+            rows = {}
+        if rows.get(name, {}).get("type") != "snapshot":
+            raise NotFound(f"snapshot {name} does not exist on {self.server}")
+        return _snapshot(name, rows[name])
 
     async def create_snapshot(self, volume: str, label: str) -> Snapshot:
         validate_volume(volume)
@@ -501,6 +500,14 @@ def _volume(name: str, p: dict[str, str]) -> Volume:
     return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
                   used=_int(p.get("used")), referenced=_int(p.get("referenced")),
                   readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes")
+
+
+def _snapshot(name: str, p: dict[str, str]) -> Snapshot:
+    volume, _, label = name.partition("@")
+    return Snapshot(name=name, volume=volume, label=label, guid=p["guid"],
+                    creation=int(p["creation"]), used=_int(p.get("used")),
+                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")),
+                    createtxg=_int(p.get("createtxg")))
 
 
 def _only_missing(stderr: str) -> bool:
