@@ -20,6 +20,11 @@ For each run it records:
 
 The filled journal is built once and cached in ``--cache`` (rebuilt when older than a day,
 so its records stay inside the default 7-day retention).
+
+``--baseline-code DIR`` also runs, in each round and interleaved with the others, the daemon
+of another checkout (a directory holding its ``cerssd`` package, e.g. ``git archive main
+cerssd | tar -x -C DIR``) on the same pools, and reports each figure's ratio baseline /
+this code per round: what a change did, measured side by side.
 """
 
 from __future__ import annotations
@@ -202,6 +207,8 @@ def environment(args: argparse.Namespace) -> Any:
 @dataclass
 class Run:
     variant: str
+    #: Which daemon ran: "" for this checkout, "baseline" for ``--baseline-code``.
+    code: str = ""
     ready: float = 0.0
     latency: dict[str, list[float]] = field(default_factory=dict)
     cpu_cycling: float = 0.0
@@ -256,7 +263,8 @@ def sync_state(daemon: Daemon, interval: float = 60.0) -> tuple[int, float]:
 
 
 def one_run(stack: contextlib.ExitStack, setup: Setup, variant: str, journal: Path | None,
-            args: argparse.Namespace) -> Run:
+            args: argparse.Namespace, code: Path | None = None) -> Run:
+    """One daemon's life on ``variant``'s journal; ``code``: a checkout to run it from."""
     root = Path(tempfile.mkdtemp(prefix="cerssd-hist-", dir="/tmp"))
     (root / "state").mkdir()
     if journal is not None:
@@ -267,11 +275,12 @@ def one_run(stack: contextlib.ExitStack, setup: Setup, variant: str, journal: Pa
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(root / "notify.sock"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(root / "notify.sock")}
-    result = Run(variant)
+    result = Run(variant, "baseline" if code is not None else "")
     start = time.monotonic()
     with open(root / "cerssd.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=code or REPO,
                                 start_new_session=True)
     daemon = Daemon(proc, root, root / "control.sock", root / "cerssd.log")
     try:
@@ -304,7 +313,9 @@ def one_run(stack: contextlib.ExitStack, setup: Setup, variant: str, journal: Pa
             proc.wait()
         notify.close()
         if args.keep_logs:
-            shutil.copyfile(root / "cerssd.log", args.keep_logs / f"{variant}-{int(start)}.log")
+            shutil.copyfile(root / "cerssd.log", args.keep_logs
+                            / f"{variant}{'-' + result.code if result.code else ''}"
+                              f"-{int(start)}.log")
         shutil.rmtree(root, ignore_errors=True)
     return result
 
@@ -349,22 +360,45 @@ def spread(values: list[float]) -> str:
             if values else "-")
 
 
+def label(run: Run) -> str:
+    return f"{run.variant} journal" + (f", {run.code}" if run.code else "")
+
+
 def report(runs: list[Run], args: argparse.Namespace, started: Any, seconds: float) -> str:
     m = machine()
-    by_variant = {v: [figures(r) for r in runs if r.variant == v] for v in ("empty", "filled")}
+    labels = list(dict.fromkeys(label(r) for r in sorted(
+        runs, key=lambda r: (r.code, r.variant))))
+    by_label = {name: [figures(r) for r in runs if label(r) == name] for name in labels}
     keys = list(figures(runs[0]))
+    baseline = f"; baseline: the daemon of {args.baseline_code}" if args.baseline_code else ""
     lines = [f"### Activity history: a journal of {args.records:,} finished activities vs "
              f"an empty one ({started:%Y-%m-%d})", "",
              f"- date: {started:%Y-%m-%d %H:%M} UTC; `{command_line()}` ({seconds:.0f} s)",
              f"- machine: {m['nproc']} CPUs, {m['cpu']}, kernel {m['kernel']}, {m['zfs_fuse']}",
              f"- config: the demo's shape: {args.relationships} relationships at a 1-minute "
              "interval, each to two standbys over SSH (two sshd ports), metrics on TCP; "
-             f"{args.rounds} rounds, empty and filled interleaved; median (min-max)", "",
-             "| figure | empty journal | filled journal |", "| --- | ---: | ---: |"]
+             f"{args.rounds} rounds, all runs of a round interleaved{baseline}; "
+             "median (min-max)", "",
+             "| figure | " + " | ".join(labels) + " |",
+             "| --- |" + " ---: |" * len(labels)]
     for key in keys:
-        lines.append(f"| {key} | {spread([f[key] for f in by_variant['empty']])} | "
-                     f"{spread([f[key] for f in by_variant['filled']])} |")
+        lines.append(f"| {key} | " + " | ".join(spread([f[key] for f in by_label[name]])
+                                                 for name in labels) + " |")
+    if args.baseline_code:
+        lines += ["", "Baseline / this code, per round (median (min-max) of the rounds):", "",
+                  "| figure | " + " | ".join(args.variants) + " |",
+                  "| --- |" + " ---: |" * len(args.variants)]
+        for key in keys:
+            lines.append(f"| {key} | " + " | ".join(
+                spread(ratios(runs, variant, key)) for variant in args.variants) + " |")
     return "\n".join(lines) + "\n"
+
+
+def ratios(runs: list[Run], variant: str, key: str) -> list[float]:
+    """baseline / this code for ``key``, round by round (runs are appended in rounds)."""
+    ours = [figures(r)[key] for r in runs if r.variant == variant and not r.code]
+    theirs = [figures(r)[key] for r in runs if r.variant == variant and r.code]
+    return [b / a for a, b in zip(ours, theirs, strict=False) if a]
 
 
 def benchmark(args: argparse.Namespace) -> str:
@@ -372,13 +406,18 @@ def benchmark(args: argparse.Namespace) -> str:
     runs: list[Run] = []
     with environment(args) as (stack, setup):
         journal = filled_journal(args.cache, args.records, args.relationships)
+        codes: list[Path | None] = [None] + ([args.baseline_code] if args.baseline_code
+                                             else [])
         for round_no in range(args.rounds):
-            order = ["empty", "filled"] if round_no % 2 == 0 else ["filled", "empty"]
-            for variant in (v for v in order if v in args.variants):
-                say(f"round {round_no + 1}/{args.rounds}: {variant} journal")
+            order = [(v, c) for c in codes for v in ("empty", "filled") if v in args.variants]
+            if round_no % 2:
+                order.reverse()
+            for variant, code in order:
+                say(f"round {round_no + 1}/{args.rounds}: {variant} journal"
+                    + (f", the daemon of {code}" if code else ""))
                 runs.append(one_run(stack, setup, variant,
-                                    journal if variant == "filled" else None, args))
-                say(f"{variant}: {figures(runs[-1])}")
+                                    journal if variant == "filled" else None, args, code))
+                say(f"{label(runs[-1])}: {figures(runs[-1])}")
     return report(runs, args, started, time.monotonic() - clock)
 
 
@@ -395,6 +434,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", choices=["empty", "filled"],
                    default=["empty", "filled"], help="which journals to run (both: the "
                    "comparison; one: to profile it)")
+    p.add_argument("--baseline-code", type=Path, default=None,
+                   help="a directory holding another cerssd package (e.g. main's, from "
+                   "git archive) whose daemon runs interleaved with this one, for ratios")
     p.add_argument("--cache", type=Path, default=Path("/var/tmp/cerssd-bench"))
     p.add_argument("--keep-logs", type=Path, default=None)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
@@ -403,6 +445,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.baseline_code is not None:
+        args.baseline_code = args.baseline_code.resolve()
+        if not (args.baseline_code / "cerssd" / "__main__.py").exists():
+            raise SystemExit(f"{args.baseline_code} holds no cerssd package")
     if args.keep_logs:
         args.keep_logs.mkdir(parents=True, exist_ok=True)
     return bench_main("bench/history.py", lambda: benchmark(args))
