@@ -5,20 +5,21 @@ byte moves (the endpoint ruleset, a dozen event hooks, the user-agent string, a 
 SigV4 signing key, response parsing); at 128 parts per GiB that was ~0.4 CPU-s per GiB
 of a backup and again of a restore. Every other operation (create, complete, list,
 head, delete, the manifest) still goes through aiobotocore (client.py); only
-``UploadPart`` and the ranged ``GetObject`` of a part are made here, on aiohttp
-directly, path-style as the client is configured.
+``UploadPart`` and the ranged ``GetObject`` of a part are made here, path-style as the
+client is configured, on wire.py's blocking connections in worker threads (bodies sent
+from and received into the part buffers without a copy in Python).
 
 The signature is botocore's own S3 SigV4 (``S3SigV4Auth.add_auth`` on an
 ``AWSRequest`` without a body; a session token is sent and signed as botocore does)
 with the payload's own sha256 as ``x-amz-content-sha256``: the part's digest is
 computed anyway (it goes in the manifest and, as ``x-amz-checksum-sha256``, to the
 store, which verifies it), so the body is signed in full without hashing it again.
-The signed headers are copied onto the aiohttp request. Signing costs ~80 us of CPU a
-call (measured), ~10 ms per GiB at 128 parts.
+The signed headers are sent as they are. Signing costs ~100 us of CPU a call
+(measured), ~13 ms per GiB at 128 parts.
 
 A failure is raised as botocore's ``ClientError`` (the store's error code and message
-from its XML answer) or as aiohttp's own exceptions, so ``client.classify`` sorts
-both exactly as it sorts the rest.
+from its XML answer) or as ``OSError`` (``ConnectionError``, ``TimeoutError``) for the
+connection, so ``client.classify`` sorts both exactly as it sorts the rest.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from __future__ import annotations
 import hashlib
 import re
 import urllib.request
-from typing import Any
+from typing import NoReturn
 from urllib.parse import quote
 
-import aiohttp
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
@@ -37,12 +37,13 @@ from botocore.exceptions import ClientError
 from yarl import URL
 
 from .. import __version__
-from .buffers import PartBody
 from .config import StoreConfig
+from .wire import Answer, Connections, Target
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-#: An error document larger than this is not read whole (only its code matters).
-MAX_ERROR_BYTES = 64 << 10
+#: Worker threads per store for part requests (each blocked in a socket call, GIL
+#: released): enough for a few transfers at the default concurrency at once.
+MAX_THREADS = 32
 _CODE = re.compile(rb"<Code>([^<]{1,200})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,2000})</Message>")
 
@@ -71,29 +72,29 @@ def endpoint_of(config: StoreConfig) -> str:
 
 
 class PartClient:
-    """``UploadPart`` and ranged ``GetObject`` for one store, on one aiohttp session."""
+    """``UploadPart`` and ranged ``GetObject`` for one store, on wire.py's connections."""
 
     def __init__(self, config: StoreConfig, credentials: ReadOnlyCredentials) -> None:
         base = URL(endpoint_of(config))
-        self._origin = f"{base.scheme}://{base.raw_authority}"
-        # What aiohttp sends as Host (a default port left out): what must be signed.
+        # What is sent as Host (a default port left out): what must be signed.
         self._host = str(base.host_port_subcomponent)
+        self._origin = f"{base.scheme}://{base.raw_authority}"
         # Path style, as the aiobotocore client is configured: /[endpoint path/]bucket/key.
         self._base_path = base.raw_path.rstrip("/") + "/" + uri_encode(config.bucket,
                                                                         keep_slash=False)
         self._auth = PresetPayloadAuth(credentials, "s3", config.region)
         # The proxy botocore would take from the environment for this endpoint. (Not
-        # aiohttp's trust_env: that also reads ~/.netrc, whose password would replace
-        # the signature.)
+        # ~/.netrc as well, as some clients do: its password would replace the signature.)
         bypass = base.host is not None and bool(urllib.request.proxy_bypass(base.host))
-        self._proxy = None if bypass else urllib.request.getproxies().get(base.scheme)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.concurrency * 2 + 2),
-            timeout=aiohttp.ClientTimeout(sock_connect=5, sock_read=10),
-            headers={"User-Agent": f"cerssd/{__version__}"}, auto_decompress=False)
+        proxy = None if bypass else urllib.request.getproxies().get(base.scheme)
+        # Every part request of every transfer on this store can have its own thread.
+        self._wire = Connections(
+            Target(base.with_path("/"), URL(proxy) if proxy else None), connect_timeout=5,
+            read_timeout=10, threads=MAX_THREADS, name=config.name)
+        self._user_agent = f"cerssd/{__version__}"
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._wire.close()
 
     def _request(self, method: str, key: str, query: dict[str, str], payload_sha256: str,
                  extra: dict[str, str]) -> tuple[URL, dict[str, str]]:
@@ -107,7 +108,9 @@ class PartClient:
         request = AWSRequest(method=method, url=raw, headers={"Host": self._host, **extra})
         request.context["payload_sha256"] = payload_sha256
         self._auth.add_auth(request)
-        return URL(raw, encoded=True), dict(request.headers.items())
+        headers = dict(request.headers.items())
+        headers["User-Agent"] = self._user_agent  # not signed, as botocore does
+        return URL(raw, encoded=True), headers
 
     async def upload_part(self, key: str, upload_id: str, number: int, body: memoryview,
                           sha256_hex: str, checksum_b64: str) -> str:
@@ -116,54 +119,39 @@ class PartClient:
             "PUT", key, {"partNumber": str(number), "uploadId": upload_id}, sha256_hex,
             {"x-amz-checksum-sha256": checksum_b64})
         headers["Content-Length"] = str(body.nbytes)  # not signed, as botocore does
-        async with self._session.put(url, data=PartBody(body), headers=headers,
-                                     proxy=self._proxy) as response:
-            if response.status != 200:
-                await _raise_error(response, "UploadPart")
-            await response.read()
-            etag = response.headers.get("ETag")
-            if not etag:
-                raise ClientError({"Error": {"Code": "InternalError",
-                                             "Message": "no ETag in the store's answer"},
-                                   "ResponseMetadata": {"HTTPStatusCode": 500}}, "UploadPart")
-            return etag
+        headers["Content-Type"] = "application/octet-stream"
+        answer = await self._wire.request("PUT", url.raw_path_qs, headers, body=body)
+        if answer.status != 200:
+            _raise_error(answer, "UploadPart")
+        etag = answer.headers.get("etag")
+        if not etag:
+            raise ClientError({"Error": {"Code": "InternalError",
+                                         "Message": "no ETag in the store's answer"},
+                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "UploadPart")
+        return etag
 
     async def get_range_into(self, key: str, start: int, into: memoryview) -> None:
         """Fill ``into`` with bytes ``start ..`` of the object (exactly its length)."""
         size = into.nbytes
         url, headers = self._request("GET", key, {}, EMPTY_SHA256,
                                      {"Range": f"bytes={start}-{start + size - 1}"})
-        async with self._session.get(url, headers=headers, proxy=self._proxy) as response:
-            if response.status not in (200, 206):
-                await _raise_error(response, "GetObject")
-            if response.content_length != size:
-                raise ClientError({"Error": {"Code": "InvalidRange", "Message": (
-                    f"asked for {size} bytes at {start}, the store sends "
-                    f"{response.content_length}")},
-                    "ResponseMetadata": {"HTTPStatusCode": 416}}, "GetObject")
-            got = 0
-            while got < size:
-                chunk = await response.content.readany()
-                if not chunk:
-                    break
-                end = got + len(chunk)
-                if end > size:
-                    break
-                into[got:end] = chunk
-                got = end
-            if got != size or not response.content.at_eof():
-                raise aiohttp.ClientPayloadError(
-                    f"{key}: {got} of {size} bytes at {start} arrived before the answer ended")
+        answer = await self._wire.request("GET", url.raw_path_qs, headers, into=into)
+        if answer.status not in (200, 206):
+            _raise_error(answer, "GetObject")
+        if answer.body or answer.headers.get("content-length") != str(size):
+            raise ClientError({"Error": {"Code": "InvalidRange", "Message": (
+                f"asked for {size} bytes at {start}, the store sends "
+                f"{answer.headers.get('content-length')}")},
+                "ResponseMetadata": {"HTTPStatusCode": 416}}, "GetObject")
 
 
-async def _raise_error(response: aiohttp.ClientResponse, operation: str) -> Any:
+def _raise_error(answer: Answer, operation: str) -> NoReturn:
     """The store's error answer as the ``ClientError`` botocore would have raised."""
-    body = await response.content.read(MAX_ERROR_BYTES)
-    code = _CODE.search(body)
-    message = _MESSAGE.search(body)
+    code = _CODE.search(answer.body)
+    message = _MESSAGE.search(answer.body)
     raise ClientError({
         "Error": {"Code": code.group(1).decode(errors="replace") if code else
-                  str(response.status),
+                  str(answer.status),
                   "Message": message.group(1).decode(errors="replace") if message else
-                  (response.reason or "")},
-        "ResponseMetadata": {"HTTPStatusCode": response.status}}, operation)
+                  answer.reason},
+        "ResponseMetadata": {"HTTPStatusCode": answer.status}}, operation)
