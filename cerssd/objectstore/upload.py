@@ -4,7 +4,7 @@ Bytes are read from the pipe one part at a time by a worker thread (``readv`` in
 buffer of a pool allocated once per upload; the sha256 of the part and of the whole
 stream are computed as it goes, and hashlib drops the GIL), and up to
 ``concurrency`` parts upload at once, each sent from its buffer without a copy
-(buffers.PartBody). The reader waits for a free buffer before reading on, so memory
+(wire.py). The reader waits for a free buffer before reading on, so memory
 stays at ``(concurrency + 1) x part_size``, and a slow or lost store stops the
 reading, which blocks ``zfs send``: the backpressure the design asks for. Each part
 carries its sha256 (``ChecksumSHA256``), which the store verifies, and is sent without
@@ -29,6 +29,7 @@ import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from .buffers import BufferPool
@@ -59,6 +60,8 @@ class _Open:
     upload_id: str
     offset: int
     etags: dict[int, tuple[str, str]] = field(default_factory=dict)  # (etag, checksum)
+    #: Parts uploading; a task leaves the set when it succeeds, so the set (and every
+    #: look at it, once per part) stays as small as ``concurrency``.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     hash: Any = field(default_factory=hashlib.sha256)  # used from segment 1 on
     size: int = 0
@@ -158,6 +161,7 @@ class SegmentedUpload:
                 task = asyncio.ensure_future(self._upload(current, number, buffer, got, digest,
                                                           pool))
                 current.tasks.add(task)
+                task.add_done_callback(partial(_forget_if_ok, current.tasks))
                 if got < self.part_size:  # EOF inside this part: it is the last
                     break
             assert current is not None
@@ -216,6 +220,12 @@ class SegmentedUpload:
 
 def _segment_digest(seg: _Open, whole: Any) -> str:
     return str((whole.copy() if seg.index == 0 else seg.hash).hexdigest())
+
+
+def _forget_if_ok(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    """A part that went up needs no more looking after; a failed one stays to be raised."""
+    if not task.cancelled() and task.exception() is None:
+        tasks.discard(task)
 
 
 def _raise_failed(tasks: set[asyncio.Task[None]]) -> None:
