@@ -267,3 +267,31 @@ async def test_part_requests_sign_the_given_payload_hash_as_botocore_signs_the_b
             await parts.close()
     assert endpoint_of(StoreConfig(name="s", bucket="b", region="eu-west-3")) == \
         "https://s3.eu-west-3.amazonaws.com"
+
+
+def test_stream_channel_is_one_way_ends_with_eof_and_breaks_like_a_pipe() -> None:
+    """Object-store streams run through a socket pair (transfer.FdSet.channel, cheaper
+    to read and write than a pipe): what the writer sends arrives whole and then EOF;
+    a writer whose reader is gone gets BrokenPipeError, as restore.py expects of a
+    receiver that quit; and the reader's end cannot be written back into."""
+    from cerssd.replication.stream.transfer import FdSet
+
+    fds = FdSet()
+    r, w = fds.channel()
+    data = os.urandom(3 << 20)
+    writer = threading.Thread(target=lambda: (os.write(w, data[:1 << 20]),
+                                              os.write(w, data[1 << 20:]), fds.close(w)))
+    writer.start()
+    got = bytearray()
+    while chunk := os.read(r, 1 << 20):
+        got += chunk
+    writer.join()
+    assert got == data
+    with pytest.raises(OSError):
+        os.write(r, b"back")
+    fds.close(r)
+    r, w = fds.channel()
+    fds.close(r)
+    with pytest.raises(BrokenPipeError):
+        os.write(w, b"x" * 10)
+    fds.close_all()

@@ -266,7 +266,7 @@ class BackupWork:
         cfg = self.store.config
         argv = compressor_argv(cfg.compression, cfg.compression_level) or ["cat"]
         fds = FdSet()
-        out_r, out_w = fds.pipe(STREAM_PIPE)
+        out_r, out_w = fds.channel()
         attach = asyncio.ensure_future(group.attach(
             self.req.store, local_command(argv),
             counters=ctx.counters, gate=ctx.flow, stdout=out_w,
@@ -347,7 +347,8 @@ class BackupWork:
         relay: Relay | None = None
         closer: asyncio.Future[None] | None = None
         try:
-            send_r, send_w = fds.pipe(STREAM_PIPE)
+            # The relay splices (a pipe); the uploader reads itself (a socket pair).
+            send_r, send_w = fds.pipe(STREAM_PIPE) if compress else fds.channel()
             send = await src.send(snapshot, base, intermediates=intermediates).spawn(
                 stdin=None, stdout=send_w)
             procs.append(send)
@@ -357,7 +358,7 @@ class BackupWork:
                 writer.on_read = ctx.counters.read
             else:
                 raw_r, raw_w = fds.pipe(STREAM_PIPE)
-                out_r, out_w = fds.pipe(STREAM_PIPE)
+                out_r, out_w = fds.channel()
                 comp = await asyncio.create_subprocess_exec(
                     *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
                 procs.append(comp)

@@ -34,7 +34,7 @@ from ...storage.names import validate_snapshot, validate_volume
 from ...transport.process import stop_process
 from ..retry import RetryPolicy
 from ..stream.store_calls import StoreCalls
-from ..stream.transfer import STREAM_PIPE, FdSet, first_failure
+from ..stream.transfer import FdSet, first_failure
 
 KIND = "restore"
 DECOMPRESSORS = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}
@@ -149,10 +149,10 @@ class RestoreWork:
         fds = FdSet()
         procs: list[asyncio.subprocess.Process] = []
         try:
-            in_r, in_w = fds.pipe(STREAM_PIPE)
+            in_r, in_w = fds.channel()
             recv_stdin = in_r
             if manifest.compression != "none":
-                out_r, out_w = fds.pipe(STREAM_PIPE)
+                out_r, out_w = fds.channel()
                 procs.append(await asyncio.create_subprocess_exec(
                     *DECOMPRESSORS[manifest.compression], stdin=in_r, stdout=out_w,
                     stderr=asyncio.subprocess.PIPE))

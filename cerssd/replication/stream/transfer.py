@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import socket
 import struct
 import termios
 import time
@@ -45,6 +46,8 @@ class TransferStalled(TransferFailed):
 #: a part at a time, and with the kernel's default 64 KiB both ends of the pipe woke
 #: ~16,000 times per GiB.
 STREAM_PIPE = 1 << 20
+#: The same for a stream socket pair (``FdSet.channel``): the writer's send buffer.
+STREAM_SOCKET = 1 << 20
 
 
 class FdSet:
@@ -67,6 +70,36 @@ class FdSet:
                 fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
         return r, w
 
+    def channel(self, size: int = STREAM_SOCKET) -> tuple[int, int]:
+        """A one-way byte stream for a process and the daemon that reads or writes it
+        itself: (read end, write end) of a Unix stream socket pair.
+
+        Why not a pipe (bench/RESULTS.md, issue 13): a pipe carries its bytes in 4 KiB
+        pages that the writer allocates and the reader frees, page by page, accounted
+        to the memory cgroup both ways; reading 1 GiB out of one cost the daemon
+        0.55-0.75 CPU-s here, out of a socket pair 0.22-0.30, and the process at the
+        other end spent less as well (the socket's buffers are larger pages). Not for
+        ``splice``: the relay's ends stay pipes. OpenZFS on Linux relays a ``zfs send``
+        into anything but a pipe through a pipe of its own (``lzc_send_wrapper``), so
+        there this gains the daemon nothing and costs the ``zfs`` process a splice;
+        zfs-fuse writes into the socket itself.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for end in (ours, theirs):
+                end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            r, w = ours.detach(), theirs.detach()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        self._open.update((r, w))
+        # One way only: nothing is ever written back towards the writer.
+        for fd, how in ((r, socket.SHUT_WR), (w, socket.SHUT_RD)):
+            with contextlib.suppress(OSError):
+                _shutdown(fd, how)
+        return r, w
+
     def close(self, *fds: int) -> None:
         for fd in fds:
             if fd in self._open:
@@ -76,6 +109,14 @@ class FdSet:
 
     def close_all(self) -> None:
         self.close(*list(self._open))
+
+
+def _shutdown(fd: int, how: int) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(how)
+    finally:
+        sock.detach()  # the fd stays open: FdSet closes it
 
 
 class _Pipes(FdSet):
