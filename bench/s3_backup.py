@@ -329,6 +329,7 @@ class Setup:
     named_pids: dict[int, str]
     fresh_mib: float  # the daemon's RSS once it is ready, before any backup
     profile: Path | None = None  # --profile: py-spy records the daemon into this directory
+    perf: Path | None = None  # --perf: perf records the daemon into this directory
     data: Data | None = None
     profiled: int = 0
 
@@ -475,10 +476,11 @@ def environment(args: argparse.Namespace) -> Iterator[Setup]:
             named[weed.pid] = "weed"
         named.update({pid: "zfs-fuse" for pid in pids_named("zfs-fuse")})
         fresh = _status_kib(daemon.proc.pid)
-        if args.profile is not None:
-            args.profile.mkdir(parents=True, exist_ok=True)
+        for directory in (args.profile, args.perf):
+            if directory is not None:
+                directory.mkdir(parents=True, exist_ok=True)
         yield Setup(data_pool, target_pool, weed, bucket, daemon, named,
-                    fresh[0] / 1024 if fresh else 0.0, args.profile)
+                    fresh[0] / 1024 if fresh else 0.0, args.profile, args.perf)
 
 
 def make_data(setup: Setup, size_mib: int, text: bool = True) -> Data:
@@ -553,25 +555,33 @@ def aws_restore(setup: Setup, snapshot: str, key: str, target: str) -> Measure:
 @contextlib.contextmanager
 def profiled(setup: Setup, what: str) -> Iterator[None]:
     """With --profile, ``py-spy record`` samples the daemon (every thread, without
-    stopping it) while the block runs; a flame graph per measurement. It costs the daemon
-    little but not nothing: figures of a profiled run are for finding costs, not for
-    the table."""
-    if setup.profile is None:
-        yield
-        return
+    stopping it) while the block runs; a flame graph per measurement. With --perf,
+    ``perf record -g`` does (native and kernel frames: where the copies and the hashing
+    go; ``perf report -i DIR/NN-backups.data --pid PID``). Either costs the daemon little but not
+    nothing: figures of a profiled run are for finding costs, not for the table."""
+    pid = str(setup.daemon.proc.pid)
     setup.profiled += 1
-    name = f"{setup.profiled:02d}-{what.rsplit('/', 1)[-1]}.svg"
-    spy = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "py-spy"), "record", "--nonblocking", "--threads",
-         "--rate", "97", "--pid", str(setup.daemon.proc.pid), "-o",
-         str(setup.profile / name)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    name = f"{setup.profiled:02d}-{what.rsplit('/', 1)[-1]}"
+    recorders = []
+    if setup.profile is not None:
+        recorders.append(("py-spy", [
+            str(REPO / ".venv" / "bin" / "py-spy"), "record", "--nonblocking", "--threads",
+            "--rate", "97", "--pid", pid, "-o", str(setup.profile / f"{name}.svg")]))
+    if setup.perf is not None:
+        # System-wide (-a): ``-p`` would miss the threads the daemon starts meanwhile;
+        # ``perf report --pid PID`` picks the daemon's samples out.
+        recorders.append(("perf", ["perf", "record", "-q", "-a", "-g", "-F", "999",
+                                   "-o", str(setup.perf / f"{name}.data")]))
+    started = [(tool, subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE)) for tool, argv in recorders]
     try:
         yield
     finally:
-        spy.send_signal(signal.SIGINT)
-        _, err = spy.communicate(timeout=60)
-        if spy.returncode not in (0, -signal.SIGINT):
-            say(f"py-spy exited {spy.returncode}: {err.decode(errors='replace').strip()}")
+        for tool, proc in started:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            if proc.returncode not in (0, -signal.SIGINT):
+                say(f"{tool} exited {proc.returncode}: {err.decode(errors='replace').strip()}")
 
 
 def cerssd_activity(setup: Setup, path: str, body: dict[str, Any],
@@ -914,6 +924,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy (pip install py-spy) records the daemon during each of "
                              "its measurements: one flame graph per measurement in DIR")
+    parser.add_argument("--perf", type=Path, default=None, metavar="DIR",
+                        help="perf record -g samples the daemon during each of its "
+                             "measurements: one perf.data per measurement in DIR")
     parser.add_argument("--daemon-log", type=Path, default=None,
                         help="keep a copy of cerssd's log here (it is removed otherwise)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp"),
