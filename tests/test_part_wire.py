@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from yarl import URL
@@ -188,3 +191,131 @@ def test_a_stalled_store_times_out_per_call_not_per_body() -> None:
         assert answer.status == 206 and into == b"y" * 10
         assert time.monotonic() - began > 1.0  # longer than the 0.5 s timeout in all
         conn.close()
+
+
+# -- TLS and proxies: the paths an AWS endpoint or a corporate proxy takes -----------------
+@pytest.fixture
+def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context with a self-signed certificate for 127.0.0.1, trusted by the
+    client the way an operator would (``SSL_CERT_FILE``, read by OpenSSL's defaults)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server
+
+
+def echo_over_tls(context: ssl.SSLContext, seen: list[bytes]) -> Callable[[socket.socket, int],
+                                                                         None]:
+    """A handler that takes a PUT's body and answers a GET with it, over TLS."""
+    def handle(conn: socket.socket, index: int) -> None:
+        try:
+            tconn = context.wrap_socket(conn, server_side=True)
+        except ssl.SSLError:
+            return  # the client refused the certificate (the test of that expects it)
+        with tconn:
+            while True:
+                head = read_request(tconn)
+                if not head:
+                    return
+                seen.append(head.split(b"\r\n", 1)[0])
+                if head.startswith(b"PUT"):
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    body = head.split(b"\r\n\r\n", 1)[1]
+                    while len(body) < length:
+                        body += tconn.recv(65536)
+                    seen.append(body)
+                    tconn.sendall(b"HTTP/1.1 200 OK\r\nETag: \"t\"\r\nContent-Length: 0\r\n\r\n")
+                else:
+                    tconn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n%s"
+                                  % (len(seen[1]), seen[1]))
+    return handle
+
+
+async def test_parts_go_up_and_come_back_over_verified_tls(tls: ssl.SSLContext) -> None:
+    seen: list[bytes] = []
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    with scripted(echo_over_tls(tls, seen)) as server:
+        wire = Connections(Target(URL(f"https://127.0.0.1:{server.port}")), connect_timeout=2,
+                           read_timeout=10, threads=2, name="tls")
+        put = await wire.request("PUT", "/b/k", {"Host": "x",
+                                                 "Content-Length": str(len(payload))},
+                                 body=memoryview(payload))
+        into = bytearray(len(payload))
+        got = await wire.request("GET", "/b/k", {"Host": "x"}, into=memoryview(into))
+        await wire.close()
+    assert (put.status, got.status) == (200, 206)
+    assert seen[0] == b"PUT /b/k HTTP/1.1" and seen[1] == payload
+    assert bytes(into) == payload
+
+
+async def test_an_untrusted_certificate_is_refused(tls: ssl.SSLContext,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE")  # the system's CAs do not know this certificate
+    with scripted(echo_over_tls(tls, [])) as server:
+        wire = Connections(Target(URL(f"https://127.0.0.1:{server.port}")), connect_timeout=2,
+                           read_timeout=10, threads=2, name="tls")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await wire.request("GET", "/b/k", {"Host": "x"}, into=memoryview(bytearray(4)))
+        await wire.close()
+
+
+def connect_proxy(log: list[bytes]) -> Callable[[socket.socket, int], None]:
+    """An HTTP proxy that serves CONNECT only: it logs the request and pipes both ways."""
+    def handle(conn: socket.socket, index: int) -> None:
+        head = read_request(conn)
+        log.append(head.split(b"\r\n", 1)[0])
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        with socket.create_connection((host, int(port))) as upstream:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            def pump(a: socket.socket, b: socket.socket) -> None:
+                with contextlib.suppress(OSError):
+                    while data := a.recv(65536):
+                        b.sendall(data)
+                with contextlib.suppress(OSError):
+                    b.shutdown(socket.SHUT_WR)
+            back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+            back.start()
+            pump(conn, upstream)
+            back.join(LIMIT)
+    return handle
+
+
+async def test_an_https_store_is_reached_through_a_connect_tunnel(tls: ssl.SSLContext) -> None:
+    seen: list[bytes] = []
+    log: list[bytes] = []
+    payload = b"through the tunnel" * 1000
+    with scripted(echo_over_tls(tls, seen)) as store, scripted(connect_proxy(log)) as proxy:
+        wire = Connections(Target(URL(f"https://127.0.0.1:{store.port}"),
+                                  URL(f"http://127.0.0.1:{proxy.port}")),
+                           connect_timeout=2, read_timeout=10, threads=2, name="proxied")
+        put = await wire.request("PUT", "/b/k", {"Host": "x",
+                                                 "Content-Length": str(len(payload))},
+                                 body=memoryview(payload))
+        await wire.close()
+    assert put.status == 200 and seen[1] == payload
+    assert [line.rpartition(b" ")[0] for line in log] == [
+        f"CONNECT 127.0.0.1:{store.port}".encode()]
+
+
+async def test_a_plain_http_store_through_a_proxy_names_the_whole_url() -> None:
+    lines: list[bytes] = []
+
+    def handle(conn: socket.socket, index: int) -> None:
+        head = read_request(conn)
+        lines.append(head.split(b"\r\n", 1)[0])
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    with scripted(handle) as proxy:
+        wire = Connections(Target(URL("http://store.example:8333"),
+                                  URL(f"http://u:p@127.0.0.1:{proxy.port}")),
+                           connect_timeout=2, read_timeout=10, threads=2, name="proxied")
+        answer = await wire.request("GET", "/b/k", {"Host": "store.example:8333"},
+                                    into=memoryview(bytearray(0)))
+        await wire.close()
+    assert answer.status == 200
+    assert lines == [b"GET http://store.example:8333/b/k HTTP/1.1"]
