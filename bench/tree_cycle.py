@@ -142,6 +142,11 @@ class ZfsAutobackup(Method):
                           f"{ZAB_NAME} {self.slave_root}")
 
 
+    def target_of(self, dataset: str) -> str:
+        # --strip-path 1 drops the pool's name only: master/tree/v0001 -> ROOT/tree/v0001
+        return f"{self.slave_root}/{dataset.split('/', 1)[1]}"
+
+
 ZAB_CLI = "import sys; from zfs_autobackup.ZfsAutobackup import cli; sys.exit(cli())"
 
 
@@ -260,18 +265,21 @@ def check_arrived(env: Env, method: Method) -> None:
 
 # -- what each method runs -----------------------------------------------------------
 
-def traced_run(env: Env, method: Method) -> dict[str, int]:
+def traced_run(env: Env, method: Method) -> tuple[float, dict[str, int]]:
     """One more (untimed) run under BSD process accounting: processes started, by name.
 
     Both ends are in the guest, so this counts the master's and the slave's commands
     (``zfs`` on either side, ``ssh`` clients, the slave's shells and sshd sessions) and
     the helpers of the pipelines; divided by the datasets it tells what a method pays
-    per member.
+    per member. Returns the run's wall seconds (accounting costs one record per process
+    exit) and the counts.
     """
     guest = env.guest
     guest.sh("rm -f /var/tmp/pacct; touch /var/tmp/pacct; accton /var/tmp/pacct")
     try:
+        start = time.monotonic()
         method.run()
+        seconds = time.monotonic() - start
     finally:
         guest.sh("accton off")
     check_arrived(env, method)
@@ -280,7 +288,7 @@ def traced_run(env: Env, method: Method) -> dict[str, int]:
     for line in out.splitlines():
         number, name = line.split()
         counts[name] = int(number)
-    return counts
+    return seconds, counts
 
 
 # -- the big volume ----------------------------------------------------------------------
@@ -354,8 +362,9 @@ def benchmark(args: argparse.Namespace) -> str:
         if args.trace:
             write_changes(env, args.rounds, args.change_mib)
             for name, method in methods.items():
-                results.processes[name] = traced_run(env, method)
-                say(f"{name} started {sum(results.processes[name].values())} processes")
+                seconds, results.processes[name] = traced_run(env, method)
+                say(f"{name} (traced run, {seconds:.1f} s) started "
+                    f"{sum(results.processes[name].values())} processes")
         if args.big_mib:
             big = {"plain": plain_big} | ({} if args.peers_only else {"cerssd": cerssd_big})
             for round_no in range(args.rounds):
