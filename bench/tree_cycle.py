@@ -412,6 +412,9 @@ def report(results: Results, args: argparse.Namespace, started: object, wall: fl
     if "cerssd" in tree:
         for peer in ("syncoid", "zab"):
             lines.append(f"- {peer} / cerssd, per round: {ratio(tree[peer], tree['cerssd'])}")
+        faster = [min(a, b) for a, b in zip(tree["syncoid"], tree["zab"], strict=True)]
+        lines.append(f"- **the faster peer / cerssd** (target >= 5x), per round: "
+                     f"{ratio(faster, tree['cerssd'])}")
     if results.processes:
         lines += ["", f"Processes started by one more run (BSD process accounting in the guest, "
                   f"master and slave ends together; per dataset = / {len(env.datasets)}):", "",
