@@ -320,6 +320,12 @@ def test_interval_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- the real command in a terminal, and through a pipe ------------------------------------
+
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal's user has it. A test run started as a background
+    job of a script (some CI runners) ignores SIGINT, and its children would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 class Pty:
     """``cerssctl`` with a pseudo-terminal as its controlling terminal and all of stdio."""
 
@@ -331,7 +337,8 @@ class Pty:
         # setsid --ctty: a session of its own with the pty as controlling terminal, so the
         # ^C byte written below reaches it as SIGINT the way a keyboard's would.
         self.proc = subprocess.Popen(["setsid", "--ctty", *CTL, *args], stdin=slave,
-                                     stdout=slave, stderr=slave, env=env)
+                                     stdout=slave, stderr=slave, env=env,
+                                     preexec_fn=default_sigint)
         os.close(slave)
         self.output = bytearray()
         self.lock = threading.Lock()
@@ -409,7 +416,7 @@ def test_watch_prints_plain_snapshots_into_a_pipe(start_daemon: Any, pool: str,
     d = start_daemon(extra=servers_with_a_lost_link(tmp_path))
     proc = subprocess.Popen([*CTL, "--socket", str(d.socket_path), "status", "--watch",
                              "--interval", "0.2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert proc.stdout is not None and proc.stderr is not None
     stdout = proc.stdout
     lines: list[str] = []

@@ -246,3 +246,19 @@ async def test_zfs_fuse_never_asks_for_tokens_or_estimates(backend: ZfsBackend) 
     assert await backend.size_estimate("tank/a@s2") is None
     assert await backend.resume_token("tank/a") is None
     assert backend.receive_argv("tank/b", resumable=False) == ["zfs", "receive", "tank/b"]
+
+
+@pytest.mark.parametrize("send", [
+    "send [-vR] [-[iI] snapshot] <snapshot>",  # zfs-fuse 0.7
+    "send [-DnPpRvLecwhb] [-[i|I] snapshot] <snapshot>",  # OpenZFS 2.1 (the guest's)
+    "send [-DLPbcehnpsVvw] [-i|-I snapshot]",  # later OpenZFS
+    "send [-DLPbcehnpsvw] [-R [-X dataset[,dataset]...]] [[-I|-i] <snapshot>] <snapshot>",
+])
+def test_incremental_send_is_seen_however_the_usage_spells_it(send: str) -> None:
+    usage = parse_usage(f"usage: zfs command args ...\n\t{send}\n")
+    assert capabilities_from_usage(usage, stateless=True).incremental_send
+
+
+def test_a_send_without_incrementals_is_not_taken_for_one() -> None:
+    usage = parse_usage("usage: zfs command args ...\n\tsend [-v] <snapshot>\n")
+    assert not capabilities_from_usage(usage, stateless=True).incremental_send

@@ -332,7 +332,11 @@ class ZfsBackend:
         """Discard a partial resumable receive (``zfs receive -A``)."""
         validate_volume(volume)
         if self.capabilities.resumable_send:
-            await self._run("receive", "-A", volume)
+            try:
+                await self._run("receive", "-A", volume)
+            except BackendError as exc:
+                if "does not have any resumable receive state" not in str(exc):
+                    raise  # nothing to abort is what was asked for
 
     async def hold(self, tag: str, snapshot: str) -> None:
         validate_snapshot(snapshot)

@@ -56,7 +56,8 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
     send_flags = "".join(re.findall(r"send \[-([A-Za-z]+)\]", usage.send_line))
     return Capabilities(
         stateless_snapshots=stateless,
-        incremental_send=bool(re.search(r"\[iI\]|-I\|-i|-i\|-I", usage.send_line)),
+        # zfs-fuse "-[iI]", OpenZFS 2.1 "-[i|I]", later "-i|-I": any way of offering both
+        incremental_send=bool(re.search(r"\[iI\]|i\|-?I|I\|-?i", usage.send_line)),
         resumable_send="-t" in usage.send_line and "receive_resume_token" in usage.send_line,
         bookmarks="bookmark" in usage.commands,
         holds="hold" in usage.commands and "release" in usage.commands,
