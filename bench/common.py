@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
 import json
 import os
 import platform
@@ -44,6 +43,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from cerssd.cli.client import UnixHTTPConnection
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -412,22 +413,6 @@ class DaemonUnreachable(BenchError):
     """Nothing answers on the control socket (yet)."""
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class SocketClient:
     """HTTP over the daemon's unix socket: JSON in and out, text for /metrics.
 
@@ -440,7 +425,7 @@ class SocketClient:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                 timeout: float = 30.0) -> Any:
-        conn = _UnixConnection(self.socket_path, timeout)
+        conn = UnixHTTPConnection(self.socket_path, timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}

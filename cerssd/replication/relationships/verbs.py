@@ -11,7 +11,7 @@ from __future__ import annotations
 import structlog
 
 from ...activity import ActivityRecord, State
-from ...engine import ActivityEngine
+from ...engine import Activity, ActivityEngine
 from ..logic.spec import RelationshipSpec
 from .registry import RelationshipRegistry
 from .runtime import RelationshipError, Runtime, check_no_failover
@@ -42,13 +42,7 @@ class OperatorVerbs:
         log.info("relationship removed; its snapshots were left in place", relationship=name)
 
     async def pause(self, name: str) -> ActivityRecord:
-        rt = self.registry.get(name)
-        check_no_failover(rt)
-        activity = self.registry.activity_of(rt)
-        if activity is None:
-            raise RelationshipError(f"relationship {name} is stopped")
-        if activity.record.state == State.SUSPENDED:
-            raise RelationshipError(f"relationship {name} is already paused")
+        activity = self._running(name, stopped="is stopped", paused="is already paused")
         return await self.engine.suspend(activity.id)
 
     async def resume(self, name: str) -> ActivityRecord:
@@ -62,13 +56,20 @@ class OperatorVerbs:
 
     def sync_now(self, name: str) -> None:
         """Start a cycle at once, and cut the back-off of its retrying transfers."""
+        activity = self._running(name, stopped="is stopped; resume it first",
+                                 paused="is paused; resume it first")
+        self.engine.wake(activity.id)  # its wait for the next tick ends now
+        for transfer in self.registry.transfers(name).values():
+            self.engine.wake(transfer.id)
+
+    def _running(self, name: str, *, stopped: str, paused: str) -> Activity:
+        """The relationship's activity if it runs (not stopped, not paused, no failover
+        under way); otherwise a 409 saying which, in the verb's own words."""
         rt = self.registry.get(name)
         check_no_failover(rt)
         activity = self.registry.activity_of(rt)
         if activity is None:
-            raise RelationshipError(f"relationship {name} is stopped; resume it first")
+            raise RelationshipError(f"relationship {name} {stopped}")
         if activity.record.state == State.SUSPENDED:
-            raise RelationshipError(f"relationship {name} is paused; resume it first")
-        self.engine.wake(activity.id)  # its wait for the next tick ends now
-        for transfer in self.registry.transfers(name).values():
-            self.engine.wake(transfer.id)
+            raise RelationshipError(f"relationship {name} {paused}")
+        return activity
