@@ -108,11 +108,20 @@ def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
         return
     pidfile = tmp_path_factory.mktemp("zfs-fuse") / "zfs-fuse.pid"
+    # One that a previous run stopped may still be exiting: it holds the control socket
+    # and writes the pool cache until then, so a second one would fail or import pools
+    # whose images are gone. Start only once it has gone.
+    wait_until(lambda: subprocess.run(["pgrep", "-x", "zfs-fuse"], capture_output=True,
+                                      check=False).returncode == 1,
+               60, interval=0.5, what="an exiting zfs-fuse to be gone")
     subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=True)
     wait_until(_zfs_answers, 30, what="zfs-fuse to answer")
     yield
     with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60, interval=0.2,
+                   what="zfs-fuse to exit")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
 SERVERS = ("local", "lab1", "lab2")
 #: A cycle's listings of the master's snapshots: the cycle's own (snapshot name, retention,
 #: fan-out plans), each transfer's (newest snapshot and plan: one each), and retention once
-#: the last stream ended (twice if both end at the same moment). Before: 15.
+#: the last stream ended (once, even when both end at the same moment). Before: 15.
 MASTER_LISTINGS = 5
 #: Per slave: the fan-out plan, the transfer's plan, the slave's retention. Before: 7.
 SLAVE_LISTINGS = 3
@@ -49,6 +49,7 @@ def listings(lines: list[str]) -> list[str]:
 
 def cycles(d: DaemonProcess, root: Path, n: int) -> dict[str, list[str]]:
     """The commands of ``n`` cycles started by sync-now, each server's separately."""
+    quiet(root)  # the previous cycle's retention follows its in-sync moment: not counted here
     for server in SERVERS:
         (root / f"{server}.log").unlink(missing_ok=True)
     for _ in range(n):
@@ -116,11 +117,8 @@ def test_a_cycle_lists_each_volume_a_bounded_number_of_times_whatever_it_keeps(
             walks = [line for line in lines if line.split()[0] in ("get", "list")
                      and (" -r " in f" {line} " or ("@" not in line and "/data" not in line))]
             assert walks == [], (server, walks)
-    # The number of commands does not grow with the snapshots kept: 30 more, same count
-    # (but for one listing: the master's retention runs twice when both transfers end at
-    # the same moment).
+    # The number of commands does not grow with the snapshots kept: 30 more, same count.
     for server in SERVERS:
         before = Counter(line.split()[0] for line in few[server])
         after = Counter(line.split()[0] for line in many[server])
-        assert abs(after.pop("get", 0) - before.pop("get", 0)) <= 1, (server, few, many)
         assert after == before, (server, few[server], many[server])

@@ -26,7 +26,7 @@ from ..logic.slave_status import SlaveStatus
 from .background import BackgroundTasks
 from .registry import RelationshipRegistry
 from .runtime import KIND, Runtime
-from .upkeep import Upkeep
+from .upkeep import Upkeep, protected_bases
 
 log = structlog.get_logger("cerssd.relationships")
 
@@ -118,7 +118,12 @@ class Reactions:
         """The cycle's last stream from the master has ended: thin the master too."""
         if self.registry.transfers(rt.name) or self.registry.backups(rt.name):
             return
+        seen = (rt.newest[1] if rt.newest else None, frozenset(protected_bases(rt) or ()))
+        if seen == rt.master_pruned_for:
+            return
+        rt.master_pruned_for = seen
         try:
             await self.upkeep.prune_master(rt)
         except (BackendError, LinkError) as exc:
+            rt.master_pruned_for = None
             log.info("master retention skipped", relationship=rt.name, error=str(exc))

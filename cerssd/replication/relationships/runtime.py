@@ -61,6 +61,10 @@ class Runtime:
     group_ids: list[str] = field(default_factory=list)
     #: A master retention pass was skipped while an earlier one ran: run it after.
     master_prune_due: bool = False
+    #: What the last master retention after a cycle's streams saw: the master's newest
+    #: snapshot guid and the bases it spared. A second stream ending at the same moment
+    #: would read the same list and spare the same bases: it does not list again.
+    master_pruned_for: tuple[str | None, frozenset[str]] | None = None
     #: Per object store: the guid of its newest backup of the volume (the next
     #: incremental's base, kept on the master like a slave's), None while unknown.
     store_bases: dict[str, str | None] = field(default_factory=dict)
