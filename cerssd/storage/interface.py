@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ..transport.stream import StreamEndpoint
-from .values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from .values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
 
 
 class StorageBackend(Protocol):
@@ -70,6 +70,27 @@ class StorageBackend(Protocol):
         ...
 
     async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None: ...
+
+    # Trees
+
+    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
+        """``root`` and every descendant filesystem and volume, each with its snapshots,
+        from one listing (never a command per dataset); ``selector`` names a user
+        property whose effective value each dataset reports. ``NotFound`` without root."""
+        ...
+
+    async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
+        """A snapshot ``label`` of each of ``members`` (``root`` or under it), all taken
+        at one instant: one command naming them all (``multi_snapshot``), else a
+        recursive snapshot of ``root`` whose snapshots of non-members are then destroyed.
+        Idempotent: members that already have ``label`` are fine."""
+        ...
+
+    async def create_parents(self, volume: str) -> None:
+        """Create ``volume``'s missing ancestors below its pool as plain filesystems,
+        left unmounted, so that a receive can create ``volume`` (a tree member whose
+        parent is not a member). Existing ancestors are left as they are."""
+        ...
 
     # Snapshots and marks
 
@@ -125,9 +146,11 @@ class StorageBackend(Protocol):
         ...
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False) -> StreamEndpoint:
+                discard_changes: bool = False, unmounted: bool = False) -> StreamEndpoint:
         """The receiving end into ``volume``; ``resumable`` keeps a cut-off receive's
-        state, ``discard_changes`` first drops changes made since the last snapshot."""
+        state, ``discard_changes`` first drops changes made since the last snapshot,
+        ``unmounted`` leaves a received filesystem unmounted (a standby's tree of
+        hundreds: FUSE mounts run out near 1,000)."""
         ...
 
     async def estimate(self, snapshot: str, base: str | None = None, *,

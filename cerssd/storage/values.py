@@ -34,6 +34,10 @@ class Capabilities:
     #: with the process (OpenZFS ties them to its /dev/zfs descriptor). zfs-fuse's stay
     #: for ever, so there a range of snapshots is sent as a chain of ``-i`` steps.
     safe_send_holds: bool = False
+    #: One ``snapshot`` command may name several datasets (taken together, atomically).
+    #: Without it a tree's snapshot is ``snapshot -r`` on the root, which is atomic too
+    #: but covers every descendant.
+    multi_snapshot: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)
@@ -105,3 +109,31 @@ class StreamOptions:
 
     def __str__(self) -> str:
         return "raw" if self.raw else "compressed" if self.compressed else "plain"
+
+
+@dataclass(frozen=True)
+class TreeDataset:
+    """One filesystem or volume of a tree listing, with its snapshots (oldest first)."""
+
+    name: str
+    type: str
+    guid: str
+    #: The selecting user property's effective value ("on", "off", a name; inherited
+    #: values count), or None when no property was asked for or it is unset ("-").
+    selector: str | None
+    snapshots: tuple[Snapshot, ...]
+
+
+@dataclass(frozen=True)
+class TreeListing:
+    """A dataset tree as one listing saw it: the root and every descendant, parents
+    before children. A tree relationship's cycle reads each server's tree once."""
+
+    root: str
+    datasets: tuple[TreeDataset, ...]
+
+    def get(self, name: str) -> TreeDataset | None:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        return None

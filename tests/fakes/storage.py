@@ -343,7 +343,7 @@ class FakeBackend:
         return stalling(endpoint) if self.stall_sends else endpoint
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False) -> Endpoint:
+                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
         self.calls.append("receive")
         validate_volume(volume)
         path = self._dir / "inbox" / f"{uuid.uuid4().hex}.json"

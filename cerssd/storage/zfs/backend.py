@@ -29,7 +29,7 @@ from ..names import (
     validate_snapshot_label,
     validate_volume,
 )
-from ..values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from ..values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
 from .fuse import remount, tags_by_taking
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
@@ -487,11 +487,22 @@ class ZfsBackend:
             flags=send_flags(options)))
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False) -> Endpoint:
+                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
         argv = self.receive_argv(volume, resumable=resumable)
         if discard_changes:
             argv.insert(2, "-F")
+        if unmounted:
+            argv.insert(2, "-u")
         return Endpoint(self.runner, argv)
+
+    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
+        raise NotImplementedError  # built by the storage-tree slice
+
+    async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
+        raise NotImplementedError  # built by the storage-tree slice
+
+    async def create_parents(self, volume: str) -> None:
+        raise NotImplementedError  # built by the storage-tree slice
 
     async def estimate(self, snapshot: str, base: str | None = None, *,
                        intermediates: bool = False, resume_token: str | None = None,
