@@ -16,7 +16,7 @@ from typing import Any
 
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
-from .replication.logic.spec import RelationshipSpec, parse_relationship
+from .replication.logic.spec import RelationshipSpec, overlapping, parse_relationship
 from .storage.names import InvalidName, validate_object_name, validate_volume
 from .storage.registry import BACKENDS, DEFAULT_BACKEND
 
@@ -138,6 +138,10 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                                  servers=servers, stores=stores)
         for name in rels_raw}
     for name, spec in relationships.items():
+        if (other := overlapping(spec, [r for r in relationships.values()
+                                        if r.name < name])) is not None:
+            raise ConfigError(f"relationships.{name}.volume", f"its datasets overlap those of "
+                              f"relationship {other} (same master, same slave server)")
         if spec.stores and not streams_directly(servers[spec.master]):
             raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
                               "stores only from a local master (direct_copy)")

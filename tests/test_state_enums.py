@@ -22,6 +22,7 @@ from cerssd.replication.logic.roles import (
     ReplicationStatus,
 )
 from cerssd.replication.logic.slave_status import STATES, RelationshipState, SlaveState
+from cerssd.replication.logic.tree_status import MemberState
 from cerssd.volume_states import BUSY_STATES, VolumeState
 
 #: The strings each state had before it was an enumeration: the API, the journal, the
@@ -33,7 +34,8 @@ WIRE: list[tuple[type[enum.StrEnum], list[str]]] = [
                          "failover-error", "failing-back"]),
     (FailoverStatus, ["failing-over", "failing-back", "failover-error"]),
     (SlaveState, ["in-sync", "syncing", "behind", "lost", "error"]),
-    (RelationshipState, ["running", "paused", "retrying", "stopping", "stopped"]),
+    (RelationshipState, ["running", "degraded", "paused", "retrying", "stopping", "stopped"]),
+    (MemberState, ["in-sync", "behind", "sending", "failing"]),
     (VolumeState, ["available", "in-use", "backing-up", "replicating", "restoring",
                    "failing-over", "pruning", "rejoining"]),
 ]

@@ -173,6 +173,13 @@ class ControlApi:
     async def relationship(self, request: web.Request) -> web.Response:
         return self._relationship_now(request)
 
+    async def relationship_members(self, request: web.Request) -> web.Response:
+        q = parse_query(request.query, m.MembersQuery)
+        rels = self.ctx.relationships
+        rt = rels.registry.get(relationship_name(request))
+        return json_response(rels.view.members_page(rt, state=q.state, limit=q.limit,
+                                                    offset=q.offset))
+
     async def create_relationship(self, request: web.Request) -> web.Response:
         body = await read_body(request, m.RelationshipCreate)
         # The table as it would be written in the config file (and is persisted): the
@@ -299,6 +306,10 @@ ROUTES: list[Route[ControlApi]] = [
           responses={201: "created", 409: "exists", 422: "invalid definition"}),
     Route("GET", f"/v1/relationships/{REL}", _A.relationship, "One relationship",
           returns=m.Relationship, responses={404: "unknown relationship"}),
+    Route("GET", f"/v1/relationships/{REL}/volumes", _A.relationship_members,
+          "A tree relationship's members, by name, with each slave's state (in-sync, "
+          "behind, sending, failing), lag and error; paginated, filterable by state",
+          query=m.MembersQuery, returns=m.Members, responses={404: "unknown relationship"}),
     Route("DELETE", f"/v1/relationships/{REL}", _A.remove_relationship,
           "Stop and forget a relationship made through the API (snapshots are kept)",
           mutating=True, ok=204,

@@ -26,6 +26,7 @@ from ..objectstore.config import Compression
 from ..replication.logic.plan import PlanMode
 from ..replication.logic.roles import ReplicationStatus
 from ..replication.logic.slave_status import RelationshipState, SlaveState
+from ..replication.logic.tree_status import MemberState
 from ..storage.names import (
     LABEL_PATTERN,
     MAX_LABEL_LENGTH,
@@ -155,6 +156,17 @@ class RelationshipCreate(Request):
         "off, e.g. 64MiB")] = None
     stores: Annotated[list[StoreName] | None, doc("object stores every cycle's snapshot is also "
         "backed up to")] = None
+    recursive: Annotated[bool, doc("keep the volume and every descendant (a tree), including "
+        "ones created later")] = False
+    include: Annotated[list[str] | None, doc('tree members must match one of these glob '
+        'patterns, relative to the volume ("db", "*/data"; "." is the root)')] = None
+    exclude: Annotated[list[str] | None, doc("tree members matching one of these patterns "
+        "(and what is below them) are left out")] = None
+    property: Annotated[str | None, doc('a ZFS user property (module:name): datasets under '
+        'the volume whose value is "on" or the relationship\'s name are members')] = None
+    max_parallel: Annotated[Annotated[int, Meta(ge=1, le=64)] | None, doc(
+        "a tree's member transfers to each slave at a time (default 4)")] = None
+    member_metrics: Annotated[bool, doc("per-member metric series for a tree")] = False
 
 
 class FailoverCreate(Request):
@@ -207,6 +219,13 @@ class VolumesQuery(ServerQuery):
     limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_VOLUME_PAGE)],
                      doc(f"page size (at most {MAX_VOLUME_PAGE})")] = 100
     offset: Annotated[Offset, doc("volumes to skip")] = 0
+
+
+class MembersQuery(Query):
+    state: Annotated[MemberState | None, doc("only members in this state on some slave")] = None
+    limit: Annotated[Annotated[int, Meta(ge=1, le=MAX_VOLUME_PAGE)],
+                     doc(f"page size (at most {MAX_VOLUME_PAGE})")] = 100
+    offset: Annotated[Offset, doc("members to skip")] = 0
 
 
 class ActivitiesQuery(Query):
@@ -416,6 +435,25 @@ class SlaveSpec(Reply):
     bandwidth_limit: int | None
 
 
+class TreeSlaveSummary(Reply):
+    in_sync: int
+    behind: int
+    sending: int
+    failing: int
+    worst_lag_seconds: Annotated[float | None, doc("null while a member has no copy yet")]
+
+
+class TreeSummary(Reply):
+    members: int
+    slaves: dict[str, TreeSlaveSummary]
+    failing: Annotated[list[dict[str, Any]], doc("up to 20 failing members: member, "
+        "server, error")]
+    failing_total: int
+    gone: Annotated[list[str], doc("members destroyed on the master (copies kept)")]
+    renamed: dict[str, str]
+    unmatched_patterns: list[str]
+
+
 class Relationship(Reply):
     name: str
     volume: str
@@ -446,6 +484,36 @@ class Relationship(Reply):
     newest_snapshot: str | None
     last_error: str | None
     backups: list[RelationshipBackup]
+    recursive: bool | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    property: str | None = None
+    max_parallel: int | None = None
+    member_metrics: bool | None = None
+    tree: Annotated[TreeSummary | None, doc("a tree relationship's members: how many, per "
+        "slave how many in each state and the worst lag, the failing ones with reasons")] = None
+
+
+class MemberSlave(Reply):
+    server: str
+    state: MemberState
+    last_snapshot: str | None
+    lag_seconds: float | None
+    error: str | None
+
+
+class Member(Reply):
+    name: str
+    relative: Annotated[str, doc('its name below the tree\'s root ("" for the root)')]
+    guid: str
+    newest_snapshot: str | None
+    slaves: list[MemberSlave]
+
+
+class Members(Reply):
+    relationship: str
+    items: list[Member]
+    total: Annotated[int, doc("members in all (matching the filter), across pages")]
 
 
 class Relationships(Reply):

@@ -71,6 +71,10 @@ class StorageBackend(Protocol):
 
     async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None: ...
 
+    async def rename(self, old: str, new: str) -> None:
+        """Give volume ``old`` the name ``new`` (its parent must exist)."""
+        ...
+
     # Trees
 
     async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:

@@ -190,6 +190,20 @@ class FakeBackend:
         vol.pins = {f"{volume}@{k.partition('@')[2]}": v for k, v in vol.pins.items()}
         self.vols[volume] = vol
 
+    async def rename(self, old: str, new: str) -> None:
+        await self._enter("rename")
+        validate_volume(new)
+        if new in self.vols:
+            raise AlreadyExists(f"{new} exists")
+        for name in sorted(n for n in self.vols if n == old or n.startswith(old + "/")):
+            vol = self.vols.pop(name)
+            moved = new + name[len(old):]
+            vol.name = moved
+            vol.snapshots = [replace(s, name=f"{moved}@{s.label}", volume=moved)
+                             for s in vol.snapshots]
+            vol.pins = {f"{moved}@{k.partition('@')[2]}": v for k, v in vol.pins.items()}
+            self.vols[moved] = vol
+
     async def destroy_volume(self, volume: str, *, force_unmount: bool = False) -> None:
         await self._enter("destroy_volume")
         if "/" not in validate_volume(volume):

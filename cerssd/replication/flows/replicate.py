@@ -73,6 +73,8 @@ class ReplicationRequest:
     #: The fan-out group whose single send this transfer joins on its first attempt.
     fanout_group: str | None = None
     relationship: str | None = None
+    #: Leave a received filesystem unmounted (a tree's replicas on a standby).
+    unmounted: bool = False
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> ReplicationRequest:
@@ -81,7 +83,7 @@ class ReplicationRequest:
                    overwrite=p.get("overwrite", False), intermediates=p["intermediates"],
                    bandwidth_limit=p["bandwidth_limit"], latest_prefix=p.get("latest_prefix"),
                    retry_deadline=p.get("retry_deadline"), fanout_group=p.get("fanout_group"),
-                   relationship=p.get("relationship"))
+                   relationship=p.get("relationship"), unmounted=p.get("unmounted", False))
 
     def params(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "source": self.source,
@@ -89,7 +91,8 @@ class ReplicationRequest:
                 "force_full_copy": self.force_full_copy, "overwrite": self.overwrite,
                 "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit,
                 "latest_prefix": self.latest_prefix, "retry_deadline": self.retry_deadline,
-                "fanout_group": self.fanout_group, "relationship": self.relationship}
+                "fanout_group": self.fanout_group, "relationship": self.relationship,
+                "unmounted": self.unmounted}
 
     @property
     def staging_volume(self) -> str:
@@ -297,7 +300,8 @@ class ReplicateWork:
             # One stream per step, each into its own receive: a receive reads one stream.
             sender = src.send(step_snapshot, step_base, intermediates=plan.intermediates,
                               resume_token=token, options=options)
-            receiver = dst.receive(receive_into, resumable=resumable)
+            receiver = dst.receive(receive_into, resumable=resumable,
+                                   unmounted=self.req.unmounted)
             group = self._member_of(plan, options, token) if len(steps) == 1 else None
             moved += await self._transfer(ctx, sender, receiver, group)
         seconds = time.monotonic() - started

@@ -44,6 +44,8 @@ class RelationshipState(enum.StrEnum):
     retrying, stopping (cancelling), stopped (no activity). Also the API's schema."""
 
     RUNNING = "running"
+    #: Running, but some members of its tree fail (the others keep in sync).
+    DEGRADED = "degraded"
     PAUSED = "paused"
     RETRYING = "retrying"
     STOPPING = "stopping"

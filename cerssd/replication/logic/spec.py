@@ -9,7 +9,7 @@ can always run.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from ...storage.names import (
     validate_snapshot_label,
     validate_volume,
 )
+from .members import SelectionError, TreeSelection, trees_overlap
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 
@@ -31,7 +32,12 @@ DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
 DEFAULT_FANOUT_BUFFER = 256 << 20
 
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
-         "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores"}
+         "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
+         "recursive", "include", "exclude", "property", "max_parallel", "member_metrics"}
+#: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
+#: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
+DEFAULT_MAX_PARALLEL = 4
+MAX_MAX_PARALLEL = 64
 _SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit"}
 
 
@@ -66,6 +72,17 @@ class RelationshipSpec:
     #: The table it was parsed from, kept to persist and show it exactly as given.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
     origin: str = "config"  # "config" | "api"
+    #: Which datasets under ``volume`` it keeps: the volume alone unless recursive or a
+    #: property selects a tree (``members``).
+    selection: TreeSelection | None = None
+    #: Member transfers to each slave at a time (a tree).
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    #: Per-member metric series (off: a tree's series stay per relationship and slave).
+    member_metrics: bool = False
+
+    @property
+    def is_tree(self) -> bool:
+        return self.selection is not None and self.selection.is_tree
 
     def slave(self, server: str) -> SlaveSpec:
         for s in self.slaves:
@@ -83,8 +100,16 @@ class RelationshipSpec:
                                                  self.raw.get("retention", DEFAULT_RETENTION))),
             "retry_deadline": self.retry_deadline, "fanout": self.fanout,
             "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
-            "origin": self.origin,
+            "origin": self.origin, **self._tree_json(),
         }
+
+    def _tree_json(self) -> dict[str, Any]:
+        sel = self.selection
+        if sel is None or not sel.is_tree:
+            return {}
+        return {"recursive": sel.recursive, "include": list(sel.include),
+                "exclude": list(sel.exclude), "property": sel.by_property,
+                "max_parallel": self.max_parallel, "member_metrics": self.member_metrics}
 
 
 def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[str],
@@ -126,6 +151,12 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     if len(set(store_names)) != len(store_names):
         raise ConfigError(f"{key}.stores", "names a store twice")
     _check_label_room(prefix, [volume, *(s.target_volume for s in slaves)], f"{key}.prefix")
+    selection = _selection(t, key, volume)
+    if selection.is_tree:
+        _check_tree_slaves(slaves, volume, master, f"{key}.slaves")
+        if store_names:
+            raise ConfigError(f"{key}.stores", "backups of a tree relationship are not "
+                              "built yet: back up its volumes with their own relationships")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
@@ -134,7 +165,57 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         fanout=fanout,
         fanout_buffer=parse_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),
                                  f"{key}.fanout_buffer"),
-        raw=dict(t), origin=origin)
+        raw=dict(t), origin=origin, selection=selection,
+        max_parallel=_bounded_int(t.get("max_parallel", DEFAULT_MAX_PARALLEL),
+                                  f"{key}.max_parallel", 1, MAX_MAX_PARALLEL),
+        member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"))
+
+
+def _selection(t: Mapping[str, Any], key: str, volume: str) -> TreeSelection:
+    """The tree selection as written: recursive, include/exclude patterns, a property."""
+    recursive = _flag(t.get("recursive", False), f"{key}.recursive")
+    patterns = {}
+    for which in ("include", "exclude"):
+        value = t.get(which, [])
+        if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+            raise ConfigError(f"{key}.{which}", 'must be a list of patterns such as '
+                              '["tmp", "*/scratch"]')
+        patterns[which] = tuple(value)
+    prop = t.get("property")
+    if prop is not None and not isinstance(prop, str):
+        raise ConfigError(f"{key}.property", "must be a ZFS user property such as "
+                          "cerssd:replicate")
+    try:
+        return TreeSelection(volume, recursive=recursive, include=patterns["include"],
+                             exclude=patterns["exclude"], by_property=prop)
+    except SelectionError as exc:
+        which = "property" if prop is not None and "property" in str(exc) else (
+            "include" if patterns["include"] else "exclude" if patterns["exclude"]
+            else "recursive")
+        raise ConfigError(f"{key}.{which}", str(exc)) from None
+
+
+def _check_tree_slaves(slaves: tuple[SlaveSpec, ...], volume: str, master: str,
+                       key: str) -> None:
+    """A target root inside the master's own tree on the same server would replicate
+    the tree into itself (each cycle a level deeper)."""
+    for i, s in enumerate(slaves):
+        if s.server == master and (s.target_volume.startswith(volume + "/")
+                                   or volume.startswith(s.target_volume + "/")):
+            raise ConfigError(f"{key}[{i}].target_volume", f"{s.target_volume} and the "
+                              f"tree {volume} nest on the same server")
+
+
+def _flag(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    return value
+
+
+def _bounded_int(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(key, f"must be a whole number from {low} to {high}")
+    return value
 
 
 #: The longest label a relationship makes after its prefix: a failover's snapshot, with
@@ -220,3 +301,21 @@ def _deadline(value: Any, key: str) -> float | None:
     if seconds <= 0:
         raise ConfigError(key, "must be positive (or \"never\")")
     return seconds
+
+
+def overlapping(spec: RelationshipSpec, others: Iterable[RelationshipSpec]) -> str | None:
+    """The name of a relationship in ``others`` whose master sends some dataset that
+    ``spec``'s master also sends to the same slave server, or None. Two relationships
+    sending one member to one slave would fight over its snapshots. (Two single-volume
+    relationships of one volume are left as they always were.)"""
+    mine = spec.selection or TreeSelection(spec.volume)
+    for other in others:
+        if other.name == spec.name or other.master != spec.master \
+                or not (spec.is_tree or other.is_tree):
+            continue
+        theirs = other.selection or TreeSelection(other.volume)
+        if not trees_overlap(mine, theirs):
+            continue
+        if {s.server for s in spec.slaves} & {s.server for s in other.slaves}:
+            return other.name
+    return None

@@ -57,6 +57,7 @@ from .cycle_gate import CycleGate
 from .fencing import Fencing
 from .registry import RelationshipRegistry
 from .runtime import KIND, Runtime
+from .tree import TreeCycle
 from .upkeep import Upkeep
 
 
@@ -91,6 +92,7 @@ class RelationshipWork:
         self.stores = deps.stores
         self.policy = deps.policy
         self.gate = deps.gate
+        self.tree = TreeCycle(deps.engine, deps.servers, deps.registry)
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:
@@ -137,8 +139,8 @@ class RelationshipWork:
         daemon was down, waiting a whole interval would leave a standby stale for no
         reason; no new snapshot is needed for that.
         """
-        if rt.newest is None:
-            return
+        if rt.newest is None or rt.spec.is_tree:
+            return  # a tree's slaves catch up at its next cycle
         name, guid = rt.newest
         behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != guid}
         behind |= {store for store, base in rt.store_bases.items() if base != guid}
@@ -182,17 +184,25 @@ class RelationshipWork:
         master = await self.servers.backend(rt.spec.master)
         if ctx.record.state == State.RETRYING:
             ctx.link_up(rt.spec.master)
+        if rt.spec.is_tree:
+            label = await self.tree.run(ctx, rt, master)
+            self._cycle_done(ctx, rt, started, f"{rt.spec.volume}@{label}")
+            return
         existing = await master.snapshots(rt.spec.volume)
         await self.upkeep.prune_master(rt, existing)
         snap = await self._snapshot(ctx, rt, master, existing)
         rt.newest = (snap.name, snap.guid)
         listed = existing if any(s.name == snap.name for s in existing) else [*existing, snap]
         await self._start_transfers(ctx, rt, master, snap.name, listed=listed)
+        self._cycle_done(ctx, rt, started, snap.name)
+
+    def _cycle_done(self, ctx: ActivityContext, rt: Runtime, started: float,
+                    snapshot: str) -> None:
         rt.last_cycle_at, rt.last_error = started, None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
         self.registry.save(rt)
-        ctx.log.info("relationship cycle started its transfers", snapshot=snap.name,
+        ctx.log.info("relationship cycle started its transfers", snapshot=snapshot,
                      cycle=rt.cycles)
 
     async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,

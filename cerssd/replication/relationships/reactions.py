@@ -43,8 +43,8 @@ class Reactions:
     def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
         name = record.params.get("relationship")
         rt = self.registry.runtimes.get(name) if isinstance(name, str) else None
-        if rt is None:
-            return
+        if rt is None or "member" in record.params:
+            return  # a tree member's transfer: its tree-sync activity records the outcome
         if record.kind == KIND and record.id == rt.activity_id:
             self._follow_parent(rt, record)
         elif record.kind == replicate.KIND and record.state.terminal:

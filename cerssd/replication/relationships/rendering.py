@@ -15,6 +15,7 @@ from ...activity import ActivityRecord, State
 from ...links import Links
 from ..logic.roles import ReplicationStatus, replication_status
 from ..logic.slave_status import RelationshipState, slave_json, slave_state
+from ..logic.tree_status import MemberState
 from .registry import RelationshipRegistry
 from .runtime import Runtime
 
@@ -31,9 +32,14 @@ class RelationshipView:
     def to_json(self, rt: Runtime) -> dict[str, Any]:
         activity = self.registry.activity_of(rt)
         record = activity.snapshot() if activity else None
+        state = _state(record)
+        servers = [s.server for s in rt.spec.slaves]
+        tree = rt.tree.summary(servers, time.time()) if rt.tree is not None else None
+        if state == RelationshipState.RUNNING and tree and tree["failing_total"]:
+            state = RelationshipState.DEGRADED
         return {
             **rt.spec.to_json(),
-            "state": _state(record),
+            "state": state, "tree": tree,
             "replication_status": self.replication_status(rt),
             "active_server": rt.spec.master, "home_master": rt.home,
             "failover": rt.failover.to_json(),
@@ -46,6 +52,15 @@ class RelationshipView:
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
             "backups": self.stores_json(rt),
         }
+
+    def members_page(self, rt: Runtime, *, state: MemberState | None, limit: int,
+                     offset: int) -> dict[str, Any]:
+        """One page of a tree's members with each slave's state (empty for one volume)."""
+        if rt.tree is None:
+            return {"relationship": rt.name, "items": [], "total": 0}
+        items, total = rt.tree.page([s.server for s in rt.spec.slaves], time.time(),
+                                    state=state, limit=limit, offset=offset)
+        return {"relationship": rt.name, "items": items, "total": total}
 
     def slaves_json(self, rt: Runtime) -> list[dict[str, Any]]:
         """Each slave's facts with its derived state, live transfer and link."""

@@ -19,6 +19,7 @@ from ..logic.roles import FailoverState, apply_roles, roles_json
 from ..logic.schedule import Schedule
 from ..logic.slave_status import SlaveStatus
 from ..logic.spec import RelationshipSpec
+from ..logic.tree_status import TreeStatus
 
 #: The activity kind of a relationship's long-lived activity (``relationships/cycle.py``).
 KIND = "relationship"
@@ -68,6 +69,8 @@ class Runtime:
     #: Per object store: the guid of its newest backup of the volume (the next
     #: incremental's base, kept on the master like a slave's), None while unknown.
     store_bases: dict[str, str | None] = field(default_factory=dict)
+    #: A tree relationship's members and their state on each slave (None: one volume).
+    tree: TreeStatus | None = None
 
     @property
     def name(self) -> str:
@@ -100,7 +103,8 @@ def new_runtime(spec: RelationshipSpec) -> Runtime:
     """The live state of a relationship just defined: nothing known yet."""
     return Runtime(spec, {s.server: SlaveStatus(s.server, s.target_volume)
                           for s in spec.slaves}, home=spec.master,
-                   store_bases=dict.fromkeys(spec.stores))
+                   store_bases=dict.fromkeys(spec.stores),
+                   tree=TreeStatus() if spec.is_tree else None)
 
 
 def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
@@ -123,7 +127,8 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
                    stopped=bool(state.get("stopped")),
                    last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
                    newest=(newest[0], newest[1]) if newest else None,
-                   store_bases={s: remembered_bases.get(s) for s in spec.stores})
+                   store_bases={s: remembered_bases.get(s) for s in spec.stores},
+                   tree=TreeStatus() if spec.is_tree else None)
 
 
 def check_no_failover(rt: Runtime) -> None:

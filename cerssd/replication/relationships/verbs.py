@@ -12,7 +12,7 @@ import structlog
 
 from ...activity import ActivityRecord, State
 from ...engine import Activity, ActivityEngine
-from ..logic.spec import RelationshipSpec
+from ..logic.spec import RelationshipSpec, overlapping
 from .registry import RelationshipRegistry
 from .runtime import RelationshipError, Runtime, check_no_failover
 
@@ -25,6 +25,10 @@ class OperatorVerbs:
         self.registry = registry
 
     def create(self, spec: RelationshipSpec) -> Runtime:
+        other = overlapping(spec, [r.spec for r in self.registry.all()])
+        if other is not None:
+            raise RelationshipError(f"relationship {spec.name}'s datasets overlap those of "
+                                    f"relationship {other} (same master, same slave server)")
         rt = self.registry.add(spec)
         self.registry.launch(rt)
         log.info("relationship created", relationship=spec.name, volume=spec.volume,

@@ -1,0 +1,248 @@
+"""Bringing one slave's copy of a tree up to date, as an activity (kind ``tree-sync``).
+
+One listing of each side's tree decides, per member, whether the slave already has the
+cycle's snapshot; each member that does not gets its own ``replicate`` activity (so a
+member's transfer has the whole single-volume contract: verification, holds, resume,
+link-loss retries, cancel with rollback), at most ``max_parallel`` at once, parents
+before children (a receive creates the last component of a name only). A member that
+fails is recorded with its reason and the others go on: the relationship is then
+``degraded`` and names it; the next cycle tries it again. Progress is members done of
+members to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from ...activity import ActivityRecord, Progress, State, StatusCode
+from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...servers import ServerRegistry
+from ...storage.errors import BackendError, NotFound
+from ...storage.interface import StorageBackend
+from ...storage.names import validate_snapshot_label, validate_volume
+from ...storage.values import Snapshot, TreeListing
+from ...transport.errors import LinkError
+from ..flows import snapshot_prune
+from ..flows.replicate import ReplicationRequest
+from ..flows.replicate import submit_replication as submit_transfer
+from ..logic.members import ListedDataset, Member, select
+from ..logic.plan import PlanMode, ReplicationConflict, plan_replication
+from ..logic.retention import to_destroy
+from ..logic.tree_status import MemberSlave, TreeMember
+from .registry import RelationshipRegistry
+from .runtime import Runtime, UnknownRelationship
+
+KIND = "tree-sync"
+
+
+def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: str,
+                target_root: str, label: str, *, parent: str) -> ActivityRecord:
+    validate_volume(target_root)
+    validate_snapshot_label(label)
+    return engine.submit(KIND, volume=target_root, source=master,
+                         target=f"{slave}:{target_root}",
+                         params={"relationship": relationship, "destination": slave,
+                                 "target_volume": target_root, "label": label,
+                                 "parent": parent},
+                         self_restarting=True, progress=Progress(0, 0, unit="members"))
+
+
+class TreeSyncWork:
+    def __init__(self, record: ActivityRecord, engine: ActivityEngine,
+                 servers: ServerRegistry, registry: RelationshipRegistry) -> None:
+        self.params = record.params
+        self.engine = engine
+        self.servers = servers
+        self.registry = registry
+        self.running: set[str] = set()
+
+    async def run(self, ctx: ActivityContext) -> None:
+        try:
+            rt = self.registry.get(self.params["relationship"])
+        except UnknownRelationship:
+            raise ActivityError("its relationship is no longer defined") from None
+        if rt.tree is None or rt.spec.selection is None:
+            raise ActivityError(f"relationship {rt.name} is not a tree relationship")
+        server = self.params["destination"]
+        target_root = self.params["target_volume"]
+        try:
+            src = await self.servers.backend(rt.spec.master)
+            dst = await self.servers.backend(server)
+            src_tree = await src.tree(rt.spec.selection.root,
+                                      selector=rt.spec.selection.by_property)
+            dst_tree = await _tree_or_empty(dst, target_root)
+        except (BackendError, LinkError) as exc:
+            code = StatusCode.LINK if isinstance(exc, LinkError) else StatusCode.ERROR
+            raise ActivityError(f"tree not listed: {exc}", code) from exc
+        members = select(rt.spec.selection, rt.name,
+                         [ListedDataset(d.name, d.guid, d.selector) for d in src_tree.datasets])
+        if await self._follow_renames(ctx, rt, dst, dst_tree, target_root):
+            dst_tree = await _tree_or_empty(dst, target_root)
+        todo = self._plan(rt, server, members, src_tree, dst_tree, target_root)
+        ctx.set_progress(0, len(todo), unit="members", estimated=False)
+        ctx.log.info("tree sync planned", members=len(members), to_send=len(todo),
+                     slave=server)
+        done = 0
+        existing = {d.name for d in dst_tree.datasets}
+        limit = asyncio.Semaphore(rt.spec.max_parallel)
+        for depth in sorted({m.relative.count("/") if m.relative else -1 for m, _ in todo}):
+            level = [(m, snap) for m, snap in todo
+                     if (m.relative.count("/") if m.relative else -1) == depth]
+
+            async def one(m: Member, snap: Snapshot) -> None:
+                nonlocal done
+                async with limit:
+                    await ctx.checkpoint()
+                    await self._member(ctx, rt, dst, server, m, snap, target_root, existing)
+                done += 1
+                ctx.set_progress(done)
+            await asyncio.gather(*(one(m, snap) for m, snap in level))
+        await self._prune_slave(ctx, rt, dst, server, target_root)
+        failing = [m.name for m in rt.tree.members.values()
+                   if (s := m.slaves.get(server)) and s.error]
+        ctx.remember(members=len(members), sent=len(todo), failing=len(failing))
+        ctx.log.info("tree sync done", slave=server, sent=len(todo), failing=len(failing))
+
+    async def _follow_renames(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
+                              dst_tree: TreeListing, target_root: str) -> bool:
+        """A member renamed on the master is renamed on the slave too, not sent again.
+        Returns whether any was."""
+        assert rt.tree is not None
+        names = {d.name for d in dst_tree.datasets}
+        moved = False
+        for new, old in list(rt.tree.renamed.items()):
+            src_name = _under(target_root, old)
+            dst_name = _under(target_root, new)
+            if src_name in names and dst_name not in names:
+                try:
+                    await dst.create_parents(dst_name)
+                    await dst.rename(src_name, dst_name)
+                    ctx.log.info("renamed a member's replica as on the master",
+                                 old=src_name, new=dst_name)
+                except (BackendError, LinkError) as exc:
+                    ctx.log.warning("replica not renamed; it will be sent in full",
+                                    old=src_name, new=dst_name, error=str(exc))
+                    continue
+                moved = True
+        rt.tree.renamed.clear()
+        return moved
+
+    def _plan(self, rt: Runtime, server: str, members: tuple[Member, ...],
+              src_tree: TreeListing, dst_tree: TreeListing,
+              target_root: str) -> list[tuple[Member, Snapshot]]:
+        """The members this slave lacks the newest snapshot of (with that snapshot)."""
+        assert rt.tree is not None
+        todo = []
+        for m in members:
+            entry = rt.tree.members.setdefault(m.relative, TreeMember(m.relative, m.name, m.guid))
+            state = entry.slaves.setdefault(server, MemberSlave())
+            ds = src_tree.get(m.name)
+            snaps = list(ds.snapshots) if ds else []
+            newest = next((s for s in reversed(snaps) if s.label.startswith(rt.spec.prefix)),
+                          None)
+            if newest is None:
+                continue
+            entry.newest_guid, entry.newest_label = newest.guid, newest.label
+            entry.newest_created = float(newest.creation)
+            target = m.target(target_root)
+            tds = dst_tree.get(target)
+            try:
+                plan = plan_replication(
+                    snapshot_name=newest.name, source_snapshots=snaps, target_volume=target,
+                    target_exists=tds is not None,
+                    target_snapshots=list(tds.snapshots) if tds else [], intermediates=True)
+            except ReplicationConflict as exc:
+                state.error = str(exc)
+                continue
+            if plan.mode == PlanMode.UP_TO_DATE:
+                _shared(state, newest)
+                continue
+            todo.append((m, newest))
+        return todo
+
+    async def _member(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
+                      server: str, m: Member, snap: Snapshot, target_root: str,
+                      existing: set[str]) -> None:
+        assert rt.tree is not None
+        state = rt.tree.members[m.relative].slaves[server]
+        target = m.target(target_root)
+        parent = target.rpartition("/")[0]
+        try:
+            if parent and parent not in existing and "/" in parent:
+                await dst.create_parents(target)
+        except (BackendError, LinkError) as exc:
+            state.error = f"parents of {target} not created: {exc}"
+            return
+        req = ReplicationRequest(
+            snapshot=snap.name, source=rt.spec.master, destination=server,
+            target_volume=target, intermediates=True, latest_prefix=rt.spec.prefix,
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name, unmounted=True,
+            bandwidth_limit=rt.spec.slave(server).bandwidth_limit)
+        record = submit_transfer(self.engine, req, member=m.relative, parent=ctx.record.id)
+        self.running.add(record.id)
+        state.sending = True
+        try:
+            final = await self.engine.wait(record.id)
+        finally:
+            self.running.discard(record.id)
+            state.sending = False
+        if final.state == State.SUCCEEDED:
+            existing.add(target)
+            received = final.params.get("received")
+            if isinstance(received, dict):
+                state.guid, state.label = received["guid"], received["label"]
+                state.created = float(received["creation"])
+            state.error = None
+        else:
+            state.error = final.status.message if final.status else str(final.state)
+
+    async def _prune_slave(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
+                           server: str, target_root: str) -> None:
+        """The slave's retention for every member, from one more listing, as one prune."""
+        try:
+            tree = await _tree_or_empty(dst, target_root)
+        except (BackendError, LinkError) as exc:
+            ctx.log.info("slave retention skipped", slave=server, error=str(exc))
+            return
+        assert rt.tree is not None
+        now = time.time()
+        doomed: list[str] = []
+        for entry in rt.tree.members.values():
+            ds = tree.get(_under(target_root, entry.relative))
+            state = entry.slaves.get(server)
+            if ds is None or state is None or state.guid is None:
+                continue
+            doomed += [s.name for s in to_destroy(list(ds.snapshots), rt.spec.slave_retention,
+                                                  now=now, prefix=rt.spec.prefix,
+                                                  protected={state.guid})]
+        if doomed:
+            snapshot_prune.submit_prune(self.engine, server, target_root, doomed, rt.name)
+
+    async def rollback(self, ctx: ActivityContext) -> None:
+        """Cancelled: cancel (and so roll back) the member transfers under way."""
+        for activity_id in list(self.running):
+            with contextlib.suppress(Exception):  # already finishing
+                await self.engine.cancel(activity_id)
+
+
+def _shared(state: MemberSlave, snap: Snapshot) -> None:
+    state.guid, state.label, state.created = snap.guid, snap.label, float(snap.creation)
+    state.error = None
+
+
+def _under(root: str, relative: str) -> str:
+    return f"{root}/{relative}" if relative else root
+
+
+async def _tree_or_empty(backend: StorageBackend, root: str) -> TreeListing:
+    try:
+        return await backend.tree(root)
+    except NotFound:
+        return TreeListing(root, ())
+
+
+def register(engine: ActivityEngine, servers: ServerRegistry,
+             registry: RelationshipRegistry) -> None:
+    engine.register(KIND, lambda r: TreeSyncWork(r, engine, servers, registry))
