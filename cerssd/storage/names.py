@@ -36,6 +36,10 @@ _COMPONENT = re.compile(_COMPONENT_RE)
 _POOL = re.compile(_POOL_RE)
 _OBJECT = re.compile(_OBJECT_RE)
 _RESERVED_POOLS = re.compile(r"mirror|raidz\d?|draid\d?|spare|log|cache|c\d.*")
+#: ZFS user properties: lowercase letters, digits and ``: . _ -`` (ZFS refuses ``+``), with
+#: a colon after a non-empty module part (``module:name``). 256 characters at most.
+_USER_PROPERTY = re.compile(r"[a-z0-9._-]+:[a-z0-9:._-]*")
+MAX_USER_PROPERTY_LENGTH = 256
 
 VOLUME_PATTERN = f"^{_POOL_RE}(/{_COMPONENT_RE})*$"
 LABEL_PATTERN = f"^{_COMPONENT_RE}$"
@@ -109,6 +113,17 @@ def validate_object_name(name: str, kind: str) -> str:
         raise InvalidName(f"{name!r}: {kind} names use letters, digits, '_', '.', '-', "
                           f"start with a letter or digit, and have at most "
                           f"{MAX_OBJECT_NAME_LENGTH} characters")
+    return name
+
+
+def validate_user_property(name: str) -> str:
+    """``name`` if it is a ZFS user property (``module:name``), else InvalidName: the
+    property a tree's members are selected by, passed to ``zfs get``."""
+    if not isinstance(name, str) or len(name) > MAX_USER_PROPERTY_LENGTH \
+            or _USER_PROPERTY.fullmatch(name) is None:
+        raise InvalidName(
+            f"{name!r} is not a ZFS user property: it needs a colon (module:name) and only "
+            "lowercase letters, digits and ': . _ -'")
     return name
 
 

@@ -30,9 +30,11 @@ from ..names import (
     validate_volume,
 )
 from ..values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
+from . import tree
 from .fuse import remount, tags_by_taking
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
+from .rows import snapshot_from, to_int, volume_from
 
 _VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted"
 _SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
@@ -145,13 +147,13 @@ class ZfsBackend:
             lines = out.splitlines()
             page = [line.split("\t") for line in lines[offset:end]]
             return VolumePage(tuple(
-                _volume(f[0], dict(zip(_VOLUME_PROPS.split(","), f[1:], strict=True)))
+                volume_from(f[0], dict(zip(_VOLUME_PROPS.split(","), f[1:], strict=True)))
                 for f in page), len(lines))
         names = (await self._list("-H", "-o", "name", *scope)).splitlines()
         wanted = names[offset:end]
         rows = await self._props(_VOLUME_PROPS, *wanted, missing_ok=True) if wanted else {}
-        return VolumePage(tuple(_volume(n, rows[n]) for n in wanted if "guid" in rows.get(n, {})),
-                          len(names))
+        return VolumePage(tuple(volume_from(n, rows[n]) for n in wanted
+                                if "guid" in rows.get(n, {})), len(names))
 
     async def _list(self, *args: str) -> str:
         """``zfs list -t filesystem,volume ARGS``; roots that do not exist are skipped."""
@@ -165,13 +167,13 @@ class ZfsBackend:
     async def volume(self, name: str) -> Volume:
         validate_volume(name)
         rows = await self._props(_VOLUME_PROPS, name)
-        return _volume(name, rows[name])
+        return volume_from(name, rows[name])
 
     async def snapshots(self, volume: str) -> list[Snapshot]:
         """Snapshots of ``volume`` oldest first (by creation txg: creation has 1 s steps)."""
         validate_volume(volume)
         rows = await self._props(_SNAPSHOT_PROPS, volume, depth=1)
-        snaps = [_snapshot(name, p) for name, p in rows.items()
+        snaps = [snapshot_from(name, p) for name, p in rows.items()
                  if name.partition("@")[0] == volume and p.get("type") == "snapshot"]
         return sorted(snaps, key=lambda snap: snap.createtxg)
 
@@ -186,9 +188,9 @@ class ZfsBackend:
         for line in out.splitlines():
             name, prop, value = line.split("\t", 2)
             rows[name][prop] = value
-        marks = [(_int(p.get("createtxg")), Snapshot(
+        marks = [(to_int(p.get("createtxg")), Snapshot(
             name=name, volume=volume, label=name.partition("#")[2], guid=p["guid"],
-            creation=_int(p.get("creation")), used=0, referenced=0, userrefs=0))
+            creation=to_int(p.get("creation")), used=0, referenced=0, userrefs=0))
             for name, p in rows.items() if name.startswith(volume + "#")]
         return [mark for _, mark in sorted(marks, key=lambda pair: pair[0])]
 
@@ -222,7 +224,7 @@ class ZfsBackend:
             rows = {}
         if rows.get(name, {}).get("type") != "snapshot":
             raise NotFound(f"snapshot {name} does not exist on {self.server}")
-        return _snapshot(name, rows[name])
+        return snapshot_from(name, rows[name])
 
     async def create_snapshot(self, volume: str, label: str) -> Snapshot:
         validate_volume(volume)
@@ -496,33 +498,23 @@ class ZfsBackend:
         return Endpoint(self.runner, argv)
 
     async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
-        raise NotImplementedError  # built by the storage-tree slice
+        """One ``zfs get -r`` of the whole tree, snapshots included (``tree.py``)."""
+        return await tree.list_tree(self, root, selector)
 
     async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
-        raise NotImplementedError  # built by the storage-tree slice
+        """One ``zfs snapshot`` naming every member, or ``-r`` then the non-members'
+        snapshots destroyed (``tree.py``)."""
+        await tree.snapshot_tree(self, root, label, members)
 
     async def create_parents(self, volume: str) -> None:
-        raise NotImplementedError  # built by the storage-tree slice
+        """Missing ancestors as ``canmount=off`` filesystems (``tree.py``)."""
+        await tree.create_parents(self, volume)
 
     async def estimate(self, snapshot: str, base: str | None = None, *,
                        intermediates: bool = False, resume_token: str | None = None,
                        options: StreamOptions = StreamOptions()) -> int | None:
         return await self.size_estimate(snapshot, base, intermediates=intermediates,
                                         resume_token=resume_token, flags=send_flags(options))
-
-def _volume(name: str, p: dict[str, str]) -> Volume:
-    # ``mounted`` is "-" for a zvol: it has no mount, only a device.
-    return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
-                  used=_int(p.get("used")), referenced=_int(p.get("referenced")),
-                  readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes")
-
-
-def _snapshot(name: str, p: dict[str, str]) -> Snapshot:
-    volume, _, label = name.partition("@")
-    return Snapshot(name=name, volume=volume, label=label, guid=p["guid"],
-                    creation=int(p["creation"]), used=_int(p.get("used")),
-                    referenced=_int(p.get("referenced")), userrefs=_int(p.get("userrefs")),
-                    createtxg=_int(p.get("createtxg")))
 
 
 def _only_missing(stderr: str) -> bool:
@@ -538,9 +530,3 @@ def _outermost(roots: list[str]) -> list[str]:
         if not any(root.startswith(k + "/") for k in kept):
             kept.append(root)
     return kept
-
-
-def _int(value: str | None) -> int:
-    if value is None or not value.isdigit():
-        return 0
-    return int(value)

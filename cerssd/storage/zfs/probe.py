@@ -1,8 +1,13 @@
 """What this ``zfs`` can do, read off its own usage text (never assumed from a version).
 
 zfs-fuse and every OpenZFS release print their commands and flags when run without
-arguments; the flags of ``send``, ``receive``, ``list`` and ``get`` and the presence
-of ``bookmark``, ``hold`` and ``load-key`` give the capabilities.
+arguments; the flags of ``send``, ``receive``, ``list`` and ``get``, the arguments of
+``snapshot`` and the presence of ``bookmark``, ``hold`` and ``load-key`` give the
+capabilities.
+
+``snapshot`` taking several datasets at once (all in one transaction) shows as a repeated
+last argument: OpenZFS prints ``<filesystem|volume>@<snap> ...``, zfs-fuse 0.7 prints
+``<filesystem@snapname|volume@snapname>`` and refuses a second one ("too many arguments").
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ class ZfsUsage:
     receive_line: str
     list_flags: str
     get_line: str
+    snapshot_line: str = ""
 
 
 def parse_usage(text: str) -> ZfsUsage:
@@ -49,6 +55,7 @@ def parse_usage(text: str) -> ZfsUsage:
         receive_line=" ".join(lines.get("receive", []) + lines.get("recv", [])),
         list_flags=m.group(1) if m else "",
         get_line=" ".join(lines.get("get", [])),
+        snapshot_line=" ".join(lines.get("snapshot", [])),
     )
 
 
@@ -68,4 +75,6 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         parsable_list="p" in usage.list_flags,
         typed_get="-t" in usage.get_line,
         encryption="load-key" in usage.commands,
+        # "...@<snap> ...": the snapshot argument may be repeated
+        multi_snapshot=re.search(r"@\S*\s+\.\.\.", usage.snapshot_line) is not None,
     )

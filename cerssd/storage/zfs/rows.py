@@ -1,0 +1,27 @@
+"""``zfs get -Hp`` rows turned into the backend's values (``Volume``, ``Snapshot``)."""
+
+from __future__ import annotations
+
+from ..values import Snapshot, Volume
+
+
+def volume_from(name: str, p: dict[str, str]) -> Volume:
+    # ``mounted`` is "-" for a zvol: it has no mount, only a device.
+    return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
+                  used=to_int(p.get("used")), referenced=to_int(p.get("referenced")),
+                  readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes")
+
+
+def snapshot_from(name: str, p: dict[str, str]) -> Snapshot:
+    volume, _, label = name.partition("@")
+    return Snapshot(name=name, volume=volume, label=label, guid=p["guid"],
+                    creation=int(p["creation"]), used=to_int(p.get("used")),
+                    referenced=to_int(p.get("referenced")), userrefs=to_int(p.get("userrefs")),
+                    createtxg=to_int(p.get("createtxg")))
+
+
+def to_int(value: str | None) -> int:
+    """A numeric property's value; "-" (not applicable) or missing as 0."""
+    if value is None or not value.isdigit():
+        return 0
+    return int(value)
