@@ -140,6 +140,10 @@ class TreeCycle:
         if members:
             await master.snapshot_tree(sel.root, label, [m.name for m in members])
             ctx.log.info("tree snapshot taken", label=label, members=len(members))
+            for m in members:  # behind until a sync lists the new snapshot's guid
+                entry = rt.tree.members[m.relative]
+                entry.newest_label, entry.newest_guid = label, None
+                entry.newest_created = now
         busy = {a.record.params.get("destination") for a in syncing}
         for slave in rt.spec.slaves:
             if slave.server not in busy and members:

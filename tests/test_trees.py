@@ -1,0 +1,174 @@
+"""Tree relationships on real zfs-fuse: a whole dataset tree kept on a standby.
+
+A real daemon, real pools; the master's tree and the slave's copy are read back with
+``zfs`` itself. Each test drives cycles with sync-now and waits on the relationship's
+tree summary (every member in sync on every slave), never on time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+
+MEMBERS = ("a", "a/x", "b", "b/scratch", "c", "tmp", "tmp/t1")
+
+
+def tree_config(name: str, root: str, target: str, **keys: str) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    return ('[servers.local]\nkind = "local"\n[servers.lab1]\nkind = "local"\n'
+            f'[relationships.{name}]\nvolume = "{root}"\ninterval = "1h"\n{extra}'
+            f'slaves = [{{server = "lab1", target_volume = "{target}"}}]\n')
+
+
+def rel(d: DaemonProcess, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = d.api("GET", f"/v1/relationships/{name}")
+    return result
+
+
+def all_in_sync(d: DaemonProcess, name: str, members: int, cycles: int) -> bool:
+    r = rel(d, name)
+    tree = r["tree"]
+    return (r["cycles"] >= cycles and tree is not None and tree["members"] == members
+            and tree["slaves"]["lab1"]["in_sync"] == members)
+
+
+def sync_now(d: DaemonProcess, name: str) -> int:
+    before: int = rel(d, name)["cycles"]
+    assert raw_request(d.socket_path, "POST", f"/v1/relationships/{name}/sync-now").status \
+        == 202
+    return before + 1
+
+
+def datasets(root: str) -> list[str]:
+    out = zfs("list", "-H", "-o", "name", "-r", "-t", "filesystem,volume", root).stdout
+    return out.split()
+
+
+def snapshot_txgs(root: str, label: str) -> dict[str, str]:
+    out = zfs("get", "-Hp", "-r", "-o", "name,value", "createtxg", root).stdout
+    return {line.split("\t")[0].split("@")[0]: line.split("\t")[1]
+            for line in out.splitlines() if line.split("\t")[0].endswith("@" + label)}
+
+
+def destroy_released(volume: str) -> None:
+    """What an operator does to destroy a replicated volume: cerssd's holds (the bases it
+    keeps for each slave) are released first, as ZFS asks."""
+    snaps = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", volume).stdout.split()
+    for snap in snaps:
+        zfs("release", "cerssd:lab1", snap, check=False)
+    zfs("destroy", "-r", volume)
+
+
+def make_tree(pool: str) -> str:
+    root = f"{pool}/cinder"
+    zfs("create", root)
+    for m in MEMBERS:
+        zfs("create", f"{root}/{m}")
+    write_file(f"/{root}/a/f", 1)
+    write_file(f"/{root}/c/f", 1)
+    return root
+
+
+def test_a_recursive_tree_with_excludes_follows_the_pool(
+        start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool(), make_pool()
+    root = make_tree(src)
+    d = start_daemon(extra=tree_config("cinder", root, f"{dst}/standby", recursive="true",
+                                       exclude='["tmp", "*/scratch"]', max_parallel="3"))
+    members = 1 + len(MEMBERS) - 3  # the root, less tmp, tmp/t1 and b/scratch
+    wait_until(lambda: all_in_sync(d, "cinder", members, 1), 180, what="the first cycle")
+    expected = sorted([f"{dst}/standby"] + [f"{dst}/standby/{m}" for m in MEMBERS
+                                            if not m.startswith("tmp") and "scratch" not in m])
+    assert datasets(f"{dst}/standby") == expected
+    # received unmounted: a standby of hundreds must not mount them all
+    mounted = zfs("get", "-H", "-o", "value", "mounted", f"{dst}/standby/a").stdout.strip()
+    assert mounted == "no"
+    # one instant for the whole tree: every member's cycle snapshot shares one txg
+    label = rel(d, "cinder")["tree"] and d.api(
+        "GET", "/v1/relationships/cinder/volumes")["items"][0]["newest_snapshot"].split("@")[1]
+    txgs = snapshot_txgs(root, label)
+    assert sorted(txgs) == sorted([root] + [f"{root}/{m}" for m in MEMBERS
+                                             if not m.startswith("tmp") and "scratch" not in m])
+    assert len(set(txgs.values())) == 1, txgs
+    # excluded datasets got no snapshot of the cycle
+    assert zfs("list", "-t", "snapshot", f"{root}/tmp@{label}", check=False).returncode != 0
+
+    # a member created and another destroyed between cycles
+    zfs("create", f"{root}/d")
+    write_file(f"/{root}/d/f", 1)
+    destroy_released(f"{root}/c")
+    cycle = sync_now(d, "cinder")
+    wait_until(lambda: all_in_sync(d, "cinder", members, cycle), 120,
+               what="the new member on the slave")
+    tree = rel(d, "cinder")["tree"]
+    assert tree["gone"] == ["c"]
+    assert f"{dst}/standby/d" in datasets(f"{dst}/standby")
+    assert f"{dst}/standby/c" in datasets(f"{dst}/standby"), "a gone member's copy is kept"
+
+    page = d.api("GET", "/v1/relationships/cinder/volumes?limit=2&offset=1")
+    assert page["total"] == members and len(page["items"]) == 2
+    assert [i["relative"] for i in page["items"]] == ["a", "a/x"]
+    assert all(s["state"] == "in-sync" for i in page["items"] for s in i["slaves"])
+
+
+def test_a_property_selects_members_and_off_on_a_child_takes_it_out(
+        start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool(), make_pool()
+    root = make_tree(src)
+    zfs("set", "cerssd:replicate=on", f"{root}/a")
+    zfs("set", "cerssd:replicate=on", f"{root}/b")
+    zfs("set", "cerssd:replicate=off", f"{root}/b/scratch")
+    zfs("set", "cerssd:replicate=tenants", f"{root}/c")
+    d = start_daemon(extra=tree_config("tenants", root, f"{dst}/copy",
+                                       property='"cerssd:replicate"'))
+    wait_until(lambda: all_in_sync(d, "tenants", 4, 1), 180, what="the first cycle")
+    # the root is no member: its copy was made as a plain parent for the members
+    assert datasets(f"{dst}/copy") == sorted(
+        [f"{dst}/copy"] + [f"{dst}/copy/{m}" for m in ("a", "a/x", "b", "c")])
+
+
+def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool(), make_pool()
+    root = make_tree(src)
+    d = start_daemon(extra=tree_config("cinder", root, f"{dst}/standby", recursive="true"))
+    members = 1 + len(MEMBERS)
+    wait_until(lambda: all_in_sync(d, "cinder", members, 1), 180, what="the first cycle")
+    # someone snapshots a replica on the standby: it no longer follows the master
+    zfs("snapshot", f"{dst}/standby/b@local-change")
+    write_file(f"/{root}/a/g", 1)
+    write_file(f"/{root}/b/g", 1)
+    cycle = sync_now(d, "cinder")
+
+    def degraded() -> bool:
+        r = rel(d, "cinder")
+        return (r["cycles"] >= cycle and r["state"] == "degraded"
+                and r["tree"]["slaves"]["lab1"]["in_sync"] == members - 1)
+    wait_until(degraded, 120, what="the others in sync, b failing")
+    tree = rel(d, "cinder")["tree"]
+    assert [f["member"] for f in tree["failing"]] == [f"{root}/b"]
+    assert "local-change" in tree["failing"][0]["error"] or tree["failing"][0]["error"]
+    failing = d.api("GET", "/v1/relationships/cinder/volumes?state=failing")
+    assert [i["relative"] for i in failing["items"]] == ["b"]
+
+    # the operator drops the stray snapshot: the next cycle brings b back
+    zfs("destroy", f"{dst}/standby/b@local-change")
+    cycle = sync_now(d, "cinder")
+    wait_until(lambda: all_in_sync(d, "cinder", members, cycle)
+               and rel(d, "cinder")["state"] == "running", 120, what="b in sync again")
+
+
+def test_a_renamed_member_is_renamed_on_the_slave_not_sent_again(
+        start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool(), make_pool()
+    root = make_tree(src)
+    d = start_daemon(extra=tree_config("cinder", root, f"{dst}/standby", recursive="true"))
+    members = 1 + len(MEMBERS)
+    wait_until(lambda: all_in_sync(d, "cinder", members, 1), 180, what="the first cycle")
+    guid = zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/standby/c").stdout.strip()
+    zfs("unmount", f"{root}/c")  # zfs-fuse calls a mounted dataset busy for a rename
+    zfs("rename", f"{root}/c", f"{root}/e")
+    cycle = sync_now(d, "cinder")
+    wait_until(lambda: all_in_sync(d, "cinder", members, cycle), 120, what="the rename")
+    assert zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/standby/e").stdout.strip() == guid
+    assert f"{dst}/standby/c" not in datasets(f"{dst}/standby")
