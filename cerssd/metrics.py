@@ -20,7 +20,9 @@ from .activity import ActivityRecord, LinkCondition, State
 from .engine import Activity, ActivityEngine
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
+from .replication.logic.tree_status import MemberState
 from .replication.relationships.rendering import RelationshipView
+from .replication.relationships.runtime import Runtime
 from .replication.stream.groups import FanoutGroups
 from .servers import ServerRegistry
 
@@ -167,8 +169,12 @@ class RelationshipCollector(Collector):
         cycles = CounterMetricFamily("cerssd_relationship_cycles",
                                      "Cycles (snapshot + transfers started) run",
                                      labels=["relationship"])
+        trees = []
         for rt in sorted(self.relationships.all(), key=lambda r: r.name):
             cycles.add_metric([rt.name], rt.cycles)
+            if rt.tree is not None:
+                trees.append(rt)
+                continue
             for slave in self.relationships.slaves_json(rt):
                 values = [rt.name, slave["server"]]
                 if slave["lag_seconds"] is not None:
@@ -178,6 +184,7 @@ class RelationshipCollector(Collector):
                 last_bytes.add_metric(values, slave["last_cycle_bytes"])
                 for name in STATES:
                     state.add_metric([*values, name], 1 if slave["state"] == name else 0)
+        yield from self._trees(trees, lag)
         yield from (lag, success, last_bytes, state, cycles)
         yield from self._roles()
         groups = self.groups
@@ -186,6 +193,40 @@ class RelationshipCollector(Collector):
         sends.add_metric([], groups.sends + groups.live_sends())
         yield sends
 
+
+    @staticmethod
+    def _trees(trees: list[Runtime], lag: GaugeMetricFamily) -> Iterator[Metric]:
+        """A tree's series per relationship and slave, whatever its number of members:
+        counts by member state and the worst lag (also as the replication lag, so the
+        lag alert covers trees); per member only with ``member_metrics``."""
+        members = GaugeMetricFamily("cerssd_tree_members", "Members of a tree relationship",
+                                    labels=["relationship"])
+        by_state = GaugeMetricFamily("cerssd_tree_members_by_state",
+                                     "A tree's members in each state on a slave (in-sync, "
+                                     "behind, sending, failing)",
+                                     labels=["relationship", "slave", "state"])
+        member_lag = GaugeMetricFamily("cerssd_tree_member_lag_seconds",
+                                       "Age of the newest snapshot of the member the slave "
+                                       "has (only with member_metrics)",
+                                       labels=["relationship", "slave", "member"])
+        now = time.time()
+        for rt in trees:
+            assert rt.tree is not None
+            servers = [s.server for s in rt.spec.slaves]
+            summary = rt.tree.summary(servers, now)
+            members.add_metric([rt.name], summary["members"])
+            for server, counts in summary["slaves"].items():
+                for st in MemberState:
+                    by_state.add_metric([rt.name, server, st.value],
+                                        counts[st.value.replace("-", "_")])
+                if counts["worst_lag_seconds"] is not None:
+                    lag.add_metric([rt.name, server], counts["worst_lag_seconds"])
+            if rt.spec.member_metrics:
+                for m in rt.tree.members.values():
+                    for server in servers:
+                        if (value := m.lag(server, now)) is not None:
+                            member_lag.add_metric([rt.name, server, m.name], value)
+        yield from (members, by_state, member_lag)
 
     def _roles(self) -> Iterator[Metric]:
         status = GaugeMetricFamily("cerssd_relationship_replication_status",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+from .test_cli import ctl
 
 MEMBERS = ("a", "a/x", "b", "b/scratch", "c", "tmp", "tmp/t1")
 
@@ -57,7 +58,9 @@ def destroy_released(volume: str) -> None:
     snaps = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", volume).stdout.split()
     for snap in snaps:
         zfs("release", "cerssd:lab1", snap, check=False)
-    zfs("destroy", "-r", volume)
+    # zfs-fuse calls a dataset busy for a moment after a use (as conftest's pools)
+    wait_until(lambda: zfs("destroy", "-r", volume, check=False).returncode == 0, 30,
+               interval=0.2, what=f"{volume} to be destroyed")
 
 
 def make_tree(pool: str) -> str:
@@ -150,6 +153,12 @@ def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool:
     assert "local-change" in tree["failing"][0]["error"] or tree["failing"][0]["error"]
     failing = d.api("GET", "/v1/relationships/cinder/volumes?state=failing")
     assert [i["relative"] for i in failing["items"]] == ["b"]
+    shown = ctl(d, "relationship", "show", "cinder")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{members} members" in shown.stdout and f"failing  {root}/b on lab1" in shown.stdout
+    listed = ctl(d, "relationship", "volumes", "cinder", "--state", "failing")
+    assert listed.returncode == 0 and f"{root}/b" in listed.stdout, listed
+    assert "1 of 1 members" in listed.stdout
 
     # the operator drops the stray snapshot: the next cycle brings b back
     zfs("destroy", f"{dst}/standby/b@local-change")

@@ -31,9 +31,17 @@ def slave_summary(slave: dict[str, Any]) -> str:
     return text + (f" link {link['state']}" if link["state"] != "up" else "")
 
 
+def tree_slave_summary(tree: dict[str, Any]) -> str:
+    return "; ".join(f"{server} {c['in_sync']}/{tree['members']} in sync"
+                     + (f", {c['failing']} failing" if c["failing"] else "")
+                     for server, c in tree["slaves"].items())
+
+
 def relationship_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
     return [(r["name"], r["volume"], r["master"], r["state"], r["replication_status"],
-             r["schedule"], r["cycles"], "; ".join(slave_summary(s) for s in r["slaves"]))
+             r["schedule"], r["cycles"],
+             tree_slave_summary(r["tree"]) if r.get("tree") is not None
+             else "; ".join(slave_summary(s) for s in r["slaves"]))
             for r in items]
 
 
@@ -58,6 +66,9 @@ def render_one(out: Output, r: dict[str, Any]) -> None:
     lines += _failover_lines(r["failover"])
     print_fields(out.console, lines)
     out.console.print()
+    if r.get("tree") is not None:
+        render_tree(out, r)
+        return
     out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
                "link", "transfer"],
               [(s["server"], s["target_volume"], s["state"], lag_text(s["lag_seconds"]),
@@ -94,12 +105,47 @@ def _link_text(link: dict[str, Any]) -> str:
     return text
 
 
+def render_tree(out: Output, r: dict[str, Any]) -> None:
+    """A tree's summary: members, per slave the counts by state and the worst lag, the
+    failing members; ``cerssctl relationship volumes NAME`` drills down."""
+    tree = r["tree"]
+    targets = {s["server"]: s["target_volume"] for s in r["slaves"]}
+    out.console.print(f"tree: {tree['members']} members")
+    out.table(["slave", "target root", "in sync", "behind", "sending", "failing",
+               "worst lag"],
+              [(server, targets.get(server, "-"), c["in_sync"], c["behind"], c["sending"],
+                c["failing"], lag_text(c["worst_lag_seconds"]))
+               for server, c in tree["slaves"].items()])
+    for f in tree["failing"]:
+        out.console.print(f"failing  {f['member']} on {f['server']}: {f['error']}")
+    if tree["failing_total"] > len(tree["failing"]):
+        out.console.print(f"... {tree['failing_total'] - len(tree['failing'])} more: "
+                          f"cerssctl relationship volumes {r['name']} --state failing")
+    for name in tree["gone"]:
+        out.console.print(f"gone     {name} (destroyed on the master; copies kept)")
+    for pattern in tree["unmatched_patterns"]:
+        out.console.print(f"warning  pattern {pattern!r} matches nothing")
+
+
+def render_members(out: Output, data: dict[str, Any]) -> None:
+    out.table(["member", "slave", "state", "lag", "last snapshot", "error"],
+              [(m["name"], s["server"], s["state"], lag_text(s["lag_seconds"]),
+                s["last_snapshot"] or "-", s["error"] or "-")
+               for m in data["items"] for s in m["slaves"]])
+    out.console.print(f"{len(data['items'])} of {data['total']} members")
+
+
 def add_parsers(sub: Any) -> None:
     sub.add_parser("relationships", help="continuous replication relationships")
     r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now")
     verbs = r.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
         verbs.add_parser(verb, help=f"{verb} a relationship").add_argument("name")
+    v = verbs.add_parser("volumes", help="a tree relationship's members, each slave's state")
+    v.add_argument("name")
+    v.add_argument("--state", choices=["in-sync", "behind", "sending", "failing"])
+    v.add_argument("--limit", type=int, default=100)
+    v.add_argument("--offset", type=int, default=0)
     c = verbs.add_parser("create", help="keep VOLUME replicated to slaves")
     c.add_argument("name")
     c.add_argument("volume", help="pool/volume on the master")
@@ -115,6 +161,14 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--retry-deadline", help='e.g. 2h, or "never"')
     c.add_argument("--no-fanout", action="store_true",
                    help="one zfs send per slave instead of one for all")
+    c.add_argument("--recursive", action="store_true",
+                   help="the volume and every descendant, including ones created later")
+    c.add_argument("--include", action="append", metavar="PATTERN",
+                   help="tree members must match one of these (repeat)")
+    c.add_argument("--exclude", action="append", metavar="PATTERN",
+                   help="leave out members matching this (repeat)")
+    c.add_argument("--property", metavar="MODULE:NAME",
+                   help='members: datasets where this user property is "on" or NAME')
     f = verbs.add_parser("failover", help="promote a slave (or fail back to the home master)")
     f.add_argument("name")
     f.add_argument("--to", required=True, metavar="SERVER", help="the slave to promote")
@@ -137,7 +191,10 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
         slaves.append({"server": server, **({"target_volume": target} if target else {})})
     body: dict[str, Any] = {"name": args.name, "volume": args.volume, "master": args.master,
                             "slaves": slaves, "fanout": not args.no_fanout}
-    for key in ("interval", "cron", "prefix", "retention", "retry_deadline"):
+    if args.recursive:
+        body["recursive"] = True
+    for key in ("interval", "cron", "prefix", "retention", "retry_deadline", "include",
+                "exclude", "property"):
         if getattr(args, key):
             body[key] = getattr(args, key)
     return body
@@ -165,6 +222,11 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
                 "rollback": args.rollback}
         out.emit(client.request("POST", f"{path}/rejoin", body),
                  lambda d: _render_rejoin(out, d))
+    elif verb == "volumes":
+        query = {"limit": args.limit, "offset": args.offset,
+                 **({"state": args.state} if args.state else {})}
+        out.emit(client.request("GET", f"{path}/volumes?{urllib.parse.urlencode(query)}"),
+                 lambda d: render_members(out, d))
     elif verb == "show":
         out.emit(client.request("GET", path), lambda r: render_one(out, r))
     elif verb == "remove":

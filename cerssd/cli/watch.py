@@ -249,13 +249,23 @@ def relationships_table(items: list[dict[str, Any]], now: float) -> RenderableTy
         first: list[Cell] = [r["name"], _cut(r["volume"]), r["master"], _styled(r["state"]),
                              *([str(r.get("replication_status") or "-")] if replication
                                else [])]
+        tree = r.get("tree")
         for s in r["slaves"] or [{"server": "-", "state": "-", "lag_seconds": None,
                                  "link": None, "error": None}]:
             down = link_text(s["link"], now, server=False)
-            trouble = (_cut(down, "red") if down else
-                       _cut(s["error"], "red") if s.get("error") else Text("up"))
-            rows.append([*first, s["server"], _styled(s["state"]), lag_text(s["lag_seconds"]),
-                         trouble])
+            if tree is not None and s["server"] in tree["slaves"]:
+                # a tree: how many members are in sync, its worst lag, failing members
+                c = tree["slaves"][s["server"]]
+                state: Cell = f"{c['in_sync']}/{tree['members']} in sync"
+                lag = lag_text(c["worst_lag_seconds"])
+                trouble = (_cut(down, "red") if down else
+                           _cut(f"{c['failing']} members failing", "red") if c["failing"]
+                           else Text("up"))
+            else:
+                state, lag = _styled(s["state"]), lag_text(s["lag_seconds"])
+                trouble = (_cut(down, "red") if down else
+                           _cut(s["error"], "red") if s.get("error") else Text("up"))
+            rows.append([*first, s["server"], state, lag, trouble])
             first = [""] * len(first)
     return _table(["relationship", "volume", "master", "state",
                    *(["replication"] if replication else []), "slave", "slave state", "lag",

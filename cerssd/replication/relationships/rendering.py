@@ -39,7 +39,7 @@ class RelationshipView:
             state = RelationshipState.DEGRADED
         return {
             **rt.spec.to_json(),
-            "state": state, "tree": tree,
+            "state": state, **({"tree": tree} if tree is not None else {}),
             "replication_status": self.replication_status(rt),
             "active_server": rt.spec.master, "home_master": rt.home,
             "failover": rt.failover.to_json(),
