@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import AlreadyExists, BackendError, NotFound
 from ..names import (
@@ -54,11 +54,23 @@ from ..names import (
     validate_user_property,
     validate_volume,
 )
-from ..values import Snapshot, TreeDataset, TreeListing
+from ..values import Capabilities, Snapshot, TreeDataset, TreeListing
 from .rows import snapshot_from
 
-if TYPE_CHECKING:
-    from .backend import ZfsBackend
+
+class ZfsBackend(Protocol):
+    """What the tree functions use of ``backend.ZfsBackend`` (declared here, not imported:
+    the backend imports this module)."""
+
+    capabilities: Capabilities
+
+    async def _run(self, *args: str, tool: str | None = None) -> str: ...
+
+    async def _list(self, *args: str) -> str: ...
+
+    async def _props(self, props: str, *names: str, depth: int | None = None,
+                     recursive: bool = False, missing_ok: bool = False,
+                     ) -> dict[str, dict[str, str]]: ...
 
 TREE_PROPS = ("type", "guid", "creation", "createtxg", "used", "referenced", "userrefs")
 DATASET_TYPES = frozenset({"filesystem", "volume"})
