@@ -111,6 +111,14 @@ def write_backed_up(walk: Walk) -> bool:
     return any(m["snapshot"].partition("@")[2] >= written for m in items)
 
 
+def tree_has_the_new_member(walk: Walk) -> bool:
+    """The tree's cycle after the new volume: 5 members, all in sync on both standbys."""
+    tree = walk.api("/v1/relationships/tenants").get("tree") or {}
+    return tree.get("members") == 5 and all(
+        c["in_sync"] == 5 for c in tree.get("slaves", {}).values()) \
+        and len(tree.get("slaves", {})) == 2
+
+
 def replicate_running(walk: Walk) -> bool:
     return bool(walk.api(f"/v1/activities/{walk.notes['id']}")["state"] == "running")
 
@@ -119,6 +127,7 @@ WAIT_BEFORE: dict[str, Callable[[Walk], bool]] = {
     "look": both_in_sync,  # "Once both standbys are in-sync"
     "replicated": synced_after_write,  # "When the watch shows both standbys in-sync again"
     "restore": write_backed_up,  # every cycle also sent its snapshot to the bucket
+    "tree-replicated": tree_has_the_new_member,  # "When the watch shows 5/5 in sync"
 }
 
 RELATIONSHIP_HOME = r"^replication\s+enabled \(home master local\)"
@@ -141,6 +150,16 @@ STEPS: dict[str, list[Expect]] = {
         Expect(shows=(r"^standby1\s+cerssd-standby1/data\s+in-sync",
                       r"^standby2\s+cerssd-standby2/data\s+in-sync")),
         Expect(shows=(r"\Ahello from the master\nhello from the master\Z",)),
+    ],
+    "tree": [Expect(), Expect(shows=(r"^tenants running$",))],
+    "tree-replicated": [
+        Expect(shows=(r"^tree: 5 members", r"^standby1\s+cerssd-standby1/tenants\s+5\s+0\s+0\s+0",
+                      r"^standby2\s+cerssd-standby2/tenants\s+5\s+0\s+0\s+0")),
+        Expect(shows=(r"^cerssd-master/tenants/umbrella\s+standby1\s+in-sync",
+                      r"^cerssd-master/tenants/umbrella\s+standby2\s+in-sync",
+                      r"^5 of 5 members")),
+        Expect(shows=(r"^cerssd-standby1/tenants/umbrella$", r"^cerssd-standby2/tenants/umbrella$",
+                      r"^cerssd-standby1/tenants/acme$")),
     ],
     "replicate": [
         Expect(shows=(r"^kind\s+snapshot", r"^state\s+succeeded")),
@@ -203,7 +222,8 @@ STEPS: dict[str, list[Expect]] = {
 }
 # Blocks run apart from the one shell: the first terminal, the second, and the end.
 SPECIAL = ("up", "watch", "down")
-ORDER = ["up", "env", "watch", "look", "write", "replicated", "replicate", "suspend", "cut",
+ORDER = ["up", "env", "watch", "look", "write", "replicated", "tree", "tree-replicated",
+         "replicate", "suspend", "cut",
          "heal", "restore", "failover", "failback", "down"]
 
 
