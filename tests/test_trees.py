@@ -7,6 +7,7 @@ tree summary (every member in sync on every slave), never on time.
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
@@ -181,3 +182,36 @@ def test_a_renamed_member_is_renamed_on_the_slave_not_sent_again(
     wait_until(lambda: all_in_sync(d, "cinder", members, cycle), 120, what="the rename")
     assert zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/standby/e").stdout.strip() == guid
     assert f"{dst}/standby/c" not in datasets(f"{dst}/standby")
+
+
+def test_a_tree_of_fifty_killed_mid_sync_converges_after_restart(
+        start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool("1G"), make_pool("1G")
+    root = f"{src}/many"
+    zfs("create", root)
+    for i in range(50):
+        zfs("create", f"{root}/v{i:02d}")
+        write_file(f"/{root}/v{i:02d}/f", 1)
+    config = tree_config("many", root, f"{dst}/many", recursive="true", max_parallel="2")
+    # held to 4 MB/s per member transfer, so that the kill lands mid-sync
+    config = config.replace('target_volume = "' + f"{dst}/many" + '"}',
+                            'target_volume = "' + f"{dst}/many" + '", '
+                            "bandwidth_limit = 4000000}")
+    d = start_daemon(extra=config)
+
+    def some_sent() -> bool:
+        syncs = d.api("GET", "/v1/activities?kind=tree-sync")["items"]
+        return bool(syncs) and 5 <= syncs[0]["progress"]["done"] < 40
+    wait_until(some_sent, 180, interval=0.2, what="the first sync part-way")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    again = start_daemon(config_path=d.config_path)
+    wait_until(lambda: all_in_sync(again, "many", 51, 1), 300, what="convergence after kill -9")
+    for i in range(50):
+        name = f"v{i:02d}"
+        newest = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-s", "createtxg",
+                     "-r", f"{root}/{name}").stdout.split()[-1]
+        label = newest.split("@")[1]
+        guid = zfs("get", "-Hp", "-o", "value", "guid", newest).stdout.strip()
+        copy = zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/many/{name}@{label}")
+        assert copy.returncode == 0 and copy.stdout.strip() == guid, (name, copy.stderr)

@@ -24,7 +24,7 @@ from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot_label, validate_volume
 from ...storage.values import Snapshot, TreeListing
 from ...transport.errors import LinkError
-from ..flows import snapshot_prune
+from ..flows import replicate, snapshot_prune
 from ..flows.replicate import ReplicationRequest
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.members import ListedDataset, Member, select
@@ -180,7 +180,9 @@ class TreeSyncWork:
             target_volume=target, intermediates=True, latest_prefix=rt.spec.prefix,
             retry_deadline=rt.spec.retry_deadline, relationship=rt.name, unmounted=True,
             bandwidth_limit=rt.spec.slave(server).bandwidth_limit)
-        record = submit_transfer(self.engine, req, member=m.relative, parent=ctx.record.id)
+        live = self._live_transfer(rt.name, server, m.relative)
+        record = live if live is not None else submit_transfer(
+            self.engine, req, member=m.relative, parent=ctx.record.id)
         self.running.add(record.id)
         state.sending = True
         try:
@@ -197,6 +199,17 @@ class TreeSyncWork:
             state.error = None
         else:
             state.error = final.status.message if final.status else str(final.state)
+
+    def _live_transfer(self, relationship: str, server: str,
+                       member: str) -> ActivityRecord | None:
+        """A transfer of this member to this slave still under way: one a daemon killed
+        mid-sync restarted by itself. It is followed, not doubled (two receives into one
+        target would fail each other)."""
+        for activity in self.engine.live(replicate.KIND, relationship):
+            p = activity.record.params
+            if p.get("member") == member and p.get("destination") == server:
+                return activity.snapshot()
+        return None
 
     async def _prune_slave(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
                            server: str, target_root: str) -> None:
