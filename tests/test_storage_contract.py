@@ -3,11 +3,12 @@
 The flows are written against the protocol, so every implementation must behave the
 same where the flows can tell: snapshots listed oldest first with guids, names refused
 before anything runs, pins that keep a snapshot, streams that carry guids and are
-taken in only onto their base, fencing, rollback, replace. Where a capability is
+taken in only onto their base, fencing, rollback, replace, trees (one listing, one
+instant's snapshot of the members, parents made for a receive). Where a capability is
 missing the method's answer is the documented no-op (``estimate`` None, no marks).
 
-Each test gets a ``Store``: a backend, its pool, and a way to make an empty volume
-(flows never create volumes, so the protocol has no verb for it). The ``openzfs``
+Each test gets a ``Store``: a backend, its pool, and ways to make an empty volume and to
+set a user property (flows do neither, so the protocol has no verb for them). The ``openzfs``
 parameter runs on the QEMU guest (marker ``openzfs``, like tests/test_openzfs.py).
 """
 
@@ -45,6 +46,7 @@ class Store:
     backend: StorageBackend
     pool: str
     make_volume: Callable[[str], object]
+    set_property: Callable[[str, str, str], object]
 
     def fresh(self) -> str:
         """A new empty volume's name."""
@@ -76,12 +78,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "fake":
         fake = FakeBackend("contract", tmp_path)
         await fake.probe()
-        yield Store(fake, "tank", fake.add_volume)
+        yield Store(fake, "tank", fake.add_volume, fake.set_property)
     elif request.param == "zfs-fuse":
         pool = request.getfixturevalue("fuse_pool")
         backend = ZfsBackend(LocalRunner("contract"))
         await backend.probe()
-        yield Store(backend, pool, lambda name: zfs("create", name))
+        yield Store(backend, pool, lambda name: zfs("create", name),
+                    lambda name, prop, value: zfs("set", f"{prop}={value}", name))
     else:
         vm: OpenZfsGuest = request.getfixturevalue("openzfs_guest")
         pool = request.getfixturevalue("guest_pool")
@@ -95,17 +98,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             result = vm.ssh("zfs", "create", name)
             assert result.returncode == 0, result.stderr
 
+        def set_property(name: str, prop: str, value: str) -> None:
+            result = vm.ssh("zfs", "set", f"{prop}={value}", name)
+            assert result.returncode == 0, result.stderr
+
         try:
-            yield Store(backend, pool, create)
+            yield Store(backend, pool, create, set_property)
         finally:
             await runner.close()
 
 
 async def stream(src: StorageBackend, snapshot: str, dst: StorageBackend, target: str,
-                 base: str | None = None, *, intermediates: bool = False) -> int:
+                 base: str | None = None, *, intermediates: bool = False,
+                 unmounted: bool = False) -> int:
     return await transfer(src.send(snapshot, base, intermediates=intermediates),
-                          dst.receive(target), counters=Counters(), gate=FlowGate(),
-                          stall_timeout=120)
+                          dst.receive(target, unmounted=unmounted), counters=Counters(),
+                          gate=FlowGate(), stall_timeout=120)
 
 
 async def test_probe_publishes_capabilities(store: Store) -> None:
@@ -306,3 +314,141 @@ async def test_volumes_are_listed_under_roots_in_pages(store: Store) -> None:
     assert [v.name for v in page.items] == [f"{parent}/a", f"{parent}/b"]
     assert page.total == 4
     assert (await b.volumes([store.unused()])).total == 0
+
+
+# Trees
+
+PROPERTY = "cerssd-test:replicate"
+
+
+async def test_a_tree_lists_parents_first_each_with_its_snapshots(store: Store) -> None:
+    b, root = store.backend, store.fresh()
+    for child in ("a.c", "a", "a/b", "a-b", "a/b/c"):  # made out of order
+        store.make_volume(f"{root}/{child}")
+    store.make_volume(f"{root}-sibling")  # shares the root's name as a prefix: not in it
+    for volume, label in (("a/b", "y"), ("a/b", "x"), ("", "s1"), ("a-b", "s1")):
+        await b.create_snapshot(f"{root}/{volume}".rstrip("/"), label)
+    marked = await b.create_snapshot(f"{root}/a", "m")
+    await b.mark_base(marked, PEER)  # a bookmark (where there are any) is not listed
+    listing = await b.tree(root)
+    assert listing.root == root
+    assert [d.name for d in listing.datasets] == [
+        root, *(f"{root}/{c}" for c in ("a", "a/b", "a/b/c", "a-b", "a.c"))]
+    for d in listing.datasets:
+        assert d.type == "filesystem" and d.selector is None
+        assert d.guid == (await b.volume(d.name)).guid
+        assert list(d.snapshots) == await b.snapshots(d.name)
+    got = listing.get(f"{root}/a/b")
+    assert got is not None and [s.label for s in got.snapshots] == ["y", "x"]
+    assert listing.get(f"{root}-sibling") is None
+    leaf = await b.tree(f"{root}/a/b/c")
+    assert [d.name for d in leaf.datasets] == [f"{root}/a/b/c"]
+
+
+async def test_a_tree_selector_follows_zfs_inheritance(store: Store) -> None:
+    b, root = store.backend, store.fresh()
+    for child in ("on", "on/child", "on/off", "on/off/grandchild", "named", "unset"):
+        store.make_volume(f"{root}/{child}")
+    store.set_property(f"{root}/on", PROPERTY, "on")
+    store.set_property(f"{root}/on/off", PROPERTY, "off")
+    store.set_property(f"{root}/named", PROPERTY, "rel-1")
+    listing = await b.tree(root, selector=PROPERTY)
+    assert {d.name.removeprefix(root): d.selector for d in listing.datasets} == {
+        "": None, "/on": "on", "/on/child": "on", "/on/off": "off",
+        "/on/off/grandchild": "off", "/named": "rel-1", "/unset": None}
+    store.set_property(root, PROPERTY, "on")  # from above the root, inherited all the same
+    below = await b.tree(f"{root}/unset", selector=PROPERTY)
+    assert [d.selector for d in below.datasets] == ["on"]
+
+
+@pytest.mark.parametrize("selector", ["replicate", "Cerssd:x", ":x", "a b:c", "a+b:c",
+                                      "x:y,mounted", "x:" + "y" * 300])
+async def test_a_tree_refuses_bad_names_before_anything_runs(store: Store,
+                                                              selector: str) -> None:
+    b = store.backend
+    with pytest.raises(InvalidName):
+        await b.tree(store.pool, selector=selector)
+    with pytest.raises(InvalidName):
+        await b.tree("tank/a b")
+
+
+async def test_a_tree_needs_its_root(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.backend.tree(store.unused())
+
+
+async def test_a_tree_snapshot_is_one_instant_of_the_members_only(store: Store) -> None:
+    b, root = store.backend, store.fresh()
+    for child in ("a", "a/x", "b", "c", "c/y"):
+        store.make_volume(f"{root}/{child}")
+    members = [f"{root}/{m}" for m in ("a", "a/x", "c")]  # not the root, b or c/y
+    await b.snapshot_tree(root, "cycle-1", members)
+    taken = {m: await b.snapshot(f"{m}@cycle-1") for m in members}
+    assert len({s.createtxg for s in taken.values()}) == 1  # one transaction
+    assert len({s.guid for s in taken.values()}) == len(members)
+    for other in (root, f"{root}/b", f"{root}/c/y"):
+        assert not await b.has_snapshot(f"{other}@cycle-1")
+    listing = await b.tree(root)
+    assert {d.name for d in listing.datasets if any(s.label == "cycle-1" for s in d.snapshots)
+            } == set(members)
+
+    await b.snapshot_tree(root, "cycle-1", members)  # again (a restart): nothing changes
+    assert {m: await b.snapshot(f"{m}@cycle-1") for m in members} == taken
+    assert not await b.has_snapshot(f"{root}/b@cycle-1")
+
+
+async def test_a_tree_snapshot_completes_a_partial_one(store: Store) -> None:
+    b, root = store.backend, store.fresh()
+    for child in ("a", "b", "c"):
+        store.make_volume(f"{root}/{child}")
+    early = await b.create_snapshot(f"{root}/a", "cycle-2")
+    gone = f"{root}/gone"  # destroyed since the listing: skipped
+    await b.snapshot_tree(root, "cycle-2", [f"{root}/a", f"{root}/b", root, gone])
+    assert await b.snapshot(f"{root}/a@cycle-2") == early
+    assert await b.has_snapshot(f"{root}/b@cycle-2") and await b.has_snapshot(f"{root}@cycle-2")
+    assert not await b.has_snapshot(f"{root}/c@cycle-2")
+    assert not await b.exists(gone)
+
+
+async def test_a_tree_snapshot_refuses_members_outside_the_root(store: Store) -> None:
+    b, root, other = store.backend, store.fresh(), store.fresh()
+    with pytest.raises(InvalidName):
+        await b.snapshot_tree(root, "s", [other])
+    with pytest.raises(InvalidName):
+        await b.snapshot_tree(root, "s", [f"{root}-x"])
+    with pytest.raises(InvalidName):
+        await b.snapshot_tree(root, "bad label", [root])
+    assert not await b.has_snapshot(f"{other}@s")
+    await b.snapshot_tree(root, "s", [])  # no members: nothing to do
+
+
+async def test_parents_are_created_unmounted_for_a_receive(store: Store) -> None:
+    b, source = store.backend, store.fresh()
+    snap = await b.create_snapshot(source, "s1")
+    top = store.unused()
+    target = f"{top}/p/q/leaf"
+    assert await b.target_problem(target) is not None
+    await b.create_parents(target)
+    await b.create_parents(target)  # again: they exist, fine
+    for parent in (top, f"{top}/p", f"{top}/p/q"):
+        made = await b.volume(parent)
+        assert made.type == "filesystem" and not made.mounted
+    assert not await b.exists(target) and await b.target_problem(target) is None
+    await stream(b, snap.name, b, target, unmounted=True)
+    assert [s.guid for s in await b.snapshots(target)] == [snap.guid]
+    assert not (await b.volume(target)).mounted
+    existing = store.fresh()  # an existing, mounted ancestor is left as it is
+    await b.create_parents(f"{existing}/new/leaf")
+    assert (await b.volume(existing)).mounted and not (await b.volume(f"{existing}/new")).mounted
+    await b.create_parents(f"{store.pool}/x")  # no ancestor below the pool: nothing to make
+    assert not await b.exists(f"{store.pool}/x")
+
+
+async def test_a_receive_leaves_a_filesystem_unmounted_when_asked(store: Store) -> None:
+    b, source = store.backend, store.fresh()
+    snap = await b.create_snapshot(source, "s1")
+    mounted, unmounted = store.unused(), store.unused()
+    await stream(b, snap.name, b, mounted)
+    await stream(b, snap.name, b, unmounted, unmounted=True)
+    assert (await b.volume(mounted)).mounted
+    assert not (await b.volume(unmounted)).mounted

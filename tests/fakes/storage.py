@@ -28,12 +28,22 @@ from typing import Any
 
 from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound
 from cerssd.storage.names import (
+    InvalidName,
     validate_bookmark,
     validate_snapshot,
     validate_snapshot_label,
+    validate_user_property,
     validate_volume,
 )
-from cerssd.storage.values import Capabilities, Snapshot, StreamOptions, Volume, VolumePage
+from cerssd.storage.values import (
+    Capabilities,
+    Snapshot,
+    StreamOptions,
+    TreeDataset,
+    TreeListing,
+    Volume,
+    VolumePage,
+)
 from cerssd.transport.runner import LocalRunner
 from cerssd.transport.stream import Endpoint
 
@@ -41,7 +51,8 @@ from cerssd.transport.stream import Endpoint
 #: exact size (those stay with the zfs-fuse and OpenZFS tiers).
 FAKE_CAPABILITIES = Capabilities(
     stateless_snapshots=True, incremental_send=True, bookmarks=True, holds=True,
-    self_restarting=True, safe_send_holds=True, parsable_list=True, typed_get=True)
+    self_restarting=True, safe_send_holds=True, parsable_list=True, typed_get=True,
+    multi_snapshot=True)
 
 _txg = itertools.count(1)
 
@@ -57,6 +68,9 @@ class FakeVolume:
     readonly: bool = False
     #: Written to since the last snapshot (an incremental receive would be refused).
     changed: bool = False
+    mounted: bool = True
+    #: User properties set on this volume itself (``tree`` works out inheritance).
+    props: dict[str, str] = field(default_factory=dict)
 
 
 def _guid() -> str:
@@ -75,7 +89,7 @@ class FakeBackend:
         self._dir = workdir / f"fake-{server}-{uuid.uuid4().hex[:6]}"
         (self._dir / "streams").mkdir(parents=True)
         (self._dir / "inbox").mkdir()
-        self._pending: dict[Path, tuple[str, bool]] = {}
+        self._pending: dict[Path, tuple[str, bool, bool]] = {}
         self.refused: list[str] = []
         #: method name -> awaited before the method runs (raise to fail it).
         self.hooks: dict[str, Callable[[], Awaitable[None]]] = {}
@@ -94,6 +108,10 @@ class FakeBackend:
         vol = FakeVolume(name, _guid(), int(time.time()))
         self.vols[name] = vol
         return vol
+
+    def set_property(self, volume: str, prop: str, value: str) -> None:
+        """``zfs set prop=value volume`` (a user property, inherited below)."""
+        self._vol(volume).props[validate_user_property(prop)] = value
 
     def write(self, volume: str) -> None:
         """A client wrote to ``volume`` (refused when it is read-only)."""
@@ -145,7 +163,7 @@ class FakeBackend:
     def _volume(self, name: str) -> Volume:
         vol = self.vols[name]
         return Volume(name=name, type="filesystem", guid=vol.guid, creation=vol.creation,
-                      used=0, referenced=0, readonly=vol.readonly, mounted=True)
+                      used=0, referenced=0, readonly=vol.readonly, mounted=vol.mounted)
 
     async def volume(self, name: str) -> Volume:
         await self._enter("volume")
@@ -361,13 +379,13 @@ class FakeBackend:
         self.calls.append("receive")
         validate_volume(volume)
         path = self._dir / "inbox" / f"{uuid.uuid4().hex}.json"
-        self._pending[path] = (volume, discard_changes)
+        self._pending[path] = (volume, discard_changes, unmounted)
         return Endpoint(LocalRunner(self.server),
                         ["sh", "-c", 'cat > "$0.part" && mv "$0.part" "$0"', str(path)])
 
     def _take_in(self) -> None:
         """Apply every stream that arrived completely since the last call."""
-        for path, (volume, discard) in list(self._pending.items()):
+        for path, (volume, discard, unmounted) in list(self._pending.items()):
             if not path.exists():
                 if not path.with_name(path.name + ".part").exists():
                     continue  # not started yet
@@ -375,11 +393,12 @@ class FakeBackend:
             del self._pending[path]
             stream = json.loads(path.read_text())
             path.unlink()
-            problem = self._apply(volume, stream, discard)
+            problem = self._apply(volume, stream, discard, unmounted)
             if problem is not None:
                 self.refused.append(problem)
 
-    def _apply(self, volume: str, stream: dict[str, Any], discard: bool) -> str | None:
+    def _apply(self, volume: str, stream: dict[str, Any], discard: bool,
+               unmounted: bool) -> str | None:
         vol = self.vols.get(volume)
         if stream["base_guid"] is None:
             if vol is not None:
@@ -388,6 +407,7 @@ class FakeBackend:
             if parent not in self.vols:
                 return f"parent of {volume} does not exist"
             vol = self.add_volume(volume)
+            vol.mounted = not unmounted
         else:
             if vol is None or not vol.snapshots:
                 return f"{volume} has no base for an incremental stream"
@@ -402,6 +422,62 @@ class FakeBackend:
                 userrefs=0, createtxg=next(_txg)))
         vol.changed = False
         return None
+
+    # Trees
+
+    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
+        await self._enter("tree")
+        self._vol(root)
+        if selector is not None:
+            validate_user_property(selector)
+        names = sorted((n for n in self.vols if _in_tree(root, n)),
+                       key=lambda n: tuple(n.split("/")))
+        return TreeListing(root=root, datasets=tuple(
+            TreeDataset(name=n, type="filesystem", guid=self.vols[n].guid,
+                        selector=self._effective(n, selector) if selector else None,
+                        snapshots=tuple(self._counted(self.vols[n], s)
+                                        for s in self.vols[n].snapshots))
+            for n in names))
+
+    def _effective(self, name: str, prop: str) -> str | None:
+        """The property's value set on ``name`` or inherited from its nearest ancestor."""
+        while True:
+            vol = self.vols.get(name)
+            if vol is not None and prop in vol.props:
+                return vol.props[prop]
+            if "/" not in name:
+                return None
+            name = name.rpartition("/")[0]
+
+    async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
+        """Every member lacking ``label`` gets it at one txg; gone members are skipped."""
+        await self._enter("snapshot_tree")
+        validate_volume(root)
+        validate_snapshot_label(label)
+        for member in members:
+            validate_snapshot(f"{validate_volume(member)}@{label}")
+            if not _in_tree(root, member):
+                raise InvalidName(f"{member} is not in the tree of {root}")
+        txg, now = next(_txg), int(time.time())
+        for member in sorted(set(members)):
+            vol = self.vols.get(member)
+            name = f"{member}@{label}"
+            if vol is None or any(s.name == name for s in vol.snapshots):
+                continue
+            vol.snapshots.append(Snapshot(
+                name=name, volume=member, label=label, guid=_guid(), creation=now, used=0,
+                referenced=1 << 20, userrefs=0, createtxg=txg))
+            vol.changed = False
+
+    async def create_parents(self, volume: str) -> None:
+        await self._enter("create_parents")
+        parts = validate_volume(volume).split("/")
+        if parts[0] not in self._pools:
+            raise NotFound(f"no such pool {parts[0]}")
+        for depth in range(2, len(parts)):
+            ancestor = "/".join(parts[:depth])
+            if ancestor not in self.vols:
+                self.add_volume(ancestor).mounted = False
 
     async def estimate(self, snapshot: str, base: str | None = None, *,
                        intermediates: bool = False, resume_token: str | None = None,
@@ -420,6 +496,10 @@ class FakeBackend:
     async def abort_receive(self, volume: str) -> None:
         await self._enter("abort_receive")
         validate_volume(volume)
+
+
+def _in_tree(root: str, name: str) -> bool:
+    return name == root or name.startswith(root + "/")
 
 
 def stalling(endpoint: Endpoint) -> Endpoint:
