@@ -17,6 +17,7 @@ from cerssd.storage.names import (
     validate_object_name,
     validate_snapshot,
     validate_snapshot_label,
+    validate_user_property,
     validate_volume,
 )
 
@@ -119,3 +120,16 @@ def test_patterns_agree_with_the_validators() -> None:
             validate_volume(name)
         assert not re.fullmatch(VOLUME_PATTERN.strip("^$"), name) or name in (
             "pool/../etc", "pool/./a", "mirror", "raidz1/a"), name  # refused by the code
+
+
+@pytest.mark.parametrize("name", ["cerssd:replicate", "com.example:sync-now", "a:", "x:y:z",
+                                  "autobackup:offsite_1"])
+def test_user_properties_accepted(name: str) -> None:
+    assert validate_user_property(name) == name
+
+
+@pytest.mark.parametrize("name", ["replicate", ":x", "Cerssd:x", "a b:c", "a+b:c",
+                                  "x:y,mounted", "x:y\n", "x:" + "y" * 255, ""])
+def test_bad_user_properties_rejected(name: str) -> None:
+    with pytest.raises(InvalidName, match="not a ZFS user property"):
+        validate_user_property(name)
