@@ -442,6 +442,8 @@ async def test_parents_are_created_unmounted_for_a_receive(store: Store) -> None
     assert (await b.volume(existing)).mounted and not (await b.volume(f"{existing}/new")).mounted
     await b.create_parents(f"{store.pool}/x")  # no ancestor below the pool: nothing to make
     assert not await b.exists(f"{store.pool}/x")
+    with pytest.raises(NotFound):
+        await b.create_parents("nosuchpool/a/b")
 
 
 async def test_a_receive_leaves_a_filesystem_unmounted_when_asked(store: Store) -> None:

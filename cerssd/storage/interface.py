@@ -87,7 +87,9 @@ class StorageBackend(Protocol):
         """A snapshot ``label`` of each of ``members`` (``root`` or under it), all taken
         at one instant: one command naming them all (``multi_snapshot``), else a
         recursive snapshot of ``root`` whose snapshots of non-members are then destroyed.
-        Idempotent: members that already have ``label`` are fine."""
+        Idempotent: members that already have ``label`` are fine. Members that no longer
+        exist (destroyed since the listing) are skipped; ``InvalidName`` for one outside
+        ``root``."""
         ...
 
     async def create_parents(self, volume: str) -> None:

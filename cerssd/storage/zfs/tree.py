@@ -21,9 +21,9 @@ once, or the whole listing is refused with the dataset's name (never half-believ
 * otherwise (zfs-fuse, or more members than fit) ``zfs snapshot -r A@L`` on the members'
   lowest common ancestor ``A``, then one ``zfs destroy D@L`` per dataset under ``A`` that
   is not a member (zfs-fuse destroys one snapshot per command, OpenZFS several of one
-  dataset only). Chunking a multi-name command would not be atomic, so it is never done.
-  What this costs grows with the non-members under ``A``: a property that selects few of
-  many siblings is cheap on OpenZFS, not on zfs-fuse.
+  dataset only), ``DESTROY_PARALLEL`` at a time. Chunking a multi-name command would not
+  be atomic, so it is never done. What this costs grows with the non-members under ``A``:
+  a property that selects few of many siblings is cheap on OpenZFS, not on zfs-fuse.
 
 Either is all-or-nothing in ZFS. Re-running it is fine: when ``L`` already exists on a
 member (a daemon restarted between the snapshot and its journal) or a member is gone
@@ -41,6 +41,7 @@ mounted sets ``canmount=on``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -78,6 +79,11 @@ DATASET_TYPES = frozenset({"filesystem", "volume"})
 #: a quarter of the stack limit (2 MiB by default), environment included; this stays far
 #: below, whatever the server's limit.
 MAX_ARGV_BYTES = 512 * 1024
+#: Non-members' snapshots destroyed at a time after a ``snapshot -r``. Concurrent destroys
+#: share ZFS transactions: 100 of them took 4.5-4.8 s one by one on zfs-fuse here, 1.0-2.7 s
+#: four at a time, 1.3-1.6 s sixteen at a time. Four is also as many commands as an SSH
+#: server runs at once (``transport.ssh.MAX_SHELLS``).
+DESTROY_PARALLEL = 4
 
 
 def in_tree(root: str, name: str) -> bool:
@@ -187,10 +193,7 @@ async def _take(zfs: ZfsBackend, members: list[str], label: str) -> None:
     top = common_ancestor(members)
     await zfs._run("snapshot", "-r", f"{top}@{label}")
     wanted = set(members)
-    for dataset in await _subtree(zfs, top):
-        if dataset not in wanted:
-            with contextlib.suppress(NotFound):  # created after the snapshot: none to drop
-                await zfs._run("destroy", f"{dataset}@{label}")
+    await _destroy(zfs, [d for d in await _subtree(zfs, top) if d not in wanted], label)
 
 
 async def _complete(zfs: ZfsBackend, members: list[str], label: str) -> None:
@@ -209,9 +212,23 @@ async def _complete(zfs: ZfsBackend, members: list[str], label: str) -> None:
             for name in names:
                 with contextlib.suppress(AlreadyExists):
                     await zfs._run("snapshot", name)
-    for dataset in sorted(having - wanted, key=tree_order):
-        with contextlib.suppress(NotFound):
-            await zfs._run("destroy", f"{dataset}@{label}")
+    await _destroy(zfs, sorted(having - wanted, key=tree_order), label)
+
+
+async def _destroy(zfs: ZfsBackend, datasets: Sequence[str], label: str) -> None:
+    """Snapshot ``label`` of each of ``datasets``, ``DESTROY_PARALLEL`` at a time; one
+    that is not there (a dataset created after the snapshot) is fine."""
+    gate = asyncio.Semaphore(DESTROY_PARALLEL)
+
+    async def destroy(dataset: str) -> None:
+        async with gate:
+            with contextlib.suppress(NotFound):
+                await zfs._run("destroy", f"{dataset}@{label}")
+
+    results = await asyncio.gather(*(destroy(d) for d in datasets), return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
 
 
 async def _subtree(zfs: ZfsBackend, top: str) -> list[str]:
