@@ -176,8 +176,11 @@ def test_a_renamed_member_is_renamed_on_the_slave_not_sent_again(
     members = 1 + len(MEMBERS)
     wait_until(lambda: all_in_sync(d, "cinder", members, 1), 180, what="the first cycle")
     guid = zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/standby/c").stdout.strip()
-    zfs("unmount", f"{root}/c")  # zfs-fuse calls a mounted dataset busy for a rename
-    zfs("rename", f"{root}/c", f"{root}/e")
+    # zfs-fuse calls a mounted dataset busy for a rename, and a used one for a moment after
+    def renamed() -> bool:
+        zfs("unmount", f"{root}/c", check=False)  # fails once it is unmounted: fine
+        return zfs("rename", f"{root}/c", f"{root}/e", check=False).returncode == 0
+    wait_until(renamed, 30, interval=0.2, what="the rename on the master")
     cycle = sync_now(d, "cinder")
     wait_until(lambda: all_in_sync(d, "cinder", members, cycle), 120, what="the rename")
     assert zfs("get", "-Hp", "-o", "value", "guid", f"{dst}/standby/e").stdout.strip() == guid
