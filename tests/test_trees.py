@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
 from .test_cli import ctl
 
 MEMBERS = ("a", "a/x", "b", "b/scratch", "c", "tmp", "tmp/t1")
@@ -114,6 +114,10 @@ def test_a_recursive_tree_with_excludes_follows_the_pool(
     assert page["total"] == members and len(page["items"]) == 2
     assert [i["relative"] for i in page["items"]] == ["a", "a/x"]
     assert all(s["state"] == "in-sync" for i in page["items"] for s in i["slaves"])
+
+    # failing a tree over as one is not built: refused, not half-done on the root alone
+    refused = post_json(d, "/v1/relationships/cinder/failover", {"to": "lab1"})
+    assert refused.status == 409 and "tree" in refused.body["detail"], refused.body
 
 
 def test_a_property_selects_members_and_off_on_a_child_takes_it_out(

@@ -90,6 +90,11 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
     """
     rt = deps.registry.get(req.relationship)
     check_no_failover(rt)
+    if rt.spec.is_tree:
+        raise RelationshipError(
+            f"{rt.name} keeps a tree of volumes: failing a tree over (every member from the "
+            "same cycle's snapshot) is not built yet. Promote the members by hand "
+            "(docs/trees.md, Failover) or keep each volume in its own relationship")
     if req.to == rt.spec.master:
         raise RelationshipError(f"{req.to} is already the master of {rt.name}")
     if req.to in rt.failover.fenced:
