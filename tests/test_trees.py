@@ -135,6 +135,24 @@ def test_a_property_selects_members_and_off_on_a_child_takes_it_out(
     assert datasets(f"{dst}/copy") == sorted(
         [f"{dst}/copy"] + [f"{dst}/copy/{m}" for m in ("a", "a/x", "b", "c")])
 
+    # through the API: a tree that would send members of "tenants" to lab1 again is
+    # refused naming it; one of another tree is made (and runs)
+    overlap = post_json(d, "/v1/relationships", {"name": "again", "volume": f"{root}/a",
+                                                 "slaves": ["lab1"], "interval": "1h",
+                                                 "recursive": True})
+    assert overlap.status == 409 and "tenants" in overlap.body["detail"], overlap.body
+    zfs("create", f"{src}/other")
+    zfs("create", f"{src}/other/o1")
+    made = post_json(d, "/v1/relationships", {
+        "name": "other", "volume": f"{src}/other", "interval": "1h", "recursive": True,
+        "slaves": [{"server": "lab1", "target_volume": f"{dst}/other"}], "exclude": ["tmp"]})
+    assert made.status == 201 and made.body["recursive"] is True, made.body
+    wait_until(lambda: all_in_sync(d, "other", 2, 1), 120, what="the API-made tree")
+    bad = post_json(d, "/v1/relationships", {"name": "bad", "volume": f"{src}/other",
+                                             "slaves": ["lab2x"], "interval": "1h",
+                                             "property": "no-colon"})
+    assert bad.status == 422, bad.body
+
 
 def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool: Any) -> None:
     src, dst = make_pool(), make_pool()
