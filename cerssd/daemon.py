@@ -36,6 +36,7 @@ from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
 from .parsing import ConfigError
+from .reload import ConfigReloader
 from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
 from .replication.relationships.cycle_gate import CycleGate
 from .replication.relationships.manager import RelationshipManager
@@ -47,9 +48,6 @@ from .volume_states import VolumeStates
 
 log = structlog.get_logger("cerssd.daemon")
 
-#: Keys a reload cannot change in a running daemon (listeners, journal, servers' transports).
-#: Read once at start: a reload warns about a change to them and keeps the old value.
-#: The retry settings are built into the running activities' retry policy.
 #: Seconds an in-flight request (a long poll, say) gets to finish at shutdown.
 REQUEST_GRACE = 2.0
 #: Seconds the SSH and object-store connections get to close at shutdown.
@@ -58,6 +56,9 @@ CLOSE_GRACE = 5.0
 #: more than the graces above together, less than the unit's TimeoutStopSec margin (15 s).
 EXIT_GRACE = 10.0
 
+#: Keys a reload cannot change in a running daemon (listeners, journal, retry policy).
+#: Read once at start: a reload warns about a change to them and keeps the old value.
+#: The retry settings are built into the running activities' retry policy.
 RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
                 "retry_max_interval", "retry_deadline")
 
@@ -78,6 +79,9 @@ class Daemon:
         self._runners: list[web.AppRunner] = []
         self._lock_file: IO[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: One reload at a time: a SIGHUP during one is applied after it.
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
 
     async def setup(self) -> None:
         d = self.config.daemon
@@ -107,6 +111,8 @@ class Daemon:
             groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate)
         self.relationships.registry.load(self.config.relationships)
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups)
+        self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
+                                       self.relationships.registry)
         started = time.time()
         self.engine.recover()
         # Before anything submits: holds of the activities that came back, then the flows.
@@ -194,28 +200,36 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; a bad file is logged and the old config kept."""
-        path = self.config.source or DEFAULT_CONFIG_PATH
-        self.notifier.notify(reloading=1, status="reloading config")
-        try:
-            new = load_config(path)
-        except ConfigError as exc:
-            log.error("config reload failed; keeping the running config", key=exc.key,
-                      problem=exc.problem, path=str(path))
-            self.notifier.notify(ready=1, status=f"serving (reload failed: {exc})")
-            return
-        unchanged = [k for k in RESTART_KEYS
-                     if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
-        unchanged += [k for k in ("servers", "relationships", "stores")
-                      if getattr(new, k) != getattr(self.config, k)]
-        if unchanged:
-            log.warning("some changes take effect only after a restart", keys=unchanged)
-        configure_logging(new.daemon.log_level)
-        self.engine.retention = new.daemon.activity_retention
-        self.cycle_gate.limit = new.daemon.max_concurrent_cycles
-        self.config = _keep_restart_keys(new, self.config)
-        log.info("config reloaded", path=str(path))
-        self.notifier.notify(ready=1, status="serving")
+        """SIGHUP: re-read the config and put it in force (``reload.py``)."""
+        task = asyncio.get_running_loop().create_task(self.reload_config())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_config(self) -> None:
+        """Re-read the config; a bad file (or one that cannot be put in force: a removed
+        server still named) is logged with its key and the old config kept whole."""
+        async with self._reload_lock:
+            path = self.config.source or DEFAULT_CONFIG_PATH
+            self.notifier.notify(reloading=1, status="reloading config")
+            try:
+                new = load_config(path)
+                diff = self.reloader.check(self.config, new)
+            except ConfigError as exc:
+                log.error("config reload failed; keeping the running config", key=exc.key,
+                          problem=exc.problem, path=str(path))
+                self.notifier.notify(ready=1, status=f"serving (reload failed: {exc})")
+                return
+            unchanged = [k for k in RESTART_KEYS
+                         if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
+            if unchanged:
+                log.warning("some changes take effect only after a restart", keys=unchanged)
+            configure_logging(new.daemon.log_level)
+            self.engine.retention = new.daemon.activity_retention
+            self.cycle_gate.limit = new.daemon.max_concurrent_cycles
+            old, self.config = self.config, _keep_restart_keys(new, self.config)
+            await self.reloader.apply(diff, old, new)
+            log.info("config reloaded", path=str(path), **diff.to_json())
+            self.notifier.notify(ready=1, status="serving")
 
     async def shutdown(self) -> None:
         self.notifier.notify(stopping=1, status="shutting down")
@@ -226,8 +240,8 @@ class Daemon:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
         try:
-            await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close()),
-                                   CLOSE_GRACE)
+            await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close(),
+                                                  self.reloader.close()), CLOSE_GRACE)
         except TimeoutError:
             log.warning("connections did not close in time; leaving them",
                         seconds=CLOSE_GRACE)
@@ -240,8 +254,7 @@ def _keep_restart_keys(new: Config, running: Config) -> Config:
     from dataclasses import replace
 
     kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
-    return replace(new, daemon=replace(new.daemon, **kept), servers=running.servers,
-                   relationships=running.relationships, stores=running.stores)
+    return replace(new, daemon=replace(new.daemon, **kept))
 
 
 def _socket_is_live(path: Path) -> bool:

@@ -54,6 +54,11 @@ class Links:
             self._links[name] = LinkState(name, last_up_at=time.time())
             self.retries[name] = 0
 
+    def remove(self, name: str) -> None:
+        """Stop watching a link (its server or store was removed by a reload)."""
+        self._links.pop(name, None)
+        self.retries.pop(name, None)
+
     def get(self, server: str) -> LinkState | None:
         return self._links.get(server)
 

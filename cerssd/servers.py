@@ -90,10 +90,46 @@ class ServerRegistry:
                  backend_factory: BackendFactory = configured_backend) -> None:
         """``backend_factory`` is the registry's (``config.backend``); tests pass a fake."""
         self.links = Links([name for name, cfg in servers.items() if cfg.kind == "ssh"])
+        self.control_dir = control_dir
+        self._backend_factory = backend_factory
+        #: Rebuilt entries per server (a reload changed it): each generation gets its own
+        #: SSH control directory, so closing the old one's stream multiplexer
+        #: (``ssh -O exit``) never cuts the new one's streams.
+        self._generations: dict[str, int] = {}
         self.entries: dict[str, ServerEntry] = {}
-        for name, cfg in servers.items():
-            runner = make_runner(cfg, control_dir, self.links)
-            self.entries[name] = ServerEntry(cfg, backend_factory(cfg, runner), runner)
+        for cfg in servers.values():
+            self.entries[cfg.name] = self._build(cfg)
+
+    def _build(self, cfg: ServerConfig) -> ServerEntry:
+        generation = self._generations.get(cfg.name, 0)
+        control_dir = self.control_dir if generation == 0 else self.control_dir / str(generation)
+        runner = make_runner(cfg, control_dir, self.links)
+        return ServerEntry(cfg, self._backend_factory(cfg, runner), runner)
+
+    # -- a reload's changes (``reload.py``) ----------------------------------------------
+    def add(self, cfg: ServerConfig) -> None:
+        """A server a reload added: usable at once (probed when first used)."""
+        if cfg.kind == "ssh":
+            self.links.add(cfg.name)
+        self.entries[cfg.name] = self._build(cfg)
+
+    def replace(self, cfg: ServerConfig) -> ServerEntry:
+        """A server a reload changed: new work gets a new backend and connection; the
+        old entry is returned, for its caller to close once its work has ended."""
+        old = self.entries[cfg.name]
+        self._generations[cfg.name] = self._generations.get(cfg.name, 0) + 1
+        if cfg.kind == "ssh":
+            self.links.add(cfg.name)
+        elif old.config.kind == "ssh":
+            self.links.remove(cfg.name)
+        self.entries[cfg.name] = self._build(cfg)
+        return old
+
+    def remove(self, name: str) -> ServerEntry:
+        """A server a reload removed: unknown to new work from now on; the old entry is
+        returned, for its caller to close once its work has ended."""
+        self.links.remove(name)
+        return self.entries.pop(name)
 
     async def probe(self, entry: ServerEntry) -> None:
         name = entry.config.name
@@ -141,7 +177,12 @@ class ServerRegistry:
 
     async def close(self) -> None:
         for entry in self.entries.values():
-            runner = entry.transport
-            if isinstance(runner, SshRunner):
-                with contextlib.suppress(OSError):
-                    await runner.close()
+            await close_entry(entry)
+
+
+async def close_entry(entry: ServerEntry) -> None:
+    """Close the server's SSH connection and stream multiplexer (a local one has none)."""
+    runner = entry.transport
+    if isinstance(runner, SshRunner):
+        with contextlib.suppress(OSError):
+            await runner.close()

@@ -31,6 +31,24 @@ class Stores:
         for name in self.stores:
             links.add(name)
 
+    # -- a reload's changes (``reload.py``) ----------------------------------------------
+    def add(self, config: StoreConfig) -> None:
+        """A store a reload added: its client opens when first used."""
+        self.stores[config.name] = ObjectStore(config, self.links)
+        self.links.add(config.name)
+
+    def replace(self, config: StoreConfig) -> ObjectStore:
+        """A store a reload changed: new work gets a new client; the old one is returned,
+        for its caller to close once its work has ended. ``stores`` is changed in place:
+        the relationship registry reads its names from it."""
+        old = self.stores[config.name]
+        self.stores[config.name] = ObjectStore(config, self.links)
+        return old
+
+    def remove(self, name: str) -> ObjectStore:
+        self.links.remove(name)
+        return self.stores.pop(name)
+
     def get(self, name: str) -> ObjectStore:
         store = self.stores.get(name)
         if store is None:

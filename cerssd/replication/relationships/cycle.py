@@ -155,12 +155,17 @@ class RelationshipWork:
     async def _wait_for_tick(self, ctx: ActivityContext, rt: Runtime) -> None:
         """Until the schedule's next tick, or sync-now (which wakes the activity). A new
         relationship starts at once: a standby that waits for the first cron slot is no
-        standby."""
-        now = time.time()
-        rt.next_cycle_at = now if rt.last_cycle_at is None \
-            else rt.schedule.next_after(rt.last_cycle_at, now)
-        # Also at 0 s: a sync-now that came while the last cycle ran is used up here.
-        await ctx.sleep(max(0.0, rt.next_cycle_at - now))
+        standby. A reload that changed the schedule wakes it too (``rt.rescheduled``):
+        the wait is computed again under the new schedule."""
+        while True:
+            now = time.time()
+            rt.next_cycle_at = now if rt.last_cycle_at is None \
+                else rt.schedule.next_after(rt.last_cycle_at, now)
+            # Also at 0 s: a sync-now that came while the last cycle ran is used up here.
+            await ctx.sleep(max(0.0, rt.next_cycle_at - now))
+            if not rt.rescheduled or rt.catch_up_due:
+                return
+            rt.rescheduled = False  # woken by a reload's new schedule: wait for it instead
 
     async def _master_trouble(self, ctx: ActivityContext, rt: Runtime,
                               exc: Exception) -> None:

@@ -102,6 +102,32 @@ class RelationshipRegistry:
         self.save(rt)
         return rt
 
+    def define(self, spec: RelationshipSpec) -> Runtime:
+        """A relationship a reload added to the config: remembered and started."""
+        rt = self.runtimes[spec.name] = new_runtime(spec)
+        self.save(rt)
+        self.launch(rt)
+        return rt
+
+    async def retire(self, name: str) -> None:
+        """A relationship a reload removed from the config: forgotten at once (the API no
+        longer shows it, reactions to its streams stop), then its activity cancelled
+        and waited for: no new cycle, its running transfers and backups cancelled
+        (rolled back: only their partial receive or upload goes). Nothing else is
+        deleted anywhere."""
+        rt = self.runtimes.pop(name)
+        self.journal.delete_relationship(name)
+        activity = self.activity_of(rt)
+        if activity is not None:
+            with contextlib.suppress(Exception):  # already ending: waited for below
+                await self.engine.cancel(activity.id)
+            await activity.done.wait()
+        streams = [*self.transfers(name).values(), *self.backups(name).values()]
+        for stream in streams:  # the rollback's, and any started as it was cancelled
+            with contextlib.suppress(Exception):
+                await self.engine.cancel(stream.id)
+            await stream.done.wait()
+
     def remove(self, name: str) -> None:
         """Forget ``name`` (stopped first by the caller)."""
         del self.runtimes[name]

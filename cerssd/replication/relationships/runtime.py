@@ -71,6 +71,9 @@ class Runtime:
     store_bases: dict[str, str | None] = field(default_factory=dict)
     #: A tree relationship's members and their state on each slave (None: one volume).
     tree: TreeStatus | None = None
+    #: A reload changed the schedule: the wait for the next tick is computed again (the
+    #: activity is woken for it, and this tells the wake from a sync-now).
+    rescheduled: bool = False
 
     @property
     def name(self) -> str:
@@ -97,6 +100,17 @@ class Runtime:
                        else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
         self.newest = None
         self.group_ids = []
+
+    def redefine(self, spec: RelationshipSpec) -> None:
+        """A reload changed the definition (same master and volume): the next cycle
+        uses it. A slave kept in the same place keeps its facts, a store its base;
+        running transfers are not touched."""
+        old = self.slaves
+        self.spec = spec
+        self.slaves = {s.server: old[s.server] if s.server in old
+                       and old[s.server].target_volume == s.target_volume
+                       else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
+        self.store_bases = {s: self.store_bases.get(s) for s in spec.stores}
 
 
 def new_runtime(spec: RelationshipSpec) -> Runtime:

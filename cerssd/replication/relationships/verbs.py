@@ -40,7 +40,7 @@ class OperatorVerbs:
         check_no_failover(rt)
         if rt.spec.origin == "config":
             raise RelationshipError(f"relationship {name} is defined in the config file; "
-                                    "remove it there and restart cerssd")
+                                    "remove it there and reload cerssd")
         await self.registry.stop(rt)
         self.registry.remove(name)
         log.info("relationship removed; its snapshots were left in place", relationship=name)
