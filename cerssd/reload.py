@@ -48,7 +48,7 @@ from .replication.logic.roles import apply_roles, roles_json
 from .replication.relationships.background import BackgroundTasks
 from .replication.relationships.registry import RelationshipRegistry
 from .replication.relationships.runtime import KIND
-from .servers import ServerRegistry, close_entry
+from .servers import ServerRegistry
 
 log = structlog.get_logger("cerssd.reload")
 
@@ -89,7 +89,7 @@ class ConfigReloader:
             log.info("server added", server=name)
         for name in diff.servers.changed:
             old_entry = self.servers.replace(new.servers[name])
-            self._close_when_idle(name, partial(close_entry, old_entry))
+            self._close_when_idle(name, partial(self.servers.close_retired, old_entry))
             self._tasks.spawn_quietly(self.servers.probe(self.servers.entry(name)))
             log.info("server changed; new work uses the new settings", server=name)
         for name in diff.stores.added:
@@ -105,7 +105,7 @@ class ConfigReloader:
         await asyncio.gather(*(self._retire(n) for n in (*diff.relationships.removed, *moved)))
         for name in diff.servers.removed:
             entry = self.servers.remove(name)
-            self._close_when_idle(name, partial(close_entry, entry))
+            self._close_when_idle(name, partial(self.servers.close_retired, entry))
             log.info("server removed", server=name)
         for name in diff.stores.removed:
             self._close_when_idle(name, self.stores.remove(name).close)

@@ -179,10 +179,20 @@ class ServerRegistry:
         for entry in self.entries.values():
             await close_entry(entry)
 
+    async def close_retired(self, entry: ServerEntry) -> None:
+        """Close an entry a reload replaced or removed, once its work has ended: its
+        stream multiplexer too, unless a server in use shares it (same host, port and
+        user in the same control directory: one ``ssh -O exit`` would cut its streams)."""
+        runner = entry.transport
+        shared = isinstance(runner, SshRunner) and any(
+            isinstance(e.transport, SshRunner) and e.transport.mux_key == runner.mux_key
+            for e in self.entries.values())
+        await close_entry(entry, exit_mux=not shared)
 
-async def close_entry(entry: ServerEntry) -> None:
+
+async def close_entry(entry: ServerEntry, *, exit_mux: bool = True) -> None:
     """Close the server's SSH connection and stream multiplexer (a local one has none)."""
     runner = entry.transport
     if isinstance(runner, SshRunner):
         with contextlib.suppress(OSError):
-            await runner.close()
+            await runner.close(exit_mux=exit_mux)

@@ -206,7 +206,15 @@ class SshRunner:
             stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=stdout, stderr=asyncio.subprocess.PIPE)
 
-    async def close(self) -> None:
+    @property
+    def mux_key(self) -> tuple[Path, str | None, int, str]:
+        """What names the stream multiplexer's socket (``ControlPath`` ``%C`` hashes host,
+        port and user): runners with equal keys share one."""
+        return self.control_dir, self.cfg.host, self.cfg.port, self.cfg.user
+
+    async def close(self, *, exit_mux: bool = True) -> None:
+        """Close the connection and, unless another runner shares it (``exit_mux``
+        false), the stream multiplexer with every stream still on it."""
         for shell in self._idle:
             shell.close()
         self._idle.clear()
@@ -214,6 +222,8 @@ class SshRunner:
             self._conn.close()
             await self._conn.wait_closed()
             self._conn = None
+        if not exit_mux:
+            return  # ControlPersist ends it once its streams are done
         # stop the stream multiplexer, if one is running
         opts = self.ssh_argv([])[1:-3]
         proc = await asyncio.create_subprocess_exec(
