@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import signal
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import SLOW, DaemonProcess, post_json, wait_until, write_file, zfs
+from .seaweed import WeedServer
 from .sshd import SshServer
+from .test_backups import store_section
 from .test_relationships import show, transfers, wait_in_sync
-from .test_replicate_local import snapshots
+from .test_replicate_local import guid, snapshots
 
 MiB = 1 << 20
 
@@ -222,3 +225,41 @@ def test_changed_ssh_server_new_work_on_a_new_connection_old_work_undisturbed(
     assert finished[two["id"]]["finished_at"] > closed_at  # premise: two ran through it
     wait_in_sync(d, "one")
     wait_in_sync(d, "two")
+
+
+def test_reload_adds_changes_and_removes_an_object_store(
+        start_daemon: Any, volumes: tuple[str, str, str], s3_server: WeedServer,
+        s3_bucket: str, tmp_path: Path) -> None:
+    master, a, _ = volumes
+    web = relationship("web", f"{master}/fast", "a", f"{a}/fast")
+    first = server("local") + server("a") + web
+    d = start_daemon(extra=first)
+    reload = Reloader(d, first)
+    wait_in_sync(d, "web")
+    store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+
+    # Added: the store, and the relationship now backs up to it from its next cycle.
+    reload(server("local") + server("a") + store + web + 'stores = ["s3"]\n')
+    [line] = log_lines(d, "config reloaded")
+    assert line == {**line, "stores": {"added": ["s3"]},
+                    "relationships": {"changed": ["web"]}}
+    assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
+    wait_until(lambda: show(d, "web")["cycles"] >= 2, SLOW, what="the second cycle")
+    backed_up = wait_until(lambda: (r := show(d, "web"))["backups"][0]["last_backup_guid"]
+                           and r, SLOW, what="the cycle's backup")
+    assert backed_up["backups"][0]["store"] == "s3"
+    assert backed_up["backups"][0]["last_backup_guid"] == guid(backed_up["newest_snapshot"])
+
+    # Refused: the store removed while the relationship still names it.
+    assert reload(server("local") + server("a") + web + 'stores = ["s3"]\n').startswith(
+        "STATUS=serving (reload failed:")
+    [refused] = log_lines(d, "config reload failed; keeping the running config")
+    assert refused["key"] == "relationships.web.stores[0]"
+    # Changed, then removed together with its use.
+    reload(server("local") + server("a") + store.replace("concurrency = 2", "concurrency = 3")
+           + web + 'stores = ["s3"]\n')
+    assert log_lines(d, "config reloaded")[-1]["stores"] == {"changed": ["s3"]}
+    reload(server("local") + server("a") + web)
+    assert log_lines(d, "config reloaded")[-1]["stores"] == {"removed": ["s3"]}
+    assert show(d, "web")["backups"] == []
+    assert "s3" not in {x["server"] for x in d.api("GET", "/v1/links")["items"]}
