@@ -74,6 +74,8 @@ class RunningRelationship:
     failed_over: bool = False
     #: A failover or failback of it is under way.
     failover_in_progress: bool = False
+    #: Old masters an unplanned failover keeps fenced (read-only) until they rejoin.
+    fenced: frozenset[str] = frozenset()
 
 
 def _servers_of(spec: RelationshipSpec) -> set[str]:
@@ -113,12 +115,17 @@ def reload_refusal(diff: ConfigDiff, old: Config, new: Config,
             return ConfigError(f"relationships.{name}.{key}", f"the relationship runs under "
                                f"the roles a failover left (master {rt.spec.master}); fail "
                                "back before changing its servers or volume")
-    staying = _staying(diff, new, running)
+    staying = list(_staying(diff, new, running))
     for server in diff.servers.removed:
         for spec in staying:
             if server in _servers_of(spec):
                 return ConfigError(f"servers.{server}", f"removed, but relationship "
                                    f"{spec.name} ({spec.origin}) still names it")
+            rt = running.get(spec.name)
+            if rt is not None and server in rt.fenced:
+                return ConfigError(f"servers.{server}", f"removed, but relationship "
+                                   f"{spec.name} keeps it fenced (read-only) until it "
+                                   "rejoins")
     for store in diff.stores.removed:
         for spec in staying:
             if store in spec.stores:

@@ -227,7 +227,13 @@ class Daemon:
             self.engine.retention = new.daemon.activity_retention
             self.cycle_gate.limit = new.daemon.max_concurrent_cycles
             old, self.config = self.config, _keep_restart_keys(new, self.config)
-            await self.reloader.apply(diff, old, new)
+            try:
+                await self.reloader.apply(diff, old, new)
+            except Exception:  # a bug, not a bad file: say so loudly, keep serving
+                log.exception("config reload not fully applied; restart cerssd to apply it",
+                              path=str(path), **diff.to_json())
+                self.notifier.notify(ready=1, status="serving (reload not fully applied)")
+                return
             log.info("config reloaded", path=str(path), **diff.to_json())
             self.notifier.notify(ready=1, status="serving")
 

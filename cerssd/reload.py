@@ -70,7 +70,8 @@ class ConfigReloader:
         diff = diff_config(old, new)
         running = {rt.name: RunningRelationship(
             rt.spec, failed_over=bool(rt.failover.last_failover_at),
-            failover_in_progress=rt.failover.in_progress) for rt in self.registry.all()}
+            failover_in_progress=rt.failover.in_progress,
+            fenced=frozenset(rt.failover.fenced)) for rt in self.registry.all()}
         refusal = reload_refusal(diff, old, new, running)
         if refusal is not None:
             raise refusal

@@ -139,3 +139,12 @@ def test_failed_over_relationship_keeps_its_servers_but_may_change_the_rest() ->
     assert refusal is not None and refusal.key == "relationships.web.slaves"
     rescheduled = config({"b": ssh("b.example")}, {"web": rel(interval="5m")})
     assert reload_refusal(diff_config(old, rescheduled), old, rescheduled, flags) is None
+
+
+def test_removed_server_a_relationship_keeps_fenced_is_refused() -> None:
+    old = config({"b": ssh("b.example")}, {"web": rel()})
+    new = config({}, {"web": rel()})
+    fenced = {"web": RunningRelationship(old.relationships["web"], failed_over=True,
+                                         fenced=frozenset({"b"}))}
+    refusal = reload_refusal(diff_config(old, new), old, new, fenced)
+    assert refusal is not None and refusal.key == "servers.b" and "fenced" in refusal.problem
