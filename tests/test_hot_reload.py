@@ -117,29 +117,38 @@ def test_reload_adds_a_relationship_and_a_server_while_a_transfer_runs(
     assert closed[0]["waited_for"] == 1
 
 
-def test_reload_removes_a_relationship_and_changes_a_schedule(
+def test_reload_removes_a_relationship_with_its_server_and_changes_a_schedule(
         start_daemon: Any, volumes: tuple[str, str, str]) -> None:
-    master, a, _ = volumes
+    master, a, c = volumes
     body = server("local") + server("a")
-    first = body + relationship("web", f"{master}/fast", "a", f"{a}/fast") \
-        + relationship("db", f"{master}/slow", "a", f"{a}/slow")
+    first = body + server("c") + relationship("web", f"{master}/fast", "a", f"{a}/fast") \
+        + relationship("db", f"{master}/slow", "c", f"{c}/slow", limit=MiB)
     d = start_daemon(extra=first)
     reload = Reloader(d, first)
     assert wait_in_sync(d, "web")["cycles"] == 1
     db = wait_in_sync(d, "db")
     db_snapshot = db["newest_snapshot"].split("@")[1]
+    write_file(f"/{master}/slow/f", 12)  # db's next transfer is still running at the reload
+    assert post_json(d, "/v1/relationships/db/sync-now", {}).status == 202
+    in_flight = wait_until(lambda: next((t for t in transfers(d, "db")
+                                         if t["state"] == "running"), None),
+                           30, what="db's second transfer running")
 
     reload(body + relationship("web", f"{master}/fast", "a", f"{a}/fast", interval="1s"))
     [line] = log_lines(d, "config reloaded")
     assert line["relationships"] == {"removed": ["db"], "changed": ["web"]}
+    assert line["servers"] == {"removed": ["c"]}  # with the only relationship naming it
     assert [r["name"] for r in d.api("GET", "/v1/relationships")["items"]] == ["web"]
+    assert "c" not in {s["name"] for s in d.api("GET", "/v1/servers")["items"]}
     assert post_json(d, "/v1/relationships/db/sync-now", {}).status == 404
     assert d.wait_done(db["activity"])["state"] == "cancelled"
+    assert d.wait_done(in_flight["id"])["state"] == "cancelled"  # rolled back, not left
     # The new schedule is in force at once: an hourly relationship cycles every second.
     wait_until(lambda: show(d, "web")["cycles"] >= 3, SLOW, what="cycles every second")
     # Nothing of the removed relationship was deleted, on the master or on the slave.
-    for volume in (f"{master}/slow", f"{a}/slow"):
+    for volume in (f"{master}/slow", f"{c}/slow"):
         assert db_snapshot in snapshots(volume), volume
+    assert in_flight["params"]["snapshot"].split("@")[1] in snapshots(f"{master}/slow")
 
 
 def test_bad_reload_keeps_the_running_config_whole(
