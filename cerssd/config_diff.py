@@ -17,7 +17,7 @@ from typing import Any
 
 from .config import Config
 from .parsing import ConfigError
-from .replication.logic.spec import RelationshipSpec
+from .replication.logic.spec import RelationshipSpec, overlapping
 
 #: The sections a reload applies entry by entry.
 SECTIONS = ("servers", "stores", "relationships")
@@ -116,6 +116,13 @@ def reload_refusal(diff: ConfigDiff, old: Config, new: Config,
                                f"the roles a failover left (master {rt.spec.master}); fail "
                                "back before changing its servers or volume")
     staying = list(_staying(diff, new, running))
+    api = [rt.spec for n, rt in running.items()
+           if rt.spec.origin == "api" and n not in diff.relationships.added]
+    for name in (*diff.relationships.added, *diff.relationships.changed):
+        if (other := overlapping(new.relationships[name], api)) is not None:
+            return ConfigError(f"relationships.{name}.volume", f"its datasets overlap those "
+                               f"of relationship {other} (created through the API; same "
+                               "master, same slave server)")
     for server in diff.servers.removed:
         for spec in staying:
             if server in _servers_of(spec):

@@ -24,8 +24,10 @@ What each change does, and why:
   a relationship that is no longer defined must not keep writing to its slaves;
 * **relationship changed**: its definition is replaced in place and used from its next
   cycle; running transfers carry on. A new schedule takes effect at once (the wait for
-  the next tick is computed again). A new master or volume is a different replication:
-  the relationship is stopped as if removed and started again under the new definition.
+  the next tick is computed again). A tree's new selection (recursive, include, exclude,
+  property) is read at its next cycle like any change of membership. A new master or
+  volume, or a single volume made a tree (or back), is a different replication: the
+  relationship is stopped as if removed and started again under the new definition.
 
 Relationships created through the API are never touched by a reload.
 """
@@ -45,6 +47,7 @@ from .config_diff import ConfigDiff, RunningRelationship, diff_config, reload_re
 from .engine import ActivityEngine
 from .objectstore.stores import Stores
 from .replication.logic.roles import apply_roles, roles_json
+from .replication.logic.spec import RelationshipSpec
 from .replication.relationships.background import BackgroundTasks
 from .replication.relationships.registry import RelationshipRegistry
 from .replication.relationships.runtime import KIND
@@ -101,8 +104,7 @@ class ConfigReloader:
             self._close_when_idle(name, old_store.close)
             log.info("object store changed; new work uses the new settings", store=name)
         moved = [n for n in diff.relationships.changed
-                 if (old.relationships[n].master, old.relationships[n].volume)
-                 != (new.relationships[n].master, new.relationships[n].volume)]
+                 if _moved(old.relationships[n], new.relationships[n])]
         await asyncio.gather(*(self._retire(n) for n in (*diff.relationships.removed, *moved)))
         for name in diff.servers.removed:
             entry = self.servers.remove(name)
@@ -171,6 +173,12 @@ class ConfigReloader:
         for close in pending:
             with contextlib.suppress(Exception):
                 await close()
+
+
+def _moved(old: RelationshipSpec, new: RelationshipSpec) -> bool:
+    """Whether a change makes another replication of it: another master or volume, or
+    one volume become a tree (or back). Its live state does not carry over."""
+    return (old.master, old.volume, old.is_tree) != (new.master, new.volume, new.is_tree)
 
 
 def _names(record: ActivityRecord, name: str) -> bool:

@@ -13,6 +13,7 @@ from cerssd.config_diff import (
     diff_config,
     reload_refusal,
 )
+from cerssd.reload import _moved
 from cerssd.replication.logic.spec import SlaveSpec, parse_relationship
 
 
@@ -148,3 +149,26 @@ def test_removed_server_a_relationship_keeps_fenced_is_refused() -> None:
                                          fenced=frozenset({"b"}))}
     refusal = reload_refusal(diff_config(old, new), old, new, fenced)
     assert refusal is not None and refusal.key == "servers.b" and "fenced" in refusal.problem
+
+
+def test_config_relationship_overlapping_an_api_tree_is_refused() -> None:
+    old = config({"b": ssh("b.example")})
+    api = parse_relationship("tenants", {**rel(), "recursive": True}, servers=old.servers,
+                             origin="api")
+    new = config({"b": ssh("b.example")}, {"web": rel()})  # tank/web to a: inside the tree
+    refusal = reload_refusal(diff_config(old, new), old, new,
+                             {"tenants": RunningRelationship(api)})
+    assert refusal is not None and refusal.key == "relationships.web.volume"
+    assert "tenants" in refusal.problem
+    elsewhere = config({"b": ssh("b.example")}, {"web": rel(slave="b")})  # another slave
+    assert reload_refusal(diff_config(old, elsewhere), old, elsewhere,
+                          {"tenants": RunningRelationship(api)}) is None
+
+
+def test_tree_selection_changes_are_changes_and_a_tree_toggle_restarts() -> None:
+    old = config(rels={"web": {**rel(), "recursive": True}})
+    narrowed = config(rels={"web": {**rel(), "recursive": True, "exclude": ["tmp"]}})
+    single = config(rels={"web": rel()})
+    assert diff_config(old, narrowed).relationships.changed == ("web",)
+    assert not _moved(old.relationships["web"], narrowed.relationships["web"])
+    assert _moved(old.relationships["web"], single.relationships["web"])
