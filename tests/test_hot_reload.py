@@ -272,3 +272,35 @@ def test_reload_adds_changes_and_removes_an_object_store(
     assert log_lines(d, "config reloaded")[-1]["stores"] == {"removed": ["s3"]}
     assert show(d, "web")["backups"] == []
     assert "s3" not in {x["server"] for x in d.api("GET", "/v1/links")["items"]}
+
+
+def test_reload_adds_a_tree_relationship_and_narrows_its_selection(
+        start_daemon: Any, volumes: tuple[str, str, str]) -> None:
+    master, a, c = volumes
+    root = f"{master}/tenants"
+    for member in ("", "/t1", "/t2", "/tmp"):
+        zfs("create", root + member)
+    first = server("local") + server("a") + server("c") \
+        + relationship("web", f"{master}/fast", "a", f"{a}/fast")
+    d = start_daemon(extra=first)
+    reload = Reloader(d, first)
+    wait_in_sync(d, "web")
+
+    def tree(exclude: str) -> str:
+        return (relationship("tenants", root, "c", f"{c}/tenants")
+                + f"recursive = true\nexclude = [{exclude}]\n")
+
+    def in_sync(members: int, cycles: int) -> bool:
+        r = show(d, "tenants")
+        return bool(r["cycles"] >= cycles and r["tree"] and r["tree"]["members"] == members
+                    and r["tree"]["slaves"]["c"]["in_sync"] == members)
+
+    reload(first + tree(""))
+    assert log_lines(d, "config reloaded")[-1]["relationships"] == {"added": ["tenants"]}
+    wait_until(lambda: in_sync(4, 1), SLOW, what="the tree in sync")
+    reload(first + tree('"tmp"'))
+    assert log_lines(d, "config reloaded")[-1]["relationships"] == {"changed": ["tenants"]}
+    assert post_json(d, "/v1/relationships/tenants/sync-now", {}).status == 202
+    wait_until(lambda: in_sync(3, 2), SLOW, what="the narrowed tree at its next cycle")
+    assert show(d, "web")["cycles"] == 1  # the other relationship was left alone
+    assert f"{c}/tenants/tmp" in zfs("list", "-H", "-o", "name", "-r", f"{c}/tenants").stdout
