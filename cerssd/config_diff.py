@@ -20,7 +20,7 @@ from .parsing import ConfigError
 from .replication.logic.spec import RelationshipSpec, overlapping
 
 #: The sections a reload applies entry by entry.
-SECTIONS = ("servers", "stores", "relationships")
+RELOADED_SECTIONS = ("servers", "stores", "relationships")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ConfigDiff:
 
     def to_json(self) -> dict[str, dict[str, list[str]]]:
         """For the log: only the sections that changed."""
-        return {s: d.to_json() for s in SECTIONS if (d := getattr(self, s))}
+        return {s: d.to_json() for s in RELOADED_SECTIONS if (d := getattr(self, s))}
 
 
 def diff_section(old: Mapping[str, Any], new: Mapping[str, Any]) -> SectionDiff:
@@ -61,7 +61,7 @@ def diff_section(old: Mapping[str, Any], new: Mapping[str, Any]) -> SectionDiff:
 
 
 def diff_config(old: Config, new: Config) -> ConfigDiff:
-    return ConfigDiff(*(diff_section(getattr(old, s), getattr(new, s)) for s in SECTIONS))
+    return ConfigDiff(*(diff_section(getattr(old, s), getattr(new, s)) for s in RELOADED_SECTIONS))
 
 
 @dataclass(frozen=True)
