@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, post_json, replicate, replicate_ok, write_file, zfs
+from .conftest import (
+    DaemonProcess,
+    post_json,
+    replicate,
+    replicate_ok,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .openzfs_guest import OpenZfsGuest
 
 pytestmark = pytest.mark.openzfs
@@ -256,3 +264,41 @@ def test_zfs_fuse_to_openzfs_and_back(daemon: DaemonProcess, fresh: Guest,
     assert "local's ZFS cannot read the stream guest sends" in done["status"]["message"]
     assert subprocess.run(["zfs", "list", f"{host_pool}/new"],
                           capture_output=True).returncode != 0
+
+
+def test_a_tree_with_a_zvol_member_and_a_bookmark_base_per_member(
+        daemon: DaemonProcess, fresh: Guest) -> None:
+    """A tree relationship on OpenZFS: one multi-name snapshot for every member, a zvol
+    member replicated as a zvol, and each member's base kept as a bookmark, so a member
+    whose common snapshot someone destroyed still goes incremental."""
+    fresh.sh("zfs create tank/t && zfs create tank/t/a && zfs create -V 4M tank/t/v && "
+             "head -c 2097152 /dev/urandom > /tank/t/a/f")
+    r = post_json(daemon, "/v1/relationships", {
+        "name": "tree", "master": "guest", "volume": "tank/t", "recursive": True,
+        "interval": "1h", "slaves": [{"server": "guest2", "target_volume": "tank2/t"}]})
+    assert r.status == 201, r.body
+
+    def in_sync(cycles: int) -> bool:
+        rel = daemon.api("GET", "/v1/relationships/tree")
+        tree = rel.get("tree") or {}
+        return rel["cycles"] >= cycles and tree.get("members") == 3 \
+            and tree["slaves"]["guest2"]["in_sync"] == 3
+
+    wait_until(lambda: in_sync(1), 900, what="the tree's first cycle")
+    assert fresh.prop("tank2/t/v", "type") == "volume"
+    label = fresh.sh("zfs list -H -o name -t snapshot -s createtxg tank/t").split()[-1] \
+        .split("@")[1]
+    txgs = {fresh.prop(f"tank/t{m}@{label}", "createtxg") for m in ("", "/a", "/v")}
+    assert len(txgs) == 1, txgs  # one instant for the whole tree
+    marks = fresh.sh("zfs list -H -o name -t bookmark -r tank/t").split()
+    assert sorted(marks) == sorted(f"tank/t{m}#cerssd-guest2-{label}"
+                                   for m in ("", "/a", "/v")), marks
+    # someone destroys member a's common snapshot: its bookmark is the base now
+    fresh.sh(f"zfs release cerssd:guest2 tank/t/a@{label} && zfs destroy tank/t/a@{label} && "
+             "head -c 1048576 /dev/urandom > /tank/t/a/g")
+    before = daemon.api("GET", "/v1/relationships/tree")["cycles"]
+    assert post_json(daemon, "/v1/relationships/tree/sync-now", {}).status == 202
+    wait_until(lambda: in_sync(before + 1), 900, what="the second cycle")
+    sends = daemon.api("GET", "/v1/activities?kind=replicate&limit=10")["items"]
+    member_a = [s for s in sends if s["params"].get("member") == "a"]
+    assert member_a and member_a[0]["usage"]["bytes_on_wire"] < 2 * MiB, member_a[0]
