@@ -56,3 +56,47 @@ async def test_retention_thins_every_member_on_master_and_slave_keeping_the_base
 async def _labels(listing: object) -> list[str]:
     snaps: list[Snapshot] = await listing  # type: ignore[misc]
     return [x.label for x in snaps]
+
+
+async def test_pause_suspends_every_member_transfer_and_remove_cancels_them_all() -> None:
+    """A tree has several transfers per slave at once: a pause suspends each of them and
+    the syncs, a removal cancels each (a tree's transfers are not one per slave)."""
+    async with FakeCluster(["m", "s"]) as c:
+        m = c.fakes["m"]
+        for name in MEMBERS:
+            m.add_volume(name)
+        status, body = await c.api("POST", "/v1/relationships", {
+            "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
+            "interval": "1h", "max_parallel": 3,
+            "slaves": [{"server": "s", "target_volume": "tank/copy"}]})
+        assert status == 201, body
+
+        async def synced() -> bool:
+            _, r = await c.api("GET", "/v1/relationships/t")
+            return (r.get("tree") or {}).get("slaves", {}).get("s", {}).get("in_sync") == 4
+        await c.until_true(synced, what="the first cycle")
+        m.stall_sends = True  # every member's stream stays open until killed
+        status, body = await c.api("POST", "/v1/relationships/t/sync-now", {})
+        assert status == 202, body
+
+        async def live(kind: str, state: str | None = None) -> list[dict[str, object]]:
+            _, page = await c.api("GET", f"/v1/activities?kind={kind}&limit=50")
+            return [a for a in page["items"] if a["state"] not in
+                    ("succeeded", "failed", "cancelled") and (state is None
+                                                              or a["state"] == state)]
+
+        async def sending() -> bool:  # all members exist on the slave: any three at once
+            return len(await live("replicate", "running")) == 3
+        await c.until_true(sending, what="three member transfers running")
+        status, body = await c.api("POST", "/v1/relationships/t/pause", {})
+        assert status == 200, body
+
+        async def all_suspended() -> bool:
+            transfers = await live("replicate")
+            syncs = await live("tree-sync")
+            return len(transfers) == 3 and all(a["state"] == "suspended"
+                                               for a in transfers + syncs) and bool(syncs)
+        await c.until_true(all_suspended, what="each member transfer and the sync suspended")
+        status, body = await c.api("DELETE", "/v1/relationships/t")
+        assert status == 204, body
+        assert await live("replicate") == [] and await live("tree-sync") == []

@@ -23,6 +23,7 @@ link's health, backs off, and tries again; it never fails on a lost link.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from contextlib import AbstractAsyncContextManager
@@ -30,7 +31,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from ...activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
-from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...objectstore.client import StoreError
 from ...objectstore.stores import Stores
 from ...servers import ServerRegistry, ServerUnavailable
@@ -46,6 +47,7 @@ from ...volume_states import (
     cycle_holds,
     replication_holds,
 )
+from ..flows import backup
 from ..flows.backup import BackupRequest, plan_backup, submit_backup
 from ..flows.replicate import ReplicationRequest, make_plan, stream_options
 from ..flows.replicate import submit_replication as submit_transfer
@@ -331,15 +333,20 @@ class RelationshipWork:
         return key, plan.base.name if plan.base else None
 
     async def rollback(self, ctx: ActivityContext) -> None:
-        """Cancelled by the operator: cancel (and so roll back) its running transfers."""
+        """Cancelled by the operator: cancel (and so roll back) its running transfers,
+        all at once (a tree has several per slave, each rollback a few seconds)."""
         if not ctx.cancel_requested:
             return  # failed or checkpointed at shutdown: transfers carry on / restart
-        for transfer in self.registry.transfers(self.name).values():
+
+        async def cancel(transfer: Activity) -> None:
             try:
                 await self.engine.cancel(transfer.id)
             except Exception as exc:  # already finishing: nothing left to cancel
                 ctx.log.info("transfer not cancelled", activity=transfer.id, error=str(exc))
             await transfer.done.wait()
+        # a backup carries on (as before): its upload is its own
+        await asyncio.gather(*(cancel(t) for t in self.registry.streams(self.name)
+                               if t.record.kind != backup.KIND))
 
 
 def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:

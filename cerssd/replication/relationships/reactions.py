@@ -59,7 +59,9 @@ class Reactions:
     def _follow_parent(self, rt: Runtime, record: ActivityRecord) -> None:
         """Pause or resume the relationship's running transfers with it."""
         if record.state == State.SUSPENDED:
-            for transfer in self.registry.transfers(rt.name).values():
+            for transfer in self.registry.streams(rt.name):
+                if transfer.record.kind == backup.KIND:
+                    continue
                 if transfer.record.state in (State.RUNNING, State.RETRYING):
                     rt.suspended_children.add(transfer.id)
                     self._tasks.spawn_quietly(self.engine.suspend(transfer.id))

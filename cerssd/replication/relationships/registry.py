@@ -37,6 +37,9 @@ from .runtime import (
 
 log = structlog.get_logger("cerssd.relationships")
 
+#: The activity kind of a tree's per-slave sync (``tree_sync``, which imports this module).
+TREE_SYNC = "tree-sync"
+
 
 class RelationshipRegistry:
     """Runtimes by name: loading, adding, removing, saving, and their activities."""
@@ -122,8 +125,7 @@ class RelationshipRegistry:
             with contextlib.suppress(Exception):  # already ending: waited for below
                 await self.engine.cancel(activity.id)
             await activity.done.wait()
-        streams = [*self.transfers(name).values(), *self.backups(name).values()]
-        for stream in streams:  # the rollback's, and any started as it was cancelled
+        for stream in self.streams(name):  # the rollback's, and any started as it was cancelled
             with contextlib.suppress(Exception):
                 await self.engine.cancel(stream.id)
             await stream.done.wait()
@@ -160,6 +162,12 @@ class RelationshipRegistry:
         return {a.record.params["destination"]: a
                 for a in self.engine.live(replicate.KIND, name)}
 
+    def streams(self, name: str) -> list[Activity]:
+        """Every live transfer of ``name`` (a tree's member transfers too, several per
+        slave), its tree syncs and its backups: what a pause, stop or removal acts on."""
+        return [*self.engine.live(replicate.KIND, name), *self.engine.live(TREE_SYNC, name),
+                *self.engine.live(backup.KIND, name)]
+
     # -- the relationship's own activity ------------------------------------------------
     def activity_of(self, rt: Runtime) -> Activity | None:
         """The relationship's live activity, None while it is stopped."""
@@ -194,8 +202,9 @@ class RelationshipRegistry:
             with contextlib.suppress(Exception):  # already ending: waited for below
                 await self.engine.cancel(activity.id)
             await activity.done.wait()
-        for transfer in self.transfers(rt.name).values():
-            await transfer.done.wait()
+        for transfer in self.streams(rt.name):
+            if transfer.record.kind != backup.KIND:
+                await transfer.done.wait()
         rt.stopped = True
         self.save(rt)
 

@@ -31,10 +31,10 @@ from ..logic.members import ListedDataset, Member, select
 from ..logic.plan import PlanMode, ReplicationConflict, plan_replication
 from ..logic.retention import to_destroy
 from ..logic.tree_status import MemberSlave, TreeMember
-from .registry import RelationshipRegistry
+from .registry import TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime, UnknownRelationship
 
-KIND = "tree-sync"
+KIND = TREE_SYNC
 
 
 def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: str,
@@ -57,6 +57,7 @@ class TreeSyncWork:
         self.servers = servers
         self.registry = registry
         self.running: set[str] = set()
+        self.member_targets: set[str] = set()
 
     async def run(self, ctx: ActivityContext) -> None:
         try:
@@ -81,24 +82,33 @@ class TreeSyncWork:
         if await self._follow_renames(ctx, rt, dst, dst_tree, target_root):
             dst_tree = await _tree_or_empty(dst, target_root)
         todo = self._plan(rt, server, members, src_tree, dst_tree, target_root)
+        self.member_targets = {m.target(target_root) for m in members}
         ctx.set_progress(0, len(todo), unit="members", estimated=False)
         ctx.log.info("tree sync planned", members=len(members), to_send=len(todo),
                      slave=server)
         done = 0
         existing = {d.name for d in dst_tree.datasets}
         limit = asyncio.Semaphore(rt.spec.max_parallel)
-        for depth in sorted({m.relative.count("/") if m.relative else -1 for m, _ in todo}):
-            level = [(m, snap) for m, snap in todo
-                     if (m.relative.count("/") if m.relative else -1) == depth]
+        # A receive creates the last component of a name only: a member new on the slave
+        # waits for its nearest ancestor's transfer when that creates the ancestor too.
+        # Members the slave has already go in any order.
+        finished = {m.relative: asyncio.Event() for m, _ in todo}
+        created = {m.relative for m, _ in todo if m.target(target_root) not in existing}
 
-            async def one(m: Member, snap: Snapshot) -> None:
-                nonlocal done
+        async def one(m: Member, snap: Snapshot) -> None:
+            nonlocal done
+            try:
+                parent = _nearest_ancestor(m.relative, created)
+                if m.relative in created and parent is not None:
+                    await finished[parent].wait()
                 async with limit:
                     await ctx.checkpoint()
                     await self._member(ctx, rt, dst, server, m, snap, target_root, existing)
-                done += 1
-                ctx.set_progress(done)
-            await asyncio.gather(*(one(m, snap) for m, snap in level))
+            finally:
+                finished[m.relative].set()
+            done += 1
+            ctx.set_progress(done)
+        await asyncio.gather(*(one(m, snap) for m, snap in todo))
         await self._prune_slave(ctx, rt, dst, server, target_root)
         failing = [m.name for m in rt.tree.members.values()
                    if (s := m.slaves.get(server)) and s.error]
@@ -170,7 +180,11 @@ class TreeSyncWork:
         target = m.target(target_root)
         parent = target.rpartition("/")[0]
         try:
-            if parent and parent not in existing and "/" in parent:
+            # Parents that are no members are made as plain filesystems; a parent that is
+            # a member comes only from its own transfer (were it made empty here, its
+            # first full copy would find a volume in its way).
+            if parent and parent not in existing and "/" in parent \
+                    and parent not in self.member_targets:
                 await dst.create_parents(target)
         except (BackendError, LinkError) as exc:
             state.error = f"parents of {target} not created: {exc}"
@@ -238,6 +252,18 @@ class TreeSyncWork:
         for activity_id in list(self.running):
             with contextlib.suppress(Exception):  # already finishing
                 await self.engine.cancel(activity_id)
+
+
+def _nearest_ancestor(relative: str, among: set[str]) -> str | None:
+    """The deepest of ``among`` that ``relative`` is below ("" is the root), or None."""
+    if not relative:
+        return None
+    parts = relative.split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        candidate = "/".join(parts[:depth])
+        if candidate in among:
+            return candidate
+    return None
 
 
 def _shared(state: MemberSlave, snap: Snapshot) -> None:

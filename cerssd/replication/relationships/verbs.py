@@ -63,7 +63,7 @@ class OperatorVerbs:
         activity = self._running(name, stopped="is stopped; resume it first",
                                  paused="is paused; resume it first")
         self.engine.wake(activity.id)  # its wait for the next tick ends now
-        for transfer in self.registry.transfers(name).values():
+        for transfer in self.registry.streams(name):
             self.engine.wake(transfer.id)
 
     def _running(self, name: str, *, stopped: str, paused: str) -> Activity:
