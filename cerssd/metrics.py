@@ -172,8 +172,12 @@ class RelationshipCollector(Collector):
         trees = []
         for rt in sorted(self.relationships.all(), key=lambda r: r.name):
             cycles.add_metric([rt.name], rt.cycles)
-            if rt.tree is not None:
+            if rt.tree is not None:  # lag: the worst member's (``_trees``); state as a whole
                 trees.append(rt)
+                for slave in self.relationships.slaves_json(rt):
+                    for name in STATES:
+                        state.add_metric([rt.name, slave["server"], name],
+                                         1 if slave["state"] == name else 0)
                 continue
             for slave in self.relationships.slaves_json(rt):
                 values = [rt.name, slave["server"]]

@@ -302,3 +302,13 @@ def test_a_tree_with_a_zvol_member_and_a_bookmark_base_per_member(
     sends = daemon.api("GET", "/v1/activities?kind=replicate&limit=10")["items"]
     member_a = [s for s in sends if s["params"].get("member") == "a"]
     assert member_a and member_a[0]["usage"]["bytes_on_wire"] < 2 * MiB, member_a[0]
+
+
+def test_a_second_full_copy_of_one_snapshot_reuses_its_bookmark(
+        daemon: DaemonProcess, fresh: Guest) -> None:
+    """The bench in the guest found a second full copy of one snapshot (to a new target on
+    the same destination) failing on the bookmark the first had made."""
+    fresh.sh("zfs create tank/data && zfs snapshot tank/data@b1")
+    replicate_ok(daemon, "tank/data@b1", "guest", "guest2", "tank2/one", timeout=600)
+    replicate_ok(daemon, "tank/data@b1", "guest", "guest2", "tank2/two", timeout=600)
+    assert fresh.guid("tank2/two@b1") == fresh.guid("tank/data@b1")

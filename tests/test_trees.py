@@ -110,6 +110,7 @@ def test_a_recursive_tree_with_excludes_follows_the_pool(
     assert f"{dst}/standby/d" in datasets(f"{dst}/standby")
     assert f"{dst}/standby/c" in datasets(f"{dst}/standby"), "a gone member's copy is kept"
 
+    assert rel(d, "cinder")["slaves"][0]["state"] == "in-sync"  # the slave as a whole
     page = d.api("GET", "/v1/relationships/cinder/volumes?limit=2&offset=1")
     assert page["total"] == members and len(page["items"]) == 2
     assert [i["relative"] for i in page["items"]] == ["a", "a/x"]
@@ -171,8 +172,10 @@ def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool:
         return (r["cycles"] >= cycle and r["state"] == "degraded"
                 and r["tree"]["slaves"]["lab1"]["in_sync"] == members - 1)
     wait_until(degraded, 120, what="the others in sync, b failing")
-    tree = rel(d, "cinder")["tree"]
+    shown = rel(d, "cinder")
+    tree = shown["tree"]
     assert [f["member"] for f in tree["failing"]] == [f"{root}/b"]
+    assert shown["slaves"][0]["state"] == "error" and f"{root}/b" in shown["slaves"][0]["error"]
     assert "local-change" in tree["failing"][0]["error"] or tree["failing"][0]["error"]
     failing = d.api("GET", "/v1/relationships/cinder/volumes?state=failing")
     assert [i["relative"] for i in failing["items"]] == ["b"]

@@ -262,3 +262,14 @@ def test_incremental_send_is_seen_however_the_usage_spells_it(send: str) -> None
 def test_a_send_without_incrementals_is_not_taken_for_one() -> None:
     usage = parse_usage("usage: zfs command args ...\n\tsend [-v] <snapshot>\n")
     assert not capabilities_from_usage(usage, stateless=True).incremental_send
+
+
+def test_a_bookmark_of_that_name_counts_as_already_there() -> None:
+    """OpenZFS 2.1 refuses a second bookmark of a name with "bookmark exists": the mark a
+    second full copy of one snapshot (to another target) asks for is already there."""
+    from cerssd.storage.zfs.backend import _classify
+    from cerssd.transport.runner import CommandFailed
+
+    failed = CommandFailed(["zfs", "bookmark", "p/v@s", "p/v#m"], 1,
+                           "cannot create bookmark 'p/v#m': bookmark exists\n")
+    assert isinstance(_classify(failed), AlreadyExists)

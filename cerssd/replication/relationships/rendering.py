@@ -11,12 +11,18 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from ...activity import ActivityRecord, State
-from ...links import Links
+from ...activity import ActivityRecord, LinkCondition, State
+from ...links import Links, LinkState
 from ..logic.roles import ReplicationStatus, replication_status
-from ..logic.slave_status import RelationshipState, slave_json, slave_state
-from ..logic.tree_status import MemberState
-from .registry import RelationshipRegistry
+from ..logic.slave_status import (
+    RelationshipState,
+    SlaveState,
+    SlaveStatus,
+    slave_json,
+    slave_state,
+)
+from ..logic.tree_status import MemberState, TreeStatus
+from .registry import TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime
 
 
@@ -68,9 +74,14 @@ class RelationshipView:
         transfers = self.registry.transfers(rt.name)
         newest = rt.newest[1] if rt.newest else None
         slaves = []
+        syncs = {a.record.params.get("destination"): a.snapshot()
+                 for a in self.registry.engine.live(TREE_SYNC, rt.name)}
         for server, status in rt.slaves.items():
             transfer = transfers[server].snapshot() if server in transfers else None
             link = self.links.get(server)
+            if rt.tree is not None:
+                slaves.append(_tree_slave(rt.tree, status, now, syncs.get(server), link))
+                continue
             state = slave_state(status, newest_guid=newest, transfer=transfer, link=link)
             slaves.append(slave_json(status, now=now, state=state, transfer=transfer,
                                      link=link))
@@ -88,6 +99,32 @@ class RelationshipView:
         activity = self.registry.activity_of(rt)
         replicating = activity is not None and activity.record.state != State.SUSPENDED
         return replication_status(rt.spec, rt.home, rt.failover, replicating=replicating)
+
+
+def _tree_slave(tree: TreeStatus, status: SlaveStatus, now: float,
+                sync: ActivityRecord | None, link: LinkState | None) -> dict[str, Any]:
+    """A tree's slave as a whole: in sync when every member is, syncing while its sync
+    runs, error when a member fails, lost when its link is; lag is the worst member's."""
+    server = status.server
+    states = [m.state(server) for m in tree.members.values()]
+    lags = [m.lag(server, now) for m in tree.members.values()]
+    worst = None if not lags or None in lags else max(x for x in lags if x is not None)
+    if link is not None and link.state != LinkCondition.UP:
+        state = SlaveState.LOST
+    elif MemberState.FAILING in states:
+        state = SlaveState.ERROR
+    elif sync is not None:
+        state = SlaveState.SYNCING
+    elif states and all(x == MemberState.IN_SYNC for x in states):
+        state = SlaveState.IN_SYNC
+    else:
+        state = SlaveState.BEHIND
+    doc = slave_json(status, now=now, state=state, transfer=sync, link=link)
+    failing = [f"{m.name}: {m.slaves[server].error}" for m in tree.members.values()
+               if m.state(server) == MemberState.FAILING]
+    return {**doc, "lag_seconds": None if worst is None else round(worst, 1),
+            "error": f"{len(failing)} members failing, first {failing[0]}" if failing
+            else None}
 
 
 def _state(record: ActivityRecord | None) -> RelationshipState:

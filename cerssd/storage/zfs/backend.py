@@ -45,7 +45,8 @@ def _classify(exc: CommandFailed) -> BackendError:
     first = text.splitlines()[0] if text else str(exc)
     if "does not exist" in text or "no such pool" in text or "could not find" in text:
         return NotFound(first)
-    if "already exists" in text:
+    # OpenZFS 2.1 says "bookmark exists" for a bookmark of that name (bench in the guest)
+    if "already exists" in text or "bookmark exists" in text:
         return AlreadyExists(first)
     if "busy" in text or "is held" in text or "has dependent clones" in text:
         return Busy(first)
