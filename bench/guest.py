@@ -172,6 +172,24 @@ def boot(stack: contextlib.ExitStack, *, disk_mib: int, ports: int = 1, memory_m
     return guest
 
 
+def describe(guest: Guest, path: Path) -> None:
+    """Write what :func:`attach` needs to reach ``guest`` from another process."""
+    path.write_text(f"{guest.port} {guest.client_key} {guest.known_hosts} {guest.root} "
+                    f"{guest.accel}\n")
+
+
+def attach(path: Path) -> Guest:
+    """A guest booted by another process (``python bench/guest.py FILE`` or
+    :func:`describe`): booting under TCG costs minutes that a re-run need not pay again.
+    The caller starts from what that guest holds; it is not powered off here."""
+    port, key, known_hosts, root, accel = path.read_text().split()
+    guest = Guest((int(port),), Path(key), Path(known_hosts), ("/dev/vdb", "/dev/vdc"),
+                  Path(root), accel)
+    say(f"attached to the guest on 127.0.0.1:{port}: "
+        f"{guest.sh('zfs version | head -n1').stdout.strip()}")
+    return guest
+
+
 def loopback_ssh(guest: Guest) -> None:
     """Let root in the guest ssh to root@127.0.0.1 in the guest (the peers' transport)."""
     host_key = " ".join((image().parent / "host_key.pub").read_text().split()[:2])
@@ -228,3 +246,25 @@ def install_python(guest: Guest, requirements: list[str], remote_dir: str) -> No
         guest.put_tree(work / "t", remote_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    """Boot a guest, describe it in FILE (for ``--attach``), keep it up until SIGTERM."""
+    import signal
+    import sys
+    if len(argv) != 2:
+        print("usage: bench/guest.py FILE [as root]; keeps a guest up for --attach",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.ExitStack() as stack:
+        guest = boot(stack, disk_mib=8192)
+        describe(guest, Path(argv[1]))
+        say(f"guest described in {argv[1]}; SIGTERM powers it off")
+        signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    raise SystemExit(main(sys.argv))

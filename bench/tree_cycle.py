@@ -13,8 +13,11 @@ same tree, in the same run, rounds interleaved (the order rotates every round):
   (``autobackup:bench=true`` set on ``master/tree``, inherited by every member),
   ``zfs-autobackup --ssh-target root@127.0.0.1 --strip-path 1 bench slave/zab``, pushing,
   with its defaults;
-* **cerssd**: one cycle of a tree relationship ``master/tree`` -> ``slave/cerssd``. Not
-  built yet (issue 15): :class:`Cerssd` marks the place; ``--peers-only`` leaves it out.
+* **cerssd**: one cycle of a tree relationship ``master/tree`` (``recursive = true``) ->
+  ``slave/cerssd``, the daemon running in the guest like the peers (:mod:`guest_cerssd`:
+  master ``kind = "local"``, slave ``kind = "ssh"`` to root@127.0.0.1), triggered with
+  ``sync-now`` and timed until every member is in sync on the slave (:class:`Cerssd`);
+  ``--peers-only`` leaves it out.
 
 Each method replicates into its own slave tree; the initial full copies are made untimed
 before the rounds. After every timed run the bench checks that every member's newest
@@ -35,6 +38,7 @@ sends into a fresh target, rounds interleaved.
 
 Run as root from the repository::
 
+    .venv/bin/python bench/tree_cycle.py --members 20 --rounds 3 --big-mib 256
     .venv/bin/python bench/tree_cycle.py --peers-only --members 20 --rounds 3
     .venv/bin/python bench/tree_cycle.py --peers-only --rounds 3      # 200 members
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shlex
 import statistics
 import sys
@@ -50,9 +55,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import guest_cerssd
 from common import (
     BenchError,
     announced_stack,
@@ -63,7 +70,7 @@ from common import (
     say,
     utc_now,
 )
-from guest import Guest, boot, install_debs, install_python, loopback_ssh
+from guest import Guest, attach, boot, install_debs, install_python, loopback_ssh
 
 MASTER_POOL = "master"
 SLAVE_POOL = "slave"
@@ -71,6 +78,7 @@ TREE = f"{MASTER_POOL}/tree"
 ZAB_DIR = "/opt/zfs-autobackup"
 ZAB_VERSION = "3.3"
 ZAB_NAME = "bench"  # zfs-autobackup's backup name: property autobackup:bench
+CERSSD_RELATIONSHIP = "bench"
 
 
 @dataclass(frozen=True)
@@ -151,33 +159,48 @@ ZAB_CLI = "import sys; from zfs_autobackup.ZfsAutobackup import cli; sys.exit(cl
 
 
 class Cerssd(Method):
-    """One cycle of a cerssd tree relationship: TO BE PLUGGED IN BY ISSUE 15.
+    """One cycle of a cerssd tree relationship, the daemon running in the guest.
 
-    What it must do, for a fair comparison with the peers:
+    Like the peers, cerssd runs in the guest (:mod:`guest_cerssd`): master ``kind =
+    "local"``, slave ``kind = "ssh"`` to root@127.0.0.1 through the guest's sshd. The
+    relationship ``bench`` is ``volume = "master/tree"``, ``recursive = true``, one slave
+    with target root ``slave/cerssd``, ``max_parallel`` as configured (default: cerssd's
+    own), and an interval of a day, so no cycle starts behind the bench's back.
 
-    * :meth:`seed` (untimed): start a cerssd daemon (in the guest, like the peers: its
-      master server ``kind = "local"`` and its slave server ``kind = "ssh"`` to
-      root@127.0.0.1 in the guest, e.g. with the packages brought in by
-      :func:`guest.install_python` from this repository) with a tree relationship
-      ``volume = "master/tree"``, ``recursive = true``, one slave with target root
-      ``slave/cerssd``, and no interval of its own that would start cycles behind the
-      bench's back (paused, or an interval far longer than the bench); then run one cycle
-      and wait for it, so every member has its first full copy.
-    * :meth:`run` (timed): trigger exactly one cycle of that relationship and return
-      when it has finished for every member (through the API, e.g. a long-poll on the
-      cycle's activity), raising :class:`BenchError` if any member failed.
-    * :attr:`snapshot_prefix`: the prefix of the snapshots cerssd takes on the master,
-      so :func:`check_arrived` can find each member's newest one.
+    * :meth:`seed` starts the daemon; a new relationship's first cycle starts at once
+      (full copies), waited for until every member is in sync;
+    * :meth:`run` posts ``sync-now`` and waits, in the guest, until the relationship has
+      counted one more cycle and its tree summary has every member in sync on the slave
+      and none behind, sending or failing (a failing member stops the bench).
     """
 
     name = "cerssd"
-    snapshot_prefix = "cerssd-"
+    snapshot_prefix = f"cerssd-{CERSSD_RELATIONSHIP}-"
+
+    def __init__(self, env: Env, max_parallel: int | None = None) -> None:
+        super().__init__(env)
+        self.max_parallel = max_parallel
+        self.last: dict[str, Any] = {}
 
     def seed(self) -> None:
-        raise NotImplementedError("cerssd tree relationships are not built yet (issue 15)")
+        guest_cerssd.install(self.env.guest)
+        extra = "" if self.max_parallel is None else f"max_parallel = {self.max_parallel}\n"
+        guest_cerssd.start(self.env.guest, (
+            f"[relationships.{CERSSD_RELATIONSHIP}]\nvolume = \"{TREE}\"\n"
+            f"recursive = true\ninterval = \"24h\"\n{extra}"
+            f"slaves = [{{ server = \"standby\", target_volume = \"{self.slave_root}\" }}]\n"))
+        self._cycle(trigger=False)
 
     def run(self) -> None:
-        raise NotImplementedError("cerssd tree relationships are not built yet (issue 15)")
+        self._cycle(trigger=True)
+
+    def _cycle(self, *, trigger: bool) -> None:
+        args = ["cycle", CERSSD_RELATIONSHIP, "standby", "7200"]
+        self.last = guest_cerssd.client(self.env.guest, *args,
+                                        *([] if trigger else ["--no-trigger"]))
+        if self.last["tree"]["members"] != len(self.env.datasets):
+            raise BenchError(f"cerssd's tree has {self.last['tree']['members']} members, "
+                             f"expected {len(self.env.datasets)}")
 
 
 # -- the environment ---------------------------------------------------------------------
@@ -190,6 +213,15 @@ def install_peers(guest: Guest) -> None:
     say("guest: " + guest.sh(
         f"syncoid --version 2>&1 | head -n1; PYTHONPATH={ZAB_DIR} python3 -c "
         f"{shlex.quote(ZAB_CLI)} --version 2>&1 | head -n1").stdout.replace("\n", "; "))
+
+
+def reset(guest: Guest) -> None:
+    """An attached guest as a fresh one: no cerssd daemon, no pools, no daemon state."""
+    guest.sh(f"set -e; if test -e {guest_cerssd.PIDFILE}; then "
+             f"kill -9 $(cat {guest_cerssd.PIDFILE}) 2>/dev/null || true; fi; "
+             f"for p in {MASTER_POOL} {SLAVE_POOL}; do "
+             "if zpool list $p >/dev/null 2>&1; then zpool destroy -f $p; fi; done; "
+             f"rm -rf {guest_cerssd.STATE_DIR} {guest_cerssd.PIDFILE}")
 
 
 def build_tree(guest: Guest, members: int, big_mib: int) -> None:
@@ -226,7 +258,11 @@ def environment(args: argparse.Namespace) -> Iterator[Env]:
         # master: the tree's data for every round plus the big volume; slave: a copy each
         per_method = (args.members + 1) * (args.rounds + 1) * args.change_mib
         disk = max(4096, 2 * args.big_mib + 3 * per_method + 2048)
-        guest = boot(stack, disk_mib=disk, accel=args.accel)
+        if args.attach:
+            guest = attach(args.attach)
+            reset(guest)
+        else:
+            guest = boot(stack, disk_mib=disk, accel=args.accel)
         loopback_ssh(guest)
         install_peers(guest)
         build_tree(guest, args.members, args.big_mib)
@@ -310,9 +346,27 @@ def plain_big(env: Env, round_no: int) -> float:
 
 def cerssd_big(env: Env, round_no: int) -> float:
     """cerssd's single-volume replication of ``master/big@b1`` into a fresh target on the
-    slave: TO BE PLUGGED IN (same daemon as :class:`Cerssd`; time from the request to the
-    activity's end; check the guid; destroy the target)."""
-    raise NotImplementedError("cerssd in the guest is not set up yet (issue 15)")
+    slave (the daemon of :class:`Cerssd`, in the guest): from the POST to the activity's
+    end, waited for in the guest; the plan must be full, the guid the source's."""
+    target = f"{SLAVE_POOL}/cerssd-big"
+    quiesce(env.guest)
+    body = {"snapshot": f"{MASTER_POOL}/big@b1", "source": "local",
+            "destination": "standby", "target_volume": target}
+    start = time.monotonic()
+    record = guest_cerssd.client(env.guest, "replicate", json.dumps(body), "3600")
+    seconds = time.monotonic() - start
+    status = record.get("status") or {}
+    if record["state"] != "succeeded" or record["plan"] != "full":
+        raise BenchError(f"cerssd replication of {MASTER_POOL}/big@b1 ended "
+                         f"{record['state']} (plan {record['plan']}): {status.get('message')}")
+    same = env.guest.sh(f"zfs get -H -p -o value guid {MASTER_POOL}/big@b1 {target}@b1")
+    if len(set(same.stdout.split())) != 1:
+        raise BenchError(f"{target}@b1 does not have the guid of {MASTER_POOL}/big@b1")
+    # cerssd holds the snapshots it keeps as bases; released, as an operator would
+    env.guest.sh(f"for s in $(zfs list -H -o name -t snapshot -r {target}); do "
+                 "for t in $(zfs holds -H $s | cut -f2); do zfs release $t $s; done; done; "
+                 f"zfs destroy -r {target}")
+    return seconds
 
 
 # -- the rounds --------------------------------------------------------------------------
@@ -336,10 +390,10 @@ def benchmark(args: argparse.Namespace) -> str:
     results = Results()
     results.loads.append(load_average())
     with environment(args) as env:
-        kinds: list[type[Method]] = [Syncoid, ZfsAutobackup]
+        chosen: list[Method] = [Syncoid(env), ZfsAutobackup(env)]
         if not args.peers_only:
-            kinds.append(Cerssd)
-        methods = {k.name: k(env) for k in kinds}
+            chosen.append(Cerssd(env, args.max_parallel))
+        methods = {m.name: m for m in chosen}
         for name, method in methods.items():
             say(f"seeding {name} (full copies, untimed)")
             start = time.monotonic()
@@ -449,9 +503,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--big-mib", type=int, default=1024,
                    help="MiB in the single big volume (0: leave that case out)")
     p.add_argument("--peers-only", action="store_true",
-                   help="syncoid and zfs-autobackup only (cerssd's tree cycle is not built)")
+                   help="syncoid and zfs-autobackup only, without cerssd")
+    p.add_argument("--max-parallel", type=int, default=None,
+                   help="the cerssd relationship's max_parallel (default: cerssd's own)")
     p.add_argument("--no-trace", dest="trace", action="store_false",
                    help="leave out the extra run that counts each method's processes")
+    p.add_argument("--attach", type=Path, default=None,
+                   help="use the guest described in this file (`python bench/guest.py FILE` "
+                   "keeps one up) instead of booting one: its pools are destroyed first")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="tcg",
                    help="QEMU accelerator for the guest (on this machine KVM starts QEMU "
                    "but the guest's kernel never prints a line; the tests use TCG too)")
