@@ -454,7 +454,14 @@ def report(results: Results, args: argparse.Namespace, started: object, wall: fl
              f"- where: OpenZFS guest under QEMU ({env.guest.accel}), both pools in the guest, "
              "every method run in the guest over SSH to root@127.0.0.1 (the guest's sshd); "
              f"{args.members} member volumes plus the tree's root; {args.rounds} rounds, "
-             "order rotated each round; seconds are wall time, median (min-max)", "",
+             "order rotated each round; seconds are wall time, median (min-max)"
+             + ("; the guest was booted earlier by another process (`--attach`), its pools "
+                "destroyed and made anew for this run" if args.attach else ""),
+             "- cerssd: the daemon in the guest like the peers (master `kind = \"local\"`, "
+             "slave `kind = \"ssh\"` to root@127.0.0.1, cipher chacha20-poly1305 as "
+             "OpenSSH's default), relationship `recursive = true`, `max_parallel = "
+             f"{args.max_parallel or 'default (4)'}`; a run is from `sync-now` to every member "
+             "in sync on the slave (the tree summary, polled every 0.5 s in the guest)", "",
              "| method | seed (full) s | one incremental run s |", "| --- | ---: | ---: |"]
     for name, values in results.tree.items():
         lines.append(f"| {name} | {results.seed[name]:.0f} | {spread(values)} |")
