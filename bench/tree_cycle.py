@@ -147,6 +147,10 @@ class ZfsAutobackup(Method):
         time.sleep(1.0)
         self.env.guest.sh(f"PYTHONPATH={ZAB_DIR} python3 -c {shlex.quote(ZAB_CLI)} "
                           f"--ssh-target root@127.0.0.1 --strip-path 1 --no-progress "
+                          # the slave pool is in the same guest and its replicas receive
+                          # autobackup:bench: without this, zab also backs up its own
+                          # replicas (slave/zab/tree -> slave/zab/zab/tree ...) every run
+                          f"--exclude-received "
                           f"{ZAB_NAME} {self.slave_root}")
 
 
@@ -365,7 +369,11 @@ def cerssd_big(env: Env, round_no: int) -> float:
     # cerssd holds the snapshots it keeps as bases; released, as an operator would
     env.guest.sh(f"for s in $(zfs list -H -o name -t snapshot -r {target}); do "
                  "for t in $(zfs holds -H $s | cut -f2); do zfs release $t $s; done; done; "
-                 f"zfs destroy -r {target}")
+                 f"zfs destroy -r {target}; "
+                 # and the bookmark it made of the sent snapshot: the next round's full
+                 # send of the same snapshot fails on "bookmark exists" otherwise
+                 f"for b in $(zfs list -H -o name -t bookmark {MASTER_POOL}/big); do "
+                 "zfs destroy $b; done")
     return seconds
 
 
