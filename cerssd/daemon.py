@@ -28,6 +28,7 @@ from aiohttp import web
 from . import __version__, snapshots
 from .api.app import build_app
 from .api.context import ApiContext
+from .children import watch_children_by_pidfd
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError
@@ -273,6 +274,15 @@ def _socket_is_live(path: Path) -> bool:
 
 
 async def run(config: Config) -> int:
+    watcher = watch_children_by_pidfd(asyncio.get_running_loop())
+    try:
+        return await _run(config)
+    finally:
+        if watcher is not None:
+            watcher.close()
+
+
+async def _run(config: Config) -> int:
     daemon = Daemon(config)
     try:
         await daemon.setup()
