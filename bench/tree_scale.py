@@ -442,10 +442,16 @@ def report(scales: list[Scale], change: Change | None, args: argparse.Namespace,
              + (" | growth" if len(scales) == 2 else "") + " |",
              "| --- |" + " ---: |" * (len(scales) + (len(scales) == 2))]
 
+    if not scales:  # only the changed-data line was asked for
+        del lines[-2:]
+
     def row(name: str, values: list[list[float]], fmt: str = ".1f") -> None:
+        if not scales:
+            return
         cells = [spread(v, fmt) for v in values]
-        if len(values) == 2 and values[0] and statistics.median(values[0]):
-            cells.append(f"{statistics.median(values[1]) / statistics.median(values[0]):.1f}x")
+        if len(values) == 2:
+            low, high = (statistics.median(v) if v else 0.0 for v in values)
+            cells.append(f"{high / low:.1f}x" if low else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
 
     row("initial full cycle s", [[s.initial] for s in scales], ".0f")
