@@ -100,3 +100,45 @@ async def test_pause_suspends_every_member_transfer_and_remove_cancels_them_all(
         status, body = await c.api("DELETE", "/v1/relationships/t")
         assert status == 204, body
         assert await live("replicate") == [] and await live("tree-sync") == []
+
+
+async def test_a_cycle_that_finds_a_slave_still_syncing_has_it_synced_when_that_ends() -> None:
+    """The scale bench found a cycle's snapshot waiting a whole interval when the cycle
+    came while the slave's previous sync was finishing: it is synced right after."""
+    import asyncio
+
+    async with FakeCluster(["m", "s"]) as c:
+        m, s = c.fakes["m"], c.fakes["s"]
+        for name in MEMBERS:
+            m.add_volume(name)
+        status, body = await c.api("POST", "/v1/relationships", {
+            "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
+            "interval": "1h", "slaves": [{"server": "s", "target_volume": "tank/copy"}]})
+        assert status == 201, body
+
+        async def synced(cycles: int) -> bool:
+            _, r = await c.api("GET", "/v1/relationships/t")
+            return r["cycles"] >= cycles and r["tree"]["slaves"]["s"]["in_sync"] == 4
+        await c.until_true(lambda: synced(1), what="the first cycle")
+        # the next sync holds at its slave listing until the test lets it go on
+        entered, go_on = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            entered.set()
+            await go_on.wait()
+        s.hooks["tree"] = hold
+        await c.api("POST", "/v1/relationships/t/sync-now", {})
+        await asyncio.wait_for(entered.wait(), 30)
+        del s.hooks["tree"]
+        await c.api("POST", "/v1/relationships/t/sync-now", {})  # a cycle during the sync
+        await c.until_true(lambda: _cycles_at_least(c, 3),
+                           what="the third cycle to run while the second sync waits")
+        go_on.set()
+        await c.until_true(lambda: synced(3), what="the third cycle's snapshot on the slave")
+        newest = (await m.snapshots("tank/t/a"))[-1]
+        assert newest.guid in {x.guid for x in await s.snapshots("tank/copy/a")}
+
+
+async def _cycles_at_least(c: FakeCluster, n: int) -> bool:
+    _, r = await c.api("GET", "/v1/relationships/t")
+    return bool(r["cycles"] >= n)

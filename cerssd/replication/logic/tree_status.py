@@ -95,6 +95,11 @@ class TreeStatus:
     unmatched: tuple[str, ...] = ()
     #: Members renamed on the master since the last listing: new relative -> old.
     renamed: dict[str, str] = field(default_factory=dict)
+    #: The label of the newest cycle snapshot of the tree.
+    newest_label: str | None = None
+    #: Slaves a cycle found still syncing (an older snapshot): each gets a sync of the
+    #: newest as soon as its current one ends, not an interval later.
+    skipped: set[str] = field(default_factory=set)
 
     def failing(self, servers: Iterable[str]) -> list[dict[str, Any]]:
         out = []

@@ -145,10 +145,15 @@ class TreeCycle:
                 entry.newest_label, entry.newest_guid = label, None
                 entry.newest_created = now
         busy = {a.record.params.get("destination") for a in syncing}
+        rt.tree.newest_label = label
         for slave in rt.spec.slaves:
-            if slave.server not in busy and members:
-                submit_sync(self.engine, rt.name, rt.spec.master, slave.server,
-                            slave.target_volume, label, parent=ctx.record.id)
+            if not members:
+                break
+            if slave.server in busy:
+                rt.tree.skipped.add(slave.server)  # its sync starts again when it ends
+                continue
+            submit_sync(self.engine, rt.name, rt.spec.master, slave.server,
+                        slave.target_volume, label, parent=ctx.record.id)
         return label
 
 

@@ -114,6 +114,22 @@ class TreeSyncWork:
                    if (s := m.slaves.get(server)) and s.error]
         ctx.remember(members=len(members), sent=len(todo), failing=len(failing))
         ctx.log.info("tree sync done", slave=server, sent=len(todo), failing=len(failing))
+        self._again_if_a_cycle_came(ctx, rt, server, target_root)
+
+    def _again_if_a_cycle_came(self, ctx: ActivityContext, rt: Runtime, server: str,
+                               target_root: str) -> None:
+        """A cycle that ran while this sync did skipped this slave: its snapshot is
+        synced now rather than at the next cycle (an interval later)."""
+        assert rt.tree is not None
+        label = rt.tree.newest_label
+        if server not in rt.tree.skipped or label is None or label == self.params["label"]:
+            rt.tree.skipped.discard(server)
+            return
+        rt.tree.skipped.discard(server)
+        record = submit_sync(self.engine, rt.name, rt.spec.master, server, target_root,
+                             label, parent=self.params.get("parent", ctx.record.id))
+        ctx.log.info("a cycle came meanwhile: synced again", label=label,
+                     activity=record.id)
 
     async def _follow_renames(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
                               dst_tree: TreeListing, target_root: str) -> bool:
