@@ -10,16 +10,20 @@ from .fakes.cluster import FakeCluster
 MEMBERS = ("tank/t", "tank/t/a", "tank/t/b", "tank/t/b/c")
 
 
+async def make_tree(c: FakeCluster, **keys: object) -> None:
+    """The tree MEMBERS on m and a relationship "t" keeping it on s under tank/copy."""
+    for name in MEMBERS:
+        c.fakes["m"].add_volume(name)
+    status, body = await c.api("POST", "/v1/relationships", {
+        "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
+        "interval": "1h", "slaves": [{"server": "s", "target_volume": "tank/copy"}], **keys})
+    assert status == 201, body
+
+
 async def test_retention_thins_every_member_on_master_and_slave_keeping_the_bases() -> None:
     async with FakeCluster(["m", "s"]) as c:
         m, s = c.fakes["m"], c.fakes["s"]
-        for name in MEMBERS:
-            m.add_volume(name)
-        status, body = await c.api("POST", "/v1/relationships", {
-            "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
-            "interval": "1h", "retention": ["1s:all"],
-            "slaves": [{"server": "s", "target_volume": "tank/copy"}]})
-        assert status == 201, body
+        await make_tree(c, retention=["1s:all"])
 
         async def synced(cycles: int) -> bool:
             _, r = await c.api("GET", "/v1/relationships/t")
@@ -63,13 +67,7 @@ async def test_pause_suspends_every_member_transfer_and_remove_cancels_them_all(
     the syncs, a removal cancels each (a tree's transfers are not one per slave)."""
     async with FakeCluster(["m", "s"]) as c:
         m = c.fakes["m"]
-        for name in MEMBERS:
-            m.add_volume(name)
-        status, body = await c.api("POST", "/v1/relationships", {
-            "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
-            "interval": "1h", "max_parallel": 3,
-            "slaves": [{"server": "s", "target_volume": "tank/copy"}]})
-        assert status == 201, body
+        await make_tree(c, max_parallel=3)
 
         async def synced() -> bool:
             _, r = await c.api("GET", "/v1/relationships/t")
@@ -109,12 +107,7 @@ async def test_a_cycle_that_finds_a_slave_still_syncing_has_it_synced_when_that_
 
     async with FakeCluster(["m", "s"]) as c:
         m, s = c.fakes["m"], c.fakes["s"]
-        for name in MEMBERS:
-            m.add_volume(name)
-        status, body = await c.api("POST", "/v1/relationships", {
-            "name": "t", "master": "m", "volume": "tank/t", "recursive": True,
-            "interval": "1h", "slaves": [{"server": "s", "target_volume": "tank/copy"}]})
-        assert status == 201, body
+        await make_tree(c)
 
         async def synced(cycles: int) -> bool:
             _, r = await c.api("GET", "/v1/relationships/t")

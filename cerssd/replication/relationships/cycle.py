@@ -59,7 +59,7 @@ from .cycle_gate import CycleGate
 from .fencing import Fencing
 from .registry import RelationshipRegistry
 from .runtime import KIND, Runtime
-from .tree import TreeCycle
+from .tree import TreeCycle, cycle_label
 from .upkeep import Upkeep
 
 
@@ -219,7 +219,7 @@ class RelationshipWork:
         if isinstance(label, str) and label in existing:
             return existing[label]  # made before a restart: used, not made again
         if not isinstance(label, str):
-            label = _label(rt.spec.prefix, time.time(), existing)
+            label = cycle_label(rt.spec.prefix, time.time(), existing)
             ctx.remember(cycle_snapshot=label)
         snap = await master.create_snapshot(rt.spec.volume, label)
         ctx.log.info("snapshot taken", snapshot=snap.name)
@@ -347,15 +347,6 @@ class RelationshipWork:
         # a backup carries on (as before): its upload is its own
         await asyncio.gather(*(cancel(t) for t in self.registry.streams(self.name)
                                if t.record.kind != backup.KIND))
-
-
-def _label(prefix: str, now: float, existing: dict[str, Snapshot]) -> str:
-    base = prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    label, n = base, 1
-    while label in existing:
-        n += 1
-        label = f"{base}-{n}"
-    return label
 
 
 def register(engine: ActivityEngine, deps: CycleDeps) -> None:

@@ -18,6 +18,7 @@ not hold back the others or the next cycle.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 from ...engine import ActivityContext, ActivityEngine
 from ...servers import ServerRegistry
@@ -135,7 +136,7 @@ class TreeCycle:
         if not isinstance(label, str):
             root_ds = listing.get(sel.root)
             taken = {s.label for s in root_ds.snapshots} if root_ds else set()
-            label = _label(rt.spec.prefix, now, taken)
+            label = cycle_label(rt.spec.prefix, now, taken)
             ctx.remember(cycle_snapshot=label)
         if members:
             await master.snapshot_tree(sel.root, label, [m.name for m in members])
@@ -157,7 +158,9 @@ class TreeCycle:
         return label
 
 
-def _label(prefix: str, now: float, taken: set[str]) -> str:
+def cycle_label(prefix: str, now: float, taken: Collection[str]) -> str:
+    """A cycle's snapshot label: the prefix and the UTC time, with a counter should a
+    label of that second be ``taken`` already."""
     base = prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     label, n = base, 1
     while label in taken:
