@@ -209,6 +209,10 @@ class RelationshipCollector(Collector):
                                      "A tree's members in each state on a slave (in-sync, "
                                      "behind, sending, failing)",
                                      labels=["relationship", "slave", "state"])
+        gone = GaugeMetricFamily("cerssd_tree_members_gone",
+                                 "Members destroyed on the master (or renamed out of the "
+                                 "tree) since the daemon started; their copies are kept",
+                                 labels=["relationship"])
         member_lag = GaugeMetricFamily("cerssd_tree_member_lag_seconds",
                                        "Age of the newest snapshot of the member the slave "
                                        "has (only with member_metrics)",
@@ -219,6 +223,7 @@ class RelationshipCollector(Collector):
             servers = [s.server for s in rt.spec.slaves]
             summary = rt.tree.summary(servers, now)
             members.add_metric([rt.name], summary["members"])
+            gone.add_metric([rt.name], len(summary["gone"]))
             for server, counts in summary["slaves"].items():
                 for st in MemberState:
                     by_state.add_metric([rt.name, server, st.value],
@@ -230,7 +235,7 @@ class RelationshipCollector(Collector):
                     for server in servers:
                         if (value := m.lag(server, now)) is not None:
                             member_lag.add_metric([rt.name, server, m.name], value)
-        yield from (members, by_state, member_lag)
+        yield from (members, by_state, gone, member_lag)
 
     def _roles(self) -> Iterator[Metric]:
         status = GaugeMetricFamily("cerssd_relationship_replication_status",
