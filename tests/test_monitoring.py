@@ -264,9 +264,13 @@ def scrape(start_daemon: Any, make_pool: Any, sshd: SshServer) -> str:
     """/metrics of a daemon whose relationship reached its slave over SSH, after a failure."""
     master, slave = make_pool(), make_pool()
     zfs("create", f"{master}/data")
+    zfs("create", f"{master}/tree")  # a tree relationship too: its series per slave
     config = (sshd.config("remote") + '[servers.local]\nkind = "local"\n'
               f'[relationships.web]\nvolume = "{master}/data"\ninterval = "1h"\n'
-              f'slaves = [{{server = "remote", target_volume = "{slave}/data"}}]\n')
+              f'slaves = [{{server = "remote", target_volume = "{slave}/data"}}]\n'
+              f'[relationships.tree]\nvolume = "{master}/tree"\ninterval = "1h"\n'
+              'recursive = true\n'
+              f'slaves = [{{server = "remote", target_volume = "{slave}/tree"}}]\n')
     d: DaemonProcess = start_daemon(extra=config)
     wait_until(lambda: d.api("GET", "/v1/relationships/web")["slaves"][0]["state"]
                == "in-sync", SLOW, interval=0.2, what="the slave in sync")
