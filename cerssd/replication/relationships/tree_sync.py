@@ -81,7 +81,8 @@ class TreeSyncWork:
                          [ListedDataset(d.name, d.guid, d.selector) for d in src_tree.datasets])
         if await self._follow_renames(ctx, rt, dst, dst_tree, target_root):
             dst_tree = await _tree_or_empty(dst, target_root)
-        todo = self._plan(rt, server, members, src_tree, dst_tree, target_root)
+        todo = self._plan(rt, server, members, src_tree, dst_tree, target_root,
+                          marks=src.capabilities.bookmarks)
         self.member_targets = {m.target(target_root) for m in members}
         ctx.set_progress(0, len(todo), unit="members", estimated=False)
         ctx.log.info("tree sync planned", members=len(members), to_send=len(todo),
@@ -156,9 +157,12 @@ class TreeSyncWork:
         return moved
 
     def _plan(self, rt: Runtime, server: str, members: tuple[Member, ...],
-              src_tree: TreeListing, dst_tree: TreeListing,
-              target_root: str) -> list[tuple[Member, Snapshot]]:
-        """The members this slave lacks the newest snapshot of (with that snapshot)."""
+              src_tree: TreeListing, dst_tree: TreeListing, target_root: str, *,
+              marks: bool = False) -> list[tuple[Member, Snapshot]]:
+        """The members this slave lacks the newest snapshot of (with that snapshot).
+        With ``marks`` (the source keeps bookmarks, which the tree listing leaves out) a
+        member for which the listings show no common snapshot is left to its own
+        transfer's plan, which also looks at the bookmarks."""
         assert rt.tree is not None
         todo = []
         for m in members:
@@ -180,7 +184,14 @@ class TreeSyncWork:
                     target_exists=tds is not None,
                     target_snapshots=list(tds.snapshots) if tds else [], intermediates=True)
             except ReplicationConflict as exc:
-                state.error = str(exc)
+                if not marks:
+                    state.error = str(exc)
+                    continue
+                # The listing has no bookmarks: the member's own transfer plans with
+                # them (a base whose snapshot was destroyed) and reports a real conflict.
+                plan = None
+            if plan is None:
+                todo.append((m, newest))
                 continue
             if plan.mode == PlanMode.UP_TO_DATE:
                 _shared(state, newest)
