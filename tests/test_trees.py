@@ -110,7 +110,8 @@ def test_a_recursive_tree_with_excludes_follows_the_pool(
     assert f"{dst}/standby/d" in datasets(f"{dst}/standby")
     assert f"{dst}/standby/c" in datasets(f"{dst}/standby"), "a gone member's copy is kept"
 
-    assert rel(d, "cinder")["slaves"][0]["state"] == "in-sync"  # the slave as a whole
+    wait_until(lambda: rel(d, "cinder")["slaves"][0]["state"] == "in-sync", 60,
+               what="the slave as a whole in sync (its sync ends after its last member)")
     page = d.api("GET", "/v1/relationships/cinder/volumes?limit=2&offset=1")
     assert page["total"] == members and len(page["items"]) == 2
     assert [i["relative"] for i in page["items"]] == ["a", "a/x"]

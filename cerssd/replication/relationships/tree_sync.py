@@ -178,6 +178,11 @@ class TreeSyncWork:
             entry.newest_created = float(newest.creation)
             target = m.target(target_root)
             tds = dst_tree.get(target)
+            if self._live_transfer(rt.name, server, m.relative) is not None:
+                # restarted with its daemon: it cleans up what its cut-off run left on
+                # the slave (which the listing would take for a conflict); followed
+                todo.append((m, newest))
+                continue
             try:
                 plan = plan_replication(
                     snapshot_name=newest.name, source_snapshots=snaps, target_volume=target,
