@@ -8,6 +8,7 @@ busy-state locking); backends never special-case their callers.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from typing import Any
 
 
@@ -133,7 +134,16 @@ class TreeListing:
     datasets: tuple[TreeDataset, ...]
 
     def get(self, name: str) -> TreeDataset | None:
-        for d in self.datasets:
-            if d.name == name:
-                return d
-        return None
+        """One dataset by name: a dict built once per listing (a cycle asks for every
+        member, so a scan per ask would grow with the square of the tree)."""
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, TreeDataset]:
+        return {d.name: d for d in self.datasets}
+
+    def newest(self, name: str, prefix: str) -> Snapshot | None:
+        """The newest snapshot of dataset ``name`` whose label starts with ``prefix``."""
+        ds = self.get(name)
+        return next((s for s in reversed(ds.snapshots) if s.label.startswith(prefix)),
+                    None) if ds else None

@@ -26,26 +26,17 @@ from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
 from ...storage.values import TreeListing
 from ..flows import snapshot_prune
-from ..logic.members import ListedDataset, Member, select, unmatched_patterns
+from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import to_destroy
 from ..logic.tree_status import TreeMember, TreeStatus
 from .registry import RelationshipRegistry
 from .runtime import Runtime
 from .tree_sync import KIND as SYNC_KIND
-from .tree_sync import submit_sync
+from .tree_sync import listed, members_of, submit_sync
 
 
 class TreeNotFound(NotFound):
     """The tree's root does not exist on the master."""
-
-
-def listed(listing: TreeListing) -> list[ListedDataset]:
-    return [ListedDataset(d.name, d.guid, d.selector) for d in listing.datasets]
-
-
-def members_of(rt: Runtime, listing: TreeListing) -> tuple[Member, ...]:
-    assert rt.spec.selection is not None
-    return select(rt.spec.selection, rt.name, listed(listing))
 
 
 def note_members(status: TreeStatus, members: tuple[Member, ...], listing: TreeListing,
@@ -66,9 +57,7 @@ def note_members(status: TreeStatus, members: tuple[Member, ...], listing: TreeL
             changes.append(f"new {m.relative or '.'}")
         entry = old or TreeMember(m.relative, m.name, m.guid)
         entry.relative, entry.name, entry.guid = m.relative, m.name, m.guid
-        ds = listing.get(m.name)
-        newest = next((s for s in reversed(ds.snapshots) if s.label.startswith(prefix)),
-                      None) if ds else None
+        newest = listing.newest(m.name, prefix)
         if newest is not None:
             entry.newest_guid, entry.newest_label = newest.guid, newest.label
             entry.newest_created = float(newest.creation)

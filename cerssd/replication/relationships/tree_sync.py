@@ -37,6 +37,16 @@ from .runtime import Runtime, UnknownRelationship
 KIND = TREE_SYNC
 
 
+def listed(listing: TreeListing) -> list[ListedDataset]:
+    return [ListedDataset(d.name, d.guid, d.selector) for d in listing.datasets]
+
+
+def members_of(rt: Runtime, listing: TreeListing) -> tuple[Member, ...]:
+    """The relationship's members among the master's ``listing``."""
+    assert rt.spec.selection is not None
+    return select(rt.spec.selection, rt.name, listed(listing))
+
+
 def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: str,
                 target_root: str, label: str, *, parent: str) -> ActivityRecord:
     validate_volume(target_root)
@@ -77,8 +87,7 @@ class TreeSyncWork:
         except (BackendError, LinkError) as exc:
             code = StatusCode.LINK if isinstance(exc, LinkError) else StatusCode.ERROR
             raise ActivityError(f"tree not listed: {exc}", code) from exc
-        members = select(rt.spec.selection, rt.name,
-                         [ListedDataset(d.name, d.guid, d.selector) for d in src_tree.datasets])
+        members = members_of(rt, src_tree)
         if await self._follow_renames(ctx, rt, dst, dst_tree, target_root):
             dst_tree = await _tree_or_empty(dst, target_root)
         todo = self._plan(rt, server, members, src_tree, dst_tree, target_root,
@@ -170,8 +179,7 @@ class TreeSyncWork:
             state = entry.slaves.setdefault(server, MemberSlave())
             ds = src_tree.get(m.name)
             snaps = list(ds.snapshots) if ds else []
-            newest = next((s for s in reversed(snaps) if s.label.startswith(rt.spec.prefix)),
-                          None)
+            newest = src_tree.newest(m.name, rt.spec.prefix)
             if newest is None:
                 continue
             entry.newest_guid, entry.newest_label = newest.guid, newest.label
