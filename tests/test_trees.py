@@ -10,7 +10,15 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
+from .conftest import (
+    DaemonProcess,
+    make_writable,
+    post_json,
+    raw_request,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .test_cli import ctl
 
 MEMBERS = ("a", "a/x", "b", "b/scratch", "c", "tmp", "tmp/t1")
@@ -162,8 +170,11 @@ def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool:
     d = start_daemon(extra=tree_config("cinder", root, f"{dst}/standby", recursive="true"))
     members = 1 + len(MEMBERS)
     wait_until(lambda: all_in_sync(d, "cinder", members, 1), 180, what="the first cycle")
-    # someone snapshots a replica on the standby: it no longer follows the master
-    zfs("snapshot", f"{dst}/standby/b@local-change")
+    # someone writes on a replica on the standby: it no longer follows the master
+    replica = f"{dst}/standby/b"
+    make_writable(replica)
+    zfs("mount", replica, check=False)  # received unmounted
+    write_file(f"/{replica}/local-change", 1)
     write_file(f"/{root}/a/g", 1)
     write_file(f"/{root}/b/g", 1)
     cycle = sync_now(d, "cinder")
@@ -177,7 +188,7 @@ def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool:
     tree = shown["tree"]
     assert [f["member"] for f in tree["failing"]] == [f"{root}/b"]
     assert shown["slaves"][0]["state"] == "error" and f"{root}/b" in shown["slaves"][0]["error"]
-    assert "local-change" in tree["failing"][0]["error"] or tree["failing"][0]["error"]
+    assert "modified" in tree["failing"][0]["error"], tree["failing"]
     failing = d.api("GET", "/v1/relationships/cinder/volumes?state=failing")
     assert [i["relative"] for i in failing["items"]] == ["b"]
     shown = ctl(d, "relationship", "show", "cinder")
@@ -187,8 +198,14 @@ def test_a_member_that_fails_is_isolated_and_named(start_daemon: Any, make_pool:
     assert listed.returncode == 0 and f"{root}/b" in listed.stdout, listed
     assert "1 of 1 members" in listed.stdout
 
-    # the operator drops the stray snapshot: the next cycle brings b back
-    zfs("destroy", f"{dst}/standby/b@local-change")
+    # the operator rolls the replica back to its last snapshot and makes it read-only
+    # again (zfs-fuse rolls back a mounted filesystem only: unmounted, "I/O error"); the
+    # next cycle brings it up to date
+    last = zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1",
+               replica).stdout.split()[-1]
+    zfs("rollback", last)
+    zfs("set", "readonly=on", replica)
+    zfs("unmount", replica)
     cycle = sync_now(d, "cinder")
     wait_until(lambda: all_in_sync(d, "cinder", members, cycle)
                and rel(d, "cinder")["state"] == "running", 120, what="b in sync again")

@@ -64,40 +64,73 @@ async def _labels(listing: object) -> list[str]:
 
 async def test_pause_suspends_every_member_transfer_and_remove_cancels_them_all() -> None:
     """A tree has several transfers per slave at once: a pause suspends each of them and
-    the syncs, a removal cancels each (a tree's transfers are not one per slave)."""
+    the syncs, a removal cancels each (a tree's transfers are not one per slave). The
+    first sync gives each member its own transfer activity."""
     async with FakeCluster(["m", "s"]) as c:
         m = c.fakes["m"]
+        m.stall_sends = True  # every member's stream stays open until killed
+        await make_tree(c, max_parallel=3)
+
+        async def sending() -> bool:  # the slave has only the root: its children wait
+            return len(await live(c, "replicate", "running")) >= 1
+        await c.until_true(sending, what="member transfers running")
+        status, body = await c.api("POST", "/v1/relationships/t/pause", {})
+        assert status == 200, body
+
+        async def all_suspended() -> bool:
+            transfers = await live(c, "replicate")
+            syncs = await live(c, "tree-sync")
+            return bool(transfers) and all(a["state"] == "suspended"
+                                           for a in transfers + syncs) and bool(syncs)
+        await c.until_true(all_suspended, what="each member transfer and the sync suspended")
+        status, body = await c.api("DELETE", "/v1/relationships/t")
+        assert status == 204, body
+        assert await live(c, "replicate") == [] and await live(c, "tree-sync") == []
+
+
+async def live(c: FakeCluster, kind: str, state: str | None = None) -> list[dict[str, object]]:
+    _, page = await c.api("GET", f"/v1/activities?kind={kind}&limit=50")
+    return [a for a in page["items"] if a["state"] not in ("succeeded", "failed", "cancelled")
+            and (state is None or a["state"] == state)]
+
+
+async def test_steady_syncs_stream_members_without_listings_and_pause_and_remove_stop_them(
+        ) -> None:
+    """After the first sync, a sync streams each member on from its known base inside the
+    sync itself, ``max_parallel`` at once, with no listing of either tree and no activity
+    per member; pause suspends those streams, removal cancels them."""
+    async with FakeCluster(["m", "s"]) as c:
+        m, s = c.fakes["m"], c.fakes["s"]
         await make_tree(c, max_parallel=3)
 
         async def synced() -> bool:
             _, r = await c.api("GET", "/v1/relationships/t")
             return (r.get("tree") or {}).get("slaves", {}).get("s", {}).get("in_sync") == 4
         await c.until_true(synced, what="the first cycle")
-        m.stall_sends = True  # every member's stream stays open until killed
+        transfers_before = len((await c.api("GET", "/v1/activities?kind=replicate&limit=500"))
+                               [1]["items"])
+        m.calls.clear()
+        s.calls.clear()
+        m.stall_sends = True
         status, body = await c.api("POST", "/v1/relationships/t/sync-now", {})
         assert status == 202, body
 
-        async def live(kind: str, state: str | None = None) -> list[dict[str, object]]:
-            _, page = await c.api("GET", f"/v1/activities?kind={kind}&limit=50")
-            return [a for a in page["items"] if a["state"] not in
-                    ("succeeded", "failed", "cancelled") and (state is None
-                                                              or a["state"] == state)]
-
-        async def sending() -> bool:  # all members exist on the slave: any three at once
-            return len(await live("replicate", "running")) == 3
-        await c.until_true(sending, what="three member transfers running")
+        async def three_sending() -> bool:
+            _, page = await c.api("GET", "/v1/relationships/t/volumes?state=sending")
+            return page["total"] == 3
+        await c.until_true(three_sending, what="three members streaming at once")
+        assert "tree" not in m.calls and "tree" not in s.calls  # no snapshot listing
+        assert len((await c.api("GET", "/v1/activities?kind=replicate&limit=500"))
+                   [1]["items"]) == transfers_before
         status, body = await c.api("POST", "/v1/relationships/t/pause", {})
         assert status == 200, body
 
-        async def all_suspended() -> bool:
-            transfers = await live("replicate")
-            syncs = await live("tree-sync")
-            return len(transfers) == 3 and all(a["state"] == "suspended"
-                                               for a in transfers + syncs) and bool(syncs)
-        await c.until_true(all_suspended, what="each member transfer and the sync suspended")
+        async def suspended() -> bool:
+            return [a["state"] for a in await live(c, "tree-sync")] == ["suspended"]
+        await c.until_true(suspended, what="the sync suspended")
         status, body = await c.api("DELETE", "/v1/relationships/t")
         assert status == 204, body
-        assert await live("replicate") == [] and await live("tree-sync") == []
+        assert await live(c, "tree-sync") == []
 
 
 async def test_a_cycle_that_finds_a_slave_still_syncing_has_it_synced_when_that_ends() -> None:
@@ -113,16 +146,16 @@ async def test_a_cycle_that_finds_a_slave_still_syncing_has_it_synced_when_that_
             _, r = await c.api("GET", "/v1/relationships/t")
             return r["cycles"] >= cycles and r["tree"]["slaves"]["s"]["in_sync"] == 4
         await c.until_true(lambda: synced(1), what="the first cycle")
-        # the next sync holds at its slave listing until the test lets it go on
+        # the next sync holds at its verification on the slave until the test lets it on
         entered, go_on = asyncio.Event(), asyncio.Event()
 
         async def hold() -> None:
             entered.set()
             await go_on.wait()
-        s.hooks["tree"] = hold
+        s.hooks["snapshot_facts"] = hold
         await c.api("POST", "/v1/relationships/t/sync-now", {})
         await asyncio.wait_for(entered.wait(), 30)
-        del s.hooks["tree"]
+        del s.hooks["snapshot_facts"]
         await c.api("POST", "/v1/relationships/t/sync-now", {})  # a cycle during the sync
         await c.until_true(lambda: _cycles_at_least(c, 3),
                            what="the third cycle to run while the second sync waits")

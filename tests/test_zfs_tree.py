@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cerssd.storage.errors import BackendError
+from cerssd.storage.errors import BackendError, Busy
 from cerssd.storage.zfs import ZfsBackend, tree
 from cerssd.storage.zfs.probe import capabilities_from_usage, parse_usage
 from cerssd.transport.runner import CommandResult, LocalRunner
@@ -175,3 +175,43 @@ async def test_a_line_break_in_a_selector_value_refuses_the_listing(backend: Zfs
         await backend.tree(pool, selector="x:sel")
     listing = await backend.tree(pool)  # without that property the listing is fine
     assert [d.name for d in listing.datasets] == [pool, f"{pool}/a", f"{pool}/b"]
+
+
+async def test_datasets_alone_facts_of_named_snapshots_and_pins_in_few_commands(
+        backend: ZfsBackend, pool: str) -> None:
+    """What a steady tree sync uses instead of listings: the datasets without their
+    snapshots, the facts of snapshots by name, pins by name or recursively, and a
+    label's snapshots destroyed from every dataset at once (all or none)."""
+    await backend.probe()
+    for name in ("a", "a/c", "b"):
+        zfs("create", f"{pool}/{name}")
+    zfs("set", "x:sel=on", f"{pool}/a")
+    zfs("snapshot", "-r", f"{pool}@s1")
+    zfs("snapshot", "-r", f"{pool}@s2")
+    listing = await backend.tree(pool, selector="x:sel", snapshots=False)
+    assert [(d.name, d.selector, d.snapshots) for d in listing.datasets] == [
+        (pool, None, ()), (f"{pool}/a", "on", ()), (f"{pool}/a/c", "on", ()),
+        (f"{pool}/b", None, ())]
+    assert listing.get(f"{pool}/a") is not None and listing.get(f"{pool}/a").guid.isdigit()
+
+    names = [f"{pool}/a@s2", f"{pool}/b@s2", f"{pool}/gone@s2"]
+    facts = await backend.snapshot_facts(names)
+    assert set(facts) == {f"{pool}/a@s2", f"{pool}/b@s2"}
+    assert facts[f"{pool}/a@s2"].guid == (await backend.snapshot(f"{pool}/a@s2")).guid
+
+    every = [f"{pool}@s1", f"{pool}/a@s1", f"{pool}/a/c@s1", f"{pool}/b@s1"]
+    await backend.pin_many(every, "lab1", whole=f"{pool}@s1")
+    assert all(s.userrefs == 1 for s in (await backend.snapshot_facts(every)).values())
+    # one is released already: the recursive release is refused whole, the names serve
+    await backend.unpin(f"{pool}/a@s1", "lab1")
+    await backend.unpin_many(every, "lab1", whole=f"{pool}@s1")
+    assert all(s.userrefs == 0 for s in (await backend.snapshot_facts(every)).values())
+    await backend.pin_many([f"{pool}/b@s1"], "lab1")
+    await backend.pin_many([f"{pool}/a@s1", f"{pool}/b@s1"], "lab1")  # b's is there: fine
+
+    with pytest.raises(Busy):  # b's pin keeps every dataset's s1
+        await backend.destroy_snapshot(f"{pool}@s1", recursive=True)
+    assert len(await backend.snapshot_facts(every)) == 4
+    await backend.unpin_many([f"{pool}/a@s1", f"{pool}/b@s1"], "lab1")
+    await backend.destroy_snapshot(f"{pool}@s1", recursive=True)
+    assert await backend.snapshot_facts(every) == {}

@@ -77,10 +77,18 @@ class StorageBackend(Protocol):
 
     # Trees
 
-    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
+    async def tree(self, root: str, *, selector: str | None = None,
+                   snapshots: bool = True) -> TreeListing:
         """``root`` and every descendant filesystem and volume, each with its snapshots,
         from one listing (never a command per dataset); ``selector`` names a user
-        property whose effective value each dataset reports. ``NotFound`` without root."""
+        property whose effective value each dataset reports. ``NotFound`` without root.
+        ``snapshots=False`` leaves snapshots out (and unvisited: visiting them is what a
+        listing of a tree with weeks of history costs)."""
+        ...
+
+    async def snapshot_facts(self, names: Sequence[str]) -> dict[str, Snapshot]:
+        """The snapshots of ``names`` that exist, by name, from as few commands as the
+        names fit in (never a listing of their volumes)."""
         ...
 
     async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
@@ -110,7 +118,10 @@ class StorageBackend(Protocol):
 
     async def create_snapshot(self, volume: str, label: str) -> Snapshot: ...
 
-    async def destroy_snapshot(self, name: str) -> None: ...
+    async def destroy_snapshot(self, name: str, *, recursive: bool = False) -> None:
+        """Destroy snapshot ``name``; ``recursive``: the snapshots of that label of every
+        descendant too, all or none (ZFS refuses the whole when one is held)."""
+        ...
 
     async def rollback(self, snapshot: str) -> None:
         """Back to ``snapshot``, destroying every later one and every change since."""
@@ -136,6 +147,19 @@ class StorageBackend(Protocol):
 
     async def unpin(self, snapshot: str, for_server: str) -> None:
         """Drop that pin; a snapshot without it (or gone) is fine."""
+        ...
+
+    async def pin_many(self, snapshots: Sequence[str], for_server: str, *,
+                       whole: str | None = None) -> None:
+        """``pin`` each of ``snapshots`` in as few commands as they fit in; ``whole``
+        (``root@label``) says they are exactly that label's snapshots of ``root`` and
+        its descendants, which one recursive command may then serve. Pins already there
+        are fine."""
+        ...
+
+    async def unpin_many(self, snapshots: Sequence[str], for_server: str, *,
+                         whole: str | None = None) -> None:
+        """``unpin`` each of ``snapshots`` as ``pin_many`` pins them."""
         ...
 
     async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:

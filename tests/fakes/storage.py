@@ -16,6 +16,7 @@ behaviour as ZFS.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -271,9 +272,20 @@ class FakeBackend:
         vol.changed = False
         return snap
 
-    async def destroy_snapshot(self, name: str) -> None:
+    async def destroy_snapshot(self, name: str, *, recursive: bool = False) -> None:
         await self._enter("destroy_snapshot")
         snap = validate_snapshot(name)
+        if recursive:
+            doomed = [f"{v}@{snap.snapshot}" for v in self.vols if _in_tree(snap.volume, v)
+                      and any(s.label == snap.snapshot for s in self.vols[v].snapshots)]
+            if not any(d == name for d in doomed):
+                raise NotFound(f"could not find any snapshots to destroy; {name}")
+            if any(self.vols[d.partition("@")[0]].pins.get(d) for d in doomed):
+                raise Busy(f"cannot destroy snapshots of {name}: dataset is busy")
+            for d in doomed:
+                vol = self.vols[d.partition("@")[0]]
+                vol.snapshots = [s for s in vol.snapshots if s.name != d]
+            return
         vol = self._vol(snap.volume)
         if not any(s.name == name for s in vol.snapshots):
             raise NotFound(f"could not find any snapshots to destroy; {name} does not exist")
@@ -331,6 +343,19 @@ class FakeBackend:
         vol = self.vols.get(snap.volume)
         if vol is not None:
             vol.pins.get(snapshot, set()).discard(for_server)
+
+    async def pin_many(self, snapshots: Sequence[str], for_server: str, *,
+                       whole: str | None = None) -> None:
+        await self._enter("pin_many")
+        for name in snapshots:
+            with contextlib.suppress(NotFound):
+                await self.pin(name, for_server)
+
+    async def unpin_many(self, snapshots: Sequence[str], for_server: str, *,
+                         whole: str | None = None) -> None:
+        await self._enter("unpin_many")
+        for name in snapshots:
+            await self.unpin(name, for_server)
 
     async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:
         await self._enter("pinned_by")
@@ -425,8 +450,9 @@ class FakeBackend:
 
     # Trees
 
-    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
-        await self._enter("tree")
+    async def tree(self, root: str, *, selector: str | None = None,
+                   snapshots: bool = True) -> TreeListing:
+        await self._enter("tree" if snapshots else "tree_datasets")
         self._vol(root)
         if selector is not None:
             validate_user_property(selector)
@@ -436,8 +462,21 @@ class FakeBackend:
             TreeDataset(name=n, type="filesystem", guid=self.vols[n].guid,
                         selector=self._effective(n, selector) if selector else None,
                         snapshots=tuple(self._counted(self.vols[n], s)
-                                        for s in self.vols[n].snapshots))
+                                        for s in self.vols[n].snapshots) if snapshots else ())
             for n in names))
+
+    async def snapshot_facts(self, names: Sequence[str]) -> dict[str, Snapshot]:
+        await self._enter("snapshot_facts")
+        found = {}
+        for name in names:
+            snap = validate_snapshot(name)
+            vol = self.vols.get(snap.volume)
+            if vol is None:
+                continue
+            for s in vol.snapshots:
+                if s.name == name:
+                    found[name] = self._counted(vol, s)
+        return found
 
     def _effective(self, name: str, prop: str) -> str | None:
         """The property's value set on ``name`` or inherited from its nearest ancestor."""

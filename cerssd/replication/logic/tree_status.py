@@ -100,6 +100,19 @@ class TreeStatus:
     #: Slaves a cycle found still syncing (an older snapshot): each gets a sync of the
     #: newest as soon as its current one ends, not an interval later.
     skipped: set[str] = field(default_factory=set)
+    #: The cycle labels the master's members have (label -> creation), known from a full
+    #: listing and kept up to date by the cycles since (``tree_labels``); None until a
+    #: cycle has listed the tree whole, as the first after a start does.
+    master_labels: dict[str, float] | None = None
+    #: The same for each slave's copy, from the last full sync to it.
+    slave_labels: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Slaves whose per-member state a full sync established in this daemon's life: the
+    #: syncs to them that follow stream each member on from its known base without
+    #: listing either tree (``tree_steady``). Something unexpected takes a slave out.
+    known: set[str] = field(default_factory=set)
+    #: Something unexpected happened on the master (a retention destroy refused): the
+    #: next cycle lists the tree whole again.
+    relist: bool = False
 
     def failing(self, servers: Iterable[str]) -> list[dict[str, Any]]:
         out = []

@@ -7,9 +7,16 @@ is asked once per cycle and server, never per member:
    and every snapshot) gives the members (``logic.members.select``) and what vanished;
 2. retention of every member from that same listing, one ``prune`` activity for all;
 3. one snapshot of every member, atomically (``snapshot_tree``), its label journaled
-   before it is made so a restarted daemon uses it instead of making another;
+   before it is made so a restarted daemon uses it instead of making another, and one
+   ``zfs get`` of the new snapshots' guids;
 4. per slave with no sync under way, one ``tree-sync`` activity (``tree_sync``) that
    brings each member up to date with bounded parallelism.
+
+Only the first cycle after a start (or after something unexpected) lists snapshots: a
+listing visits every snapshot of every member, which at 1,000 members with weeks of
+history takes longer than a cycle may. The cycles after it list the datasets alone and
+keep the tree's cycle labels themselves (``TreeStatus.master_labels``); retention then
+drops a label from all members with one recursive destroy (``logic.tree_labels``).
 
 Like a single volume's cycle, it does not wait for the slaves: a slave that is down must
 not hold back the others or the next cycle.
@@ -28,9 +35,11 @@ from ...storage.values import TreeListing
 from ..flows import snapshot_prune
 from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import to_destroy
+from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
 from .registry import RelationshipRegistry
 from .runtime import Runtime
+from .tree_steady import drop_labels
 from .tree_sync import KIND as SYNC_KIND
 from .tree_sync import listed, members_of, submit_sync
 
@@ -104,8 +113,9 @@ class TreeCycle:
         sel = rt.spec.selection
         assert sel is not None and rt.tree is not None
         now = time.time()
+        whole = rt.tree.master_labels is None or rt.tree.relist
         try:
-            listing = await master.tree(sel.root, selector=sel.by_property)
+            listing = await master.tree(sel.root, selector=sel.by_property, snapshots=whole)
         except NotFound:
             raise TreeNotFound(f"{sel.root} does not exist on {rt.spec.master}") from None
         members = members_of(rt, listing)
@@ -116,24 +126,28 @@ class TreeCycle:
         if rt.tree.unmatched:
             ctx.log.warning("patterns match nothing in the tree", patterns=rt.tree.unmatched)
         syncing = self.engine.live(SYNC_KIND, rt.name)
-        if not syncing:
-            doomed = master_doomed(rt, members, listing, now)
-            if doomed:
-                snapshot_prune.submit_prune(self.engine, rt.spec.master, sel.root, doomed,
-                                            rt.name)
+        if whole:
+            rt.tree.master_labels = {}
+            for ds in listing.datasets:
+                labels_of(ds.snapshots, rt.spec.prefix, rt.tree.master_labels)
+            rt.tree.relist = False
+            if not syncing:
+                doomed = master_doomed(rt, members, listing, now)
+                if doomed:
+                    snapshot_prune.submit_prune(self.engine, rt.spec.master, sel.root,
+                                                doomed, rt.name)
+        elif not syncing:
+            await self._drop_labels(ctx, rt, master, members, now)
+        assert rt.tree.master_labels is not None
         label = ctx.params.get("cycle_snapshot")
         if not isinstance(label, str):
-            root_ds = listing.get(sel.root)
-            taken = {s.label for s in root_ds.snapshots} if root_ds else set()
-            label = cycle_label(rt.spec.prefix, now, taken)
+            label = cycle_label(rt.spec.prefix, now, rt.tree.master_labels)
             ctx.remember(cycle_snapshot=label)
         if members:
             await master.snapshot_tree(sel.root, label, [m.name for m in members])
             ctx.log.info("tree snapshot taken", label=label, members=len(members))
-            for m in members:  # behind until a sync lists the new snapshot's guid
-                entry = rt.tree.members[m.relative]
-                entry.newest_label, entry.newest_guid = label, None
-                entry.newest_created = now
+            rt.tree.master_labels.setdefault(label, now)
+            await self._note_newest(rt, master, members, label)
         busy = {a.record.params.get("destination") for a in syncing}
         rt.tree.newest_label = label
         for slave in rt.spec.slaves:
@@ -145,6 +159,41 @@ class TreeCycle:
             submit_sync(self.engine, rt.name, rt.spec.master, slave.server,
                         slave.target_volume, label, parent=ctx.record.id)
         return label
+
+
+    @staticmethod
+    async def _note_newest(rt: Runtime, master: StorageBackend, members: tuple[Member, ...],
+                           label: str) -> None:
+        """Each member's newest snapshot is the one just taken: its guid from one
+        ``zfs get`` of those names (a member without it, destroyed meanwhile, has none)."""
+        assert rt.tree is not None
+        facts = await master.snapshot_facts([f"{m.name}@{label}" for m in members])
+        for m in members:
+            entry = rt.tree.members[m.relative]
+            snap = facts.get(f"{m.name}@{label}")
+            entry.newest_label = label if snap else entry.newest_label
+            entry.newest_guid = snap.guid if snap else None
+            entry.newest_created = float(snap.creation) if snap else entry.newest_created
+
+    async def _drop_labels(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
+                           members: tuple[Member, ...], now: float) -> None:
+        """Retention by label (``logic.tree_labels``): a label no slave still needs as
+        a member's base goes from every member at once. Anything refused (someone
+        else's hold) sends the next cycle back to a full listing, whose per-snapshot
+        prune keeps what is held and says whose hold keeps it."""
+        assert rt.tree is not None and rt.tree.master_labels is not None
+        entries = [rt.tree.members[m.relative] for m in members]
+        if any(len(e.slaves) < len(rt.spec.slaves) for e in entries):
+            return  # a slave's base is unknown: keep everything for now
+        protected = {s.label for e in entries for s in e.slaves.values() if s.label}
+        doomed = labels_doomed(rt.tree.master_labels, rt.spec.retention, now=now,
+                               prefix=rt.spec.prefix, protected=protected)
+        if doomed:
+            await drop_labels(ctx, master, rt.spec.selection.root if rt.spec.selection
+                              else "", [m.name for m in members], doomed,
+                              rt.tree.master_labels)
+            if doomed[-1] in rt.tree.master_labels:
+                rt.tree.relist = True
 
 
 def cycle_label(prefix: str, now: float, taken: Collection[str]) -> str:

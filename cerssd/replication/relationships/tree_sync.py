@@ -30,9 +30,12 @@ from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.members import ListedDataset, Member, select
 from ..logic.plan import PlanMode, ReplicationConflict, plan_replication
 from ..logic.retention import to_destroy
+from ..logic.tree_labels import labels_of
 from ..logic.tree_status import MemberSlave, TreeMember
+from ..retry import RetryPolicy
 from .registry import TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime, UnknownRelationship
+from .tree_steady import SteadySync, steady_steps
 
 KIND = TREE_SYNC
 
@@ -61,8 +64,10 @@ def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: s
 
 class TreeSyncWork:
     def __init__(self, record: ActivityRecord, engine: ActivityEngine,
-                 servers: ServerRegistry, registry: RelationshipRegistry) -> None:
+                 servers: ServerRegistry, registry: RelationshipRegistry,
+                 policy: RetryPolicy) -> None:
         self.params = record.params
+        self.policy = policy
         self.engine = engine
         self.servers = servers
         self.registry = registry
@@ -81,12 +86,27 @@ class TreeSyncWork:
         try:
             src = await self.servers.backend(rt.spec.master)
             dst = await self.servers.backend(server)
-            src_tree = await src.tree(rt.spec.selection.root,
-                                      selector=rt.spec.selection.by_property)
-            dst_tree = await _tree_or_empty(dst, target_root)
+            if server in rt.tree.known:
+                sent = await self._steady(ctx, rt, src, dst, server, target_root)
+            else:
+                sent = await self._full(ctx, rt, src, dst, server, target_root)
         except (BackendError, LinkError) as exc:
             code = StatusCode.LINK if isinstance(exc, LinkError) else StatusCode.ERROR
-            raise ActivityError(f"tree not listed: {exc}", code) from exc
+            raise ActivityError(f"tree not synced: {exc}", code) from exc
+        failing = [m.name for m in rt.tree.members.values()
+                   if (s := m.slaves.get(server)) and s.error]
+        ctx.remember(members=len(rt.tree.members), sent=sent, failing=len(failing))
+        ctx.log.info("tree sync done", slave=server, sent=sent, failing=len(failing))
+        self._again_if_a_cycle_came(ctx, rt, server, target_root)
+
+    async def _full(self, ctx: ActivityContext, rt: Runtime, src: StorageBackend,
+                    dst: StorageBackend, server: str, target_root: str) -> int:
+        """A sync from one listing of each side's tree (the first after a start, or after
+        something unexpected): it learns every member's state on this slave."""
+        assert rt.tree is not None and rt.spec.selection is not None
+        src_tree = await src.tree(rt.spec.selection.root,
+                                  selector=rt.spec.selection.by_property)
+        dst_tree = await _tree_or_empty(dst, target_root)
         members = members_of(rt, src_tree)
         if await self._follow_renames(ctx, rt, dst, dst_tree, target_root):
             dst_tree = await _tree_or_empty(dst, target_root)
@@ -95,36 +115,73 @@ class TreeSyncWork:
         self.member_targets = {m.target(target_root) for m in members}
         ctx.set_progress(0, len(todo), unit="members", estimated=False)
         ctx.log.info("tree sync planned", members=len(members), to_send=len(todo),
-                     slave=server)
-        done = 0
+                     slave=server, listed=True)
         existing = {d.name for d in dst_tree.datasets}
+        await self._own_transfers(ctx, rt, dst, server, [(m, s.name) for m, s in todo],
+                                  target_root, existing, [0])
+        if await self._prune_slave(ctx, rt, dst, server, target_root):
+            rt.tree.known.add(server)
+        return len(todo)
+
+    async def _steady(self, ctx: ActivityContext, rt: Runtime, src: StorageBackend,
+                      dst: StorageBackend, server: str, target_root: str) -> int:
+        """A sync from what the relationship knows (``tree_steady``): no listings."""
+        assert rt.tree is not None
+        label = self.params["label"]
+        if rt.tree.renamed:
+            await self._follow_renames(ctx, rt, dst, await _tree_or_empty(
+                dst, target_root, snapshots=False), target_root)
+        live = {a.record.params.get("member") for a in self.engine.live(replicate.KIND, rt.name)
+                if a.record.params.get("destination") == server}
+        steps, own = steady_steps(rt, server, label, target_root,
+                                  {m for m in live if isinstance(m, str)})
+        members = [Member(e.name, e.relative, e.guid) for e in rt.tree.members.values()]
+        self.member_targets = {m.target(target_root) for m in members}
+        ctx.set_progress(0, len(steps) + len(own), unit="members", estimated=False)
+        ctx.log.info("tree sync planned", members=len(members), to_send=len(steps) + len(own),
+                     streamed_on=len(steps), own_transfers=len(own), slave=server,
+                     listed=False)
+        steady = SteadySync(ctx, rt, src, dst, server, target_root, self.policy)
+        progress = [0]
+        moved, failed = await steady.stream_all(steps, label, progress)
+        wrong = await steady.settle(moved, label)
+        if failed or wrong:
+            rt.tree.known.discard(server)  # the next sync lists both trees again
+        existing = {m.target(target_root) for e, m in zip(rt.tree.members.values(), members,
+                                                          strict=True)
+                    if (s := e.slaves.get(server)) is not None and s.label is not None}
+        todo = [(Member(e.name, e.relative, e.guid), f"{e.name}@{label}") for e in own]
+        todo += [(s.member, f"{s.member.name}@{label}") for s in failed]
+        await self._own_transfers(ctx, rt, dst, server, todo, target_root, existing,
+                                  progress)
+        await steady.prune(label)
+        return len(steps) + len(own)
+
+    async def _own_transfers(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
+                             server: str, todo: list[tuple[Member, str]], target_root: str,
+                             existing: set[str], progress: list[int]) -> None:
+        """Each member of ``todo`` (with the snapshot to send) by its own ``replicate``
+        activity, ``max_parallel`` at once. A receive creates the last component of a
+        name only: a member new on the slave waits for its nearest ancestor's transfer
+        when that creates the ancestor too. Members the slave has go in any order."""
         limit = asyncio.Semaphore(rt.spec.max_parallel)
-        # A receive creates the last component of a name only: a member new on the slave
-        # waits for its nearest ancestor's transfer when that creates the ancestor too.
-        # Members the slave has already go in any order.
         finished = {m.relative: asyncio.Event() for m, _ in todo}
         created = {m.relative for m, _ in todo if m.target(target_root) not in existing}
 
-        async def one(m: Member, snap: Snapshot) -> None:
-            nonlocal done
+        async def one(m: Member, snapshot: str) -> None:
             try:
                 parent = _nearest_ancestor(m.relative, created)
                 if m.relative in created and parent is not None:
                     await finished[parent].wait()
                 async with limit:
                     await ctx.checkpoint()
-                    await self._member(ctx, rt, dst, server, m, snap, target_root, existing)
+                    await self._member(ctx, rt, dst, server, m, snapshot, target_root,
+                                       existing)
             finally:
                 finished[m.relative].set()
-            done += 1
-            ctx.set_progress(done)
+            progress[0] += 1
+            ctx.set_progress(progress[0])
         await asyncio.gather(*(one(m, snap) for m, snap in todo))
-        await self._prune_slave(ctx, rt, dst, server, target_root)
-        failing = [m.name for m in rt.tree.members.values()
-                   if (s := m.slaves.get(server)) and s.error]
-        ctx.remember(members=len(members), sent=len(todo), failing=len(failing))
-        ctx.log.info("tree sync done", slave=server, sent=len(todo), failing=len(failing))
-        self._again_if_a_cycle_came(ctx, rt, server, target_root)
 
     def _again_if_a_cycle_came(self, ctx: ActivityContext, rt: Runtime, server: str,
                                target_root: str) -> None:
@@ -213,7 +270,7 @@ class TreeSyncWork:
         return todo
 
     async def _member(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
-                      server: str, m: Member, snap: Snapshot, target_root: str,
+                      server: str, m: Member, snapshot: str, target_root: str,
                       existing: set[str]) -> None:
         assert rt.tree is not None
         state = rt.tree.members[m.relative].slaves[server]
@@ -230,7 +287,7 @@ class TreeSyncWork:
             state.error = f"parents of {target} not created: {exc}"
             return
         req = ReplicationRequest(
-            snapshot=snap.name, source=rt.spec.master, destination=server,
+            snapshot=snapshot, source=rt.spec.master, destination=server,
             target_volume=target, intermediates=True, latest_prefix=rt.spec.prefix,
             retry_deadline=rt.spec.retry_deadline, relationship=rt.name, unmounted=True,
             bandwidth_limit=rt.spec.slave(server).bandwidth_limit)
@@ -266,14 +323,19 @@ class TreeSyncWork:
         return None
 
     async def _prune_slave(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
-                           server: str, target_root: str) -> None:
-        """The slave's retention for every member, from one more listing, as one prune."""
+                           server: str, target_root: str) -> bool:
+        """The slave's retention for every member, from one more listing, as one prune.
+        The listing also tells the cycle labels the slave has (for the steady syncs
+        that follow); returns whether it could be made."""
         try:
             tree = await _tree_or_empty(dst, target_root)
         except (BackendError, LinkError) as exc:
             ctx.log.info("slave retention skipped", slave=server, error=str(exc))
-            return
+            return False
         assert rt.tree is not None
+        labels: dict[str, float] = {}
+        for listed_ds in tree.datasets:
+            labels_of(listed_ds.snapshots, rt.spec.prefix, labels)
         now = time.time()
         doomed: list[str] = []
         for entry in rt.tree.members.values():
@@ -286,6 +348,12 @@ class TreeSyncWork:
                                                   protected={state.guid})]
         if doomed:
             snapshot_prune.submit_prune(self.engine, server, target_root, doomed, rt.name)
+            gone = {name.partition("@")[2] for name in doomed}
+            kept = {s.label for d in tree.datasets for s in d.snapshots
+                    if s.name not in set(doomed)}
+            labels = {k: v for k, v in labels.items() if k not in gone - kept}
+        rt.tree.slave_labels[server] = labels
+        return True
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Cancelled: cancel (and so roll back) the member transfers under way."""
@@ -315,13 +383,15 @@ def _under(root: str, relative: str) -> str:
     return f"{root}/{relative}" if relative else root
 
 
-async def _tree_or_empty(backend: StorageBackend, root: str) -> TreeListing:
+async def _tree_or_empty(backend: StorageBackend, root: str, *,
+                         snapshots: bool = True) -> TreeListing:
     try:
-        return await backend.tree(root)
+        return await backend.tree(root, snapshots=snapshots)
     except NotFound:
         return TreeListing(root, ())
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry,
-             registry: RelationshipRegistry) -> None:
-    engine.register(KIND, lambda r: TreeSyncWork(r, engine, servers, registry))
+             registry: RelationshipRegistry, policy: RetryPolicy | None = None) -> None:
+    engine.register(KIND, lambda r: TreeSyncWork(r, engine, servers, registry,
+                                                 policy or RetryPolicy()))

@@ -107,18 +107,30 @@ class ZfsBackend:
         out = await self._run("list", "-H", "-o", "name", tool=self._zpool)
         return [line for line in out.splitlines() if line]
 
-    async def _props(self, props: str, *names: str, depth: int | None = None,
-                     recursive: bool = False, missing_ok: bool = False,
-                     ) -> dict[str, dict[str, str]]:
-        """``zfs get -Hp`` as {name: {property: value}}; with ``missing_ok``, names that
-        no longer exist (destroyed since they were listed) are left out."""
+    async def _get_text(self, props: str, *names: str, depth: int | None = None,
+                        recursive: bool = False, missing_ok: bool = False) -> str:
+        """``zfs get -Hp -o name,property,value`` as printed; with ``missing_ok``, names
+        that no longer exist (destroyed since they were listed) are left out."""
         opts = ["-Hp"] + (["-r"] if recursive else []) + (
             ["-d", str(depth)] if depth is not None else [])
         argv = [self._zfs, "get", *opts, "-o", "name,property,value", props, *names]
         result = await self.runner.run(argv, check=False)
         if result.returncode != 0 and not (missing_ok and _only_missing(result.stderr)):
             raise _classify(CommandFailed(argv, result.returncode, result.stderr))
-        out = result.stdout
+        return result.stdout
+
+    async def _command(self, *args: str) -> tuple[int, str]:
+        """A ``zfs`` command whose failure the caller sorts out: (exit status, stderr)."""
+        result = await self.runner.run([self._zfs, *args], check=False)
+        return result.returncode, result.stderr
+
+    async def _props(self, props: str, *names: str, depth: int | None = None,
+                     recursive: bool = False, missing_ok: bool = False,
+                     ) -> dict[str, dict[str, str]]:
+        """``zfs get -Hp`` as {name: {property: value}}; with ``missing_ok``, names that
+        no longer exist (destroyed since they were listed) are left out."""
+        out = await self._get_text(props, *names, depth=depth, recursive=recursive,
+                                   missing_ok=missing_ok)
         rows: dict[str, dict[str, str]] = defaultdict(dict)
         for line in out.splitlines():
             name, prop, value = line.split("\t", 2)
@@ -233,9 +245,9 @@ class ZfsBackend:
         await self._run("snapshot", f"{volume}@{label}")
         return await self.snapshot(f"{volume}@{label}")
 
-    async def destroy_snapshot(self, name: str) -> None:
+    async def destroy_snapshot(self, name: str, *, recursive: bool = False) -> None:
         validate_snapshot(name)
-        await self._run("destroy", name)
+        await self._run("destroy", *(["-r"] if recursive else []), name)
 
     async def has_snapshot(self, name: str) -> bool:
         """Whether snapshot ``name`` exists: one ``zfs get`` of it, not a listing."""
@@ -463,6 +475,16 @@ class ZfsBackend:
         if self.capabilities.holds:
             await self.release(hold_tag(for_server), snapshot)
 
+    async def pin_many(self, snapshots: Sequence[str], for_server: str, *,
+                       whole: str | None = None) -> None:
+        if self.capabilities.holds:
+            await tree.hold_many(self, "hold", hold_tag(for_server), snapshots, whole)
+
+    async def unpin_many(self, snapshots: Sequence[str], for_server: str, *,
+                         whole: str | None = None) -> None:
+        if self.capabilities.holds:
+            await tree.hold_many(self, "release", hold_tag(for_server), snapshots, whole)
+
     async def pinned_by(self, snapshot: str, servers: Iterable[str]) -> frozenset[str]:
         by_tag = {hold_tag(s): s for s in servers}
         return frozenset(by_tag[t] for t in await self.held_tags(snapshot, by_tag))
@@ -498,9 +520,17 @@ class ZfsBackend:
             argv.insert(2, "-u")
         return Endpoint(self.runner, argv)
 
-    async def tree(self, root: str, *, selector: str | None = None) -> TreeListing:
-        """One ``zfs get -r`` of the whole tree, snapshots included (``tree.py``)."""
+    async def tree(self, root: str, *, selector: str | None = None,
+                   snapshots: bool = True) -> TreeListing:
+        """One ``zfs get -r`` of the whole tree, snapshots included, or its datasets
+        alone (``tree.py``)."""
+        if not snapshots:
+            return await tree.list_datasets(self, root, selector)
         return await tree.list_tree(self, root, selector)
+
+    async def snapshot_facts(self, names: Sequence[str]) -> dict[str, Snapshot]:
+        """``zfs get -Hp`` of the names alone, as many per command as fit (``tree.py``)."""
+        return await tree.snapshot_facts(self, names)
 
     async def snapshot_tree(self, root: str, label: str, members: Sequence[str]) -> None:
         """One ``zfs snapshot`` naming every member, or ``-r`` then the non-members'

@@ -73,7 +73,14 @@ class ZfsBackend(Protocol):
                      recursive: bool = False, missing_ok: bool = False,
                      ) -> dict[str, dict[str, str]]: ...
 
+    async def _get_text(self, props: str, *names: str, depth: int | None = None,
+                        recursive: bool = False, missing_ok: bool = False) -> str: ...
+
+    async def _command(self, *args: str) -> tuple[int, str]: ...
+
 TREE_PROPS = ("type", "guid", "creation", "createtxg", "used", "referenced", "userrefs")
+#: What a listing of the datasets alone asks (``list_datasets``).
+DATASET_PROPS = ("type", "guid")
 DATASET_TYPES = frozenset({"filesystem", "volume"})
 #: The most bytes of dataset names one ``zfs`` command line carries. Linux's ARG_MAX is
 #: a quarter of the stack limit (2 MiB by default), environment included; this stays far
@@ -98,10 +105,11 @@ def tree_order(name: str) -> tuple[str, ...]:
     return tuple(name.split("/"))
 
 
-def parse_tree(root: str, text: str, selector: str | None) -> TreeListing:
-    """The listing from ``zfs get -r -Hp -o name,property,value`` of ``TREE_PROPS`` (and
+def parse_tree(root: str, text: str, selector: str | None,
+               props: Sequence[str] = TREE_PROPS) -> TreeListing:
+    """The listing from ``zfs get -r -Hp -o name,property,value`` of ``props`` (and
     ``selector``) on ``root``; refused whole when a line is not what was asked for."""
-    wanted = set(TREE_PROPS) | ({selector} if selector else set())
+    wanted = set(props) | ({selector} if selector else set())
     rows: dict[str, dict[str, str]] = defaultdict(dict)
     for line in text.splitlines():
         fields = line.split("\t", 2)
@@ -113,12 +121,12 @@ def parse_tree(root: str, text: str, selector: str | None) -> TreeListing:
         rows[fields[0]][fields[1]] = fields[2]
     datasets: dict[str, dict[str, str]] = {}
     snapshots: dict[str, list[Snapshot]] = defaultdict(list)
-    for name, props in rows.items():
-        kind = props.get("type")
+    for name, values in rows.items():
+        kind = values.get("type")
         if kind in DATASET_TYPES:
-            datasets[name] = props
+            datasets[name] = values
         elif kind == "snapshot" and "@" in name:
-            snapshots[name.partition("@")[0]].append(snapshot_from(name, props))
+            snapshots[name.partition("@")[0]].append(snapshot_from(name, values))
     return TreeListing(root=root, datasets=tuple(
         TreeDataset(name=name, type=props["type"], guid=props["guid"],
                     selector=_selected_value(props.get(selector) if selector else None),
@@ -164,6 +172,71 @@ async def list_tree(zfs: ZfsBackend, root: str, selector: str | None) -> TreeLis
     typed = ["-t", "filesystem,volume,snapshot"] if zfs.capabilities.typed_get else []
     out = await zfs._run("get", "-r", "-Hp", *typed, "-o", "name,property,value", props, root)
     return parse_tree(root, out, selector)
+
+
+async def list_datasets(zfs: ZfsBackend, root: str, selector: str | None) -> TreeListing:
+    """The tree's filesystems and volumes without their snapshots, which are never
+    visited: on zfs-fuse a recursive ``zfs get`` visits each snapshot (about 2 ms each
+    here: 32 s for 1,000 members of 13 snapshots) where ``zfs list -t filesystem,volume``
+    and a ``zfs get`` of those names alone took 1.6 s and 0.6 s. With ``get -t``
+    (OpenZFS) it is one command."""
+    validate_volume(root)
+    if selector is not None:
+        validate_user_property(selector)
+    props = (*DATASET_PROPS, *([selector] if selector else []))
+    if zfs.capabilities.typed_get:
+        out = await zfs._run("get", "-r", "-Hp", "-t", "filesystem,volume", "-o",
+                             "name,property,value", ",".join(props), root)
+        return parse_tree(root, out, selector, DATASET_PROPS)
+    names = await _subtree(zfs, root)
+    if root not in names:
+        raise NotFound(f"{root} does not exist")
+    texts = [await zfs._get_text(",".join(props), *chunk, missing_ok=True)
+             for chunk in chunks(names)]
+    return parse_tree(root, "".join(texts), selector, DATASET_PROPS)
+
+
+async def snapshot_facts(zfs: ZfsBackend, names: Sequence[str]) -> dict[str, Snapshot]:
+    """The snapshots of ``names`` that exist, from ``zfs get`` of those names alone."""
+    found: dict[str, Snapshot] = {}
+    for name in names:
+        validate_snapshot(name)
+    for chunk in chunks(names):
+        rows = await zfs._props(",".join(TREE_PROPS), *chunk, missing_ok=True)
+        found.update((name, snapshot_from(name, p)) for name, p in rows.items()
+                     if p.get("type") == "snapshot" and name in chunk and "guid" in p)
+    return found
+
+
+#: What ``zfs hold`` / ``zfs release`` say of a name that needs nothing done: the pin is
+#: there already, is not there, or its snapshot is gone. Anything else is an error.
+HOLD_NOOPS = ("tag already exists", "no such tag", "does not exist")
+
+
+async def hold_many(zfs: ZfsBackend, verb: str, tag: str, snapshots: Sequence[str],
+                    whole: str | None) -> None:
+    """``zfs hold``/``release`` of ``tag`` on each of ``snapshots``, many names per
+    command (the command goes on past a name it cannot do, and says which).
+
+    With ``whole`` (``root@label``: the caller says ``snapshots`` are that label's of
+    ``root`` and all its descendants) one ``-r`` command is tried first: 1,000 members
+    took 0.5 s that way and 4.5 s by name on zfs-fuse here. ZFS does a recursive one all
+    or nothing, so where one name is already done it fails whole and the names serve.
+    """
+    for name in snapshots:
+        validate_snapshot(name)
+    if not snapshots:
+        return
+    if whole is not None:
+        code, _ = await zfs._command(verb, "-r", tag, str(validate_snapshot(whole)))
+        if code == 0:
+            return
+    for chunk in chunks(snapshots):
+        code, stderr = await zfs._command(verb, tag, *chunk)
+        problems = [line for line in stderr.splitlines()
+                    if line.strip() and not any(n in line for n in HOLD_NOOPS)]
+        if code != 0 and problems:
+            raise BackendError(f"zfs {verb} {tag}: {problems[0]}")
 
 
 async def snapshot_tree(zfs: ZfsBackend, root: str, label: str,
