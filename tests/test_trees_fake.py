@@ -105,7 +105,7 @@ async def test_steady_syncs_stream_members_without_listings_and_pause_and_remove
 
         async def synced() -> bool:
             _, r = await c.api("GET", "/v1/relationships/t")
-            return (r.get("tree") or {}).get("slaves", {}).get("s", {}).get("in_sync") == 4
+            return bool((r.get("tree") or {}).get("slaves", {}).get("s", {}).get("in_sync") == 4)
         await c.until_true(synced, what="the first cycle")
         transfers_before = len((await c.api("GET", "/v1/activities?kind=replicate&limit=500"))
                                [1]["items"])
@@ -117,7 +117,7 @@ async def test_steady_syncs_stream_members_without_listings_and_pause_and_remove
 
         async def three_sending() -> bool:
             _, page = await c.api("GET", "/v1/relationships/t/volumes?state=sending")
-            return page["total"] == 3
+            return bool(page["total"] == 3)
         await c.until_true(three_sending, what="three members streaming at once")
         assert "tree" not in m.calls and "tree" not in s.calls  # no snapshot listing
         assert len((await c.api("GET", "/v1/activities?kind=replicate&limit=500"))
@@ -168,3 +168,36 @@ async def test_a_cycle_that_finds_a_slave_still_syncing_has_it_synced_when_that_
 async def _cycles_at_least(c: FakeCluster, n: int) -> bool:
     _, r = await c.api("GET", "/v1/relationships/t")
     return bool(r["cycles"] >= n)
+
+
+async def test_steady_retention_leaves_the_copies_of_a_member_gone_from_the_master() -> None:
+    """Retention by label destroys each doomed label from the members' copies, never
+    from the copy of a member destroyed on the master: the copy keeps its snapshots."""
+    async with FakeCluster(["m", "s"]) as c:
+        m, s = c.fakes["m"], c.fakes["s"]
+        await make_tree(c, retention=["1s:all"])
+
+        async def synced(cycles: int, members: int) -> bool:
+            _, r = await c.api("GET", "/v1/relationships/t")
+            tree = r.get("tree") or {}
+            return r["cycles"] >= cycles and tree.get("members") == members and \
+                tree["slaves"]["s"]["in_sync"] == members
+        await c.until_true(lambda: synced(1, 4), what="the first cycle")
+        _, r = await c.api("POST", "/v1/relationships/t/sync-now", {})
+        await c.until_true(lambda: synced(2, 4), what="a steady cycle")
+        kept = await _labels(s.snapshots("tank/copy/a"))
+        del m.vols["tank/t/a"]  # destroyed on the master
+
+        async def thinned() -> bool:
+            _, r = await c.api("GET", "/v1/relationships/t")
+            others = [await _labels(s.snapshots(n)) for n in ("tank/copy", "tank/copy/b")]
+            if r["tree"]["members"] == 3 and await synced(r["cycles"], 3) and all(
+                    kept[0] not in labels for labels in others):
+                return True
+            if r["tree"]["slaves"]["s"]["in_sync"] == r["tree"]["members"]:
+                await c.api("POST", "/v1/relationships/t/sync-now", {})
+            return False
+        await c.until_true(thinned, timeout=60, what="retention on the other copies")
+        assert await _labels(s.snapshots("tank/copy/a")) == kept
+        _, r = await c.api("GET", "/v1/relationships/t")
+        assert r["tree"]["gone"] == ["a"]

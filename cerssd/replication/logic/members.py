@@ -79,6 +79,13 @@ class TreeSelection:
             validate_user_property(self.by_property)
 
     @property
+    def whole_subtree(self) -> bool:
+        """Whether every dataset under the root is a member (one recursive command on the
+        root then acts on the members and nothing else)."""
+        return self.recursive and not self.include and not self.exclude \
+            and self.by_property is None
+
+    @property
     def is_tree(self) -> bool:
         """Whether members are found by listing the tree (else: the root alone)."""
         return self.recursive or self.by_property is not None

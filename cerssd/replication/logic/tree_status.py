@@ -106,6 +106,10 @@ class TreeStatus:
     master_labels: dict[str, float] | None = None
     #: The same for each slave's copy, from the last full sync to it.
     slave_labels: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Slaves whose target root held, at the last listing, snapshots of the relationship
+    #: on datasets that are no member's copy (members gone before this daemon started):
+    #: retention there goes member by member, never recursively.
+    slave_foreign: set[str] = field(default_factory=set)
     #: Slaves whose per-member state a full sync established in this daemon's life: the
     #: syncs to them that follow stream each member on from its known base without
     #: listing either tree (``tree_steady``). Something unexpected takes a slave out.

@@ -188,10 +188,12 @@ class TreeCycle:
         protected = {s.label for e in entries for s in e.slaves.values() if s.label}
         doomed = labels_doomed(rt.tree.master_labels, rt.spec.retention, now=now,
                                prefix=rt.spec.prefix, protected=protected)
-        if doomed:
-            await drop_labels(ctx, master, rt.spec.selection.root if rt.spec.selection
-                              else "", [m.name for m in members], doomed,
-                              rt.tree.master_labels)
+        sel = rt.spec.selection
+        if doomed and sel is not None:
+            names = [m.name for m in members]
+            await drop_labels(ctx, master, names, doomed, rt.tree.master_labels,
+                              recursive_from=sel.root if sel.whole_subtree
+                              and sel.root in names else None)
             if doomed[-1] in rt.tree.master_labels:
                 rt.tree.relist = True
 

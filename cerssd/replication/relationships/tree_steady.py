@@ -180,8 +180,7 @@ class SteadySync:
     def _whole(self, moved: list[Step]) -> bool:
         """Whether ``moved`` is every dataset of the tree (a recursive pin then serves)."""
         sel = self.rt.spec.selection
-        return sel is not None and sel.recursive and not sel.include and not sel.exclude \
-            and sel.by_property is None and len(moved) == len(self.tree.members)
+        return sel is not None and sel.whole_subtree and len(moved) == len(self.tree.members)
 
     async def prune(self, label: str) -> None:
         """The slave's retention by label; a refusal sends the next sync to listings."""
@@ -199,22 +198,28 @@ class SteadySync:
             return
         targets = [Member(e.name, e.relative, e.guid).target(self.target_root)
                    for e in self.tree.members.values()]
-        await drop_labels(self.ctx, self.dst, self.target_root, targets, doomed, labels)
+        # Copies of members gone from the master, or anything else with the
+        # relationship's snapshots under the target root, are not a recursive destroy's.
+        sel = self.rt.spec.selection
+        recursive = sel is not None and sel.whole_subtree and not self.tree.gone \
+            and self.server not in self.tree.slave_foreign and self.target_root in targets
+        await drop_labels(self.ctx, self.dst, targets, doomed, labels,
+                          recursive_from=self.target_root if recursive else None)
         if doomed[-1] in labels:
             self.tree.known.discard(self.server)
 
 
-async def drop_labels(ctx: ActivityContext, backend: StorageBackend, root: str,
-                      members: list[str], doomed: list[str],
-                      labels: dict[str, float]) -> None:
-    """Destroy each ``doomed`` label's snapshot of every member and forget the label;
-    one recursive destroy where ``root`` is a member, else each member's (there is no
-    one command for some of a tree's datasets on zfs-fuse). Stops at the first label
-    refused, which stays in ``labels``."""
+async def drop_labels(ctx: ActivityContext, backend: StorageBackend, members: list[str],
+                      doomed: list[str], labels: dict[str, float], *,
+                      recursive_from: str | None = None) -> None:
+    """Destroy each ``doomed`` label's snapshot of every member and forget the label:
+    one recursive destroy from ``recursive_from`` (the caller says every dataset under it
+    is a member), else each member's (there is no one command for some of a tree's
+    datasets on zfs-fuse). Stops at the first label refused, which stays in ``labels``."""
     for label in doomed:
         try:
-            if root in members:
-                await backend.destroy_snapshot(f"{root}@{label}", recursive=True)
+            if recursive_from is not None:
+                await backend.destroy_snapshot(f"{recursive_from}@{label}", recursive=True)
             else:
                 for name in members:
                     with contextlib.suppress(NotFound):

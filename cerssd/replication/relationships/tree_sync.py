@@ -334,8 +334,16 @@ class TreeSyncWork:
             return False
         assert rt.tree is not None
         labels: dict[str, float] = {}
+        copies = {_under(target_root, rel) for rel in rt.tree.members}
+        foreign = False
         for listed_ds in tree.datasets:
             labels_of(listed_ds.snapshots, rt.spec.prefix, labels)
+            foreign |= listed_ds.name not in copies and any(
+                s.label.startswith(rt.spec.prefix) for s in listed_ds.snapshots)
+        if foreign:
+            rt.tree.slave_foreign.add(server)
+        else:
+            rt.tree.slave_foreign.discard(server)
         now = time.time()
         doomed: list[str] = []
         for entry in rt.tree.members.values():
