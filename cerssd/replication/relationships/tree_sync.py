@@ -1,10 +1,13 @@
 """Bringing one slave's copy of a tree up to date, as an activity (kind ``tree-sync``).
 
-One listing of each side's tree decides, per member, whether the slave already has the
-cycle's snapshot; each member that does not gets its own ``replicate`` activity (so a
-member's transfer has the whole single-volume contract: verification, holds, resume,
-link-loss retries, cancel with rollback), at most ``max_parallel`` at once, parents
-before children (a receive creates the last component of a name only). A member that
+The first sync to a slave (after a start, or after something unexpected) lists each
+side's tree once and decides, per member, whether the slave already has the cycle's
+snapshot; each member that does not gets its own ``replicate`` activity (so a member's
+transfer has the whole single-volume contract: verification, holds, resume, link-loss
+retries, cancel with rollback), at most ``max_parallel`` at once, parents before children
+(a receive creates the last component of a name only). The syncs after it list nothing
+and stream each member on from its known base (``tree_steady``); a member new, failing
+or refused by ZFS gets its own transfer as in a first sync. A member that
 fails is recorded with its reason and the others go on: the relationship is then
 ``degraded`` and names it; the next cycle tries it again. Progress is members done of
 members to send.
@@ -147,8 +150,7 @@ class TreeSyncWork:
         wrong = await steady.settle(moved, label)
         if failed or wrong:
             rt.tree.known.discard(server)  # the next sync lists both trees again
-        existing = {m.target(target_root) for e, m in zip(rt.tree.members.values(), members,
-                                                          strict=True)
+        existing = {_under(target_root, e.relative) for e in rt.tree.members.values()
                     if (s := e.slaves.get(server)) is not None and s.label is not None}
         todo = [(Member(e.name, e.relative, e.guid), f"{e.name}@{label}") for e in own]
         todo += [(s.member, f"{s.member.name}@{label}") for s in failed]
