@@ -80,3 +80,24 @@ def test_verbs_are_refused_while_a_failover_runs() -> None:
     rt.failover.status = None
     rt.failover.fenced["local"] = Fenced("local", "tank/web", since=1.0)
     check_no_failover(rt)  # a fenced old master alone does not block the verbs
+
+
+def test_a_reload_moving_a_tree_slave_forgets_what_it_knew_of_that_slave() -> None:
+    """A tree's steady syncs stream from bases known per slave: a slave whose target
+    moved is listed again at its next sync, the others keep streaming."""
+    from cerssd.replication.logic.tree_status import MemberSlave, TreeMember
+
+    def tree_spec(s2_target: str) -> RelationshipSpec:
+        return parse_relationship("t", {
+            "volume": "tank/t", "recursive": True, "interval": "15m",
+            "slaves": ["s1", {"server": "s2", "target_volume": s2_target}]}, servers=SERVERS)
+
+    rt = new_runtime(tree_spec("tank/t"))
+    assert rt.tree is not None
+    rt.tree.members["a"] = TreeMember("a", "tank/t/a", "1", slaves={
+        "s1": MemberSlave("2", "L"), "s2": MemberSlave("2", "L")})
+    rt.tree.known |= {"s1", "s2"}
+    rt.tree.slave_labels = {"s1": {"L": 1.0}, "s2": {"L": 1.0}}
+    rt.redefine(tree_spec("tank/elsewhere"))
+    assert rt.tree.known == {"s1"} and set(rt.tree.slave_labels) == {"s1"}
+    assert set(rt.tree.members["a"].slaves) == {"s1"}

@@ -111,6 +111,16 @@ class Runtime:
                        and old[s.server].target_volume == s.target_volume
                        else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
         self.store_bases = {s: self.store_bases.get(s) for s in spec.stores}
+        if self.tree is not None:
+            # A tree slave whose target moved (or that left) is listed again at its
+            # next sync rather than streamed to from bases known under the old definition.
+            moved = {server for server in old if server not in self.slaves
+                     or self.slaves[server] is not old[server]}
+            self.tree.known -= moved
+            for server in moved:
+                self.tree.slave_labels.pop(server, None)
+                for member in self.tree.members.values():
+                    member.slaves.pop(server, None)
 
 
 def new_runtime(spec: RelationshipSpec) -> Runtime:
