@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...storage.values import Snapshot
+
 
 class MemberState(enum.StrEnum):
     """A member on one slave."""
@@ -36,6 +38,11 @@ class MemberSlave:
     error: str | None = None
     sending: bool = False
 
+    def shares(self, snap: Snapshot) -> None:
+        """The slave has ``snap`` (the master's, same guid): its newest common one."""
+        self.guid, self.label, self.created = snap.guid, snap.label, float(snap.creation)
+        self.error = None
+
 
 @dataclass
 class TreeMember:
@@ -49,6 +56,11 @@ class TreeMember:
     newest_label: str | None = None
     newest_created: float | None = None
     slaves: dict[str, MemberSlave] = field(default_factory=dict)
+
+    def note_newest(self, snap: Snapshot) -> None:
+        """``snap`` is the master's newest snapshot of the member made by the relationship."""
+        self.newest_guid, self.newest_label = snap.guid, snap.label
+        self.newest_created = float(snap.creation)
 
     def state(self, server: str) -> MemberState:
         s = self.slaves.get(server)

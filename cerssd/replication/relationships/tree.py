@@ -68,8 +68,7 @@ def note_members(status: TreeStatus, members: tuple[Member, ...], listing: TreeL
         entry.relative, entry.name, entry.guid = m.relative, m.name, m.guid
         newest = listing.newest(m.name, prefix)
         if newest is not None:
-            entry.newest_guid, entry.newest_label = newest.guid, newest.label
-            entry.newest_created = float(newest.creation)
+            entry.note_newest(newest)
         fresh[m.relative] = entry
         status.gone.pop(m.relative, None)
     renamed_from = set(status.renamed.values())
@@ -171,9 +170,10 @@ class TreeCycle:
         for m in members:
             entry = rt.tree.members[m.relative]
             snap = facts.get(f"{m.name}@{label}")
-            entry.newest_label = label if snap else entry.newest_label
-            entry.newest_guid = snap.guid if snap else None
-            entry.newest_created = float(snap.creation) if snap else entry.newest_created
+            if snap is not None:
+                entry.note_newest(snap)
+            else:
+                entry.newest_guid = None
 
     async def _drop_labels(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
                            members: tuple[Member, ...], now: float) -> None:

@@ -32,6 +32,7 @@ from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...storage.values import StreamOptions
 from ...transport.errors import LinkError
+from ..flows.replicate import stream_options
 from ..logic.members import Member
 from ..logic.tree_labels import labels_doomed
 from ..logic.tree_status import MemberSlave, TreeMember
@@ -87,7 +88,9 @@ class SteadySync:
                          progress: list[int]) -> tuple[list[Step], list[Step]]:
         """Each step's stream, ``max_parallel`` at once; returns (moved, failed)."""
         limit = asyncio.Semaphore(self.rt.spec.max_parallel)
-        options = await self._options()
+        # the root's options serve every member: a child of an encrypted root is encrypted
+        root = self.rt.spec.selection.root if self.rt.spec.selection else self.target_root
+        options = await stream_options(self.src, self.dst, root)
         moved: list[Step] = []
         failed: list[Step] = []
 
@@ -112,15 +115,6 @@ class SteadySync:
 
         await asyncio.gather(*(one(s) for s in steps))
         return moved, failed
-
-    async def _options(self) -> StreamOptions:
-        both = (self.src.capabilities, self.dst.capabilities)
-        if all(c.raw_send for c in both) and self.rt.spec.selection is not None and \
-                await self.src.encrypted(self.rt.spec.selection.root):
-            return StreamOptions(raw=True)
-        if all(c.compressed_send for c in both):
-            return StreamOptions(compressed=True)
-        return StreamOptions()
 
     async def _stream(self, step: Step, label: str, options: StreamOptions) -> None:
         name = step.member.name
@@ -152,8 +146,7 @@ class SteadySync:
                                f"source has {entry.newest_guid}")
                 wrong.append(step)
                 continue
-            state.guid, state.label, state.created = got.guid, label, entry.newest_created
-            state.error = None
+            state.shares(got)
             good.append(step)
         await self._move_pins(good, label)
         return wrong

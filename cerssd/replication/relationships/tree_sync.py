@@ -241,8 +241,7 @@ class TreeSyncWork:
             newest = src_tree.newest(m.name, rt.spec.prefix)
             if newest is None:
                 continue
-            entry.newest_guid, entry.newest_label = newest.guid, newest.label
-            entry.newest_created = float(newest.creation)
+            entry.note_newest(newest)
             target = m.target(target_root)
             tds = dst_tree.get(target)
             if self._live_transfer(rt.name, server, m.relative) is not None:
@@ -266,7 +265,7 @@ class TreeSyncWork:
                 todo.append((m, newest))
                 continue
             if plan.mode == PlanMode.UP_TO_DATE:
-                _shared(state, newest)
+                state.shares(newest)
                 continue
             todo.append((m, newest))
         return todo
@@ -382,11 +381,6 @@ def _nearest_ancestor(relative: str, among: set[str]) -> str | None:
         if candidate in among:
             return candidate
     return None
-
-
-def _shared(state: MemberSlave, snap: Snapshot) -> None:
-    state.guid, state.label, state.created = snap.guid, snap.label, float(snap.creation)
-    state.error = None
 
 
 def _under(root: str, relative: str) -> str:
