@@ -357,9 +357,10 @@ class TreeSyncWork:
                                                   protected={state.guid})]
         if doomed:
             snapshot_prune.submit_prune(self.engine, server, target_root, doomed, rt.name)
-            gone = {name.partition("@")[2] for name in doomed}
+            going = set(doomed)
+            gone = {name.partition("@")[2] for name in going}
             kept = {s.label for d in tree.datasets for s in d.snapshots
-                    if s.name not in set(doomed)}
+                    if s.name not in going}
             labels = {k: v for k, v in labels.items() if k not in gone - kept}
         rt.tree.slave_labels[server] = labels
         return True
