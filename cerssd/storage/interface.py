@@ -65,6 +65,25 @@ class StorageBackend(Protocol):
 
     async def is_readonly(self, volume: str) -> bool: ...
 
+    async def set_readonly_many(self, volumes: Sequence[str],
+                                readonly: bool = True) -> dict[str, str]:
+        """``set_readonly`` of each of ``volumes`` (a tree's fence or promotion) in as few
+        commands as they fit in; returns why not, per volume where it is not in force
+        (the others are done)."""
+        ...
+
+    async def set_user_property_many(self, volumes: Sequence[str], prop: str,
+                                     value: str) -> None:
+        """The user property ``prop`` set to ``value`` on each of ``volumes`` (a promoted
+        tree's copies take the selecting property, which streams do not carry)."""
+        ...
+
+    async def mount_many(self, volumes: Sequence[str]) -> dict[str, str]:
+        """Mount each of ``volumes`` that is a filesystem to be mounted (a promoted
+        tree's copies, received unmounted), parents first; returns why not, per volume
+        that did not mount."""
+        ...
+
     async def replace_volume(self, volume: str, replacement: str) -> None:
         """Destroy ``volume`` and give ``replacement`` its name (an overwriting copy)."""
         ...

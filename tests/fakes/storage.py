@@ -199,6 +199,29 @@ class FakeBackend:
         await self._enter("is_readonly")
         return self._vol(volume).readonly
 
+    async def set_readonly_many(self, volumes: Sequence[str],
+                                readonly: bool = True) -> dict[str, str]:
+        await self._enter("set_readonly_many")
+        problems = {}
+        for volume in volumes:
+            try:
+                self._vol(volume).readonly = readonly
+            except NotFound as exc:
+                problems[volume] = str(exc)
+        return problems
+
+    async def set_user_property_many(self, volumes: Sequence[str], prop: str,
+                                     value: str) -> None:
+        await self._enter("set_user_property_many")
+        for volume in volumes:
+            self._vol(volume).props[prop] = value
+
+    async def mount_many(self, volumes: Sequence[str]) -> dict[str, str]:
+        await self._enter("mount_many")
+        for volume in volumes:
+            self._vol(volume).mounted = True
+        return {}
+
     async def replace_volume(self, volume: str, replacement: str) -> None:
         await self._enter("replace_volume")
         await self.destroy_volume(volume, force_unmount=True)

@@ -30,7 +30,7 @@ from ..names import (
     validate_volume,
 )
 from ..values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
-from . import tree
+from . import fence, tree
 from .fuse import remount, tags_by_taking
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
@@ -540,6 +540,18 @@ class ZfsBackend:
     async def create_parents(self, volume: str) -> None:
         """Missing ancestors as ``canmount=off`` filesystems (``tree.py``)."""
         await tree.create_parents(self, volume)
+
+    async def set_readonly_many(self, volumes: Sequence[str],
+                                readonly: bool = True) -> dict[str, str]:
+        """One ``zfs set`` naming them all, one ``zfs get`` to check (``fence.py``)."""
+        return await fence.set_readonly_many(self, volumes, readonly, self.set_readonly)
+
+    async def set_user_property_many(self, volumes: Sequence[str], prop: str,
+                                     value: str) -> None:
+        await fence.set_user_property_many(self, volumes, prop, value)
+
+    async def mount_many(self, volumes: Sequence[str]) -> dict[str, str]:
+        return await fence.mount_many(self, volumes)
 
     async def estimate(self, snapshot: str, base: str | None = None, *,
                        intermediates: bool = False, resume_token: str | None = None,
