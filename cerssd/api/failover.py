@@ -24,7 +24,7 @@ async def failover(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.FailoverCreate)
     api.ctx.servers.entry(body.to)  # 404 for a server not in the config
     record = await submit_failover(api.ctx.relationships.failover, FailoverRequest(
-        relationship=name, to=body.to, force=body.force))
+        relationship=name, to=body.to, force=body.force, at=body.at))
     return json_response(record.to_json(), 202)
 
 

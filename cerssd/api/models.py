@@ -173,6 +173,9 @@ class FailoverCreate(Request):
     to: Annotated[ServerName, doc("the slave to promote (the home master for a failback)")]
     force: Annotated[bool, doc("allow an unplanned failover when the master does not answer: the "
         "slave is promoted at its last snapshot, later writes are lost")] = False
+    at: Annotated[Label | None, doc("a tree's unplanned failover: the snapshot label to promote "
+        "every member's copy at, where the copies disagree (copies ahead of it are rolled back "
+        "to it, copies without it stay read-only)")] = None
 
 
 class RejoinCreate(Request):
@@ -531,6 +534,8 @@ class RejoinPlan(Reply):
     summary: str
     activity: Annotated[str | None, doc("the rejoin activity that rolled back (not in a "
                                         "dry run)")] = None
+    members: Annotated[int | None, doc("a tree: the members rolled back, each to the newest "
+                                       "snapshot it shares with the master")] = None
 
 
 class Store(Reply):

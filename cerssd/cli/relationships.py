@@ -175,6 +175,9 @@ def add_parsers(sub: Any) -> None:
     f.add_argument("--force", action="store_true",
                    help="the master is down: promote at the slave's last snapshot "
                         "(later writes are lost)")
+    f.add_argument("--at", metavar="LABEL",
+                   help="a tree with --force: promote every copy at this snapshot label "
+                        "(when the copies disagree; ahead ones are rolled back to it)")
     f.add_argument("--wait", action="store_true", help="follow it to the end")
     j = verbs.add_parser("rejoin", help="make a fenced old master a slave again "
                                         "(dry run unless --rollback)")
@@ -211,8 +214,8 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
         return 0
     path = f"/v1/relationships/{urllib.parse.quote(args.name, safe='')}"
     if verb == "failover":
-        record = client.request("POST", f"{path}/failover", {"to": args.to,
-                                                              "force": args.force})
+        record = client.request("POST", f"{path}/failover", {
+            "to": args.to, "force": args.force, **({"at": args.at} if args.at else {})})
         if args.wait:
             return wait_for(client, out, record)
         out.emit(record, lambda a: out.console.print(

@@ -152,8 +152,16 @@ def promoted(spec: RelationshipSpec, to: str, *, keep_old_master: bool) -> Relat
     followers = [s for s in spec.slaves if s.server != to]
     if keep_old_master:
         followers.insert(0, SlaveSpec(spec.master, spec.volume))
-    return replace(spec, master=new_master.server, volume=new_master.target_volume,
-                   slaves=tuple(followers))
+    return _rooted(replace(spec, master=new_master.server, volume=new_master.target_volume,
+                           slaves=tuple(followers)))
+
+
+def _rooted(spec: RelationshipSpec) -> RelationshipSpec:
+    """A tree's selection follows its master's volume: the same members, by the same
+    names relative to the root, under the new master's copy of the root."""
+    if spec.selection is None or spec.selection.root == spec.volume:
+        return spec
+    return replace(spec, selection=replace(spec.selection, root=spec.volume))
 
 
 def with_slave(spec: RelationshipSpec, slave: SlaveSpec) -> RelationshipSpec:
@@ -177,7 +185,7 @@ def apply_roles(spec: RelationshipSpec, roles: Mapping[str, Any],
     if missing:
         raise RolesInvalid(f"after a failover this relationship's roles name servers no "
                            f"longer in the config: {', '.join(missing)}")
-    return replace(spec, master=roles["master"], volume=roles["volume"],
-                   slaves=tuple(SlaveSpec(s["server"], s["target_volume"],
-                                          s.get("bandwidth_limit"))
-                                for s in roles["slaves"]))
+    return _rooted(replace(spec, master=roles["master"], volume=roles["volume"],
+                           slaves=tuple(SlaveSpec(s["server"], s["target_volume"],
+                                                  s.get("bandwidth_limit"))
+                                        for s in roles["slaves"])))

@@ -24,6 +24,9 @@ step; every step is idempotent. A failure before ``promote`` rolls back (the mas
 is made writable again if it was, the relationship resumes, the status is
 ``failover-error``); from ``promote`` on the failover only goes forward, because
 the new master may already have taken writes.
+
+A tree relationship fails over the same way, every member together from one snapshot
+of the whole tree (``tree_failover``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from ..logic.roles import DataLoss, FailoverStatus, Fenced, promoted
 from .fencing import Fencing
 from .registry import RelationshipRegistry
 from .runtime import RelationshipError, Runtime, check_no_failover
+from .tree_failover import TreeFailover
 
 KIND = "failover"
 STEPS = ("halt", "fence", "snapshot", "sync", "promote", "reverse")
@@ -57,6 +61,9 @@ class FailoverRequest:
     to: str
     #: Allow an unplanned failover when the master does not answer.
     force: bool = False
+    #: A tree's unplanned failover: the label to promote every copy at, where the
+    #: copies disagree (``logic.tree_point``).
+    at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,9 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
     """
     rt = deps.registry.get(req.relationship)
     check_no_failover(rt)
-    if rt.spec.is_tree:
-        raise RelationshipError(
-            f"{rt.name} keeps a tree of volumes: failing a tree over (every member from the "
-            "same cycle's snapshot) is not built yet. Promote the members by hand "
-            "(docs/trees.md, Failover) or keep each volume in its own relationship")
+    if req.at is not None and not (rt.spec.is_tree and req.force):
+        raise RelationshipError("at names the point of a tree's unplanned failover: it "
+                                "needs a tree relationship and force=true")
     if req.to == rt.spec.master:
         raise RelationshipError(f"{req.to} is already the master of {rt.name}")
     if req.to in rt.failover.fenced:
@@ -125,7 +130,8 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
             params={"relationship": rt.name, "to": req.to, "force": req.force,
                     "master": rt.spec.master, "volume": rt.spec.volume,
                     "target_volume": target, "was_running": not rt.stopped,
-                    "failback": failback, "step": 0},
+                    "failback": failback, "step": 0, "tree": rt.spec.is_tree,
+                    **({"at": req.at} if req.at is not None else {})},
             self_restarting=True, progress=Progress(0, len(STEPS), unit="steps")))
     rt.failover.status, rt.failover.activity, rt.failover.error = \
         status_name, record.id, None
@@ -140,6 +146,8 @@ class FailoverWork:
         self.registry = deps.registry
         self.fencing = deps.fencing
         self.relationship: str = record.params["relationship"]
+        self.tree = TreeFailover(deps.engine, deps.servers) if record.params.get("tree") \
+            else None
 
     def _runtime(self) -> Runtime:
         try:
@@ -171,9 +179,12 @@ class FailoverWork:
         p = ctx.params
         try:
             master = await self.servers.backend(p["master"])
-            if "master_was_readonly" not in p:  # not again after a restart: it is ours now
-                ctx.remember(master_was_readonly=await master.is_readonly(p["volume"]))
-            await master.set_readonly(p["volume"], True)
+            if self.tree is not None:
+                await self.tree.fence(ctx, rt, master)
+            else:
+                if "master_was_readonly" not in p:  # not again after a restart: ours now
+                    ctx.remember(master_was_readonly=await master.is_readonly(p["volume"]))
+                await master.set_readonly(p["volume"], True)
         except UNREACHABLE as exc:
             if p.get("planned"):  # fenced before a restart, unreachable now: wait for it
                 raise ActivityError(f"the master {p['master']} stopped answering during a "
@@ -192,6 +203,12 @@ class FailoverWork:
 
     async def _snapshot(self, ctx: ActivityContext, rt: Runtime) -> None:
         p = ctx.params
+        if self.tree is not None:
+            if p["planned"]:
+                await self.tree.snapshot(ctx, rt, await self.servers.backend(p["master"]))
+            else:
+                await self.tree.unplanned_point(ctx, rt)
+            return
         if not p["planned"]:
             slave = await self.servers.backend(p["to"])
             snaps = await slave.snapshots(p["target_volume"])
@@ -214,6 +231,10 @@ class FailoverWork:
 
     async def _sync(self, ctx: ActivityContext, rt: Runtime) -> None:
         p = ctx.params
+        if self.tree is not None:
+            if p["planned"]:  # unplanned: a tree's streams leave no partial receive
+                await self.tree.sync(ctx, rt)
+            return
         if not p["planned"]:
             slave = await self.servers.backend(p["to"])
             with contextlib.suppress(BackendError, NotFound):
@@ -264,8 +285,11 @@ class FailoverWork:
     async def _promote(self, ctx: ActivityContext, rt: Runtime) -> None:
         p = ctx.params
         ctx.remember(promoted=True)  # from here on the failover only goes forward
-        slave = await self.servers.backend(p["to"])
-        await slave.set_readonly(p["target_volume"], False)
+        if self.tree is not None:
+            await self.tree.promote(ctx, rt)
+        else:
+            slave = await self.servers.backend(p["to"])
+            await slave.set_readonly(p["target_volume"], False)
         ctx.log.warning("slave promoted: it is the writable master now", server=p["to"],
                         volume=p["target_volume"], snapshot=p["final_snapshot"])
 
@@ -288,7 +312,8 @@ class FailoverWork:
             "master": rt.spec.master, "volume": rt.spec.volume,
             "slaves": [s.server for s in rt.spec.slaves],
             "fenced": sorted(rt.failover.fenced), "promoted_at": p["final_snapshot"],
-            "data_loss": rt.failover.data_loss.to_json() if rt.failover.data_loss else None})
+            "data_loss": rt.failover.data_loss.to_json() if rt.failover.data_loss else None,
+            **({"tree": p["tree_outcome"]} if "tree_outcome" in p else {})})
         await self._release_stale_holds(ctx, rt)
         if p["was_running"] and self.registry.activity_of(rt) is None:
             self.registry.start_again(rt)
@@ -303,6 +328,9 @@ class FailoverWork:
         if p["planned"]:
             places.append((p["master"], p["volume"],
                            {p["to"], *(s for s in rt.slaves if s != p["master"])}))
+        if self.tree is not None:
+            await self.tree.release_stale_holds(ctx, places)
+            return
         for server, volume, owners in places:
             try:
                 backend = await self.servers.backend(server)
@@ -327,7 +355,10 @@ class FailoverWork:
             with contextlib.suppress(Exception):
                 await self.engine.cancel(child)
             await self.engine.wait(child)
-        if p.get("fenced") and not p.get("master_was_readonly"):
+        if p.get("fenced") and self.tree is not None:
+            await self.tree.lift_fence(ctx, await self.servers.backend(p["master"]))
+            ctx.log.info("fence lifted: the master takes writes again", master=p["master"])
+        elif p.get("fenced") and not p.get("master_was_readonly"):
             master = await self.servers.backend(p["master"])
             await master.set_readonly(p["volume"], False)
             ctx.log.info("fence lifted: the master takes writes again", master=p["master"])

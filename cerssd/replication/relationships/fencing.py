@@ -22,6 +22,7 @@ from ...transport.errors import LinkError
 from .background import BackgroundTasks
 from .registry import RelationshipRegistry
 from .runtime import Runtime
+from .tree_failover import fence_tree
 
 log = structlog.get_logger("cerssd.relationships")
 
@@ -41,7 +42,10 @@ class Fencing:
         for fenced in list(rt.failover.fenced.values()):
             try:
                 backend = await self.servers.backend(fenced.server)
-                await backend.set_readonly(fenced.volume, True)
+                if rt.spec.is_tree:  # every member of the old master's tree
+                    await fence_tree(rt, backend, fenced.volume)
+                else:
+                    await backend.set_readonly(fenced.volume, True)
             except NotFound:
                 pass  # the volume is gone: nothing there can take writes
             except (BackendError, LinkError) as exc:

@@ -92,8 +92,12 @@ class Runtime:
                 "failover": self.failover.remembered()}
 
     def take_roles(self, spec: RelationshipSpec) -> None:
-        """Put new roles in force; a slave kept in the same place keeps its facts."""
+        """Put new roles in force; a slave kept in the same place keeps its facts. A tree
+        under a new master is learnt again from its listings (its members' names, guids
+        and labels there are the new master's)."""
         old = self.slaves
+        if self.tree is not None and spec.master != self.spec.master:
+            self.tree = TreeStatus()
         self.spec = spec
         self.slaves = {s.server: old[s.server] if s.server in old
                        and old[s.server].target_volume == s.target_volume
