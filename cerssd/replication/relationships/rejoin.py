@@ -32,6 +32,7 @@ from ..logic.roles import with_slave
 from ..logic.spec import SlaveSpec
 from .registry import RelationshipRegistry
 from .runtime import RelationshipError, Runtime, check_no_failover
+from .tree_rejoin import plan_tree_rejoin
 from .verbs import OperatorVerbs
 
 log = structlog.get_logger("cerssd.rejoin")
@@ -56,16 +57,26 @@ class RejoinPlan:
     base: Snapshot
     #: Snapshots on the old master after the base, newest last: destroyed by a rejoin.
     destroys: tuple[Snapshot, ...]
+    #: A tree: each member's base (``tree_rejoin``); each member is rolled back to its own.
+    bases: tuple[Snapshot, ...] = ()
+
+    @property
+    def rollbacks(self) -> tuple[Snapshot, ...]:
+        return self.bases or (self.base,)
 
     def to_json(self, *, done: bool) -> dict[str, Any]:
+        what = (f"{len(self.bases)} member(s) of {self.volume}" if self.bases
+                else self.volume)
         return {
             "server": self.server, "volume": self.volume, "rejoined": done,
             "base": self.base.name, "base_created": self.base.creation,
             "destroys_snapshots": [s.name for s in self.destroys],
-            "discards_changes_after": self.base.creation,
-            "summary": (f"rolls {self.volume} on {self.server} back to {self.base.label}: "
+            "discards_changes_after": min(b.creation for b in self.rollbacks),
+            "summary": (f"rolls {what} on {self.server} back to {self.base.label}"
+                        f"{' (or the newest snapshot each shares)' if self.bases else ''}: "
                         f"{len(self.destroys)} later snapshot(s) and every change made "
                         "after it are destroyed"),
+            **({"members": len(self.bases)} if self.bases else {}),
         }
 
 
@@ -74,6 +85,10 @@ async def plan_rejoin(servers: ServerRegistry, rt: Runtime, server: str) -> Rejo
     if fenced is None:
         raise RelationshipError(f"{server} is not a fenced old master of {rt.name} "
                                 f"(fenced: {', '.join(rt.failover.fenced) or 'none'})")
+    if rt.spec.is_tree:
+        bases, destroys = await plan_tree_rejoin(servers, rt, fenced)
+        root = next((b for b in bases if b.volume == fenced.volume), bases[0])
+        return RejoinPlan(server, fenced.volume, root, destroys, bases)
     master = await servers.backend(rt.spec.master)
     old = await servers.backend(server)
     ours = {s.guid for s in await master.snapshots(rt.spec.volume)}
@@ -91,13 +106,15 @@ async def rejoin(deps: RejoinDeps, rt: Runtime, plan: RejoinPlan) -> None:
     """Roll the old master back to the shared base and make it a slave (read-only)."""
     check_no_failover(rt)
     backend = await deps.servers.backend(plan.server)
-    await backend.set_readonly(plan.volume, True)
+    problems = await backend.set_readonly_many([b.volume for b in plan.rollbacks])
+    if problems:
+        raise RelationshipError(f"{plan.server}: not made read-only: {problems}")
     owners = {rt.spec.master, plan.server, *rt.slaves}
-    for snap in plan.destroys:  # our own holds would make the rollback fail
-        if snap.userrefs:
-            for owner in owners:
-                await backend.unpin(snap.name, owner)
-    await backend.rollback(plan.base.name)  # changes after the base go too, always
+    held = [snap.name for snap in plan.destroys if snap.userrefs]
+    for owner in owners:  # our own holds would make the rollback fail
+        await backend.unpin_many(held, owner)
+    for base in plan.rollbacks:
+        await backend.rollback(base.name)  # changes after the base go too, always
     del rt.failover.fenced[plan.server]
     deps.registry.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume)))
     log.warning("old master rolled back and rejoined as a slave", relationship=rt.name,
@@ -113,6 +130,7 @@ def submit_rejoin(engine: ActivityEngine, rt: Runtime, plan: RejoinPlan) -> Acti
         KIND, volume=plan.volume, source=rt.spec.master, target=f"{plan.server}:{plan.volume}",
         params={"relationship": rt.name, "server": plan.server, "volume": plan.volume,
                 "base": plan.base.name, "base_guid": plan.base.guid,
+                "bases": [b.guid for b in plan.bases],
                 "destroys": [s.name for s in plan.destroys]},
         progress=Progress(0, 1, unit="rollbacks"))
 
@@ -127,8 +145,9 @@ class RejoinWork:
         try:
             rt = self.deps.registry.get(p["relationship"])
             plan = await plan_rejoin(self.deps.servers, rt, p["server"])
-            if (plan.base.guid, [s.name for s in plan.destroys]) != (p["base_guid"],
-                                                                      p["destroys"]):
+            if (plan.base.guid, [s.name for s in plan.destroys],
+                    [b.guid for b in plan.bases]) != (p["base_guid"], p["destroys"],
+                                                      p.get("bases", [])):
                 raise RelationshipError(
                     f"{p['server']}:{p['volume']} changed since the rollback was consented "
                     "to; run the dry run again and review what it destroys now")
