@@ -312,3 +312,62 @@ def test_a_second_full_copy_of_one_snapshot_reuses_its_bookmark(
     replicate_ok(daemon, "tank/data@b1", "guest", "guest2", "tank2/one", timeout=600)
     replicate_ok(daemon, "tank/data@b1", "guest", "guest2", "tank2/two", timeout=600)
     assert fresh.guid("tank2/two@b1") == fresh.guid("tank/data@b1")
+
+
+def test_a_whole_tree_streams_on_in_one_stream_and_falls_back_per_member(
+        daemon: DaemonProcess, fresh: Guest) -> None:
+    """OpenZFS sends a subtree in one stream (``replication_stream``): a steady sync of a
+    whole-subtree tree is one ``zfs send -R -i`` and one receive, with the properties that
+    would place a copy (a member's own mountpoint) left out. A copy modified on the slave
+    makes ZFS refuse that stream part-way; what it did not bring goes member by member,
+    and the modified copy is reported failing."""
+    caps = daemon.api("GET", "/v1/capabilities")
+    assert caps["guest"]["replication_stream"] is True
+    assert caps["local"]["replication_stream"] is False  # zfs-fuse: no receive -x
+    fresh.sh("zfs create tank/w && zfs create tank/w/a && zfs create tank/w/b && "
+             "head -c 1048576 /dev/urandom > /tank/w/a/f")
+    r = post_json(daemon, "/v1/relationships", {
+        "name": "whole", "master": "guest", "volume": "tank/w", "recursive": True,
+        "interval": "1h", "slaves": [{"server": "guest2", "target_volume": "tank2/w"}]})
+    assert r.status == 201, r.body
+
+    def slave_counts(cycles: int) -> dict[str, int] | None:
+        rel = daemon.api("GET", "/v1/relationships/whole")
+        tree = rel.get("tree") or {}
+        if rel["cycles"] < cycles or tree.get("members") != 3:
+            return None
+        counts: dict[str, int] = tree["slaves"]["guest2"]
+        return counts if counts["sending"] == 0 and counts["behind"] == 0 else None
+
+    def cycle() -> int:
+        before: int = daemon.api("GET", "/v1/relationships/whole")["cycles"]
+        assert post_json(daemon, "/v1/relationships/whole/sync-now", {}).status == 202
+        return before + 1
+
+    wait_until(lambda: (c := slave_counts(1)) and c["in_sync"] == 3, 900,
+               what="the first cycle")
+    own = len(daemon.api("GET", "/v1/activities?kind=replicate&limit=100")["items"])
+    fresh.sh("zfs set mountpoint=/srv/w-a tank/w/a && head -c 1048576 /dev/urandom > "
+             "/srv/w-a/g && head -c 1048576 /dev/urandom > /tank/w/b/g")
+    n = cycle()
+    wait_until(lambda: (c := slave_counts(n)) and c["in_sync"] == 3, 900,
+               what="the second cycle")
+    assert '"tree streamed on in one stream"' in daemon.log()
+    assert len(daemon.api("GET", "/v1/activities?kind=replicate&limit=100")["items"]) == own
+    label = fresh.sh("zfs list -H -o name -t snapshot -s createtxg tank/w/b").split()[-1]
+    for m in ("", "/a", "/b"):
+        name = f"tank/w{m}@{label.split('@')[1]}"
+        assert fresh.guid(f"tank2/w{m}@{label.split('@')[1]}") == fresh.guid(name)
+    assert fresh.sh("zfs get -H -o source mountpoint tank2/w/a").strip() != "received"
+    assert fresh.prop("tank2/w/a", "mountpoint") == "/tank2/w/a"
+
+    # b's copy is written on: ZFS refuses the one stream at b; a still arrives
+    fresh.sh("zfs set readonly=off tank2/w/b && zfs mount tank2/w/b && "
+             "head -c 65536 /dev/urandom > /tank2/w/b/local && zfs unmount tank2/w/b && "
+             "head -c 1048576 /dev/urandom > /srv/w-a/h && "
+             "head -c 1048576 /dev/urandom > /tank/w/b/h")
+    n = cycle()
+    wait_until(lambda: (c := slave_counts(n)) and c["failing"] == 1 and c["in_sync"] == 2,
+               900, what="a and the root in sync, b failing")
+    failing = daemon.api("GET", "/v1/relationships/whole/volumes?state=failing")["items"]
+    assert [i["relative"] for i in failing] == ["b"]

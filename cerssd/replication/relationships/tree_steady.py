@@ -93,6 +93,10 @@ class SteadySync:
         options = await stream_options(self.src, self.dst, root)
         moved: list[Step] = []
         failed: list[Step] = []
+        if self._one_stream_serves(steps):
+            moved, steps = await self._stream_subtree(steps, label, options)
+            progress[0] += len(moved)
+            self.ctx.set_progress(progress[0])
 
         async def one(step: Step) -> None:
             async with limit:
@@ -115,6 +119,51 @@ class SteadySync:
 
         await asyncio.gather(*(one(s) for s in steps))
         return moved, failed
+
+    def _one_stream_serves(self, steps: list[Step]) -> bool:
+        """Whether one ``zfs send -R`` of the root serves every step: both ends can
+        (``replication_stream``), every dataset under the root is a member and streams on
+        from one base, and none is new on the slave. In the OpenZFS guest a member's own
+        stream costs two ``zfs`` processes and an SSH session, about 5 s apiece on
+        emulated CPUs; one stream for the tree pays that once (bench/RESULTS.md)."""
+        sel = self.rt.spec.selection
+        return (sel is not None and sel.whole_subtree and len(steps) > 1
+                and self.src.capabilities.replication_stream
+                and self.dst.capabilities.replication_stream
+                and len(steps) == len(self.tree.members)
+                and len({s.base for s in steps}) == 1
+                and any(s.member.name == sel.root for s in steps))
+
+    async def _stream_subtree(self, steps: list[Step], label: str,
+                              options: StreamOptions) -> tuple[list[Step], list[Step]]:
+        """The whole tree in one stream; returns (arrived, to stream one by one). A
+        stream ZFS refuses part-way (a copy modified on the slave) leaves some members
+        received: one ``zfs get`` tells which, and the others go on by themselves."""
+        sel = self.rt.spec.selection
+        assert sel is not None
+        root = sel.root
+        states = [self.tree.members[s.member.relative].slaves[self.server] for s in steps]
+        for state in states:
+            state.sending = True
+        try:
+            sender = self.src.send(f"{root}@{label}", f"{root}@{steps[0].base}",
+                                   intermediates=self.src.capabilities.safe_send_holds,
+                                   options=options, subtree=True)
+            receiver = self.dst.receive(self.target_root, unmounted=True, subtree=True)
+            await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,
+                           limit=self.rt.spec.slave(self.server).bandwidth_limit,
+                           stall_timeout=self.policy.stall_timeout)
+        except (TransferFailed, BackendError) as exc:
+            facts = await self.dst.snapshot_facts([f"{s.target}@{label}" for s in steps])
+            arrived = [s for s in steps if f"{s.target}@{label}" in facts]
+            self.ctx.log.info("the tree's one stream was refused; the members it did not "
+                              "bring go one by one", arrived=len(arrived), error=str(exc))
+            return arrived, [s for s in steps if f"{s.target}@{label}" not in facts]
+        finally:
+            for state in states:
+                state.sending = False
+        self.ctx.log.info("tree streamed on in one stream", members=len(steps), label=label)
+        return steps, []
 
     async def _stream(self, step: Step, label: str, options: StreamOptions) -> None:
         name = step.member.name
