@@ -129,6 +129,9 @@ class TreeStatus:
     #: Something unexpected happened on the master (a retention destroy refused): the
     #: next cycle lists the tree whole again.
     relist: bool = False
+    #: This cycle's fan-out groups (``relationships.tree_fanout``): (slave, member) ->
+    #: group id; member ``*`` for a whole tree's one stream.
+    fanout: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def failing(self, servers: Iterable[str]) -> list[dict[str, Any]]:
         out = []

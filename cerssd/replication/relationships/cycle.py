@@ -94,7 +94,8 @@ class RelationshipWork:
         self.stores = deps.stores
         self.policy = deps.policy
         self.gate = deps.gate
-        self.tree = TreeCycle(deps.engine, deps.servers, deps.registry)
+        self.tree = TreeCycle(deps.engine, deps.servers, deps.registry, deps.groups,
+                              deps.policy.stall_timeout)
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:

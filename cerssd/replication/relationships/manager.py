@@ -72,7 +72,7 @@ class RelationshipManager:
             engine=engine, servers=servers, registry=registry, upkeep=upkeep,
             fencing=fencing, volume_states=volume_states, groups=groups, stores=stores,
             policy=policy, gate=gate))
-        tree_sync.register(engine, servers, registry, policy)
+        tree_sync.register(engine, servers, registry, policy, groups)
         failover.register(engine, manager.failover)
         rejoin.register(engine, rejoin.RejoinDeps(servers, registry, verbs))
         return manager

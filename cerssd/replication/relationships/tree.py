@@ -37,8 +37,10 @@ from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import to_destroy
 from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
+from ..stream.groups import FanoutGroups
 from .registry import RelationshipRegistry
 from .runtime import Runtime
+from .tree_fanout_plan import plan_fanout
 from .tree_steady import drop_labels
 from .tree_sync import KIND as SYNC_KIND
 from .tree_sync import listed, members_of, submit_sync
@@ -102,10 +104,13 @@ class TreeCycle:
     """The steps of one cycle of a tree relationship."""
 
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
-                 registry: RelationshipRegistry) -> None:
+                 registry: RelationshipRegistry, groups: FanoutGroups | None = None,
+                 stall_timeout: float | None = None) -> None:
         self.engine = engine
         self.servers = servers
         self.registry = registry
+        self.groups = groups
+        self.stall_timeout = stall_timeout
 
     async def run(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend) -> str:
         """The cycle's steps; returns the snapshot label it took (or found made)."""
@@ -149,6 +154,10 @@ class TreeCycle:
             await self._note_newest(rt, master, members, label)
         busy = {a.record.params.get("destination") for a in syncing}
         rt.tree.newest_label = label
+        if members and self.groups is not None:
+            await plan_fanout(rt, self.groups, self.servers, master, label,
+                              [s.server for s in rt.spec.slaves if s.server not in busy],
+                              stall_timeout=self.stall_timeout)
         for slave in rt.spec.slaves:
             if not members:
                 break

@@ -32,13 +32,17 @@ from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...storage.values import StreamOptions
 from ...transport.errors import LinkError
+from ...transport.stream import StreamEndpoint
 from ..flows.replicate import stream_options
 from ..logic.members import Member
 from ..logic.tree_labels import labels_doomed
 from ..logic.tree_status import MemberSlave, TreeMember
 from ..retry import RetryPolicy
+from ..stream.fanout import FanoutMissed, SplitOff
+from ..stream.groups import FanoutGroups, StreamKey
 from ..stream.transfer import TransferFailed, transfer
 from .runtime import Runtime
+from .tree_fanout import SUBTREE, group_for
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,32 @@ def steady_steps(rt: Runtime, server: str, label: str, target_root: str,
     return steps, own
 
 
+def one_stream_serves(rt: Runtime, steps: list[Step], src: StorageBackend,
+                      dst: StorageBackend) -> bool:
+    """Whether one ``zfs send -R`` of the root serves every step: both ends can
+    (``replication_stream``), every dataset under the root is a member and streams on
+    from one base, and none is new on the slave. In the OpenZFS guest a member's own
+    stream costs two ``zfs`` processes and an SSH session, about 5 s apiece on emulated
+    CPUs; one stream for the tree pays that once (bench/RESULTS.md)."""
+    sel = rt.spec.selection
+    assert rt.tree is not None
+    return (sel is not None and sel.whole_subtree and len(steps) > 1
+            and src.capabilities.replication_stream and dst.capabilities.replication_stream
+            and len(steps) == len(rt.tree.members)
+            and len({s.base for s in steps}) == 1
+            and any(s.member.name == sel.root for s in steps))
+
+
 class SteadySync:
     """Runs the steps of one steady sync: streams, then verification, pins, retention."""
 
     def __init__(self, ctx: ActivityContext, rt: Runtime, src: StorageBackend,
                  dst: StorageBackend, server: str, target_root: str,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
         self.ctx, self.rt, self.src, self.dst = ctx, rt, src, dst
         self.server, self.target_root, self.policy = server, target_root, policy
+        #: The cycle's fan-out groups (``tree_fanout``): one send for several slaves.
+        self.groups = groups
         assert rt.tree is not None
         self.tree = rt.tree
 
@@ -93,7 +115,7 @@ class SteadySync:
         options = await stream_options(self.src, self.dst, root)
         moved: list[Step] = []
         failed: list[Step] = []
-        if self._one_stream_serves(steps):
+        if one_stream_serves(self.rt, steps, self.src, self.dst):
             moved, steps = await self._stream_subtree(steps, label, options)
             progress[0] += len(moved)
             self.ctx.set_progress(progress[0])
@@ -120,20 +142,6 @@ class SteadySync:
         await asyncio.gather(*(one(s) for s in steps))
         return moved, failed
 
-    def _one_stream_serves(self, steps: list[Step]) -> bool:
-        """Whether one ``zfs send -R`` of the root serves every step: both ends can
-        (``replication_stream``), every dataset under the root is a member and streams on
-        from one base, and none is new on the slave. In the OpenZFS guest a member's own
-        stream costs two ``zfs`` processes and an SSH session, about 5 s apiece on
-        emulated CPUs; one stream for the tree pays that once (bench/RESULTS.md)."""
-        sel = self.rt.spec.selection
-        return (sel is not None and sel.whole_subtree and len(steps) > 1
-                and self.src.capabilities.replication_stream
-                and self.dst.capabilities.replication_stream
-                and len(steps) == len(self.tree.members)
-                and len({s.base for s in steps}) == 1
-                and any(s.member.name == sel.root for s in steps))
-
     async def _stream_subtree(self, steps: list[Step], label: str,
                               options: StreamOptions) -> tuple[list[Step], list[Step]]:
         """The whole tree in one stream; returns (arrived, to stream one by one). A
@@ -146,13 +154,15 @@ class SteadySync:
         for state in states:
             state.sending = True
         try:
-            sender = self.src.send(f"{root}@{label}", f"{root}@{steps[0].base}",
-                                   intermediates=self.src.capabilities.safe_send_holds,
-                                   options=options, subtree=True)
             receiver = self.dst.receive(self.target_root, unmounted=True, subtree=True)
-            await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,
-                           limit=self.rt.spec.slave(self.server).bandwidth_limit,
-                           stall_timeout=self.policy.stall_timeout)
+            base = self.tree.members[next(s.member.relative for s in steps
+                                          if s.member.name == root)].slaves[self.server]
+            key = StreamKey(label, base.guid, options, self.src.capabilities.safe_send_holds)
+            if not await self._joined(SUBTREE, key, receiver):
+                sender = self.src.send(f"{root}@{label}", f"{root}@{steps[0].base}",
+                                       intermediates=key.intermediates, options=options,
+                                       subtree=True)
+                await self._alone(sender, receiver)
         except (TransferFailed, BackendError) as exc:
             facts = await self.dst.snapshot_facts([f"{s.target}@{label}" for s in steps])
             arrived = [s for s in steps if f"{s.target}@{label}" in facts]
@@ -169,13 +179,39 @@ class SteadySync:
         name = step.member.name
         # -I carries snapshots made between the two (an operator's) where a send keeps
         # them safe from a concurrent destroy; elsewhere (zfs-fuse) -i, as a transfer does.
-        sender = self.src.send(f"{name}@{label}", f"{name}@{step.base}",
-                               intermediates=self.src.capabilities.safe_send_holds,
-                               options=options)
+        intermediates = self.src.capabilities.safe_send_holds
+        entry = self.tree.members[step.member.relative]
         receiver = self.dst.receive(step.target, unmounted=True)
+        key = StreamKey(entry.newest_guid or "", entry.slaves[self.server].guid, options,
+                        intermediates)
+        if await self._joined(step.member.relative, key, receiver):
+            return
+        sender = self.src.send(f"{name}@{label}", f"{name}@{step.base}",
+                               intermediates=intermediates, options=options)
+        await self._alone(sender, receiver)
+
+    async def _alone(self, sender: StreamEndpoint, receiver: StreamEndpoint) -> None:
         await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,
                        limit=self.rt.spec.slave(self.server).bandwidth_limit,
                        stall_timeout=self.policy.stall_timeout)
+
+    async def _joined(self, member: str, key: StreamKey, receiver: StreamEndpoint) -> bool:
+        """Received from the cycle's fan-out group for this stream, if there is one; False
+        when this slave must send alone (no group, or it started without this slave, or
+        split it off as slower than the others: its partial receive is gone with it)."""
+        group = group_for(self.rt, self.groups, self.server, member, key) \
+            if self.groups is not None else None
+        if group is None:
+            return False
+        try:
+            await group.attach(self.server, receiver, counters=self.ctx.counters,
+                               gate=self.ctx.flow,
+                               limit=self.rt.spec.slave(self.server).bandwidth_limit)
+        except (FanoutMissed, SplitOff) as exc:
+            self.ctx.log.info("fan-out left: sent alone", member=member or ".",
+                              error=str(exc))
+            return False
+        return True
 
     async def settle(self, moved: list[Step], label: str) -> list[Step]:
         """Verify what arrived (one ``zfs get`` of the received snapshots' guids), record

@@ -36,8 +36,10 @@ from ..logic.retention import to_destroy
 from ..logic.tree_labels import labels_of
 from ..logic.tree_status import MemberSlave, TreeMember
 from ..retry import RetryPolicy
+from ..stream.groups import FanoutGroups
 from .registry import TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime, UnknownRelationship
+from .tree_fanout import withdraw_all
 from .tree_steady import SteadySync, steady_steps
 
 KIND = TREE_SYNC
@@ -68,9 +70,10 @@ def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: s
 class TreeSyncWork:
     def __init__(self, record: ActivityRecord, engine: ActivityEngine,
                  servers: ServerRegistry, registry: RelationshipRegistry,
-                 policy: RetryPolicy) -> None:
+                 policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
         self.params = record.params
         self.policy = policy
+        self.groups = groups
         self.engine = engine
         self.servers = servers
         self.registry = registry
@@ -96,6 +99,9 @@ class TreeSyncWork:
         except (BackendError, LinkError) as exc:
             code = StatusCode.LINK if isinstance(exc, LinkError) else StatusCode.ERROR
             raise ActivityError(f"tree not synced: {exc}", code) from exc
+        finally:
+            if self.groups is not None:  # the other slaves' streams need not wait for us
+                withdraw_all(rt, self.groups, server)
         failing = [m.name for m in rt.tree.members.values()
                    if (s := m.slaves.get(server)) and s.error]
         ctx.remember(members=len(rt.tree.members), sent=sent, failing=len(failing))
@@ -144,7 +150,8 @@ class TreeSyncWork:
         ctx.log.info("tree sync planned", members=len(members), to_send=len(steps) + len(own),
                      streamed_on=len(steps), own_transfers=len(own), slave=server,
                      listed=False)
-        steady = SteadySync(ctx, rt, src, dst, server, target_root, self.policy)
+        steady = SteadySync(ctx, rt, src, dst, server, target_root, self.policy,
+                            self.groups)
         progress = [0]
         moved, failed = await steady.stream_all(steps, label, progress)
         wrong = await steady.settle(moved, label)
@@ -397,6 +404,7 @@ async def _tree_or_empty(backend: StorageBackend, root: str, *,
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry,
-             registry: RelationshipRegistry, policy: RetryPolicy | None = None) -> None:
+             registry: RelationshipRegistry, policy: RetryPolicy | None = None,
+             groups: FanoutGroups | None = None) -> None:
     engine.register(KIND, lambda r: TreeSyncWork(r, engine, servers, registry,
-                                                 policy or RetryPolicy()))
+                                                 policy or RetryPolicy(), groups))
