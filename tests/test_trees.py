@@ -125,9 +125,9 @@ def test_a_recursive_tree_with_excludes_follows_the_pool(
     assert [i["relative"] for i in page["items"]] == ["a", "a/x"]
     assert all(s["state"] == "in-sync" for i in page["items"] for s in i["slaves"])
 
-    # failing a tree over as one is not built: refused, not half-done on the root alone
-    refused = post_json(d, "/v1/relationships/cinder/failover", {"to": "lab1"})
-    assert refused.status == 409 and "tree" in refused.body["detail"], refused.body
+    # a point to fail over at is only for a tree's unplanned failover (test_tree_failover)
+    refused = post_json(d, "/v1/relationships/cinder/failover", {"to": "lab1", "at": "x"})
+    assert refused.status == 409 and "force" in refused.body["detail"], refused.body
 
 
 def test_a_property_selects_members_and_off_on_a_child_takes_it_out(
