@@ -20,6 +20,7 @@ from .activity import ActivityRecord, LinkCondition, State
 from .engine import Activity, ActivityEngine
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
+from .replication.logic.tree_backups import BackupState, StoreBackups
 from .replication.logic.tree_status import MemberState
 from .replication.relationships.rendering import RelationshipView
 from .replication.relationships.runtime import Runtime
@@ -213,6 +214,10 @@ class RelationshipCollector(Collector):
                                  "Members destroyed on the master (or renamed out of the "
                                  "tree) since the daemon started; their copies are kept",
                                  labels=["relationship"])
+        backups = GaugeMetricFamily("cerssd_tree_backup_members_by_state",
+                                    "A tree's members in each backup state in an object "
+                                    "store (backed-up, behind, sending, failing)",
+                                    labels=["relationship", "store", "state"])
         member_lag = GaugeMetricFamily("cerssd_tree_member_lag_seconds",
                                        "Age of the newest snapshot of the member the slave "
                                        "has (only with member_metrics)",
@@ -230,12 +235,17 @@ class RelationshipCollector(Collector):
                                         counts[st.value.replace("-", "_")])
                 if counts["worst_lag_seconds"] is not None:
                     lag.add_metric([rt.name, server], counts["worst_lag_seconds"])
+            for store in rt.spec.stores:
+                facts = rt.tree.backups.get(store, StoreBackups())
+                counts = Tally(facts.state(m) for m in rt.tree.members.values())
+                for bst in BackupState:
+                    backups.add_metric([rt.name, store, bst.value], counts[bst])
             if rt.spec.member_metrics:
                 for m in rt.tree.members.values():
                     for server in servers:
                         if (value := m.lag(server, now)) is not None:
                             member_lag.add_metric([rt.name, server, m.name], value)
-        yield from (members, by_state, gone, member_lag)
+        yield from (members, by_state, gone, member_lag, backups)
 
     def _roles(self) -> Iterator[Metric]:
         status = GaugeMetricFamily("cerssd_relationship_replication_status",

@@ -80,8 +80,15 @@ def test_a_target_inside_the_tree_on_the_masters_server_is_refused() -> None:
     assert info.value.key == "relationships.cinder.slaves[0].target_volume"
 
 
-def test_backups_of_a_tree_are_refused_until_built() -> None:
+def test_a_tree_backs_up_to_named_stores_and_unknown_names_are_refused() -> None:
+    spec = parse_relationship("cinder", tree(recursive=True, stores=["s3"]),
+                              servers=SERVERS, stores=("s3",))
+    assert spec.is_tree and spec.stores == ("s3",)
     with pytest.raises(ConfigError) as info:
-        parse_relationship("cinder", tree(recursive=True, stores=["s3"]),
+        parse_relationship("cinder", tree(recursive=True, stores=["s4"]),
+                           servers=SERVERS, stores=("s3",))
+    assert info.value.key == "relationships.cinder.stores[0]"
+    with pytest.raises(ConfigError) as info:
+        parse_relationship("cinder", tree(recursive=True, stores=["s3", "s3"]),
                            servers=SERVERS, stores=("s3",))
     assert info.value.key == "relationships.cinder.stores"

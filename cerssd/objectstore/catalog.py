@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import structlog
 
 from ..storage.values import Snapshot
 from .client import ObjectStore
-from .layout import MANIFEST, Manifest, ManifestInvalid, decode, manifest_guid
+from .layout import MANIFEST, Manifest, ManifestInvalid, decode, manifest_guid, parse_manifest_key
 
 log = structlog.get_logger("cerssd.objectstore")
 
@@ -71,3 +71,25 @@ def newest_backed_up(guids: Collection[str], source: list[Snapshot],
     """
     upto = next((i for i, s in enumerate(source) if s.guid == target_guid), len(source))
     return next((s for s in reversed(source[:upto]) if s.guid in guids), None)
+
+
+async def newest_in_tree(store: ObjectStore, root: str,
+                         positions: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+    """Per volume of a tree, the guid of its newest snapshot with a complete backup.
+
+    ``positions``: per volume, its snapshots' guids -> position (oldest first) on the
+    source; only those count (a backup of a snapshot the source no longer has is no
+    base). One listing of the root's prefix serves every member, keys only (the guid
+    is in every manifest's key), and nothing but the best so far per volume is kept.
+    """
+    prefix = store.config.prefix
+    best: dict[str, tuple[int, str]] = {}
+    async for item in store.list_objects(f"{prefix}{root}/"):
+        parsed = parse_manifest_key(prefix, item.key)
+        if parsed is None:
+            continue
+        volume, _, guid = parsed
+        at = positions.get(volume, {}).get(guid)
+        if at is not None and (volume not in best or at > best[volume][0]):
+            best[volume] = (at, guid)
+    return {volume: guid for volume, (_, guid) in best.items()}

@@ -140,6 +140,17 @@ def manifest_guid(prefix: str, volume: str, key: str) -> str | None:
         else None
 
 
+def parse_manifest_key(prefix: str, key: str) -> tuple[str, str, str] | None:
+    """(volume, label, guid) of the backup whose manifest is ``key``; None for any other
+    key. A label has no ``/``, so the volume is everything before the backup's directory
+    (a tree's listing sees every member's backups under its root's prefix)."""
+    if not key.startswith(prefix) or not key.endswith("/" + MANIFEST):
+        return None
+    volume, _, directory = key[len(prefix):-len(MANIFEST) - 1].rpartition("/")
+    label, dot, guid = directory.rpartition(".")
+    return (volume, label, guid) if volume and label and dot and guid.isdigit() else None
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

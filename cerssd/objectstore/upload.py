@@ -105,7 +105,7 @@ class SegmentedUpload:
                  checkpoint: Callable[[], Awaitable[None]],
                  started: Callable[[str, str], None],
                  parts_per_segment: int = MAX_PARTS, extra: dict[str, Any] | None = None,
-                 ) -> None:
+                 pool: BufferPool | None = None) -> None:
         self.store = store
         self.key_for = key_for
         self.part_size = part_size
@@ -115,6 +115,9 @@ class SegmentedUpload:
         self.started = started  # (key, upload id) of each upload, for crash cleanup
         self.parts_per_segment = parts_per_segment
         self.extra = extra or {}
+        #: Part buffers shared with other uploads of one activity (a tree's backup runs
+        #: several at once): its memory is the pool's, not ``concurrency + 1`` each.
+        self.pool = pool
         self.on_read: Callable[[int], None] = lambda n: None
         self.on_sent: Callable[[int], None] = lambda n: None
         #: Uploads begun and not completed, and segment objects completed: what a
@@ -125,7 +128,7 @@ class SegmentedUpload:
     async def run(self, fd: int) -> UploadResult:
         whole = hashlib.sha256()
         # ``concurrency`` parts uploading and one being read: the memory of the upload.
-        pool = BufferPool(self.concurrency + 1, self.part_size)
+        pool = self.pool or BufferPool(self.concurrency + 1, self.part_size)
         parts: list[Part] = []
         segments: list[Segment] = []
         current: _Open | None = None

@@ -229,8 +229,10 @@ class Connections:
     async def request(self, method: str, path: str, headers: dict[str, str], *,
                       body: memoryview | None = None,
                       into: memoryview | None = None) -> Answer:
-        """Send one request from a worker thread; see ``exchange``."""
-        for _ in range(2):
+        """Send one request from a worker thread; see ``exchange``. Every idle connection
+        may have been closed by the store meanwhile (it restarted): each stale one is
+        dropped and the next tried, until a new connection answers or fails."""
+        while True:
             conn = self._take()
             reused = conn.reused
             try:
@@ -249,7 +251,6 @@ class Connections:
                 raise
             self._give(conn)
             return answer
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, conn: Connection, call: Callable[[], T]) -> T:
         """``call`` in a worker thread; cancelling aborts ``conn`` and waits for it."""

@@ -26,11 +26,14 @@ from typing import Any
 from ...activity import ActivityRecord, Progress, StatusCode
 from ...config import streams_directly
 from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
+from ...objectstore.buffers import BufferPool
 from ...objectstore.client import ObjectStore
+from ...objectstore.config import StoreConfig
 from ...objectstore.layout import Manifest, manifest_key, now_iso, segment_key
 from ...objectstore.stores import Stores
-from ...objectstore.upload import SegmentedUpload, UploadResult
+from ...objectstore.upload import Retrier, SegmentedUpload, UploadResult
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
@@ -206,13 +209,8 @@ class BackupWork:
         ctx.remember(base_guid=base.guid if base else None)
         ctx.log.info("backup planned", snapshot=snap.name, base=base_name, store=cfg.name,
                      compression=cfg.compression, estimate=size, shared_send=group is not None)
-        self.upload = SegmentedUpload(
-            self.store, lambda i: segment_key(cfg.prefix, snap.volume, snap.label, snap.guid,
-                                              cfg.compression, i),
-            part_size=cfg.part_size, concurrency=cfg.concurrency, retry=calls,
-            checkpoint=ctx.checkpoint, started=lambda key, upload_id: self._started(
-                ctx, key, upload_id),
-            extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None)
+        self.upload = new_upload(self.store, snap, calls, checkpoint=ctx.checkpoint,
+                                 started=lambda: self._started(ctx))
         if group is None:
             self.upload.on_sent = ctx.counters.sent
             raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload,
@@ -220,45 +218,15 @@ class BackupWork:
         else:  # the fan-out counts the bytes it hands over, as read and as sent
             raw_size, result = await self._shared(ctx, group, self.upload)
             ctx.remember(fanout="shared")
-        for seg in result.segments:
-            stored = await calls("check size", partial(self.store.head, seg.key))
-            if stored.size != seg.size:
-                raise ActivityError(f"the store holds {stored.size} bytes of {seg.key}, "
-                                    f"{seg.size} were uploaded", StatusCode.ERROR, "store")
-        manifest = Manifest(
-            volume=snap.volume, snapshot=snap.name, guid=snap.guid,
-            snapshot_created=snap.creation, parent_guid=base.guid if base else None,
-            parent_snapshot=base_name, segments=result.segments,
-            stream_size=result.size, raw_size=raw_size, compression=cfg.compression,
-            sha256=result.sha256, parts=result.parts, source_server=self.req.server,
-            snapshot_txg=snap.createtxg,
-            created_at=now_iso())
-        mkey = manifest_key(cfg.prefix, snap.volume, snap.label, snap.guid)
-        await calls("write manifest", lambda: self.store.put_bytes(
-            mkey, manifest.encode(), "application/json"))
+        mkey, manifest = await finish_backup(self.store, calls, snap, base, raw_size, result,
+                                             self.req.server, ctx.log)
         self.upload = None
-        await self._sweep_leftovers(ctx, calls, mkey.rpartition("/")[0] + "/")
         ctx.counters.done = raw_size
         ctx.set_progress(raw_size, raw_size, estimated=False)
         ctx.remember(manifest_key=mkey, stream_size=result.size, raw_size=raw_size,
                      parts=len(result.parts), kind=manifest.kind, uploads={}, segments=[])
         ctx.log.info("backup complete", snapshot=snap.name, manifest=mkey, kind=manifest.kind,
                      raw_bytes=raw_size, stored_bytes=result.size, parts=len(result.parts))
-
-    async def _sweep_leftovers(self, ctx: ActivityContext, calls: StoreCalls,
-                               prefix: str) -> None:
-        """Abort any upload still listed under this backup's directory once it is complete.
-
-        Seen on SeaweedFS after the store was killed and restarted mid-upload: a completed
-        upload was still listed. Aborting it frees what it holds; the completed objects
-        are not uploads and stay (on AWS a completed id is simply unknown: nothing to do).
-        """
-        leftovers = await calls("list leftovers", partial(self.store.multipart_uploads,
-                                                          prefix))
-        for key, upload_id, _ in leftovers:
-            await calls("abort leftover", partial(self.store.abort, key, upload_id))
-            ctx.log.info("aborted a leftover upload of a completed backup", key=key,
-                         upload_id=upload_id)
 
     async def _shared(self, ctx: ActivityContext, group: FanoutGroup,
                       writer: SegmentedUpload) -> tuple[int, UploadResult]:
@@ -295,20 +263,9 @@ class BackupWork:
 
     async def _remove(self, uploads: Mapping[str, str], segments: Iterable[str],
                       calls: StoreCalls | None = None) -> None:
-        """Abort ``uploads`` and delete ``segments``: what an unfinished backup left.
+        await remove_unfinished(self.store, uploads, segments, calls)
 
-        With ``calls`` each request is retried while the store is away (a run starting
-        over); without, a failure propagates (a rollback reports it)."""
-        async def once(what: str, call: Callable[[], Awaitable[None]]) -> None:
-            await call()
-
-        run = calls or once
-        for key, upload_id in uploads.items():
-            await run("abort upload", partial(self.store.abort, key, upload_id))
-        for key in segments:
-            await run("delete segment", partial(self.store.delete, key))
-
-    def _started(self, ctx: ActivityContext, key: str, upload_id: str) -> None:
+    def _started(self, ctx: ActivityContext) -> None:
         """Journal every upload and finished segment: a restart must clean them up."""
         assert self.upload is not None
         ctx.remember(uploads=dict(self.upload.unfinished),
@@ -339,59 +296,8 @@ class BackupWork:
     async def _stream(self, ctx: ActivityContext, src: StorageBackend, snapshot: str,
                       base: str | None, writer: SegmentedUpload,
                       intermediates: bool) -> tuple[int, UploadResult]:
-        """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
-        cfg = self.store.config
-        compress = compressor_argv(cfg.compression, cfg.compression_level)
-        fds = FdSet()
-        procs: list[asyncio.subprocess.Process] = []
-        relay: Relay | None = None
-        closer: asyncio.Future[None] | None = None
-        try:
-            # The relay splices (a pipe); the uploader reads itself (a socket pair).
-            send_r, send_w = fds.pipe(STREAM_PIPE) if compress else fds.channel()
-            send = await src.send(snapshot, base, intermediates=intermediates).spawn(
-                stdin=None, stdout=send_w)
-            procs.append(send)
-            fds.close(send_w)
-            read_fd = send_r
-            if compress is None:
-                writer.on_read = ctx.counters.read
-            else:
-                raw_r, raw_w = fds.pipe(STREAM_PIPE)
-                out_r, out_w = fds.channel()
-                comp = await asyncio.create_subprocess_exec(
-                    *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
-                procs.append(comp)
-                fds.close(raw_r, out_w)
-                relay = Relay(send_r, raw_w, counters=ctx.counters, gate=ctx.flow,
-                              count=ctx.counters.read)
-                relay.start()
-                # The compressor sees EOF only once the relay has closed its input.
-                closer = asyncio.ensure_future(self._close_after(relay, fds, raw_w))
-                read_fd = out_r
-            result = await writer.run(read_fd)
-            if closer is not None:
-                await closer
-            raw = relay.result.bytes if relay is not None else result.size
-            problem = await first_failure(zip(("zfs send", "compressor"), procs, strict=False))
-            if problem is not None:
-                raise ActivityError(problem, StatusCode.ERROR, "backend")
-            return raw, result
-        finally:
-            if relay is not None:
-                relay.stop.set()
-            for proc in procs:
-                await asyncio.shield(stop_process(proc))
-            if relay is not None:
-                await asyncio.to_thread(relay.join)
-            if closer is not None:
-                await asyncio.gather(closer, return_exceptions=True)
-            fds.close_all()
-
-    @staticmethod
-    async def _close_after(relay: Relay, fds: FdSet, fd: int) -> None:
-        await asyncio.to_thread(relay.finished.wait)
-        fds.close(fd)
+        return await send_into(src, self.store.config, snapshot, base, writer, ctx.counters,
+                               ctx.flow, intermediates=intermediates)
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Abort unfinished uploads and delete segments: without a manifest, no backup."""
@@ -401,6 +307,137 @@ class BackupWork:
                          segments=len(self.upload.completed))
         await self._discard(ctx)
 
+
+
+# -- one backup's stream, upload and manifest: used by ``BackupWork`` and by a tree's
+# -- backup (``relationships.tree_backup``), which runs many of them in one activity.
+
+def new_upload(store: ObjectStore, snap: Snapshot, calls: Retrier, *,
+               checkpoint: Callable[[], Awaitable[None]],
+               started: Callable[[], None], pool: BufferPool | None = None,
+               ) -> SegmentedUpload:
+    """The segmented upload of ``snap``'s stream into its backup directory; ``started``
+    is called on every upload begun (the caller journals what a restart must remove);
+    ``pool``: part buffers shared with other uploads of the same activity."""
+    cfg = store.config
+    return SegmentedUpload(
+        store, lambda i: segment_key(cfg.prefix, snap.volume, snap.label, snap.guid,
+                                     cfg.compression, i),
+        part_size=cfg.part_size, concurrency=cfg.concurrency, retry=calls,
+        checkpoint=checkpoint, started=lambda key, upload_id: started(),
+        extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None,
+        pool=pool)
+
+
+async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
+                        base: Snapshot | None, raw_size: int, result: UploadResult,
+                        server: str, log: Any) -> tuple[str, Manifest]:
+    """Check every segment's stored size, then write the manifest (last: only now is it
+    a backup) and abort any upload the store still lists under its directory."""
+    for seg in result.segments:
+        stored = await calls("check size", partial(store.head, seg.key))
+        if stored.size != seg.size:
+            raise ActivityError(f"the store holds {stored.size} bytes of {seg.key}, "
+                                f"{seg.size} were uploaded", StatusCode.ERROR, "store")
+    manifest = Manifest(
+        volume=snap.volume, snapshot=snap.name, guid=snap.guid,
+        snapshot_created=snap.creation, parent_guid=base.guid if base else None,
+        parent_snapshot=base.name if base else None, segments=result.segments,
+        stream_size=result.size, raw_size=raw_size, compression=store.config.compression,
+        sha256=result.sha256, parts=result.parts, source_server=server,
+        snapshot_txg=snap.createtxg, created_at=now_iso())
+    mkey = manifest_key(store.config.prefix, snap.volume, snap.label, snap.guid)
+    await calls("write manifest", lambda: store.put_bytes(
+        mkey, manifest.encode(), "application/json"))
+    await _sweep_leftovers(store, calls, mkey.rpartition("/")[0] + "/", log)
+    return mkey, manifest
+
+
+async def _sweep_leftovers(store: ObjectStore, calls: Retrier, prefix: str,
+                           log: Any) -> None:
+    """Abort any upload still listed under this backup's directory once it is complete.
+
+    Seen on SeaweedFS after the store was killed and restarted mid-upload: a completed
+    upload was still listed. Aborting it frees what it holds; the completed objects
+    are not uploads and stay (on AWS a completed id is simply unknown: nothing to do).
+    """
+    leftovers = await calls("list leftovers", partial(store.multipart_uploads, prefix))
+    for key, upload_id, _ in leftovers:
+        await calls("abort leftover", partial(store.abort, key, upload_id))
+        log.info("aborted a leftover upload of a completed backup", key=key,
+                 upload_id=upload_id)
+
+
+async def remove_unfinished(store: ObjectStore, uploads: Mapping[str, str],
+                            segments: Iterable[str], calls: Retrier | None = None) -> None:
+    """Abort ``uploads`` and delete ``segments``: what an unfinished backup left.
+
+    With ``calls`` each request is retried while the store is away (a run starting
+    over); without, a failure propagates (a rollback reports it)."""
+    async def once(what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await call()
+
+    run = calls or once
+    for key, upload_id in uploads.items():
+        await run("abort upload", partial(store.abort, key, upload_id))
+    for key in segments:
+        await run("delete segment", partial(store.delete, key))
+
+
+async def send_into(src: StorageBackend, cfg: StoreConfig, snapshot: str, base: str | None,
+                    writer: SegmentedUpload, counters: Counters, gate: FlowGate, *,
+                    intermediates: bool) -> tuple[int, UploadResult]:
+    """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
+    compress = compressor_argv(cfg.compression, cfg.compression_level)
+    fds = FdSet()
+    procs: list[asyncio.subprocess.Process] = []
+    relay: Relay | None = None
+    closer: asyncio.Future[None] | None = None
+    try:
+        # The relay splices (a pipe); the uploader reads itself (a socket pair).
+        send_r, send_w = fds.pipe(STREAM_PIPE) if compress else fds.channel()
+        send = await src.send(snapshot, base, intermediates=intermediates).spawn(
+            stdin=None, stdout=send_w)
+        procs.append(send)
+        fds.close(send_w)
+        read_fd = send_r
+        if compress is None:
+            writer.on_read = counters.read
+        else:
+            raw_r, raw_w = fds.pipe(STREAM_PIPE)
+            out_r, out_w = fds.channel()
+            comp = await asyncio.create_subprocess_exec(
+                *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
+            procs.append(comp)
+            fds.close(raw_r, out_w)
+            relay = Relay(send_r, raw_w, counters=counters, gate=gate, count=counters.read)
+            relay.start()
+            # The compressor sees EOF only once the relay has closed its input.
+            closer = asyncio.ensure_future(_close_after(relay, fds, raw_w))
+            read_fd = out_r
+        result = await writer.run(read_fd)
+        if closer is not None:
+            await closer
+        raw = relay.result.bytes if relay is not None else result.size
+        problem = await first_failure(zip(("zfs send", "compressor"), procs, strict=False))
+        if problem is not None:
+            raise ActivityError(problem, StatusCode.ERROR, "backend")
+        return raw, result
+    finally:
+        if relay is not None:
+            relay.stop.set()
+        for proc in procs:
+            await asyncio.shield(stop_process(proc))
+        if relay is not None:
+            await asyncio.to_thread(relay.join)
+        if closer is not None:
+            await asyncio.gather(closer, return_exceptions=True)
+        fds.close_all()
+
+
+async def _close_after(relay: Relay, fds: FdSet, fd: int) -> None:
+    await asyncio.to_thread(relay.finished.wait)
+    fds.close(fd)
 
 def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
                   req: BackupRequest) -> ActivityRecord:

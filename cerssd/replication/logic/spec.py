@@ -154,9 +154,6 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     selection = _selection(t, key, volume)
     if selection.is_tree:
         _check_tree_slaves(slaves, volume, master, f"{key}.slaves")
-        if store_names:
-            raise ConfigError(f"{key}.stores", "backups of a tree relationship are not "
-                              "built yet: back up its volumes with their own relationships")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),

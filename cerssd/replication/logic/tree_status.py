@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...storage.values import Snapshot
+from .tree_backups import StoreBackups
 
 
 class MemberState(enum.StrEnum):
@@ -132,6 +133,8 @@ class TreeStatus:
     #: This cycle's fan-out groups (``relationships.tree_fanout``): (slave, member) ->
     #: group id; member ``*`` for a whole tree's one stream.
     fanout: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Per object store: each member's backups there (``tree_backups``).
+    backups: dict[str, StoreBackups] = field(default_factory=dict)
 
     def failing(self, servers: Iterable[str]) -> list[dict[str, Any]]:
         out = []
@@ -163,8 +166,15 @@ class TreeStatus:
                 "unmatched_patterns": list(self.unmatched)}
 
     def page(self, servers: list[str], now: float, *, state: MemberState | None = None,
-             limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """Members sorted by name, those with ``state`` on some slave if given."""
+             limit: int = 100, offset: int = 0,
+             stores: Iterable[str] = ()) -> tuple[list[dict[str, Any]], int]:
+        """Members sorted by name, those with ``state`` on some slave if given; with
+        each of ``stores``' backup state of the member."""
         chosen = [m for _, m in sorted(self.members.items())
                   if state is None or any(m.state(s) == state for s in servers)]
-        return [m.to_json(servers, now) for m in chosen[offset:offset + limit]], len(chosen)
+        known = [(name, self.backups.get(name, StoreBackups())) for name in stores]
+        return [{**m.to_json(servers, now), **({"backups": [
+            {"store": name, "state": facts.state(m),
+             "last_snapshot": f.label if (f := facts.facts(m)) else None,
+             "error": f.error if f else None} for name, facts in known]} if known else {})}
+            for m in chosen[offset:offset + limit]], len(chosen)

@@ -47,7 +47,6 @@ from ...volume_states import (
     cycle_holds,
     replication_holds,
 )
-from ..flows import backup
 from ..flows.backup import BackupRequest, plan_backup, submit_backup
 from ..flows.replicate import ReplicationRequest, make_plan, stream_options
 from ..flows.replicate import submit_replication as submit_transfer
@@ -57,7 +56,7 @@ from ..stream.fanout import FanoutGroup
 from ..stream.groups import FanoutGroups, StreamKey
 from .cycle_gate import CycleGate
 from .fencing import Fencing
-from .registry import RelationshipRegistry
+from .registry import OWN_UPLOADS, RelationshipRegistry
 from .runtime import KIND, Runtime
 from .tree import TreeCycle, cycle_label
 from .upkeep import Upkeep
@@ -347,7 +346,7 @@ class RelationshipWork:
             await transfer.done.wait()
         # a backup carries on (as before): its upload is its own
         await asyncio.gather(*(cancel(t) for t in self.registry.streams(self.name)
-                               if t.record.kind != backup.KIND))
+                               if t.record.kind not in OWN_UPLOADS))
 
 
 def register(engine: ActivityEngine, deps: CycleDeps) -> None:

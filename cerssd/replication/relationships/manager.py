@@ -30,7 +30,7 @@ from ...servers import ServerRegistry
 from ...volume_states import VolumeStates
 from ..retry import RetryPolicy
 from ..stream.groups import FanoutGroups
-from . import cycle, failover, rejoin, tree_sync
+from . import cycle, failover, rejoin, tree_backup, tree_sync
 from .cycle_gate import CycleGate
 from .failover import FailoverDeps
 from .fencing import Fencing
@@ -73,6 +73,7 @@ class RelationshipManager:
             fencing=fencing, volume_states=volume_states, groups=groups, stores=stores,
             policy=policy, gate=gate))
         tree_sync.register(engine, servers, registry, policy, groups)
+        tree_backup.register(engine, servers, stores, registry, policy)
         failover.register(engine, manager.failover)
         rejoin.register(engine, rejoin.RejoinDeps(servers, registry, verbs))
         return manager

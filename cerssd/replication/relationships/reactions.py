@@ -24,7 +24,7 @@ from ...transport.errors import LinkError
 from ..flows import backup, replicate, snapshot_prune
 from ..logic.slave_status import SlaveStatus
 from .background import BackgroundTasks
-from .registry import RelationshipRegistry
+from .registry import OWN_UPLOADS, RelationshipRegistry
 from .runtime import KIND, Runtime
 from .upkeep import Upkeep, protected_bases
 
@@ -60,7 +60,7 @@ class Reactions:
         """Pause or resume the relationship's running transfers with it."""
         if record.state == State.SUSPENDED:
             for transfer in self.registry.streams(rt.name):
-                if transfer.record.kind == backup.KIND:
+                if transfer.record.kind in OWN_UPLOADS:
                     continue
                 if transfer.record.state in (State.RUNNING, State.RETRYING):
                     rt.suspended_children.add(transfer.id)

@@ -39,6 +39,11 @@ log = structlog.get_logger("cerssd.relationships")
 
 #: The activity kind of a tree's per-slave sync (``tree_sync``, which imports this module).
 TREE_SYNC = "tree-sync"
+#: The activity kind of a tree's backup to one store (``tree_backup``).
+TREE_BACKUP = "tree-backup"
+#: Uploads that are the master's own: a relationship's pause and a failover's halt
+#: leave them running, as they leave a single volume's backup.
+OWN_UPLOADS = frozenset({backup.KIND, TREE_BACKUP})
 
 
 class RelationshipRegistry:
@@ -166,7 +171,7 @@ class RelationshipRegistry:
         """Every live transfer of ``name`` (a tree's member transfers too, several per
         slave), its tree syncs and its backups: what a pause, stop or removal acts on."""
         return [*self.engine.live(replicate.KIND, name), *self.engine.live(TREE_SYNC, name),
-                *self.engine.live(backup.KIND, name)]
+                *self.engine.live(backup.KIND, name), *self.engine.live(TREE_BACKUP, name)]
 
     # -- the relationship's own activity ------------------------------------------------
     def activity_of(self, rt: Runtime) -> Activity | None:
@@ -203,7 +208,7 @@ class RelationshipRegistry:
                 await self.engine.cancel(activity.id)
             await activity.done.wait()
         for transfer in self.streams(rt.name):
-            if transfer.record.kind != backup.KIND:
+            if transfer.record.kind not in OWN_UPLOADS:
                 await transfer.done.wait()
         rt.stopped = True
         self.save(rt)

@@ -21,8 +21,9 @@ from ..logic.slave_status import (
     slave_json,
     slave_state,
 )
+from ..logic.tree_backups import StoreBackups
 from ..logic.tree_status import MemberState, TreeStatus
-from .registry import TREE_SYNC, RelationshipRegistry
+from .registry import TREE_BACKUP, TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime
 
 
@@ -40,8 +41,9 @@ class RelationshipView:
         record = activity.snapshot() if activity else None
         state = _state(record)
         servers = [s.server for s in rt.spec.slaves]
-        tree = rt.tree.summary(servers, time.time()) if rt.tree is not None else None
-        if state == RelationshipState.RUNNING and tree and tree["failing_total"]:
+        tree = self.tree_json(rt, servers) if rt.tree is not None else None
+        if state == RelationshipState.RUNNING and tree and (tree["failing_total"] or any(
+                b["failing_total"] for b in tree["stores"].values())):
             state = RelationshipState.DEGRADED
         return {
             **rt.spec.to_json(),
@@ -65,7 +67,8 @@ class RelationshipView:
         if rt.tree is None:
             return {"relationship": rt.name, "items": [], "total": 0}
         items, total = rt.tree.page([s.server for s in rt.spec.slaves], time.time(),
-                                    state=state, limit=limit, offset=offset)
+                                    state=state, limit=limit, offset=offset,
+                                    stores=rt.spec.stores)
         return {"relationship": rt.name, "items": items, "total": total}
 
     def slaves_json(self, rt: Runtime) -> list[dict[str, Any]]:
@@ -87,9 +90,21 @@ class RelationshipView:
                                      link=link))
         return slaves
 
+    def tree_json(self, rt: Runtime, servers: list[str]) -> dict[str, Any]:
+        """A tree's summary; per object store, its members by backup state."""
+        assert rt.tree is not None
+        now = time.time()
+        members = rt.tree.members.values()
+        return {**rt.tree.summary(servers, now),
+                "stores": {store: rt.tree.backups.get(store, StoreBackups()).summary(
+                    members, now) for store in rt.spec.stores}}
+
     def stores_json(self, rt: Runtime) -> list[dict[str, Any]]:
-        """Each object store's newest backup (by guid) and its live backup, if any."""
-        live = self.registry.backups(rt.name)
+        """Each object store's newest backup (by guid) and its live backup, if any (for
+        a tree: its ``tree-backup``; the members' backups are in the tree summary)."""
+        live = self.registry.backups(rt.name) if rt.tree is None else {
+            a.record.params.get("store"): a for a in self.registry.engine.live(
+                TREE_BACKUP, rt.name)}
         return [{"store": store, "last_backup_guid": base,
                  "backup": live[store].snapshot().to_json() if store in live else None,
                  "link": link.to_json() if (link := self.links.get(store)) else None}

@@ -35,12 +35,15 @@ from ...storage.values import TreeListing
 from ..flows import snapshot_prune
 from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import to_destroy
+from ..logic.tree_backups import base_labels, bases
 from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
 from ..stream.groups import FanoutGroups
 from .registry import RelationshipRegistry
 from .runtime import Runtime
 from .tree_fanout_plan import plan_fanout
+from .tree_backup import KIND as BACKUP_KIND
+from .tree_backup import start_tree_backups
 from .tree_steady import drop_labels
 from .tree_sync import KIND as SYNC_KIND
 from .tree_sync import listed, members_of, submit_sync
@@ -93,8 +96,10 @@ def master_doomed(rt: Runtime, members: tuple[Member, ...], listing: TreeListing
         if ds is None or entry is None:
             continue
         protected = {s.guid for s in entry.slaves.values() if s.guid is not None}
-        if len(entry.slaves) < len(rt.spec.slaves):
-            continue  # a slave's base is unknown: keep everything for now
+        in_stores = bases(rt.tree.backups, rt.spec.stores, m.relative)
+        if len(entry.slaves) < len(rt.spec.slaves) or in_stores is None:
+            continue  # a slave's or store's base is unknown: keep everything for now
+        protected |= in_stores
         doomed += [s.name for s in to_destroy(list(ds.snapshots), rt.spec.retention, now=now,
                                               prefix=rt.spec.prefix, protected=protected)]
     return doomed
@@ -130,17 +135,19 @@ class TreeCycle:
         if rt.tree.unmatched:
             ctx.log.warning("patterns match nothing in the tree", patterns=rt.tree.unmatched)
         syncing = self.engine.live(SYNC_KIND, rt.name)
+        # no retention while a stream reads from the master (-I carries intermediates)
+        streaming = bool(syncing or self.engine.live(BACKUP_KIND, rt.name))
         if whole:
             rt.tree.master_labels = {}
             for ds in listing.datasets:
                 labels_of(ds.snapshots, rt.spec.prefix, rt.tree.master_labels)
             rt.tree.relist = False
-            if not syncing:
+            if not streaming:
                 doomed = master_doomed(rt, members, listing, now)
                 if doomed:
                     snapshot_prune.submit_prune(self.engine, rt.spec.master, sel.root,
                                                 doomed, rt.name)
-        elif not syncing:
+        elif not streaming:
             await self._drop_labels(ctx, rt, master, members, now)
         assert rt.tree.master_labels is not None
         label = ctx.params.get("cycle_snapshot")
@@ -166,6 +173,8 @@ class TreeCycle:
                 continue
             submit_sync(self.engine, rt.name, rt.spec.master, slave.server,
                         slave.target_volume, label, parent=ctx.record.id)
+        if members:
+            start_tree_backups(self.engine, self.servers, rt, label, parent=ctx.record.id)
         return label
 
 
@@ -195,6 +204,10 @@ class TreeCycle:
         if any(len(e.slaves) < len(rt.spec.slaves) for e in entries):
             return  # a slave's base is unknown: keep everything for now
         protected = {s.label for e in entries for s in e.slaves.values() if s.label}
+        in_stores = base_labels(rt.tree.backups, rt.spec.stores, (m.relative for m in members))
+        if in_stores is None:
+            return  # a store's base is unknown: keep everything for now
+        protected |= in_stores
         doomed = labels_doomed(rt.tree.master_labels, rt.spec.retention, now=now,
                                prefix=rt.spec.prefix, protected=protected)
         sel = rt.spec.selection
