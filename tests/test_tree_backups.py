@@ -11,9 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .conftest import SLOW, DaemonProcess, wait_until, write_file, zfs
+from .conftest import SLOW, DaemonProcess, post_json, wait_until, write_file, zfs
 from .seaweed import WeedServer
-from .test_backups import digest, guid, listed, restore_ok, store_section
+from .test_backups import (
+    MiB,
+    bucket_keys,
+    digest,
+    guid,
+    listed,
+    open_uploads,
+    restore_ok,
+    store_section,
+    write,
+)
 from .test_relationships import metric
 from .test_trees import rel, sync_now, tree_config
 
@@ -143,3 +153,38 @@ def _newest_label(d: DaemonProcess, cycle: int) -> str | None:
     items = d.api("GET", "/v1/relationships/cinder/volumes")["items"]
     label: str = items[0]["newest_snapshot"].split("@")[1]
     return label
+
+
+def test_suspend_and_cancel_act_on_the_members_uploads(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    src, dst = make_pool(), make_pool()
+    root = f"{src}/cinder"
+    zfs("create", root)
+    zfs("create", f"{root}/a")
+    write(f"/{root}/a/f", 40)
+    config = (store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+              + tree_config("cinder", root, f"{dst}/standby", recursive="true",
+                            stores='["s3"]', max_parallel="1"))
+    d = start_daemon(extra=config)
+    # one member at a time, the root first: past 2 MiB read, a's upload is under way
+    backup_id = wait_until(lambda: next((x["id"] for x in tree_backups(d, "cinder")
+                                         if x["usage"]["bytes_read"] > 2 * MiB
+                                         and x["state"] == "running"), None),
+                           SLOW, interval=0.02, what="a's upload under way")
+    assert post_json(d, f"/v1/activities/{backup_id}/suspend", {}).status == 200
+    suspended = d.wait_activity(backup_id, lambda x: x["state"] == "suspended",
+                                what="the tree backup suspended")
+    assert suspended["progress"] == {**suspended["progress"], "done": 1, "total": 2}
+    assert backups_of(d, "cinder")["sending"] == 1
+    assert post_json(d, f"/v1/activities/{backup_id}/cancel", {}).status == 202
+    assert d.wait_done(backup_id)["state"] == "cancelled"
+    assert open_uploads(s3_server, s3_bucket) == []
+    assert listed(d, f"{root}/a") == [] and kinds(d, root) == ["full"]
+    assert not [k for k in bucket_keys(s3_server, s3_bucket) if "/cinder/a/" in k]
+    summary = backups_of(d, "cinder")
+    assert (summary["backed_up"], summary["behind"], summary["sending"]) == (1, 1, 0)
+
+    cycle = sync_now(d, "cinder")
+    wait_until(lambda: settled(d, "cinder", cycle, 2), SLOW, what="the next cycle's backups")
+    assert kinds(d, f"{root}/a") == ["full"] and kinds(d, root) == ["full", "incremental"]

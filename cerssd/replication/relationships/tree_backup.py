@@ -345,13 +345,18 @@ class TreeBackupWork:
         except MEMBER_FAILURES:
             with contextlib.suppress(StoreError, OSError):
                 await remove_unfinished(store, dict(upload.unfinished), list(upload.completed))
+            self._forget(ctx, rel, upload)
             raise
-        finally:
-            if self.uploads.get(rel) is upload:
-                del self.uploads[rel]
-            if upload.unfinished or upload.completed:
-                self._journal(ctx)
+        # (cancelled: the upload stays listed, for the rollback to remove)
+        self._forget(ctx, rel, upload)
         return manifest.kind
+
+    def _forget(self, ctx: ActivityContext, rel: str, upload: SegmentedUpload) -> None:
+        """The member's upload is complete (or removed): no longer the journal's."""
+        if self.uploads.get(rel) is upload:
+            del self.uploads[rel]
+        if upload.unfinished or upload.completed:
+            self._journal(ctx)
 
     def _journal(self, ctx: ActivityContext) -> None:
         """Every upload begun and segment completed of the members under way: a
