@@ -188,3 +188,21 @@ def test_suspend_and_cancel_act_on_the_members_uploads(
     cycle = sync_now(d, "cinder")
     wait_until(lambda: settled(d, "cinder", cycle, 2), SLOW, what="the next cycle's backups")
     assert kinds(d, f"{root}/a") == ["full"] and kinds(d, root) == ["full", "incremental"]
+
+
+def test_an_api_created_tree_backs_up_and_an_unknown_store_is_refused(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    src, dst = make_pool(), make_pool()
+    root = f"{src}/cinder"
+    zfs("create", root)
+    zfs("create", f"{root}/a")
+    servers = '[servers.local]\nkind = "local"\n[servers.lab1]\nkind = "local"\n'
+    d = start_daemon(extra=servers + store_section(s3_server, s3_bucket, tmp_path / "s3.key"))
+    body = {"name": "cinder", "volume": root, "recursive": True, "interval": "1h",
+            "slaves": [{"server": "lab1", "target_volume": f"{dst}/standby"}]}
+    refused = post_json(d, "/v1/relationships", {**body, "stores": ["s4"]})
+    assert refused.status == 422 and refused.body["field"] == "stores[0]", refused.body
+    assert post_json(d, "/v1/relationships", {**body, "stores": ["s3"]}).status == 201
+    wait_until(lambda: settled(d, "cinder", 1, 2), SLOW, what="the first backups")
+    assert kinds(d, root) == ["full"] and kinds(d, f"{root}/a") == ["full"]
