@@ -24,6 +24,7 @@ from .test_backups import (
     store_section,
     write,
 )
+from .test_cli import ctl
 from .test_relationships import metric
 from .test_trees import rel, sync_now, tree_config
 
@@ -119,6 +120,9 @@ def test_a_tree_keeps_one_chain_per_member_and_a_failing_member_is_isolated(
     assert [f["member"] for f in third["failing_members"]] == [f"{root}/b"]
     assert "no longer exists" in third["failing_members"][0]["error"]
     assert rel(d, "cinder")["state"] == "degraded"
+    shown = ctl(d, "relationship", "show", "cinder")
+    assert shown.returncode == 0, shown.stderr
+    assert f"failing  {root}/b backup to s3: " in shown.stdout, shown.stdout
     assert kinds(d, f"{root}/b") == ["full", "incremental"]
     assert all(kinds(d, n) == ["full", "incremental", "incremental"]
                for n in names if n != f"{root}/b")

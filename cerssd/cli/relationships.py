@@ -121,6 +121,14 @@ def render_tree(out: Output, r: dict[str, Any]) -> None:
     if tree["failing_total"] > len(tree["failing"]):
         out.console.print(f"... {tree['failing_total'] - len(tree['failing'])} more: "
                           f"cerssctl relationship volumes {r['name']} --state failing")
+    stores = tree.get("stores") or {}
+    if stores:
+        out.table(["store", "backed up", "behind", "sending", "failing", "oldest backup"],
+                  [(store, c["backed_up"], c["behind"], c["sending"], c["failing"],
+                    lag_text(c["oldest_backup_age_seconds"])) for store, c in stores.items()])
+    for store, c in stores.items():
+        for f in c["failing_members"]:
+            out.console.print(f"failing  {f['member']} backup to {store}: {f['error']}")
     for name in tree["gone"]:
         out.console.print(f"gone     {name} (destroyed on the master; copies kept)")
     for pattern in tree["unmatched_patterns"]:
