@@ -8,6 +8,7 @@ stopped mid-backup while a member's snapshot is taken away on the master.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,41 @@ def test_an_api_created_tree_backs_up_and_an_unknown_store_is_refused(
     assert post_json(d, "/v1/relationships", {**body, "stores": ["s3"]}).status == 201
     wait_until(lambda: settled(d, "cinder", 1, 2), SLOW, what="the first backups")
     assert kinds(d, root) == ["full"] and kinds(d, f"{root}/a") == ["full"]
+
+
+def test_a_tree_backup_killed_mid_upload_restarts_and_leaves_nothing_behind(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    src, dst, restored = make_pool(), make_pool(), make_pool()
+    root = f"{src}/cinder"
+    zfs("create", root)
+    zfs("create", f"{root}/a")
+    write(f"/{root}/a/f", 40)
+    config = (store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+              + tree_config("cinder", root, f"{dst}/standby", recursive="true",
+                            stores='["s3"]', max_parallel="1"))
+    d = start_daemon(extra=config)
+    backup_id = wait_until(lambda: next((x["id"] for x in tree_backups(d, "cinder")
+                                         if x["usage"]["bytes_read"] > 2 * MiB
+                                         and x["state"] == "running"), None),
+                           SLOW, interval=0.02, what="a's upload under way")
+    post_json(d, f"/v1/activities/{backup_id}/suspend", {})
+    d.wait_activity(backup_id, lambda x: x["state"] == "suspended", what="suspended")
+    assert len(open_uploads(s3_server, s3_bucket)) == 1  # the crash will leave this behind
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    d2 = start_daemon(config_path=d.config_path)
+    again = d2.api("GET", f"/v1/activities/{backup_id}")
+    assert again["restarts"] == 1 and again["state"] == "suspended"  # as it was left
+    post_json(d2, f"/v1/activities/{backup_id}/resume", {})
+    done = d2.wait_done(backup_id)
+    assert done["state"] == "succeeded", done["status"]
+    assert "removed the unfinished uploads of the earlier run" in d2.log()
+    assert open_uploads(s3_server, s3_bucket) == []
+    # the root's backup of the first run was found by the restarted run's listing
+    assert kinds(d2, root) == ["full"] and kinds(d2, f"{root}/a") == ["full"]
+    a_keys = [k for k in bucket_keys(s3_server, s3_bucket) if "/cinder/a/" in k]
+    assert len(a_keys) == 2, a_keys  # one stream, one manifest: no leftover segment
+    snapshot = listed(d2, f"{root}/a")[0]["snapshot"]
+    restore_ok(d2, snapshot, f"{restored}/a")
+    assert digest(f"/{restored}/a/f") == digest(f"/{root}/a/f")
