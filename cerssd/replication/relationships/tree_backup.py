@@ -53,14 +53,13 @@ from ..logic.tree_backups import MemberBackup, Step, StoreBackups, steady_steps
 from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
 from ..stream.store_calls import StoreCalls
-from ..stream.transfer import TransferFailed
 from .registry import TREE_BACKUP, RelationshipRegistry
 from .runtime import Runtime, UnknownRelationship
 from .tree_sync import members_of
 
 KIND = TREE_BACKUP
 #: What a member's backup may fail with, leaving the others to go on.
-MEMBER_FAILURES = (ActivityError, BackendError, LinkError, StoreError, TransferFailed)
+MEMBER_FAILURES = (ActivityError, BackendError, LinkError, StoreError)
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,8 @@ class Job:
     snapshot: Snapshot
     base: Snapshot | None
     #: The base came from the relationship's memory: checked in the bucket first, and a
-    #: failure plans the member from its own listings and tries once more.
+    #: failure plans the member from its own listings and tries once more. A remembered
+    #: job without a base (new to the tree, or failing) is planned from them at once.
     remembered: bool = False
 
 
@@ -238,7 +238,9 @@ class TreeBackupWork:
         intermediates = src.capabilities.safe_send_holds
 
         async def one(job: Job) -> None:
-            f = facts.members.setdefault(job.entry.relative, MemberBackup(job.entry.guid))
+            f = facts.members.get(job.entry.relative)
+            if f is None or f.dataset_guid != job.entry.guid:  # new, or made again
+                f = facts.members[job.entry.relative] = MemberBackup(job.entry.guid)
             async with limit:
                 await ctx.checkpoint()
                 f.sending = True
@@ -275,14 +277,12 @@ class TreeBackupWork:
                       intermediates: bool) -> str | None:
         """One member's backup; a remembered base that fails is planned again from the
         member's own listings, once. Returns the kind made (None: nothing was due)."""
-        if job.remembered:
+        if job.remembered and job.base is not None:
             try:
-                if job.base is None or await self._base_missing(store, calls, job.base):
-                    job = await self._plan(src, store, calls, job)
-                    if job.base is not None and job.base.guid == job.snapshot.guid:
-                        return None
-                return await self._upload(ctx, src, store, calls, pool, job, intermediates)
-            except (ActivityError, BackendError, TransferFailed) as exc:
+                if not await self._base_missing(store, calls, job.base):
+                    return await self._upload(ctx, src, store, calls, pool, job,
+                                              intermediates)
+            except (ActivityError, BackendError) as exc:
                 if isinstance(exc, ActivityError) and exc.reason in ("store", "link"):
                     raise  # the store's trouble: another plan would not help
                 ctx.log.info("member not backed up from its known base; planned again",
