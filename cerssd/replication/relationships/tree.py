@@ -159,7 +159,10 @@ class TreeCycle:
             ctx.log.info("tree snapshot taken", label=label, members=len(members))
             rt.tree.master_labels.setdefault(label, now)
             await self._note_newest(rt, master, members, label)
-        busy = {a.record.params.get("destination") for a in syncing}
+        # Asked again now, not before the snapshot: a sync that ended meanwhile found no
+        # newer label to sync again, so its slave is not busy (no await from here on).
+        busy = {a.record.params.get("destination")
+                for a in self.engine.live(SYNC_KIND, rt.name)}
         rt.tree.newest_label = label
         if members and self.groups is not None:
             await plan_fanout(rt, self.groups, self.servers, master, label,
