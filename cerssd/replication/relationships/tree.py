@@ -41,9 +41,9 @@ from ..logic.tree_status import TreeMember, TreeStatus
 from ..stream.groups import FanoutGroups
 from .registry import RelationshipRegistry
 from .runtime import Runtime
-from .tree_fanout_plan import plan_fanout
 from .tree_backup import KIND as BACKUP_KIND
 from .tree_backup import start_tree_backups
+from .tree_fanout_plan import plan_fanout
 from .tree_steady import drop_labels
 from .tree_sync import KIND as SYNC_KIND
 from .tree_sync import listed, members_of, submit_sync
@@ -159,15 +159,17 @@ class TreeCycle:
             ctx.log.info("tree snapshot taken", label=label, members=len(members))
             rt.tree.master_labels.setdefault(label, now)
             await self._note_newest(rt, master, members, label)
+        if members and self.groups is not None:  # a slave busy now is left out of it
+            still = {a.record.params.get("destination")
+                     for a in self.engine.live(SYNC_KIND, rt.name)}
+            await plan_fanout(rt, self.groups, self.servers, master, label,
+                              [s.server for s in rt.spec.slaves if s.server not in still],
+                              stall_timeout=self.stall_timeout)
         # Asked again now, not before the snapshot: a sync that ended meanwhile found no
         # newer label to sync again, so its slave is not busy (no await from here on).
         busy = {a.record.params.get("destination")
                 for a in self.engine.live(SYNC_KIND, rt.name)}
         rt.tree.newest_label = label
-        if members and self.groups is not None:
-            await plan_fanout(rt, self.groups, self.servers, master, label,
-                              [s.server for s in rt.spec.slaves if s.server not in busy],
-                              stall_timeout=self.stall_timeout)
         for slave in rt.spec.slaves:
             if not members:
                 break
