@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -217,27 +216,3 @@ async def test_datasets_alone_facts_of_named_snapshots_and_pins_in_few_commands(
     await backend.destroy_snapshot(f"{pool}@s1", recursive=True)
     assert await backend.snapshot_facts(every) == {}
 
-
-def test_replication_stream_needs_send_r_and_receive_x() -> None:
-    """OpenZFS sends a subtree and leaves a property out on receive; zfs-fuse 0.7 sends
-    ``-R`` but its receive has no ``-x``, so its trees go member by member."""
-    assert capabilities_from_usage(parse_usage(OPENZFS_USAGE), stateless=True
-                                   ).replication_stream
-    fuse = parse_usage("usage: zfs command args ...\n"
-                       "\tsend [-vRDp] [-[iI] snapshot] <snapshot>\n"
-                       "\treceive [-vnFu] <filesystem|volume|snapshot>\n")
-    assert not capabilities_from_usage(fuse, stateless=True).replication_stream
-
-
-def test_a_subtree_stream_leaves_placing_properties_out_and_needs_the_capability() -> None:
-    backend = ZfsBackend(LocalRunner("s"))
-    with pytest.raises(BackendError, match="subtree"):
-        backend.send("t/r@b", "t/r@a", subtree=True)
-    backend.capabilities = replace(backend.capabilities, replication_stream=True)
-    assert list(backend.send("t/r@b", "t/r@a", subtree=True).argv[1:]) == [
-        "send", "-R", "-i", "t/r@a", "t/r@b"]
-    argv = list(backend.receive("u/copy", unmounted=True, subtree=True).argv[1:])
-    assert argv[0] == "receive" and "-u" in argv
-    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-x"] == [
-        "mountpoint", "sharenfs", "sharesmb"]
-    assert argv[-1] == "u/copy"

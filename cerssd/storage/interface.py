@@ -188,22 +188,18 @@ class StorageBackend(Protocol):
     # Streams
 
     def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
-             resume_token: str | None = None, options: StreamOptions = StreamOptions(),
-             subtree: bool = False) -> StreamEndpoint:
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> StreamEndpoint:
         """The sending end of a stream of ``snapshot`` (incremental from ``base``, a
-        snapshot or a mark; with ``intermediates`` the snapshots between too);
-        ``subtree``: of its volume and every descendant, one stream
-        (``replication_stream``)."""
+        snapshot or a mark; with ``intermediates`` the snapshots between too)."""
         ...
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False,
-                subtree: bool = False) -> StreamEndpoint:
+                discard_changes: bool = False, unmounted: bool = False) -> StreamEndpoint:
         """The receiving end into ``volume``; ``resumable`` keeps a cut-off receive's
         state, ``discard_changes`` first drops changes made since the last snapshot,
         ``unmounted`` leaves a received filesystem unmounted (a standby's tree of
-        hundreds: FUSE mounts run out near 1,000); ``subtree``: a ``subtree`` send's
-        stream, whose properties that place a copy (mountpoint, shares) are left out."""
+        hundreds: FUSE mounts run out near 1,000)."""
         ...
 
     async def estimate(self, snapshot: str, base: str | None = None, *,

@@ -39,10 +39,6 @@ class Capabilities:
     #: Without it a tree's snapshot is ``snapshot -r`` on the root, which is atomic too
     #: but covers every descendant.
     multi_snapshot: bool = False
-    #: A whole subtree's incremental in one stream (``zfs send -R -i``), received with the
-    #: properties that place a copy (mountpoint, shares) left out (``zfs receive -x``).
-    #: zfs-fuse sends ``-R`` but cannot leave a property out, so it goes member by member.
-    replication_stream: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)

@@ -389,9 +389,8 @@ class FakeBackend:
     # Streams
 
     def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
-             resume_token: str | None = None, options: StreamOptions = StreamOptions(),
-             subtree: bool = False) -> Endpoint:
-        assert not subtree, "the fake has no replication_stream"
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> Endpoint:
         self.calls.append("send")
         self._take_in()
         if resume_token is not None:
@@ -424,9 +423,7 @@ class FakeBackend:
         return stalling(endpoint) if self.stall_sends else endpoint
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False,
-                subtree: bool = False) -> Endpoint:
-        assert not subtree, "the fake has no replication_stream"
+                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
         self.calls.append("receive")
         validate_volume(volume)
         path = self._dir / "inbox" / f"{uuid.uuid4().hex}.json"

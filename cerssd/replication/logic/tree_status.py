@@ -131,7 +131,7 @@ class TreeStatus:
     #: next cycle lists the tree whole again.
     relist: bool = False
     #: This cycle's fan-out groups (``relationships.tree_fanout``): (slave, member) ->
-    #: group id; member ``*`` for a whole tree's one stream.
+    #: group id.
     fanout: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Per object store: each member's backups there (``tree_backups``).
     backups: dict[str, StoreBackups] = field(default_factory=dict)

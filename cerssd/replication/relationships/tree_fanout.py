@@ -8,9 +8,8 @@ each sync makes): for every member two or more slaves share, it makes one fan-ou
 and member in ``TreeStatus.fanout``. Each sync's stream of that member joins the group
 when the stream it is about to run is exactly the group's (``StreamKey``), and sends
 alone otherwise, or when the group started without it (``FanoutMissed``) or split it off
-as too slow (``SplitOff``). A whole tree sent as one stream (``replication_stream``) is
-one group for the whole tree. A sync that ends without joining a group it was counted
-in withdraws from it, so the others do not wait for it.
+as too slow (``SplitOff``). A sync that ends without joining a group it was counted in
+withdraws from it, so the others do not wait for it.
 """
 
 from __future__ import annotations
@@ -18,9 +17,6 @@ from __future__ import annotations
 from ..stream.fanout import FanoutGroup
 from ..stream.groups import FanoutGroups, StreamKey
 from .runtime import Runtime
-
-#: ``TreeStatus.fanout``'s member name for the one stream of a whole tree.
-SUBTREE = "*"
 
 
 def group_for(rt: Runtime, groups: FanoutGroups, server: str, member: str,

@@ -14,8 +14,7 @@ from ..flows.replicate import stream_options
 from ..stream.fanout import FanoutGroup
 from ..stream.groups import FanoutGroups, StreamKey
 from .runtime import Runtime
-from .tree_fanout import SUBTREE
-from .tree_steady import Step, one_stream_serves, steady_steps
+from .tree_steady import Step, steady_steps
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,6 @@ class _Planned:
     server: str
     steps: list[Step]
     options: StreamOptions
-    subtree: bool
 
 
 async def plan_fanout(rt: Runtime, groups: FanoutGroups, servers: ServerRegistry,
@@ -43,30 +41,26 @@ async def plan_fanout(rt: Runtime, groups: FanoutGroups, servers: ServerRegistry
     for server in steady:
         dst = await servers.backend(server)
         steps, _ = steady_steps(rt, server, label, rt.spec.slave(server).target_volume, set())
-        planned.append(_Planned(server, steps, await stream_options(master, dst, sel.root),
-                                one_stream_serves(rt, steps, master, dst)))
+        planned.append(_Planned(server, steps, await stream_options(master, dst, sel.root)))
     intermediates = master.capabilities.safe_send_holds
     by_key: dict[tuple[str, StreamKey], list[str]] = defaultdict(list)
     bases: dict[tuple[str, StreamKey], str] = {}
     for p in planned:
-        root_step = [s for s in p.steps if s.member.name == sel.root]
-        for step in (root_step if p.subtree else p.steps):
+        for step in p.steps:
             entry = tree.members[step.member.relative]
             base = entry.slaves[p.server].guid
             if entry.newest_guid is None:
                 continue
-            member = SUBTREE if p.subtree else step.member.relative
-            found = (member, StreamKey(entry.newest_guid if not p.subtree else label, base,
-                                       p.options, intermediates))
+            found = (step.member.relative, StreamKey(entry.newest_guid, base, p.options,
+                                                     intermediates))
             by_key[found].append(p.server)
             bases[found] = step.base
     for (member, key), names in by_key.items():
         if len(names) < 2:
             continue
-        name = sel.root if member == SUBTREE else tree.members[member].name
+        name = tree.members[member].name
         sender = master.send(f"{name}@{label}", f"{name}@{bases[(member, key)]}",
-                             intermediates=intermediates, options=key.options,
-                             subtree=member == SUBTREE)
+                             intermediates=intermediates, options=key.options)
         group_id = uuid.uuid4().hex[:12]
         groups.add(group_id, key, FanoutGroup(sender, names, buffer_limit=rt.spec.fanout_buffer,
                                               stall_timeout=stall_timeout))

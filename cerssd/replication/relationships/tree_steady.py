@@ -42,7 +42,7 @@ from ..stream.fanout import FanoutMissed, SplitOff
 from ..stream.groups import FanoutGroups, StreamKey
 from ..stream.transfer import TransferFailed, transfer
 from .runtime import Runtime
-from .tree_fanout import SUBTREE, group_for
+from .tree_fanout import group_for
 
 
 @dataclass(frozen=True)
@@ -77,22 +77,6 @@ def steady_steps(rt: Runtime, server: str, label: str, target_root: str,
     return steps, own
 
 
-def one_stream_serves(rt: Runtime, steps: list[Step], src: StorageBackend,
-                      dst: StorageBackend) -> bool:
-    """Whether one ``zfs send -R`` of the root serves every step: both ends can
-    (``replication_stream``), every dataset under the root is a member and streams on
-    from one base, and none is new on the slave. In the OpenZFS guest a member's own
-    stream costs two ``zfs`` processes and an SSH session, about 5 s apiece on emulated
-    CPUs; one stream for the tree pays that once (bench/RESULTS.md)."""
-    sel = rt.spec.selection
-    assert rt.tree is not None
-    return (sel is not None and sel.whole_subtree and len(steps) > 1
-            and src.capabilities.replication_stream and dst.capabilities.replication_stream
-            and len(steps) == len(rt.tree.members)
-            and len({s.base for s in steps}) == 1
-            and any(s.member.name == sel.root for s in steps))
-
-
 class SteadySync:
     """Runs the steps of one steady sync: streams, then verification, pins, retention."""
 
@@ -115,10 +99,6 @@ class SteadySync:
         options = await stream_options(self.src, self.dst, root)
         moved: list[Step] = []
         failed: list[Step] = []
-        if one_stream_serves(self.rt, steps, self.src, self.dst):
-            moved, steps = await self._stream_subtree(steps, label, options)
-            progress[0] += len(moved)
-            self.ctx.set_progress(progress[0])
 
         async def one(step: Step) -> None:
             async with limit:
@@ -141,39 +121,6 @@ class SteadySync:
 
         await asyncio.gather(*(one(s) for s in steps))
         return moved, failed
-
-    async def _stream_subtree(self, steps: list[Step], label: str,
-                              options: StreamOptions) -> tuple[list[Step], list[Step]]:
-        """The whole tree in one stream; returns (arrived, to stream one by one). A
-        stream ZFS refuses part-way (a copy modified on the slave) leaves some members
-        received: one ``zfs get`` tells which, and the others go on by themselves."""
-        sel = self.rt.spec.selection
-        assert sel is not None
-        root = sel.root
-        states = [self.tree.members[s.member.relative].slaves[self.server] for s in steps]
-        for state in states:
-            state.sending = True
-        try:
-            receiver = self.dst.receive(self.target_root, unmounted=True, subtree=True)
-            base = self.tree.members[next(s.member.relative for s in steps
-                                          if s.member.name == root)].slaves[self.server]
-            key = StreamKey(label, base.guid, options, self.src.capabilities.safe_send_holds)
-            if not await self._joined(SUBTREE, key, receiver):
-                sender = self.src.send(f"{root}@{label}", f"{root}@{steps[0].base}",
-                                       intermediates=key.intermediates, options=options,
-                                       subtree=True)
-                await self._alone(sender, receiver)
-        except (TransferFailed, BackendError) as exc:
-            facts = await self.dst.snapshot_facts([f"{s.target}@{label}" for s in steps])
-            arrived = [s for s in steps if f"{s.target}@{label}" in facts]
-            self.ctx.log.info("the tree's one stream was refused; the members it did not "
-                              "bring go one by one", arrived=len(arrived), error=str(exc))
-            return arrived, [s for s in steps if f"{s.target}@{label}" not in facts]
-        finally:
-            for state in states:
-                state.sending = False
-        self.ctx.log.info("tree streamed on in one stream", members=len(steps), label=label)
-        return steps, []
 
     async def _stream(self, step: Step, label: str, options: StreamOptions) -> None:
         name = step.member.name

@@ -36,9 +36,6 @@ from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
 from .rows import snapshot_from, to_int, volume_from
 
-#: Properties a subtree's stream carries that would place a copy where the master is
-#: (mounted over the master's path, shared under its name): left out on receive.
-SUBTREE_EXCLUDED = ("mountpoint", "sharenfs", "sharesmb")
 _VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted"
 _SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
 
@@ -277,7 +274,7 @@ class ZfsBackend:
         ``base`` may be a snapshot or a bookmark (``vol#mark``: only with ``-i``).
         ``flags`` are extra single-letter send options such as ``w`` (raw) or ``c``.
         """
-        if not re.fullmatch(r"[wcLeR]*", flags):
+        if not re.fullmatch(r"[wcLe]*", flags):
             raise BackendError(f"unsupported send flags {flags!r}")
         options = [f"-{flags}"] if flags else []
         if estimate:
@@ -508,30 +505,20 @@ class ZfsBackend:
                 await self.destroy_bookmark(mark.name)
 
     def send(self, snapshot: str, base: str | None = None, *, intermediates: bool = False,
-             resume_token: str | None = None, options: StreamOptions = StreamOptions(),
-             subtree: bool = False) -> Endpoint:
-        self._subtree_supported(subtree)
+             resume_token: str | None = None,
+             options: StreamOptions = StreamOptions()) -> Endpoint:
         return Endpoint(self.runner, self.send_argv(
             snapshot, base, intermediates=intermediates, resume_token=resume_token,
-            flags=send_flags(options) + ("R" if subtree else "")))
+            flags=send_flags(options)))
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False,
-                subtree: bool = False) -> Endpoint:
-        self._subtree_supported(subtree)
+                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
         argv = self.receive_argv(volume, resumable=resumable)
         if discard_changes:
             argv.insert(2, "-F")
         if unmounted:
             argv.insert(2, "-u")
-        if subtree:  # a copy is placed by its target parent, never where the master's is
-            argv[2:2] = [arg for prop in SUBTREE_EXCLUDED for arg in ("-x", prop)]
         return Endpoint(self.runner, argv)
-
-    def _subtree_supported(self, subtree: bool) -> None:
-        if subtree and not self.capabilities.replication_stream:
-            raise BackendError(f"{self.server}'s zfs cannot send or receive a subtree as "
-                               "one stream with properties left out")
 
     async def tree(self, root: str, *, selector: str | None = None,
                    snapshots: bool = True) -> TreeListing:

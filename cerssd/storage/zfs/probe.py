@@ -77,7 +77,4 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         encryption="load-key" in usage.commands,
         # "...@<snap> ...": the snapshot argument may be repeated
         multi_snapshot=re.search(r"@\S*\s+\.\.\.", usage.snapshot_line) is not None,
-        # zfs-fuse "send [-vRDp]", OpenZFS 2.1 "send [-DLPbcehnpsvw] [-R [-X ...]]"
-        replication_stream=("R" in send_flags or "[-R" in usage.send_line)
-        and "-x" in usage.receive_line,
     )
