@@ -201,3 +201,36 @@ async def test_steady_retention_leaves_the_copies_of_a_member_gone_from_the_mast
         assert await _labels(s.snapshots("tank/copy/a")) == kept
         _, r = await c.api("GET", "/v1/relationships/t")
         assert r["tree"]["gone"] == ["a"]
+
+
+async def test_a_new_members_first_transfer_starts_alongside_the_steady_streams() -> None:
+    """A member new since the last cycle (its first full copy: often the cycle's biggest
+    stream) gets its transfer at once, within ``max_parallel`` with the other members'
+    steady streams, not after all of them (bench/tree_big.py measured a new 1 GiB member
+    waiting seconds for 20 unchanged members' streams)."""
+    async with FakeCluster(["m", "s"]) as c:
+        m = c.fakes["m"]
+        await make_tree(c, max_parallel=3)
+
+        async def synced() -> bool:
+            _, r = await c.api("GET", "/v1/relationships/t")
+            return bool((r.get("tree") or {}).get("slaves", {}).get("s", {}).get("in_sync") == 4)
+        await c.until_true(synced, what="the first cycle")
+        m.add_volume("tank/t/d")
+        m.stall_sends = True  # every stream stays open: the slots stay taken
+        status, body = await c.api("POST", "/v1/relationships/t/sync-now", {})
+        assert status == 202, body
+
+        sending: list[str] = []
+
+        async def three_sending() -> bool:
+            _, page = await c.api("GET", "/v1/relationships/t/volumes?state=sending")
+            sending[:] = sorted(v["relative"] for v in page["items"])
+            return len(sending) == 3
+        await c.until_true(three_sending, what="three members streaming at once")
+        # the new member holds a slot, and no more than max_parallel streams run
+        assert "d" in sending, sending
+        transfers = await live(c, "replicate", "running")
+        assert len(transfers) == 1, transfers
+        status, body = await c.api("DELETE", "/v1/relationships/t")
+        assert status == 204, body

@@ -90,10 +90,12 @@ class SteadySync:
         assert rt.tree is not None
         self.tree = rt.tree
 
-    async def stream_all(self, steps: list[Step], label: str,
-                         progress: list[int]) -> tuple[list[Step], list[Step]]:
-        """Each step's stream, ``max_parallel`` at once; returns (moved, failed)."""
-        limit = asyncio.Semaphore(self.rt.spec.max_parallel)
+    async def stream_all(self, steps: list[Step], label: str, progress: list[int],
+                         limit: asyncio.Semaphore | None = None,
+                         ) -> tuple[list[Step], list[Step]]:
+        """Each step's stream, ``max_parallel`` at once (or within ``limit``, shared
+        with the sync's other transfers); returns (moved, failed)."""
+        limit = limit or asyncio.Semaphore(self.rt.spec.max_parallel)
         # the root's options serve every member: a child of an encrypted root is encrypted
         root = self.rt.spec.selection.root if self.rt.spec.selection else self.target_root
         options = await stream_options(self.src, self.dst, root)

@@ -153,27 +153,44 @@ class TreeSyncWork:
         steady = SteadySync(ctx, rt, src, dst, server, target_root, self.policy,
                             self.groups)
         progress = [0]
-        moved, failed = await steady.stream_all(steps, label, progress)
-        wrong = await steady.settle(moved, label)
-        if failed or wrong:
-            rt.tree.known.discard(server)  # the next sync lists both trees again
         existing = {_under(target_root, e.relative) for e in rt.tree.members.values()
                     if (s := e.slaves.get(server)) is not None and s.label is not None}
-        todo = [(Member(e.name, e.relative, e.guid), f"{e.name}@{label}") for e in own]
-        todo += [(s.member, f"{s.member.name}@{label}") for s in failed]
-        await self._own_transfers(ctx, rt, dst, server, todo, target_root, existing,
-                                  progress)
+        # The members that need a transfer of their own (a new member's first full copy:
+        # often the cycle's biggest stream) start first and alongside the streams, within
+        # the same max_parallel: queued behind every other member's stream, a new 1 GiB
+        # member waited seconds for them (bench/RESULTS.md, "big member in a tree").
+        limit = asyncio.Semaphore(rt.spec.max_parallel)
+        own_run = asyncio.ensure_future(self._own_transfers(
+            ctx, rt, dst, server, [(Member(e.name, e.relative, e.guid), f"{e.name}@{label}")
+                                   for e in own], target_root, existing, progress, limit))
+        await asyncio.sleep(0)  # it queues its transfers for the slots before the streams
+        try:
+            moved, failed = await steady.stream_all(steps, label, progress, limit)
+            wrong = await steady.settle(moved, label)
+        except BaseException as exc:  # the transfers end before the sync does
+            if isinstance(exc, asyncio.CancelledError):
+                own_run.cancel()
+            await asyncio.gather(own_run, return_exceptions=True)
+            raise
+        await own_run
+        if failed or wrong:
+            rt.tree.known.discard(server)  # the next sync lists both trees again
+        await self._own_transfers(ctx, rt, dst, server,
+                                  [(s.member, f"{s.member.name}@{label}") for s in failed],
+                                  target_root, existing, progress)
         await steady.prune(label)
         return len(steps) + len(own)
 
     async def _own_transfers(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
                              server: str, todo: list[tuple[Member, str]], target_root: str,
-                             existing: set[str], progress: list[int]) -> None:
+                             existing: set[str], progress: list[int],
+                             limit: asyncio.Semaphore | None = None) -> None:
         """Each member of ``todo`` (with the snapshot to send) by its own ``replicate``
-        activity, ``max_parallel`` at once. A receive creates the last component of a
-        name only: a member new on the slave waits for its nearest ancestor's transfer
-        when that creates the ancestor too. Members the slave has go in any order."""
-        limit = asyncio.Semaphore(rt.spec.max_parallel)
+        activity, ``max_parallel`` at once (or within ``limit``, shared with other
+        streams). A receive creates the last component of a name only: a member new on
+        the slave waits for its nearest ancestor's transfer when that creates the
+        ancestor too. Members the slave has go in any order."""
+        limit = limit or asyncio.Semaphore(rt.spec.max_parallel)
         finished = {m.relative: asyncio.Event() for m, _ in todo}
         created = {m.relative for m, _ in todo if m.target(target_root) not in existing}
 
