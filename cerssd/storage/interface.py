@@ -202,6 +202,18 @@ class StorageBackend(Protocol):
         hundreds: FUSE mounts run out near 1,000)."""
         ...
 
+    @property
+    def inline_limit(self) -> int:
+        """The largest stream ``receive_inline`` takes (0: none; see there)."""
+        ...
+
+    async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
+                             ) -> None:
+        """Receive a whole small stream (``data``, at most ``inline_limit`` bytes) into
+        ``volume`` by one command, where a stream endpoint would cost a session of its
+        own on the server (a tree's unchanged members send a few hundred bytes each)."""
+        ...
+
     async def estimate(self, snapshot: str, base: str | None = None, *,
                        intermediates: bool = False, resume_token: str | None = None,
                        options: StreamOptions = StreamOptions()) -> int | None:

@@ -46,6 +46,9 @@ class TransportFacts:
     #: The node streams to object stores itself (no controller in the path): only the
     #: one this daemon runs on.
     direct_copy: bool = False
+    #: Each stream opens a session of its own on the server (an SSH session: sshd and
+    #: the user's login shell start for it), where a command shares a long-lived shell.
+    stream_sessions: bool = False
 
 
 class Runner(Protocol):

@@ -68,7 +68,8 @@ class LinkDown(SshError, LinkLost):
 
 
 class SshRunner:
-    facts = TransportFacts(connection_loss_reporting=True, direct_copy=False)
+    facts = TransportFacts(connection_loss_reporting=True, direct_copy=False,
+                           stream_sessions=True)
 
     def __init__(self, cfg: ServerConfig, control_dir: Path, *,
                  links: Links | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,

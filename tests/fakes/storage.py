@@ -422,6 +422,13 @@ class FakeBackend:
         endpoint = Endpoint(LocalRunner(self.server), ["cat", str(path)])
         return stalling(endpoint) if self.stall_sends else endpoint
 
+    #: Streams always take the stream path here (the fake's are small JSON files).
+    inline_limit = 0
+
+    async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
+                             ) -> None:
+        raise BackendError("the fake backend receives streams only through receive()")
+
     def receive(self, volume: str, *, resumable: bool = False,
                 discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
         self.calls.append("receive")

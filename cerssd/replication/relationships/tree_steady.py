@@ -40,6 +40,7 @@ from ..logic.tree_status import MemberSlave, TreeMember
 from ..retry import RetryPolicy
 from ..stream.fanout import FanoutMissed, SplitOff
 from ..stream.groups import FanoutGroups, StreamKey
+from ..stream.inline import read_small
 from ..stream.transfer import TransferFailed, transfer
 from .runtime import Runtime
 from .tree_fanout import group_for
@@ -101,6 +102,7 @@ class SteadySync:
         options = await stream_options(self.src, self.dst, root)
         moved: list[Step] = []
         failed: list[Step] = []
+        inline = [0]
 
         async def one(step: Step) -> None:
             async with limit:
@@ -108,7 +110,7 @@ class SteadySync:
                 state = self.tree.members[step.member.relative].slaves[self.server]
                 state.sending = True
                 try:
-                    await self._stream(step, label, options)
+                    went_inline = await self._stream(step, label, options)
                 except (TransferFailed, BackendError, LinkError) as exc:
                     self.ctx.log.info("member not streamed on from its base; it gets a "
                                       "transfer of its own", member=step.member.name,
@@ -118,13 +120,17 @@ class SteadySync:
                 finally:
                     state.sending = False
             moved.append(step)
+            inline[0] += went_inline
             progress[0] += 1
             self.ctx.set_progress(progress[0])
 
         await asyncio.gather(*(one(s) for s in steps))
+        self.ctx.log.info("members streamed on", moved=len(moved), inline=inline[0],
+                          failed=len(failed), slave=self.server)
         return moved, failed
 
-    async def _stream(self, step: Step, label: str, options: StreamOptions) -> None:
+    async def _stream(self, step: Step, label: str, options: StreamOptions) -> bool:
+        """The step's stream; returns whether it went inline."""
         name = step.member.name
         # -I carries snapshots made between the two (an operator's) where a send keeps
         # them safe from a concurrent destroy; elsewhere (zfs-fuse) -i, as a transfer does.
@@ -134,10 +140,19 @@ class SteadySync:
         key = StreamKey(entry.newest_guid or "", entry.slaves[self.server].guid, options,
                         intermediates)
         if await self._joined(step.member.relative, key, receiver):
-            return
+            return False
         sender = self.src.send(f"{name}@{label}", f"{name}@{step.base}",
                                intermediates=intermediates, options=options)
+        if self.dst.inline_limit:
+            # a member that did not change: one command on the slave's shell, not an
+            # SSH session of its own (``stream.inline``)
+            data = await read_small(sender, self.dst.inline_limit)
+            if data is not None:
+                await self.dst.receive_inline(step.target, data, unmounted=True)
+                self.ctx.counters.moved(len(data))
+                return True
         await self._alone(sender, receiver)
+        return False
 
     async def _alone(self, sender: StreamEndpoint, receiver: StreamEndpoint) -> None:
         await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,

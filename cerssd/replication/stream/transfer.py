@@ -110,6 +110,10 @@ class FdSet:
     def close_all(self) -> None:
         self.close(*list(self._open))
 
+    def forget(self, fd: int) -> None:
+        """``fd`` is someone else's to close now (a transport took it over)."""
+        self._open.discard(fd)
+
 
 def _shutdown(fd: int, how: int) -> None:
     sock = socket.socket(fileno=fd)
