@@ -341,12 +341,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_sshd(stack: contextlib.ExitStack, ports: int = 1) -> Sshd:
+def start_sshd(stack: contextlib.ExitStack, ports: int = 1, extra: str = "") -> Sshd:
     """A private sshd on 127.0.0.1 that lets root in with its own client key.
 
     It can listen on several ports: OpenSSH multiplexes streams to the same host, port
     and user over one connection, so servers that stand for different machines need
-    different ports to get a connection each, as they would in real life.
+    different ports to get a connection each, as they would in real life. ``extra``:
+    more sshd_config lines.
     """
     sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
     if not Path(sshd_bin).exists():
@@ -368,7 +369,7 @@ def start_sshd(stack: contextlib.ExitStack, ports: int = 1) -> Sshd:
         f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-        "MaxStartups 64\nClientAliveInterval 5\n")
+        "MaxStartups 64\nClientAliveInterval 5\n" + extra)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
     pidfile = root / "sshd.pid"
