@@ -33,17 +33,22 @@ async def read_small(sender: StreamEndpoint, limit: int,
     loop = asyncio.get_running_loop()
     fds = FdSet()
     r, w = fds.pipe()
-    proc = await sender.spawn(stdin=None, stdout=w)
-    fds.close(w)
-    reader = asyncio.StreamReader(limit=limit + 1)
-    # the transport owns the read end from here: closing it (at the latest in the
-    # finally) is what stops a sender that has more to write (EPIPE)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", buffering=0))
-    fds.forget(r)
-    assert proc.stderr is not None
-    errors = asyncio.ensure_future(proc.stderr.read())
+    pipe = os.fdopen(r, "rb", buffering=0)
+    fds.forget(r)  # the file object owns it, then the transport
+    proc: asyncio.subprocess.Process | None = None
+    transport: asyncio.ReadTransport | None = None
+    errors: asyncio.Future[bytes] | None = None
     try:
+        proc = await sender.spawn(stdin=None, stdout=w)
+        fds.close(w)
+        reader = asyncio.StreamReader(limit=limit + 1)
+        # closing the read end (at the latest below) is what stops a sender that has
+        # more to write (EPIPE): zfs send does not die of SIGTERM while zfs-fuse blocks
+        # writing into a full pipe for it
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        assert proc.stderr is not None
+        errors = asyncio.ensure_future(proc.stderr.read())
         try:
             await asyncio.wait_for(reader.readexactly(limit + 1), wait)
             return None  # more than the limit
@@ -60,7 +65,12 @@ async def read_small(sender: StreamEndpoint, limit: int,
             raise TransferFailed("send", first_line(err, rc), err, rc)
         return data
     finally:
-        transport.close()
+        if transport is not None:
+            transport.close()
+        else:
+            pipe.close()
         fds.close_all()
-        errors.cancel()
-        await asyncio.shield(stop_process(proc))
+        if errors is not None:
+            errors.cancel()
+        if proc is not None:
+            await asyncio.shield(stop_process(proc))
