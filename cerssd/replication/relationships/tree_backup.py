@@ -54,8 +54,8 @@ from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
 from ..stream.store_calls import StoreCalls
 from .registry import TREE_BACKUP, RelationshipRegistry
-from .runtime import Runtime, UnknownRelationship
-from .tree_sync import members_of
+from .runtime import Runtime
+from .tree_sync import members_of, tree_runtime
 
 KIND = TREE_BACKUP
 #: What a member's backup may fail with, leaving the others to go on.
@@ -119,12 +119,8 @@ class TreeBackupWork:
         self.master = "local"
 
     async def run(self, ctx: ActivityContext) -> None:
-        try:
-            rt = self.registry.get(self.params["relationship"])
-        except UnknownRelationship:
-            raise ActivityError("its relationship is no longer defined") from None
-        if rt.tree is None or rt.spec.selection is None:
-            raise ActivityError(f"relationship {rt.name} is not a tree relationship")
+        rt = tree_runtime(self.registry, self.params["relationship"])
+        assert rt.tree is not None  # tree_runtime says so
         name = self.params["store"]
         try:
             if self.stores is None:
@@ -398,10 +394,21 @@ class TreeBackupWork:
             try:
                 await remove_unfinished(self.store, dict(upload.unfinished),
                                         list(upload.completed))
+                await self._abort_unrecorded(upload)
             except StoreError as exc:  # aborted at the next start (``abort_orphans``)
                 ctx.log.warning("unfinished upload not removed", error=str(exc))
         self.uploads.clear()
         ctx.remember(uploads={}, segments=[])
+
+
+    async def _abort_unrecorded(self, upload: SegmentedUpload) -> None:
+        """An upload the store began while its creation was being cancelled has an id
+        that was never read: the snapshot's backup directory (this backup's alone) is
+        asked for the uploads still open in it."""
+        assert self.store is not None
+        directory = upload.key_for(0).rpartition("/")[0] + "/"
+        for key, upload_id, _ in await self.store.multipart_uploads(directory):
+            await self.store.abort(key, upload_id)
 
 
 def _base(step: Step, snap: Snapshot) -> Snapshot | None:

@@ -55,6 +55,17 @@ def members_of(rt: Runtime, listing: TreeListing) -> tuple[Member, ...]:
     return select(rt.spec.selection, rt.name, listed(listing))
 
 
+def tree_runtime(registry: RelationshipRegistry, name: str) -> Runtime:
+    """A tree activity's relationship, or why it can no longer run (its activity fails)."""
+    try:
+        rt = registry.get(name)
+    except UnknownRelationship:
+        raise ActivityError("its relationship is no longer defined") from None
+    if rt.tree is None or rt.spec.selection is None:
+        raise ActivityError(f"relationship {rt.name} is not a tree relationship")
+    return rt
+
+
 def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: str,
                 target_root: str, label: str, *, parent: str) -> ActivityRecord:
     validate_volume(target_root)
@@ -81,12 +92,8 @@ class TreeSyncWork:
         self.member_targets: set[str] = set()
 
     async def run(self, ctx: ActivityContext) -> None:
-        try:
-            rt = self.registry.get(self.params["relationship"])
-        except UnknownRelationship:
-            raise ActivityError("its relationship is no longer defined") from None
-        if rt.tree is None or rt.spec.selection is None:
-            raise ActivityError(f"relationship {rt.name} is not a tree relationship")
+        rt = tree_runtime(self.registry, self.params["relationship"])
+        assert rt.tree is not None  # tree_runtime says so
         server = self.params["destination"]
         target_root = self.params["target_volume"]
         try:
