@@ -66,7 +66,7 @@ def _choices(held: Mapping[str, list[str]]) -> str:
     common = set.intersection(*(set(ls) for ls in held.values()))
     shared = max(common, key=lambda lb: max(ls.index(lb) for ls in held.values()),
                  default=None)
-    parts = [f"{len(rels)} at {label} ({_names(rels)})" for label, rels in
+    parts = [f"{len(rels)} at {label} ({shown(rels)})" for label, rels in
              sorted(by_newest.items(), key=lambda kv: -len(kv[1]))]
     advice = (f"at={shared} rolls the copies ahead back to it: the whole tree as of one "
               "instant, later snapshots on this slave destroyed"
@@ -76,6 +76,6 @@ def _choices(held: Mapping[str, list[str]]) -> str:
             "copies that have it and leaves the others read-only")
 
 
-def _names(rels: Sequence[str]) -> str:
+def shown(rels: Sequence[str]) -> str:
     shown = ", ".join(sorted(rels)[:SHOWN])
     return shown + (f" and {len(rels) - SHOWN} more" if len(rels) > SHOWN else "")

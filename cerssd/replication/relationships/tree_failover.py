@@ -26,7 +26,6 @@ read-only. The outcome per member is in the activity's result.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -36,19 +35,10 @@ from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
-from ..logic.members import select
-from ..logic.tree_point import SHOWN, TreeDisagrees, consistent_point
+from ..logic.members import relative_name, select
+from ..logic.tree_point import TreeDisagrees, consistent_point, shown
 from .runtime import Runtime
-from .tree_sync import listed, members_of, submit_sync
-
-
-def under(root: str, relative: str) -> str:
-    return f"{root}/{relative}" if relative else root
-
-
-def shown(names: Sequence[str]) -> str:
-    text = ", ".join(list(names)[:SHOWN])
-    return text + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+from .tree_sync import listed, members_of, submit_sync, under
 
 
 class TreeFailover:
@@ -175,7 +165,7 @@ class TreeFailover:
         labels = {
             rel: [s.label for s in ds.snapshots if s.label.startswith(prefix)]
             for ds in copies.datasets
-            if (rel := _relative(p["target_volume"], ds.name)) is not None}
+            if (rel := relative_name(p["target_volume"], ds.name)) is not None}
         if rt.tree is not None and rt.tree.members:  # the members as the cycles knew them
             labels = {rel: labels.get(rel, []) for rel in rt.tree.members}
         elif rt.spec.selection is not None and rt.spec.selection.by_property is None:
@@ -192,7 +182,7 @@ class TreeFailover:
         created = min((s.creation for s in facts.values()), default=None)
         later = {rel: [s.name for s in ds.snapshots[i + 1:]]
                  for ds in copies.datasets
-                 if (rel := _relative(p["target_volume"], ds.name)) in point.ahead
+                 if (rel := relative_name(p["target_volume"], ds.name)) in point.ahead
                  for i, s in enumerate(ds.snapshots) if s.label == point.label}
         ctx.remember(members=[*point.at, *point.ahead], ahead=list(point.ahead),
                      rolled_back_snapshots=[n for names in later.values() for n in names],
@@ -260,12 +250,6 @@ async def fence_tree(rt: Runtime, backend: StorageBackend, root: str) -> None:
     problems = await backend.set_readonly_many(names, True)
     if problems:
         raise BackendError(f"fence not in force: {_first(problems)}")
-
-
-def _relative(root: str, name: str) -> str | None:
-    if name == root:
-        return ""
-    return name[len(root) + 1:] if name.startswith(root + "/") else None
 
 
 def _first(problems: dict[str, str]) -> str:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from ...servers import ServerRegistry
 from ...storage.values import Snapshot, TreeListing
 from ..logic.roles import Fenced
+from ..logic.tree_point import shown
 from .runtime import RelationshipError, Runtime
-from .tree_failover import shown, under
-from .tree_sync import members_of
+from .tree_sync import members_of, under
 
 
 async def plan_tree_rejoin(servers: ServerRegistry, rt: Runtime, fenced: Fenced,

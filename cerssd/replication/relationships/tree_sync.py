@@ -160,7 +160,7 @@ class TreeSyncWork:
         steady = SteadySync(ctx, rt, src, dst, server, target_root, self.policy,
                             self.groups)
         progress = [0]
-        existing = {_under(target_root, e.relative) for e in rt.tree.members.values()
+        existing = {under(target_root, e.relative) for e in rt.tree.members.values()
                     if (s := e.slaves.get(server)) is not None and s.label is not None}
         # The members that need a transfer of their own (a new member's first full copy:
         # often the cycle's biggest stream) start first and alongside the streams, within
@@ -239,8 +239,8 @@ class TreeSyncWork:
         names = {d.name for d in dst_tree.datasets}
         moved = False
         for new, old in list(rt.tree.renamed.items()):
-            src_name = _under(target_root, old)
-            dst_name = _under(target_root, new)
+            src_name = under(target_root, old)
+            dst_name = under(target_root, new)
             if src_name in names and dst_name not in names:
                 try:
                     await dst.create_parents(dst_name)
@@ -366,7 +366,7 @@ class TreeSyncWork:
             return False
         assert rt.tree is not None
         labels: dict[str, float] = {}
-        copies = {_under(target_root, rel) for rel in rt.tree.members}
+        copies = {under(target_root, rel) for rel in rt.tree.members}
         foreign = False
         for listed_ds in tree.datasets:
             labels_of(listed_ds.snapshots, rt.spec.prefix, labels)
@@ -379,7 +379,7 @@ class TreeSyncWork:
         now = time.time()
         doomed: list[str] = []
         for entry in rt.tree.members.values():
-            ds = tree.get(_under(target_root, entry.relative))
+            ds = tree.get(under(target_root, entry.relative))
             state = entry.slaves.get(server)
             if ds is None or state is None or state.guid is None:
                 continue
@@ -415,7 +415,7 @@ def _nearest_ancestor(relative: str, among: set[str]) -> str | None:
     return None
 
 
-def _under(root: str, relative: str) -> str:
+def under(root: str, relative: str) -> str:
     return f"{root}/{relative}" if relative else root
 
 
