@@ -21,7 +21,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ..transport.stream import StreamEndpoint
-from .values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
+from .values import (
+    Capabilities,
+    PoolCapacity,
+    Snapshot,
+    StreamOptions,
+    TreeListing,
+    Volume,
+    VolumePage,
+)
 
 
 class StorageBackend(Protocol):
@@ -230,4 +238,30 @@ class StorageBackend(Protocol):
 
     async def abort_receive(self, volume: str) -> None:
         """Discard a pending partial receive (no-op without resumable sends)."""
+        ...
+
+    # Volume operations (Cinder's create, clone, revert = ``rollback``, extend, delete =
+    # ``destroy_volume``), each run by the flows as an activity.
+
+    async def create_volume(self, volume: str, *, size: int | None = None) -> Volume:
+        """A new empty volume: a filesystem, or with ``size`` a block volume of that many
+        bytes (``BackendError`` where the driver has none: ``capabilities.zvols``).
+        ``AlreadyExists`` when taken; its parent must exist."""
+        ...
+
+    async def clone_volume(self, snapshot: str, volume: str) -> Volume:
+        """A new writable ``volume`` with ``snapshot``'s content (``capabilities.clones``)."""
+        ...
+
+    async def resize_volume(self, volume: str, size: int) -> None:
+        """A block volume's size, a filesystem's quota, set to ``size`` bytes."""
+        ...
+
+    async def dependents(self, volume: str) -> list[str]:
+        """What would be lost or broken with ``volume``: volumes cloned from its snapshots
+        and volumes below it, by name (empty: nothing depends on it)."""
+        ...
+
+    async def capacity(self) -> list[PoolCapacity]:
+        """Each pool's space (``PoolCapacity``), from one command per kind of fact."""
         ...

@@ -39,6 +39,11 @@ class Capabilities:
     #: Without it a tree's snapshot is ``snapshot -r`` on the root, which is atomic too
     #: but covers every descendant.
     multi_snapshot: bool = False
+    #: A writable volume can be made from a snapshot (ZFS clone, btrfs writable snapshot).
+    clones: bool = False
+    #: A snapshot's files can be read through a path on the server (``snapshot_view``):
+    #: what the generic path across drivers copies from.
+    snapshot_views: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)
@@ -93,6 +98,27 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PoolCapacity:
+    """One pool's space in bytes, as a scheduler reads it (Cinder's reported stats,
+    filter scheduling): ``provisioned`` is what the volumes in it may grow to (a block
+    volume's size, a filesystem's quota, else what it uses)."""
+
+    pool: str
+    total: int
+    free: int
+    allocated: int
+    provisioned: int
+
+    @property
+    def thin_ratio(self) -> float:
+        """Provisioned over total: above 1.0 the pool is overcommitted."""
+        return self.provisioned / self.total if self.total else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "thin_ratio": round(self.thin_ratio, 4)}
 
 
 @dataclass(frozen=True)

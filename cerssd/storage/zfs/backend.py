@@ -30,8 +30,16 @@ from ..names import (
     validate_snapshot_label,
     validate_volume,
 )
-from ..values import Capabilities, Snapshot, StreamOptions, TreeListing, Volume, VolumePage
-from . import fence, tree
+from ..values import (
+    Capabilities,
+    PoolCapacity,
+    Snapshot,
+    StreamOptions,
+    TreeListing,
+    Volume,
+    VolumePage,
+)
+from . import fence, tree, volume_ops
 from .fuse import remount, tags_by_taking
 from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
@@ -582,6 +590,21 @@ class ZfsBackend:
                        options: StreamOptions = StreamOptions()) -> int | None:
         return await self.size_estimate(snapshot, base, intermediates=intermediates,
                                         resume_token=resume_token, flags=send_flags(options))
+
+    async def create_volume(self, volume: str, *, size: int | None = None) -> Volume:
+        return await volume_ops.create_volume(self, volume, size)
+
+    async def clone_volume(self, snapshot: str, volume: str) -> Volume:
+        return await volume_ops.clone_volume(self, snapshot, volume)
+
+    async def resize_volume(self, volume: str, size: int) -> None:
+        await volume_ops.resize_volume(self, volume, size)
+
+    async def dependents(self, volume: str) -> list[str]:
+        return await volume_ops.dependents(self, volume)
+
+    async def capacity(self) -> list[PoolCapacity]:
+        return await volume_ops.capacity(self)
 
 
 def _only_missing(stderr: str) -> bool:
