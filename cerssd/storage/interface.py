@@ -265,3 +265,17 @@ class StorageBackend(Protocol):
     async def capacity(self) -> list[PoolCapacity]:
         """Each pool's space (``PoolCapacity``), from one command per kind of fact."""
         ...
+
+    # The generic path across drivers (``capabilities.snapshot_views``): a file-level
+    # copy from a snapshot's read-only view into a writable volume, then a snapshot.
+
+    async def snapshot_view(self, snapshot: str) -> str:
+        """A path on the server where ``snapshot``'s files can be read (ZFS: under the
+        mountpoint's ``.zfs/snapshot``; btrfs: the read-only snapshot itself);
+        ``BackendError`` naming the reason where there is none (a block volume)."""
+        ...
+
+    async def volume_path(self, volume: str) -> str:
+        """Where ``volume``'s files are written on the server (mounted first if it is a
+        filesystem received unmounted); ``BackendError`` for a block volume."""
+        ...

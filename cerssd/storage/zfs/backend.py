@@ -606,6 +606,12 @@ class ZfsBackend:
     async def capacity(self) -> list[PoolCapacity]:
         return await volume_ops.capacity(self)
 
+    async def snapshot_view(self, snapshot: str) -> str:
+        return await volume_ops.snapshot_view(self, snapshot)
+
+    async def volume_path(self, volume: str) -> str:
+        return await volume_ops.volume_path(self, volume)
+
 
 def _only_missing(stderr: str) -> bool:
     """Whether every complaint in ``stderr`` is about a dataset that does not exist."""

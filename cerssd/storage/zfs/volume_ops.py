@@ -37,3 +37,11 @@ async def dependents(zfs: ZfsBackend, volume: str) -> list[str]:
 
 async def capacity(zfs: ZfsBackend) -> list[PoolCapacity]:
     raise _not_yet("capacity")
+
+
+async def snapshot_view(zfs: ZfsBackend, snapshot: str) -> str:
+    raise _not_yet("a snapshot's file view")
+
+
+async def volume_path(zfs: ZfsBackend, volume: str) -> str:
+    raise _not_yet("a volume's file path")
