@@ -1,9 +1,9 @@
 """Small streams passed inline: read whole on the sending side, received by one command
 through the destination's shell instead of a stream (and an SSH session) of their own.
 
-``read_small`` on plain local commands (fast), ``receive_inline`` on real zfs-fuse over
-the test sshd, and a tree whose unchanged members go inline while its changed one
-streams, over SSH, checked by guid.
+``transfer`` offered a ``SmallStream`` on plain local commands (fast), ``receive_inline``
+on real zfs-fuse over the test sshd, and a tree whose unchanged members go inline while
+its changed one streams, over SSH, checked by guid.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cerssd.config import ServerConfig
-from cerssd.replication.stream.inline import read_small
-from cerssd.replication.stream.transfer import TransferFailed
+from cerssd.flow_control import Counters, FlowGate
+from cerssd.replication.stream.inline import SmallStream
+from cerssd.replication.stream.transfer import TransferFailed, transfer
 from cerssd.storage.errors import BackendError
 from cerssd.storage.zfs import ZfsBackend
 from cerssd.storage.zfs.backend import INLINE_MAX
@@ -31,28 +31,56 @@ from .conftest import SshServer, wait_until, write_file, zfs
 from .test_trees import all_in_sync, sync_now
 
 
-async def test_a_stream_that_ends_within_the_limit_is_read_whole() -> None:
-    data = await read_small(local_command(["printf", "a\\000b"]), 16)
-    assert data == b"a\0b"
-    assert await read_small(local_command(["true"]), 16) == b""
+class Inline:
+    """A ``SmallStream`` that keeps what it is handed."""
+
+    def __init__(self, limit: int = 16, wait: float = 5.0) -> None:
+        self.got: list[bytes] = []
+
+        async def deliver(data: bytes) -> None:
+            self.got.append(data)
+        self.small = SmallStream(limit, deliver, wait)
 
 
-async def test_a_larger_or_slower_stream_is_left_to_the_stream_path() -> None:
-    assert await read_small(local_command(["head", "-c", "17", "/dev/zero"]), 16) is None
-    # a sender that does not end in time is stopped, not waited for
-    assert await read_small(local_command(["sleep", "30"]), 16, wait=0.2) is None
-    # one with more to write is stopped by its pipe closing (as zfs send is, which does
-    # not die of SIGTERM while zfs-fuse blocks writing into a full pipe for it): well
-    # before stop_process's 5 s grace after SIGTERM
-    started = time.monotonic()
-    assert await read_small(local_command(["sh", "-c", "trap '' TERM; yes"]), 16) is None
-    assert time.monotonic() - started < 4
+async def stream(sender: list[str], out: Path, inline: Inline) -> int:
+    """``transfer`` from ``sender`` into ``cat > out`` (the stream path), offered inline."""
+    receiver = local_command(["sh", "-c", f"cat > {out}"])
+    return await transfer(local_command(sender), receiver, counters=Counters(),
+                          gate=FlowGate(), stall_timeout=10, small=inline.small)
 
 
-async def test_a_failing_send_fails_as_in_a_transfer() -> None:
+async def test_a_stream_that_ends_within_the_limit_is_delivered_inline(
+        tmp_path: Path) -> None:
+    inline = Inline()
+    assert await stream(["printf", "a\\000b"], tmp_path / "out", inline) == 3
+    assert inline.got == [b"a\0b"]
+    assert not (tmp_path / "out").exists()  # no receiver was started
+    assert await stream(["true"], tmp_path / "out", inline) == 0
+    assert inline.got[-1] == b"" and not (tmp_path / "out").exists()
+
+
+async def test_a_larger_stream_goes_on_from_the_same_send_with_its_head(
+        tmp_path: Path) -> None:
+    """What was peeked is passed on ahead of the rest: the receiver gets every byte, in
+    order, and the send ran once (it used to be stopped and started again)."""
+    count, out = tmp_path / "count", tmp_path / "out"
+    expected = "".join(f"{i}\n" for i in range(1, 20001)).encode()
+    inline = Inline()
+    moved = await stream(["sh", "-c", f"echo started >> {count}; seq 1 20000"], out, inline)
+    assert moved == len(expected) and out.read_bytes() == expected
+    assert count.read_text() == "started\n" and inline.got == []
+
+
+async def test_a_slower_stream_is_left_to_the_stream_path(tmp_path: Path) -> None:
+    inline = Inline(wait=0.2)
+    await stream(["sh", "-c", "sleep 1; echo late"], tmp_path / "out", inline)
+    assert (tmp_path / "out").read_bytes() == b"late\n" and inline.got == []
+
+
+async def test_a_failing_send_fails_as_in_a_transfer(tmp_path: Path) -> None:
     with pytest.raises(TransferFailed, match="no such snapshot") as caught:
-        await read_small(local_command(["sh", "-c", "echo 'no such snapshot' >&2; exit 3"]),
-                         16)
+        await stream(["sh", "-c", "echo 'no such snapshot' >&2; exit 3"], tmp_path / "out",
+                     Inline())
     assert caught.value.side == "send" and caught.value.returncode == 3
 
 
@@ -92,8 +120,11 @@ async def test_an_unchanged_members_incremental_goes_inline_over_ssh(
     zfs("snapshot", f"{src}/v@s2")  # nothing changed in between
     copy(f"{src}/v@s1", f"{dst}/v")
     local = ZfsBackend(LocalRunner("local"))
-    data = await read_small(local.send(f"{src}/v@s2", f"{src}/v@s1"), remote.inline_limit)
-    assert data is not None and b"\0" in data and len(data) < 4096
+    inline = Inline(remote.inline_limit)
+    await transfer(local.send(f"{src}/v@s2", f"{src}/v@s1"), remote.receive(f"{dst}/v"),
+                   counters=Counters(), gate=FlowGate(), small=inline.small)
+    [data] = inline.got
+    assert b"\0" in data and len(data) < 4096
 
     await remote.receive_inline(f"{dst}/v", data, unmounted=True)
     assert (await remote.snapshot(f"{dst}/v@s2")).guid == \

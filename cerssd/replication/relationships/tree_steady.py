@@ -40,7 +40,7 @@ from ..logic.tree_status import MemberSlave, TreeMember
 from ..retry import RetryPolicy
 from ..stream.fanout import FanoutMissed, SplitOff
 from ..stream.groups import FanoutGroups, StreamKey
-from ..stream.inline import read_small
+from ..stream.inline import SmallStream
 from ..stream.transfer import TransferFailed, transfer
 from .runtime import Runtime
 from .tree_fanout import group_for
@@ -143,21 +143,19 @@ class SteadySync:
             return False
         sender = self.src.send(f"{name}@{label}", f"{name}@{step.base}",
                                intermediates=intermediates, options=options)
+        went_inline: list[bool] = []
+        small = None
         if self.dst.inline_limit:
             # a member that did not change: one command on the slave's shell, not an
             # SSH session of its own (``stream.inline``)
-            data = await read_small(sender, self.dst.inline_limit)
-            if data is not None:
+            async def deliver(data: bytes) -> None:
                 await self.dst.receive_inline(step.target, data, unmounted=True)
-                self.ctx.counters.moved(len(data))
-                return True
-        await self._alone(sender, receiver)
-        return False
-
-    async def _alone(self, sender: StreamEndpoint, receiver: StreamEndpoint) -> None:
+                went_inline.append(True)
+            small = SmallStream(self.dst.inline_limit, deliver)
         await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,
                        limit=self.rt.spec.slave(self.server).bandwidth_limit,
-                       stall_timeout=self.policy.stall_timeout)
+                       stall_timeout=self.policy.stall_timeout, small=small)
+        return bool(went_inline)
 
     async def _joined(self, member: str, key: StreamKey, receiver: StreamEndpoint) -> bool:
         """Received from the cycle's fan-out group for this stream, if there is one; False

@@ -63,8 +63,10 @@ class Relay:
 
     def __init__(self, src_fd: int, dst_fd: int, *, counters: Counters, gate: FlowGate,
                  limit: float | None = None, count: Callable[[int], None] | None = None,
-                 ) -> None:
+                 prefix: bytes = b"") -> None:
         self.src_fd = src_fd
+        #: Bytes already read from ``src_fd`` (``inline.peek``): written out first.
+        self.prefix = prefix
         self.dst_fd = dst_fd
         self.counters = counters
         self.count = count or counters.moved
@@ -92,6 +94,7 @@ class Relay:
     def _run(self) -> None:
         chunk = self.limit.chunk() if self.limit else CHUNK
         try:
+            self._write_prefix()
             while not self.stop.is_set() and self._wait_gate():
                 n = os.splice(self.src_fd, self.dst_fd, chunk)
                 if n == 0:
@@ -104,6 +107,14 @@ class Relay:
             self.result.error = exc
         finally:
             self.finished.set()
+
+    def _write_prefix(self) -> None:
+        view = memoryview(self.prefix)
+        while view and not self.stop.is_set():
+            n = os.write(self.dst_fd, view)
+            view = view[n:]
+            self.result.bytes += n
+            self.count(n)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from ...flow_control import Counters, FlowGate
 from ...transport.process import stop_process
 from ...transport.stream import StreamEndpoint
+from .inline import SmallStream, peek
 from .relay import Relay
 
 #: The most a stream can have on its way between the daemon's pipe and a remote receive:
@@ -134,15 +135,26 @@ class _Pipes(FdSet):
 
 async def transfer(sender: StreamEndpoint, receiver: StreamEndpoint, *, counters: Counters,
                    gate: FlowGate, limit: float | None = None,
-                   stall_timeout: float | None = None) -> int:
-    """Run the stream to completion; returns the bytes moved. Cancel-safe."""
+                   stall_timeout: float | None = None, small: SmallStream | None = None,
+                   ) -> int:
+    """Run the stream to completion; returns the bytes moved. Cancel-safe.
+
+    With ``small``, a stream that ends within its limit goes to ``small.deliver`` and the
+    receiver is never started (``inline``)."""
     pipes = _Pipes()
     send = recv = None
     try:
         send = await sender.spawn(stdin=None, stdout=pipes.send_w)
+        pipes.close(pipes.send_w)  # the sender holds this end now
+        head = b""
+        if small is not None:
+            peeked = await peek(pipes.send_r, small.limit, small.wait)
+            if peeked.ended and len(peeked.data) <= small.limit:
+                return await _deliver(send, peeked.data, small, counters, stall_timeout)
+            head = peeked.data
         recv = await receiver.spawn(stdin=pipes.recv_r, stdout=asyncio.subprocess.DEVNULL)
-        pipes.close(pipes.send_w, pipes.recv_r)  # the children hold these ends now
-        return await _pump(send, recv, pipes, counters, gate, limit, stall_timeout)
+        pipes.close(pipes.recv_r)
+        return await _pump(send, recv, pipes, counters, gate, limit, stall_timeout, head)
     finally:
         pipes.close_all()
         for proc in (send, recv):
@@ -150,13 +162,26 @@ async def transfer(sender: StreamEndpoint, receiver: StreamEndpoint, *, counters
                 await asyncio.shield(stop_process(proc))
 
 
+async def _deliver(send: asyncio.subprocess.Process, data: bytes, small: SmallStream,
+                   counters: Counters, stall_timeout: float | None) -> int:
+    """The whole (small) stream handed to ``small.deliver`` once the send has exited 0."""
+    send_rc = await exit_status(send, "send", stall_timeout)
+    if send_rc != 0:
+        err = await read_stderr(send)
+        raise TransferFailed("send", first_line(err, send_rc), err, send_rc)
+    await small.deliver(data)
+    counters.moved(len(data))
+    return len(data)
+
+
 async def _pump(send: asyncio.subprocess.Process, recv: asyncio.subprocess.Process,
                 pipes: _Pipes, counters: Counters, gate: FlowGate,
-                limit: float | None, stall_timeout: float | None) -> int:
+                limit: float | None, stall_timeout: float | None, head: bytes = b"") -> int:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     finished: asyncio.Future[None] = loop.create_future()
-    relay = Relay(pipes.send_r, pipes.recv_w, counters=counters, gate=gate, limit=limit)
+    relay = Relay(pipes.send_r, pipes.recv_w, counters=counters, gate=gate, limit=limit,
+                  prefix=head)
 
     def settle() -> None:
         if not finished.done():
