@@ -25,9 +25,10 @@ from typing import IO
 import structlog
 from aiohttp import web
 
-from . import __version__, snapshots
+from . import __version__, snapshots, volumes
 from .api.app import build_app
 from .api.context import ApiContext
+from .capacity import CapacityCache
 from .children import watch_children_by_pidfd
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
@@ -94,6 +95,8 @@ class Daemon:
                                       backend_factory=self._backend_factory)
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
+        volumes.register(self.engine, self.servers)
+        self.capacity = CapacityCache(self.servers, self.engine)
         policy = RetryPolicy(stall_timeout=d.stall_timeout or None,
                                        max_interval=d.retry_max_interval,
                                        deadline=d.retry_deadline)
@@ -111,7 +114,8 @@ class Daemon:
             self.engine, self.servers, self.journal, volume_states=self.volume_states,
             groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate)
         self.relationships.registry.load(self.config.relationships)
-        self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups)
+        self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
+                               capacity=self.capacity)
         self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
                                        self.relationships.registry)
         started = time.time()
@@ -140,7 +144,7 @@ class Daemon:
             path.unlink()
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
                                    lambda: self.config, self.relationships, self.stores,
-                                   volume_states=self.volume_states))
+                                   volume_states=self.volume_states, capacity=self.capacity))
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=REQUEST_GRACE)
         await runner.setup()
@@ -161,6 +165,7 @@ class Daemon:
 
     async def _serve_metrics(self, host: str, port: int) -> None:
         async def scrape(request: web.Request) -> web.Response:
+            await self.capacity.current()  # measured at most every 30 s (capacity.py)
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
         app = web.Application()
@@ -246,6 +251,7 @@ class Daemon:
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
+        await self.capacity.close()
         try:
             await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close(),
                                                   self.reloader.close()), CLOSE_GRACE)

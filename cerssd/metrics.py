@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .activity import ActivityRecord, LinkCondition, State
+from .capacity import CapacityCache
 from .engine import Activity, ActivityEngine
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
@@ -31,9 +32,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class DaemonCollector(Collector):
-    def __init__(self, engine: ActivityEngine, servers: ServerRegistry) -> None:
+    def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
+                 capacity: CapacityCache | None = None) -> None:
         self.engine = engine
         self.servers = servers
+        self.capacity = capacity
         self.started = time.time()
         self.finished: Tally[tuple[str, str]] = Tally()
         self.finished_bytes: Tally[tuple[str, ...]] = Tally()
@@ -57,6 +60,8 @@ class DaemonCollector(Collector):
         yield start
         yield from self._activities()
         yield from self._servers()
+        if self.capacity is not None:
+            yield from self._pools(self.capacity)
 
     def _activities(self) -> Iterator[Metric]:
         running = [a.snapshot() for a in self.engine.activities()]
@@ -128,6 +133,38 @@ class DaemonCollector(Collector):
         yield link_up
         yield losses
         yield retries
+
+
+    @staticmethod
+    def _pools(capacity: CapacityCache) -> Iterator[Metric]:
+        """Each server's pools' space, as last measured (``capacity.py``: at most every
+        30 s; a scrape reads the figures, it does not measure). One series per server
+        and pool: bounded by the config and the pools, never by volumes."""
+        labels = ["server", "pool"]
+        families = {key: GaugeMetricFamily(f"cerssd_pool_{key}_bytes", text, labels=labels)
+                    for key, text in (
+                        ("total", "The pool's size"),
+                        ("free", "Free space in the pool"),
+                        ("allocated", "Space allocated in the pool"),
+                        ("provisioned", "What the pool's volumes may grow to: zvol sizes, "
+                                        "filesystem quotas, else what a filesystem uses"))}
+        ratio = GaugeMetricFamily("cerssd_pool_thin_provisioning_ratio",
+                                  "Provisioned over total: above 1 the pool is overcommitted",
+                                  labels=labels)
+        measured = GaugeMetricFamily("cerssd_pool_measured_timestamp_seconds",
+                                     "Unix time the server's pool space was last measured",
+                                     labels=["server"])
+        for server, facts in sorted(capacity.cached().items()):
+            if facts.measured_at is not None:
+                measured.add_metric([server], facts.measured_at)
+            for pool in facts.pools:
+                values = [server, pool.pool]
+                for key, family in families.items():
+                    family.add_metric(values, getattr(pool, key))
+                ratio.add_metric(values, pool.thin_ratio)
+        yield from families.values()
+        yield ratio
+        yield measured
 
 
 def _live_plus_finished(family: CounterMetricFamily,
@@ -280,9 +317,10 @@ class RelationshipCollector(Collector):
 class Metrics:
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
                  relationships: RelationshipView | None = None,
-                 groups: FanoutGroups | None = None) -> None:
+                 groups: FanoutGroups | None = None, *,
+                 capacity: CapacityCache | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = DaemonCollector(engine, servers)
+        self.collector = DaemonCollector(engine, servers, capacity)
         self.registry.register(self.collector)
         if relationships is not None:
             self.registry.register(RelationshipCollector(

@@ -3,7 +3,8 @@ vs stateful").
 
 A volume is ``available`` or ``in-use`` when nothing holds it, or in a busy state
 (``backing-up``, ``replicating``, ``restoring``, ``failing-over``, ``pruning``,
-``rejoining``) while an activity does.
+``rejoining``, and the volume operations' ``creating``, ``reverting``, ``extending``,
+``deleting``) while an activity does.
 
 Why two regimes. ZFS snapshots cost nothing and every activity reads from (or receives
 into) a snapshot, so on a server that publishes ``stateless_snapshots`` activities never
@@ -48,8 +49,9 @@ log = structlog.get_logger("cerssd.volume_states")
 
 class VolumeState(enum.StrEnum):
     """A volume's state: available or in-use while nothing holds it; backing-up,
-    replicating, restoring, failing-over, pruning or rejoining while an activity holds
-    it on a stateful server. Also the API's schema."""
+    replicating, restoring, failing-over, pruning, rejoining, creating, reverting,
+    extending or deleting while an activity holds it on a stateful server. Also the
+    API's schema."""
 
     AVAILABLE = "available"
     IN_USE = "in-use"
@@ -59,6 +61,11 @@ class VolumeState(enum.StrEnum):
     FAILING_OVER = "failing-over"
     PRUNING = "pruning"
     REJOINING = "rejoining"
+    #: The volume operations (``cerssd.volumes``): a create or clone holds the new name.
+    CREATING = "creating"
+    REVERTING = "reverting"
+    EXTENDING = "extending"
+    DELETING = "deleting"
 
 
 #: The members by their short names, as the flows and handlers that hold volumes say them.
@@ -70,13 +77,19 @@ RESTORING = VolumeState.RESTORING
 FAILING_OVER = VolumeState.FAILING_OVER
 PRUNING = VolumeState.PRUNING
 REJOINING = VolumeState.REJOINING
+CREATING = VolumeState.CREATING
+REVERTING = VolumeState.REVERTING
+EXTENDING = VolumeState.EXTENDING
+DELETING = VolumeState.DELETING
 BUSY_STATES = frozenset({BACKING_UP, REPLICATING, RESTORING, FAILING_OVER, PRUNING,
-                         REJOINING})
+                         REJOINING, CREATING, REVERTING, EXTENDING, DELETING})
 
 #: A busy state as the action that would wait for it ("a backup must wait...").
 _ACTIONS: dict[str, str] = {
     BACKING_UP: "a backup", REPLICATING: "a replication", RESTORING: "a restore",
-    FAILING_OVER: "a failover", PRUNING: "a prune", REJOINING: "a rejoin"}
+    FAILING_OVER: "a failover", PRUNING: "a prune", REJOINING: "a rejoin",
+    CREATING: "a create", REVERTING: "a revert", EXTENDING: "an extend",
+    DELETING: "a delete"}
 
 #: The activity param that carries an activity's holds across a daemon restart.
 PARAM = "volume_holds"

@@ -37,7 +37,8 @@ WIRE: list[tuple[type[enum.StrEnum], list[str]]] = [
     (RelationshipState, ["running", "degraded", "paused", "retrying", "stopping", "stopped"]),
     (MemberState, ["in-sync", "behind", "sending", "failing"]),
     (VolumeState, ["available", "in-use", "backing-up", "replicating", "restoring",
-                   "failing-over", "pruning", "rejoining"]),
+                   "failing-over", "pruning", "rejoining", "creating", "reverting",
+                   "extending", "deleting"]),
 ]
 
 

@@ -39,7 +39,7 @@ from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_la
 from ..transport.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, replication_holds
-from . import backups, failover
+from . import backups, failover, volumes
 from . import models as m
 from .context import ApiContext
 from .models import MAX_WAIT
@@ -81,10 +81,17 @@ class ControlApi:
         return json_response({"items": [link.to_json() for link in self.ctx.servers.links.all()]})
 
     async def capabilities(self, request: web.Request) -> web.Response:
-        return json_response({name: caps.to_json()
-                      for name, caps in self.ctx.servers.capabilities().items()})
+        """The capability booleans and, beside them, each server's pool space (measured
+        at most every 30 s: ``capacity.py``)."""
+        measured = await self.ctx.capacity.current() if self.ctx.capacity else {}
+        return json_response({
+            name: {**caps.to_json(),
+                   **({"capacity": measured[name].to_json()} if name in measured else {})}
+            for name, caps in self.ctx.servers.capabilities().items()})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.ctx.capacity is not None:
+            await self.ctx.capacity.current()  # measured at most every 30 s
         return web.Response(body=self.ctx.metrics.render(),
                             headers={"Content-Type": CONTENT_TYPE})
 
@@ -267,8 +274,9 @@ ROUTES: list[Route[ControlApi]] = [
           returns=m.DaemonStatus),
     Route("GET", "/v1/servers", _A.servers, "Configured servers and their backends",
           returns=m.Servers),
-    Route("GET", "/v1/capabilities", _A.capabilities, "Capabilities published per server",
-          returns=m.CapabilitiesByServer),
+    Route("GET", "/v1/capabilities", _A.capabilities,
+          "Capabilities published per server, and beside them its pools' space (total, "
+          "free, allocated, provisioned, thin_ratio)", returns=m.CapabilitiesByServer),
     Route("GET", "/v1/links", _A.links,
           "Link health per remote server: up, lost (since, last error) or retrying",
           returns=m.Links),
@@ -293,6 +301,37 @@ ROUTES: list[Route[ControlApi]] = [
           ok=202, returns=m.Activity,
           responses={202: "activity created", 404: "unknown snapshot, volume or server",
                      409: VOLUME_BUSY}),
+    Route("POST", "/v1/volumes", volumes.create_volume,
+          "Create a volume: a filesystem (with a quota when a size is given), a block "
+          "volume of a size, or a clone of a snapshot (an activity)", mutating=True,
+          body=m.VolumeCreate, ok=202, returns=m.Activity,
+          responses={202: "activity created", 400: "invalid name (or a pool's name)",
+                     404: "unknown server, parent volume or snapshot",
+                     409: "exists (volume-exists), no block volumes or clones on the "
+                     "server, or " + VOLUME_BUSY,
+                     422: "a block volume without a size, a clone with one"}),
+    Route("POST", f"/v1/volumes/{VOL}/revert", volumes.revert_volume,
+          "Revert a volume to a snapshot: later snapshots and changes are destroyed (an "
+          "activity; dry_run says what would be)", mutating=True, body=m.VolumeRevert,
+          ok=202, returns=m.RevertAccepted,
+          responses={200: ("dry run", m.RevertPlan), 202: "activity created",
+                     404: "unknown volume, snapshot or server",
+                     409: "a later snapshot is a replication base (replication-base) "
+                     "without force, or " + VOLUME_BUSY}),
+    Route("POST", f"/v1/volumes/{VOL}/extend", volumes.extend_volume,
+          "Grow a block volume's size or a filesystem's quota (an activity)", mutating=True,
+          body=m.VolumeExtend, ok=202, returns=m.Activity,
+          responses={202: "activity created", 404: "unknown volume or server",
+                     409: "smaller than now (would-shrink, naming the current size), a "
+                     "filesystem without a quota (no-size), or " + VOLUME_BUSY}),
+    Route("DELETE", f"/v1/volumes/{VOL}", volumes.delete_volume,
+          "Delete a volume and what is below it (an activity); refused while clones, "
+          "volumes below it or relationships depend on it, unless force",
+          mutating=True, query=m.VolumeDeleteQuery, ok=202, returns=m.DeleteAccepted,
+          responses={202: "activity created", 400: "invalid name (or a pool's name)",
+                     404: "unknown volume or server",
+                     409: "has dependents (has-dependents, naming them) without force, or "
+                     + VOLUME_BUSY}),
     Route("POST", "/v1/replications", _A.replicate,
           "snapshot_replicate: send a snapshot from one server to another (an activity)",
           mutating=True, body=m.ReplicationCreate, ok=202, returns=m.ReplicationAccepted,

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..capacity import CapacityCache
 from ..config import Config
 from ..engine import ActivityEngine
 from ..metrics import Metrics
@@ -29,3 +30,4 @@ class ApiContext:
     stores: Stores | None = None
     started_at: float = field(default_factory=time.time)
     volume_states: VolumeStates = field(kw_only=True)
+    capacity: CapacityCache | None = field(default=None, kw_only=True)

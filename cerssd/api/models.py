@@ -14,6 +14,7 @@ and a bad name answers 400 naming the field, as it did before the models.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -111,6 +112,43 @@ class Query(Struct, kw_only=True):
 # -- request bodies ---------------------------------------------------------------------
 class SnapshotCreate(Request):
     name: Annotated[Label, doc("the snapshot's name (the part after @)")]
+    server: Annotated[ServerName, doc("server holding the volume")] = "local"
+
+
+class VolumeType(enum.StrEnum):
+    """A volume's kind: a filesystem (mounted files), or a block volume (ZFS: a zvol)."""
+
+    FILESYSTEM = "filesystem"
+    VOLUME = "volume"
+
+
+#: A size in bytes: a positive whole number (bounded: it reaches ``zfs set``).
+Size = Annotated[int, Meta(ge=1, le=2**62)]
+
+
+class VolumeCreate(Request):
+    name: Annotated[VolumeName, doc("the new volume: pool/name (its parent must exist)")]
+    server: Annotated[ServerName, doc("server to create it on")] = "local"
+    type: Annotated[VolumeType, doc("filesystem, or volume: a block volume of size bytes "
+        "(ZFS: a zvol; 409 where the server has none)")] = VolumeType.FILESYSTEM
+    size: Annotated[Size | None, doc("bytes: a block volume's size (required for one), a "
+        "filesystem's quota")] = None
+    from_snapshot: Annotated[SnapshotName | None, doc("clone this snapshot (pool/volume@label, "
+        "in the same pool) instead of creating an empty volume")] = None
+
+
+class VolumeRevert(Request):
+    snapshot: Annotated[Label, doc("the snapshot's label to go back to: every later snapshot "
+        "and every change since are destroyed")]
+    server: Annotated[ServerName, doc("server holding the volume")] = "local"
+    force: Annotated[bool, doc("revert even when a later snapshot is a replication base "
+        "(cerssd's pins on it are released; the slave then needs a full copy)")] = False
+    dry_run: Annotated[bool, doc("only say what would be destroyed")] = False
+
+
+class VolumeExtend(Request):
+    size: Annotated[Size, doc("the new size in bytes: a block volume's size, a filesystem's "
+        "quota; never smaller than now (409 naming the current size)")]
     server: Annotated[ServerName, doc("server holding the volume")] = "local"
 
 
@@ -214,6 +252,11 @@ class BackupPrune(Request):
 # -- query parameters -------------------------------------------------------------------
 class ServerQuery(Query):
     server: Annotated[ServerName, doc("server name from the config")] = "local"
+
+
+class VolumeDeleteQuery(ServerQuery):
+    force: Annotated[bool, doc("delete even when clones, volumes below it or relationships "
+        "depend on it: the volumes named in the 409 are destroyed too")] = False
 
 
 class VolumesQuery(ServerQuery):
@@ -365,7 +408,10 @@ class Volume(Reply):
     readonly: bool
     mounted: bool
     state: Annotated[VolumeState, doc("available, in-use, or busy (backing-up, replicating, "
-        "restoring, failing-over, pruning, rejoining) on a stateful server")]
+        "restoring, failing-over, pruning, rejoining, creating, reverting, extending, "
+        "deleting) on a stateful server")]
+    size: Annotated[int | None, doc("what it may grow to in bytes: a zvol's volsize, a "
+        "filesystem's quota; null without a quota")] = None
 
 
 class Volumes(Reply):
@@ -399,6 +445,53 @@ class Snapshots(Reply):
     server: str
     volume: str
     items: list[ListedSnapshot]
+
+
+class RevertPlan(Reply):
+    server: str
+    volume: str
+    snapshot: str
+    destroys_snapshots: Annotated[list[str], doc("the later snapshots the revert destroys, "
+        "oldest first")]
+    replication_bases: Annotated[list[str], doc("those of them that are a replication's "
+        "incremental base (cerssd pins them)")]
+    relationships: Annotated[list[str], doc("relationships the volume takes part in")]
+
+
+class RevertAccepted(Activity):
+    plan: RevertPlan
+
+
+class DeleteAccepted(Activity):
+    dependents: Annotated[list[str], doc("volumes destroyed with it (below it, clones)")]
+    relationships: Annotated[list[str], doc("relationships that used it (forced)")]
+
+
+class PoolCapacity(Reply):
+    pool: str
+    total: Annotated[int, doc("the pool's size in bytes")]
+    free: int
+    allocated: int
+    provisioned: Annotated[int, doc("what its volumes may grow to: zvol sizes, filesystem "
+        "quotas, else what a filesystem uses")]
+    thin_ratio: Annotated[float, doc("provisioned / total: above 1.0 the pool is "
+        "overcommitted")]
+    exact: Annotated[bool, doc("false where the tool prints rounded figures (zfs-fuse's "
+        "zpool: three significant digits)")]
+
+
+class ServerCapacity(Reply):
+    pools: list[PoolCapacity]
+    measured_at: Annotated[float | None, doc("Unix time of the figures (null: not yet)")]
+    error: Annotated[str | None, doc("why the last measurement failed")]
+
+
+@dataclass(frozen=True)
+class ServerCapabilities(Capabilities):
+    """The capability booleans and, beside them, the server's pools' space (measured at
+    most every 30 s, and again after a volume operation on the server)."""
+
+    capacity: ServerCapacity | None = None
 
 
 class ReplicationAccepted(Activity):
@@ -594,7 +687,7 @@ class PruneAccepted(Activity):
     plan: PrunePlan
 
 
-#: ``GET /v1/capabilities``: server name → its capabilities.
-CapabilitiesByServer = dict[str, Capabilities]
+#: ``GET /v1/capabilities``: server name → its capabilities and capacity.
+CapabilitiesByServer = dict[str, ServerCapabilities]
 #: ``GET /v1/openapi.json``: an OpenAPI 3.1 document.
 OpenApiDocument = dict[str, Any]

@@ -64,6 +64,9 @@ class Volume:
     #: filesystem, not mounted, means not (``volume_states.idle_state``).
     readonly: bool = False
     mounted: bool = False
+    #: What it may grow to, in bytes: a block volume's size, a filesystem's quota; None
+    #: for a filesystem without a quota (no limit but the pool's). ``extend`` grows it.
+    size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +114,9 @@ class PoolCapacity:
     free: int
     allocated: int
     provisioned: int
+    #: False where the tool prints the pool's figures rounded (zfs-fuse's ``zpool list``
+    #: has no ``-p``: three significant digits, "504M"), True for exact bytes.
+    exact: bool = True
 
     @property
     def thin_ratio(self) -> float:

@@ -38,6 +38,7 @@ from cerssd.storage.names import (
 )
 from cerssd.storage.values import (
     Capabilities,
+    PoolCapacity,
     Snapshot,
     StreamOptions,
     TreeDataset,
@@ -53,7 +54,9 @@ from cerssd.transport.stream import Endpoint
 FAKE_CAPABILITIES = Capabilities(
     stateless_snapshots=True, incremental_send=True, bookmarks=True, holds=True,
     self_restarting=True, safe_send_holds=True, parsable_list=True, typed_get=True,
-    multi_snapshot=True)
+    multi_snapshot=True, clones=True)
+#: The fake's one size for every pool (``capacity``).
+FAKE_POOL_SIZE = 1 << 30
 
 _txg = itertools.count(1)
 
@@ -72,6 +75,12 @@ class FakeVolume:
     mounted: bool = True
     #: User properties set on this volume itself (``tree`` works out inheritance).
     props: dict[str, str] = field(default_factory=dict)
+    #: "filesystem" or "volume" (a block volume, only where ``capabilities.zvols``).
+    type: str = "filesystem"
+    #: A block volume's size, a filesystem's quota (None: no quota).
+    size: int | None = None
+    #: The snapshot a clone was made from.
+    origin: str | None = None
 
 
 def _guid() -> str:
@@ -163,8 +172,9 @@ class FakeBackend:
 
     def _volume(self, name: str) -> Volume:
         vol = self.vols[name]
-        return Volume(name=name, type="filesystem", guid=vol.guid, creation=vol.creation,
-                      used=0, referenced=0, readonly=vol.readonly, mounted=vol.mounted)
+        return Volume(name=name, type=vol.type, guid=vol.guid, creation=vol.creation,
+                      used=0, referenced=0, readonly=vol.readonly,
+                      mounted=vol.mounted and vol.type == "filesystem", size=vol.size)
 
     async def volume(self, name: str) -> Volume:
         await self._enter("volume")
@@ -254,6 +264,11 @@ class FakeBackend:
         doomed = [n for n in self.vols if n == volume or n.startswith(volume + "/")]
         if any(self.vols[n].pins.get(s.name) for n in doomed for s in self.vols[n].snapshots):
             raise Busy(f"a snapshot of {volume} is held")
+        clones = sorted(n for n, v in self.vols.items() if n not in doomed and v.origin
+                        and v.origin.partition("@")[0] in doomed)
+        if clones:
+            raise Busy(f"cannot destroy '{volume}': filesystem has dependent clones "
+                       f"({', '.join(clones)})")
         for name in doomed:
             del self.vols[name]
 
@@ -565,6 +580,67 @@ class FakeBackend:
     async def abort_receive(self, volume: str) -> None:
         await self._enter("abort_receive")
         validate_volume(volume)
+
+    # Volume operations
+
+    async def create_volume(self, volume: str, *, size: int | None = None) -> Volume:
+        await self._enter("create_volume")
+        if "/" not in validate_volume(volume):
+            raise InvalidName(f"{volume!r} is a pool: a volume is pool/name")
+        if size is not None and not self.capabilities.zvols:
+            raise BackendError(f"server {self.server} has no block volumes (zvols)")
+        if size is not None and size < 1:
+            raise BackendError(f"a size is a positive number of bytes, not {size!r}")
+        if volume.rpartition("/")[0] not in self.vols:
+            raise NotFound(f"cannot create '{volume}': parent does not exist")
+        vol = self.add_volume(volume)
+        if size is not None:
+            vol.type, vol.size = "volume", size
+        return self._volume(volume)
+
+    async def clone_volume(self, snapshot: str, volume: str) -> Volume:
+        await self._enter("clone_volume")
+        snap = validate_snapshot(snapshot)
+        origin = self._vol(snap.volume)
+        if not any(s.name == snapshot for s in origin.snapshots):
+            raise NotFound(f"cannot open '{snapshot}': dataset does not exist")
+        if volume.rpartition("/")[0] not in self.vols:
+            raise NotFound(f"cannot create '{volume}': parent does not exist")
+        vol = self.add_volume(volume)
+        vol.type, vol.size, vol.origin = origin.type, origin.size, snapshot
+        return self._volume(volume)
+
+    async def resize_volume(self, volume: str, size: int) -> None:
+        await self._enter("resize_volume")
+        if size < 1:
+            raise BackendError(f"a size is a positive number of bytes, not {size!r}")
+        self._vol(volume).size = size
+
+    async def dependents(self, volume: str) -> list[str]:
+        await self._enter("dependents")
+        self._vol(volume)
+        doomed = {n for n in self.vols if _in_tree(volume, n)}
+        found = sorted((n for n in doomed if n != volume), key=lambda n: tuple(n.split("/")))
+        while clones := sorted(n for n, v in self.vols.items() if n not in doomed
+                               and v.origin and v.origin.partition("@")[0] in doomed):
+            for clone in clones:
+                subtree = sorted((n for n in self.vols if _in_tree(clone, n)
+                                  and n not in doomed), key=lambda n: tuple(n.split("/")))
+                doomed.update(subtree)
+                found.extend(subtree)
+        return found
+
+    async def capacity(self) -> list[PoolCapacity]:
+        await self._enter("capacity")
+        result = []
+        for pool in sorted(self._pools):
+            names = [n for n in self.vols if _in_tree(pool, n)]
+            allocated = sum(s.referenced for n in names for s in self.vols[n].snapshots)
+            provisioned = sum(self.vols[n].size or 0 for n in names)
+            result.append(PoolCapacity(pool=pool, total=FAKE_POOL_SIZE,
+                                       free=FAKE_POOL_SIZE - allocated, allocated=allocated,
+                                       provisioned=provisioned))
+        return result
 
 
 def _in_tree(root: str, name: str) -> bool:

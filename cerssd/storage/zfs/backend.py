@@ -45,7 +45,7 @@ from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
 from .probe import capabilities_from_usage, parse_usage
 from .rows import snapshot_from, to_int, volume_from
 
-_VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted"
+_VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted,volsize,quota"
 _SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
 
 
@@ -86,6 +86,8 @@ class ZfsBackend:
         self.version = "unknown"
         #: Whether ``zfs holds`` works here; None until first tried.
         self._holds_listing: bool | None = None
+        #: Whether ``zpool list`` takes ``-p`` (exact bytes); None until first tried.
+        self.exact_pool_list: bool | None = None
 
     async def _run(self, *args: str, tool: str | None = None) -> str:
         try:
@@ -112,6 +114,11 @@ class ZfsBackend:
             self.version = f"pool version {m.group(1)}" if m else "unknown"
         self.capabilities = caps
         return caps
+
+    @property
+    def zpool(self) -> str:
+        """The ``zpool`` command (pool space for ``capacity``)."""
+        return self._zpool
 
     def info(self) -> dict[str, Any]:
         return {"server": self.server, "backend": "zfs", "zfs_version": self.version,

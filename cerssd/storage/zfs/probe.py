@@ -77,4 +77,6 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         encryption="load-key" in usage.commands,
         # "...@<snap> ...": the snapshot argument may be repeated
         multi_snapshot=re.search(r"@\S*\s+\.\.\.", usage.snapshot_line) is not None,
+        # zfs-fuse and every OpenZFS print "clone [-p] ... <snapshot> <filesystem|volume>"
+        clones="clone" in usage.commands,
     )

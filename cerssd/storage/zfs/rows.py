@@ -9,7 +9,15 @@ def volume_from(name: str, p: dict[str, str]) -> Volume:
     # ``mounted`` is "-" for a zvol: it has no mount, only a device.
     return Volume(name=name, type=p["type"], guid=p["guid"], creation=int(p["creation"]),
                   used=to_int(p.get("used")), referenced=to_int(p.get("referenced")),
-                  readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes")
+                  readonly=p.get("readonly") == "on", mounted=p.get("mounted") == "yes",
+                  size=size_from(p))
+
+
+def size_from(p: dict[str, str]) -> int | None:
+    """What a dataset may grow to: a zvol's ``volsize``, a filesystem's ``quota``; None
+    for a filesystem without one (``quota`` is 0, or "-"/"none" as some tools print it)."""
+    value = to_int(p.get("volsize") if p.get("type") == "volume" else p.get("quota"))
+    return value or None
 
 
 def snapshot_from(name: str, p: dict[str, str]) -> Snapshot:

@@ -1,0 +1,131 @@
+"""Each server's pool space, measured now and then and kept: what a scheduler reads.
+
+Measuring costs commands on the server (ZFS: a ``zpool list`` and one listing of its
+filesystems and volumes, which grows with them), so it is not done per request or per
+scrape. A measurement is kept for ``max_age`` seconds (30 by default): API reads and
+scrapes within that window cost nothing; one past it measures again, at most one
+measurement per server at a time (concurrent readers share it). A volume operation
+marks its server's figures stale (``invalidate``), so the next read after a create or
+delete sees it.
+
+A reader waits for a fresh measurement at most ``wait`` seconds (a server behind a
+lost link must not hold up a scrape): past that it gets the last figures, and the
+measurement finishes in the background. An unavailable server is not measured; its
+last figures stay with the error that stopped the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .activity import ActivityRecord
+from .engine import Activity, ActivityEngine
+from .servers import ServerRegistry
+from .storage.errors import BackendError
+from .storage.values import PoolCapacity
+from .transport.errors import LinkError
+
+log = structlog.get_logger("cerssd.capacity")
+
+#: The activity kinds that change a server's space as they end (``cerssd.volumes``).
+VOLUME_KINDS = "volume-"
+#: Seconds a measurement is served before the next read measures again.
+MAX_AGE = 30.0
+#: Seconds a reader waits for a measurement before taking the last figures.
+WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One server's figures: its pools, when they were measured, and the last error."""
+
+    pools: tuple[PoolCapacity, ...] = ()
+    measured_at: float | None = None
+    error: str | None = None
+    #: Monotonic time of the measurement (or the failed try): what ``max_age`` counts from.
+    at: float = field(default=float("-inf"), compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pools": [p.to_json() for p in self.pools], "measured_at": self.measured_at,
+                "error": self.error}
+
+
+class CapacityCache:
+    def __init__(self, servers: ServerRegistry, engine: ActivityEngine | None = None, *,
+                 max_age: float = MAX_AGE, wait: float = WAIT) -> None:
+        self.servers = servers
+        self.max_age = max_age
+        self.wait = wait
+        self._facts: dict[str, Measured] = {}
+        self._running: dict[str, asyncio.Task[Measured]] = {}
+        #: Measurements taken (tests and the docs' claim: not one per read).
+        self.measurements = 0
+        if engine is not None:
+            engine.add_listener(self._on_change)
+
+    def _on_change(self, record: ActivityRecord, activity: Activity) -> None:
+        """A volume operation ended: its server's space changed."""
+        if record.state.terminal and record.kind.startswith(VOLUME_KINDS):
+            self.invalidate(str(record.params.get("server")))
+
+    def cached(self) -> dict[str, Measured]:
+        """The figures as they are, of the configured servers (no command runs)."""
+        return {name: self._facts.get(name, Measured()) for name in self.servers.entries}
+
+    def invalidate(self, server: str) -> None:
+        """The server's space changed (a volume operation): the next read measures."""
+        if server in self._facts:
+            self._facts[server] = Measured(self._facts[server].pools,
+                                           self._facts[server].measured_at,
+                                           self._facts[server].error)
+
+    async def current(self) -> dict[str, Measured]:
+        """Every probed server's figures, measured again where older than ``max_age``
+        (waiting at most ``wait`` seconds for them)."""
+        now = time.monotonic()
+        stale = [name for name, entry in self.servers.entries.items()
+                 if entry.probed and now - self._facts.get(name, Measured()).at > self.max_age]
+        tasks = [self._measure(name) for name in stale]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.wait)
+        return self.cached()
+
+    def _measure(self, server: str) -> asyncio.Task[Measured]:
+        task = self._running.get(server)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._read(server),
+                                                          name=f"capacity-{server}")
+            self._running[server] = task
+            task.add_done_callback(functools.partial(self._ended, server))
+        return task
+
+    def _ended(self, server: str, task: asyncio.Task[Measured]) -> None:
+        self._running.pop(server, None)
+
+    async def _read(self, server: str) -> Measured:
+        old = self._facts.get(server, Measured())
+        try:
+            backend = await self.servers.backend(server)
+            pools = tuple(await backend.capacity())
+        except (BackendError, LinkError, OSError) as exc:
+            facts = Measured(old.pools, old.measured_at, str(exc), time.monotonic())
+            log.warning("capacity not measured", server=server, error=str(exc))
+        else:
+            self.measurements += 1
+            facts = Measured(pools, time.time(), None, time.monotonic())
+        if server in self.servers.entries:  # not removed by a reload meanwhile
+            self._facts[server] = facts
+        return facts
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
