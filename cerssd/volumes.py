@@ -27,7 +27,8 @@ from typing import Any
 from .activity import ActivityRecord, Progress, StatusCode
 from .engine import ActivityContext, ActivityEngine, ActivityError
 from .servers import ServerRegistry
-from .storage.errors import AlreadyExists, BackendError, Busy, NotFound
+from .storage.errors import AlreadyExists, BackendError, Busy, NotFound, while_busy
+from .storage.interface import StorageBackend
 from .storage.names import validate_snapshot, validate_volume
 
 CREATE = "volume-create"
@@ -36,6 +37,9 @@ REVERT = "volume-revert"
 EXTEND = "volume-extend"
 DELETE = "volume-delete"
 KINDS = (CREATE, CLONE, REVERT, EXTEND, DELETE)
+#: How long a destroy is retried while the backend calls the volume busy: a client with
+#: a file open keeps it busy for good, and that must fail in seconds, not hang.
+BUSY_SECONDS = 10.0
 
 
 def _error(exc: BackendError) -> ActivityError:
@@ -153,18 +157,26 @@ class DeleteVolumeWork(_Work):
         done = 0
         try:
             for clone in reversed(clones):
-                with contextlib.suppress(NotFound):  # gone with an earlier one
-                    await backend.destroy_volume(clone, force_unmount=True)
+                await _destroy(backend, clone, force_unmount=True)
                 done += 1
                 ctx.set_progress(done)
-            await backend.destroy_volume(self.volume,
-                                         force_unmount=bool(self.params.get("force")))
+            await _destroy(backend, self.volume, force_unmount=bool(self.params.get("force")))
         except BackendError as exc:
             raise _error(exc) from exc
         ctx.set_progress(done + 1)
 
     async def rollback(self, ctx: ActivityContext) -> None:
         return None  # a destroy is the commit point
+
+
+async def _destroy(backend: StorageBackend, volume: str, *, force_unmount: bool) -> None:
+    """Destroy ``volume``, retried while the backend calls it busy for a moment (zfs-fuse
+    does just after a dataset was mounted or its clone destroyed); one gone already (with
+    an earlier one) is fine."""
+    with contextlib.suppress(NotFound):
+        async for attempt in while_busy(BUSY_SECONDS):
+            with attempt:
+                await backend.destroy_volume(volume, force_unmount=force_unmount)
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry) -> None:

@@ -15,7 +15,7 @@ import urllib.parse
 from typing import Any
 
 from ..parsing import ConfigError, parse_duration
-from . import backups, relationships, watch
+from . import backups, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .output import Output, activity_rows, render_activity, size_text, when
 from .watch import wait_for
@@ -51,11 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if cmd in backups.COMMANDS:
         return backups.run(client, out, args)
     elif cmd == "servers":
-        data = client.request("GET", "/v1/servers")
-        out.emit(data, lambda d: out.table(
-            ["name", "kind", "available", "zfs", "error"],
-            [(s["name"], s["kind"], s["available"], s.get("zfs_version", "-"),
-              s["error"] or "") for s in d["items"]]))
+        return volumes.servers_command(client, out)
+    elif cmd == "volume":
+        return volumes.run(client, out, args)
     elif cmd == "links":
         data = client.request("GET", "/v1/links")
         out.emit(data, lambda d: out.table(
@@ -223,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
                     help="a live view until Ctrl-C (plain snapshots when not a terminal)")
     st.add_argument("--interval", type=watch.interval_arg, default=1.0, metavar="SECONDS",
                     help="refresh period of --watch (default 1)")
-    sub.add_parser("servers", help="configured servers")
+    sub.add_parser("servers", help="configured servers and their pools' space")
     sub.add_parser("capabilities", help="capabilities per server")
     sub.add_parser("links", help="link health of remote servers")
     v = sub.add_parser("volumes", help="volumes on a server (all of them, page by page)")
@@ -268,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--wait", action="store_true", help="follow it to the end")
     relationships.add_parsers(sub)
     backups.add_parsers(sub)
+    volumes.add_parsers(sub)
     return p
 
 
