@@ -313,3 +313,30 @@ def test_a_second_full_copy_of_one_snapshot_reuses_its_bookmark(
     replicate_ok(daemon, "tank/data@b1", "guest", "guest2", "tank2/two", timeout=600)
     assert fresh.guid("tank2/two@b1") == fresh.guid("tank/data@b1")
 
+
+
+def test_zvol_create_extend_and_exact_capacity(daemon: DaemonProcess, fresh: Guest) -> None:
+    """A block volume's create and extend (zfs-fuse has no zvols), and capacity from
+    ``zpool list -Hp``: exact bytes, the zvol's size in what is provisioned."""
+    created = post_json(daemon, "/v1/volumes", {"name": "tank/disk", "server": "guest",
+                                                "type": "volume", "size": 32 * MiB})
+    assert created.status == 202, created.body
+    assert daemon.wait_done(created.body["id"])["state"] == "succeeded"
+    assert fresh.prop("tank/disk", "type") == "volume"
+    assert fresh.prop("tank/disk", "volsize") == str(32 * MiB)
+    grown = post_json(daemon, "/v1/volumes/tank/disk/extend", {"server": "guest",
+                                                               "size": 64 * MiB})
+    assert grown.status == 202, grown.body
+    assert daemon.wait_done(grown.body["id"])["state"] == "succeeded"
+    assert fresh.prop("tank/disk", "volsize") == str(64 * MiB)
+    shrink = post_json(daemon, "/v1/volumes/tank/disk/extend", {"server": "guest",
+                                                                "size": 32 * MiB})
+    assert shrink.status == 409 and shrink.body["current_size"] == 64 * MiB, shrink.body
+
+    pools = {p["pool"]: p for p in
+             daemon.api("GET", "/v1/capabilities")["guest"]["capacity"]["pools"]}
+    size, alloc = fresh.sh("zpool list -Hp -o size,allocated tank").split()
+    tank = pools["tank"]
+    assert tank["exact"] is True and tank["total"] == int(size)
+    assert tank["provisioned"] >= 64 * MiB  # the zvol's size, and the root's own data
+    assert abs(tank["allocated"] - int(alloc)) <= 4 * MiB  # measured moments apart

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cerssd.storage.errors import AlreadyExists, BackendError, Busy, NotFound
 from cerssd.storage.names import InvalidName
@@ -183,3 +185,22 @@ def test_bad_input_on_a_real_daemon(daemon: DaemonProcess) -> None:
     assert r.status == 404, r.body
     assert zfs("list", "-H", "-o", "name", "-r", pool).stdout.split() == [pool, f"{pool}/vol"]
     assert "api request failed" not in daemon.log()
+
+
+def test_pool_metrics_pass_promtool_and_match_the_api(daemon: DaemonProcess) -> None:
+    pool = daemon.pool  # type: ignore[attr-defined]
+    text = daemon.api("GET", "/metrics")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, text=True,
+                           capture_output=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    samples = {(s.name, s.labels.get("pool")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples
+               if s.labels.get("server") == "local"}
+    measured = daemon.api("GET", "/v1/capabilities")["local"]["capacity"]
+    mine = next(p for p in measured["pools"] if p["pool"] == pool)
+    for key in ("total", "free", "allocated", "provisioned"):
+        assert samples[(f"cerssd_pool_{key}_bytes", pool)] == mine[key], key
+    assert samples[("cerssd_pool_thin_provisioning_ratio", pool)] == pytest.approx(
+        mine["thin_ratio"], abs=1e-4)
+    assert samples[("cerssd_pool_measured_timestamp_seconds", None)] == measured[
+        "measured_at"]
