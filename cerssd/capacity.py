@@ -8,10 +8,10 @@ measurement per server at a time (concurrent readers share it). A volume operati
 marks its server's figures stale (``invalidate``), so the next read after a create or
 delete sees it.
 
-A reader waits for a fresh measurement at most ``wait`` seconds (a server behind a
-lost link must not hold up a scrape): past that it gets the last figures, and the
-measurement finishes in the background. An unavailable server is not measured; its
-last figures stay with the error that stopped the next ones.
+A reader waits for a fresh measurement at most ``wait`` seconds (5 for a scrape: a
+server behind a lost link must not hold it up; 20 for an API read): past that it gets
+the last figures, and the measurement finishes in the background. An unavailable server
+is not measured; its last figures stay with the error that stopped the next ones.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ log = structlog.get_logger("cerssd.capacity")
 VOLUME_KINDS = "volume-"
 #: Seconds a measurement is served before the next read measures again.
 MAX_AGE = 30.0
-#: Seconds a reader waits for a measurement before taking the last figures.
+#: Seconds a scrape waits for a measurement before taking the last figures: a server
+#: behind a lost link must not hold up the scrape (Prometheus' default timeout is 10 s).
 WAIT = 5.0
+#: Seconds an API read waits: it asked for the figures, and a zfs-fuse host with hundreds
+#: of pools takes seconds to list them (well within cerssctl's 30 s).
+API_WAIT = 20.0
 
 
 @dataclass(frozen=True)
@@ -86,15 +90,15 @@ class CapacityCache:
                                            self._facts[server].measured_at,
                                            self._facts[server].error)
 
-    async def current(self) -> dict[str, Measured]:
+    async def current(self, wait: float | None = None) -> dict[str, Measured]:
         """Every probed server's figures, measured again where older than ``max_age``
-        (waiting at most ``wait`` seconds for them)."""
+        (waiting at most ``wait`` seconds for them: the cache's own by default)."""
         now = time.monotonic()
         stale = [name for name, entry in self.servers.entries.items()
                  if entry.probed and now - self._facts.get(name, Measured()).at > self.max_age]
         tasks = [self._measure(name) for name in stale]
         if tasks:
-            await asyncio.wait(tasks, timeout=self.wait)
+            await asyncio.wait(tasks, timeout=self.wait if wait is None else wait)
         return self.cached()
 
     def _measure(self, server: str) -> asyncio.Task[Measured]:

@@ -21,6 +21,7 @@ API before submitting (``api/volumes.py``); the pure parts are here
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,6 +68,10 @@ class CreateVolumeWork(_Work):
         super().__init__(record, servers)
         #: The guid of what this activity made, once made: only that is rolled back.
         self.made: str | None = None
+        #: When its command was issued: a cancel may land while the command runs, and a
+        #: volume of that name created since then is this activity's (the API checked
+        #: that none existed).
+        self.issued: float | None = None
 
     async def run(self, ctx: ActivityContext) -> None:
         backend = await self.servers.backend(self.server)
@@ -74,6 +79,7 @@ class CreateVolumeWork(_Work):
         snapshot, size = self.params.get("from_snapshot"), self.params.get("size")
         block = self.params.get("type") == "volume"
         try:
+            self.issued = time.time()
             if snapshot is not None:
                 made = await backend.clone_volume(snapshot, self.volume)
             else:
@@ -88,13 +94,16 @@ class CreateVolumeWork(_Work):
         ctx.set_progress(1)
 
     async def rollback(self, ctx: ActivityContext) -> None:
-        if self.made is None:
+        if self.issued is None:
             return
         backend = await self.servers.backend(self.server)
         try:
-            if (await backend.volume(self.volume)).guid != self.made:
-                return  # not ours any more
+            found = await backend.volume(self.volume)
         except NotFound:
+            return
+        ours = (found.guid == self.made if self.made is not None
+                else found.creation >= int(self.issued))  # creation has 1 s steps
+        if not ours:
             return
         await backend.destroy_volume(self.volume, force_unmount=True)
         ctx.log.info("rolled back: destroyed the volume this activity made",

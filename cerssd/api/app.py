@@ -20,6 +20,7 @@ from aiohttp import web
 
 from .. import __version__, snapshots
 from ..activity import IllegalTransition
+from ..capacity import API_WAIT
 from ..config import streams_directly
 from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
@@ -83,7 +84,8 @@ class ControlApi:
     async def capabilities(self, request: web.Request) -> web.Response:
         """The capability booleans and, beside them, each server's pool space (measured
         at most every 30 s: ``capacity.py``)."""
-        measured = await self.ctx.capacity.current() if self.ctx.capacity else {}
+        measured = (await self.ctx.capacity.current(API_WAIT) if self.ctx.capacity
+                    else {})
         return json_response({
             name: {**caps.to_json(),
                    **({"capacity": measured[name].to_json()} if name in measured else {})}
