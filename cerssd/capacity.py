@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -63,8 +64,13 @@ class Measured:
 
 class CapacityCache:
     def __init__(self, servers: ServerRegistry, engine: ActivityEngine | None = None, *,
-                 max_age: float = MAX_AGE, wait: float = WAIT) -> None:
+                 max_age: float = MAX_AGE, wait: float = WAIT,
+                 served: Callable[[str], tuple[str, ...] | None] | None = None) -> None:
+        """``served`` names the pools the daemon serves on a server (``volume_roots``:
+        its ``pools`` key, else its relationships' pools; None for every pool): only
+        those are shown, as ``GET /v1/volumes`` lists only them."""
         self.servers = servers
+        self.served = served
         self.max_age = max_age
         self.wait = wait
         self._facts: dict[str, Measured] = {}
@@ -80,8 +86,17 @@ class CapacityCache:
             self.invalidate(str(record.params.get("server")))
 
     def cached(self) -> dict[str, Measured]:
-        """The figures as they are, of the configured servers (no command runs)."""
-        return {name: self._facts.get(name, Measured()) for name in self.servers.entries}
+        """The figures as they are, of the configured servers and the pools the daemon
+        serves there (no command runs)."""
+        return {name: self._served(name, self._facts.get(name, Measured()))
+                for name in self.servers.entries}
+
+    def _served(self, server: str, facts: Measured) -> Measured:
+        roots = self.served(server) if self.served is not None else None
+        if roots is None:
+            return facts
+        pools = {root.partition("/")[0] for root in roots}
+        return replace(facts, pools=tuple(p for p in facts.pools if p.pool in pools))
 
     def invalidate(self, server: str) -> None:
         """The server's space changed (a volume operation): the next read measures."""

@@ -46,6 +46,7 @@ from .replication.retry import RetryPolicy
 from .replication.stream.groups import FanoutGroups
 from .sdnotify import Notifier, watchdog_interval
 from .servers import BackendFactory, ServerRegistry, configured_backend
+from .volume_roots import volume_roots
 from .volume_states import VolumeStates
 
 log = structlog.get_logger("cerssd.daemon")
@@ -96,7 +97,6 @@ class Daemon:
         await self.servers.probe_all()
         snapshots.register(self.engine, self.servers)
         volumes.register(self.engine, self.servers)
-        self.capacity = CapacityCache(self.servers, self.engine)
         policy = RetryPolicy(stall_timeout=d.stall_timeout or None,
                                        max_interval=d.retry_max_interval,
                                        deadline=d.retry_deadline)
@@ -114,6 +114,7 @@ class Daemon:
             self.engine, self.servers, self.journal, volume_states=self.volume_states,
             groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate)
         self.relationships.registry.load(self.config.relationships)
+        self.capacity = CapacityCache(self.servers, self.engine, served=self._served)
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
                                capacity=self.capacity)
         self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
@@ -128,6 +129,11 @@ class Daemon:
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
+
+    def _served(self, server: str) -> tuple[str, ...] | None:
+        """The pools and datasets the daemon serves on ``server`` (``volume_roots``)."""
+        return volume_roots(self.servers.entry(server).config,
+                            (rt.spec for rt in self.relationships.registry.all()))
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         self._lock_file = open(state_dir / "cerssd.lock", "w")  # noqa: SIM115 - held for life

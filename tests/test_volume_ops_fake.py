@@ -170,6 +170,11 @@ async def test_delete_is_refused_while_a_relationship_uses_it() -> None:
         status, body = await c.api("DELETE", "/v1/volumes/tank/data?server=a")
         assert status == 409 and body["relationships"] == ["web"], body
         assert "web" in body["detail"]
+        # Capacity shows the pools the daemon serves there: the relationship's.
+        c.fakes["b"]._pools.add("other")
+        status, caps = await c.api("GET", "/v1/capabilities")
+        assert [p["pool"] for p in caps["b"]["capacity"]["pools"]] == ["tank"], caps["b"]
+        assert "other" in {p.pool for p in await c.fakes["b"].capacity()}
         # Another volume, or the same name on a server the relationship does not use: fine.
         await accepted(c, "DELETE", "/v1/volumes/tank/parent?server=a")
         c.fakes["b"].add_volume("tank/other")
