@@ -157,7 +157,8 @@ class ExtendVolumeWork(_Work):
 
 class DeleteVolumeWork(_Work):
     """Destroy the volume and what is below it; forced, the clones that depend on it
-    too (named to the operator before: ``clones``), clones of clones first."""
+    too (named to the operator before: ``clones``), clones of clones first, after
+    cerssd's pins on their snapshots (``unpin``) are released."""
 
     async def run(self, ctx: ActivityContext) -> None:
         backend = await self.servers.backend(self.server)
@@ -165,6 +166,8 @@ class DeleteVolumeWork(_Work):
         clones: list[str] = list(self.params.get("clones", []))
         done = 0
         try:
+            for snapshot, server in self.params.get("unpin", []):
+                await backend.unpin(snapshot, server)  # forced past a replication's base
             for clone in reversed(clones):
                 await _destroy(backend, clone, force_unmount=True)
                 done += 1

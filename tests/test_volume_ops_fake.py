@@ -170,6 +170,12 @@ async def test_delete_is_refused_while_a_relationship_uses_it() -> None:
         status, body = await c.api("DELETE", "/v1/volumes/tank/data?server=a")
         assert status == 409 and body["relationships"] == ["web"], body
         assert "web" in body["detail"]
+        # Forced: the relationship's base is unpinned first (a held snapshot is busy).
+        await c.fakes["a"].create_snapshot("tank/data", "base")
+        await c.fakes["a"].pin("tank/data@base", "b")
+        done = await accepted(c, "DELETE", "/v1/volumes/tank/data?server=a&force=true")
+        assert done["params"]["unpin"] == [["tank/data@base", "b"]]
+        assert "tank/data" not in c.fakes["a"].vols
         # Capacity shows the pools the daemon serves there: the relationship's.
         c.fakes["b"]._pools.add("other")
         status, caps = await c.api("GET", "/v1/capabilities")

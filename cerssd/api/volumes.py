@@ -157,10 +157,28 @@ async def delete_volume(api: Api, request: web.Request) -> web.Response:
                         "(a relationship then fails its cycles until it is changed)",
                         "has-dependents", dependents=dependents, relationships=relationships)
     clones = [d for d in dependents if not ops.within(volume, d)]
+    unpin = await _pins(api, backend, [volume, *clones]) if q.force else []
     record = api.ctx.volume_states.submit_holding(
         holds=[(q.server, volume)], busy=DELETING,
         submit=lambda: ops.submit(api.ctx.engine, ops.DELETE, q.server, volume,
                                   total=1 + len(clones), force=q.force, clones=clones,
-                                  dependents=dependents))
+                                  dependents=dependents, unpin=unpin))
     return json_response({**record.to_json(), "dependents": dependents,
                           "relationships": relationships}, 202)
+
+
+async def _pins(api: Api, backend: StorageBackend, roots: list[str]) -> list[list[str]]:
+    """cerssd's pins (a replication's base) on the snapshots of ``roots`` and what is
+    below them, as [snapshot, server] pairs: a forced delete releases them first, or
+    ZFS would call the held snapshots busy. One listing per root; only held snapshots
+    are asked whose pins they carry."""
+    servers = list(api.ctx.servers.entries)
+    pins: list[list[str]] = []
+    for root in roots:
+        listing = await backend.tree(root)
+        for ds in listing.datasets:
+            for snap in ds.snapshots:
+                if snap.userrefs:
+                    pins += [[snap.name, s] for s in
+                             sorted(await backend.pinned_by(snap.name, servers))]
+    return pins
