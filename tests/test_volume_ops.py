@@ -136,6 +136,7 @@ def test_every_operation_through_cerssctl(daemon: DaemonProcess) -> None:
     refused = ctl(daemon, "volume", "delete", f"{pool}/db")
     assert refused.returncode == 1 and f"{pool}/db-copy" in refused.stderr
     assert zfs("list", f"{pool}/db", check=False).returncode == 0
+    zfs("hold", "cerssd:local", f"{pool}/db@s1")  # a replication's base, as one leaves it
     deleted = ctl(daemon, "volume", "delete", f"{pool}/db", "--force")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert "2 of 2 volumes" in deleted.stdout
