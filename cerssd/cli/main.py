@@ -18,7 +18,7 @@ from ..parsing import ConfigError, parse_duration
 from . import backups, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .output import Output, activity_rows, render_activity, size_text, when
-from .watch import wait_for
+from .watch import submitted, wait_for
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
 
@@ -184,10 +184,7 @@ def snapshot_command(client: Client, out: Output, args: argparse.Namespace) -> i
     else:
         data = client.request("DELETE", f"/v1/volumes/{quote(volume)}/snapshots/{quote(label)}"
                                         f"?server={quote(args.server)}")
-    if args.no_wait:
-        out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
-        return 0
-    return wait_for(client, out, data)
+    return submitted(client, out, data, args.no_wait)
 
 
 def _holds(snapshot: dict[str, Any]) -> str:

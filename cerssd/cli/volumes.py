@@ -16,7 +16,7 @@ from typing import Any
 from ..parsing import ConfigError, parse_size
 from .client import Client, CliError, quote
 from .output import Output, size_text
-from .watch import wait_for
+from .watch import submitted
 
 
 def _size(text: str) -> int:
@@ -83,10 +83,7 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
         force = "&force=true" if args.force else ""
         data = client.request("DELETE", f"/v1/volumes/{quote(args.name)}"
                                         f"?server={quote(args.server)}{force}")
-    if args.no_wait:
-        out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
-        return 0
-    return wait_for(client, out, data)
+    return submitted(client, out, data, args.no_wait)
 
 
 def _render_plan(out: Output, plan: dict[str, Any]) -> None:

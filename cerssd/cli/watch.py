@@ -486,6 +486,15 @@ def wait_for(client: Client, out: Output, activity: dict[str, Any]) -> int:
     return exit_status(activity)
 
 
+def submitted(client: Client, out: Output, activity: dict[str, Any], no_wait: bool) -> int:
+    """A submitted activity: its id and state at once (``--no-wait``), else followed to
+    its end (``wait_for``)."""
+    if no_wait:
+        out.emit(activity, lambda a: out.console.print(f"{a['id']} {a['state']}"))
+        return 0
+    return wait_for(client, out, activity)
+
+
 def interval_arg(text: str) -> float:
     """argparse type for ``--interval``: seconds, more than 0."""
     try:
