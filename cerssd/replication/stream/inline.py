@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -51,32 +48,36 @@ class Peeked:
 
 async def peek(fd: int, limit: int, wait: float) -> Peeked:
     """At most ``limit + 1`` bytes of pipe ``fd``, read within ``wait`` seconds: never
-    more, so what was read is small and the rest stays in the pipe for a relay. Runs in
-    a thread (a blocking read releases the GIL); cancelling waits for it to let go of
-    ``fd`` (within 0.2 s), which the caller may close afterwards."""
-    stop = threading.Event()
+    more, so what was read is small and the rest stays in the pipe for a relay. Read by
+    the event loop (``add_reader``), not a thread: a tree's transfers each hold one of
+    the default executor's few threads while they run, and peeks queued behind them."""
     loop = asyncio.get_running_loop()
-    job = loop.run_in_executor(None, _peek, fd, limit, time.monotonic() + wait, stop)
-    try:
-        return await asyncio.shield(job)
-    except asyncio.CancelledError:
-        stop.set()
-        await asyncio.shield(job)
-        raise
-
-
-def _peek(fd: int, limit: int, deadline: float, stop: threading.Event) -> Peeked:
     data = bytearray()
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    while len(data) <= limit:
-        left = deadline - time.monotonic()
-        if left <= 0 or stop.is_set():
-            break
-        if not poller.poll(int(min(left, 0.2) * 1000) + 1):
-            continue
-        chunk = os.read(fd, limit + 1 - len(data))
-        if not chunk:
-            return Peeked(bytes(data), True)
-        data += chunk
-    return Peeked(bytes(data), False)
+    outcome: asyncio.Future[bool] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, limit + 1 - len(data))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            return
+        if not chunk or len(data) + len(chunk) > limit:
+            data.extend(chunk)
+            if not outcome.done():
+                outcome.set_result(not chunk)
+            return
+        data.extend(chunk)
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        ended = await asyncio.wait_for(outcome, wait)
+    except TimeoutError:
+        ended = False
+    finally:
+        loop.remove_reader(fd)
+        os.set_blocking(fd, True)  # the relay's splice blocks on it
+    return Peeked(bytes(data), ended)
