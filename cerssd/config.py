@@ -17,6 +17,7 @@ from typing import Any
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
 from .replication.logic.spec import RelationshipSpec, overlapping, parse_relationship
+from .storage.btrfs.layout import pool_name
 from .storage.names import InvalidName, validate_object_name, validate_volume
 from .storage.registry import BACKENDS, DEFAULT_BACKEND
 
@@ -37,7 +38,7 @@ DAEMON_KEYS = {
 }
 SERVER_KEYS = {
     "kind", "backend", "host", "port", "user", "identity_file", "known_hosts",
-    "zfs_command", "stateless", "cipher", "pools",
+    "zfs_command", "stateless", "cipher", "pools", "root", "pool",
 }
 
 
@@ -88,6 +89,11 @@ class ServerConfig:
     #: The pools (or datasets) whose volumes this daemon serves on the server: what
     #: ``GET /v1/volumes`` lists. Empty: those its relationships name (``volume_roots``).
     pools: tuple[str, ...] = ()
+    #: btrfs: the subvolume under which volumes are subvolumes (docs/drivers.md).
+    root: str | None = None
+    #: btrfs: the pool's name (a volume name's first component); default: the root's
+    #: last path component.
+    pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,7 +237,9 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         zfs_command=_str(t, "zfs_command", prefix, "zfs"), stateless=stateless,
         cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
         pools=_pools(t, prefix),
+        root=_str(t, "root", prefix, None), pool=_str(t, "pool", prefix, None),
     )
+    _check_backend_keys(server, prefix)
     for word in ("host", "user", "zfs_command"):
         value = getattr(server, word)
         if value is not None and not _WORD.fullmatch(value):
@@ -246,6 +254,27 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
                 raise ConfigError(prefix + required,
                                   "is required for an ssh server (host keys are always checked)")
     return server
+
+
+def _check_backend_keys(server: ServerConfig, prefix: str) -> None:
+    """``root`` and ``pool`` belong to btrfs, which needs ``root``: an absolute path of
+    plain components (it is passed to btrfs, and over SSH to a shell, as one word)."""
+    if server.backend != "btrfs":
+        for key in ("root", "pool"):
+            if getattr(server, key) is not None:
+                raise ConfigError(prefix + key, f"is a btrfs setting; this server's backend "
+                                  f"is {server.backend}")
+        return
+    if server.root is None:
+        raise ConfigError(prefix + "root", 'is required for backend = "btrfs": the '
+                          'subvolume volumes live under, such as "/srv/volumes"')
+    if not re.fullmatch(r"(/[A-Za-z0-9_:-][A-Za-z0-9_.:-]*)+/?", server.root):
+        raise ConfigError(prefix + "root", "must be an absolute path of letters, digits and "
+                          f"_ . : - (no component starting with '.'), not {server.root!r}")
+    try:
+        pool_name(server.root, server.pool)
+    except InvalidName as exc:
+        raise ConfigError(prefix + ("pool" if server.pool else "root"), str(exc)) from None
 
 
 def _pools(t: Mapping[str, Any], prefix: str) -> tuple[str, ...]:

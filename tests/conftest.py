@@ -54,12 +54,12 @@ REPO = Path(__file__).resolve().parent.parent
 SLOW = 300.0
 
 # The OpenZFS tier's session fixture (a QEMU guest), usable from any test module.
-pytest_plugins = ("tests.openzfs_guest",)
+pytest_plugins = ("tests.openzfs_guest", "tests.btrfs_fs")
 
 #: The fixtures that start a real service; a test using one (directly or through
 #: another fixture, such as ``make_pool`` or ``start_daemon``) is in the integration tier.
 SERVICE_FIXTURES = frozenset({"zfs_fuse", "sshd", "make_netns_sshd", "s3_server",
-                              "openzfs_guest"})
+                              "openzfs_guest", "btrfs_mount"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

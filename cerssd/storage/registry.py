@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from ..transport.runner import Runner
+from .btrfs import BtrfsBackend
 from .interface import StorageBackend
 from .zfs import ZfsBackend
 
@@ -25,13 +26,25 @@ class BackendSettings(Protocol):
     @property
     def stateless(self) -> bool: ...
 
+    @property
+    def root(self) -> str | None: ...
+
+    @property
+    def pool(self) -> str | None: ...
+
 
 def _zfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
     return ZfsBackend(runner, zfs=cfg.zfs_command, stateless=cfg.stateless)
 
 
+def _btrfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
+    assert cfg.root is not None  # the config requires it for btrfs
+    return BtrfsBackend(runner, root=cfg.root, pool=cfg.pool)
+
+
 BACKENDS: Mapping[str, Callable[[Runner, BackendSettings], StorageBackend]] = {
     "zfs": _zfs,
+    "btrfs": _btrfs,
 }
 
 

@@ -1,0 +1,121 @@
+"""One listing of a server's subvolumes, read into volumes and snapshots.
+
+``btrfs subvolume list -u -R -q -c -g`` prints every subvolume of the filesystem with its
+generation, generation at creation (``cgen``), UUID, received UUID and parent UUID; the
+same with ``-s`` adds the creation time (``otime``) of those that are snapshots. Both run
+in one command (``LIST_SCRIPT``), ``TZ=UTC`` so the times read back as they are stored.
+
+**Identity.** A snapshot's ``guid`` is its *received UUID* when it was received, else its
+own UUID. ``btrfs send`` names a subvolume (and an incremental's parent) by that same
+rule, and ``btrfs receive`` finds the parent by it, so a snapshot and every copy of it,
+however many hops away, share one guid: the planner's guid rules hold unchanged.
+
+**Order.** ``cgen`` (the transaction that created the snapshot) plays ``createtxg``;
+``creation`` is the ``otime``. A full receive's subvolume is no snapshot and has no
+``otime`` in the listing: its root directory's ctime (set as the receive ends, never
+changed on a read-only subvolume) stands in, from one ``stat`` naming all such.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from dataclasses import dataclass
+
+from ..values import Snapshot, Volume
+from .layout import Layout
+
+LIST_SCRIPT = (
+    'export TZ=UTC; btrfs subvolume list -a -u -R -q -c -g "$1" && echo "#snapshots" && '
+    'btrfs subvolume list -a -s -u -R -q -c -g "$1" && echo "#readonly" && '
+    'btrfs subvolume list -a -r -u -R -q -c -g "$1"')
+
+#: With ``-a`` every path is relative to the top level, some spelt with this prefix. (Without
+#: it, the subvolumes directly inside the listed one are printed relative to *it*.)
+FS_TREE = "<FS_TREE>/"
+_ROW = re.compile(
+    r"ID (\d+) gen (\d+) cgen (\d+) top level (\d+)(?: otime (\S+ \S+))?"
+    r" parent_uuid (\S+)\s+received_uuid (\S+)\s+uuid (\S+) path (.*)")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One subvolume as listed."""
+
+    id: int
+    gen: int
+    cgen: int
+    parent_uuid: str
+    received_uuid: str
+    uuid: str
+    path: str
+    otime: int | None = None
+    readonly: bool = False
+
+    @property
+    def guid(self) -> str:
+        return self.received_uuid if self.received_uuid != "-" else self.uuid
+
+
+def parse_rows(text: str) -> list[Row]:
+    """Rows of the first listing, with the second's ``otime`` where it has one."""
+    first, _, rest = text.partition("#snapshots")
+    second, _, third = rest.partition("#readonly")
+    otimes = {r.id: r.otime for r in _rows(second)}
+    readonly = {r.id for r in _rows(third)}
+    return [Row(r.id, r.gen, r.cgen, r.parent_uuid, r.received_uuid, r.uuid, r.path,
+                otimes.get(r.id), r.id in readonly) for r in _rows(first)]
+
+
+def _rows(text: str) -> list[Row]:
+    rows = []
+    for line in text.splitlines():
+        m = _ROW.fullmatch(line.strip())
+        if m is None:
+            continue
+        otime = calendar.timegm(time.strptime(m[5], "%Y-%m-%d %H:%M:%S")) if m[5] else None
+        rows.append(Row(int(m[1]), int(m[2]), int(m[3]), m[6], m[7], m[8],
+                        m[9].removeprefix(FS_TREE), otime))
+    return rows
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The root's volumes and snapshots by name (each snapshot's volume oldest first)."""
+
+    volumes: dict[str, Row]
+    snapshots: dict[str, list[tuple[str, Row]]]
+
+    def snapshot_rows(self, volume: str) -> list[tuple[str, Row]]:
+        return self.snapshots.get(volume, [])
+
+
+def sort_listing(layout: Layout, rows: list[Row]) -> Listing:
+    volumes: dict[str, Row] = {}
+    snapshots: dict[str, list[tuple[str, Row]]] = {}
+    for row in rows:
+        named = layout.name_of(row.path)
+        if named is None:
+            continue
+        kind, name = named
+        if kind == "volume":
+            volumes[name] = row
+        else:
+            snapshots.setdefault(name.partition("@")[0], []).append((name, row))
+    for snaps in snapshots.values():
+        snaps.sort(key=lambda pair: (pair[1].cgen, pair[1].id))
+    return Listing(dict(sorted(volumes.items())), snapshots)
+
+
+def snapshot_of(name: str, row: Row) -> Snapshot:
+    volume, _, label = name.partition("@")
+    return Snapshot(name=name, volume=volume, label=label, guid=row.guid,
+                    creation=row.otime or 0, used=0, referenced=0, userrefs=0,
+                    createtxg=row.cgen)
+
+
+def volume_of(name: str, row: Row) -> Volume:
+    """A subvolume is mounted wherever its filesystem is: btrfs has no per-volume mount."""
+    return Volume(name=name, type="filesystem", guid=row.uuid, creation=row.otime or 0,
+                  used=0, referenced=0, readonly=row.readonly, mounted=True)
