@@ -522,6 +522,11 @@ class ReplicateWork:
             dst = await self.servers.backend(self.req.destination)
         except ServerUnavailable as exc:
             raise ActivityError(f"cannot roll back on {self.req.destination}: {exc}") from exc
+        if not dst.capabilities.resumable_send:
+            # Nothing to resume from: what a cut-off receive left beside the target (btrfs:
+            # a partial subvolume in its receive directory) goes now (a no-op on ZFS).
+            for volume in (self.req.target_volume, self.req.staging_volume):
+                await dst.abort_receive(volume)
         for volume in (self.req.target_volume, self.req.staging_volume):
             if await dst.resume_token(volume) is None:
                 continue

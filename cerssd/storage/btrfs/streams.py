@@ -124,8 +124,9 @@ if [ -e "$vol" ]; then
     mkdir -p "$(dirname "$stage/.volume/$n")" && mv "$vol/$n" "$stage/.volume/$n" \
       || fail "cannot carry $n over"
   done
-  [ "$ro" = "ro=true" ] && btrfs property set -ts "$stage/.volume" ro true
   mv "$vol" "$stage/.old" && mv "$stage/.volume" "$vol" || fail "cannot swap $vol"
+  # A read-only subvolume cannot move between directories: read-only once in place.
+  [ "$ro" = "ro=true" ] && btrfs property set -ts "$vol" ro true
   btrfs subvolume delete "$stage/.old" >/dev/null
 else
   btrfs subvolume snapshot "$last" "$vol" >/dev/null || fail "cannot create $vol"

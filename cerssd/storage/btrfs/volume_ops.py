@@ -36,8 +36,9 @@ for n in $(cd "$vol" && find . -mindepth 1 -xdev -inum 256 -prune -print); do
   rmdir "$new/$n" 2>/dev/null
   mkdir -p "$(dirname "$new/$n")" && mv "$vol/$n" "$new/$n" || exit 1
 done
-[ "$ro" = "ro=true" ] && btrfs property set -ts "$new" ro true
 mv "$vol" "$old" && mv "$new" "$vol" || exit 1
+# A read-only subvolume cannot move between directories: read-only once in place.
+[ "$ro" = "ro=true" ] && btrfs property set -ts "$vol" ro true
 btrfs subvolume delete "$old" >/dev/null || exit 1
 for later do
   btrfs subvolume delete "$later" >/dev/null && rmdir "$(dirname "$later")" || exit 1
