@@ -277,10 +277,34 @@ def test_a_server_backend_is_zfs_unless_named_and_only_a_registered_one() -> Non
     assert parse_config({}).servers["local"].backend == "zfs"
     cfg = parse_config({"servers": {"local": {"kind": "local", "backend": "zfs"}}})
     assert cfg.servers["local"].backend == "zfs"
-    for bad in ("btrfs", "ZFS", "zfs\n", 3):
+    for bad in ("xfs", "ZFS", "zfs\n", "btrfs ", 3):
         with pytest.raises(ConfigError) as info:
             parse_config({"servers": {"local": {"kind": "local", "backend": bad}}})
         assert info.value.key == "servers.local.backend"
+
+
+def test_a_btrfs_server_needs_a_plain_absolute_root_and_a_valid_pool_name() -> None:
+    cfg = parse_config({"servers": {"local": {"kind": "local", "backend": "btrfs",
+                                              "root": "/srv/volumes"}}})
+    assert (cfg.servers["local"].root, cfg.servers["local"].pool) == ("/srv/volumes", None)
+    named = parse_config({"servers": {"local": {"kind": "local", "backend": "btrfs",
+                                                "root": "/srv/v", "pool": "tank"}}})
+    assert named.servers["local"].pool == "tank"
+    cases = [({"backend": "btrfs"}, "root"),
+             ({"backend": "btrfs", "root": "srv/volumes"}, "root"),
+             ({"backend": "btrfs", "root": "/srv/../etc"}, "root"),
+             ({"backend": "btrfs", "root": "/srv/a b"}, "root"),
+             ({"backend": "btrfs", "root": "/srv/vols\n"}, "root"),
+             ({"backend": "btrfs", "root": "/srv/.hidden"}, "root"),
+             ({"backend": "btrfs", "root": "/srv/9lives"}, "root"),  # no pool name
+             ({"backend": "btrfs", "root": "/srv/v", "pool": "-x"}, "pool"),
+             ({"backend": "btrfs", "root": "/srv/v", "pool": "mirror"}, "pool"),
+             ({"root": "/srv/v"}, "root"),  # a btrfs key on a zfs server
+             ({"pool": "tank"}, "pool")]
+    for server, key in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"servers": {"local": {"kind": "local", **server}}})
+        assert info.value.key == f"servers.local.{key}", server
 
 
 @pytest.mark.parametrize("value", ["5m\nx", "5\u0665m", "64MiB\nx", "6\u0664MiB"])
