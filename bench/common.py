@@ -460,6 +460,8 @@ class SshServer:
 
     name: str
     port: int
+    #: More lines for its section (a backend other than ZFS: ``backend``, ``root``).
+    extra: str = ""
 
 
 @dataclass
@@ -514,31 +516,33 @@ class Daemon:
             raise BenchError(f"cerssd exited {self.proc.returncode}:\n{self.log_tail()}")
 
 
-def daemon_config(root: Path, sshd: Sshd, cipher: str, servers: Sequence[SshServer]) -> str:
+def daemon_config(root: Path, sshd: Sshd, cipher: str, servers: Sequence[SshServer],
+                  local_extra: str = "") -> str:
     """``[servers.local]`` plus one ssh server per entry, all with the same cipher as the
     baseline's ``ssh -c``, keys and known_hosts of the bench sshd."""
     text = ("[daemon]\n"
             f'control_socket = "{root / "control.sock"}"\n'
             f'state_dir = "{root / "state"}"\n'
             'metrics_listen = "off"\n\n'
-            '[servers.local]\nkind = "local"\n')
+            f'[servers.local]\nkind = "local"\n{local_extra}')
     for server in servers:
         text += (f'\n[servers.{server.name}]\nkind = "ssh"\nhost = "127.0.0.1"\n'
                  f'port = {server.port}\nuser = "root"\n'
                  f'identity_file = "{sshd.client_key}"\n'
                  f'known_hosts = "{sshd.known_hosts}"\n'
-                 f'cipher = "{cipher}"\n')
+                 f'cipher = "{cipher}"\n{server.extra}')
     return text
 
 
 def start_daemon(stack: contextlib.ExitStack, sshd: Sshd, cipher: str,
-                 servers: Sequence[SshServer], keep_log: Path | None = None) -> Daemon:
+                 servers: Sequence[SshServer], keep_log: Path | None = None,
+                 local_extra: str = "") -> Daemon:
     """A real cerssd with its own socket and state; stopped (SIGTERM) on the way out."""
     # Unix socket paths must stay under 108 bytes: a short directory directly in /tmp.
     root = Path(tempfile.mkdtemp(prefix="cerssd-bench-", dir="/tmp"))
     cleanup(stack, shutil.rmtree, root, ignore_errors=True)
     config = root / "cerssd.toml"
-    config.write_text(daemon_config(root, sshd, cipher, servers))
+    config.write_text(daemon_config(root, sshd, cipher, servers, local_extra))
     log_path = root / "cerssd.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NOTIFY_SOCKET", None)

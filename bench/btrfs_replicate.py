@@ -1,0 +1,301 @@
+"""Benchmark: replicating a btrfs snapshot over SSH, cerssd against a plain shell pipeline.
+
+Same shape as bench/replicate_ssh.py, on btrfs (the driver in cerssd/storage/btrfs):
+
+* **baseline**: ``btrfs send [-p BASE] SNAP | ssh -c CIPHER ... root@127.0.0.1 btrfs receive
+  DIR``, run by ``bash -c`` with ``set -o pipefail``, timed wall clock;
+* **cerssd**: a real daemon whose ``[servers.local]`` and ``[servers.remote]`` (``kind =
+  "ssh"``, this benchmark's own sshd) are ``backend = "btrfs"`` with roots on one
+  loop-mounted btrfs; ``POST /v1/replications`` to the terminal state, timed wall clock.
+  cerssd does what the driver always does on top of the receive: checks the received
+  snapshot, moves it into place and makes the volume a writable snapshot of it.
+
+Cases: **full** (``--size`` MiB random, snapshot ``s1``) and **incremental** (``--incr`` MiB
+more, ``s2`` on ``s1``, into a target holding ``s1``: each method's target gets ``s1`` by
+an untimed send of its own, and the received ``s2`` is deleted after each run). Rounds
+alternate baseline and cerssd; the report gives the median rates and the ratio of each
+round's pair with its min-max. Random data does not compress, so cerssd's
+``--compressed-data`` streams (chosen from both ends' capabilities) carry the same bytes.
+
+Run as root from the repository::
+
+    python bench/btrfs_replicate.py              # 1 GiB full, 256 MiB incremental, 3 runs
+    python bench/btrfs_replicate.py --quick      # 64 MiB, 16 MiB, 1 run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import (
+    MIB,
+    BenchError,
+    Daemon,
+    Sshd,
+    SshServer,
+    announced_stack,
+    bash,
+    bench_main,
+    cleanup,
+    common_arguments,
+    load_average,
+    machine,
+    median,
+    rate,
+    run,
+    say,
+    scratch_dir,
+    seconds_list,
+    ssh_command,
+    start_daemon,
+    start_sshd,
+    utc_now,
+    write_random,
+)
+
+SNAPSHOTS = ".cerssd-snapshots"
+
+
+def btrfs(*args: str, check: bool = True) -> str:
+    return run(["btrfs", *args], check=check).stdout
+
+
+def snapshot_path(root: Path, volume: str, label: str) -> Path:
+    """Where the driver keeps ``pool/volume@label`` (docs/drivers.md)."""
+    return root / SNAPSHOTS / f"{volume}@{label}" / f"{volume}@{label}"
+
+
+def take_snapshot(root: Path, volume: str, label: str) -> Path:
+    path = snapshot_path(root, volume, label)
+    path.parent.mkdir(parents=True)
+    btrfs("subvolume", "snapshot", "-r", str(root / volume), str(path))
+    return path
+
+
+def uuid_of(path: Path, field_name: str = "UUID:") -> str:
+    for line in btrfs("subvolume", "show", str(path)).splitlines():
+        words = line.split()
+        if words and " ".join(words[:-1]) == field_name:
+            return words[-1]
+    raise BenchError(f"no {field_name} in btrfs subvolume show {path}")
+
+
+def check_received(source: Path, received: Path) -> None:
+    if uuid_of(received, "Received UUID:") != uuid_of(source):
+        raise BenchError(f"{received} is not a copy of {source}")
+
+
+def delete(*paths: Path) -> None:
+    """Subvolumes (and a driver's snapshot directory, once empty)."""
+    for path in paths:
+        if path.exists():
+            btrfs("subvolume", "delete", str(path))
+        if path.parent.name.startswith(path.name.partition("@")[0]) and \
+                path.parent.parent.name == SNAPSHOTS:
+            path.parent.rmdir()
+
+
+@dataclass
+class Case:
+    name: str
+    snapshot: Path
+    base: Path | None
+    stream_bytes: int = 0
+    send_only_seconds: float = 0.0
+    baseline: list[float] = field(default_factory=list)
+    cerssd: list[float] = field(default_factory=list)
+
+    def send(self, snapshot: Path | None = None, base: Path | None = None) -> list[str]:
+        base = base if snapshot else self.base
+        return ["btrfs", "send", "-q", *(["-p", str(base)] if base else []),
+                str(snapshot or self.snapshot)]
+
+    def ratios(self) -> list[float]:
+        return [b / c for b, c in zip(self.baseline, self.cerssd, strict=True)]
+
+
+def measure_stream(case: Case) -> None:
+    start = time.monotonic()
+    out = bash(f"{shlex.join(case.send())} | wc -c")
+    case.send_only_seconds = time.monotonic() - start
+    case.stream_bytes = int(out.stdout.strip())
+    say(f"{case.name}: stream {case.stream_bytes / 1e6:.1f} MB, btrfs send | wc -c "
+        f"{case.send_only_seconds:.2f} s ({rate(case.stream_bytes, case.send_only_seconds)})")
+
+
+def plain(case: Case, sshd: Sshd, cipher: str, into: Path, snapshot: Path | None = None,
+          base: Path | None = None) -> float:
+    into.mkdir(parents=True, exist_ok=True)
+    script = (f"{shlex.join(case.send(snapshot, base))} | "
+              f"{shlex.join(ssh_command(sshd, cipher, ['btrfs', 'receive', str(into)]))}")
+    start = time.monotonic()
+    bash(script)
+    return time.monotonic() - start
+
+
+def ours(daemon: Daemon, snapshot: str, target: str, mode: str) -> float:
+    body = {"snapshot": snapshot, "source": "local", "destination": "remote",
+            "target_volume": target}
+    start = time.monotonic()
+    activity: dict[str, Any] = daemon.api("POST", "/v1/replications", body)
+    if activity.get("plan", mode) != mode:
+        raise BenchError(f"cerssd planned {activity['plan']!r}, expected {mode!r}")
+    activity = daemon.wait_activity(activity["id"])
+    elapsed = time.monotonic() - start
+    if activity["state"] != "succeeded":
+        raise BenchError(f"cerssd replication ended {activity['state']}: "
+                         f"{(activity.get('status') or {}).get('message')}\n{daemon.log_tail()}")
+    return elapsed
+
+
+def bench_full(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, cipher: str,
+               daemon: Daemon) -> None:
+    for i in range(1, runs + 1):
+        into = dst / f"plain_full_{i}"
+        seconds = plain(case, sshd, cipher, into)
+        received = into / case.snapshot.name
+        check_received(case.snapshot, received)
+        delete(received)
+        into.rmdir()
+        case.baseline.append(seconds)
+        say(f"full {i}/{runs}: baseline {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
+        target = f"cerssd_full_{i}"
+        seconds = ours(daemon, f"{src.name}/data@s1", f"{dst.name}/{target}", "full")
+        got = snapshot_path(dst, target, "s1")
+        check_received(case.snapshot, got)
+        delete(got, dst / target)
+        case.cerssd.append(seconds)
+        say(f"full {i}/{runs}: cerssd   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
+
+
+def bench_incremental(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, cipher: str,
+                      daemon: Daemon) -> None:
+    assert case.base is not None
+    into = dst / "plain_incr"
+    say("incremental: giving each target s1 (untimed)")
+    plain(case, sshd, cipher, into, snapshot=case.base)
+    ours(daemon, f"{src.name}/data@s1", f"{dst.name}/cerssd_incr", "full")
+    for i in range(1, runs + 1):
+        seconds = plain(case, sshd, cipher, into)
+        received = into / case.snapshot.name
+        check_received(case.snapshot, received)
+        delete(received)
+        case.baseline.append(seconds)
+        say(f"incremental {i}/{runs}: baseline {seconds:.2f} s "
+            f"({rate(case.stream_bytes, seconds)})")
+        seconds = ours(daemon, f"{src.name}/data@s2", f"{dst.name}/cerssd_incr", "incremental")
+        got = snapshot_path(dst, "cerssd_incr", "s2")
+        check_received(case.snapshot, got)
+        delete(got)
+        case.cerssd.append(seconds)
+        say(f"incremental {i}/{runs}: cerssd   {seconds:.2f} s "
+            f"({rate(case.stream_bytes, seconds)})")
+
+
+def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
+           started: dt.datetime, wall: float, load: str) -> str:
+    version = run(["btrfs", "--version"], check=False).stdout.strip()
+    lines = [
+        f"### btrfs replication over SSH: cerssd vs `btrfs send | ssh | btrfs receive` "
+        f"({started:%Y-%m-%d})",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M} UTC; `python bench/btrfs_replicate.py "
+        f"--size {args.size} --incr {args.incr} --runs {args.runs} --cipher {args.cipher}` "
+        f"({wall:.0f} s in all); load average before: {load}",
+        f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
+        f"{info['ssh']}, {version}, one loop-mounted btrfs, sshd on 127.0.0.1",
+        f"- data: {args.size} MiB random (full), {args.incr} MiB more (incremental); "
+        f"{args.runs} round(s), baseline and cerssd alternating; MB = 10^6 stream bytes",
+        "",
+        "| case | stream MB | baseline MB/s (median) | cerssd MB/s (median) | "
+        "cerssd/baseline per round: median (min-max) | send only MB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for case in cases:
+        mb = case.stream_bytes / 1e6
+        r = case.ratios()
+        lines.append(f"| {case.name} | {mb:.1f} | {mb / median(case.baseline):.1f} | "
+                     f"{mb / median(case.cerssd):.1f} | {median(r):.2f} "
+                     f"({min(r):.2f}-{max(r):.2f}) | {mb / case.send_only_seconds:.1f} |")
+    lines.append("")
+    for case in cases:
+        lines.append(f"- {case.name} seconds per round: baseline "
+                     f"{seconds_list(case.baseline)}; cerssd {seconds_list(case.cerssd)}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Time btrfs replication over SSH: cerssd "
+                                     "against btrfs send | ssh | btrfs receive.")
+    parser.add_argument("--size", type=int, default=1024, help="MiB for the full case")
+    parser.add_argument("--incr", type=int, default=256, help="MiB added for the incremental")
+    parser.add_argument("--runs", type=int, default=3, help="rounds per case")
+    parser.add_argument("--quick", action="store_true", help="--size 64 --incr 16 --runs 1")
+    common_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.incr, args.runs = 64, 16, 1
+    return args
+
+
+@contextlib.contextmanager
+def environment(args: argparse.Namespace) -> Iterator[tuple[Path, Path, Sshd, Daemon]]:
+    if shutil.which("mkfs.btrfs") is None:
+        raise BenchError("btrfs-progs is not installed (apt-get install btrfs-progs)")
+    with announced_stack() as stack:
+        need = 4 * (args.size + args.incr) * MIB + (1 << 30)
+        scratch = scratch_dir(stack, args.workdir, need * 1.1)
+        image, mnt = scratch / "btrfs.img", scratch / "mnt"
+        mnt.mkdir()
+        run(["truncate", "-s", str(need), str(image)])
+        run(["mkfs.btrfs", "-q", str(image)])
+        run(["mount", "-o", "loop", str(image), str(mnt)])
+        cleanup(stack, run, ["umount", str(mnt)], check=False)
+        src, dst = mnt / "src", mnt / "dst"
+        btrfs("subvolume", "create", str(src))
+        btrfs("subvolume", "create", str(dst))
+        sshd = start_sshd(stack)
+        daemon = start_daemon(
+            stack, sshd, args.cipher,
+            [SshServer("remote", sshd.port, f'backend = "btrfs"\nroot = "{dst}"\n')],
+            args.daemon_log, local_extra=f'backend = "btrfs"\nroot = "{src}"\n')
+        yield src, dst, sshd, daemon
+
+
+def benchmark(args: argparse.Namespace) -> str:
+    started, load = utc_now(), load_average()
+    say(f"load average: {load}")
+    t0 = time.monotonic()
+    with environment(args) as (src, dst, sshd, daemon):
+        btrfs("subvolume", "create", str(src / "data"))
+        say(f"writing {args.size} MiB of random data")
+        write_random(src / "data" / "data1", args.size)
+        full = Case("full", take_snapshot(src, "data", "s1"), None)
+        measure_stream(full)
+        bench_full(full, args.runs, src, dst, sshd, args.cipher, daemon)
+        say(f"writing {args.incr} MiB more")
+        write_random(src / "data" / "data2", args.incr)
+        incr = Case("incremental", take_snapshot(src, "data", "s2"), full.snapshot)
+        measure_stream(incr)
+        bench_incremental(incr, args.runs, src, dst, sshd, args.cipher, daemon)
+        daemon.check_alive()
+    return report([full, incr], args, machine(), started, time.monotonic() - t0, load)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return bench_main("btrfs_replicate", lambda: benchmark(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
