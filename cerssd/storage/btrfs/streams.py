@@ -66,11 +66,16 @@ n=0
 while :; do
   d="$stage/$n"
   mkdir "$d" || fail "cannot make $d"
-  if ! out=$(btrfs receive -e "$d" 2>&1); then
-    if [ "$n" -gt 0 ] && [ -z "$(ls -A "$d")" ] && case $out in *"empty stream"*) true;;
-        *) false;; esac; then
-      rmdir "$d"; break
-    fi
+  out=$(btrfs receive -e "$d" 2>&1); rc=$?
+  if [ -z "$(ls -A "$d")" ]; then
+    # Nothing received: the end of the input after a stream (btrfs calls it an empty
+    # stream, exit status 0 or 1 depending on how its input ended), else an error.
+    rmdir "$d"
+    if [ "$n" -gt 0 ]; then case $out in *"empty stream"*) break;; esac; fi
+    printf '%s\n' "$out" >&2
+    fail "the stream into $vol held no snapshot"
+  fi
+  if [ "$rc" -ne 0 ]; then
     printf '%s\n' "$out" >&2
     fail "the receive into $vol did not complete"
   fi
