@@ -4,6 +4,10 @@ Same shape as bench/replicate_ssh.py, on btrfs (the driver in cerssd/storage/btr
 
 * **baseline**: ``btrfs send [-p BASE] SNAP | ssh -c CIPHER ... root@127.0.0.1 btrfs receive
   DIR``, run by ``bash -c`` with ``set -o pipefail``, timed wall clock;
+* **baseline + sync**: the same ending with ``sync -f`` on the target, since cerssd's
+  receive ends with the data on disk (btrfs flushes a subvolume before snapshotting it,
+  and the volume is a writable snapshot of the received one), the plain receive in the
+  page cache;
 * **cerssd**: a real daemon whose ``[servers.local]`` and ``[servers.remote]`` (``kind =
   "ssh"``, this benchmark's own sshd) are ``backend = "btrfs"`` with roots on one
   loop-mounted btrfs; ``POST /v1/replications`` to the terminal state, timed wall clock.
@@ -113,6 +117,7 @@ class Case:
     stream_bytes: int = 0
     send_only_seconds: float = 0.0
     baseline: list[float] = field(default_factory=list)
+    synced: list[float] = field(default_factory=list)
     cerssd: list[float] = field(default_factory=list)
 
     def send(self, snapshot: Path | None = None, base: Path | None = None) -> list[str]:
@@ -120,8 +125,8 @@ class Case:
         return ["btrfs", "send", "-q", *(["-p", str(base)] if base else []),
                 str(snapshot or self.snapshot)]
 
-    def ratios(self) -> list[float]:
-        return [b / c for b, c in zip(self.baseline, self.cerssd, strict=True)]
+    def ratios(self, against: list[float]) -> list[float]:
+        return [b / c for b, c in zip(against, self.cerssd, strict=True)]
 
 
 def measure_stream(case: Case) -> None:
@@ -134,10 +139,16 @@ def measure_stream(case: Case) -> None:
 
 
 def plain(case: Case, sshd: Sshd, cipher: str, into: Path, snapshot: Path | None = None,
-          base: Path | None = None) -> float:
+          base: Path | None = None, synced: bool = False) -> float:
+    """The plain pipeline; ``synced`` ends it with ``sync -f`` on the target (what cerssd's
+    receive pays for making the volume a writable snapshot of the received one: btrfs
+    flushes a subvolume's data before it snapshots it)."""
     into.mkdir(parents=True, exist_ok=True)
+    receive = ["btrfs", "receive", str(into)]
+    remote = ["sh", "-c", 'btrfs receive "$1" && sync -f "$1"', "sh", str(into)] if synced \
+        else receive
     script = (f"{shlex.join(case.send(snapshot, base))} | "
-              f"{shlex.join(ssh_command(sshd, cipher, ['btrfs', 'receive', str(into)]))}")
+              f"{shlex.join(ssh_command(sshd, cipher, remote))}")
     start = time.monotonic()
     bash(script)
     return time.monotonic() - start
@@ -169,6 +180,12 @@ def bench_full(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, cipher: 
         into.rmdir()
         case.baseline.append(seconds)
         say(f"full {i}/{runs}: baseline {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
+        seconds = plain(case, sshd, cipher, into, synced=True)
+        check_received(case.snapshot, received)
+        delete(received)
+        into.rmdir()
+        case.synced.append(seconds)
+        say(f"full {i}/{runs}: synced   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
         target = f"cerssd_full_{i}"
         seconds = ours(daemon, f"{src.name}/data@s1", f"{dst.name}/{target}", "full")
         got = snapshot_path(dst, target, "s1")
@@ -192,6 +209,12 @@ def bench_incremental(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, c
         delete(received)
         case.baseline.append(seconds)
         say(f"incremental {i}/{runs}: baseline {seconds:.2f} s "
+            f"({rate(case.stream_bytes, seconds)})")
+        seconds = plain(case, sshd, cipher, into, synced=True)
+        check_received(case.snapshot, received)
+        delete(received)
+        case.synced.append(seconds)
+        say(f"incremental {i}/{runs}: synced   {seconds:.2f} s "
             f"({rate(case.stream_bytes, seconds)})")
         seconds = ours(daemon, f"{src.name}/data@s2", f"{dst.name}/cerssd_incr", "incremental")
         got = snapshot_path(dst, "cerssd_incr", "s2")
@@ -217,20 +240,25 @@ def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
         f"- data: {args.size} MiB random (full), {args.incr} MiB more (incremental); "
         f"{args.runs} round(s), baseline and cerssd alternating; MB = 10^6 stream bytes",
         "",
-        "| case | stream MB | baseline MB/s (median) | cerssd MB/s (median) | "
-        "cerssd/baseline per round: median (min-max) | send only MB/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| case | stream MB | baseline MB/s | baseline + sync MB/s | cerssd MB/s | "
+        "cerssd/baseline per round: median (min-max) | cerssd/(baseline + sync) | "
+        "send only MB/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case in cases:
         mb = case.stream_bytes / 1e6
-        r = case.ratios()
+        r, rs = case.ratios(case.baseline), case.ratios(case.synced)
         lines.append(f"| {case.name} | {mb:.1f} | {mb / median(case.baseline):.1f} | "
-                     f"{mb / median(case.cerssd):.1f} | {median(r):.2f} "
-                     f"({min(r):.2f}-{max(r):.2f}) | {mb / case.send_only_seconds:.1f} |")
+                     f"{mb / median(case.synced):.1f} | {mb / median(case.cerssd):.1f} | "
+                     f"{median(r):.2f} ({min(r):.2f}-{max(r):.2f}) | "
+                     f"{median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}) | "
+                     f"{mb / case.send_only_seconds:.1f} |")
     lines.append("")
+    lines.append("MB/s columns are medians; each round runs baseline, baseline + sync, cerssd.")
     for case in cases:
         lines.append(f"- {case.name} seconds per round: baseline "
-                     f"{seconds_list(case.baseline)}; cerssd {seconds_list(case.cerssd)}")
+                     f"{seconds_list(case.baseline)}; baseline + sync "
+                     f"{seconds_list(case.synced)}; cerssd {seconds_list(case.cerssd)}")
     return "\n".join(lines)
 
 
