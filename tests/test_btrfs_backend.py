@@ -81,6 +81,8 @@ async def test_a_volume_of_another_pool_is_not_found_naming_the_pool(bt: BtrfsBa
     with pytest.raises(NotFound, match=f"its pool is {bt.layout.pool}"):
         await bt.create_volume("otherpool/a")
     assert "otherpool" in str(await bt.target_problem("otherpool/a"))
+    assert not await bt.exists("otherpool/a")
+    assert not await bt.has_snapshot("otherpool/a@s1")
     with pytest.raises(InvalidName):
         bt.receive("otherpool/a")  # no path to map it to
 

@@ -85,6 +85,10 @@ def setup(start_daemon: Any, make_btrfs_root: Callable[[], Path],
 def test_full_and_incremental_over_ssh_keep_the_tree_and_identity(
         setup: Callable[..., Setup]) -> None:
     s = setup()
+    servers = {x["name"]: x for x in s.d.api("GET", "/v1/servers")["items"]}
+    assert servers["remote"]["available"] and servers["remote"]["backend"] == "btrfs"
+    assert "holds" not in servers["remote"]["capabilities"]
+    assert s.d.api("GET", "/v1/capabilities")["remote"]["incremental_send"] is True
     write_file(s.master / "data" / "f1", 8)
     (s.master / "data" / "dir").mkdir()
     write_file(s.master / "data" / "dir" / "f2", 2)

@@ -122,7 +122,8 @@ class BtrfsBackend:
         return self.capabilities
 
     def info(self) -> dict[str, Any]:
-        return {"server": self.server, "backend": "btrfs", "btrfs_version": self.version,
+        return {"server": self.server, "backend": "btrfs", "zfs_version": None,
+                "btrfs_version": self.version,
                 "root": self.layout.root, "pool": self.layout.pool,
                 "capabilities": self.capabilities.published()}
 
@@ -174,9 +175,9 @@ class BtrfsBackend:
         return volume_of(name, listing.volumes[name])
 
     async def exists(self, volume: str) -> bool:
-        path = self.layout.volume_path(volume)
         if self.pool_of(volume) != self.layout.pool:
             return False
+        path = self.layout.volume_path(volume)
         result = await self.runner.run(["stat", "-c", "%i", path], check=False)
         return result.returncode == 0 and result.stdout.strip() == "256"
 
@@ -389,6 +390,8 @@ class BtrfsBackend:
         return found[name]
 
     async def has_snapshot(self, name: str) -> bool:
+        if self.pool_of(check_snapshot(name).volume) != self.layout.pool:
+            return False
         result = await self.runner.run(["stat", "-c", "%i", self.layout.snapshot_path(name)],
                                        check=False)
         return result.returncode == 0 and result.stdout.strip() == "256"
