@@ -46,3 +46,20 @@ def make_btrfs_root(btrfs_mount: Path) -> Callable[[], Path]:
         btrfs("subvolume", "create", str(root))
         return root
     return make
+
+
+@pytest.fixture
+def btrfs_quota_root(tmp_path: Path, btrfs_mount: Path) -> Iterator[Path]:
+    """A small btrfs of its own with quotas on (they are per filesystem: the shared one
+    stays without, as most servers run), and its root subvolume ``pool``."""
+    image, mnt = tmp_path / "q.img", tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        btrfs("subvolume", "create", str(mnt / "pool"))
+        btrfs("quota", "enable", str(mnt))
+        yield mnt / "pool"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -5,9 +5,8 @@ names only btrfs refuses, a receive refused onto another volume's copy).
 
 from __future__ import annotations
 
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -173,29 +172,14 @@ async def test_resize_needs_quotas_and_capacity_matches_btrfs_usage(
     assert cap.provisioned == cap.allocated  # no quotas: what is allocated
 
 
-@pytest.fixture
-def quota_fs(tmp_path: Path, btrfs_mount: Path) -> Iterator[Path]:
-    """A small btrfs of its own with quotas on (they are per filesystem: the shared one
-    stays without, as most servers run)."""
-    image, mnt = tmp_path / "q.img", tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", "1G", str(image)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
-        btrfs("subvolume", "create", str(mnt / "pool"))
-        btrfs("quota", "enable", str(mnt))
-        yield mnt / "pool"
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-async def test_resize_sets_a_qgroup_limit_where_quotas_are_on(quota_fs: Path) -> None:
-    b = BtrfsBackend(LocalRunner("q"), root=str(quota_fs))
+async def test_resize_sets_a_qgroup_limit_where_quotas_are_on(btrfs_quota_root: Path) -> None:
+    b = BtrfsBackend(LocalRunner("q"), root=str(btrfs_quota_root))
     await b.probe()
     await b.create_volume("pool/a")
+    assert (await b.volume("pool/a")).size is None  # no limit yet
     await b.resize_volume("pool/a", 64 << 20)
-    shown = btrfs("qgroup", "show", "-re", "--raw", str(quota_fs)).stdout
+    assert (await b.volume("pool/a")).size == 64 << 20
+    shown = btrfs("qgroup", "show", "-re", "--raw", str(btrfs_quota_root)).stdout
     assert str(64 << 20) in shown
     [cap] = await b.capacity()
     assert cap.provisioned >= 64 << 20

@@ -29,7 +29,8 @@ from .layout import Layout
 LIST_SCRIPT = (
     'export TZ=UTC; btrfs subvolume list -a -u -R -q -c -g "$1" && echo "#snapshots" && '
     'btrfs subvolume list -a -s -u -R -q -c -g "$1" && echo "#readonly" && '
-    'btrfs subvolume list -a -r -u -R -q -c -g "$1"')
+    'btrfs subvolume list -a -r -u -R -q -c -g "$1" && echo "#qgroups" && '
+    '{ btrfs qgroup show -re --raw "$1" 2>/dev/null; true; }')
 
 #: With ``-a`` every path is relative to the top level, some spelt with this prefix. (Without
 #: it, the subvolumes directly inside the listed one are printed relative to *it*.)
@@ -52,6 +53,10 @@ class Row:
     path: str
     otime: int | None = None
     readonly: bool = False
+    #: From the subvolume's qgroup where quotas are on (else 0, 0, None).
+    referenced: int = 0
+    exclusive: int = 0
+    limit: int | None = None
 
     @property
     def guid(self) -> str:
@@ -61,11 +66,27 @@ class Row:
 def parse_rows(text: str) -> list[Row]:
     """Rows of the first listing, with the second's ``otime`` where it has one."""
     first, _, rest = text.partition("#snapshots")
-    second, _, third = rest.partition("#readonly")
+    second, _, rest = rest.partition("#readonly")
+    third, _, fourth = rest.partition("#qgroups")
     otimes = {r.id: r.otime for r in _rows(second)}
     readonly = {r.id for r in _rows(third)}
+    space = _qgroups(fourth)
     return [Row(r.id, r.gen, r.cgen, r.parent_uuid, r.received_uuid, r.uuid, r.path,
-                otimes.get(r.id), r.id in readonly) for r in _rows(first)]
+                otimes.get(r.id), r.id in readonly, *space.get(r.id, (0, 0, None)))
+            for r in _rows(first)]
+
+
+def _qgroups(text: str) -> dict[int, tuple[int, int, int | None]]:
+    """``btrfs qgroup show -re --raw``: level-0 qgroups (one per subvolume, by id) as
+    (referenced, exclusive, limit on referenced or None)."""
+    found: dict[int, tuple[int, int, int | None]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[0].startswith("0/") and fields[0][2:].isdigit() \
+                and fields[1].isdigit() and fields[2].isdigit():
+            found[int(fields[0][2:])] = (int(fields[1]), int(fields[2]),
+                                         int(fields[3]) if fields[3].isdigit() else None)
+    return found
 
 
 def _rows(text: str) -> list[Row]:
@@ -111,11 +132,12 @@ def sort_listing(layout: Layout, rows: list[Row]) -> Listing:
 def snapshot_of(name: str, row: Row) -> Snapshot:
     volume, _, label = name.partition("@")
     return Snapshot(name=name, volume=volume, label=label, guid=row.guid,
-                    creation=row.otime or 0, used=0, referenced=0, userrefs=0,
-                    createtxg=row.cgen)
+                    creation=row.otime or 0, used=row.exclusive, referenced=row.referenced,
+                    userrefs=0, createtxg=row.cgen)
 
 
 def volume_of(name: str, row: Row) -> Volume:
     """A subvolume is mounted wherever its filesystem is: btrfs has no per-volume mount."""
     return Volume(name=name, type="filesystem", guid=row.uuid, creation=row.otime or 0,
-                  used=0, referenced=0, readonly=row.readonly, mounted=True)
+                  used=row.exclusive, referenced=row.referenced, readonly=row.readonly,
+                  mounted=True, size=row.limit)
