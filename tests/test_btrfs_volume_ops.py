@@ -66,6 +66,7 @@ def test_every_operation_on_btrfs_through_cerssctl(start_daemon: Any,
     assert not (root / "db").exists() and not (root / "db-copy").exists()
     assert not list((root / ".cerssd-snapshots").iterdir())
 
+    assert "btrfs-progs" in ctl(d, "servers").stdout
     as_json = json.loads(ctl(d, "--json", "servers").stdout)
     [pool] = [p for p in as_json["items"][0]["capacity"]["pools"] if p["pool"] == "pool"]
     usage = btrfs("filesystem", "usage", "-b", str(root)).stdout

@@ -104,8 +104,9 @@ def servers_command(client: Client, out: Output) -> int:
         item["capacity"] = caps.get(item["name"], {}).get("capacity")
 
     def render(d: dict[str, Any]) -> None:
-        out.table(["name", "kind", "available", "zfs", "error"],
-                  [(s["name"], s["kind"], s["available"], s.get("zfs_version", "-"),
+        out.table(["name", "kind", "available", "storage", "error"],
+                  [(s["name"], s["kind"], s["available"],
+                    s.get("zfs_version") or s.get("btrfs_version") or "-",
                     s["error"] or "") for s in d["items"]])
         rows: list[Sequence[Any]] = [(s["name"], p["pool"], _sized(p, "total"), _sized(p, "free"),
                  _sized(p, "allocated"), _sized(p, "provisioned"), f"{p['thin_ratio']:.2f}")
