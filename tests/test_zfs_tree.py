@@ -144,7 +144,7 @@ async def test_the_listing_is_one_command_without_bookmarks() -> None:
     assert [s.name for s in listing.datasets[0].snapshots] == ["t/r@early", "t/r@late"]
     assert runner.commands == [["zfs", "get", "-r", "-Hp", "-t", "filesystem,volume,snapshot",
                                 "-o", "name,property,value",
-                                "type,guid,creation,createtxg,used,referenced,userrefs,x:sel",
+                                "type,guid,creation,createtxg,used,referenced,userrefs,cerssd:origin,x:sel",
                                 "t/r"]]
 
 

@@ -161,18 +161,22 @@ class ControlApi:
             snapshot=snapshot, source=body.source, destination=body.destination,
             target_volume=body.target_volume or volume,
             force_full_copy=body.force_full_copy, overwrite=body.overwrite,
-            intermediates=body.intermediates, bandwidth_limit=body.bandwidth_limit or None)
+            intermediates=body.intermediates, bandwidth_limit=body.bandwidth_limit or None,
+            path=str(body.path))
         if req.source == req.destination and req.target_volume == volume:
             raise ApiProblem(422, "Unprocessable Content",
                              "target_volume: replicating to the same server needs a different "
                              "target_volume", field="target_volume")
         src = await self.ctx.servers.backend(req.source)
         dst = await self.ctx.servers.backend(req.destination)
-        plan = await make_plan(req, src, dst)  # conflicts answer 409 before any work starts
+        both_remote = all(self.ctx.servers.entry(s).config.kind == "ssh"
+                          for s in (req.source, req.destination))
+        # conflicts answer 409 before any work starts
+        plan = await make_plan(req, src, dst, both_remote=both_remote)
         record = self.ctx.volume_states.submit_holding(
             holds=replication_holds(req), busy=REPLICATING,
             submit=lambda: submit_replication(self.ctx.engine, req))
-        return json_response({**record.to_json(), "plan": plan.mode}, 202)
+        return json_response({**record.to_json(), "plan": plan.mode, "path": plan.path}, 202)
 
     # -- relationships ------------------------------------------------------------------
     async def relationships(self, request: web.Request) -> web.Response:

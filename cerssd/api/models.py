@@ -24,7 +24,7 @@ from msgspec import Meta, Struct
 from ..activity import LinkCondition, LinkHealth, State, Status, Usage
 from ..links import LinkState
 from ..objectstore.config import Compression
-from ..replication.logic.plan import PlanMode
+from ..replication.logic.plan import PlanMode, PlanPath, ReplicationPath
 from ..replication.logic.roles import ReplicationStatus
 from ..replication.logic.slave_status import RelationshipState, SlaveState
 from ..replication.logic.tree_status import MemberState
@@ -165,6 +165,10 @@ class ReplicationCreate(Request):
     intermediates: Annotated[bool, doc("carry intermediate snapshots (zfs send -I)")] = False
     bandwidth_limit: Annotated[NonNegative | None, doc("bytes per second, 0 or absent for no "
         "limit")] = None
+    path: Annotated[ReplicationPath, doc("auto (native where one driver serves both ends, "
+        "else generic), native (zfs send | zfs receive), or generic (a file copy with rsync "
+        "from the snapshot's read-only view, then a snapshot recording its origin)")] = \
+        ReplicationPath.AUTO
 
 
 class SlaveCreate(Request):
@@ -496,6 +500,8 @@ class ServerCapabilities(Capabilities):
 
 class ReplicationAccepted(Activity):
     plan: Annotated[PlanMode, doc("full, incremental, or up-to-date (nothing to send)")]
+    path: Annotated[PlanPath, doc("native (a stream of the driver's own) or generic (a "
+        "file copy); the activity's params.plan says the same")]
 
 
 class RelationshipLink(Reply):

@@ -143,7 +143,11 @@ class StorageBackend(Protocol):
 
     async def has_snapshot(self, name: str) -> bool: ...
 
-    async def create_snapshot(self, volume: str, label: str) -> Snapshot: ...
+    async def create_snapshot(self, volume: str, label: str, *,
+                              origin: str | None = None) -> Snapshot:
+        """A snapshot ``label`` of ``volume``; ``origin`` records the identity (guid) of
+        the source snapshot it copies (the generic path), read back as ``Snapshot.origin``."""
+        ...
 
     async def destroy_snapshot(self, name: str, *, recursive: bool = False) -> None:
         """Destroy snapshot ``name``; ``recursive``: the snapshots of that label of every
@@ -269,10 +273,18 @@ class StorageBackend(Protocol):
     # The generic path across drivers (``capabilities.snapshot_views``): a file-level
     # copy from a snapshot's read-only view into a writable volume, then a snapshot.
 
-    async def snapshot_view(self, snapshot: str) -> str:
+    async def snapshot_view(self, snapshot: str, *, for_server: str = "") -> str:
         """A path on the server where ``snapshot``'s files can be read (ZFS: under the
-        mountpoint's ``.zfs/snapshot``; btrfs: the read-only snapshot itself);
-        ``BackendError`` naming the reason where there is none (a block volume)."""
+        mountpoint's ``.zfs/snapshot``, or a temporary read-only clone where there is no
+        such directory; btrfs: the read-only snapshot itself); ``BackendError`` naming
+        the reason where there is none (a block volume). ``for_server``: the destination
+        it is read for, so that two destinations' copies never share (and release) one
+        temporary view; one copy per destination runs at a time."""
+        ...
+
+    async def release_view(self, snapshot: str, *, for_server: str = "") -> None:
+        """Drop what ``snapshot_view`` set up for ``snapshot`` and ``for_server``, if
+        anything (the temporary clone); a view that is not there is fine."""
         ...
 
     async def volume_path(self, volume: str) -> str:

@@ -98,6 +98,10 @@ class Snapshot:
     userrefs: int
     #: Orders snapshots made within the same second (creation has 1 s steps).
     createtxg: int = 0
+    #: The identity (guid) of the source snapshot this one is a file-level copy of, for a
+    #: snapshot the generic path made (``create_snapshot(origin=...)``); "" otherwise.
+    #: The planner matches it like a guid (``logic.plan.identities``).
+    origin: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

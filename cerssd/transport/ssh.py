@@ -199,6 +199,12 @@ class SshRunner:
             opts += ["-i", str(cfg.identity_file)]
         return ["ssh", *opts, "--", cfg.host or "", shlex.join(argv)]
 
+    def rsync_shell(self) -> str:
+        """rsync's ``-e``: the same OpenSSH client, options and stream multiplexer as the
+        streams' (rsync splits it on spaces and honours the quotes ``shlex`` puts)."""
+        self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return shlex.join(self.ssh_argv([])[:-3])
+
     async def spawn(self, argv: Sequence[str], *, stdin: int | None,
                     stdout: int | None) -> asyncio.subprocess.Process:
         self.control_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

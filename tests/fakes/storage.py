@@ -296,7 +296,8 @@ class FakeBackend:
         vol = self.vols.get(snap.volume)
         return vol is not None and any(s.name == name for s in vol.snapshots)
 
-    async def create_snapshot(self, volume: str, label: str) -> Snapshot:
+    async def create_snapshot(self, volume: str, label: str, *,
+                              origin: str | None = None) -> Snapshot:
         await self._enter("create_snapshot")
         validate_snapshot_label(label)
         vol = self._vol(volume)
@@ -305,7 +306,7 @@ class FakeBackend:
             raise AlreadyExists(f"dataset already exists: {name}")
         snap = Snapshot(name=name, volume=volume, label=label, guid=_guid(),
                         creation=int(time.time()), used=0, referenced=1 << 20, userrefs=0,
-                        createtxg=next(_txg))
+                        createtxg=next(_txg), origin=origin or "")
         vol.snapshots.append(snap)
         vol.changed = False
         return snap
@@ -641,6 +642,28 @@ class FakeBackend:
                                        free=FAKE_POOL_SIZE - allocated, allocated=allocated,
                                        provisioned=provisioned))
         return result
+
+
+    # The generic path: a directory per volume and per snapshot under the work dir.
+
+    async def snapshot_view(self, snapshot: str, *, for_server: str = "") -> str:
+        await self._enter("snapshot_view")
+        snap = validate_snapshot(snapshot)
+        if not any(s.name == snapshot for s in self._vol(snap.volume).snapshots):
+            raise NotFound(f"snapshot {snapshot} does not exist on {self.server}")
+        path = self._dir / "views" / snapshot.replace("/", "_")
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    async def release_view(self, snapshot: str, *, for_server: str = "") -> None:
+        await self._enter("release_view")
+
+    async def volume_path(self, volume: str) -> str:
+        await self._enter("volume_path")
+        self._vol(volume)
+        path = self._dir / "volumes" / volume.replace("/", "_")
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
 
 
 def _in_tree(root: str, name: str) -> bool:

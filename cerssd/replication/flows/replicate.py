@@ -36,9 +36,13 @@ from ...storage.values import Snapshot, StreamOptions
 from ...transport.errors import LinkError, LinkLost, stream_link_lost, stream_link_refused
 from ...transport.stream import StreamEndpoint
 from ..logic.plan import (
+    Ends,
+    PathUnavailable,
     Plan,
     PlanMode,
+    PlanPath,
     ReplicationConflict,
+    ReplicationPath,
     TargetDiverged,
     TargetPoolMissing,
     plan_replication,
@@ -48,6 +52,8 @@ from ..retry import RetryPolicy, Transient, report_link_retry
 from ..stream.fanout import FanoutGroup, FanoutMissed, SplitOff
 from ..stream.groups import FanoutGroups, StreamKey
 from ..stream.transfer import TransferFailed, TransferStalled, transfer
+from .generic import GenericCopy, run_copy
+from .generic import roll_back as generic_roll_back
 
 KIND = "replicate"
 #: What receivers say when a stream uses features they do not have (older ZFS).
@@ -75,6 +81,8 @@ class ReplicationRequest:
     relationship: str | None = None
     #: Leave a received filesystem unmounted (a tree's replicas on a standby).
     unmounted: bool = False
+    #: ``auto``, ``native`` or ``generic`` (``logic.plan.ReplicationPath``).
+    path: str = "auto"
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> ReplicationRequest:
@@ -83,7 +91,8 @@ class ReplicationRequest:
                    overwrite=p.get("overwrite", False), intermediates=p["intermediates"],
                    bandwidth_limit=p["bandwidth_limit"], latest_prefix=p.get("latest_prefix"),
                    retry_deadline=p.get("retry_deadline"), fanout_group=p.get("fanout_group"),
-                   relationship=p.get("relationship"), unmounted=p.get("unmounted", False))
+                   relationship=p.get("relationship"), unmounted=p.get("unmounted", False),
+                   path=p.get("path", "auto"))
 
     def params(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "source": self.source,
@@ -92,7 +101,7 @@ class ReplicationRequest:
                 "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit,
                 "latest_prefix": self.latest_prefix, "retry_deadline": self.retry_deadline,
                 "fanout_group": self.fanout_group, "relationship": self.relationship,
-                "unmounted": self.unmounted}
+                "unmounted": self.unmounted, "path": self.path}
 
     @property
     def staging_volume(self) -> str:
@@ -101,10 +110,12 @@ class ReplicationRequest:
 
 
 async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBackend, *,
-                    source_snaps: list[Snapshot] | None = None) -> Plan:
+                    source_snaps: list[Snapshot] | None = None,
+                    both_remote: bool = False) -> Plan:
     """The plan from one listing of each side's snapshots (``source_snaps``: the source's,
     when the caller has just listed them). The target's pool and parent are asked about
-    only when the target does not exist: a volume that exists has both."""
+    only when the target does not exist: a volume that exists has both. ``both_remote``:
+    neither server is this daemon's node (the generic path cannot run there)."""
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
     if source_snaps is None:
@@ -125,11 +136,28 @@ async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBa
         target_volume=req.target_volume, target_exists=exists,
         target_snapshots=target_snaps, force_full_copy=req.force_full_copy,
         intermediates=req.intermediates, overwrite=req.overwrite,
-        source_bookmarks=bookmarks)
+        source_bookmarks=bookmarks, ends=ends_of(src, dst, both_remote),
+        path=ReplicationPath(req.path))
     plan = replace(plan, listed=(tuple(source_snaps), tuple(target_snaps)))
+    if plan.path == PlanPath.GENERIC:
+        if plan.mode != PlanMode.UP_TO_DATE and \
+                (await src.volume(snap.volume)).type == "volume":
+            raise PathUnavailable(
+                f"{snap.volume} is a block volume (zvol) and the generic path copies "
+                f"files: {dst.info().get('backend')} on {req.destination} has no block "
+                "volumes a native stream could fill")
+        return plan
     if not src.capabilities.safe_send_holds:
         plan = without_intermediates(plan, source_snaps)
     return plan
+
+
+def ends_of(src: StorageBackend, dst: StorageBackend, both_remote: bool) -> Ends:
+    """The two servers as the path choice sees them (drivers by their ``info`` name)."""
+    return Ends(source_driver=str(src.info().get("backend")),
+                destination_driver=str(dst.info().get("backend")), both_remote=both_remote,
+                source_views=src.capabilities.snapshot_views,
+                destination_views=dst.capabilities.snapshot_views)
 
 
 async def stream_options(src: StorageBackend, dst: StorageBackend,
@@ -263,6 +291,7 @@ class ReplicateWork:
             await self._clean_leftovers(ctx, dst)
             listed = await self._follow_latest(ctx, src)
             plan = await self._plan(src, dst, source_snaps=listed)
+            ctx.remember(plan={"mode": str(plan.mode), "path": str(plan.path)})
             if plan.mode == PlanMode.UP_TO_DATE:
                 ctx.set_progress(0, 0)
                 ctx.log.info("destination already has the snapshot", snapshot=plan.snapshot.name)
@@ -273,6 +302,9 @@ class ReplicateWork:
             if plan.mode == PlanMode.FULL and not plan.overwrite and not self.target_created:
                 self.target_created = True
                 ctx.remember(target_created=True)
+            if plan.path == PlanPath.GENERIC:
+                await self._generic(ctx, src, dst, plan, receive_into)
+                return
         else:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
             plan = await self._plan(src, dst, resuming=True)
@@ -315,6 +347,23 @@ class ReplicateWork:
         ctx.counters.done = moved
         ctx.set_progress(moved, moved, estimated=False)
 
+    async def _generic(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
+                       plan: Plan, receive_into: str) -> None:
+        """The generic path (``flows.generic``), then what every replication ends with."""
+        started = time.monotonic()
+        moved = await run_copy(ctx, self.servers, GenericCopy(
+            plan, self.req.source, self.req.destination, receive_into,
+            remote=self._remote_side(), limit=self.req.bandwidth_limit), src, dst)
+        ctx.log.info("file copy complete", bytes=moved,
+                     seconds=round(time.monotonic() - started, 3))
+        if plan.overwrite:
+            await self._replace_target(ctx, dst)
+        await self._verify(plan, dst)
+        await self._finish_target(src, dst, plan)
+        _remember_received(ctx, plan)
+        ctx.counters.done = moved
+        ctx.set_progress(moved, moved, estimated=False)
+
     @staticmethod
     async def _unusable(src: StorageBackend, token: str) -> str | None:
         """Why the source can never resume from ``token``, or None if it can."""
@@ -338,7 +387,8 @@ class ReplicateWork:
                     source_snaps: list[Snapshot] | None = None) -> Plan:
         try:
             if not resuming:
-                return await make_plan(self.req, src, dst, source_snaps=source_snaps)
+                return await make_plan(self.req, src, dst, source_snaps=source_snaps,
+                                       both_remote=self._both_remote())
             snap = await src.snapshot(self.req.snapshot)
             return Plan(PlanMode.RESUME, snap, None, self.req.target_volume)
         except ReplicationConflict as exc:
@@ -439,7 +489,12 @@ class ReplicateWork:
         except NotFound as exc:
             raise ActivityError(f"{plan.target_snapshot} is missing after the receive",
                                 reason="verify") from exc
-        if received.guid != plan.snapshot.guid:
+        if plan.path == PlanPath.GENERIC:
+            if received.origin != plan.snapshot.guid:
+                raise ActivityError(
+                    f"{plan.target_snapshot} records origin {received.origin or 'none'}, "
+                    f"the source snapshot is {plan.snapshot.guid}", reason="verify")
+        elif received.guid != plan.snapshot.guid:
             raise ActivityError(
                 f"guid mismatch after receive: {plan.target_snapshot} has {received.guid}, "
                 f"source has {plan.snapshot.guid}", reason="verify")
@@ -451,7 +506,8 @@ class ReplicateWork:
         (each is a round trip to its server).
         """
         async def destination_side() -> None:
-            if plan.mode == PlanMode.FULL or self.target_created:
+            if plan.mode == PlanMode.FULL or self.target_created or \
+                    plan.path == PlanPath.GENERIC:
                 # A replica is a standby: read-only, so that not even atime updates make it
                 # diverge from the master (failover makes it writable). Where the backend
                 # cannot put that in force while a reader holds the volume (Busy), it is
@@ -522,6 +578,7 @@ class ReplicateWork:
             dst = await self.servers.backend(self.req.destination)
         except ServerUnavailable as exc:
             raise ActivityError(f"cannot roll back on {self.req.destination}: {exc}") from exc
+        await generic_roll_back(ctx, dst, self.req.target_volume)
         if not dst.capabilities.resumable_send:
             # Nothing to resume from: what a cut-off receive left beside the target (btrfs:
             # a partial subvolume in its receive directory) goes now (a no-op on ZFS).
@@ -557,6 +614,9 @@ class ReplicateWork:
     def _is_remote(self, server: str) -> bool:
         entry = self.servers.entries.get(server)
         return entry is not None and entry.config.kind == "ssh"
+
+    def _both_remote(self) -> bool:
+        return self._is_remote(self.req.source) and self._is_remote(self.req.destination)
 
     def _remote_side(self) -> str:
         """The server whose link a stream depends on (the destination if both are remote)."""

@@ -39,14 +39,23 @@ from ..values import (
     Volume,
     VolumePage,
 )
-from . import fence, tree, volume_ops
+from . import fence, tree, views, volume_ops
 from .fuse import remount, tags_by_taking
-from .names import check_tag, hold_tag, mark_prefix, pool_of, send_flags
+from .names import (
+    ORIGIN_PROP,
+    check_origin,
+    check_tag,
+    hold_tag,
+    mark_prefix,
+    pool_of,
+    send_flags,
+)
 from .probe import capabilities_from_usage, parse_usage
 from .rows import snapshot_from, to_int, volume_from
 
 _VOLUME_PROPS = "type,guid,creation,used,referenced,readonly,mounted,volsize,quota"
-_SNAPSHOT_PROPS = "type,guid,creation,createtxg,used,referenced,userrefs"
+#: ``cerssd:origin`` (a user property) in the same listing: no command per snapshot.
+_SNAPSHOT_PROPS = f"type,guid,creation,createtxg,used,referenced,userrefs,{ORIGIN_PROP}"
 
 
 def _classify(exc: CommandFailed) -> BackendError:
@@ -260,10 +269,14 @@ class ZfsBackend:
             raise NotFound(f"snapshot {name} does not exist on {self.server}")
         return snapshot_from(name, rows[name])
 
-    async def create_snapshot(self, volume: str, label: str) -> Snapshot:
+    async def create_snapshot(self, volume: str, label: str, *,
+                              origin: str | None = None) -> Snapshot:
+        """``zfs snapshot``; ``origin`` is set by the same command (``-o``, which zfs-fuse
+        and OpenZFS both take), so a copy's snapshot never exists without it."""
         validate_volume(volume)
         validate_snapshot_label(label)
-        await self._run("snapshot", f"{volume}@{label}")
+        props = ["-o", f"{ORIGIN_PROP}={check_origin(origin)}"] if origin else []
+        await self._run("snapshot", *props, f"{volume}@{label}")
         return await self.snapshot(f"{volume}@{label}")
 
     async def destroy_snapshot(self, name: str, *, recursive: bool = False) -> None:
@@ -613,11 +626,14 @@ class ZfsBackend:
     async def capacity(self) -> list[PoolCapacity]:
         return await volume_ops.capacity(self)
 
-    async def snapshot_view(self, snapshot: str) -> str:
-        return await volume_ops.snapshot_view(self, snapshot)
+    async def snapshot_view(self, snapshot: str, *, for_server: str = "") -> str:
+        return await views.snapshot_view(self, snapshot, for_server)
+
+    async def release_view(self, snapshot: str, *, for_server: str = "") -> None:
+        await views.release_view(self, snapshot, for_server)
 
     async def volume_path(self, volume: str) -> str:
-        return await volume_ops.volume_path(self, volume)
+        return await views.volume_path(self, volume)
 
 
 def _only_missing(stderr: str) -> bool:

@@ -14,6 +14,17 @@ from ..names import validate_volume
 from ..values import StreamOptions
 
 HOLD_PREFIX = "cerssd:"
+#: The user property a snapshot made by the generic path carries: the guid (or another
+#: driver's identity) of the source snapshot it is a copy of. Listed with every snapshot.
+ORIGIN_PROP = "cerssd:origin"
+
+
+def check_origin(origin: str) -> str:
+    """A source snapshot's identity as a property value: a guid, or another driver's
+    UUID (letters, digits, ``-``), never anything a shell or ``zfs`` could read as more."""
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", origin):
+        raise BackendError(f"invalid snapshot origin {origin!r}")
+    return origin
 
 
 def hold_tag(server: str) -> str:

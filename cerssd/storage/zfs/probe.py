@@ -79,4 +79,6 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         multi_snapshot=re.search(r"@\S*\s+\.\.\.", usage.snapshot_line) is not None,
         # zfs-fuse and every OpenZFS print "clone [-p] ... <snapshot> <filesystem|volume>"
         clones="clone" in usage.commands,
+        # a view is ``.zfs/snapshot`` (OpenZFS) or a temporary clone (zfs-fuse: views.py)
+        snapshot_views="clone" in usage.commands,
     )

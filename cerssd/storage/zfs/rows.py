@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..values import Snapshot, Volume
+from .names import ORIGIN_PROP
 
 
 def volume_from(name: str, p: dict[str, str]) -> Volume:
@@ -25,7 +26,13 @@ def snapshot_from(name: str, p: dict[str, str]) -> Snapshot:
     return Snapshot(name=name, volume=volume, label=label, guid=p["guid"],
                     creation=int(p["creation"]), used=to_int(p.get("used")),
                     referenced=to_int(p.get("referenced")), userrefs=to_int(p.get("userrefs")),
-                    createtxg=to_int(p.get("createtxg")))
+                    createtxg=to_int(p.get("createtxg")), origin=origin_of(p))
+
+
+def origin_of(p: dict[str, str]) -> str:
+    """The ``cerssd:origin`` user property's value; unset prints as "-"."""
+    value = p.get(ORIGIN_PROP, "-")
+    return "" if value == "-" else value
 
 
 def to_int(value: str | None) -> int:

@@ -56,6 +56,7 @@ from ..names import (
     validate_volume,
 )
 from ..values import Capabilities, Snapshot, TreeDataset, TreeListing
+from .names import ORIGIN_PROP
 from .rows import snapshot_from
 
 
@@ -78,7 +79,8 @@ class ZfsBackend(Protocol):
 
     async def _command(self, *args: str) -> tuple[int, str]: ...
 
-TREE_PROPS = ("type", "guid", "creation", "createtxg", "used", "referenced", "userrefs")
+TREE_PROPS = ("type", "guid", "creation", "createtxg", "used", "referenced", "userrefs",
+              ORIGIN_PROP)
 #: What a listing of the datasets alone asks (``list_datasets``).
 DATASET_PROPS = ("type", "guid")
 DATASET_TYPES = frozenset({"filesystem", "volume"})

@@ -190,15 +190,3 @@ def _below_pool(volume: str) -> None:
 def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise BackendError(f"a size is a positive number of bytes, not {size!r}")
-
-
-def _not_yet(what: str) -> BackendError:
-    return BackendError(f"{what} is not available on ZFS yet")
-
-
-async def snapshot_view(zfs: ZfsBackend, snapshot: str) -> str:
-    raise _not_yet("a snapshot's file view")
-
-
-async def volume_path(zfs: ZfsBackend, volume: str) -> str:
-    raise _not_yet("a volume's file path")
