@@ -108,3 +108,67 @@ def test_without_intermediates_sends_a_chain_of_i_steps() -> None:
         == [("s2", "s3")]
     full = plan(exists=False, intermediates=True)
     assert without_intermediates(full, SRC) == full and full.steps() == [(None, SRC[2])]
+
+
+# -- native or generic (identities: guid, and the origin a generic copy records) -----
+
+
+def copy_of(source: Snapshot, volume: str = "q/v", guid: str = "") -> Snapshot:
+    return Snapshot(name=f"{volume}@{source.label}", volume=volume, label=source.label,
+                    guid=guid or f"c{source.guid}", creation=0, used=0, referenced=0,
+                    userrefs=0, origin=source.guid)
+
+
+def test_other_driver_takes_the_generic_path() -> None:
+    from cerssd.replication.logic.plan import Ends
+
+    p = plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC, target_volume="q/v",
+                         target_exists=False, target_snapshots=[],
+                         ends=Ends("zfs", "btrfs"))
+    assert (p.mode, p.path) == ("full", "generic")
+    same = plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC,
+                            target_volume="q/v", target_exists=False, target_snapshots=[],
+                            ends=Ends("zfs", "zfs"))
+    assert same.path == "native"
+
+
+def test_a_copy_is_matched_by_its_origin_and_stays_generic() -> None:
+    from cerssd.replication.logic.plan import PathUnavailable, ReplicationPath
+
+    target = [copy_of(SRC[0]), copy_of(SRC[1])]
+    p = plan(target=target)
+    assert (p.mode, p.path, p.base, p.target_base) == (
+        "incremental", "generic", SRC[1], target[1])
+    assert not p.intermediates  # rsync copies the newest state only
+    with pytest.raises(PathUnavailable, match="file-level copy"):
+        plan(target=target, path=ReplicationPath.NATIVE)  # type: ignore[arg-type]
+    up = plan(snapshot="p/v@s2", target=target)
+    assert (up.mode, up.path) == ("up-to-date", "generic")
+
+
+def test_a_guid_base_goes_native_unless_generic_is_asked() -> None:
+    from cerssd.replication.logic.plan import ReplicationPath
+
+    target = [snap("q/v", "s2", "g2")]
+    assert plan(target=target).path == "native"
+    forced = plan(target=target, path=ReplicationPath.GENERIC)  # type: ignore[arg-type]
+    assert (forced.mode, forced.path) == ("incremental", "generic")
+
+
+def test_after_failover_the_copies_match_the_old_masters_snapshots() -> None:
+    # the old slave (copies with origins) is the master now; the old master follows it
+    master = [copy_of(SRC[0], "q/v"), copy_of(SRC[1], "q/v"), snap("q/v", "s9", "g9")]
+    p = plan_replication(snapshot_name="q/v@s9", source_snapshots=master,
+                         target_volume="p/v", target_exists=True, target_snapshots=SRC[:2])
+    assert (p.mode, p.path, p.base) == ("incremental", "generic", master[1])
+
+
+def test_a_diverged_copy_and_remote_to_remote_are_refused() -> None:
+    from cerssd.replication.logic.plan import Ends, PathUnavailable
+
+    with pytest.raises(TargetDiverged, match="theirs"):
+        plan(target=[copy_of(SRC[0]), snap("q/v", "theirs", "x")])
+    with pytest.raises(PathUnavailable, match="both servers are remote"):
+        plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC, target_volume="q/v",
+                         target_exists=False, target_snapshots=[],
+                         ends=Ends("zfs", "btrfs", both_remote=True))

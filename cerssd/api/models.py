@@ -176,6 +176,8 @@ class SlaveCreate(Request):
     target_volume: Annotated[VolumeName | None, doc("volume there (default: the master's volume "
         "name)")] = None
     bandwidth_limit: Annotated[Positive | None, doc("bytes per second")] = None
+    path: Annotated[ReplicationPath, doc("auto, native or generic (see POST "
+        "/v1/replications)")] = ReplicationPath.AUTO
 
 
 class RelationshipCreate(Request):
@@ -535,6 +537,7 @@ class SlaveSpec(Reply):
     server: str
     target_volume: str
     bandwidth_limit: int | None
+    path: str
 
 
 class TreeSlaveSummary(Reply):

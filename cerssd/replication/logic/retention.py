@@ -58,7 +58,9 @@ def to_destroy(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: floa
     doomed = []
     kept_buckets: set[tuple[int, int]] = set()
     for snap in snapshots:  # oldest first: the first one seen in a bucket is kept
-        if not snap.label.startswith(prefix) or snap.guid in protected or snap is newest:
+        # a copy the generic path made is protected by its origin, the master's guid
+        if not snap.label.startswith(prefix) or snap is newest or \
+                snap.guid in protected or snap.origin in protected:
             continue
         tier_index = _tier_of(grid, now - snap.creation)
         if tier_index is None:

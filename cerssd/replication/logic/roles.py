@@ -187,5 +187,6 @@ def apply_roles(spec: RelationshipSpec, roles: Mapping[str, Any],
                            f"longer in the config: {', '.join(missing)}")
     return _rooted(replace(spec, master=roles["master"], volume=roles["volume"],
                            slaves=tuple(SlaveSpec(s["server"], s["target_volume"],
-                                                  s.get("bandwidth_limit"))
+                                                  s.get("bandwidth_limit"),
+                                                  s.get("path", "auto"))
                                         for s in roles["slaves"])))

@@ -38,7 +38,9 @@ _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention"
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
 MAX_MAX_PARALLEL = 64
-_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit"}
+_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit", "path"}
+#: A slave's ``path``: how its replications move data (``logic.plan.ReplicationPath``).
+SLAVE_PATHS = ("auto", "native", "generic")
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,12 @@ class SlaveSpec:
     server: str
     target_volume: str
     bandwidth_limit: int | None = None
+    #: ``auto`` (native where one driver serves both ends), ``native`` or ``generic``.
+    path: str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return {"server": self.server, "target_volume": self.target_volume,
-                "bandwidth_limit": self.bandwidth_limit}
+                "bandwidth_limit": self.bandwidth_limit, "path": self.path}
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,10 @@ def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
                                   or limit <= 0):
             raise ConfigError(f"{k}.bandwidth_limit", "must be a positive number of bytes "
                               "per second")
-        slaves.append(SlaveSpec(server, target, limit))
+        path = item.get("path", "auto")
+        if path not in SLAVE_PATHS:
+            raise ConfigError(f"{k}.path", f"must be one of {', '.join(SLAVE_PATHS)}")
+        slaves.append(SlaveSpec(server, target, limit, path))
     return tuple(slaves)
 
 

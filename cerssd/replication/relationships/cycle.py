@@ -263,7 +263,7 @@ class RelationshipWork:
             snapshot=snapshot, source=rt.spec.master, destination=server,
             target_volume=slave.target_volume, intermediates=True,
             bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
-            retry_deadline=rt.spec.retry_deadline, relationship=rt.name)
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name, path=slave.path)
 
     @staticmethod
     def _backup(rt: Runtime, store: str, snapshot: str) -> BackupRequest:

@@ -44,6 +44,7 @@ from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
 from ...volume_states import VolumeState, VolumeStates
 from ..flows.replicate import ReplicationRequest, submit_replication
+from ..logic.plan import identities
 from ..logic.roles import DataLoss, FailoverStatus, Fenced, promoted
 from .fencing import Fencing
 from .registry import RelationshipRegistry
@@ -248,7 +249,7 @@ class FailoverWork:
                 snapshot=p["final_snapshot"], source=p["master"], destination=p["to"],
                 target_volume=p["target_volume"], intermediates=True,
                 bandwidth_limit=rt.spec.slave(p["to"]).bandwidth_limit,
-                retry_deadline=rt.spec.retry_deadline)
+                retry_deadline=rt.spec.retry_deadline, path=rt.spec.slave(p["to"]).path)
             record = submit_replication(self.engine, req, parent=ctx.record.id,
                                         failover=ctx.record.id)
             ctx.remember(sync_activity=record.id)
@@ -268,7 +269,7 @@ class FailoverWork:
     async def _has_final(slave: StorageBackend, p: dict[str, Any]) -> bool:
         with contextlib.suppress(NotFound):
             snaps = await slave.snapshots(p["target_volume"])
-            return any(s.guid == p["final_guid"] for s in snaps)
+            return any(p["final_guid"] in identities(s) for s in snaps)
         return False
 
     def _live_child(self, p: dict[str, Any]) -> str | None:

@@ -28,6 +28,7 @@ from ...activity import ActivityRecord, Progress, StatusCode
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...servers import ServerRegistry
 from ...storage.values import Snapshot
+from ..logic.plan import identities
 from ..logic.roles import with_slave
 from ..logic.spec import SlaveSpec
 from .registry import RelationshipRegistry
@@ -91,9 +92,9 @@ async def plan_rejoin(servers: ServerRegistry, rt: Runtime, server: str) -> Rejo
         return RejoinPlan(server, fenced.volume, root, destroys, bases)
     master = await servers.backend(rt.spec.master)
     old = await servers.backend(server)
-    ours = {s.guid for s in await master.snapshots(rt.spec.volume)}
+    ours = {i for s in await master.snapshots(rt.spec.volume) for i in identities(s)}
     theirs = await old.snapshots(fenced.volume)
-    shared = [i for i, s in enumerate(theirs) if s.guid in ours]
+    shared = [i for i, s in enumerate(theirs) if identities(s) & ours]
     if not shared:
         raise RelationshipError(f"{server}:{fenced.volume} shares no snapshot with the "
                                 f"master {rt.spec.master}; it cannot follow incrementally. "
