@@ -17,6 +17,9 @@ Options, and why (docs/drivers.md has the table):
 * ``--delete``: files gone on the source go on the destination; ``-x``: never into
   another filesystem mounted below either end (a child volume), on either side;
 * ``--exclude=/.zfs``: ZFS's snapshot directory, where ``snapdir=visible`` lists it;
+  ``--filter=-x user.cerssd.*``: cerssd's own extended attributes (btrfs records a
+  snapshot's origin on the volume's root as ``user.cerssd.origin``), which belong to
+  each server, not to the data;
 * ``--info=progress2``: live bytes for n of m; ``--stats``: what moved, at the end.
 
 m comes from a dry run first (``-n --stats``: "Total transferred file size", what the
@@ -42,7 +45,7 @@ from ...transport.runner import Runner
 from ...transport.ssh import SshRunner
 
 RSYNC_OPTIONS = ("-aHAX", "--numeric-ids", "--inplace", "--sparse", "--delete", "-x",
-                 "--exclude=/.zfs")
+                 "--exclude=/.zfs", "--filter=-x user.cerssd.*")
 #: rsync's exit codes that mean its connection, not its work, failed: socket I/O (10),
 #: protocol stream (12), timeout (30, 35), and ssh's own (255).
 LINK_EXITS = frozenset({10, 12, 30, 35, 255})
