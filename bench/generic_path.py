@@ -4,8 +4,9 @@ What it measures, on the same machine and the same data, in the same run, rounds
 interleaved (baseline, cerssd, baseline, cerssd...):
 
 * **baseline**: ``rsync -a --inplace -e 'ssh -c CIPHER ...' /POOL/src/ root@127.0.0.1:/T/``
-  from the live source filesystem (equal to the snapshot) into a fresh volume, then, for
-  the incremental, a ``zfs snapshot`` of the target (what a script would do);
+  from the live source filesystem (equal to the snapshot) into a fresh volume, then a
+  ``zfs snapshot`` of the target (what a script would do to keep the point in time; it
+  also waits for the data to reach the disk, as cerssd's snapshot does), both timed;
 * **cerssd**: ``POST /v1/replications`` with ``path = "generic"`` from ``local`` to its
   ``[servers.remote]`` (the same sshd, the same cipher), timed from the POST to the
   terminal state: the snapshot's view (a clone on zfs-fuse), the dry run for m, rsync
@@ -118,7 +119,10 @@ def bench_full(case: Case, args: argparse.Namespace, pool: str, src: str, sshd: 
     for i in range(1, args.runs + 1):
         plain, ours = f"{pool}/plain_full_{i}", f"{pool}/cerssd_full_{i}"
         zfs("create", plain)
-        seconds = baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
+        start = time.monotonic()
+        baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
+        zfs("snapshot", f"{plain}@s0")  # a point in time, as cerssd's copy ends with
+        seconds = time.monotonic() - start
         same_tree(f"/{src}", f"/{plain}")
         case.baseline.append(seconds)
         say(f"full round {i}: baseline {seconds:.2f} s")
@@ -146,8 +150,10 @@ def bench_incremental(case: Case, args: argparse.Namespace, pool: str, src: str,
             write_random(Path(f"/{src}/f{n % args.files:05d}"), args.size // args.files)
         zfs("snapshot", f"{src}@s{i}")
         case.data_bytes = changed * (args.size // args.files) * MIB
-        seconds = baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
+        start = time.monotonic()
+        baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
         zfs("snapshot", f"{plain}@s{i}")
+        seconds = time.monotonic() - start
         same_tree(f"/{src}", f"/{plain}")
         case.baseline.append(seconds)
         say(f"incremental round {i}: baseline {seconds:.2f} s ({changed} files)")
