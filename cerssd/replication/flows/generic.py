@@ -22,6 +22,7 @@ leaves nothing. A volume the copy created and that holds no snapshot is removed.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from ...engine import ActivityContext, ActivityError
@@ -67,8 +68,11 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
             ctx.counters.done = 0
             ctx.log.info("generic copy planned", mode=plan.mode, view=view, into=into,
                          bytes=planned.transferred_size)
+            started = time.monotonic()
             stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
                                limit=copy.limit)
+            ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
+                         sent=stats.sent, received=stats.received)
         except SyncFailed as exc:
             raise _failure(exc, copy) from exc
     finally:
