@@ -3,10 +3,11 @@
 What it measures, on the same machine and the same data, in the same run, rounds
 interleaved (baseline, cerssd, baseline, cerssd...):
 
-* **baseline**: ``rsync -a --inplace -e 'ssh -c CIPHER ...' /POOL/src/ root@127.0.0.1:/T/``
-  from the live source filesystem (equal to the snapshot) into a fresh volume, then a
-  ``zfs snapshot`` of the target (what a script would do to keep the point in time; it
-  also waits for the data to reach the disk, as cerssd's snapshot does), both timed;
+* **baseline**: what a script copying the snapshot does (``snapshot_copy``): a clone of
+  the snapshot (zfs-fuse has no ``.zfs/snapshot``), ``rsync -a --inplace -e 'ssh -c
+  CIPHER ...' CLONE/ root@127.0.0.1:/T/`` into the target, a ``zfs snapshot`` of the
+  target (the point in time; it waits for the data to reach the disk, as cerssd's
+  snapshot does), timed whole, then the clone destroyed;
 * **cerssd**: ``POST /v1/replications`` with ``path = "generic"`` from ``local`` to its
   ``[servers.remote]`` (the same sshd, the same cipher), timed from the POST to the
   terminal state: the snapshot's view (a clone on zfs-fuse), the dry run for m, rsync
@@ -55,6 +56,7 @@ from common import (
     machine,
     make_pool,
     median,
+    retry_busy,
     say,
     scratch_dir,
     seconds_list,
@@ -78,6 +80,24 @@ class Case:
 
     def ratios(self) -> list[float]:
         return [b / c for b, c in zip(self.baseline, self.cerssd, strict=True)]
+
+
+def snapshot_copy(sshd: Sshd, cipher: str, snapshot: str, target: str) -> float:
+    """What a script copying a snapshot's files has to do on zfs-fuse, which has no
+    ``.zfs/snapshot``: clone it, rsync from the clone, snapshot the target (the point in
+    time, and the data on disk), destroy the clone; timed whole. Reading the snapshot
+    rather than the live filesystem matters: the live one's pages were just written and
+    are still in the kernel's cache, a snapshot's are read through zfs-fuse."""
+    pool = snapshot.partition("/")[0]
+    clone = f"{pool}/baseline-view"
+    start = time.monotonic()
+    zfs("clone", "-o", "readonly=on", snapshot, clone)
+    baseline_rsync(sshd, cipher, f"/{clone}", f"/{target}")
+    zfs("snapshot", f"{target}@{snapshot.partition('@')[2]}")
+    seconds = time.monotonic() - start
+    retry_busy(lambda: zfs("destroy", clone, check=False),
+               lambda: zfs("list", clone, check=False).returncode != 0, "the baseline's clone")
+    return seconds
 
 
 def baseline_rsync(sshd: Sshd, cipher: str, source: str, target: str) -> float:
@@ -119,10 +139,7 @@ def bench_full(case: Case, args: argparse.Namespace, pool: str, src: str, sshd: 
     for i in range(1, args.runs + 1):
         plain, ours = f"{pool}/plain_full_{i}", f"{pool}/cerssd_full_{i}"
         zfs("create", plain)
-        start = time.monotonic()
-        baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
-        zfs("snapshot", f"{plain}@s0")  # a point in time, as cerssd's copy ends with
-        seconds = time.monotonic() - start
+        seconds = snapshot_copy(sshd, args.cipher, f"{src}@s0", plain)
         same_tree(f"/{src}", f"/{plain}")
         case.baseline.append(seconds)
         say(f"full round {i}: baseline {seconds:.2f} s")
@@ -150,10 +167,7 @@ def bench_incremental(case: Case, args: argparse.Namespace, pool: str, src: str,
             write_random(Path(f"/{src}/f{n % args.files:05d}"), args.size // args.files)
         zfs("snapshot", f"{src}@s{i}")
         case.data_bytes = changed * (args.size // args.files) * MIB
-        start = time.monotonic()
-        baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
-        zfs("snapshot", f"{plain}@s{i}")
-        seconds = time.monotonic() - start
+        seconds = snapshot_copy(sshd, args.cipher, f"{src}@s{i}", plain)
         same_tree(f"/{src}", f"/{plain}")
         case.baseline.append(seconds)
         say(f"incremental round {i}: baseline {seconds:.2f} s ({changed} files)")
