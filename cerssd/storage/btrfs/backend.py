@@ -548,10 +548,14 @@ class BtrfsBackend:
     async def capacity(self) -> list[PoolCapacity]:
         return await volume_ops.capacity(self)
 
-    async def snapshot_view(self, snapshot: str) -> str:
+    async def snapshot_view(self, snapshot: str, *, for_server: str = "") -> str:
+        """The read-only snapshot itself: nothing to set up, nothing to release."""
         if not await self.has_snapshot(snapshot):
             raise NotFound(f"snapshot {snapshot} does not exist on {self.server}")
         return self.layout.snapshot_path(snapshot)
+
+    async def release_view(self, snapshot: str, *, for_server: str = "") -> None:
+        return None
 
     async def volume_path(self, volume: str) -> str:
         if not await self.exists(volume):
