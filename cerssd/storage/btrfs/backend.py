@@ -129,7 +129,7 @@ class BtrfsBackend:
 
     async def listing(self) -> Listing:
         """Every volume and snapshot under the root: one command."""
-        rows = parse_rows(await self._sh(LIST_SCRIPT, self.layout.root))
+        rows = parse_rows(await self._sh(LIST_SCRIPT, self.layout.root), self.layout.fs_relative)
         return sort_listing(self.layout, rows)
 
     async def _listing_with_times(self) -> Listing:

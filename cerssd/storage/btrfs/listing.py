@@ -3,7 +3,9 @@
 ``btrfs subvolume list -u -R -q -c -g`` prints every subvolume of the filesystem with its
 generation, generation at creation (``cgen``), UUID, received UUID and parent UUID; the
 same with ``-s`` adds the creation time (``otime``) of those that are snapshots. Both run
-in one command (``LIST_SCRIPT``), ``TZ=UTC`` so the times read back as they are stored.
+in one command (``LIST_SCRIPT``), ``TZ=UTC`` so the times read back as they are stored,
+with each snapshot's ``user.cerssd.origin`` (the source snapshot's guid, where the generic
+path made it: ``create_snapshot(origin=...)``).
 
 **Identity.** A snapshot's ``guid`` is its *received UUID* when it was received, else its
 own UUID. ``btrfs send`` names a subvolume (and an incremental's parent) by that same
@@ -21,6 +23,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..values import Snapshot, Volume
@@ -30,7 +33,11 @@ LIST_SCRIPT = (
     'export TZ=UTC; btrfs subvolume list -a -u -R -q -c -g "$1" && echo "#snapshots" && '
     'btrfs subvolume list -a -s -u -R -q -c -g "$1" && echo "#readonly" && '
     'btrfs subvolume list -a -r -u -R -q -c -g "$1" && echo "#qgroups" && '
-    '{ btrfs qgroup show -re --raw "$1" 2>/dev/null; true; }')
+    '{ btrfs qgroup show -re --raw "$1" 2>/dev/null; true; }; echo "#origins"; '
+    # a subvolume's root directory is inode 256: each snapshot's own directory, read
+    # and pruned (never walked into), in one getfattr for all of them
+    '{ find "$1/.cerssd-snapshots" -mindepth 1 -inum 256 -prune -exec getfattr '
+    '--absolute-names -n user.cerssd.origin {} + 2>/dev/null; true; }')
 
 #: With ``-a`` every path is relative to the top level, some spelt with this prefix. (Without
 #: it, the subvolumes directly inside the listed one are printed relative to *it*.)
@@ -57,23 +64,42 @@ class Row:
     referenced: int = 0
     exclusive: int = 0
     limit: int | None = None
+    #: ``user.cerssd.origin``: the guid of the snapshot the generic path copied, or "".
+    origin: str = ""
 
     @property
     def guid(self) -> str:
         return self.received_uuid if self.received_uuid != "-" else self.uuid
 
 
-def parse_rows(text: str) -> list[Row]:
-    """Rows of the first listing, with the second's ``otime`` where it has one."""
+def parse_rows(text: str, relative: Callable[[str], str] = lambda path: path) -> list[Row]:
+    """Rows of the first listing, with the second's ``otime`` where it has one, and the
+    origins (by ``relative``: an absolute path as the listing prints it)."""
     first, _, rest = text.partition("#snapshots")
     second, _, rest = rest.partition("#readonly")
-    third, _, fourth = rest.partition("#qgroups")
+    third, _, rest = rest.partition("#qgroups")
+    fourth, _, fifth = rest.partition("#origins")
+    origins = {relative(path): value for path, value in parse_origins(fifth).items()}
     otimes = {r.id: r.otime for r in _rows(second)}
     readonly = {r.id for r in _rows(third)}
     space = _qgroups(fourth)
     return [Row(r.id, r.gen, r.cgen, r.parent_uuid, r.received_uuid, r.uuid, r.path,
-                otimes.get(r.id), r.id in readonly, *space.get(r.id, (0, 0, None)))
+                otimes.get(r.id), r.id in readonly, *space.get(r.id, (0, 0, None)),
+                origin=origins.get(r.path, ""))
             for r in _rows(first)]
+
+
+def parse_origins(text: str) -> dict[str, str]:
+    """``getfattr`` output: absolute path -> ``user.cerssd.origin``."""
+    found: dict[str, str] = {}
+    path = None
+    for line in text.splitlines():
+        if line.startswith("# file: "):
+            path = line[len("# file: "):]
+        elif path is not None and line.startswith('user.cerssd.origin="') \
+                and line.endswith('"'):
+            found[path] = line[len('user.cerssd.origin="'):-1]
+    return found
 
 
 def _qgroups(text: str) -> dict[int, tuple[int, int, int | None]]:
@@ -133,7 +159,7 @@ def snapshot_of(name: str, row: Row) -> Snapshot:
     volume, _, label = name.partition("@")
     return Snapshot(name=name, volume=volume, label=label, guid=row.guid,
                     creation=row.otime or 0, used=row.exclusive, referenced=row.referenced,
-                    userrefs=0, createtxg=row.cgen)
+                    userrefs=0, createtxg=row.cgen, origin=row.origin)
 
 
 def volume_of(name: str, row: Row) -> Volume:
