@@ -110,7 +110,8 @@ def test_cerssd_has_no_import_cycle() -> None:
 #: replication's layers, lowest first: a module may import its own layer and those before it.
 REPLICATION_LAYERS = ("logic", "retry", "stream", "flows", "relationships")
 #: What no flow or replication layer may import: the storage and transport implementations.
-IMPLEMENTATIONS = ("cerssd.storage.zfs", "cerssd.transport.ssh", "cerssd.transport.runner")
+IMPLEMENTATIONS = ("cerssd.storage.zfs", "cerssd.storage.btrfs", "cerssd.transport.ssh",
+                   "cerssd.transport.runner")
 
 
 def _layer(module: str) -> int | None:

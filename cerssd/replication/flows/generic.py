@@ -29,9 +29,10 @@ from ...engine import ActivityContext, ActivityError
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
+from ...transport.files import file_end
 from ..logic.plan import Plan, PlanMode
 from ..retry import Transient
-from ..stream.filesync import FileEnd, SyncFailed, measure, sync
+from ..stream.filesync import SyncFailed, measure, sync
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     view = await src.snapshot_view(plan.snapshot.name, for_server=copy.destination)
     try:
         into = await dst.volume_path(copy.receive_into)
-        source = FileEnd(view, servers.entry(copy.source).transport)
-        target = FileEnd(into, servers.entry(copy.destination).transport)
+        source = file_end(servers.entry(copy.source).transport, view)
+        target = file_end(servers.entry(copy.destination).transport, into)
         try:
             planned = await measure(source, target)
             ctx.set_progress(0, planned.transferred_size, estimated=False)

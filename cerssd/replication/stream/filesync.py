@@ -40,9 +40,8 @@ from dataclasses import dataclass
 
 from ...flow_control import Counters, FlowGate
 from ...transport.errors import LINK_ERRORS
+from ...transport.files import FileEnd
 from ...transport.process import stop_process
-from ...transport.runner import Runner
-from ...transport.ssh import SshRunner
 
 RSYNC_OPTIONS = ("-aHAX", "--numeric-ids", "--inplace", "--sparse", "--delete", "-x",
                  "--exclude=/.zfs", "--filter=-x user.cerssd.*")
@@ -52,25 +51,6 @@ LINK_EXITS = frozenset({10, 12, 30, 35, 255})
 _PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
 #: How often the gate is looked at for suspend and resume.
 GATE_POLL = 0.2
-
-
-@dataclass(frozen=True)
-class FileEnd:
-    """A directory on a server: where rsync reads or writes."""
-
-    path: str
-    runner: Runner
-
-    @property
-    def remote(self) -> bool:
-        return isinstance(self.runner, SshRunner)
-
-    def spec(self) -> str:
-        path = self.path.rstrip("/") + "/"  # the directory's contents, not the directory
-        if isinstance(self.runner, SshRunner):
-            host = self.runner.cfg.host or ""
-            return f"[{host}]:{path}" if ":" in host else f"{host}:{path}"
-        return path
 
 
 @dataclass(frozen=True)
@@ -99,13 +79,13 @@ def rsync_argv(source: FileEnd, destination: FileEnd, *, dry_run: bool = False,
                limit: float | None = None) -> list[str]:
     if source.remote and destination.remote:
         raise ValueError("rsync runs with one end local")
-    remote = source.runner if source.remote else destination.runner
+    remote = source if source.remote else destination
     argv = ["rsync", *RSYNC_OPTIONS, "--stats"]
     argv += ["-n"] if dry_run else ["--info=progress2"]
     if limit:
         argv.append(f"--bwlimit={max(1, int(limit) // 1024)}")  # KiB/s
-    if isinstance(remote, SshRunner):
-        argv += ["-e", remote.rsync_shell()]
+    if remote.shell is not None:
+        argv += ["-e", remote.shell]
     return [*argv, source.spec(), destination.spec()]
 
 

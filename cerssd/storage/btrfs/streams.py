@@ -33,12 +33,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ...transport.runner import Runner
-
-if TYPE_CHECKING:
-    from .backend import BtrfsBackend
 
 #: Deletes what a receive left in its directory, restoring a volume caught mid-swap.
 CLEAN = r'''
@@ -158,13 +155,20 @@ def script(text: str, *args: str) -> list[str]:
     return ["sh", "-c", text, "cerssd-btrfs", *args]
 
 
+class ChainSource(Protocol):
+    """What a range send asks of the backend (``BtrfsBackend``): the snapshots' paths
+    from ``base`` to ``snapshot``, read when the stream starts."""
+
+    async def chain_paths(self, base: str, snapshot: str) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class RangeSend:
     """The snapshots after ``base`` up to ``snapshot``, each sent on its predecessor:
     the chain is read from one listing when the stream starts (``send`` itself runs
     nothing)."""
 
-    backend: BtrfsBackend
+    backend: ChainSource
     runner: Runner
     snapshot: str
     base: str

@@ -17,14 +17,36 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ...transport.runner import Runner
 from ..errors import AlreadyExists, BackendError, NotFound
 from ..values import PoolCapacity, Volume
-from .layout import check_snapshot, check_volume
+from .layout import Layout, check_snapshot, check_volume
+from .listing import Listing
 
-if TYPE_CHECKING:
-    from .backend import BtrfsBackend
+
+class BtrfsBackend(Protocol):
+    """What the volume operations use of ``backend.BtrfsBackend`` (declared here, not
+    imported: the backend imports this module)."""
+
+    server: str
+    runner: Runner
+    layout: Layout
+
+    async def _run(self, *argv: str) -> str: ...
+
+    async def _sh(self, text: str, *args: str) -> str: ...
+
+    async def listing(self) -> Listing: ...
+
+    async def volume(self, name: str) -> Volume: ...
+
+    async def exists(self, volume: str) -> bool: ...
+
+    async def target_problem(self, volume: str) -> str | None: ...
+
+    async def has_snapshot(self, name: str) -> bool: ...
 
 ROLLBACK_SCRIPT = r'''
 set -u

@@ -25,14 +25,11 @@ may write to, and say so.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 from ..errors import BackendError, NotFound, while_busy
 from ..names import validate_object_name, validate_snapshot, validate_volume
 from .names import pool_of
-
-if TYPE_CHECKING:
-    from .backend import ZfsBackend
+from .volume_ops import ZfsBackend  # the backend's shape, not the backend (it imports us)
 
 #: Where temporary snapshot clones are mounted on the server.
 VIEW_ROOT = "/run/cerssd-views"

@@ -14,17 +14,33 @@ the listed names (no ``-r``: snapshots stay unvisited) follows.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ...transport.runner import CommandFailed
+from ...transport.runner import CommandFailed, Runner
 from ..errors import BackendError
 from ..names import InvalidName, validate_snapshot, validate_volume
 from ..values import PoolCapacity, Volume
+from . import tree
 from .rows import to_int
 from .tree import chunks, in_tree, tree_order
 
-if TYPE_CHECKING:
-    from .backend import ZfsBackend
+
+class ZfsBackend(tree.ZfsBackend, Protocol):
+    """What the volume operations use of ``backend.ZfsBackend`` (declared here, not
+    imported: the backend imports this module)."""
+
+    server: str
+    runner: Runner
+    version: str
+    #: Whether ``zpool list -p`` is taken here; None until tried.
+    exact_pool_list: bool | None
+
+    @property
+    def zpool(self) -> str: ...
+
+    async def volume(self, name: str) -> Volume: ...
+
+    def pool_of(self, volume: str) -> str: ...
 
 #: The facts ``capacity`` reads of each filesystem and volume.
 _SPACE_PROPS = ("type", "volsize", "quota", "usedbydataset", "usedbysnapshots")
