@@ -339,13 +339,7 @@ class ReplicateWork:
         seconds = time.monotonic() - started
         ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
                      mb_per_second=round(moved / seconds / 1e6, 1) if seconds else None)
-        if plan.overwrite:
-            await self._replace_target(ctx, dst)
-        await self._verify(plan, dst)
-        await self._finish_target(src, dst, plan)
-        _remember_received(ctx, plan)
-        ctx.counters.done = moved
-        ctx.set_progress(moved, moved, estimated=False)
+        await self._arrived(ctx, src, dst, plan, moved)
 
     async def _generic(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
                        plan: Plan, receive_into: str) -> None:
@@ -356,6 +350,12 @@ class ReplicateWork:
             remote=self._remote_side(), limit=self.req.bandwidth_limit), src, dst)
         ctx.log.info("file copy complete", bytes=moved,
                      seconds=round(time.monotonic() - started, 3))
+        await self._arrived(ctx, src, dst, plan, moved)
+
+    async def _arrived(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
+                       plan: Plan, moved: int) -> None:
+        """What every replication ends with, by either path: the target put in place,
+        the snapshot verified, pins and marks moved, progress made exact."""
         if plan.overwrite:
             await self._replace_target(ctx, dst)
         await self._verify(plan, dst)
