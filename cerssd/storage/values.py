@@ -100,8 +100,14 @@ class Snapshot:
     createtxg: int = 0
     #: The identity (guid) of the source snapshot this one is a file-level copy of, for a
     #: snapshot the generic path made (``create_snapshot(origin=...)``); "" otherwise.
-    #: The planner matches it like a guid (``logic.plan.identities``).
+    #: The planner matches it like a guid (``identities``).
     origin: str = ""
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """What identifies this snapshot across servers: its guid, and the origin it
+        records (a generic copy matches its source by that, like a guid)."""
+        return frozenset(x for x in (self.guid, self.origin) if x)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -241,15 +241,10 @@ def _generic_problem(ends: Ends) -> str | None:
     return None
 
 
-def identities(snap: Snapshot) -> frozenset[str]:
-    """What identifies ``snap`` across servers: its guid, and the origin it records."""
-    return frozenset(x for x in (snap.guid, snap.origin) if x)
-
-
 def matches(a: Snapshot, b: Snapshot) -> bool:
     """Whether ``a`` and ``b`` are the same point of history (a copy of the other, or
     both copies of one snapshot)."""
-    return bool(identities(a) & identities(b))
+    return bool(a.identities & b.identities)
 
 
 def newest_match(source: Sequence[Snapshot], upto: Snapshot,
@@ -259,7 +254,7 @@ def newest_match(source: Sequence[Snapshot], upto: Snapshot,
     origin match of the same source snapshot."""
     by_identity: dict[str, Snapshot] = {}
     for t in target:
-        for ident in identities(t):
+        for ident in t.identities:
             if ident not in by_identity or t.guid == ident:
                 by_identity[ident] = t
     for snap in reversed(source[: source.index(upto)]):
@@ -279,7 +274,7 @@ def newest_bookmark(bookmarks: Sequence[Snapshot], upto: Snapshot,
     """
     by_guid = {b.guid: b for b in bookmarks if b.creation <= upto.creation}
     for snap in reversed(target):
-        for ident in identities(snap):
+        for ident in snap.identities:
             if ident in by_guid and ident != upto.guid:
                 return by_guid[ident], snap
     return None

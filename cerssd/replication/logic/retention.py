@@ -60,7 +60,7 @@ def to_destroy(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: floa
     for snap in snapshots:  # oldest first: the first one seen in a bucket is kept
         # a copy the generic path made is protected by its origin, the master's guid
         if not snap.label.startswith(prefix) or snap is newest or \
-                snap.guid in protected or snap.origin in protected:
+                not snap.identities.isdisjoint(protected):
             continue
         tier_index = _tier_of(grid, now - snap.creation)
         if tier_index is None:

@@ -44,7 +44,6 @@ from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
 from ...volume_states import VolumeState, VolumeStates
 from ..flows.replicate import ReplicationRequest, submit_replication
-from ..logic.plan import identities
 from ..logic.roles import DataLoss, FailoverStatus, Fenced, promoted
 from .fencing import Fencing
 from .registry import RelationshipRegistry
@@ -269,7 +268,7 @@ class FailoverWork:
     async def _has_final(slave: StorageBackend, p: dict[str, Any]) -> bool:
         with contextlib.suppress(NotFound):
             snaps = await slave.snapshots(p["target_volume"])
-            return any(p["final_guid"] in identities(s) for s in snaps)
+            return any(p["final_guid"] in s.identities for s in snaps)
         return False
 
     def _live_child(self, p: dict[str, Any]) -> str | None:

@@ -28,7 +28,6 @@ from ...activity import ActivityRecord, Progress, StatusCode
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...servers import ServerRegistry
 from ...storage.values import Snapshot
-from ..logic.plan import identities
 from ..logic.roles import with_slave
 from ..logic.spec import SlaveSpec
 from .registry import RelationshipRegistry
@@ -92,9 +91,9 @@ async def plan_rejoin(servers: ServerRegistry, rt: Runtime, server: str) -> Rejo
         return RejoinPlan(server, fenced.volume, root, destroys, bases)
     master = await servers.backend(rt.spec.master)
     old = await servers.backend(server)
-    ours = {i for s in await master.snapshots(rt.spec.volume) for i in identities(s)}
+    ours = {i for s in await master.snapshots(rt.spec.volume) for i in s.identities}
     theirs = await old.snapshots(fenced.volume)
-    shared = [i for i, s in enumerate(theirs) if identities(s) & ours]
+    shared = [i for i, s in enumerate(theirs) if s.identities & ours]
     if not shared:
         raise RelationshipError(f"{server}:{fenced.volume} shares no snapshot with the "
                                 f"master {rt.spec.master}; it cannot follow incrementally. "

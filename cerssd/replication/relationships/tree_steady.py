@@ -143,19 +143,20 @@ class SteadySync:
             return False
         sender = self.src.send(f"{name}@{label}", f"{name}@{step.base}",
                                intermediates=intermediates, options=options)
-        went_inline: list[bool] = []
+        went_inline = False
         small = None
         if self.dst.inline_limit:
             # a member that did not change: one command on the slave's shell, not an
             # SSH session of its own (``stream.inline``)
             async def deliver(data: bytes) -> None:
+                nonlocal went_inline
                 await self.dst.receive_inline(step.target, data, unmounted=True)
-                went_inline.append(True)
+                went_inline = True
             small = SmallStream(self.dst.inline_limit, deliver)
         await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,
                        limit=self.rt.spec.slave(self.server).bandwidth_limit,
                        stall_timeout=self.policy.stall_timeout, small=small)
-        return bool(went_inline)
+        return went_inline
 
     async def _joined(self, member: str, key: StreamKey, receiver: StreamEndpoint) -> bool:
         """Received from the cycle's fan-out group for this stream, if there is one; False

@@ -23,7 +23,6 @@ from ...storage.values import Snapshot
 from ...transport.errors import LinkError
 from ...volume_states import PRUNING, VolumeStates, prune_holds
 from ..flows import snapshot_prune
-from ..logic.plan import identities
 from ..logic.retention import to_destroy
 from .registry import RelationshipRegistry
 from .runtime import Runtime
@@ -64,14 +63,14 @@ class Upkeep:
             slave = await self.servers.backend(server)
             # a copy the generic path made shares the master's guid as its origin
             theirs = {i for s in await slave.snapshots(status.target_volume)
-                      for i in identities(s)}
+                      for i in s.identities}
         except NotFound:
             theirs = set()  # no target volume yet
         except (BackendError, LinkError) as exc:
             log.info("slave state not refreshed", relationship=rt.name, slave=server,
                      error=str(exc))
             return
-        common = [s for s in ours if identities(s) & theirs]
+        common = [s for s in ours if s.identities & theirs]
         if common:
             last = common[-1]
             status.last_snapshot = f"{status.target_volume}@{last.label}"
