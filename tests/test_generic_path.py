@@ -80,10 +80,13 @@ def pools(make_pool: Any) -> tuple[str, str]:
 def test_full_then_incremental_moves_only_changed_files(start_daemon: Any,
                                                        pools: tuple[str, str]) -> None:
     src, dst = pools
+    zfs("set", "compression=on", dst)  # ZFS keeps zero runs as holes: no rsync --sparse
     d = start_daemon()
     populate(f"/{src}/data")
     zfs("snapshot", f"{src}/data@s1")
     full = run(d, f"{src}/data@s1", f"{dst}/data", path="generic")
+    # the 8 MiB hole of /sparse is a hole on the replica too
+    assert os.stat(f"/{dst}/data/sparse").st_blocks * 512 < 1 * MiB
     assert (full["accepted"]["plan"], full["accepted"]["path"]) == ("full", "generic")
     assert full["params"]["plan"] == {"mode": "full", "path": "generic"}
     assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")

@@ -71,7 +71,8 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
                          bytes=planned.transferred_size)
             started = time.monotonic()
             stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
-                               limit=copy.limit)
+                               limit=copy.limit,
+                               sparse=not dst.capabilities.holes_from_zeros)
             ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
                          sent=stats.sent, received=stats.received)
         except SyncFailed as exc:

@@ -81,4 +81,6 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         clones="clone" in usage.commands,
         # a view is ``.zfs/snapshot`` (OpenZFS) or a temporary clone (zfs-fuse: views.py)
         snapshot_views="clone" in usage.commands,
+        # every ZFS's compression detects zero blocks (with compression set, not ``off``)
+        holes_from_zeros=True,
     )
