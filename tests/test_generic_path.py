@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ def populate(root: str, files: int = 10, mib: int = 1) -> None:
         f.seek(8 * MiB)
         f.write(os.urandom(4096))
     os.chmod(f"{root}/dir/f2", 0o600)
+    # Written an hour ago: older than the seconds before a base snapshot that an
+    # incremental compares by contents (transport.files.distrust_recent_mtimes), so the
+    # tests see exactly what the quick check moves.
+    hour_ago = time.time() - 3600
+    for where, _dirs, names in os.walk(root):
+        for name in names:
+            os.utime(os.path.join(where, name), (hour_ago, hour_ago), follow_symlinks=False)
 
 
 def run(d: DaemonProcess, snapshot: str, target: str, **extra: Any) -> dict[str, Any]:
@@ -123,6 +131,28 @@ def test_full_then_incremental_moves_only_changed_files(start_daemon: Any,
     assert "file-level copy" in native.body["detail"]
 
 
+def test_a_same_size_rewrite_in_the_base_snapshots_second_is_copied(
+        start_daemon: Any, pools: tuple[str, str]) -> None:
+    """zfs-fuse keeps whole-second mtimes: a file rewritten at the same size in the
+    second of the base snapshot matches rsync's quick check (size and mtime) and would
+    be skipped, leaving the replica different from its snapshot."""
+    src, dst = pools
+    d = start_daemon()
+    path = f"/{src}/data/same"
+    write_file(path, 1)
+    second = int(time.time()) + 1  # the base snapshot is taken in or before this second
+    os.utime(path, (second, second))
+    zfs("snapshot", f"{src}/data@s1")
+    run(d, f"{src}/data@s1", f"{dst}/data", path="generic")
+    write_file(path, 1)  # new contents, same size, and the same mtime as in s1
+    os.utime(path, (second, second))
+    zfs("snapshot", f"{src}/data@s2")
+    incr = run(d, f"{src}/data@s2", f"{dst}/data")
+    assert incr["accepted"]["plan"] == "incremental"
+    assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")
+    assert os.stat(f"/{dst}/data/same").st_mtime == second  # its true mtime again
+
+
 def test_cancel_rolls_the_destination_back(start_daemon: Any,
                                            pools: tuple[str, str]) -> None:
     src, dst = pools
@@ -134,12 +164,14 @@ def test_cancel_rolls_the_destination_back(start_daemon: Any,
     write_file(f"/{src}/data/small", 1)
     write_file(f"/{src}/data/big", 24)
     zfs("snapshot", f"{src}/data@s2")
+    # 1 MiB/s: the copy lasts ~25 s, so the cancel surely lands while it runs
     r = replicate(d, f"{src}/data@s2", "local", "local", f"{dst}/data",
-                  bandwidth_limit=4 * MiB)
+                  bandwidth_limit=MiB)
     assert r.body["path"] == "generic"
     aid = r.body["id"]
-    running = d.wait_activity(aid, lambda a: a["progress"]["done"] > 2 * MiB,
-                              what="bytes to flow")
+    # m comes from a dry run alongside the copy: exact once it answers
+    running = d.wait_activity(aid, lambda a: a["progress"]["done"] > MiB
+                              and not a["progress"]["estimated"], what="bytes to flow")
     assert running["progress"]["total"] >= 25 * MiB and not running["progress"]["estimated"]
     d.api("POST", f"/v1/activities/{aid}/cancel")
     done = d.wait_done(aid)
@@ -165,7 +197,6 @@ def test_cancel_of_a_first_copy_removes_the_new_volume(start_daemon: Any,
     d.wait_activity(aid, lambda a: a["progress"]["done"] > 2 * MiB, what="bytes to flow")
     d.api("POST", f"/v1/activities/{aid}/suspend")
     paused = d.api("GET", f"/v1/activities/{aid}")["progress"]["done"]
-    import time
     time.sleep(2.0)  # an observation window: nothing may move during it
     assert d.api("GET", f"/v1/activities/{aid}")["progress"]["done"] - paused <= MiB
     d.api("POST", f"/v1/activities/{aid}/cancel")

@@ -6,10 +6,13 @@ or asked for: ``logic.plan.choose_path``). One attempt:
 1. the destination volume: made empty for a full copy (``create_volume``, or its
    staging volume for an overwrite), else fenced off the read-only a replica keeps
    while the copy writes into it;
-2. the source snapshot's read-only view (``snapshot_view``) and the volume's path;
-3. a dry run for m, then rsync (``stream.filesync``) with live n, suspend and a lost
-   link reported as ``Transient`` (the attempt is retried: what was copied stays, and
-   rsync's quick check skips it);
+2. the source snapshot's read-only view (``snapshot_view``) and the volume's path (the
+   two servers' preparations run at once); in an incremental, the files the base's
+   second may have left ambiguous to rsync's quick check are marked to be compared
+   (``transport.files.distrust_recent_mtimes``);
+3. rsync (``stream.filesync``) with live n and, alongside, a dry run that makes m exact
+   when it answers; suspend, and a lost link reported as ``Transient`` (the attempt is
+   retried: what was copied stays, and rsync's quick check skips it);
 4. the view released, then a snapshot of the same label that records the source
    snapshot's guid as its ``origin`` (what the next plan matches), and the read-only
    fence back.
@@ -29,10 +32,10 @@ from ...engine import ActivityContext, ActivityError
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
-from ...transport.files import file_end
+from ...transport.files import FileEnd, distrust_recent_mtimes, file_end
 from ..logic.plan import Plan, PlanMode
 from ..retry import Transient
-from ..stream.filesync import SyncFailed, measure, sync
+from ..stream.filesync import SyncFailed, SyncStats, measure, sync
 
 
 @dataclass(frozen=True)
@@ -52,31 +55,33 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
                    src: StorageBackend, dst: StorageBackend) -> int:
     """The copy up to the new destination snapshot; returns the bytes on the wire."""
     plan = copy.plan
-    if not await dst.exists(copy.receive_into):
-        await dst.create_volume(copy.receive_into)
-    elif await dst.is_readonly(copy.receive_into):
-        await dst.set_readonly(copy.receive_into, False)
     if plan.mode == PlanMode.INCREMENTAL and plan.target_base is not None:
         ctx.remember(generic_base=plan.target_base.name)
-    view = await src.snapshot_view(plan.snapshot.name, for_server=copy.destination)
+    # The two servers' preparations (a clone and its mount on one, the fence lifted on
+    # the other: remounts on zfs-fuse) do not wait for each other.
+    view_task = asyncio.ensure_future(
+        src.snapshot_view(plan.snapshot.name, for_server=copy.destination))
     try:
-        into = await dst.volume_path(copy.receive_into)
+        into = await _prepare_destination(dst, copy.receive_into)
+        if plan.mode == PlanMode.INCREMENTAL and plan.base is not None:
+            await distrust_recent_mtimes(servers.entry(copy.destination).transport, into,
+                                         plan.base.creation)
+        view = await view_task
+    except BaseException:
+        await _release_if_made(view_task, src, copy)
+        raise
+    try:
         source = file_end(servers.entry(copy.source).transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
+        ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into)
+        started = time.monotonic()
         try:
-            planned = await measure(source, target)
-            ctx.set_progress(0, planned.transferred_size, estimated=False)
-            ctx.counters.done = 0
-            ctx.log.info("generic copy planned", mode=plan.mode, view=view, into=into,
-                         bytes=planned.transferred_size)
-            started = time.monotonic()
-            stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
-                               limit=copy.limit,
-                               sparse=not dst.capabilities.holes_from_zeros)
-            ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
-                         sent=stats.sent, received=stats.received)
+            stats = await _copy_measured(ctx, source, target, copy,
+                                         sparse=not dst.capabilities.holes_from_zeros)
         except SyncFailed as exc:
             raise _failure(exc, copy) from exc
+        ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
+                     sent=stats.sent, received=stats.received)
     finally:
         await asyncio.shield(src.release_view(plan.snapshot.name,
                                               for_server=copy.destination))
@@ -87,6 +92,54 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
                               origin=plan.snapshot.guid)
     return stats.transferred_size
+
+
+async def _prepare_destination(dst: StorageBackend, volume: str) -> str:
+    """The volume to copy into, made or unfenced; returns its path."""
+    if not await dst.exists(volume):
+        await dst.create_volume(volume)
+    elif await dst.is_readonly(volume):
+        await dst.set_readonly(volume, False)
+    return await dst.volume_path(volume)
+
+
+async def _release_if_made(view_task: asyncio.Future[str], src: StorageBackend,
+                           copy: GenericCopy) -> None:
+    if not view_task.done():
+        view_task.cancel()
+        await asyncio.gather(view_task, return_exceptions=True)
+    if view_task.cancelled() or view_task.exception() is not None:
+        return
+    await asyncio.shield(src.release_view(copy.plan.snapshot.name,
+                                          for_server=copy.destination))
+
+
+async def _copy_measured(ctx: ActivityContext, source: FileEnd, target: FileEnd,
+                         copy: GenericCopy, *, sparse: bool) -> SyncStats:
+    """rsync, with its dry run for m alongside: m is exact once the dry run answers
+    (a walk of both trees' metadata, on the other CPU), and the copy does not wait."""
+    ctx.set_progress(0, 0, estimated=True)
+    ctx.counters.done = 0
+    planning = asyncio.ensure_future(measure(source, target))
+
+    def planned(task: asyncio.Future[SyncStats]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # the copy's own outcome says what went wrong
+        total = task.result().transferred_size
+        ctx.set_progress(ctx.counters.done or 0, total, estimated=False)
+        ctx.log.info("generic copy planned", bytes=total)
+
+    planning.add_done_callback(planned)
+    try:
+        stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
+                           limit=copy.limit, sparse=sparse)
+    finally:
+        if not planning.done():
+            planning.cancel()  # the copy ended first: its own stats are m
+        await asyncio.gather(planning, return_exceptions=True)
+    ctx.counters.done = stats.transferred_size
+    ctx.set_progress(stats.transferred_size, stats.transferred_size, estimated=False)
+    return stats
 
 
 def _failure(exc: SyncFailed, copy: GenericCopy) -> Exception:

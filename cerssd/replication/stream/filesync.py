@@ -24,8 +24,8 @@ Options, and why (docs/drivers.md has the table):
   each server, not to the data;
 * ``--info=progress2``: live bytes for n of m; ``--stats``: what moved, at the end.
 
-m comes from a dry run first (``-n --stats``: "Total transferred file size", what the
-quick check will send), measured in bench/RESULTS.md. Suspend stops the rsync processes
+m comes from a dry run (``-n --stats``: "Total transferred file size", what the quick
+check will send) that the generic flow runs alongside the copy. Suspend stops the rsync processes
 (SIGSTOP; their ``ssh`` keeps answering keepalives, so the link outlives a long
 suspend) and resume continues them. A lost link shows as ssh's exit (255) or rsync's
 "connection unexpectedly closed" (exit 12), found by ssh's keepalives within seconds.
