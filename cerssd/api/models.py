@@ -559,6 +559,33 @@ class TreeSummary(Reply):
     unmatched_patterns: list[str]
 
 
+class HooksSpec(Reply):
+    pre: Annotated[list[str] | None, doc("argv of the command run before the snapshot")]
+    post: Annotated[list[str] | None, doc("argv of the command run after it (whenever pre "
+        "ran)")]
+    timeout: Annotated[float, doc("seconds each hook may run; then its process group is "
+        "killed")]
+    on_pre_failure: Annotated[Literal["skip", "continue"], doc("what a failing pre means "
+        "for the snapshot")]
+
+
+class HookRunReply(Reply):
+    stage: Literal["pre", "post"]
+    argv: list[str]
+    exit_status: Annotated[int | None, doc("null: timed out or could not start")]
+    output: Annotated[str, doc("the end of its combined stdout and stderr (at most 4 KiB)")]
+    seconds: float
+    timed_out: bool
+
+
+class SnapshotHooks(Reply):
+    label: Annotated[str | None, doc("the snapshot label the hooks ran around")]
+    at: float
+    outcome: Annotated[Literal["taken", "skipped"], doc("skipped: pre failed and "
+        "on_pre_failure is skip, so no snapshot was made")]
+    runs: list[HookRunReply]
+
+
 class Relationship(Reply):
     name: str
     volume: str
@@ -597,6 +624,11 @@ class Relationship(Reply):
     member_metrics: bool | None = None
     tree: Annotated[TreeSummary | None, doc("a tree relationship's members: how many, per "
         "slave how many in each state and the worst lag, the failing ones with reasons")] = None
+    hooks: Annotated[HooksSpec | None, doc("commands run around each cycle's snapshot "
+        "(config file only; docs/hooks.md)")] = None
+    last_hooks: Annotated[SnapshotHooks | None, doc("the hooks around the last snapshot a "
+        "cycle took or skipped")] = None
+    skipped_cycles: Annotated[int, doc("cycles that made no snapshot because pre failed")] = 0
 
 
 class MemberSlave(Reply):

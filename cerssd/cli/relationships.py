@@ -64,6 +64,7 @@ def render_one(out: Output, r: dict[str, Any]) -> None:
              ("newest snapshot", r["newest_snapshot"] or "-"),
              ("activity", r["activity"] or "-"), ("last error", r["last_error"] or "-")]
     lines += _failover_lines(r["failover"])
+    lines += _hook_lines(r)
     print_fields(out.console, lines)
     out.console.print()
     if r.get("tree") is not None:
@@ -93,6 +94,25 @@ def _failover_lines(f: dict[str, Any]) -> list[tuple[str, Any]]:
         state = "read-only" if x["applied_at"] else "not reached yet: fenced on return"
         lines.append(("fenced", f"{x['server']}:{x['volume']} ({state}); rejoin with "
                       "cerssctl relationship rejoin"))
+    return lines
+
+
+def _hook_lines(r: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The hooks around its snapshots, and what the last ones did (docs/hooks.md)."""
+    hooks = r.get("hooks")
+    if not hooks:
+        return []
+    lines: list[tuple[str, Any]] = [("hooks", ", ".join(
+        f"{stage} {' '.join(hooks[stage])}" for stage in ("pre", "post") if hooks[stage])
+        + f" (timeout {hooks['timeout']:g}s, on pre failure {hooks['on_pre_failure']})")]
+    last = r.get("last_hooks")
+    if last:
+        runs = "; ".join(f"{x['stage']} " + ("timed out" if x["timed_out"] else
+                                               f"exit {x['exit_status']}") for x in last["runs"])
+        lines.append(("last hooks", f"snapshot {last['outcome']} at {when(last['at'])}: "
+                      f"{runs}"))
+    if r.get("skipped_cycles"):
+        lines.append(("skipped cycles", r["skipped_cycles"]))
     return lines
 
 

@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...hooks import Hooks, parse_hooks
 from ...parsing import ConfigError, parse_duration, parse_size, reject_unknown
 from ...storage.names import (
     InvalidName,
@@ -33,7 +34,8 @@ DEFAULT_FANOUT_BUFFER = 256 << 20
 
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
-         "recursive", "include", "exclude", "property", "max_parallel", "member_metrics"}
+         "recursive", "include", "exclude", "property", "max_parallel", "member_metrics",
+         "hooks"}
 #: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
@@ -83,6 +85,8 @@ class RelationshipSpec:
     max_parallel: int = DEFAULT_MAX_PARALLEL
     #: Per-member metric series (off: a tree's series stay per relationship and slave).
     member_metrics: bool = False
+    #: Commands run around each cycle's snapshot (``cerssd.hooks``); config file only.
+    hooks: Hooks | None = None
 
     @property
     def is_tree(self) -> bool:
@@ -105,6 +109,7 @@ class RelationshipSpec:
             "retry_deadline": self.retry_deadline, "fanout": self.fanout,
             "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
             "origin": self.origin, **self._tree_json(),
+            "hooks": self.hooks.to_json() if self.hooks else None,
         }
 
     def _tree_json(self) -> dict[str, Any]:
@@ -158,6 +163,9 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     selection = _selection(t, key, volume)
     if selection.is_tree:
         _check_tree_slaves(slaves, volume, master, f"{key}.slaves")
+    if "hooks" in t and origin != "config":
+        raise ConfigError(f"{key}.hooks", "only the config file may name hooks (they run "
+                          "commands as the daemon's user)")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
@@ -169,7 +177,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         raw=dict(t), origin=origin, selection=selection,
         max_parallel=_bounded_int(t.get("max_parallel", DEFAULT_MAX_PARALLEL),
                                   f"{key}.max_parallel", 1, MAX_MAX_PARALLEL),
-        member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"))
+        member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"),
+        hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"))
 
 
 def _selection(t: Mapping[str, Any], key: str, volume: str) -> TreeSelection:

@@ -32,6 +32,7 @@ from functools import partial
 
 from ...activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
+from ...hooks import SnapshotSkipped, around_snapshot
 from ...objectstore.client import StoreError
 from ...objectstore.stores import Stores
 from ...servers import ServerRegistry, ServerUnavailable
@@ -57,7 +58,7 @@ from ..stream.groups import FanoutGroups, StreamKey
 from .cycle_gate import CycleGate
 from .fencing import Fencing
 from .registry import OWN_UPLOADS, RelationshipRegistry
-from .runtime import KIND, Runtime
+from .runtime import KIND, Runtime, SnapshotOutcome
 from .tree import TreeCycle, cycle_label
 from .upkeep import Upkeep
 
@@ -192,12 +193,21 @@ class RelationshipWork:
         if ctx.record.state == State.RETRYING:
             ctx.link_up(rt.spec.master)
         if rt.spec.is_tree:
-            label = await self.tree.run(ctx, rt, master)
+            try:
+                label = await self.tree.run(ctx, rt, master)
+            except SnapshotSkipped as exc:
+                self._skipped(ctx, rt, started, exc)
+                return  # a tree's slaves catch up at its next cycle
             self._cycle_done(ctx, rt, started, f"{rt.spec.volume}@{label}")
             return
         existing = await master.snapshots(rt.spec.volume)
         await self.upkeep.prune_master(rt, existing)
-        snap = await self._snapshot(ctx, rt, master, existing)
+        try:
+            snap = await self._snapshot(ctx, rt, master, existing)
+        except SnapshotSkipped as exc:
+            self._skipped(ctx, rt, started, exc)
+            await self._catch_up(ctx, rt)  # slaves behind the previous snapshot still go
+            return
         rt.newest = (snap.name, snap.guid)
         listed = existing if any(s.name == snap.name for s in existing) else [*existing, snap]
         await self._start_transfers(ctx, rt, master, snap.name, listed=listed)
@@ -212,8 +222,26 @@ class RelationshipWork:
         ctx.log.info("relationship cycle started its transfers", snapshot=snapshot,
                      cycle=rt.cycles)
 
+    def _skipped(self, ctx: ActivityContext, rt: Runtime, started: float,
+                 exc: SnapshotSkipped) -> None:
+        """The ``pre`` hook failed and the relationship skips: the cycle ends without a
+        snapshot, counted and shown (``last_hooks``, ``skipped_cycles``, ``last_error``)
+        rather than failed; the next tick comes as scheduled with a fresh label."""
+        label = ctx.params.get("cycle_snapshot")
+        hooks = rt.note_hooks(label if isinstance(label, str) else None,
+                              SnapshotOutcome.SKIPPED, exc.runs)
+        rt.last_cycle_at = started
+        rt.last_error = f"cycle skipped its snapshot: {exc}"
+        ctx.remember(cycle_snapshot=None, last_hooks=hooks, skipped_cycles=rt.skipped_cycles)
+        self.registry.save(rt)
+        ctx.log.warning("relationship cycle skipped its snapshot", error=str(exc),
+                        snapshot_label=label, skipped_cycles=rt.skipped_cycles)
+
     async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
                         snapshots: list[Snapshot]) -> Snapshot:
+        """The cycle's snapshot, with the relationship's hooks around it. Its label is
+        journaled before the hooks run: a restart that finds the snapshot made uses it
+        (and runs no hook again); one that does not runs ``pre`` again and makes it."""
         existing = {s.label: s for s in snapshots}
         label = ctx.params.get("cycle_snapshot")
         if isinstance(label, str) and label in existing:
@@ -221,8 +249,12 @@ class RelationshipWork:
         if not isinstance(label, str):
             label = cycle_label(rt.spec.prefix, time.time(), existing)
             ctx.remember(cycle_snapshot=label)
-        snap = await master.create_snapshot(rt.spec.volume, label)
+        snap, runs = await around_snapshot(
+            rt.spec.hooks, volumes=[rt.spec.volume], label=label, server=rt.spec.master,
+            take=partial(master.create_snapshot, rt.spec.volume, label))
         ctx.log.info("snapshot taken", snapshot=snap.name)
+        if runs:
+            ctx.remember(last_hooks=rt.note_hooks(label, SnapshotOutcome.TAKEN, runs))
         return snap
 
     async def _start_transfers(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,

@@ -59,6 +59,7 @@ class RelationshipView:
             "newest_snapshot": rt.newest[0] if rt.newest else None,
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
             "backups": self.stores_json(rt),
+            "last_hooks": rt.last_hooks, "skipped_cycles": rt.skipped_cycles,
         }
 
     def members_page(self, rt: Runtime, *, state: MemberState | None, limit: int,

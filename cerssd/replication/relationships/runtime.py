@@ -11,10 +11,13 @@ relationship share this one object per relationship.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import enum
+import time
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...hooks import HookRun
 from ..logic.roles import FailoverState, apply_roles, roles_json
 from ..logic.schedule import Schedule
 from ..logic.slave_status import SlaveStatus
@@ -23,6 +26,14 @@ from ..logic.tree_status import TreeStatus
 
 #: The activity kind of a relationship's long-lived activity (``relationships/cycle.py``).
 KIND = "relationship"
+
+
+class SnapshotOutcome(enum.StrEnum):
+    """What became of a cycle's snapshot with hooks around it."""
+
+    TAKEN = "taken"
+    #: The ``pre`` hook failed and ``on_pre_failure = "skip"``: no snapshot this cycle.
+    SKIPPED = "skipped"
 
 
 class RelationshipError(Exception):
@@ -74,6 +85,10 @@ class Runtime:
     #: A reload changed the schedule: the wait for the next tick is computed again (the
     #: activity is woken for it, and this tells the wake from a sync-now).
     rescheduled: bool = False
+    #: The hooks around the last snapshot a cycle took or skipped (``note_hooks``).
+    last_hooks: dict[str, Any] | None = None
+    #: Cycles that made no snapshot because their ``pre`` hook failed.
+    skipped_cycles: int = 0
 
     @property
     def name(self) -> str:
@@ -83,8 +98,18 @@ class Runtime:
     def schedule(self) -> Schedule:
         return self.spec.schedule
 
+    def note_hooks(self, label: str | None, outcome: SnapshotOutcome,
+                   runs: Sequence[HookRun]) -> dict[str, Any]:
+        """Record the hooks around a cycle's snapshot (shown in the API, remembered)."""
+        self.last_hooks = {"label": label, "at": time.time(), "outcome": outcome.value,
+                           "runs": [r.to_json() for r in runs]}
+        if outcome == SnapshotOutcome.SKIPPED:
+            self.skipped_cycles += 1
+        return self.last_hooks
+
     def remembered(self) -> dict[str, Any]:
         return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
+                "last_hooks": self.last_hooks, "skipped_cycles": self.skipped_cycles,
                 "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
                 "slaves": {n: s.remembered() for n, s in self.slaves.items()},
                 "store_bases": dict(self.store_bases),
@@ -156,7 +181,9 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
                    last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
                    newest=(newest[0], newest[1]) if newest else None,
                    store_bases={s: remembered_bases.get(s) for s in spec.stores},
-                   tree=TreeStatus() if spec.is_tree else None)
+                   tree=TreeStatus() if spec.is_tree else None,
+                   last_hooks=state.get("last_hooks"),
+                   skipped_cycles=state.get("skipped_cycles", 0))
 
 
 def check_no_failover(rt: Runtime) -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection
+from functools import partial
 
 from ...engine import ActivityContext, ActivityEngine
+from ...hooks import around_snapshot
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
@@ -40,7 +42,7 @@ from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
 from ..stream.groups import FanoutGroups
 from .registry import RelationshipRegistry
-from .runtime import Runtime
+from .runtime import Runtime, SnapshotOutcome
 from .tree_backup import KIND as BACKUP_KIND
 from .tree_backup import start_tree_backups
 from .tree_fanout_plan import plan_fanout
@@ -155,8 +157,7 @@ class TreeCycle:
             label = cycle_label(rt.spec.prefix, now, rt.tree.master_labels)
             ctx.remember(cycle_snapshot=label)
         if members:
-            await master.snapshot_tree(sel.root, label, [m.name for m in members])
-            ctx.log.info("tree snapshot taken", label=label, members=len(members))
+            await self._snapshot(ctx, rt, master, members, label)
             rt.tree.master_labels.setdefault(label, now)
             await self._note_newest(rt, master, members, label)
         if members and self.groups is not None:  # a slave busy now is left out of it
@@ -182,6 +183,28 @@ class TreeCycle:
             start_tree_backups(self.engine, self.servers, rt, label, parent=ctx.record.id)
         return label
 
+
+    @staticmethod
+    async def _snapshot(ctx: ActivityContext, rt: Runtime, master: StorageBackend,
+                        members: tuple[Member, ...], label: str) -> None:
+        """Every member's snapshot, atomically, with the relationship's hooks around it.
+
+        A label the master already has (a cycle resumed after a restart: the first cycle
+        lists every snapshot) was made before: it is completed where members lack it,
+        and no hook runs again. Raises ``SnapshotSkipped`` when ``pre`` fails."""
+        assert rt.tree is not None and rt.tree.master_labels is not None
+        sel = rt.spec.selection
+        assert sel is not None
+        names = [m.name for m in members]
+        take = partial(master.snapshot_tree, sel.root, label, names)
+        if label in rt.tree.master_labels:
+            await take()
+        else:
+            _, runs = await around_snapshot(rt.spec.hooks, volumes=names, label=label,
+                                            take=take, server=rt.spec.master)
+            if runs:
+                ctx.remember(last_hooks=rt.note_hooks(label, SnapshotOutcome.TAKEN, runs))
+        ctx.log.info("tree snapshot taken", label=label, members=len(members))
 
     @staticmethod
     async def _note_newest(rt: Runtime, master: StorageBackend, members: tuple[Member, ...],
