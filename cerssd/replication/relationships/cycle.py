@@ -231,7 +231,7 @@ class RelationshipWork:
         hooks = rt.note_hooks(label if isinstance(label, str) else None,
                               SnapshotOutcome.SKIPPED, exc.runs)
         rt.last_cycle_at = started
-        rt.last_error = f"cycle skipped its snapshot: {exc}"
+        rt.last_error = str(exc)
         ctx.remember(cycle_snapshot=None, last_hooks=hooks, skipped_cycles=rt.skipped_cycles)
         self.registry.save(rt)
         ctx.log.warning("relationship cycle skipped its snapshot", error=str(exc),
