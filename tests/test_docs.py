@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 
 from cerssd import config as daemon_config
+from cerssd import hooks as hooks_config
 from cerssd.api.app import ROUTES
 from cerssd.api.openapi import openapi_path
 from cerssd.config import parse_config
 from cerssd.daemon import RESTART_KEYS
+from cerssd.hooks import parse_hooks
 from cerssd.objectstore import config as store_config
 from cerssd.objectstore.config import parse_store
 from cerssd.replication.logic import spec as rel_config
@@ -113,6 +115,10 @@ def _slave(extra: Mapping[str, Any]) -> Any:
     return parse_relationship("web", table, servers=SERVERS).slaves[0]
 
 
+def _hooks(extra: Mapping[str, Any]) -> Any:
+    return parse_hooks({"pre": ["/bin/true"], **extra}, "hooks")
+
+
 #: heading in docs/config.md -> (the keys the parser accepts, a parse of a minimal table
 #: plus one key, to check documented defaults against).
 CONFIG_SECTIONS: dict[str, tuple[set[str], Callable[[Mapping[str, Any]], Any]]] = {
@@ -121,6 +127,7 @@ CONFIG_SECTIONS: dict[str, tuple[set[str], Callable[[Mapping[str, Any]], Any]]] 
     "## `[stores.NAME]`": (store_config.STORE_KEYS, _store),
     "## `[relationships.NAME]`": (rel_config._KEYS, _relationship),
     "### `slaves` entries": (rel_config._SLAVE_KEYS, _slave),
+    "### `hooks` table": (hooks_config._KEYS, _hooks),
 }
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cerssd.config import parse_config
 from cerssd.hooks import (
     MAX_VOLUMES_ENV,
     OUTPUT_LIMIT,
@@ -25,6 +28,8 @@ from cerssd.hooks import (
 from cerssd.parsing import ConfigError
 
 from .conftest import wait_until
+
+MYSQL_LOCK = str(Path(__file__).resolve().parent.parent / "etc" / "hooks" / "mysql-lock")
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -309,3 +314,59 @@ def test_check_is_not_fooled_by_a_directory(tmp_path: Path) -> None:
     d.chmod(d.stat().st_mode | stat.S_IXUSR)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_hooks({"pre": [str(d)]}, "k")
+
+
+async def test_the_mysql_lock_hook_holds_one_session_across_the_snapshot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """etc/hooks/mysql-lock (docs/hooks.md) with a stand-in for the ``mysql`` client
+    that logs the statements it is given: the lock is taken before the snapshot and
+    released after it, by one session that outlives the pre hook."""
+    statements = tmp_path / "statements"
+    client = script(tmp_path, "mysql", f"""echo "session $$" >> {statements}
+while IFS= read -r line; do
+    echo "$line" >> {statements}
+    [ "$line" != 'SELECT "locked";' ] || echo locked
+done
+echo quit >> {statements}
+""")
+    monkeypatch.setenv("LOCK_MYSQL", client)
+    monkeypatch.setenv("LOCK_DIR", str(tmp_path / "lock"))
+    hooks = parse_hooks({"pre": [MYSQL_LOCK, "pre"], "post": [MYSQL_LOCK, "post"],
+                         "timeout": "20s"}, "k")
+
+    async def take() -> list[str]:
+        lines = statements.read_text().splitlines()
+        return [*lines, "alive" if not gone(int(lines[0].split()[1])) else "gone"]
+
+    held, runs = await around_snapshot(hooks, volumes=["tank/mysql"], label="L", take=take)
+    # at the snapshot the session that took the lock still runs (it outlived pre)
+    assert held[1:] == ["FLUSH TABLES WITH READ LOCK;", 'SELECT "locked";', "alive"]
+    held.pop()
+    session = int(held[0].split()[1])
+    assert gone(session)  # post waited for it to end
+    assert statements.read_text().splitlines() == [*held, "UNLOCK TABLES;", "quit"]
+    assert runs[0].output.startswith("lock held by session") and runs[1].output == \
+        "unlocked\n"
+    assert [r.exit_status for r in runs] == [0, 0]
+
+
+def test_the_examples_in_docs_hooks_md_parse() -> None:
+    """Each ```toml block of docs/hooks.md is valid; commands this machine lacks (the
+    MySQL client, the installed lock script) are swapped for /bin/true, and only those."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
+    absent = {"/usr/local/sbin/cerssd-mysql-lock", "/usr/bin/mysql"}
+    servers = {"local": {}, "standby1": {"host": "192.0.2.2",
+                                         "known_hosts": "/etc/cerssd/known_hosts"}}
+    blocks = re.findall(r"^```toml\n(.*?)^```$", docs.read_text(), re.S | re.M)
+    for body in blocks:
+        data = tomllib.loads(body)
+        for table in (data.get("relationships") or {"": data}).values():
+            for stage in ("pre", "post"):
+                argv = table["hooks"].get(stage)
+                if argv and argv[0] in absent:
+                    argv[0] = "/bin/true"
+        if "relationships" in data:
+            parse_config({"servers": servers, **data})
+        else:
+            assert parse_hooks(data["hooks"], "hooks") is not None
+    assert len(blocks) >= 6

@@ -110,7 +110,8 @@ def test_a_failing_pre_skips_the_cycle_and_the_slaves_keep_the_last_snapshot(
     assert (pre_run["exit_status"], pre_run["output"]) == (2, "database busy\n")
     assert post_run["stage"] == "post" and post_run["exit_status"] == 0
     assert posts.read_text().split() == [first.split("@")[1], last["label"]]
-    assert r["last_error"].startswith("snapshot skipped: pre hook") and "database busy" in r["last_error"]
+    assert r["last_error"].startswith("snapshot skipped: pre hook")
+    assert "database busy" in r["last_error"]
     assert r["state"] == "running" and r["cycles"] == 1
     assert d.api("GET", f"/v1/activities/{r['activity']}")["state"] == "running"
     assert all(s["state"] == "in-sync" for s in r["slaves"])
