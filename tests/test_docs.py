@@ -169,7 +169,9 @@ def test_documented_defaults_are_the_parsers_defaults(heading: str) -> None:
             continue
         assert parse({key: value}) == parse({}), f"{heading} {key}: default {row[2]}"
         checked += 1
-    assert checked >= 3 or heading == "### `slaves` entries", (heading, checked)
+    # slaves and hooks have fewer keys with a default: server, pre and post have none
+    assert checked >= 3 or heading in ("### `slaves` entries", "### `hooks` table"), (
+        heading, checked)
 
 
 def test_keys_that_need_a_restart_say_so() -> None:
