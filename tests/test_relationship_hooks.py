@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +248,94 @@ def test_the_api_cannot_define_hooks(start_daemon: Any, pools: tuple[str, str, s
         "slaves": [{"server": "a", "target_volume": f"{a}/data"}],
         "hooks": {"pre": ["/bin/true"]}})
     assert made.status in (400, 422) and "hooks" in json.dumps(made.body), made.body
+
+
+# -- the PostgreSQL example of docs/hooks.md, against a real server -------------------
+
+def postgres_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    assert found, "PostgreSQL's server is needed (scripts/setup installs postgresql)"
+    return found[-1].parent
+
+
+def as_postgres(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/usr/sbin/runuser", "-u", "postgres", "--", *map(str, argv)],
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def lsn(text: str) -> int:
+    high, low = text.strip().split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class Postgres:
+    """A PostgreSQL server on a data directory, reached by its own socket directory."""
+
+    def __init__(self, data: Path, sockets: Path) -> None:
+        self.data, self.sockets = data, sockets
+        self.bin = postgres_bin()
+
+    def start(self) -> None:
+        as_postgres(self.bin / "pg_ctl", "-D", self.data, "-l", self.sockets / "log", "-w",
+                    "-o", f"-k {self.sockets} -h ''", "start")
+
+    def stop(self) -> None:
+        as_postgres(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "stop",
+                    check=False)
+
+    def psql_argv(self, sql: str) -> list[str]:
+        return ["/usr/sbin/runuser", "-u", "postgres", "--", "/usr/bin/psql", "-X", "-q",
+                "-At", "-h", str(self.sockets), "-d", "postgres", "-c", sql]
+
+    def sql(self, sql: str) -> str:
+        return subprocess.run(self.psql_argv(sql), capture_output=True, text=True,
+                              check=True, timeout=120).stdout.strip()
+
+
+def socket_dir() -> Path:
+    """Short (a socket path has at most 107 bytes), owned by postgres."""
+    path = Path(tempfile.mkdtemp(prefix="cerssd-pg-"))
+    shutil.chown(path, "postgres")
+    return path
+
+
+def test_the_postgresql_checkpoint_hook_runs_before_the_snapshot(
+        start_daemon: Any, make_pool: Any) -> None:
+    """docs/hooks.md's PostgreSQL example: CHECKPOINT as pre. The snapshot's control file
+    names a checkpoint after the last insert (without the hook none would have run for
+    five minutes), and a server started on a clone of the snapshot has the row."""
+    master, slave = make_pool(), make_pool()
+    zfs("create", f"{master}/pg")
+    shutil.chown(f"/{master}/pg", "postgres")
+    data = Path(f"/{master}/pg/data")
+    as_postgres(postgres_bin() / "initdb", "-D", data, "-A", "trust", "--no-sync")
+    servers = [Postgres(data, socket_dir())]
+    try:
+        pg = servers[0]
+        pg.start()
+        pg.sql("CREATE TABLE t (x int)")
+        pg.sql("INSERT INTO t VALUES (42)")
+        written = lsn(pg.sql("SELECT pg_current_wal_insert_lsn()"))
+        hooks = f"hooks = {{ pre = {json.dumps(pg.psql_argv('CHECKPOINT'))}, " \
+            'on_pre_failure = "continue", timeout = "5m" }\n'
+        config = '[servers.local]\nkind = "local"\n[servers.s]\nkind = "local"\n' + \
+            relationship_config("pg", f"{master}/pg", {"s": f"{slave}/pg"}, extra=hooks)
+        d = start_daemon(extra=config)
+        r = wait_until(lambda: (x := d.api("GET", "/v1/relationships/pg"))["newest_snapshot"]
+                       and x, SLOW, what="the first snapshot")
+        assert [x["exit_status"] for x in r["last_hooks"]["runs"]] == [0], r["last_hooks"]
+        label = r["newest_snapshot"].split("@")[1]
+        zfs("clone", f"{master}/pg@{label}", f"{master}/restored")
+        restored = Path(f"/{master}/restored/data")
+        control = as_postgres(postgres_bin() / "pg_controldata", restored).stdout
+        redo = next(line for line in control.splitlines()
+                    if line.startswith("Latest checkpoint's REDO location:"))
+        assert lsn(redo.split(":", 1)[1]) >= written, (control, hex(written))
+        (restored / "postmaster.pid").unlink()  # the clone's copy names the live server
+        servers.append(Postgres(restored, socket_dir()))
+        servers[1].start()
+        assert servers[1].sql("SELECT x FROM t") == "42"
+    finally:
+        for server in reversed(servers):
+            server.stop()
+            shutil.rmtree(server.sockets, ignore_errors=True)
