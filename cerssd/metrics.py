@@ -207,9 +207,13 @@ class RelationshipCollector(Collector):
         cycles = CounterMetricFamily("cerssd_relationship_cycles",
                                      "Cycles (snapshot + transfers started) run",
                                      labels=["relationship"])
+        skipped = CounterMetricFamily("cerssd_relationship_skipped_cycles",
+                                      "Cycles that took no snapshot because the pre hook "
+                                      "failed", labels=["relationship"])
         trees = []
         for rt in sorted(self.relationships.all(), key=lambda r: r.name):
             cycles.add_metric([rt.name], rt.cycles)
+            skipped.add_metric([rt.name], rt.skipped_cycles)
             if rt.tree is not None:  # lag: the worst member's (``_trees``); state as a whole
                 trees.append(rt)
                 for slave in self.relationships.slaves_json(rt):
@@ -227,7 +231,7 @@ class RelationshipCollector(Collector):
                 for name in STATES:
                     state.add_metric([*values, name], 1 if slave["state"] == name else 0)
         yield from self._trees(trees, lag)
-        yield from (lag, success, last_bytes, state, cycles)
+        yield from (lag, success, last_bytes, state, cycles, skipped)
         yield from self._roles()
         groups = self.groups
         sends = CounterMetricFamily("cerssd_fanout_sends",

@@ -21,7 +21,13 @@ from cerssd.config import EX_CONFIG
 
 from .conftest import SLOW, DaemonProcess, post_json, wait_until, zfs
 from .test_hooks import gone, script
-from .test_relationships import LOCAL_SLAVES, relationship_config, show, wait_in_sync
+from .test_relationships import (
+    LOCAL_SLAVES,
+    metric,
+    relationship_config,
+    show,
+    wait_in_sync,
+)
 from .test_replicate_local import guid, snapshots
 
 
@@ -118,6 +124,8 @@ def test_a_failing_pre_skips_the_cycle_and_the_slaves_keep_the_last_snapshot(
     assert d.api("GET", f"/v1/activities/{r['activity']}")["state"] == "running"
     assert all(s["state"] == "in-sync" for s in r["slaves"])
     assert "relationship cycle skipped its snapshot" in d.log()
+    assert metric(d.api("GET", "/metrics"), "cerssd_relationship_skipped_cycles_total",
+                  relationship="web") == 1.0
     cli = subprocess.run([sys.executable, "-m", "cerssd.cli", "--socket", str(d.socket_path),
                           "relationship", "show", "web"], capture_output=True, text=True)
     assert re.search(r"last hooks +snapshot skipped at .*: pre exit 2; post exit 0",
