@@ -236,6 +236,40 @@ def test_a_tree_runs_its_hooks_around_one_snapshot_of_every_member(
         assert [s for s in snapshots(root + name) if s.startswith("cerssd-t-")] == [label]
 
 
+def test_a_tree_cycle_resumed_after_its_snapshot_runs_no_hook_again(
+        start_daemon: Any, make_pool: Any, tmp_path: Path) -> None:
+    master, slave = make_pool(), make_pool()
+    root = f"{master}/t"
+    for name in ("", "/a"):
+        zfs("create", root + name)
+    pres, post_pid, release = tmp_path / "pres", tmp_path / "post.pid", tmp_path / "release"
+    pre = script(tmp_path, "pre", f"echo $CERSSD_SNAPSHOT_LABEL >> {pres}\n")
+    post = script(tmp_path, "post", f"echo $$ > {post_pid}\n"
+                  f"while [ ! -e {release} ]; do sleep 0.1; done\n")
+    config = ('[servers.local]\nkind = "local"\n[servers.s]\nkind = "local"\n'
+              f'[relationships.t]\nvolume = "{root}"\nrecursive = true\ninterval = "1h"\n'
+              f'slaves = [{{server = "s", target_volume = "{slave}/t"}}]\n'
+              + hooks_line(pre, post, timeout="5m"))
+    d = start_daemon(extra=config)
+    wait_until(lambda: post_pid.exists() and post_pid.read_text().strip(), SLOW,
+               what="the post hook to run")
+    label = pres.read_text().strip()
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    release.touch()
+    pid = int(post_pid.read_text())
+    wait_until(lambda: gone(pid), 10, what="the orphaned post hook to end")
+    post_pid.unlink()
+    d2 = start_daemon(config_path=d.config_path)
+    wait_until(lambda: (x := d2.api("GET", "/v1/relationships/t"))["cycles"] == 1
+               and x["tree"]["slaves"]["s"]["in_sync"] == 2, SLOW,
+               what="the resumed cycle to finish")
+    assert pres.read_text().split() == [label] and not post_pid.exists()
+    for name in ("", "/a"):
+        assert [s for s in snapshots(root + name) if s.startswith("cerssd-t-")] == [label]
+        assert guid(f"{slave}/t{name}@{label}") == guid(f"{root}{name}@{label}")
+
+
 def test_a_hook_command_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(LOCAL_SLAVES + relationship_config(
