@@ -16,6 +16,8 @@ from typing import Any
 
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
+from .policies.binding import bind, check_prefixes
+from .policies.spec import PolicySpec, parse_policy
 from .replication.logic.spec import RelationshipSpec, overlapping, parse_relationship
 from .storage.btrfs.layout import pool_name
 from .storage.names import InvalidName, validate_object_name, validate_volume
@@ -30,7 +32,7 @@ _WORD = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The keys each table accepts, named once so the parser and the operator guide's test
 #: (tests/test_docs.py: every key is in docs/config.md) read the same list.
-SECTIONS = {"daemon", "servers", "stores", "relationships"}
+SECTIONS = {"daemon", "servers", "stores", "relationships", "snapshots"}
 DAEMON_KEYS = {
     "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
     "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
@@ -103,6 +105,8 @@ class Config:
     relationships: Mapping[str, RelationshipSpec] = field(default_factory=dict)
     stores: Mapping[str, StoreConfig] = field(default_factory=dict)
     source: Path | None = None
+    #: Snapshot policies (``[snapshots.NAME]``).
+    policies: Mapping[str, PolicySpec] = field(default_factory=dict)
 
 
 def load_config(path: Path) -> Config:
@@ -138,11 +142,16 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     stores_raw = _table(data, "stores")
     stores = {name: parse_store(name, _table(stores_raw, name, "stores."), servers=servers)
               for name in stores_raw}
+    policies_raw = _table(data, "snapshots")
+    policies = {name: parse_policy(name, _table(policies_raw, name, "snapshots."),
+                                   servers=servers) for name in policies_raw}
     rels_raw = _table(data, "relationships")
     relationships = {
-        name: parse_relationship(name, _table(rels_raw, name, "relationships."),
-                                 servers=servers, stores=stores)
+        name: bind(parse_relationship(name, _table(rels_raw, name, "relationships."),
+                                      servers=servers, stores=stores),
+                   policies, f"relationships.{name}")
         for name in rels_raw}
+    check_prefixes(policies, relationships)
     for name, spec in relationships.items():
         if (other := overlapping(spec, [r for r in relationships.values()
                                         if r.name < name])) is not None:
@@ -152,7 +161,7 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
             raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
                               "stores only from a local master (direct_copy)")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
-                  source=source)
+                  source=source, policies=policies)
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:

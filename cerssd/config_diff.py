@@ -1,6 +1,7 @@
 """What a reload changes: the running config against the new one, as a value (no I/O).
 
-``diff_config`` names, per section (``servers``, ``stores``, ``relationships``), the
+``diff_config`` names, per section (``servers``, ``stores``, ``relationships``,
+``policies``: the ``[snapshots]`` tables), the
 entries added, removed and changed. Entries are frozen dataclasses compared with
 ``==``, so any key a spec gains later is covered without touching this module.
 ``reload_refusal`` says why the new config cannot be put in force in the running daemon
@@ -20,7 +21,7 @@ from .parsing import ConfigError
 from .replication.logic.spec import RelationshipSpec, overlapping
 
 #: The sections a reload applies entry by entry.
-RELOADED_SECTIONS = ("servers", "stores", "relationships")
+RELOADED_SECTIONS = ("servers", "stores", "relationships", "policies")
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,11 @@ class ConfigDiff:
     servers: SectionDiff = field(default_factory=SectionDiff)
     stores: SectionDiff = field(default_factory=SectionDiff)
     relationships: SectionDiff = field(default_factory=SectionDiff)
+    #: Snapshot policies (``[snapshots.NAME]``).
+    policies: SectionDiff = field(default_factory=SectionDiff)
 
     def __bool__(self) -> bool:
-        return bool(self.servers or self.stores or self.relationships)
+        return bool(self.servers or self.stores or self.relationships or self.policies)
 
     def to_json(self) -> dict[str, dict[str, list[str]]]:
         """For the log: only the sections that changed."""

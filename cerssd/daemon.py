@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -38,6 +39,7 @@ from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
 from .parsing import ConfigError
+from .policies.registry import PolicyRegistry
 from .reload import ConfigReloader
 from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
 from .replication.relationships.cycle_gate import CycleGate
@@ -112,23 +114,34 @@ class Daemon:
         self.cycle_gate = CycleGate(d.max_concurrent_cycles)
         self.relationships = RelationshipManager.build(
             self.engine, self.servers, self.journal, volume_states=self.volume_states,
-            groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate)
+            groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate,
+            policy_labels=self._policy_labels)
         self.relationships.registry.load(self.config.relationships)
+        self.policies = PolicyRegistry(self.engine, self.servers,
+                                       self.relationships.registry,
+                                       max_backoff=d.retry_max_interval)
+        self.policies.load(self.config.policies)
         self.capacity = CapacityCache(self.servers, self.engine, served=self._served)
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
-                               capacity=self.capacity)
+                               capacity=self.capacity, policies=self.policies)
         self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
-                                       self.relationships.registry)
+                                       self.relationships.registry, self.policies)
         started = time.time()
         self.engine.recover()
         # Before anything submits: holds of the activities that came back, then the flows.
         self.volume_states.rebuild(self.engine.activities())
         self.relationships.start()
+        self.policies.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
             self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
+
+    def _policy_labels(self, name: str) -> Mapping[str, float] | None:
+        """A policy's labels on its server, for the trees that replicate them."""
+        rt = self.policies.runtimes.get(name)
+        return rt.labels if rt is not None else None
 
     def _served(self, server: str) -> tuple[str, ...] | None:
         """The pools and datasets the daemon serves on ``server`` (``volume_roots``)."""
@@ -150,7 +163,8 @@ class Daemon:
             path.unlink()
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
                                    lambda: self.config, self.relationships, self.stores,
-                                   volume_states=self.volume_states, capacity=self.capacity))
+                                   volume_states=self.volume_states, capacity=self.capacity,
+                                   policies=self.policies))
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=REQUEST_GRACE)
         await runner.setup()

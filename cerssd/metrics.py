@@ -19,6 +19,7 @@ from . import __version__
 from .activity import ActivityRecord, LinkCondition, State
 from .capacity import CapacityCache
 from .engine import Activity, ActivityEngine
+from .policies.registry import PolicyRegistry
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
 from .replication.logic.tree_backups import BackupState, StoreBackups
@@ -318,14 +319,52 @@ class RelationshipCollector(Collector):
         yield from (status, active, fenced, loss)
 
 
+class PolicyCollector(Collector):
+    """Per snapshot policy (one series each, whatever its volumes): last run, runs,
+    skipped runs and failures, snapshots kept."""
+
+    def __init__(self, policies: PolicyRegistry) -> None:
+        self.policies = policies
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["policy"]
+        last = GaugeMetricFamily("cerssd_policy_last_run_timestamp_seconds",
+                                 "Unix time of the policy's last run that did not fail",
+                                 labels=labels)
+        kept = GaugeMetricFamily("cerssd_policy_snapshots_kept",
+                                 "The policy's snapshots on its server after its last prune "
+                                 "(a tree: its labels, one atomic snapshot each)",
+                                 labels=labels)
+        runs = CounterMetricFamily("cerssd_policy_runs", "Runs that did not fail",
+                                   labels=labels)
+        skipped = CounterMetricFamily("cerssd_policy_skipped_runs",
+                                      "Runs whose pre hook failed: no snapshot taken",
+                                      labels=labels)
+        failures = CounterMetricFamily("cerssd_policy_failures",
+                                       "Runs that failed (server, link or command)",
+                                       labels=labels)
+        for rt in self.policies.all():
+            if rt.last_run_at is not None:
+                last.add_metric([rt.name], rt.last_run_at)
+            if rt.kept is not None:
+                kept.add_metric([rt.name], rt.kept)
+            runs.add_metric([rt.name], rt.runs)
+            skipped.add_metric([rt.name], rt.skipped)
+            failures.add_metric([rt.name], rt.failures)
+        yield from (last, kept, runs, skipped, failures)
+
+
 class Metrics:
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
                  relationships: RelationshipView | None = None,
                  groups: FanoutGroups | None = None, *,
-                 capacity: CapacityCache | None = None) -> None:
+                 capacity: CapacityCache | None = None,
+                 policies: PolicyRegistry | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = DaemonCollector(engine, servers, capacity)
         self.registry.register(self.collector)
+        if policies is not None:
+            self.registry.register(PolicyCollector(policies))
         if relationships is not None:
             self.registry.register(RelationshipCollector(
                 relationships, groups if groups is not None else FanoutGroups()))

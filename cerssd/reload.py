@@ -22,6 +22,10 @@ What each change does, and why:
   its transfers in flight cancelled and rolled back like ``DELETE`` through the API
   does (only their partial receive state goes; no snapshot or volume is deleted);
   a relationship that is no longer defined must not keep writing to its slaves;
+* **snapshot policy added / removed**: started (its first run at once) / its activity
+  cancelled (its snapshots stay where they are);
+* **snapshot policy changed**: replaced in place, used from its next run (a new schedule
+  at once); another server, volume, or a volume made a tree (or back) restarts it;
 * **relationship changed**: its definition is replaced in place and used from its next
   cycle; running transfers carry on. A new schedule takes effect at once (the wait for
   the next tick is computed again). A tree's new selection (recursive, include, exclude,
@@ -46,6 +50,8 @@ from .config import Config
 from .config_diff import ConfigDiff, RunningRelationship, diff_config, reload_refusal
 from .engine import ActivityEngine
 from .objectstore.stores import Stores
+from .policies.registry import PolicyRegistry
+from .policies.spec import PolicySpec
 from .replication.logic.roles import apply_roles, roles_json
 from .replication.logic.spec import RelationshipSpec
 from .replication.relationships.background import BackgroundTasks
@@ -58,11 +64,13 @@ log = structlog.get_logger("cerssd.reload")
 
 class ConfigReloader:
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
-                 registry: RelationshipRegistry) -> None:
+                 registry: RelationshipRegistry, policies: PolicyRegistry | None = None,
+                 ) -> None:
         self.engine = engine
         self.servers = servers
         self.stores = stores
         self.registry = registry
+        self.policies = policies
         self._tasks = BackgroundTasks()
         #: Closes of retired connections still waiting for their work to end, by id.
         self._pending: dict[int, Callable[[], Awaitable[None]]] = {}
@@ -106,6 +114,7 @@ class ConfigReloader:
         moved = [n for n in diff.relationships.changed
                  if _moved(old.relationships[n], new.relationships[n])]
         await asyncio.gather(*(self._retire(n) for n in (*diff.relationships.removed, *moved)))
+        await self._apply_policies(diff, old, new)
         for name in diff.servers.removed:
             entry = self.servers.remove(name)
             self._close_when_idle(name, partial(self.servers.close_retired, entry))
@@ -123,6 +132,29 @@ class ConfigReloader:
         for name in diff.relationships.added:
             self.registry.define(new.relationships[name])
             log.info("relationship added", relationship=name)
+
+    async def _apply_policies(self, diff: ConfigDiff, old: Config, new: Config) -> None:
+        """Policies removed (or moved) stopped, changed ones redefined, new ones started:
+        before the relationships added that may replicate them."""
+        if self.policies is None:
+            return
+        moved = [n for n in diff.policies.changed
+                 if _policy_moved(old.policies[n], new.policies[n])]
+        await asyncio.gather(*(self.policies.retire(n)
+                               for n in (*diff.policies.removed, *moved)))
+        for name in diff.policies.removed:
+            log.info("snapshot policy removed; its snapshots were left in place", policy=name)
+        for name in diff.policies.changed:
+            if name in moved:
+                self.policies.define(new.policies[name])
+                log.info("snapshot policy restarted under its new server or volume",
+                         policy=name)
+            else:
+                self.policies.redefine(new.policies[name])
+                log.info("snapshot policy changed; its next run uses it", policy=name)
+        for name in diff.policies.added:
+            self.policies.define(new.policies[name])
+            log.info("snapshot policy added", policy=name)
 
     async def _retire(self, name: str) -> None:
         if name not in self.registry.runtimes:
@@ -176,9 +208,16 @@ class ConfigReloader:
 
 
 def _moved(old: RelationshipSpec, new: RelationshipSpec) -> bool:
-    """Whether a change makes another replication of it: another master or volume, or
-    one volume become a tree (or back). Its live state does not carry over."""
-    return (old.master, old.volume, old.is_tree) != (new.master, new.volume, new.is_tree)
+    """Whether a change makes another replication of it: another master or volume, one
+    volume become a tree (or back), or another source of snapshots (its own or a
+    policy's: another prefix). Its live state does not carry over."""
+    return (old.master, old.volume, old.is_tree, old.snapshots) != (
+        new.master, new.volume, new.is_tree, new.snapshots)
+
+
+def _policy_moved(old: PolicySpec, new: PolicySpec) -> bool:
+    """Whether a policy change makes it snapshot something else (its state is not kept)."""
+    return (old.server, old.volume, old.is_tree) != (new.server, new.volume, new.is_tree)
 
 
 def _names(record: ActivityRecord, name: str) -> bool:

@@ -29,6 +29,7 @@ from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import UnknownStore
 from ..parsing import ConfigError
+from ..policies.runtime import PolicyError, UnknownPolicy
 from ..replication.flows.replicate import ReplicationRequest, make_plan, submit_replication
 from ..replication.logic.holds import holds_of
 from ..replication.logic.plan import ReplicationConflict
@@ -40,7 +41,7 @@ from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_la
 from ..transport.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, replication_holds
-from . import backups, failover, volumes
+from . import backups, failover, policies, volumes
 from . import models as m
 from .context import ApiContext
 from .models import MAX_WAIT
@@ -386,6 +387,16 @@ ROUTES: list[Route[ControlApi]] = [
                      409: "not fenced, no shared snapshot, consent needed, or the volume "
                      "is held on a stateful server (Volume Busy)",
                      502: "the rollback failed (Rejoin Failed, naming the activity)"}),
+    Route("GET", "/v1/policies", policies.list_policies,
+          "Snapshot policies ([snapshots.NAME]): schedule, grid, last run and its result, "
+          "snapshots kept", returns=m.Policies),
+    Route("GET", "/v1/policies/{policy}", policies.show_policy, "One snapshot policy",
+          returns=m.Policy, responses={400: "invalid name", 404: "unknown policy"}),
+    Route("POST", "/v1/policies/{policy}/run", policies.run_policy,
+          "Run a snapshot policy now (snapshot, then prune by its grid)", mutating=True,
+          ok=202, returns=m.Policy,
+          responses={202: "run requested", 400: "invalid name", 404: "unknown policy",
+                     409: "its activity is suspended"}),
     Route("GET", "/v1/stores", backups.list_stores,
           "Object stores (endpoint, bucket, prefix, link; never credentials)",
           returns=m.Stores),
@@ -435,6 +446,8 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
     (UnknownServer, 404, "Unknown Server"),
     (UnknownRelationship, 404, "Unknown Relationship"),
     (UnknownStore, 404, "Unknown Store"),
+    (UnknownPolicy, 404, "Unknown Snapshot Policy"),
+    (PolicyError, 409, "Snapshot Policy Conflict"),
     (BackupMissing, 404, "Unknown Backup"),
     (BrokenChain, 409, "Broken Backup Chain"),
     (RelationshipError, 409, "Relationship Conflict"),
@@ -465,7 +478,9 @@ def _problem_for(request: web.Request, exc: BaseException) -> web.Response | Non
                       else f"no relationship {exc.args[0]}"
                       if isinstance(exc, UnknownRelationship)
                       else f"no store {exc.args[0]} in the config"
-                      if isinstance(exc, UnknownStore) else str(exc))
+                      if isinstance(exc, UnknownStore)
+                      else f"no snapshot policy {exc.args[0]} in the config"
+                      if isinstance(exc, UnknownPolicy) else str(exc))
             extra = ({"code": exc.code} if isinstance(exc, ReplicationConflict)
                      else {"code": "volume-busy", **exc.hold.to_json()}
                      if isinstance(exc, VolumeBusy) else {})

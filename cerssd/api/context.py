@@ -15,6 +15,7 @@ from ..config import Config
 from ..engine import ActivityEngine
 from ..metrics import Metrics
 from ..objectstore.stores import Stores
+from ..policies.registry import PolicyRegistry
 from ..replication.relationships.manager import RelationshipManager
 from ..servers import ServerRegistry
 from ..volume_states import VolumeStates
@@ -31,3 +32,5 @@ class ApiContext:
     started_at: float = field(default_factory=time.time)
     volume_states: VolumeStates = field(kw_only=True)
     capacity: CapacityCache | None = field(default=None, kw_only=True)
+    #: Snapshot policies (None in tests that build the API without them).
+    policies: PolicyRegistry | None = field(default=None, kw_only=True)

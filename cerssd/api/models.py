@@ -83,6 +83,10 @@ RelationshipName = Annotated[str, Meta(
     description="a relationship",
     extra_json_schema=_limits(OBJECT_NAME_PATTERN, MAX_OBJECT_NAME_LENGTH)),
     Check(lambda n: validate_object_name(n, "relationship"))]
+PolicyName = Annotated[str, Meta(
+    description="a snapshot policy ([snapshots.NAME] in the config)",
+    extra_json_schema=_limits(OBJECT_NAME_PATTERN, MAX_OBJECT_NAME_LENGTH)),
+    Check(lambda n: validate_object_name(n, "snapshot policy"))]
 ActivityId = Annotated[str, Meta(pattern="^[0-9a-f]+$", description="an activity's id")]
 #: A duration: seconds, or a string such as "90s", "15m", "7d".
 Duration = str | int
@@ -309,6 +313,7 @@ class BackupsQuery(Query):
 #: Path parameters, by name in the route table's paths.
 PATH_PARAMETERS: dict[str, Any] = {
     "volume": VolumeName, "label": Label, "name": RelationshipName, "id": ActivityId,
+    "policy": PolicyName,
 }
 
 
@@ -629,6 +634,8 @@ class Relationship(Reply):
     last_hooks: Annotated[SnapshotHooks | None, doc("the hooks around the last snapshot a "
         "cycle took or skipped")] = None
     skipped_cycles: Annotated[int, doc("cycles that made no snapshot because pre failed")] = 0
+    snapshots: Annotated[str | None, doc("the snapshot policy whose snapshots it replicates "
+        "(null: it makes its own)")] = None
 
 
 class MemberSlave(Reply):
@@ -726,6 +733,55 @@ class PrunePlan(Reply):
 
 class PruneAccepted(Activity):
     plan: PrunePlan
+
+
+class PolicyRun(Reply):
+    outcome: Annotated[Literal["snapshot", "skipped", "failed", "empty"], doc(
+        "snapshot (taken and pruned), skipped (the pre hook failed), failed (retried with "
+        "back-off), empty (a tree selecting nothing)")]
+    at: float
+    seconds: float
+    label: str | None
+    volumes: Annotated[int, doc("volumes snapshotted (a tree's members)")]
+    destroyed: Annotated[int, doc("snapshots (a tree: labels) the grid dropped")]
+    kept_held: Annotated[list[str], doc("snapshots the grid dropped that ZFS would not "
+        "destroy (held): kept, never forced")]
+    prune_skipped: Annotated[str | None, doc("why nothing was pruned this run")]
+    error: str | None
+    hooks: list[HookRunReply]
+
+
+class Policy(Reply):
+    name: str
+    server: str
+    volume: str
+    schedule: Annotated[str, doc('e.g. "every 1h" or "cron 0 * * * *"')]
+    prefix: str
+    retention: list[str]
+    recursive: bool
+    include: list[str]
+    exclude: list[str]
+    property: str | None
+    hooks: Annotated[HooksSpec | None, doc("commands run around each of its snapshots "
+        "(docs/hooks.md)")]
+    state: Annotated[str, doc("its activity's state (running, suspended...), or stopped")]
+    activity: str | None
+    runs: int
+    failures: int
+    skipped: int
+    last_run_at: float | None
+    next_run_at: float | None
+    newest_snapshot: Annotated[str | None, doc("the label of the newest snapshot it made "
+        "(since the daemon started)")]
+    snapshots_kept: Annotated[int | None, doc("its snapshots (a tree: labels) on the "
+        "server after the last prune; null until a run listed them")]
+    last_error: str | None
+    last_result: PolicyRun | None
+    relationships: Annotated[list[str], doc("relationships replicating its snapshots")]
+
+
+class Policies(Reply):
+    items: list[Policy]
 
 
 #: ``GET /v1/capabilities``: server name → its capabilities and capacity.

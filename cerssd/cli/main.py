@@ -15,7 +15,7 @@ import urllib.parse
 from typing import Any
 
 from ..parsing import ConfigError, parse_duration
-from . import backups, relationships, volumes, watch
+from . import backups, policies, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .output import Output, activity_rows, render_activity, size_text, when
 from .watch import submitted, wait_for
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         return status_command(client, out)
     if cmd in ("relationships", "relationship"):
         return relationships.run(client, out, args)
+    if cmd == policies.COMMAND:
+        return policies.run(client, out, args)
     if cmd in backups.COMMANDS:
         return backups.run(client, out, args)
     elif cmd == "servers":
@@ -262,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--bandwidth-limit", type=int, metavar="BYTES_PER_SECOND")
     r.add_argument("--wait", action="store_true", help="follow it to the end")
     relationships.add_parsers(sub)
+    policies.add_parsers(sub)
     backups.add_parsers(sub)
     volumes.add_parsers(sub)
     return p

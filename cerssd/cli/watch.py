@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from rich.console import Console, Group, RenderableType
@@ -87,6 +87,8 @@ class Frame:
     failed: list[dict[str, Any]]
     links: list[dict[str, Any]]
     fetched_at: float
+    #: Snapshot policies (``GET /v1/policies``); shown only when there are some.
+    policies: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class Outage:
 
 def fetch(client: Client) -> Frame:
     """One refresh. Live activities are asked for only in the states the status counts say
-    exist, so an idle daemon costs four requests; the listing is per state because a
+    exist, so an idle daemon costs five requests; the listing is per state because a
     relationship's activity is old and would fall off a newest-first page."""
     status = client.request("GET", "/v1/status")
     counts: dict[str, int] = status["activities"]
@@ -113,7 +115,8 @@ def fetch(client: Client) -> Frame:
                  relationships=client.request("GET", "/v1/relationships")["items"],
                  activities=sorted(live, key=lambda a: a["created_at"]),
                  failed=sorted(failed, key=lambda a: a["finished_at"] or 0, reverse=True),
-                 links=client.request("GET", "/v1/links")["items"], fetched_at=time.time())
+                 links=client.request("GET", "/v1/links")["items"], fetched_at=time.time(),
+                 policies=client.request("GET", "/v1/policies")["items"])
 
 
 # -- text of single values ---------------------------------------------------------------
@@ -274,6 +277,24 @@ def relationships_table(items: list[dict[str, Any]], now: float) -> RenderableTy
                   free=("volume", "link / error"))
 
 
+def policies_table(items: list[dict[str, Any]], now: float) -> RenderableType:
+    """One row per snapshot policy: when it last ran and runs next, what it keeps, and
+    its trouble (its last error, else a skipped run's reason, else ``ok``)."""
+    rows: list[list[Cell]] = []
+    for p in items:
+        result = p.get("last_result") or {}
+        trouble = (_cut(p["last_error"], "red") if p.get("last_error")
+                   else _cut("pre hook failed: skipped", "yellow")
+                   if result.get("outcome") == "skipped" else Text("ok"))
+        rows.append([p["name"], _cut(p["volume"]), _styled(p["state"]),
+                     _ago(p["last_run_at"], now) if p["last_run_at"] else "-",
+                     lag_text(max(0.0, p["next_run_at"] - now)) if p["next_run_at"] else "-",
+                     "-" if p["snapshots_kept"] is None else str(p["snapshots_kept"]),
+                     str(p["failures"]), trouble])
+    return _table(["policy", "volume", "state", "last run", "next in", "kept", "failures",
+                   "error"], rows, keep=("policy", "state"), free=("volume", "error"))
+
+
 def activities_table(items: list[dict[str, Any]], now: float, plain: bool) -> RenderableType:
     """Work under way; bars (and spinners) only on a terminal. A retrying activity's
     link is not repeated here: the link is listed under "Last errors" and "Links"."""
@@ -342,6 +363,8 @@ def render(frame: Frame | None, now: float, outage: Outage | None = None,
     down = down_links(frame)
     sections: list[tuple[str, list[dict[str, Any]], RenderableType]] = [
         ("Relationships", frame.relationships, relationships_table(frame.relationships, now)),
+        *([("Snapshot policies", frame.policies, policies_table(frame.policies, now))]
+          if frame.policies else []),
         ("Activities", frame.activities, activities_table(frame.activities, now, plain)),
         ("Links", frame.links, links_table(frame.links, now)),
         ("Last errors", [*down, *frame.failed], errors_table(down, frame.failed, now))]

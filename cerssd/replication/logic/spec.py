@@ -18,13 +18,18 @@ from ...parsing import ConfigError, parse_duration, parse_size, reject_unknown
 from ...storage.names import (
     InvalidName,
     validate_object_name,
-    validate_snapshot,
-    validate_snapshot_label,
-    validate_volume,
 )
-from .members import SelectionError, TreeSelection, trees_overlap
+from .members import TreeSelection, trees_overlap
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
+from .spec_fields import as_list as _as_list
+from .spec_fields import bounded_int as _bounded_int
+from .spec_fields import check_label_room
+from .spec_fields import flag as _flag
+from .spec_fields import prefix as parse_prefix
+from .spec_fields import selection as _selection
+from .spec_fields import server as _server
+from .spec_fields import volume as _volume
 
 DEFAULT_RETENTION = ("1h:all", "1d:1h", "1w:1d")
 #: A second or more of stream: identical slaves drifted apart by more than 64 MiB when they
@@ -35,7 +40,7 @@ DEFAULT_FANOUT_BUFFER = 256 << 20
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
          "recursive", "include", "exclude", "property", "max_parallel", "member_metrics",
-         "hooks"}
+         "hooks", "snapshots"}
 #: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
@@ -66,7 +71,8 @@ class RelationshipSpec:
     volume: str
     master: str
     slaves: tuple[SlaveSpec, ...]
-    schedule: Schedule
+    #: None: no schedule of its own (it follows its snapshot policy's runs).
+    schedule: Schedule | None
     prefix: str
     retention: tuple[Tier, ...]
     slave_retention: tuple[Tier, ...]
@@ -87,6 +93,15 @@ class RelationshipSpec:
     member_metrics: bool = False
     #: Commands run around each cycle's snapshot (``cerssd.hooks``); config file only.
     hooks: Hooks | None = None
+    #: The snapshot policy (``[snapshots.NAME]``) whose snapshots it replicates instead
+    #: of making its own: its cycles take no snapshot and prune nothing on the master.
+    snapshots: str | None = None
+
+    @property
+    def selecting_name(self) -> str:
+        """The name a selecting property's value may give (``members.select``): the
+        policy's when it replicates one, since the policy chose the members."""
+        return self.snapshots or self.name
 
     @property
     def is_tree(self) -> bool:
@@ -101,7 +116,9 @@ class RelationshipSpec:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "volume": self.volume, "master": self.master,
-            "slaves": [s.to_json() for s in self.slaves], "schedule": describe(self.schedule),
+            "slaves": [s.to_json() for s in self.slaves],
+            "schedule": describe(self.schedule) if self.schedule is not None
+            else f"after each run of policy {self.snapshots}", "snapshots": self.snapshots,
             "prefix": self.prefix, "retention": list(self.raw.get("retention",
                                                                    DEFAULT_RETENTION)),
             "slave_retention": list(self.raw.get("slave_retention",
@@ -134,13 +151,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     volume = _volume(t.get("volume"), f"{key}.volume", required=True)
     master = _server(t.get("master", "local"), f"{key}.master", servers)
     slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master)
-    prefix = t.get("prefix", f"cerssd-{name}-")
-    if not isinstance(prefix, str) or not prefix:
-        raise ConfigError(f"{key}.prefix", "must be a non-empty string")
-    try:
-        validate_snapshot_label(prefix + "x")
-    except InvalidName as exc:
-        raise ConfigError(f"{key}.prefix", f"not usable in snapshot names: {exc}") from None
+    prefix = parse_prefix(t.get("prefix", f"cerssd-{name}-"), f"{key}.prefix")
+    policy = _policy_name(t, key)
     retention = tuple(parse_grid(_as_list(t.get("retention", DEFAULT_RETENTION),
                                           f"{key}.retention"), f"{key}.retention"))
     slave_grid = t.get("slave_retention", t.get("retention", DEFAULT_RETENTION))
@@ -168,7 +180,9 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
                           "commands as the daemon's user)")
     return RelationshipSpec(
         name=name, volume=volume, master=master, slaves=slaves, stores=store_names,
-        schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
+        schedule=None if policy is not None and t.get("interval") is None
+        and t.get("cron") is None else parse_schedule(t.get("interval"), t.get("cron"), key,
+                                                      name),
         prefix=prefix, retention=retention, slave_retention=slave_retention,
         retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
         fanout=fanout,
@@ -178,31 +192,33 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         max_parallel=_bounded_int(t.get("max_parallel", DEFAULT_MAX_PARALLEL),
                                   f"{key}.max_parallel", 1, MAX_MAX_PARALLEL),
         member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"),
-        hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"))
+        hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"), snapshots=policy)
 
 
-def _selection(t: Mapping[str, Any], key: str, volume: str) -> TreeSelection:
-    """The tree selection as written: recursive, include/exclude patterns, a property."""
-    recursive = _flag(t.get("recursive", False), f"{key}.recursive")
-    patterns = {}
-    for which in ("include", "exclude"):
-        value = t.get(which, [])
-        if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
-            raise ConfigError(f"{key}.{which}", 'must be a list of patterns such as '
-                              '["tmp", "*/scratch"]')
-        patterns[which] = tuple(value)
-    prop = t.get("property")
-    if prop is not None and not isinstance(prop, str):
-        raise ConfigError(f"{key}.property", "must be a ZFS user property such as "
-                          "cerssd:replicate")
+def _policy_name(t: Mapping[str, Any], key: str) -> str | None:
+    """``snapshots``: the policy whose snapshots it replicates. The policy's prefix names
+    them, its grid prunes the master and its hooks run around them, so ``prefix``,
+    ``retention`` and ``hooks`` cannot be given too (``slave_retention`` still thins the
+    slaves). Whether the policy exists and
+    covers the same volumes is checked where both are known (``policies.binding``)."""
+    value = t.get("snapshots")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}.snapshots", 'must be the name of a snapshot policy '
+                          '([snapshots.NAME])')
     try:
-        return TreeSelection(volume, recursive=recursive, include=patterns["include"],
-                             exclude=patterns["exclude"], by_property=prop)
-    except SelectionError as exc:
-        which = "property" if prop is not None and "property" in str(exc) else (
-            "include" if patterns["include"] else "exclude" if patterns["exclude"]
-            else "recursive")
-        raise ConfigError(f"{key}.{which}", str(exc)) from None
+        validate_object_name(value, "snapshot policy")
+    except InvalidName as exc:
+        raise ConfigError(f"{key}.snapshots", str(exc)) from None
+    for own in ("prefix", "retention"):
+        if own in t:
+            raise ConfigError(f"{key}.{own}", f"not with snapshots = {value!r}: the policy's "
+                              f"{own} names and prunes the snapshots it replicates")
+    if "hooks" in t:
+        raise ConfigError(f"{key}.hooks", f"not with snapshots = {value!r}: the relationship "
+                          f"takes no snapshot; give the hooks to [snapshots.{value}]")
+    return value
 
 
 def _check_tree_slaves(slaves: tuple[SlaveSpec, ...], volume: str, master: str,
@@ -216,18 +232,6 @@ def _check_tree_slaves(slaves: tuple[SlaveSpec, ...], volume: str, master: str,
                               f"tree {volume} nest on the same server")
 
 
-def _flag(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, "must be true or false")
-    return value
-
-
-def _bounded_int(value: Any, key: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(key, f"must be a whole number from {low} to {high}")
-    return value
-
-
 #: The longest label a relationship makes after its prefix: a failover's snapshot, with
 #: a counter should the same second be taken (cycle._label, failover).
 LONGEST_LABEL_SUFFIX = "failover-20260101T000000Z-99"
@@ -235,12 +239,7 @@ LONGEST_LABEL_SUFFIX = "failover-20260101T000000Z-99"
 
 def _check_label_room(prefix: str, volumes: list[str], key: str) -> None:
     """Every snapshot the relationship will make must fit ZFS's 255-byte name limit."""
-    for volume in volumes:
-        try:
-            validate_snapshot(f"{volume}@{prefix}{LONGEST_LABEL_SUFFIX}")
-        except InvalidName as exc:
-            raise ConfigError(key, f"too long for {volume}: the snapshots it names would "
-                              f"not fit ({exc})") from None
+    check_label_room(prefix, LONGEST_LABEL_SUFFIX, volumes, key)
 
 
 def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
@@ -275,34 +274,6 @@ def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
             raise ConfigError(f"{k}.path", f"must be one of {', '.join(SLAVE_PATHS)}")
         slaves.append(SlaveSpec(server, target, limit, path))
     return tuple(slaves)
-
-
-def _server(value: Any, key: str, servers: Collection[str]) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, "must be the name of a configured server")
-    if value not in servers:
-        raise ConfigError(key, f"no server {value!r} is configured (servers: "
-                          f"{', '.join(sorted(servers))})")
-    return value
-
-
-def _volume(value: Any, key: str, *, required: bool) -> str:
-    if value is None and required:
-        raise ConfigError(key, "is required (pool/path of a filesystem or zvol)")
-    if not isinstance(value, str):
-        raise ConfigError(key, "must be a string such as tank/data")
-    try:
-        return validate_volume(value)
-    except InvalidName as exc:
-        raise ConfigError(key, str(exc)) from None
-
-
-def _as_list(value: Any, key: str) -> list[str]:
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise ConfigError(key, 'must be a list of tiers such as ["1h:all", "1d:1h"]')
-    return value
 
 
 def _deadline(value: Any, key: str) -> float | None:

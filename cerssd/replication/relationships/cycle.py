@@ -59,8 +59,12 @@ from .cycle_gate import CycleGate
 from .fencing import Fencing
 from .registry import OWN_UPLOADS, RelationshipRegistry
 from .runtime import KIND, Runtime, SnapshotOutcome
-from .tree import TreeCycle, cycle_label
+from .tree import PolicyLabels, TreeCycle, cycle_label, no_policy_labels
 from .upkeep import Upkeep
+
+#: Seconds a relationship that follows its snapshot policy waits for the policy's next
+#: run before a cycle of its own (a slave left behind is caught up then at the latest).
+FOLLOW_RECHECK = 3600.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class CycleDeps:
     stores: Stores | None
     policy: RetryPolicy
     gate: CycleGate
+    #: A snapshot policy's labels on its server (label -> creation), None while unknown:
+    #: what a tree replicating the policy's snapshots syncs to.
+    policy_labels: PolicyLabels = no_policy_labels
 
 
 class RelationshipWork:
@@ -95,7 +102,7 @@ class RelationshipWork:
         self.policy = deps.policy
         self.gate = deps.gate
         self.tree = TreeCycle(deps.engine, deps.servers, deps.registry, deps.groups,
-                              deps.policy.stall_timeout)
+                              deps.policy.stall_timeout, deps.policy_labels)
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:
@@ -162,6 +169,10 @@ class RelationshipWork:
         the wait is computed again under the new schedule."""
         while True:
             now = time.time()
+            if rt.schedule is None:  # follows its policy: woken by each of its runs
+                rt.next_cycle_at = now if rt.last_cycle_at is None else None
+                await ctx.sleep(0.0 if rt.last_cycle_at is None else FOLLOW_RECHECK)
+                return
             rt.next_cycle_at = now if rt.last_cycle_at is None \
                 else rt.schedule.next_after(rt.last_cycle_at, now)
             # Also at 0 s: a sync-now that came while the last cycle ran is used up here.
@@ -198,9 +209,13 @@ class RelationshipWork:
             except SnapshotSkipped as exc:
                 self._skipped(ctx, rt, started, exc)
                 return  # a tree's slaves catch up at its next cycle
-            self._cycle_done(ctx, rt, started, f"{rt.spec.volume}@{label}")
+            self._cycle_done(ctx, rt, started,
+                             f"{rt.spec.volume}@{label}" if label else None)
             return
         existing = await master.snapshots(rt.spec.volume)
+        if rt.spec.snapshots is not None:
+            await self._follow_policy(ctx, rt, master, existing, started)
+            return
         await self.upkeep.prune_master(rt, existing)
         try:
             snap = await self._snapshot(ctx, rt, master, existing)
@@ -213,8 +228,27 @@ class RelationshipWork:
         await self._start_transfers(ctx, rt, master, snap.name, listed=listed)
         self._cycle_done(ctx, rt, started, snap.name)
 
+    async def _follow_policy(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
+                             existing: list[Snapshot], started: float) -> None:
+        """A cycle of a relationship replicating a policy's snapshots: no snapshot and no
+        master pruning (the policy's own); the slaves and stores not yet at the policy's
+        newest snapshot get a transfer to it."""
+        mine = [s for s in existing if s.label.startswith(rt.spec.prefix)]
+        if not mine:
+            ctx.log.info("no snapshot of the policy yet", policy=rt.spec.snapshots)
+            self._cycle_done(ctx, rt, started, None)
+            return
+        snap = mine[-1]
+        rt.newest = (snap.name, snap.guid)
+        behind = {s for s, status in rt.slaves.items() if status.last_snapshot_guid != snap.guid}
+        behind |= {store for store, base in rt.store_bases.items() if base != snap.guid}
+        if behind:
+            await self._start_transfers(ctx, rt, master, snap.name, only=behind,
+                                        listed=existing)
+        self._cycle_done(ctx, rt, started, snap.name)
+
     def _cycle_done(self, ctx: ActivityContext, rt: Runtime, started: float,
-                    snapshot: str) -> None:
+                    snapshot: str | None) -> None:
         rt.last_cycle_at, rt.last_error = started, None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)

@@ -37,6 +37,7 @@ from .fencing import Fencing
 from .reactions import Reactions
 from .registry import RelationshipRegistry
 from .rendering import RelationshipView
+from .tree import PolicyLabels, no_policy_labels
 from .upkeep import Upkeep
 from .verbs import OperatorVerbs
 
@@ -55,7 +56,8 @@ class RelationshipManager:
     @classmethod
     def build(cls, engine: ActivityEngine, servers: ServerRegistry, journal: Journal, *,
               volume_states: VolumeStates, groups: FanoutGroups, stores: Stores | None,
-              policy: RetryPolicy, gate: CycleGate) -> RelationshipManager:
+              policy: RetryPolicy, gate: CycleGate,
+              policy_labels: PolicyLabels = no_policy_labels) -> RelationshipManager:
         """The parts, wired, and the relationship flows registered with the engine
         (before its recovery restarts their activities)."""
         registry = RelationshipRegistry(engine, servers, journal,
@@ -71,7 +73,7 @@ class RelationshipManager:
         cycle.register(engine, cycle.CycleDeps(
             engine=engine, servers=servers, registry=registry, upkeep=upkeep,
             fencing=fencing, volume_states=volume_states, groups=groups, stores=stores,
-            policy=policy, gate=gate))
+            policy=policy, gate=gate, policy_labels=policy_labels))
         tree_sync.register(engine, servers, registry, policy, groups)
         tree_backup.register(engine, servers, stores, registry, policy)
         failover.register(engine, manager.failover)

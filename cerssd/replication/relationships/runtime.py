@@ -95,7 +95,8 @@ class Runtime:
         return self.spec.name
 
     @property
-    def schedule(self) -> Schedule:
+    def schedule(self) -> Schedule | None:
+        """None: it follows its snapshot policy's runs (``spec.snapshots``)."""
         return self.spec.schedule
 
     def note_hooks(self, label: str | None, outcome: SnapshotOutcome,

@@ -25,7 +25,7 @@ not hold back the others or the next cycle.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 
 from ...engine import ActivityContext, ActivityEngine
@@ -53,6 +53,15 @@ from .tree_sync import listed, members_of, submit_sync
 
 class TreeNotFound(NotFound):
     """The tree's root does not exist on the master."""
+
+
+#: A snapshot policy's labels on its server (label -> creation), or None while unknown.
+PolicyLabels = Callable[[str], Mapping[str, float] | None]
+
+
+def no_policy_labels(name: str) -> Mapping[str, float] | None:
+    """No policy known (the fast tests' daemon): a full listing tells the labels."""
+    return None
 
 
 def note_members(status: TreeStatus, members: tuple[Member, ...], listing: TreeListing,
@@ -112,15 +121,19 @@ class TreeCycle:
 
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
                  registry: RelationshipRegistry, groups: FanoutGroups | None = None,
-                 stall_timeout: float | None = None) -> None:
+                 stall_timeout: float | None = None,
+                 policy_labels: PolicyLabels = no_policy_labels) -> None:
         self.engine = engine
         self.servers = servers
         self.registry = registry
         self.groups = groups
         self.stall_timeout = stall_timeout
+        self.policy_labels = policy_labels
 
-    async def run(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend) -> str:
-        """The cycle's steps; returns the snapshot label it took (or found made)."""
+    async def run(self, ctx: ActivityContext, rt: Runtime,
+                  master: StorageBackend) -> str | None:
+        """The cycle's steps; returns the snapshot label it took (or found made), or,
+        replicating a policy's snapshots, the policy's newest (None: none yet)."""
         sel = rt.spec.selection
         assert sel is not None and rt.tree is not None
         now = time.time()
@@ -139,26 +152,33 @@ class TreeCycle:
         syncing = self.engine.live(SYNC_KIND, rt.name)
         # no retention while a stream reads from the master (-I carries intermediates)
         streaming = bool(syncing or self.engine.live(BACKUP_KIND, rt.name))
+        # A policy's snapshots are the policy's to prune (``policies.guard``).
+        own = rt.spec.snapshots is None
         if whole:
             rt.tree.master_labels = {}
             for ds in listing.datasets:
                 labels_of(ds.snapshots, rt.spec.prefix, rt.tree.master_labels)
             rt.tree.relist = False
-            if not streaming:
+            if not streaming and own:
                 doomed = master_doomed(rt, members, listing, now)
                 if doomed:
                     snapshot_prune.submit_prune(self.engine, rt.spec.master, sel.root,
                                                 doomed, rt.name)
-        elif not streaming:
+        elif not streaming and own:
             await self._drop_labels(ctx, rt, master, members, now)
         assert rt.tree.master_labels is not None
-        label = ctx.params.get("cycle_snapshot")
-        if not isinstance(label, str):
-            label = cycle_label(rt.spec.prefix, now, rt.tree.master_labels)
-            ctx.remember(cycle_snapshot=label)
+        if own:
+            label = ctx.params.get("cycle_snapshot")
+            if not isinstance(label, str):
+                label = cycle_label(rt.spec.prefix, now, rt.tree.master_labels)
+                ctx.remember(cycle_snapshot=label)
+        elif (label := self._policy_newest(rt)) is None:
+            ctx.log.info("no snapshot of the policy yet", policy=rt.spec.snapshots)
+            return None
         if members:
-            await self._snapshot(ctx, rt, master, members, label)
-            rt.tree.master_labels.setdefault(label, now)
+            if own:
+                await self._snapshot(ctx, rt, master, members, label)
+                rt.tree.master_labels.setdefault(label, now)
             await self._note_newest(rt, master, members, label)
         if members and self.groups is not None:  # a slave busy now is left out of it
             still = {a.record.params.get("destination")
@@ -183,6 +203,19 @@ class TreeCycle:
             start_tree_backups(self.engine, self.servers, rt, label, parent=ctx.record.id)
         return label
 
+
+    def _policy_newest(self, rt: Runtime) -> str | None:
+        """The newest label of the policy whose snapshots the tree replicates: from the
+        policy's own record of its labels (no listing of the tree's snapshots), else from
+        this cycle's full listing."""
+        assert rt.tree is not None and rt.spec.snapshots is not None
+        known = self.policy_labels(rt.spec.snapshots)
+        if known is not None:
+            rt.tree.master_labels = dict(known)  # bounded by the policy's grid
+        labels = rt.tree.master_labels or {}
+        if not labels:
+            return None
+        return max(labels.items(), key=lambda item: (item[1], item[0]))[0]
 
     @staticmethod
     async def _snapshot(ctx: ActivityContext, rt: Runtime, master: StorageBackend,

@@ -52,7 +52,7 @@ def listed(listing: TreeListing) -> list[ListedDataset]:
 def members_of(rt: Runtime, listing: TreeListing) -> tuple[Member, ...]:
     """The relationship's members among the master's ``listing``."""
     assert rt.spec.selection is not None
-    return select(rt.spec.selection, rt.name, listed(listing))
+    return select(rt.spec.selection, rt.spec.selecting_name, listed(listing))
 
 
 def tree_runtime(registry: RelationshipRegistry, name: str) -> Runtime:

@@ -113,8 +113,12 @@ class Upkeep:
         Not while a stream may be reading from the master (``-I`` carries the
         intermediates, which must not vanish mid-send), and not at all while any
         slave's base is unknown. Master errors propagate: the cycle reports them.
-        ``snapshots`` is the master's list when the caller has just read it.
+        ``snapshots`` is the master's list when the caller has just read it. None at
+        all for a relationship replicating a snapshot policy's snapshots: the policy's
+        grid owns them (``policies.guard`` spares this relationship's bases).
         """
+        if rt.spec.snapshots is not None:
+            return
         streams = [*self.registry.transfers(rt.name).values(),
                    *self.registry.backups(rt.name).values()]
         if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in streams):

@@ -1,0 +1,78 @@
+"""What a policy's pruning must spare for the relationships that replicate its snapshots.
+
+A relationship with ``snapshots = "NAME"`` makes no snapshots and prunes nothing on its
+master: the policy's grid owns them. But the grid must not take a slave's (or a store's)
+newest common base, or the next transfer would need a full stream. So before pruning,
+the policy asks, as a relationship's own master retention does (``upkeep.prune_master``):
+
+* no pruning at all while one of those relationships streams from the master (``-I``
+  carries the snapshots between base and target, which must not vanish mid-send), or
+  while a slave's or store's base is unknown (a relationship that has not listed its
+  slaves yet);
+* otherwise, the bases by guid (a volume) and by label (a tree) are spared.
+
+Holds (``cerssd:<slave>`` on each base) remain the last line of defence: a held snapshot
+is never forced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..activity import State
+from ..engine import ActivityEngine
+from ..replication.logic.tree_backups import base_labels
+from ..replication.relationships.registry import RelationshipRegistry
+from ..replication.relationships.runtime import Runtime
+from ..replication.relationships.upkeep import protected_bases
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Guids (volumes) and labels (trees) to spare, or why nothing may go now."""
+
+    guids: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+    hold_off: str | None = None
+
+
+def followers(registry: RelationshipRegistry, policy: str) -> list[Runtime]:
+    """The relationships that replicate ``policy``'s snapshots."""
+    return [rt for rt in registry.all() if rt.spec.snapshots == policy]
+
+
+def protection(engine: ActivityEngine, registry: RelationshipRegistry,
+               policy: str) -> Protection:
+    guids: set[str] = set()
+    labels: set[str] = set()
+    for rt in followers(registry, policy):
+        streams = registry.streams(rt.name)
+        if any(s.record.state in (State.RUNNING, State.SUSPENDED, State.RETRYING)
+               for s in streams):
+            return Protection(hold_off=f"relationship {rt.name} is streaming from the master")
+        if rt.tree is not None:
+            found = _tree_labels(rt)
+            if found is None:
+                return Protection(hold_off=f"relationship {rt.name} does not know every "
+                                  "slave's and store's base yet")
+            labels |= found
+            continue
+        bases = protected_bases(rt)
+        if bases is None:
+            return Protection(hold_off=f"relationship {rt.name} does not know every slave's "
+                              "and store's base yet")
+        guids |= bases
+    return Protection(frozenset(guids), frozenset(labels))
+
+
+def _tree_labels(rt: Runtime) -> set[str] | None:
+    """The labels a tree relationship's slaves and stores need, or None while one is
+    unknown (no member known yet counts as unknown: a restarted daemon learns them at
+    the relationship's first cycle)."""
+    assert rt.tree is not None
+    entries = list(rt.tree.members.values())
+    if not entries or any(len(e.slaves) < len(rt.spec.slaves) for e in entries):
+        return None
+    labels = {s.label for e in entries for s in e.slaves.values() if s.label}
+    stores = base_labels(rt.tree.backups, rt.spec.stores, (e.relative for e in entries))
+    return None if stores is None else labels | stores
