@@ -32,6 +32,8 @@ from cerssd.daemon import RESTART_KEYS
 from cerssd.hooks import parse_hooks
 from cerssd.objectstore import config as store_config
 from cerssd.objectstore.config import parse_store
+from cerssd.policies import spec as policy_config
+from cerssd.policies.spec import parse_policy
 from cerssd.replication.logic import spec as rel_config
 from cerssd.replication.logic.spec import parse_relationship
 
@@ -109,6 +111,11 @@ def _relationship(extra: Mapping[str, Any]) -> Any:
     return parse_relationship("web", table, servers=SERVERS, stores={"s3"})
 
 
+def _policy(extra: Mapping[str, Any]) -> Any:
+    return parse_policy("hourly", {"volume": "tank/data", "interval": "1h", **extra},
+                        servers=SERVERS)
+
+
 def _slave(extra: Mapping[str, Any]) -> Any:
     table = {"volume": "tank/data", "interval": "5m",
              "slaves": [{"server": "standby1", **extra}]}
@@ -125,6 +132,7 @@ CONFIG_SECTIONS: dict[str, tuple[set[str], Callable[[Mapping[str, Any]], Any]]] 
     "## `[daemon]`": (daemon_config.DAEMON_KEYS, _daemon),
     "## `[servers.NAME]`": (daemon_config.SERVER_KEYS, _server),
     "## `[stores.NAME]`": (store_config.STORE_KEYS, _store),
+    "## `[snapshots.NAME]`": (policy_config.POLICY_KEYS, _policy),
     "## `[relationships.NAME]`": (rel_config._KEYS, _relationship),
     "### `slaves` entries": (rel_config._SLAVE_KEYS, _slave),
     "### `hooks` table": (hooks_config._KEYS, _hooks),
