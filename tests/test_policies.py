@@ -1,0 +1,177 @@
+"""Snapshot policies on real zfs-fuse: snapshots made and pruned on schedule, trees
+snapshotted atomically, and a relationship replicating a policy's snapshots over SSH.
+
+A real daemon and real pools; what the policy did is read back with ``zfs`` itself.
+Waits are polls on what the daemon reports or ZFS shows, never sleeps.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from cerssd.cli.client import CliError
+
+from .conftest import SLOW, DaemonProcess, SshServer, raw_request, wait_until, write_file, zfs
+from .test_cli import ctl
+from .test_relationships import metric
+
+
+def policy_config(name: str, volume: str, **keys: str) -> str:
+    rows = "".join(f"{k} = {v}\n" for k, v in keys.items())
+    return f'[snapshots.{name}]\nvolume = "{volume}"\n{rows}'
+
+
+def show(d: DaemonProcess, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = d.api("GET", f"/v1/policies/{name}")
+    return result
+
+
+def labels(volume: str) -> list[str]:
+    out = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", volume).stdout
+    return [line.partition("@")[2] for line in out.split()]
+
+
+def ran(d: DaemonProcess, name: str, runs: int) -> dict[str, Any] | None:
+    """The policy once it has run ``runs`` times (None before, or while unknown: a
+    reload has not defined it yet)."""
+    try:
+        p = show(d, name)
+    except CliError:
+        return None
+    return p if p["runs"] >= runs else None
+
+
+def test_a_policy_snapshots_and_prunes_its_own_on_schedule(
+        start_daemon: Any, make_pool: Any) -> None:
+    pool = make_pool()
+    vol = f"{pool}/data"
+    zfs("create", vol)
+    # the operator's snapshot and another tool's (a prefix that is not the policy's)
+    zfs("snapshot", f"{vol}@manual")
+    zfs("snapshot", f"{vol}@cerssd-other-1")
+    d = start_daemon(extra=policy_config("fast", vol, interval='"1s"',
+                                         retention='["3s:all"]'))
+    first = wait_until(lambda: ran(d, "fast", 1), SLOW, what="the first run")
+    label = first["newest_snapshot"]
+    assert label is not None and label.startswith("cerssd-fast-")
+    assert label in labels(vol)
+
+    def pruned() -> dict[str, Any] | None:
+        p = show(d, "fast")
+        return p if p["runs"] >= 5 and label not in labels(vol) else None
+    p = wait_until(pruned, SLOW, interval=0.2, what="runs on schedule pruning the first")
+    now = time.time()
+    left = labels(vol)
+    assert "manual" in left and "cerssd-other-1" in left, left
+    ours = [x for x in left if x.startswith("cerssd-fast-")]
+    assert ours, left
+    for x in ours:  # the grid keeps 3 s (and the newest): nothing much older is left
+        created = int(zfs("get", "-Hp", "-o", "value", "creation", f"{vol}@{x}").stdout)
+        assert now - created < 3 + 2 + 30, (x, now - created)  # grid + a run's slack
+    assert p["failures"] == 0 and p["state"] == "running"
+    assert p["last_result"]["outcome"] == "snapshot"
+    assert p["schedule"] == "every 1s" and p["snapshots_kept"] >= 1
+    acts = d.api("GET", "/v1/activities?kind=snapshot-policy")["items"]
+    assert [a["state"] for a in acts] == ["running"] and acts[0]["params"]["policy"] == "fast"
+    text = raw_request(d.socket_path, "GET", "/metrics").body
+    runs = metric(text, "cerssd_policy_runs_total", policy="fast")
+    assert runs is not None and runs >= 5
+    assert metric(text, "cerssd_policy_failures_total", policy="fast") == 0
+    assert (metric(text, "cerssd_policy_last_run_timestamp_seconds", policy="fast") or 0) \
+        > now - 60
+    assert (metric(text, "cerssd_policy_snapshots_kept", policy="fast") or 0) >= 1
+
+    # cerssctl and the API's answers to bad input
+    out = ctl(d, "policy", "list")
+    assert out.returncode == 0 and "fast" in out.stdout and "every 1s" in out.stdout, out
+    out = ctl(d, "policy", "show", "fast")
+    assert out.returncode == 0 and "cerssd-fast-" in out.stdout, out
+    out = ctl(d, "policy", "run", "nope")
+    assert out.returncode == 1 and "no snapshot policy nope" in out.stderr, out
+    for method, path, status in (("GET", "/v1/policies/nope", 404),
+                                 ("POST", "/v1/policies/nope/run", 404),
+                                 ("GET", "/v1/policies/bad%20name", 400),
+                                 ("POST", "/v1/policies/-x/run", 400)):
+        r = raw_request(d.socket_path, method, path)
+        assert r.status == status, (path, r.body)
+        assert r.content_type.startswith("application/problem+json"), r.content_type
+    r = raw_request(d.socket_path, "POST", "/v1/policies/fast/run")
+    assert r.status == 202 and r.body["name"] == "fast"
+
+    # a reload removes it (its snapshots stay) and adds another
+    kept = labels(vol)
+    d.config_path.write_text(d.config_path.read_text().replace(
+        "[snapshots.fast]", "[snapshots.slow]").replace('"1s"', '"1h"'))
+    d.proc.send_signal(signal.SIGHUP)
+    slow = wait_until(lambda: ran(d, "slow", 1), SLOW, what="the reloaded policy's run")
+    assert slow["prefix"] == "cerssd-slow-"
+    assert [p["name"] for p in d.api("GET", "/v1/policies")["items"]] == ["slow"]
+    assert set(x for x in kept if x.startswith("cerssd-fast-")) <= set(labels(vol))
+
+
+def test_a_tree_policy_snapshots_every_member_at_once_and_prunes_by_label(
+        start_daemon: Any, make_pool: Any) -> None:
+    pool = make_pool()
+    root = f"{pool}/tree"
+    for name in ("", "/a", "/a/x", "/b", "/tmp"):
+        zfs("create", root + name)
+    d = start_daemon(extra=policy_config("tree", root, interval='"1h"', recursive="true",
+                                         exclude='["tmp"]', retention='["2s:all"]'))
+    first = wait_until(lambda: ran(d, "tree", 1), SLOW, what="the first run")
+    one = first["newest_snapshot"]
+    members = [root, f"{root}/a", f"{root}/a/x", f"{root}/b"]
+    txgs = {m: zfs("get", "-Hp", "-o", "value", "createtxg", f"{m}@{one}").stdout.strip()
+            for m in members}
+    assert len(set(txgs.values())) == 1, txgs  # one instant for the whole tree
+    assert one not in labels(f"{root}/tmp")
+    assert first["last_result"]["volumes"] == 4
+    # older than the grid's 2 s, the first label goes from every member at the next run
+    wait_until(lambda: time.time() - first["last_run_at"] > 3, 10, interval=0.2,
+               what="the first snapshot to age past the grid")
+    assert raw_request(d.socket_path, "POST", "/v1/policies/tree/run").status == 202
+    second = wait_until(lambda: ran(d, "tree", 2), SLOW, what="the second run")
+    two = second["newest_snapshot"]
+    assert two != one
+    for m in members:
+        assert labels(m) == [two], (m, labels(m))
+    assert second["last_result"]["destroyed"] == 1 and second["snapshots_kept"] == 1
+
+
+def test_a_relationship_replicates_a_policys_snapshots_over_ssh(
+        start_daemon: Any, make_pool: Any, sshd: SshServer) -> None:
+    src, dst = make_pool(), make_pool()
+    vol = f"{src}/data"
+    zfs("create", vol)
+    write_file(f"/{vol}/f", 1)
+    config = ('[servers.local]\nkind = "local"\n' + sshd.config("remote")
+              + policy_config("hourly", vol, interval='"1h"', retention='["1h:all"]')
+              + f'[relationships.web]\nvolume = "{vol}"\nsnapshots = "hourly"\n'
+              f'slaves = [{{server = "remote", target_volume = "{dst}/copy"}}]\n')
+    d = start_daemon(extra=config)
+
+    def slave_at(label: str | None) -> dict[str, Any] | None:
+        r = d.api("GET", "/v1/relationships/web")
+        s = r["slaves"][0]
+        last = s["last_snapshot"]
+        if s["state"] == "in-sync" and last and (label is None or last.endswith("@" + label)):
+            return r
+        return None
+    r = wait_until(lambda: slave_at(None), SLOW, interval=0.2, what="the slave in sync")
+    p = show(d, "hourly")
+    assert r["snapshots"] == "hourly" and r["schedule"] == "after each run of policy hourly"
+    assert r["slaves"][0]["last_snapshot"] == f"{dst}/copy@{p['newest_snapshot']}"
+    assert p["relationships"] == ["web"]
+    # the relationship made no snapshot of its own
+    assert all(x.startswith("cerssd-hourly-") for x in labels(vol)), labels(vol)
+    assert labels(f"{dst}/copy") == [p["newest_snapshot"]]
+
+    # the policy's next run (here: now) is followed by the relationship's cycle
+    write_file(f"/{vol}/g", 1)
+    assert raw_request(d.socket_path, "POST", "/v1/policies/hourly/run").status == 202
+    p2 = wait_until(lambda: ran(d, "hourly", 2), SLOW, what="the second run")
+    wait_until(lambda: slave_at(p2["newest_snapshot"]), SLOW, interval=0.2,
+               what="the slave at the policy's second snapshot")
+    assert labels(f"{dst}/copy") == [p["newest_snapshot"], p2["newest_snapshot"]]
+    assert all(x.startswith("cerssd-hourly-") for x in labels(vol)), labels(vol)
