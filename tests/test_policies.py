@@ -175,3 +175,35 @@ def test_a_relationship_replicates_a_policys_snapshots_over_ssh(
                what="the slave at the policy's second snapshot")
     assert labels(f"{dst}/copy") == [p["newest_snapshot"], p2["newest_snapshot"]]
     assert all(x.startswith("cerssd-hourly-") for x in labels(vol)), labels(vol)
+
+
+def test_a_tree_relationship_follows_a_tree_policy(start_daemon: Any, make_pool: Any) -> None:
+    src, dst = make_pool(), make_pool()
+    root = f"{src}/tree"
+    for name in ("", "/a", "/a/x", "/b"):
+        zfs("create", root + name)
+    config = ('[servers.local]\nkind = "local"\n[servers.lab1]\nkind = "local"\n'
+              + policy_config("tree", root, interval='"1h"', recursive="true")
+              + f'[relationships.cinder]\nvolume = "{root}"\nrecursive = true\n'
+              f'snapshots = "tree"\nslaves = [{{server = "lab1", target_volume = '
+              f'"{dst}/copy"}}]\n')
+    d = start_daemon(extra=config)
+
+    def in_sync_at(label: str) -> bool:
+        tree = d.api("GET", "/v1/relationships/cinder")["tree"]
+        return tree is not None and tree["members"] == 4 \
+            and tree["slaves"]["lab1"]["in_sync"] == 4 \
+            and all(label in labels(f"{dst}/copy{m}") for m in ("", "/a", "/a/x", "/b"))
+    one = wait_until(lambda: ran(d, "tree", 1), SLOW, what="the first run")["newest_snapshot"]
+    wait_until(lambda: in_sync_at(one), SLOW, interval=0.2, what="the copy at the first")
+    assert master_labels_only(root, "cerssd-tree-")
+    assert raw_request(d.socket_path, "POST", "/v1/policies/tree/run").status == 202
+    two = wait_until(lambda: ran(d, "tree", 2), SLOW, what="the second run")["newest_snapshot"]
+    wait_until(lambda: in_sync_at(two), SLOW, interval=0.2, what="the copy at the second")
+    assert master_labels_only(root, "cerssd-tree-")
+
+
+def master_labels_only(root: str, prefix: str) -> bool:
+    """Every snapshot in the master's tree is the policy's (the relationship made none)."""
+    out = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", root).stdout.split()
+    return bool(out) and all(n.partition("@")[2].startswith(prefix) for n in out)
