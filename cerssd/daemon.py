@@ -146,7 +146,8 @@ class Daemon:
     def _served(self, server: str) -> tuple[str, ...] | None:
         """The pools and datasets the daemon serves on ``server`` (``volume_roots``)."""
         return volume_roots(self.servers.entry(server).config,
-                            (rt.spec for rt in self.relationships.registry.all()))
+                            (rt.spec for rt in self.relationships.registry.all()),
+                            (rt.spec for rt in self.policies.all()))
 
     def _lock_state_dir(self, state_dir: Path) -> None:
         self._lock_file = open(state_dir / "cerssd.lock", "w")  # noqa: SIM115 - held for life

@@ -5,7 +5,8 @@ pool, or pools another tool manages), and listing every dataset of every pool co
 time that grows with them. The operator's word comes first: a server's ``pools`` key
 (pools or datasets, each listed with everything below it). Without it, the pools of
 the volumes the relationships name on that server (as master or as slave, in their
-current roles, from the config file and the API alike): what the daemon works on.
+current roles, from the config file and the API alike) and the snapshot policies'
+volumes there: what the daemon works on.
 A server with neither lists every pool, since nothing says which of them it serves.
 """
 
@@ -14,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .config import ServerConfig
+from .policies.spec import PolicySpec
 from .replication.logic.spec import RelationshipSpec
 
 
-def volume_roots(server: ServerConfig,
-                 relationships: Iterable[RelationshipSpec]) -> tuple[str, ...] | None:
+def volume_roots(server: ServerConfig, relationships: Iterable[RelationshipSpec],
+                 policies: Iterable[PolicySpec] = ()) -> tuple[str, ...] | None:
     """The roots to list on ``server``, sorted; None means every pool."""
     if server.pools:
         return tuple(sorted(server.pools))
@@ -27,6 +29,7 @@ def volume_roots(server: ServerConfig,
         if spec.master == server.name:
             pools.add(_pool(spec.volume))
         pools.update(_pool(s.target_volume) for s in spec.slaves if s.server == server.name)
+    pools.update(_pool(p.volume) for p in policies if p.server == server.name)
     return tuple(sorted(pools)) or None
 
 

@@ -108,8 +108,10 @@ class ControlApi:
     async def volumes(self, request: web.Request) -> web.Response:
         q = parse_query(request.query, m.VolumesQuery)
         backend = await self.ctx.servers.backend(q.server)
+        policies = self.ctx.policies.all() if self.ctx.policies is not None else ()
         roots = volume_roots(self.ctx.servers.entry(q.server).config,
-                             (rt.spec for rt in self.ctx.relationships.registry.all()))
+                             (rt.spec for rt in self.ctx.relationships.registry.all()),
+                             (p.spec for p in policies))
         if q.root is not None:
             roots = within(roots, q.root)
         page = await backend.volumes(roots, limit=q.limit, offset=q.offset)

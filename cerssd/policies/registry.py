@@ -102,11 +102,15 @@ class PolicyRegistry:
         return None
 
     def run_now(self, name: str) -> PolicyRuntime:
-        """Start a run at once (or cut a failed run's back-off short)."""
+        """Start a run at once (or cut a failed run's back-off short). A policy whose
+        activity an operator cancelled gets a new one, which runs at once."""
         rt = self.get(name)
         activity = self.activity_of(rt)
         if activity is None:
-            raise PolicyError(f"snapshot policy {name} has no running activity")
+            rt.last_run_at = None  # due now: the new activity runs at once
+            self.launch(rt)
+            log.info("snapshot policy started again", policy=name)
+            return rt
         if activity.record.state == State.SUSPENDED:
             raise PolicyError(f"snapshot policy {name} is suspended (activity "
                               f"{activity.id}); resume it first")

@@ -170,6 +170,7 @@ class RelationshipWork:
         while True:
             now = time.time()
             if rt.schedule is None:  # follows its policy: woken by each of its runs
+                rt.rescheduled = False
                 rt.next_cycle_at = now if rt.last_cycle_at is None else None
                 await ctx.sleep(0.0 if rt.last_cycle_at is None else FOLLOW_RECHECK)
                 return
