@@ -99,6 +99,19 @@ def test_a_policy_snapshots_and_prunes_its_own_on_schedule(
         assert r.content_type.startswith("application/problem+json"), r.content_type
     r = raw_request(d.socket_path, "POST", "/v1/policies/fast/run")
     assert r.status == 202 and r.body["name"] == "fast"
+    # suspended: run-now is refused (409); cancelled: stopped, and run-now starts it again
+    activity = show(d, "fast")["activity"]
+    assert raw_request(d.socket_path, "POST", f"/v1/activities/{activity}/suspend").status \
+        == 200
+    r = raw_request(d.socket_path, "POST", "/v1/policies/fast/run")
+    assert r.status == 409 and "suspended" in r.body["detail"], r.body
+    assert raw_request(d.socket_path, "POST", f"/v1/activities/{activity}/cancel").status \
+        == 202
+    wait_until(lambda: show(d, "fast")["state"] == "stopped", SLOW, what="stopped")
+    before = show(d, "fast")["runs"]
+    assert raw_request(d.socket_path, "POST", "/v1/policies/fast/run").status == 202
+    again = wait_until(lambda: ran(d, "fast", before + 1), SLOW, what="a run after restart")
+    assert again["activity"] != activity and again["state"] == "running"
 
     # a reload removes it (its snapshots stay) and adds another
     kept = labels(vol)
