@@ -154,13 +154,16 @@ def test_a_tree_policy_snapshots_every_member_at_once_and_prunes_by_label(
 
 def test_a_relationship_replicates_a_policys_snapshots_over_ssh(
         start_daemon: Any, make_pool: Any, sshd: SshServer) -> None:
+    """The policy's grid (1 s) would drop every snapshot but the newest; the slave's
+    base is kept all the same until the slave has the next one."""
     src, dst = make_pool(), make_pool()
     vol = f"{src}/data"
     zfs("create", vol)
     write_file(f"/{vol}/f", 1)
     config = ('[servers.local]\nkind = "local"\n' + sshd.config("remote")
-              + policy_config("hourly", vol, interval='"1h"', retention='["1h:all"]')
+              + policy_config("hourly", vol, interval='"1h"', retention='["1s:all"]')
               + f'[relationships.web]\nvolume = "{vol}"\nsnapshots = "hourly"\n'
+              'slave_retention = ["1h:all"]\n'
               f'slaves = [{{server = "remote", target_volume = "{dst}/copy"}}]\n')
     d = start_daemon(extra=config)
 
@@ -172,22 +175,39 @@ def test_a_relationship_replicates_a_policys_snapshots_over_ssh(
             return r
         return None
     r = wait_until(lambda: slave_at(None), SLOW, interval=0.2, what="the slave in sync")
-    p = show(d, "hourly")
+    p1 = show(d, "hourly")
+    one = p1["newest_snapshot"]
     assert r["snapshots"] == "hourly" and r["schedule"] == "after each run of policy hourly"
-    assert r["slaves"][0]["last_snapshot"] == f"{dst}/copy@{p['newest_snapshot']}"
-    assert p["relationships"] == ["web"]
+    assert r["slaves"][0]["last_snapshot"] == f"{dst}/copy@{one}"
+    assert p1["relationships"] == ["web"]
+    # the first run could not know the slave's base yet: it pruned nothing
+    assert "relationship web" in (p1["last_result"]["prune_skipped"] or ""), p1
     # the relationship made no snapshot of its own
-    assert all(x.startswith("cerssd-hourly-") for x in labels(vol)), labels(vol)
-    assert labels(f"{dst}/copy") == [p["newest_snapshot"]]
+    assert labels(vol) == [one] and labels(f"{dst}/copy") == [one]
 
-    # the policy's next run (here: now) is followed by the relationship's cycle
-    write_file(f"/{vol}/g", 1)
-    assert raw_request(d.socket_path, "POST", "/v1/policies/hourly/run").status == 202
-    p2 = wait_until(lambda: ran(d, "hourly", 2), SLOW, what="the second run")
-    wait_until(lambda: slave_at(p2["newest_snapshot"]), SLOW, interval=0.2,
-               what="the slave at the policy's second snapshot")
-    assert labels(f"{dst}/copy") == [p["newest_snapshot"], p2["newest_snapshot"]]
-    assert all(x.startswith("cerssd-hourly-") for x in labels(vol)), labels(vol)
+    def run_after(runs: int, label: str) -> str:
+        """A run (now) once ``label`` is older than the grid; its label once the slave
+        has it: the policy's run is followed by the relationship's cycle."""
+        created = int(zfs("get", "-Hp", "-o", "value", "creation", f"{vol}@{label}").stdout)
+        wait_until(lambda: time.time() > created + 2.5, 10, interval=0.2,
+                   what=f"{label} to age past the grid")
+        write_file(f"/{vol}/g{runs}", 1)
+        assert raw_request(d.socket_path, "POST", "/v1/policies/hourly/run").status == 202
+        new = wait_until(lambda: ran(d, "hourly", runs), SLOW, what=f"run {runs}")
+        wait_until(lambda: slave_at(new["newest_snapshot"]), SLOW, interval=0.2,
+                   what=f"the slave at run {runs}'s snapshot")
+        # what it spared it knew to spare (the slave's base), not found held by ZFS
+        assert new["last_result"]["prune_skipped"] is None, new
+        assert new["last_result"]["kept_held"] == [], new
+        label_made: str = new["newest_snapshot"]
+        return label_made
+    two = run_after(2, one)
+    # older than the grid, but the slave's base when run 2 pruned: kept
+    assert labels(vol) == [one, two]
+    three = run_after(3, two)
+    # run 3 pruned: "one" is no slave's base any more, "two" is (the newest is kept)
+    assert labels(vol) == [two, three]
+    assert labels(f"{dst}/copy") == [one, two, three]  # slave_retention keeps an hour
 
 
 def test_a_tree_relationship_follows_a_tree_policy(start_daemon: Any, make_pool: Any) -> None:
