@@ -146,3 +146,17 @@ def test_nested_prefixes_of_two_policies_on_one_tree_are_refused() -> None:
     config({"hourly": {"volume": "tank/data", "interval": "1h"},
             "daily": {"volume": "tank/data", "interval": "1d"}},
            {"web": rel(interval="5m")})
+
+
+def test_a_reload_diff_names_the_policies_added_removed_and_changed() -> None:
+    from cerssd.config_diff import diff_config
+    old = config({"a": {"volume": "tank/a", "interval": "1h"},
+                  "b": {"volume": "tank/b", "interval": "1h"}})
+    new = config({"a": {"volume": "tank/a", "interval": "2h"},
+                  "c": {"volume": "tank/c", "interval": "1h"}})
+    diff = diff_config(old, new)
+    assert (diff.policies.added, diff.policies.removed, diff.policies.changed) == (
+        ("c",), ("b",), ("a",))
+    assert diff.to_json() == {"policies": {"added": ["c"], "removed": ["b"],
+                                           "changed": ["a"]}}
+    assert not diff_config(old, old)
