@@ -240,3 +240,18 @@ def master_labels_only(root: str, prefix: str) -> bool:
     """Every snapshot in the master's tree is the policy's (the relationship made none)."""
     out = zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", root).stdout.split()
     return bool(out) and all(n.partition("@")[2].startswith(prefix) for n in out)
+
+
+def test_a_reload_reschedules_a_policy_in_place(start_daemon: Any, make_pool: Any) -> None:
+    pool = make_pool()
+    vol = f"{pool}/data"
+    zfs("create", vol)
+    d = start_daemon(extra=policy_config("p", vol, interval='"1h"'))
+    first = wait_until(lambda: ran(d, "p", 1), SLOW, what="the first run")
+    assert first["next_run_at"] > time.time() + 600  # an hour's wait ahead
+    d.config_path.write_text(d.config_path.read_text().replace('"1h"', '"1s"'))
+    d.proc.send_signal(signal.SIGHUP)
+    # the same activity, woken for its new schedule: runs follow without a run-now
+    later = wait_until(lambda: ran(d, "p", 3), SLOW, what="runs on the new schedule")
+    assert later["activity"] == first["activity"] and later["schedule"] == "every 1s"
+    assert "config reloaded" in d.log()
