@@ -518,3 +518,21 @@ def test_follow_rides_out_a_daemon_restart(start_daemon: Any, make_pool: Any,
     assert "Traceback" not in text
     done = d2.api("GET", f"/v1/activities/{aid}")
     assert (done["state"], done["restarts"]) == ("succeeded", 1)
+
+
+def test_snapshot_policies_are_listed_when_there_are_some() -> None:
+    assert "Snapshot policies" not in _text(cli_watch.render(_frame([], []), 1000.0))
+    ok = {"name": "hourly", "volume": "tank/vol", "state": "running", "last_run_at": 940.0,
+          "next_run_at": 4540.0, "snapshots_kept": 24, "failures": 0, "last_error": None,
+          "last_result": {"outcome": "snapshot"}}
+    skipped = {**ok, "name": "db", "last_result": {"outcome": "skipped"}}
+    failing = {**ok, "name": "far", "failures": 3, "snapshots_kept": None,
+               "last_error": "run failed on s1: connection refused"}
+    frame = replace(_frame([], []), policies=[ok, skipped, failing])
+    rows = section(_text(cli_watch.render(frame, 1000.0)), "Snapshot policies")
+    assert rows[0].split() == ["policy", "volume", "state", "last", "run", "next", "in",
+                               "kept", "failures", "error"]
+    assert rows[1].split() == ["hourly", "tank/vol", "running", "60s", "59m", "24", "0",
+                               "ok"]
+    assert rows[2].split()[0] == "db" and "pre hook failed: skipped" in rows[2]
+    assert rows[3].split()[5:7] == ["-", "3"] and "connection refused" in rows[3]
