@@ -255,3 +255,23 @@ def test_a_reload_reschedules_a_policy_in_place(start_daemon: Any, make_pool: An
     later = wait_until(lambda: ran(d, "p", 3), SLOW, what="runs on the new schedule")
     assert later["activity"] == first["activity"] and later["schedule"] == "every 1s"
     assert "config reloaded" in d.log()
+
+
+def test_a_failing_run_is_reported_and_retried(start_daemon: Any, make_pool: Any) -> None:
+    pool = make_pool()
+    vol = f"{pool}/later"
+    d = start_daemon(extra=policy_config("p", vol, interval='"1h"'))
+
+    def failed() -> dict[str, Any] | None:
+        p = show(d, "p")
+        return p if p["failures"] >= 1 else None
+    p = wait_until(failed, SLOW, what="a failed run")
+    assert p["runs"] == 0 and p["state"] == "running"
+    assert vol in (p["last_error"] or ""), p["last_error"]
+    assert p["last_result"]["outcome"] == "failed"
+    text = raw_request(d.socket_path, "GET", "/metrics").body
+    assert (metric(text, "cerssd_policy_failures_total", policy="p") or 0) >= 1
+    zfs("create", vol)  # the next try (back-off: seconds) succeeds without a run-now
+    done = wait_until(lambda: ran(d, "p", 1), SLOW, what="the retried run")
+    assert done["last_error"] is None and done["last_result"]["outcome"] == "snapshot"
+    assert labels(vol) == [done["newest_snapshot"]]
