@@ -5,10 +5,11 @@ master: the policy's grid owns them. But the grid must not take a slave's (or a 
 newest common base, or the next transfer would need a full stream. So before pruning,
 the policy asks, as a relationship's own master retention does (``upkeep.prune_master``):
 
-* no pruning at all while one of those relationships streams from the master (``-I``
-  carries the snapshots between base and target, which must not vanish mid-send), or
-  while a slave's or store's base is unknown (a relationship that has not listed its
-  slaves yet);
+* no pruning at all while one of those relationships, or any other relationship sending
+  some of the same volumes from the same server, streams from it (``-I`` carries every
+  snapshot between base and target, the policy's too, which must not vanish mid-send),
+  or while a follower's slave or store base is unknown (a relationship that has not
+  listed its slaves yet);
 * otherwise, the bases by guid (a volume) and by label (a tree) are spared.
 
 Holds (``cerssd:<slave>`` on each base) remain the last line of defence: a held snapshot
@@ -20,11 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..activity import State
-from ..engine import ActivityEngine
+from ..replication.logic.members import TreeSelection, trees_overlap
 from ..replication.logic.tree_backups import base_labels
 from ..replication.relationships.registry import RelationshipRegistry
 from ..replication.relationships.runtime import Runtime
 from ..replication.relationships.upkeep import protected_bases
+from .spec import PolicySpec
 
 
 @dataclass(frozen=True)
@@ -41,15 +43,20 @@ def followers(registry: RelationshipRegistry, policy: str) -> list[Runtime]:
     return [rt for rt in registry.all() if rt.spec.snapshots == policy]
 
 
-def protection(engine: ActivityEngine, registry: RelationshipRegistry,
-               policy: str) -> Protection:
+def protection(registry: RelationshipRegistry, policy: PolicySpec) -> Protection:
     guids: set[str] = set()
     labels: set[str] = set()
-    for rt in followers(registry, policy):
-        streams = registry.streams(rt.name)
-        if any(s.record.state in (State.RUNNING, State.SUSPENDED, State.RETRYING)
-               for s in streams):
-            return Protection(hold_off=f"relationship {rt.name} is streaming from the master")
+    for rt in registry.all():
+        if rt.spec.master != policy.server or not trees_overlap(
+                policy.selection, rt.spec.selection or TreeSelection(rt.spec.volume)):
+            continue
+        # as a relationship's own master retention: a retrying transfer reads nothing
+        if any(s.record.state in (State.RUNNING, State.SUSPENDED)
+               for s in registry.streams(rt.name)):
+            return Protection(hold_off=f"relationship {rt.name} is streaming from "
+                              f"{policy.server}")
+        if rt.spec.snapshots != policy.name:
+            continue
         if rt.tree is not None:
             found = _tree_labels(rt)
             if found is None:

@@ -83,7 +83,7 @@ class PolicyWork:
             backend = await deps.servers.backend(rt.spec.server)
             result = await runner(rt)(
                 ctx, rt, backend,
-                lambda: guard.protection(deps.engine, deps.relationships, rt.name))
+                lambda: guard.protection(deps.relationships, rt.spec))
         except (ServerUnavailable, LinkError, BackendError) as exc:
             result = RunResult(RunOutcome.FAILED, started, time.time() - started,
                                error=str(exc))
