@@ -297,3 +297,39 @@ def test_a_restarted_daemon_keeps_a_policys_schedule_and_counts(
     assert after["next_run_at"] > time.time() + 600
     assert after["last_result"]["label"] == before["newest_snapshot"]
     assert labels(vol) == [before["newest_snapshot"]]
+
+
+def test_a_policys_hooks_run_around_its_snapshot_and_a_failing_pre_skips_it(
+        start_daemon: Any, make_pool: Any, tmp_path: Any) -> None:
+    from .test_hooks import script
+    pool = make_pool()
+    root = f"{pool}/tree"
+    for name in ("", "/a", "/b"):
+        zfs("create", root + name)
+    flag, log = tmp_path / "fail", tmp_path / "hooks.log"
+    pre = script(tmp_path, "pre", f'test -e {flag} && {{ echo busy >&2; exit 1; }}\n'
+                 f'echo "pre $CERSSD_VOLUME_COUNT $CERSSD_SNAPSHOT_LABEL $CERSSD_SERVER" '
+                 f'>> {log}\n')
+    post = script(tmp_path, "post", f'echo "post $CERSSD_SNAPSHOT_LABEL" >> {log}\n')
+    d = start_daemon(extra=policy_config(
+        "tree", root, interval='"1h"', recursive="true",
+        hooks=f'{{ pre = ["{pre}"], post = ["{post}"] }}'))
+    first = wait_until(lambda: ran(d, "tree", 1), SLOW, what="the first run")
+    label = first["newest_snapshot"]
+    assert log.read_text().splitlines() == [f"pre 3 {label} local", f"post {label}"]
+    result = first["last_result"]
+    assert result["outcome"] == "snapshot"
+    assert [(h["stage"], h["exit_status"]) for h in result["hooks"]] == [("pre", 0),
+                                                                         ("post", 0)]
+    assert first["hooks"]["pre"] == [pre]
+    flag.touch()
+    assert raw_request(d.socket_path, "POST", "/v1/policies/tree/run").status == 202
+    second = wait_until(lambda: ran(d, "tree", 2), SLOW, what="the skipped run")
+    result = second["last_result"]
+    assert result["outcome"] == "skipped" and result["label"] is None, result
+    assert result["hooks"][0]["exit_status"] == 1 and "busy" in result["hooks"][0]["output"]
+    assert second["skipped"] == 1 and second["failures"] == 0 and second["last_error"] is None
+    for m in (root, f"{root}/a", f"{root}/b"):
+        assert labels(m) == [label], m  # no snapshot this run
+    text = raw_request(d.socket_path, "GET", "/metrics").body
+    assert metric(text, "cerssd_policy_skipped_runs_total", policy="tree") == 1

@@ -160,3 +160,19 @@ def test_a_reload_diff_names_the_policies_added_removed_and_changed() -> None:
     assert diff.to_json() == {"policies": {"added": ["c"], "removed": ["b"],
                                            "changed": ["a"]}}
     assert not diff_config(old, old)
+
+
+def test_hooks_belong_to_the_policy_a_relationship_replicates() -> None:
+    hooks = {"pre": ["/bin/true"]}
+    c = config({"hourly": {"volume": "tank/data", "interval": "1h", "hooks": hooks}})
+    assert c.policies["hourly"].hooks is not None
+    assert c.policies["hourly"].to_json()["hooks"]["pre"] == ["/bin/true"]
+    with pytest.raises(ConfigError) as err:
+        config({"hourly": {"volume": "tank/data", "interval": "1h"}},
+               {"web": rel(snapshots="hourly", hooks=hooks)})
+    assert err.value.key == "relationships.web.hooks"
+    assert "[snapshots.hourly]" in err.value.problem
+    with pytest.raises(ConfigError) as err:
+        config({"hourly": {"volume": "tank/data", "interval": "1h",
+                           "hooks": {"pre": ["/no/such/tool"]}}})
+    assert err.value.key.startswith("snapshots.hourly.hooks"), err.value
