@@ -11,6 +11,8 @@ import signal
 import time
 from typing import Any
 
+import pytest
+
 from cerssd.cli.client import CliError
 
 from .conftest import SLOW, DaemonProcess, SshServer, raw_request, wait_until, write_file, zfs
@@ -333,3 +335,37 @@ def test_a_policys_hooks_run_around_its_snapshot_and_a_failing_pre_skips_it(
         assert labels(m) == [label], m  # no snapshot this run
     text = raw_request(d.socket_path, "GET", "/metrics").body
     assert metric(text, "cerssd_policy_skipped_runs_total", policy="tree") == 1
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_a_run_resumed_after_its_snapshot_runs_no_hook_again(
+        start_daemon: Any, make_pool: Any, tmp_path: Any, tree: bool) -> None:
+    """The daemon is killed while ``post`` runs (the snapshot is made, the run not yet
+    recorded): the restarted run uses that snapshot, and neither hook runs again."""
+    from .test_hooks import gone, script
+    pool = make_pool()
+    root = f"{pool}/v"
+    for name in ("", "/a") if tree else ("",):
+        zfs("create", root + name)
+    pres, post_pid, release = tmp_path / "pres", tmp_path / "post.pid", tmp_path / "release"
+    pre = script(tmp_path, "pre", f"echo $CERSSD_SNAPSHOT_LABEL >> {pres}\n")
+    post = script(tmp_path, "post", f"echo $$ > {post_pid}\n"
+                  f"while [ ! -e {release} ]; do sleep 0.1; done\n")
+    d = start_daemon(extra=policy_config(
+        "p", root, interval='"1h"', **({"recursive": "true"} if tree else {}),
+        hooks=f'{{ pre = ["{pre}"], post = ["{post}"], timeout = "5m" }}'))
+    wait_until(lambda: post_pid.exists() and post_pid.read_text().strip(), SLOW,
+               what="the post hook to run")
+    label = pres.read_text().strip()
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    release.touch()
+    pid = int(post_pid.read_text())
+    wait_until(lambda: gone(pid), 10, what="the orphaned post hook to end")
+    post_pid.unlink()
+    d2 = start_daemon(config_path=d.config_path)
+    done = wait_until(lambda: ran(d2, "p", 1), SLOW, what="the resumed run")
+    assert done["newest_snapshot"] == label and done["last_result"]["hooks"] == []
+    assert pres.read_text().split() == [label] and not post_pid.exists()
+    for name in ("", "/a") if tree else ("",):
+        assert labels(root + name) == [label]

@@ -99,8 +99,11 @@ async def run_tree(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBack
     async def take() -> None:
         await backend.snapshot_tree(sel.root, label, names)
     try:
-        _, hooks = await around_snapshot(spec.hooks, volumes=names, label=label, take=take,
-                                        server=spec.server)
+        if label in rt.labels:  # made before a restart: completed, no hook runs again
+            await take()
+        else:
+            _, hooks = await around_snapshot(spec.hooks, volumes=names, label=label,
+                                            take=take, server=spec.server)
     except SnapshotSkipped as skipped:
         outcome, hooks = RunOutcome.SKIPPED, skipped.runs
     else:
