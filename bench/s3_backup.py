@@ -138,7 +138,7 @@ from common import (
 
 sys.path.insert(0, str(REPO))
 from cerssd.objectstore.config import DEFAULT_CONCURRENCY, DEFAULT_PART_SIZE
-from cerssd.replication.flows.backup import DEFAULT_LEVEL
+from cerssd.replication.stream.filters import DEFAULT_LEVEL
 from tests.seaweed import WeedServer, weed_binary  # the repository is on sys.path now
 
 ZSTD_DEFAULT_LEVEL = DEFAULT_LEVEL["zstd"]

@@ -17,7 +17,13 @@ from ..objectstore.stores import Stores
 from ..parsing import ConfigError
 from ..replication.flows.backup import BackupRequest, submit_backup
 from ..replication.flows.bucket_prune import backups_to_delete, submit_backup_prune
-from ..replication.flows.restore import RestoreRequest, restore_chain, submit_restore
+from ..replication.flows.restore import (
+    IdentityProblem,
+    RestoreRequest,
+    identity_for,
+    restore_chain,
+    submit_restore,
+)
 from ..replication.logic.retention import parse_grid
 from ..volume_states import (
     BACKING_UP,
@@ -85,10 +91,13 @@ async def create_backup(api: Api, request: web.Request) -> web.Response:
 async def create_restore(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.RestoreCreate)
     req = RestoreRequest(store=_store_name(api, body.store), snapshot=body.snapshot,
-                         server=body.server, target_volume=body.target_volume)
+                         server=body.server, target_volume=body.target_volume,
+                         identity_file=body.identity_file)
     await api.ctx.servers.backend(req.server)
     try:
-        backups = await restore_chain(_stores(api).get(req.store), req.snapshot)
+        store = _stores(api).get(req.store)
+        backups = await restore_chain(store, req.snapshot)
+        identity_for(req, store, backups)
         record = api.ctx.volume_states.submit_holding(
             holds=restore_holds(req), busy=RESTORING,
             submit=lambda: submit_restore(api.ctx.engine, api.ctx.servers, _stores(api), req))
@@ -96,6 +105,9 @@ async def create_restore(api: Api, request: web.Request) -> web.Response:
         raise ApiProblem(404, "Unknown Backup", str(exc), code="no-such-backup") from exc
     except BrokenChain as exc:
         raise ApiProblem(409, "Broken Backup Chain", str(exc), code="broken-chain") from exc
+    except IdentityProblem as exc:
+        raise ApiProblem(422, "Unprocessable Content", str(exc), field="identity_file",
+                         code="identity") from exc
     except ActivityError as exc:
         raise _conflict(exc) from exc
     return json_response({**record.to_json(), "chain": [m.snapshot for m in backups]}, 202)

@@ -249,6 +249,9 @@ class RestoreCreate(Request):
     store: Annotated[StoreName | None, doc("object store from the config (default: the only "
         "one)")] = None
     server: Annotated[ServerName, doc("server to receive on (local or ssh)")] = "local"
+    identity_file: Annotated[str | None, doc("absolute path, on the daemon's node, of the age "
+        "identity that opens an encrypted backup (default: the store's age_identity_file)")
+        ] = None
 
 
 class BackupPrune(Request):

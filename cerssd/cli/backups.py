@@ -7,6 +7,7 @@ and ``restore`` follow their activity with a live line (``--no-wait`` returns at
 from __future__ import annotations
 
 import argparse
+import os
 import urllib.parse
 from typing import Any
 
@@ -32,6 +33,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("target_volume")
     r.add_argument("--store")
     r.add_argument("--server", default="local")
+    r.add_argument("--identity-file", help="age identity (a path on the daemon's node) "
+                   "for an encrypted backup")
     r.add_argument("--no-wait", action="store_true", help="return once the activity exists")
     p = sub.add_parser("prune-backups", help="delete backups a retention grid no longer keeps")
     p.add_argument("volume")
@@ -70,6 +73,8 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
         else:
             body = _with_store({"snapshot": args.snapshot, "target_volume": args.target_volume,
                                 "server": args.server}, args.store)
+            if args.identity_file:
+                body["identity_file"] = os.path.abspath(args.identity_file)
             data = client.request("POST", "/v1/restores", body)
         if not args.no_wait:
             return wait_for(client, out, data)

@@ -106,6 +106,8 @@ class ObjectStore:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._parts: PartClient | None = None  # the bytes of parts: parts.py
+        #: The store was seen to encrypt as ``sse`` asks (sse_check.py): asked once.
+        self.sse_checked = False
 
     async def open(self) -> None:
         creds = self.config.load_credentials()
@@ -169,7 +171,9 @@ class ObjectStore:
         return self.config.prefix + relative
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self.call("put_object", Key=key, Body=data, ContentType=content_type)
+        """A small object (a manifest), with the store's server-side encryption."""
+        await self.call("put_object", Key=key, Body=data, ContentType=content_type,
+                        **self.config.privacy.sse_args())
 
     async def get_bytes(self, key: str, byte_range: tuple[int, int] | None = None) -> bytes:
         """The object (or bytes ``start..end`` inclusive), read whole: callers bound sizes."""

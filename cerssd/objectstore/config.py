@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args
 
 from ..parsing import ConfigError, parse_size, reject_unknown
 from ..storage.names import InvalidName, validate_object_name
+from .privacy import PRIVACY_KEYS, Privacy, parse_privacy
 
 #: How a store's streams are compressed (the API schema lists these values).
 Compression = Literal["none", "zstd", "lz4"]
@@ -32,7 +33,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 _STORAGE_CLASS = re.compile(r"[A-Z_]{1,40}")
 #: The keys a ``[stores.NAME]`` table accepts (also read by tests/test_docs.py).
 STORE_KEYS = {"endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
-              "concurrency", "compression", "compression_level", "storage_class"}
+              "concurrency", "compression", "compression_level", "storage_class"} \
+    | PRIVACY_KEYS
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class StoreConfig:
     compression: str = "none"
     compression_level: int | None = None
     storage_class: str | None = None
+    #: age encryption and S3 server-side encryption (privacy.py).
+    privacy: Privacy = field(default_factory=Privacy)
 
     def to_json(self) -> dict[str, Any]:
         """What the API shows: where the bucket is, never the credentials themselves."""
@@ -64,7 +68,8 @@ class StoreConfig:
                 "bucket": self.bucket, "prefix": self.prefix, "region": self.region,
                 "credentials": "file" if self.credentials_file else "environment",
                 "part_size": self.part_size, "concurrency": self.concurrency,
-                "compression": self.compression, "storage_class": self.storage_class}
+                "compression": self.compression, "storage_class": self.storage_class,
+                **self.privacy.to_json()}
 
     def load_credentials(self) -> Credentials:
         """Read the key pair now (at start-up and on use), naming the key when it fails."""
@@ -144,7 +149,7 @@ def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) ->
         region=_string(t, "region", prefix, d.region),
         credentials_file=Path(credentials) if credentials else None, part_size=part_size,
         concurrency=concurrency, compression=compression, compression_level=level,
-        storage_class=storage_class)
+        storage_class=storage_class, privacy=parse_privacy(t, prefix))
 
 
 def _string(t: Mapping[str, Any], key: str, prefix: str, default: Any) -> Any:

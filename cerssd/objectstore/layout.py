@@ -2,11 +2,12 @@
 
 Every backup is a few objects under ``PREFIX VOLUME/LABEL.GUID/``:
 
-* ``stream-000000`` + ``.zst`` / ``.lz4`` / nothing: the ``zfs send`` stream, compressed
-  as the manifest says, uploaded in parts. A stream longer than S3's 10,000 parts goes
-  on in ``stream-000001``..., so the stream is the concatenation of the segments in
-  order; most backups are one segment, which standard tools restore as
-  ``aws s3 cp s3://BUCKET/KEY - | zstd -d | zfs receive TARGET``;
+* ``stream-000000`` + ``.zst`` / ``.lz4`` / nothing (+ ``.age``): the ``zfs send``
+  stream, compressed and then age-encrypted as the manifest says, uploaded in parts. A
+  stream longer than S3's 10,000 parts goes on in ``stream-000001``..., so the stream
+  is the concatenation of the segments in order; most backups are one segment, which
+  standard tools restore as ``aws s3 cp s3://BUCKET/KEY - | [age -d -i KEY |] zstd -d |
+  zfs receive TARGET``;
 * ``manifest.json``: what the stream is (volume, snapshot name and guid, parent guid for
   an incremental), its size, compression, the byte range and sha256 of every part and
   the sha256 of the whole object. It is written last: a stream without a manifest is an
@@ -26,6 +27,13 @@ from typing import Any
 from .. import __version__
 
 FORMAT = "cerssd-backup/1"
+#: An age-encrypted stream: a reader that predates encryption refuses the manifest
+#: (as a reader must refuse an unknown format) instead of feeding ciphertext to
+#: ``zfs receive``. Everything else is as in ``cerssd-backup/1``.
+FORMAT_AGE = "cerssd-backup/2"
+FORMATS = (FORMAT, FORMAT_AGE)
+#: How a stream is encrypted by cerssd: not, or by age (objectstore.privacy).
+ENCRYPTIONS = ("none", "age")
 MANIFEST = "manifest.json"
 EXTENSIONS = {"none": "", "zstd": ".zst", "lz4": ".lz4"}
 
@@ -85,7 +93,17 @@ class Manifest:
     source_server: str = "local"
     created_at: str = ""
     cerssd_version: str = __version__
+    #: ``age``: the stored stream is ``age -e`` of the (compressed) send stream, to the
+    #: public keys in ``age_recipients`` (and any of ``age_recipients_file``).
+    encryption: str = "none"
+    age_recipients: tuple[str, ...] = ()
     format: str = FORMAT
+
+    @property
+    def raw(self) -> bool:
+        """A raw send (``zfs send -w``): an encrypted dataset's blocks as they are on disk,
+        received encrypted, its key never in the stream."""
+        return "w" in self.send_flags.lstrip("-")
 
     @property
     def kind(self) -> str:
@@ -98,6 +116,8 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind
+        data["raw"] = self.raw
+        data["age_recipients"] = list(self.age_recipients)
         data["parts"] = [asdict(p) for p in self.parts]
         data["segments"] = [asdict(s) for s in self.segments]
         return data
@@ -118,9 +138,9 @@ def backup_dir(prefix: str, volume: str, label: str, guid: str) -> str:
 
 
 def segment_key(prefix: str, volume: str, label: str, guid: str, compression: str,
-                index: int) -> str:
+                index: int, *, encrypted: bool = False) -> str:
     return (backup_dir(prefix, volume, label, guid) + f"stream-{index:06d}"
-            + EXTENSIONS[compression])
+            + EXTENSIONS[compression] + (".age" if encrypted else ""))
 
 
 def manifest_key(prefix: str, volume: str, label: str, guid: str) -> str:
@@ -159,7 +179,7 @@ def decode(data: bytes, key: str) -> Manifest:
     """Parse and check a manifest; anything off is ``ManifestInvalid`` naming the key."""
     try:
         raw = json.loads(data)
-        if raw.get("format") != FORMAT:
+        if raw.get("format") not in FORMATS:
             raise ManifestInvalid(f"{key}: unknown format {raw.get('format')!r}")
         parts = tuple(Part(int(p["number"]), int(p["offset"]), int(p["size"]),
                            str(p["sha256"]), int(p["segment"])) for p in raw["parts"])
@@ -176,7 +196,10 @@ def decode(data: bytes, key: str) -> Manifest:
             snapshot_txg=int(raw.get("snapshot_txg", 0)),
             source_server=str(raw.get("source_server", "")),
             created_at=str(raw.get("created_at", "")),
-            cerssd_version=str(raw.get("cerssd_version", "")))
+            cerssd_version=str(raw.get("cerssd_version", "")),
+            encryption=str(raw.get("encryption", "none")),
+            age_recipients=tuple(str(r) for r in raw.get("age_recipients", ())),
+            format=str(raw["format"]))
     except ManifestInvalid:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -208,6 +231,10 @@ def check_parts(manifest: Manifest, key: str) -> None:
                               f"{manifest.stream_size}")
     if manifest.compression not in EXTENSIONS:
         raise ManifestInvalid(f"{key}: unknown compression {manifest.compression!r}")
+    if manifest.encryption not in ENCRYPTIONS \
+            or (manifest.encryption == "age") != (manifest.format == FORMAT_AGE):
+        raise ManifestInvalid(f"{key}: encryption {manifest.encryption!r} does not go with "
+                              f"format {manifest.format}")
 
 
 def chain(backups: Iterable[Manifest], guid: str) -> list[Manifest]:

@@ -31,7 +31,8 @@ from ...objectstore import catalog
 from ...objectstore.buffers import BufferPool
 from ...objectstore.client import ObjectStore
 from ...objectstore.config import StoreConfig
-from ...objectstore.layout import Manifest, manifest_key, now_iso, segment_key
+from ...objectstore.layout import FORMAT, FORMAT_AGE, Manifest, manifest_key, now_iso, segment_key
+from ...objectstore.sse_check import check_sse
 from ...objectstore.stores import Stores
 from ...objectstore.upload import Retrier, SegmentedUpload, UploadResult
 from ...servers import ServerRegistry
@@ -43,6 +44,7 @@ from ...transport.process import stop_process
 from ...transport.stream import local_command
 from ..retry import RetryPolicy
 from ..stream.fanout import FanoutGroup, FanoutMissed, SplitOff
+from ..stream.filters import backup_filters, spawn_chain
 from ..stream.groups import FanoutGroups, StreamKey
 from ..stream.relay import Relay
 from ..stream.store_calls import StoreCalls
@@ -50,10 +52,6 @@ from ..stream.transfer import STREAM_PIPE, FdSet, TransferStalled, first_failure
 from .replicate import estimate_stream
 
 KIND = "backup"
-COMPRESSORS = {"zstd": ["zstd", "-q", "-c", "-T0"], "lz4": ["lz4", "-q", "-c"]}
-#: zstd -1: on log-like data it compressed as well as -3 here at ~25% less CPU, and a
-#: backup on a busy node is CPU-bound (bench/RESULTS.md).
-DEFAULT_LEVEL = {"zstd": 1, "lz4": 1}
 #: Why a backup left its cycle's shared send (the ``fanout`` it remembers).
 _LEFT: dict[type[Exception], str] = {SplitOff: "split-off", FanoutMissed: "missed",
                                      TransferStalled: "stalled"}
@@ -84,12 +82,6 @@ class BackupRequest:
                    fanout_group=p.get("fanout_group"))
 
 
-def compressor_argv(compression: str, level: int | None) -> list[str] | None:
-    if compression == "none":
-        return None
-    return [*COMPRESSORS[compression], f"-{level or DEFAULT_LEVEL[compression]}"]
-
-
 @dataclass(frozen=True)
 class BackupPlan:
     """What a backup sends: ``snapshot``, incremental from ``base`` (a source snapshot
@@ -99,13 +91,16 @@ class BackupPlan:
     base: Snapshot | None
     intermediates: bool
     done: bool = False
+    #: Raw (``-w``) for an encrypted dataset where the source can: it stays encrypted in
+    #: the bucket without its key, and is restored encrypted.
+    options: StreamOptions = StreamOptions()
 
     @property
     def key(self) -> StreamKey:
         """The stream, as fan-out groups compare them (``-I`` means nothing without a
         base: a full stream is the same stream either way)."""
         return StreamKey(self.snapshot.guid, self.base.guid if self.base else None,
-                         StreamOptions(),
+                         self.options,
                          self.intermediates and self.base is not None)
 
 
@@ -131,7 +126,17 @@ async def plan_backup(src: StorageBackend, store: ObjectStore, req: BackupReques
     # ``safe_send_holds``: zfs-fuse), a backup sends the snapshot alone: the store gets
     # it, not the ones between (a restore of it is the same).
     intermediates = req.intermediates and src.capabilities.safe_send_holds
-    return BackupPlan(snap, base, intermediates, done=snap.guid in guids)
+    return BackupPlan(snap, base, intermediates, done=snap.guid in guids,
+                      options=await backup_options(src, snap.volume))
+
+
+async def backup_options(src: StorageBackend, volume: str) -> StreamOptions:
+    """Raw for an encrypted dataset where the source can send raw (probed: zfs-fuse has
+    no native encryption, OpenZFS does); otherwise a plain stream any ZFS receives
+    (compressed blocks, ``-c``, would tie a restore to a pool with the same features)."""
+    if src.capabilities.raw_send and await src.encrypted(volume):
+        return StreamOptions(raw=True)
+    return StreamOptions()
 
 
 class BackupWork:
@@ -202,24 +207,27 @@ class BackupWork:
         cfg = self.store.config
         snap, base = plan.snapshot, plan.base
         base_name = base.name if base else None
-        exact = await src.estimate(snap.name, base_name, intermediates=plan.intermediates)
+        exact = await src.estimate(snap.name, base_name, intermediates=plan.intermediates,
+                                   options=plan.options)
         size = exact if exact is not None else estimate_stream(snap, base)
         ctx.set_progress(0, size, unit="bytes", estimated=exact is None)
         ctx.counters.done = 0
-        ctx.remember(base_guid=base.guid if base else None)
+        ctx.remember(base_guid=base.guid if base else None, raw=plan.options.raw,
+                     encryption="age" if cfg.privacy.encrypted else "none")
         ctx.log.info("backup planned", snapshot=snap.name, base=base_name, store=cfg.name,
-                     compression=cfg.compression, estimate=size, shared_send=group is not None)
+                     compression=cfg.compression, estimate=size, shared_send=group is not None,
+                     options=str(plan.options), age=cfg.privacy.encrypted)
+        await calls("check server-side encryption", lambda: check_sse(self.store))
         self.upload = new_upload(self.store, snap, calls, checkpoint=ctx.checkpoint,
                                  started=lambda: self._started(ctx))
         if group is None:
             self.upload.on_sent = ctx.counters.sent
-            raw_size, result = await self._stream(ctx, src, snap.name, base_name, self.upload,
-                                                  plan.intermediates)
+            raw_size, result = await self._stream(ctx, src, plan, self.upload)
         else:  # the fan-out counts the bytes it hands over, as read and as sent
             raw_size, result = await self._shared(ctx, group, self.upload)
             ctx.remember(fanout="shared")
         mkey, manifest = await finish_backup(self.store, calls, snap, base, raw_size, result,
-                                             self.req.server, ctx.log)
+                                             self.req.server, ctx.log, options=plan.options)
         self.upload = None
         ctx.counters.done = raw_size
         ctx.set_progress(raw_size, raw_size, estimated=False)
@@ -230,26 +238,37 @@ class BackupWork:
 
     async def _shared(self, ctx: ActivityContext, group: FanoutGroup,
                       writer: SegmentedUpload) -> tuple[int, UploadResult]:
-        """Take the stream from the group's send: lane → [compressor|cat] → uploader."""
-        cfg = self.store.config
-        argv = compressor_argv(cfg.compression, cfg.compression_level) or ["cat"]
+        """Take the stream from the group's send: lane → [compressor] [age] (or cat) →
+        uploader; the lane's receiver is the first filter, the others follow it."""
+        argvs = [argv for _, argv in backup_filters(self.store.config)] or [["cat"]]
         fds = FdSet()
         out_r, out_w = fds.channel()
+        procs: list[asyncio.subprocess.Process] = []
+        first_out = out_w
+        if len(argvs) > 1:
+            mid_r, first_out = fds.pipe(STREAM_PIPE)
+            procs = await spawn_chain(argvs[1:], mid_r, out_w, fds)
         attach = asyncio.ensure_future(group.attach(
-            self.req.store, local_command(argv),
-            counters=ctx.counters, gate=ctx.flow, stdout=out_w,
-            spawned=lambda: fds.close(out_w)))
+            self.req.store, local_command(argvs[0]),
+            counters=ctx.counters, gate=ctx.flow, stdout=first_out,
+            spawned=lambda: fds.close(first_out)))
         upload = asyncio.ensure_future(writer.run(out_r))
         try:
             await asyncio.wait({attach, upload}, return_when=asyncio.FIRST_EXCEPTION)
             for task in (upload, attach):  # the uploader's own failure is the real one
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            return await attach, await upload
+            got = await attach, await upload
+            names = [name for name, _ in backup_filters(self.store.config)][1:]
+            if problem := await first_failure(zip(names, procs, strict=True)):
+                raise ActivityError(problem, StatusCode.ERROR, "backend")
+            return got
         finally:
             for task in (attach, upload):
                 task.cancel()
             await asyncio.gather(attach, upload, return_exceptions=True)
+            for proc in procs:
+                await asyncio.shield(stop_process(proc))
             fds.close_all()
 
     async def _discard(self, ctx: ActivityContext, calls: StoreCalls | None = None) -> None:
@@ -293,11 +312,12 @@ class BackupWork:
         if known is None:
             ctx.remember(guid=snap.guid)
 
-    async def _stream(self, ctx: ActivityContext, src: StorageBackend, snapshot: str,
-                      base: str | None, writer: SegmentedUpload,
-                      intermediates: bool) -> tuple[int, UploadResult]:
-        return await send_into(src, self.store.config, snapshot, base, writer, ctx.counters,
-                               ctx.flow, intermediates=intermediates)
+    async def _stream(self, ctx: ActivityContext, src: StorageBackend, plan: BackupPlan,
+                      writer: SegmentedUpload) -> tuple[int, UploadResult]:
+        return await send_into(src, self.store.config, plan.snapshot.name,
+                               plan.base.name if plan.base else None, writer, ctx.counters,
+                               ctx.flow, intermediates=plan.intermediates,
+                               options=plan.options)
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Abort unfinished uploads and delete segments: without a manifest, no backup."""
@@ -320,18 +340,19 @@ def new_upload(store: ObjectStore, snap: Snapshot, calls: Retrier, *,
     is called on every upload begun (the caller journals what a restart must remove);
     ``pool``: part buffers shared with other uploads of the same activity."""
     cfg = store.config
+    extra = {"StorageClass": cfg.storage_class} if cfg.storage_class else {}
     return SegmentedUpload(
         store, lambda i: segment_key(cfg.prefix, snap.volume, snap.label, snap.guid,
-                                     cfg.compression, i),
+                                     cfg.compression, i, encrypted=cfg.privacy.encrypted),
         part_size=cfg.part_size, concurrency=cfg.concurrency, retry=calls,
         checkpoint=checkpoint, started=lambda key, upload_id: started(),
-        extra={"StorageClass": cfg.storage_class} if cfg.storage_class else None,
-        pool=pool)
+        extra={**extra, **cfg.privacy.sse_args()}, pool=pool)
 
 
 async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
                         base: Snapshot | None, raw_size: int, result: UploadResult,
-                        server: str, log: Any) -> tuple[str, Manifest]:
+                        server: str, log: Any, *, options: StreamOptions = StreamOptions(),
+                        ) -> tuple[str, Manifest]:
     """Check every segment's stored size, then write the manifest (last: only now is it
     a backup) and abort any upload the store still lists under its directory."""
     for seg in result.segments:
@@ -345,12 +366,22 @@ async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
         parent_snapshot=base.name if base else None, segments=result.segments,
         stream_size=result.size, raw_size=raw_size, compression=store.config.compression,
         sha256=result.sha256, parts=result.parts, source_server=server,
-        snapshot_txg=snap.createtxg, created_at=now_iso())
+        snapshot_txg=snap.createtxg, created_at=now_iso(),
+        send_flags="-w" if options.raw else "", **encryption_fields(store.config))
     mkey = manifest_key(store.config.prefix, snap.volume, snap.label, snap.guid)
     await calls("write manifest", lambda: store.put_bytes(
         mkey, manifest.encode(), "application/json"))
     await _sweep_leftovers(store, calls, mkey.rpartition("/")[0] + "/", log)
     return mkey, manifest
+
+
+def encryption_fields(cfg: StoreConfig) -> dict[str, Any]:
+    """What a manifest says of the stream's age encryption (docs/backups.md)."""
+    privacy = cfg.privacy
+    if not privacy.encrypted:
+        return {"encryption": "none", "age_recipients": (), "format": FORMAT}
+    return {"encryption": "age", "age_recipients": privacy.recipients(),
+            "format": FORMAT_AGE}
 
 
 async def _sweep_leftovers(store: ObjectStore, calls: Retrier, prefix: str,
@@ -386,40 +417,40 @@ async def remove_unfinished(store: ObjectStore, uploads: Mapping[str, str],
 
 async def send_into(src: StorageBackend, cfg: StoreConfig, snapshot: str, base: str | None,
                     writer: SegmentedUpload, counters: Counters, gate: FlowGate, *,
-                    intermediates: bool) -> tuple[int, UploadResult]:
-    """Run send (and compressor) into the writer; returns (raw bytes, upload result)."""
-    compress = compressor_argv(cfg.compression, cfg.compression_level)
+                    intermediates: bool, options: StreamOptions = StreamOptions(),
+                    ) -> tuple[int, UploadResult]:
+    """Run send (and its filters: compressor, age) into the writer; returns (raw bytes,
+    upload result)."""
+    filters = backup_filters(cfg)
     fds = FdSet()
     procs: list[asyncio.subprocess.Process] = []
     relay: Relay | None = None
     closer: asyncio.Future[None] | None = None
     try:
         # The relay splices (a pipe); the uploader reads itself (a socket pair).
-        send_r, send_w = fds.pipe(STREAM_PIPE) if compress else fds.channel()
-        send = await src.send(snapshot, base, intermediates=intermediates).spawn(
-            stdin=None, stdout=send_w)
+        send_r, send_w = fds.pipe(STREAM_PIPE) if filters else fds.channel()
+        send = await src.send(snapshot, base, intermediates=intermediates,
+                              options=options).spawn(stdin=None, stdout=send_w)
         procs.append(send)
         fds.close(send_w)
         read_fd = send_r
-        if compress is None:
+        if not filters:
             writer.on_read = counters.read
         else:
             raw_r, raw_w = fds.pipe(STREAM_PIPE)
             out_r, out_w = fds.channel()
-            comp = await asyncio.create_subprocess_exec(
-                *compress, stdin=raw_r, stdout=out_w, stderr=asyncio.subprocess.PIPE)
-            procs.append(comp)
-            fds.close(raw_r, out_w)
+            procs += await spawn_chain([argv for _, argv in filters], raw_r, out_w, fds)
             relay = Relay(send_r, raw_w, counters=counters, gate=gate, count=counters.read)
             relay.start()
-            # The compressor sees EOF only once the relay has closed its input.
+            # The first filter sees EOF only once the relay has closed its input.
             closer = asyncio.ensure_future(_close_after(relay, fds, raw_w))
             read_fd = out_r
         result = await writer.run(read_fd)
         if closer is not None:
             await closer
         raw = relay.result.bytes if relay is not None else result.size
-        problem = await first_failure(zip(("zfs send", "compressor"), procs, strict=False))
+        names = ["zfs send", *(name for name, _ in filters)]
+        problem = await first_failure(zip(names, procs, strict=True))
         if problem is not None:
             raise ActivityError(problem, StatusCode.ERROR, "backend")
         return raw, result

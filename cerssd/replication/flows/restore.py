@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from ...activity import ActivityRecord, Progress, StatusCode
@@ -33,11 +36,11 @@ from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot, validate_volume
 from ...transport.process import stop_process
 from ..retry import RetryPolicy
+from ..stream.filters import restore_filters, spawn_chain
 from ..stream.store_calls import StoreCalls
 from ..stream.transfer import FdSet, first_failure
 
 KIND = "restore"
-DECOMPRESSORS = {"zstd": ["zstd", "-d", "-q", "-c"], "lz4": ["lz4", "-d", "-q", "-c"]}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class RestoreRequest:
     snapshot: str  # the backed-up snapshot's full name, volume@label
     server: str
     target_volume: str
+    #: The age identity that opens an encrypted chain (else the store's
+    #: ``age_identity_file``); a path on this node, never the key itself.
+    identity_file: str | None = None
 
     def params(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +59,36 @@ class RestoreRequest:
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> RestoreRequest:
         return cls(store=p["store"], snapshot=p["snapshot"], server=p["server"],
-                   target_volume=p["target_volume"])
+                   target_volume=p["target_volume"], identity_file=p.get("identity_file"))
+
+
+class IdentityProblem(ValueError):
+    """An encrypted chain without a usable identity file (the API's 422)."""
+
+
+def identity_for(req: RestoreRequest, store: ObjectStore,
+                 backups: list[Manifest]) -> Path | None:
+    """The identity file an encrypted chain is opened with (None: the chain is not
+    encrypted); ``IdentityProblem`` names the key when there is none or it is unusable."""
+    encrypted = [m for m in backups if m.encryption != "none"]
+    if not encrypted:
+        return None
+    key = "identity_file"
+    path: str | Path | None = req.identity_file
+    if path is None:
+        path = store.config.privacy.age_identity_file
+        key = f"stores.{store.name}.age_identity_file"
+    if path is None:
+        raise IdentityProblem(
+            f"identity_file: the backup of {encrypted[0].snapshot} is encrypted with age "
+            f"(to {', '.join(encrypted[0].age_recipients) or 'its recipients'}); give the "
+            f"identity file that opens it, or set stores.{store.name}.age_identity_file")
+    found = Path(path)
+    if not found.is_absolute():
+        raise IdentityProblem(f"{key}: must be an absolute path on the daemon's node")
+    if not found.is_file() or not os.access(found, os.R_OK):
+        raise IdentityProblem(f"{key}: {found} is not a readable file on the daemon's node")
+    return found
 
 
 async def restore_chain(store: ObjectStore, snapshot: str) -> list[Manifest]:
@@ -77,6 +112,7 @@ class RestoreWork:
         self.policy = policy
         self.created_target = bool(record.params.get("created_target"))
         self.received: list[str] = list(record.params.get("received", []))
+        self.identity: Path | None = None
 
     async def run(self, ctx: ActivityContext) -> None:
         calls = StoreCalls(ctx, self.store, self.policy)
@@ -85,6 +121,10 @@ class RestoreWork:
                                   lambda: restore_chain(self.store, self.req.snapshot))
         except BrokenChain as exc:
             raise ActivityError(str(exc), StatusCode.ERROR, "broken-chain") from exc
+        try:
+            self.identity = identity_for(self.req, self.store, backups)
+        except IdentityProblem as exc:
+            raise ActivityError(str(exc), StatusCode.ERROR, "identity") from exc
         await self._check_objects(calls, backups)
         dst = await self.servers.backend(self.req.server)
         todo = await self._still_needed(dst, backups)
@@ -148,16 +188,14 @@ class RestoreWork:
                        manifest: Manifest, *, force: bool) -> None:
         fds = FdSet()
         procs: list[asyncio.subprocess.Process] = []
+        filters = restore_filters(manifest.compression,
+                                  self.identity if manifest.encryption == "age" else None)
         try:
             in_r, in_w = fds.channel()
             recv_stdin = in_r
-            if manifest.compression != "none":
-                out_r, out_w = fds.channel()
-                procs.append(await asyncio.create_subprocess_exec(
-                    *DECOMPRESSORS[manifest.compression], stdin=in_r, stdout=out_w,
-                    stderr=asyncio.subprocess.PIPE))
-                fds.close(in_r, out_w)
-                recv_stdin = out_r
+            if filters:
+                recv_stdin, out_w = fds.channel()
+                procs += await spawn_chain([argv for _, argv in filters], in_r, out_w, fds)
             # With ``force``: an incremental onto the snapshot this restore just received.
             receiver = dst.receive(self.req.target_volume, discard_changes=force)
             procs.insert(0, await receiver.spawn(stdin=recv_stdin,
@@ -172,9 +210,9 @@ class RestoreWork:
             except BrokenPipeError:
                 pass  # the receiver quit early: its exit status says why
             fds.close(in_w)
-            problem = await first_failure(
-                zip((f"zfs receive of {manifest.snapshot}", "decompressor"), procs,
-                    strict=False))
+            named = list(zip((f"zfs receive of {manifest.snapshot}",
+                              *(name for name, _ in filters)), procs, strict=True))
+            problem = await _first_failure(named, manifest)
             if problem is not None:
                 raise ActivityError(problem, StatusCode.ERROR, "backend")
         finally:
@@ -202,6 +240,22 @@ class RestoreWork:
                     await dst.destroy_snapshot(name)
         self.received = []
         ctx.remember(received=[], created_target=False)
+
+
+async def _first_failure(named: list[tuple[str, asyncio.subprocess.Process]],
+                         manifest: Manifest) -> str | None:
+    """The error to report: decryption's first (a wrong identity makes ``zfs receive``
+    fail too, on an empty stream), then the receiver's, then a filter's; a filter killed
+    by SIGPIPE only saw its reader quit, which the reader's own error explains."""
+    order = sorted(named, key=lambda item: item[0] != "age decryption")
+    problem = await first_failure(
+        [(name, proc) for name, proc in order if await proc.wait() != -signal.SIGPIPE])
+    if problem is not None and problem.startswith("age decryption") \
+            and "no identity matched" in problem:
+        problem += (f" (the identity file does not hold the key of any recipient of "
+                    f"{manifest.snapshot}'s backup: "
+                    f"{', '.join(manifest.age_recipients) or 'see its manifest'})")
+    return problem
 
 
 def submit_restore(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,

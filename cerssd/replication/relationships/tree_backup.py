@@ -40,15 +40,22 @@ from ...objectstore import catalog
 from ...objectstore.buffers import BufferPool
 from ...objectstore.client import ObjectMissing, ObjectStore, StoreError
 from ...objectstore.layout import manifest_key
+from ...objectstore.sse_check import check_sse
 from ...objectstore.stores import Stores, UnknownStore
 from ...objectstore.upload import SegmentedUpload
 from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot_label
-from ...storage.values import Snapshot
+from ...storage.values import Snapshot, StreamOptions
 from ...transport.errors import LinkError
-from ..flows.backup import finish_backup, new_upload, remove_unfinished, send_into
+from ..flows.backup import (
+    backup_options,
+    finish_backup,
+    new_upload,
+    remove_unfinished,
+    send_into,
+)
 from ..logic.tree_backups import MemberBackup, Step, StoreBackups, steady_steps
 from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
@@ -117,6 +124,9 @@ class TreeBackupWork:
         self.uploads: dict[str, SegmentedUpload] = {}
         self.store: ObjectStore | None = None
         self.master = "local"
+        #: The root's stream options serve every member, as in a tree's replication:
+        #: raw when the root is encrypted (its children are then encrypted too).
+        self.options = StreamOptions()
 
     async def run(self, ctx: ActivityContext) -> None:
         rt = tree_runtime(self.registry, self.params["relationship"])
@@ -232,6 +242,9 @@ class TreeBackupWork:
         made: list[str] = []
         done = [0]
         intermediates = src.capabilities.safe_send_holds
+        assert rt.spec.selection is not None
+        self.options = await backup_options(src, rt.spec.selection.root)
+        await calls("check server-side encryption", lambda: check_sse(store))
 
         async def one(job: Job) -> None:
             f = facts.members.get(job.entry.relative)
@@ -335,9 +348,9 @@ class TreeBackupWork:
             raw, result = await send_into(src, store.config, snap.name,
                                           base.name if base else None, upload, ctx.counters,
                                           ctx.flow, intermediates=intermediates and base
-                                          is not None)
+                                          is not None, options=self.options)
             _, manifest = await finish_backup(store, calls, snap, base, raw, result,
-                                              self.master, ctx.log)
+                                              self.master, ctx.log, options=self.options)
         except MEMBER_FAILURES:
             with contextlib.suppress(StoreError, OSError):
                 await remove_unfinished(store, dict(upload.unfinished), list(upload.completed))

@@ -319,6 +319,11 @@ async def first_failure(named: Iterable[tuple[str, asyncio.subprocess.Process]],
     return None
 
 
+#: A closing line that says nothing of the error: age's request for bug reports.
+_NOISE = ("age: report ",)
+
+
 def first_line(text: str, rc: int) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines()
+             if line.strip() and not line.startswith(_NOISE)]
     return lines[-1] if lines else f"exited with status {rc}"
