@@ -137,8 +137,11 @@ class WeedServer:
     """
 
     def __init__(self, root: Path, *, region: str = "us-east-1",
-                 volume_size_limit_mb: int = 64, max_volumes: int = 200) -> None:
+                 volume_size_limit_mb: int = 64, max_volumes: int = 200,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
+        #: Extra environment for weed (e.g. ``WEED_S3_SSE_KEY``: SSE-S3 on).
+        self.env = env or {}
         self.ports = WeedPorts.free()
         self.volume_size_limit_mb = volume_size_limit_mb
         self.max_volumes = max_volumes
@@ -212,7 +215,8 @@ class WeedServer:
             # cwd is root so weed finds no stray master.toml/filer.toml of the caller's.
             return subprocess.Popen(self.command(config), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.root, start_new_session=True)
+                                    cwd=self.root, start_new_session=True,
+                                    env={**os.environ, **self.env})
 
     def command(self, config: Path) -> list[str]:
         """The ``weed server`` command line: every port explicit, nothing optional on."""

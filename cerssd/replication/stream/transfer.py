@@ -319,11 +319,13 @@ async def first_failure(named: Iterable[tuple[str, asyncio.subprocess.Process]],
     return None
 
 
-#: A closing line that says nothing of the error: age's request for bug reports.
+#: A closing line that says nothing of the error: age's request for bug reports; and
+#: age's own prefix, which the name of the failing stage says better.
 _NOISE = ("age: report ",)
+_AGE_PREFIX = "age: error: "
 
 
 def first_line(text: str, rc: int) -> str:
-    lines = [line for line in text.splitlines()
+    lines = [line.removeprefix(_AGE_PREFIX) for line in text.splitlines()
              if line.strip() and not line.startswith(_NOISE)]
     return lines[-1] if lines else f"exited with status {rc}"
