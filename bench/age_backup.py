@@ -24,7 +24,8 @@ are of backups that restore.
 
 The choice of the ``age`` binary over the ``pyrage`` binding is measured too
 (``--tools``): each encrypts the same random bytes from a file in /dev/shm to /dev/null,
-alternating, and reports seconds and peak RSS (pyrage only if it is installed).
+alternating, and reports seconds and peak RSS (GNU time's ``%M``; pyrage only if it is
+installed: it is not a dependency of cerssd).
 
 Run as root from the repository, with the venv's python::
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -198,21 +198,20 @@ def tools(args: argparse.Namespace) -> str:
         times: dict[str, list[float]] = {k: [] for k in methods}
         peaks: dict[str, float] = dict.fromkeys(methods, 0.0)
         names = list(methods)
-        for i in range(args.runs * 2):
-            name = names[i % len(names)] if i % 2 == 0 else names[::-1][i % len(names)]
-            t = time.monotonic()
-            run(methods[name])
-            times[name].append(time.monotonic() - t)
-            peaks[name] = max(peaks[name],
-                              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        for i in range(args.runs):
+            for name in names if i % 2 == 0 else names[::-1]:
+                t = time.monotonic()
+                done = run(["/usr/bin/time", "-f", "%M", *methods[name]])
+                times[name].append(time.monotonic() - t)
+                peaks[name] = max(peaks[name], int(done.stderr.split()[-1]) / 1024)
         rows = [f"### age: binary or binding ({utc_now():%Y-%m-%d}, `{command_line()}`, "
                 f"load {load_average()})", "", "| tool | seconds (median) | MB/s | peak RSS |",
                 "| --- | --- | --- | --- |"]
         for name in methods:
             rows.append(f"| {name} | {median(times[name]):.2f} | "
-                        f"{rate(size, median(times[name]))} | ≤ {peaks[name]:.0f} MiB |")
-        rows.append("\n(peak RSS: the largest of all children so far, so the second tool's "
-                    "figure is at least the first's.)")
+                        f"{rate(size, median(times[name]))} | {peaks[name]:.1f} MiB |")
+        rows.append("\n(peak RSS: the process's maximum resident set, GNU time's %M; "
+                    "pyrage's includes the Python interpreter it runs in.)")
         return "\n".join(rows)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)

@@ -246,3 +246,38 @@ def test_sse_s3_is_passed_through_and_restores(start_daemon: Any, make_pool: Any
     assert json.loads(client.get_object(Bucket=bucket, Key=next(
         k for k in keys if k.endswith("manifest.json")))["Body"].read())["guid"] == guid(
             f"{src}/vol@s")
+
+
+def test_a_relationships_shared_send_is_compressed_and_encrypted_on_its_way_to_the_bucket(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path, keys: tuple[Path, str]) -> None:
+    """The cycle's one send feeds the slave and, through zstd then age, the bucket."""
+    from .conftest import SLOW, wait_until
+    from .test_relationships import LOCAL_SLAVES, relationship_config, wait_in_sync
+
+    identity, recipient = keys
+    master, a, restored = make_pool(), make_pool(), make_pool()
+    zfs("create", f"{master}/data")
+    write_marked(f"/{master}/data/f", 6)
+    config = (LOCAL_SLAVES + store_section(s3_server, s3_bucket, tmp_path / "s3.key",
+                                           compression="zstd", age_recipients=[recipient])
+              + relationship_config("web", f"{master}/data", {"a": f"{a}/data"},
+                                    extra='stores = ["s3"]'))
+    d = start_daemon(extra=config)
+    synced = wait_in_sync(d, "web")
+
+    def backed_up() -> dict[str, Any] | None:
+        items = d.api("GET", "/v1/activities?kind=backup&limit=10")["items"]
+        return next((x for x in items if x["state"] == "succeeded"), None)
+
+    done = wait_until(backed_up, SLOW, what="the cycle's backup")
+    assert done["params"]["fanout"] == "shared" and done["params"]["encryption"] == "age"
+    assert objects_with_marker(s3_server, s3_bucket) == []
+    (m,) = listed(d, f"{master}/data")
+    assert m["segments"][0].endswith(".zst.age") and m["encryption"] == "age"
+    r = post_json(d, "/v1/restores", {"snapshot": synced["newest_snapshot"],
+                                      "target_volume": f"{restored}/copy",
+                                      "identity_file": str(identity)})
+    assert r.status == 202, r.body
+    assert d.wait_done(r.body["id"])["state"] == "succeeded"
+    assert digest(f"/{restored}/copy/f") == digest(f"/{master}/data/f")
