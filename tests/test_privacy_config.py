@@ -99,3 +99,48 @@ def test_manifest_says_raw_and_age_and_refuses_a_mismatch() -> None:
         decode(json.dumps({**data, "encryption": "rot13"}).encode(), "k")
     assert segment_key("p/", "t/v", "l", "1", "zstd", 0, encrypted=True).endswith(
         "stream-000000.zst.age")
+
+
+class _Store:
+    """Just what ``check_sse`` calls: a store that answers PUTs as told."""
+
+    def __init__(self, answer: dict[str, Any] | Exception, **table: Any) -> None:
+        self.config = store(**table)
+        self.name = "s3"
+        self.sse_checked = False
+        self.answer = answer
+        self.calls: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+
+    def key(self, relative: str) -> str:
+        return self.config.prefix + relative
+
+    async def call(self, operation: str, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        if "ServerSideEncryption" in kwargs and isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer if "ServerSideEncryption" in kwargs else {}
+
+    async def delete(self, key: str) -> None:
+        self.deleted.append(key)
+
+
+def test_sse_check_refuses_a_store_that_ignores_or_refuses_and_asks_once() -> None:
+    import asyncio
+
+    from cerssd.objectstore.client import StoreError
+    from cerssd.objectstore.sse_check import SseRefused, check_sse
+
+    ignoring = _Store({}, sse="AES256")
+    with pytest.raises(SseRefused, match=r"stores\.s3\.sse: the store accepted .* but did not"):
+        asyncio.run(check_sse(ignoring))  # type: ignore[arg-type]
+    assert ignoring.deleted == ["cerssd/.cerssd-sse-check"]
+    refusing = _Store(StoreError("s3", "put_object: InternalError", permanent=False),
+                      sse="aws:kms", sse_kms_key_id="alias/k")
+    with pytest.raises(SseRefused, match="refused sse = 'aws:kms' with sse_kms_key_id") as info:
+        asyncio.run(check_sse(refusing))  # type: ignore[arg-type]
+    assert info.value.permanent and len(refusing.calls) == 2  # and once without SSE
+    doing = _Store({"ServerSideEncryption": "AES256"}, sse="AES256")
+    asyncio.run(check_sse(doing))  # type: ignore[arg-type]
+    asyncio.run(check_sse(doing))  # type: ignore[arg-type]
+    assert doing.sse_checked and len(doing.calls) == 1
