@@ -281,3 +281,29 @@ def test_a_relationships_shared_send_is_compressed_and_encrypted_on_its_way_to_t
     assert r.status == 202, r.body
     assert d.wait_done(r.body["id"])["state"] == "succeeded"
     assert digest(f"/{restored}/copy/f") == digest(f"/{master}/data/f")
+
+
+def test_a_trees_members_are_each_backed_up_encrypted(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path, keys: tuple[Path, str]) -> None:
+    """A tree's backup goes through the same filters: every member's chain is age."""
+    from .conftest import SLOW, wait_until
+    from .test_tree_backups import settled
+    from .test_trees import tree_config
+
+    identity, recipient = keys
+    src, dst, restored = make_pool(), make_pool(), make_pool()
+    root = f"{src}/tree"
+    zfs("create", root)
+    zfs("create", f"{root}/m")
+    write_marked(f"/{root}/m/f", 2)
+    config = (store_section(s3_server, s3_bucket, tmp_path / "s3.key",
+                            age_recipients=[recipient], age_identity_file=str(identity))
+              + tree_config("t", root, f"{dst}/standby", recursive="true", stores='["s3"]'))
+    d = start_daemon(extra=config)
+    wait_until(lambda: settled(d, "t", 1, 2), SLOW, what="the tree's first backups")
+    assert objects_with_marker(s3_server, s3_bucket) == []
+    (m,) = listed(d, f"{root}/m")
+    assert m["encryption"] == "age" and m["segments"][0].endswith(".age")
+    restore_ok(d, m["snapshot"], f"{restored}/m")
+    assert digest(f"/{restored}/m/f") == digest(f"/{root}/m/f")
