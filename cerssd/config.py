@@ -40,7 +40,7 @@ DAEMON_KEYS = {
 }
 SERVER_KEYS = {
     "kind", "backend", "host", "port", "user", "identity_file", "known_hosts",
-    "zfs_command", "stateless", "cipher", "pools", "root", "pool",
+    "zfs_command", "stateless", "cipher", "pools", "root", "pool", "sudo",
 }
 
 
@@ -96,6 +96,9 @@ class ServerConfig:
     #: btrfs: the pool's name (a volume name's first component); default: the root's
     #: last path component.
     pool: str | None = None
+    #: ZFS: run ``zfs``/``zpool`` as ``sudo -n zfs ...`` (a non-root ``user`` whose
+    #: sudoers line allows them; docs/least-privilege.md).
+    sudo: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     rels_raw = _table(data, "relationships")
     relationships = {
         name: bind(parse_relationship(name, _table(rels_raw, name, "relationships."),
-                                      servers=servers, stores=stores),
+                                      servers=servers, stores=stores,
+                                      drivers={n: s.backend for n, s in servers.items()}),
                    policies, f"relationships.{name}")
         for name in rels_raw}
     check_prefixes(policies, relationships)
@@ -247,6 +251,7 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         cipher=_str(t, "cipher", prefix, "aes128-gcm@openssh.com"),
         pools=_pools(t, prefix),
         root=_str(t, "root", prefix, None), pool=_str(t, "pool", prefix, None),
+        sudo=_sudo(t.get("sudo", False), prefix + "sudo"),
     )
     _check_backend_keys(server, prefix)
     for word in ("host", "user", "zfs_command"):
@@ -265,9 +270,18 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
     return server
 
 
+def _sudo(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    return value
+
+
 def _check_backend_keys(server: ServerConfig, prefix: str) -> None:
     """``root`` and ``pool`` belong to btrfs, which needs ``root``: an absolute path of
     plain components (it is passed to btrfs, and over SSH to a shell, as one word)."""
+    if server.sudo and server.backend != "zfs":
+        raise ConfigError(prefix + "sudo", f"is a ZFS setting; the {server.backend} driver "
+                          "runs as the server's user")
     if server.backend != "btrfs":
         for key in ("root", "pool"):
             if getattr(server, key) is not None:

@@ -106,6 +106,10 @@ class ServerRegistry:
         runner = make_runner(cfg, control_dir, self.links)
         return ServerEntry(cfg, self._backend_factory(cfg, runner), runner)
 
+    def drivers(self) -> dict[str, str]:
+        """Each server's storage driver by name (what a relationship's checks read)."""
+        return {name: entry.config.backend for name, entry in self.entries.items()}
+
     # -- a reload's changes (``reload.py``) ----------------------------------------------
     def add(self, cfg: ServerConfig) -> None:
         """A server a reload added: usable at once (probed when first used)."""

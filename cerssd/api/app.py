@@ -205,7 +205,8 @@ class ControlApi:
         try:
             spec = parse_relationship(name, table, servers=self.ctx.servers.entries, key="",
                                       origin="api",
-                                      stores=self.ctx.relationships.registry.store_names)
+                                      stores=self.ctx.relationships.registry.store_names,
+                                      drivers=self.ctx.servers.drivers())
         except ConfigError as exc:
             field_name = exc.key.removeprefix(".") or "name"
             raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",

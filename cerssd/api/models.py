@@ -182,6 +182,12 @@ class SlaveCreate(Request):
     bandwidth_limit: Annotated[Positive | None, doc("bytes per second")] = None
     path: Annotated[ReplicationPath, doc("auto, native or generic (see POST "
         "/v1/replications)")] = ReplicationPath.AUTO
+    mount: Annotated[bool | None, doc("this slave's replicas mounted as received (default: "
+        "the relationship's mount)")] = None
+    receive_exclude: Annotated[list[str] | None, doc("properties this slave's replicas never "
+        "take from the stream (default: the relationship's)")] = None
+    receive_set: Annotated[dict[str, str] | None, doc("properties set on this slave's "
+        "replicas as received (default: the relationship's)")] = None
 
 
 class RelationshipCreate(Request):
@@ -215,6 +221,14 @@ class RelationshipCreate(Request):
     max_parallel: Annotated[Annotated[int, Meta(ge=1, le=64)] | None, doc(
         "a tree's member transfers to each slave at a time (default 4)")] = None
     member_metrics: Annotated[bool, doc("per-member metric series for a tree")] = False
+    send_properties: Annotated[bool, doc("streams carry the volume's properties (zfs send "
+        "-p)")] = False
+    mount: Annotated[bool, doc("replicas mounted as received (default false: zfs receive "
+        "-u)")] = False
+    receive_exclude: Annotated[list[str] | None, doc('properties replicas never take from the '
+        'stream (default ["mountpoint", "sharenfs", "sharesmb"])')] = None
+    receive_set: Annotated[dict[str, str] | None, doc('properties set on replicas as received, '
+        'such as {"canmount": "noauto"}')] = None
 
 
 class FailoverCreate(Request):

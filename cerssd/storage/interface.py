@@ -24,6 +24,7 @@ from ..transport.stream import StreamEndpoint
 from .values import (
     Capabilities,
     PoolCapacity,
+    ReceiveProperties,
     Snapshot,
     StreamOptions,
     TreeListing,
@@ -207,11 +208,14 @@ class StorageBackend(Protocol):
         ...
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False) -> StreamEndpoint:
+                discard_changes: bool = False, unmounted: bool = False,
+                properties: ReceiveProperties = ReceiveProperties()) -> StreamEndpoint:
         """The receiving end into ``volume``; ``resumable`` keeps a cut-off receive's
         state, ``discard_changes`` first drops changes made since the last snapshot,
-        ``unmounted`` leaves a received filesystem unmounted (a standby's tree of
-        hundreds: FUSE mounts run out near 1,000)."""
+        ``unmounted`` leaves a received filesystem unmounted (a relationship's default:
+        nothing mounts over a slave's paths, and FUSE mounts run out near 1,000),
+        ``properties`` excludes or overrides the stream's properties on the replica
+        (``capabilities.receive_properties``, else applied right after: see there)."""
         ...
 
     @property
@@ -220,7 +224,7 @@ class StorageBackend(Protocol):
         ...
 
     async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
-                             ) -> None:
+                             properties: ReceiveProperties = ReceiveProperties()) -> None:
         """Receive a whole small stream (``data``, at most ``inline_limit`` bytes) into
         ``volume`` by one command, where a stream endpoint would cost a session of its
         own on the server (a tree's unchanged members send a few hundred bytes each)."""

@@ -40,6 +40,12 @@ _RESERVED_POOLS = re.compile(r"mirror|raidz\d?|draid\d?|spare|log|cache|c\d.*")
 #: a colon after a non-empty module part (``module:name``). 256 characters at most.
 _USER_PROPERTY = re.compile(r"[a-z0-9._-]+:[a-z0-9:._-]*")
 MAX_USER_PROPERTY_LENGTH = 256
+#: A native ZFS property as ``zfs set``/``receive -o`` spell it (``canmount``,
+#: ``sharenfs``, ``com.sun``-less names only: user properties have a colon).
+_NATIVE_PROPERTY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: A property value passed to ``zfs``: printable, no line breaks or tabs (``zfs get -H``
+#: prints tab-separated lines), at most ZFS's 8 KiB limit for user properties.
+_PROPERTY_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,8192}")
 
 VOLUME_PATTERN = f"^{_POOL_RE}(/{_COMPONENT_RE})*$"
 LABEL_PATTERN = f"^{_COMPONENT_RE}$"
@@ -125,6 +131,27 @@ def validate_user_property(name: str) -> str:
             f"{name!r} is not a ZFS user property: it needs a colon (module:name) and only "
             "lowercase letters, digits and ': . _ -'")
     return name
+
+
+def validate_property(name: str) -> str:
+    """``name`` if it is a native property name or a user property (full match), else
+    InvalidName: what a relationship's ``receive_exclude``/``receive_set`` name."""
+    if isinstance(name, str) and _NATIVE_PROPERTY.fullmatch(name):
+        return name
+    try:
+        return validate_user_property(name)
+    except InvalidName:
+        raise InvalidName(f"{name!r} is not a ZFS property name: a native one is lowercase "
+                          "letters, digits and '_' (canmount), a user one module:name"
+                          ) from None
+
+
+def validate_property_value(value: str) -> str:
+    """A value for ``zfs set``/``receive -o``: 1 to 8192 printable characters."""
+    if not isinstance(value, str) or not _PROPERTY_VALUE.fullmatch(value):
+        raise InvalidName(f"{value!r} is not a usable property value: 1 to 8192 characters, "
+                          "no control characters")
+    return value
 
 
 def _check_component(whole: str, part: str) -> None:

@@ -32,9 +32,12 @@ class BackendSettings(Protocol):
     @property
     def pool(self) -> str | None: ...
 
+    @property
+    def sudo(self) -> bool: ...
+
 
 def _zfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
-    return ZfsBackend(runner, zfs=cfg.zfs_command, stateless=cfg.stateless)
+    return ZfsBackend(runner, zfs=cfg.zfs_command, stateless=cfg.stateless, sudo=cfg.sudo)
 
 
 def _btrfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:

@@ -49,6 +49,10 @@ class Capabilities:
     #: files with whole writes instead of rsync's ``--sparse``, whose 1 KiB writes made a
     #: copy onto zfs-fuse 1.7x slower (bench/RESULTS.md).
     holes_from_zeros: bool = False
+    #: ``receive`` takes ``-o property=value`` and ``-x property`` (OpenZFS 0.8 on);
+    #: without it (zfs-fuse 0.7) they are applied by ``zfs set``/``zfs inherit`` in the
+    #: same command, right after the receive (``ReceiveProperties``).
+    receive_properties: bool = False
 
     def to_json(self) -> dict[str, bool]:
         return asdict(self)
@@ -154,9 +158,47 @@ class StreamOptions:
     raw: bool = False
     #: Large, embedded and compressed blocks kept as they are on disk.
     compressed: bool = False
+    #: The volume's properties travel with the stream (``zfs send -p``), to be received
+    #: as the replica's "received" values (``ReceiveProperties`` filters them).
+    properties: bool = False
 
     def __str__(self) -> str:
-        return "raw" if self.raw else "compressed" if self.compressed else "plain"
+        kind = "raw" if self.raw else "compressed" if self.compressed else "plain"
+        return f"{kind}+properties" if self.properties else kind
+
+
+@dataclass(frozen=True)
+class ReceiveProperties:
+    """What a receive does to the properties of the volume it writes (a relationship's
+    ``receive_exclude`` and ``receive_set``, checked by ``logic.receive``).
+
+    ``exclude``: properties whose value in the stream (if it carries any) never takes
+    effect: the replica keeps its inherited or default value (``zfs receive -x``).
+    ``override``: properties set on the replica, whatever the stream says
+    (``zfs receive -o``). ``apply_after``: where the receive cannot take them (no
+    ``receive_properties``), set them by ``zfs set``/``zfs inherit`` in the same command
+    right after it. Local values outlive later receives, so a flow asks for that only
+    when the receive creates the volume (a full copy), never once per incremental.
+    """
+
+    exclude: tuple[str, ...] = ()
+    override: tuple[tuple[str, str], ...] = ()
+    apply_after: bool = True
+
+    def __bool__(self) -> bool:
+        return bool(self.exclude or self.override)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exclude": list(self.exclude), "set": dict(self.override),
+                "apply_after": self.apply_after}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReceiveProperties:
+        if not isinstance(data, dict):
+            return cls()
+        return cls(tuple(data.get("exclude", ())),
+                   tuple((str(k), str(v)) for k, v in dict(data.get("set", {})).items()),
+                   bool(data.get("apply_after", True)))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from cerssd.storage.names import (
 from cerssd.storage.values import (
     Capabilities,
     PoolCapacity,
+    ReceiveProperties,
     Snapshot,
     StreamOptions,
     TreeDataset,
@@ -442,11 +443,12 @@ class FakeBackend:
     inline_limit = 0
 
     async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
-                             ) -> None:
+                             properties: ReceiveProperties = ReceiveProperties()) -> None:
         raise BackendError("the fake backend receives streams only through receive()")
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
+                discard_changes: bool = False, unmounted: bool = False,
+                properties: ReceiveProperties = ReceiveProperties()) -> Endpoint:
         self.calls.append("receive")
         validate_volume(volume)
         path = self._dir / "inbox" / f"{uuid.uuid4().hex}.json"

@@ -32,7 +32,7 @@ from ...servers import ServerRegistry, ServerUnavailable
 from ...storage.errors import BackendError, Busy, NotFound, while_busy
 from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot, validate_volume
-from ...storage.values import Snapshot, StreamOptions
+from ...storage.values import ReceiveProperties, Snapshot, StreamOptions
 from ...transport.errors import LinkError, LinkLost, stream_link_lost, stream_link_refused
 from ...transport.stream import StreamEndpoint
 from ..logic.plan import (
@@ -48,6 +48,8 @@ from ..logic.plan import (
     plan_replication,
     without_intermediates,
 )
+from ..logic.receive import ReceiveSettings, for_stream
+from ..logic.spec import RelationshipSpec
 from ..retry import RetryPolicy, Transient, report_link_retry
 from ..stream.fanout import FanoutGroup, FanoutMissed, SplitOff
 from ..stream.groups import FanoutGroups, StreamKey
@@ -79,10 +81,17 @@ class ReplicationRequest:
     #: The fan-out group whose single send this transfer joins on its first attempt.
     fanout_group: str | None = None
     relationship: str | None = None
-    #: Leave a received filesystem unmounted (a tree's replicas on a standby).
+    #: Leave a received filesystem unmounted (a relationship's replicas, by default).
     unmounted: bool = False
     #: ``auto``, ``native`` or ``generic`` (``logic.plan.ReplicationPath``).
     path: str = "auto"
+    #: The stream carries the volume's properties (``send -p``; a relationship's
+    #: ``send_properties``).
+    send_properties: bool = False
+    #: Properties the replica never takes from the stream, and ones set on it
+    #: (a relationship slave's ``receive_exclude``/``receive_set``; ``logic.receive``).
+    receive_exclude: tuple[str, ...] = ()
+    receive_set: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> ReplicationRequest:
@@ -92,7 +101,10 @@ class ReplicationRequest:
                    bandwidth_limit=p["bandwidth_limit"], latest_prefix=p.get("latest_prefix"),
                    retry_deadline=p.get("retry_deadline"), fanout_group=p.get("fanout_group"),
                    relationship=p.get("relationship"), unmounted=p.get("unmounted", False),
-                   path=p.get("path", "auto"))
+                   path=p.get("path", "auto"), send_properties=p.get("send_properties", False),
+                   receive_exclude=tuple(p.get("receive_exclude", ())),
+                   receive_set=tuple((str(k), str(v)) for k, v in
+                                     dict(p.get("receive_set", {})).items()))
 
     def params(self) -> dict[str, Any]:
         return {"snapshot": self.snapshot, "source": self.source,
@@ -101,7 +113,15 @@ class ReplicationRequest:
                 "intermediates": self.intermediates, "bandwidth_limit": self.bandwidth_limit,
                 "latest_prefix": self.latest_prefix, "retry_deadline": self.retry_deadline,
                 "fanout_group": self.fanout_group, "relationship": self.relationship,
-                "unmounted": self.unmounted, "path": self.path}
+                "unmounted": self.unmounted, "path": self.path,
+                "send_properties": self.send_properties,
+                "receive_exclude": list(self.receive_exclude),
+                "receive_set": dict(self.receive_set)}
+
+    @property
+    def receive_settings(self) -> ReceiveSettings:
+        return ReceiveSettings(not self.unmounted,
+                               ReceiveProperties(self.receive_exclude, self.receive_set))
 
     @property
     def staging_volume(self) -> str:
@@ -161,8 +181,9 @@ def ends_of(src: StorageBackend, dst: StorageBackend, both_remote: bool) -> Ends
 
 
 async def stream_options(src: StorageBackend, dst: StorageBackend,
-                         volume: str) -> StreamOptions:
-    """Options both ends understand: raw for encrypted data, else compressed blocks.
+                         volume: str, *, properties: bool = False) -> StreamOptions:
+    """Options both ends understand: raw for encrypted data, else compressed blocks;
+    ``properties`` (a relationship's ``send_properties``) sends the volume's along.
 
     Raw keeps an encrypted volume encrypted on the wire and on the target (the key never
     leaves the source). Compressed keeps blocks as they are on disk; only receivers with
@@ -170,10 +191,10 @@ async def stream_options(src: StorageBackend, dst: StorageBackend,
     """
     both = (src.capabilities, dst.capabilities)
     if all(c.raw_send for c in both) and await src.encrypted(volume):
-        return StreamOptions(raw=True)
+        return StreamOptions(raw=True, properties=properties)
     if all(c.compressed_send for c in both):
-        return StreamOptions(compressed=True)
-    return StreamOptions()
+        return StreamOptions(compressed=True, properties=properties)
+    return StreamOptions(properties=properties)
 
 
 def estimate(plan: Plan) -> int:
@@ -309,7 +330,10 @@ class ReplicateWork:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
             plan = await self._plan(src, dst, resuming=True)
             plan = replace(plan, overwrite=receive_into == self.req.staging_volume)
-        options = await stream_options(src, dst, plan.snapshot.volume)
+        options = await stream_options(src, dst, plan.snapshot.volume,
+                                       properties=self.req.send_properties)
+        props = for_stream(self.req.receive_settings, options,
+                           creates=plan.mode == PlanMode.FULL)
         base = plan.base.name if plan.base else None
         steps = [(b.name if b else None, snap.name) for b, snap in plan.steps()]
         if token is not None:
@@ -333,7 +357,7 @@ class ReplicateWork:
             sender = src.send(step_snapshot, step_base, intermediates=plan.intermediates,
                               resume_token=token, options=options)
             receiver = dst.receive(receive_into, resumable=resumable,
-                                   unmounted=self.req.unmounted)
+                                   unmounted=self.req.unmounted, properties=props)
             group = self._member_of(plan, options, token) if len(steps) == 1 else None
             moved += await self._transfer(ctx, sender, receiver, group)
         seconds = time.monotonic() - started
@@ -630,6 +654,15 @@ def _remember_received(ctx: ActivityContext, plan: Plan) -> None:
     its slave's newest common base from here instead of listing both sides again."""
     ctx.remember(received={"label": plan.snapshot.label, "guid": plan.snapshot.guid,
                            "creation": plan.snapshot.creation})
+
+
+def relationship_fields(spec: RelationshipSpec, server: str) -> dict[str, Any]:
+    """The request fields a relationship's transfer to slave ``server`` takes from it:
+    how the stream carries properties and how the slave receives them."""
+    slave = spec.slave(server).receive
+    return {"unmounted": not slave.mount, "send_properties": spec.send_properties,
+            "receive_exclude": slave.properties.exclude,
+            "receive_set": slave.properties.override}
 
 
 def submit_replication(engine: ActivityEngine, req: ReplicationRequest,

@@ -20,6 +20,8 @@ from ...storage.names import (
     validate_object_name,
 )
 from .members import TreeSelection, trees_overlap
+from .receive import KEYS as RECEIVE_KEYS
+from .receive import ReceiveSettings, parse_receive
 from .retention import Tier, parse_grid
 from .schedule import Schedule, describe, parse_schedule
 from .spec_fields import as_list as _as_list
@@ -40,12 +42,12 @@ DEFAULT_FANOUT_BUFFER = 256 << 20
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
          "recursive", "include", "exclude", "property", "max_parallel", "member_metrics",
-         "hooks", "snapshots"}
+         "hooks", "snapshots", "send_properties", *RECEIVE_KEYS}
 #: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
 MAX_MAX_PARALLEL = 64
-_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit", "path"}
+_SLAVE_KEYS = {"server", "target_volume", "bandwidth_limit", "path", *RECEIVE_KEYS}
 #: A slave's ``path``: how its replications move data (``logic.plan.ReplicationPath``).
 SLAVE_PATHS = ("auto", "native", "generic")
 
@@ -59,10 +61,13 @@ class SlaveSpec:
     bandwidth_limit: int | None = None
     #: ``auto`` (native where one driver serves both ends), ``native`` or ``generic``.
     path: str = "auto"
+    #: Mounted or not, and the properties its receives exclude or set (``logic.receive``).
+    receive: ReceiveSettings = ReceiveSettings()
 
     def to_json(self) -> dict[str, Any]:
         return {"server": self.server, "target_volume": self.target_volume,
-                "bandwidth_limit": self.bandwidth_limit, "path": self.path}
+                "bandwidth_limit": self.bandwidth_limit, "path": self.path,
+                **self.receive.to_json()}
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,12 @@ class RelationshipSpec:
     #: The snapshot policy (``[snapshots.NAME]``) whose snapshots it replicates instead
     #: of making its own: its cycles take no snapshot and prune nothing on the master.
     snapshots: str | None = None
+    #: Streams carry the master's properties (``zfs send -p``) for the slaves to receive,
+    #: less each slave's ``receive_exclude``.
+    send_properties: bool = False
+    #: The relationship's own receive settings: each slave's unless its table says
+    #: otherwise, and those of a slave a failover or a rejoin adds (the old master).
+    receive: ReceiveSettings = ReceiveSettings()
 
     @property
     def selecting_name(self) -> str:
@@ -125,6 +136,7 @@ class RelationshipSpec:
                                                  self.raw.get("retention", DEFAULT_RETENTION))),
             "retry_deadline": self.retry_deadline, "fanout": self.fanout,
             "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
+            "send_properties": self.send_properties,
             "origin": self.origin, **self._tree_json(),
             "hooks": self.hooks.to_json() if self.hooks else None,
         }
@@ -140,8 +152,10 @@ class RelationshipSpec:
 
 def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[str],
                        key: str | None = None, origin: str = "config",
-                       stores: Collection[str] = ()) -> RelationshipSpec:
-    """Validate one relationship table; ``servers`` and ``stores`` are the configured names."""
+                       stores: Collection[str] = (),
+                       drivers: Mapping[str, str] | None = None) -> RelationshipSpec:
+    """Validate one relationship table; ``servers`` and ``stores`` are the configured names,
+    ``drivers`` each server's storage driver (``backend``) where known."""
     key = f"relationships.{name}" if key is None else key
     try:
         validate_object_name(name, "relationship")
@@ -150,7 +164,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     reject_unknown(t, f"{key}.", _KEYS)
     volume = _volume(t.get("volume"), f"{key}.volume", required=True)
     master = _server(t.get("master", "local"), f"{key}.master", servers)
-    slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master)
+    receive = parse_receive(t, f"{key}.")
+    slaves = _slaves(t.get("slaves"), f"{key}.slaves", servers, volume, master, receive)
     prefix = parse_prefix(t.get("prefix", f"cerssd-{name}-"), f"{key}.prefix")
     policy = _policy_name(t, key)
     retention = tuple(parse_grid(_as_list(t.get("retention", DEFAULT_RETENTION),
@@ -171,6 +186,7 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
             raise ConfigError(f"{key}.stores[{i}]", f"no [stores.{store}] in the config")
     if len(set(store_names)) != len(store_names):
         raise ConfigError(f"{key}.stores", "names a store twice")
+    _check_receive_drivers(slaves, drivers or {}, f"{key}.slaves")
     _check_label_room(prefix, [volume, *(s.target_volume for s in slaves)], f"{key}.prefix")
     selection = _selection(t, key, volume)
     if selection.is_tree:
@@ -192,7 +208,20 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         max_parallel=_bounded_int(t.get("max_parallel", DEFAULT_MAX_PARALLEL),
                                   f"{key}.max_parallel", 1, MAX_MAX_PARALLEL),
         member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"),
-        hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"), snapshots=policy)
+        hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"), snapshots=policy,
+        send_properties=_flag(t.get("send_properties", False), f"{key}.send_properties"),
+        receive=receive)
+
+
+def _check_receive_drivers(slaves: tuple[SlaveSpec, ...], drivers: Mapping[str, str],
+                           key: str) -> None:
+    """``receive_set`` needs properties to set: ZFS has them, btrfs has none (its streams
+    carry none either, so ``receive_exclude`` holds there as it is)."""
+    for i, s in enumerate(slaves):
+        driver = drivers.get(s.server, "zfs")
+        if s.receive.properties.override and driver != "zfs":
+            raise ConfigError(f"{key}[{i}].receive_set", f"{s.server} uses the {driver} "
+                              "driver, which has no properties to set on a receive")
 
 
 def _policy_name(t: Mapping[str, Any], key: str) -> str | None:
@@ -243,7 +272,7 @@ def _check_label_room(prefix: str, volumes: list[str], key: str) -> None:
 
 
 def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
-            master: str) -> tuple[SlaveSpec, ...]:
+            master: str, receive: ReceiveSettings) -> tuple[SlaveSpec, ...]:
     if not isinstance(value, list) or not value:
         raise ConfigError(key, "must be a non-empty list of slaves, each a table with "
                           "server (and optionally target_volume, bandwidth_limit)")
@@ -272,7 +301,8 @@ def _slaves(value: Any, key: str, servers: Collection[str], volume: str,
         path = item.get("path", "auto")
         if path not in SLAVE_PATHS:
             raise ConfigError(f"{k}.path", f"must be one of {', '.join(SLAVE_PATHS)}")
-        slaves.append(SlaveSpec(server, target, limit, path))
+        slaves.append(SlaveSpec(server, target, limit, path,
+                                parse_receive(item, f"{k}.", receive)))
     return tuple(slaves)
 
 

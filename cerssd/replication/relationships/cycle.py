@@ -49,7 +49,12 @@ from ...volume_states import (
     replication_holds,
 )
 from ..flows.backup import BackupRequest, plan_backup, submit_backup
-from ..flows.replicate import ReplicationRequest, make_plan, stream_options
+from ..flows.replicate import (
+    ReplicationRequest,
+    make_plan,
+    relationship_fields,
+    stream_options,
+)
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.plan import PlanMode, ReplicationConflict
 from ..retry import RetryPolicy
@@ -330,7 +335,8 @@ class RelationshipWork:
             snapshot=snapshot, source=rt.spec.master, destination=server,
             target_volume=slave.target_volume, intermediates=True,
             bandwidth_limit=slave.bandwidth_limit, latest_prefix=rt.spec.prefix,
-            retry_deadline=rt.spec.retry_deadline, relationship=rt.name, path=slave.path)
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name, path=slave.path,
+            **relationship_fields(rt.spec, server))
 
     @staticmethod
     def _backup(rt: Runtime, store: str, snapshot: str) -> BackupRequest:
@@ -390,7 +396,8 @@ class RelationshipWork:
         try:
             dst = await self.servers.backend(req.destination)
             plan = await make_plan(req, master, dst, source_snaps=listed)
-            options = await stream_options(master, dst, plan.snapshot.volume)
+            options = await stream_options(master, dst, plan.snapshot.volume,
+                                           properties=req.send_properties)
         except (ReplicationConflict, BackendError, LinkError):
             return None  # its transfer plans (and reports) on its own
         if plan.mode == PlanMode.UP_TO_DATE or plan.overwrite or plan.chain:

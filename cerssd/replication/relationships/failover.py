@@ -43,7 +43,7 @@ from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
 from ...volume_states import VolumeState, VolumeStates
-from ..flows.replicate import ReplicationRequest, submit_replication
+from ..flows.replicate import ReplicationRequest, relationship_fields, submit_replication
 from ..logic.roles import DataLoss, FailoverStatus, Fenced, promoted
 from .fencing import Fencing
 from .registry import RelationshipRegistry
@@ -248,7 +248,8 @@ class FailoverWork:
                 snapshot=p["final_snapshot"], source=p["master"], destination=p["to"],
                 target_volume=p["target_volume"], intermediates=True,
                 bandwidth_limit=rt.spec.slave(p["to"]).bandwidth_limit,
-                retry_deadline=rt.spec.retry_deadline, path=rt.spec.slave(p["to"]).path)
+                retry_deadline=rt.spec.retry_deadline, path=rt.spec.slave(p["to"]).path,
+                **relationship_fields(rt.spec, p["to"]))
             record = submit_replication(self.engine, req, parent=ctx.record.id,
                                         failover=ctx.record.id)
             ctx.remember(sync_activity=record.id)
@@ -290,6 +291,15 @@ class FailoverWork:
         else:
             slave = await self.servers.backend(p["to"])
             await slave.set_readonly(p["target_volume"], False)
+            # Received unmounted (the default ``mount = false``): the new master is
+            # mounted now. ``zfs mount`` mounts a ``canmount=noauto`` copy too; one that
+            # cannot mount (``canmount=off``, ``mountpoint=none``) is writable all the
+            # same, and the outcome says why it is not mounted.
+            problems = await slave.mount_many([p["target_volume"]])
+            if problems:
+                ctx.log.warning("promoted copy not mounted", volume=p["target_volume"],
+                                why=problems[p["target_volume"]])
+                ctx.remember(not_mounted=problems[p["target_volume"]])
         ctx.log.warning("slave promoted: it is the writable master now", server=p["to"],
                         volume=p["target_volume"], snapshot=p["final_snapshot"])
 
@@ -313,6 +323,7 @@ class FailoverWork:
             "slaves": [s.server for s in rt.spec.slaves],
             "fenced": sorted(rt.failover.fenced), "promoted_at": p["final_snapshot"],
             "data_loss": rt.failover.data_loss.to_json() if rt.failover.data_loss else None,
+            **({"not_mounted": p["not_mounted"]} if "not_mounted" in p else {}),
             **({"tree": p["tree_outcome"]} if "tree_outcome" in p else {})})
         await self._release_stale_holds(ctx, rt)
         if p["was_running"] and self.registry.activity_of(rt) is None:

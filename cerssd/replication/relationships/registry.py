@@ -73,6 +73,7 @@ class RelationshipRegistry:
             try:
                 spec = parse_relationship(name, raw, servers=self.servers.entries,
                                           stores=self.store_names,
+                                          drivers=self.servers.drivers(),
                                           key=f"relationship {name}", origin="api")
             except ConfigError as exc:
                 log.error("stored relationship no longer valid; not started",

@@ -41,7 +41,8 @@ async def plan_fanout(rt: Runtime, groups: FanoutGroups, servers: ServerRegistry
     for server in steady:
         dst = await servers.backend(server)
         steps, _ = steady_steps(rt, server, label, rt.spec.slave(server).target_volume, set())
-        planned.append(_Planned(server, steps, await stream_options(master, dst, sel.root)))
+        planned.append(_Planned(server, steps, await stream_options(
+            master, dst, sel.root, properties=rt.spec.send_properties)))
     intermediates = master.capabilities.safe_send_holds
     by_key: dict[tuple[str, StreamKey], list[str]] = defaultdict(list)
     bases: dict[tuple[str, StreamKey], str] = {}

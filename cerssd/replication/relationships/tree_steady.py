@@ -35,6 +35,7 @@ from ...transport.errors import LinkError
 from ...transport.stream import StreamEndpoint
 from ..flows.replicate import stream_options
 from ..logic.members import Member
+from ..logic.receive import for_stream
 from ..logic.tree_labels import labels_doomed
 from ..logic.tree_status import MemberSlave, TreeMember
 from ..retry import RetryPolicy
@@ -99,7 +100,8 @@ class SteadySync:
         limit = limit or asyncio.Semaphore(self.rt.spec.max_parallel)
         # the root's options serve every member: a child of an encrypted root is encrypted
         root = self.rt.spec.selection.root if self.rt.spec.selection else self.target_root
-        options = await stream_options(self.src, self.dst, root)
+        options = await stream_options(self.src, self.dst, root,
+                                       properties=self.rt.spec.send_properties)
         moved: list[Step] = []
         failed: list[Step] = []
         inline = [0]
@@ -136,7 +138,10 @@ class SteadySync:
         # them safe from a concurrent destroy; elsewhere (zfs-fuse) -i, as a transfer does.
         intermediates = self.src.capabilities.safe_send_holds
         entry = self.tree.members[step.member.relative]
-        receiver = self.dst.receive(step.target, unmounted=True)
+        settings = self.rt.spec.slave(self.server).receive
+        # incrementals only: what a zfs-fuse receive cannot take was set when it was made
+        props = for_stream(settings, options, creates=False)
+        receiver = self.dst.receive(step.target, unmounted=not settings.mount, properties=props)
         key = StreamKey(entry.newest_guid or "", entry.slaves[self.server].guid, options,
                         intermediates)
         if await self._joined(step.member.relative, key, receiver):
@@ -150,7 +155,8 @@ class SteadySync:
             # SSH session of its own (``stream.inline``)
             async def deliver(data: bytes) -> None:
                 nonlocal went_inline
-                await self.dst.receive_inline(step.target, data, unmounted=True)
+                await self.dst.receive_inline(step.target, data,
+                                              unmounted=not settings.mount, properties=props)
                 went_inline = True
             small = SmallStream(self.dst.inline_limit, deliver)
         await transfer(sender, receiver, counters=self.ctx.counters, gate=self.ctx.flow,

@@ -28,7 +28,7 @@ from ...storage.names import validate_snapshot_label, validate_volume
 from ...storage.values import Snapshot, TreeListing
 from ...transport.errors import LinkError
 from ..flows import replicate, snapshot_prune
-from ..flows.replicate import ReplicationRequest
+from ..flows.replicate import ReplicationRequest, relationship_fields
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.members import ListedDataset, Member, select
 from ..logic.plan import PlanMode, ReplicationConflict, plan_replication
@@ -321,8 +321,9 @@ class TreeSyncWork:
         req = ReplicationRequest(
             snapshot=snapshot, source=rt.spec.master, destination=server,
             target_volume=target, intermediates=True, latest_prefix=rt.spec.prefix,
-            retry_deadline=rt.spec.retry_deadline, relationship=rt.name, unmounted=True,
-            bandwidth_limit=rt.spec.slave(server).bandwidth_limit)
+            retry_deadline=rt.spec.retry_deadline, relationship=rt.name,
+            bandwidth_limit=rt.spec.slave(server).bandwidth_limit,
+            **relationship_fields(rt.spec, server))
         live = self._live_transfer(rt.name, server, m.relative)
         record = live if live is not None else submit_transfer(
             self.engine, req, member=m.relative, parent=ctx.record.id)

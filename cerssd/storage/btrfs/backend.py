@@ -32,6 +32,7 @@ from ..names import InvalidName, validate_snapshot_label, validate_user_property
 from ..values import (
     Capabilities,
     PoolCapacity,
+    ReceiveProperties,
     Snapshot,
     StreamOptions,
     TreeDataset,
@@ -497,9 +498,16 @@ class BtrfsBackend:
             raise NotFound(f"snapshot {exc.args[0]} does not exist on {self.server}") from exc
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
+                discard_changes: bool = False, unmounted: bool = False,
+                properties: ReceiveProperties = ReceiveProperties()) -> Endpoint:
         """The checked receive (``streams.RECEIVE_SCRIPT``); ``unmounted`` changes
-        nothing (no per-volume mounts), ``resumable`` is never granted (no tokens)."""
+        nothing (no per-volume mounts), ``resumable`` is never granted (no tokens).
+        A btrfs stream carries no properties, so ``properties.exclude`` holds as it is;
+        there is nothing to set, so an ``override`` is refused (the config refuses a
+        ``receive_set`` for a btrfs slave before it gets here)."""
+        if properties.override:
+            raise BackendError(f"btrfs on {self.server} has no properties to set on a "
+                               f"receive ({', '.join(n for n, _ in properties.override)})")
         layout = self.layout
         leaf = layout.relative(volume).rpartition("/")[2]
         prefix = layout.fs_relative(posixpath.join(layout.snapshot_dir(volume), leaf + "@"))
@@ -512,7 +520,7 @@ class BtrfsBackend:
         return 0
 
     async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
-                             ) -> None:
+                             properties: ReceiveProperties = ReceiveProperties()) -> None:
         raise BackendError("btrfs takes no inline streams (inline_limit is 0)")
 
     async def estimate(self, snapshot: str, base: str | None = None, *,

@@ -26,6 +26,8 @@ from ...transport.stream import Endpoint
 from ..errors import AlreadyExists, BackendError, Busy, NotFound, while_busy
 from ..names import (
     validate_bookmark,
+    validate_property,
+    validate_property_value,
     validate_snapshot,
     validate_snapshot_label,
     validate_volume,
@@ -33,6 +35,7 @@ from ..names import (
 from ..values import (
     Capabilities,
     PoolCapacity,
+    ReceiveProperties,
     Snapshot,
     StreamOptions,
     TreeListing,
@@ -85,11 +88,14 @@ class ZfsBackend:
     """One server's ZFS, reached through ``runner`` (``LocalRunner`` or ``SshRunner``)."""
 
     def __init__(self, runner: Runner, *, zfs: str = "zfs", zpool: str = "zpool",
-                 stateless: bool = True) -> None:
+                 stateless: bool = True, sudo: bool = False) -> None:
         self.runner = runner
         self.server = runner.server
-        self._zfs = zfs
-        self._zpool = zpool
+        # A non-root account runs them through ``sudo -n`` (never a password prompt:
+        # a missing sudoers line fails at once, docs/least-privilege.md).
+        prefix = ["sudo", "-n"] if sudo else []
+        self._zfs = [*prefix, zfs]
+        self._zpool = [*prefix, zpool]
         self._stateless = stateless
         self.capabilities = Capabilities()
         self.version = "unknown"
@@ -98,34 +104,36 @@ class ZfsBackend:
         #: Whether ``zpool list`` takes ``-p`` (exact bytes); None until first tried.
         self.exact_pool_list: bool | None = None
 
-    async def _run(self, *args: str, tool: str | None = None) -> str:
+    async def _run(self, *args: str, tool: Sequence[str] | None = None) -> str:
         try:
-            return (await self.runner.run([tool or self._zfs, *args])).stdout
+            return (await self.runner.run([*(tool or self._zfs), *args])).stdout
         except CommandFailed as exc:
             raise _classify(exc) from exc
 
     async def probe(self) -> Capabilities:
-        usage = await self.runner.run([self._zfs], check=False)
+        usage = await self.runner.run(self._zfs, check=False)
         parsed = parse_usage(usage.stderr + usage.stdout)
         if "snapshot" not in parsed.commands:
-            raise BackendError(f"{self._zfs} on {self.server} did not print its usage; "
-                               "is ZFS installed?")
+            said = (usage.stderr.strip().splitlines() or ["nothing"])[0][:200]
+            raise BackendError(f"{shlex.join(self._zfs)} on {self.server} did not print its "
+                               f"usage (it said: {said}); is ZFS installed, and for sudo, "
+                               "is the sudoers line in place?")
         caps = capabilities_from_usage(parsed, stateless=self._stateless)
-        version = await self.runner.run([self._zfs, "version"], check=False)
+        version = await self.runner.run([*self._zfs, "version"], check=False)
         if version.returncode == 0 and version.stdout.strip():
             # OpenZFS >= 0.8: userland and kernel module versions. A kernel module means
             # zvols (zfs-fuse, in userspace, has the command but not the device).
             self.version = version.stdout.split()[0]
             caps = replace(caps, zvols="kmod" in version.stdout, safe_send_holds=True)
         else:
-            upgrade = await self.runner.run([self._zpool, "upgrade", "-v"], check=False)
+            upgrade = await self.runner.run([*self._zpool, "upgrade", "-v"], check=False)
             m = re.search(r"pool version (\d+)", upgrade.stdout)
             self.version = f"pool version {m.group(1)}" if m else "unknown"
         self.capabilities = caps
         return caps
 
     @property
-    def zpool(self) -> str:
+    def zpool(self) -> list[str]:
         """The ``zpool`` command (pool space for ``capacity``)."""
         return self._zpool
 
@@ -143,7 +151,7 @@ class ZfsBackend:
         that no longer exist (destroyed since they were listed) are left out."""
         opts = ["-Hp"] + (["-r"] if recursive else []) + (
             ["-d", str(depth)] if depth is not None else [])
-        argv = [self._zfs, "get", *opts, "-o", "name,property,value", props, *names]
+        argv = [*self._zfs, "get", *opts, "-o", "name,property,value", props, *names]
         result = await self.runner.run(argv, check=False)
         if result.returncode != 0 and not (missing_ok and _only_missing(result.stderr)):
             raise _classify(CommandFailed(argv, result.returncode, result.stderr))
@@ -151,7 +159,7 @@ class ZfsBackend:
 
     async def _command(self, *args: str) -> tuple[int, str]:
         """A ``zfs`` command whose failure the caller sorts out: (exit status, stderr)."""
-        result = await self.runner.run([self._zfs, *args], check=False)
+        result = await self.runner.run([*self._zfs, *args], check=False)
         return result.returncode, result.stderr
 
     async def _props(self, props: str, *names: str, depth: int | None = None,
@@ -201,9 +209,9 @@ class ZfsBackend:
     async def _list(self, *args: str) -> str:
         """``zfs list -t filesystem,volume ARGS``; roots that do not exist are skipped."""
         result = await self.runner.run(
-            [self._zfs, "list", "-t", "filesystem,volume", *args], check=False)
+            [*self._zfs, "list", "-t", "filesystem,volume", *args], check=False)
         if result.returncode != 0 and not _only_missing(result.stderr):
-            raise _classify(CommandFailed([self._zfs, "list", *args], result.returncode,
+            raise _classify(CommandFailed([*self._zfs, "list", *args], result.returncode,
                                           result.stderr))
         return result.stdout
 
@@ -308,7 +316,7 @@ class ZfsBackend:
         ``base`` may be a snapshot or a bookmark (``vol#mark``: only with ``-i``).
         ``flags`` are extra single-letter send options such as ``w`` (raw) or ``c``.
         """
-        if not re.fullmatch(r"[wcLe]*", flags):
+        if not re.fullmatch(r"[wcLep]*", flags):
             raise BackendError(f"unsupported send flags {flags!r}")
         options = [f"-{flags}"] if flags else []
         if estimate:
@@ -316,9 +324,9 @@ class ZfsBackend:
         if resume_token is not None:  # the token carries the stream's own options
             if not re.fullmatch(r"[0-9a-f-]+", resume_token):
                 raise BackendError("malformed receive_resume_token")
-            return [self._zfs, "send", *(["-nvP"] if estimate else []), "-t", resume_token]
+            return [*self._zfs, "send", *(["-nvP"] if estimate else []), "-t", resume_token]
         validate_snapshot(snapshot)
-        argv = [self._zfs, "send", *options]
+        argv = [*self._zfs, "send", *options]
         if base is not None and "#" in base:
             validate_bookmark(base)
             argv += ["-i", base]
@@ -330,7 +338,7 @@ class ZfsBackend:
     def receive_argv(self, target_volume: str, *, resumable: bool = False) -> list[str]:
         """``-s`` keeps a partial receive's state so it can resume (where supported)."""
         validate_volume(target_volume)
-        return [self._zfs, "receive", *(["-s"] if resumable else []), target_volume]
+        return [*self._zfs, "receive", *(["-s"] if resumable else []), target_volume]
 
     async def size_estimate(self, snapshot: str, base: str | None = None, *,
                             intermediates: bool = False, resume_token: str | None = None,
@@ -416,7 +424,7 @@ class ZfsBackend:
         validate_snapshot(snapshot)
         wanted = frozenset(check_tag(t) for t in tags)
         if self._holds_listing is not False:
-            result = await self.runner.run([self._zfs, "holds", "-H", snapshot], check=False)
+            result = await self.runner.run([*self._zfs, "holds", "-H", snapshot], check=False)
             self._holds_listing = result.returncode == 0
             if self._holds_listing:
                 found = {line.split("\t")[1] for line in result.stdout.splitlines()
@@ -428,11 +436,11 @@ class ZfsBackend:
         """Rename a volume; unmounted for the rename, since zfs-fuse calls a mounted one busy."""
         validate_volume(old)
         validate_volume(new)
-        unmounted = (await self.runner.run([self._zfs, "unmount", old], check=False)
+        unmounted = (await self.runner.run([*self._zfs, "unmount", old], check=False)
                      ).returncode == 0
         await self._run("rename", old, new)
         if unmounted:
-            await self.runner.run([self._zfs, "mount", new], check=False)
+            await self.runner.run([*self._zfs, "mount", new], check=False)
 
     async def set_readonly(self, volume: str, readonly: bool = True) -> None:
         """Set ``readonly`` and make sure it is in force, not just recorded.
@@ -546,13 +554,51 @@ class ZfsBackend:
             flags=send_flags(options)))
 
     def receive(self, volume: str, *, resumable: bool = False,
-                discard_changes: bool = False, unmounted: bool = False) -> Endpoint:
+                discard_changes: bool = False, unmounted: bool = False,
+                properties: ReceiveProperties = ReceiveProperties()) -> Endpoint:
+        return Endpoint(self.runner, self.receive_command(
+            volume, resumable=resumable, discard_changes=discard_changes,
+            unmounted=unmounted, properties=properties))
+
+    def receive_command(self, volume: str, *, resumable: bool = False,
+                        discard_changes: bool = False, unmounted: bool = False,
+                        properties: ReceiveProperties = ReceiveProperties()) -> list[str]:
+        """``zfs receive`` with its flags, and ``properties`` given to it (``-x``/``-o``).
+
+        A zfs whose receive lacks ``-o``/``-x`` (zfs-fuse 0.7) gets, when the caller asks
+        (``apply_after``), one ``sh -c`` running the receive with ``-u`` and then
+        ``zfs inherit`` of each excluded and ``zfs set`` of each overridden property, then
+        the mount if one was wanted: nothing is mounted (or shared) before the properties
+        are right, and no daemon restart can fall between the receive and them. The
+        window left: the received values are in force, unmounted, until the last
+        ``zfs set`` ends, where something else (``zfs mount -a``) could mount it.
+        """
         argv = self.receive_argv(volume, resumable=resumable)
-        if discard_changes:
-            argv.insert(2, "-F")
-        if unmounted:
-            argv.insert(2, "-u")
-        return Endpoint(self.runner, argv)
+        for name in properties.exclude:
+            validate_property(name)
+        for name, value in properties.override:
+            validate_property(name)
+            validate_property_value(value)
+        native = self.capabilities.receive_properties
+        after = bool(properties) and not native and properties.apply_after
+        flags = (["-F"] if discard_changes else []) + (["-u"] if unmounted or after else [])
+        if native:
+            for name in properties.exclude:
+                flags += ["-x", name]
+            for name, value in properties.override:
+                flags += ["-o", f"{name}={value}"]
+        at = len(self._zfs) + 1  # after "zfs receive"
+        argv[at:at] = flags
+        if not after:
+            return argv
+        steps = [shlex.join(argv)]
+        steps += [shlex.join([*self._zfs, "inherit", name, volume])
+                  for name in properties.exclude]
+        steps += [shlex.join([*self._zfs, "set", f"{name}={value}", volume])
+                  for name, value in properties.override]
+        if not unmounted:  # as a receive would have: a replica that cannot mount is fine
+            steps.append(f"{{ {shlex.join([*self._zfs, 'mount', volume])} || true; }}")
+        return ["sh", "-c", " && ".join(steps)]
 
     @property
     def inline_limit(self) -> int:
@@ -561,16 +607,14 @@ class ZfsBackend:
         return INLINE_MAX if self.runner.facts.stream_sessions else 0
 
     async def receive_inline(self, volume: str, data: bytes, *, unmounted: bool = False,
-                             ) -> None:
+                             properties: ReceiveProperties = ReceiveProperties()) -> None:
         """``printf`` the stream into ``zfs receive``, one command on the server's shell
         (POSIX ``printf`` writes any byte, NUL included, from a ``\\ooo`` escape)."""
         if len(data) > INLINE_MAX:
             raise BackendError(f"a stream of {len(data)} bytes is too large to pass inline")
-        argv = self.receive_argv(volume)
-        if unmounted:
-            argv.insert(2, "-u")
+        argv = self.receive_command(volume, unmounted=unmounted, properties=properties)
         escaped = "".join(f"\\{byte:03o}" for byte in data)
-        await self._run("-c", f"printf '{escaped}' | {shlex.join(argv)}", tool="sh")
+        await self._run("-c", f"printf '{escaped}' | {shlex.join(argv)}", tool=["sh"])
 
     async def tree(self, root: str, *, selector: str | None = None,
                    snapshots: bool = True) -> TreeListing:

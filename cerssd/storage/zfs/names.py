@@ -49,9 +49,11 @@ def pool_of(volume: str) -> str:
 
 def send_flags(options: StreamOptions) -> str:
     """Raw (``-w``) keeps an encrypted dataset encrypted on the wire and on the target;
-    ``-Lec`` keeps large, embedded and compressed blocks as they are on disk."""
+    ``-Lec`` keeps large, embedded and compressed blocks as they are on disk; ``-p``
+    sends the volume's properties along."""
+    props = "p" if options.properties else ""
     if options.raw:
-        return "w"
+        return "w" + props
     if options.compressed:
-        return "Lec"
-    return ""
+        return "Lec" + props
+    return props

@@ -83,4 +83,8 @@ def capabilities_from_usage(usage: ZfsUsage, *, stateless: bool) -> Capabilities
         snapshot_views="clone" in usage.commands,
         # every ZFS's compression detects zero blocks (with compression set, not ``off``)
         holes_from_zeros=True,
+        # OpenZFS "receive [-FhMnsuv] [-o <property>=<value>] ... [-x <property>] ...";
+        # zfs-fuse 0.7 "receive [-vnF] ..." (it takes -u all the same, unprinted)
+        receive_properties=re.search(r"\[-o\s", usage.receive_line) is not None
+        and re.search(r"\[-x\s", usage.receive_line) is not None,
     )

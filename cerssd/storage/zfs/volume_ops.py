@@ -36,7 +36,7 @@ class ZfsBackend(tree.ZfsBackend, Protocol):
     exact_pool_list: bool | None
 
     @property
-    def zpool(self) -> str: ...
+    def zpool(self) -> list[str]: ...
 
     async def volume(self, name: str) -> Volume: ...
 
@@ -123,7 +123,7 @@ async def _pool_space(zfs: ZfsBackend) -> list[tuple[str, int, int, int, bool]]:
     found out once and remembered, so later reads take one command."""
     fields = ["-o", "name,size,allocated,free"]
     if zfs.exact_pool_list is not False:
-        argv = [zfs.zpool, "list", "-Hp", *fields]
+        argv = [*zfs.zpool, "list", "-Hp", *fields]
         result = await zfs.runner.run(argv, check=False)
         if result.returncode == 0:
             zfs.exact_pool_list = True
