@@ -592,8 +592,10 @@ class ZfsBackend:
         if not after:
             return argv
         steps = [shlex.join(argv)]
-        steps += [shlex.join([*self._zfs, "inherit", name, volume])
-                  for name in properties.exclude]
+        # Shares first: zfs-fuse shares a dataset whose mountpoint changes even while it
+        # is unmounted, so an inherited mountpoint before sharenfs would export the copy.
+        excluded = sorted(properties.exclude, key=lambda n: not n.startswith("share"))
+        steps += [shlex.join([*self._zfs, "inherit", name, volume]) for name in excluded]
         steps += [shlex.join([*self._zfs, "set", f"{name}={value}", volume])
                   for name, value in properties.override]
         if not unmounted:  # as a receive would have: a replica that cannot mount is fine
