@@ -37,9 +37,12 @@ from cerssd.config import load_config
 from tests.seaweed import WeedServer
 from tests.sshd import (
     NetnsSshServer,
+    RemoteUser,
     SshServer,
     create_netns_sshd,
+    create_remote_user,
     remove_netns_sshd,
+    remove_remote_user,
 )
 from tests.sshd import free_port as _free_port
 from tests.sshd import keygen as _keygen
@@ -328,6 +331,10 @@ def sshd(zfs_fuse: None) -> Iterator[SshServer]:
     for key in ("host_key", "client_key", "other_host_key"):
         _keygen(root / key)
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    # sshd reads authorized_keys as the user logging in: a non-root one (``remote_user``)
+    # may pass through the directory and read that file, nothing else there.
+    root.chmod(0o711)
+    (root / "authorized_keys").chmod(0o644)
     port = _free_port()
     host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
     other_pub = " ".join((root / "other_host_key.pub").read_text().split()[:2])
@@ -349,6 +356,17 @@ def sshd(zfs_fuse: None) -> Iterator[SshServer]:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def remote_user(sshd: SshServer) -> Iterator[RemoteUser]:
+    """A non-root account on the test sshd (same client key), with ``zfs``/``zpool``
+    through sudo only; its name is unique per run and removed afterwards."""
+    if shutil.which("sudo") is None:
+        pytest.fail("sudo is not installed: run scripts/setup or `apt-get install sudo`")
+    user = create_remote_user(f"cerssd{os.getpid() % 100000}")
+    yield user
+    remove_remote_user(user)
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from pathlib import Path
 
 
 def ssh_server_section(name: str, host: str, port: int, identity_file: Path,
-                       known_hosts: Path, extra: str = "") -> str:
-    """A cerssd ``[servers.NAME]`` section for root over SSH with a key."""
+                       known_hosts: Path, extra: str = "", user: str = "root") -> str:
+    """A cerssd ``[servers.NAME]`` section for ``user`` (root) over SSH with a key."""
     return (f"[servers.{name}]\nkind = \"ssh\"\nhost = \"{host}\"\nport = {port}\n"
-            f"user = \"root\"\nidentity_file = \"{identity_file}\"\n"
+            f"user = \"{user}\"\nidentity_file = \"{identity_file}\"\n"
             f"known_hosts = \"{known_hosts}\"\n{extra}\n")
 
 
@@ -40,9 +40,10 @@ class SshServer:
 
     host = "127.0.0.1"
 
-    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "") -> str:
+    def config(self, name: str, *, known_hosts: Path | None = None, extra: str = "",
+               user: str = "root") -> str:
         return ssh_server_section(name, self.host, self.port, self.client_key,
-                                  known_hosts or self.known_hosts, extra)
+                                  known_hosts or self.known_hosts, extra, user)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,53 @@ class NetnsSshServer(SshServer):
     def start_sshd(self) -> None:
         (self.root / "sshd.pid").unlink(missing_ok=True)
         start_sshd_in(self.namespace, self.root)
+
+
+@dataclass(frozen=True)
+class RemoteUser:
+    """A non-root account the test sshd lets in with its client key (every sshd here
+    reads one ``AuthorizedKeysFile`` for all users), allowed ``zfs`` and ``zpool``
+    through sudo by the line docs/least-privilege.md gives, and nothing else."""
+
+    name: str
+    home: Path
+    sudoers: Path
+
+    @property
+    def sudoers_line(self) -> str:
+        return sudoers_line(self.name)
+
+
+def sudoers_line(user: str) -> str:
+    """The sudoers entry docs/least-privilege.md documents, for ``user``."""
+    tools = ", ".join(shutil.which(t) or f"/usr/sbin/{t}" for t in ("zfs", "zpool"))
+    return f"{user} ALL=(root) NOPASSWD: {tools}\n"
+
+
+def create_remote_user(name: str) -> RemoteUser:
+    """Add the account (home in a temporary directory, a usable but password-less
+    login: ``*``, not the locked ``!`` that sshd refuses without PAM) and its sudoers
+    file; :func:`remove_remote_user` takes both away."""
+    home = Path(tempfile.mkdtemp(prefix="cerssd-user-"))
+    sudoers = Path(f"/etc/sudoers.d/{name}")
+    user = RemoteUser(name, home, sudoers)
+    try:
+        subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home),
+                        "--shell", "/bin/sh", "--password", "*", name], check=True)
+        shutil.chown(home, name, name)
+        sudoers.write_text(user.sudoers_line)
+        sudoers.chmod(0o440)
+        subprocess.run(["visudo", "-c", "-q", "-f", str(sudoers)], check=True)
+    except BaseException:
+        remove_remote_user(user)
+        raise
+    return user
+
+
+def remove_remote_user(user: RemoteUser) -> None:
+    user.sudoers.unlink(missing_ok=True)
+    subprocess.run(["userdel", user.name], capture_output=True)
+    shutil.rmtree(user.home, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ exactly the names listed here (an unknown one is a config error naming the key).
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -37,7 +38,11 @@ class BackendSettings(Protocol):
 
 
 def _zfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
-    return ZfsBackend(runner, zfs=cfg.zfs_command, stateless=cfg.stateless, sudo=cfg.sudo)
+    # ``zpool`` beside an absolute ``zfs_command``: a non-root login's PATH (Debian's
+    # /usr/local/bin:/usr/bin:/bin) has neither, and delegation needs no sudo to find them.
+    zfs = cfg.zfs_command
+    zpool = posixpath.join(posixpath.dirname(zfs), "zpool") if zfs.startswith("/") else "zpool"
+    return ZfsBackend(runner, zfs=zfs, zpool=zpool, stateless=cfg.stateless, sudo=cfg.sudo)
 
 
 def _btrfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
