@@ -58,10 +58,10 @@ class OpenZfsGuest:
         return subprocess.run(self.ssh_argv(*argv), input=input, capture_output=True,
                               text=True, timeout=timeout)
 
-    def server_config(self, name: str, *, extra: str = "") -> str:
-        """A cerssd ``[servers.NAME]`` section for this guest."""
+    def server_config(self, name: str, *, extra: str = "", user: str = "root") -> str:
+        """A cerssd ``[servers.NAME]`` section for this guest (as ``user``)."""
         return ssh_server_section(name, "127.0.0.1", self.port, self.client_key,
-                                  self.known_hosts, extra)
+                                  self.known_hosts, extra, user)
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ from .conftest import (
     zfs,
 )
 from .openzfs_guest import OpenZfsGuest
+from .test_relationships import wait_in_sync
 
 pytestmark = pytest.mark.openzfs
 
@@ -340,3 +341,85 @@ def test_zvol_create_extend_and_exact_capacity(daemon: DaemonProcess, fresh: Gue
     assert tank["exact"] is True and tank["total"] == int(size)
     assert tank["provisioned"] >= 64 * MiB  # the zvol's size, and the root's own data
     assert abs(tank["allocated"] - int(alloc)) <= 4 * MiB  # measured moments apart
+
+
+def relationship(name: str, master: str, volume: str, slave: str, target: str,
+                 extra: str = "") -> str:
+    return (f'[relationships.{name}]\nmaster = "{master}"\nvolume = "{volume}"\n'
+            f'interval = "1h"\nslaves = [{{server = "{slave}", target_volume = "{target}"}}]\n'
+            f"{extra}\n")
+
+
+def test_receive_exclude_and_set_use_x_and_o_and_a_shared_master_is_not_shared(
+        start_daemon: Any, openzfs_guest: OpenZfsGuest, fresh: Guest) -> None:
+    # The master shares over NFS and mounts at a path of its own (the guest has no NFS
+    # server: ZFS keeps sharenfs=on and says it cannot share, as it would with one down).
+    fresh.sh("zfs create -o mountpoint=/srv/master -o compression=zstd "
+             "-o test:marker=from-master tank/data && "
+             "head -c 1048576 /dev/urandom > /srv/master/f")
+    fresh.sh("zfs set sharenfs=on tank/data", check=False)
+    assert fresh.prop("tank/data", "sharenfs") == "on"
+    d = start_daemon(extra=(
+        openzfs_guest.server_config("guest") + openzfs_guest.server_config("guest2")
+        + relationship("r", "guest", "tank/data", "guest2", "tank2/data",
+                       'send_properties = true\nreceive_set = { canmount = "noauto" }')))
+    wait_in_sync(d, "r", timeout=900)
+
+    def source(prop: str) -> tuple[str, str]:
+        value, _, where = fresh.sh(f"zfs get -H -o value,source {prop} tank2/data"
+                                   ).strip().partition("\t")
+        return value, where
+
+    assert source("compression") == ("zstd", "received")  # the stream carried them
+    assert source("test:marker") == ("from-master", "received")
+    assert source("sharenfs") == ("off", "default")
+    assert source("mountpoint") == ("/tank2/data", "default")
+    assert source("canmount") == ("noauto", "local")
+    assert source("mounted")[0] == "no"
+    assert "tank2/data" not in fresh.sh("cat /etc/exports.d/zfs.exports 2>/dev/null; true")
+    # -x and -o on the receive itself (no zfs set afterwards): the pool's own history
+    history = fresh.sh("zpool history tank2")
+    received = [line for line in history.splitlines() if "zfs receive" in line]
+    assert received and all(
+        "-u -x mountpoint -x sharenfs -x sharesmb -o canmount=noauto tank2/data" in line
+        for line in received), received
+    assert "zfs set canmount" not in history and "zfs inherit" not in history
+
+
+#: The delegations docs/least-privilege.md gives, for the master's and the slave's pools.
+MASTER_PERMISSIONS = "send,snapshot,hold,release,destroy,bookmark,mount"
+SLAVE_PERMISSIONS = ("receive,create,mount,hold,release,destroy,rollback,readonly,canmount,"
+                     "mountpoint,sharenfs,sharesmb,userprop")
+
+
+def test_a_non_root_user_with_zfs_allow_replicates_both_ways(
+        start_daemon: Any, openzfs_guest: OpenZfsGuest, fresh: Guest) -> None:
+    user = "cerssd"
+    fresh.sh(f"id {user} >/dev/null 2>&1 || useradd -m -s /bin/sh -p '*' {user}; "
+             f"install -d -o {user} -m 700 /home/{user}/.ssh && "
+             f"install -o {user} -m 600 /root/.ssh/authorized_keys /home/{user}/.ssh/")
+    fresh.sh(f"zfs create tank/out && zfs create tank/in && "
+             f"head -c 1048576 /dev/urandom > /tank/out/f && "
+             f"head -c 1048576 /dev/urandom > /tank/in/f && "
+             f"zfs allow -u {user} {MASTER_PERMISSIONS} tank/in && "
+             f"zfs allow -u {user} {SLAVE_PERMISSIONS} tank2")
+    d = start_daemon(extra=(
+        openzfs_guest.server_config("guest")
+        # no sudo: a login's PATH lacks /usr/sbin, so zfs (and zpool beside it) by path
+        + openzfs_guest.server_config("limited", user=user,
+                                      extra='zfs_command = "/usr/sbin/zfs"')
+        + relationship("push", "guest", "tank/out", "limited", "tank2/out")
+        + relationship("pull", "limited", "tank/in", "guest", "tank2/in")))
+    try:
+        for name, copy in (("push", "tank2/out"), ("pull", "tank2/in")):
+            r = wait_in_sync(d, name, timeout=900)
+            label = r["newest_snapshot"].split("@")[1]
+            assert fresh.guid(f"{copy}@{label}") == fresh.guid(r["newest_snapshot"])
+            assert fresh.prop(copy, "readonly") == "on"  # the fence, by the delegation
+        assert fresh.prop("tank2/out", "mounted") == "no"  # unmounted: no root needed
+        # what the user did, it did as itself: the pool history names it
+        history = fresh.sh("zpool history -l tank2")
+        assert f"zfs receive -u tank2/out [user {fresh.sh(f'id -u {user}').strip()} " \
+            f"({user})" in history
+    finally:
+        fresh.sh(f"zfs unallow -u {user} tank2; zfs unallow -u {user} tank/in", check=False)
