@@ -173,3 +173,18 @@ def test_replica_unmounted_master_properties_filtered_and_promoted_copy_mounted(
     assert prop(copy, "mounted")[0] == "yes" and prop(copy, "readonly")[0] == "off"
     assert (Path(f"/{copy}") / "f2").stat().st_size == 1 << 20
     assert "not_mounted" not in done["params"]["result"]
+
+
+def test_roles_after_a_failover_keep_the_receive_settings() -> None:
+    from cerssd.replication.logic.roles import apply_roles, promoted, roles_json
+
+    cfg = parse_config(relationship('mount = true\nreceive_exclude = ["sharenfs"]',
+                                    '{ server = "b", receive_set = { canmount = "noauto" } }'))
+    spec = cfg.relationships["r"]
+    after = promoted(spec, "b", keep_old_master=True)
+    old_master = after.slave("a").receive  # follows with the relationship's settings
+    assert old_master.mount and old_master.properties.exclude == ("sharenfs",)
+    assert old_master.properties.override == ()
+    # laid over the definition again (a restart), a configured slave gets its own back
+    back = apply_roles(spec, roles_json(promoted(after, "a", keep_old_master=True)), {"a", "b"})
+    assert back.slave("b").receive == spec.slave("b").receive

@@ -128,8 +128,9 @@ def test_cycles_fan_out_to_both_slaves_and_report_lag(
     for pool in (a, b):
         assert guid(f"{pool}/data@{second['newest_snapshot'].split('@')[1]}") == \
             guid(second["newest_snapshot"])
-        with pytest.raises(OSError, match="Read-only file system"):  # a standby
-            write_file(f"/{pool}/data/local-write", 1)
+        # a standby: received unmounted (mount = false by default), and read-only
+        assert zfs("get", "-H", "-o", "value", "mounted", f"{pool}/data").stdout.strip() == "no"
+        assert zfs("get", "-H", "-o", "value", "readonly", f"{pool}/data").stdout.strip() == "on"
 
 
 def limited(name: str, master: str, a: str, b: str, limit_a: int = 4 * MiB,
@@ -182,6 +183,15 @@ def test_api_validation_and_lifecycle(start_daemon: Any, pools: tuple[str, str, 
     bad = post_json(d, "/v1/relationships", {"name": "x", "volume": f"{master}/data",
                                              "slaves": ["a"]})
     assert bad.status == 422 and "interval" in bad.body["detail"]
+    bad = post_json(d, "/v1/relationships", {
+        "name": "x", "volume": f"{master}/data", "interval": "5m",
+        "slaves": [{"server": "a", "receive_set": {"readonly": "off"}}]})
+    assert bad.status == 422 and bad.body["field"] == "slaves[0].receive_set.readonly", \
+        bad.body
+    bad = post_json(d, "/v1/relationships", {"name": "x", "volume": f"{master}/data",
+                                             "interval": "5m", "slaves": ["a"],
+                                             "receive_exclude": ["share nfs"]})
+    assert bad.status == 422 and bad.body["field"] == "receive_exclude[0]", bad.body
     bad = post_json(d, "/v1/relationships", {"name": "x", "volume": "bad name",
                                              "interval": "5m", "slaves": ["a"]})
     assert bad.status == 400 and bad.body["field"] == "volume"  # an invalid name

@@ -151,7 +151,7 @@ def promoted(spec: RelationshipSpec, to: str, *, keep_old_master: bool) -> Relat
     new_master = spec.slave(to)
     followers = [s for s in spec.slaves if s.server != to]
     if keep_old_master:
-        followers.insert(0, SlaveSpec(spec.master, spec.volume))
+        followers.insert(0, SlaveSpec(spec.master, spec.volume, receive=spec.receive))
     return _rooted(replace(spec, master=new_master.server, volume=new_master.target_volume,
                            slaves=tuple(followers)))
 
@@ -185,8 +185,12 @@ def apply_roles(spec: RelationshipSpec, roles: Mapping[str, Any],
     if missing:
         raise RolesInvalid(f"after a failover this relationship's roles name servers no "
                            f"longer in the config: {', '.join(missing)}")
+    # a server the definition names as a slave receives as its table says; another one
+    # (the home master, following) as the relationship does
+    receive = {s.server: s.receive for s in spec.slaves}
     return _rooted(replace(spec, master=roles["master"], volume=roles["volume"],
                            slaves=tuple(SlaveSpec(s["server"], s["target_volume"],
                                                   s.get("bandwidth_limit"),
-                                                  s.get("path", "auto"))
+                                                  s.get("path", "auto"),
+                                                  receive.get(s["server"], spec.receive))
                                         for s in roles["slaves"])))

@@ -116,7 +116,8 @@ async def rejoin(deps: RejoinDeps, rt: Runtime, plan: RejoinPlan) -> None:
     for base in plan.rollbacks:
         await backend.rollback(base.name)  # changes after the base go too, always
     del rt.failover.fenced[plan.server]
-    deps.registry.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume)))
+    deps.registry.set_roles(rt, with_slave(rt.spec, SlaveSpec(plan.server, plan.volume,
+                                                               receive=rt.spec.receive)))
     log.warning("old master rolled back and rejoined as a slave", relationship=rt.name,
                 server=plan.server, base=plan.base.name,
                 destroyed=[s.name for s in plan.destroys], at=time.time())
