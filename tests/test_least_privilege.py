@@ -76,9 +76,9 @@ def test_relationships_replicate_to_and_from_a_non_root_user_through_sudo(
         r = wait_in_sync(d, name)
         label = r["newest_snapshot"].split("@")[1]
         assert guid(f"{copy}@{label}") == guid(r["newest_snapshot"])
-        # held for the next incremental, by the remote user through sudo on its side
-        assert int(zfs("get", "-Hp", "-o", "value", "userrefs",
-                       r["newest_snapshot"]).stdout) == 1
+        # the base is pinned on both ends (on the remote one by the user through sudo)
+        for held in (r["newest_snapshot"], f"{copy}@{label}"):
+            assert int(zfs("get", "-Hp", "-o", "value", "userrefs", held).stdout) == 1
         assert zfs("get", "-H", "-o", "value", "mounted", copy).stdout.strip() == "no"
     log = (sshd.client_key.parent / "sshd.log").read_text()
     assert f"Accepted publickey for {remote_user.name}" in log
