@@ -419,8 +419,9 @@ def test_a_non_root_user_with_zfs_allow_replicates_both_ways(
             assert fresh.prop(copy, "readonly") == "on"  # the fence, by the delegation
         assert fresh.prop("tank2/out", "mounted") == "no"  # unmounted: no root needed
         # what the user did, it did as itself: the pool history names it
-        history = fresh.sh("zpool history -l tank2")
-        assert f"zfs receive -u tank2/out [user {fresh.sh(f'id -u {user}').strip()} " \
-            f"({user})" in history
+        history = fresh.sh("zpool history -l tank2").splitlines()
+        who = f"[user {fresh.sh(f'id -u {user}').strip()} ({user})"
+        assert [line for line in history if "zfs receive -u" in line
+                and " tank2/out " in line and who in line], history
     finally:
         fresh.sh(f"zfs unallow -u {user} tank2; zfs unallow -u {user} tank/in", check=False)
