@@ -560,6 +560,11 @@ class SlaveSpec(Reply):
     target_volume: str
     bandwidth_limit: int | None
     path: str
+    mount: Annotated[bool, doc("replicas mounted as received (false: zfs receive -u)")]
+    receive_exclude: Annotated[list[str], doc("properties replicas never take from the "
+        "stream (zfs receive -x)")]
+    receive_set: Annotated[dict[str, str], doc("properties set on replicas as received "
+        "(zfs receive -o)")]
 
 
 class TreeSlaveSummary(Reply):
@@ -621,6 +626,8 @@ class Relationship(Reply):
     fanout: bool
     fanout_buffer: int
     stores: list[str]
+    send_properties: Annotated[bool, doc("streams carry the volume's properties (zfs send "
+        "-p)")]
     origin: Annotated[Literal["config", "api"], doc("config or api")]
     state: RelationshipState
     replication_status: ReplicationStatus
