@@ -363,13 +363,14 @@ def start_sshd(stack: contextlib.ExitStack, ports: int = 1, extra: str = "") -> 
             chosen.append(port)
     host_pub = " ".join((root / "host_key.pub").read_text().split()[:2])
     (root / "known_hosts").write_text("".join(f"[127.0.0.1]:{p} {host_pub}\n" for p in chosen))
+    # PYENV_REHASH_TIMEOUT: as tests/sshd.py's SESSION_ENV says (pyenv's lock, 60 s waits)
     (root / "sshd_config").write_text(
         "".join(f"Port {p}\n" for p in chosen)
         + f"ListenAddress 127.0.0.1\nHostKey {root}/host_key\n"
         f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-        "MaxStartups 64\nClientAliveInterval 5\n" + extra)
+        "MaxStartups 64\nClientAliveInterval 5\nSetEnv PYENV_REHASH_TIMEOUT=1\n" + extra)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
     pidfile = root / "sshd.pid"

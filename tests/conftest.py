@@ -36,6 +36,7 @@ from cerssd.cli.client import Client
 from cerssd.config import load_config
 from tests.seaweed import WeedServer
 from tests.sshd import (
+    SESSION_ENV,
     NetnsSshServer,
     RemoteUser,
     SshServer,
@@ -345,7 +346,7 @@ def sshd(zfs_fuse: None) -> Iterator[SshServer]:
         f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-        "MaxStartups 64\nClientAliveInterval 5\n")
+        "MaxStartups 64\nClientAliveInterval 5\n" + SESSION_ENV)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     subprocess.run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")],
                    check=True)

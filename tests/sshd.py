@@ -19,6 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+#: sshd_config lines every test sshd gets. This machine's root runs ``pyenv init`` from
+#: ~/.bashrc in every SSH session; concurrent sessions queued on pyenv's rehash lock for
+#: up to 60 s each (seen as slow probes and test timeouts). A 1 s limit makes a blocked
+#: rehash give up instead.
+SESSION_ENV = "SetEnv PYENV_REHASH_TIMEOUT=1\n"
+
 
 def ssh_server_section(name: str, host: str, port: int, identity_file: Path,
                        known_hosts: Path, extra: str = "", user: str = "root") -> str:
@@ -229,7 +235,7 @@ def create_netns_sshd() -> NetnsSshServer:
             f"PidFile {root}/sshd.pid\nAuthorizedKeysFile {root}/authorized_keys\n"
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
-            "ClientAliveInterval 2\nClientAliveCountMax 2\n")
+            "ClientAliveInterval 2\nClientAliveCountMax 2\n" + SESSION_ENV)
         Path("/run/sshd").mkdir(exist_ok=True)
         pid = start_sshd_in(ns, root)
     except BaseException:
