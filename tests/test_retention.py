@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cerssd.parsing import ConfigError
-from cerssd.replication.logic.retention import parse_grid, to_destroy
+from cerssd.replication.logic.retention import (
+    Rule,
+    owned,
+    parse_grid,
+    parse_keep_min,
+    prune_plan,
+    to_destroy,
+)
 from cerssd.storage.values import Snapshot
 
 H, D = 3600, 86400
@@ -18,9 +27,18 @@ def snap(label: str, age: float, guid: str | None = None) -> Snapshot:
                     creation=int(NOW - age), used=0, referenced=0, userrefs=0)
 
 
+def stamp(age: float, prefix: str = "rel-") -> str:
+    """A label as a relationship makes it: its prefix and the UTC time."""
+    return prefix + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(NOW - age))
+
+
+def own(age: float, guid: str | None = None) -> Snapshot:
+    return snap(stamp(age), age, guid)
+
+
 def every_15_minutes(hours: float, prefix: str = "rel-") -> list[Snapshot]:
     count = int(hours * 4)
-    return [snap(f"{prefix}{i}", (count - i) * 900) for i in range(count)]
+    return [snap(stamp((count - i) * 900, prefix), (count - i) * 900) for i in range(count)]
 
 
 def labels(snaps: list[Snapshot]) -> set[str]:
@@ -43,15 +61,15 @@ def test_hourly_tier_keeps_one_per_hour() -> None:
 
 
 def test_older_than_last_tier_destroyed_but_newest_never() -> None:
-    old = [snap("rel-a", 8 * D), snap("rel-b", 9 * D)]
-    assert labels(to_destroy(old, GRID, now=NOW, prefix="rel-")) == {"rel-a"}
+    old = [own(9 * D), own(8 * D)]
+    assert labels(to_destroy(old, GRID, now=NOW, prefix="rel-")) == {old[0].label}
 
 
 def test_foreign_and_protected_snapshots_survive() -> None:
-    snaps = [snap("manual", 30 * D), snap("rel-base", 20 * D, guid="g-base"),
-             snap("rel-old", 10 * D), snap("rel-new", 0)]
+    snaps = [snap("manual", 30 * D), own(20 * D, guid="g-base"),
+             own(10 * D), own(0)]
     doomed = to_destroy(snaps, GRID, now=NOW, prefix="rel-", protected={"g-base"})
-    assert labels(doomed) == {"rel-old"}
+    assert labels(doomed) == {snaps[2].label}
 
 
 def test_thinning_is_stable_over_time() -> None:
@@ -76,3 +94,54 @@ def test_bad_grids_name_the_key(spec: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
         parse_grid(spec, "relationships.r1.retention")
     assert info.value.key.startswith("relationships.r1.retention")
+
+
+def test_keep_min_spares_the_newest_of_what_the_grid_drops() -> None:
+    """A relationship paused for longer than its grid covers: the grid would leave the
+    newest alone; keep_min keeps the newest N of cerssd's, foreign ones not counted."""
+    snaps = [snap("manual", 40 * D), *(own(age) for age in (30 * D, 20 * D, 10 * D, 9 * D))]
+    assert len(to_destroy(snaps, GRID, now=NOW, prefix="rel-")) == 3
+    doomed = to_destroy(snaps, GRID, now=NOW, prefix="rel-", keep_min=3)
+    assert labels(doomed) == {snaps[1].label}  # the oldest of the four goes
+    assert to_destroy(snaps, GRID, now=NOW, prefix="rel-", keep_min=10) == []
+
+
+def test_keep_min_counts_protected_snapshots_as_kept() -> None:
+    snaps = [own(30 * D), own(20 * D, guid="base"), own(10 * D), own(9 * D)]
+    doomed = to_destroy(snaps, GRID, now=NOW, prefix="rel-", protected={"base"}, keep_min=3)
+    assert labels(doomed) == {snaps[0].label}  # base and newest kept, one more spared
+
+
+@pytest.mark.parametrize("label", ["rel-keep", "rel-20261207T014700Z-x", "rel-",
+                                   "rel-failover-now", "other-20261207T014700Z"])
+def test_labels_cerssd_did_not_make_are_never_destroyed(label: str) -> None:
+    snaps = [snap(label, 30 * D), own(20 * D), own(0)]
+    assert labels(to_destroy(snaps, GRID, now=NOW, prefix="rel-")) == {snaps[1].label}
+
+
+@pytest.mark.parametrize("suffix", ["20261207T014700Z", "20261207T014700Z-2",
+                                    "failover-20261207T014700Z", "failover-20261207T014700Z-3"])
+def test_labels_cerssd_makes_are_its_own(suffix: str) -> None:
+    assert owned("rel-" + suffix, "rel-") and owned("anything", None)
+    assert not owned("rel-" + suffix, "other-")
+
+
+def test_each_verdict_says_why() -> None:
+    snaps = [own(9 * D), *every_15_minutes(3)]
+    plan = prune_plan(snaps, GRID, now=NOW, prefix="rel-")
+    beyond = plan[0]
+    assert beyond.snapshot is snaps[0] and beyond.rule is Rule.BEYOND_GRID
+    assert beyond.tier == "1w:1d" and beyond.age == 9 * D
+    assert "older than the grid's last tier (1w:1d): 9d old" == beyond.reason()
+    thinned = plan[1:]
+    assert thinned and all(v.rule is Rule.THINNED and v.tier == "1d:1h" for v in thinned)
+    kept = {s.label for s in snaps} - {v.snapshot.label for v in plan}
+    assert all(v.kept_instead in kept for v in thinned)
+    assert thinned[0].to_json()["reason"].startswith("tier 1d:1h keeps one per interval: ")
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "2", 1.5, 10**9])
+def test_keep_min_below_one_or_not_a_number_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_keep_min(value, "relationships.r1.keep_min")
+    assert info.value.key == "relationships.r1.keep_min"

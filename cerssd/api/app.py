@@ -41,7 +41,7 @@ from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_la
 from ..transport.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, replication_holds
-from . import backups, failover, policies, volumes
+from . import backups, failover, policies, prune, volumes
 from . import models as m
 from .context import ApiContext
 from .models import MAX_WAIT
@@ -400,6 +400,12 @@ ROUTES: list[Route[ControlApi]] = [
           ok=202, returns=m.Policy,
           responses={202: "run requested", 400: "invalid name", 404: "unknown policy",
                      409: "its activity is suspended"}),
+    Route("POST", f"/v1/relationships/{REL}/prune", prune.prune_relationship,
+          "Retention now on the master, slaves and stores, or a dry run: what goes and why",
+          mutating=True, body=m.RelationshipPrune, returns=m.RelationshipPruneResult,
+          responses={200: "the plan per place (and its prune activity unless a dry run)",
+                     404: "unknown relationship", 409: "a failover is under way",
+                     422: "only names something that is not one of its places"}),
     Route("GET", "/v1/stores", backups.list_stores,
           "Object stores (endpoint, bucket, prefix, link; never credentials)",
           returns=m.Stores),

@@ -16,7 +16,7 @@ from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores
 from ..parsing import ConfigError
 from ..replication.flows.backup import BackupRequest, submit_backup
-from ..replication.flows.bucket_prune import backups_to_delete, submit_backup_prune
+from ..replication.flows.bucket_prune import bucket_plan, submit_backup_prune
 from ..replication.flows.restore import (
     IdentityProblem,
     RestoreRequest,
@@ -121,11 +121,17 @@ async def prune_backups(api: Api, request: web.Request) -> web.Response:
     except ConfigError as exc:
         raise ApiProblem(422, "Unprocessable Content", f"{exc.key}: {exc.problem}",
                          field="retention") from exc
+    if body.keep_min < 1:
+        raise ApiProblem(422, "Unprocessable Content", "keep_min: must be at least 1",
+                         field="keep_min")
     name = _store_name(api, body.store)
     found = await catalog.backups(_stores(api).get(name), volume)
-    doomed = backups_to_delete(found, grid, now=time.time())
+    verdicts = bucket_plan(found, grid, now=time.time(), keep_min=body.keep_min)
+    going = {v.snapshot.guid for v in verdicts}
+    doomed = [m for m in found if m.guid in going]
     plan = {"store": name, "volume": volume, "delete": [m.snapshot for m in doomed],
-            "keep": [m.snapshot for m in found if m not in doomed]}
+            "keep": [m.snapshot for m in found if m.guid not in going],
+            "keep_min": body.keep_min, "destroy": [v.to_json() for v in verdicts]}
     if body.dry_run or not doomed:
         return json_response(plan)
     record = api.ctx.volume_states.submit_holding(

@@ -203,6 +203,9 @@ class RelationshipCreate(Request):
     retention: Annotated[Grid | None, doc('grid on the master (default ["1h:all", "1d:1h", '
         '"1w:1d"])')] = None
     slave_retention: Annotated[Grid | None, doc("grid on the slaves (default: retention)")] = None
+    keep_min: Annotated[int | None, doc("the fewest of its own snapshots retention leaves on "
+        "the master, whatever the grid says (at least 1, default 1)")] = None
+    slave_keep_min: Annotated[int | None, doc("the same on each slave (default: keep_min)")] = None
     retry_deadline: Annotated[Duration | None, doc('give up a transfer after retrying this long, '
         'or "never" (default: daemon.retry_deadline)')] = None
     fanout: Annotated[bool, doc("feed slaves that need the same stream from one zfs send")] = True
@@ -274,6 +277,14 @@ class BackupPrune(Request):
     store: Annotated[StoreName | None, doc("object store from the config (default: the only "
         "one)")] = None
     dry_run: Annotated[bool, doc("only say what would be deleted")] = False
+    keep_min: Annotated[int, doc("the fewest backups of the volume left, whatever the grid "
+        "says (at least 1)")] = 1
+
+
+class RelationshipPrune(Request):
+    dry_run: Annotated[bool, doc("only say what would go, and why")] = False
+    only: Annotated[list[str] | None, doc('the places to prune: "master", slave server names, '
+        "store names (default: all of them)")] = None
 
 
 # -- query parameters -------------------------------------------------------------------
@@ -622,6 +633,8 @@ class Relationship(Reply):
     prefix: str
     retention: list[str]
     slave_retention: list[str]
+    keep_min: int
+    slave_keep_min: int
     retry_deadline: float | None
     fanout: bool
     fanout_buffer: int
@@ -716,6 +729,10 @@ class Store(Reply):
     concurrency: int
     compression: Compression
     storage_class: str | None
+    retention: Annotated[list[str] | None, doc("the grid applied to a relationship's backups "
+        "after each of them (null: none; backups stay until pruned)")]
+    keep_min: Annotated[int, doc("the fewest of a relationship's backups per volume that "
+        "retention leaves")]
     link: LinkState | None
 
 
@@ -748,11 +765,43 @@ class RestoreAccepted(Activity):
     chain: Annotated[list[str], doc("the snapshots restored, oldest first")]
 
 
+class PruneVerdict(Reply):
+    snapshot: str
+    guid: str
+    created: int
+    age_seconds: int
+    rule: Annotated[Literal["beyond-grid", "thinned"], doc("older than the grid's last "
+        "tier, or another snapshot is kept for its interval")]
+    tier: Annotated[str, doc('the tier that decided, e.g. "1d:1h"')]
+    kept_instead: Annotated[str | None, doc("for thinned: the label kept for the interval")]
+    reason: Annotated[str, doc("the same in words")]
+
+
 class PrunePlan(Reply):
     store: str
     volume: str
     delete: list[str]
     keep: list[str]
+    keep_min: int
+    destroy: Annotated[list[PruneVerdict], doc("what goes, each with why")]
+
+
+class PrunePlace(Reply):
+    place: Literal["master", "slave", "store"]
+    name: Annotated[str, doc("the server, or the object store")]
+    volume: str
+    retention: list[str]
+    keep_min: int
+    destroy: Annotated[list[PruneVerdict], doc("what goes (went), each with why")]
+    kept: Annotated[int, doc("the relationship's own snapshots (backups) that stay")]
+    blocked: Annotated[str | None, doc("why nothing is pruned there now")]
+    activity: Annotated[str | None, doc("the prune activity (not in a dry run)")]
+
+
+class RelationshipPruneResult(Reply):
+    relationship: str
+    dry_run: bool
+    places: list[PrunePlace]
 
 
 class PruneAccepted(Activity):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import structlog
 
@@ -19,23 +19,64 @@ async def backups(store: ObjectStore, volume: str | None = None) -> list[Manifes
     A manifest that does not parse is logged and left out: it names nothing that
     could be restored, and one bad object must not hide the others.
     """
-    prefix = store.config.prefix + (f"{volume}/" if volume else "")
+    if volume is None:
+        found = await _manifests(store, store.config.prefix, lambda key: True)
+        return ordered(found)
+    by_volume = await backups_under(store, volume, subtree=False)
+    return by_volume.get(volume, [])
+
+
+async def backups_under(store: ObjectStore, root: str, *, subtree: bool,
+                        label_ok: Callable[[str], bool] = lambda label: True,
+                        guids: Collection[str] | None = None,
+                        ) -> dict[str, list[Manifest]]:
+    """The complete backups of ``root`` (and with ``subtree`` of every volume below it)
+    whose label ``label_ok`` accepts (and guid is in ``guids``), per volume, oldest first:
+    one listing, and a GET only of the manifests asked for (volume, label and guid are in
+    the key). A listing or a GET that fails raises: a caller deciding what to delete
+    never sees half a bucket.
+    A manifest whose content does not match its key is left out (logged), like one
+    that does not parse: it is not what its place in the bucket says it is."""
+    prefix = store.config.prefix
+
+    def wanted(key: str) -> bool:
+        parsed = parse_manifest_key(prefix, key)
+        if parsed is None:
+            return False
+        volume, label, guid = parsed
+        inside = volume == root or (subtree and volume.startswith(root + "/"))
+        return inside and label_ok(label) and (guids is None or guid in guids)
+    grouped: dict[str, list[Manifest]] = {}
+    for m in await _manifests(store, f"{prefix}{root}/", wanted):
+        grouped.setdefault(m.volume, []).append(m)
+    return {volume: ordered(found) for volume, found in grouped.items()}
+
+
+async def _manifests(store: ObjectStore, under: str,
+                     wanted: Callable[[str], bool]) -> list[Manifest]:
+    keys = [item.key async for item in store.list_objects(under)
+            if item.key.endswith("/" + MANIFEST) and wanted(item.key)]
     found: list[Manifest] = []
-    async for item in store.list_objects(prefix):
-        if not item.key.endswith("/" + MANIFEST):
-            continue
+    for key in keys:
         try:
-            manifest = decode(await store.get_bytes(item.key), item.key)
+            manifest = decode(await store.get_bytes(key), key)
         except ManifestInvalid as exc:
             log.warning("ignoring an invalid manifest", store=store.name, error=str(exc))
             continue
-        if volume is None or manifest.volume == volume:
-            found.append(manifest)
-    # Creation times have 1 s steps: within a second the txg orders them (and a parent
-    # still comes before its child in manifests that lack it).
-    depth = _depths(found)
-    found.sort(key=lambda m: (m.snapshot_created, m.snapshot_txg, depth[m.guid]))
+        if parse_manifest_key(store.config.prefix, key) != (
+                manifest.volume, manifest.label, manifest.guid):
+            log.warning("ignoring a manifest not where its content says", store=store.name,
+                        key=key, snapshot=manifest.snapshot)
+            continue
+        found.append(manifest)
     return found
+
+
+def ordered(found: list[Manifest]) -> list[Manifest]:
+    """Oldest first. Creation times have 1 s steps: within a second the txg orders them
+    (and a parent still comes before its child in manifests that lack it)."""
+    depth = _depths(found)
+    return sorted(found, key=lambda m: (m.snapshot_created, m.snapshot_txg, depth[m.guid]))
 
 
 def _depths(backups: list[Manifest]) -> dict[str, int]:

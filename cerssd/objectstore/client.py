@@ -200,6 +200,9 @@ class ObjectStore:
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
+            if not token:  # asking again without one would list the first page again
+                raise StoreError(self.name, f"listing {prefix!r}: the store says there is "
+                                 "more but gave no continuation token", permanent=False)
 
     async def delete(self, key: str) -> None:
         await self.call("delete_object", Key=key)

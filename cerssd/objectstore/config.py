@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ..parsing import ConfigError, parse_size, reject_unknown
+from ..replication.logic.retention import DEFAULT_KEEP_MIN, parse_grid, parse_keep_min
 from ..storage.names import InvalidName, validate_object_name
 from .privacy import PRIVACY_KEYS, Privacy, parse_privacy
 
@@ -33,7 +34,8 @@ _PREFIX = re.compile(r"[A-Za-z0-9!_.*'()/-]*")
 _STORAGE_CLASS = re.compile(r"[A-Z_]{1,40}")
 #: The keys a ``[stores.NAME]`` table accepts (also read by tests/test_docs.py).
 STORE_KEYS = {"endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
-              "concurrency", "compression", "compression_level", "storage_class"} \
+              "concurrency", "compression", "compression_level", "storage_class",
+              "retention", "keep_min"} \
     | PRIVACY_KEYS
 
 
@@ -61,6 +63,10 @@ class StoreConfig:
     storage_class: str | None = None
     #: age encryption and S3 server-side encryption (privacy.py).
     privacy: Privacy = field(default_factory=Privacy)
+    #: The grid applied to a relationship's backups after each of them (None: backups
+    #: stay until an operator prunes them), and the fewest it leaves per volume.
+    retention: tuple[str, ...] | None = None
+    keep_min: int = DEFAULT_KEEP_MIN
 
     def to_json(self) -> dict[str, Any]:
         """What the API shows: where the bucket is, never the credentials themselves."""
@@ -69,7 +75,8 @@ class StoreConfig:
                 "credentials": "file" if self.credentials_file else "environment",
                 "part_size": self.part_size, "concurrency": self.concurrency,
                 "compression": self.compression, "storage_class": self.storage_class,
-                **self.privacy.to_json()}
+                "retention": list(self.retention) if self.retention is not None else None,
+                "keep_min": self.keep_min, **self.privacy.to_json()}
 
     def load_credentials(self) -> Credentials:
         """Read the key pair now (at start-up and on use), naming the key when it fails."""
@@ -144,8 +151,17 @@ def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) ->
     credentials = _string(t, "credentials_file", prefix, None)
     if credentials is not None and not Path(credentials).is_absolute():
         raise ConfigError(prefix + "credentials_file", "must be an absolute path")
+    retention = t.get("retention")
+    if retention is not None:
+        if not isinstance(retention, list):
+            raise ConfigError(prefix + "retention", 'must be a list of tiers such as '
+                              '["1d:all", "1w:1d", "30d:1w"]')
+        parse_grid(retention, prefix + "retention")
+        retention = tuple(retention)
+    keep_min = parse_keep_min(t.get("keep_min", DEFAULT_KEEP_MIN), prefix + "keep_min")
     return StoreConfig(
         name=name, bucket=bucket, endpoint=endpoint, prefix=key_prefix,
+        retention=retention, keep_min=keep_min,
         region=_string(t, "region", prefix, d.region),
         credentials_file=Path(credentials) if credentials else None, part_size=part_size,
         concurrency=concurrency, compression=compression, compression_level=level,

@@ -8,6 +8,12 @@ else's hold) is skipped, never forced: holds are the last line of defence for th
 bases replication needs. The result lists it under ``kept_held`` with whose holds
 keep it (``cerssd_holds``, ``foreign_holds``, a ``reason``), so a hold that is not
 cerssd's is seen, not silently obeyed.
+
+When the plan came with each snapshot's guid (every prune cerssd plans does), the names
+are checked against one ``snapshot_facts`` of them all before anything is destroyed: a
+snapshot destroyed and made again under the same name since the plan (by anyone) is
+not the one planned, and is left alone (``replaced``). So the prune removes exactly the
+set its plan, or its dry run, listed.
 """
 
 from __future__ import annotations
@@ -29,14 +35,22 @@ class PruneWork:
     def __init__(self, record: ActivityRecord, servers: ServerRegistry) -> None:
         self.server: str = record.params["server"]
         self.snapshots: list[str] = record.params["snapshots"]
+        self.guids: list[str] | None = record.params.get("guids")
         self.servers = servers
 
     async def run(self, ctx: ActivityContext) -> None:
         backend = await self.servers.backend(self.server)
         skipped: list[str] = []
         kept: list[dict[str, Any]] = []
+        replaced = await self._replaced(backend)
+        if replaced:
+            ctx.log.warning("not the snapshots planned: left alone", snapshots=replaced[:20],
+                            count=len(replaced))
         for i, name in enumerate(self.snapshots):
             await ctx.checkpoint()
+            if name in replaced:
+                ctx.set_progress(i + 1)
+                continue
             try:
                 await backend.destroy_snapshot(name)
             except Busy as exc:
@@ -47,9 +61,19 @@ class PruneWork:
             except NotFound:
                 pass  # already gone (an earlier, interrupted run)
             ctx.set_progress(i + 1)
-        ctx.remember(skipped=skipped, kept_held=kept)
+        ctx.remember(skipped=skipped, kept_held=kept, replaced=replaced)
         ctx.log.info("retention applied", server=self.server,
-                     destroyed=len(self.snapshots) - len(skipped), kept_held=len(skipped))
+                     destroyed=len(self.snapshots) - len(skipped) - len(replaced),
+                     kept_held=len(skipped), replaced=len(replaced))
+
+    async def _replaced(self, backend: StorageBackend) -> list[str]:
+        """The planned names whose snapshot now has another guid (gone ones are not
+        listed: a destroy of those is a no-op). One ``snapshot_facts`` for them all."""
+        if self.guids is None:
+            return []
+        facts = await backend.snapshot_facts(self.snapshots)
+        return [name for name, guid in zip(self.snapshots, self.guids, strict=True)
+                if name in facts and guid not in facts[name].identities]
 
     async def _why_kept(self, backend: StorageBackend, name: str, error: str) -> dict[str, Any]:
         """What the prune result says of a snapshot ZFS would not destroy: whose holds."""
@@ -67,13 +91,17 @@ class PruneWork:
 
 
 def submit_prune(engine: ActivityEngine, server: str, volume: str, snapshots: list[str],
-                 relationship: str) -> ActivityRecord:
+                 relationship: str, guids: list[str] | None = None) -> ActivityRecord:
+    """``guids``, one per snapshot, makes the prune destroy only those very snapshots."""
     validate_volume(volume)
     for name in snapshots:
         validate_snapshot(name)
+    if guids is not None and len(guids) != len(snapshots):
+        raise ValueError("one guid per snapshot")
+    extra = {"guids": guids} if guids is not None else {}
     return engine.submit(KIND, volume=volume, source=server, target=f"{server}:{volume}",
                          params={"server": server, "volume": volume, "snapshots": snapshots,
-                                 "relationship": relationship},
+                                 "relationship": relationship, **extra},
                          self_restarting=True,
                          progress=Progress(0, len(snapshots), unit="snapshots"))
 

@@ -1,4 +1,4 @@
-"""Grid retention: which of a relationship's snapshots to destroy, as plain logic.
+"""Grid retention: which of a relationship's snapshots to destroy, and why, as plain logic.
 
 A grid is a list of tiers ``AGE:EVERY``: snapshots younger than ``AGE`` are thinned
 to one per ``EVERY`` (``all`` keeps every one), and anything older than the last
@@ -9,24 +9,90 @@ Buckets are aligned to absolute time (``creation // EVERY``) and the oldest
 snapshot of a bucket is the one kept, so a snapshot that is kept today is still
 the one kept tomorrow: thinning never flips between candidates.
 
-Never destroyed: snapshots this relationship did not make (other label prefix),
-snapshots whose guid is protected (the common base of a slave or a backup), and the
-newest snapshot of the volume.
+Never destroyed, whatever the grid says:
+
+* snapshots cerssd did not make: a label counts as the relationship's only when it is
+  the prefix followed by what cerssd puts there (``owned``: a UTC time such as
+  ``20261207T014700Z``, a failover's ``failover-`` time, a ``-N`` counter). An operator's
+  ``cerssd-data-keep`` is not taken for a cycle snapshot because it shares the prefix;
+* snapshots whose guid is protected (the common base of a slave or a backup);
+* the newest snapshot of the volume;
+* the newest ``keep_min`` of the relationship's own snapshots: when the grid would
+  leave fewer (a relationship paused for longer than its grid covers, a clock jump),
+  the newest of the doomed ones are spared until ``keep_min`` remain.
+
+Every doomed snapshot comes with its reason (``Verdict``): the rule, the tier and its
+age, and for a thinned one the snapshot kept for its interval instead. A dry run shows
+exactly these, and the real prune destroys exactly these.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 from ...parsing import ConfigError, parse_duration
 from ...storage.values import Snapshot
+
+#: What cerssd puts after a relationship's prefix (``cycle_label``, failovers).
+OWN_SUFFIX = re.compile(r"(?:failover-)?\d{8}T\d{6}Z(?:-\d+)?")
+#: ``keep_min`` when the config says nothing: the newest of cerssd's snapshots (the rule
+#: that held before ``keep_min`` existed, so an upgrade prunes nothing differently).
+DEFAULT_KEEP_MIN = 1
+MAX_KEEP_MIN = 100_000
 
 
 @dataclass(frozen=True)
 class Tier:
     age: float
     every: float | None  # None: keep all
+    #: As written (``"1d:1h"``): what a prune's reason names.
+    text: str = field(default="", compare=False)
+
+
+class Rule(StrEnum):
+    """Why the grid lets a snapshot go."""
+
+    #: Older than the grid's last tier.
+    BEYOND_GRID = "beyond-grid"
+    #: Another snapshot is kept for its interval of its tier.
+    THINNED = "thinned"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One snapshot a prune destroys, and why."""
+
+    snapshot: Snapshot
+    rule: Rule
+    age: float
+    #: The tier that thins it (``"1d:1h"``), or the grid's last one for ``beyond-grid``.
+    tier: str
+    #: For ``thinned``: the label kept for the same interval.
+    kept_instead: str | None = None
+
+    def reason(self) -> str:
+        if self.rule is Rule.BEYOND_GRID:
+            return f"older than the grid's last tier ({self.tier}): {_age(self.age)} old"
+        return (f"tier {self.tier} keeps one per interval: {self.kept_instead} is kept "
+                f"for this one ({_age(self.age)} old)")
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {"snapshot": s.name, "guid": s.guid, "created": s.creation,
+                "age_seconds": round(self.age), "rule": str(self.rule), "tier": self.tier,
+                "kept_instead": self.kept_instead, "reason": self.reason()}
+
+
+def owned(label: str, prefix: str | None) -> bool:
+    """Whether a snapshot label is one cerssd made under ``prefix`` (None: every label,
+    for an operator's explicit prune of a bucket)."""
+    if prefix is None:
+        return True
+    return label.startswith(prefix) and OWN_SUFFIX.fullmatch(label[len(prefix):]) is not None
 
 
 def parse_grid(spec: Sequence[str], key: str = "retention") -> list[Tier]:
@@ -43,38 +109,63 @@ def parse_grid(spec: Sequence[str], key: str = "retention") -> list[Tier]:
             raise ConfigError(f"{key}[{i}]", "the interval must be positive")
         if tiers and age <= tiers[-1].age:
             raise ConfigError(f"{key}[{i}]", "tiers must cover increasing ages")
-        tiers.append(Tier(age, every))
+        tiers.append(Tier(age, every, item.strip()))
     if not tiers:
         raise ConfigError(key, "needs at least one tier")
     return tiers
 
 
-def to_destroy(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
-               prefix: str, protected: Collection[str] = ()) -> list[Snapshot]:
-    """The snapshots (of one volume, oldest first) that the grid no longer keeps."""
+def parse_keep_min(value: Any, key: str) -> int:
+    """``keep_min``: a whole number of snapshots, at least 1 (the newest is always kept;
+    0 would read as "the grid may take them all", which it never may)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, "must be a whole number of snapshots (at least 1)")
+    if not 1 <= value <= MAX_KEEP_MIN:
+        raise ConfigError(key, f"must be at least 1 and at most {MAX_KEEP_MIN}, not {value}")
+    return value
+
+
+def prune_plan(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
+               prefix: str | None, protected: Collection[str] = (),
+               keep_min: int = DEFAULT_KEEP_MIN) -> list[Verdict]:
+    """The snapshots (of one volume, oldest first) the grid no longer keeps, with why."""
     if not snapshots:
         return []
     newest = snapshots[-1]
-    doomed = []
-    kept_buckets: set[tuple[int, int]] = set()
+    doomed: list[Verdict] = []
+    kept_buckets: dict[tuple[int, int], str] = {}
+    ours = 0
     for snap in snapshots:  # oldest first: the first one seen in a bucket is kept
-        # a copy the generic path made is protected by its origin, the master's guid
-        if not snap.label.startswith(prefix) or snap is newest or \
-                not snap.identities.isdisjoint(protected):
+        if not owned(snap.label, prefix):
             continue
-        tier_index = _tier_of(grid, now - snap.creation)
+        ours += 1
+        # a copy the generic path made is protected by its origin, the master's guid
+        if snap is newest or not snap.identities.isdisjoint(protected):
+            continue
+        age = now - snap.creation
+        tier_index = _tier_of(grid, age)
         if tier_index is None:
-            doomed.append(snap)
+            doomed.append(Verdict(snap, Rule.BEYOND_GRID, age, grid[-1].text))
             continue
         every = grid[tier_index].every
         if every is None:
             continue
         bucket = (tier_index, int(snap.creation // every))
         if bucket in kept_buckets:
-            doomed.append(snap)
+            doomed.append(Verdict(snap, Rule.THINNED, age, grid[tier_index].text,
+                                  kept_buckets[bucket]))
         else:
-            kept_buckets.add(bucket)
-    return doomed
+            kept_buckets[bucket] = snap.label
+    short = keep_min - (ours - len(doomed))
+    return doomed[:max(0, len(doomed) - short)] if short > 0 else doomed
+
+
+def to_destroy(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
+               prefix: str | None, protected: Collection[str] = (),
+               keep_min: int = DEFAULT_KEEP_MIN) -> list[Snapshot]:
+    """The snapshots (of one volume, oldest first) that the grid no longer keeps."""
+    return [v.snapshot for v in prune_plan(snapshots, grid, now=now, prefix=prefix,
+                                           protected=protected, keep_min=keep_min)]
 
 
 def _tier_of(grid: Sequence[Tier], age: float) -> int | None:
@@ -82,3 +173,18 @@ def _tier_of(grid: Sequence[Tier], age: float) -> int | None:
         if age <= tier.age:
             return i
     return None
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{_rest(seconds % size, unit)}"
+    return f"{seconds}s"
+
+
+def _rest(seconds: int, unit: str) -> str:
+    """The next smaller unit, once: ``1d3h``, ``2h5m``, ``4m10s``."""
+    nxt = {"d": ("h", 3600), "h": ("m", 60), "m": ("s", 1)}[unit]
+    n = seconds // nxt[1]
+    return f"{n}{nxt[0]}" if n else ""

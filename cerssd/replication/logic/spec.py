@@ -22,7 +22,7 @@ from ...storage.names import (
 from .members import TreeSelection, trees_overlap
 from .receive import KEYS as RECEIVE_KEYS
 from .receive import ReceiveSettings, parse_receive
-from .retention import Tier, parse_grid
+from .retention import DEFAULT_KEEP_MIN, Tier, parse_grid, parse_keep_min
 from .schedule import Schedule, describe, parse_schedule
 from .spec_fields import as_list as _as_list
 from .spec_fields import bounded_int as _bounded_int
@@ -42,7 +42,8 @@ DEFAULT_FANOUT_BUFFER = 256 << 20
 _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention",
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
          "recursive", "include", "exclude", "property", "max_parallel", "member_metrics",
-         "hooks", "snapshots", "send_properties", *RECEIVE_KEYS}
+         "hooks", "snapshots", "send_properties", "keep_min",
+         "slave_keep_min", *RECEIVE_KEYS}
 #: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
@@ -107,6 +108,10 @@ class RelationshipSpec:
     #: The relationship's own receive settings: each slave's unless its table says
     #: otherwise, and those of a slave a failover or a rejoin adds (the old master).
     receive: ReceiveSettings = ReceiveSettings()
+    #: The fewest of its own snapshots retention leaves on the master / each slave,
+    #: whatever the grid says (``logic.retention``).
+    keep_min: int = DEFAULT_KEEP_MIN
+    slave_keep_min: int = DEFAULT_KEEP_MIN
 
     @property
     def selecting_name(self) -> str:
@@ -135,6 +140,7 @@ class RelationshipSpec:
             "slave_retention": list(self.raw.get("slave_retention",
                                                  self.raw.get("retention", DEFAULT_RETENTION))),
             "retry_deadline": self.retry_deadline, "fanout": self.fanout,
+            "keep_min": self.keep_min, "slave_keep_min": self.slave_keep_min,
             "fanout_buffer": self.fanout_buffer, "stores": list(self.stores),
             "send_properties": self.send_properties,
             "origin": self.origin, **self._tree_json(),
@@ -173,6 +179,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
     slave_grid = t.get("slave_retention", t.get("retention", DEFAULT_RETENTION))
     slave_retention = tuple(parse_grid(_as_list(slave_grid, f"{key}.slave_retention"),
                                        f"{key}.slave_retention"))
+    keep_min = parse_keep_min(t.get("keep_min", DEFAULT_KEEP_MIN), f"{key}.keep_min")
+    slave_keep_min = parse_keep_min(t.get("slave_keep_min", keep_min), f"{key}.slave_keep_min")
     fanout = t.get("fanout", True)
     if not isinstance(fanout, bool):
         raise ConfigError(f"{key}.fanout", "must be true or false")
@@ -200,6 +208,7 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         and t.get("cron") is None else parse_schedule(t.get("interval"), t.get("cron"), key,
                                                       name),
         prefix=prefix, retention=retention, slave_retention=slave_retention,
+        keep_min=keep_min, slave_keep_min=slave_keep_min,
         retry_deadline=_deadline(t.get("retry_deadline"), f"{key}.retry_deadline"),
         fanout=fanout,
         fanout_buffer=parse_size(t.get("fanout_buffer", DEFAULT_FANOUT_BUFFER),

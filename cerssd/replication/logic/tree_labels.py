@@ -14,25 +14,27 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from ...storage.values import Snapshot
-from .retention import Tier, to_destroy
+from .retention import DEFAULT_KEEP_MIN, Tier, owned, to_destroy
 
 
 def labels_doomed(labels: Mapping[str, float], grid: Sequence[Tier], *, now: float,
-                  prefix: str, protected: Collection[str] = ()) -> list[str]:
+                  prefix: str, protected: Collection[str] = (),
+                  keep_min: int = DEFAULT_KEEP_MIN) -> list[str]:
     """The labels (label -> creation time) the grid no longer keeps, oldest first;
-    ``protected`` labels (a member's base on some slave) are kept."""
+    ``protected`` labels (a member's base on some slave) are kept, and ``keep_min``
+    of the relationship's labels stay (each a snapshot of every member)."""
     ordered = sorted(labels.items(), key=lambda item: (item[1], item[0]))
     stand_ins = [Snapshot(name=f"tree@{label}", volume="tree", label=label, guid=label,
                           creation=int(created), used=0, referenced=0, userrefs=0)
                  for label, created in ordered]
     return [s.label for s in to_destroy(stand_ins, grid, now=now, prefix=prefix,
-                                        protected=protected)]
+                                        protected=protected, keep_min=keep_min)]
 
 
 def labels_of(snapshots: Sequence[Snapshot], prefix: str,
               into: dict[str, float]) -> dict[str, float]:
     """Add the relationship's labels among ``snapshots`` (label -> creation) to ``into``."""
     for s in snapshots:
-        if s.label.startswith(prefix):
+        if owned(s.label, prefix):
             into.setdefault(s.label, float(s.creation))
     return into

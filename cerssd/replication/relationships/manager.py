@@ -62,7 +62,7 @@ class RelationshipManager:
         (before its recovery restarts their activities)."""
         registry = RelationshipRegistry(engine, servers, journal,
                                         stores.stores if stores else ())
-        upkeep = Upkeep(engine, servers, registry, volume_states)
+        upkeep = Upkeep(engine, servers, registry, volume_states, stores)
         fencing = Fencing(servers, registry)
         verbs = OperatorVerbs(engine, registry)
         manager = cls(registry=registry, verbs=verbs, fencing=fencing, upkeep=upkeep,

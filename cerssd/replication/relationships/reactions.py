@@ -15,6 +15,8 @@ Listeners are synchronous: the work runs as background tasks.
 
 from __future__ import annotations
 
+import time
+
 import structlog
 
 from ...activity import ActivityRecord, State
@@ -24,7 +26,7 @@ from ...transport.errors import LinkError
 from ..flows import backup, replicate, snapshot_prune
 from ..logic.slave_status import SlaveStatus
 from .background import BackgroundTasks
-from .registry import OWN_UPLOADS, RelationshipRegistry
+from .registry import OWN_UPLOADS, TREE_BACKUP, RelationshipRegistry
 from .runtime import KIND, Runtime
 from .upkeep import Upkeep, protected_bases
 
@@ -51,6 +53,8 @@ class Reactions:
             self._tasks.spawn(self._after_transfer(rt, record))
         elif record.kind == backup.KIND and record.state.terminal:
             self._tasks.spawn(self._after_backup(rt, record))
+        elif record.kind == TREE_BACKUP and record.state.terminal:
+            self._after_tree_backup(rt, record)
         elif record.kind == snapshot_prune.KIND and record.state.terminal and rt.master_prune_due \
                 and record.params.get("server") == rt.spec.master:
             rt.master_prune_due = False
@@ -113,8 +117,21 @@ class Reactions:
         store = record.params["store"]
         if record.state == State.SUCCEEDED and store in rt.store_bases:
             rt.store_bases[store] = record.params.get("guid")
+            rt.backup_success_at[store] = record.finished_at or time.time()
             self.registry.save(rt)
+            self.upkeep.prune_store(rt, store)
         await self._after_stream(rt)
+
+    def _after_tree_backup(self, rt: Runtime, record: ActivityRecord) -> None:
+        """A tree's backup counts as a success when every member's did: only then is
+        the store's retention applied (a member that failed keeps what it has)."""
+        store = record.params.get("store")
+        if record.state != State.SUCCEEDED or record.params.get("failing") \
+                or store not in rt.spec.stores:
+            return
+        rt.backup_success_at[store] = record.finished_at or time.time()
+        self.registry.save(rt)
+        self.upkeep.prune_store(rt, store)
 
     async def _after_stream(self, rt: Runtime) -> None:
         """The cycle's last stream from the master has ended: thin the master too."""

@@ -80,6 +80,9 @@ class Runtime:
     #: Per object store: the guid of its newest backup of the volume (the next
     #: incremental's base, kept on the master like a slave's), None while unknown.
     store_bases: dict[str, str | None] = field(default_factory=dict)
+    #: Per object store: when its last backup of the relationship (every member of a
+    #: tree) succeeded; remembered, so the backup-age alert survives a restart.
+    backup_success_at: dict[str, float] = field(default_factory=dict)
     #: A tree relationship's members and their state on each slave (None: one volume).
     tree: TreeStatus | None = None
     #: A reload changed the schedule: the wait for the next tick is computed again (the
@@ -114,6 +117,7 @@ class Runtime:
                 "cycles": self.cycles, "newest": list(self.newest) if self.newest else None,
                 "slaves": {n: s.remembered() for n, s in self.slaves.items()},
                 "store_bases": dict(self.store_bases),
+                "backup_success_at": dict(self.backup_success_at),
                 "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
                 "failover": self.failover.remembered()}
 
@@ -141,6 +145,8 @@ class Runtime:
                        and old[s.server].target_volume == s.target_volume
                        else SlaveStatus(s.server, s.target_volume) for s in spec.slaves}
         self.store_bases = {s: self.store_bases.get(s) for s in spec.stores}
+        self.backup_success_at = {s: t for s, t in self.backup_success_at.items()
+                                  if s in spec.stores}
         if self.tree is not None:
             # A tree slave whose target moved (or that left) is listed again at its
             # next sync rather than streamed to from bases known under the old definition.
@@ -176,12 +182,15 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
             slaves[name].restore(facts)
     newest = state.get("newest")
     remembered_bases = state.get("store_bases", {})
+    succeeded = state.get("backup_success_at") or {}
     return Runtime(spec, slaves, home=home,
                    failover=FailoverState.restore(state.get("failover") or {}),
                    stopped=bool(state.get("stopped")),
                    last_cycle_at=state.get("last_cycle_at"), cycles=state.get("cycles", 0),
                    newest=(newest[0], newest[1]) if newest else None,
                    store_bases={s: remembered_bases.get(s) for s in spec.stores},
+                   backup_success_at={s: float(succeeded[s]) for s in spec.stores
+                                      if isinstance(succeeded.get(s), int | float)},
                    tree=TreeStatus() if spec.is_tree else None,
                    last_hooks=state.get("last_hooks"),
                    skipped_cycles=state.get("skipped_cycles", 0))

@@ -36,7 +36,7 @@ from ...storage.interface import StorageBackend
 from ...storage.values import TreeListing
 from ..flows import snapshot_prune
 from ..logic.members import Member, unmatched_patterns
-from ..logic.retention import to_destroy
+from ..logic.retention import Verdict, prune_plan
 from ..logic.tree_backups import base_labels, bases
 from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
@@ -97,10 +97,11 @@ def note_members(status: TreeStatus, members: tuple[Member, ...], listing: TreeL
 
 
 def master_doomed(rt: Runtime, members: tuple[Member, ...], listing: TreeListing,
-                  now: float) -> list[str]:
-    """Every member's snapshots its grid no longer keeps, sparing each slave's base."""
+                  now: float) -> list[Verdict]:
+    """Every member's snapshots its grid no longer keeps (and why), sparing each slave's
+    base and keeping ``keep_min`` of each member's own."""
     assert rt.tree is not None
-    doomed: list[str] = []
+    doomed: list[Verdict] = []
     for m in members:
         ds = listing.get(m.name)
         entry = rt.tree.members.get(m.relative)
@@ -111,8 +112,9 @@ def master_doomed(rt: Runtime, members: tuple[Member, ...], listing: TreeListing
         if len(entry.slaves) < len(rt.spec.slaves) or in_stores is None:
             continue  # a slave's or store's base is unknown: keep everything for now
         protected |= in_stores
-        doomed += [s.name for s in to_destroy(list(ds.snapshots), rt.spec.retention, now=now,
-                                              prefix=rt.spec.prefix, protected=protected)]
+        doomed += prune_plan(list(ds.snapshots), rt.spec.retention, now=now,
+                             prefix=rt.spec.prefix, protected=protected,
+                             keep_min=rt.spec.keep_min)
     return doomed
 
 
@@ -162,8 +164,10 @@ class TreeCycle:
             if not streaming and own:
                 doomed = master_doomed(rt, members, listing, now)
                 if doomed:
-                    snapshot_prune.submit_prune(self.engine, rt.spec.master, sel.root,
-                                                doomed, rt.name)
+                    snapshot_prune.submit_prune(
+                        self.engine, rt.spec.master, sel.root,
+                        [v.snapshot.name for v in doomed], rt.name,
+                        [v.snapshot.guid for v in doomed])
         elif not streaming and own:
             await self._drop_labels(ctx, rt, master, members, now)
         assert rt.tree.master_labels is not None
@@ -270,7 +274,8 @@ class TreeCycle:
             return  # a store's base is unknown: keep everything for now
         protected |= in_stores
         doomed = labels_doomed(rt.tree.master_labels, rt.spec.retention, now=now,
-                               prefix=rt.spec.prefix, protected=protected)
+                               prefix=rt.spec.prefix, protected=protected,
+                               keep_min=rt.spec.keep_min)
         sel = rt.spec.selection
         if doomed and sel is not None:
             names = [m.name for m in members]

@@ -240,7 +240,8 @@ class SteadySync:
             return  # a member's base here is unknown: keep everything
         protected = {s.label for s in states if s is not None and s.label}
         doomed = labels_doomed(labels, self.rt.spec.slave_retention, now=time.time(),
-                               prefix=self.rt.spec.prefix, protected=protected)
+                               prefix=self.rt.spec.prefix, protected=protected,
+                               keep_min=self.rt.spec.slave_keep_min)
         if not doomed:
             return
         targets = [Member(e.name, e.relative, e.guid).target(self.target_root)

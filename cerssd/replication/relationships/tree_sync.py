@@ -378,18 +378,20 @@ class TreeSyncWork:
         else:
             rt.tree.slave_foreign.discard(server)
         now = time.time()
-        doomed: list[str] = []
+        doomed: list[Snapshot] = []
         for entry in rt.tree.members.values():
             ds = tree.get(under(target_root, entry.relative))
             state = entry.slaves.get(server)
             if ds is None or state is None or state.guid is None:
                 continue
-            doomed += [s.name for s in to_destroy(list(ds.snapshots), rt.spec.slave_retention,
-                                                  now=now, prefix=rt.spec.prefix,
-                                                  protected={state.guid})]
+            doomed += to_destroy(list(ds.snapshots), rt.spec.slave_retention, now=now,
+                                 prefix=rt.spec.prefix, protected={state.guid},
+                                 keep_min=rt.spec.slave_keep_min)
         if doomed:
-            snapshot_prune.submit_prune(self.engine, server, target_root, doomed, rt.name)
-            going = set(doomed)
+            snapshot_prune.submit_prune(self.engine, server, target_root,
+                                        [s.name for s in doomed], rt.name,
+                                        [s.guid for s in doomed])
+            going = {s.name for s in doomed}
             gone = {name.partition("@")[2] for name in going}
             kept = {s.label for d in tree.datasets for s in d.snapshots
                     if s.name not in going}
