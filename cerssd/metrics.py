@@ -211,10 +211,18 @@ class RelationshipCollector(Collector):
         skipped = CounterMetricFamily("cerssd_relationship_skipped_cycles",
                                       "Cycles that took no snapshot because the pre hook "
                                       "failed", labels=["relationship"])
+        backed_up = GaugeMetricFamily("cerssd_backup_last_success_timestamp_seconds",
+                                      "Unix time of the relationship's last successful backup "
+                                      "to the store (every member of a tree); one series per "
+                                      "relationship and configured store",
+                                      labels=["relationship", "store"])
         trees = []
         for rt in sorted(self.relationships.all(), key=lambda r: r.name):
             cycles.add_metric([rt.name], rt.cycles)
             skipped.add_metric([rt.name], rt.skipped_cycles)
+            for store in rt.spec.stores:
+                if (at := rt.backup_success_at.get(store)) is not None:
+                    backed_up.add_metric([rt.name, store], at)
             if rt.tree is not None:  # lag: the worst member's (``_trees``); state as a whole
                 trees.append(rt)
                 for slave in self.relationships.slaves_json(rt):
@@ -232,7 +240,7 @@ class RelationshipCollector(Collector):
                 for name in STATES:
                     state.add_metric([*values, name], 1 if slave["state"] == name else 0)
         yield from self._trees(trees, lag)
-        yield from (lag, success, last_bytes, state, cycles, skipped)
+        yield from (lag, success, last_bytes, state, cycles, skipped, backed_up)
         yield from self._roles()
         groups = self.groups
         sends = CounterMetricFamily("cerssd_fanout_sends",

@@ -733,6 +733,8 @@ class Store(Reply):
         "after each of them (null: none; backups stay until pruned)")]
     keep_min: Annotated[int, doc("the fewest of a relationship's backups per volume that "
         "retention leaves")]
+    full_every: Annotated[int | None, doc("a relationship's every N-th backup is full (null: "
+        "only the first)")]
     link: LinkState | None
 
 

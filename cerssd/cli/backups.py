@@ -12,7 +12,7 @@ import urllib.parse
 from typing import Any
 
 from .client import Client
-from .output import Output, size_text
+from .output import Output, lag_text, size_text
 from .watch import wait_for
 
 COMMANDS = ("stores", "backups", "backup", "restore", "prune-backups")
@@ -41,7 +41,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--retention", action="append", required=True,
                    help="a grid tier such as 1d:all or 1w:1d (repeat)")
     p.add_argument("--store")
-    p.add_argument("--dry-run", action="store_true", help="only list what would go")
+    p.add_argument("--dry-run", action="store_true", help="only list what would go, and why")
+    p.add_argument("--keep-min", type=int, default=1,
+                   help="never fewer backups of the volume than this (default 1)")
 
 
 def _with_store(body: dict[str, Any], store: str | None) -> dict[str, Any]:
@@ -81,11 +83,18 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
         out.emit(data, lambda a: out.console.print(f"{a['id']} {a['state']}"))
     elif cmd == "prune-backups":
         body = _with_store({"volume": args.volume, "retention": args.retention,
-                            "dry_run": args.dry_run}, args.store)
+                            "dry_run": args.dry_run, "keep_min": args.keep_min}, args.store)
         data = client.request("POST", "/v1/backups/prune", body)
         plan = data.get("plan", data)
-        out.emit(data, lambda d: out.console.print(
-            ("would delete: " if args.dry_run else "deleting: ")
-            + (", ".join(plan["delete"]) or "nothing")
-            + f"\nkeeping: {', '.join(plan['keep']) or 'nothing'}"))
+
+        def render(_: Any) -> None:
+            out.console.print(("would delete: " if args.dry_run else "deleting: ")
+                              + (", ".join(plan["delete"]) or "nothing")
+                              + f"\nkeeping: {', '.join(plan['keep']) or 'nothing'}",
+                              markup=False)
+            if plan["destroy"]:
+                out.table(["backup", "age", "rule", "reason"],
+                          [(v["snapshot"], lag_text(v["age_seconds"]), v["rule"],
+                            v["reason"]) for v in plan["destroy"]])
+        out.emit(data, render)
     return 0

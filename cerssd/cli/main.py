@@ -15,7 +15,7 @@ import urllib.parse
 from typing import Any
 
 from ..parsing import ConfigError, parse_duration
-from . import backups, policies, relationships, volumes, watch
+from . import backups, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .output import Output, activity_rows, render_activity, size_text, when
 from .watch import submitted, wait_for
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return policies.run(client, out, args)
     if cmd in backups.COMMANDS:
         return backups.run(client, out, args)
+    if cmd in prune.COMMANDS:
+        return prune.run(client, out, args)
     elif cmd == "servers":
         return volumes.servers_command(client, out)
     elif cmd == "volume":
@@ -266,6 +268,7 @@ def parser() -> argparse.ArgumentParser:
     relationships.add_parsers(sub)
     policies.add_parsers(sub)
     backups.add_parsers(sub)
+    prune.add_parsers(sub)
     volumes.add_parsers(sub)
     return p
 

@@ -35,7 +35,7 @@ _STORAGE_CLASS = re.compile(r"[A-Z_]{1,40}")
 #: The keys a ``[stores.NAME]`` table accepts (also read by tests/test_docs.py).
 STORE_KEYS = {"endpoint", "bucket", "prefix", "region", "credentials_file", "part_size",
               "concurrency", "compression", "compression_level", "storage_class",
-              "retention", "keep_min"} \
+              "retention", "keep_min", "full_every"} \
     | PRIVACY_KEYS
 
 
@@ -67,6 +67,9 @@ class StoreConfig:
     #: stay until an operator prunes them), and the fewest it leaves per volume.
     retention: tuple[str, ...] | None = None
     keep_min: int = DEFAULT_KEEP_MIN
+    #: A relationship's every N-th backup is a full one (None: only the first), so that
+    #: retention has whole chains to let go.
+    full_every: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """What the API shows: where the bucket is, never the credentials themselves."""
@@ -76,7 +79,8 @@ class StoreConfig:
                 "part_size": self.part_size, "concurrency": self.concurrency,
                 "compression": self.compression, "storage_class": self.storage_class,
                 "retention": list(self.retention) if self.retention is not None else None,
-                "keep_min": self.keep_min, **self.privacy.to_json()}
+                "keep_min": self.keep_min, "full_every": self.full_every,
+                **self.privacy.to_json()}
 
     def load_credentials(self) -> Credentials:
         """Read the key pair now (at start-up and on use), naming the key when it fails."""
@@ -159,9 +163,14 @@ def parse_store(name: str, t: Mapping[str, Any], *, servers: Collection[str]) ->
         parse_grid(retention, prefix + "retention")
         retention = tuple(retention)
     keep_min = parse_keep_min(t.get("keep_min", DEFAULT_KEEP_MIN), prefix + "keep_min")
+    full_every = t.get("full_every")
+    if full_every is not None and (isinstance(full_every, bool) or not isinstance(
+            full_every, int) or not 1 <= full_every <= 100_000):
+        raise ConfigError(prefix + "full_every", "must be a whole number of backups from 1 "
+                          "(every backup full) to 100000")
     return StoreConfig(
         name=name, bucket=bucket, endpoint=endpoint, prefix=key_prefix,
-        retention=retention, keep_min=keep_min,
+        retention=retention, keep_min=keep_min, full_every=full_every,
         region=_string(t, "region", prefix, d.region),
         credentials_file=Path(credentials) if credentials else None, part_size=part_size,
         concurrency=concurrency, compression=compression, compression_level=level,

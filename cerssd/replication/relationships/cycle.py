@@ -310,7 +310,8 @@ class RelationshipWork:
         states = self.volume_states  # a stateful volume: one activity at a time
         wanted = states.admit(wanted, partial(cycle_holds, rt.spec), rt.name, ctx.log)
         requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
-        backups = [self._backup(rt, s, snapshot) for s in wanted if s in rt.spec.stores]
+        backups = [self._backup(rt, s, snapshot, self._full_due(rt, s))
+                   for s in wanted if s in rt.spec.stores]
         groups = await self._groups(rt, master, requests, backups, listed) \
             if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
@@ -339,10 +340,19 @@ class RelationshipWork:
             **relationship_fields(rt.spec, server))
 
     @staticmethod
-    def _backup(rt: Runtime, store: str, snapshot: str) -> BackupRequest:
+    def _backup(rt: Runtime, store: str, snapshot: str, full: bool = False) -> BackupRequest:
         return BackupRequest(snapshot=snapshot, server=rt.spec.master, store=store,
                              relationship=rt.name, latest_prefix=rt.spec.prefix,
-                             intermediates=True)
+                             intermediates=True, force_full=full)
+
+    def _full_due(self, rt: Runtime, store: str) -> bool:
+        """The store's ``full_every``: a relationship's backups are one incremental chain,
+        which retention can never cut (each one needs all before it); a full every N
+        backups starts a new chain and lets the old one go."""
+        if self.stores is None or store not in self.stores.stores:
+            return False
+        every = self.stores.get(store).config.full_every
+        return every is not None and rt.backups_since_full.get(store, 0) >= every - 1
 
     async def _groups(self, rt: Runtime, master: StorageBackend,
                       requests: list[ReplicationRequest],

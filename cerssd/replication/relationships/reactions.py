@@ -118,6 +118,9 @@ class Reactions:
         if record.state == State.SUCCEEDED and store in rt.store_bases:
             rt.store_bases[store] = record.params.get("guid")
             rt.backup_success_at[store] = record.finished_at or time.time()
+            if "base_guid" in record.params:  # else it found the snapshot backed up already
+                rt.backups_since_full[store] = 0 if record.params["base_guid"] is None \
+                    else rt.backups_since_full.get(store, 0) + 1
             self.registry.save(rt)
             self.upkeep.prune_store(rt, store)
         await self._after_stream(rt)

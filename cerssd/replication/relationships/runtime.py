@@ -83,6 +83,8 @@ class Runtime:
     #: Per object store: when its last backup of the relationship (every member of a
     #: tree) succeeded; remembered, so the backup-age alert survives a restart.
     backup_success_at: dict[str, float] = field(default_factory=dict)
+    #: Per object store: incremental backups since its last full (``full_every``).
+    backups_since_full: dict[str, int] = field(default_factory=dict)
     #: A tree relationship's members and their state on each slave (None: one volume).
     tree: TreeStatus | None = None
     #: A reload changed the schedule: the wait for the next tick is computed again (the
@@ -118,6 +120,7 @@ class Runtime:
                 "slaves": {n: s.remembered() for n, s in self.slaves.items()},
                 "store_bases": dict(self.store_bases),
                 "backup_success_at": dict(self.backup_success_at),
+                "backups_since_full": dict(self.backups_since_full),
                 "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
                 "failover": self.failover.remembered()}
 
@@ -183,6 +186,7 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
     newest = state.get("newest")
     remembered_bases = state.get("store_bases", {})
     succeeded = state.get("backup_success_at") or {}
+    since_full = state.get("backups_since_full") or {}
     return Runtime(spec, slaves, home=home,
                    failover=FailoverState.restore(state.get("failover") or {}),
                    stopped=bool(state.get("stopped")),
@@ -191,6 +195,8 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
                    store_bases={s: remembered_bases.get(s) for s in spec.stores},
                    backup_success_at={s: float(succeeded[s]) for s in spec.stores
                                       if isinstance(succeeded.get(s), int | float)},
+                   backups_since_full={s: int(since_full[s]) for s in spec.stores
+                                       if isinstance(since_full.get(s), int)},
                    tree=TreeStatus() if spec.is_tree else None,
                    last_hooks=state.get("last_hooks"),
                    skipped_cycles=state.get("skipped_cycles", 0))
