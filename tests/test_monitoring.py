@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import REPO, SLOW, DaemonProcess, SshServer, post_json, wait_until, zfs
+from .seaweed import WeedServer
 
 RULES = REPO / "etc/prometheus/cerssd-alerts.yml"
 RULE_TESTS = REPO / "etc/prometheus/cerssd-alerts.test.yml"
@@ -38,9 +39,11 @@ PROMETHEUS_SERIES = {"up"}
 AFTER_FAILOVER = {"cerssd_relationship_fenced"}
 # What issue 7 asks each of them to cover, by the metric that carries it.
 ALERTED = {"cerssd_replication_lag_seconds", "cerssd_link_up", "cerssd_activity_errors_total",
-           "cerssd_activity_progress_done", "up"}
+           "cerssd_activity_progress_done", "cerssd_backup_last_success_timestamp_seconds",
+           "up"}
 CHARTED = {"cerssd_replication_lag_seconds", "cerssd_replication_bytes_total",
-           "cerssd_link_up", "cerssd_activities", "cerssd_activity_errors_total"}
+           "cerssd_link_up", "cerssd_activities", "cerssd_activity_errors_total",
+           "cerssd_backup_last_success_timestamp_seconds"}
 
 
 # -- PromQL: which metrics does an expression read? ------------------------------------
@@ -260,13 +263,19 @@ def exported_names(exposition: str) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture
-def scrape(start_daemon: Any, make_pool: Any, sshd: SshServer) -> str:
-    """/metrics of a daemon whose relationship reached its slave over SSH, after a failure."""
+def scrape(start_daemon: Any, make_pool: Any, sshd: SshServer, s3_server: WeedServer,
+           s3_bucket: str, tmp_path: Path) -> str:
+    """/metrics of a daemon whose relationship reached its slave over SSH and backed up
+    to a store, after a failure."""
+    from .test_backups import store_section
+
     master, slave = make_pool(), make_pool()
     zfs("create", f"{master}/data")
     zfs("create", f"{master}/tree")  # a tree relationship too: its series per slave
     config = (sshd.config("remote") + '[servers.local]\nkind = "local"\n'
-              f'[relationships.web]\nvolume = "{master}/data"\ninterval = "1h"\n'
+              + store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+              + f'[relationships.web]\nvolume = "{master}/data"\ninterval = "1h"\n'
+              'stores = ["s3"]\n'
               f'slaves = [{{server = "remote", target_volume = "{slave}/data"}}]\n'
               f'[relationships.tree]\nvolume = "{master}/tree"\ninterval = "1h"\n'
               'recursive = true\n'
@@ -274,6 +283,8 @@ def scrape(start_daemon: Any, make_pool: Any, sshd: SshServer) -> str:
     d: DaemonProcess = start_daemon(extra=config)
     wait_until(lambda: d.api("GET", "/v1/relationships/web")["slaves"][0]["state"]
                == "in-sync", SLOW, interval=0.2, what="the slave in sync")
+    wait_until(lambda: "cerssd_backup_last_success_timestamp_seconds{" in d.api(
+        "GET", "/metrics"), SLOW, interval=0.2, what="the relationship's backup")
     zfs("snapshot", f"{master}/data@taken")
     taken = post_json(d, f"/v1/volumes/{master}/data/snapshots", {"name": "taken"})
     assert taken.status == 202, taken.body
