@@ -30,7 +30,7 @@ from .test_backups import store_section
 from .test_relationships import LOCAL_SLAVES, metric, relationship_config, show
 
 PREFIX = "cerssd-web-"
-OWN = re.compile(re.escape(PREFIX) + r"(?:failover-)?\d{8}T\d{6}Z(?:-\d+)?")
+OWN_SUFFIX = r"(?:failover-)?\d{8}T\d{6}Z(?:-\d+)?"
 FOREIGN = ("manual", f"{PREFIX}keep")  # the second shares the prefix: still not cerssd's
 
 
@@ -41,8 +41,9 @@ def labels(volume: str) -> list[str]:
     return [line.partition("@")[2] for line in out.split()]
 
 
-def own(names: list[str]) -> list[str]:
-    return [n for n in names if OWN.fullmatch(n)]
+def own(names: list[str], prefix: str = PREFIX) -> list[str]:
+    """The labels a relationship with ``prefix`` made (its prefix and a UTC time)."""
+    return [n for n in names if re.fullmatch(re.escape(prefix) + OWN_SUFFIX, n)]
 
 
 def created(snapshot: str) -> int:
@@ -276,3 +277,77 @@ def test_a_listing_cut_halfway_prunes_nothing(web: Any, s3_server: WeedServer,
         assert keys == set(junk)
     finally:
         proxy.close()
+
+
+# -- a tree: the same rules member by member ---------------------------------------------
+
+TREE_MEMBERS = ("", "a", "b")
+
+
+def tree_settled(d: DaemonProcess, cycles: int) -> bool:
+    from .test_trees import rel
+
+    r = rel(d, "t")
+    if r["cycles"] < cycles or r["tree"]["slaves"]["lab1"]["in_sync"] != len(TREE_MEMBERS):
+        return False
+    items = [a for kind in ("tree-sync", "tree-backup", "replicate", "prune", "backup-prune")
+             for a in d.api("GET", f"/v1/activities?kind={kind}&limit=1000")["items"]
+             if a["params"].get("relationship") == "t"]
+    backups = [a for a in items if a["kind"] == "tree-backup" and a["state"] == "succeeded"]
+    return len(backups) >= cycles and all(
+        a["state"] in ("succeeded", "failed", "cancelled") for a in items)
+
+
+def test_a_trees_members_keep_min_everywhere_and_its_dry_run_is_its_prune(
+        start_daemon: Any, make_pool: Any, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    from .test_trees import sync_now, tree_config
+
+    src, dst = make_pool(), make_pool()
+    root = f"{src}/t"
+    zfs("create", root)
+    for m in TREE_MEMBERS[1:]:
+        zfs("create", f"{root}/{m}")
+    config = (store_section(s3_server, s3_bucket, tmp_path / "s3.key", retention=["1s:all"],
+                            keep_min=2, full_every=1)
+              + tree_config("t", root, f"{dst}/standby", recursive="true", stores='["s3"]',
+                            retention='["1s:all"]', keep_min="2"))
+    d = start_daemon(extra=config)
+    names = [f"{root}/{m}".rstrip("/") for m in TREE_MEMBERS]
+    copies = [n.replace(root, f"{dst}/standby", 1) for n in names]
+    wait_until(lambda: tree_settled(d, 1), SLOW, interval=0.2, what="the first cycle")
+    for label in ("manual", "cerssd-t-keep"):  # not cerssd's, on a member
+        zfs("snapshot", f"{root}/a@{label}")
+    for n in range(2, 5):
+        newest = own(labels(root), "cerssd-t-")[-1]
+        wait_until(lambda x=newest: time.time() - created(f"{root}@{x}") > 1.5, 10,
+                   interval=0.1, what="the last cycle to age past the 1 s tier")
+        sync_now(d, "t")
+        wait_until(lambda n=n: tree_settled(d, n), SLOW, interval=0.2, what=f"cycle {n}")
+    made = own(labels(root), "cerssd-t-")
+    # The master's retention runs at a cycle's start (keep_min 2 of what it had), then
+    # the cycle adds its snapshot; each slave copy and each member's backups at 2.
+    assert len(made) == 3, made
+    for name in names:
+        assert own(labels(name), "cerssd-t-") == made
+    for copy in copies:
+        wait_until(lambda c=copy: own(labels(c), "cerssd-t-") == made[-2:], SLOW,
+                   interval=0.2, what=f"{copy} at keep_min 2: {labels(copy)}")
+    for name in names:
+        wait_until(lambda n=name: own(backed_up(d, n), "cerssd-t-") == made[-2:], SLOW,
+                   interval=0.2, what=f"{name}'s backups at keep_min 2")
+    assert {"manual", "cerssd-t-keep"} <= set(labels(f"{root}/a"))
+
+    dry = post_json(d, "/v1/relationships/t/prune", {"dry_run": True, "only": ["master"]})
+    assert dry.status == 200, dry.body
+    (plan,) = dry.body["places"]
+    assert plan["blocked"] is None and plan["kept"] == 2 * len(names)
+    assert sorted(v["snapshot"] for v in plan["destroy"]) == sorted(
+        f"{n}@{made[0]}" for n in names)
+    real = post_json(d, "/v1/relationships/t/prune", {"only": ["master"]})
+    (done,) = real.body["places"]
+    assert [v["snapshot"] for v in done["destroy"]] == [v["snapshot"] for v in plan["destroy"]]
+    assert d.wait_done(done["activity"])["state"] == "succeeded"
+    for name in names:
+        assert own(labels(name), "cerssd-t-") == made[1:]
+    assert {"manual", "cerssd-t-keep"} <= set(labels(f"{root}/a"))

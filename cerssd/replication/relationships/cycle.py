@@ -346,13 +346,10 @@ class RelationshipWork:
                              intermediates=True, force_full=full)
 
     def _full_due(self, rt: Runtime, store: str) -> bool:
-        """The store's ``full_every``: a relationship's backups are one incremental chain,
-        which retention can never cut (each one needs all before it); a full every N
-        backups starts a new chain and lets the old one go."""
+        """The store's ``full_every`` (``Runtime.full_backup_due``)."""
         if self.stores is None or store not in self.stores.stores:
             return False
-        every = self.stores.get(store).config.full_every
-        return every is not None and rt.backups_since_full.get(store, 0) >= every - 1
+        return rt.full_backup_due(store, self.stores.get(store).config.full_every)
 
     async def _groups(self, rt: Runtime, master: StorageBackend,
                       requests: list[ReplicationRequest],

@@ -119,8 +119,7 @@ class Reactions:
             rt.store_bases[store] = record.params.get("guid")
             rt.backup_success_at[store] = record.finished_at or time.time()
             if "base_guid" in record.params:  # else it found the snapshot backed up already
-                rt.backups_since_full[store] = 0 if record.params["base_guid"] is None \
-                    else rt.backups_since_full.get(store, 0) + 1
+                rt.note_backup(store, full=record.params["base_guid"] is None)
             self.registry.save(rt)
             self.upkeep.prune_store(rt, store)
         await self._after_stream(rt)
@@ -133,6 +132,8 @@ class Reactions:
                 or store not in rt.spec.stores:
             return
         rt.backup_success_at[store] = record.finished_at or time.time()
+        if record.params.get("to_back_up"):
+            rt.note_backup(store, full=bool(record.params.get("full_every_due")))
         self.registry.save(rt)
         self.upkeep.prune_store(rt, store)
 

@@ -113,6 +113,16 @@ class Runtime:
             self.skipped_cycles += 1
         return self.last_hooks
 
+    def full_backup_due(self, store: str, every: int | None) -> bool:
+        """Whether the next backup to ``store`` is a full one (its ``full_every``): a
+        relationship's backups are one incremental chain, which retention can never cut
+        (each needs all before it); a full every N starts a new chain and lets the old
+        one age out."""
+        return every is not None and self.backups_since_full.get(store, 0) >= every - 1
+
+    def note_backup(self, store: str, *, full: bool) -> None:
+        self.backups_since_full[store] = 0 if full else self.backups_since_full.get(store, 0) + 1
+
     def remembered(self) -> dict[str, Any]:
         return {"stopped": self.stopped, "last_cycle_at": self.last_cycle_at,
                 "last_hooks": self.last_hooks, "skipped_cycles": self.skipped_cycles,

@@ -80,6 +80,8 @@ class Job:
     #: failure plans the member from its own listings and tries once more. A remembered
     #: job without a base (new to the tree, or failing) is planned from them at once.
     remembered: bool = False
+    #: The store's ``full_every`` is due: a full stream, whatever base there is.
+    full: bool = False
 
 
 def submit_tree_backup(engine: ActivityEngine, rt: Runtime, store: str, label: str, *,
@@ -153,6 +155,9 @@ class TreeBackupWork:
         except (BackendError, LinkError) as exc:
             code = StatusCode.LINK if isinstance(exc, LinkError) else StatusCode.ERROR
             raise ActivityError(f"tree not backed up: {exc}", code) from exc
+        if rt.full_backup_due(name, store.config.full_every):  # a new chain per member
+            jobs = [Job(j.entry, j.snapshot, None, full=True) for j in jobs]
+            ctx.remember(full_every_due=True)
         kinds = await self._run_jobs(ctx, rt, src, store, calls, facts, jobs)
         facts.forget_others(rt.tree.members)
         failing = sum(1 for e in rt.tree.members.values()
@@ -286,6 +291,8 @@ class TreeBackupWork:
                       intermediates: bool) -> str | None:
         """One member's backup; a remembered base that fails is planned again from the
         member's own listings, once. Returns the kind made (None: nothing was due)."""
+        if job.full:
+            return await self._upload(ctx, src, store, calls, pool, job, intermediates)
         if job.remembered and job.base is not None:
             try:
                 if not await self._base_missing(store, calls, job.base):
