@@ -132,7 +132,7 @@ def test_each_verdict_says_why() -> None:
     beyond = plan[0]
     assert beyond.snapshot is snaps[0] and beyond.rule is Rule.BEYOND_GRID
     assert beyond.tier == "1w:1d" and beyond.age == 9 * D
-    assert "older than the grid's last tier (1w:1d): 9d old" == beyond.reason()
+    assert beyond.reason() == "older than the grid's last tier (1w:1d): 9d old"
     thinned = plan[1:]
     assert thinned and all(v.rule is Rule.THINNED and v.tier == "1d:1h" for v in thinned)
     kept = {s.label for s in snaps} - {v.snapshot.label for v in plan}

@@ -56,7 +56,9 @@ def render_one(out: Output, r: dict[str, Any]) -> None:
              ("state", r["state"]),
              ("replication", f"{r['replication_status']} (home master {r['home_master']})"),
              ("schedule", r["schedule"]), ("prefix", r["prefix"]),
-             ("retention", ", ".join(r["retention"])), ("cycles", r["cycles"]),
+             ("retention", ", ".join(r["retention"])),
+             ("keep_min", f"{r['keep_min']} on the master, {r['slave_keep_min']} on each "
+              "slave"), ("cycles", r["cycles"]),
              ("last cycle", when(r["last_cycle_at"])),
              ("next cycle", when(r["next_cycle_at"]) if not r.get("cycle_waiting_since")
               else f"cycle waiting for its turn since {when(r['cycle_waiting_since'])} "
