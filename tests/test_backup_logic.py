@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from cerssd.objectstore.layout import (
 )
 from cerssd.objectstore.upload import read_part
 from cerssd.parsing import ConfigError
-from cerssd.replication.flows.bucket_prune import backups_to_delete
+from cerssd.replication.flows.bucket_prune import backups_to_delete, bucket_plan
 from cerssd.replication.logic.retention import parse_grid
 
 HOUR = 3600
@@ -52,6 +54,10 @@ def test_store_config_defaults_and_prefix_slash() -> None:
     ({"bucket": "Bad_Bucket"}, "stores.s3.bucket"),
     ({"part_size": "1MiB"}, "stores.s3.part_size"),
     ({"concurrency": 0}, "stores.s3.concurrency"),
+    ({"retention": "1d:all"}, "stores.s3.retention"),
+    ({"retention": ["1d"]}, "stores.s3.retention[0]"),
+    ({"keep_min": 0}, "stores.s3.keep_min"),
+    ({"full_every": 0}, "stores.s3.full_every"),
     ({"compression": "gzip"}, "stores.s3.compression"),
     ({"compression": "zstd", "compression_level": 30}, "stores.s3.compression_level"),
     ({"endpoint": "ftp://x"}, "stores.s3.endpoint"),
@@ -295,3 +301,20 @@ def test_stream_channel_is_one_way_ends_with_eof_and_breaks_like_a_pipe() -> Non
     with pytest.raises(BrokenPipeError):
         os.write(w, b"x" * 10)
     fds.close_all()
+
+
+def test_bucket_retention_spares_foreign_labels_and_keeps_keep_min() -> None:
+    """A relationship's store retention: only its own labels, never fewer than keep_min
+    (the newest), each with why; an operator's grid (no prefix) covers every label."""
+    def owned_full(guid: str, hour: int) -> Manifest:
+        label = time.strftime("rel-%Y%m%dT%H%M%SZ", time.gmtime(hour * HOUR))
+        return replace(manifest(guid, hour * HOUR), snapshot=f"tank/v@{label}")
+
+    foreign = manifest("m", 1 * HOUR)  # tank/v@sm: an operator's backup
+    fulls = [owned_full(str(i), 10 + i) for i in range(4)]
+    grid = parse_grid(["1h:all"])
+    plan = bucket_plan([foreign, *fulls], grid, now=100 * HOUR, prefix="rel-", keep_min=2)
+    assert [v.snapshot.guid for v in plan] == ["0", "1"]
+    assert all(v.reason().startswith("older than the grid's last tier (1h:all)") for v in plan)
+    everything = bucket_plan([foreign, *fulls], grid, now=100 * HOUR, keep_min=2)
+    assert [v.snapshot.guid for v in everything] == ["m", "0", "1"]

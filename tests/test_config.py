@@ -191,6 +191,9 @@ def test_relationship_defaults_and_values() -> None:
     ({"retry_deadline": "soon"}, "relationships.web.retry_deadline"),
     ({"fanout": "yes"}, "relationships.web.fanout"),
     ({"fanout_buffer": "1KiB"}, "relationships.web.fanout_buffer"),
+    ({"keep_min": 0}, "relationships.web.keep_min"),
+    ({"keep_min": "2"}, "relationships.web.keep_min"),
+    ({"slave_keep_min": -1}, "relationships.web.slave_keep_min"),
     ({"colour": "blue"}, "relationships.web.colour"),
 ])
 def test_relationship_errors_name_the_key(table: dict[str, object], key: str) -> None:
