@@ -42,6 +42,7 @@ from ...storage.names import validate_snapshot
 from ...storage.values import Snapshot, StreamOptions
 from ...transport.process import stop_process
 from ...transport.stream import local_command
+from ..logic.retention import owned
 from ..retry import RetryPolicy
 from ..stream.fanout import FanoutGroup, FanoutMissed, SplitOff
 from ..stream.filters import backup_filters, spawn_chain
@@ -110,7 +111,7 @@ def pick_snapshot(source: list[Snapshot], req: BackupRequest) -> Snapshot:
     if asked is None:
         raise NotFound(f"snapshot {req.snapshot} does not exist on {req.server}")
     if req.latest_prefix is not None:
-        ours = [s for s in source if s.label.startswith(req.latest_prefix)]
+        ours = [s for s in source if owned(s.label, req.latest_prefix)]
         if ours:
             return ours[-1]
     return asked

@@ -49,6 +49,7 @@ from ..logic.plan import (
     without_intermediates,
 )
 from ..logic.receive import ReceiveSettings, for_stream
+from ..logic.retention import owned
 from ..logic.spec import RelationshipSpec
 from ..retry import RetryPolicy, Transient, report_link_retry
 from ..stream.fanout import FanoutGroup, FanoutMissed, SplitOff
@@ -432,7 +433,7 @@ class ReplicateWork:
             listed = await src.snapshots(volume)
         except NotFound:
             return None  # the plan says what is missing
-        ours = [s for s in listed if s.label.startswith(prefix)]
+        ours = [s for s in listed if owned(s.label, prefix)]  # never someone else's
         if ours and ours[-1].name != self.req.snapshot:
             ctx.log.info("catching up to the newest snapshot", snapshot=ours[-1].name,
                          was=self.req.snapshot)

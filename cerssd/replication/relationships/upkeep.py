@@ -27,7 +27,7 @@ from ...storage.values import Snapshot
 from ...transport.errors import LinkError
 from ...volume_states import PRUNING, VolumeStates, backup_prune_holds, prune_holds
 from ..flows import bucket_prune, snapshot_prune
-from ..logic.retention import parse_grid
+from ..logic.retention import owned, parse_grid
 from .prune_plan import Place, TargetPlan, blocked_plan, grid_text, volume_plan
 from .registry import RelationshipRegistry
 from .runtime import Runtime
@@ -56,7 +56,7 @@ class Upkeep:
         except (BackendError, LinkError) as exc:
             log.info("master not listed", relationship=rt.name, error=str(exc))
             return None
-        mine = [s for s in ours if s.label.startswith(rt.spec.prefix)]
+        mine = [s for s in ours if owned(s.label, rt.spec.prefix)]
         if mine:
             rt.newest = (mine[-1].name, mine[-1].guid)
         return ours
