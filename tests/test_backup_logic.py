@@ -33,8 +33,10 @@ from cerssd.objectstore.layout import (
 )
 from cerssd.objectstore.upload import read_part
 from cerssd.parsing import ConfigError
+from cerssd.replication.flows.backup import BackupRequest, pick_snapshot
 from cerssd.replication.flows.bucket_prune import backups_to_delete, bucket_plan
 from cerssd.replication.logic.retention import parse_grid
+from cerssd.storage.values import Snapshot
 
 HOUR = 3600
 
@@ -318,3 +320,15 @@ def test_bucket_retention_spares_foreign_labels_and_keeps_keep_min() -> None:
     assert all(v.reason().startswith("older than the grid's last tier (1h:all)") for v in plan)
     everything = bucket_plan([foreign, *fulls], grid, now=100 * HOUR, keep_min=2)
     assert [v.snapshot.guid for v in everything] == ["m", "0", "1"]
+
+
+def test_a_relationships_newest_snapshot_is_one_it_made() -> None:
+    """An operator's snapshot sharing the prefix is not the cycle's to back up."""
+    def snap(label: str, created: int) -> Snapshot:
+        return Snapshot(name=f"tank/v@{label}", volume="tank/v", label=label, guid=label,
+                        creation=created, used=0, referenced=0, userrefs=0)
+
+    source = [snap("cerssd-web-20261207T010000Z", 1), snap("cerssd-web-keep", 2)]
+    req = BackupRequest(snapshot=source[0].name, server="local", store="s3",
+                        latest_prefix="cerssd-web-")
+    assert pick_snapshot(source, req) is source[0]
