@@ -38,10 +38,12 @@ class BackendSettings(Protocol):
 
 
 def _zfs(runner: Runner, cfg: BackendSettings) -> StorageBackend:
-    # ``zpool`` beside an absolute ``zfs_command``: a non-root login's PATH (Debian's
+    # ``zpool`` beside an absolute ``.../zfs``: a non-root login's PATH (Debian's
     # /usr/local/bin:/usr/bin:/bin) has neither, and delegation needs no sudo to find them.
+    # A command of another name is a wrapper an operator wrote: ``zpool`` from PATH then.
     zfs = cfg.zfs_command
-    zpool = posixpath.join(posixpath.dirname(zfs), "zpool") if zfs.startswith("/") else "zpool"
+    beside = zfs.startswith("/") and posixpath.basename(zfs) == "zfs"
+    zpool = posixpath.join(posixpath.dirname(zfs), "zpool") if beside else "zpool"
     return ZfsBackend(runner, zfs=zfs, zpool=zpool, stateless=cfg.stateless, sudo=cfg.sudo)
 
 
