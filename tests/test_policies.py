@@ -126,6 +126,20 @@ def test_a_policy_snapshots_and_prunes_its_own_on_schedule(
     assert set(x for x in kept if x.startswith("cerssd-fast-")) <= set(labels(vol))
 
 
+def test_keep_min_holds_a_policys_snapshots_its_grid_would_drop(
+        start_daemon: Any, make_pool: Any) -> None:
+    """A 1 s grid would leave only the newest; keep_min = 3 keeps three, runs after runs."""
+    pool = make_pool()
+    vol = f"{pool}/data"
+    zfs("create", vol)
+    d = start_daemon(extra=policy_config("few", vol, interval='"1s"', retention='["1s:all"]',
+                                         keep_min="3"))
+    wait_until(lambda: ran(d, "few", 6), SLOW, interval=0.2, what="six runs")
+    ours = [x for x in labels(vol) if x.startswith("cerssd-few-")]
+    assert len(ours) == 3, ours
+    assert show(d, "few")["keep_min"] == 3
+
+
 def test_a_tree_policy_snapshots_every_member_at_once_and_prunes_by_label(
         start_daemon: Any, make_pool: Any) -> None:
     pool = make_pool()

@@ -40,7 +40,7 @@ def test_a_minimal_policy_gets_its_defaults() -> None:
     assert (p.server, p.volume, p.prefix) == ("local", "tank/data", "cerssd-hourly-")
     assert isinstance(p.schedule, Interval) and p.schedule.seconds == 3600
     assert p.retention == tuple(parse_grid(["1h:all", "1d:1h", "1w:1d"]))
-    assert not p.is_tree and p.hooks is None
+    assert not p.is_tree and p.hooks is None and p.keep_min == 1
 
 
 def test_a_tree_policy_on_cron() -> None:
@@ -66,6 +66,7 @@ def test_a_tree_policy_on_cron() -> None:
     ({"recursive": "yes"}, "snapshots.hourly.recursive", "true or false"),
     ({"property": "NoColon"}, "snapshots.hourly.property", "user property"),
     ({"keep": 3}, "snapshots.hourly.keep", "unknown key"),
+    ({"keep_min": 0}, "snapshots.hourly.keep_min", "at least 1"),
 ])
 def test_bad_policy_keys_are_named(extra: dict[str, Any], key: str, words: str) -> None:
     table = {"volume": "tank/data", "interval": "1h", **extra}

@@ -65,7 +65,7 @@ async def run_volume(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBa
     held: list[str] = []
     if why is None:
         doomed = to_destroy(existing, spec.retention, now=time.time(), prefix=spec.prefix,
-                            protected=protection.guids)
+                            protected=protection.guids, keep_min=spec.keep_min)
         destroyed, held = await _destroy_each(backend, [s.name for s in doomed])
         gone = {s.name for s in doomed} - set(held)
         existing = [s for s in existing if s.name not in gone]
@@ -115,7 +115,7 @@ async def run_tree(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBack
     destroyed, why = 0, protection.hold_off
     if why is None:
         doomed = labels_doomed(rt.labels, spec.retention, now=time.time(), prefix=spec.prefix,
-                               protected=protection.labels)
+                               protected=protection.labels, keep_min=spec.keep_min)
         before = len(rt.labels)
         await drop_labels(ctx, backend, names, doomed, rt.labels,
                           recursive_from=sel.root if sel.whole_subtree and sel.root in names

@@ -21,14 +21,14 @@ from ..hooks import Hooks, parse_hooks
 from ..parsing import ConfigError, reject_unknown
 from ..replication.logic import spec_fields as fields
 from ..replication.logic.members import TreeSelection
-from ..replication.logic.retention import Tier
+from ..replication.logic.retention import DEFAULT_KEEP_MIN, Tier, parse_keep_min
 from ..replication.logic.schedule import Schedule, describe, parse_schedule
 from ..replication.logic.spec import DEFAULT_RETENTION
 from ..storage.names import InvalidName, validate_object_name
 
 #: The keys a ``[snapshots.NAME]`` table accepts (docs/config.md lists each).
 POLICY_KEYS = {"server", "volume", "recursive", "include", "exclude", "property",
-               "interval", "cron", "prefix", "retention", "hooks"}
+               "interval", "cron", "prefix", "retention", "keep_min", "hooks"}
 #: The longest label a policy makes after its prefix (``tree.cycle_label``: UTC time and
 #: a counter should one second see two runs).
 LONGEST_SUFFIX = "20260101T000000Z-99"
@@ -44,6 +44,8 @@ class PolicySpec:
     prefix: str
     retention: tuple[Tier, ...]
     hooks: Hooks | None = None
+    #: The fewest of its own snapshots its grid leaves (per member of a tree).
+    keep_min: int = DEFAULT_KEEP_MIN
     #: The table it was parsed from, to show the grid as written.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -56,7 +58,7 @@ class PolicySpec:
         return {"name": self.name, "server": self.server, "volume": self.volume,
                 "schedule": describe(self.schedule), "prefix": self.prefix,
                 "retention": list(self.raw.get("retention", DEFAULT_RETENTION)),
-                "recursive": sel.recursive, "include": list(sel.include),
+                "keep_min": self.keep_min, "recursive": sel.recursive, "include": list(sel.include),
                 "exclude": list(sel.exclude), "property": sel.by_property,
                 "hooks": self.hooks.to_json() if self.hooks is not None else None}
 
@@ -78,4 +80,5 @@ def parse_policy(name: str, t: Mapping[str, Any], *, servers: Collection[str]) -
         schedule=parse_schedule(t.get("interval"), t.get("cron"), key, name),
         prefix=prefix,
         retention=fields.grid(t.get("retention", DEFAULT_RETENTION), f"{key}.retention"),
+        keep_min=parse_keep_min(t.get("keep_min", DEFAULT_KEEP_MIN), f"{key}.keep_min"),
         hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"), raw=dict(t))
