@@ -222,6 +222,17 @@ class ActivityEngine:
         """The live activities (not yet terminal): bounded by what runs at once."""
         return list(self._activities.values())
 
+    def unfinished(self, activity_id: str | None) -> Activity | None:
+        """The activity while it has not ended; None for no id, an unknown one, or one
+        that ended (what a relationship's or a policy's "its activity" means)."""
+        if activity_id is None:
+            return None
+        with contextlib.suppress(KeyError):
+            activity = self.get(activity_id)
+            if not activity.record.state.terminal:
+                return activity
+        return None
+
     def live(self, kind: str, relationship: str | None = None) -> list[Activity]:
         """Live activities of ``kind``, of one relationship if named."""
         return [a for a in self._activities.values()

@@ -93,13 +93,7 @@ class PolicyRegistry:
         return sorted(self.runtimes.values(), key=lambda r: r.name)
 
     def activity_of(self, rt: PolicyRuntime) -> Activity | None:
-        if rt.activity_id is None:
-            return None
-        with contextlib.suppress(KeyError):
-            activity = self.engine.get(rt.activity_id)
-            if not activity.record.state.terminal:
-                return activity
-        return None
+        return self.engine.unfinished(rt.activity_id)
 
     def run_now(self, name: str) -> PolicyRuntime:
         """Start a run at once (or cut a failed run's back-off short). A policy whose

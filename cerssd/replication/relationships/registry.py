@@ -177,13 +177,7 @@ class RelationshipRegistry:
     # -- the relationship's own activity ------------------------------------------------
     def activity_of(self, rt: Runtime) -> Activity | None:
         """The relationship's live activity, None while it is stopped."""
-        if rt.activity_id is None:
-            return None
-        with contextlib.suppress(KeyError):
-            activity = self.engine.get(rt.activity_id)
-            if not activity.record.state.terminal:
-                return activity
-        return None
+        return self.engine.unfinished(rt.activity_id)
 
     def start_again(self, rt: Runtime) -> ActivityRecord:
         """Give a stopped relationship a new activity (its cycles run again)."""
