@@ -128,8 +128,28 @@ def zfs_fuse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                    what="zfs-fuse to exit")
 
 
+#: Pools made for the running test (``make_pool``), destroyed when it ends. A session of
+#: ~1,200 tests made ~300 pools, and zfs-fuse keeps a sync thread busy for each one it has
+#: imported: keeping them to the end cost every later test.
+_TEST_POOLS: list[str] = []
+
+
+def _destroy_pool(name: str, patience: float) -> bool:
+    """``zpool destroy -f``, retried while zfs-fuse calls it busy; whether it is gone."""
+    deadline = time.monotonic() + patience
+    while True:
+        if zpool("destroy", "-f", name, check=False).returncode == 0 \
+                or zpool("list", name, check=False).returncode != 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)  # zfs-fuse calls a pool busy for a moment after its datasets were used
+
+
 @pytest.fixture(scope="session")
-def make_pool(zfs_fuse: None) -> Iterator[Callable[..., str]]:
+def pool_factory(zfs_fuse: None) -> Iterator[Callable[..., str]]:
+    """Makes pools that last the session (a module-scoped fixture's); ``make_pool``'s are
+    the test's own. Whatever is left is destroyed at the end."""
     created: list[tuple[str, Path]] = []
     root = Path(tempfile.mkdtemp(prefix="cerssd-pools-"))
 
@@ -143,12 +163,30 @@ def make_pool(zfs_fuse: None) -> Iterator[Callable[..., str]]:
 
     yield make
     for name, image in reversed(created):
-        # zfs-fuse calls a pool busy for a moment after its datasets were used
-        wait_until(lambda n=name: zpool("destroy", "-f", n, check=False).returncode == 0
-                   or zpool("list", n, check=False).returncode != 0,
-                   30, interval=0.2, what=f"test pool {name} to be destroyed")
+        if not _destroy_pool(name, 30):
+            raise AssertionError(f"test pool {name} could not be destroyed")
         image.unlink(missing_ok=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_pool(pool_factory: Callable[..., str]) -> Callable[..., str]:
+    """Pools on sparse files with unique names, destroyed when the test ends."""
+    def make(size: str = "512M") -> str:
+        name = pool_factory(size)
+        _TEST_POOLS.append(name)
+        return name
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _destroy_test_pools() -> Iterator[None]:
+    """Destroys the test's pools after its other fixtures: an autouse fixture is set up
+    first, so it is torn down last, once the test's daemons are stopped. A pool still
+    busy then is left to ``pool_factory``'s end of session."""
+    yield
+    while _TEST_POOLS:
+        _destroy_pool(_TEST_POOLS.pop(), 5)
 
 
 @pytest.fixture

@@ -67,8 +67,8 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def fuse_pool(make_pool: Callable[..., str]) -> str:
-    return make_pool()
+def fuse_pool(pool_factory: Callable[..., str]) -> str:
+    return pool_factory()
 
 
 @pytest.fixture(scope="module")
