@@ -11,6 +11,7 @@ import base64
 import os
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ async def read_object(client: Any, bucket: str, key: str, **extra: Any) -> bytes
 
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
+    """A server of this module's own (it stops and starts it): in a whole-suite run the
+    session's server has the buckets of every earlier test, and a restart of it once
+    waited out its 180 s limit for volumes to register, failing every test after it."""
+    server = WeedServer(tmp_path_factory.mktemp("seaweed-own"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # -- the fixture ---------------------------------------------------------------------
