@@ -356,7 +356,8 @@ def test_a_run_resumed_after_its_snapshot_runs_no_hook_again(
         start_daemon: Any, make_pool: Any, tmp_path: Any, tree: bool) -> None:
     """The daemon is killed while ``post`` runs (the snapshot is made, the run not yet
     recorded): the restarted run uses that snapshot, and neither hook runs again."""
-    from .test_hooks import gone, script
+    from .test_hooks import script
+    from .test_relationship_hooks import kill_in_post
     pool = make_pool()
     root = f"{pool}/v"
     for name in ("", "/a") if tree else ("",):
@@ -371,12 +372,7 @@ def test_a_run_resumed_after_its_snapshot_runs_no_hook_again(
     wait_until(lambda: post_pid.exists() and post_pid.read_text().strip(), SLOW,
                what="the post hook to run")
     label = pres.read_text().strip()
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait()
-    release.touch()
-    pid = int(post_pid.read_text())
-    wait_until(lambda: gone(pid), 10, what="the orphaned post hook to end")
-    post_pid.unlink()
+    kill_in_post(d, post_pid, release)
     d2 = start_daemon(config_path=d.config_path)
     done = wait_until(lambda: ran(d2, "p", 1), SLOW, what="the resumed run")
     assert done["newest_snapshot"] == label and done["last_result"]["hooks"] == []

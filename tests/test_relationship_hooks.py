@@ -67,6 +67,17 @@ def sync_now(d: DaemonProcess) -> None:
     assert post_json(d, "/v1/relationships/web/sync-now", {}).status == 202
 
 
+def kill_in_post(d: Any, post_pid: Path, release: Path) -> None:
+    """SIGKILL the daemon while its post hook (which wrote ``post_pid`` and waits for
+    ``release``) runs; then let the orphaned hook end."""
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    release.touch()
+    pid = int(post_pid.read_text())
+    wait_until(lambda: gone(pid), 10, what="the orphaned post hook to end")
+    post_pid.unlink()
+
+
 def test_pre_runs_before_the_snapshot_and_post_after(
         start_daemon: Any, pools: tuple[str, str, str], tmp_path: Path) -> None:
     master, a, _ = pools
@@ -254,12 +265,7 @@ def test_a_tree_cycle_resumed_after_its_snapshot_runs_no_hook_again(
     wait_until(lambda: post_pid.exists() and post_pid.read_text().strip(), SLOW,
                what="the post hook to run")
     label = pres.read_text().strip()
-    d.proc.send_signal(signal.SIGKILL)
-    d.proc.wait()
-    release.touch()
-    pid = int(post_pid.read_text())
-    wait_until(lambda: gone(pid), 10, what="the orphaned post hook to end")
-    post_pid.unlink()
+    kill_in_post(d, post_pid, release)
     d2 = start_daemon(config_path=d.config_path)
     wait_until(lambda: (x := d2.api("GET", "/v1/relationships/t"))["cycles"] == 1
                and x["tree"]["slaves"]["s"]["in_sync"] == 2, SLOW,
