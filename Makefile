@@ -13,7 +13,7 @@ demo-down:
 # Both tiers: the fast one and the integration one (zfs-fuse, sshd, netns, SeaweedFS,
 # the OpenZFS guest).
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 # Pure logic and the fake backend only: no root, no services (tests/conftest.py marks).
 test-fast: setup
