@@ -344,14 +344,20 @@ def exit_by(seconds: float) -> threading.Timer:
     return timer
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; a function of its own so that the man page, cerssd(8), is
+    generated from it (make man)."""
     parser = argparse.ArgumentParser(prog="cerssd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit")
     parser.add_argument("--version", action="version", version=f"cerssd {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         config = load_config(args.config)
         for store in config.stores.values():

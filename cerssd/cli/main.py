@@ -15,7 +15,7 @@ import urllib.parse
 from typing import Any
 
 from ..parsing import ConfigError, parse_duration
-from . import backups, policies, prune, relationships, volumes, watch
+from . import backups, complete, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .output import Output, activity_rows, render_activity, size_text, when
 from .watch import submitted, wait_for
@@ -274,7 +274,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    complete.autocomplete(cli)  # a shell's completion request is answered here, then exits
+    args = cli.parse_args(argv)
     try:
         code = run(args)
     except CliError as exc:
