@@ -53,6 +53,17 @@ class LinkCondition(enum.StrEnum):
     RETRYING = "retrying"
 
 
+class DataRoute(enum.StrEnum):
+    """How an activity's data moves, as the API's ``route`` says: ``local`` (this daemon's
+    node is an end: its processes move the bytes), ``relayed`` (two remote ends: the
+    bytes pass through this daemon's node), ``delegated`` (a peer daemon on the node
+    that holds the data runs the work as its own activity; ``node`` names it)."""
+
+    LOCAL = "local"
+    RELAYED = "relayed"
+    DELEGATED = "delegated"
+
+
 class StatusCode(enum.IntEnum):
     """``status`` of a finished activity: 0 is success, anything else an error."""
 
@@ -145,10 +156,14 @@ class ActivityRecord:
     link: LinkHealth | None = None
     params: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
+    #: The server whose cerssd runs the work (a peer daemon), or None: this daemon.
+    node: str | None = None
+    route: DataRoute = DataRoute.LOCAL
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["state"] = str(self.state)
+        data["route"] = str(self.route)
         data["progress"]["text"] = f"{self.progress.done} of {self.progress.total}"
         return data
 
@@ -167,4 +182,5 @@ class ActivityRecord:
             link=(LinkHealth(**{**data["link"], "state": LinkCondition(data["link"]["state"])})
                   if data.get("link") else None),
             params=data.get("params", {}), restarts=data.get("restarts", 0),
+            node=data.get("node"), route=DataRoute(data.get("route", "local")),
         )

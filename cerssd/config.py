@@ -41,6 +41,7 @@ DAEMON_KEYS = {
 SERVER_KEYS = {
     "kind", "backend", "host", "port", "user", "identity_file", "known_hosts",
     "zfs_command", "stateless", "cipher", "pools", "root", "pool", "sudo",
+    "daemon", "daemon_socket", "daemon_server",
 }
 
 
@@ -99,6 +100,13 @@ class ServerConfig:
     #: ZFS: run ``zfs``/``zpool`` as ``sudo -n zfs ...`` (a non-root ``user`` whose
     #: sudoers line allows them; docs/least-privilege.md).
     sudo: bool = False
+    #: The server runs cerssd itself (a peer daemon, docs/peers.md): work whose data lives
+    #: there (a backup of its volume, a send from it) is delegated to that daemon,
+    #: reached on ``daemon_socket`` through this server's SSH connection.
+    daemon: bool = False
+    daemon_socket: Path = Path("/run/cerssd/control.sock")
+    #: The name the peer's own config gives this node's storage (its ``local`` server).
+    daemon_server: str = "local"
 
 
 @dataclass(frozen=True)
@@ -129,9 +137,16 @@ def streams_directly(server: ServerConfig) -> bool:
     """Whether ``server`` can stream to an object store itself (capability direct_copy).
 
     Only the node this daemon runs on can: a remote server's stream would pass through
-    this daemon, the controller the design keeps out of the data path.
+    this daemon, the controller the design keeps out of the data path (a remote that
+    runs cerssd itself is asked to do it instead: ``delegates``).
     """
     return server.kind == "local"
+
+
+def delegates(server: ServerConfig) -> bool:
+    """Whether work whose data lives on ``server`` runs there, as its own cerssd's
+    activity (``daemon = true``, docs/peers.md), with this daemon's as its parent."""
+    return server.kind == "ssh" and server.daemon
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -252,8 +267,12 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         pools=_pools(t, prefix),
         root=_str(t, "root", prefix, None), pool=_str(t, "pool", prefix, None),
         sudo=_sudo(t.get("sudo", False), prefix + "sudo"),
+        daemon=_sudo(t.get("daemon", False), prefix + "daemon"),
+        daemon_socket=_path(t, "daemon_socket", prefix, Path("/run/cerssd/control.sock")),
+        daemon_server=_str(t, "daemon_server", prefix, "local"),
     )
     _check_backend_keys(server, prefix)
+    _check_daemon_keys(server, prefix)
     for word in ("host", "user", "zfs_command"):
         value = getattr(server, word)
         if value is not None and not _WORD.fullmatch(value):
@@ -268,6 +287,18 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
                 raise ConfigError(prefix + required,
                                   "is required for an ssh server (host keys are always checked)")
     return server
+
+
+def _check_daemon_keys(server: ServerConfig, prefix: str) -> None:
+    """A peer daemon is reached through the server's SSH connection: only an ssh server
+    can be one, and the name it gives its own storage must be a valid server name."""
+    if server.daemon and server.kind != "ssh":
+        raise ConfigError(prefix + "daemon", "only an ssh server can be a peer daemon "
+                          "(this daemon does the local server's work itself)")
+    try:
+        validate_object_name(server.daemon_server, "server")
+    except InvalidName as exc:
+        raise ConfigError(prefix + "daemon_server", str(exc)) from None
 
 
 def _sudo(value: Any, key: str) -> bool:

@@ -30,6 +30,7 @@ import structlog
 
 from .activity import (
     ActivityRecord,
+    DataRoute,
     IllegalTransition,
     LinkCondition,
     LinkHealth,
@@ -145,6 +146,12 @@ class ActivityContext:
     def cancel_requested(self) -> bool:
         """True when the operator cancelled (roll back everything), not on a failure."""
         return self._activity.cancel_requested
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """True when the daemon stops: a self-restarting activity is only checkpointed
+        (work it handed elsewhere, such as a peer daemon's child, carries on)."""
+        return self._activity.shutdown_requested
 
     async def checkpoint(self) -> None:
         """Block while the activity is suspended."""
@@ -290,6 +297,7 @@ class ActivityEngine:
     def submit(self, kind: str, *, volume: str | None = None, source: str | None = None,
                target: str | None = None, params: dict[str, Any] | None = None,
                self_restarting: bool = False, progress: Progress | None = None,
+               node: str | None = None, route: DataRoute = DataRoute.LOCAL,
                ) -> ActivityRecord:
         if self._closed:
             raise EngineClosed("the daemon is shutting down; no new work is accepted")
@@ -298,7 +306,8 @@ class ActivityEngine:
         record = ActivityRecord(
             id=uuid.uuid4().hex[:16], kind=kind, volume=volume, source=source, target=target,
             created_at=time.time(), params={**(params or {}), **self._submit_params},
-            self_restarting=self_restarting, progress=progress or Progress())
+            self_restarting=self_restarting, progress=progress or Progress(),
+            node=node, route=route)
         return self._start(record).snapshot()
 
     @contextlib.contextmanager

@@ -21,6 +21,7 @@ import structlog
 
 from .config import ServerConfig
 from .links import Links
+from .peers.client import PeerClient
 from .storage.errors import BackendError
 from .storage.interface import StorageBackend
 from .storage.registry import make_backend
@@ -97,6 +98,7 @@ class ServerRegistry:
         #: (``ssh -O exit``) never cuts the new one's streams.
         self._generations: dict[str, int] = {}
         self.entries: dict[str, ServerEntry] = {}
+        self._peers: dict[str, PeerClient] = {}
         for cfg in servers.values():
             self.entries[cfg.name] = self._build(cfg)
 
@@ -175,6 +177,19 @@ class ServerRegistry:
             raise ServerUnavailable(f"server {name} is unavailable: {entry.probe_error}",
                                     server=name, permanent=entry.permanent_error)
         return entry.backend
+
+    def peer(self, name: str) -> PeerClient:
+        """The control API of the cerssd on server ``name`` (``daemon = true``), reached
+        through the server's own SSH connection (``peers/client.py``)."""
+        entry = self.entry(name)
+        runner = entry.transport
+        if not entry.config.daemon or not isinstance(runner, SshRunner):
+            raise ServerUnavailable(f"server {name} is not a peer daemon (daemon = true)",
+                                    server=name, permanent=True)
+        peer = self._peers.get(name)
+        if peer is None or peer.runner is not runner:  # new, or rebuilt by a reload
+            peer = self._peers[name] = PeerClient(runner, entry.config.daemon_socket)
+        return peer
 
     def capabilities(self) -> dict[str, Capabilities]:
         return {name: e.capabilities for name, e in self.entries.items() if e.probed}

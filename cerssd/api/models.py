@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct
 
-from ..activity import LinkCondition, LinkHealth, State, Status, Usage
+from ..activity import DataRoute, LinkCondition, LinkHealth, State, Status, Usage
 from ..links import LinkState
 from ..objectstore.config import Compression
 from ..replication.logic.plan import PlanMode, PlanPath, ReplicationPath
@@ -257,6 +257,10 @@ class BackupCreate(Request):
     server: Annotated[ServerName,
         doc("server holding the snapshot (it streams directly)")] = "local"
     force_full: Annotated[bool, doc("a full stream even if an incremental is possible")] = False
+    parent: Annotated[ActivityId | None, doc(
+        "set by a managing daemon that delegates the backup (docs/peers.md): its own "
+        "activity's id; a second request with the same parent while the first backup "
+        "runs answers that backup (200) instead of starting another")] = None
 
 
 class RestoreCreate(Request):
@@ -388,6 +392,11 @@ class Activity(Reply):
     link: LinkHealth | None
     params: dict[str, Any]
     restarts: int
+    node: Annotated[str | None, doc("the server whose peer cerssd runs the work "
+                                    "(route delegated); null: this daemon")]
+    route: Annotated[DataRoute, doc("how the data moves: local (this daemon's node is an "
+                                    "end), relayed (through this daemon's node), delegated "
+                                    "(run by the peer daemon on node)")]
 
 
 class ActivityPage(Reply):

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
 
-from ...activity import ActivityRecord, Progress, StatusCode
-from ...config import streams_directly
+from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
+from ...config import delegates, streams_directly
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
@@ -35,6 +35,7 @@ from ...objectstore.layout import FORMAT, FORMAT_AGE, Manifest, manifest_key, no
 from ...objectstore.sse_check import check_sse
 from ...objectstore.stores import Stores
 from ...objectstore.upload import Retrier, SegmentedUpload, UploadResult
+from ...peers.delegate import ChildRequest, DelegatedWork
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
@@ -476,6 +477,11 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
     snap = validate_snapshot(req.snapshot)
     stores.get(req.store)
     entry = servers.entry(req.server)
+    if delegates(entry.config):  # its own cerssd streams it: docs/peers.md
+        return engine.submit(KIND, volume=snap.volume, source=req.server, target=req.store,
+                             params=req.params(), self_restarting=True,
+                             progress=Progress(0, 0, unit="bytes"), node=req.server,
+                             route=DataRoute.DELEGATED)
     if not streams_directly(entry.config):
         raise ActivityError(
             f"server {req.server} cannot copy directly to an object store (direct_copy): "
@@ -486,6 +492,23 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
                          progress=Progress(0, 0, unit="bytes"))
 
 
+def delegated_backup(record: ActivityRecord, servers: ServerRegistry,
+                     policy: RetryPolicy) -> DelegatedWork:
+    """The parent of a backup that the peer daemon on the snapshot's server runs: the
+    peer names its own storage ``daemon_server`` and the store as this config does."""
+    req = BackupRequest.from_params(record.params)
+    cfg = servers.entry(req.server).config
+    body = {"snapshot": req.snapshot, "server": cfg.daemon_server, "store": req.store,
+            "force_full": req.force_full}
+    return DelegatedWork(servers.peer(req.server), servers.links, policy,
+                         ChildRequest("/v1/backups", body))
+
+
 def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
              policy: RetryPolicy, groups: FanoutGroups | None = None) -> None:
-    engine.register(KIND, lambda r: BackupWork(r, servers, stores, policy, groups))
+    def work(r: ActivityRecord) -> BackupWork | DelegatedWork:
+        if r.route == DataRoute.DELEGATED:
+            return delegated_backup(r, servers, policy)
+        return BackupWork(r, servers, stores, policy, groups)
+
+    engine.register(KIND, work)
