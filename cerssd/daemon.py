@@ -133,7 +133,8 @@ class Daemon:
         self.relationships.start()
         self.policies.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
-            self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))
+            self._tasks.append(asyncio.create_task(self.stores.abort_orphans(
+                started, spare=backup.delegated_uploads(self.engine.activities()))))
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)

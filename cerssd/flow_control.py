@@ -24,15 +24,20 @@ class FlowGate:
     def __init__(self) -> None:
         self._async = asyncio.Event()
         self._thread = threading.Event()
+        #: Set on every open and close (on the loop): for work that must pass a suspend
+        #: on at once rather than block (a delegated activity tells its peer).
+        self.changed = asyncio.Event()
         self.open()
 
     def open(self) -> None:
         self._async.set()
         self._thread.set()
+        self.changed.set()
 
     def close(self) -> None:
         self._async.clear()
         self._thread.clear()
+        self.changed.set()
 
     @property
     def is_open(self) -> bool:

@@ -8,7 +8,7 @@ part of a backup (no manifest), and S3 keeps them until someone aborts them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import structlog
 
@@ -58,18 +58,21 @@ class Stores:
     def all(self) -> list[ObjectStore]:
         return list(self.stores.values())
 
-    async def abort_orphans(self, started_before: float) -> None:
+    async def abort_orphans(self, started_before: float, spare: Collection[str] = ()) -> None:
         """Abort unfinished multipart uploads under each prefix begun before ``started_before``.
 
         Called with the daemon's start time: an upload begun earlier belongs to no live
         backup of this daemon (a backup restarted from the journal aborts its own and
-        begins a new one), so it can only be left over.
+        begins a new one), so it can only be left over. Except under ``spare`` (key
+        beginnings after the store's prefix, ``volume/label.``): the backups a peer
+        daemon runs for this daemon's delegated activities, whose uploads are live.
         """
         for store in self.stores.values():
             try:
                 uploads = await store.multipart_uploads(store.config.prefix)
                 for key, upload_id, initiated in uploads:
-                    if initiated >= started_before:
+                    rest = key[len(store.config.prefix):]
+                    if initiated >= started_before or rest.startswith(tuple(spare)):
                         continue
                     await store.abort(key, upload_id)
                     log.warning("aborted an orphaned multipart upload", store=store.name,

@@ -21,6 +21,7 @@ in its own journal at once (``peer_activity``), and the child records ours
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,10 +75,12 @@ class DelegatedWork:
     async def run(self, ctx: ActivityContext) -> None:
         await self._call(ctx, self.peer.check_version)
         self.child_id = ctx.params.get("peer_activity")
+        self._suspended_child = bool(ctx.params.get("peer_suspended"))
         if self.child_id is not None:
             ctx.log.info("reattaching to the peer's activity", node=self.peer.server,
                          peer_activity=self.child_id)
         while True:
+            ctx.flow.changed.clear()
             if self.child_id is None:
                 self.child_id = await self._create(ctx)
             child = await self._call(ctx, self._fetch)
@@ -91,7 +94,14 @@ class DelegatedWork:
                 self._finish(ctx, child)
                 return
             await self._follow_gate(ctx, child)
-            await asyncio.sleep(POLL_INTERVAL)
+            await self._pause(ctx)
+
+    @staticmethod
+    async def _pause(ctx: ActivityContext) -> None:
+        """Until the next poll, or at once when the activity is suspended or resumed
+        (since the poll began: ``run`` clears the flag before it asks)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.flow.changed.wait(), POLL_INTERVAL)
 
     async def _create(self, ctx: ActivityContext) -> str:
         body = {**self.child.body, "parent": ctx.record.id}
@@ -139,10 +149,15 @@ class DelegatedWork:
         state = child["state"]
         if not ctx.flow.is_open and state in ("running", "retrying", "pending"):
             if await self._verb(ctx, "suspend"):
-                self._suspended_child = True
+                self._suspended(ctx, True)
         elif ctx.flow.is_open and state == "suspended" and self._suspended_child \
                 and await self._verb(ctx, "resume"):
-            self._suspended_child = False
+            self._suspended(ctx, False)
+
+    def _suspended(self, ctx: ActivityContext, suspended: bool) -> None:
+        """Journaled: a restarted parent must know it was the one that suspended."""
+        self._suspended_child = suspended
+        ctx.remember(peer_suspended=suspended)
 
     async def _verb(self, ctx: ActivityContext, verb: str) -> bool:
         path = f"/v1/activities/{self.child_id}/{verb}"

@@ -25,7 +25,7 @@ from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
 from ...config import delegates, streams_directly
-from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
 from ...objectstore.buffers import BufferPool
@@ -502,6 +502,14 @@ def delegated_backup(record: ActivityRecord, servers: ServerRegistry,
             "force_full": req.force_full}
     return DelegatedWork(servers.peer(req.server), servers.links, policy,
                          ChildRequest("/v1/backups", body))
+
+
+def delegated_uploads(live: Iterable[Activity]) -> list[str]:
+    """Where in a store the live delegated backups' peers upload (``volume/label.``): a
+    restarted daemon's orphan clean-up must not abort them (``Stores.abort_orphans``)."""
+    return [f"{s.volume}/{s.snapshot}." for s in
+            (validate_snapshot(a.record.params["snapshot"]) for a in live
+             if a.record.kind == KIND and a.record.route == DataRoute.DELEGATED)]
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,

@@ -1,0 +1,198 @@
+"""Peer daemons: a backup of a remote master's volume, delegated to the cerssd on that node.
+
+The node is a network namespace with its own sshd (``make_netns_sshd``). Its cerssd
+(the "peer") is a real daemon with its own config, journal and control socket; the
+managing daemon reaches that socket only through its SSH connection to the node's
+sshd (a stream-local channel). The peer runs in the host's network namespace beside
+the shared zfs-fuse and SeaweedFS (both listen on 127.0.0.1 only): its sends go from
+its own processes to the bucket, while everything the managing daemon says to the
+node crosses the node's veth pair, whose counters the tests read. A relayed backup
+would bring the whole stream across that veth; a delegated one brings control only.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerssd import __version__
+
+from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .seaweed import WeedServer
+from .test_backups import bucket_keys, open_uploads, store_section
+
+MiB = 1 << 20
+FAST_RETRIES = 'retry_max_interval = "2s"\nretry_deadline = "5m"\n'
+
+
+@dataclass
+class Nodes:
+    manager: DaemonProcess
+    peer: DaemonProcess
+    node: NetnsSshServer
+    pool: str
+
+
+def host_rx(node: NetnsSshServer) -> int:
+    """Bytes the host received from the node over its veth (the node's sends to us)."""
+    return int(Path(f"/sys/class/net/{node.host_veth}/statistics/rx_bytes").read_text())
+
+
+@pytest.fixture
+def nodes(start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., str],
+          make_netns_sshd: Callable[[], NetnsSshServer], s3_server: WeedServer,
+          s3_bucket: str, tmp_path: Path) -> Callable[..., Nodes]:
+    def make(*, peer_env: dict[str, str] | None = None, mib: int = 32) -> Nodes:
+        pool = make_pool("1G")
+        zfs("create", f"{pool}/vol")
+        write_file(f"/{pool}/vol/f", mib)
+        store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+        node = make_netns_sshd()
+        peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + store,
+                            state_dir=tmp_path / "peer-state", env=peer_env,
+                            daemon_extra=FAST_RETRIES)
+        manager = start_daemon(
+            extra=node.config("nodeA", extra=f'daemon = true\n'
+                              f'daemon_socket = "{peer.socket_path}"\n') + store,
+            state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
+        return Nodes(manager, peer, node, pool)
+
+    return make
+
+
+def backup(d: DaemonProcess, snapshot: str) -> dict[str, Any]:
+    r = post_json(d, "/v1/backups", {"snapshot": snapshot, "server": "nodeA"})
+    assert r.status == 202, r.body
+    return r.body  # type: ignore[no-any-return]
+
+
+def child_of(n: Nodes, parent: dict[str, Any]) -> dict[str, Any]:
+    a = n.manager.wait_activity(parent["id"], lambda x: x["params"].get("peer_activity"),
+                                what="the peer's activity id in the parent")
+    child: dict[str, Any] = n.peer.api("GET", f"/v1/activities/{a['params']['peer_activity']}")
+    return child
+
+
+def test_delegated_backup_streams_from_the_node_not_through_the_manager(
+        nodes: Callable[..., Nodes], s3_server: WeedServer, s3_bucket: str) -> None:
+    n = nodes(mib=48)
+    zfs("snapshot", f"{n.pool}/vol@one")
+    before = host_rx(n.node)
+    parent = backup(n.manager, f"{n.pool}/vol@one")
+    assert parent["route"] == "delegated" and parent["node"] == "nodeA"
+    done = n.manager.wait_done(parent["id"])
+    received = host_rx(n.node) - before
+    assert done["state"] == "succeeded", done["status"]
+    child = n.peer.api("GET", f"/v1/activities/{done['params']['peer_activity']}")
+    # Both journals name the other side: the child its parent, the parent its child.
+    assert child["state"] == "succeeded" and child["params"]["peer_parent"] == parent["id"]
+    assert child["route"] == "local" and child["node"] is None
+    raw = child["params"]["raw_size"]
+    assert raw > 48 * MiB
+    # The parent mirrors the child's progress and usage.
+    assert done["progress"]["done"] == child["progress"]["done"] == raw
+    assert done["usage"]["bytes_read"] == child["usage"]["bytes_read"]
+    assert done["params"]["peer_result"]["manifest_key"] == child["params"]["manifest_key"]
+    # The stream never came to the managing node: control traffic only.
+    print(f"host received {received} bytes from the node for a {raw}-byte backup")
+    assert received < raw / 50
+    assert any(k.endswith("manifest.json") for k in bucket_keys(s3_server, s3_bucket))
+    listed = n.manager.api("GET", f"/v1/backups?volume={n.pool}/vol")["items"]
+    assert [b["snapshot"] for b in listed] == [f"{n.pool}/vol@one"]
+
+
+def test_suspend_resume_and_cancel_pass_through_to_the_peer(
+        nodes: Callable[..., Nodes], s3_server: WeedServer, s3_bucket: str) -> None:
+    n = nodes(mib=160)
+    zfs("snapshot", f"{n.pool}/vol@c")
+    parent = backup(n.manager, f"{n.pool}/vol@c")
+    child = child_of(n, parent)
+    assert post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {}).status == 200
+    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
+                         what="the peer's activity suspended")
+
+    def mirrored() -> dict[str, Any] | None:
+        theirs = n.peer.api("GET", f"/v1/activities/{child['id']}")["progress"]
+        ours: dict[str, Any] = n.manager.api("GET", f"/v1/activities/{parent['id']}")
+        return ours if ours["progress"] == theirs else None
+
+    assert wait_until(mirrored, 10, what="the parent to mirror the held child's progress")[
+        "state"] == "suspended"
+    assert post_json(n.manager, f"/v1/activities/{parent['id']}/resume", {}).status == 200
+    n.peer.wait_activity(child["id"], lambda x: x["state"] == "running", 10,
+                         what="the peer's activity resumed")
+    assert post_json(n.manager, f"/v1/activities/{parent['id']}/cancel", {}).status == 202
+    done = n.manager.wait_done(parent["id"])
+    assert done["state"] == "cancelled", done["status"]
+    # Cancelled here means cancelled and rolled back there, before the parent ended.
+    assert n.peer.api("GET", f"/v1/activities/{child['id']}")["state"] == "cancelled"
+    assert open_uploads(s3_server, s3_bucket) == []
+    assert bucket_keys(s3_server, s3_bucket) == []
+
+
+def test_kill_9_of_the_peer_mid_backup_is_reported_lost_and_converges(
+        nodes: Callable[..., Nodes], start_daemon: Callable[..., DaemonProcess],
+        s3_server: WeedServer, s3_bucket: str) -> None:
+    n = nodes(mib=128)
+    zfs("snapshot", f"{n.pool}/vol@k")
+    parent = backup(n.manager, f"{n.pool}/vol@k")
+    child = child_of(n, parent)
+    post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {})
+    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
+                         what="the peer's activity suspended")
+    n.peer.proc.send_signal(signal.SIGKILL)
+    n.peer.proc.wait()
+    post_json(n.manager, f"/v1/activities/{parent['id']}/resume", {})
+    lost = n.manager.wait_activity(parent["id"], lambda x: x["state"] == "retrying", 10,
+                                   what="the parent to report the peer lost")
+    assert lost["link"]["server"] == "nodeA" and "does not answer" in lost["link"]["last_error"]
+    peer = start_daemon(config_path=n.peer.config_path)
+    done = n.manager.wait_done(parent["id"])
+    assert done["state"] == "succeeded", done["status"]
+    assert done["usage"]["retries"] >= 1
+    again = peer.api("GET", f"/v1/activities/{child['id']}")
+    assert again["state"] == "succeeded" and again["restarts"] == 1
+    assert open_uploads(s3_server, s3_bucket) == []
+    assert len([k for k in bucket_keys(s3_server, s3_bucket)
+                if k.endswith("manifest.json")]) == 1
+
+
+def test_a_restarted_manager_reattaches_to_the_peers_activity(
+        nodes: Callable[..., Nodes], start_daemon: Callable[..., DaemonProcess]) -> None:
+    n = nodes(mib=96)
+    zfs("snapshot", f"{n.pool}/vol@r")
+    parent = backup(n.manager, f"{n.pool}/vol@r")
+    child = child_of(n, parent)
+    post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {})
+    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
+                         what="the peer's activity suspended")
+    n.manager.proc.send_signal(signal.SIGKILL)
+    n.manager.proc.wait()
+    manager = start_daemon(config_path=n.manager.config_path)
+    back = manager.api("GET", f"/v1/activities/{parent['id']}")
+    assert back["restarts"] == 1 and back["state"] == "suspended"
+    post_json(manager, f"/v1/activities/{parent['id']}/resume", {})
+    done = manager.wait_done(parent["id"])
+    assert done["state"] == "succeeded", done["status"]
+    assert done["params"]["peer_activity"] == child["id"]  # the same child, not a second
+    assert n.peer.api("GET", f"/v1/activities/{child['id']}")["state"] == "succeeded"
+    assert n.peer.api("GET", "/v1/activities?kind=backup")["total"] == 1
+
+
+def test_a_peer_of_another_version_is_refused_naming_both(
+        nodes: Callable[..., Nodes], tmp_path: Path) -> None:
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import cerssd\ncerssd.__version__ = '0.0.1'\n")
+    n = nodes(peer_env={"PYTHONPATH": str(shim)}, mib=1)
+    assert n.peer.api("GET", "/v1/status")["version"] == "0.0.1"
+    zfs("snapshot", f"{n.pool}/vol@v")
+    r = post_json(n.manager, "/v1/backups", {"snapshot": f"{n.pool}/vol@v", "server": "nodeA"})
+    assert r.status == 409 and r.body["code"] == "peer-version", r.body
+    assert "cerssd 0.0.1" in r.body["detail"] and f"cerssd {__version__}" in r.body["detail"]
+    assert n.peer.api("GET", "/v1/activities")["total"] == 0
