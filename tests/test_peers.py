@@ -23,6 +23,7 @@ import pytest
 from cerssd import __version__
 
 from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .sshd import RemoteUser, SshServer
 from .seaweed import WeedServer
 from .test_backups import bucket_keys, open_uploads, store_section
 
@@ -196,3 +197,33 @@ def test_a_peer_of_another_version_is_refused_naming_both(
     assert r.status == 409 and r.body["code"] == "peer-version", r.body
     assert "cerssd 0.0.1" in r.body["detail"] and f"cerssd {__version__}" in r.body["detail"]
     assert n.peer.api("GET", "/v1/activities")["total"] == 0
+
+
+def test_a_peer_socket_that_refuses_our_ssh_user_is_named(
+        start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., str],
+        sshd: SshServer, remote_user: RemoteUser, s3_server: WeedServer, s3_bucket: str,
+        tmp_path: Path) -> None:
+    pool = make_pool()
+    zfs("create", f"{pool}/vol")
+    zfs("snapshot", f"{pool}/vol@u")
+    store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + store,
+                        state_dir=tmp_path / "peer-state")
+    manager = start_daemon(
+        extra=sshd.config("nodeU", user=remote_user.name,
+                          extra=f'sudo = true\ndaemon = true\n'
+                                f'daemon_socket = "{peer.socket_path}"\n') + store,
+        state_dir=tmp_path / "manager-state")
+    body = {"snapshot": f"{pool}/vol@u", "server": "nodeU"}
+    # The socket is root's (0660): the SSH user cannot even connect to it.
+    r = post_json(manager, "/v1/backups", body)
+    assert r.status == 409 and r.body["code"] == "peer-refused", r.body
+    assert repr(remote_user.name) in r.body["detail"], r.body
+    # Reachable, but the peer's credential check refuses a mutating call from that user.
+    peer.socket_path.chmod(0o666)
+    r = post_json(manager, "/v1/backups", body)
+    assert r.status == 202, r.body
+    done = manager.wait_done(r.body["id"])
+    assert done["state"] == "failed" and done["status"]["reason"] == "peer", done["status"]
+    assert f"refused SSH user {remote_user.name!r}" in done["status"]["message"]
+    assert peer.api("GET", "/v1/activities")["total"] == 0

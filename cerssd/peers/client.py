@@ -99,7 +99,7 @@ class PeerClient:
         try:
             reader, writer = await conn.open_unix_connection(str(self.socket_path))
         except asyncssh.ChannelOpenError as exc:
-            raise self._open_failed(exc) from exc
+            raise await self._open_failed(exc) from exc
         except (OSError, asyncssh.Error) as exc:
             raise LinkDown(f"lost the connection to {self.runner.address}: {exc}",
                            self.server) from exc
@@ -117,16 +117,24 @@ class PeerClient:
         finally:
             writer.close()
 
-    def _open_failed(self, exc: Exception) -> PeerError:
-        """sshd could not connect to the socket: missing or refused (daemon down:
-        transient), or not allowed for our user (a permission problem: permanent)."""
-        text = str(exc)
+    async def _open_failed(self, exc: Exception) -> PeerError:
+        """sshd could not connect to the socket. It says only "open failed", whether the
+        socket is missing, nobody listens (the daemon is down: transient) or our user
+        may not connect to it (permanent): one ``test`` on the server tells which."""
         where = f"peer daemon socket {self.socket_path} on {self.server}"
-        if "ermission denied" in text or "prohibited" in text:
-            return PeerRefused(f"{where} refused SSH user {self.user!r}: {text} (the socket "
-                               "must be reachable by that user, and sshd must allow "
-                               "stream-local forwarding; docs/peers.md)")
-        return PeerUnavailable(f"{where} does not answer: {text or type(exc).__name__}")
+        path = str(self.socket_path)
+        try:
+            exists = (await self.runner.run(["test", "-S", path], check=False)).returncode == 0
+            allowed = (await self.runner.run(["test", "-w", path], check=False)).returncode == 0
+        except LinkError as err:
+            return PeerUnavailable(f"{where} does not answer ({exc}), and {err}")
+        if exists and not allowed:
+            return PeerRefused(f"{where} refused SSH user {self.user!r}: it may not connect "
+                               "to the socket (give that user the peer's control_group, or "
+                               "connect as root; docs/peers.md)")
+        state = "nobody listens on it" if exists else "it does not exist"
+        return PeerUnavailable(f"{where} does not answer ({exc}): {state}; is cerssd running "
+                               "there?")
 
     async def check_version(self) -> str:
         """The peer's cerssd version, which must be this daemon's: a delegated activity's
