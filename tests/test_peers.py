@@ -227,3 +227,52 @@ def test_a_peer_socket_that_refuses_our_ssh_user_is_named(
     assert done["state"] == "failed" and done["status"]["reason"] == "peer", done["status"]
     assert f"refused SSH user {remote_user.name!r}" in done["status"]["message"]
     assert peer.api("GET", "/v1/activities")["total"] == 0
+
+
+def test_remote_to_remote_replication_is_sent_by_the_masters_node_not_relayed(
+        start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., str],
+        make_netns_sshd: Callable[[], NetnsSshServer], tmp_path: Path) -> None:
+    master, slave_pool = make_pool("1G"), make_pool("1G")
+    zfs("create", f"{master}/vol")
+    write_file(f"/{master}/vol/a", 32)
+    zfs("snapshot", f"{master}/vol@one")
+    a, b = make_netns_sshd(), make_netns_sshd()
+    # The master's node sends to the slave over its own SSH connection: its config has
+    # the slave, under the name the managing daemon's config gives it.
+    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + b.config("nodeB"),
+                        state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+    manager = start_daemon(
+        extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
+        + a.config("plainA") + b.config("nodeB"),
+        state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
+    target = f"{slave_pool}/copy"
+
+    def replicate(source: str, snapshot: str) -> tuple[dict[str, Any], int]:
+        before = host_rx(a)
+        r = post_json(manager, "/v1/replications", {
+            "snapshot": snapshot, "source": source, "destination": "nodeB",
+            "target_volume": target})
+        assert r.status == 202, r.body
+        done = manager.wait_done(r.body["id"])
+        assert done["state"] == "succeeded", done["status"]
+        return done, host_rx(a) - before
+
+    delegated, through_us = replicate("nodeA", f"{master}/vol@one")
+    assert delegated["route"] == "delegated" and delegated["node"] == "nodeA"
+    child = peer.api("GET", f"/v1/activities/{delegated['params']['peer_activity']}")
+    assert child["state"] == "succeeded" and child["params"]["peer_parent"] == delegated["id"]
+    assert child["source"] == "local" and child["target"] == f"nodeB:{target}"
+    sent = child["usage"]["bytes_on_wire"]
+    assert sent > 32 * MiB and delegated["usage"]["bytes_on_wire"] == sent
+    assert zfs("get", "-Hp", "-o", "value", "guid", f"{target}@one").stdout \
+        == zfs("get", "-Hp", "-o", "value", "guid", f"{master}/vol@one").stdout
+    # The same kind of transfer without a peer daemon is relayed: the whole stream comes
+    # over the master's link to this node (the counter does see a stream when there is one).
+    write_file(f"/{master}/vol/b", 32)
+    zfs("snapshot", f"{master}/vol@two")
+    relayed, relayed_through_us = replicate("plainA", f"{master}/vol@two")
+    assert relayed["route"] == "relayed" and relayed["node"] is None
+    print(f"from the master's node to this one: delegated {through_us} bytes for {sent}; "
+          f"relayed {relayed_through_us} bytes for {relayed['usage']['bytes_on_wire']}")
+    assert through_us < sent / 50
+    assert relayed_through_us > 32 * MiB

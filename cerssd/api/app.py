@@ -19,9 +19,9 @@ import structlog
 from aiohttp import web
 
 from .. import __version__, snapshots
-from ..activity import IllegalTransition
+from ..activity import DataRoute, IllegalTransition
 from ..capacity import API_WAIT
-from ..config import streams_directly
+from ..config import delegates, streams_directly
 from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
 from ..metrics import CONTENT_TYPE
@@ -47,6 +47,7 @@ from .context import ApiContext
 from .models import MAX_WAIT
 from .openapi import openapi_document
 from .peercred import may_mutate, peer_credentials
+from .peers import check_peer, child_of
 from .problems import ApiProblem, problem_response
 from .routing import Handler, Route, json_response, relationship_name
 from .schema import parse_query, read_body
@@ -170,15 +171,25 @@ class ControlApi:
             raise ApiProblem(422, "Unprocessable Content",
                              "target_volume: replicating to the same server needs a different "
                              "target_volume", field="target_volume")
+        if body.parent is not None and (running := child_of(
+                self.ctx.engine, "replicate", body.parent)) is not None:
+            return json_response(running.to_json(), 200)  # a delegating daemon asked again
         src = await self.ctx.servers.backend(req.source)
         dst = await self.ctx.servers.backend(req.destination)
         both_remote = all(self.ctx.servers.entry(s).config.kind == "ssh"
                           for s in (req.source, req.destination))
         # conflicts answer 409 before any work starts
         plan = await make_plan(req, src, dst, both_remote=both_remote)
-        record = self.ctx.volume_states.submit_holding(
-            holds=replication_holds(req), busy=REPLICATING,
-            submit=lambda: submit_replication(self.ctx.engine, req))
+        route = DataRoute.RELAYED if both_remote else DataRoute.LOCAL
+        if both_remote and req.source != req.destination \
+                and delegates(self.ctx.servers.entry(req.source).config):
+            await check_peer(self.ctx.servers.peer(req.source))
+            route = DataRoute.DELEGATED  # the source's cerssd sends it: docs/peers.md
+        with self.ctx.engine.submitting(**({"peer_parent": body.parent} if body.parent
+                                           else {})):
+            record = self.ctx.volume_states.submit_holding(
+                holds=replication_holds(req), busy=REPLICATING,
+                submit=lambda: submit_replication(self.ctx.engine, req, route=route))
         return json_response({**record.to_json(), "plan": plan.mode, "path": plan.path}, 202)
 
     # -- relationships ------------------------------------------------------------------

@@ -10,14 +10,12 @@ import time
 
 from aiohttp import web
 
-from ..activity import ActivityRecord
 from ..config import delegates
 from ..engine import ActivityError
 from ..objectstore import catalog
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import Stores
 from ..parsing import ConfigError
-from ..peers.client import PeerClient, PeerRefused, PeerVersionMismatch
 from ..replication.flows.backup import BackupRequest, submit_backup
 from ..replication.flows.bucket_prune import bucket_plan, submit_backup_prune
 from ..replication.flows.restore import (
@@ -28,7 +26,6 @@ from ..replication.flows.restore import (
     submit_restore,
 )
 from ..replication.logic.retention import parse_grid
-from ..transport.errors import LinkError
 from ..volume_states import (
     BACKING_UP,
     PRUNING,
@@ -38,6 +35,7 @@ from ..volume_states import (
     restore_holds,
 )
 from . import models as m
+from .peers import check_peer, child_of
 from .problems import ApiProblem
 from .routing import Api, json_response
 from .schema import parse_query, read_body
@@ -81,7 +79,8 @@ async def create_backup(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.BackupCreate)
     req = BackupRequest(snapshot=body.snapshot, server=body.server,
                         store=_store_name(api, body.store), force_full=body.force_full)
-    if body.parent is not None and (running := _child_of(api, body.parent)) is not None:
+    if body.parent is not None and (running := child_of(api.ctx.engine, "backup",
+                                                        body.parent)) is not None:
         return json_response(running.to_json(), 200)  # a delegating daemon asked again
     backend = await api.ctx.servers.backend(req.server)
     await backend.snapshot(req.snapshot)  # 404 now rather than a failed activity
@@ -96,24 +95,6 @@ async def create_backup(api: Api, request: web.Request) -> web.Response:
     except ActivityError as exc:
         raise _conflict(exc) from exc
     return json_response(record.to_json(), 202)
-
-
-def _child_of(api: Api, parent: str) -> ActivityRecord | None:
-    """The live backup a delegating daemon's activity ``parent`` already started here."""
-    return next((a.snapshot() for a in api.ctx.engine.live("backup")
-                 if a.record.params.get("peer_parent") == parent), None)
-
-
-async def check_peer(peer: PeerClient) -> None:
-    """Refuse delegated work now (409) to a peer whose version differs or that refuses
-    our SSH user; an unreachable peer is not refused: the activity retries."""
-    try:
-        await peer.check_version()
-    except (PeerVersionMismatch, PeerRefused) as exc:
-        code = "peer-version" if isinstance(exc, PeerVersionMismatch) else "peer-refused"
-        raise ApiProblem(409, "Peer Daemon Refused", str(exc), code=code) from exc
-    except LinkError:
-        pass
 
 
 async def create_restore(api: Api, request: web.Request) -> web.Response:

@@ -173,6 +173,10 @@ class ReplicationCreate(Request):
         "else generic), native (zfs send | zfs receive), or generic (a file copy with rsync "
         "from the snapshot's read-only view, then a snapshot recording its origin)")] = \
         ReplicationPath.AUTO
+    parent: Annotated[ActivityId | None, doc(
+        "set by a managing daemon that delegates the transfer (docs/peers.md): its own "
+        "activity's id; a second request with the same parent while the first transfer "
+        "runs answers that transfer (200) instead of starting another")] = None
 
 
 class SlaveCreate(Request):

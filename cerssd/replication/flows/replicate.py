@@ -26,8 +26,9 @@ from tenacity import (
     RetryCallState,
 )
 
-from ...activity import ActivityRecord, State, StatusCode
+from ...activity import ActivityRecord, DataRoute, State, StatusCode
 from ...engine import ActivityContext, ActivityEngine, ActivityError
+from ...peers.delegate import ChildRequest, DelegatedWork
 from ...servers import ServerRegistry, ServerUnavailable
 from ...storage.errors import BackendError, Busy, NotFound, while_busy
 from ...storage.interface import StorageBackend
@@ -705,16 +706,42 @@ def relationship_fields(spec: RelationshipSpec, server: str) -> dict[str, Any]:
             "receive_set": slave.properties.override}
 
 
-def submit_replication(engine: ActivityEngine, req: ReplicationRequest,
-                       **extra: Any) -> ActivityRecord:
-    """``extra`` params are kept with the activity (a relationship's ``parent`` id)."""
+def submit_replication(engine: ActivityEngine, req: ReplicationRequest, *,
+                       route: DataRoute = DataRoute.LOCAL, **extra: Any) -> ActivityRecord:
+    """``extra`` params are kept with the activity (a relationship's ``parent`` id).
+    ``route`` delegated: the source's peer daemon sends it (``delegated_replication``)."""
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
     return engine.submit(KIND, volume=snap.volume, source=req.source,
                          target=f"{req.destination}:{req.target_volume}",
-                         params={**req.params(), **extra}, self_restarting=True)
+                         params={**req.params(), **extra}, self_restarting=True,
+                         route=route,
+                         node=req.source if route == DataRoute.DELEGATED else None)
+
+
+def delegated_replication(record: ActivityRecord, servers: ServerRegistry,
+                          policy: RetryPolicy) -> DelegatedWork:
+    """The parent of a transfer that the source's peer daemon sends to the destination
+    over its own SSH connection: the peer's config names the destination as this one
+    does, and its own storage ``daemon_server`` (docs/peers.md)."""
+    req = ReplicationRequest.from_params(record.params)
+    cfg = servers.entry(req.source).config
+    body: dict[str, Any] = {
+        "snapshot": req.snapshot, "source": cfg.daemon_server,
+        "destination": req.destination, "target_volume": req.target_volume,
+        "force_full_copy": req.force_full_copy, "overwrite": req.overwrite,
+        "intermediates": req.intermediates, "path": req.path}
+    if req.bandwidth_limit:
+        body["bandwidth_limit"] = req.bandwidth_limit
+    return DelegatedWork(servers.peer(req.source), servers.links, policy,
+                         ChildRequest("/v1/replications", body))
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry,
              policy: RetryPolicy | None = None, groups: FanoutGroups | None = None) -> None:
-    engine.register(KIND, lambda r: ReplicateWork(r, servers, policy or RetryPolicy(), groups))
+    def work(r: ActivityRecord) -> ReplicateWork | DelegatedWork:
+        if r.route == DataRoute.DELEGATED:
+            return delegated_replication(r, servers, policy or RetryPolicy())
+        return ReplicateWork(r, servers, policy or RetryPolicy(), groups)
+
+    engine.register(KIND, work)
