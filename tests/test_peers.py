@@ -12,7 +12,9 @@ would bring the whole stream across that veth; a delegated one brings control on
 
 from __future__ import annotations
 
+import re
 import signal
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,12 @@ from typing import Any
 import pytest
 
 from cerssd import __version__
+from cerssd.config import delegates, parse_config
+from cerssd.parsing import ConfigError
 
 from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
-from .sshd import RemoteUser, SshServer
 from .seaweed import WeedServer
+from .sshd import RemoteUser, SshServer
 from .test_backups import bucket_keys, open_uploads, store_section
 
 MiB = 1 << 20
@@ -276,3 +280,28 @@ def test_remote_to_remote_replication_is_sent_by_the_masters_node_not_relayed(
           f"relayed {relayed_through_us} bytes for {relayed['usage']['bytes_on_wire']}")
     assert through_us < sent / 50
     assert relayed_through_us > 32 * MiB
+
+
+def test_the_documented_peer_configs_are_valid() -> None:
+    """docs/peers.md's two files (the managing daemon's, the peer's) parse as written."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "peers.md").read_text()
+    blocks = re.findall(r"^```toml\n(.*?)^```$", page, re.S | re.M)
+    assert len(blocks) == 2
+    manager, peer = (parse_config(tomllib.loads(b)) for b in blocks)
+    assert manager.servers["master"].daemon and delegates(manager.servers["master"])
+    assert not delegates(manager.servers["standby2"])
+    assert set(peer.servers) == {"local", "standby2"} and set(peer.stores) == {"s3"}
+
+
+@pytest.mark.parametrize(("server", "key", "problem"), [
+    ('kind = "local"\ndaemon = true', "servers.x.daemon", "only an ssh server"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon = "yes"', "servers.x.daemon", "true or false"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon_socket = "run/c.sock"', "servers.x.daemon_socket",
+     "absolute path"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon_server = "a b"', "servers.x.daemon_server",
+     "server"),
+])
+def test_bad_peer_settings_name_the_key(server: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(f"[servers.x]\n{server}\n"))
+    assert err.value.key == key and problem in err.value.problem, err.value
