@@ -12,8 +12,11 @@ would bring the whole stream across that veth; a delegated one brings control on
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +44,12 @@ class Nodes:
     peer: DaemonProcess
     node: NetnsSshServer
     pool: str
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU the process and its reaped children (its ssh clients) used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def host_rx(node: NetnsSshServer) -> int:
@@ -109,6 +118,10 @@ def test_delegated_backup_streams_from_the_node_not_through_the_manager(
     assert any(k.endswith("manifest.json") for k in bucket_keys(s3_server, s3_bucket))
     listed = n.manager.api("GET", f"/v1/backups?volume={n.pool}/vol")["items"]
     assert [b["snapshot"] for b in listed] == [f"{n.pool}/vol@one"]
+    shown = subprocess.run([sys.executable, "-m", "cerssd.cli", "--socket",
+                            str(n.manager.socket_path), "show", parent["id"]],
+                           capture_output=True, text=True, check=True).stdout
+    assert "nodeA (delegated)" in shown, shown
 
 
 def test_suspend_resume_and_cancel_pass_through_to_the_peer(
@@ -252,13 +265,15 @@ def test_remote_to_remote_replication_is_sent_by_the_masters_node_not_relayed(
     target = f"{slave_pool}/copy"
 
     def replicate(source: str, snapshot: str) -> tuple[dict[str, Any], int]:
-        before = host_rx(a)
+        before, cpu = host_rx(a), cpu_seconds(manager.proc.pid)
         r = post_json(manager, "/v1/replications", {
             "snapshot": snapshot, "source": source, "destination": "nodeB",
             "target_volume": target})
         assert r.status == 202, r.body
         done = manager.wait_done(r.body["id"])
         assert done["state"] == "succeeded", done["status"]
+        print(f"{done['route']}: {done['usage']['elapsed_seconds']:.1f} s, managing daemon "
+              f"CPU {cpu_seconds(manager.proc.pid) - cpu:.2f} s")
         return done, host_rx(a) - before
 
     delegated, through_us = replicate("nodeA", f"{master}/vol@one")

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             if v is not None})
         data = client.request("GET", f"/v1/activities?{query}")
         out.emit(data, lambda d: out.table(
-            ["id", "kind", "state", "volume", "target", "progress", "status"],
+            ["id", "kind", "state", "volume", "target", "runs on", "progress", "status"],
             activity_rows(d["items"])))
     elif cmd == "show":
         data = client.request("GET", f"/v1/activities/{quote(args.id)}")

@@ -93,7 +93,8 @@ def render_activity(out: Output, a: dict[str, Any]) -> None:
     lines = [
         ("id", a["id"]), ("kind", a["kind"]), ("state", a["state"]),
         ("volume", a["volume"] or "-"), ("source", a["source"] or "-"),
-        ("target", a["target"] or "-"), ("progress", activity_progress(a)),
+        ("target", a["target"] or "-"), ("runs on", runs_on(a)),
+        ("progress", activity_progress(a)),
         ("self_restarting", str(a["self_restarting"]).lower()),
         ("status", f"{status['code']} {status['message']}" if status else "-"),
         ("created", when(a["created_at"])), ("finished", when(a["finished_at"])),
@@ -110,6 +111,14 @@ def render_activity(out: Output, a: dict[str, Any]) -> None:
     print_fields(out.console, lines)
 
 
+def runs_on(a: dict[str, Any]) -> str:
+    """Where the work runs and how its data moves: ``this daemon (local)``,
+    ``this daemon (relayed)`` or ``master (delegated)`` (docs/peers.md)."""
+    route = a.get("route", "local")
+    return f"{a.get('node') or 'this daemon'} ({route})"
+
+
 def activity_rows(items: list[dict[str, Any]]) -> list[Sequence[Any]]:
     return [(a["id"], a["kind"], a["state"], a["volume"] or "-", a["target"] or "-",
-             activity_progress(a), a["status"]["code"] if a["status"] else "-") for a in items]
+             runs_on(a), activity_progress(a), a["status"]["code"] if a["status"] else "-")
+            for a in items]

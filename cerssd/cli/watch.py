@@ -300,7 +300,8 @@ def activities_table(items: list[dict[str, Any]], now: float, plain: bool) -> Re
     link is not repeated here: the link is listed under "Last errors" and "Links"."""
     rows: list[list[Cell]] = []
     for a in items:
-        what = (a["volume"] or "-") + (f" → {a['target']}" if a["target"] else "")
+        what = (a["volume"] or "-") + (f" → {a['target']}" if a["target"] else "") \
+            + (f" [on {a['node']}]" if a.get("node") else "")
         rows.append([a["id"], a["kind"], _styled(a["state"]), *([] if plain else [bar(a)]),
                      progress_text(a["progress"], percent=plain), eta_text(a), rate_text(a),
                      _cut(what)])
