@@ -52,9 +52,10 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def host_rx(node: NetnsSshServer) -> int:
-    """Bytes the host received from the node over its veth (the node's sends to us)."""
-    return int(Path(f"/sys/class/net/{node.host_veth}/statistics/rx_bytes").read_text())
+def host_rx(node: NetnsSshServer, counter: str = "rx_bytes") -> int:
+    """Bytes the host received from the node over its veth (the node's sends to us), or
+    with ``tx_bytes`` sent to it."""
+    return int(Path(f"/sys/class/net/{node.host_veth}/statistics/{counter}").read_text())
 
 
 @pytest.fixture
@@ -72,7 +73,8 @@ def nodes(start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., s
                             daemon_extra=FAST_RETRIES)
         manager = start_daemon(
             extra=node.config("nodeA", extra=f'daemon = true\n'
-                              f'daemon_socket = "{peer.socket_path}"\n') + store,
+                              f'daemon_socket = "{peer.socket_path}"\n')
+            + node.config("plainA") + store,
             state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
         return Nodes(manager, peer, node, pool)
 
@@ -320,3 +322,34 @@ def test_bad_peer_settings_name_the_key(server: str, key: str, problem: str) -> 
     with pytest.raises(ConfigError) as err:
         parse_config(tomllib.loads(f"[servers.x]\n{server}\n"))
     assert err.value.key == key and problem in err.value.problem, err.value
+
+
+def test_restore_to_the_node_is_fetched_by_its_peer_not_pushed_by_the_manager(
+        nodes: Callable[..., Nodes]) -> None:
+    n = nodes(mib=24)
+    zfs("snapshot", f"{n.pool}/vol@s")
+    assert n.manager.wait_done(backup(n.manager, f"{n.pool}/vol@s")["id"])["state"] \
+        == "succeeded"
+
+    def restore(server: str, target: str) -> tuple[dict[str, Any], int]:
+        before = host_rx(n.node, "tx_bytes")
+        r = post_json(n.manager, "/v1/restores", {"snapshot": f"{n.pool}/vol@s",
+                                                   "target_volume": target, "server": server})
+        assert r.status == 202, r.body
+        done = n.manager.wait_done(r.body["id"])
+        assert done["state"] == "succeeded", done["status"]
+        return done, host_rx(n.node, "tx_bytes") - before
+
+    delegated, to_node = restore("nodeA", f"{n.pool}/restored")
+    assert delegated["route"] == "delegated" and delegated["node"] == "nodeA"
+    child = n.peer.api("GET", f"/v1/activities/{delegated['params']['peer_activity']}")
+    assert child["state"] == "succeeded" and child["target"] == "local"
+    relayed, relayed_to_node = restore("plainA", f"{n.pool}/pushed")
+    assert relayed["route"] == "relayed" and relayed["node"] is None
+    original = zfs("get", "-Hp", "-o", "value", "guid", f"{n.pool}/vol@s").stdout
+    for copy in ("restored", "pushed"):
+        assert zfs("get", "-Hp", "-o", "value", "guid", f"{n.pool}/{copy}@s").stdout \
+            == original
+    print(f"sent to the node: delegated {to_node} bytes, relayed {relayed_to_node} bytes "
+          f"for a {child['progress']['done']}-byte restore")
+    assert to_node < 24 * MiB / 50 < 24 * MiB < relayed_to_node

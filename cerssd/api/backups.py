@@ -102,14 +102,24 @@ async def create_restore(api: Api, request: web.Request) -> web.Response:
     req = RestoreRequest(store=_store_name(api, body.store), snapshot=body.snapshot,
                          server=body.server, target_volume=body.target_volume,
                          identity_file=body.identity_file)
+    if body.parent is not None and (running := child_of(api.ctx.engine, "restore",
+                                                        body.parent)) is not None:
+        return json_response(running.to_json(), 200)  # a delegating daemon asked again
     await api.ctx.servers.backend(req.server)
+    delegated = delegates(api.ctx.servers.entry(req.server).config)
+    if delegated:
+        await check_peer(api.ctx.servers.peer(req.server))
     try:
         store = _stores(api).get(req.store)
         backups = await restore_chain(store, req.snapshot)
-        identity_for(req, store, backups)
-        record = api.ctx.volume_states.submit_holding(
-            holds=restore_holds(req), busy=RESTORING,
-            submit=lambda: submit_restore(api.ctx.engine, api.ctx.servers, _stores(api), req))
+        if not delegated:  # a delegated restore's identity file is on the peer's node
+            identity_for(req, store, backups)
+        with api.ctx.engine.submitting(**({"peer_parent": body.parent} if body.parent
+                                           else {})):
+            record = api.ctx.volume_states.submit_holding(
+                holds=restore_holds(req), busy=RESTORING,
+                submit=lambda: submit_restore(api.ctx.engine, api.ctx.servers, _stores(api),
+                                              req))
     except BackupMissing as exc:
         raise ApiProblem(404, "Unknown Backup", str(exc), code="no-such-backup") from exc
     except BrokenChain as exc:

@@ -277,6 +277,10 @@ class RestoreCreate(Request):
     identity_file: Annotated[str | None, doc("absolute path, on the daemon's node, of the age "
         "identity that opens an encrypted backup (default: the store's age_identity_file)")
         ] = None
+    parent: Annotated[ActivityId | None, doc(
+        "set by a managing daemon that delegates the restore (docs/peers.md): its own "
+        "activity's id; a second request with the same parent while the first restore "
+        "runs answers that restore (200) instead of starting another")] = None
 
 
 class BackupPrune(Request):

@@ -23,13 +23,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ...activity import ActivityRecord, Progress, StatusCode
+from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
+from ...config import delegates
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...objectstore import catalog
 from ...objectstore.client import ObjectMissing, ObjectStore
 from ...objectstore.download import CorruptPart, download
 from ...objectstore.layout import BackupMissing, BrokenChain, Manifest, chain
 from ...objectstore.stores import Stores
+from ...peers.delegate import ChildRequest, DelegatedWork
 from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound, while_busy
 from ...storage.interface import StorageBackend
@@ -266,12 +268,34 @@ def submit_restore(engine: ActivityEngine, servers: ServerRegistry, stores: Stor
         raise ActivityError("restore into a dataset below a pool's root, e.g. POOL/restored",
                             StatusCode.ERROR, "conflict")
     stores.get(req.store)
-    servers.entry(req.server)
+    entry = servers.entry(req.server)
+    route = DataRoute.DELEGATED if delegates(entry.config) else (
+        DataRoute.RELAYED if entry.config.kind == "ssh" else DataRoute.LOCAL)
     return engine.submit(KIND, volume=req.target_volume, source=req.store,
                          target=req.server, params=req.params(), self_restarting=True,
-                         progress=Progress(0, 0, unit="bytes"))
+                         progress=Progress(0, 0, unit="bytes"), route=route,
+                         node=req.server if route == DataRoute.DELEGATED else None)
+
+
+def delegated_restore(record: ActivityRecord, servers: ServerRegistry,
+                      policy: RetryPolicy) -> DelegatedWork:
+    """The parent of a restore the target server's peer daemon fetches from the bucket
+    itself (an ``identity_file`` is a path on that node: docs/peers.md)."""
+    req = RestoreRequest.from_params(record.params)
+    cfg = servers.entry(req.server).config
+    body: dict[str, Any] = {"store": req.store, "snapshot": req.snapshot,
+                            "server": cfg.daemon_server, "target_volume": req.target_volume}
+    if req.identity_file is not None:
+        body["identity_file"] = req.identity_file
+    return DelegatedWork(servers.peer(req.server), servers.links, policy,
+                         ChildRequest("/v1/restores", body))
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,
              policy: RetryPolicy) -> None:
-    engine.register(KIND, lambda r: RestoreWork(r, servers, stores, policy))
+    def work(r: ActivityRecord) -> RestoreWork | DelegatedWork:
+        if r.route == DataRoute.DELEGATED:
+            return delegated_restore(r, servers, policy)
+        return RestoreWork(r, servers, stores, policy)
+
+    engine.register(KIND, work)
