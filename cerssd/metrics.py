@@ -88,6 +88,7 @@ class DaemonCollector(Collector):
             [(_pair(r), r.usage.bytes_on_wire) for r in running if r.kind == "replicate"],
             self.finished_pairs)
         yield from self._progress(running)
+        yield _by_route(running)
 
     def _progress(self, running: list[ActivityRecord]) -> Iterator[Metric]:
         labels = ["id", "kind", "volume", "unit"]
@@ -397,3 +398,15 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _by_route(running: list[ActivityRecord]) -> Metric:
+    """Live activities by where they run (``node``: a peer daemon's server, or empty for
+    this daemon) and how their data moves (``route``; docs/peers.md)."""
+    family = GaugeMetricFamily("cerssd_activities_live_by_route",
+                               "Live activities by kind, data route and the node running them",
+                               labels=["kind", "route", "node"])
+    counts = Tally((r.kind, str(r.route), r.node or "") for r in running)
+    for key, n in sorted(counts.items()):
+        family.add_metric(list(key), n)
+    return family

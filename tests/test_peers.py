@@ -132,6 +132,9 @@ def test_suspend_resume_and_cancel_pass_through_to_the_peer(
     zfs("snapshot", f"{n.pool}/vol@c")
     parent = backup(n.manager, f"{n.pool}/vol@c")
     child = child_of(n, parent)
+    metrics = n.manager.api("GET", "/metrics")
+    assert 'cerssd_activities_live_by_route{kind="backup",node="nodeA",route="delegated"} 1.0' \
+        in metrics, metrics
     assert post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {}).status == 200
     n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
                          what="the peer's activity suspended")
