@@ -5,7 +5,8 @@ daemon's activity creates the child through the peer's API, records the child's 
 in its own journal at once (``peer_activity``), and the child records ours
 (``parent``). Then the parent follows the child:
 
-* its progress and usage mirror the child's (polled once a second);
+* its progress and usage mirror the child's (asked at least once a second; its end
+  is answered at once by the peer's ``?wait=``);
 * suspend here suspends the child; resume resumes it; cancel cancels it and waits
   for its rollback, so "cancelled" here means cancelled and rolled back there;
 * a lost SSH link or a peer daemon that does not answer (killed, restarting) is
@@ -21,7 +22,6 @@ in its own journal at once (``peer_activity``), and the child records ours
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,9 +39,10 @@ from .client import PeerClient
 
 T = TypeVar("T")
 
-#: How often the parent asks for the child's state: a second is what ``cerssctl watch``
-#: shows anyway, and one small request a second costs the peer nothing.
-POLL_INTERVAL = 1.0
+#: How long one look at the child's state may wait for it to finish: the mirrored progress
+#: is at most this old (a second is what ``cerssctl watch`` shows anyway), and its end is
+#: seen at once.
+POLL_SECONDS = 1
 #: How long a cancel waits for the child's rollback to finish.
 CANCEL_WAIT = 120.0
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -79,11 +80,13 @@ class DelegatedWork:
         if self.child_id is not None:
             ctx.log.info("reattaching to the peer's activity", node=self.peer.server,
                          peer_activity=self.child_id)
+        wait = 0  # the first look answers at once; then each waits up to a poll
         while True:
             ctx.flow.changed.clear()
             if self.child_id is None:
                 self.child_id = await self._create(ctx)
-            child = await self._call(ctx, self._fetch)
+            child = await self._next(ctx, wait)
+            wait = POLL_SECONDS
             if child is None:  # the peer lost it (its journal was reset): start again
                 ctx.log.warning("the peer no longer knows its activity; creating it again",
                                 node=self.peer.server, peer_activity=self.child_id)
@@ -94,14 +97,23 @@ class DelegatedWork:
                 self._finish(ctx, child)
                 return
             await self._follow_gate(ctx, child)
-            await self._pause(ctx)
 
-    @staticmethod
-    async def _pause(ctx: ActivityContext) -> None:
-        """Until the next poll, or at once when the activity is suspended or resumed
-        (since the poll began: ``run`` clears the flag before it asks)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.flow.changed.wait(), POLL_INTERVAL)
+    async def _next(self, ctx: ActivityContext, wait: int) -> dict[str, Any] | None:
+        """The child's state after at most ``wait`` seconds: the peer answers at once
+        when it finishes (``?wait=``), and we ask again at once when the activity here
+        is suspended or resumed meanwhile (``run`` cleared the flag before this)."""
+        fetch = asyncio.ensure_future(self._call(ctx, partial(self._fetch, wait)))
+        changed = asyncio.ensure_future(ctx.flow.changed.wait())
+        try:
+            await asyncio.wait({fetch, changed}, return_when=asyncio.FIRST_COMPLETED)
+            if fetch.done():
+                return fetch.result()
+            fetch.cancel()
+            return await self._call(ctx, partial(self._fetch, 0))
+        finally:
+            for task in (fetch, changed):
+                task.cancel()
+            await asyncio.gather(fetch, changed, return_exceptions=True)
 
     async def _create(self, ctx: ActivityContext) -> str:
         body = {**self.child.body, "parent": ctx.record.id}
@@ -115,8 +127,8 @@ class DelegatedWork:
                      peer_activity=child_id)
         return child_id
 
-    async def _fetch(self) -> dict[str, Any] | None:
-        answer = await self.peer.request("GET", f"/v1/activities/{self.child_id}")
+    async def _fetch(self, wait: int = 0) -> dict[str, Any] | None:
+        answer = await self.peer.request("GET", f"/v1/activities/{self.child_id}?wait={wait}")
         if answer.status == 404:
             return None
         if answer.status != 200 or not isinstance(answer.body, dict):
@@ -184,13 +196,12 @@ class DelegatedWork:
             raise ActivityError(f"could not cancel peer activity {self.child_id} on "
                                 f"{self.peer.server}: {answer.problem()}")
         while time.monotonic() < deadline:
-            child = await self._fetch()
+            child = await self._fetch(POLL_SECONDS)  # answered as soon as it has ended
             if child is None or child["state"] in TERMINAL:
                 ctx.log.info("peer activity ended", node=self.peer.server,
                              peer_activity=self.child_id,
                              state=child["state"] if child else "gone")
                 return
-            await asyncio.sleep(POLL_INTERVAL / 4)
         raise ActivityError(f"peer activity {self.child_id} on {self.peer.server} did not "
                             f"finish its rollback within {CANCEL_WAIT:g} s")
 
