@@ -78,13 +78,17 @@ class PeerClient:
         return self.runner.cfg.user
 
     async def request(self, method: str, path: str, body: Any = None) -> PeerAnswer:
-        """One request; a 403 is ``PeerRefused`` (our SSH user may not do that there)."""
+        """One request; a 403 is ``PeerRefused`` (our SSH user may not do that there), a
+        503 ``PeerUnavailable`` (the peer is stopping, or cannot reach a server now)."""
         try:
             answer = await asyncio.wait_for(self._request(method, path, body),
                                             REQUEST_TIMEOUT)
         except TimeoutError:
             raise PeerUnavailable(f"peer daemon on {self.server} did not answer {method} "
                                   f"{path} within {REQUEST_TIMEOUT:g} s") from None
+        if answer.status == 503:  # shutting down, or its own link away: worth a retry
+            raise PeerUnavailable(f"peer daemon on {self.server} cannot answer {method} "
+                                  f"{path} now: {answer.problem()}")
         if answer.status == 403:
             raise PeerRefused(
                 f"peer daemon on {self.server} refused SSH user {self.user!r} for {method} "
