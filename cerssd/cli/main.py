@@ -14,10 +14,13 @@ import time
 import urllib.parse
 from typing import Any
 
+from ..human import duration as lag_text
+from ..human import size as size_text
+from ..human import when
 from ..parsing import ConfigError, parse_duration
 from . import backups, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
-from .output import Output, activity_rows, render_activity, size_text, when
+from .output import Output, activity_rows, render_activity
 from .watch import submitted, wait_for
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
@@ -123,7 +126,7 @@ def status_command(client: Client, out: Output) -> int:
 
     def render(d: dict[str, Any]) -> None:
         out.table(["version", "pid", "uptime", "activities", "servers"],
-                  [(d["version"], d["pid"], f"{d['uptime_seconds']:.0f} s",
+                  [(d["version"], d["pid"], lag_text(d['uptime_seconds']),
                     ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items()))
                     or "none",
                     ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))])

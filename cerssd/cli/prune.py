@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..human import duration as lag_text
 from .client import Client
-from .output import Output, lag_text
+from .output import Output
 
 COMMANDS = ("prune",)
 

@@ -11,8 +11,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from ..human import duration as lag_text
+from ..human import size as size_text
+from ..human import when
 from .client import Client
-from .output import Output, lag_text, print_fields, when
+from .output import Output, print_fields
 from .watch import wait_for
 
 VERBS = ("show", "pause", "resume", "remove", "sync-now")
@@ -75,7 +78,8 @@ def render_one(out: Output, r: dict[str, Any]) -> None:
     out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
                "link", "transfer"],
               [(s["server"], s["target_volume"], s["state"], lag_text(s["lag_seconds"]),
-                s["last_snapshot"] or "-", when(s["last_success_at"]), s["last_cycle_bytes"],
+                s["last_snapshot"] or "-", when(s["last_success_at"]),
+                size_text(s["last_cycle_bytes"]),
                 _link_text(s["link"]), s["activity"] or "-") for s in r["slaves"]])
     errors = [f"{s['server']}: {s['error']}" for s in r["slaves"] if s["error"]]
     for line in errors:
