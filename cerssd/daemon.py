@@ -34,7 +34,7 @@ from .children import watch_children_by_pidfd
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError
-from .logs import configure_logging
+from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
@@ -65,7 +65,7 @@ EXIT_GRACE = 10.0
 #: Read once at start: a reload warns about a change to them and keeps the old value.
 #: The retry settings are built into the running activities' retry policy.
 RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
-                "retry_max_interval", "retry_deadline")
+                "retry_max_interval", "retry_deadline", "log_format")
 
 
 class StartupError(Exception):
@@ -250,7 +250,7 @@ class Daemon:
                          if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
             if unchanged:
                 log.warning("some changes take effect only after a restart", keys=unchanged)
-            configure_logging(new.daemon.log_level)
+            configure_logging(new.daemon.log_level, fmt=self.config.daemon.log_format)
             self.engine.retention = new.daemon.activity_retention
             self.cycle_gate.limit = new.daemon.max_concurrent_cycles
             old, self.config = self.config, _keep_restart_keys(new, self.config)
@@ -350,6 +350,11 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and exit")
+    parser.add_argument("--log-format", type=LogFormat, choices=list(LogFormat),
+                        metavar="{" + ",".join(f.value for f in LogFormat) + "}",
+                        help="override daemon.log_format: auto (journal under systemd, "
+                             "human lines on a terminal, JSON otherwise), json, console, "
+                             "journal")
     parser.add_argument("--version", action="version", version=f"cerssd {__version__}")
     args = parser.parse_args(argv)
     try:
@@ -362,6 +367,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.check_config:
         print(f"cerssd: {args.config} is valid")
         return
-    configure_logging(config.daemon.log_level)
+    if args.log_format is not None:
+        from dataclasses import replace
+
+        config = replace(config, daemon=replace(config.daemon, log_format=args.log_format))
+    configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)
     tune_malloc()
     sys.exit(asyncio.run(run(config)))
