@@ -38,7 +38,7 @@ from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
-from .parsing import ConfigError
+from .parsing import ConfigError, MissingSecret
 from .policies.registry import PolicyRegistry
 from .reload import ConfigReloader
 from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
@@ -344,12 +344,31 @@ def exit_by(seconds: float) -> threading.Timer:
     return timer
 
 
+def _missing_secrets(config: Config) -> list[MissingSecret]:
+    """Every store's credentials read now; those not on this node yet returned, a
+    credentials file that is there but wrong (unreadable, not TOML) raised."""
+    missing = []
+    for store in config.stores.values():
+        try:
+            store.load_credentials()
+        except MissingSecret as exc:
+            missing.append(exc)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cerssd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cerssd",
+        description="The cerssd replication daemon: keeps ZFS volumes replicated to other "
+                    "servers over SSH and backed up to object stores, controlled through "
+                    "cerssctl. Reloads its configuration on SIGHUP, stops cleanly on SIGTERM.",
+        epilog="Exit status 78 (EX_CONFIG) means an invalid configuration; see "
+               "docs/config.md.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and exit")
+                        help="validate the configuration and exit: 0 if it is valid (secrets "
+                             "not on this node yet are warnings), 78 if not")
     parser.add_argument("--log-format", type=LogFormat, choices=list(LogFormat),
                         metavar="{" + ",".join(f.value for f in LogFormat) + "}",
                         help="override daemon.log_format: auto (journal under systemd, "
@@ -359,14 +378,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-        for store in config.stores.values():
-            store.load_credentials()  # a missing key file is a config error, named
+        missing = _missing_secrets(config)
     except ConfigError as exc:
         print(f"cerssd: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
     if args.check_config:
-        print(f"cerssd: {args.config} is valid")
+        for secret in missing:
+            print(f"cerssd: warning: secret missing: {secret}", file=sys.stderr)
+        print(f"cerssd: {args.config} is valid" + (
+            f"; cerssd will not start until the {len(missing)} missing secret(s) above are "
+            "in place" if missing else ""))
         return
+    if missing:  # the daemon itself needs them: a config error, named
+        print(f"cerssd: invalid configuration: {missing[0]}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
     if args.log_format is not None:
         from dataclasses import replace
 
