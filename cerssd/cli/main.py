@@ -20,6 +20,7 @@ from ..human import when
 from ..parsing import ConfigError, parse_duration
 from . import backups, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
+from .commands_help import list_all_commands
 from .output import Output, activity_rows, render_activity
 from .watch import submitted, wait_for
 
@@ -220,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"control socket (default $CERSSD_SOCKET or {DEFAULT_SOCKET})")
     p.add_argument("--json", action="store_true", help="print the API's JSON documents")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    st = sub.add_parser("status", help="daemon status")
+    st = sub.add_parser("status", help="the daemon, its relationships and links (--watch: "
+                        "a live view)")
     st.add_argument("--watch", action="store_true",
                     help="a live view until Ctrl-C (plain snapshots when not a terminal)")
     st.add_argument("--interval", type=watch.interval_arg, default=1.0, metavar="SECONDS",
@@ -273,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     backups.add_parsers(sub)
     prune.add_parsers(sub)
     volumes.add_parsers(sub)
+    list_all_commands(p)
     return p
 
 

@@ -169,12 +169,19 @@ def render_members(out: Output, data: dict[str, Any]) -> None:
     out.console.print(f"{len(data['items'])} of {data['total']} members")
 
 
+#: One-line help of the verbs whose name alone does not say it.
+VERB_HELP = {"show": "one relationship: its state, schedule, slaves and last error",
+             "sync-now": "run a cycle now (snapshot, send to every slave)"}
+
+
 def add_parsers(sub: Any) -> None:
-    sub.add_parser("relationships", help="continuous replication relationships")
-    r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now")
+    sub.add_parser("relationships", help="every relationship: each slave's state, lag, link")
+    r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now, "
+                       "fail over or rejoin a relationship")
     verbs = r.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
-        verbs.add_parser(verb, help=f"{verb} a relationship").add_argument("name")
+        verbs.add_parser(verb, help=VERB_HELP.get(verb, f"{verb} a relationship")
+                         ).add_argument("name")
     v = verbs.add_parser("volumes", help="a tree relationship's members, each slave's state")
     v.add_argument("name")
     v.add_argument("--state", choices=["in-sync", "behind", "sending", "failing"])
