@@ -16,6 +16,7 @@ import grp
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -178,9 +179,16 @@ class Daemon:
         group = self.config.daemon.control_group
         if group:
             try:
-                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+                gid = grp.getgrnam(group).gr_gid
             except KeyError:
                 log.warning("control group does not exist; socket left root-only", group=group)
+            else:
+                os.chown(path, -1, gid)
+                closed = closed_to_group(path.parent, gid)
+                if closed is not None:
+                    log.warning("the control group cannot reach the socket: a directory "
+                                "above it does not let its members through", group=group,
+                                directory=str(closed), mode=f"{closed.stat().st_mode & 0o7777:04o}")
         self._runners.append(runner)
         log.info("control socket listening", path=str(path))
 
@@ -289,6 +297,19 @@ def _keep_restart_keys(new: Config, running: Config) -> Config:
 
     kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
     return replace(new, daemon=replace(new.daemon, **kept))
+
+
+def closed_to_group(directory: Path, gid: int) -> Path | None:
+    """The first directory from ``directory`` up to ``/`` that a member of group ``gid``
+    (neither its owner nor root) may not pass through, or None. A socket that is 0660 for
+    the control group is no use behind a 0750 root:root directory (systemd's
+    ``RuntimeDirectoryMode=0750`` did exactly that)."""
+    for d in (directory, *directory.parents):
+        mode = d.stat()
+        if not (mode.st_mode & stat.S_IXOTH
+                or (mode.st_gid == gid and mode.st_mode & stat.S_IXGRP)):
+            return d
+    return None
 
 
 def _socket_is_live(path: Path) -> bool:
