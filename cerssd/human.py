@@ -41,6 +41,11 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def when_precise(ts: float) -> str:
+    """A Unix time to the millisecond, for log lines: ``2026-12-07T05:30:00.123Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
 def clock(ts: float | None) -> str:
     """The time of day of a Unix time, UTC: ``05:30:00Z`` (``-`` for none)."""
     if ts is None:

@@ -24,12 +24,15 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
+
+from . import human
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -152,12 +155,30 @@ class _JournalLoggerFactory:
 # -- set-up --------------------------------------------------------------------------------
 
 def _timestamp(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
-    """The console's time: UTC to the millisecond with ``Z`` (cerssd.human's form)."""
-    import time
+    """The console's time: cerssd.human's form, to the millisecond."""
+    event["timestamp"] = human.when_precise(time.time())
+    return event
 
-    now = time.time()
-    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) \
-        + f".{int(now % 1 * 1000):03d}Z"
+
+def _human_value(key: str, value: Any) -> Any:
+    """A field's value as people read it, by the field's name: sizes, rates, times."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if key.endswith("_per_second"):
+        return human.rate(value)
+    if key in ("bytes", "size") or key.endswith(("_bytes", "_size")) \
+            or key.startswith("bytes_"):
+        return human.size(value)
+    if key.endswith("_at"):
+        return human.when(value)
+    return value
+
+
+def humanize_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """The console form's fields in cerssd.human's units (the JSON and journal forms keep
+    the raw numbers, for machines)."""
+    for key, value in event.items():
+        event[key] = _human_value(key, value)
     return event
 
 
@@ -169,7 +190,7 @@ def processors(fmt: LogFormat, stream: TextIO) -> list[Any]:
         return [*common, structlog.processors.format_exc_info, journal_fields]
     if fmt is LogFormat.CONSOLE:
         isatty = getattr(stream, "isatty", None)
-        return [*common, _timestamp, structlog.dev.ConsoleRenderer(
+        return [*common, _timestamp, humanize_fields, structlog.dev.ConsoleRenderer(
             colors=bool(isatty and isatty()), sort_keys=False,
             # never the frames' locals (see _TRACEBACKS), and no rich boxes in a log
             exception_formatter=structlog.dev.plain_traceback)]

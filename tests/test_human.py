@@ -75,3 +75,7 @@ def test_cli_json_stays_raw(capsys: pytest.CaptureFixture[str]) -> None:
     out.emit(_activity(), lambda a: output.render_activity(out, a))
     text = capsys.readouterr().out
     assert '"rate_bytes_per_second": 1000000' in text and '"created_at": 0.0' in text
+
+
+def test_precise_times_for_log_lines() -> None:
+    assert human.when_precise(1_796_621_076.25) == "2026-12-07T05:24:36.250Z"

@@ -124,3 +124,19 @@ def test_dsa_deprecation_from_asyncssh_is_silenced_and_nothing_else() -> None:
                    "warnings.warn('DSA is deprecated (not asyncssh)', C)\n"
                    "warnings.warn('other', DeprecationWarning)")
     assert "DSA is deprecated (not asyncssh)" in other and "other" in other
+
+
+def test_console_fields_use_the_human_convention() -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream, LogFormat.CONSOLE)
+    structlog.get_logger().info("replication done", bytes=64 << 20,
+                                rate_bytes_per_second=1 << 20, next_try_at=0.0,
+                                attempt=3, ok=True)
+    line = stream.getvalue()
+    for part in ("bytes='64.0 MiB'", "rate_bytes_per_second='1.0 MiB/s'",
+                 "next_try_at=1970-01-01T00:00:00Z", "attempt=3", "ok=True"):
+        assert part in line, line
+    json_stream = io.StringIO()
+    configure_logging("info", json_stream, LogFormat.JSON)
+    structlog.get_logger().info("replication done", bytes=64 << 20)
+    assert json.loads(json_stream.getvalue())["bytes"] == 64 << 20  # raw for machines
