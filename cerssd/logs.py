@@ -142,7 +142,10 @@ class JournalLogger:
         self._send = journal.send
 
     def msg(self, **fields: Any) -> None:
-        self._send(**fields)
+        try:
+            self._send(**fields)
+        except (OSError, ValueError) as exc:  # never let a log call break the work it logs
+            print(f"{fields.get('MESSAGE', '')} (journal send failed: {exc})", file=sys.stderr)
 
     debug = info = warning = warn = error = critical = exception = fatal = failure = msg
 

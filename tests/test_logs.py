@@ -140,3 +140,16 @@ def test_console_fields_use_the_human_convention() -> None:
     configure_logging("info", json_stream, LogFormat.JSON)
     structlog.get_logger().info("replication done", bytes=64 << 20)
     assert json.loads(json_stream.getvalue())["bytes"] == 64 << 20  # raw for machines
+
+
+def test_a_failed_journal_send_does_not_break_the_caller(capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    logger = logs.JournalLogger()
+
+    def refuse(**fields: Any) -> None:
+        raise ValueError("Key name must be consist only of characters")
+
+    logger._send = refuse
+    logger.info(MESSAGE="activity state  state=failed", PRIORITY=4)
+    assert capsys.readouterr().err == ("activity state  state=failed (journal send failed: "
+                                       "Key name must be consist only of characters)\n")
