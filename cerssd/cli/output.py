@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ..human import rate, size, when
+from ..human import duration, rate, size, when
 
 
 def print_fields(console: Any, lines: Sequence[tuple[str, Any]]) -> None:
@@ -70,7 +70,7 @@ def render_activity(out: Output, a: dict[str, Any]) -> None:
         ("self_restarting", str(a["self_restarting"]).lower()),
         ("status", f"{status['code']} {status['message']}" if status else "-"),
         ("created", when(a["created_at"])), ("finished", when(a["finished_at"])),
-        ("elapsed", f"{a['usage']['elapsed_seconds']:.1f} s"),
+        ("elapsed", duration(a["usage"]["elapsed_seconds"])),
         ("bytes read", size(a["usage"]["bytes_read"])),
         ("bytes on wire", size(a["usage"]["bytes_on_wire"])),
         ("rate", rate(a["usage"]["rate_bytes_per_second"])),

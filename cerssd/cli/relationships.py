@@ -95,7 +95,8 @@ def _failover_lines(f: dict[str, Any]) -> list[tuple[str, Any]]:
     loss = f["data_loss"]
     if loss:
         lines.append(("data-loss window", f"writes after {loss['snapshot']} "
-                      f"({loss['window_seconds']}s before the failover) may be lost"))
+                      f"({lag_text(loss['window_seconds'])} before the failover) may be "
+                      "lost"))
     for x in f["fenced"]:
         state = "read-only" if x["applied_at"] else "not reached yet: fenced on return"
         lines.append(("fenced", f"{x['server']}:{x['volume']} ({state}); rejoin with "
