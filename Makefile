@@ -1,5 +1,5 @@
 # cerssd developer entry points. Both targets install what they need first (scripts/setup).
-.PHONY: demo demo-down test test-fast lint setup
+.PHONY: demo demo-down test test-fast lint setup man completion deb wheel
 
 setup:
 	scripts/setup
@@ -13,7 +13,7 @@ demo-down:
 # Both tiers: the fast one and the integration one (zfs-fuse, sshd, netns, SeaweedFS,
 # the OpenZFS guest).
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=25
 
 # Pure logic and the fake backend only: no root, no services (tests/conftest.py marks).
 test-fast: setup
@@ -22,3 +22,21 @@ test-fast: setup
 lint: setup
 	.venv/bin/ruff check cerssd tests
 	.venv/bin/mypy cerssd
+
+# Man pages (build/gen/man) from the argument parsers and docs/config.md.
+man: setup
+	scripts/build-man man
+
+# bash and zsh completion for cerssctl (build/gen/completion).
+completion: setup
+	scripts/build-man completion
+
+# dist/cerssd_VERSION_ARCH.deb (debian/, dh-virtualenv), with the man pages and completion.
+deb: setup
+	scripts/build-deb
+
+# dist/cerssd-VERSION-py3-none-any.whl and dist/cerssd-VERSION.tar.gz, checked by twine.
+wheel: setup
+	rm -f dist/cerssd-*.whl dist/cerssd-*.tar.gz
+	.venv/bin/python -m build --outdir dist .
+	.venv/bin/twine check --strict dist/cerssd-*.whl dist/cerssd-*.tar.gz

@@ -377,7 +377,9 @@ def _missing_secrets(config: Config) -> list[MissingSecret]:
     return missing
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; a function of its own so that the man page, cerssd(8), is
+    generated from it (make man)."""
     parser = argparse.ArgumentParser(
         prog="cerssd",
         description="The cerssd replication daemon: keeps ZFS volumes replicated to other "
@@ -396,7 +398,11 @@ def main(argv: list[str] | None = None) -> None:
                              "human lines on a terminal, JSON otherwise), json, console, "
                              "journal")
     parser.add_argument("--version", action="version", version=f"cerssd {__version__}")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     try:
         config = load_config(args.config)
         missing = _missing_secrets(config)

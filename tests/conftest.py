@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parent.parent
 SLOW = 300.0
 
 # The OpenZFS tier's session fixture (a QEMU guest), usable from any test module.
-pytest_plugins = ("tests.openzfs_guest", "tests.btrfs_fs")
+pytest_plugins = ("tests.openzfs_guest", "tests.btrfs_fs", "tests.packaging")
 
 #: The fixtures that start a real service; a test using one (directly or through
 #: another fixture, such as ``make_pool`` or ``start_daemon``) is in the integration tier.

@@ -255,16 +255,31 @@ def test_zfs_fuse_to_openzfs_and_back(daemon: DaemonProcess, fresh: Guest,
     assert fresh.guid("tank2/old@s1") == host_guid
     # and back: OpenZFS's plain stream of a feature-flag pool
     fresh.sh("zfs create tank/new && echo hello > /tank/new/f && zfs snapshot tank/new@s1")
-    r = replicate(daemon, "tank/new@s1", "guest", "local", f"{host_pool}/new")
+    r = replicate(daemon, "tank/new@s1", "guest", "local", f"{host_pool}/new", path="native")
     assert r.status == 202, r.body
     done = daemon.wait_done(r.body["id"], timeout=600)
     # measured: zfs-fuse refuses OpenZFS 2.1's stream ("unsupported feature, feature flags
-    # = 4"); the activity says so in words and leaves nothing behind
+    # = 4"); forced native, the activity says so in words and leaves nothing behind
     assert done["state"] == "failed", done
     assert done["status"]["reason"] == "stream-incompatible", done["status"]
     assert "local's ZFS cannot read the stream guest sends" in done["status"]["message"]
     assert subprocess.run(["zfs", "list", f"{host_pool}/new"],
                           capture_output=True).returncode != 0
+    # path auto (the default): the same first copy falls back to files, and the pair's
+    # next copy stays generic (its base matches by origin)
+    first = replicate_ok(daemon, "tank/new@s1", "guest", "local", f"{host_pool}/new",
+                         timeout=600)
+    assert first["params"]["plan"] == {"mode": "full", "path": "generic"}, first["params"]
+    assert first["params"]["fallback"]["reason"] == "stream-incompatible", first["params"]
+    with open(f"/{host_pool}/new/f") as f:
+        assert f.read() == "hello\n"
+    fresh.sh("echo again > /tank/new/g && zfs snapshot tank/new@s2")
+    nxt = replicate_ok(daemon, "tank/new@s2", "guest", "local", f"{host_pool}/new",
+                       timeout=600)
+    assert nxt["params"]["plan"] == {"mode": "incremental", "path": "generic"}, nxt["params"]
+    assert "fallback" not in nxt["params"]
+    with open(f"/{host_pool}/new/g") as f:
+        assert f.read() == "again\n"
 
 
 def test_a_tree_with_a_zvol_member_and_a_bookmark_base_per_member(
@@ -361,30 +376,30 @@ def test_receive_exclude_and_set_use_x_and_o_and_a_shared_master_is_not_shared(
     assert fresh.prop("tank/data", "sharenfs") == "on"
     d = start_daemon(extra=(
         openzfs_guest.server_config("guest") + openzfs_guest.server_config("guest2")
-        + relationship("r", "guest", "tank/data", "guest2", "tank2/data",
+        + relationship("r", "guest", "tank/data", "guest2", "tank2/props",
                        'send_properties = true\nreceive_set = { canmount = "noauto" }')))
     wait_in_sync(d, "r", timeout=900)
 
     def source(prop: str) -> tuple[str, str]:
-        value, _, where = fresh.sh(f"zfs get -H -o value,source {prop} tank2/data"
+        value, _, where = fresh.sh(f"zfs get -H -o value,source {prop} tank2/props"
                                    ).strip().partition("\t")
         return value, where
 
     assert source("compression") == ("zstd", "received")  # the stream carried them
     assert source("test:marker") == ("from-master", "received")
     assert source("sharenfs") == ("off", "default")
-    assert source("mountpoint") == ("/tank2/data", "default")
+    assert source("mountpoint") == ("/tank2/props", "default")
     assert source("canmount") == ("noauto", "local")
     assert source("mounted")[0] == "no"
-    assert "tank2/data" not in fresh.sh("cat /etc/exports.d/zfs.exports 2>/dev/null; true")
+    assert "tank2/props" not in fresh.sh("cat /etc/exports.d/zfs.exports 2>/dev/null; true")
     # -x and -o on the receive itself (no zfs set afterwards): the pool's own history
-    # (the module's pools are shared: earlier tests' receives into tank2 are theirs)
+    # (the module's pools are shared: this test's target has a name no other test uses)
     history = [line for line in fresh.sh("zpool history tank2").splitlines()
-               if "tank2/data" in line]
+               if "tank2/props" in line]
     received = [line for line in history if "zfs receive" in line]
     assert received and all(
         "receive -u -x mountpoint -x sharenfs -x sharesmb -o canmount=noauto " in line
-        and line.endswith(" tank2/data")
+        and line.endswith(" tank2/props")
         for line in received), received
     assert not any("zfs set canmount" in line or "zfs inherit" in line for line in history)
 

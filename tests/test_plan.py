@@ -172,3 +172,43 @@ def test_a_diverged_copy_and_remote_to_remote_are_refused() -> None:
         plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC, target_volume="q/v",
                          target_exists=False, target_snapshots=[],
                          ends=Ends("zfs", "btrfs", both_remote=True))
+
+
+def test_an_unreadable_native_first_copy_falls_back_to_generic_only_when_auto() -> None:
+    from cerssd.replication.logic.plan import Ends, ReplicationPath, generic_fallback
+
+    zfs = Ends("zfs", "zfs")
+    first = plan(exists=False, intermediates=True)
+    assert (first.mode, first.path) == ("full", "native")
+    generic = generic_fallback(first, ReplicationPath.AUTO, zfs)
+    assert generic is not None
+    assert (generic.mode, generic.path, generic.intermediates) == ("full", "generic", False)
+    assert generic.snapshot == first.snapshot and generic.target_volume == "q/v"
+    # a forced native path fails as asked; an incremental follows a stream that was read
+    assert generic_fallback(first, ReplicationPath.NATIVE, zfs) is None
+    incremental = plan(target=[snap("q/v", "s2", "g2")])
+    assert generic_fallback(incremental, ReplicationPath.AUTO, zfs) is None
+    # where files cannot carry it either, the native failure stands
+    assert generic_fallback(first, ReplicationPath.AUTO,
+                            Ends("zfs", "zfs", both_remote=True)) is None
+    assert generic_fallback(first, ReplicationPath.AUTO,
+                            Ends("zfs", "zfs", source_views=False)) is None
+
+
+def test_the_generic_path_needs_rsync_at_both_ends() -> None:
+    from cerssd.replication.logic.plan import (
+        Ends,
+        PathUnavailable,
+        ReplicationPath,
+        generic_fallback,
+    )
+
+    for ends, side in ((Ends("zfs", "btrfs", source_rsync=False), "source"),
+                       (Ends("zfs", "btrfs", destination_rsync=False), "destination")):
+        with pytest.raises(PathUnavailable, match=f"rsync is not installed on the {side}"):
+            plan_replication(snapshot_name="p/v@s3", source_snapshots=SRC,
+                             target_volume="q/v", target_exists=False, target_snapshots=[],
+                             ends=ends)
+    first = plan(exists=False)
+    assert generic_fallback(first, ReplicationPath.AUTO,
+                            Ends("zfs", "zfs", destination_rsync=False)) is None

@@ -57,7 +57,7 @@ async def test_probe_on_zfs_fuse(backend: ZfsBackend) -> None:
     caps = await backend.probe()
     assert caps.published() == ["stateless_snapshots", "incremental_send", "holds",
                                 "self_restarting", "clones", "snapshot_views",
-                                "holes_from_zeros"]
+                                "file_copy", "holes_from_zeros"]
     assert not (caps.resumable_send or caps.bookmarks or caps.size_estimate or caps.raw_send
                 or caps.parsable_list or caps.typed_get)
     assert backend.version == "pool version 23"

@@ -7,7 +7,7 @@ one-line help, from the parser itself (nothing to keep in step by hand)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:  # type: ignore[type-arg]
@@ -30,11 +30,22 @@ def leaf_commands(parser: argparse.ArgumentParser, prefix: str = "") -> Iterator
             yield f"{prefix}{name}", helps.get(name) or child.description or ""
 
 
+class _CommandsFormatter(argparse.RawDescriptionHelpFormatter):
+    """Leaves out argparse's first-level list (the epilog has every command instead).
+    Only ``--help`` is changed: the parser keeps its subcommands for the man page
+    generator and the shell completion, which read them from it."""
+
+    def _iter_indented_subactions(self, action: argparse.Action
+                                  ) -> Generator[argparse.Action, None, None]:
+        if not isinstance(action, argparse._SubParsersAction):
+            yield from super()._iter_indented_subactions(action)
+
+
 def list_all_commands(parser: argparse.ArgumentParser) -> None:
     """Replace the first-level list of ``parser``'s help with the table of every command."""
     rows = list(leaf_commands(parser))
     width = max(len(name) for name, _ in rows) + 2
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = _CommandsFormatter
     parser.epilog = "commands (cerssctl COMMAND -h gives its arguments):\n" + "\n".join(
         f"  {name:<{width}}{help}" for name, help in rows)
     sub = _subcommands(parser)
@@ -42,5 +53,4 @@ def list_all_commands(parser: argparse.ArgumentParser) -> None:
     for choice in sub._choices_actions:  # each command's -h says it too, as its description
         child = sub.choices[choice.dest]
         child.description = child.description or choice.help
-    sub._choices_actions.clear()  # listed above, with their verbs
-    sub.help = "one of the commands below"
+    # sub.help stays unset: the man page (argparse-manpage) lists the commands itself

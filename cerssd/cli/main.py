@@ -18,7 +18,7 @@ from ..human import duration as lag_text
 from ..human import size as size_text
 from ..human import when
 from ..parsing import ConfigError, parse_duration
-from . import backups, policies, prune, relationships, volumes, watch
+from . import backups, complete, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
 from .commands_help import list_all_commands
 from .output import Output, activity_rows, render_activity
@@ -280,7 +280,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    complete.autocomplete(cli)  # a shell's completion request is answered here, then exits
+    args = cli.parse_args(argv)
     try:
         code = run(args)
     except CliError as exc:

@@ -44,6 +44,9 @@ class Capabilities:
     #: A snapshot's files can be read through a path on the server (``snapshot_view``):
     #: what the generic path across drivers copies from.
     snapshot_views: bool = False
+    #: ``rsync`` runs on the server (``storage.tools``): the generic path copies files
+    #: with it at both ends, so it serves only between servers that both have it.
+    file_copy: bool = False
     #: Runs of zeros written to a volume are stored as holes by the storage itself (ZFS:
     #: any compression but ``off`` detects zero blocks). The generic path then copies
     #: files with whole writes instead of rsync's ``--sparse``, whose 1 KiB writes made a

@@ -45,6 +45,7 @@ from ..logic.plan import (
     ReplicationPath,
     TargetDiverged,
     TargetPoolMissing,
+    generic_fallback,
     plan_replication,
     without_intermediates,
 )
@@ -62,6 +63,10 @@ KIND = "replicate"
 #: What receivers say when a stream uses features they do not have (older ZFS).
 INCOMPATIBLE_STREAM = ("unsupported", "stream version", "invalid backup stream")
 STAGING_SUFFIX = "-cerssd-incoming"
+
+
+class StreamIncompatible(ActivityError):
+    """The destination's ZFS refused the stream's format (``INCOMPATIBLE_STREAM``)."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,9 @@ def ends_of(src: StorageBackend, dst: StorageBackend, both_remote: bool) -> Ends
     return Ends(source_driver=str(src.info().get("backend")),
                 destination_driver=str(dst.info().get("backend")), both_remote=both_remote,
                 source_views=src.capabilities.snapshot_views,
-                destination_views=dst.capabilities.snapshot_views)
+                destination_views=dst.capabilities.snapshot_views,
+                source_rsync=src.capabilities.file_copy,
+                destination_rsync=dst.capabilities.file_copy)
 
 
 async def stream_options(src: StorageBackend, dst: StorageBackend,
@@ -353,18 +360,50 @@ class ReplicateWork:
         moved = 0
         # A partial receive is kept only where the source can resume from it.
         resumable = src.capabilities.resumable_send and dst.capabilities.resumable_send
-        for step_base, step_snapshot in steps:
-            # One stream per step, each into its own receive: a receive reads one stream.
-            sender = src.send(step_snapshot, step_base, intermediates=plan.intermediates,
-                              resume_token=token, options=options)
-            receiver = dst.receive(receive_into, resumable=resumable,
-                                   unmounted=self.req.unmounted, properties=props)
-            group = self._member_of(plan, options, token) if len(steps) == 1 else None
-            moved += await self._transfer(ctx, sender, receiver, group)
+        try:
+            for step_base, step_snapshot in steps:
+                # One stream per step, each into its own receive: a receive reads one stream.
+                sender = src.send(step_snapshot, step_base, intermediates=plan.intermediates,
+                                  resume_token=token, options=options)
+                receiver = dst.receive(receive_into, resumable=resumable,
+                                       unmounted=self.req.unmounted, properties=props)
+                group = self._member_of(plan, options, token) if len(steps) == 1 else None
+                moved += await self._transfer(ctx, sender, receiver, group)
+        except StreamIncompatible as exc:
+            generic = await self._fallback(src, dst, plan) if token is None else None
+            if generic is None:
+                raise
+            await self._fall_back(ctx, dst, generic, receive_into, exc)
+            await self._generic(ctx, src, dst, generic, receive_into)
+            return
         seconds = time.monotonic() - started
         ctx.log.info("stream complete", bytes=moved, seconds=round(seconds, 3),
                      mb_per_second=round(moved / seconds / 1e6, 1) if seconds else None)
         await self._arrived(ctx, src, dst, plan, moved)
+
+    async def _fallback(self, src: StorageBackend, dst: StorageBackend,
+                        plan: Plan) -> Plan | None:
+        """The generic plan for a first copy the destination's ZFS cannot read as a
+        stream (``logic.plan.generic_fallback``); None where files cannot carry it."""
+        generic = generic_fallback(plan, ReplicationPath(self.req.path),
+                                   ends_of(src, dst, self._both_remote()))
+        if generic is None or (await src.volume(plan.snapshot.volume)).type == "volume":
+            return None
+        return generic
+
+    async def _fall_back(self, ctx: ActivityContext, dst: StorageBackend, generic: Plan,
+                         receive_into: str, exc: StreamIncompatible) -> None:
+        """Clear what the refused receive left and say, in the log and the activity's
+        result, that this copy (and, by the planner's rules, the pair's next ones) goes
+        the generic way."""
+        if await dst.resume_token(receive_into) is not None:
+            await dst.abort_receive(receive_into)
+        await self._clean_leftovers(ctx, dst)
+        ctx.log.warning("the destination cannot read the native stream; copying files "
+                        "instead (generic path)", error=exc.message)
+        ctx.remember(plan={"mode": str(generic.mode), "path": str(generic.path)},
+                     fallback={"from": "native", "reason": "stream-incompatible",
+                               "message": exc.message})
 
     async def _generic(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
                        plan: Plan, receive_into: str) -> None:
@@ -486,7 +525,7 @@ class ReplicateWork:
                     f"the common snapshot ({exc}); nothing was destroyed").message,
                     StatusCode.CONFLICT, "target-modified") from exc
             if any(text in exc.stderr for text in INCOMPATIBLE_STREAM):
-                raise ActivityError(
+                raise StreamIncompatible(
                     f"{self.req.destination}'s ZFS cannot read the stream "
                     f"{self.req.source} sends ({exc}); replicate between these two only "
                     "towards the newer ZFS, or with a stream format both know",

@@ -62,6 +62,9 @@ class Ends:
     #: Where each end can be read or written as files (``capabilities.snapshot_views``).
     source_views: bool = True
     destination_views: bool = True
+    #: Where ``rsync`` runs (``capabilities.file_copy``): the file copy needs it at both.
+    source_rsync: bool = True
+    destination_rsync: bool = True
 
     @property
     def same_driver(self) -> bool:
@@ -228,11 +231,30 @@ def choose_path(asked: ReplicationPath, ends: Ends, *, by_guid: bool) -> PlanPat
     return PlanPath.GENERIC
 
 
+def generic_fallback(plan: Plan, asked: ReplicationPath, ends: Ends) -> Plan | None:
+    """The generic plan to take instead of a native full copy the destination's ZFS
+    could not read (an older ZFS refusing a newer one's stream features), or None.
+
+    Only for ``path = "auto"`` (a forced native path fails as asked) and only for a full
+    copy: an incremental native stream can only follow a native full copy the receiver
+    already read, and once a pair has been copied the generic way the planner keeps it
+    generic (the base matches by origin, not guid)."""
+    if asked != ReplicationPath.AUTO or plan.path != PlanPath.NATIVE \
+            or plan.mode != PlanMode.FULL or _generic_problem(ends) is not None:
+        return None
+    return replace(plan, path=PlanPath.GENERIC, intermediates=False, chain=())
+
+
 def _generic_problem(ends: Ends) -> str | None:
     if not ends.source_views:
         return f"the source's {ends.source_driver} driver has no read-only snapshot view"
     if not ends.destination_views:
         return f"the destination's {ends.destination_driver} driver cannot be written as files"
+    for side, present in (("source", ends.source_rsync),
+                          ("destination", ends.destination_rsync)):
+        if not present:
+            return (f"rsync is not installed on the {side} server (the file copy runs "
+                    "rsync at both ends): install it there (Debian: apt install rsync)")
     if ends.both_remote:
         return ("both servers are remote: the file copy (rsync over SSH) runs on this "
                 "daemon's node with one end local, since cerssd gives its SSH keys to no "

@@ -29,6 +29,7 @@ from ...transport.runner import CommandFailed, Runner
 from ...transport.stream import Endpoint, StreamEndpoint
 from ..errors import AlreadyExists, BackendError, Busy, NotFound
 from ..names import InvalidName, validate_snapshot_label, validate_user_property
+from ..tools import has_rsync
 from ..values import (
     Capabilities,
     PoolCapacity,
@@ -119,7 +120,8 @@ class BtrfsBackend:
         self.capabilities = Capabilities(
             stateless_snapshots=True, incremental_send=True, compressed_send=compressed,
             self_restarting=True, safe_send_holds=True, parsable_list=True,
-            typed_get=True, clones=True, snapshot_views=True)
+            typed_get=True, clones=True, snapshot_views=True,
+            file_copy=await has_rsync(self.runner))
         return self.capabilities
 
     def info(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ..names import (
     validate_snapshot_label,
     validate_volume,
 )
+from ..tools import has_rsync
 from ..values import (
     Capabilities,
     PoolCapacity,
@@ -129,8 +130,8 @@ class ZfsBackend:
             upgrade = await self.runner.run([*self._zpool, "upgrade", "-v"], check=False)
             m = re.search(r"pool version (\d+)", upgrade.stdout)
             self.version = f"pool version {m.group(1)}" if m else "unknown"
-        self.capabilities = caps
-        return caps
+        self.capabilities = replace(caps, file_copy=await has_rsync(self.runner))
+        return self.capabilities
 
     @property
     def zpool(self) -> list[str]:
