@@ -33,6 +33,7 @@ from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
 from . import human
+from .journald import Journal
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -132,18 +133,19 @@ def journal_fields(_logger: Any, method: str, event: MutableMapping[str, Any]) -
 
 
 class JournalLogger:
-    """A structlog logger that hands each event's fields to sd-journal (cysystemd's
-    ``send``, libsystemd's ``sd_journal_sendv``): one datagram per event on journald's
-    native socket."""
+    """A structlog logger that hands each event's fields to journald over its native
+    protocol (:mod:`cerssd.journald`): one datagram per event."""
+
+    _journal: Journal | None = None  # one socket for the process, made on first use
 
     def __init__(self) -> None:
-        from cysystemd import journal  # libsystemd, loaded only where it is used
-
-        self._send = journal.send
+        if JournalLogger._journal is None:
+            JournalLogger._journal = Journal()
+        self._send = JournalLogger._journal.send
 
     def msg(self, **fields: Any) -> None:
         try:
-            self._send(**fields)
+            self._send(fields)
         except (OSError, ValueError) as exc:  # never let a log call break the work it logs
             print(f"{fields.get('MESSAGE', '')} (journal send failed: {exc})", file=sys.stderr)
 

@@ -112,3 +112,44 @@ def test_events_are_journal_fields(journald_daemon: JournaldRun, pool: str) -> N
     assert any(e.get("STATE") == "succeeded" for e in states), states
     # nothing was logged as a JSON string
     assert not any(e["MESSAGE"].lstrip().startswith("{") for e in mine)
+
+
+#: In the namespace: journald, then one entry sent by cerssd.journald with a multi-line
+#: field and one too large for a datagram (the memfd path), then the journal as JSON.
+DIRECT = r"""
+set -e
+mount -t tmpfs tmpfs /run/systemd
+mkdir -p /run/log && mount -t tmpfs tmpfs /run/log
+/lib/systemd/systemd-journald >/dev/null 2>&1 &
+journald=$!
+while [ ! -S /run/systemd/journal/socket ]; do sleep 0.05; done
+"$PYTHON" -c '
+from cerssd.journald import Journal
+j = Journal()
+j.send({"MESSAGE": "two\nlines", "SYSLOG_IDENTIFIER": "cerssd-test", "N": 1})
+j.send({"MESSAGE": "big", "SYSLOG_IDENTIFIER": "cerssd-test", "BLOB": "x" * 400000})
+'
+journalctl -D /run/log/journal -o json --all --no-pager SYSLOG_IDENTIFIER=cerssd-test
+kill $journald
+"""
+
+
+def test_native_protocol_newlines_and_large_entries(tmp_path: Path) -> None:
+    if not JOURNALD.exists():
+        pytest.fail("systemd-journald is missing: .ci/run installs systemd")
+    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", DIRECT],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    entries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["MESSAGE"] for e in entries] == ["two\nlines", "big"], entries
+    assert entries[0]["N"] == "1" and entries[0]["_TRANSPORT"] == "journal"
+    assert entries[1]["BLOB"] == "x" * 400000  # more than one datagram holds
+
+
+def test_encode() -> None:
+    from cerssd.journald import encode
+
+    assert encode({"A": "b", "N": 3}) == b"A=b\nN=3\n"
+    assert encode({"M": "x\ny"}) == b"M\n" + (3).to_bytes(8, "little") + b"x\ny\n"
+    assert encode({"U": "é"}) == "U=é\n".encode()

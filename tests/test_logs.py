@@ -146,10 +146,10 @@ def test_a_failed_journal_send_does_not_break_the_caller(capsys: pytest.CaptureF
                                                          ) -> None:
     logger = logs.JournalLogger()
 
-    def refuse(**fields: Any) -> None:
-        raise ValueError("Key name must be consist only of characters")
+    def refuse(fields: Any) -> None:
+        raise OSError("[Errno 111] Connection refused")
 
     logger._send = refuse
     logger.info(MESSAGE="activity state  state=failed", PRIORITY=4)
     assert capsys.readouterr().err == ("activity state  state=failed (journal send failed: "
-                                       "Key name must be consist only of characters)\n")
+                                       "[Errno 111] Connection refused)\n")
