@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .logs import LogFormat
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
 from .policies.binding import bind, check_prefixes
@@ -34,7 +35,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: (tests/test_docs.py: every key is in docs/config.md) read the same list.
 SECTIONS = {"daemon", "servers", "stores", "relationships", "snapshots"}
 DAEMON_KEYS = {
-    "control_socket", "control_group", "state_dir", "metrics_listen", "log_level",
+    "control_socket", "control_group", "state_dir", "metrics_listen", "log_level", "log_format",
     "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
     "retry_deadline", "max_concurrent_cycles",
 }
@@ -58,6 +59,7 @@ class DaemonConfig:
     state_dir: Path = Path("/var/lib/cerssd")
     metrics_listen: MetricsListen | None = MetricsListen("127.0.0.1", 9811)
     log_level: str = "info"
+    log_format: LogFormat = LogFormat.AUTO
     activity_retention: float = 7 * 86400.0
     shutdown_timeout: float = 30.0
     stall_timeout: float = 30.0
@@ -195,6 +197,7 @@ def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
         state_dir=_path(t, "state_dir", "daemon.", d.state_dir),
         metrics_listen=_metrics_listen(t.get("metrics_listen", "127.0.0.1:9811")),
         log_level=level,
+        log_format=_log_format(t),
         activity_retention=parse_duration(
             t.get("activity_retention", d.activity_retention), "daemon.activity_retention"),
         shutdown_timeout=parse_duration(
@@ -208,6 +211,15 @@ def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:
         max_concurrent_cycles=_count(t, "max_concurrent_cycles", "daemon.",
                                      d.max_concurrent_cycles, high=1000),
     )
+
+
+def _log_format(t: Mapping[str, Any]) -> LogFormat:
+    text = _str(t, "log_format", "daemon.", LogFormat.AUTO.value).lower()
+    try:
+        return LogFormat(text)
+    except ValueError:
+        raise ConfigError("daemon.log_format", "must be one of "
+                          + ", ".join(f.value for f in LogFormat)) from None
 
 
 def _count(t: Mapping[str, Any], name: str, prefix: str, default: int, *, high: int) -> int:

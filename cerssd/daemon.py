@@ -16,6 +16,7 @@ import grp
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -34,11 +35,11 @@ from .children import watch_children_by_pidfd
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError
-from .logs import configure_logging
+from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
 from .objectstore.stores import Stores
-from .parsing import ConfigError
+from .parsing import ConfigError, MissingSecret
 from .policies.registry import PolicyRegistry
 from .reload import ConfigReloader
 from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
@@ -65,7 +66,7 @@ EXIT_GRACE = 10.0
 #: Read once at start: a reload warns about a change to them and keeps the old value.
 #: The retry settings are built into the running activities' retry policy.
 RESTART_KEYS = ("control_socket", "state_dir", "metrics_listen", "stall_timeout",
-                "retry_max_interval", "retry_deadline")
+                "retry_max_interval", "retry_deadline", "log_format")
 
 
 class StartupError(Exception):
@@ -179,9 +180,16 @@ class Daemon:
         group = self.config.daemon.control_group
         if group:
             try:
-                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+                gid = grp.getgrnam(group).gr_gid
             except KeyError:
                 log.warning("control group does not exist; socket left root-only", group=group)
+            else:
+                os.chown(path, -1, gid)
+                closed = closed_to_group(path.parent, gid)
+                if closed is not None:
+                    log.warning("the control group cannot reach the socket: a directory "
+                                "above it does not let its members through", group=group,
+                                directory=str(closed), mode=f"{closed.stat().st_mode & 0o7777:04o}")
         self._runners.append(runner)
         log.info("control socket listening", path=str(path))
 
@@ -251,7 +259,7 @@ class Daemon:
                          if getattr(new.daemon, k) != getattr(self.config.daemon, k)]
             if unchanged:
                 log.warning("some changes take effect only after a restart", keys=unchanged)
-            configure_logging(new.daemon.log_level)
+            configure_logging(new.daemon.log_level, fmt=self.config.daemon.log_format)
             self.engine.retention = new.daemon.activity_retention
             self.cycle_gate.limit = new.daemon.max_concurrent_cycles
             old, self.config = self.config, _keep_restart_keys(new, self.config)
@@ -290,6 +298,19 @@ def _keep_restart_keys(new: Config, running: Config) -> Config:
 
     kept = {k: getattr(running.daemon, k) for k in RESTART_KEYS}
     return replace(new, daemon=replace(new.daemon, **kept))
+
+
+def closed_to_group(directory: Path, gid: int) -> Path | None:
+    """The first directory from ``directory`` up to ``/`` that a member of group ``gid``
+    (neither its owner nor root) may not pass through, or None. A socket that is 0660 for
+    the control group is no use behind a 0750 root:root directory (systemd's
+    ``RuntimeDirectoryMode=0750`` did exactly that)."""
+    for d in (directory, *directory.parents):
+        mode = d.stat()
+        if not (mode.st_mode & stat.S_IXOTH
+                or (mode.st_gid == gid and mode.st_mode & stat.S_IXGRP)):
+            return d
+    return None
 
 
 def _socket_is_live(path: Path) -> bool:
@@ -345,14 +366,38 @@ def exit_by(seconds: float) -> threading.Timer:
     return timer
 
 
+def _missing_secrets(config: Config) -> list[MissingSecret]:
+    """Every store's credentials read now; those not on this node yet returned, a
+    credentials file that is there but wrong (unreadable, not TOML) raised."""
+    missing = []
+    for store in config.stores.values():
+        try:
+            store.load_credentials()
+        except MissingSecret as exc:
+            missing.append(exc)
+    return missing
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; a function of its own so that the man page, cerssd(8), is
     generated from it (make man)."""
-    parser = argparse.ArgumentParser(prog="cerssd", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cerssd",
+        description="The cerssd replication daemon: keeps ZFS volumes replicated to other "
+                    "servers over SSH and backed up to object stores, controlled through "
+                    "cerssctl. Reloads its configuration on SIGHUP, stops cleanly on SIGTERM.",
+        epilog="Exit status 78 (EX_CONFIG) means an invalid configuration; see "
+               "docs/config.md.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and exit")
+                        help="validate the configuration and exit: 0 if it is valid (secrets "
+                             "not on this node yet are warnings), 78 if not")
+    parser.add_argument("--log-format", type=LogFormat, choices=list(LogFormat),
+                        metavar="{" + ",".join(f.value for f in LogFormat) + "}",
+                        help="override daemon.log_format: auto (journal under systemd, "
+                             "human lines on a terminal, JSON otherwise), json, console, "
+                             "journal")
     parser.add_argument("--version", action="version", version=f"cerssd {__version__}")
     return parser
 
@@ -361,14 +406,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         config = load_config(args.config)
-        for store in config.stores.values():
-            store.load_credentials()  # a missing key file is a config error, named
+        missing = _missing_secrets(config)
     except ConfigError as exc:
         print(f"cerssd: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(EX_CONFIG)
     if args.check_config:
-        print(f"cerssd: {args.config} is valid")
+        for secret in missing:
+            print(f"cerssd: warning: secret missing: {secret}", file=sys.stderr)
+        print(f"cerssd: {args.config} is valid" + (
+            f"; cerssd will not start until the {len(missing)} missing secret(s) above are "
+            "in place" if missing else ""))
         return
-    configure_logging(config.daemon.log_level)
+    if missing:  # the daemon itself needs them: a config error, named
+        print(f"cerssd: invalid configuration: {missing[0]}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+    if args.log_format is not None:
+        from dataclasses import replace
+
+        config = replace(config, daemon=replace(config.daemon, log_format=args.log_format))
+    configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)
     tune_malloc()
     sys.exit(asyncio.run(run(config)))

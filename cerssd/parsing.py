@@ -29,6 +29,14 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+class MissingSecret(ConfigError):
+    """A secret the file points at is not on this node (yet): a credentials file that does
+    not exist, or environment variables that are not set. The daemon will not start
+    without it, but the file itself is right: ``--check-config`` reports it as a warning,
+    so a file can be checked where its secrets are not (a build host, a package's
+    example) and still fail on a real mistake."""
+
+
 def parse_duration(value: Any, key: str) -> float:
     """Accept a number of seconds or a string such as ``90s``, ``15m``, ``7d``."""
     if isinstance(value, bool):

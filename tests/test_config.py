@@ -210,12 +210,45 @@ def test_check_config_reads_store_credentials_and_names_the_key(tmp_path: Path) 
     cfg = tmp_path / "s3.toml"
     key = tmp_path / "s3.key"
     cfg.write_text(f'[stores.s3]\nbucket = "backups"\ncredentials_file = "{key}"\n')
+    # not on this node yet: a warning for --check-config, but the daemon will not start
     missing = run_daemon(cfg, "--check-config")
-    assert missing.returncode == EX_CONFIG
-    assert "stores.s3.credentials_file: cannot read" in missing.stderr
+    assert missing.returncode == 0, missing.stderr
+    assert ("cerssd: warning: secret missing: stores.s3.credentials_file: cannot read"
+            in missing.stderr)
+    assert "will not start until the 1 missing secret(s) above are in place" in missing.stdout
+    refused = run_daemon(cfg)
+    assert refused.returncode == EX_CONFIG
+    assert "invalid configuration: stores.s3.credentials_file: cannot read" in refused.stderr
+    # there but wrong: an error
+    key.write_text("access_key_id = AK\n")
+    broken = run_daemon(cfg, "--check-config")
+    assert broken.returncode == EX_CONFIG and "is not valid TOML" in broken.stderr
     key.write_text('access_key_id = "AK"\nsecret_access_key = "SECRET-VALUE"\n')
     ok = run_daemon(cfg, "--check-config")
     assert ok.returncode == 0 and "SECRET-VALUE" not in ok.stdout + ok.stderr
+    assert "warning" not in ok.stderr and ok.stdout == f"cerssd: {cfg} is valid\n"
+
+
+def test_shipped_example_checks_with_its_secrets_as_warnings() -> None:
+    """A newcomer's first command: the example, as shipped, on a node without its secrets."""
+    example = REPO / "etc" / "cerssd.toml"
+    result = run_daemon(example, "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"cerssd: {example} is valid" in result.stdout
+    warnings = [x for x in result.stderr.splitlines() if x]
+    assert warnings and all(x.startswith("cerssd: warning: secret missing: stores.")
+                            for x in warnings), warnings
+
+
+def test_check_config_still_fails_on_a_real_error_beside_a_missing_secret(tmp_path: Path
+                                                                          ) -> None:
+    text = (REPO / "etc" / "cerssd.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("[daemon]\n", '[daemon]\nlog_levle = "debug"\n', 1))
+    result = run_daemon(bad, "--check-config")
+    assert result.returncode == EX_CONFIG
+    assert "invalid configuration: daemon.log_levle: unknown key" in result.stderr
+    assert "is valid" not in result.stdout
 
 
 def test_relationship_stores_must_exist_and_need_a_local_master() -> None:

@@ -11,8 +11,10 @@ import os
 import urllib.parse
 from typing import Any
 
+from ..human import duration as lag_text
+from ..human import size as size_text
 from .client import Client
-from .output import Output, lag_text, size_text
+from .output import Output
 from .watch import wait_for
 
 COMMANDS = ("stores", "backups", "backup", "restore", "prune-backups")

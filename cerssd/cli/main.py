@@ -14,10 +14,14 @@ import time
 import urllib.parse
 from typing import Any
 
+from ..human import duration as lag_text
+from ..human import size as size_text
+from ..human import when
 from ..parsing import ConfigError, parse_duration
 from . import backups, complete, policies, prune, relationships, volumes, watch
 from .client import Client, CliError, quote
-from .output import Output, activity_rows, render_activity, size_text, when
+from .commands_help import list_all_commands
+from .output import Output, activity_rows, render_activity
 from .watch import submitted, wait_for
 
 DEFAULT_SOCKET = "/run/cerssd/control.sock"
@@ -123,7 +127,7 @@ def status_command(client: Client, out: Output) -> int:
 
     def render(d: dict[str, Any]) -> None:
         out.table(["version", "pid", "uptime", "activities", "servers"],
-                  [(d["version"], d["pid"], f"{d['uptime_seconds']:.0f} s",
+                  [(d["version"], d["pid"], lag_text(d['uptime_seconds']),
                     ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items()))
                     or "none",
                     ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))])
@@ -217,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"control socket (default $CERSSD_SOCKET or {DEFAULT_SOCKET})")
     p.add_argument("--json", action="store_true", help="print the API's JSON documents")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    st = sub.add_parser("status", help="daemon status")
+    st = sub.add_parser("status", help="the daemon, its relationships and links (--watch: "
+                        "a live view)")
     st.add_argument("--watch", action="store_true",
                     help="a live view until Ctrl-C (plain snapshots when not a terminal)")
     st.add_argument("--interval", type=watch.interval_arg, default=1.0, metavar="SECONDS",
@@ -270,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     backups.add_parsers(sub)
     prune.add_parsers(sub)
     volumes.add_parsers(sub)
+    list_all_commands(p)
     return p
 
 

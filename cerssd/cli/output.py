@@ -1,24 +1,19 @@
 """How every cerssctl command prints: the API's JSON (``--json``) or tables and
-"key  value" blocks for people, and the formatting of the values in them (times, sizes,
-lags, an activity's progress)."""
+"key  value" blocks for people. Values are formatted by ``cerssd.human`` (IEC sizes, UTC
+times with ``Z``), the one convention for people across cerssctl, the watch view and the
+daemon's console log."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-
-def when(ts: float | None) -> str:
-    """A Unix time as local date and time, or "-" when there is none."""
-    if ts is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+from ..human import duration, rate, size, when
 
 
 def print_fields(console: Any, lines: Sequence[tuple[str, Any]]) -> None:
@@ -28,34 +23,12 @@ def print_fields(console: Any, lines: Sequence[tuple[str, Any]]) -> None:
         console.print(f"{key:<{width}}  {value}")
 
 
-def size_text(n: float) -> str:
-    """Bytes in binary units, one decimal: 1.5 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def lag_text(seconds: float | None) -> str:
-    """A lag or an age in its largest sensible unit: ``45s``, ``12m``, ``3.5h``, ``2.0d``."""
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def activity_progress(a: dict[str, Any]) -> str:
     """An activity's progress in its unit: ``1.0 MiB of 4.0 MiB (est.)``, ``2 of 5 steps``."""
     p = a["progress"]
     if p["unit"] == "bytes":
-        text = (f"{size_text(p['done'])} of {size_text(p['total'])}" if p["total"]
-                else size_text(p["done"]))
+        text = (f"{size(p['done'])} of {size(p['total'])}" if p["total"]
+                else size(p["done"]))
     else:
         text = f"{p['done']} of {p['total']} {p['unit']}"
     if p["total"] == 0 and p["done"] == 0:
@@ -98,10 +71,10 @@ def render_activity(out: Output, a: dict[str, Any]) -> None:
         ("self_restarting", str(a["self_restarting"]).lower()),
         ("status", f"{status['code']} {status['message']}" if status else "-"),
         ("created", when(a["created_at"])), ("finished", when(a["finished_at"])),
-        ("elapsed", f"{a['usage']['elapsed_seconds']:.1f} s"),
-        ("bytes read", size_text(a["usage"]["bytes_read"])),
-        ("bytes on wire", size_text(a["usage"]["bytes_on_wire"])),
-        ("rate", f"{size_text(a['usage']['rate_bytes_per_second'])}/s"),
+        ("elapsed", duration(a["usage"]["elapsed_seconds"])),
+        ("bytes read", size(a["usage"]["bytes_read"])),
+        ("bytes on wire", size(a["usage"]["bytes_on_wire"])),
+        ("rate", rate(a["usage"]["rate_bytes_per_second"])),
         ("retries", a["usage"]["retries"]),
     ]
     if a.get("link"):

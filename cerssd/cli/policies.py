@@ -7,8 +7,9 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from ..human import when
 from .client import Client
-from .output import Output, print_fields, when
+from .output import Output, print_fields
 
 COMMAND = "policy"
 

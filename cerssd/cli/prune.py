@@ -11,15 +11,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..human import duration as lag_text
 from .client import Client
-from .output import Output, lag_text
+from .output import Output
 
 COMMANDS = ("prune",)
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("prune", help="apply a relationship's retention now (master, slaves, "
-                       "stores), or with --dry-run list what would go and why")
+    p = sub.add_parser("prune", help="apply a relationship's retention now (--dry-run: what "
+                       "would go, and why)")
     p.add_argument("relationship")
     p.add_argument("--dry-run", action="store_true", help="only list what would go, and why")
     p.add_argument("--only", action="append", metavar="PLACE",

@@ -11,8 +11,11 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from ..human import duration as lag_text
+from ..human import size as size_text
+from ..human import when
 from .client import Client
-from .output import Output, lag_text, print_fields, when
+from .output import Output, print_fields
 from .watch import wait_for
 
 VERBS = ("show", "pause", "resume", "remove", "sync-now")
@@ -75,7 +78,8 @@ def render_one(out: Output, r: dict[str, Any]) -> None:
     out.table(["slave", "target", "state", "lag", "last snapshot", "last success", "bytes",
                "link", "transfer"],
               [(s["server"], s["target_volume"], s["state"], lag_text(s["lag_seconds"]),
-                s["last_snapshot"] or "-", when(s["last_success_at"]), s["last_cycle_bytes"],
+                s["last_snapshot"] or "-", when(s["last_success_at"]),
+                size_text(s["last_cycle_bytes"]),
                 _link_text(s["link"]), s["activity"] or "-") for s in r["slaves"]])
     errors = [f"{s['server']}: {s['error']}" for s in r["slaves"] if s["error"]]
     for line in errors:
@@ -91,7 +95,8 @@ def _failover_lines(f: dict[str, Any]) -> list[tuple[str, Any]]:
     loss = f["data_loss"]
     if loss:
         lines.append(("data-loss window", f"writes after {loss['snapshot']} "
-                      f"({loss['window_seconds']}s before the failover) may be lost"))
+                      f"({lag_text(loss['window_seconds'])} before the failover) may be "
+                      "lost"))
     for x in f["fenced"]:
         state = "read-only" if x["applied_at"] else "not reached yet: fenced on return"
         lines.append(("fenced", f"{x['server']}:{x['volume']} ({state}); rejoin with "
@@ -165,12 +170,19 @@ def render_members(out: Output, data: dict[str, Any]) -> None:
     out.console.print(f"{len(data['items'])} of {data['total']} members")
 
 
+#: One-line help of the verbs whose name alone does not say it.
+VERB_HELP = {"show": "one relationship: its state, schedule, slaves and last error",
+             "sync-now": "run a cycle now (snapshot, send to every slave)"}
+
+
 def add_parsers(sub: Any) -> None:
-    sub.add_parser("relationships", help="continuous replication relationships")
-    r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now")
+    sub.add_parser("relationships", help="every relationship: each slave's state, lag, link")
+    r = sub.add_parser("relationship", help="create, show, pause, resume, remove, sync-now, "
+                       "fail over or rejoin a relationship")
     verbs = r.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in VERBS:
-        verbs.add_parser(verb, help=f"{verb} a relationship").add_argument("name")
+        verbs.add_parser(verb, help=VERB_HELP.get(verb, f"{verb} a relationship")
+                         ).add_argument("name")
     v = verbs.add_parser("volumes", help="a tree relationship's members, each slave's state")
     v.add_argument("name")
     v.add_argument("--state", choices=["in-sync", "behind", "sending", "failing"])

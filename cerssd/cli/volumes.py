@@ -13,9 +13,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from ..human import size as size_text
 from ..parsing import ConfigError, parse_size
 from .client import Client, CliError, quote
-from .output import Output, size_text
+from .output import Output
 from .watch import submitted
 
 

@@ -46,8 +46,12 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from ..human import clock, when
+from ..human import duration as lag_text
+from ..human import rate as rate_of
+from ..human import size as size_text
 from .client import Client, Unreachable
-from .output import Output, lag_text, render_activity, size_text, when
+from .output import Output, render_activity
 
 #: The states the view lists as under way, in the order they are asked for.
 LIVE_STATES = ("running", "retrying", "suspended", "cancelling", "pending")
@@ -142,8 +146,8 @@ def progress_text(p: dict[str, Any], percent: bool = True) -> str:
 
 
 def rate_text(a: dict[str, Any]) -> str:
-    rate = a["usage"]["rate_bytes_per_second"]
-    return f"{size_text(rate)}/s" if rate > 0 and a["state"] == "running" else "-"
+    bps = a["usage"]["rate_bytes_per_second"]
+    return rate_of(bps) if bps > 0 and a["state"] == "running" else "-"
 
 
 def eta_text(a: dict[str, Any]) -> str:
@@ -232,7 +236,7 @@ def _header(frame: Frame) -> Text:
     s = frame.status
     counts = ", ".join(f"{k}={v}" for k, v in sorted(s["activities"].items())) or "none"
     text = Text(f"cerssd {s['version']}  pid {s['pid']}  up {lag_text(s['uptime_seconds'])}  "
-                f"at {when(frame.fetched_at)[-8:]}\nactivities: {counts}  servers: ",
+                f"at {clock(frame.fetched_at)}\nactivities: {counts}  servers: ",
                 style="bold")
     for i, (name, state) in enumerate(server_states(frame)):
         text.append(", " if i else "")
@@ -326,7 +330,7 @@ def _clock(ts: float | None, now: float) -> str:
     """The time of day within the last day, the date and time before that."""
     if ts is None:
         return "-"
-    return when(ts)[-8:] if now - ts < 86400 else when(ts)
+    return clock(ts) if now - ts < 86400 else when(ts)
 
 
 def errors_table(links: list[dict[str, Any]], failed: list[dict[str, Any]],

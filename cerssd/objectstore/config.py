@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from ..parsing import ConfigError, parse_size, reject_unknown
+from ..parsing import ConfigError, MissingSecret, parse_size, reject_unknown
 from ..replication.logic.retention import DEFAULT_KEEP_MIN, parse_grid, parse_keep_min
 from ..storage.names import InvalidName, validate_object_name
 from .privacy import PRIVACY_KEYS, Privacy, parse_privacy
@@ -89,11 +89,14 @@ class StoreConfig:
             access = os.environ.get("AWS_ACCESS_KEY_ID")
             secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
             if not access or not secret:
-                raise ConfigError(key, "not set, and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                                  "are not both in the environment")
+                raise MissingSecret(key, "not set, and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                                   "are not both in the environment")
             return Credentials(access, secret)
         try:
             data = tomllib.loads(self.credentials_file.read_text("utf-8"))
+        except FileNotFoundError as exc:
+            raise MissingSecret(key, f"cannot read {self.credentials_file}: {exc.strerror}") \
+                from exc
         except OSError as exc:
             raise ConfigError(key, f"cannot read {self.credentials_file}: {exc.strerror}") \
                 from exc
