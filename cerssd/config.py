@@ -151,6 +151,24 @@ def delegates(server: ServerConfig) -> bool:
     return server.kind == "ssh" and server.daemon
 
 
+def stores_problem(master: ServerConfig, tree: bool) -> str | None:
+    """Why a relationship with this master cannot copy to object stores, or None.
+
+    A local master streams to the bucket itself; a peer master's own cerssd does, each
+    cycle's backup delegated to it (docs/peers.md). A plain remote's stream would pass
+    through this daemon, and a tree's backups are not delegated (yet).
+    """
+    if streams_directly(master):
+        return None
+    if delegates(master) and not tree:
+        return None
+    if delegates(master):
+        return ("a tree relationship copies to object stores only from a local master "
+                "(its backups are not delegated to a peer daemon)")
+    return ("a relationship copies to object stores only from a local master or one "
+            "that runs cerssd itself (daemon = true, docs/peers.md)")
+
+
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
     reject_unknown(data, "", SECTIONS)
     daemon = _parse_daemon(_table(data, "daemon"))
@@ -178,9 +196,9 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
                                         if r.name < name])) is not None:
             raise ConfigError(f"relationships.{name}.volume", f"its datasets overlap those of "
                               f"relationship {other} (same master, same slave server)")
-        if spec.stores and not streams_directly(servers[spec.master]):
-            raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
-                              "stores only from a local master (direct_copy)")
+        if spec.stores and (problem := stores_problem(servers[spec.master],
+                                                      spec.is_tree)) is not None:
+            raise ConfigError(f"relationships.{name}.stores", problem)
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
                   source=source, policies=policies)
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from .. import __version__, snapshots
 from ..activity import DataRoute, IllegalTransition
 from ..capacity import API_WAIT
-from ..config import delegates, streams_directly
+from ..config import stores_problem
 from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
 from ..metrics import CONTENT_TYPE
@@ -30,9 +30,15 @@ from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import UnknownStore
 from ..parsing import ConfigError
 from ..policies.runtime import PolicyError, UnknownPolicy
-from ..replication.flows.replicate import ReplicationRequest, make_plan, submit_replication
+from ..replication.flows.replicate import (
+    ReplicationRequest,
+    make_plan,
+    submit_replication,
+    transfer_route,
+)
 from ..replication.logic.holds import holds_of
 from ..replication.logic.plan import ReplicationConflict
+from ..replication.logic.receive import parse_receive
 from ..replication.logic.spec import parse_relationship
 from ..replication.relationships.runtime import RelationshipError, UnknownRelationship
 from ..servers import ServerUnavailable, UnknownServer
@@ -166,7 +172,8 @@ class ControlApi:
             target_volume=body.target_volume or volume,
             force_full_copy=body.force_full_copy, overwrite=body.overwrite,
             intermediates=body.intermediates, bandwidth_limit=body.bandwidth_limit or None,
-            path=str(body.path))
+            path=str(body.path), unmounted=not body.mount,
+            send_properties=body.send_properties, **_receive_properties(body))
         if req.source == req.destination and req.target_volume == volume:
             raise ApiProblem(422, "Unprocessable Content",
                              "target_volume: replicating to the same server needs a different "
@@ -180,11 +187,9 @@ class ControlApi:
                           for s in (req.source, req.destination))
         # conflicts answer 409 before any work starts
         plan = await make_plan(req, src, dst, both_remote=both_remote)
-        route = DataRoute.RELAYED if both_remote else DataRoute.LOCAL
-        if both_remote and req.source != req.destination \
-                and delegates(self.ctx.servers.entry(req.source).config):
+        route = transfer_route(self.ctx.servers, req.source, req.destination)
+        if route == DataRoute.DELEGATED:  # the source's cerssd sends it: docs/peers.md
             await check_peer(self.ctx.servers.peer(req.source))
-            route = DataRoute.DELEGATED  # the source's cerssd sends it: docs/peers.md
         with self.ctx.engine.submitting(**({"peer_parent": body.parent} if body.parent
                                            else {})):
             record = self.ctx.volume_states.submit_holding(
@@ -222,9 +227,9 @@ class ControlApi:
             field_name = exc.key.removeprefix(".") or "name"
             raise ApiProblem(422, "Unprocessable Content", f"{field_name}: {exc.problem}",
                              field=field_name) from exc
-        if spec.stores and not streams_directly(self.ctx.servers.entry(spec.master).config):
-            raise ApiProblem(422, "Unprocessable Content", "stores: a relationship copies to "
-                             "object stores only from a local master (direct_copy)",
+        if spec.stores and (problem := stores_problem(
+                self.ctx.servers.entry(spec.master).config, spec.is_tree)) is not None:
+            raise ApiProblem(422, "Unprocessable Content", f"stores: {problem}",
                              field="stores")
         rels = self.ctx.relationships
         return json_response(rels.view.to_json(rels.verbs.create(spec)), 201)
@@ -485,6 +490,21 @@ _ERRORS: list[tuple[type[BaseException], int, str]] = [
 #: Object-store failures: unreachable (retry later) or refused (fix the config).
 _STORE_TRANSIENT = (503, "Object Store Unreachable")
 _STORE_PERMANENT = (502, "Object Store Error")
+
+
+def _receive_properties(body: m.ReplicationCreate) -> dict[str, Any]:
+    """The properties the receive filters, checked as a relationship's are (a delegating
+    daemon sends its relationship's; none by default)."""
+    table = {k: v for k, v in (("receive_exclude", body.receive_exclude),
+                               ("receive_set", body.receive_set)) if v is not None}
+    if not table:
+        return {}
+    try:
+        props = parse_receive(table, "").properties
+    except ConfigError as exc:
+        raise ApiProblem(422, "Unprocessable Content", f"{exc.key}: {exc.problem}",
+                         field=exc.key.split("[")[0].split(".")[0]) from exc
+    return {"receive_exclude": props.exclude, "receive_set": props.override}
 
 
 def _problem_for(request: web.Request, exc: BaseException) -> web.Response | None:

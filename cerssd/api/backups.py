@@ -78,7 +78,8 @@ async def list_backups(api: Api, request: web.Request) -> web.Response:
 async def create_backup(api: Api, request: web.Request) -> web.Response:
     body = await read_body(request, m.BackupCreate)
     req = BackupRequest(snapshot=body.snapshot, server=body.server,
-                        store=_store_name(api, body.store), force_full=body.force_full)
+                        store=_store_name(api, body.store), force_full=body.force_full,
+                        intermediates=body.intermediates)
     if body.parent is not None and (running := child_of(api.ctx.engine, "backup",
                                                         body.parent)) is not None:
         return json_response(running.to_json(), 200)  # a delegating daemon asked again

@@ -173,6 +173,14 @@ class ReplicationCreate(Request):
         "else generic), native (zfs send | zfs receive), or generic (a file copy with rsync "
         "from the snapshot's read-only view, then a snapshot recording its origin)")] = \
         ReplicationPath.AUTO
+    mount: Annotated[bool, doc("mount a received filesystem (a relationship's replicas "
+        "are received unmounted unless its mount says so)")] = True
+    send_properties: Annotated[bool, doc("the stream carries the volume's properties (zfs "
+        "send -p)")] = False
+    receive_exclude: Annotated[list[str] | None, doc("properties the replica never takes "
+        "from the stream")] = None
+    receive_set: Annotated[dict[str, str] | None, doc("properties set on the replica as "
+        "received")] = None
     parent: Annotated[ActivityId | None, doc(
         "set by a managing daemon that delegates the transfer (docs/peers.md): its own "
         "activity's id; a second request with the same parent while the first transfer "
@@ -261,6 +269,8 @@ class BackupCreate(Request):
     server: Annotated[ServerName,
         doc("server holding the snapshot (it streams directly)")] = "local"
     force_full: Annotated[bool, doc("a full stream even if an incremental is possible")] = False
+    intermediates: Annotated[bool, doc("the snapshots between the store's newest backup and "
+        "this one go to the store too (zfs send -I), as a relationship's backups do")] = False
     parent: Annotated[ActivityId | None, doc(
         "set by a managing daemon that delegates the backup (docs/peers.md): its own "
         "activity's id; a second request with the same parent while the first backup "

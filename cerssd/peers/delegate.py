@@ -57,6 +57,9 @@ class ChildRequest:
 
     path: str
     body: dict[str, Any]
+    #: Params of the finished child that become the parent's own (what the parent's
+    #: readers, a relationship's reactions, look for), beside ``peer_result``.
+    adopt: tuple[str, ...] = ()
 
 
 def _transient(exc: BaseException) -> bool:
@@ -146,6 +149,8 @@ class DelegatedWork:
     def _finish(self, ctx: ActivityContext, child: dict[str, Any]) -> None:
         params = child.get("params") or {}
         ctx.remember(peer_result={k: params[k] for k in RESULT_KEYS if k in params})
+        if child["state"] == "succeeded":
+            ctx.remember(**{k: params[k] for k in self.child.adopt if k in params})
         status = child.get("status") or {}
         if child["state"] == "succeeded":
             return

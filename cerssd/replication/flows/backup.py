@@ -499,9 +499,12 @@ def delegated_backup(record: ActivityRecord, servers: ServerRegistry,
     req = BackupRequest.from_params(record.params)
     cfg = servers.entry(req.server).config
     body = {"snapshot": req.snapshot, "server": cfg.daemon_server, "store": req.store,
-            "force_full": req.force_full}
+            "force_full": req.force_full, "intermediates": req.intermediates}
+    # What a relationship's bookkeeping reads of a finished backup (its store's new base,
+    # whether it was full) is taken over from the child as the parent's own.
     return DelegatedWork(servers.peer(req.server), servers.links, policy,
-                         ChildRequest("/v1/backups", body))
+                         ChildRequest("/v1/backups", body,
+                                      adopt=("snapshot", "guid", "base_guid")))
 
 
 def delegated_uploads(live: Iterable[Activity]) -> list[str]:

@@ -27,6 +27,7 @@ from tenacity import (
 )
 
 from ...activity import ActivityRecord, DataRoute, State, StatusCode
+from ...config import delegates
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...peers.delegate import ChildRequest, DelegatedWork
 from ...servers import ServerRegistry, ServerUnavailable
@@ -719,6 +720,20 @@ def submit_replication(engine: ActivityEngine, req: ReplicationRequest, *,
                          node=req.source if route == DataRoute.DELEGATED else None)
 
 
+def transfer_route(servers: ServerRegistry, source: str, destination: str, *,
+                   delegate: bool = True) -> DataRoute:
+    """How a transfer's bytes move: ``local`` where this daemon's node is an end,
+    ``delegated`` between two remotes when the source runs cerssd (it sends), else
+    ``relayed`` through this node (docs/peers.md). ``delegate`` False: work that is not
+    delegated (a tree member's transfer) is relayed even from a peer."""
+    src, dst = (servers.entry(s).config for s in (source, destination))
+    if src.kind != "ssh" or dst.kind != "ssh":
+        return DataRoute.LOCAL
+    if delegate and source != destination and delegates(src):
+        return DataRoute.DELEGATED
+    return DataRoute.RELAYED
+
+
 def delegated_replication(record: ActivityRecord, servers: ServerRegistry,
                           policy: RetryPolicy) -> DelegatedWork:
     """The parent of a transfer that the source's peer daemon sends to the destination
@@ -730,11 +745,15 @@ def delegated_replication(record: ActivityRecord, servers: ServerRegistry,
         "snapshot": req.snapshot, "source": cfg.daemon_server,
         "destination": req.destination, "target_volume": req.target_volume,
         "force_full_copy": req.force_full_copy, "overwrite": req.overwrite,
-        "intermediates": req.intermediates, "path": req.path}
+        "intermediates": req.intermediates, "path": req.path, "mount": not req.unmounted,
+        "send_properties": req.send_properties}
+    if req.receive_exclude or req.receive_set:  # a relationship slave's
+        body["receive_exclude"] = list(req.receive_exclude)
+        body["receive_set"] = dict(req.receive_set)
     if req.bandwidth_limit:
         body["bandwidth_limit"] = req.bandwidth_limit
     return DelegatedWork(servers.peer(req.source), servers.links, policy,
-                         ChildRequest("/v1/replications", body))
+                         ChildRequest("/v1/replications", body, adopt=("received",)))
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry,

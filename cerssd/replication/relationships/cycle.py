@@ -30,7 +30,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from functools import partial
 
-from ...activity import ActivityRecord, LinkCondition, LinkHealth, State, StatusCode
+from ...activity import ActivityRecord, DataRoute, LinkCondition, LinkHealth, State, StatusCode
+from ...config import delegates
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...hooks import SnapshotSkipped, around_snapshot
 from ...objectstore.client import StoreError
@@ -54,6 +55,7 @@ from ..flows.replicate import (
     make_plan,
     relationship_fields,
     stream_options,
+    transfer_route,
 )
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.plan import PlanMode, ReplicationConflict
@@ -312,13 +314,19 @@ class RelationshipWork:
         requests = [self._request(rt, s, snapshot) for s in wanted if s not in rt.spec.stores]
         backups = [self._backup(rt, s, snapshot, self._full_due(rt, s))
                    for s in wanted if s in rt.spec.stores]
-        groups = await self._groups(rt, master, requests, backups, listed) \
-            if rt.spec.fanout else {}
+        routes = {r.destination: transfer_route(self.servers, r.source, r.destination)
+                  for r in requests}
+        # Work a peer master's own cerssd does cannot share a send made here (docs/peers.md).
+        peer_master = delegates(self.servers.entry(rt.spec.master).config)
+        groups = await self._groups(
+            rt, master, [r for r in requests if routes[r.destination] != DataRoute.DELEGATED],
+            [] if peer_master else backups, listed) if rt.spec.fanout else {}
         rt.group_ids = sorted(set(groups.values()))
         for req in requests:
             states.try_submit(replication_holds(req), REPLICATING, partial(
                 submit_transfer, self.engine,
-                replace(req, fanout_group=groups.get(req.destination)), parent=ctx.record.id),
+                replace(req, fanout_group=groups.get(req.destination)), parent=ctx.record.id,
+                route=routes[req.destination]),
                 ctx.log)
         for b in backups:
             try:

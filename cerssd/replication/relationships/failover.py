@@ -43,7 +43,12 @@ from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
 from ...volume_states import VolumeState, VolumeStates
-from ..flows.replicate import ReplicationRequest, relationship_fields, submit_replication
+from ..flows.replicate import (
+    ReplicationRequest,
+    relationship_fields,
+    submit_replication,
+    transfer_route,
+)
 from ..logic.roles import DataLoss, FailoverStatus, Fenced, promoted
 from .fencing import Fencing
 from .registry import RelationshipRegistry
@@ -251,7 +256,8 @@ class FailoverWork:
                 retry_deadline=rt.spec.retry_deadline, path=rt.spec.slave(p["to"]).path,
                 **relationship_fields(rt.spec, p["to"]))
             record = submit_replication(self.engine, req, parent=ctx.record.id,
-                                        failover=ctx.record.id)
+                                        failover=ctx.record.id, route=transfer_route(
+                                            self.servers, req.source, req.destination))
             ctx.remember(sync_activity=record.id)
             child_record = await self.engine.wait(record.id)
         else:

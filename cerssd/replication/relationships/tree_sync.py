@@ -28,7 +28,7 @@ from ...storage.names import validate_snapshot_label, validate_volume
 from ...storage.values import Snapshot, TreeListing
 from ...transport.errors import LinkError
 from ..flows import replicate, snapshot_prune
-from ..flows.replicate import ReplicationRequest, relationship_fields
+from ..flows.replicate import ReplicationRequest, relationship_fields, transfer_route
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.members import ListedDataset, Member, select
 from ..logic.plan import PlanMode, ReplicationConflict, plan_replication
@@ -326,7 +326,8 @@ class TreeSyncWork:
             **relationship_fields(rt.spec, server))
         live = self._live_transfer(rt.name, server, m.relative)
         record = live if live is not None else submit_transfer(
-            self.engine, req, member=m.relative, parent=ctx.record.id)
+            self.engine, req, member=m.relative, parent=ctx.record.id,
+            route=transfer_route(self.servers, req.source, req.destination, delegate=False))
         self.running.add(record.id)
         state.sending = True
         try:

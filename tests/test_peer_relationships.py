@@ -1,0 +1,141 @@
+"""A relationship whose master runs cerssd: its cycles' backups and remote slave transfers
+are delegated to the master's peer daemon (docs/peers.md).
+
+Set up as tests/test_peers.py: nodes are network namespaces with their own sshd; the
+master's peer daemon runs beside the shared zfs-fuse and SeaweedFS, so its sends to the
+bucket and to the slave's node never cross the master node's veth, whose counters show
+what came to the managing node from it. A relayed transfer brings the whole stream
+across that veth; a delegated one control only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerssd.config import parse_config
+from cerssd.parsing import ConfigError
+
+from .conftest import SLOW, DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .seaweed import WeedServer
+from .test_backups import guid, listed, store_section
+from .test_peers import FAST_RETRIES, MiB, host_rx
+from .test_relationships import show, transfers, wait_in_sync
+
+
+def relationship(name: str, volume: str, master: str, slave: str, target: str,
+                 extra: str = "") -> str:
+    return (f'[relationships.{name}]\nvolume = "{volume}"\nmaster = "{master}"\n'
+            f'interval = "1h"\nslaves = [{{server = "{slave}", target_volume = "{target}"}}]\n'
+            f"{extra}\n")
+
+
+def backups_done(d: DaemonProcess, name: str, n: int) -> list[dict[str, Any]] | None:
+    items = [x for x in d.api("GET", "/v1/activities?kind=backup&limit=100")["items"]
+             if x["params"].get("relationship") == name]
+    done = [x for x in items if x["state"] == "succeeded"]
+    return sorted(done, key=lambda x: x["created_at"]) \
+        if len(done) >= n and len(items) == len(done) else None
+
+
+def test_a_peer_masters_cycles_back_up_and_send_from_its_node(
+        start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., str],
+        make_netns_sshd: Callable[[], NetnsSshServer], s3_server: WeedServer,
+        s3_bucket: str, tmp_path: Path) -> None:
+    master, slave_pool = make_pool("1G"), make_pool("1G")
+    for vol in ("data", "other"):
+        zfs("create", f"{master}/{vol}")
+    write_file(f"/{master}/data/f", 32)
+    write_file(f"/{master}/other/f", 8)
+    a, b = make_netns_sshd(), make_netns_sshd()
+    store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+    # The master's own cerssd: its storage is local; the slave and the store under the
+    # names the managing daemon gives them.
+    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + b.config("nodeB") + store,
+                        state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+    before = host_rx(a)
+    d = start_daemon(
+        extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
+        + a.config("plainA") + b.config("nodeB") + store
+        + relationship("rel", f"{master}/data", "nodeA", "nodeB", f"{slave_pool}/data",
+                       'stores = ["s3"]')
+        + relationship("plain", f"{master}/other", "plainA", "nodeB", f"{slave_pool}/other"),
+        state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
+
+    first = wait_in_sync(d, "rel")
+    (b1,) = wait_until(lambda: backups_done(d, "rel", 1), SLOW, what="the first backup")
+    wait_in_sync(d, "plain")
+    # The peer's own activities did the work; the managing daemon's are their parents.
+    assert b1["route"] == "delegated" and b1["node"] == "nodeA", b1
+    child = peer.api("GET", f"/v1/activities/{b1['params']['peer_activity']}")
+    assert child["state"] == "succeeded" and child["params"]["peer_parent"] == b1["id"]
+    assert child["route"] == "local" and child["source"] == "local"
+    raw = child["params"]["raw_size"]
+    assert raw > 32 * MiB
+    (t1,) = transfers(d, "rel")
+    assert t1["route"] == "delegated" and t1["node"] == "nodeA", t1
+    sent = peer.api("GET", f"/v1/activities/{t1['params']['peer_activity']}")
+    assert sent["target"] == f"nodeB:{slave_pool}/data" and sent["state"] == "succeeded"
+    # The relationship's replicas are received unmounted, as a relayed one would be.
+    assert zfs("get", "-H", "-o", "value", "mounted", f"{slave_pool}/data").stdout.strip() \
+        == "no"
+    assert guid(f"{slave_pool}/data@{first['newest_snapshot'].split('@')[1]}") \
+        == guid(first["newest_snapshot"])
+    (plain,) = transfers(d, "plain")
+    assert plain["route"] == "relayed" and plain["node"] is None, plain
+    # A relationship's bookkeeping is as for a local master: the store's base is known.
+    assert show(d, "rel")["backups"][0]["last_backup_guid"] == guid(first["newest_snapshot"])
+    through_us = host_rx(a) - before
+    relayed = plain["usage"]["bytes_on_wire"]
+    print(f"from the master's node to the managing one: {through_us} bytes for a "
+          f"{raw}-byte backup and a {sent['usage']['bytes_on_wire']}-byte delegated "
+          f"transfer, and a {relayed}-byte relayed one")
+    assert relayed > 8 * MiB
+    assert through_us < relayed + raw / 20  # the relayed stream plus control, no more
+
+    # The second cycle's backup is incremental from the first, and still delegated.
+    write_file(f"/{master}/data/g", 2)
+    before = host_rx(a)
+    assert post_json(d, "/v1/relationships/rel/sync-now", {}).status == 202
+    b2 = wait_until(lambda: backups_done(d, "rel", 2), SLOW, what="the second backup")[1]
+    second = wait_in_sync(d, "rel")
+    assert b2["route"] == "delegated" and b2["params"]["base_guid"] == guid(
+        first["newest_snapshot"]), b2["params"]
+    items = listed(d, f"{master}/data")
+    assert [m["kind"] for m in items] == ["full", "incremental"]
+    assert items[1]["snapshot"] == second["newest_snapshot"]
+    assert items[1]["parent_guid"] == guid(first["newest_snapshot"])
+    assert show(d, "rel")["backups"][0]["last_backup_guid"] == guid(second["newest_snapshot"])
+    assert [t["route"] for t in transfers(d, "rel")] == ["delegated", "delegated"]
+    print(f"second cycle: {host_rx(a) - before} bytes from the master's node")
+    assert host_rx(a) - before < 2 * MiB
+
+
+STORE = '[stores.s3]\nbucket = "bucket"\n'
+NODE = 'kind = "ssh"\nhost = "h"\nknown_hosts = "/k"\n'
+
+
+@pytest.mark.parametrize(("master", "extra", "problem"), [
+    ("plain", "", "or one that runs cerssd itself"),
+    ("peer", 'recursive = true\n', "tree relationship"),
+])
+def test_stores_on_a_master_that_cannot_send_to_them_are_refused(
+        master: str, extra: str, problem: str) -> None:
+    text = (f"[servers.peer]\n{NODE}daemon = true\n[servers.plain]\n{NODE}"
+            "[servers.local]\nkind = \"local\"\n" + STORE
+            + relationship("r", "tank/v", master, "local", "tank/copy",
+                           'stores = ["s3"]\n' + extra))
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert err.value.key == "relationships.r.stores" and problem in err.value.problem
+
+
+def test_stores_on_a_peer_master_are_accepted() -> None:
+    text = (f"[servers.peer]\n{NODE}daemon = true\n[servers.local]\nkind = \"local\"\n"
+            + STORE + relationship("r", "tank/v", "peer", "local", "tank/copy",
+                                   'stores = ["s3"]'))
+    assert parse_config(tomllib.loads(text)).relationships["r"].stores == ("s3",)
