@@ -115,6 +115,54 @@ def test_a_peer_masters_cycles_back_up_and_send_from_its_node(
     assert host_rx(a) - before < 2 * MiB
 
 
+def test_after_a_failover_to_a_peer_the_relationships_backups_are_delegated(
+        start_daemon: Callable[..., DaemonProcess], make_pool: Callable[..., str],
+        make_netns_sshd: Callable[[], NetnsSshServer], s3_server: WeedServer,
+        s3_bucket: str, tmp_path: Path) -> None:
+    """The recommended layout's failover: the managing node's master fails over to a
+    node running cerssd, and the next cycle's backup runs there, not here."""
+    home, standby = make_pool("1G"), make_pool("1G")
+    zfs("create", f"{home}/data")
+    write_file(f"/{home}/data/f", 4)
+    a = make_netns_sshd()
+    store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + store,
+                        state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+    d = start_daemon(
+        extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
+        + '[servers.local]\nkind = "local"\n' + store
+        + relationship("rel", f"{home}/data", "local", "nodeA", f"{standby}/data",
+                       'stores = ["s3"]'),
+        state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
+    wait_in_sync(d, "rel")
+    (b1,) = wait_until(lambda: backups_done(d, "rel", 1), SLOW, what="the first backup")
+    assert b1["route"] == "local" and b1["node"] is None
+    r = post_json(d, "/v1/relationships/rel/failover", {"to": "nodeA"})
+    assert r.status == 202, r.body
+    done = d.wait_done(r.body["id"])
+    assert done["state"] == "succeeded", done["status"]
+    assert show(d, "rel")["master"] == "nodeA"
+    # The first cycle after the failover may back up its final snapshot; a store busy
+    # when a cycle starts sits that cycle out (as with a local master), so let it end.
+    wait_until(lambda: backups_done(d, "rel", 1), SLOW, what="no backup running")
+    write_file(f"/{standby}/data/g", 1)
+    assert post_json(d, "/v1/relationships/rel/sync-now", {}).status == 202
+    newest = wait_in_sync(d, "rel")["newest_snapshot"]
+    assert newest.startswith(f"{standby}/data@")
+
+    def backed_up() -> list[dict[str, Any]] | None:
+        done = backups_done(d, "rel", 2)
+        return done if done and done[-1]["params"]["snapshot"] == newest else None
+
+    # Every backup since the failover is delegated.
+    after = wait_until(backed_up, 120, what="the new master's snapshot backed up")[1:]
+    assert {(b["route"], b["node"]) for b in after} == {("delegated", "nodeA")}, after
+    child = peer.api("GET", f"/v1/activities/{after[-1]['params']['peer_activity']}")
+    assert child["state"] == "succeeded" and child["source"] == "local"
+    assert [m["snapshot"] for m in listed(d, f"{standby}/data")][-1] == newest
+    assert show(d, "rel")["backups"][0]["last_backup_guid"] == guid(newest)
+
+
 STORE = '[stores.s3]\nbucket = "bucket"\n'
 NODE = 'kind = "ssh"\nhost = "h"\nknown_hosts = "/k"\n'
 
