@@ -187,3 +187,20 @@ def test_stores_on_a_peer_master_are_accepted() -> None:
             + STORE + relationship("r", "tank/v", "peer", "local", "tank/copy",
                                    'stores = ["s3"]'))
     assert parse_config(tomllib.loads(text)).relationships["r"].stores == ("s3",)
+
+
+def test_a_replications_receive_properties_are_checked_as_a_relationships(
+        start_daemon: Callable[..., DaemonProcess]) -> None:
+    """What a delegating daemon sends for its relationship's slave is refused (422,
+    naming the field) when it could not be in a relationship's config either."""
+    d = start_daemon()
+    body = {"snapshot": "tank/v@s", "source": "local", "destination": "local",
+            "target_volume": "tank/copy"}
+    for extra, name, problem in [
+            ({"receive_exclude": ["readonly"]}, "receive_exclude", "readonly cannot be named"),
+            ({"receive_set": {"cerssd:x": "1"}}, "receive_set", "cerssd's own"),
+            ({"receive_exclude": ["atime"], "receive_set": {"atime": "off"}}, "receive_set",
+             "also in receive_exclude")]:
+        r = post_json(d, "/v1/replications", {**body, **extra})
+        assert r.status == 422 and r.body["field"] == name, r.body
+        assert problem in r.body["detail"], r.body
