@@ -18,6 +18,8 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .activity import ActivityRecord, LinkCondition, State
 from .capacity import CapacityCache
+from .cluster.member import ClusterMember
+from .cluster.metrics import ClusterCollector
 from .engine import Activity, ActivityEngine
 from .policies.registry import PolicyRegistry
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
@@ -367,8 +369,11 @@ class Metrics:
                  relationships: RelationshipView | None = None,
                  groups: FanoutGroups | None = None, *,
                  capacity: CapacityCache | None = None,
-                 policies: PolicyRegistry | None = None) -> None:
+                 policies: PolicyRegistry | None = None,
+                 cluster: ClusterMember | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster))
         self.collector = DaemonCollector(engine, servers, capacity)
         self.registry.register(self.collector)
         if policies is not None:

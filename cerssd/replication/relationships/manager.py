@@ -34,6 +34,7 @@ from . import cycle, failover, rejoin, tree_backup, tree_sync
 from .cycle_gate import CycleGate
 from .failover import FailoverDeps
 from .fencing import Fencing
+from .leadership import Leadership
 from .reactions import Reactions
 from .registry import RelationshipRegistry
 from .rendering import RelationshipView
@@ -57,11 +58,12 @@ class RelationshipManager:
     def build(cls, engine: ActivityEngine, servers: ServerRegistry, journal: Journal, *,
               volume_states: VolumeStates, groups: FanoutGroups, stores: Stores | None,
               policy: RetryPolicy, gate: CycleGate,
-              policy_labels: PolicyLabels = no_policy_labels) -> RelationshipManager:
+              policy_labels: PolicyLabels = no_policy_labels,
+              leadership: Leadership | None = None) -> RelationshipManager:
         """The parts, wired, and the relationship flows registered with the engine
         (before its recovery restarts their activities)."""
         registry = RelationshipRegistry(engine, servers, journal,
-                                        stores.stores if stores else ())
+                                        stores.stores if stores else (), leadership)
         upkeep = Upkeep(engine, servers, registry, volume_states, stores)
         fencing = Fencing(servers, registry)
         verbs = OperatorVerbs(engine, registry)
