@@ -1,0 +1,199 @@
+"""Clustered managing daemons on a real 3-member etcd cluster and real zfs-fuse pools.
+
+Two cerssd daemons share one relationship's config (master and slaves are pools of
+this machine declared as ``local`` servers, as in ``test_relationships``): one leads it
+and runs its cycles, the other waits; a killed or paused leader is replaced within the
+lease TTL, the relationship carries on from the facts the leader shared in etcd, and a
+leader that comes back after its lease expired has its writes refused and steps down.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cerssd.config import parse_config
+from cerssd.parsing import ConfigError
+
+from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+from .etcd_cluster import EtcdCluster, start_cluster
+from .test_relationships import LOCAL_SLAVES, show, wait_in_sync
+from .test_replicate_local import guid, snapshots
+
+MiB = 1 << 20
+TTL = 3
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdCluster]:
+    cluster = start_cluster(Path(tempfile.mkdtemp(prefix="cerssd-etcd-")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pools(make_pool: Any) -> tuple[str, str, str]:
+    master, a, b = make_pool(), make_pool(), make_pool()
+    zfs("create", f"{master}/data")
+    return master, a, b
+
+
+def cluster_config(endpoints: list[str], node: str, prefix: str, pools: tuple[str, str, str],
+                   *, limit: int | None = None) -> str:
+    master, a, b = pools
+    limited = f", bandwidth_limit = {limit}" if limit else ""
+    etcd = ", ".join(f'"{e}"' for e in endpoints)
+    return (f'[cluster]\netcd = [{etcd}]\nnode = "{node}"\nlease_ttl = "{TTL}s"\n'
+            f'prefix = "{prefix}"\n' + LOCAL_SLAVES +
+            f'[relationships.web]\nvolume = "{master}/data"\nmaster = "local"\n'
+            f'interval = "1h"\nslaves = [{{server = "a", target_volume = "{a}/data"{limited}}}, '
+            f'{{server = "b", target_volume = "{b}/data"}}]\n')
+
+
+def cluster(d: DaemonProcess) -> dict[str, Any]:
+    result: dict[str, Any] = d.api("GET", "/v1/status")["cluster"]
+    return result
+
+
+def leader(d: DaemonProcess) -> str | None:
+    node: str | None = cluster(d)["relationships"]["web"]["node"]
+    return node
+
+
+def leads(d: DaemonProcess) -> bool:
+    return bool(cluster(d)["relationships"]["web"]["leading"])
+
+
+def cycle_snapshots(master: str) -> list[str]:
+    return [s for s in snapshots(f"{master}/data") if s.startswith("cerssd-web-")]
+
+
+def start_pair(start_daemon: Any, tmp_path: Path, endpoints: list[str],
+               pools: tuple[str, str, str], *, limit: int | None = None,
+               ) -> tuple[DaemonProcess, DaemonProcess]:
+    prefix = f"/t{uuid.uuid4().hex[:8]}/"
+    one = start_daemon(extra=cluster_config(endpoints, "one", prefix, pools, limit=limit),
+                       state_dir=tmp_path / "one")
+    wait_until(lambda: leads(one), 30, interval=0.1, what="one leads web")
+    two = start_daemon(extra=cluster_config(endpoints, "two", prefix, pools, limit=limit),
+                       state_dir=tmp_path / "two")
+    wait_until(lambda: leader(two) == "one", 30, interval=0.1, what="two sees one leading")
+    return one, two
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"etcd": "http://127.0.0.1:2379"}, "cluster.etcd"),
+    ({"etcd": ["127.0.0.1:2379"]}, "cluster.etcd"),
+    ({"etcd": ["http://127.0.0.1:2379/v3"]}, "cluster.etcd"),
+    ({"etcd": ["http://127.0.0.1:2379"], "lease_ttl": "1s"}, "cluster.lease_ttl"),
+    ({"etcd": ["http://127.0.0.1:2379"], "lease_ttl": "2.5"}, "cluster.lease_ttl"),
+    ({"etcd": ["http://127.0.0.1:2379"], "node": "a b"}, "cluster.node"),
+    ({"etcd": ["http://127.0.0.1:2379"], "prefix": "cerssd"}, "cluster.prefix"),
+    ({"etcd": ["http://127.0.0.1:2379"], "leader": "x"}, "cluster.leader"),
+])
+def test_invalid_cluster_config_names_the_key(table: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"cluster": table})
+    assert exc.value.key == key
+
+
+def test_without_cluster_table_the_daemon_runs_alone() -> None:
+    assert parse_config({}).cluster is None
+    c = parse_config({"cluster": {"etcd": ["http://127.0.0.1:2379"], "node": "n1"}}).cluster
+    assert c is not None and (c.node, c.lease_ttl, c.prefix) == ("n1", 10, "/cerssd/")
+
+
+def test_one_leads_the_other_waits_and_refuses_verbs(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    master = pools[0]
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    wait_in_sync(one, "web")
+    assert not leads(two)
+    assert len(cycle_snapshots(master)) == 1  # the follower made none
+    r = raw_request(two.socket_path, "POST", "/v1/relationships/web/sync-now")
+    assert r.status == 409 and "one does" in r.body["detail"]
+    status = cluster(one)
+    assert status["etcd_reachable"] and status["lease_expires_at"] > time.time()
+
+
+def test_kill_9_of_the_leader_mid_transfer_another_takes_over_within_the_ttl(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    master, a, b = pools
+    write_file(f"/{master}/data/f1", 16)
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools, limit=4 * MiB)
+    wait_until(lambda: (s := next(s for s in show(one, "web")["slaves"]
+                                  if s["server"] == "a"))["progress"]
+               and s["progress"]["done"] > 2 * MiB, 30, what="a's transfer under way")
+    taken = show(one, "web")["newest_snapshot"]
+    one.proc.send_signal(signal.SIGKILL)
+    one.proc.wait()
+    killed = time.monotonic()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    takeover = time.monotonic() - killed
+    print(f"takeover after kill -9: {takeover:.2f} s (lease_ttl {TTL} s)")
+    assert takeover <= TTL + TTL / 3 + 1
+    r = wait_in_sync(two, "web")
+    assert r["newest_snapshot"] == taken  # the same cycle carried on, not a new one
+    assert cycle_snapshots(master) == [taken.split("@")[1]]
+    for pool in (a, b):
+        assert guid(f"{pool}/data@{taken.split('@')[1]}") == guid(taken)
+    assert r["failover"]["fenced"] == []
+
+
+def test_a_paused_leader_past_its_lease_cannot_write_and_steps_down(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    master = pools[0]
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    first = wait_in_sync(one, "web")["newest_snapshot"]
+    one.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+        assert raw_request(two.socket_path, "POST",
+                           "/v1/relationships/web/sync-now").status == 202
+        second = wait_until(lambda: (n := show(two, "web")["newest_snapshot"]) != first and n,
+                            60, what="two's cycle")
+    finally:
+        one.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: not leads(one) and cluster(one)["leaderships_lost"] == 1, 3 * TTL,
+               interval=0.1, what="one steps down")
+    assert leader(one) == "two"
+    r = raw_request(one.socket_path, "POST", "/v1/relationships/web/sync-now")
+    assert r.status == 409
+    wait_in_sync(two, "web")
+    assert sorted(cycle_snapshots(master)) == sorted(
+        [first.split("@")[1], second.split("@")[1]])  # one cycle each, none twice
+    assert "stepping down from relationship" in one.log()
+
+
+def test_etcd_without_quorum_at_start_the_daemon_serves_and_leads_once_it_has_one(
+        start_daemon: Any, tmp_path: Path, pools: tuple[str, str, str]) -> None:
+    master = pools[0]
+    own = start_cluster(Path(tempfile.mkdtemp(prefix="cerssd-etcd-")))
+    try:
+        for m in own.members[1:]:
+            own.stop_member(m)
+        d = start_daemon(extra=cluster_config(own.endpoints, "solo", "/q/", pools),
+                         state_dir=tmp_path / "solo")
+        wait_until(lambda: cluster(d)["last_error"], 30, interval=0.1, what="etcd error")
+        status = cluster(d)
+        assert not status["etcd_reachable"] and not status["relationships"]["web"]["leading"]
+        assert cycle_snapshots(master) == []
+        r = raw_request(d.socket_path, "POST", "/v1/relationships/web/sync-now")
+        assert r.status == 409 and "etcd unreachable" in r.body["detail"]
+        for m in own.members[1:]:
+            own.start_member(m)
+        wait_until(lambda: leads(d), 60, interval=0.1, what="solo leads once etcd has a quorum")
+        wait_in_sync(d, "web")
+        assert len(cycle_snapshots(master)) == 1
+    finally:
+        own.stop()
