@@ -24,6 +24,7 @@ from cerssd.parsing import ConfigError
 
 from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
 from .etcd_cluster import EtcdCluster, start_cluster
+from .test_cli import ctl
 from .test_relationships import LOCAL_SLAVES, show, wait_in_sync
 from .test_replicate_local import guid, snapshots
 
@@ -122,6 +123,15 @@ def test_one_leads_the_other_waits_and_refuses_verbs(
     assert r.status == 409 and "one does" in r.body["detail"]
     status = cluster(one)
     assert status["etcd_reachable"] and status["lease_expires_at"] > time.time()
+    shown = ctl(two, "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "following" in shown.stdout and "reachable" in shown.stdout
+    text = raw_request(one.socket_path, "GET", "/metrics").body
+    assert 'cerssd_cluster_leading{node="one",relationship="web"} 1.0' in text
+    assert 'cerssd_cluster_etcd_up{node="one"} 1.0' in text
+    text = raw_request(two.socket_path, "GET", "/metrics").body
+    assert 'cerssd_cluster_leading{node="two",relationship="web"} 0.0' in text
+    assert 'cerssd_cluster_has_leader{node="two",relationship="web"} 1.0' in text
 
 
 def test_kill_9_of_the_leader_mid_transfer_another_takes_over_within_the_ttl(
