@@ -169,6 +169,11 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
             raise ConfigError(f"relationships.{name}.stores", "a relationship copies to object "
                               "stores only from a local master (direct_copy)")
     cluster = parse_cluster(_table(data, "cluster")) if "cluster" in data else None
+    for name, spec in relationships.items():
+        if spec.auto_failover is not None and cluster is None:
+            raise ConfigError(f"relationships.{name}.auto_failover", "needs clustered "
+                              "managers ([cluster] with etcd): a lone daemon cannot tell "
+                              "its own isolation from the master's death")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
                   source=source, policies=policies, cluster=cluster)
 

@@ -129,7 +129,7 @@ class Daemon:
         self.capacity = CapacityCache(self.servers, self.engine, served=self._served)
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
                                capacity=self.capacity, policies=self.policies,
-                               cluster=self.cluster)
+                               cluster=self.cluster, auto=self.relationships.auto)
         self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
                                        self.relationships.registry, self.policies)
         started = time.time()
@@ -139,6 +139,7 @@ class Daemon:
         self.relationships.start()
         if self.cluster is not None:  # leads nothing until etcd answers: never blocks start
             self.cluster.start()
+            self.relationships.auto.start()
         self.policies.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
             self._tasks.append(asyncio.create_task(self.stores.abort_orphans(started)))
@@ -289,6 +290,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         if self.cluster is not None:  # the locks go back at once: another takes over now
+            await self.relationships.auto.close()
             await self.cluster.close()
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first

@@ -26,6 +26,7 @@ from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
 from .replication.logic.tree_backups import BackupState, StoreBackups
 from .replication.logic.tree_status import MemberState
+from .replication.relationships.auto_failover import AutoFailoverWatch
 from .replication.relationships.rendering import RelationshipView
 from .replication.relationships.runtime import Runtime
 from .replication.stream.groups import FanoutGroups
@@ -370,10 +371,11 @@ class Metrics:
                  groups: FanoutGroups | None = None, *,
                  capacity: CapacityCache | None = None,
                  policies: PolicyRegistry | None = None,
-                 cluster: ClusterMember | None = None) -> None:
+                 cluster: ClusterMember | None = None,
+                 auto: AutoFailoverWatch | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         if cluster is not None:
-            self.registry.register(ClusterCollector(cluster))
+            self.registry.register(ClusterCollector(cluster, auto.refused if auto else dict))
         self.collector = DaemonCollector(engine, servers, capacity)
         self.registry.register(self.collector)
         if policies is not None:

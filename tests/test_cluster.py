@@ -21,11 +21,15 @@ import pytest
 
 from cerssd.config import parse_config
 from cerssd.parsing import ConfigError
+from cerssd.replication.logic.auto_failover import AutoFailover, decide
+from cerssd.replication.logic.slave_status import SlaveStatus
 
 from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
 from .etcd_cluster import EtcdCluster, start_cluster
+from .sshd import NetnsSshServer
 from .test_cli import ctl
 from .test_relationships import LOCAL_SLAVES, show, wait_in_sync
+from .test_relationships_netns import FAST_RETRIES
 from .test_replicate_local import guid, snapshots
 
 MiB = 1 << 20
@@ -207,3 +211,108 @@ def test_etcd_without_quorum_at_start_the_daemon_serves_and_leads_once_it_has_on
         assert len(cycle_snapshots(master)) == 1
     finally:
         own.stop()
+
+
+# -- automatic failover ------------------------------------------------------------------
+
+
+def test_auto_failover_rule_picks_the_newest_slave_within_max_data_loss() -> None:
+    policy = AutoFailover(after=30, max_data_loss=120)
+    slaves = {"a": SlaveStatus("a", "p/a", last_snapshot_created=900.0),
+              "b": SlaveStatus("b", "p/b", last_snapshot_created=950.0),
+              "c": SlaveStatus("c", "p/c")}
+    assert decide(policy, slaves, (), down_since=1000.0).promote == "b"
+    assert decide(policy, slaves, ("b",), down_since=1000.0).promote == "a"
+    refused = decide(policy, slaves, (), down_since=1100.0 + 50)
+    assert refused.promote is None and "b would lose up to 200 s" in refused.reason
+    assert decide(policy, {"c": slaves["c"]}, (), 1000.0).promote is None
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"auto_failover": "yes"}, "relationships.web.auto_failover"),
+    ({"auto_failover": True, "failover_after": "0s"}, "relationships.web.failover_after"),
+    ({"auto_failover": True, "max_data_loss": "soon"}, "relationships.web.max_data_loss"),
+    ({"auto_failover": True}, "relationships.web.auto_failover"),  # no [cluster]
+    ({"auto_failover": True, "recursive": True}, "relationships.web.auto_failover"),
+])
+def test_invalid_auto_failover_config_names_the_key(table: dict[str, Any], key: str) -> None:
+    data: dict[str, Any] = {
+        "servers": {"local": {"kind": "local"}, "s": {"kind": "local"}},
+        "relationships": {"web": {"volume": "tank/data", "interval": "1h",
+                                  "slaves": [{"server": "s", "target_volume": "p/data"}],
+                                  **table}}}
+    if "recursive" in table:
+        data["cluster"] = {"etcd": ["http://127.0.0.1:2379"]}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert exc.value.key == key
+
+
+def auto_config(endpoints: list[str], master: NetnsSshServer, pools: tuple[str, str, str],
+                *, max_data_loss: str) -> str:
+    mpool, a, b = pools
+    etcd = ", ".join(f'"{e}"' for e in endpoints)
+    return (f'[cluster]\netcd = [{etcd}]\nnode = "solo"\nlease_ttl = "{TTL}s"\n'
+            f'prefix = "/a{uuid.uuid4().hex[:8]}/"\n' + master.config("m")
+            + '[servers.a]\nkind = "local"\n[servers.b]\nkind = "local"\n'
+            f'[relationships.web]\nvolume = "{mpool}/data"\nmaster = "m"\ninterval = "1h"\n'
+            f'slaves = [{{server = "a", target_volume = "{a}/data"}}, '
+            f'{{server = "b", target_volume = "{b}/data"}}]\n'
+            f'auto_failover = true\nfailover_after = "3s"\nmax_data_loss = "{max_data_loss}"\n')
+
+
+def auto_watch(d: DaemonProcess) -> dict[str, Any]:
+    watch: dict[str, Any] = show(d, "web")["auto_failover"]["watch"]
+    return watch
+
+
+def test_auto_failover_promotes_a_slave_when_the_master_namespace_goes_down(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster, pools: tuple[str, str, str],
+        netns_sshd: NetnsSshServer) -> None:
+    d = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools,
+                                       max_data_loss="1h"),
+                     state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
+    taken = wait_in_sync(d, "web")["newest_snapshot"]
+    assert auto_watch(d)["state"] == "watching"
+    netns_sshd.cut()
+    cut = time.time()
+    wait_until(lambda: show(d, "web")["active_server"] != "m", 60, interval=0.2,
+               what="a slave promoted")
+    promoted = time.time() - cut
+    watch = auto_watch(d)
+    print(f"master link down -> seen down {watch['master_down_since'] - cut:.1f} s, "
+          f"failover decided {watch['at'] - cut:.1f} s, slave promoted {promoted:.1f} s "
+          "(failover_after 3 s)")
+    assert watch["at"] - watch["master_down_since"] >= 3
+    r = show(d, "web")
+    assert r["active_server"] == "a"  # tie on the same snapshot: the first listed
+    failover = d.api("GET", f"/v1/activities/{auto_watch(d)['activity']}")
+    assert failover["kind"] == "failover" and failover["params"]["force"] is True
+    d.wait_done(failover["id"])
+    r = show(d, "web")
+    assert [f["server"] for f in r["failover"]["fenced"]] == ["m"]
+    assert r["failover"]["data_loss"]["snapshot"].split("@")[1] == taken.split("@")[1]
+    assert [s["server"] for s in r["slaves"]] == ["b"]
+    fails = d.api("GET", "/v1/activities?kind=failover")["items"]
+    assert len(fails) == 1  # decided once
+
+
+def test_auto_failover_refused_when_the_best_slave_lags_past_max_data_loss(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster, pools: tuple[str, str, str],
+        netns_sshd: NetnsSshServer) -> None:
+    d = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools,
+                                       max_data_loss="2s"),
+                     state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
+    wait_in_sync(d, "web")
+    created = min(s["last_snapshot_created"] for s in show(d, "web")["slaves"])
+    wait_until(lambda: time.time() - created > 4, 10, interval=0.2,
+               what="the slaves' snapshot older than max_data_loss")
+    netns_sshd.cut()
+    wait_until(lambda: auto_watch(d)["state"] == "refused", 60, interval=0.2,
+               what="automatic failover refused")
+    assert "over max_data_loss" in auto_watch(d)["reason"]
+    assert show(d, "web")["active_server"] == "m"
+    assert d.api("GET", "/v1/activities?kind=failover")["items"] == []
+    text = raw_request(d.socket_path, "GET", "/metrics").body
+    assert 'cerssd_cluster_auto_failover_refused{node="solo",relationship="web"} 1.0' in text
+    assert "automatic failover refused" in d.log()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -11,8 +11,11 @@ from .member import ClusterMember
 
 
 class ClusterCollector(Collector):
-    def __init__(self, member: ClusterMember) -> None:
+    def __init__(self, member: ClusterMember,
+                 refused: Callable[[], Mapping[str, bool]] = dict) -> None:
         self.member = member
+        #: Per relationship watched for automatic failover here: refused or not.
+        self.refused = refused
 
     def collect(self) -> Iterator[Metric]:
         m = self.member
@@ -43,4 +46,10 @@ class ClusterCollector(Collector):
                                    "Relationship leaderships this manager lost (stepped "
                                    "down: lease lost, write refused)", labels=["node"])
         lost.add_metric([m.config.node], m.lost)
-        yield from (up, expiry, leading, has_leader, taken, lost)
+        auto = GaugeMetricFamily(
+            "cerssd_cluster_auto_failover_refused",
+            "1 if the master is down and automatic failover was refused (no slave within "
+            "max_data_loss)", labels=labels)
+        for name, refused in self.refused().items():
+            auto.add_metric([name, m.config.node], 1 if refused else 0)
+        yield from (up, expiry, leading, has_leader, taken, lost, auto)

@@ -24,6 +24,9 @@ class Leadership(Protocol):
         """Return once this daemon leads ``name``: with the facts its previous leader
         left (to lay over the runtime), or None when there are none to take."""
 
+    def leads(self, name: str) -> bool:
+        """Whether this daemon leads ``name`` now."""
+
     def check(self, name: str) -> None:
         """Raise ``RelationshipError`` unless this daemon leads ``name`` now."""
 
@@ -40,6 +43,9 @@ class Alone:
 
     async def lead(self, name: str) -> Mapping[str, Any] | None:
         return None
+
+    def leads(self, name: str) -> bool:
+        return True
 
     def check(self, name: str) -> None:
         return None

@@ -31,6 +31,7 @@ from ...volume_states import VolumeStates
 from ..retry import RetryPolicy
 from ..stream.groups import FanoutGroups
 from . import cycle, failover, rejoin, tree_backup, tree_sync
+from .auto_failover import AutoFailoverWatch
 from .cycle_gate import CycleGate
 from .failover import FailoverDeps
 from .fencing import Fencing
@@ -53,6 +54,8 @@ class RelationshipManager:
     view: RelationshipView
     #: What the API's failover request and the failover activity act through.
     failover: FailoverDeps
+    #: The leader's watch on masters with ``auto_failover`` (started only in a cluster).
+    auto: AutoFailoverWatch
 
     @classmethod
     def build(cls, engine: ActivityEngine, servers: ServerRegistry, journal: Journal, *,
@@ -70,8 +73,10 @@ class RelationshipManager:
         manager = cls(registry=registry, verbs=verbs, fencing=fencing, upkeep=upkeep,
                       reactions=Reactions(engine, registry, upkeep),
                       view=RelationshipView(registry, servers.links),
-                      failover=FailoverDeps(engine, servers, registry, fencing,
-                                            volume_states))
+                      failover=(deps := FailoverDeps(engine, servers, registry, fencing,
+                                                     volume_states)),
+                      auto=AutoFailoverWatch(deps))
+        manager.view.auto_status = manager.auto.status
         cycle.register(engine, cycle.CycleDeps(
             engine=engine, servers=servers, registry=registry, upkeep=upkeep,
             fencing=fencing, volume_states=volume_states, groups=groups, stores=stores,
