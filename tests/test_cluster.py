@@ -249,11 +249,12 @@ def test_invalid_auto_failover_config_names_the_key(table: dict[str, Any], key: 
 
 
 def auto_config(endpoints: list[str], master: NetnsSshServer, pools: tuple[str, str, str],
-                *, max_data_loss: str) -> str:
+                *, max_data_loss: str, node: str = "solo", prefix: str | None = None) -> str:
     mpool, a, b = pools
     etcd = ", ".join(f'"{e}"' for e in endpoints)
-    return (f'[cluster]\netcd = [{etcd}]\nnode = "solo"\nlease_ttl = "{TTL}s"\n'
-            f'prefix = "/a{uuid.uuid4().hex[:8]}/"\n' + master.config("m")
+    prefix = prefix or f"/a{uuid.uuid4().hex[:8]}/"
+    return (f'[cluster]\netcd = [{etcd}]\nnode = "{node}"\nlease_ttl = "{TTL}s"\n'
+            f'prefix = "{prefix}"\n' + master.config("m")
             + '[servers.a]\nkind = "local"\n[servers.b]\nkind = "local"\n'
             f'[relationships.web]\nvolume = "{mpool}/data"\nmaster = "m"\ninterval = "1h"\n'
             f'slaves = [{{server = "a", target_volume = "{a}/data"}}, '
@@ -316,3 +317,32 @@ def test_auto_failover_refused_when_the_best_slave_lags_past_max_data_loss(
     text = raw_request(d.socket_path, "GET", "/metrics").body
     assert 'cerssd_cluster_auto_failover_refused{node="solo",relationship="web"} 1.0' in text
     assert "automatic failover refused" in d.log()
+
+
+def test_two_managers_fail_over_once_and_the_next_leader_keeps_the_new_roles(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster, pools: tuple[str, str, str],
+        netns_sshd: NetnsSshServer) -> None:
+    prefix = f"/a{uuid.uuid4().hex[:8]}/"
+    one = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools, node="one",
+                                         prefix=prefix, max_data_loss="1h"),
+                       state_dir=tmp_path / "one", daemon_extra=FAST_RETRIES)
+    wait_until(lambda: leads(one), 30, interval=0.1, what="one leads web")
+    two = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools, node="two",
+                                         prefix=prefix, max_data_loss="1h"),
+                       state_dir=tmp_path / "two", daemon_extra=FAST_RETRIES)
+    wait_until(lambda: leader(two) == "one", 30, interval=0.1, what="two sees one leading")
+    wait_in_sync(one, "web")
+    assert show(two, "web")["auto_failover"]["watch"] is None  # only the leader watches
+    netns_sshd.cut()
+    wait_until(lambda: show(one, "web")["active_server"] == "a", 60, interval=0.2,
+               what="one promotes a")
+    one.wait_done(auto_watch(one)["activity"])
+    one.proc.send_signal(signal.SIGKILL)
+    one.proc.wait()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    r = wait_until(lambda: (x := show(two, "web"))["active_server"] == "a" and x, 30,
+                   interval=0.2, what="two runs web under the new roles")
+    assert [f["server"] for f in r["failover"]["fenced"]] == ["m"]
+    assert [s["server"] for s in r["slaves"]] == ["b"]
+    assert two.api("GET", "/v1/activities?kind=failover")["items"] == []  # no second one
+    wait_in_sync(two, "web")  # a (the new master) to b, led by two
