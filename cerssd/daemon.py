@@ -289,12 +289,13 @@ class Daemon:
         log.info("shutting down")
         for task in self._tasks:
             task.cancel()
-        if self.cluster is not None:  # the locks go back at once: another takes over now
+        if self.cluster is not None:
             await self.relationships.auto.close()
-            await self.cluster.close()
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
+        if self.cluster is not None:  # our streams have stopped: the locks go back now,
+            await self.cluster.close()  # and another manager takes over at once
         await self.capacity.close()
         try:
             await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close(),

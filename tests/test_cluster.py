@@ -180,7 +180,7 @@ def test_a_paused_leader_past_its_lease_cannot_write_and_steps_down(
         one.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: not leads(one) and cluster(one)["leaderships_lost"] == 1, 3 * TTL,
                interval=0.1, what="one steps down")
-    assert leader(one) == "two"
+    wait_until(lambda: leader(one) == "two", 3 * TTL, interval=0.1, what="one sees two lead")
     r = raw_request(one.socket_path, "POST", "/v1/relationships/web/sync-now")
     assert r.status == 409
     wait_in_sync(two, "web")
@@ -346,3 +346,17 @@ def test_two_managers_fail_over_once_and_the_next_leader_keeps_the_new_roles(
     assert [s["server"] for s in r["slaves"]] == ["b"]
     assert two.api("GET", "/v1/activities?kind=failover")["items"] == []  # no second one
     wait_in_sync(two, "web")  # a (the new master) to b, led by two
+
+
+def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    wait_in_sync(one, "web")
+    one.proc.send_signal(signal.SIGTERM)
+    assert one.proc.wait(timeout=60) == 0
+    stopped = time.monotonic()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    handover = time.monotonic() - stopped
+    print(f"handover after SIGTERM: {handover:.2f} s (lease_ttl {TTL} s)")
+    assert handover < TTL  # the lease was revoked, not left to expire

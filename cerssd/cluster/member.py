@@ -120,7 +120,8 @@ class ClusterMember:
 
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._writer())]
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._writer()),
+                       asyncio.create_task(self._deadline())]
 
     async def close(self) -> None:
         """Stop, and give the locks back at once (revoking the lease) so another takes
@@ -145,8 +146,17 @@ class ClusterMember:
                     log.warning("etcd unreachable; nothing clustered is led until it "
                                 "answers", error=str(exc))
                 self.reachable, self.last_error = False, str(exc)
-            await self._expire()
+            except Exception as exc:  # an answer we did not expect: report, go on trying
+                log.exception("cluster round failed", error=str(exc))
+                self.reachable, self.last_error = False, f"unexpected: {exc}"
             await asyncio.sleep(max(0.0, self.tick - (time.monotonic() - started)))
+
+    async def _deadline(self) -> None:
+        """Apart from the rounds (a round may wait seconds on a member that does not
+        answer): step down on time, whatever the round is doing."""
+        while True:
+            await self._expire()
+            await asyncio.sleep(0.2)
 
     async def _round(self) -> None:
         await self._renew()
@@ -214,6 +224,8 @@ class ClusterMember:
             return
         self.lost += 1
         self._writes.pop(name, None)
+        if self.leaders.get(name, Leader(None)).node == self.config.node:
+            self.leaders[name] = Leader(None)  # not us; who, the next round will say
         self._leading.setdefault(name, asyncio.Event()).clear()
         log.warning("stepping down from relationship", relationship=name,
                     node=self.config.node, reason=why)
@@ -250,6 +262,8 @@ class ClusterMember:
                 except EtcdUnavailable:
                     self._writes.setdefault(name, remembered)
                     await asyncio.sleep(self.tick)
+                except Exception:  # never let the writer die: the next save tries again
+                    log.exception("sharing a relationship's facts failed", relationship=name)
 
     async def _retrying(self, call: Callable[[], Awaitable[KeyValue | None]]) -> KeyValue | None:
         while True:

@@ -145,8 +145,10 @@ class RelationshipWork:
             return self.registry.runtimes.get(self.name)
         ctx.log.info("leading: taking over the shared state", relationship=self.name)
         rt = self.registry.take_over(self.name, shared)
-        if rt is not None and rt.pending_cycle and not ctx.params.get("cycle_snapshot"):
-            ctx.remember(cycle_snapshot=rt.pending_cycle)  # the last leader's, unfinished
+        if rt is not None and ctx.params.get("cycle_snapshot") != rt.pending_cycle:
+            # The shared label is the truth: the last leader's unfinished cycle, or none
+            # (a label this daemon journaled when it last led was finished by another).
+            ctx.remember(cycle_snapshot=rt.pending_cycle)
         return rt
 
     def _turn(self, ctx: ActivityContext, rt: Runtime) -> AbstractAsyncContextManager[None]:
