@@ -360,3 +360,20 @@ def test_a_leader_stopped_cleanly_hands_over_before_its_lease_would_expire(
     handover = time.monotonic() - stopped
     print(f"handover after SIGTERM: {handover:.2f} s (lease_ttl {TTL} s)")
     assert handover < TTL  # the lease was revoked, not left to expire
+
+
+def test_cluster_alert_rules_use_only_metrics_a_clustered_daemon_exports(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    from .test_monitoring import RULES, alert_expressions, exported_names, metric_names
+
+    config = cluster_config(etcd.endpoints, "solo", f"/m{uuid.uuid4().hex[:8]}/", pools)
+    d = start_daemon(extra=config + "auto_failover = true\n", state_dir=tmp_path / "solo")
+    wait_until(lambda: leads(d) and show(d, "web")["auto_failover"]["watch"], 30,
+               interval=0.1, what="solo leads and watches web")
+    exported, sampled = exported_names(raw_request(d.socket_path, "GET", "/metrics").body)
+    used = {name: metric_names(expr) for name, expr in
+            alert_expressions(RULES.read_text()).items() if "cerssd_cluster_" in expr}
+    assert len(used) == 4, used
+    for name, names in used.items():
+        assert names <= exported and names <= sampled, (name, names - sampled)
