@@ -127,6 +127,8 @@ def test_one_leads_the_other_waits_and_refuses_verbs(
     assert r.status == 409 and "one does" in r.body["detail"]
     status = cluster(one)
     assert status["etcd_reachable"] and status["lease_expires_at"] > time.time()
+    seen = cluster(two)["relationships"]["web"]
+    assert seen["node"] == "one" and time.time() < seen["lease_expires_at"] <= time.time() + TTL
     shown = ctl(two, "status")
     assert shown.returncode == 0, shown.stderr
     assert "following" in shown.stdout and "reachable" in shown.stdout

@@ -408,6 +408,8 @@ class ClusterLeader(Reply):
     node: Annotated[str | None, doc("the manager that leads it; null: none now")]
     term: Annotated[int | None, doc("the leader lock's create revision in etcd: a new "
                                     "value is a new leader term (a takeover)")]
+    lease_expires_at: Annotated[float | None, doc("when the leader's lease expires unless "
+                                                  "renewed: another manager takes over then")]
     leading: Annotated[bool, doc("whether this daemon leads it")]
 
 

@@ -123,9 +123,12 @@ def render_cluster(out: Output, c: dict[str, Any]) -> None:
                 else f"UNREACHABLE: {c['last_error']}",
                 f"{expires - time.time():.1f} s" if expires else "no lease",
                 c["leaderships_taken"], c["leaderships_lost"])])
-    out.table(["relationship", "leader", "term", "here"],
+    def lease(at: float | None) -> str:
+        return f"{at - time.time():.1f} s" if at else "-"
+
+    out.table(["relationship", "leader", "term", "leader's lease", "here"],
               [(name, r["node"] or "NONE", r["term"] if r["term"] is not None else "-",
-                "leading" if r["leading"] else "following")
+                lease(r["lease_expires_at"]), "leading" if r["leading"] else "following")
                for name, r in sorted(c["relationships"].items())])
 
 

@@ -171,6 +171,12 @@ class EtcdClient:
             raise LeaseGone(f"lease {lease:x} expired")
         return ttl
 
+    async def time_to_live(self, lease: int) -> int | None:
+        """Seconds ``lease`` has left; None once it has expired."""
+        data = await self._call("/v3/lease/timetolive", {"ID": str(lease)})
+        ttl = int(data.get("TTL", -1))
+        return ttl if ttl >= 0 else None
+
     async def revoke(self, lease: int) -> None:
         await self._call("/v3/lease/revoke", {"ID": str(lease)})
 

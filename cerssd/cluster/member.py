@@ -46,9 +46,12 @@ class Leader:
     node: str | None
     #: The leader key's create revision: a new value is a new term (a takeover).
     term: int | None = None
+    #: When the leader's lease expires unless renewed (as etcd said at the last round).
+    lease_expires_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "term": self.term}
+        return {"node": self.node, "term": self.term,
+                "lease_expires_at": self.lease_expires_at}
 
 
 class ClusterMember:
@@ -165,11 +168,18 @@ class ClusterMember:
         self.reachable, self.last_error = True, None
         held = {kv.key: kv for kv in await self.client.get_prefix(self.config.prefix
                                                                    + "leaders/")}
+        # Each other manager's lease once per round (a handful of managers, not one
+        # call per relationship): when its relationships would be taken over.
+        expiry = {self.lease: self.lease_expires_at()}
+        for kv in held.values():
+            if kv.lease not in expiry:
+                ttl = await self.client.time_to_live(kv.lease)
+                expiry[kv.lease] = time.time() + ttl if ttl is not None else None
         for name in list(self._names()):
-            kv = held.get(self.key("leaders", name))
-            if kv is None:
-                kv = await self._campaign(name)
-            await self._follow(name, kv)
+            seen = held.get(self.key("leaders", name))
+            if seen is None:
+                seen = await self._campaign(name)
+            await self._follow(name, seen, expiry.get(seen.lease) if seen else None)
 
     async def _renew(self) -> None:
         began = time.monotonic()
@@ -191,11 +201,13 @@ class ClusterMember:
                               [Put(key, self.config.node, self.lease)])
         return await self.client.get(key)
 
-    async def _follow(self, name: str, kv: KeyValue | None) -> None:
+    async def _follow(self, name: str, kv: KeyValue | None,
+                      expires_at: float | None = None) -> None:
         """Take note of who leads ``name``; become leader or step down accordingly."""
         mine = kv is not None and kv.value == self.config.node and kv.lease == self.lease
         self.leaders[name] = Leader(kv.value if kv else None,
-                                    kv.create_revision if kv else None)
+                                    kv.create_revision if kv else None,
+                                    self.lease_expires_at() if mine else expires_at)
         if mine and kv is not None and name not in self._terms:
             self._terms[name] = kv.create_revision
             self.taken += 1
@@ -285,5 +297,10 @@ class ClusterMember:
                 "lease_ttl": self.config.lease_ttl,
                 "lease_expires_at": self.lease_expires_at(),
                 "leaderships_taken": self.taken, "leaderships_lost": self.lost,
-                "relationships": {n: {**self.leaders.get(n, Leader(None)).to_json(),
-                                      "leading": self.leads(n)} for n in self._names()}}
+                "relationships": {n: self._leader_json(n) for n in self._names()}}
+
+    def _leader_json(self, name: str) -> dict[str, Any]:
+        seen = self.leaders.get(name, Leader(None))
+        if self.leads(name):  # our own lease: as of now, not of the last round
+            seen = Leader(seen.node, seen.term, self.lease_expires_at())
+        return {**seen.to_json(), "leading": self.leads(name)}
