@@ -379,3 +379,16 @@ def test_cluster_alert_rules_use_only_metrics_a_clustered_daemon_exports(
     assert len(used) == 4, used
     for name, names in used.items():
         assert names <= exported and names <= sampled, (name, names - sampled)
+
+
+def test_a_reload_that_removes_the_relationship_gives_its_lead_to_another_manager(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    wait_in_sync(one, "web")
+    text = one.config_path.read_text()
+    one.config_path.write_text(text[:text.index("[relationships.web]")])
+    one.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: leads(two), 4 * TTL, interval=0.1, what="two leads web")
+    assert "web" not in cluster(one)["relationships"]
+    assert "gave back the lead" in one.log()

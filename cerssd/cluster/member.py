@@ -32,7 +32,16 @@ import structlog
 
 from ..replication.relationships.runtime import RelationshipError
 from .config import ClusterConfig
-from .etcd import Compare, EtcdClient, EtcdUnavailable, KeyValue, LeaseGone, Put, Target
+from .etcd import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdUnavailable,
+    KeyValue,
+    LeaseGone,
+    Put,
+    Target,
+)
 
 log = structlog.get_logger("cerssd.cluster")
 
@@ -175,11 +184,27 @@ class ClusterMember:
             if kv.lease not in expiry:
                 ttl = await self.client.time_to_live(kv.lease)
                 expiry[kv.lease] = time.time() + ttl if ttl is not None else None
-        for name in list(self._names()):
+        names = list(self._names())
+        await self._release_retired(held, set(names))
+        for name in names:
             seen = held.get(self.key("leaders", name))
             if seen is None:
                 seen = await self._campaign(name)
             await self._follow(name, seen, expiry.get(seen.lease) if seen else None)
+
+    async def _release_retired(self, held: Mapping[str, KeyValue], names: set[str]) -> None:
+        """Give back the locks of relationships a reload removed here, so that a manager
+        still configured with them is not left following nobody."""
+        start = len(self.config.prefix + "leaders/")
+        for key, kv in held.items():
+            name = key[start:]
+            if name in names or kv.value != self.config.node or kv.lease != self.lease:
+                continue
+            await self.client.txn([Compare(key, Target.CREATE, kv.create_revision)],
+                                  [Delete(key)])
+            self._terms.pop(name, None)
+            log.info("gave back the lead of a relationship no longer configured here",
+                     relationship=name)
 
     async def _renew(self) -> None:
         began = time.monotonic()
