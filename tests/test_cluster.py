@@ -392,3 +392,22 @@ def test_a_reload_that_removes_the_relationship_gives_its_lead_to_another_manage
     wait_until(lambda: leads(two), 4 * TTL, interval=0.1, what="two leads web")
     assert "web" not in cluster(one)["relationships"]
     assert "gave back the lead" in one.log()
+
+
+def test_a_relationship_stopped_on_the_leader_stays_stopped_under_the_next_one(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    first = wait_in_sync(one, "web")["newest_snapshot"]
+    activity = show(one, "web")["activity"]
+    assert raw_request(one.socket_path, "POST", f"/v1/activities/{activity}/cancel").status \
+        == 202
+    wait_until(lambda: show(one, "web")["state"] == "stopped", 30, what="web stopped")
+    one.proc.send_signal(signal.SIGKILL)
+    one.proc.wait()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    wait_until(lambda: show(two, "web")["state"] == "stopped", 30,
+               what="web stopped under two")
+    assert raw_request(two.socket_path, "POST", "/v1/relationships/web/resume").status == 200
+    r = wait_in_sync(two, "web")
+    assert r["newest_snapshot"] == first  # resumed: caught up, no cycle due before 1h

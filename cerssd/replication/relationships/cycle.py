@@ -115,6 +115,10 @@ class RelationshipWork:
         if rt is None:
             raise ActivityError(f"relationship {self.name} is no longer defined",
                                 StatusCode.NOT_FOUND, "not-found")
+        if rt.stopped:  # stopped by the manager that led it before (a shared fact)
+            ctx.log.info("relationship stopped by its previous leader; not run",
+                         relationship=self.name)
+            return
         rt.activity_id = ctx.record.id
         async with self._turn(ctx, rt):
             await self.upkeep.refresh_all(rt)
