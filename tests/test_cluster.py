@@ -411,3 +411,16 @@ def test_a_relationship_stopped_on_the_leader_stays_stopped_under_the_next_one(
     assert raw_request(two.socket_path, "POST", "/v1/relationships/web/resume").status == 200
     r = wait_in_sync(two, "web")
     assert r["newest_snapshot"] == first  # resumed: caught up, no cycle due before 1h
+
+
+def test_the_watch_header_says_who_leads_and_whether_etcd_answers() -> None:
+    from cerssd.cli.watch import cluster_line
+
+    c = {"node": "two", "etcd_reachable": True, "last_error": None,
+         "relationships": {"web": {"node": "one", "leading": False},
+                           "db": {"node": "two", "leading": True},
+                           "logs": {"node": None, "leading": False}}}
+    assert cluster_line(c) == ("cluster node two, etcd reachable, leading 1 of 3 "
+                               "(db: two, logs: NO LEADER, web: one)")
+    c.update(etcd_reachable=False, last_error="http://10.0.0.1:2379: refused")
+    assert "etcd UNREACHABLE (http://10.0.0.1:2379: refused)" in cluster_line(c)
