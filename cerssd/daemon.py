@@ -122,6 +122,7 @@ class Daemon:
         self.relationships.registry.load(self.config.relationships)
         if self.cluster is not None:
             self.cluster.step_down = self.relationships.registry.step_down
+            self.cluster.on_lead = self.relationships.registry.lead_here
         self.policies = PolicyRegistry(self.engine, self.servers,
                                        self.relationships.registry,
                                        max_backoff=d.retry_max_interval)

@@ -411,6 +411,16 @@ def test_a_relationship_stopped_on_the_leader_stays_stopped_under_the_next_one(
     assert raw_request(two.socket_path, "POST", "/v1/relationships/web/resume").status == 200
     r = wait_in_sync(two, "web")
     assert r["newest_snapshot"] == first  # resumed: caught up, no cycle due before 1h
+    # one's own journal says stopped; the shared facts say running: they win.
+    two.proc.send_signal(signal.SIGKILL)
+    two.proc.wait()
+    again = start_daemon(config_path=one.config_path)
+    wait_until(lambda: leads(again), 3 * TTL, interval=0.05, what="one leads web again")
+    wait_until(lambda: show(again, "web")["state"] == "running", 30, what="web runs on one")
+    assert raw_request(again.socket_path, "POST",
+                       "/v1/relationships/web/sync-now").status == 202
+    wait_until(lambda: show(again, "web")["newest_snapshot"] != first, 60,
+               what="a cycle on one")
 
 
 def test_the_watch_header_says_who_leads_and_whether_etcd_answers() -> None:

@@ -70,6 +70,9 @@ class ClusterMember:
         self.client = client
         self._names = names
         self.step_down: StepDown | None = None
+        #: Called when this daemon becomes a relationship's leader (to make sure an
+        #: activity is there to run it, whatever this daemon's own journal said).
+        self.on_lead: Callable[[str], None] | None = None
         self.lease: int | None = None
         #: When the lease was last renewed (the local clock at the renewal's start).
         self.renewed_at: float | None = None
@@ -239,6 +242,8 @@ class ClusterMember:
             log.info("leading relationship", relationship=name, node=self.config.node,
                      term=kv.create_revision)
             self._leading.setdefault(name, asyncio.Event()).set()
+            if self.on_lead is not None:
+                self.on_lead(name)
         elif not mine and name in self._terms:
             await self._lose(name, f"now led by {kv.value if kv else 'nobody'}")
 

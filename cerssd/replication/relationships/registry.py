@@ -180,6 +180,13 @@ class RelationshipRegistry:
         self.journal.save_relationship_state(name, rt.remembered())
         return rt
 
+    def lead_here(self, name: str) -> None:
+        """This daemon now leads ``name`` (a cluster): give it an activity if it has none
+        (its journal may say stopped; the shared facts decide, ``cycle.RelationshipWork``)."""
+        rt = self.runtimes.get(name)
+        if rt is not None and self.activity_of(rt) is None:
+            self.launch(rt)
+
     async def step_down(self, name: str) -> None:
         """Another manager leads ``name`` now: its cycles stop here and its streams are
         cancelled (rolled back), then a fresh activity waits to lead it again. Nothing is
