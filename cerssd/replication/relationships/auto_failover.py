@@ -82,7 +82,8 @@ class AutoFailoverWatch:
         while True:
             registry = self.deps.registry
             for rt in registry.all():
-                if rt.spec.auto_failover is None or not registry.leadership.leads(rt.name):
+                if rt.spec.auto_failover is None or not registry.leadership.leads(rt.name) \
+                        or rt.name in registry.stale:  # roles not taken over yet
                     self.watches.pop(rt.name, None)
                     continue
                 await self._check(rt)
@@ -120,6 +121,9 @@ class AutoFailoverWatch:
                           reason=decision.reason)
             w.state, w.reason, w.at = AutoState.REFUSED, decision.reason, now
             return
+        registry = self.deps.registry
+        if registry.runtimes.get(rt.name) is not rt or rt.name in registry.stale:
+            return  # stepped down or taken over while the probe ran: look again
         await self._promote(rt, w, decision.promote, decision.reason)
 
     async def _promote(self, rt: Runtime, w: Watch, to: str, reason: str) -> None:

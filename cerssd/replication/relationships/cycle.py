@@ -145,7 +145,8 @@ class RelationshipWork:
         """The relationship once this daemon leads it (at once when it runs alone); in a
         cluster, with the facts its previous leader shared laid over it."""
         shared = await self.registry.leadership.lead(self.name)
-        if shared is None:
+        if shared is None:  # alone, or the first leader ever: this daemon's facts hold
+            self.registry.stale.discard(self.name)
             return self.registry.runtimes.get(self.name)
         ctx.log.info("leading: taking over the shared state", relationship=self.name)
         rt = self.registry.take_over(self.name, shared)

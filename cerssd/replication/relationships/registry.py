@@ -59,6 +59,9 @@ class RelationshipRegistry:
         self.leadership: Leadership = leadership or Alone()
         #: Each relationship's definition (config or API), before a failover's roles.
         self.definitions: dict[str, RelationshipSpec] = {}
+        #: In a cluster: relationships whose runtime here is not (yet) the shared one;
+        #: nothing decides on them until their activity has led and taken over.
+        self.stale: set[str] = set()
         self.servers = servers
         self.journal = journal
         #: The configured object stores a relationship may name.
@@ -90,6 +93,8 @@ class RelationshipRegistry:
 
     def _restore(self, spec: RelationshipSpec, state: Mapping[str, Any]) -> None:
         self.definitions[spec.name] = spec
+        if not isinstance(self.leadership, Alone):
+            self.stale.add(spec.name)
         try:
             self.runtimes[spec.name] = restore_runtime(spec, state, self.servers.entries)
         except RolesInvalid as exc:
@@ -177,6 +182,7 @@ class RelationshipRegistry:
             return None
         rt.activity_id = old.activity_id
         self.runtimes[name] = rt
+        self.stale.discard(name)
         self.journal.save_relationship_state(name, rt.remembered())
         return rt
 
@@ -194,6 +200,7 @@ class RelationshipRegistry:
         rt = self.runtimes.get(name)
         if rt is None:
             return
+        self.stale.add(name)  # the next leader's facts replace ours
         activity = self.activity_of(rt)
         if activity is not None:
             with contextlib.suppress(Exception):  # already ending: waited for below
