@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cluster.config import ClusterConfig, parse_cluster
 from .logs import LogFormat
 from .objectstore.config import StoreConfig, parse_store
 from .parsing import ConfigError, parse_duration, reject_unknown
@@ -33,7 +34,7 @@ _WORD = re.compile(r"[^\s\x00-\x1f\x7f]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 #: The keys each table accepts, named once so the parser and the operator guide's test
 #: (tests/test_docs.py: every key is in docs/config.md) read the same list.
-SECTIONS = {"daemon", "servers", "stores", "relationships", "snapshots"}
+SECTIONS = {"daemon", "servers", "stores", "relationships", "snapshots", "cluster"}
 DAEMON_KEYS = {
     "control_socket", "control_group", "state_dir", "metrics_listen", "log_level", "log_format",
     "activity_retention", "shutdown_timeout", "stall_timeout", "retry_max_interval",
@@ -120,6 +121,9 @@ class Config:
     source: Path | None = None
     #: Snapshot policies (``[snapshots.NAME]``).
     policies: Mapping[str, PolicySpec] = field(default_factory=dict)
+    #: Clustered managing daemons sharing leadership and roles through etcd; None: the
+    #: single daemon with its journal (the default).
+    cluster: ClusterConfig | None = None
 
 
 def load_config(path: Path) -> Config:
@@ -199,8 +203,14 @@ def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
         if spec.stores and (problem := stores_problem(servers[spec.master],
                                                       spec.is_tree)) is not None:
             raise ConfigError(f"relationships.{name}.stores", problem)
+    cluster = parse_cluster(_table(data, "cluster")) if "cluster" in data else None
+    for name, spec in relationships.items():
+        if spec.auto_failover is not None and cluster is None:
+            raise ConfigError(f"relationships.{name}.auto_failover", "needs clustered "
+                              "managers ([cluster] with etcd): a lone daemon cannot tell "
+                              "its own isolation from the master's death")
     return Config(daemon=daemon, servers=servers, relationships=relationships, stores=stores,
-                  source=source, policies=policies)
+                  source=source, policies=policies, cluster=cluster)
 
 
 def _parse_daemon(t: Mapping[str, Any]) -> DaemonConfig:

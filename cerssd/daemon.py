@@ -32,6 +32,8 @@ from .api.app import build_app
 from .api.context import ApiContext
 from .capacity import CapacityCache
 from .children import watch_children_by_pidfd
+from .cluster.etcd import EtcdClient
+from .cluster.member import ClusterMember
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
 from .journal import Journal, JournalError
@@ -113,18 +115,23 @@ class Daemon:
         # Built before the recovery (the relationship flows are handed it), filled after.
         self.volume_states = VolumeStates(self.engine, self.servers)
         self.cycle_gate = CycleGate(d.max_concurrent_cycles)
+        self.cluster = self._cluster_member()
         self.relationships = RelationshipManager.build(
             self.engine, self.servers, self.journal, volume_states=self.volume_states,
             groups=groups, stores=self.stores, policy=policy, gate=self.cycle_gate,
-            policy_labels=self._policy_labels)
+            policy_labels=self._policy_labels, leadership=self.cluster)
         self.relationships.registry.load(self.config.relationships)
+        if self.cluster is not None:
+            self.cluster.step_down = self.relationships.registry.step_down
+            self.cluster.on_lead = self.relationships.registry.lead_here
         self.policies = PolicyRegistry(self.engine, self.servers,
                                        self.relationships.registry,
                                        max_backoff=d.retry_max_interval)
         self.policies.load(self.config.policies)
         self.capacity = CapacityCache(self.servers, self.engine, served=self._served)
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
-                               capacity=self.capacity, policies=self.policies)
+                               capacity=self.capacity, policies=self.policies,
+                               cluster=self.cluster, auto=self.relationships.auto)
         self.reloader = ConfigReloader(self.engine, self.servers, self.stores,
                                        self.relationships.registry, self.policies)
         started = time.time()
@@ -132,6 +139,9 @@ class Daemon:
         # Before anything submits: holds of the activities that came back, then the flows.
         self.volume_states.rebuild(self.engine.activities())
         self.relationships.start()
+        if self.cluster is not None:  # leads nothing until etcd answers: never blocks start
+            self.cluster.start()
+            self.relationships.auto.start()
         self.policies.start()
         if self.stores.stores:  # a crash may have left uploads behind: clean up, unhurried
             self._tasks.append(asyncio.create_task(self.stores.abort_orphans(
@@ -139,6 +149,17 @@ class Daemon:
         await self._serve_control_socket(d.control_socket)
         if d.metrics_listen is not None:
             await self._serve_metrics(d.metrics_listen.host, d.metrics_listen.port)
+
+    def _cluster_member(self) -> ClusterMember | None:
+        """With ``[cluster]``: this daemon as one of several managers sharing leadership
+        and roles through etcd (``cluster/member.py``); None: it runs alone."""
+        c = self.config.cluster
+        if c is None:
+            return None
+        log.info("clustered: relationships are led through etcd", node=c.node,
+                 etcd=list(c.etcd), lease_ttl=c.lease_ttl)
+        return ClusterMember(c, EtcdClient(c.etcd),
+                             lambda: list(self.relationships.registry.runtimes))
 
     def _policy_labels(self, name: str) -> Mapping[str, float] | None:
         """A policy's labels on its server, for the trees that replicate them."""
@@ -167,7 +188,7 @@ class Daemon:
         app = build_app(ApiContext(self.engine, self.servers, self.metrics,
                                    lambda: self.config, self.relationships, self.stores,
                                    volume_states=self.volume_states, capacity=self.capacity,
-                                   policies=self.policies))
+                                   policies=self.policies, cluster=self.cluster))
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=REQUEST_GRACE)
         await runner.setup()
@@ -278,9 +299,13 @@ class Daemon:
         log.info("shutting down")
         for task in self._tasks:
             task.cancel()
+        if self.cluster is not None:
+            await self.relationships.auto.close()
         for runner in self._runners:
             await runner.cleanup()  # stop accepting requests first
         await self.engine.shutdown(self.config.daemon.shutdown_timeout)
+        if self.cluster is not None:  # our streams have stopped: the locks go back now,
+            await self.cluster.close()  # and another manager takes over at once
         await self.capacity.close()
         try:
             await asyncio.wait_for(asyncio.gather(self.servers.close(), self.stores.close(),

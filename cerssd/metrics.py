@@ -18,12 +18,15 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .activity import ActivityRecord, LinkCondition, State
 from .capacity import CapacityCache
+from .cluster.member import ClusterMember
+from .cluster.metrics import ClusterCollector
 from .engine import Activity, ActivityEngine
 from .policies.registry import PolicyRegistry
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
 from .replication.logic.tree_backups import BackupState, StoreBackups
 from .replication.logic.tree_status import MemberState
+from .replication.relationships.auto_failover import AutoFailoverWatch
 from .replication.relationships.rendering import RelationshipView
 from .replication.relationships.runtime import Runtime
 from .replication.stream.groups import FanoutGroups
@@ -368,8 +371,12 @@ class Metrics:
                  relationships: RelationshipView | None = None,
                  groups: FanoutGroups | None = None, *,
                  capacity: CapacityCache | None = None,
-                 policies: PolicyRegistry | None = None) -> None:
+                 policies: PolicyRegistry | None = None,
+                 cluster: ClusterMember | None = None,
+                 auto: AutoFailoverWatch | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        if cluster is not None:
+            self.registry.register(ClusterCollector(cluster, auto.refused if auto else dict))
         self.collector = DaemonCollector(engine, servers, capacity)
         self.registry.register(self.collector)
         if policies is not None:

@@ -27,6 +27,7 @@ from cerssd import config as daemon_config
 from cerssd import hooks as hooks_config
 from cerssd.api.app import ROUTES
 from cerssd.api.openapi import openapi_path
+from cerssd.cluster.config import CLUSTER_KEYS, parse_cluster
 from cerssd.config import parse_config
 from cerssd.daemon import RESTART_KEYS
 from cerssd.hooks import parse_hooks
@@ -97,6 +98,10 @@ def _daemon(extra: Mapping[str, Any]) -> Any:
     return parse_config({"daemon": dict(extra)}).daemon
 
 
+def _cluster(extra: Mapping[str, Any]) -> Any:
+    return parse_cluster({"etcd": ["http://127.0.0.1:2379"], "node": "n1", **extra})
+
+
 def _server(extra: Mapping[str, Any]) -> Any:
     table = {"host": "192.0.2.2", "known_hosts": "/etc/cerssd/known_hosts", **extra}
     return parse_config({"servers": {"local": {}, "standby1": table}}).servers["standby1"]
@@ -130,6 +135,7 @@ def _hooks(extra: Mapping[str, Any]) -> Any:
 #: plus one key, to check documented defaults against).
 CONFIG_SECTIONS: dict[str, tuple[set[str], Callable[[Mapping[str, Any]], Any]]] = {
     "## `[daemon]`": (daemon_config.DAEMON_KEYS, _daemon),
+    "## `[cluster]`": (CLUSTER_KEYS, _cluster),
     "## `[servers.NAME]`": (daemon_config.SERVER_KEYS, _server),
     "## `[stores.NAME]`": (store_config.STORE_KEYS, _store),
     "## `[snapshots.NAME]`": (policy_config.POLICY_KEYS, _policy),
@@ -177,8 +183,10 @@ def test_documented_defaults_are_the_parsers_defaults(heading: str) -> None:
             continue
         assert parse({key: value}) == parse({}), f"{heading} {key}: default {row[2]}"
         checked += 1
-    # slaves and hooks have fewer keys with a default: server, pre and post have none
-    assert checked >= 3 or heading in ("### `slaves` entries", "### `hooks` table"), (
+    # slaves, hooks and cluster have fewer keys with a default: server, pre, post, etcd
+    # and node (the host name) have none
+    assert checked >= 3 or heading in ("### `slaves` entries", "### `hooks` table",
+                                       "## `[cluster]`"), (
         heading, checked)
 
 

@@ -81,6 +81,7 @@ class ControlApi:
                        "shutdown_timeout": cfg.daemon.shutdown_timeout},
             "activities": by_state,
             "servers": {n: e.probed for n, e in self.ctx.servers.entries.items()},
+            "cluster": self.ctx.cluster.to_json() if self.ctx.cluster is not None else None,
         })
 
     async def servers(self, request: web.Request) -> web.Response:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..capacity import CapacityCache
+from ..cluster.member import ClusterMember
 from ..config import Config
 from ..engine import ActivityEngine
 from ..metrics import Metrics
@@ -34,3 +35,5 @@ class ApiContext:
     capacity: CapacityCache | None = field(default=None, kw_only=True)
     #: Snapshot policies (None in tests that build the API without them).
     policies: PolicyRegistry | None = field(default=None, kw_only=True)
+    #: This daemon as a clustered manager (None: it runs alone).
+    cluster: ClusterMember | None = field(default=None, kw_only=True)

@@ -431,6 +431,28 @@ class DaemonSettings(Reply):
     shutdown_timeout: float
 
 
+class ClusterLeader(Reply):
+    node: Annotated[str | None, doc("the manager that leads it; null: none now")]
+    term: Annotated[int | None, doc("the leader lock's create revision in etcd: a new "
+                                    "value is a new leader term (a takeover)")]
+    lease_expires_at: Annotated[float | None, doc("when the leader's lease expires unless "
+                                                  "renewed: another manager takes over then")]
+    leading: Annotated[bool, doc("whether this daemon leads it")]
+
+
+class ClusterStatus(Reply):
+    node: Annotated[str, doc("this manager's name in the cluster")]
+    etcd: list[str]
+    etcd_reachable: Annotated[bool, doc("whether the last round with etcd succeeded")]
+    last_error: str | None
+    lease_ttl: int
+    lease_expires_at: Annotated[float | None, doc("when this manager's lease expires "
+                                                  "unless renewed; null: it holds none")]
+    leaderships_taken: int
+    leaderships_lost: int
+    relationships: Annotated[dict[str, ClusterLeader], doc("who leads each relationship")]
+
+
 class DaemonStatus(Reply):
     version: str
     pid: int
@@ -440,6 +462,8 @@ class DaemonStatus(Reply):
     daemon: DaemonSettings
     activities: Annotated[dict[str, int], doc("activities by state")]
     servers: Annotated[dict[str, bool], doc("whether each server answered its probe")]
+    cluster: Annotated[ClusterStatus | None, doc("clustered managers (``[cluster]``); "
+                                                 "null: this daemon runs alone")]
 
 
 class Server(Reply):

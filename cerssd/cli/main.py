@@ -119,6 +119,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def render_cluster(out: Output, c: dict[str, Any]) -> None:
+    """This manager, etcd, and who leads each relationship (``[cluster]``)."""
+    expires = c["lease_expires_at"]
+    out.table(["node", "etcd", "lease expires in", "taken", "lost"],
+              [(c["node"], "reachable" if c["etcd_reachable"]
+                else f"UNREACHABLE: {c['last_error']}",
+                f"{expires - time.time():.1f} s" if expires else "no lease",
+                c["leaderships_taken"], c["leaderships_lost"])])
+    def lease(at: float | None) -> str:
+        return f"{at - time.time():.1f} s" if at else "-"
+
+    out.table(["relationship", "leader", "term", "leader's lease", "here"],
+              [(name, r["node"] or "NONE", r["term"] if r["term"] is not None else "-",
+                lease(r["lease_expires_at"]), "leading" if r["leading"] else "following")
+               for name, r in sorted(c["relationships"].items())])
+
+
 def status_command(client: Client, out: Output) -> int:
     """The daemon, then every relationship's slaves (state, lag) and every link."""
     data = client.request("GET", "/v1/status")
@@ -131,6 +148,9 @@ def status_command(client: Client, out: Output) -> int:
                     ", ".join(f"{k}={v}" for k, v in sorted(d["activities"].items()))
                     or "none",
                     ", ".join(f"{k}={'up' if v else 'down'}" for k, v in d["servers"].items()))])
+        if d.get("cluster"):
+            out.console.print()
+            render_cluster(out, d["cluster"])
         if d["relationships"]:
             out.console.print()
             relationships.render_list(out, {"items": d["relationships"]})

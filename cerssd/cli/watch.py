@@ -242,7 +242,20 @@ def _header(frame: Frame) -> Text:
         text.append(", " if i else "")
         text.append(f"{name} ")
         text.append(_styled(state))
+    if s.get("cluster"):
+        text.append("\n" + cluster_line(s["cluster"]),
+                    style="" if s["cluster"]["etcd_reachable"] else "bold red")
     return text
+
+
+def cluster_line(c: dict[str, Any]) -> str:
+    """A clustered manager in one line: itself, etcd, and who leads each relationship."""
+    led = c["relationships"]
+    leaders = ", ".join(f"{n}: {r['node'] or 'NO LEADER'}" for n, r in sorted(led.items()))
+    etcd = "etcd reachable" if c["etcd_reachable"] else f"etcd UNREACHABLE ({c['last_error']})"
+    mine = sum(r["leading"] for r in led.values())
+    return (f"cluster node {c['node']}, {etcd}, leading {mine} of {len(led)}"
+            + (f" ({leaders})" if leaders else ""))
 
 
 def relationships_table(items: list[dict[str, Any]], now: float) -> RenderableType:

@@ -19,6 +19,8 @@ from ...storage.names import (
     InvalidName,
     validate_object_name,
 )
+from .auto_failover import KEYS as AUTO_KEYS
+from .auto_failover import AutoFailover, parse_auto_failover
 from .members import TreeSelection, trees_overlap
 from .receive import KEYS as RECEIVE_KEYS
 from .receive import ReceiveSettings, parse_receive
@@ -43,7 +45,7 @@ _KEYS = {"volume", "master", "slaves", "interval", "cron", "prefix", "retention"
          "slave_retention", "retry_deadline", "fanout", "fanout_buffer", "stores",
          "recursive", "include", "exclude", "property", "max_parallel", "member_metrics",
          "hooks", "snapshots", "send_properties", "keep_min",
-         "slave_keep_min", *RECEIVE_KEYS}
+         "slave_keep_min", *RECEIVE_KEYS, *AUTO_KEYS}
 #: Member transfers to one slave at a time: each is a ``zfs send | zfs receive`` pair over
 #: the server's one SSH connection; a 2-CPU node saturates near four (bench/RESULTS.md).
 DEFAULT_MAX_PARALLEL = 4
@@ -112,6 +114,8 @@ class RelationshipSpec:
     #: whatever the grid says (``logic.retention``).
     keep_min: int = DEFAULT_KEEP_MIN
     slave_keep_min: int = DEFAULT_KEEP_MIN
+    #: Automatic failover by the relationship's leader (clustered managers only).
+    auto_failover: AutoFailover | None = None
 
     @property
     def selecting_name(self) -> str:
@@ -219,7 +223,8 @@ def parse_relationship(name: str, t: Mapping[str, Any], *, servers: Collection[s
         member_metrics=_flag(t.get("member_metrics", False), f"{key}.member_metrics"),
         hooks=parse_hooks(t.get("hooks"), f"{key}.hooks"), snapshots=policy,
         send_properties=_flag(t.get("send_properties", False), f"{key}.send_properties"),
-        receive=receive)
+        receive=receive,
+        auto_failover=parse_auto_failover(t, key, tree=selection.is_tree, origin=origin))
 
 
 def _check_receive_drivers(slaves: tuple[SlaveSpec, ...], drivers: Mapping[str, str],

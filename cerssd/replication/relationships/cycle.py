@@ -65,7 +65,7 @@ from ..stream.groups import FanoutGroups, StreamKey
 from .cycle_gate import CycleGate
 from .fencing import Fencing
 from .registry import OWN_UPLOADS, RelationshipRegistry
-from .runtime import KIND, Runtime, SnapshotOutcome
+from .runtime import KIND, RelationshipError, Runtime, SnapshotOutcome
 from .tree import PolicyLabels, TreeCycle, cycle_label, no_policy_labels
 from .upkeep import Upkeep
 
@@ -113,10 +113,14 @@ class RelationshipWork:
         self.failures = 0
 
     async def run(self, ctx: ActivityContext) -> None:
-        rt = self.registry.runtimes.get(self.name)
+        rt = await self._lead(ctx)
         if rt is None:
             raise ActivityError(f"relationship {self.name} is no longer defined",
                                 StatusCode.NOT_FOUND, "not-found")
+        if rt.stopped:  # stopped by the manager that led it before (a shared fact)
+            ctx.log.info("relationship stopped by its previous leader; not run",
+                         relationship=self.name)
+            return
         rt.activity_id = ctx.record.id
         async with self._turn(ctx, rt):
             await self.upkeep.refresh_all(rt)
@@ -138,6 +142,21 @@ class RelationshipWork:
                 await self._master_trouble(ctx, rt, exc)
             else:
                 self.failures = 0
+
+    async def _lead(self, ctx: ActivityContext) -> Runtime | None:
+        """The relationship once this daemon leads it (at once when it runs alone); in a
+        cluster, with the facts its previous leader shared laid over it."""
+        shared = await self.registry.leadership.lead(self.name)
+        if shared is None:  # alone, or the first leader ever: this daemon's facts hold
+            self.registry.stale.discard(self.name)
+            return self.registry.runtimes.get(self.name)
+        ctx.log.info("leading: taking over the shared state", relationship=self.name)
+        rt = self.registry.take_over(self.name, shared)
+        if rt is not None and ctx.params.get("cycle_snapshot") != rt.pending_cycle:
+            # The shared label is the truth: the last leader's unfinished cycle, or none
+            # (a label this daemon journaled when it last led was finished by another).
+            ctx.remember(cycle_snapshot=rt.pending_cycle)
+        return rt
 
     def _turn(self, ctx: ActivityContext, rt: Runtime) -> AbstractAsyncContextManager[None]:
         """A turn at the daemon's cycle gate (``max_concurrent_cycles``); while the cycle
@@ -258,6 +277,7 @@ class RelationshipWork:
     def _cycle_done(self, ctx: ActivityContext, rt: Runtime, started: float,
                     snapshot: str | None) -> None:
         rt.last_cycle_at, rt.last_error = started, None
+        rt.pending_cycle = None
         rt.cycles += 1
         ctx.remember(cycle_snapshot=None, cycles=rt.cycles)
         self.registry.save(rt)
@@ -273,11 +293,22 @@ class RelationshipWork:
         hooks = rt.note_hooks(label if isinstance(label, str) else None,
                               SnapshotOutcome.SKIPPED, exc.runs)
         rt.last_cycle_at = started
+        rt.pending_cycle = None
         rt.last_error = str(exc)
         ctx.remember(cycle_snapshot=None, last_hooks=hooks, skipped_cycles=rt.skipped_cycles)
         self.registry.save(rt)
         ctx.log.warning("relationship cycle skipped its snapshot", error=str(exc),
                         snapshot_label=label, skipped_cycles=rt.skipped_cycles)
+
+    async def _claim_cycle(self, rt: Runtime, label: str) -> None:
+        """Have the cycle's label accepted before its snapshot is made: in a cluster a
+        manager that lost the lead (paused past its lease, cut off) is refused here and
+        makes no snapshot; one that takes over finds the label and finishes this cycle."""
+        rt.pending_cycle = label
+        try:
+            await self.registry.commit(rt)
+        except RelationshipError as exc:
+            raise ActivityError(str(exc), StatusCode.CONFLICT, "not-leader") from exc
 
     async def _snapshot(self, ctx: ActivityContext, rt: Runtime, master: StorageBackend,
                         snapshots: list[Snapshot]) -> Snapshot:
@@ -291,6 +322,7 @@ class RelationshipWork:
         if not isinstance(label, str):
             label = cycle_label(rt.spec.prefix, time.time(), existing)
             ctx.remember(cycle_snapshot=label)
+            await self._claim_cycle(rt, label)
         snap, runs = await around_snapshot(
             rt.spec.hooks, volumes=[rt.spec.volume], label=label, server=rt.spec.master,
             take=partial(master.create_snapshot, rt.spec.volume, label))

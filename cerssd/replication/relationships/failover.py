@@ -102,6 +102,7 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
     """
     rt = deps.registry.get(req.relationship)
     check_no_failover(rt)
+    deps.registry.leadership.check(rt.name)  # in a cluster, only its leader decides
     if req.at is not None and not (rt.spec.is_tree and req.force):
         raise RelationshipError("at names the point of a tree's unplanned failover: it "
                                 "needs a tree relationship and force=true")
@@ -140,7 +141,13 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
             self_restarting=True, progress=Progress(0, len(STEPS), unit="steps")))
     rt.failover.status, rt.failover.activity, rt.failover.error = \
         status_name, record.id, None
-    deps.registry.save(rt)
+    try:  # in a cluster: accepted by etcd only while this daemon leads (decided once)
+        await deps.registry.commit(rt)
+    except RelationshipError:
+        rt.failover.status = rt.failover.activity = None
+        with contextlib.suppress(Exception):
+            await deps.engine.cancel(record.id)
+        raise
     return record
 
 

@@ -31,9 +31,11 @@ from ...volume_states import VolumeStates
 from ..retry import RetryPolicy
 from ..stream.groups import FanoutGroups
 from . import cycle, failover, rejoin, tree_backup, tree_sync
+from .auto_failover import AutoFailoverWatch
 from .cycle_gate import CycleGate
 from .failover import FailoverDeps
 from .fencing import Fencing
+from .leadership import Leadership
 from .reactions import Reactions
 from .registry import RelationshipRegistry
 from .rendering import RelationshipView
@@ -52,24 +54,29 @@ class RelationshipManager:
     view: RelationshipView
     #: What the API's failover request and the failover activity act through.
     failover: FailoverDeps
+    #: The leader's watch on masters with ``auto_failover`` (started only in a cluster).
+    auto: AutoFailoverWatch
 
     @classmethod
     def build(cls, engine: ActivityEngine, servers: ServerRegistry, journal: Journal, *,
               volume_states: VolumeStates, groups: FanoutGroups, stores: Stores | None,
               policy: RetryPolicy, gate: CycleGate,
-              policy_labels: PolicyLabels = no_policy_labels) -> RelationshipManager:
+              policy_labels: PolicyLabels = no_policy_labels,
+              leadership: Leadership | None = None) -> RelationshipManager:
         """The parts, wired, and the relationship flows registered with the engine
         (before its recovery restarts their activities)."""
         registry = RelationshipRegistry(engine, servers, journal,
-                                        stores.stores if stores else ())
+                                        stores.stores if stores else (), leadership)
         upkeep = Upkeep(engine, servers, registry, volume_states, stores)
         fencing = Fencing(servers, registry)
         verbs = OperatorVerbs(engine, registry)
         manager = cls(registry=registry, verbs=verbs, fencing=fencing, upkeep=upkeep,
                       reactions=Reactions(engine, registry, upkeep),
                       view=RelationshipView(registry, servers.links),
-                      failover=FailoverDeps(engine, servers, registry, fencing,
-                                            volume_states))
+                      failover=(deps := FailoverDeps(engine, servers, registry, fencing,
+                                                     volume_states)),
+                      auto=AutoFailoverWatch(deps))
+        manager.view.auto_status = manager.auto.status
         cycle.register(engine, cycle.CycleDeps(
             engine=engine, servers=servers, registry=registry, upkeep=upkeep,
             fencing=fencing, volume_states=volume_states, groups=groups, stores=stores,

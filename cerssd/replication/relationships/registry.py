@@ -26,6 +26,7 @@ from ...servers import ServerRegistry
 from ..flows import backup, replicate
 from ..logic.roles import RolesInvalid
 from ..logic.spec import RelationshipSpec, parse_relationship
+from .leadership import Alone, Leadership
 from .runtime import (
     KIND,
     RelationshipError,
@@ -50,8 +51,17 @@ class RelationshipRegistry:
     """Runtimes by name: loading, adding, removing, saving, and their activities."""
 
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry, journal: Journal,
-                 store_names: Collection[str] = ()) -> None:
+                 store_names: Collection[str] = (),
+                 leadership: Leadership | None = None) -> None:
         self.engine = engine
+        #: Whether this daemon may act on a relationship, and where its facts are shared
+        #: (``leadership``): alone by default, or one of a cluster's managers.
+        self.leadership: Leadership = leadership or Alone()
+        #: Each relationship's definition (config or API), before a failover's roles.
+        self.definitions: dict[str, RelationshipSpec] = {}
+        #: In a cluster: relationships whose runtime here is not (yet) the shared one;
+        #: nothing decides on them until their activity has led and taken over.
+        self.stale: set[str] = set()
         self.servers = servers
         self.journal = journal
         #: The configured object stores a relationship may name.
@@ -82,6 +92,9 @@ class RelationshipRegistry:
             self._restore(spec, state)
 
     def _restore(self, spec: RelationshipSpec, state: Mapping[str, Any]) -> None:
+        self.definitions[spec.name] = spec
+        if not isinstance(self.leadership, Alone):
+            self.stale.add(spec.name)
         try:
             self.runtimes[spec.name] = restore_runtime(spec, state, self.servers.entries)
         except RolesInvalid as exc:
@@ -142,7 +155,63 @@ class RelationshipRegistry:
         self.journal.delete_relationship(name)
 
     def save(self, rt: Runtime) -> None:
-        self.journal.save_relationship_state(rt.name, rt.remembered())
+        remembered = rt.remembered()
+        self.journal.save_relationship_state(rt.name, remembered)
+        self.leadership.publish(rt.name, remembered)
+
+    async def commit(self, rt: Runtime) -> None:
+        """Save, and have the cluster accept it before going on (409 if this daemon no
+        longer leads ``rt``): for decisions that must be made once, such as a failover."""
+        remembered = rt.remembered()
+        await self.leadership.commit(rt.name, remembered)
+        self.journal.save_relationship_state(rt.name, remembered)
+
+    def take_over(self, name: str, state: Mapping[str, Any]) -> Runtime | None:
+        """This daemon now leads ``name``: the facts its previous leader shared (roles,
+        failover state, slaves, the newest snapshot) replace what it knew. None (and
+        the relationship not run) if the roles name servers no longer configured."""
+        spec = self.definitions.get(name)
+        old = self.runtimes.get(name)
+        if spec is None or old is None:
+            return old
+        try:
+            rt = restore_runtime(spec, state, self.servers.entries)
+        except RolesInvalid as exc:
+            log.error("relationship not taken over: its shared roles name servers no "
+                      "longer configured", relationship=name, problem=str(exc))
+            return None
+        rt.activity_id = old.activity_id
+        self.runtimes[name] = rt
+        self.stale.discard(name)
+        self.journal.save_relationship_state(name, rt.remembered())
+        return rt
+
+    def lead_here(self, name: str) -> None:
+        """This daemon now leads ``name`` (a cluster): give it an activity if it has none
+        (its journal may say stopped; the shared facts decide, ``cycle.RelationshipWork``)."""
+        rt = self.runtimes.get(name)
+        if rt is not None and self.activity_of(rt) is None:
+            self.launch(rt)
+
+    async def step_down(self, name: str) -> None:
+        """Another manager leads ``name`` now: its cycles stop here and its streams are
+        cancelled (rolled back), then a fresh activity waits to lead it again. Nothing is
+        saved: the facts are the new leader's to write."""
+        rt = self.runtimes.get(name)
+        if rt is None:
+            return
+        self.stale.add(name)  # the next leader's facts replace ours
+        activity = self.activity_of(rt)
+        if activity is not None:
+            with contextlib.suppress(Exception):  # already ending: waited for below
+                await self.engine.cancel(activity.id)
+            await activity.done.wait()
+        for stream in self.streams(name):
+            with contextlib.suppress(Exception):
+                await self.engine.cancel(stream.id)
+            await stream.done.wait()
+        if not rt.stopped and name in self.runtimes:
+            self.launch(rt)
 
     def set_roles(self, rt: Runtime, spec: RelationshipSpec) -> None:
         """New roles (a failover, a rejoin) in force and remembered."""

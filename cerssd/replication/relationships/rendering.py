@@ -7,7 +7,7 @@ facts, its live transfer and its link at the moment of asking (``status.slave_st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +32,9 @@ class RelationshipView:
         self.registry = registry
         #: Each server's and object store's link, by name (the health shown with it).
         self.links = links
+        #: What the leader's automatic-failover watch saw of a relationship (None: not
+        #: watched here).
+        self.auto_status: Callable[[str], dict[str, Any] | None] = lambda name: None
 
     def all(self) -> Iterable[Runtime]:
         return self.registry.all()
@@ -60,6 +63,9 @@ class RelationshipView:
             "last_error": rt.last_error, "slaves": self.slaves_json(rt),
             "backups": self.stores_json(rt),
             "last_hooks": rt.last_hooks, "skipped_cycles": rt.skipped_cycles,
+            **({"auto_failover": {**rt.spec.auto_failover.to_json(),
+                                  "watch": self.auto_status(rt.name)}}
+               if rt.spec.auto_failover is not None else {}),
         }
 
     def members_page(self, rt: Runtime, *, state: MemberState | None, limit: int,

@@ -94,6 +94,10 @@ class Runtime:
     last_hooks: dict[str, Any] | None = None
     #: Cycles that made no snapshot because their ``pre`` hook failed.
     skipped_cycles: int = 0
+    #: The label of the cycle snapshot under way (chosen, perhaps not made yet): shared
+    #: in a cluster so that a manager taking over finishes that cycle rather than
+    #: running another one.
+    pending_cycle: str | None = None
 
     @property
     def name(self) -> str:
@@ -132,7 +136,8 @@ class Runtime:
                 "backup_success_at": dict(self.backup_success_at),
                 "backups_since_full": dict(self.backups_since_full),
                 "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
-                "failover": self.failover.remembered()}
+                "failover": self.failover.remembered(),
+                "pending_cycle": self.pending_cycle}
 
     def take_roles(self, spec: RelationshipSpec) -> None:
         """Put new roles in force; a slave kept in the same place keeps its facts. A tree
@@ -209,7 +214,8 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
                                        if isinstance(since_full.get(s), int)},
                    tree=TreeStatus() if spec.is_tree else None,
                    last_hooks=state.get("last_hooks"),
-                   skipped_cycles=state.get("skipped_cycles", 0))
+                   skipped_cycles=state.get("skipped_cycles", 0),
+                   pending_cycle=state.get("pending_cycle"))
 
 
 def check_no_failover(rt: Runtime) -> None:

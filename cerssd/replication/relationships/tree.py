@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 
-from ...engine import ActivityContext, ActivityEngine
+from ...activity import StatusCode
+from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...hooks import around_snapshot
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
@@ -42,7 +43,7 @@ from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
 from ..stream.groups import FanoutGroups
 from .registry import RelationshipRegistry
-from .runtime import Runtime, SnapshotOutcome
+from .runtime import RelationshipError, Runtime, SnapshotOutcome
 from .tree_backup import KIND as BACKUP_KIND
 from .tree_backup import start_tree_backups
 from .tree_fanout_plan import plan_fanout
@@ -121,6 +122,15 @@ def master_doomed(rt: Runtime, members: tuple[Member, ...], listing: TreeListing
 class TreeCycle:
     """The steps of one cycle of a tree relationship."""
 
+    async def _claim(self, rt: Runtime, label: str) -> None:
+        """The cycle's label accepted before its snapshot (as ``cycle._claim_cycle``): in
+        a cluster, a manager that lost the lead makes no snapshot of the tree."""
+        rt.pending_cycle = label
+        try:
+            await self.registry.commit(rt)
+        except RelationshipError as exc:
+            raise ActivityError(str(exc), StatusCode.CONFLICT, "not-leader") from exc
+
     def __init__(self, engine: ActivityEngine, servers: ServerRegistry,
                  registry: RelationshipRegistry, groups: FanoutGroups | None = None,
                  stall_timeout: float | None = None,
@@ -176,6 +186,7 @@ class TreeCycle:
             if not isinstance(label, str):
                 label = cycle_label(rt.spec.prefix, now, rt.tree.master_labels)
                 ctx.remember(cycle_snapshot=label)
+                await self._claim(rt, label)
         elif (label := self._policy_newest(rt)) is None:
             ctx.log.info("no snapshot of the policy yet", policy=rt.spec.snapshots)
             return None

@@ -53,6 +53,7 @@ class OperatorVerbs:
         """Resume a paused relationship, or start a stopped one again."""
         rt = self.registry.get(name)
         check_no_failover(rt)
+        self.registry.leadership.check(name)
         activity = self.registry.activity_of(rt)
         if activity is None:
             return self.registry.start_again(rt)
@@ -71,6 +72,7 @@ class OperatorVerbs:
         under way); otherwise a 409 saying which, in the verb's own words."""
         rt = self.registry.get(name)
         check_no_failover(rt)
+        self.registry.leadership.check(name)  # in a cluster, only its leader acts
         activity = self.registry.activity_of(rt)
         if activity is None:
             raise RelationshipError(f"relationship {name} {stopped}")

@@ -1,0 +1,1 @@
+"""Clustered managing daemons (opt-in, ``[cluster]``): leadership and shared state in etcd."""
