@@ -36,7 +36,7 @@ from .cluster.etcd import EtcdClient
 from .cluster.member import ClusterMember
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
-from .journal import Journal, JournalError
+from .journal import Journal, JournalError, JournalTooNew
 from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
 from .metrics import CONTENT_TYPE, Metrics
@@ -360,6 +360,12 @@ async def _run(config: Config) -> int:
     daemon = Daemon(config)
     try:
         await daemon.setup()
+    except JournalTooNew as exc:
+        # Not a failure a restart can mend (systemd's RestartPreventExitStatus=78): a
+        # downgraded package must not restart every few seconds for ever.
+        log.error("cannot start", error=str(exc))
+        daemon.notifier.notify(status=f"cannot start: {exc}")
+        return EX_CONFIG
     except (StartupError, JournalError) as exc:
         log.error("cannot start", error=str(exc))
         return 1

@@ -90,11 +90,22 @@ END;
 ANALYZE;
 """
 
+#: The steps from one schema version to the next: ``MIGRATIONS[v]`` takes a journal at
+#: version ``v - 1`` to ``v``. A journal is upgraded by the steps above its version, in
+#: order, in one transaction, so a release adds its step here and bumps SCHEMA_VERSION;
+#: a journal made before versions were numbered step by step (1 and 2) had the tables
+#: of ``_TABLES`` and takes the version 3 step.
+MIGRATIONS: dict[int, str] = {3: _V3}
+
 _LIVE = tuple(str(s) for s in State if s not in TERMINAL)
 
 
 class JournalError(Exception):
     pass
+
+
+class JournalTooNew(JournalError):
+    """The journal was upgraded by a newer cerssd: restarting this one cannot help."""
 
 
 @dataclass(frozen=True)
@@ -172,14 +183,17 @@ class Journal:
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         if version > SCHEMA_VERSION:
-            raise JournalError(
+            raise JournalTooNew(
                 f"{self.path} has schema version {version}, newer than this cerssd "
-                f"understands ({SCHEMA_VERSION}); refusing to touch it")
+                f"understands ({SCHEMA_VERSION}); refusing to touch it (a downgrade: "
+                "install the newer cerssd again, or restore the state directory copied "
+                "before the upgrade, docs/upgrade.md)")
         if version == SCHEMA_VERSION:
             return
+        steps = [MIGRATIONS[v] for v in range(max(version, 2) + 1, SCHEMA_VERSION + 1)]
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(_TABLES + _V3):
+            for statement in _statements(_TABLES + "".join(steps)):
                 self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("COMMIT")

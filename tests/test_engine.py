@@ -288,6 +288,27 @@ def test_journal_is_wal_with_schema_version(tmp_path: Path) -> None:
         Journal(tmp_path / "j.sqlite3")
 
 
+def test_a_release_adds_a_migration_step_and_it_runs_once(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A version-3 journal takes only the steps above 3 (a step run twice would fail:
+    ALTER TABLE ADD COLUMN); the package upgrade test does the same with a real N+1."""
+    import cerssd.journal as journal_module
+
+    path = tmp_path / "j.sqlite3"
+    Journal(path).save(running_record("aa01", "replicate", True))
+    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", 4)
+    monkeypatch.setitem(journal_module.MIGRATIONS, 4,
+                        "ALTER TABLE relationships ADD COLUMN note TEXT;\n")
+    upgraded = Journal(path)
+    assert upgraded.get("aa01") is not None
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert "note" in [c[1] for c in db.execute("PRAGMA table_info(relationships)")]
+    db.close()
+    Journal(path)  # at version 4 already: no step runs again
+
+
 def test_journal_upgrades_a_version_1_file_and_keeps_its_activities(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     db = sqlite3.connect(path)
