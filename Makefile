@@ -11,9 +11,9 @@ demo-down:
 	scripts/sandbox down
 
 # Both tiers: the fast one and the integration one (zfs-fuse, sshd, netns, SeaweedFS,
-# the OpenZFS guest).
+# the OpenZFS guest), in two lanes at once (scripts/run-tests says which and why).
 test: setup
-	.venv/bin/python -m pytest -q --durations=25
+	scripts/run-tests
 
 # Pure logic and the fake backend only: no root, no services (tests/conftest.py marks).
 test-fast: setup

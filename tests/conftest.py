@@ -66,10 +66,18 @@ SERVICE_FIXTURES = frozenset({"zfs_fuse", "sshd", "make_netns_sshd", "s3_server"
                               "openzfs_guest", "btrfs_mount"})
 
 
+#: Fixtures that build the packages (scripts/build-deb, build-man write one build/ tree):
+#: their tests run in one pytest process, the second lane of make test.
+PACKAGE_FIXTURES = frozenset({"cerssd_deb", "cerssd_dists", "generated", "next_deb"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test ``fast`` or ``integration`` (see the module docstring)."""
+    """Mark each test ``fast`` or ``integration`` (see the module docstring), and the
+    guest's and the package builds' tests ``second_lane`` (scripts/run-tests)."""
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("openzfs") or uses & PACKAGE_FIXTURES:
+            item.add_marker(pytest.mark.second_lane)
         if (uses & SERVICE_FIXTURES or item.get_closest_marker("integration")
                 or item.get_closest_marker("openzfs")):
             item.add_marker(pytest.mark.integration)
