@@ -265,7 +265,8 @@ def auto_config(endpoints: list[str], master: NetnsSshServer, pools: tuple[str, 
 
 
 def auto_watch(d: DaemonProcess) -> dict[str, Any]:
-    watch: dict[str, Any] = show(d, "web")["auto_failover"]["watch"]
+    """The leader's watch of the master ({} until its first probe has answered)."""
+    watch: dict[str, Any] = show(d, "web")["auto_failover"]["watch"] or {}
     return watch
 
 
@@ -276,7 +277,8 @@ def test_auto_failover_promotes_a_slave_when_the_master_namespace_goes_down(
                                        max_data_loss="1h"),
                      state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
     taken = wait_in_sync(d, "web")["newest_snapshot"]
-    assert auto_watch(d)["state"] == "watching"
+    wait_until(lambda: auto_watch(d).get("state") == "watching", 30, interval=0.2,
+               what="the leader watching the master")
     netns_sshd.cut()
     cut = time.time()
     wait_until(lambda: show(d, "web")["active_server"] != "m", 60, interval=0.2,
@@ -311,7 +313,7 @@ def test_auto_failover_refused_when_the_best_slave_lags_past_max_data_loss(
     wait_until(lambda: time.time() - created > 4, 10, interval=0.2,
                what="the slaves' snapshot older than max_data_loss")
     netns_sshd.cut()
-    wait_until(lambda: auto_watch(d)["state"] == "refused", 60, interval=0.2,
+    wait_until(lambda: auto_watch(d).get("state") == "refused", 60, interval=0.2,
                what="automatic failover refused")
     assert "over max_data_loss" in auto_watch(d)["reason"]
     assert show(d, "web")["active_server"] == "m"

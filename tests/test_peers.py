@@ -94,6 +94,18 @@ def child_of(n: Nodes, parent: dict[str, Any]) -> dict[str, Any]:
     return child
 
 
+def suspended_backup(n: Nodes, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A delegated backup of a new snapshot ``label``, suspended through its parent once
+    the peer's child exists: (parent, child) as they were started."""
+    zfs("snapshot", f"{n.pool}/vol@{label}")
+    parent = backup(n.manager, f"{n.pool}/vol@{label}")
+    child = child_of(n, parent)
+    post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {})
+    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
+                         what="the peer's activity suspended")
+    return parent, child
+
+
 def test_delegated_backup_streams_from_the_node_not_through_the_manager(
         nodes: Callable[..., Nodes], s3_server: WeedServer, s3_bucket: str) -> None:
     n = nodes(mib=48)
@@ -162,12 +174,7 @@ def test_kill_9_of_the_peer_mid_backup_is_reported_lost_and_converges(
         nodes: Callable[..., Nodes], start_daemon: Callable[..., DaemonProcess],
         s3_server: WeedServer, s3_bucket: str) -> None:
     n = nodes(mib=128)
-    zfs("snapshot", f"{n.pool}/vol@k")
-    parent = backup(n.manager, f"{n.pool}/vol@k")
-    child = child_of(n, parent)
-    post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {})
-    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
-                         what="the peer's activity suspended")
+    parent, child = suspended_backup(n, "k")
     n.peer.proc.send_signal(signal.SIGKILL)
     n.peer.proc.wait()
     post_json(n.manager, f"/v1/activities/{parent['id']}/resume", {})
@@ -192,12 +199,7 @@ def test_kill_9_of_the_peer_mid_backup_is_reported_lost_and_converges(
 def test_a_restarted_manager_reattaches_to_the_peers_activity(
         nodes: Callable[..., Nodes], start_daemon: Callable[..., DaemonProcess]) -> None:
     n = nodes(mib=96)
-    zfs("snapshot", f"{n.pool}/vol@r")
-    parent = backup(n.manager, f"{n.pool}/vol@r")
-    child = child_of(n, parent)
-    post_json(n.manager, f"/v1/activities/{parent['id']}/suspend", {})
-    n.peer.wait_activity(child["id"], lambda x: x["state"] == "suspended", 10,
-                         what="the peer's activity suspended")
+    parent, child = suspended_backup(n, "r")
     n.manager.proc.send_signal(signal.SIGKILL)
     n.manager.proc.wait()
     manager = start_daemon(config_path=n.manager.config_path)
