@@ -489,7 +489,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
     Tests may ``stop()`` and ``start()`` it to make an outage; ``s3_bucket`` starts it
     again if a test left it stopped.
     """
-    server = WeedServer(tmp_path_factory.mktemp("seaweed"))
+    yield from running_weed(tmp_path_factory, "seaweed")
+
+
+def running_weed(factory: pytest.TempPathFactory, name: str) -> Iterator[WeedServer]:
+    """A started ``weed server`` in a new directory ``name``, stopped when the caller's
+    fixture ends (the session's, or a module's own)."""
+    server = WeedServer(factory.mktemp(name))
     server.start()
     try:
         yield server

@@ -270,12 +270,21 @@ def auto_watch(d: DaemonProcess) -> dict[str, Any]:
     return watch
 
 
+def auto_daemon(start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+                pools: tuple[str, str, str], netns_sshd: NetnsSshServer,
+                max_data_loss: str) -> DaemonProcess:
+    """One clustered manager of relationship ``web`` (its master behind ``netns_sshd``)
+    with automatic failover bounded by ``max_data_loss``."""
+    d: DaemonProcess = start_daemon(
+        extra=auto_config(etcd.endpoints, netns_sshd, pools, max_data_loss=max_data_loss),
+        state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
+    return d
+
+
 def test_auto_failover_promotes_a_slave_when_the_master_namespace_goes_down(
         start_daemon: Any, tmp_path: Path, etcd: EtcdCluster, pools: tuple[str, str, str],
         netns_sshd: NetnsSshServer) -> None:
-    d = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools,
-                                       max_data_loss="1h"),
-                     state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
+    d = auto_daemon(start_daemon, tmp_path, etcd, pools, netns_sshd, "1h")
     taken = wait_in_sync(d, "web")["newest_snapshot"]
     wait_until(lambda: auto_watch(d).get("state") == "watching", 30, interval=0.2,
                what="the leader watching the master")
@@ -305,9 +314,7 @@ def test_auto_failover_promotes_a_slave_when_the_master_namespace_goes_down(
 def test_auto_failover_refused_when_the_best_slave_lags_past_max_data_loss(
         start_daemon: Any, tmp_path: Path, etcd: EtcdCluster, pools: tuple[str, str, str],
         netns_sshd: NetnsSshServer) -> None:
-    d = start_daemon(extra=auto_config(etcd.endpoints, netns_sshd, pools,
-                                       max_data_loss="2s"),
-                     state_dir=tmp_path / "solo", daemon_extra=FAST_RETRIES)
+    d = auto_daemon(start_daemon, tmp_path, etcd, pools, netns_sshd, "2s")
     wait_in_sync(d, "web")
     created = min(s["last_snapshot_created"] for s in show(d, "web")["slaves"])
     wait_until(lambda: time.time() - created > 4, 10, interval=0.2,

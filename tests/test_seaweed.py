@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from tests.conftest import running_weed
 from tests.seaweed import WeedServer
 
 AWS_CLI = Path(__file__).resolve().parent.parent / ".venv-awscli" / "bin" / "aws"
@@ -39,12 +40,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WeedServer]:
     """A server of this module's own (it stops and starts it): in a whole-suite run the
     session's server has the buckets of every earlier test, and a restart of it once
     waited out its 180 s limit for volumes to register, failing every test after it."""
-    server = WeedServer(tmp_path_factory.mktemp("seaweed-own"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_weed(tmp_path_factory, "seaweed-own")
 
 
 # -- the fixture ---------------------------------------------------------------------
