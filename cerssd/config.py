@@ -159,17 +159,14 @@ def stores_problem(master: ServerConfig, tree: bool) -> str | None:
     """Why a relationship with this master cannot copy to object stores, or None.
 
     A local master streams to the bucket itself; a peer master's own cerssd does, each
-    cycle's backup delegated to it (docs/peers.md). A plain remote's stream would pass
-    through this daemon, and a tree's backups are not delegated (yet).
+    cycle's backup delegated to it (a tree's as one batch of its members: docs/peers.md).
+    A plain remote's stream would pass through this daemon. ``tree`` is kept for the
+    callers: both forms are served alike now.
     """
-    if streams_directly(master):
+    if streams_directly(master) or delegates(master):
         return None
-    if delegates(master) and not tree:
-        return None
-    if delegates(master):
-        return ("a tree relationship copies to object stores only from a local master "
-                "(its backups are not delegated to a peer daemon)")
-    return ("a relationship copies to object stores only from a local master or one "
+    kind = "tree relationship" if tree else "relationship"
+    return (f"a {kind} copies to object stores only from a local master or one "
             "that runs cerssd itself (daemon = true, docs/peers.md)")
 
 

@@ -44,7 +44,15 @@ from .objectstore.stores import Stores
 from .parsing import ConfigError, MissingSecret
 from .policies.registry import PolicyRegistry
 from .reload import ConfigReloader
-from .replication.flows import backup, bucket_prune, replicate, restore, snapshot_prune
+from .replication.flows import (
+    backup,
+    bucket_prune,
+    member_backups,
+    member_streams,
+    replicate,
+    restore,
+    snapshot_prune,
+)
 from .replication.relationships.cycle_gate import CycleGate
 from .replication.relationships.manager import RelationshipManager
 from .replication.retry import RetryPolicy
@@ -107,10 +115,12 @@ class Daemon:
                                        deadline=d.retry_deadline)
         groups = FanoutGroups()
         replicate.register(self.engine, self.servers, policy, groups)
+        member_streams.register(self.engine, self.servers, policy)
         snapshot_prune.register(self.engine, self.servers)
         self.stores = Stores(self.config.stores, self.servers.links)
         backup.register(self.engine, self.servers, self.stores, policy, groups)
         restore.register(self.engine, self.servers, self.stores, policy)
+        member_backups.register(self.engine, self.servers, self.stores, policy)
         bucket_prune.register(self.engine, self.stores, policy)
         # Built before the recovery (the relationship flows are handed it), filled after.
         self.volume_states = VolumeStates(self.engine, self.servers)

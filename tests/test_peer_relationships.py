@@ -167,26 +167,30 @@ STORE = '[stores.s3]\nbucket = "bucket"\n'
 NODE = 'kind = "ssh"\nhost = "h"\nknown_hosts = "/k"\n'
 
 
-@pytest.mark.parametrize(("master", "extra", "problem"), [
-    ("plain", "", "or one that runs cerssd itself"),
-    ("peer", 'recursive = true\n', "tree relationship"),
+@pytest.mark.parametrize(("extra", "problem"), [
+    ("", "a relationship copies"),
+    ('recursive = true\n', "a tree relationship copies"),
 ])
 def test_stores_on_a_master_that_cannot_send_to_them_are_refused(
-        master: str, extra: str, problem: str) -> None:
+        extra: str, problem: str) -> None:
     text = (f"[servers.peer]\n{NODE}daemon = true\n[servers.plain]\n{NODE}"
             "[servers.local]\nkind = \"local\"\n" + STORE
-            + relationship("r", "tank/v", master, "local", "tank/copy",
+            + relationship("r", "tank/v", "plain", "local", "tank/copy",
                            'stores = ["s3"]\n' + extra))
     with pytest.raises(ConfigError) as err:
         parse_config(tomllib.loads(text))
     assert err.value.key == "relationships.r.stores" and problem in err.value.problem
+    assert "or one that runs cerssd itself" in err.value.problem
 
 
-def test_stores_on_a_peer_master_are_accepted() -> None:
+@pytest.mark.parametrize("extra", ["", "recursive = true\n"])
+def test_stores_on_a_peer_master_are_accepted(extra: str) -> None:
+    """A single volume's and a tree's backups alike are delegated to the peer."""
     text = (f"[servers.peer]\n{NODE}daemon = true\n[servers.local]\nkind = \"local\"\n"
             + STORE + relationship("r", "tank/v", "peer", "local", "tank/copy",
-                                   'stores = ["s3"]'))
-    assert parse_config(tomllib.loads(text)).relationships["r"].stores == ("s3",)
+                                   'stores = ["s3"]\n' + extra))
+    rel = parse_config(tomllib.loads(text)).relationships["r"]
+    assert rel.stores == ("s3",) and rel.is_tree == bool(extra)
 
 
 def test_a_replications_receive_properties_are_checked_as_a_relationships(

@@ -47,7 +47,7 @@ from ..storage.names import InvalidName, validate_snapshot, validate_snapshot_la
 from ..transport.ssh import AuthenticationFailed, HostKeyRejected, SshError
 from ..volume_roots import volume_roots, within
 from ..volume_states import REPLICATING, VolumeBusy, replication_holds
-from . import backups, failover, policies, prune, volumes
+from . import backups, failover, member_batches, policies, prune, volumes
 from . import models as m
 from .context import ApiContext
 from .models import MAX_WAIT
@@ -446,6 +446,20 @@ ROUTES: list[Route[ControlApi]] = [
           mutating=True, body=m.RestoreCreate, ok=202, returns=m.RestoreAccepted,
           responses={202: "activity created", 404: "no such backup, server or store",
                      409: "broken chain or target exists, or " + VOLUME_BUSY}),
+    Route("POST", "/v1/member-streams", member_batches.create_member_streams,
+          "Stream a tree's members on to a slave from this node (a managing daemon's "
+          "delegated batch, an activity)", mutating=True, body=m.MemberStreamsCreate,
+          ok=202, returns=m.Activity,
+          responses={200: ("the batch this parent already started", m.Activity),
+                     202: "activity created", 404: "unknown server",
+                     422: "source is not this daemon's local server"}),
+    Route("POST", "/v1/member-backups", member_batches.create_member_backups,
+          "Back up a tree's members from this node into a store (a managing daemon's "
+          "delegated batch, an activity)", mutating=True, body=m.MemberBackupsCreate,
+          ok=202, returns=m.Activity,
+          responses={200: ("the batch this parent already started", m.Activity),
+                     202: "activity created", 404: "unknown server or store",
+                     422: "server is not this daemon's local server"}),
     Route("GET", "/v1/activities", _A.activities, "Activities, newest first, paginated",
           query=m.ActivitiesQuery, returns=m.ActivityPage),
     Route("GET", f"/v1/activities/{ID}", _A.activity,

@@ -187,6 +187,62 @@ class ReplicationCreate(Request):
         "runs answers that transfer (200) instead of starting another")] = None
 
 
+#: The most members one delegated batch names: a request stays a few MiB.
+MAX_BATCH = 10_000
+
+
+class MemberStreamItem(Request):
+    snapshot: Annotated[SnapshotName, doc("the member's new snapshot on the source")]
+    base: Annotated[Label, doc("the label of the snapshot the target has (the stream is "
+        "incremental from it)")]
+    target_volume: Annotated[VolumeName, doc("the member's replica on the destination")]
+
+
+class MemberStreamsCreate(Request):
+    source: Annotated[ServerName, doc("this daemon's server holding the members")]
+    destination: Annotated[ServerName, doc("server to stream to")]
+    root: Annotated[VolumeName, doc("the tree's root on the source: its stream options "
+        "(raw when encrypted) serve every member")]
+    items: Annotated[list[MemberStreamItem], Meta(min_length=1, max_length=MAX_BATCH,
+        description="the members to stream on, each from its base")]
+    max_parallel: Annotated[Positive, doc("streams at once")] = 1
+    mount: Annotated[bool, doc("mount what is received")] = False
+    send_properties: Annotated[bool, doc("the streams carry properties (zfs send -p)")] = False
+    receive_exclude: Annotated[list[str] | None, doc("properties the replicas never take "
+        "from the stream")] = None
+    receive_set: Annotated[dict[str, str] | None, doc("properties set on the replicas as "
+        "received")] = None
+    bandwidth_limit: Annotated[NonNegative | None, doc("bytes per second per stream, 0 or "
+        "absent for no limit")] = None
+    parent: Annotated[ActivityId | None, doc(
+        "the delegating daemon's activity id (docs/peers.md): a second request with the "
+        "same parent while the first batch runs answers that batch (200)")] = None
+
+
+class MemberBackupItem(Request):
+    snapshot: Annotated[SnapshotName, doc("the member's snapshot to back up")]
+    base: Annotated[SnapshotName | None, doc("the snapshot the store has a backup of (an "
+        "incremental from it), or null: a full backup")] = None
+    base_guid: Annotated[str | None, doc("the base's guid (with base)")] = None
+    remembered: Annotated[bool, doc("the base is the delegating daemon's memory: checked "
+        "in the bucket first, and the member planned from its own listings if it fails")] \
+        = False
+    full: Annotated[bool, doc("a full backup whatever base there is (full_every)")] = False
+
+
+class MemberBackupsCreate(Request):
+    server: Annotated[ServerName, doc("this daemon's server holding the members")]
+    store: Annotated[StoreName, doc("object store from this daemon's config")]
+    root: Annotated[VolumeName, doc("the tree's root: its stream options serve every "
+        "member")]
+    items: Annotated[list[MemberBackupItem], Meta(min_length=1, max_length=MAX_BATCH,
+        description="the members to back up")]
+    max_parallel: Annotated[Positive, doc("uploads at once")] = 1
+    parent: Annotated[ActivityId | None, doc(
+        "the delegating daemon's activity id (docs/peers.md): a second request with the "
+        "same parent while the first batch runs answers that batch (200)")] = None
+
+
 class SlaveCreate(Request):
     server: Annotated[ServerName, doc("the slave's server")]
     target_volume: Annotated[VolumeName | None, doc("volume there (default: the master's volume "

@@ -510,9 +510,12 @@ def delegated_backup(record: ActivityRecord, servers: ServerRegistry,
 def delegated_uploads(live: Iterable[Activity]) -> list[str]:
     """Where in a store the live delegated backups' peers upload (``volume/label.``): a
     restarted daemon's orphan clean-up must not abort them (``Stores.abort_orphans``)."""
-    return [f"{s.volume}/{s.snapshot}." for s in
-            (validate_snapshot(a.record.params["snapshot"]) for a in live
-             if a.record.kind == KIND and a.record.route == DataRoute.DELEGATED)]
+    live = [a for a in live if a.record.route == DataRoute.DELEGATED]
+    # a tree's delegated backup lists its members' (``relationships.tree_backup``)
+    batches = [str(p) for a in live for p in a.record.params.get("peer_uploads") or ()]
+    return [*(f"{s.volume}/{s.snapshot}." for s in
+              (validate_snapshot(a.record.params["snapshot"]) for a in live
+               if a.record.kind == KIND)), *batches]
 
 
 def register(engine: ActivityEngine, servers: ServerRegistry, stores: Stores,

@@ -107,7 +107,13 @@ def for_stream(settings: ReceiveSettings, options: StreamOptions, *,
     properties (``send -p``; a raw stream carries its encryption's), and the fallback
     after the receive (zfs-fuse) only where it ``creates`` the replica: the local values
     it sets outlive the incremental receives after it."""
-    props = settings.properties
+    return stream_properties(settings.properties, options, creates=creates)
+
+
+def stream_properties(props: ReceiveProperties, options: StreamOptions, *,
+                      creates: bool) -> ReceiveProperties:
+    """``for_stream`` from the properties alone (a peer daemon is given them in a
+    request, without the relationship's settings)."""
     if not (options.properties or options.raw):
         props = replace(props, exclude=())
     return replace(props, apply_after=creates)

@@ -23,7 +23,7 @@ from ...engine import Activity, ActivityEngine
 from ...journal import Journal
 from ...parsing import ConfigError
 from ...servers import ServerRegistry
-from ..flows import backup, replicate
+from ..flows import backup, member_streams, replicate
 from ..logic.roles import RolesInvalid
 from ..logic.spec import RelationshipSpec, parse_relationship
 from .leadership import Alone, Leadership
@@ -241,6 +241,7 @@ class RelationshipRegistry:
         """Every live transfer of ``name`` (a tree's member transfers too, several per
         slave), its tree syncs and its backups: what a pause, stop or removal acts on."""
         return [*self.engine.live(replicate.KIND, name), *self.engine.live(TREE_SYNC, name),
+                *self.engine.live(member_streams.KIND, name),
                 *self.engine.live(backup.KIND, name), *self.engine.live(TREE_BACKUP, name)]
 
     # -- the relationship's own activity ------------------------------------------------

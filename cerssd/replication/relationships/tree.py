@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 
-from ...activity import StatusCode
+from ...activity import DataRoute, StatusCode
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...hooks import around_snapshot
 from ...servers import ServerRegistry
@@ -36,6 +36,7 @@ from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
 from ...storage.values import TreeListing
 from ..flows import snapshot_prune
+from ..flows.replicate import transfer_route
 from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import Verdict, prune_plan
 from ..logic.tree_backups import base_labels, bases
@@ -198,6 +199,9 @@ class TreeCycle:
         if members and self.groups is not None:  # a slave busy now is left out of it
             still = {a.record.params.get("destination")
                      for a in self.engine.live(SYNC_KIND, rt.name)}
+            # A slave the master's peer daemon sends to cannot share a send made here.
+            still |= {s.server for s in rt.spec.slaves
+                      if self._route(rt, s.server) == DataRoute.DELEGATED}
             await plan_fanout(rt, self.groups, self.servers, master, label,
                               [s.server for s in rt.spec.slaves if s.server not in still],
                               stall_timeout=self.stall_timeout)
@@ -213,11 +217,16 @@ class TreeCycle:
                 rt.tree.skipped.add(slave.server)  # its sync starts again when it ends
                 continue
             submit_sync(self.engine, rt.name, rt.spec.master, slave.server,
-                        slave.target_volume, label, parent=ctx.record.id)
+                        slave.target_volume, label, parent=ctx.record.id,
+                        route=self._route(rt, slave.server))
         if members:
             start_tree_backups(self.engine, self.servers, rt, label, parent=ctx.record.id)
         return label
 
+
+    def _route(self, rt: Runtime, slave: str) -> DataRoute:
+        """How a slave's members move: delegated from a peer master (docs/peers.md)."""
+        return transfer_route(self.servers, rt.spec.master, slave)
 
     def _policy_newest(self, rt: Runtime) -> str | None:
         """The newest label of the policy whose snapshots the tree replicates: from the

@@ -11,6 +11,14 @@ or refused by ZFS gets its own transfer as in a first sync. A member that
 fails is recorded with its reason and the others go on: the relationship is then
 ``degraded`` and names it; the next cycle tries it again. Progress is members done of
 members to send.
+
+A master that runs cerssd itself (``daemon = true``) sends to a remote slave from its own
+node (docs/peers.md), in the same two shapes a local master's sync has: a member that
+needs a transfer of its own gets a delegated ``replicate`` (one activity per member, as
+here for any master); the members streamed on go to the peer as **one** delegated
+``member-streams`` request per sync (``flows.member_streams``), not an activity each, so
+a cycle of hundreds of members costs one create and one poll a second on the peer, not
+hundreds. Both together stay within ``max_parallel`` (``split_slots``).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import asyncio
 import contextlib
 import time
 
-from ...activity import ActivityRecord, Progress, State, StatusCode
+from ...activity import ActivityRecord, DataRoute, Progress, State, StatusCode
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound
@@ -27,7 +35,8 @@ from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot_label, validate_volume
 from ...storage.values import Snapshot, TreeListing
 from ...transport.errors import LinkError
-from ..flows import replicate, snapshot_prune
+from ..flows import member_streams, replicate, snapshot_prune
+from ..flows.member_streams import MemberStream, MemberStreamsRequest, submit_member_streams
 from ..flows.replicate import ReplicationRequest, relationship_fields, transfer_route
 from ..flows.replicate import submit_replication as submit_transfer
 from ..logic.members import ListedDataset, Member, select
@@ -40,7 +49,7 @@ from ..stream.groups import FanoutGroups
 from .registry import TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime, UnknownRelationship
 from .tree_fanout import withdraw_all
-from .tree_steady import SteadySync, steady_steps
+from .tree_steady import SteadySync, Step, steady_steps
 
 KIND = TREE_SYNC
 
@@ -67,7 +76,10 @@ def tree_runtime(registry: RelationshipRegistry, name: str) -> Runtime:
 
 
 def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: str,
-                target_root: str, label: str, *, parent: str) -> ActivityRecord:
+                target_root: str, label: str, *, parent: str,
+                route: DataRoute = DataRoute.LOCAL) -> ActivityRecord:
+    """``route``: how the members' bytes move (``transfer_route``); delegated, the
+    master's peer daemon sends them and ``node`` names the master."""
     validate_volume(target_root)
     validate_snapshot_label(label)
     return engine.submit(KIND, volume=target_root, source=master,
@@ -75,7 +87,19 @@ def submit_sync(engine: ActivityEngine, relationship: str, master: str, slave: s
                          params={"relationship": relationship, "destination": slave,
                                  "target_volume": target_root, "label": label,
                                  "parent": parent},
-                         self_restarting=True, progress=Progress(0, 0, unit="members"))
+                         self_restarting=True, progress=Progress(0, 0, unit="members"),
+                         route=route, node=master if route == DataRoute.DELEGATED else None)
+
+
+def split_slots(max_parallel: int, own: int) -> tuple[int, int]:
+    """(slots for the members' own transfers, the width of the delegated batch), which
+    run at once and together take at most ``max_parallel``: the own transfers (often a
+    new member's big first copy) at most half of them, the batch the rest. With one slot
+    and both to do, (1, 0): the batch waits for the own transfers."""
+    if not own:
+        return 0, max_parallel
+    mine = min(own, max(1, max_parallel // 2))
+    return mine, max_parallel - mine
 
 
 class TreeSyncWork:
@@ -120,6 +144,7 @@ class TreeSyncWork:
         """A sync from one listing of each side's tree (the first after a start, or after
         something unexpected): it learns every member's state on this slave."""
         assert rt.tree is not None and rt.spec.selection is not None
+        await self._batches_ended(rt, server)
         src_tree = await src.tree(rt.spec.selection.root,
                                   selector=rt.spec.selection.by_property)
         dst_tree = await _tree_or_empty(dst, target_root)
@@ -166,13 +191,22 @@ class TreeSyncWork:
         # often the cycle's biggest stream) start first and alongside the streams, within
         # the same max_parallel: queued behind every other member's stream, a new 1 GiB
         # member waited seconds for them (bench/RESULTS.md, "big member in a tree").
-        limit = asyncio.Semaphore(rt.spec.max_parallel)
+        delegated = self._route(rt, server) == DataRoute.DELEGATED
+        own_slots, width = split_slots(rt.spec.max_parallel, len(own)) if delegated \
+            else (rt.spec.max_parallel, rt.spec.max_parallel)
+        limit = asyncio.Semaphore(own_slots if delegated else rt.spec.max_parallel)
         own_run = asyncio.ensure_future(self._own_transfers(
             ctx, rt, dst, server, [(Member(e.name, e.relative, e.guid), f"{e.name}@{label}")
                                    for e in own], target_root, existing, progress, limit))
         await asyncio.sleep(0)  # it queues its transfers for the slots before the streams
         try:
-            moved, failed = await steady.stream_all(steps, label, progress, limit)
+            if delegated:
+                if width < 1:  # one slot: the batch after the own transfers
+                    await asyncio.shield(own_run)
+                moved, failed = await self._delegated_streams(
+                    ctx, rt, server, steps, label, progress, max(1, width))
+            else:
+                moved, failed = await steady.stream_all(steps, label, progress, limit)
             wrong = await steady.settle(moved, label)
         except BaseException as exc:  # the transfers end before the sync does
             if isinstance(exc, asyncio.CancelledError):
@@ -187,6 +221,67 @@ class TreeSyncWork:
                                   target_root, existing, progress)
         await steady.prune(label)
         return len(steps) + len(own)
+
+    def _route(self, rt: Runtime, server: str) -> DataRoute:
+        return transfer_route(self.servers, rt.spec.master, server)
+
+    async def _delegated_streams(self, ctx: ActivityContext, rt: Runtime, server: str,
+                                 steps: list[Step], label: str, progress: list[int],
+                                 width: int) -> tuple[list[Step], list[Step]]:
+        """The steps streamed on by the master's peer daemon, as one delegated
+        ``member-streams`` activity (this sync its parent); returns (moved, failed) as
+        ``SteadySync.stream_all`` does. A batch that failed as a whole (the peer away
+        past the retry deadline, refused) fails every step: each then gets its own
+        transfer, which reports why."""
+        if not steps:
+            return [], []
+        assert rt.tree is not None and rt.spec.selection is not None
+        slave = rt.spec.slave(server)
+        req = MemberStreamsRequest(
+            source=rt.spec.master, destination=server, root=rt.spec.selection.root,
+            items=tuple(MemberStream(f"{s.member.name}@{label}", s.base, s.target)
+                        for s in steps),
+            max_parallel=width, unmounted=not slave.receive.mount,
+            send_properties=rt.spec.send_properties,
+            receive_exclude=slave.receive.properties.exclude,
+            receive_set=slave.receive.properties.override,
+            bandwidth_limit=slave.bandwidth_limit)
+        await ctx.checkpoint()
+        record = submit_member_streams(self.engine, req, route=DataRoute.DELEGATED,
+                                       parent=ctx.record.id, relationship=rt.name)
+        ctx.log.info("members' streams delegated", node=rt.spec.master, slave=server,
+                     members=len(steps), activity=record.id)
+        states = [rt.tree.members[s.member.relative].slaves[server] for s in steps]
+        for state in states:
+            state.sending = True
+        self.running.add(record.id)
+        try:
+            final = await self.engine.wait(record.id)
+        finally:
+            self.running.discard(record.id)
+            for state in states:
+                state.sending = False
+        results = final.params.get("results")
+        if final.state != State.SUCCEEDED or not isinstance(results, dict):
+            why = final.status.message if final.status else str(final.state)
+            ctx.log.warning("members' streams not delegated; each gets its own transfer",
+                            node=rt.spec.master, error=why)
+            return [], list(steps)
+        moved = [s for s in steps if s.target in results and results[s.target] is None]
+        failed = [s for s in steps if s not in moved]
+        for step in failed:
+            ctx.log.info("member not streamed on from its base; it gets a transfer of its "
+                         "own", member=step.member.name, error=results.get(step.target))
+        progress[0] += len(moved)
+        ctx.set_progress(progress[0])
+        return moved, failed
+
+    async def _batches_ended(self, rt: Runtime, server: str) -> None:
+        """A batch of streams to this slave still under way (restarted with this daemon)
+        ends before the slave's tree is listed: its receives would look like conflicts."""
+        for activity in self.engine.live(member_streams.KIND, rt.name):
+            if activity.record.params.get("destination") == server:
+                await activity.done.wait()
 
     async def _own_transfers(self, ctx: ActivityContext, rt: Runtime, dst: StorageBackend,
                              server: str, todo: list[tuple[Member, str]], target_root: str,
@@ -227,7 +322,8 @@ class TreeSyncWork:
             return
         rt.tree.skipped.discard(server)
         record = submit_sync(self.engine, rt.name, rt.spec.master, server, target_root,
-                             label, parent=self.params.get("parent", ctx.record.id))
+                             label, parent=self.params.get("parent", ctx.record.id),
+                             route=self._route(rt, server))
         ctx.log.info("a cycle came meanwhile: synced again", label=label,
                      activity=record.id)
 
@@ -327,7 +423,7 @@ class TreeSyncWork:
         live = self._live_transfer(rt.name, server, m.relative)
         record = live if live is not None else submit_transfer(
             self.engine, req, member=m.relative, parent=ctx.record.id,
-            route=transfer_route(self.servers, req.source, req.destination, delegate=False))
+            route=transfer_route(self.servers, req.source, req.destination))
         self.running.add(record.id)
         state.sending = True
         try:
