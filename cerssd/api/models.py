@@ -205,7 +205,8 @@ class MemberStreamsCreate(Request):
         "(raw when encrypted) serve every member")]
     items: Annotated[list[MemberStreamItem], Meta(min_length=1, max_length=MAX_BATCH,
         description="the members to stream on, each from its base")]
-    max_parallel: Annotated[Positive, doc("streams at once")] = 1
+    max_parallel: Annotated[int, Meta(ge=1, le=64, description="streams at once (a "
+        "relationship's max_parallel)")] = 1
     mount: Annotated[bool, doc("mount what is received")] = False
     send_properties: Annotated[bool, doc("the streams carry properties (zfs send -p)")] = False
     receive_exclude: Annotated[list[str] | None, doc("properties the replicas never take "
@@ -237,7 +238,8 @@ class MemberBackupsCreate(Request):
         "member")]
     items: Annotated[list[MemberBackupItem], Meta(min_length=1, max_length=MAX_BATCH,
         description="the members to back up")]
-    max_parallel: Annotated[Positive, doc("uploads at once")] = 1
+    max_parallel: Annotated[int, Meta(ge=1, le=64, description="uploads at once (a "
+        "relationship's max_parallel): each holds a part buffer")] = 1
     parent: Annotated[ActivityId | None, doc(
         "the delegating daemon's activity id (docs/peers.md): a second request with the "
         "same parent while the first batch runs answers that batch (200)")] = None
