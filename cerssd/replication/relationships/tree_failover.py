@@ -35,6 +35,7 @@ from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound
 from ...storage.interface import StorageBackend
 from ...transport.errors import LinkError
+from ..flows.replicate import transfer_route
 from ..logic.members import relative_name, select
 from ..logic.tree_point import TreeDisagrees, consistent_point, shown
 from .runtime import Runtime
@@ -124,7 +125,8 @@ class TreeFailover:
             rt.tree.known.discard(p["to"])  # members the cycles never saw: list both trees
         if not isinstance(child, str) or self._failed(child):
             record = submit_sync(self.engine, rt.name, p["master"], p["to"],
-                                 p["target_volume"], label, parent=ctx.record.id)
+                                 p["target_volume"], label, parent=ctx.record.id,
+                                 route=transfer_route(self.servers, p["master"], p["to"]))
             ctx.remember(sync_activity=record.id)
             child = record.id
         final = await self.engine.wait(child)
