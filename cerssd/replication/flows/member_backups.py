@@ -114,7 +114,7 @@ class MemberBackupsWork:
                 if item.base is not None and item.base_guid is not None else None
             jobs.append(Job(item.snapshot, snap, base, item.remembered, item.full))
 
-        def started(job: Job) -> None:
+        def nothing(job: Job) -> None:
             pass
 
         def done(job: Job, snap: Snapshot, kind: str | None, error: str | None) -> None:
@@ -123,7 +123,8 @@ class MemberBackupsWork:
                 "kind": kind}
 
         kinds = await uploader.run(ctx, src, calls, jobs, width=int(p["max_parallel"]),
-                                   root=p["root"], on_start=started, on_done=done)
+                                   root=p["root"], on_start=nothing, on_stop=nothing,
+                                   on_done=done)
         failed = sum(1 for r in results.values() if "error" in r)
         ctx.remember(results=results, failed=failed, full=kinds.count("full"),
                      incremental=kinds.count("incremental"))

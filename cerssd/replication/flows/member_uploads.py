@@ -50,9 +50,10 @@ class Job:
     full: bool = False
 
 
-#: Called when a member's upload starts, and when it ends: (job, kind made or None
-#: when nothing was due, error or None).
+#: Called when a member's upload starts, and when it stops (also when cancelled).
 OnStart = Callable[[Job], None]
+#: Called with a member's outcome: (job, snapshot backed up, kind made or None when
+#: nothing was due, error or None).
 OnDone = Callable[[Job, Snapshot, "str | None", "str | None"], None]
 
 
@@ -69,7 +70,7 @@ class MemberUploads:
 
     async def run(self, ctx: ActivityContext, src: StorageBackend, calls: StoreCalls,
                   jobs: list[Job], *, width: int, root: str, on_start: OnStart,
-                  on_done: OnDone) -> list[str]:
+                  on_stop: OnStart, on_done: OnDone) -> list[str]:
         """Each job, ``width`` at once; returns the kinds (full, incremental) made."""
         ctx.set_progress(0, len(jobs), unit="members", estimated=False)
         if not jobs:
@@ -102,6 +103,8 @@ class MemberUploads:
                     on_done(job, snap, kind, None)
                     if kind is not None:
                         made.append(kind)
+                finally:
+                    on_stop(job)
             done[0] += 1
             ctx.set_progress(done[0])
 

@@ -45,7 +45,7 @@ from ...storage.names import validate_snapshot_label
 from ...storage.values import Snapshot
 from ...transport.errors import LinkError
 from ..flows.member_backups import MemberBackupItem
-from ..flows.member_uploads import Job, MemberUploads
+from ..flows.member_uploads import Job, MemberUploads, OnDone, OnStart
 from ..logic.tree_backups import MemberBackup, Step, StoreBackups, steady_steps
 from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
@@ -226,9 +226,11 @@ class TreeBackupWork:
         def started(job: Job) -> None:
             facts_of(job).sending = True
 
+        def stopped(job: Job) -> None:
+            facts_of(job).sending = False
+
         def done(job: Job, snap: Snapshot, kind: str | None, error: str | None) -> None:
             f = facts_of(job)
-            f.sending = False
             if error is not None:
                 f.error = error
             else:
@@ -237,11 +239,12 @@ class TreeBackupWork:
         if self.uploader is not None:
             return await self.uploader.run(ctx, src, calls, jobs, width=rt.spec.max_parallel,
                                            root=rt.spec.selection.root, on_start=started,
-                                           on_done=done)
-        return await self._delegate(ctx, rt, store, jobs, started, done)
+                                           on_stop=stopped, on_done=done)
+        return await self._delegate(ctx, rt, store, jobs, started, stopped, done)
 
     async def _delegate(self, ctx: ActivityContext, rt: Runtime, store: ObjectStore,
-                        jobs: list[Job], started: Any, done: Any) -> list[str]:
+                        jobs: list[Job], started: OnStart, stopped: OnStart,
+                        done: OnDone) -> list[str]:
         """The jobs as one batch on the master's peer daemon (``flows.member_backups``),
         this activity its parent: progress and usage mirror the batch's, suspend, resume
         and cancel pass through, and a restart reattaches by the journaled id."""
@@ -264,22 +267,25 @@ class TreeBackupWork:
         try:
             await self.delegated.run(ctx)
         finally:
-            results: dict[str, Any] = ctx.params.get("results") or {}
-            kinds = []
-            for name, job in by_name.items():
-                r = results.get(name)
-                if not isinstance(r, dict):
-                    done(job, job.snapshot, None, "not backed up by the peer daemon")
-                elif r.get("error") is not None:
-                    done(job, job.snapshot, None, str(r["error"]))
-                else:
-                    snap = Snapshot(name=name, volume=job.snapshot.volume,
-                                    label=str(r["label"]), guid=str(r["guid"]),
-                                    creation=int(r["creation"]), used=0, referenced=0,
-                                    userrefs=0)
-                    done(job, snap, r.get("kind"), None)
-                    if r.get("kind") is not None:
-                        kinds.append(str(r["kind"]))
+            for job in jobs:
+                stopped(job)
+        # the batch succeeded: its results per member (a member the peer did not name,
+        # the plan of a restart that differs from the batch's, is backed up next cycle)
+        results: dict[str, Any] = ctx.params.get("results") or {}
+        kinds = []
+        for name, job in by_name.items():
+            r = results.get(name)
+            if not isinstance(r, dict):
+                continue
+            if r.get("error") is not None:
+                done(job, job.snapshot, None, str(r["error"]))
+                continue
+            snap = Snapshot(name=name, volume=job.snapshot.volume, label=str(r["label"]),
+                            guid=str(r["guid"]), creation=int(r["creation"]), used=0,
+                            referenced=0, userrefs=0)
+            done(job, snap, r.get("kind"), None)
+            if r.get("kind") is not None:
+                kinds.append(str(r["kind"]))
         return kinds
 
     def _again_if_a_cycle_came(self, ctx: ActivityContext, rt: Runtime, facts: StoreBackups,
