@@ -223,6 +223,9 @@ class TreeBackupWork:
                 f = facts.members[job.key] = MemberBackup(entry.guid)
             return f
 
+        for job in jobs:  # known to the status from now on, as members to back up
+            facts_of(job)
+
         def started(job: Job) -> None:
             facts_of(job).sending = True
 
