@@ -29,7 +29,7 @@ from cerssd.parsing import ConfigError
 from cerssd.replication.logic.auto_failover import AutoFailover, decide
 from cerssd.replication.logic.slave_status import SlaveStatus
 
-from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
 from .etcd_cluster import EtcdCluster, start_cluster
 from .sshd import NetnsSshServer
 from .test_cli import ctl
@@ -485,6 +485,42 @@ def test_a_relationship_stopped_on_the_leader_stays_stopped_under_the_next_one(
                        "/v1/relationships/web/sync-now").status == 202
     wait_until(lambda: show(again, "web")["newest_snapshot"] != first, 60,
                what="a cycle on one")
+
+
+def test_a_pause_holds_under_the_next_leader_and_so_does_a_resume(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    master = pools[0]
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    first = wait_in_sync(one, "web")["newest_snapshot"]
+    refused = post_json(two, "/v1/relationships/web/pause", {})
+    assert refused.status == 409 and "one does" in refused.body["detail"]
+    paused = post_json(one, "/v1/relationships/web/pause", {})
+    assert paused.status == 200 and paused.body["state"] == "paused"
+    one.proc.send_signal(signal.SIGKILL)
+    one.proc.wait()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    wait_until(lambda: show(two, "web")["state"] == "paused", 30, interval=0.1,
+               what="web paused under two")
+    activity = two.api("GET", f"/v1/activities/{show(two, 'web')['activity']}")
+    assert activity["state"] == "suspended"
+    r = raw_request(two.socket_path, "POST", "/v1/relationships/web/sync-now")
+    assert r.status == 409 and "is paused" in r.body["detail"]
+    assert cycle_snapshots(master) == [first.split("@")[1]]  # two ran no cycle
+    resumed = post_json(two, "/v1/relationships/web/resume", {})
+    assert resumed.status == 200 and resumed.body["state"] == "running"
+    # one's own journal says its activity is suspended; the shared facts say resumed.
+    two.proc.send_signal(signal.SIGKILL)
+    two.proc.wait()
+    again = start_daemon(config_path=one.config_path)
+    wait_until(lambda: leads(again), 3 * TTL, interval=0.05, what="one leads web again")
+    wait_until(lambda: show(again, "web")["state"] == "running", 30, interval=0.1,
+               what="web runs under one")
+    assert raw_request(again.socket_path, "POST",
+                       "/v1/relationships/web/sync-now").status == 202
+    r = wait_until(lambda: (x := show(again, "web"))["newest_snapshot"] != first and x, 60,
+                   what="a cycle on one")
+    assert len(cycle_snapshots(master)) == 2
 
 
 def test_the_watch_header_says_who_leads_and_whether_etcd_answers() -> None:
