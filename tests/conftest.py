@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,7 +304,8 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
 
     def start(*, extra: str = "", daemon_extra: str = "", metrics: str = "off",
               config_path: Path | None = None, state_dir: Path | None = None,
-              wait: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
+              wait: bool = True, env: dict[str, str] | None = None,
+              wrap: Sequence[str] = ()) -> DaemonProcess:
         n = len(daemons)
         socket_path = short / f"control{n}.sock"
         state = state_dir or tmp_path / "state"
@@ -322,7 +323,8 @@ def start_daemon(tmp_path: Path, zfs_fuse: None) -> Iterator[Callable[..., Daemo
         environ = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1",
                    **(env or {})}
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "cerssd", "--config",
+            # ``wrap``: a command that execs the daemon, e.g. nsenter into a namespace.
+            proc = subprocess.Popen([*wrap, sys.executable, "-m", "cerssd", "--config",
                                      str(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                     env=environ, cwd=REPO)
         d = DaemonProcess(proc, config_path, socket_path, state, log_path, notify)

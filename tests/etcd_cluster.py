@@ -4,6 +4,10 @@ Each member is its own ``etcd`` process with its own data directory; the cluster
 ready once every member serves a v3 range through its JSON gateway. Members can be
 stopped (a lost quorum, two of three down) and started again on the same ports and
 data, and ``wait_healthy`` waits for the quorum to come back.
+
+``client_hosts`` adds addresses the members also serve clients on (each member's own
+port on each of them): the host side of test namespaces' veths, so that daemons inside
+those namespaces reach etcd over their own link.
 """
 
 from __future__ import annotations
@@ -41,10 +45,16 @@ class EtcdMember:
 class EtcdCluster:
     root: Path
     members: list[EtcdMember] = field(default_factory=list)
+    client_hosts: tuple[str, ...] = ()
 
     @property
     def endpoints(self) -> list[str]:
         return [m.url for m in self.members]
+
+    def endpoints_on(self, host: str) -> list[str]:
+        """Every member's client URL on ``host`` (one of ``client_hosts``)."""
+        assert host in self.client_hosts, host
+        return [f"http://{host}:{m.client_port}" for m in self.members]
 
     def toml(self) -> str:
         """The ``etcd`` value of a ``[cluster]`` table naming every member."""
@@ -60,10 +70,11 @@ class EtcdCluster:
 
     def start_member(self, m: EtcdMember) -> None:
         initial = ",".join(f"{o.name}=http://127.0.0.1:{o.peer_port}" for o in self.members)
+        listen = ",".join([m.url, *(f"http://{h}:{m.client_port}" for h in self.client_hosts)])
         with open(m.log_path, "ab") as log:
             m.proc = subprocess.Popen(
                 ["etcd", "--name", m.name, "--data-dir", str(m.data_dir),
-                 "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+                 "--listen-client-urls", listen, "--advertise-client-urls", m.url,
                  "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
                  "--initial-cluster", initial, "--initial-cluster-state", "new",
@@ -102,10 +113,10 @@ class EtcdCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster(root: Path) -> EtcdCluster:
+def start_cluster(root: Path, client_hosts: tuple[str, ...] = ()) -> EtcdCluster:
     if shutil.which("etcd") is None:
         raise AssertionError("etcd is not installed: run scripts/setup "
                              "(apt-get install etcd-server etcd-client)")
-    cluster = EtcdCluster(root)
+    cluster = EtcdCluster(root, client_hosts=client_hosts)
     cluster.start()
     return cluster

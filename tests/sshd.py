@@ -66,6 +66,12 @@ class NetnsSshServer(SshServer):
         return self.address
 
     @property
+    def host_address(self) -> str:
+        """The host side of the veth pair (192.0.2.(4n+1)): what the namespace reaches."""
+        prefix, last = self.address.rsplit(".", 1)
+        return f"{prefix}.{int(last) - 1}"
+
+    @property
     def ns_veth(self) -> str:
         return "cn" + self.host_veth.removeprefix("ch")
 

@@ -9,22 +9,27 @@ leader that comes back after its lease expired has its writes refused and steps 
 
 from __future__ import annotations
 
+import re
 import signal
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cerssd.cluster.config import ClusterConfig
+from cerssd.cluster.etcd import EtcdClient
+from cerssd.cluster.member import ClusterMember
 from cerssd.config import parse_config
 from cerssd.parsing import ConfigError
 from cerssd.replication.logic.auto_failover import AutoFailover, decide
 from cerssd.replication.logic.slave_status import SlaveStatus
 
-from .conftest import DaemonProcess, raw_request, wait_until, write_file, zfs
+from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs
 from .etcd_cluster import EtcdCluster, start_cluster
 from .sshd import NetnsSshServer
 from .test_cli import ctl
@@ -135,6 +140,8 @@ def test_one_leads_the_other_waits_and_refuses_verbs(
     text = raw_request(one.socket_path, "GET", "/metrics").body
     assert 'cerssd_cluster_leading{node="one",relationship="web"} 1.0' in text
     assert 'cerssd_cluster_etcd_up{node="one"} 1.0' in text
+    assert re.search(r'cerssd_cluster_etcd_requests_total\{call="lease/keepalive",node="one"\} '
+                     r'[1-9]', text), text
     text = raw_request(two.socket_path, "GET", "/metrics").body
     assert 'cerssd_cluster_leading{node="two",relationship="web"} 0.0' in text
     assert 'cerssd_cluster_has_leader{node="two",relationship="web"} 1.0' in text
@@ -213,6 +220,54 @@ def test_etcd_without_quorum_at_start_the_daemon_serves_and_leads_once_it_has_on
         assert len(cycle_snapshots(master)) == 1
     finally:
         own.stop()
+
+
+# -- what a round costs etcd ---------------------------------------------------------------
+
+
+def round_member(etcd: EtcdCluster, node: str, prefix: str, names: list[str]) -> ClusterMember:
+    config = ClusterConfig(etcd=tuple(etcd.endpoints), node=node, lease_ttl=TTL, prefix=prefix)
+    return ClusterMember(config, EtcdClient(config.etcd), lambda: names)
+
+
+async def round_cost(member: ClusterMember, rounds: int = 3) -> dict[str, float]:
+    """Requests per round, by call, over ``rounds`` rounds."""
+    before = Counter(member.client.requests)
+    for _ in range(rounds):
+        await member.run_round()
+    return {call: n / rounds for call, n in (member.client.requests - before).items()}
+
+
+@pytest.mark.parametrize("n", [1, 50])
+async def test_a_round_costs_etcd_the_same_with_1_or_50_relationships(
+        etcd: EtcdCluster, n: int) -> None:
+    names = [f"r{i}" for i in range(n)]
+    prefix = f"/r{uuid.uuid4().hex[:8]}/"
+    one, two = (round_member(etcd, node, prefix, names) for node in ("one", "two"))
+    try:
+        await one.run_round()  # takes every lock: one transaction each
+        assert all(one.leads(name) for name in names)
+        assert one.client.requests["kv/txn"] == n
+        await two.run_round()  # finds every lock held: no transaction
+        assert not any(two.leads(name) for name in names)
+        assert two.client.requests["kv/txn"] == 0
+        leading, following = await round_cost(one), await round_cost(two)
+        print(f"{n} relationships: leader {sum(leading.values()):g} requests per round "
+              f"{leading}, follower {sum(following.values()):g} {following}")
+        # One keepalive, one range read; the follower also asks the leader's lease's
+        # time to live (once per other manager, not per relationship).
+        assert leading == {"lease/keepalive": 1, "kv/range": 1}
+        assert following == {"lease/keepalive": 1, "kv/range": 1, "lease/timetolive": 1}
+        assert one.lease is not None
+        await one.client.revoke(one.lease)  # as if its lease expired: every lock freed
+        before = two.client.requests["kv/txn"]
+        await two.run_round()
+        assert all(two.leads(name) for name in names)
+        assert two.client.requests["kv/txn"] - before == n  # only the locks changing hands
+        assert await round_cost(two) == {"lease/keepalive": 1, "kv/range": 1}
+    finally:
+        await one.close()
+        await two.close()
 
 
 # -- automatic failover ------------------------------------------------------------------
@@ -430,6 +485,42 @@ def test_a_relationship_stopped_on_the_leader_stays_stopped_under_the_next_one(
                        "/v1/relationships/web/sync-now").status == 202
     wait_until(lambda: show(again, "web")["newest_snapshot"] != first, 60,
                what="a cycle on one")
+
+
+def test_a_pause_holds_under_the_next_leader_and_so_does_a_resume(
+        start_daemon: Any, tmp_path: Path, etcd: EtcdCluster,
+        pools: tuple[str, str, str]) -> None:
+    master = pools[0]
+    one, two = start_pair(start_daemon, tmp_path, etcd.endpoints, pools)
+    first = wait_in_sync(one, "web")["newest_snapshot"]
+    refused = post_json(two, "/v1/relationships/web/pause", {})
+    assert refused.status == 409 and "one does" in refused.body["detail"]
+    paused = post_json(one, "/v1/relationships/web/pause", {})
+    assert paused.status == 200 and paused.body["state"] == "paused"
+    one.proc.send_signal(signal.SIGKILL)
+    one.proc.wait()
+    wait_until(lambda: leads(two), 3 * TTL, interval=0.05, what="two leads web")
+    wait_until(lambda: show(two, "web")["state"] == "paused", 30, interval=0.1,
+               what="web paused under two")
+    activity = two.api("GET", f"/v1/activities/{show(two, 'web')['activity']}")
+    assert activity["state"] == "suspended"
+    r = raw_request(two.socket_path, "POST", "/v1/relationships/web/sync-now")
+    assert r.status == 409 and "is paused" in r.body["detail"]
+    assert cycle_snapshots(master) == [first.split("@")[1]]  # two ran no cycle
+    resumed = post_json(two, "/v1/relationships/web/resume", {})
+    assert resumed.status == 200 and resumed.body["state"] == "running"
+    # one's own journal says its activity is suspended; the shared facts say resumed.
+    two.proc.send_signal(signal.SIGKILL)
+    two.proc.wait()
+    again = start_daemon(config_path=one.config_path)
+    wait_until(lambda: leads(again), 3 * TTL, interval=0.05, what="one leads web again")
+    wait_until(lambda: show(again, "web")["state"] == "running", 30, interval=0.1,
+               what="web runs under one")
+    assert raw_request(again.socket_path, "POST",
+                       "/v1/relationships/web/sync-now").status == 202
+    r = wait_until(lambda: (x := show(again, "web"))["newest_snapshot"] != first and x, 60,
+                   what="a cycle on one")
+    assert len(cycle_snapshots(master)) == 2
 
 
 def test_the_watch_header_says_who_leads_and_whether_etcd_answers() -> None:

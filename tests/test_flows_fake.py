@@ -10,9 +10,14 @@ test_failover.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import pytest
+
+from cerssd.replication.relationships.leadership import Alone
+from cerssd.replication.relationships.runtime import RelationshipError
 
 from .fakes.cluster import FakeCluster
 
@@ -158,3 +163,49 @@ async def test_planned_failover_fences_syncs_promotes_and_reverses() -> None:
         assert not await s1.is_readonly("tank/copy")
         status, shown = await c.api("GET", "/v1/relationships/hot")
         assert shown["master"] == "s1" and [s["server"] for s in shown["slaves"]] == ["m"]
+
+
+class _CutOffLeader(Alone):
+    """A cluster leader cut off from etcd: it believes it leads until its commit gives up
+    (when ``give_up`` is set), then it has lost the lead."""
+
+    def __init__(self) -> None:
+        self.committing = asyncio.Event()
+        self.give_up = asyncio.Event()
+
+    async def commit(self, name: str, remembered: Mapping[str, Any]) -> None:
+        self.committing.set()
+        await self.give_up.wait()
+        raise RelationshipError(f"this daemon lost the lead of relationship {name}; "
+                                "nothing decided")
+
+
+async def test_a_failover_takes_no_step_before_its_decision_is_committed() -> None:
+    async with FakeCluster(["m", "s1"]) as c:
+        m, s1 = c.fakes["m"], c.fakes["s1"]
+        m.add_volume("tank/data")
+        status, body = await c.api("POST", "/v1/relationships", {
+            "name": "hot", "master": "m", "volume": "tank/data", "interval": "1h",
+            "slaves": [{"server": "s1", "target_volume": "tank/copy"}]})
+        assert status == 201, body
+        await c.until(lambda: s1.vols.get("tank/copy") and s1.vols["tank/copy"].snapshots,
+                      what="the first cycle to reach the slave")
+        registry = c.daemon.relationships.registry
+        leader = registry.leadership = _CutOffLeader()
+        asking = asyncio.create_task(
+            c.api("POST", "/v1/relationships/hot/failover", {"to": "s1"}))
+        await asyncio.wait_for(leader.committing.wait(), 30)
+        [failover] = c.daemon.engine.live("failover")
+        for _ in range(20):  # the activity's task gets every chance to take a step
+            await asyncio.sleep(0)
+        assert failover.record.params.get("current_step") is None
+        assert registry.activity_of(registry.get("hot")) is not None  # not halted
+        leader.give_up.set()
+        status, body = await asking
+        assert status == 409 and "nothing decided" in body["detail"], body
+        done = await c.done(failover.id)
+        assert done["state"] == "cancelled" and "current_step" not in done["params"], done
+        assert not await m.is_readonly("tank/data")  # never fenced
+        status, shown = await c.api("GET", "/v1/relationships/hot")
+        assert shown["master"] == "m" and shown["state"] == "running", shown
+        assert shown["failover"]["activity"] is None and shown["failover"]["error"] is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,16 @@ class Delete:
 
 
 @dataclass(frozen=True)
+class Range:
+    """Read ``key`` inside a transaction (its answer is in ``TxnResult.ranges``)."""
+
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_range": {"key": _b64(self.key)}}
+
+
+@dataclass(frozen=True)
 class KeyValue:
     key: str
     value: str
@@ -93,6 +104,11 @@ class KeyValue:
 class TxnResult:
     succeeded: bool
     revision: int
+    #: What each ``Range`` of the branch that ran found, in order.
+    ranges: tuple[tuple[KeyValue, ...], ...] = ()
+
+
+Op = Put | Delete | Range
 
 
 def _b64(value: int | str) -> str:
@@ -126,6 +142,10 @@ class EtcdClient:
         self.endpoints = tuple(e.rstrip("/") for e in endpoints)
         self._first = 0
         self._session: aiohttp.ClientSession | None = None
+        #: HTTP requests sent, by call (``kv/range``, ``lease/keepalive``...), every
+        #: member tried counted: what a round costs etcd (a metric, and the test that
+        #: holds a round's cost flat in the number of relationships).
+        self.requests: Counter[str] = Counter()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -141,6 +161,7 @@ class EtcdClient:
         for i in range(n):
             index = (self._first + i) % n
             url = self.endpoints[index] + path
+            self.requests[path.removeprefix("/v3/")] += 1
             try:
                 async with self._session.post(url, data=json.dumps(body)) as resp:
                     data: dict[str, Any] = await resp.json(content_type=None)
@@ -193,15 +214,18 @@ class EtcdClient:
     async def put(self, key: str, value: str, lease: int = 0) -> None:
         await self.txn([], [Put(key, value, lease)])
 
-    async def txn(self, compare: Sequence[Compare], success: Sequence[Put | Delete],
-                  failure: Sequence[Put | Delete] = ()) -> TxnResult:
+    async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
+                  failure: Sequence[Op] = ()) -> TxnResult:
         """All of ``compare`` true: ``success`` is applied, else ``failure``; atomically."""
         data = await self._call("/v3/kv/txn", {
             "compare": [c.to_json() for c in compare],
             "success": [op.to_json() for op in success],
             "failure": [op.to_json() for op in failure]})
+        ranges = tuple(tuple(_kv(item) for item in r["response_range"].get("kvs") or [])
+                       for r in data.get("responses") or [] if "response_range" in r)
         return TxnResult(succeeded=bool(data.get("succeeded")),
-                         revision=int(data.get("header", {}).get("revision", 0)))
+                         revision=int(data.get("header", {}).get("revision", 0)),
+                         ranges=ranges)
 
 
 class _GatewayError(Exception):

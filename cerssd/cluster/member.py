@@ -7,6 +7,13 @@ so exactly one daemon holds it; it vanishes when that daemon's lease expires (th
 died, paused, or lost etcd), and another takes it at its next tick: within the TTL plus
 a third of it.
 
+A round (every third of the TTL) costs etcd the same whatever the number of
+relationships: one keepalive of the lease all our locks share, one range read over
+``PREFIX/leaders/`` (who leads what, and on which lease), and one time-to-live per
+*other* manager's lease (a handful). Only a lock that changes hands costs more: one
+transaction to take it (create if absent; it is absent once its holder's lease
+expired), one to give back a lock a reload removed.
+
 A relationship's facts (roles, failover state, slaves) are at ``PREFIX/state/NAME``,
 written only in a transaction that compares the leader key's create revision with the
 one this daemon made: a daemon whose lock was lost and taken again by another (however
@@ -40,6 +47,7 @@ from .etcd import (
     KeyValue,
     LeaseGone,
     Put,
+    Range,
     Target,
 )
 
@@ -89,6 +97,8 @@ class ClusterMember:
         #: Leaderships taken and lost since start (the lease-flapping metric).
         self.taken = 0
         self.lost = 0
+        #: Rounds completed since start (with ``client.requests``: what a round costs).
+        self.rounds = 0
 
     @property
     def tick(self) -> float:
@@ -155,7 +165,7 @@ class ClusterMember:
         while True:
             started = time.monotonic()
             try:
-                await self._round()
+                await self.run_round()
             except EtcdUnavailable as exc:
                 if self.reachable or self.last_error is None:
                     log.warning("etcd unreachable; nothing clustered is led until it "
@@ -173,7 +183,9 @@ class ClusterMember:
             await self._expire()
             await asyncio.sleep(0.2)
 
-    async def _round(self) -> None:
+    async def run_round(self) -> None:
+        """One round: renew the lease, learn who leads what, take the locks that are
+        free (``_run`` does one every tick; a test may call it directly)."""
         await self._renew()
         if not self.reachable:
             log.info("etcd reachable", node=self.config.node)
@@ -194,6 +206,7 @@ class ClusterMember:
             if seen is None:
                 seen = await self._campaign(name)
             await self._follow(name, seen, expiry.get(seen.lease) if seen else None)
+        self.rounds += 1
 
     async def _release_retired(self, held: Mapping[str, KeyValue], names: set[str]) -> None:
         """Give back the locks of relationships a reload removed here, so that a manager
@@ -223,11 +236,15 @@ class ClusterMember:
         self.renewed_at = began
 
     async def _campaign(self, name: str) -> KeyValue | None:
+        """Create ``name``'s lock on our lease if it is still absent: one transaction,
+        which reads the key back in either branch (ours, or whoever was quicker)."""
         key = self.key("leaders", name)
         assert self.lease is not None
-        await self.client.txn([Compare(key, Target.CREATE, 0)],
-                              [Put(key, self.config.node, self.lease)])
-        return await self.client.get(key)
+        result = await self.client.txn([Compare(key, Target.CREATE, 0)],
+                                       [Put(key, self.config.node, self.lease), Range(key)],
+                                       [Range(key)])
+        found = result.ranges[0] if result.ranges else ()
+        return found[0] if found else None
 
     async def _follow(self, name: str, kv: KeyValue | None,
                       expires_at: float | None = None) -> None:

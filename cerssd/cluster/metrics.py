@@ -46,10 +46,16 @@ class ClusterCollector(Collector):
                                    "Relationship leaderships this manager lost (stepped "
                                    "down: lease lost, write refused)", labels=["node"])
         lost.add_metric([m.config.node], m.lost)
+        requests = CounterMetricFamily(
+            "cerssd_cluster_etcd_requests",
+            "HTTP requests this manager sent to etcd, by call (each member tried counts)",
+            labels=["node", "call"])
+        for call, n in sorted(m.client.requests.items()):
+            requests.add_metric([m.config.node, call], n)
         auto = GaugeMetricFamily(
             "cerssd_cluster_auto_failover_refused",
             "1 if the master is down and automatic failover was refused (no slave within "
             "max_data_loss)", labels=labels)
         for name, refused in self.refused().items():
             auto.add_metric([name, m.config.node], 1 if refused else 0)
-        yield from (up, expiry, leading, has_leader, taken, lost, auto)
+        yield from (up, expiry, leading, has_leader, taken, lost, requests, auto)

@@ -111,6 +111,8 @@ class RelationshipWork:
         self.tree = TreeCycle(deps.engine, deps.servers, deps.registry, deps.groups,
                               deps.policy.stall_timeout, deps.policy_labels)
         self.failures = 0
+        #: This activity laid the shared facts of a previous leader over its runtime.
+        self.took_over = False
 
     async def run(self, ctx: ActivityContext) -> None:
         rt = await self._lead(ctx)
@@ -122,8 +124,11 @@ class RelationshipWork:
                          relationship=self.name)
             return
         rt.activity_id = ctx.record.id
+        await self._keep_pause(ctx, rt)
         async with self._turn(ctx, rt):
             await self.upkeep.refresh_all(rt)
+        await ctx.checkpoint()  # paused: no catch-up transfer before it is resumed
+        async with self._turn(ctx, rt):
             await self._catch_up(ctx, rt)
         while True:
             await ctx.checkpoint()
@@ -143,6 +148,18 @@ class RelationshipWork:
             else:
                 self.failures = 0
 
+    async def _keep_pause(self, ctx: ActivityContext, rt: Runtime) -> None:
+        """The remembered pause holds: a manager that takes over a paused relationship
+        suspends its own activity (and one that took over a relationship resumed
+        elsewhere runs it, whatever its own journal said of its activity)."""
+        suspended = ctx.record.state == State.SUSPENDED
+        if rt.paused and not suspended:
+            ctx.log.info("relationship paused (a remembered fact); its cycles wait for "
+                         "a resume", relationship=self.name)
+            await self.engine.suspend(ctx.record.id)
+        elif suspended and not rt.paused and self.took_over:
+            await self.engine.resume(ctx.record.id)
+
     async def _lead(self, ctx: ActivityContext) -> Runtime | None:
         """The relationship once this daemon leads it (at once when it runs alone); in a
         cluster, with the facts its previous leader shared laid over it."""
@@ -151,6 +168,7 @@ class RelationshipWork:
             self.registry.stale.discard(self.name)
             return self.registry.runtimes.get(self.name)
         ctx.log.info("leading: taking over the shared state", relationship=self.name)
+        self.took_over = True
         rt = self.registry.take_over(self.name, shared)
         if rt is not None and ctx.params.get("cycle_snapshot") != rt.pending_cycle:
             # The shared label is the truth: the last leader's unfinished cycle, or none

@@ -25,15 +25,22 @@ is made writable again if it was, the relationship resumes, the status is
 ``failover-error``); from ``promote`` on the failover only goes forward, because
 the new master may already have taken writes.
 
+In a cluster the decision is committed to etcd (under the leader's term) before the
+activity takes its first step: a leader that lost the lead meanwhile, or cannot reach
+etcd until its lease runs out, has its failover cancelled having done nothing (it
+neither halted the relationship nor fenced the master). A failover whose daemon stopped
+before its decision was committed is not carried on after the restart.
+
 A tree relationship fails over the same way, every member together from one snapshot
 of the whole tree (``tree_failover``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...activity import ActivityRecord, Progress, State, StatusCode
@@ -81,6 +88,9 @@ class FailoverDeps:
     fencing: Fencing
     #: On a stateful server the failover holds both volumes.
     volume_states: VolumeStates
+    #: Failovers submitted whose decision is being committed (in a cluster, etcd may
+    #: take seconds, or refuse): each one's work waits on its event before any step.
+    undecided: dict[str, asyncio.Event] = field(default_factory=dict)
 
 
 async def master_answers(servers: ServerRegistry, rt: Runtime) -> str | None:
@@ -137,8 +147,10 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
                     "master": rt.spec.master, "volume": rt.spec.volume,
                     "target_volume": target, "was_running": not rt.stopped,
                     "failback": failback, "step": 0, "tree": rt.spec.is_tree,
+                    "decided": False,
                     **({"at": req.at} if req.at is not None else {})},
             self_restarting=True, progress=Progress(0, len(STEPS), unit="steps")))
+    decided = deps.undecided[record.id] = asyncio.Event()  # before its work starts
     rt.failover.status, rt.failover.activity, rt.failover.error = \
         status_name, record.id, None
     try:  # in a cluster: accepted by etcd only while this daemon leads (decided once)
@@ -146,8 +158,12 @@ async def submit_failover(deps: FailoverDeps, req: FailoverRequest) -> ActivityR
     except RelationshipError:
         rt.failover.status = rt.failover.activity = None
         with contextlib.suppress(Exception):
-            await deps.engine.cancel(record.id)
+            await deps.engine.cancel(record.id)  # still waiting: it did nothing
         raise
+    finally:
+        deps.undecided.pop(record.id, None)
+    deps.engine.remember(record.id, decided=True)
+    decided.set()
     return record
 
 
@@ -157,6 +173,7 @@ class FailoverWork:
         self.servers = deps.servers
         self.registry = deps.registry
         self.fencing = deps.fencing
+        self.undecided = deps.undecided
         self.relationship: str = record.params["relationship"]
         self.tree = TreeFailover(deps.engine, deps.servers) if record.params.get("tree") \
             else None
@@ -170,6 +187,7 @@ class FailoverWork:
 
     async def run(self, ctx: ActivityContext) -> None:
         rt = self._runtime()
+        await self._decided(ctx)
         steps = {"halt": self._halt, "fence": self._fence, "snapshot": self._snapshot,
                  "sync": self._sync, "promote": self._promote, "reverse": self._reverse}
         ctx.set_progress(ctx.params["step"])
@@ -183,6 +201,17 @@ class FailoverWork:
             ctx.set_progress(i + 1)
         ctx.log.info("failover complete", relationship=rt.name, master=rt.spec.master,
                      planned=ctx.params.get("planned"))
+
+    async def _decided(self, ctx: ActivityContext) -> None:
+        """Wait until the failover's decision is committed (``submit_failover``)."""
+        if ctx.params.get("decided", True):  # or journaled before this was recorded
+            return
+        decided = self.undecided.get(ctx.record.id)
+        if decided is None:
+            raise ActivityError("the daemon stopped before this failover's decision was "
+                                "committed; nothing was done: ask again",
+                                StatusCode.CONFLICT, "not-decided")
+        await decided.wait()
 
     async def _halt(self, ctx: ActivityContext, rt: Runtime) -> None:
         await self.registry.halt(rt)
@@ -369,6 +398,13 @@ class FailoverWork:
         """Before promotion: undo the fence and carry on as before. After: finish."""
         p = ctx.params
         rt = self._runtime()
+        if not p.get("decided", True):  # it took no step: nothing to undo, nothing to start
+            if not ctx.cancel_requested:  # restarted undecided (``_decided``)
+                rt.failover.status = FailoverStatus.FAILOVER_ERROR
+                rt.failover.error = "failover not carried on: the daemon stopped before " \
+                    "its decision was committed; roles unchanged"
+                self.registry.save(rt)
+            return
         if p.get("promoted"):
             ctx.log.warning("failover past its point of no return: completing it")
             await self._promote(ctx, rt)

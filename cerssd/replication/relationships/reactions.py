@@ -61,7 +61,15 @@ class Reactions:
             self._tasks.spawn_quietly(self.upkeep.prune_master(rt))
 
     def _follow_parent(self, rt: Runtime, record: ActivityRecord) -> None:
-        """Pause or resume the relationship's running transfers with it."""
+        """Pause or resume the relationship's running transfers with it, and remember
+        the pause (the relationship's verbs commit it themselves; this catches a
+        suspend or resume of its activity through the activities API)."""
+        if record.state == State.SUSPENDED and not rt.paused:
+            rt.paused = True
+            self.registry.save(rt)
+        elif record.state == State.RUNNING and rt.paused and rt.name not in self.registry.stale:
+            rt.paused = False  # not while a new leader's runtime waits for the shared facts
+            self.registry.save(rt)
         if record.state == State.SUSPENDED:
             for transfer in self.registry.streams(rt.name):
                 if transfer.record.kind in OWN_UPLOADS:

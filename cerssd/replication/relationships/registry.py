@@ -250,8 +250,10 @@ class RelationshipRegistry:
         return self.engine.unfinished(rt.activity_id)
 
     def start_again(self, rt: Runtime) -> ActivityRecord:
-        """Give a stopped relationship a new activity (its cycles run again)."""
+        """Give a stopped relationship a new activity (its cycles run again, not paused:
+        a failover halts and starts it afresh, as it always did)."""
         rt.stopped = False
+        rt.paused = False
         self.save(rt)
         return self.launch(rt)
 

@@ -98,6 +98,10 @@ class Runtime:
     #: in a cluster so that a manager taking over finishes that cycle rather than
     #: running another one.
     pending_cycle: str | None = None
+    #: An operator paused its cycles (the relationship's activity is suspended). A
+    #: remembered fact, shared in a cluster: a manager that takes the relationship over
+    #: keeps it paused until someone resumes it.
+    paused: bool = False
 
     @property
     def name(self) -> str:
@@ -137,7 +141,7 @@ class Runtime:
                 "backups_since_full": dict(self.backups_since_full),
                 "roles": roles_json(self.spec) if self.failover.last_failover_at else None,
                 "failover": self.failover.remembered(),
-                "pending_cycle": self.pending_cycle}
+                "pending_cycle": self.pending_cycle, "paused": self.paused}
 
     def take_roles(self, spec: RelationshipSpec) -> None:
         """Put new roles in force; a slave kept in the same place keeps its facts. A tree
@@ -215,7 +219,8 @@ def restore_runtime(spec: RelationshipSpec, state: Mapping[str, Any],
                    tree=TreeStatus() if spec.is_tree else None,
                    last_hooks=state.get("last_hooks"),
                    skipped_cycles=state.get("skipped_cycles", 0),
-                   pending_cycle=state.get("pending_cycle"))
+                   pending_cycle=state.get("pending_cycle"),
+                   paused=bool(state.get("paused")))
 
 
 def check_no_failover(rt: Runtime) -> None:

@@ -46,7 +46,11 @@ class OperatorVerbs:
         log.info("relationship removed; its snapshots were left in place", relationship=name)
 
     async def pause(self, name: str) -> ActivityRecord:
+        """Suspend the relationship's cycles and transfers. The pause is committed first
+        (in a cluster: to etcd, under this leader's term), so that whichever manager
+        leads next keeps it paused; a manager that lost the lead meanwhile gets a 409."""
         activity = self._running(name, stopped="is stopped", paused="is already paused")
+        await self._commit_pause(self.registry.get(name), paused=True)
         return await self.engine.suspend(activity.id)
 
     async def resume(self, name: str) -> ActivityRecord:
@@ -57,7 +61,17 @@ class OperatorVerbs:
         activity = self.registry.activity_of(rt)
         if activity is None:
             return self.registry.start_again(rt)
+        if activity.record.state == State.SUSPENDED:
+            await self._commit_pause(rt, paused=False)
         return await self.engine.resume(activity.id)
+
+    async def _commit_pause(self, rt: Runtime, *, paused: bool) -> None:
+        was, rt.paused = rt.paused, paused
+        try:
+            await self.registry.commit(rt)
+        except RelationshipError:
+            rt.paused = was
+            raise
 
     def sync_now(self, name: str) -> None:
         """Start a cycle at once, and cut the back-off of its retrying transfers."""
