@@ -228,8 +228,11 @@ class ServerRegistry:
                    and may_delegate(e.config)
                    and (e.peer_fact is None
                         or now - e.peer_fact.at >= e.config.daemon_probe_interval)]
-            if due:
-                await asyncio.gather(*(self.probe_peer(e) for e in due))
+            for entry, result in zip(due, await asyncio.gather(
+                    *(self.probe_peer(e) for e in due), return_exceptions=True), strict=True):
+                if isinstance(result, Exception):  # e.g. removed by a reload meanwhile
+                    log.warning("peer daemon probe failed", server=entry.config.name,
+                                error=str(result))
             await asyncio.sleep(1.0)
 
     async def probe_all(self) -> None:

@@ -10,17 +10,25 @@ found, and work is delegated only while a daemon of this version answers.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cerssd import __version__
+from cerssd.config import parse_config
+from cerssd.peers.client import PeerClient, PeerUnavailable, PeerVersionMismatch
+from cerssd.servers import ServerRegistry
 
 from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
+from .fakes.storage import FakeBackend
 from .seaweed import WeedServer
 from .sshd import RemoteUser, SshServer
 from .test_backups import store_section
@@ -168,3 +176,79 @@ def test_a_probed_peer_socket_that_refuses_our_ssh_user_is_not_used(
     fact = peer_fact(manager, "nodeU", lambda p: True, "nodeU probed")
     assert not fact["delegates"], fact
     assert f"refused SSH user {remote_user.name!r}" in fact["reason"], fact
+
+
+# -- the routing decision itself, on the fake backend (fast) ----------------------------
+
+
+def _registry(tmp_path: Path, daemon: str) -> ServerRegistry:
+    cfg = parse_config(tomllib.loads(
+        f'[servers.n]\nhost = "192.0.2.9"\nknown_hosts = "/k"\ndaemon = {daemon}\n'
+        'daemon_probe_interval = "1s"\n'))
+    return ServerRegistry(cfg.servers, tmp_path / "ssh",
+                          backend_factory=lambda c, r: FakeBackend(c.name, tmp_path))
+
+
+def test_delegation_follows_the_last_probe_and_a_plain_or_named_peer_is_not_probed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers: list[BaseException | str] = [__version__, PeerUnavailable("nobody listens"),
+                                          PeerVersionMismatch("runs 0.0.1", "0.0.1")]
+
+    async def check_version(self: PeerClient) -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(PeerClient, "check_version", check_version)
+
+    async def walk() -> None:
+        reg = _registry(tmp_path, '"auto"')
+        assert not reg.delegates("n")  # not probed yet: not delegated
+        assert reg.entry("n").to_json()["peer"]["reason"] == "not probed yet"
+        await reg.probe(reg.entry("n"))
+        assert reg.delegates("n") and reg.entry("n").to_json()["peer"]["version"] == __version__
+        await reg.probe_peer(reg.entry("n"))
+        assert not reg.delegates("n") and "nobody listens" in reg.why_not_delegated("n")
+        await reg.probe_peer(reg.entry("n"))
+        peer = reg.entry("n").to_json()["peer"]
+        assert (peer["delegates"], peer["version"], peer["reason"]) == (False, "0.0.1",
+                                                                        "runs 0.0.1")
+        # daemon = true is always delegated and false never; neither asks the socket.
+        for daemon, delegated in (("true", True), ("false", False)):
+            reg = _registry(tmp_path, daemon)
+            await reg.probe(reg.entry("n"))
+            assert reg.delegates("n") is delegated
+        assert answers == []
+
+    asyncio.run(walk())
+
+
+def test_the_periodic_probe_survives_a_probe_that_fails_unexpectedly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[str] = []
+    thrice = asyncio.Event()
+
+    async def check_version(self: PeerClient) -> str:
+        asked.append(self.server)
+        if len(asked) >= 3:
+            thrice.set()
+        if len(asked) == 2:  # the watcher's first: not a peer error
+            raise RuntimeError("unexpected")
+        raise PeerUnavailable("it does not exist")
+
+    monkeypatch.setattr(PeerClient, "check_version", check_version)
+
+    async def walk() -> None:
+        reg = _registry(tmp_path, '"auto"')
+        await reg.probe(reg.entry("n"))
+        assert asked == ["n"]
+        watcher = asyncio.create_task(reg.watch_peers())
+        try:
+            # probed at once, then once a second: the watcher outlived the failure
+            await asyncio.wait_for(thrice.wait(), 30)
+        finally:
+            watcher.cancel()
+        assert not watcher.done() or watcher.cancelled()
+
+    asyncio.run(walk())
