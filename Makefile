@@ -1,5 +1,5 @@
 # cerssd developer entry points. Both targets install what they need first (scripts/setup).
-.PHONY: demo demo-down test test-fast lint setup man completion deb wheel
+.PHONY: demo demo-down demo-cluster test test-fast lint setup man completion deb wheel
 
 setup:
 	scripts/setup
@@ -9,6 +9,11 @@ demo: setup
 
 demo-down:
 	scripts/sandbox down
+
+# Two clustered managing daemons, etcd, a leader killed and replaced (docs/cluster.md);
+# runs start to end (about a minute) and removes everything it started.
+demo-cluster: setup
+	scripts/cluster-demo
 
 # Both tiers: the fast one and the integration one (zfs-fuse, sshd, netns, SeaweedFS,
 # the OpenZFS guest), in two lanes at once (scripts/run-tests says which and why).

@@ -7,6 +7,7 @@ and the daemon exits with EX_CONFIG (78) instead of failing half-started.
 
 from __future__ import annotations
 
+import enum
 import re
 import tomllib
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ DAEMON_KEYS = {
 SERVER_KEYS = {
     "kind", "backend", "host", "port", "user", "identity_file", "known_hosts",
     "zfs_command", "stateless", "cipher", "pools", "root", "pool", "sudo",
-    "daemon", "daemon_socket", "daemon_server",
+    "daemon", "daemon_socket", "daemon_server", "daemon_probe_interval",
 }
 
 
@@ -76,6 +77,21 @@ class DaemonConfig:
         return self.state_dir / "journal.sqlite3"
 
 
+class PeerMode(enum.Enum):
+    """``daemon`` of a server: ``false`` (NO, the default: every server's work runs
+    here, as it always has), ``true`` (YES: a peer daemon runs there, always delegated
+    to) or ``"auto"`` (AUTO: delegated to while the server's probe finds one).
+
+    Probing is not the default, though it costs one request per server: a daemon found
+    on a server whose config (its stores, the slaves under this config's names, its
+    ``daemon_server``) was never meant for delegated work would be handed work it fails.
+    Saying ``"auto"`` is the operator's word that such a daemon is set up for it."""
+
+    NO = "false"
+    YES = "true"
+    AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """A storage host: ``local`` runs commands here, ``ssh`` on a remote host."""
@@ -103,13 +119,17 @@ class ServerConfig:
     #: ZFS: run ``zfs``/``zpool`` as ``sudo -n zfs ...`` (a non-root ``user`` whose
     #: sudoers line allows them; docs/least-privilege.md).
     sudo: bool = False
-    #: The server runs cerssd itself (a peer daemon, docs/peers.md): work whose data lives
-    #: there (a backup of its volume, a send from it) is delegated to that daemon,
-    #: reached on ``daemon_socket`` through this server's SSH connection.
-    daemon: bool = False
+    #: Whether the server runs cerssd itself (a peer daemon, docs/peers.md): work whose
+    #: data lives there (a backup of its volume, a send from it) is then delegated to that
+    #: daemon, reached on ``daemon_socket`` through this server's SSH connection. ``AUTO``:
+    #: only while the server's probe finds a daemon of this version answering there.
+    daemon: PeerMode = PeerMode.NO
     daemon_socket: Path = Path("/run/cerssd/control.sock")
     #: The name the peer's own config gives this node's storage (its ``local`` server).
     daemon_server: str = "local"
+    #: ``daemon = "auto"``: how often the peer daemon is probed again (it may stop, start
+    #: or be upgraded while this daemon runs).
+    daemon_probe_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -144,15 +164,17 @@ def streams_directly(server: ServerConfig) -> bool:
 
     Only the node this daemon runs on can: a remote server's stream would pass through
     this daemon, the controller the design keeps out of the data path (a remote that
-    runs cerssd itself is asked to do it instead: ``delegates``).
+    runs cerssd itself is asked to do it instead: ``ServerRegistry.delegates``).
     """
     return server.kind == "local"
 
 
-def delegates(server: ServerConfig) -> bool:
-    """Whether work whose data lives on ``server`` runs there, as its own cerssd's
-    activity (``daemon = true``, docs/peers.md), with this daemon's as its parent."""
-    return server.kind == "ssh" and server.daemon
+def may_delegate(server: ServerConfig) -> bool:
+    """Whether work whose data lives on ``server`` may run there, as its own cerssd's
+    activity with this daemon's as its parent (docs/peers.md): always with ``daemon =
+    true``, with ``"auto"`` while a probe finds the daemon (``ServerRegistry.delegates``
+    says whether it does now; the config alone cannot)."""
+    return server.kind == "ssh" and server.daemon != PeerMode.NO
 
 
 def stores_problem(master: ServerConfig, tree: bool) -> str | None:
@@ -163,11 +185,11 @@ def stores_problem(master: ServerConfig, tree: bool) -> str | None:
     A plain remote's stream would pass through this daemon. ``tree`` is kept for the
     callers: both forms are served alike now.
     """
-    if streams_directly(master) or delegates(master):
+    if streams_directly(master) or may_delegate(master):
         return None
     kind = "tree relationship" if tree else "relationship"
     return (f"a {kind} copies to object stores only from a local master or one "
-            "that runs cerssd itself (daemon = true, docs/peers.md)")
+            "that runs cerssd itself (daemon = true or \"auto\", docs/peers.md)")
 
 
 def parse_config(data: Mapping[str, Any], source: Path | None = None) -> Config:
@@ -304,9 +326,11 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
         pools=_pools(t, prefix),
         root=_str(t, "root", prefix, None), pool=_str(t, "pool", prefix, None),
         sudo=_sudo(t.get("sudo", False), prefix + "sudo"),
-        daemon=_sudo(t.get("daemon", False), prefix + "daemon"),
+        daemon=_peer_mode(t.get("daemon", False), prefix + "daemon"),
         daemon_socket=_path(t, "daemon_socket", prefix, Path("/run/cerssd/control.sock")),
         daemon_server=_str(t, "daemon_server", prefix, "local"),
+        daemon_probe_interval=_probe_interval(t.get("daemon_probe_interval", "1m"),
+                                              prefix + "daemon_probe_interval"),
     )
     _check_backend_keys(server, prefix)
     _check_daemon_keys(server, prefix)
@@ -329,13 +353,29 @@ def _parse_server(name: str, t: Mapping[str, Any]) -> ServerConfig:
 def _check_daemon_keys(server: ServerConfig, prefix: str) -> None:
     """A peer daemon is reached through the server's SSH connection: only an ssh server
     can be one, and the name it gives its own storage must be a valid server name."""
-    if server.daemon and server.kind != "ssh":
+    if server.daemon != PeerMode.NO and server.kind != "ssh":
         raise ConfigError(prefix + "daemon", "only an ssh server can be a peer daemon "
                           "(this daemon does the local server's work itself)")
     try:
         validate_object_name(server.daemon_server, "server")
     except InvalidName as exc:
         raise ConfigError(prefix + "daemon_server", str(exc)) from None
+
+
+def _peer_mode(value: Any, key: str) -> PeerMode:
+    if isinstance(value, bool):
+        return PeerMode.YES if value else PeerMode.NO
+    if value == "auto":
+        return PeerMode.AUTO
+    raise ConfigError(key, f'must be true, false or "auto", not {value!r}')
+
+
+def _probe_interval(value: Any, key: str) -> float:
+    """At least a second: each probe is a request to the peer over its SSH link."""
+    seconds = parse_duration(value, key)
+    if seconds < 1:
+        raise ConfigError(key, "must be at least 1s")
+    return seconds
 
 
 def _sudo(value: Any, key: str) -> bool:

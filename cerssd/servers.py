@@ -7,11 +7,19 @@ reporting, direct copy): neither side is patched by the other.
 
 A server that cannot be probed at start-up (a remote that is down) is not fatal:
 it is reported unavailable with the reason, and probed again when it is next used.
+
+A server with ``daemon = "auto"`` is also asked, over the SSH connection its probe
+holds, whether a cerssd of this version answers on its control socket (``PeerFact``):
+its work is delegated while one does (``delegates``), and relayed otherwise. The
+answer is asked again every ``daemon_probe_interval`` (``watch_peers``), so a peer
+daemon that stops, starts or is upgraded changes the route of the work submitted after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,9 +27,9 @@ from typing import Any
 
 import structlog
 
-from .config import ServerConfig
+from .config import PeerMode, ServerConfig, may_delegate
 from .links import Links
-from .peers.client import PeerClient
+from .peers.client import PeerClient, PeerError, PeerVersionMismatch
 from .storage.errors import BackendError
 from .storage.interface import StorageBackend
 from .storage.registry import make_backend
@@ -44,6 +52,17 @@ class ServerUnavailable(BackendError):
         self.permanent = permanent
 
 
+@dataclass(frozen=True)
+class PeerFact:
+    """What the last probe of a ``daemon = "auto"`` server's cerssd found: whether its
+    work is delegated to it, the version that answered, or why it is not used."""
+
+    delegates: bool
+    version: str | None
+    reason: str | None
+    at: float
+
+
 @dataclass
 class ServerEntry:
     config: ServerConfig
@@ -52,6 +71,8 @@ class ServerEntry:
     probed: bool = False
     probe_error: str | None = None
     permanent_error: bool = False
+    #: ``daemon = "auto"``: the last peer probe's answer (None: not probed yet).
+    peer_fact: PeerFact | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -70,7 +91,22 @@ class ServerEntry:
         data["capabilities"] = self.capabilities.published()
         data["available"] = self.probed
         data["error"] = self.probe_error
+        data["peer"] = self._peer_json()
         return data
+
+    def _peer_json(self) -> dict[str, Any] | None:
+        """The server's peer daemon as routing sees it (null: none is configured)."""
+        cfg = self.config
+        if not may_delegate(cfg):
+            return None
+        fact = self.peer_fact
+        if cfg.daemon == PeerMode.YES:
+            return {"mode": "true", "delegates": True, "version": None, "reason": None,
+                    "probed_at": None}
+        return {"mode": "auto", "delegates": fact is not None and fact.delegates,
+                "version": fact.version if fact else None,
+                "reason": fact.reason if fact else "not probed yet",
+                "probed_at": fact.at if fact else None}
 
 
 def make_runner(cfg: ServerConfig, control_dir: Path, links: Links) -> Runner:
@@ -157,6 +193,47 @@ class ServerRegistry:
                      capabilities=entry.capabilities.published(),
                      **{k: v for k, v in entry.backend.info().items()
                         if k.endswith("_version")})
+            if entry.config.daemon == PeerMode.AUTO and may_delegate(entry.config):
+                await self.probe_peer(entry)
+
+    async def probe_peer(self, entry: ServerEntry) -> PeerFact:
+        """Ask the server's control socket, through its SSH connection, for its cerssd
+        version (``PeerClient.check_version``): a daemon of this version that lets our
+        SSH user in is delegated to; anything else (no socket, nobody listening, another
+        version, our user refused, the link down) is not, and the fact says why."""
+        name = entry.config.name
+        before = entry.peer_fact
+        try:
+            version = await self.peer(name).check_version()
+        except (PeerError, LinkError, OSError, ValueError) as exc:
+            theirs = exc.theirs if isinstance(exc, PeerVersionMismatch) else None
+            fact = PeerFact(False, theirs, str(exc), time.time())
+        else:
+            fact = PeerFact(True, version, None, time.time())
+        if self.entries.get(name) is entry:  # not replaced by a reload meanwhile
+            entry.peer_fact = fact
+        if before is None or before.delegates != fact.delegates:
+            log.info("peer daemon probed", server=name, delegates=fact.delegates,
+                     version=fact.version, reason=fact.reason)
+        return fact
+
+    async def watch_peers(self) -> None:
+        """Probe each ``daemon = "auto"`` server's cerssd again once its last answer is
+        ``daemon_probe_interval`` old (for the daemon's life). A server that is
+        unavailable is probed whole when next used, its peer with it."""
+        while True:
+            now = time.time()
+            due = [e for e in self.entries.values()
+                   if e.config.daemon == PeerMode.AUTO and e.probed
+                   and may_delegate(e.config)
+                   and (e.peer_fact is None
+                        or now - e.peer_fact.at >= e.config.daemon_probe_interval)]
+            for entry, result in zip(due, await asyncio.gather(
+                    *(self.probe_peer(e) for e in due), return_exceptions=True), strict=True):
+                if isinstance(result, Exception):  # e.g. removed by a reload meanwhile
+                    log.warning("peer daemon probe failed", server=entry.config.name,
+                                error=str(result))
+            await asyncio.sleep(1.0)
 
     async def probe_all(self) -> None:
         for entry in self.entries.values():
@@ -178,12 +255,32 @@ class ServerRegistry:
                                     server=name, permanent=entry.permanent_error)
         return entry.backend
 
+    def delegates(self, name: str) -> bool:
+        """Whether work whose data lives on server ``name`` is delegated to its cerssd
+        now: ``daemon = true``, or ``"auto"`` and its last probe found the daemon."""
+        entry = self.entry(name)
+        cfg = entry.config
+        if not may_delegate(cfg):
+            return False
+        if cfg.daemon == PeerMode.YES:
+            return True
+        return entry.peer_fact is not None and entry.peer_fact.delegates
+
+    def why_not_delegated(self, name: str) -> str:
+        """For a message: why server ``name``'s work is not delegated to a peer daemon."""
+        entry = self.entry(name)
+        if not may_delegate(entry.config):
+            return "it is not configured as a peer daemon (daemon = true or \"auto\")"
+        fact = entry.peer_fact
+        return f"its peer daemon was not found: {fact.reason if fact else 'not probed yet'}"
+
     def peer(self, name: str) -> PeerClient:
-        """The control API of the cerssd on server ``name`` (``daemon = true``), reached
-        through the server's own SSH connection (``peers/client.py``)."""
+        """The control API of the cerssd on server ``name`` (``daemon = true`` or
+        ``"auto"``), reached through the server's own SSH connection
+        (``peers/client.py``)."""
         entry = self.entry(name)
         runner = entry.transport
-        if not entry.config.daemon or not isinstance(runner, SshRunner):
+        if not may_delegate(entry.config) or not isinstance(runner, SshRunner):
             raise ServerUnavailable(f"server {name} is not a peer daemon (daemon = true)",
                                     server=name, permanent=True)
         peer = self._peers.get(name)

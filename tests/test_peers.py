@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cerssd import __version__
-from cerssd.config import delegates, parse_config
+from cerssd.config import PeerMode, may_delegate, parse_config
 from cerssd.parsing import ConfigError
 
 from .conftest import DaemonProcess, NetnsSshServer, post_json, wait_until, write_file, zfs
@@ -314,14 +314,22 @@ def test_the_documented_peer_configs_are_valid() -> None:
     blocks = re.findall(r"^```toml\n(.*?)^```$", page, re.S | re.M)
     assert len(blocks) == 2
     manager, peer = (parse_config(tomllib.loads(b)) for b in blocks)
-    assert manager.servers["master"].daemon and delegates(manager.servers["master"])
-    assert not delegates(manager.servers["standby2"])
+    assert manager.servers["master"].daemon == PeerMode.YES
+    assert may_delegate(manager.servers["master"])
+    assert not may_delegate(manager.servers["standby2"])
     assert set(peer.servers) == {"local", "standby2"} and set(peer.stores) == {"s3"}
 
 
 @pytest.mark.parametrize(("server", "key", "problem"), [
     ('kind = "local"\ndaemon = true', "servers.x.daemon", "only an ssh server"),
-    ('host = "h"\nknown_hosts = "/k"\ndaemon = "yes"', "servers.x.daemon", "true or false"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon = "yes"', "servers.x.daemon",
+     'true, false or "auto"'),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon = 1', "servers.x.daemon", 'true, false or "auto"'),
+    ('kind = "local"\ndaemon = "auto"', "servers.x.daemon", "only an ssh server"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon = "auto"\ndaemon_probe_interval = "0s"',
+     "servers.x.daemon_probe_interval", "at least 1s"),
+    ('host = "h"\nknown_hosts = "/k"\ndaemon = "auto"\ndaemon_probe_interval = "soon"',
+     "servers.x.daemon_probe_interval", "duration"),
     ('host = "h"\nknown_hosts = "/k"\ndaemon_socket = "run/c.sock"', "servers.x.daemon_socket",
      "absolute path"),
     ('host = "h"\nknown_hosts = "/k"\ndaemon_server = "a b"', "servers.x.daemon_server",

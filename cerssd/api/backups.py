@@ -10,7 +10,6 @@ import time
 
 from aiohttp import web
 
-from ..config import delegates
 from ..engine import ActivityError
 from ..objectstore import catalog
 from ..objectstore.layout import BackupMissing, BrokenChain
@@ -85,7 +84,7 @@ async def create_backup(api: Api, request: web.Request) -> web.Response:
         return json_response(running.to_json(), 200)  # a delegating daemon asked again
     backend = await api.ctx.servers.backend(req.server)
     await backend.snapshot(req.snapshot)  # 404 now rather than a failed activity
-    if delegates(api.ctx.servers.entry(req.server).config):
+    if api.ctx.servers.delegates(req.server):
         await check_peer(api.ctx.servers.peer(req.server))
     try:
         with api.ctx.engine.submitting(**({"peer_parent": body.parent} if body.parent else {})):
@@ -107,7 +106,7 @@ async def create_restore(api: Api, request: web.Request) -> web.Response:
                                                         body.parent)) is not None:
         return json_response(running.to_json(), 200)  # a delegating daemon asked again
     await api.ctx.servers.backend(req.server)
-    delegated = delegates(api.ctx.servers.entry(req.server).config)
+    delegated = api.ctx.servers.delegates(req.server)
     if delegated:
         await check_peer(api.ctx.servers.peer(req.server))
     try:

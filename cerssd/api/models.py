@@ -524,6 +524,20 @@ class DaemonStatus(Reply):
                                                  "null: this daemon runs alone")]
 
 
+class PeerDaemon(Reply):
+    """A server's own cerssd as routing sees it (``daemon`` in its config)."""
+
+    mode: Annotated[Literal["true", "auto"], doc(
+        "the server's daemon setting: true (always delegated to) or auto (while probed)")]
+    delegates: Annotated[bool, doc("work whose data lives there is delegated to it now")]
+    version: Annotated[str | None, doc(
+        "the cerssd version its socket answered with at the last probe (auto only)")]
+    reason: Annotated[str | None, doc(
+        "auto: why it is not delegated to (no socket, nobody listening, another version, "
+        "our SSH user refused, not probed yet); null while it is")]
+    probed_at: Annotated[float | None, doc("when it was last probed (auto only)")]
+
+
 class Server(Reply):
     name: str
     kind: Literal["local", "ssh"]
@@ -533,6 +547,8 @@ class Server(Reply):
     capabilities: list[str]
     available: bool
     error: str | None
+    peer: Annotated[PeerDaemon | None, doc(
+        "its own cerssd (docs/peers.md); null: none configured (daemon = false)")]
     host: Annotated[str | None, doc("ssh servers only")] = None
     port: Annotated[int | None, doc("ssh servers only")] = None
     user: Annotated[str | None, doc("ssh servers only")] = None

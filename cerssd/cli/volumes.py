@@ -105,10 +105,10 @@ def servers_command(client: Client, out: Output) -> int:
         item["capacity"] = caps.get(item["name"], {}).get("capacity")
 
     def render(d: dict[str, Any]) -> None:
-        out.table(["name", "kind", "available", "storage", "error"],
+        out.table(["name", "kind", "available", "storage", "peer daemon", "error"],
                   [(s["name"], s["kind"], s["available"],
                     s.get("zfs_version") or s.get("btrfs_version") or "-",
-                    s["error"] or "") for s in d["items"]])
+                    _peer_text(s.get("peer")), s["error"] or "") for s in d["items"]])
         rows: list[Sequence[Any]] = [(s["name"], p["pool"], _sized(p, "total"), _sized(p, "free"),
                  _sized(p, "allocated"), _sized(p, "provisioned"), f"{p['thin_ratio']:.2f}")
                 for s in d["items"] for p in (s["capacity"] or {}).get("pools", [])]
@@ -119,6 +119,17 @@ def servers_command(client: Client, out: Output) -> int:
 
     out.emit(data, render)
     return 0
+
+
+def _peer_text(peer: dict[str, Any] | None) -> str:
+    """The server's own cerssd: whether work is delegated to it now, and why not."""
+    if peer is None:
+        return "-"
+    if peer["mode"] == "true":
+        return "delegated (daemon = true)"
+    if peer["delegates"]:
+        return f"delegated: cerssd {peer['version']} answers (probed)"
+    return f"not used: {peer['reason']}"
 
 
 def _sized(pool: dict[str, Any], key: str) -> str:

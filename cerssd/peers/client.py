@@ -41,7 +41,13 @@ class PeerUnavailable(PeerError, LinkLost):
 
 
 class PeerVersionMismatch(PeerError):
+    """The peer runs another cerssd version (``theirs``): refused."""
+
     permanent = True
+
+    def __init__(self, message: str, theirs: str) -> None:
+        super().__init__(message)
+        self.theirs = theirs
 
 
 class PeerRefused(PeerError):
@@ -151,7 +157,7 @@ class PeerClient:
         if theirs != __version__:
             raise PeerVersionMismatch(
                 f"peer daemon on {self.server} runs cerssd {theirs}; this daemon runs "
-                f"cerssd {__version__}: refused (upgrade both to the same version)")
+                f"cerssd {__version__}: refused (upgrade both to the same version)", theirs)
         if self.version is None:
             log.info("peer daemon answered", server=self.server, version=theirs)
         self.version = theirs

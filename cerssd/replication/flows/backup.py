@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import delegates, streams_directly
+from ...config import streams_directly
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
@@ -477,7 +477,7 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
     snap = validate_snapshot(req.snapshot)
     stores.get(req.store)
     entry = servers.entry(req.server)
-    if delegates(entry.config):  # its own cerssd streams it: docs/peers.md
+    if servers.delegates(req.server):  # its own cerssd streams it: docs/peers.md
         return engine.submit(KIND, volume=snap.volume, source=req.server, target=req.store,
                              params=req.params(), self_restarting=True,
                              progress=Progress(0, 0, unit="bytes"), node=req.server,
@@ -485,7 +485,8 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
     if not streams_directly(entry.config):
         raise ActivityError(
             f"server {req.server} cannot copy directly to an object store (direct_copy): "
-            "its stream would pass through this daemon; run cerssd on that server",
+            "its stream would pass through this daemon; run cerssd on that server "
+            f"({servers.why_not_delegated(req.server)})",
             StatusCode.ERROR, "capability")
     return engine.submit(KIND, volume=snap.volume, source=req.server, target=req.store,
                          params=req.params(), self_restarting=True,

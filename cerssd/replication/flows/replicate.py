@@ -27,7 +27,6 @@ from tenacity import (
 )
 
 from ...activity import ActivityRecord, DataRoute, State, StatusCode
-from ...config import delegates
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...peers.delegate import ChildRequest, DelegatedWork
 from ...servers import ServerRegistry, ServerUnavailable
@@ -729,7 +728,7 @@ def transfer_route(servers: ServerRegistry, source: str, destination: str, *,
     src, dst = (servers.entry(s).config for s in (source, destination))
     if src.kind != "ssh" or dst.kind != "ssh":
         return DataRoute.LOCAL
-    if delegate and source != destination and delegates(src):
+    if delegate and source != destination and servers.delegates(source):
         return DataRoute.DELEGATED
     return DataRoute.RELAYED
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import delegates
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...objectstore import catalog
 from ...objectstore.client import ObjectMissing, ObjectStore
@@ -269,7 +268,7 @@ def submit_restore(engine: ActivityEngine, servers: ServerRegistry, stores: Stor
                             StatusCode.ERROR, "conflict")
     stores.get(req.store)
     entry = servers.entry(req.server)
-    route = DataRoute.DELEGATED if delegates(entry.config) else (
+    route = DataRoute.DELEGATED if servers.delegates(req.server) else (
         DataRoute.RELAYED if entry.config.kind == "ssh" else DataRoute.LOCAL)
     return engine.submit(KIND, volume=req.target_volume, source=req.store,
                          target=req.server, params=req.params(), self_restarting=True,

@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from ...activity import ActivityRecord, DataRoute, LinkCondition, LinkHealth, State, StatusCode
-from ...config import delegates
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...hooks import SnapshotSkipped, around_snapshot
 from ...objectstore.client import StoreError
@@ -367,7 +366,7 @@ class RelationshipWork:
         routes = {r.destination: transfer_route(self.servers, r.source, r.destination)
                   for r in requests}
         # Work a peer master's own cerssd does cannot share a send made here (docs/peers.md).
-        peer_master = delegates(self.servers.entry(rt.spec.master).config)
+        peer_master = self.servers.delegates(rt.spec.master)
         groups = await self._groups(
             rt, master, [r for r in requests if routes[r.destination] != DataRoute.DELEGATED],
             [] if peer_master else backups, listed) if rt.spec.fanout else {}

@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import delegates, streams_directly
+from ...config import streams_directly
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...objectstore import catalog
 from ...objectstore.client import ObjectStore
@@ -78,7 +78,7 @@ def start_tree_backups(engine: ActivityEngine, servers: ServerRegistry, rt: Runt
     if not rt.spec.stores:
         return
     master = servers.entry(rt.spec.master).config
-    delegated = delegates(master)
+    delegated = servers.delegates(rt.spec.master)
     if not streams_directly(master) and not delegated:
         rt.last_error = (f"backups not started: {rt.spec.master} cannot copy directly to "
                          "an object store (direct_copy)")
