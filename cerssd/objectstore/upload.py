@@ -68,9 +68,11 @@ class _Open:
     digest: str = ""
 
 
-#: Bytes read from the pipe per call, and hashed right away while they are in the CPU's
-#: cache: a part read whole and hashed after was read back from memory twice more.
-READ_CHUNK = 256 << 10
+#: Bytes read from the stream per call, and hashed right away while they are in the CPU's
+#: cache: a part read whole and hashed after was read back from memory twice more. 1 MiB
+#: rather than 256 KiB (issue 13): a quarter of the calls, each a system call and two
+#: hash updates from Python; 0.04-0.05 CPU-s per GiB less, measured with both hashes.
+READ_CHUNK = 1 << 20
 
 
 def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
