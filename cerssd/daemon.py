@@ -36,7 +36,7 @@ from .cluster.etcd import EtcdClient
 from .cluster.member import ClusterMember
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
-from .heap import settle
+from .heap import RESETTLE_SECONDS, settle
 from .journal import Journal, JournalError, JournalTooNew
 from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
@@ -239,6 +239,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self._resettle()))
         if (interval := watchdog_interval()) is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
         # Start-up's objects live as long as the daemon: out of every later collection.
@@ -254,6 +255,12 @@ class Daemon:
             if pruned:
                 log.info("pruned finished activities", count=pruned)
             await asyncio.sleep(min(60.0, max(1.0, self.engine.retention / 10)))
+
+    async def _resettle(self) -> None:
+        """Free what became garbage among frozen objects (heap.py), once an hour."""
+        while True:
+            await asyncio.sleep(RESETTLE_SECONDS)
+            log.debug("heap settled", ms=round(settle() * 1000, 1))
 
     async def _watchdog(self, interval: float) -> None:
         while True:
