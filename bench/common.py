@@ -293,12 +293,17 @@ def ensure_zfs_fuse(stack: contextlib.ExitStack, scratch: Path) -> None:
 
 
 def make_pool(stack: contextlib.ExitStack, scratch: Path, size_mib: int,
-              role: str = "") -> str:
-    """A pool on a sparse file, with a random name so it cannot collide with anyone's."""
+              role: str = "", *, mounted: bool = True) -> str:
+    """A pool on a sparse file, with a random name so it cannot collide with anyone's.
+
+    ``mounted=False``: ``mountpoint=none`` from the start, for benches whose datasets are
+    never read as files: nothing is mounted, so nothing has to be unmounted either
+    (zfs-fuse mounts ~1,000 filesystems at most, and a mount it has not answered leaves
+    every later unmount hanging)."""
     name = f"bench{role}{secrets.token_hex(4)}"
     image = scratch / f"{name}.img"
     run(["truncate", "-s", f"{size_mib}M", str(image)])
-    zpool("create", "-m", f"/{name}", name, str(image))
+    zpool("create", "-m", f"/{name}" if mounted else "none", name, str(image))
 
     def destroy() -> None:
         retry_busy(lambda: zpool("destroy", "-f", name, check=False),

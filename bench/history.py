@@ -192,10 +192,10 @@ def environment(args: argparse.Namespace) -> Any:
     with announced_stack() as stack:
         scratch = scratch_dir(stack, args.workdir, 3 * 1024 * MIB)
         ensure_zfs_fuse(stack, scratch)
-        master = make_pool(stack, scratch, 1024, "master")
-        standbys = tuple(make_pool(stack, scratch, 1024, f"sb{i}") for i in (1, 2))
-        for pool in (master, *standbys):
-            zfs("set", "mountpoint=none", pool)  # zfs-fuse mounts ~1,000 filesystems at most
+        # Never mounted: zfs-fuse mounts ~1,000 filesystems at most (make_pool).
+        master = make_pool(stack, scratch, 1024, "master", mounted=False)
+        standbys = tuple(make_pool(stack, scratch, 1024, f"sb{i}", mounted=False)
+                         for i in (1, 2))
         say(f"creating {args.relationships} volumes")
         for n in range(args.relationships):
             zfs("create", f"{master}/vol{n:03d}")

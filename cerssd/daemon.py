@@ -36,6 +36,7 @@ from .cluster.etcd import EtcdClient
 from .cluster.member import ClusterMember
 from .config import DEFAULT_CONFIG_PATH, EX_CONFIG, Config, load_config
 from .engine import ActivityEngine
+from .heap import RESETTLE_SECONDS, settle
 from .journal import Journal, JournalError, JournalTooNew
 from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
@@ -249,10 +250,14 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.servers.watch_peers()))
+        self._tasks.append(asyncio.create_task(self._resettle()))
         if (interval := watchdog_interval()) is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        # Start-up's objects live as long as the daemon: out of every later collection.
+        frozen = settle()
         self.notifier.notify(ready=1, status="serving")
-        log.info("cerssd ready", version=__version__, pid=os.getpid())
+        log.info("cerssd ready", version=__version__, pid=os.getpid(),
+                 heap_settled_ms=round(frozen * 1000, 1))
         await self.stopping.wait()
 
     async def _housekeeping(self) -> None:
@@ -261,6 +266,12 @@ class Daemon:
             if pruned:
                 log.info("pruned finished activities", count=pruned)
             await asyncio.sleep(min(60.0, max(1.0, self.engine.retention / 10)))
+
+    async def _resettle(self) -> None:
+        """Free what became garbage among frozen objects (heap.py), once an hour."""
+        while True:
+            await asyncio.sleep(RESETTLE_SECONDS)
+            log.debug("heap settled", ms=round(settle() * 1000, 1))
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -302,6 +313,7 @@ class Daemon:
                               path=str(path), **diff.to_json())
                 self.notifier.notify(ready=1, status="serving (reload not fully applied)")
                 return
+            settle()  # the reload's objects are long-lived too (heap.py)
             log.info("config reloaded", path=str(path), **diff.to_json())
             self.notifier.notify(ready=1, status="serving")
 

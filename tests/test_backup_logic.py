@@ -125,6 +125,13 @@ def test_manifest_round_trips_and_rejects_gaps() -> None:
     data["parts"][0]["size"] = 9
     with pytest.raises(ManifestInvalid, match="parts add up to 9"):
         decode(json.dumps(data).encode(), "k")
+    # Parts that add up to the stream but overlap (or leave a gap): a restore writes each
+    # verified part in turn and relies on them tiling the stream, so this is refused too.
+    data = json.loads(m.encode())
+    data["parts"] = [{**data["parts"][0], "size": 6},
+                     {**data["parts"][0], "number": 2, "offset": 5, "size": 4}]
+    with pytest.raises(ManifestInvalid, match="part at offset 5 is out of order"):
+        decode(json.dumps(data).encode(), "k")
     with pytest.raises(ManifestInvalid, match="not a cerssd manifest"):
         decode(b'{"format": "cerssd-backup/1"}', "k")
     with pytest.raises(ManifestInvalid):

@@ -529,3 +529,75 @@ async def test_a_stream_past_the_part_limit_continues_in_a_next_segment(
     assert stored == data
     assert result.segments[0].sha256 == hashlib.sha256(data[:10 * MiB]).hexdigest()
     assert result.segments[1].sha256 == hashlib.sha256(data[10 * MiB:]).hexdigest()
+
+
+async def test_download_writes_only_verified_parts_and_the_stream_they_tile(
+        s3_server: WeedServer, s3_bucket: str, tmp_path: Path) -> None:
+    """The restore's read path without ZFS: a two-segment stream comes back byte for byte
+    (checked by its parts' sha256 alone: they tile the stream); then a byte flipped in
+    the last part stops it before any byte of that part is written, naming the part."""
+    import asyncio
+    import threading
+
+    from cerssd.objectstore.client import ObjectStore
+    from cerssd.objectstore.config import StoreConfig
+    from cerssd.objectstore.download import CorruptPart, download
+    from cerssd.objectstore.layout import Manifest
+    from cerssd.objectstore.upload import SegmentedUpload
+
+    key_file = tmp_path / "k"
+    store_section(s3_server, s3_bucket, key_file)
+    store = ObjectStore(StoreConfig(name="s3", bucket=s3_bucket,
+                                    endpoint=s3_server.s3.endpoint, credentials_file=key_file))
+    data = os.urandom(12 * MiB)
+
+    async def retry(what: str, call: Any) -> Any:
+        return await call()
+
+    async def checkpoint() -> None:
+        await asyncio.sleep(0)
+
+    async def read_back(manifest: Manifest) -> tuple[bytes, BaseException | None]:
+        r, w = os.pipe()
+        got: list[bytes] = []
+        drain = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(r, 1 << 20),
+                                                                 b"")))
+        drain.start()
+        failure: BaseException | None = None
+        try:
+            await download(store, manifest, w, concurrency=2, retry=retry,
+                           checkpoint=checkpoint, on_bytes=lambda n: None)
+        except CorruptPart as exc:
+            failure = exc
+        finally:
+            os.close(w)
+            drain.join()
+            os.close(r)
+        return b"".join(got), failure
+
+    r, w = os.pipe()
+    feeder = threading.Thread(target=lambda: (os.write(w, data), os.close(w)))
+    feeder.start()
+    upload = SegmentedUpload(store, lambda i: f"dl/stream-{i:06d}", part_size=5 * MiB,
+                             concurrency=2, retry=retry, checkpoint=checkpoint,
+                             started=lambda k, u: None, parts_per_segment=2)
+    try:
+        result = await upload.run(r)
+        feeder.join()
+        os.close(r)
+        manifest = Manifest(
+            volume="p/v", snapshot="p/v@x", guid="1", snapshot_created=0, parent_guid=None,
+            parent_snapshot=None, segments=result.segments, stream_size=result.size,
+            raw_size=result.size, compression="none", sha256=result.sha256,
+            parts=result.parts)
+        assert await read_back(manifest) == (data, None)
+        client = s3_server.client()
+        last = bytearray(data[10 * MiB:])
+        last[MiB] ^= 0xFF  # the third part, alone in the second segment
+        client.put_object(Bucket=s3_bucket, Key="dl/stream-000001", Body=bytes(last))
+        written, failure = await read_back(manifest)
+    finally:
+        await store.close()
+    assert written == data[:10 * MiB]  # the two good parts, nothing of the damaged one
+    assert failure is not None and "part 1 of dl/stream-000001" in str(failure)
+    assert "sha256" in str(failure)
