@@ -3,11 +3,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import stat
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import DaemonProcess, NetnsSshServer, SshServer, replicate, write_file, zfs
+from .conftest import (
+    DaemonProcess,
+    NetnsSshServer,
+    SshServer,
+    replicate,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .test_generic_path import origin, populate, tree_digest, views
 from .test_links import FAST_RETRIES, REPORTED_WITHIN, link, reported_after
 from .test_replicate_local import guid, snapshots
@@ -99,3 +113,139 @@ def test_cut_link_is_reported_and_the_copy_completes(
     assert snapshots(f"{dst}/data") == ["s1", "s2"]
     assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")
     assert link(d, "slave")["state"] == "up"
+
+
+def _remote_rsyncs() -> list[int]:
+    """The pids of the ``rsync --server`` processes the copy's ssh started (the sshd is
+    on this machine), dry runs excluded."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[:2] == [b"rsync", b"--server"] and not any(
+                a.startswith(b"-") and not a.startswith(b"--") and b"n" in a for a in argv[2:]):
+            pids.append(int(entry))
+    return pids
+
+
+def _file_bytes(root: str) -> int:
+    """What a full copy of ``root`` transfers: each regular file's size, hard links once."""
+    seen: set[int] = set()
+    total = 0
+    for where, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(where, name))
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
+    return total
+
+
+def _first_copy_continued(done: dict[str, Any], whole: int) -> None:
+    """The attempt that finished sent only what the cut-off one had not (it had moved
+    more than 5 MiB, so at least 3 whole 1 MiB files)."""
+    stats = done["params"]["generic_stats"]
+    assert 0 < stats["transferred_size"] <= whole - 3 * MiB, (stats, whole)
+    assert done["usage"]["retries"] >= 1
+
+
+def test_a_hung_peer_rsync_is_caught_by_the_stall_watchdog_and_the_first_copy_continues(
+        start_daemon: Any, sshd: SshServer, pools: tuple[str, str]) -> None:
+    """ssh still answers while the peer's rsync is stopped: only rsync's --timeout (the
+    daemon's stall_timeout) notices; the retry keeps the files that arrived."""
+    src, dst = pools
+    populate(f"/{src}/data", files=16)
+    zfs("snapshot", f"{src}/data@s1")
+    d = start_daemon(daemon_extra=FAST_RETRIES + 'stall_timeout = "4s"\n',
+                     extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
+    r = replicate(d, f"{src}/data@s1", "local", "remote", f"{dst}/data", path="generic",
+                  bandwidth_limit=2 * MiB)
+    assert r.status == 202, r.body
+    aid = r.body["id"]
+    d.wait_activity(aid, lambda a: a["progress"]["done"] > 5 * MiB
+                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
+    stopped = _remote_rsyncs()
+    assert stopped
+
+    def hang() -> None:
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+
+    # The retry's new rsync is not stopped, so ``retrying`` may last only a moment:
+    # the retry counter is what stays.
+    hang()
+    stalled_at = time.monotonic()
+    try:
+        d.wait_activity(aid, lambda a: a["usage"]["retries"] >= 1, timeout=60,
+                        what="the watchdog to end the stalled attempt")
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert time.monotonic() - stalled_at < 4 + REPORTED_WITHIN
+    interrupted = [line for line in d.log().splitlines()
+                   if "replication interrupted; retrying" in line]
+    assert interrupted and "file copy interrupted" in interrupted[0], interrupted
+    assert "timeout" in interrupted[0], interrupted
+    done = d.wait_done(aid, timeout=180)
+    assert done["state"] == "succeeded", done["status"]
+    _first_copy_continued(done, _file_bytes(f"/{src}/data"))
+    assert snapshots(f"{dst}/data") == ["s1"]
+    assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")
+
+
+def test_a_first_copy_cut_by_a_lost_link_continues_where_it_stopped(
+        start_daemon: Any, netns_sshd: NetnsSshServer, pools: tuple[str, str]) -> None:
+    src, dst = pools
+    populate(f"/{src}/data", files=16)
+    zfs("snapshot", f"{src}/data@s1")
+    d = start_daemon(daemon_extra=FAST_RETRIES,
+                     extra=netns_sshd.config("slave") + '[servers.local]\nkind = "local"\n')
+    r = replicate(d, f"{src}/data@s1", "local", "slave", f"{dst}/data", path="generic",
+                  bandwidth_limit=2 * MiB)
+    assert r.status == 202, r.body
+    aid = r.body["id"]
+    d.wait_activity(aid, lambda a: a["progress"]["done"] > 5 * MiB, what="bytes to flow")
+    seconds, _ = reported_after(d, aid, netns_sshd.cut)
+    assert seconds < REPORTED_WITHIN
+    netns_sshd.restore()
+    done = d.wait_done(aid, timeout=180)
+    assert done["state"] == "succeeded", done["status"]
+    _first_copy_continued(done, _file_bytes(f"/{src}/data"))
+    assert snapshots(f"{dst}/data") == ["s1"]
+    assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")
+    assert origin(f"{dst}/data@s1") == guid(f"{src}/data@s1")
+
+
+
+def test_a_suspend_longer_than_the_stall_timeout_is_not_a_fault(
+        start_daemon: Any, sshd: SshServer, pools: tuple[str, str]) -> None:
+    """A suspend stops rsync on this node only: a sending peer's rsync, which hears
+    nothing from here, gives up by its timeout meanwhile (a receiving one keeps writing
+    keepalives into ssh's buffers and waits), and after the resume the copy goes on
+    with no retry and no lost link."""
+    src, dst = pools
+    populate(f"/{src}/data", files=16)
+    zfs("snapshot", f"{src}/data@s1")
+    d = start_daemon(daemon_extra=FAST_RETRIES + 'stall_timeout = "3s"\n',
+                     extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
+    r = replicate(d, f"{src}/data@s1", "remote", "local", f"{dst}/data", path="generic",
+                  bandwidth_limit=2 * MiB)
+    aid = r.body["id"]
+    d.wait_activity(aid, lambda a: a["progress"]["done"] > 3 * MiB
+                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
+    peers = _remote_rsyncs()
+    assert peers
+    d.api("POST", f"/v1/activities/{aid}/suspend")
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in peers), 60,
+               what="the peer's rsync to give up on its timeout while suspended")
+    d.api("POST", f"/v1/activities/{aid}/resume")
+    done = d.wait_done(aid, timeout=180)
+    assert done["state"] == "succeeded", done["status"]
+    assert done["usage"]["retries"] == 0
+    assert link(d, "remote")["state"] == "up"
+    assert tree_digest(f"/{dst}/data") == tree_digest(f"/{src}/data")

@@ -49,6 +49,10 @@ class GenericCopy:
     #: The server whose link the copy depends on (the remote end).
     remote: str
     limit: float | None = None
+    #: Seconds without a byte either way after which rsync gives up (its ``--timeout``).
+    stall_timeout: float | None = None
+    #: The destination holds an earlier attempt's unfinished first copy to continue.
+    resumed: bool = False
 
 
 async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericCopy,
@@ -63,9 +67,13 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
         src.snapshot_view(plan.snapshot.name, for_server=copy.destination))
     try:
         into = await _prepare_destination(dst, copy.receive_into)
-        if plan.mode == PlanMode.INCREMENTAL and plan.base is not None:
+        # What rsync's quick check could take for done: files written near the base
+        # (an incremental), or an unfinished first copy's last, cut-off files.
+        since = plan.base.creation if plan.mode == PlanMode.INCREMENTAL and plan.base \
+            else plan.snapshot.creation if copy.resumed else None
+        if since is not None:
             await distrust_recent_mtimes(servers.entry(copy.destination).transport, into,
-                                         plan.base.creation)
+                                         since)
         view = await view_task
     except BaseException:
         await _release_if_made(view_task, src, copy)
@@ -73,7 +81,8 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     try:
         source = file_end(servers.entry(copy.source).transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
-        ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into)
+        ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into,
+                     continued=copy.resumed)
         started = time.monotonic()
         try:
             stats = await _copy_measured(ctx, source, target, copy,
@@ -120,7 +129,7 @@ async def _copy_measured(ctx: ActivityContext, source: FileEnd, target: FileEnd,
     (a walk of both trees' metadata, on the other CPU), and the copy does not wait."""
     ctx.set_progress(0, 0, estimated=True)
     ctx.counters.done = 0
-    planning = asyncio.ensure_future(measure(source, target))
+    planning = asyncio.ensure_future(measure(source, target, stall=copy.stall_timeout))
 
     def planned(task: asyncio.Future[SyncStats]) -> None:
         if task.cancelled() or task.exception() is not None:
@@ -132,7 +141,7 @@ async def _copy_measured(ctx: ActivityContext, source: FileEnd, target: FileEnd,
     planning.add_done_callback(planned)
     try:
         stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
-                           limit=copy.limit, sparse=sparse)
+                           limit=copy.limit, sparse=sparse, stall=copy.stall_timeout)
     finally:
         if not planning.done():
             planning.cancel()  # the copy ended first: its own stats are m

@@ -138,11 +138,13 @@ class ReplicationRequest:
 
 async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBackend, *,
                     source_snaps: list[Snapshot] | None = None,
-                    both_remote: bool = False) -> Plan:
+                    both_remote: bool = False, absent: str | None = None) -> Plan:
     """The plan from one listing of each side's snapshots (``source_snaps``: the source's,
     when the caller has just listed them). The target's pool and parent are asked about
     only when the target does not exist: a volume that exists has both. ``both_remote``:
-    neither server is this daemon's node (the generic path cannot run there)."""
+    neither server is this daemon's node (the generic path cannot run there).
+    ``absent``: a volume to plan as if it did not exist (this activity's own unfinished
+    first copy, which the next attempt continues)."""
     snap = validate_snapshot(req.snapshot)
     validate_volume(req.target_volume)
     if source_snaps is None:
@@ -151,6 +153,8 @@ async def make_plan(req: ReplicationRequest, src: StorageBackend, dst: StorageBa
         except NotFound:
             source_snaps = []
     try:
+        if req.target_volume == absent:
+            raise NotFound(absent)
         target_snaps = await dst.snapshots(req.target_volume)
         exists = True
     except NotFound:
@@ -318,9 +322,10 @@ class ReplicateWork:
                             "planning the transfer again", target=receive_into, why=why)
             receive_into, token = self.req.target_volume, None
         if token is None:
-            await self._clean_leftovers(ctx, dst)
+            kept = await self._kept_copy(ctx, dst)
+            await self._clean_leftovers(ctx, dst, keep=kept)
             listed = await self._follow_latest(ctx, src)
-            plan = await self._plan(src, dst, source_snaps=listed)
+            plan = await self._plan(src, dst, source_snaps=listed, absent=kept)
             ctx.remember(plan={"mode": str(plan.mode), "path": str(plan.path)})
             if plan.mode == PlanMode.UP_TO_DATE:
                 ctx.set_progress(0, 0)
@@ -332,6 +337,12 @@ class ReplicateWork:
             if plan.mode == PlanMode.FULL and not plan.overwrite and not self.target_created:
                 self.target_created = True
                 ctx.remember(target_created=True)
+            if plan.path == PlanPath.GENERIC and plan.mode == PlanMode.FULL \
+                    and kept == receive_into:
+                await self._generic(ctx, src, dst, plan, receive_into, resumed=True)
+                return
+            if kept is not None:  # the plan changed: the copy starts afresh, its way
+                await self._remove_partial(ctx, dst, kept, any_content=True)
             if plan.path == PlanPath.GENERIC:
                 await self._generic(ctx, src, dst, plan, receive_into)
                 return
@@ -407,12 +418,20 @@ class ReplicateWork:
                                "message": exc.message})
 
     async def _generic(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
-                       plan: Plan, receive_into: str) -> None:
-        """The generic path (``flows.generic``), then what every replication ends with."""
+                       plan: Plan, receive_into: str, *, resumed: bool = False) -> None:
+        """The generic path (``flows.generic``), then what every replication ends with.
+
+        A first copy names its new volume in the record (``generic_copy``) before it
+        writes: if a lost link (or a restart of the daemon) cuts it off, the next attempt
+        keeps what arrived and rsync's quick check skips it (``_kept_copy``), where a
+        native stream without a resume token must start over."""
+        if plan.mode == PlanMode.FULL:
+            ctx.remember(generic_copy=receive_into)
         started = time.monotonic()
         moved = await run_copy(ctx, self.servers, GenericCopy(
             plan, self.req.source, self.req.destination, receive_into,
-            remote=self._remote_side(), limit=self.req.bandwidth_limit), src, dst)
+            remote=self._remote_side(), limit=self.req.bandwidth_limit,
+            stall_timeout=self.policy.stall_timeout, resumed=resumed), src, dst)
         ctx.log.info("file copy complete", bytes=moved,
                      seconds=round(time.monotonic() - started, 3))
         await self._arrived(ctx, src, dst, plan, moved)
@@ -448,12 +467,12 @@ class ReplicateWork:
         return self.req.target_volume, None
 
     async def _plan(self, src: StorageBackend, dst: StorageBackend, *,
-                    resuming: bool = False,
-                    source_snaps: list[Snapshot] | None = None) -> Plan:
+                    resuming: bool = False, source_snaps: list[Snapshot] | None = None,
+                    absent: str | None = None) -> Plan:
         try:
             if not resuming:
                 return await make_plan(self.req, src, dst, source_snaps=source_snaps,
-                                       both_remote=self._both_remote())
+                                       both_remote=self._both_remote(), absent=absent)
             snap = await src.snapshot(self.req.snapshot)
             return Plan(PlanMode.RESUME, snap, None, self.req.target_volume)
         except ReplicationConflict as exc:
@@ -624,12 +643,28 @@ class ReplicateWork:
             if snap.userrefs and snap.label != keep:
                 await backend.unpin(snap.name, self.req.destination)
 
-    async def _clean_leftovers(self, ctx: ActivityContext, dst: StorageBackend) -> None:
-        """Before a (re)start: drop what an earlier, cut-off run of this activity left."""
-        if self.target_created:
+    async def _clean_leftovers(self, ctx: ActivityContext, dst: StorageBackend,
+                               keep: str | None = None) -> None:
+        """Before a (re)start: drop what an earlier, cut-off run of this activity left,
+        but ``keep`` (a first generic copy's volume that the next attempt continues)."""
+        if self.target_created and keep != self.req.target_volume:
             await self._remove_partial(ctx, dst, self.req.target_volume)
-        if self.req.overwrite:
+        if self.req.overwrite and keep != self.req.staging_volume:
             await self._remove_partial(ctx, dst, self.req.staging_volume, any_content=True)
+
+    async def _kept_copy(self, ctx: ActivityContext, dst: StorageBackend) -> str | None:
+        """The volume an earlier attempt's first generic copy was writing into, if it is
+        still there without a snapshot (the copy never finished): it is kept for the
+        next attempt to continue. None after a cancel, which removes it."""
+        volume = ctx.record.params.get("generic_copy")
+        if not isinstance(volume, str) or ctx.cancel_requested:
+            return None
+        if volume not in (self.req.target_volume, self.req.staging_volume):
+            return None
+        try:
+            return volume if not await dst.snapshots(volume) else None
+        except NotFound:
+            return None
 
     async def rollback(self, ctx: ActivityContext) -> None:
         """Both ends are already stopped: clear partial state so the target is as it was.

@@ -22,7 +22,12 @@ Options, and why (docs/drivers.md has the table):
   ``--filter=-x user.cerssd.*``: cerssd's own extended attributes (btrfs records a
   snapshot's origin on the volume's root as ``user.cerssd.origin``), which belong to
   each server, not to the data;
-* ``--info=progress2``: live bytes for n of m; ``--stats``: what moved, at the end.
+* ``--info=progress2``: live bytes for n of m; ``--stats``: what moved, at the end;
+* ``--timeout=N`` (the daemon's ``stall_timeout``): the stall watchdog. rsync exits 30
+  when no byte moved either way for N seconds; its ends send keepalives while they
+  build file lists or compare a big file, so a slow but live copy is not a stall. A
+  peer process that hangs (stopped, stuck on its disk) while ssh still answers is
+  found this way, where ssh's own keepalives see nothing wrong.
 
 m comes from a dry run (``-n --stats``: "Total transferred file size", what the quick
 check will send) that the generic flow runs alongside the copy. Suspend stops the rsync processes
@@ -50,7 +55,12 @@ RSYNC_OPTIONS = ("-aHAX", "--numeric-ids", "--inplace", "--delete", "-x",
 #: rsync's exit codes that mean its connection, not its work, failed: socket I/O (10),
 #: protocol stream (12), timeout (30, 35), and ssh's own (255).
 LINK_EXITS = frozenset({10, 12, 30, 35, 255})
+#: What the local rsync exits with when its peer gave up waiting (``--timeout``): the
+#: timeout itself (30), or the connection the peer closed on it (12).
+TIMEOUT_EXITS = frozenset({12, 30})
 _PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%")
+#: Seconds to wait, after rsync exited, for the rest of its stderr.
+STDERR_GRACE = 1.0
 #: How often the gate is looked at for suspend and resume.
 GATE_POLL = 0.2
 
@@ -78,13 +88,16 @@ class SyncFailed(Exception):
 
 
 def rsync_argv(source: FileEnd, destination: FileEnd, *, dry_run: bool = False,
-               limit: float | None = None, sparse: bool = True) -> list[str]:
+               limit: float | None = None, sparse: bool = True,
+               stall: float | None = None) -> list[str]:
     if source.remote and destination.remote:
         raise ValueError("rsync runs with one end local")
     remote = source if source.remote else destination
     argv = ["rsync", *RSYNC_OPTIONS, "--stats"]
     if sparse:
         argv.append("--sparse")
+    if stall:
+        argv.append(f"--timeout={max(1, round(stall))}")
     argv += ["-n"] if dry_run else ["--info=progress2"]
     if limit:
         argv.append(f"--bwlimit={max(1, int(limit) // 1024)}")  # KiB/s
@@ -93,32 +106,91 @@ def rsync_argv(source: FileEnd, destination: FileEnd, *, dry_run: bool = False,
     return [*argv, source.spec(), destination.spec()]
 
 
-async def measure(source: FileEnd, destination: FileEnd) -> SyncStats:
+async def measure(source: FileEnd, destination: FileEnd, *,
+                  stall: float | None = None) -> SyncStats:
     """What a copy would send (a dry run: the file lists and the quick check only)."""
-    proc = await _start(rsync_argv(source, destination, dry_run=True))
-    out, err = await proc.communicate()
-    _check(proc.returncode or 0, err.decode(errors="replace"), source, destination)
+    proc = await _start(rsync_argv(source, destination, dry_run=True, stall=stall))
+    assert proc.stdout is not None and proc.stderr is not None
+    err_chunks: list[bytes] = []
+    err_task = asyncio.ensure_future(_collect(proc.stderr, err_chunks))
+    try:
+        out = await proc.stdout.read()
+        rc = await proc.wait()
+        await _rest_of_stderr(err_task)
+    finally:
+        err_task.cancel()
+        await asyncio.shield(stop_process(proc))
+    _check(rc, b"".join(err_chunks).decode(errors="replace"), source, destination)
     return parse_stats(out.decode(errors="replace"))
 
 
 async def sync(source: FileEnd, destination: FileEnd, *, counters: Counters, gate: FlowGate,
-               limit: float | None = None, sparse: bool = True) -> SyncStats:
+               limit: float | None = None, sparse: bool = True,
+               stall: float | None = None) -> SyncStats:
     """Copy; progress into ``counters`` as it goes, suspended while ``gate`` is closed.
-    Cancel-safe: the processes are stopped."""
-    proc = await _start(rsync_argv(source, destination, limit=limit, sparse=sparse))
-    suspender = asyncio.ensure_future(_follow_gate(proc.pid, gate))
+    ``stall``: the stall watchdog's seconds (rsync's own ``--timeout``). Cancel-safe:
+    the processes are stopped.
+
+    A suspend stops the rsync processes on this node only. A peer that sends hears
+    nothing from here meanwhile, and one that lasts longer than ``stall`` ends it by
+    its timeout (a peer that receives keeps writing keepalives into ssh's buffers and
+    waits). That is the operator's pause, not a fault: rsync runs again, and its quick
+    check skips the files already copied.
+    """
+    while True:
+        pauses = _Pauses()
+        try:
+            return await _sync_once(rsync_argv(source, destination, limit=limit,
+                                               sparse=sparse, stall=stall),
+                                    source, destination, counters, gate, pauses)
+        except SyncFailed as exc:
+            if not (stall and exc.returncode in TIMEOUT_EXITS and pauses.longest >= stall):
+                raise
+
+
+@dataclass
+class _Pauses:
+    """How long the longest suspend of one rsync run lasted (seconds)."""
+
+    longest: float = 0.0
+
+
+async def _sync_once(argv: list[str], source: FileEnd, destination: FileEnd,
+                     counters: Counters, gate: FlowGate, pauses: _Pauses) -> SyncStats:
+    proc = await _start(argv)
+    suspender = asyncio.ensure_future(_follow_gate(proc.pid, gate, pauses))
+    assert proc.stdout is not None and proc.stderr is not None
+    err_chunks: list[bytes] = []
+    err_task = asyncio.ensure_future(_collect(proc.stderr, err_chunks))
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        err_task = asyncio.ensure_future(proc.stderr.read())
         tail = await _progress(proc.stdout, counters)
         rc = await proc.wait()
-        err = (await err_task).decode(errors="replace")
+        await _rest_of_stderr(err_task)
+        err = b"".join(err_chunks).decode(errors="replace")
     finally:
+        err_task.cancel()
         suspender.cancel()
         _signal_rsync(proc.pid, signal.SIGCONT)  # a stopped process cannot exit
         await asyncio.shield(stop_process(proc))
     _check(rc, err, source, destination)
     return parse_stats(tail.decode(errors="replace"))
+
+
+async def _collect(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
+    while chunk := await stream.read(65536):
+        chunks.append(chunk)
+
+
+async def _rest_of_stderr(collecting: asyncio.Future[None]) -> None:
+    """Wait a moment for the end of an exited rsync's stderr, never for ever.
+
+    The ssh that rsync starts may become the server's stream multiplexer
+    (``ControlPersist``): that master lives on after rsync, holding a copy of the stderr
+    it was given, so the pipe may not end until the master does. What rsync itself
+    wrote is there once it has exited.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(collecting), STDERR_GRACE)
 
 
 async def _start(argv: list[str]) -> asyncio.subprocess.Process:
@@ -151,13 +223,17 @@ async def _progress(stdout: asyncio.StreamReader, counters: Counters) -> bytes:
     return b"\n".join(tail)
 
 
-async def _follow_gate(session: int, gate: FlowGate) -> None:
-    """SIGSTOP the rsync processes while the gate is closed, SIGCONT when it opens."""
-    stopped = False
+async def _follow_gate(session: int, gate: FlowGate, pauses: _Pauses) -> None:
+    """SIGSTOP the rsync processes while the gate is closed, SIGCONT when it opens;
+    the longest pause goes into ``pauses``."""
+    loop = asyncio.get_running_loop()
+    stopped_at: float | None = None
     while True:
-        if gate.is_open == stopped:
-            stopped = not stopped
-            _signal_rsync(session, signal.SIGSTOP if stopped else signal.SIGCONT)
+        if stopped_at is not None:
+            pauses.longest = max(pauses.longest, loop.time() - stopped_at)
+        if gate.is_open == (stopped_at is not None):
+            stopped_at = None if stopped_at is not None else loop.time()
+            _signal_rsync(session, signal.SIGCONT if stopped_at is None else signal.SIGSTOP)
         await asyncio.sleep(GATE_POLL)
 
 
