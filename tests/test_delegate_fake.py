@@ -152,7 +152,8 @@ async def test_a_forgotten_child_is_created_again(setup: Any) -> None:
 async def test_a_peer_of_another_version_fails_the_activity_naming_it(setup: Any) -> None:
     engine, peer = setup
     peer.version_error = PeerVersionMismatch(
-        "peer daemon on nodeA runs cerssd 0.0.1; this daemon runs cerssd 0.1.0: refused")
+        "peer daemon on nodeA runs cerssd 0.0.1; this daemon runs cerssd 0.1.0: refused",
+        "0.0.1")
     done = await engine.wait(engine.submit("backup", self_restarting=True).id, 5)
     assert done.state == State.FAILED and done.status is not None
     assert "cerssd 0.0.1" in done.status.message and done.status.reason == "peer"
