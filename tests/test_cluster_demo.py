@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SLOW
+from .test_readme_demo import port_free
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +38,13 @@ DOC = REPO / "docs" / "cluster.md"
 HEADING = "## Walkthrough: a clustered pair on one machine"
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports() -> dict[str, str]:
     """An sshd port, and an etcd base whose +0..2 (clients) and +10..12 (peers) are free,
     away from the defaults and below the ephemeral range."""
     rng = random.Random()
     for _ in range(200):
         ssh, etcd = rng.randrange(25000, 26000), rng.randrange(26000, 27000)
-        if all(_free(p) for p in (ssh, *range(etcd, etcd + 3), *range(etcd + 10, etcd + 13))):
+        if all(port_free(p) for p in (ssh, *range(etcd, etcd + 3), *range(etcd + 10, etcd + 13))):
             return {"CERSSD_CLUSTER_SSH_PORT": str(ssh), "CERSSD_CLUSTER_ETCD_PORT": str(etcd)}
     raise AssertionError("no free ports for the cluster demo")
 

@@ -27,6 +27,15 @@ from .test_peers import FAST_RETRIES, MiB, host_rx
 from .test_relationships import show, transfers, wait_in_sync
 
 
+def master_daemon(start_daemon: Callable[..., DaemonProcess], slave: NetnsSshServer,
+                  store: str, tmp_path: Path) -> DaemonProcess:
+    """The master node's own cerssd: its storage is local; the slave (``nodeB``) and the
+    store under the names the managing daemon gives them (docs/peers.md); no
+    relationship of its own."""
+    return start_daemon(extra='[servers.local]\nkind = "local"\n' + slave.config("nodeB")
+                        + store, state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+
+
 def relationship(name: str, volume: str, master: str, slave: str, target: str,
                  extra: str = "") -> str:
     return (f'[relationships.{name}]\nvolume = "{volume}"\nmaster = "{master}"\n'
@@ -53,10 +62,7 @@ def test_a_peer_masters_cycles_back_up_and_send_from_its_node(
     write_file(f"/{master}/other/f", 8)
     a, b = make_netns_sshd(), make_netns_sshd()
     store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
-    # The master's own cerssd: its storage is local; the slave and the store under the
-    # names the managing daemon gives them.
-    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + b.config("nodeB") + store,
-                        state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+    peer = master_daemon(start_daemon, b, store, tmp_path)
     before = host_rx(a)
     d = start_daemon(
         extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')

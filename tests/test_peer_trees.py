@@ -27,6 +27,7 @@ from .conftest import (
 )
 from .seaweed import WeedServer
 from .test_backups import guid, listed, store_section
+from .test_peer_relationships import master_daemon
 from .test_peers import FAST_RETRIES, MiB, host_rx
 from .test_trees import rel, sync_now
 
@@ -87,10 +88,7 @@ def test_a_peer_masters_tree_is_sent_and_backed_up_from_its_node(
         write_file(f"/{root}/{m}/f", 4)
     a, b = make_netns_sshd(), make_netns_sshd()
     store = store_section(s3_server, s3_bucket, tmp_path / "s3.key")
-    # The master's own cerssd: its storage is local; the slave and the store under the
-    # names the managing daemon gives them (docs/peers.md). No relationship of its own.
-    peer = start_daemon(extra='[servers.local]\nkind = "local"\n' + b.config("nodeB") + store,
-                        state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
+    peer = master_daemon(start_daemon, b, store, tmp_path)
     before = host_rx(a)
     d = start_daemon(
         extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')

@@ -347,7 +347,8 @@ def _bytes_read(walk: Walk) -> int:
 # Ports, processes, what is left
 
 
-def _free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` (a bind succeeds)."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -364,7 +365,7 @@ def free_ports() -> dict[str, str]:
         ssh, s3, metrics = rng.randrange(23000, 24000), rng.randrange(20000, 21000), \
             rng.randrange(24000, 25000)
         wanted = [ssh, ssh + 1, metrics, *range(s3, s3 + 4), *range(s3 + 10000, s3 + 10004)]
-        if all(_free(p) for p in wanted):
+        if all(port_free(p) for p in wanted):
             return {"CERSSD_SANDBOX_SSH_PORT": str(ssh), "CERSSD_SANDBOX_S3_PORT": str(s3),
                     "CERSSD_SANDBOX_METRICS_PORT": str(metrics)}
     raise AssertionError("no free ports for the sandbox")
