@@ -15,7 +15,6 @@ beside a demo that is up (the directory ./cluster-sandbox is fixed).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SLOW
-from .test_readme_demo import port_free
+from .test_readme_demo import port_free, processes_naming
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +55,8 @@ def existing_pools(prefix: str) -> list[str]:
 
 
 def demo_processes() -> list[str]:
-    """Processes whose command line names the demo's directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "cluster-sandbox/" in cmdline and str(REPO) in cmdline + os.readlink(
-                    entry / "cwd"):
-                found.append(f"{entry.name} {cmdline}")
-    return found
+    """Processes whose command line names the demo's directory (of this checkout)."""
+    return processes_naming("cluster-sandbox/", REPO)
 
 
 def documented_commands() -> list[str]:

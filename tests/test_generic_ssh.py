@@ -153,23 +153,35 @@ def _first_copy_continued(done: dict[str, Any], whole: int) -> None:
     assert done["usage"]["retries"] >= 1
 
 
+def _slow_first_copy(start_daemon: Any, sshd: SshServer, pools: tuple[str, str], *,
+                     stall: int, source: str, destination: str,
+                     moved: int) -> tuple[DaemonProcess, str, list[int]]:
+    """A first generic copy of 16 files at 2 MiB/s with ``stall_timeout`` = ``stall``,
+    once more than ``moved`` bytes arrived and m is exact: the daemon, the activity and
+    the peer's rsync processes."""
+    src, dst = pools
+    populate(f"/{src}/data", files=16)
+    zfs("snapshot", f"{src}/data@s1")
+    d = start_daemon(daemon_extra=FAST_RETRIES + f'stall_timeout = "{stall}s"\n',
+                     extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
+    r = replicate(d, f"{src}/data@s1", source, destination, f"{dst}/data", path="generic",
+                  bandwidth_limit=2 * MiB)
+    assert r.status == 202, r.body
+    aid = r.body["id"]
+    d.wait_activity(aid, lambda a: a["progress"]["done"] > moved
+                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
+    peers = _remote_rsyncs()
+    assert peers
+    return d, aid, peers
+
+
 def test_a_hung_peer_rsync_is_caught_by_the_stall_watchdog_and_the_first_copy_continues(
         start_daemon: Any, sshd: SshServer, pools: tuple[str, str]) -> None:
     """ssh still answers while the peer's rsync is stopped: only rsync's --timeout (the
     daemon's stall_timeout) notices; the retry keeps the files that arrived."""
     src, dst = pools
-    populate(f"/{src}/data", files=16)
-    zfs("snapshot", f"{src}/data@s1")
-    d = start_daemon(daemon_extra=FAST_RETRIES + 'stall_timeout = "4s"\n',
-                     extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
-    r = replicate(d, f"{src}/data@s1", "local", "remote", f"{dst}/data", path="generic",
-                  bandwidth_limit=2 * MiB)
-    assert r.status == 202, r.body
-    aid = r.body["id"]
-    d.wait_activity(aid, lambda a: a["progress"]["done"] > 5 * MiB
-                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
-    stopped = _remote_rsyncs()
-    assert stopped
+    d, aid, stopped = _slow_first_copy(start_daemon, sshd, pools, stall=4, source="local",
+                                       destination="remote", moved=5 * MiB)
 
     def hang() -> None:
         for pid in stopped:
@@ -229,17 +241,8 @@ def test_a_suspend_longer_than_the_stall_timeout_is_not_a_fault(
     keepalives into ssh's buffers and waits), and after the resume the copy goes on
     with no retry and no lost link."""
     src, dst = pools
-    populate(f"/{src}/data", files=16)
-    zfs("snapshot", f"{src}/data@s1")
-    d = start_daemon(daemon_extra=FAST_RETRIES + 'stall_timeout = "3s"\n',
-                     extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
-    r = replicate(d, f"{src}/data@s1", "remote", "local", f"{dst}/data", path="generic",
-                  bandwidth_limit=2 * MiB)
-    aid = r.body["id"]
-    d.wait_activity(aid, lambda a: a["progress"]["done"] > 3 * MiB
-                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
-    peers = _remote_rsyncs()
-    assert peers
+    d, aid, peers = _slow_first_copy(start_daemon, sshd, pools, stall=3, source="remote",
+                                     destination="local", moved=3 * MiB)
     d.api("POST", f"/v1/activities/{aid}/suspend")
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in peers), 60,
                what="the peer's rsync to give up on its timeout while suspended")

@@ -36,6 +36,11 @@ def master_daemon(start_daemon: Callable[..., DaemonProcess], slave: NetnsSshSer
                         + store, state_dir=tmp_path / "peer-state", daemon_extra=FAST_RETRIES)
 
 
+def peer_master(node: NetnsSshServer, peer: DaemonProcess) -> str:
+    """``[servers.nodeA]``: the master node, whose own cerssd is ``peer``."""
+    return node.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
+
+
 def relationship(name: str, volume: str, master: str, slave: str, target: str,
                  extra: str = "") -> str:
     return (f'[relationships.{name}]\nvolume = "{volume}"\nmaster = "{master}"\n'
@@ -65,8 +70,7 @@ def test_a_peer_masters_cycles_back_up_and_send_from_its_node(
     peer = master_daemon(start_daemon, b, store, tmp_path)
     before = host_rx(a)
     d = start_daemon(
-        extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
-        + a.config("plainA") + b.config("nodeB") + store
+        extra=peer_master(a, peer) + a.config("plainA") + b.config("nodeB") + store
         + relationship("rel", f"{master}/data", "nodeA", "nodeB", f"{slave_pool}/data",
                        'stores = ["s3"]')
         + relationship("plain", f"{master}/other", "plainA", "nodeB", f"{slave_pool}/other"),

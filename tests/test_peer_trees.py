@@ -27,7 +27,7 @@ from .conftest import (
 )
 from .seaweed import WeedServer
 from .test_backups import guid, listed, store_section
-from .test_peer_relationships import master_daemon
+from .test_peer_relationships import master_daemon, peer_master
 from .test_peers import FAST_RETRIES, MiB, host_rx
 from .test_trees import rel, sync_now
 
@@ -91,8 +91,7 @@ def test_a_peer_masters_tree_is_sent_and_backed_up_from_its_node(
     peer = master_daemon(start_daemon, b, store, tmp_path)
     before = host_rx(a)
     d = start_daemon(
-        extra=a.config("nodeA", extra=f'daemon = true\ndaemon_socket = "{peer.socket_path}"\n')
-        + b.config("nodeB") + store
+        extra=peer_master(a, peer) + b.config("nodeB") + store
         + tree("cinder", root, "nodeA", "nodeB", target, 'stores = ["s3"]'),
         state_dir=tmp_path / "manager-state", daemon_extra=FAST_RETRIES)
     members = 1 + len(MEMBERS)

@@ -377,17 +377,24 @@ def existing_pools() -> list[str]:
     return [p for p in POOLS if p in listed]
 
 
-def sandbox_processes() -> list[str]:
-    """Processes whose command line names the sandbox directory."""
+def processes_naming(fragment: str, within: Path | None = None) -> list[str]:
+    """Processes whose command line names ``fragment`` (a sandbox directory); with
+    ``within``, only those whose command line or working directory is under it."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if f"{SANDBOX}/" in cmdline:
+            if fragment in cmdline and (within is None or str(within) in cmdline
+                                        + os.readlink(entry / "cwd")):
                 found.append(f"{entry.name} {cmdline}")
     return found
+
+
+def sandbox_processes() -> list[str]:
+    """Processes whose command line names the sandbox directory."""
+    return processes_naming(f"{SANDBOX}/")
 
 
 def sandbox_pids() -> dict[str, int]:

@@ -337,14 +337,12 @@ class ReplicateWork:
             if plan.mode == PlanMode.FULL and not plan.overwrite and not self.target_created:
                 self.target_created = True
                 ctx.remember(target_created=True)
-            if plan.path == PlanPath.GENERIC and plan.mode == PlanMode.FULL \
-                    and kept == receive_into:
-                await self._generic(ctx, src, dst, plan, receive_into, resumed=True)
-                return
-            if kept is not None:  # the plan changed: the copy starts afresh, its way
+            resumed = kept == receive_into and plan.path == PlanPath.GENERIC \
+                and plan.mode == PlanMode.FULL
+            if kept is not None and not resumed:  # the copy starts afresh, the plan's way
                 await self._remove_partial(ctx, dst, kept, any_content=True)
             if plan.path == PlanPath.GENERIC:
-                await self._generic(ctx, src, dst, plan, receive_into)
+                await self._generic(ctx, src, dst, plan, receive_into, resumed=resumed)
                 return
         else:
             ctx.log.info("resuming an interrupted receive from its token", target=receive_into)
