@@ -8,10 +8,12 @@ measurement per server at a time (concurrent readers share it). A volume operati
 marks its server's figures stale (``invalidate``), so the next read after a create or
 delete sees it.
 
-A reader waits for a fresh measurement at most ``wait`` seconds (5 for a scrape: a
-server behind a lost link must not hold it up; 20 for an API read): past that it gets
-the last figures, and the measurement finishes in the background. An unavailable server
-is not measured; its last figures stay with the error that stopped the next ones.
+An API read waits for a fresh measurement at most ``wait`` seconds (20: a server behind
+a lost link must not hold it up): past that it gets the last figures, and the
+measurement finishes in the background. A scrape waits only for a server never measured
+(at most 5 s) and otherwise takes the last figures while the next are measured. An
+unavailable server is not measured; its last figures stay with the error that stopped
+the next ones.
 """
 
 from __future__ import annotations
@@ -105,16 +107,31 @@ class CapacityCache:
                                            self._facts[server].measured_at,
                                            self._facts[server].error)
 
-    async def current(self, wait: float | None = None) -> dict[str, Measured]:
+    async def current(self, wait: float | None = None, *,
+                      fresh: bool = True) -> dict[str, Measured]:
         """Every probed server's figures, measured again where older than ``max_age``
-        (waiting at most ``wait`` seconds for them: the cache's own by default)."""
+        (waiting at most ``wait`` seconds for them: the cache's own by default).
+
+        With ``fresh`` false (a scrape) the reader waits only for servers never measured:
+        one with figures gets them as they are while the next measurement runs in the
+        background. A scrape that landed on an expired entry used to wait for the
+        commands on every server (0.3-0.7 s at the demo's three servers: the scrape's
+        p99, issue 13), and a scrape every 15 s reads figures at most 30 s old anyway."""
         now = time.monotonic()
         stale = [name for name, entry in self.servers.entries.items()
                  if entry.probed and now - self._facts.get(name, Measured()).at > self.max_age]
-        tasks = [self._measure(name) for name in stale]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.wait if wait is None else wait)
+        tasks = {name: self._measure(name) for name in stale}  # all measured again
+        waited = [task for name, task in tasks.items() if fresh or name not in self._facts]
+        if waited:
+            await asyncio.wait(waited, timeout=self.wait if wait is None else wait)
         return self.cached()
+
+    def start(self) -> None:
+        """Measure every probed server now, in the background (at start-up: the first
+        scrape then finds figures instead of waiting for them)."""
+        for name, entry in self.servers.entries.items():
+            if entry.probed:
+                self._measure(name)
 
     def _measure(self, server: str) -> asyncio.Task[Measured]:
         task = self._running.get(server)

@@ -140,6 +140,7 @@ class Daemon:
                                        max_backoff=d.retry_max_interval)
         self.policies.load(self.config.policies)
         self.capacity = CapacityCache(self.servers, self.engine, served=self._served)
+        self.capacity.start()
         self.metrics = Metrics(self.engine, self.servers, self.relationships.view, groups,
                                capacity=self.capacity, policies=self.policies,
                                cluster=self.cluster, auto=self.relationships.auto)
@@ -227,7 +228,7 @@ class Daemon:
 
     async def _serve_metrics(self, host: str, port: int) -> None:
         async def scrape(request: web.Request) -> web.Response:
-            await self.capacity.current()  # measured at most every 30 s (capacity.py)
+            await self.capacity.current(fresh=False)  # at most every 30 s (capacity.py)
             return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
         app = web.Application()

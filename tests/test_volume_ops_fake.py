@@ -6,6 +6,7 @@ The same operations on real zfs-fuse are in test_volume_ops.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -309,6 +310,28 @@ async def test_capacity_beside_the_capabilities_and_in_the_metrics(
     assert samples[("cerssd_pool_provisioned_bytes", "a", "tank")] == 3 << 20
     assert samples[("cerssd_pool_total_bytes", "b", "tank")] == 1 << 30
     assert samples[("cerssd_pool_thin_provisioning_ratio", "a", "tank")] == (3 << 20) / (1 << 30)
+
+
+async def test_a_scrape_never_waits_for_a_measurement_of_a_server_it_has_figures_of(
+        cluster: FakeCluster) -> None:
+    """The scrape's p99 was the commands of an expired measurement (issue 13): a scrape
+    takes the last figures and the next measurement runs on in the background."""
+    await metrics(cluster)  # the first figures
+    measured = cluster.daemon.capacity.measurements
+    held = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        entered.set()
+        await held.wait()
+
+    cluster.fakes["a"].hooks["capacity"] = hold
+    cluster.daemon.capacity.max_age = 0.0  # every figure expired
+    text = await asyncio.wait_for(metrics(cluster), 2.0)  # served while "a" is measured
+    assert "cerssd_pool_total_bytes" in text and entered.is_set()  # "a"'s measurement runs
+    held.set()
+    await cluster.daemon.capacity.current()  # an API read waits for "a"'s measurement
+    assert cluster.daemon.capacity.measurements >= measured + 2
 
 
 async def metrics(cluster: FakeCluster) -> str:

@@ -102,7 +102,7 @@ class ControlApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         if self.ctx.capacity is not None:
-            await self.ctx.capacity.current()  # measured at most every 30 s
+            await self.ctx.capacity.current(fresh=False)  # measured at most every 30 s
         return web.Response(body=self.ctx.metrics.render(),
                             headers={"Content-Type": CONTENT_TYPE})
 
