@@ -332,6 +332,10 @@ def one_run(stack: contextlib.ExitStack, setup: Setup, variant: str, journal: Pa
     return result
 
 
+#: A request slower than this is printed with its time (the p99 of ~100 samples is one).
+SLOW_MS = 50.0
+
+
 def latencies(daemon: Daemon, metrics_port: int, seconds: float) -> dict[str, list[float]]:
     """Each endpoint asked in turn, one request every 50 ms, for ``seconds``."""
     def get(path: str) -> Callable[[], Any]:
@@ -345,7 +349,13 @@ def latencies(daemon: Daemon, metrics_port: int, seconds: float) -> dict[str, li
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for name, call in calls.items():
-            out[name].append(timed(call))
+            started = time.time()
+            took = timed(call)
+            out[name].append(took)
+            if took >= SLOW_MS:  # when, to find in the daemon's log what it was doing
+                say(f"slow: {name} {took:.0f} ms at "
+                    f"{time.strftime('%H:%M:%S', time.gmtime(started))}"
+                    f".{int(started % 1 * 1000):03d}Z")
             time.sleep(0.05)
     return out
 
