@@ -138,6 +138,21 @@ def test_manifest_round_trips_and_rejects_gaps() -> None:
         decode(b"not json", "k")
 
 
+def test_a_manifest_written_now_has_digests_per_part_only_and_old_ones_still_read() -> None:
+    made = manifest("12", 100)
+    made = replace(made, sha256="", segments=tuple(replace(g, sha256="") for g in made.segments))
+    now = json.loads(made.encode())
+    assert now["format"] == "cerssd-backup/3" and "sha256" not in now
+    assert all("sha256" not in seg for seg in now["segments"]) and now["parts"][0]["sha256"]
+    assert decode(json.dumps(now).encode(), "k").parts[0].sha256 == "0" * 64
+    old = {**now, "format": "cerssd-backup/1", "sha256": "1" * 64,
+           "segments": [{**now["segments"][0], "sha256": "2" * 64}]}
+    read = decode(json.dumps(old).encode(), "k")  # made before issue 13's change
+    assert read.sha256 == "1" * 64 and read.segments[0].sha256 == "2" * 64
+    with pytest.raises(ManifestInvalid, match="without the whole stream's sha256"):
+        decode(json.dumps({**now, "format": "cerssd-backup/1"}).encode(), "k")
+
+
 def test_chain_walks_back_to_the_full_and_names_a_hole() -> None:
     full, i1, i2 = manifest("1", 1), manifest("2", 2, "1"), manifest("3", 3, "2")
     assert chain([i2, full, i1], "3") == [full, i1, i2]
@@ -173,14 +188,16 @@ def test_read_part_fills_whole_parts_and_hashes_them() -> None:
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    whole = hashlib.sha256()
     buf = bytearray(131072)
-    got = [read_part(r, buf, len(buf), [whole]) for _ in range(3)]
+    got = []
+    for _ in range(3):
+        n, digest = read_part(r, buf, len(buf))
+        got.append((n, digest, bytes(buf[:n])))
     feeder.join()
     os.close(r)
-    assert [n for n, _ in got] == [131072, 131072, 300_000 - 262144]
-    assert got[0][1] == hashlib.sha256(data[:131072]).hexdigest()
-    assert whole.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert [n for n, _, _ in got] == [131072, 131072, 300_000 - 262144]
+    assert b"".join(part for _, _, part in got) == data
+    assert [d for _, d, _ in got] == [hashlib.sha256(p).hexdigest() for _, _, p in got]
 
 
 def test_store_errors_are_sorted_into_transient_and_permanent() -> None:

@@ -167,6 +167,36 @@ def test_standard_tools_restore_the_documented_way(setup: Any, s3_server: WeedSe
     subprocess.run(["bash", "-c", script], env=env, check=True)
     assert guid(f"{dst}/manual@std") == manifest["guid"] == guid(f"{src}/vol@std")
     assert digest(f"/{dst}/manual/f") == digest(f"/{src}/vol/f")
+    # The documented check of every part, as written in docs/backups.md.
+    assert len(manifest["parts"]) >= 1 and "sha256" not in manifest  # per part only
+    check = documented_part_check().replace("aws s3api", f"{AWS} --endpoint-url {url} s3api")
+    check = check.replace("BUCKET", s3_bucket)
+    (tmp := Path(env.get("TMPDIR", "/tmp")) / f"check-{os.getpid()}").mkdir(exist_ok=True)
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+
+    def run_check() -> str:
+        done = subprocess.run(["bash", "-c", check], cwd=tmp, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "damaged" not in run_check()
+    key = manifest["segments"][0]["key"]
+    client = s3_server.client()
+    body = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # one byte, same size: only the part's sha256 tells
+    client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(body))
+    hit = next(p for p in manifest["parts"]
+               if p["offset"] <= len(body) // 2 < p["offset"] + p["size"])
+    assert run_check().split("\n")[0] == f"damaged: {key} at {hit['offset']}"
+
+
+def documented_part_check() -> str:
+    """The part check's shell block in docs/backups.md, as written there."""
+    text = (REPO / "docs" / "backups.md").read_text()
+    after = text.index("To check a stored stream with standard tools")
+    start = text.index("```sh\n", after) + len("```sh\n")
+    return text[start:text.index("```", start)]
 
 
 def test_corrupt_part_is_caught_before_it_reaches_zfs_receive(
@@ -522,13 +552,12 @@ async def test_a_stream_past_the_part_limit_continues_in_a_next_segment(
     assert [(s.key, s.size) for s in result.segments] == [
         ("seg/stream-000000", 10 * MiB), ("seg/stream-000001", 2 * MiB)]
     assert [(p.segment, p.number) for p in result.parts] == [(0, 1), (0, 2), (1, 1)]
-    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert [p.sha256 for p in result.parts] == [  # each byte hashed once, in its part
+        hashlib.sha256(data[p.offset:p.offset + p.size]).hexdigest() for p in result.parts]
     client = s3_server.client()
     stored = b"".join(client.get_object(Bucket=s3_bucket, Key=s.key)["Body"].read()
                       for s in result.segments)
     assert stored == data
-    assert result.segments[0].sha256 == hashlib.sha256(data[:10 * MiB]).hexdigest()
-    assert result.segments[1].sha256 == hashlib.sha256(data[10 * MiB:]).hexdigest()
 
 
 async def test_download_writes_only_verified_parts_and_the_stream_they_tile(
@@ -588,8 +617,7 @@ async def test_download_writes_only_verified_parts_and_the_stream_they_tile(
         manifest = Manifest(
             volume="p/v", snapshot="p/v@x", guid="1", snapshot_created=0, parent_guid=None,
             parent_snapshot=None, segments=result.segments, stream_size=result.size,
-            raw_size=result.size, compression="none", sha256=result.sha256,
-            parts=result.parts)
+            raw_size=result.size, compression="none", parts=result.parts)
         assert await read_back(manifest) == (data, None)
         client = s3_server.client()
         last = bytearray(data[10 * MiB:])

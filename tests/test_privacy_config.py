@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from cerssd.config import parse_config
-from cerssd.objectstore.layout import FORMAT_AGE, ManifestInvalid, decode, segment_key
+from cerssd.objectstore.layout import (
+    FORMAT,
+    FORMAT_AGE,
+    FORMAT_PARTS,
+    ManifestInvalid,
+    decode,
+    segment_key,
+)
 from cerssd.parsing import ConfigError
 from cerssd.replication.stream.filters import backup_filters, restore_filters
 
@@ -94,7 +101,12 @@ def test_manifest_says_raw_and_age_and_refuses_a_mismatch() -> None:
     back = decode(json.dumps(age).encode(), "k")
     assert back.raw and back.encryption == "age" and back.age_recipients == ("age1x",)
     with pytest.raises(ManifestInvalid, match="does not go with"):
-        decode(json.dumps({**age, "format": data["format"]}).encode(), "k")
+        decode(json.dumps({**age, "format": FORMAT}).encode(), "k")
+    written_now = {k: v for k, v in age.items() if k != "sha256"} | {"format": FORMAT_PARTS}
+    now = decode(json.dumps(written_now).encode(), "k")
+    assert now.encryption == "age" and not now.sha256 and "sha256" not in now.to_json()
+    with pytest.raises(ManifestInvalid, match="without the whole stream's sha256"):
+        decode(json.dumps(written_now | {"format": FORMAT_AGE}).encode(), "k")
     with pytest.raises(ManifestInvalid, match="does not go with"):
         decode(json.dumps({**data, "encryption": "rot13"}).encode(), "k")
     assert segment_key("p/", "t/v", "l", "1", "zstd", 0, encrypted=True).endswith(

@@ -97,7 +97,7 @@ def test_age_backup_hides_the_data_and_restores_with_cerssd(
         assert objects_with_marker(s3_server, s3_bucket) == []
         items = d.api("GET", f"/v1/backups?volume={src}/vol&store=s3")["items"]
         for m in items:
-            assert m["encryption"] == "age" and m["format"] == "cerssd-backup/2"
+            assert m["encryption"] == "age" and m["format"] == "cerssd-backup/3"
             assert m["age_recipients"] == [recipient]
             assert m["segments"][0].endswith("/stream-000000.age")
         store = next(s for s in d.api("GET", "/v1/stores")["items"] if s["name"] == "s3")

@@ -880,7 +880,9 @@ class BackupSummary(Reply):
     stream_size: int
     raw_size: int
     compression: str
-    sha256: str
+    sha256: Annotated[str | None, doc(
+        "the whole stream's sha256, in backups made before manifest format "
+        "cerssd-backup/3 only (each part's digest is in the manifest)")] = None
 
 
 class Backups(Reply):

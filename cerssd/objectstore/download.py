@@ -16,8 +16,7 @@ the manifest's parts tile the stream exactly, in order and without a gap
 (``layout.check_parts`` refuses any other manifest before a restore starts), and every
 part is written only after its own sha256 matched, so the bytes written are the stream
 the manifest describes, byte for byte, which is what the whole-stream check asserted.
-The manifest's whole-stream ``sha256`` stays for the standard-tools check of
-docs/backups.md (``sha256sum`` of the concatenated segments).
+(Backups no longer carry a whole-stream digest at all: ``upload.py``.)
 """
 
 from __future__ import annotations

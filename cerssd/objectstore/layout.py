@@ -9,9 +9,11 @@ Every backup is a few objects under ``PREFIX VOLUME/LABEL.GUID/``:
   standard tools restore as ``aws s3 cp s3://BUCKET/KEY - | [age -d -i KEY |] zstd -d |
   zfs receive TARGET``;
 * ``manifest.json``: what the stream is (volume, snapshot name and guid, parent guid for
-  an incremental), its size, compression, the byte range and sha256 of every part and
-  the sha256 of the whole object. It is written last: a stream without a manifest is an
-  unfinished upload and is never taken for a backup.
+  an incremental), its size, compression, and the byte range and sha256 of every part
+  (manifests before ``cerssd-backup/3`` also carry the sha256 of the whole stream and
+  of each segment: a second hash of every byte, dropped in issue 13). It is written
+  last: a stream without a manifest is an unfinished upload and is never taken for a
+  backup.
 
 The guid in the path keeps two snapshots that reused a name apart.
 """
@@ -31,7 +33,11 @@ FORMAT = "cerssd-backup/1"
 #: (as a reader must refuse an unknown format) instead of feeding ciphertext to
 #: ``zfs receive``. Everything else is as in ``cerssd-backup/1``.
 FORMAT_AGE = "cerssd-backup/2"
-FORMATS = (FORMAT, FORMAT_AGE)
+#: What cerssd writes now: digests per part only (no whole-stream or segment ``sha256``),
+#: encryption said by ``encryption``. A reader that predates it refuses it rather than
+#: look for the whole-stream digest it used to check after a restore.
+FORMAT_PARTS = "cerssd-backup/3"
+FORMATS = (FORMAT, FORMAT_AGE, FORMAT_PARTS)
 #: How a stream is encrypted by cerssd: not, or by age (objectstore.privacy).
 ENCRYPTIONS = ("none", "age")
 MANIFEST = "manifest.json"
@@ -70,7 +76,8 @@ class Segment:
     key: str
     offset: int
     size: int
-    sha256: str
+    #: The segment's own sha256: only in manifests before ``cerssd-backup/3``.
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,9 @@ class Manifest:
     stream_size: int
     raw_size: int
     compression: str
-    sha256: str
     parts: tuple[Part, ...]
+    #: The whole stream's sha256: only in manifests before ``cerssd-backup/3``.
+    sha256: str = ""
     send_flags: str = ""
     #: The snapshot's creation txg on the source: orders snapshots of the same second.
     snapshot_txg: int = 0
@@ -97,7 +105,7 @@ class Manifest:
     #: public keys in ``age_recipients`` (and any of ``age_recipients_file``).
     encryption: str = "none"
     age_recipients: tuple[str, ...] = ()
-    format: str = FORMAT
+    format: str = FORMAT_PARTS
 
     @property
     def raw(self) -> bool:
@@ -119,8 +127,8 @@ class Manifest:
         data["raw"] = self.raw
         data["age_recipients"] = list(self.age_recipients)
         data["parts"] = [asdict(p) for p in self.parts]
-        data["segments"] = [asdict(s) for s in self.segments]
-        return data
+        data["segments"] = [_without_empty_digest(asdict(s)) for s in self.segments]
+        return _without_empty_digest(data)
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), indent=1, sort_keys=True).encode()
@@ -131,6 +139,13 @@ class Manifest:
         data["parts"] = len(self.parts)
         data["segments"] = [s.key for s in self.segments]
         return data
+
+
+def _without_empty_digest(data: dict[str, Any]) -> dict[str, Any]:
+    """A digest that was not computed is left out, not written empty."""
+    if not data.get("sha256"):
+        data.pop("sha256", None)
+    return data
 
 
 def backup_dir(prefix: str, volume: str, label: str, guid: str) -> str:
@@ -184,14 +199,16 @@ def decode(data: bytes, key: str) -> Manifest:
         parts = tuple(Part(int(p["number"]), int(p["offset"]), int(p["size"]),
                            str(p["sha256"]), int(p["segment"])) for p in raw["parts"])
         segments = tuple(Segment(int(g["index"]), str(g["key"]), int(g["offset"]),
-                                 int(g["size"]), str(g["sha256"])) for g in raw["segments"])
+                                 int(g["size"]), str(g.get("sha256", "")))
+                         for g in raw["segments"])
         manifest = Manifest(
             volume=str(raw["volume"]), snapshot=str(raw["snapshot"]), guid=str(raw["guid"]),
             snapshot_created=int(raw["snapshot_created"]),
             parent_guid=None if raw["parent_guid"] is None else str(raw["parent_guid"]),
             parent_snapshot=raw["parent_snapshot"], segments=segments,
             stream_size=int(raw["stream_size"]), raw_size=int(raw["raw_size"]),
-            compression=str(raw["compression"]), sha256=str(raw["sha256"]), parts=parts,
+            compression=str(raw["compression"]), sha256=str(raw.get("sha256", "")),
+            parts=parts,
             send_flags=str(raw.get("send_flags", "")),
             snapshot_txg=int(raw.get("snapshot_txg", 0)),
             source_server=str(raw.get("source_server", "")),
@@ -231,10 +248,14 @@ def check_parts(manifest: Manifest, key: str) -> None:
                               f"{manifest.stream_size}")
     if manifest.compression not in EXTENSIONS:
         raise ManifestInvalid(f"{key}: unknown compression {manifest.compression!r}")
-    if manifest.encryption not in ENCRYPTIONS \
-            or (manifest.encryption == "age") != (manifest.format == FORMAT_AGE):
+    if manifest.encryption not in ENCRYPTIONS or (
+            manifest.format != FORMAT_PARTS
+            and (manifest.encryption == "age") != (manifest.format == FORMAT_AGE)):
         raise ManifestInvalid(f"{key}: encryption {manifest.encryption!r} does not go with "
                               f"format {manifest.format}")
+    if manifest.format != FORMAT_PARTS and not manifest.sha256:
+        raise ManifestInvalid(f"{key}: format {manifest.format} without the whole "
+                              "stream's sha256")
 
 
 def chain(backups: Iterable[Manifest], guid: str) -> list[Manifest]:

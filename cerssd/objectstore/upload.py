@@ -1,14 +1,22 @@
 """Stream a pipe into S3 by multipart upload, with memory bounded whatever the size.
 
 Bytes are read from the pipe one part at a time by a worker thread (``readv`` into a
-buffer of a pool allocated once per upload; the sha256 of the part and of the whole
-stream are computed as it goes, and hashlib drops the GIL), and up to
+buffer of a pool allocated once per upload; the part's sha256 is computed as it goes,
+and hashlib drops the GIL), and up to
 ``concurrency`` parts upload at once, each sent from its buffer without a copy
 (wire.py). The reader waits for a free buffer before reading on, so memory
 stays at ``(concurrency + 1) x part_size``, and a slow or lost store stops the
 reading, which blocks ``zfs send``: the backpressure the design asks for. Each part
 carries its sha256 (``ChecksumSHA256``), which the store verifies, and is sent without
 botocore's per-call overhead and signed without hashing the payload again (parts.py).
+
+Every byte is hashed once, in its part. No digest of the whole stream (or of a segment)
+is computed: it was a second sha256 pass over every byte, 0.6 CPU-s per GiB of the
+daemon's ~2.4 (issue 13), and it asserted nothing the part digests do not. The store
+verifies each part against its digest, the manifest lists every part's digest and byte
+range, the parts must tile the stream exactly to be read back (``layout.decode``), and a
+restore checks each part before any of its bytes reaches ``zfs receive``; with standard
+tools, each part is checked the same way (docs/backups.md).
 
 S3 allows 10,000 parts per object. Instead of growing the parts (and the memory)
 with the stream, a stream longer than 10,000 parts continues in a next *segment*
@@ -48,7 +56,6 @@ class UploadResult:
     parts: tuple[Part, ...]
     segments: tuple[Segment, ...]
     size: int
-    sha256: str
 
 
 @dataclass
@@ -63,24 +70,21 @@ class _Open:
     #: Parts uploading; a task leaves the set when it succeeds, so the set (and every
     #: look at it, once per part) stays as small as ``concurrency``.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    hash: Any = field(default_factory=hashlib.sha256)  # used from segment 1 on
     size: int = 0
-    digest: str = ""
 
 
 #: Bytes read from the stream per call, and hashed right away while they are in the CPU's
 #: cache: a part read whole and hashed after was read back from memory twice more. 1 MiB
 #: rather than 256 KiB (issue 13): a quarter of the calls, each a system call and two
 #: hash updates from Python. Measured (2026-12-07, loaded machine): reading 1 GiB from a
-#: socket pair with both hashes 1.43 -> 1.38 CPU-s; in the whole upload path the gain is
-#: within the noise of 1.85-1.97 CPU-s per GiB (bench/RESULTS.md).
+#: socket pair with two hashes (the whole stream's too, then) 1.43 -> 1.38 CPU-s.
 READ_CHUNK = 1 << 20
 
 
-def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple[int, str]:
+def read_part(fd: int, buffer: bytearray, size: int) -> tuple[int, str]:
     """Fill ``buffer[:size]`` from ``fd`` (short only at EOF); returns (bytes, sha256).
 
-    Every chunk is added to the part's sha256 and to ``hashes`` as soon as it is read.
+    Every chunk is added to the part's sha256 as soon as it is read.
     """
     view = memoryview(buffer)[:size]
     part = hashlib.sha256()
@@ -92,8 +96,6 @@ def read_part(fd: int, buffer: bytearray, size: int, hashes: list[Any]) -> tuple
                 break
             chunk = view[got:got + n]
             part.update(chunk)
-            for h in hashes:
-                h.update(chunk)
             chunk.release()
             got += n
     finally:
@@ -130,7 +132,6 @@ class SegmentedUpload:
         self.completed: list[str] = []
 
     async def run(self, fd: int) -> UploadResult:
-        whole = hashlib.sha256()
         # ``concurrency`` parts uploading and one being read: the memory of the upload.
         pool = self.pool or BufferPool(self.concurrency + 1, self.part_size)
         parts: list[Part] = []
@@ -145,13 +146,7 @@ class SegmentedUpload:
                     _raise_failed(current.tasks)
                 starting = current is None or self._full(current, parts)
                 index = 0 if current is None else current.index + int(starting)
-                if starting and current is not None:
-                    current.digest = _segment_digest(current, whole)
-                seg_hash = hashlib.sha256() if starting or current is None else current.hash
-                # Segment 0's hash is the whole stream's up to its end: hashed once.
-                hashes = [whole] if index == 0 else [whole, seg_hash]
-                got, digest = await asyncio.to_thread(read_part, fd, buffer, self.part_size,
-                                                      hashes)
+                got, digest = await asyncio.to_thread(read_part, fd, buffer, self.part_size)
                 self.on_read(got)
                 if got == 0 and parts:
                     pool.give(buffer)
@@ -159,7 +154,7 @@ class SegmentedUpload:
                 if starting:
                     if current is not None:
                         segments.append(await self._complete(current))
-                    current = await self._begin(index, offset, seg_hash)
+                    current = await self._begin(index, offset)
                 assert current is not None
                 number = len(parts) - current.index * self.parts_per_segment + 1
                 parts.append(Part(number, offset, got, digest, current.index))
@@ -172,18 +167,17 @@ class SegmentedUpload:
                 if got < self.part_size:  # EOF inside this part: it is the last
                     break
             assert current is not None
-            current.digest = _segment_digest(current, whole)
             segments.append(await self._complete(current))
         except BaseException:
             if current is not None:
                 await _cancel(current.tasks)
             raise
-        return UploadResult(tuple(parts), tuple(segments), offset, whole.hexdigest())
+        return UploadResult(tuple(parts), tuple(segments), offset)
 
     def _full(self, current: _Open, parts: list[Part]) -> bool:
         return len(parts) - current.index * self.parts_per_segment >= self.parts_per_segment
 
-    async def _begin(self, index: int, offset: int, seg_hash: Any) -> _Open:
+    async def _begin(self, index: int, offset: int) -> _Open:
         key = self.key_for(index)
         created = await self.retry(f"create upload {key}", lambda: self.store.call(
             "create_multipart_upload", Key=key, ContentType="application/octet-stream",
@@ -191,7 +185,7 @@ class SegmentedUpload:
         upload_id = str(created["UploadId"])
         self.unfinished[key] = upload_id
         self.started(key, upload_id)
-        return _Open(index, key, upload_id, offset, hash=seg_hash)
+        return _Open(index, key, upload_id, offset)
 
     async def _complete(self, seg: _Open) -> Segment:
         await asyncio.gather(*seg.tasks)
@@ -202,7 +196,7 @@ class SegmentedUpload:
             MultipartUpload={"Parts": parts}))
         del self.unfinished[seg.key]
         self.completed.append(seg.key)
-        return Segment(seg.index, seg.key, seg.offset, seg.size, seg.digest)
+        return Segment(seg.index, seg.key, seg.offset, seg.size)
 
     async def _upload(self, seg: _Open, number: int, buffer: bytearray, size: int,
                       digest: str, pool: BufferPool) -> None:
@@ -223,10 +217,6 @@ class SegmentedUpload:
             self.on_sent(size)
         finally:
             pool.give(buffer)
-
-
-def _segment_digest(seg: _Open, whole: Any) -> str:
-    return str((whole.copy() if seg.index == 0 else seg.hash).hexdigest())
 
 
 def _forget_if_ok(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:

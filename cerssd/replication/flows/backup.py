@@ -31,7 +31,7 @@ from ...objectstore import catalog
 from ...objectstore.buffers import BufferPool
 from ...objectstore.client import ObjectStore
 from ...objectstore.config import StoreConfig
-from ...objectstore.layout import FORMAT, FORMAT_AGE, Manifest, manifest_key, now_iso, segment_key
+from ...objectstore.layout import Manifest, manifest_key, now_iso, segment_key
 from ...objectstore.sse_check import check_sse
 from ...objectstore.stores import Stores
 from ...objectstore.upload import Retrier, SegmentedUpload, UploadResult
@@ -367,7 +367,7 @@ async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
         snapshot_created=snap.creation, parent_guid=base.guid if base else None,
         parent_snapshot=base.name if base else None, segments=result.segments,
         stream_size=result.size, raw_size=raw_size, compression=store.config.compression,
-        sha256=result.sha256, parts=result.parts, source_server=server,
+        parts=result.parts, source_server=server,
         snapshot_txg=snap.createtxg, created_at=now_iso(),
         send_flags="-w" if options.raw else "", **encryption_fields(store.config))
     mkey = manifest_key(store.config.prefix, snap.volume, snap.label, snap.guid)
@@ -381,9 +381,8 @@ def encryption_fields(cfg: StoreConfig) -> dict[str, Any]:
     """What a manifest says of the stream's age encryption (docs/backups.md)."""
     privacy = cfg.privacy
     if not privacy.encrypted:
-        return {"encryption": "none", "age_recipients": (), "format": FORMAT}
-    return {"encryption": "age", "age_recipients": privacy.recipients(),
-            "format": FORMAT_AGE}
+        return {"encryption": "none", "age_recipients": ()}
+    return {"encryption": "age", "age_recipients": privacy.recipients()}
 
 
 async def _sweep_leftovers(store: ObjectStore, calls: Retrier, prefix: str,
