@@ -23,7 +23,8 @@ Never destroyed, whatever the grid says:
 
 Every doomed snapshot comes with its reason (``Verdict``): the rule, the tier and its
 age, and for a thinned one the snapshot kept for its interval instead. A dry run shows
-exactly these, and the real prune destroys exactly these.
+exactly these, and the real prune destroys exactly these. ``prune_decision`` also says
+what stays that the grid would drop, or that is not cerssd's, and why (``Kept``).
 """
 
 from __future__ import annotations
