@@ -25,7 +25,7 @@ def add_parsers(sub: Any) -> None:
     verbs.add_parser("run", help="run a policy now (snapshot, then prune)").add_argument(
         "name")
     prune = verbs.add_parser("prune", help="apply a policy's grid now (--dry-run: what would "
-                             "go and what stays, and why)")
+                             "go, what stays, and why)")
     prune.add_argument("name")
     prune.add_argument("--dry-run", action="store_true",
                        help="only list what would go and what stays, and why")
