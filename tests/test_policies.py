@@ -527,3 +527,57 @@ def test_a_relationship_backs_up_a_policys_snapshots_to_a_bucket(
         assert guid(f"{restored}/copy@{label}") == guid(f"{vol}@{label}")
     for name in ("f", "g"):
         assert digest(f"/{restored}/copy/{name}") == digest(f"/{vol}/{name}")
+
+
+def test_a_tree_policys_dry_run_is_its_prune_member_by_member(
+        start_daemon: Any, make_pool: Any) -> None:
+    """A tree: each doomed label listed on every member, a member's foreign snapshot
+    kept with why; the prune removes exactly that, and the policy's next run knows."""
+    from .test_pruning import hourly_doomed
+    from .test_pruning import labels as oldest_first
+    pool = make_pool()
+    root = f"{pool}/tree"
+    members = [root, f"{root}/a", f"{root}/b"]
+    for name in members:
+        zfs("create", name)
+    d = start_daemon(extra=policy_config("t", root, interval='"1h"', recursive="true",
+                                         retention='["1h:all"]'))
+    wait_until(lambda: ran(d, "t", 1), SLOW, what="the first run")
+    zfs("snapshot", f"{root}/a@manual")
+    for n in range(2, 5):
+        assert raw_request(d.socket_path, "POST", "/v1/policies/t/run").status == 202
+        wait_until(lambda n=n: ran(d, "t", n), SLOW, what=f"run {n}")
+    made = oldest_first(root)
+    assert len(made) == 4, made
+    d.config_path.write_text(d.config_path.read_text().replace(
+        'retention = ["1h:all"]', 'retention = ["1d:1h"]'))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: show(d, "t")["retention"] == ["1d:1h"], SLOW, what="the reload")
+    expected = hourly_doomed(made, root)  # keep_min 1: the newest is never in it
+    assert expected, made  # four in at most two hours
+
+    dry = post_json(d, "/v1/policies/t/prune", {"dry_run": True})
+    assert dry.status == 200, dry.body
+    (place,) = dry.body["places"]
+    assert place["volume"] == root and place["blocked"] is None
+    assert sorted(v["snapshot"] for v in place["destroy"]) == sorted(
+        f"{m}@{x}" for m in members for x in expected)
+    assert [(k["snapshot"], k["rule"]) for k in place["keep"]
+            if k["rule"] == "not-ours"] == [(f"{root}/a@manual", "not-ours")]
+    before = {m: labels(m) for m in members}
+    real = post_json(d, "/v1/policies/t/prune", {})
+    (done,) = real.body["places"]
+    assert sorted(v["snapshot"] for v in done["destroy"]) == sorted(
+        v["snapshot"] for v in place["destroy"])
+    assert d.wait_done(done["activity"])["state"] == "succeeded"
+    for m in members:
+        gone = [x for x in before[m] if x not in labels(m)]
+        assert sorted(gone) == sorted(expected), (m, gone)
+    assert "manual" in labels(f"{root}/a")
+    # the next run goes on from there: it counts what is left on the members
+    assert raw_request(d.socket_path, "POST", "/v1/policies/t/run").status == 202
+    after = wait_until(lambda: ran(d, "t", 5), SLOW, what="the run after the prune")
+    assert after["last_result"]["outcome"] == "snapshot" and after["failures"] == 0, after
+    assert after["snapshots_kept"] == len(labels(root)), (after, labels(root))
+    for m in members:
+        assert [x for x in labels(m) if x != "manual"] == labels(root), m
