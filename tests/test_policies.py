@@ -438,6 +438,10 @@ def test_a_policys_dry_run_lists_exactly_what_its_prune_then_removes(
     for label in spared:
         assert keep[label]["rule"] == "keep-min" and "keep_min 4" in keep[label]["reason"]
     assert set(keep) <= {*foreign, *spared, made[-1]}  # the newest: when its hour has another
+    from .test_docs import SOCKET, assert_same_shape, examples
+    documented = examples()[f"curl --unix-socket {SOCKET} -H 'Content-Type: application/json' "
+                            "-d '{\"dry_run\": true}' http://localhost/v1/policies/hourly/prune"]
+    assert_same_shape(documented, dry.body)  # docs/api.md shows every field served
     shown = ctl(d, "policy", "prune", "hourly", "--dry-run")
     assert shown.returncode == 0, shown.stderr
     assert "would destroy" in shown.stdout and "not-ours" in shown.stdout
