@@ -526,6 +526,10 @@ def test_a_relationship_backs_up_a_policys_snapshots_to_a_bucket(
                if a["params"].get("relationship") == "web"]
     assert len(backups) == 2 and all(a["state"] == "succeeded" for a in backups), backups
 
+    # the relationship's own prune leaves the master to the policy, and says where to look
+    dry = post_json(d, "/v1/relationships/web/prune", {"dry_run": True, "only": ["master"]})
+    assert "cerssctl policy prune hourly --dry-run" in dry.body["places"][0]["blocked"], dry.body
+
     restore_ok(d, f"{vol}@{two}", f"{restored}/copy")
     for label in (one, two):
         assert guid(f"{restored}/copy@{label}") == guid(f"{vol}@{label}")
