@@ -15,7 +15,16 @@ import pytest
 
 from cerssd.cli.client import CliError
 
-from .conftest import SLOW, DaemonProcess, SshServer, raw_request, wait_until, write_file, zfs
+from .conftest import (
+    SLOW,
+    DaemonProcess,
+    SshServer,
+    post_json,
+    raw_request,
+    wait_until,
+    write_file,
+    zfs,
+)
 from .test_cli import ctl
 from .test_relationships import metric
 
@@ -379,3 +388,204 @@ def test_a_run_resumed_after_its_snapshot_runs_no_hook_again(
     assert pres.read_text().split() == [label] and not post_pid.exists()
     for name in ("", "/a") if tree else ("",):
         assert labels(root + name) == [label]
+
+
+def test_a_policys_dry_run_lists_exactly_what_its_prune_then_removes(
+        start_daemon: Any, make_pool: Any) -> None:
+    """Five snapshots within a minute under ``1h:all``; then ``1d:1h`` with keep_min 4:
+    the dry run (API and cerssctl) lists what goes with why, and keeps the snapshots the
+    policy did not make and the one keep_min spares, with why; the prune that follows
+    removes exactly that list."""
+    from .test_pruning import hourly_doomed
+    from .test_pruning import labels as oldest_first
+    pool = make_pool()
+    vol = f"{pool}/data"
+    zfs("create", vol)
+    foreign = ["manual", "cerssd-hourly-keep"]  # the second has the prefix, not a time
+    for label in foreign:
+        zfs("snapshot", f"{vol}@{label}")
+    d = start_daemon(extra=policy_config("hourly", vol, interval='"1h"',
+                                         retention='["1h:all"]'))
+    wait_until(lambda: ran(d, "hourly", 1), SLOW, what="the first run")
+    for n in range(2, 6):
+        assert raw_request(d.socket_path, "POST", "/v1/policies/hourly/run").status == 202
+        wait_until(lambda n=n: ran(d, "hourly", n), SLOW, what=f"run {n}")
+    made = [x for x in oldest_first(vol) if x not in foreign]
+    assert len(made) == 5, labels(vol)
+    d.config_path.write_text(d.config_path.read_text().replace(
+        'retention = ["1h:all"]', 'retention = ["1d:1h"]\nkeep_min = 4'))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: show(d, "hourly")["keep_min"] == 4, SLOW, what="the reload")
+    # worked out here: the grid's thinning, then keep_min 4 sparing the newest of those
+    by_grid = hourly_doomed(made, vol)
+    short = 4 - (len(made) - len(by_grid))
+    expected, spared = by_grid[:len(by_grid) - short], by_grid[len(by_grid) - short:]
+    assert expected and spared, (made, by_grid)  # five in at most two hours
+
+    dry = post_json(d, "/v1/policies/hourly/prune", {"dry_run": True})
+    assert dry.status == 200, dry.body
+    assert dry.body["policy"] == "hourly" and dry.body["dry_run"] is True
+    (place,) = dry.body["places"]
+    assert place["name"] == "local" and place["volume"] == vol and place["keep_min"] == 4
+    assert place["blocked"] is None and place["activity"] is None
+    assert place["retention"] == ["1d:1h"] and place["kept"] == 4
+    assert [v["snapshot"] for v in place["destroy"]] == [f"{vol}@{x}" for x in expected]
+    assert all(v["rule"] == "thinned" and v["kept_instead"] in made for v in place["destroy"])
+    keep = {k["snapshot"].partition("@")[2]: k for k in place["keep"]}
+    for label in foreign:
+        assert keep[label]["rule"] == "not-ours", keep
+        assert keep[label]["reason"].startswith("not cerssd's"), keep[label]
+    for label in spared:
+        assert keep[label]["rule"] == "keep-min" and "keep_min 4" in keep[label]["reason"]
+    assert set(keep) <= {*foreign, *spared, made[-1]}  # the newest: when its hour has another
+    from .test_docs import SOCKET, assert_same_shape, examples
+    documented = examples()[f"curl --unix-socket {SOCKET} -H 'Content-Type: application/json' "
+                            "-d '{\"dry_run\": true}' http://localhost/v1/policies/hourly/prune"]
+    assert_same_shape(documented, dry.body)  # docs/api.md shows every field served
+    shown = ctl(d, "policy", "prune", "hourly", "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert "would destroy" in shown.stdout and "not-ours" in shown.stdout
+    assert "keep-min" in shown.stdout and all(x in shown.stdout for x in expected)
+    before = labels(vol)
+    assert sorted(before) == sorted([*foreign, *made])  # a dry run destroys nothing
+
+    real = post_json(d, "/v1/policies/hourly/prune", {})
+    assert real.status == 200 and real.body["dry_run"] is False, real.body
+    (done,) = real.body["places"]
+    assert [v["snapshot"] for v in done["destroy"]] == [v["snapshot"]
+                                                         for v in place["destroy"]]
+    assert d.wait_done(done["activity"])["state"] == "succeeded"
+    gone = [x for x in before if x not in labels(vol)]
+    assert sorted(gone) == sorted(expected) and set(labels(vol)) <= set(before)
+    assert set(spared) <= set(labels(vol)) and set(foreign) <= set(labels(vol))
+    again = post_json(d, "/v1/policies/hourly/prune", {"dry_run": True})
+    assert again.body["places"][0]["destroy"] == [], again.body  # nothing left to take
+
+    # bad input: problem documents, and cerssctl's message
+    for path, body, status in (("/v1/policies/nope/prune", {"dry_run": True}, 404),
+                               ("/v1/policies/bad%20name/prune", {"dry_run": True}, 400),
+                               ("/v1/policies/hourly/prune", {"dry_runs": True}, 422)):
+        r = post_json(d, path, body)
+        assert r.status == status, (path, r.status, r.body)
+        assert r.content_type.startswith("application/problem+json"), r.content_type
+    out = ctl(d, "policy", "prune", "nope", "--dry-run")
+    assert out.returncode == 1 and "no snapshot policy nope" in out.stderr, out
+
+
+def test_a_relationship_backs_up_a_policys_snapshots_to_a_bucket(
+        start_daemon: Any, make_pool: Any, s3_server: Any, s3_bucket: str,
+        tmp_path: Any) -> None:
+    """One set of snapshots for local recovery, a standby and the bucket: the backups
+    are of the policy's snapshots (the relationship takes none), the second one an
+    incremental, restored with the master's guids."""
+    from .test_backups import digest, guid, listed, restore_ok, store_section, write
+    from .test_pruning import manifests
+    from .test_relationships import LOCAL_SLAVES, relationship_config
+    master, standby, restored = make_pool(), make_pool(), make_pool()
+    vol = f"{master}/data"
+    zfs("create", vol)
+    write(f"/{vol}/f", 3)
+    config = (LOCAL_SLAVES + store_section(s3_server, s3_bucket, tmp_path / "s3.key")
+              + policy_config("hourly", vol, interval='"1h"')
+              + relationship_config("web", vol, {"a": f"{standby}/data"},
+                                    extra='snapshots = "hourly"\nstores = ["s3"]')
+              .replace('interval = "1h"\n', ""))
+    d = start_daemon(extra=config)
+
+    def backed_up(label: str) -> dict[str, Any] | None:
+        """The relationship once its store and slave are at the policy's ``label``."""
+        r = d.api("GET", "/v1/relationships/web")
+        items = listed(d, vol)
+        ok = (items and items[-1]["snapshot"] == f"{vol}@{label}"
+              and r["backups"][0]["last_backup_guid"] == guid(f"{vol}@{label}")
+              and r["slaves"][0]["state"] == "in-sync"
+              and (r["slaves"][0]["last_snapshot"] or "").endswith(f"@{label}"))
+        return r if ok else None
+    one = wait_until(lambda: ran(d, "hourly", 1), SLOW, what="the first run")["newest_snapshot"]
+    r = wait_until(lambda: backed_up(one), SLOW, interval=0.2, what="the first backup")
+    assert r["snapshots"] == "hourly"
+    (first,) = listed(d, vol)
+    assert first["kind"] == "full" and first["snapshot"] == f"{vol}@{one}"
+    assert one.startswith("cerssd-hourly-") and manifests(s3_server.client(), s3_bucket,
+                                                          vol) == [one]
+    assert labels(vol) == [one]  # the relationship made no snapshot of its own
+
+    write(f"/{vol}/g", 1)
+    assert raw_request(d.socket_path, "POST", "/v1/policies/hourly/run").status == 202
+    two = wait_until(lambda: ran(d, "hourly", 2), SLOW, what="the second run")[
+        "newest_snapshot"]
+    assert two != one
+    wait_until(lambda: backed_up(two), SLOW, interval=0.2, what="the second backup")
+    items = listed(d, vol)
+    assert [(m["kind"], m["snapshot"]) for m in items] == [
+        ("full", f"{vol}@{one}"), ("incremental", f"{vol}@{two}")]
+    assert items[1]["parent_guid"] == guid(f"{vol}@{one}")
+    assert manifests(s3_server.client(), s3_bucket, vol) == sorted([one, two])
+    assert labels(vol) == [one, two]
+    backups = [a for a in d.api("GET", "/v1/activities?kind=backup&limit=100")["items"]
+               if a["params"].get("relationship") == "web"]
+    assert len(backups) == 2 and all(a["state"] == "succeeded" for a in backups), backups
+
+    # the relationship's own prune leaves the master to the policy, and says where to look
+    dry = post_json(d, "/v1/relationships/web/prune", {"dry_run": True, "only": ["master"]})
+    assert "cerssctl policy prune hourly --dry-run" in dry.body["places"][0]["blocked"], dry.body
+
+    restore_ok(d, f"{vol}@{two}", f"{restored}/copy")
+    for label in (one, two):
+        assert guid(f"{restored}/copy@{label}") == guid(f"{vol}@{label}")
+    for name in ("f", "g"):
+        assert digest(f"/{restored}/copy/{name}") == digest(f"/{vol}/{name}")
+
+
+def test_a_tree_policys_dry_run_is_its_prune_member_by_member(
+        start_daemon: Any, make_pool: Any) -> None:
+    """A tree: each doomed label listed on every member, a member's foreign snapshot
+    kept with why; the prune removes exactly that, and the policy's next run knows."""
+    from .test_pruning import hourly_doomed
+    from .test_pruning import labels as oldest_first
+    pool = make_pool()
+    root = f"{pool}/tree"
+    members = [root, f"{root}/a", f"{root}/b"]
+    for name in members:
+        zfs("create", name)
+    d = start_daemon(extra=policy_config("t", root, interval='"1h"', recursive="true",
+                                         retention='["1h:all"]'))
+    wait_until(lambda: ran(d, "t", 1), SLOW, what="the first run")
+    zfs("snapshot", f"{root}/a@manual")
+    for n in range(2, 5):
+        assert raw_request(d.socket_path, "POST", "/v1/policies/t/run").status == 202
+        wait_until(lambda n=n: ran(d, "t", n), SLOW, what=f"run {n}")
+    made = oldest_first(root)
+    assert len(made) == 4, made
+    d.config_path.write_text(d.config_path.read_text().replace(
+        'retention = ["1h:all"]', 'retention = ["1d:1h"]'))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: show(d, "t")["retention"] == ["1d:1h"], SLOW, what="the reload")
+    expected = hourly_doomed(made, root)  # keep_min 1: the newest is never in it
+    assert expected, made  # four in at most two hours
+
+    dry = post_json(d, "/v1/policies/t/prune", {"dry_run": True})
+    assert dry.status == 200, dry.body
+    (place,) = dry.body["places"]
+    assert place["volume"] == root and place["blocked"] is None
+    assert sorted(v["snapshot"] for v in place["destroy"]) == sorted(
+        f"{m}@{x}" for m in members for x in expected)
+    assert [(k["snapshot"], k["rule"]) for k in place["keep"]
+            if k["rule"] == "not-ours"] == [(f"{root}/a@manual", "not-ours")]
+    before = {m: labels(m) for m in members}
+    real = post_json(d, "/v1/policies/t/prune", {})
+    (done,) = real.body["places"]
+    assert sorted(v["snapshot"] for v in done["destroy"]) == sorted(
+        v["snapshot"] for v in place["destroy"])
+    assert d.wait_done(done["activity"])["state"] == "succeeded"
+    for m in members:
+        gone = [x for x in before[m] if x not in labels(m)]
+        assert sorted(gone) == sorted(expected), (m, gone)
+    assert "manual" in labels(f"{root}/a")
+    # the next run goes on from there: it counts what is left on the members
+    assert raw_request(d.socket_path, "POST", "/v1/policies/t/run").status == 202
+    after = wait_until(lambda: ran(d, "t", 5), SLOW, what="the run after the prune")
+    assert after["last_result"]["outcome"] == "snapshot" and after["failures"] == 0, after
+    assert after["snapshots_kept"] == len(labels(root)), (after, labels(root))
+    for m in members:
+        assert [x for x in labels(m) if x != "manual"] == labels(root), m

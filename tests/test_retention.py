@@ -8,10 +8,12 @@ import pytest
 
 from cerssd.parsing import ConfigError
 from cerssd.replication.logic.retention import (
+    KeepRule,
     Rule,
     owned,
     parse_grid,
     parse_keep_min,
+    prune_decision,
     prune_plan,
     to_destroy,
 )
@@ -145,3 +147,25 @@ def test_keep_min_below_one_or_not_a_number_names_the_key(value: object) -> None
     with pytest.raises(ConfigError) as info:
         parse_keep_min(value, "relationships.r1.keep_min")
     assert info.value.key == "relationships.r1.keep_min"
+
+
+def test_a_decision_goes_as_the_plan_and_says_what_stays_and_why() -> None:
+    """The dry runs' ``keep``: a foreign snapshot, one keep_min spares, a base and the
+    newest the grid would drop; what goes is exactly ``prune_plan``'s."""
+    snaps = [snap("manual", 40 * D), own(30 * D), own(20 * D, guid="base"), own(12 * D),
+             own(10 * D), own(9 * D)]
+    decision = prune_decision(snaps, GRID, now=NOW, prefix="rel-", protected={"base"},
+                              keep_min=3)
+    assert decision.doomed == prune_plan(snaps, GRID, now=NOW, prefix="rel-",
+                                         protected={"base"}, keep_min=3)
+    assert [v.snapshot for v in decision.doomed] == [snaps[1], snaps[3]]
+    why = {k.snapshot.label: k.rule for k in decision.kept}
+    assert why == {"manual": KeepRule.NOT_OURS, snaps[2].label: KeepRule.BASE,
+                   snaps[4].label: KeepRule.KEEP_MIN, snaps[5].label: KeepRule.NEWEST}
+    assert [k.snapshot for k in decision.kept] == [snaps[0], snaps[2], snaps[4], snaps[5]]
+    text = {k.snapshot.label: k.to_json()["reason"] for k in decision.kept}
+    assert text["manual"].startswith("not cerssd's: its label is not 'rel-'")
+    assert text[snaps[4].label].startswith("keep_min 3: ")
+    # what the grid keeps anyway is not listed: everything recent here
+    recent = every_15_minutes(2)
+    assert prune_decision(recent, GRID, now=NOW, prefix="rel-").kept == []

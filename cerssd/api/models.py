@@ -367,6 +367,10 @@ class RelationshipPrune(Request):
         "store names (default: all of them)")] = None
 
 
+class PolicyPrune(Request):
+    dry_run: Annotated[bool, doc("only say what would go, and why")] = False
+
+
 # -- query parameters -------------------------------------------------------------------
 class ServerQuery(Query):
     server: Annotated[ServerName, doc("server name from the config")] = "local"
@@ -931,6 +935,29 @@ class RelationshipPruneResult(Reply):
     relationship: str
     dry_run: bool
     places: list[PrunePlace]
+
+
+class PruneKept(Reply):
+    snapshot: str
+    guid: str
+    created: int
+    age_seconds: int
+    rule: Annotated[Literal["not-ours", "newest", "base", "keep-min"], doc(
+        "not the policy's label (never pruned), the newest snapshot, a relationship's "
+        "slave or store base, or spared by keep_min; each one the grid would drop, "
+        "except not-ours")]
+    reason: Annotated[str, doc("the same in words")]
+
+
+class PolicyPrunePlace(PrunePlace):
+    keep: Annotated[list[PruneKept], doc("what stays although its label or the grid says "
+        "otherwise, each with why (empty when blocked)")]
+
+
+class PolicyPruneResult(Reply):
+    policy: str
+    dry_run: bool
+    places: Annotated[list[PolicyPrunePlace], doc("one: the policy's server")]
 
 
 class PruneAccepted(Activity):

@@ -1,4 +1,5 @@
-"""``cerssctl policy list|show|run``: snapshot policies, rendered from the API's documents."""
+"""``cerssctl policy list|show|run|prune``: snapshot policies, rendered from the API's
+documents (``prune`` as ``cerssctl prune`` renders a relationship's)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from ..human import when
 from .client import Client
 from .output import Output, print_fields
+from .prune import render as render_prune
 
 COMMAND = "policy"
 
@@ -22,6 +24,11 @@ def add_parsers(sub: Any) -> None:
         "name")
     verbs.add_parser("run", help="run a policy now (snapshot, then prune)").add_argument(
         "name")
+    prune = verbs.add_parser("prune", help="apply a policy's grid now (--dry-run: what would "
+                             "go, what stays, and why)")
+    prune.add_argument("name")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="only list what would go and what stays, and why")
 
 
 def last_run_text(p: dict[str, Any]) -> str:
@@ -88,6 +95,9 @@ def run(client: Client, out: Output, args: argparse.Namespace) -> int:
     path = f"/v1/policies/{urllib.parse.quote(args.name, safe='')}"
     if args.verb == "show":
         out.emit(client.request("GET", path), lambda p: render_one(out, p))
+    elif args.verb == "prune":
+        data = client.request("POST", f"{path}/prune", {"dry_run": args.dry_run})
+        out.emit(data, lambda d: render_prune(out, d))
     else:
         data = client.request("POST", f"{path}/run")
         out.emit(data, lambda p: out.console.print(f"{p['name']}: run requested"))

@@ -3,7 +3,8 @@
 Renders ``POST /v1/relationships/{name}/prune``: per place (master, each slave, each
 store) the grid and ``keep_min`` in force, then every snapshot or backup that goes with
 its age and reason, or why nothing may go there now. A dry run prints the same list the
-prune would then carry out.
+prune would then carry out. ``render`` also prints a snapshot policy's plan
+(``cerssctl policy prune``), which adds what stays and why.
 """
 
 from __future__ import annotations
@@ -51,3 +52,7 @@ def render(out: Output, data: dict[str, Any]) -> None:
             out.table(["snapshot", "age", "rule", "reason"],
                       [(v["snapshot"], lag_text(v["age_seconds"]), v["rule"], v["reason"])
                        for v in place["destroy"]])
+        if place.get("keep"):  # a policy's plan: what stays although it might seem not to
+            out.table(["kept", "age", "rule", "reason"],
+                      [(k["snapshot"], lag_text(k["age_seconds"]), k["rule"], k["reason"])
+                       for k in place["keep"]])

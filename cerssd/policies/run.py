@@ -21,15 +21,14 @@ from collections.abc import Awaitable, Callable
 
 from ..engine import ActivityContext
 from ..hooks import HookRun, SnapshotSkipped, around_snapshot
-from ..replication.logic.members import ListedDataset, select
-from ..replication.logic.retention import to_destroy
-from ..replication.logic.tree_labels import labels_doomed, labels_of
+from ..replication.logic.members import select
 from ..replication.relationships.tree import cycle_label
 from ..replication.relationships.tree_steady import drop_labels
 from ..storage.errors import Busy, NotFound
 from ..storage.interface import StorageBackend
-from ..storage.values import Snapshot, TreeListing
+from ..storage.values import Snapshot
 from .guard import Protection
+from .prune import listed, tree_decision, tree_labels, volume_decision
 from .runtime import PolicyRuntime, RunOutcome, RunResult
 
 #: Gives the protection when the run is ready to prune (asked late: a relationship's
@@ -64,8 +63,8 @@ async def run_volume(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBa
     destroyed, why = 0, protection.hold_off
     held: list[str] = []
     if why is None:
-        doomed = to_destroy(existing, spec.retention, now=time.time(), prefix=spec.prefix,
-                            protected=protection.guids, keep_min=spec.keep_min)
+        doomed = [v.snapshot for v in
+                  volume_decision(spec, existing, protection, time.time()).doomed]
         destroyed, held = await _destroy_each(backend, [s.name for s in doomed])
         gone = {s.name for s in doomed} - set(held)
         existing = [s for s in existing if s.name not in gone]
@@ -83,10 +82,10 @@ async def run_tree(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBack
     started = time.time()
     whole = rt.labels is None or rt.relist
     listing = await backend.tree(sel.root, selector=sel.by_property, snapshots=whole)
-    members = select(sel, spec.name, _listed(listing))
+    members = select(sel, spec.name, listed(listing))
     names = [m.name for m in members]
     if whole:
-        rt.labels = _tree_labels(listing, names, spec.prefix)
+        rt.labels = tree_labels(listing, names, spec.prefix)
         rt.relist = False
     assert rt.labels is not None
     if not members:
@@ -114,8 +113,8 @@ async def run_tree(ctx: ActivityContext, rt: PolicyRuntime, backend: StorageBack
     protection = guard()
     destroyed, why = 0, protection.hold_off
     if why is None:
-        doomed = labels_doomed(rt.labels, spec.retention, now=time.time(), prefix=spec.prefix,
-                               protected=protection.labels, keep_min=spec.keep_min)
+        doomed = [v.snapshot.label for v in
+                  tree_decision(spec, rt.labels, protection, time.time()).doomed]
         before = len(rt.labels)
         await drop_labels(ctx, backend, names, doomed, rt.labels,
                           recursive_from=sel.root if sel.whole_subtree and sel.root in names
@@ -139,20 +138,6 @@ def _label(ctx: ActivityContext, rt: PolicyRuntime, now: float,
     label = cycle_label(rt.spec.prefix, now, taken)
     ctx.remember(pending_label=label)
     return label
-
-
-def _listed(listing: TreeListing) -> list[ListedDataset]:
-    return [ListedDataset(d.name, d.guid, d.selector) for d in listing.datasets]
-
-
-def _tree_labels(listing: TreeListing, names: list[str], prefix: str) -> dict[str, float]:
-    """The policy's labels on its members (label -> creation), from a full listing."""
-    labels: dict[str, float] = {}
-    for name in names:
-        ds = listing.get(name)
-        if ds is not None:
-            labels_of(ds.snapshots, prefix, labels)
-    return labels
 
 
 async def _destroy_each(backend: StorageBackend, names: list[str]) -> tuple[int, list[str]]:

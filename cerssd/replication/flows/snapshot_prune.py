@@ -91,17 +91,21 @@ class PruneWork:
 
 
 def submit_prune(engine: ActivityEngine, server: str, volume: str, snapshots: list[str],
-                 relationship: str, guids: list[str] | None = None) -> ActivityRecord:
-    """``guids``, one per snapshot, makes the prune destroy only those very snapshots."""
+                 relationship: str | None, guids: list[str] | None = None, *,
+                 policy: str | None = None) -> ActivityRecord:
+    """``guids``, one per snapshot, makes the prune destroy only those very snapshots.
+    It prunes for a relationship, or (``policy``) for a snapshot policy."""
     validate_volume(volume)
     for name in snapshots:
         validate_snapshot(name)
     if guids is not None and len(guids) != len(snapshots):
         raise ValueError("one guid per snapshot")
-    extra = {"guids": guids} if guids is not None else {}
+    extra: dict[str, Any] = {"guids": guids} if guids is not None else {}
+    extra |= {"relationship": relationship} if relationship is not None else {}
+    extra |= {"policy": policy} if policy is not None else {}
     return engine.submit(KIND, volume=volume, source=server, target=f"{server}:{volume}",
                          params={"server": server, "volume": volume, "snapshots": snapshots,
-                                 "relationship": relationship, **extra},
+                                 **extra},
                          self_restarting=True,
                          progress=Progress(0, len(snapshots), unit="snapshots"))
 

@@ -23,7 +23,8 @@ Never destroyed, whatever the grid says:
 
 Every doomed snapshot comes with its reason (``Verdict``): the rule, the tier and its
 age, and for a thinned one the snapshot kept for its interval instead. A dry run shows
-exactly these, and the real prune destroys exactly these.
+exactly these, and the real prune destroys exactly these. ``prune_decision`` also says
+what stays that the grid would drop, or that is not cerssd's, and why (``Kept``).
 """
 
 from __future__ import annotations
@@ -125,39 +126,111 @@ def parse_keep_min(value: Any, key: str) -> int:
     return value
 
 
-def prune_plan(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
-               prefix: str | None, protected: Collection[str] = (),
-               keep_min: int = DEFAULT_KEEP_MIN) -> list[Verdict]:
-    """The snapshots (of one volume, oldest first) the grid no longer keeps, with why."""
+class KeepRule(StrEnum):
+    """Why a snapshot stays that a dry run names (the grid's own keeps are not listed)."""
+
+    #: Not the relationship's (policy's) label: never pruned.
+    NOT_OURS = "not-ours"
+    #: The newest snapshot of the volume, which the grid would drop.
+    NEWEST = "newest"
+    #: A slave's or store's base, which the grid would drop.
+    BASE = "base"
+    #: The grid would drop it, but fewer than ``keep_min`` would stay.
+    KEEP_MIN = "keep-min"
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One snapshot a prune leaves although the grid alone, or its label, says otherwise."""
+
+    snapshot: Snapshot
+    rule: KeepRule
+    age: float
+    #: The prefix (``not-ours``) or the ``keep_min`` (``keep-min``) that keeps it.
+    detail: str = ""
+
+    def reason(self) -> str:
+        if self.rule is KeepRule.NOT_OURS:
+            return (f"not cerssd's: its label is not {self.detail!r} followed by a UTC "
+                    "time, so no prune ever takes it")
+        if self.rule is KeepRule.NEWEST:
+            return "the newest snapshot of the volume is never destroyed"
+        if self.rule is KeepRule.BASE:
+            return "a slave's or store's newest common base (the next transfer starts here)"
+        return (f"keep_min {self.detail}: the grid would drop it, but then fewer than "
+                f"{self.detail} of cerssd's own would stay")
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {"snapshot": s.name, "guid": s.guid, "created": s.creation,
+                "age_seconds": round(self.age), "rule": str(self.rule),
+                "reason": self.reason()}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A prune's decision on one volume: what goes (with why), and what stays that the
+    grid would drop or that is not cerssd's (with why)."""
+
+    doomed: list[Verdict]
+    kept: list[Kept]
+
+
+def prune_decision(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
+                   prefix: str | None, protected: Collection[str] = (),
+                   keep_min: int = DEFAULT_KEEP_MIN) -> Decision:
+    """The snapshots (of one volume, oldest first) the grid no longer keeps, with why,
+    and those spared (``Kept``): the one decision both a dry run and a prune use."""
     if not snapshots:
-        return []
+        return Decision([], [])
     newest = snapshots[-1]
     doomed: list[Verdict] = []
+    spared: list[Kept] = []
     kept_buckets: dict[tuple[int, int], str] = {}
     ours = 0
     for snap in snapshots:  # oldest first: the first one seen in a bucket is kept
+        age = now - snap.creation
         if not owned(snap.label, prefix):
+            spared.append(Kept(snap, KeepRule.NOT_OURS, age, prefix or ""))
             continue
         ours += 1
+        tier_index = _tier_of(grid, age)
+        every = grid[tier_index].every if tier_index is not None else None
+        bucket = (tier_index, int(snap.creation // every)) if tier_index is not None \
+            and every is not None else None
         # a copy the generic path made is protected by its origin, the master's guid
         if snap is newest or not snap.identities.isdisjoint(protected):
+            if tier_index is None or (bucket is not None and bucket in kept_buckets):
+                spared.append(Kept(snap, KeepRule.NEWEST if snap is newest
+                                   else KeepRule.BASE, age))
             continue
-        age = now - snap.creation
-        tier_index = _tier_of(grid, age)
         if tier_index is None:
             doomed.append(Verdict(snap, Rule.BEYOND_GRID, age, grid[-1].text))
             continue
-        every = grid[tier_index].every
-        if every is None:
+        if bucket is None:
             continue
-        bucket = (tier_index, int(snap.creation // every))
         if bucket in kept_buckets:
             doomed.append(Verdict(snap, Rule.THINNED, age, grid[tier_index].text,
                                   kept_buckets[bucket]))
         else:
             kept_buckets[bucket] = snap.label
     short = keep_min - (ours - len(doomed))
-    return doomed[:max(0, len(doomed) - short)] if short > 0 else doomed
+    if short > 0:
+        cut = max(0, len(doomed) - short)
+        spared += [Kept(v.snapshot, KeepRule.KEEP_MIN, v.age, str(keep_min))
+                   for v in doomed[cut:]]
+        doomed = doomed[:cut]
+        order = {id(snap): i for i, snap in enumerate(snapshots)}
+        spared.sort(key=lambda k: order[id(k.snapshot)])
+    return Decision(doomed, spared)
+
+
+def prune_plan(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,
+               prefix: str | None, protected: Collection[str] = (),
+               keep_min: int = DEFAULT_KEEP_MIN) -> list[Verdict]:
+    """The snapshots (of one volume, oldest first) the grid no longer keeps, with why."""
+    return prune_decision(snapshots, grid, now=now, prefix=prefix, protected=protected,
+                          keep_min=keep_min).doomed
 
 
 def to_destroy(snapshots: Sequence[Snapshot], grid: Sequence[Tier], *, now: float,

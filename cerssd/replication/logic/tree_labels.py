@@ -14,7 +14,20 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 
 from ...storage.values import Snapshot
-from .retention import DEFAULT_KEEP_MIN, Tier, owned, to_destroy
+from .retention import DEFAULT_KEEP_MIN, Decision, Tier, owned, prune_decision
+
+
+def labels_decision(labels: Mapping[str, float], grid: Sequence[Tier], *, now: float,
+                    prefix: str, protected: Collection[str] = (),
+                    keep_min: int = DEFAULT_KEEP_MIN) -> Decision:
+    """The grid's decision on the labels (label -> creation time), oldest first, with
+    why: each verdict's snapshot is a stand-in named ``tree@LABEL`` (guid: the label)."""
+    ordered = sorted(labels.items(), key=lambda item: (item[1], item[0]))
+    stand_ins = [Snapshot(name=f"tree@{label}", volume="tree", label=label, guid=label,
+                          creation=int(created), used=0, referenced=0, userrefs=0)
+                 for label, created in ordered]
+    return prune_decision(stand_ins, grid, now=now, prefix=prefix, protected=protected,
+                          keep_min=keep_min)
 
 
 def labels_doomed(labels: Mapping[str, float], grid: Sequence[Tier], *, now: float,
@@ -23,12 +36,8 @@ def labels_doomed(labels: Mapping[str, float], grid: Sequence[Tier], *, now: flo
     """The labels (label -> creation time) the grid no longer keeps, oldest first;
     ``protected`` labels (a member's base on some slave) are kept, and ``keep_min``
     of the relationship's labels stay (each a snapshot of every member)."""
-    ordered = sorted(labels.items(), key=lambda item: (item[1], item[0]))
-    stand_ins = [Snapshot(name=f"tree@{label}", volume="tree", label=label, guid=label,
-                          creation=int(created), used=0, referenced=0, userrefs=0)
-                 for label, created in ordered]
-    return [s.label for s in to_destroy(stand_ins, grid, now=now, prefix=prefix,
-                                        protected=protected, keep_min=keep_min)]
+    return [v.snapshot.label for v in labels_decision(
+        labels, grid, now=now, prefix=prefix, protected=protected, keep_min=keep_min).doomed]
 
 
 def labels_of(snapshots: Sequence[Snapshot], prefix: str,

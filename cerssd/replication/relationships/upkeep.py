@@ -134,7 +134,8 @@ class Upkeep:
         """Why the master may not be pruned now, or None."""
         if rt.spec.snapshots is not None:
             return (f"its snapshots are policy {rt.spec.snapshots}'s: that policy's grid "
-                    "prunes the master")
+                    "prunes the master (its dry run: cerssctl policy prune "
+                    f"{rt.spec.snapshots} --dry-run)")
         streams = [*self.registry.transfers(rt.name).values(),
                    *self.registry.backups(rt.name).values()]
         if any(t.record.state in (State.RUNNING, State.SUSPENDED) for t in streams):
