@@ -369,7 +369,7 @@ async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
         stream_size=result.size, raw_size=raw_size, compression=store.config.compression,
         sha256=result.sha256, parts=result.parts, source_server=server,
         snapshot_txg=snap.createtxg, created_at=now_iso(),
-        send_flags="-w" if options.raw else "", **encryption_fields(store.config))
+        raw=options.raw, **encryption_fields(store.config))
     mkey = manifest_key(store.config.prefix, snap.volume, snap.label, snap.guid)
     await calls("write manifest", lambda: store.put_bytes(
         mkey, manifest.encode(), "application/json"))

@@ -47,6 +47,19 @@ def pool_of(volume: str) -> str:
     return validate_volume(volume).split("/")[0]
 
 
+def manifest_send_flags(raw: bool) -> str:
+    """The ``send_flags`` a backup manifest records (docs/backups.md): ``-w`` for a raw
+    stream, else nothing. The manifest's ``raw`` says the same; this field stays for the
+    readers that predate ``raw`` and take raw-ness from it."""
+    return "-w" if raw else ""
+
+
+def raw_in_send_flags(flags: str) -> bool:
+    """Whether a manifest's recorded ``send_flags`` made a raw stream (``zfs send -w``):
+    how a manifest written before ``raw`` was read says so."""
+    return "w" in flags.lstrip("-")
+
+
 def send_flags(options: StreamOptions) -> str:
     """Raw (``-w``) keeps an encrypted dataset encrypted on the wire and on the target;
     ``-Lec`` keeps large, embedded and compressed blocks as they are on disk; ``-p``
