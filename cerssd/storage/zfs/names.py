@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ..errors import BackendError
+from ..names import pool_of as first_component
 from ..names import validate_volume
 from ..values import StreamOptions
 
@@ -44,7 +45,8 @@ def mark_prefix(server: str) -> str:
 
 
 def pool_of(volume: str) -> str:
-    return validate_volume(volume).split("/")[0]
+    """The pool of ``volume``, validated first (the backend's ``pool_of``)."""
+    return first_component(validate_volume(volume))
 
 
 def manifest_send_flags(raw: bool) -> str:
