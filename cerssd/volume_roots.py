@@ -1,4 +1,4 @@
-"""Which part of a server's ZFS this daemon serves: what ``GET /v1/volumes`` lists.
+"""Which part of a server's storage this daemon serves: what ``GET /v1/volumes`` lists.
 
 A storage node's pools are not all this daemon's business (a host may carry a system
 pool, or pools another tool manages), and listing every dataset of every pool costs
