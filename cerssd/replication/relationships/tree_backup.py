@@ -16,7 +16,7 @@ What each member sends:
   manifest's key: ``catalog.newest_in_tree``); each member is then incremental from its
   newest snapshot with a complete backup that the master still has, or full;
 * the backups after it list nothing: each member goes on from the base the store is
-  known to have (``tree_backups.steady_steps``; one ``HEAD`` of that base's manifest
+  known to have (``logic.tree_backup_facts.steady_steps``; one ``HEAD`` of that base's manifest
   first, so a chain is never continued from a backup someone deleted). A member new to
   the tree, failing, or whose stream fails, is planned from listings of its own (its
   snapshots on the master and its directory in the bucket), as a single volume's
@@ -46,7 +46,7 @@ from ...storage.values import Snapshot
 from ...transport.errors import LinkError
 from ..flows.member_backups import MemberBackupItem
 from ..flows.member_uploads import Job, MemberUploads, OnDone, OnStart
-from ..logic.tree_backups import MemberBackup, Step, StoreBackups, steady_steps
+from ..logic.tree_backup_facts import MemberBackup, Step, StoreBackups, steady_steps
 from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
 from ..stream.store_calls import StoreCalls
