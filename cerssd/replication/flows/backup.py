@@ -24,7 +24,6 @@ from functools import partial
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import streams_directly
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
@@ -482,7 +481,7 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
                              params=req.params(), self_restarting=True,
                              progress=Progress(0, 0, unit="bytes"), node=req.server,
                              route=DataRoute.DELEGATED)
-    if not streams_directly(entry.config):
+    if not entry.capabilities.direct_copy:
         raise ActivityError(
             f"server {req.server} cannot copy directly to an object store (direct_copy): "
             "its stream would pass through this daemon; run cerssd on that server "

@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import streams_directly
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...objectstore import catalog
 from ...objectstore.client import ObjectStore
@@ -77,9 +76,9 @@ def start_tree_backups(engine: ActivityEngine, servers: ServerRegistry, rt: Runt
     assert rt.tree is not None
     if not rt.spec.stores:
         return
-    master = servers.entry(rt.spec.master).config
+    direct = servers.entry(rt.spec.master).capabilities.direct_copy
     delegated = servers.delegates(rt.spec.master)
-    if not streams_directly(master) and not delegated:
+    if not direct and not delegated:
         rt.last_error = (f"backups not started: {rt.spec.master} cannot copy directly to "
                          "an object store (direct_copy)")
         return
