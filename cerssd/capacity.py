@@ -32,6 +32,7 @@ from .activity import ActivityRecord
 from .engine import Activity, ActivityEngine
 from .servers import ServerRegistry
 from .storage.errors import BackendError
+from .storage.names import pool_of
 from .storage.values import PoolCapacity
 from .transport.errors import LinkError
 
@@ -97,7 +98,7 @@ class CapacityCache:
         roots = self.served(server) if self.served is not None else None
         if roots is None:
             return facts
-        pools = {root.partition("/")[0] for root in roots}
+        pools = {pool_of(root) for root in roots}
         return replace(facts, pools=tuple(p for p in facts.pools if p.pool in pools))
 
     def invalidate(self, server: str) -> None:

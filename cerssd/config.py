@@ -160,7 +160,9 @@ def load_config(path: Path) -> Config:
 
 
 def streams_directly(server: ServerConfig) -> bool:
-    """Whether ``server`` can stream to an object store itself (capability direct_copy).
+    """Whether ``server`` can stream to an object store itself, read off its config: what
+    its transport will publish as ``direct_copy`` (``TransportFacts``), for the checks made
+    while parsing, before any transport exists (the flows read the capability itself).
 
     Only the node this daemon runs on can: a remote server's stream would pass through
     this daemon, the controller the design keeps out of the data path (a remote that

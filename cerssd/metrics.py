@@ -24,7 +24,7 @@ from .engine import Activity, ActivityEngine
 from .policies.registry import PolicyRegistry
 from .replication.logic.roles import STATUSES as ROLE_STATUSES
 from .replication.logic.slave_status import STATES
-from .replication.logic.tree_backups import BackupState, StoreBackups
+from .replication.logic.tree_backup_facts import BackupState, StoreBackups
 from .replication.logic.tree_status import MemberState
 from .replication.relationships.auto_failover import AutoFailoverWatch
 from .replication.relationships.rendering import RelationshipView

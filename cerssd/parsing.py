@@ -2,9 +2,10 @@
 key, durations, sizes and the check for unknown keys.
 
 Kept apart from ``config.py`` (which parses the whole file) so that the tables it
-delegates to (``objectstore.config``, ``replication.relationship``, ``retention``,
-``schedule``) read their values with these without importing the module that imports
-them: the parser of the whole depends on the parsers of the parts, never back.
+delegates to (``objectstore.config``, ``cluster.config``, ``policies.spec``, and
+``replication.logic``'s ``spec``, ``retention`` and ``schedule``) read their values with
+these without importing the module that imports them: the parser of the whole depends
+on the parsers of the parts, never back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which part of a server's ZFS this daemon serves: what ``GET /v1/volumes`` lists.
+"""Which part of a server's storage this daemon serves: what ``GET /v1/volumes`` lists.
 
 A storage node's pools are not all this daemon's business (a host may carry a system
 pool, or pools another tool manages), and listing every dataset of every pool costs
@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from .config import ServerConfig
 from .policies.spec import PolicySpec
 from .replication.logic.spec import RelationshipSpec
+from .storage.names import pool_of
 
 
 def volume_roots(server: ServerConfig, relationships: Iterable[RelationshipSpec],
@@ -27,14 +28,10 @@ def volume_roots(server: ServerConfig, relationships: Iterable[RelationshipSpec]
     pools = set()
     for spec in relationships:
         if spec.master == server.name:
-            pools.add(_pool(spec.volume))
-        pools.update(_pool(s.target_volume) for s in spec.slaves if s.server == server.name)
-    pools.update(_pool(p.volume) for p in policies if p.server == server.name)
+            pools.add(pool_of(spec.volume))
+        pools.update(pool_of(s.target_volume) for s in spec.slaves if s.server == server.name)
+    pools.update(pool_of(p.volume) for p in policies if p.server == server.name)
     return tuple(sorted(pools)) or None
-
-
-def _pool(volume: str) -> str:
-    return volume.partition("/")[0]
 
 
 def within(roots: tuple[str, ...] | None, root: str) -> tuple[str, ...]:

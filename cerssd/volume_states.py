@@ -280,7 +280,8 @@ class VolumeStates:
 # The requests are described by what is read of them, not imported: the activities in
 # replication/ depend on this module, never the other way round.
 class ReplicationLike(Protocol):
-    """What a replication's holds are read from (``replication.replicate.ReplicationRequest``)."""
+    """What a replication's holds are read from
+    (``replication.flows.replicate.ReplicationRequest``)."""
 
     @property
     def snapshot(self) -> str: ...
@@ -293,7 +294,7 @@ class ReplicationLike(Protocol):
 
 
 class BackupLike(Protocol):
-    """What a backup's holds are read from (``replication.backup.BackupRequest``)."""
+    """What a backup's holds are read from (``replication.flows.backup.BackupRequest``)."""
 
     @property
     def snapshot(self) -> str: ...
@@ -302,7 +303,7 @@ class BackupLike(Protocol):
 
 
 class RestoreLike(Protocol):
-    """What a restore's holds are read from (``replication.restore.RestoreRequest``)."""
+    """What a restore's holds are read from (``replication.flows.restore.RestoreRequest``)."""
 
     @property
     def server(self) -> str: ...
@@ -318,7 +319,7 @@ class SlaveLike(Protocol):
 
 
 class RelationshipLike(Protocol):
-    """What a cycle's holds are read from (``replication.relationship.RelationshipSpec``)."""
+    """What a cycle's holds are read from (``replication.logic.spec.RelationshipSpec``)."""
 
     @property
     def master(self) -> str: ...

@@ -7,7 +7,7 @@
   the same signal systemd waits for.
 
 Two tiers, marked here at collection: a test that uses a real service (zfs-fuse,
-sshd, a network namespace, SeaweedFS, the OpenZFS guest: ``SERVICE_FIXTURES``, or
+sshd, a network namespace, SeaweedFS, etcd, the OpenZFS guest: ``SERVICE_FIXTURES``, or
 any fixture built on one) or is marked ``integration``/``openzfs`` by hand is
 ``integration``; every other test is ``fast`` (pure logic and the fake backend: no
 root, no services). ``make test-fast`` runs ``pytest -m fast``.
@@ -62,8 +62,11 @@ pytest_plugins = ("tests.openzfs_guest", "tests.btrfs_fs", "tests.packaging")
 
 #: The fixtures that start a real service; a test using one (directly or through
 #: another fixture, such as ``make_pool`` or ``start_daemon``) is in the integration tier.
+#: Module fixtures count too: ``etcd`` and ``node_etcd`` (tests/test_cluster*.py) start
+#: etcd clusters, ``sse_server`` (tests/test_private_backups.py) a second SeaweedFS.
 SERVICE_FIXTURES = frozenset({"zfs_fuse", "sshd", "make_netns_sshd", "s3_server",
-                              "openzfs_guest", "btrfs_mount"})
+                              "openzfs_guest", "btrfs_mount", "etcd", "node_etcd",
+                              "sse_server"})
 
 
 #: Fixtures that build the packages (scripts/build-deb, build-man write one build/ tree):

@@ -26,7 +26,7 @@ from cerssd.cluster.etcd import EtcdClient
 from cerssd.cluster.member import ClusterMember
 from cerssd.config import parse_config
 from cerssd.parsing import ConfigError
-from cerssd.replication.logic.auto_failover import AutoFailover, decide
+from cerssd.replication.logic.auto_failover_rule import AutoFailover, decide
 from cerssd.replication.logic.slave_status import SlaveStatus
 
 from .conftest import DaemonProcess, post_json, raw_request, wait_until, write_file, zfs

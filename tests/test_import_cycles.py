@@ -4,8 +4,11 @@ A circle hidden by an import inside a function (or under ``TYPE_CHECKING``) is s
 circle: the two modules cannot be read, tested or moved apart. So the graph counts every
 import statement wherever it stands, module level or in a function, relative or
 absolute; ``from . import x`` is an edge to the submodule ``x`` when ``x`` is one, and
-to the package otherwise. An edge goes to the module named, not to its parent packages
-(whose ``__init__`` files import nothing here).
+to the package otherwise. An edge goes to the module named, not to its parent packages,
+although Python runs their ``__init__`` files first. Most of those import nothing; two do
+(``storage/zfs/`` and ``storage/btrfs/`` import their backend), so a circle that ran only
+through one of them (a module the backend imports, importing a sibling of the backend)
+would not be seen here.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from cerssd.activity import LinkCondition, LinkHealth
+from cerssd.activity import LinkCondition, LinkHealth, State
 from cerssd.api.app import ROUTES
 from cerssd.api.openapi import openapi_document
 from cerssd.links import Links
@@ -23,6 +23,7 @@ from cerssd.replication.logic.roles import (
 )
 from cerssd.replication.logic.slave_status import STATES, RelationshipState, SlaveState
 from cerssd.replication.logic.tree_status import MemberState
+from cerssd.storage.registry import BACKENDS
 from cerssd.volume_states import BUSY_STATES, VolumeState
 
 #: The strings each state had before it was an enumeration: the API, the journal, the
@@ -97,6 +98,8 @@ def _schema(doc: dict[str, Any], model: str, field: str) -> dict[str, Any]:
     ("ReplicationAccepted", "plan", list(PlanMode)),
     ("BackupSummary", "kind", ["full", "incremental"]),
     ("Server", "kind", ["local", "ssh"]),
+    ("Server", "backend", list(BACKENDS)),  # registry.BackendName follows BACKENDS
+    ("Policy", "state", [*State, "stopped"]),  # models.PolicyState follows State
     ("Store", "compression", ["none", "zstd", "lz4"]),
 ])
 def test_openapi_lists_the_allowed_values(model: str, field: str, values: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""One contract for every ``StorageBackend``: the fake, zfs-fuse here, OpenZFS in a guest.
+"""One contract for every ``StorageBackend``: the fake, zfs-fuse and btrfs here, OpenZFS
+in a guest.
 
 The flows are written against the protocol, so every implementation must behave the
 same where the flows can tell: snapshots listed oldest first with guids, names refused
@@ -8,8 +9,9 @@ instant's snapshot of the members, parents made for a receive). Where a capabili
 missing the method's answer is the documented no-op (``estimate`` None, no marks).
 
 Each test gets a ``Store``: a backend, its pool, and ways to make an empty volume and to
-set a user property (flows do neither, so the protocol has no verb for them). The ``openzfs``
-parameter runs on the QEMU guest (marker ``openzfs``, like tests/test_openzfs.py).
+set a user property (flows do neither, so the protocol has no verb for them). The ``btrfs``
+parameter runs on a loop-mounted btrfs (tests/btrfs_fs.py), the ``openzfs`` one on the QEMU
+guest (marker ``openzfs``, like tests/test_openzfs.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from cerssd.objectstore import catalog
 from cerssd.objectstore.client import ObjectInfo
 from cerssd.objectstore.layout import manifest_key, parse_manifest_key
-from cerssd.replication.logic.tree_backups import (
+from cerssd.replication.logic.tree_backup_facts import (
     BackupState,
     MemberBackup,
     StoreBackups,

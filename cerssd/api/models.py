@@ -41,6 +41,7 @@ from ..storage.names import (
     validate_snapshot_label,
     validate_volume,
 )
+from ..storage.registry import BackendName
 from ..storage.values import Capabilities
 from ..volume_states import VolumeState
 
@@ -546,7 +547,7 @@ class Server(Reply):
     name: str
     kind: Literal["local", "ssh"]
     stateless: bool
-    backend: str
+    backend: Annotated[BackendName, doc("its storage backend (its backend key)")]
     zfs_version: str | None
     capabilities: list[str]
     available: bool
@@ -980,6 +981,12 @@ class PolicyRun(Reply):
     hooks: list[HookRunReply]
 
 
+#: ``Policy.state``: its activity's ``State``, or ``stopped`` while it has none
+#: (tests/test_state_enums.py keeps the list and ``State`` the same).
+PolicyState = Literal["pending", "running", "suspended", "retrying", "cancelling",
+                      "succeeded", "failed", "cancelled", "stopped"]
+
+
 class Policy(Reply):
     name: str
     server: str
@@ -993,7 +1000,8 @@ class Policy(Reply):
     property: str | None
     hooks: Annotated[HooksSpec | None, doc("commands run around each of its snapshots "
         "(docs/hooks.md)")]
-    state: Annotated[str, doc("its activity's state (running, suspended...), or stopped")]
+    state: Annotated[PolicyState, doc("its activity's state (running, suspended...), or "
+        "stopped")]
     activity: str | None
     runs: int
     failures: int

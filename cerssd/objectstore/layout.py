@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import __version__
+from ..storage.zfs.names import manifest_send_flags, raw_in_send_flags
 
 FORMAT = "cerssd-backup/1"
 #: An age-encrypted stream: a reader that predates encryption refuses the manifest
@@ -95,7 +96,6 @@ class Manifest:
     parts: tuple[Part, ...]
     #: The whole stream's sha256: only in manifests before ``cerssd-backup/3``.
     sha256: str = ""
-    send_flags: str = ""
     #: The snapshot's creation txg on the source: orders snapshots of the same second.
     snapshot_txg: int = 0
     source_server: str = "local"
@@ -106,12 +106,15 @@ class Manifest:
     encryption: str = "none"
     age_recipients: tuple[str, ...] = ()
     format: str = FORMAT_PARTS
+    #: A raw stream (the flow's ``StreamOptions.raw``): an encrypted dataset's blocks as
+    #: they are on disk, received encrypted, its key never in the stream.
+    raw: bool = False
 
     @property
-    def raw(self) -> bool:
-        """A raw send (``zfs send -w``): an encrypted dataset's blocks as they are on disk,
-        received encrypted, its key never in the stream."""
-        return "w" in self.send_flags.lstrip("-")
+    def send_flags(self) -> str:
+        """What the manifest's ``send_flags`` field says: the storage's spelling of
+        ``raw``, still written for readers that predate the ``raw`` field."""
+        return manifest_send_flags(self.raw)
 
     @property
     def kind(self) -> str:
@@ -124,7 +127,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["kind"] = self.kind
-        data["raw"] = self.raw
+        data["send_flags"] = self.send_flags
         data["age_recipients"] = list(self.age_recipients)
         data["parts"] = [asdict(p) for p in self.parts]
         data["segments"] = [_without_empty_digest(asdict(s)) for s in self.segments]
@@ -209,7 +212,7 @@ def decode(data: bytes, key: str) -> Manifest:
             stream_size=int(raw["stream_size"]), raw_size=int(raw["raw_size"]),
             compression=str(raw["compression"]), sha256=str(raw.get("sha256", "")),
             parts=parts,
-            send_flags=str(raw.get("send_flags", "")),
+            raw=raw.get("raw") is True or raw_in_send_flags(str(raw.get("send_flags", ""))),
             snapshot_txg=int(raw.get("snapshot_txg", 0)),
             source_server=str(raw.get("source_server", "")),
             created_at=str(raw.get("created_at", "")),

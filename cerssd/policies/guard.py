@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ..activity import State
 from ..replication.logic.members import TreeSelection, trees_overlap
-from ..replication.logic.tree_backups import base_labels
+from ..replication.logic.tree_backup_facts import base_labels
 from ..replication.relationships.registry import RelationshipRegistry
 from ..replication.relationships.runtime import Runtime
 from ..replication.relationships.upkeep import protected_bases

@@ -82,6 +82,13 @@ def validate_volume(name: str) -> str:
     return name
 
 
+def pool_of(volume: str) -> str:
+    """The pool of a ``pool[/dataset...]`` name: its first component. Nothing is checked
+    here (a name is validated where it comes in); every backend's ``pool_of`` and the
+    daemon's per-pool bookkeeping read the pool this one way."""
+    return volume.partition("/")[0]
+
+
 def validate_snapshot(name: str) -> SnapshotName:
     """Parse and check ``volume@snapshot``."""
     return _validate_child(name, "@", "snapshot")

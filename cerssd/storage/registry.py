@@ -1,14 +1,15 @@
 """Which storage backend a server uses: its ``backend`` config key, mapped to a class.
 
-A second backend is its own package plus one line in ``BACKENDS``; the config accepts
-exactly the names listed here (an unknown one is a config error naming the key).
+A second backend is its own package plus its line in ``BACKENDS`` (and its name in
+``BackendName``, for the API's schema); the config accepts exactly the names listed
+here (an unknown one is a config error naming the key).
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 from ..transport.runner import Runner
 from .btrfs import BtrfsBackend
@@ -16,6 +17,9 @@ from .interface import StorageBackend
 from .zfs import ZfsBackend
 
 DEFAULT_BACKEND = "zfs"
+#: The names ``BACKENDS`` maps: the values a server's ``backend`` can have, as the API's
+#: schema lists them (tests/test_state_enums.py keeps the two the same).
+BackendName = Literal["zfs", "btrfs"]
 
 
 class BackendSettings(Protocol):

@@ -1,7 +1,7 @@
 """One end of a byte stream: a process a transfer starts with the pipe ends it gives it.
 
 A storage backend hands out ready endpoints for a planned stream (``send``/``receive``);
-the stream pipeline (``replication.transfer``, ``fanout``) only starts them and wires
+the stream pipeline (``replication.stream.transfer``, ``fanout``) only starts them and wires
 their standard input and output, so it never learns what command runs, or where.
 """
 

@@ -24,7 +24,6 @@ from functools import partial
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import streams_directly
 from ...engine import Activity, ActivityContext, ActivityEngine, ActivityError
 from ...flow_control import Counters, FlowGate
 from ...objectstore import catalog
@@ -369,7 +368,7 @@ async def finish_backup(store: ObjectStore, calls: Retrier, snap: Snapshot,
         stream_size=result.size, raw_size=raw_size, compression=store.config.compression,
         parts=result.parts, source_server=server,
         snapshot_txg=snap.createtxg, created_at=now_iso(),
-        send_flags="-w" if options.raw else "", **encryption_fields(store.config))
+        raw=options.raw, **encryption_fields(store.config))
     mkey = manifest_key(store.config.prefix, snap.volume, snap.label, snap.guid)
     await calls("write manifest", lambda: store.put_bytes(
         mkey, manifest.encode(), "application/json"))
@@ -481,7 +480,7 @@ def submit_backup(engine: ActivityEngine, servers: ServerRegistry, stores: Store
                              params=req.params(), self_restarting=True,
                              progress=Progress(0, 0, unit="bytes"), node=req.server,
                              route=DataRoute.DELEGATED)
-    if not streams_directly(entry.config):
+    if not entry.capabilities.direct_copy:
         raise ActivityError(
             f"server {req.server} cannot copy directly to an object store (direct_copy): "
             "its stream would pass through this daemon; run cerssd on that server "

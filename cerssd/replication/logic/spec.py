@@ -19,8 +19,8 @@ from ...storage.names import (
     InvalidName,
     validate_object_name,
 )
-from .auto_failover import KEYS as AUTO_KEYS
-from .auto_failover import AutoFailover, parse_auto_failover
+from .auto_failover_rule import KEYS as AUTO_KEYS
+from .auto_failover_rule import AutoFailover, parse_auto_failover
 from .members import TreeSelection, trees_overlap
 from .receive import KEYS as RECEIVE_KEYS
 from .receive import ReceiveSettings, parse_receive

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...storage.values import Snapshot
-from .tree_backups import StoreBackups
+from .tree_backup_facts import StoreBackups
 
 
 class MemberState(enum.StrEnum):
@@ -133,7 +133,7 @@ class TreeStatus:
     #: This cycle's fan-out groups (``relationships.tree_fanout``): (slave, member) ->
     #: group id.
     fanout: dict[tuple[str, str], str] = field(default_factory=dict)
-    #: Per object store: each member's backups there (``tree_backups``).
+    #: Per object store: each member's backups there (``tree_backup_facts``).
     backups: dict[str, StoreBackups] = field(default_factory=dict)
 
     def failing(self, servers: Iterable[str]) -> list[dict[str, Any]]:

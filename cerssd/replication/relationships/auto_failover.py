@@ -2,7 +2,7 @@
 
 Every few seconds (a third of ``failover_after``, at most 10 s) the leader asks each such
 relationship's master for its volume, with a time limit. Once the master has not answered
-for ``failover_after``, ``logic.auto_failover.decide`` picks the slave to promote, and the
+for ``failover_after``, ``logic.auto_failover_rule.decide`` picks the slave to promote, and the
 failover is submitted exactly as an operator's forced (unplanned) one: the slave is
 promoted at its newest snapshot and the old master fenced until it is rejoined with
 consent. Submitting it commits the decision to etcd under the leader's term, so it is
@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from ..logic.auto_failover import AutoState, decide
+from ..logic.auto_failover_rule import AutoState, decide
 from .failover import FailoverDeps, FailoverRequest, master_answers, submit_failover
 from .runtime import RelationshipError, Runtime
 

@@ -21,7 +21,7 @@ from ..logic.slave_status import (
     slave_json,
     slave_state,
 )
-from ..logic.tree_backups import StoreBackups
+from ..logic.tree_backup_facts import StoreBackups
 from ..logic.tree_status import MemberState, TreeStatus
 from .registry import TREE_BACKUP, TREE_SYNC, RelationshipRegistry
 from .runtime import Runtime

@@ -39,7 +39,7 @@ from ..flows import snapshot_prune
 from ..flows.replicate import transfer_route
 from ..logic.members import Member, unmatched_patterns
 from ..logic.retention import Verdict, prune_plan
-from ..logic.tree_backups import base_labels, bases
+from ..logic.tree_backup_facts import base_labels, bases
 from ..logic.tree_labels import labels_doomed, labels_of
 from ..logic.tree_status import TreeMember, TreeStatus
 from ..stream.groups import FanoutGroups

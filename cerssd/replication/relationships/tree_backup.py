@@ -16,7 +16,7 @@ What each member sends:
   manifest's key: ``catalog.newest_in_tree``); each member is then incremental from its
   newest snapshot with a complete backup that the master still has, or full;
 * the backups after it list nothing: each member goes on from the base the store is
-  known to have (``tree_backups.steady_steps``; one ``HEAD`` of that base's manifest
+  known to have (``logic.tree_backup_facts.steady_steps``; one ``HEAD`` of that base's manifest
   first, so a chain is never continued from a backup someone deleted). A member new to
   the tree, failing, or whose stream fails, is planned from listings of its own (its
   snapshots on the master and its directory in the bucket), as a single volume's
@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Any
 
 from ...activity import ActivityRecord, DataRoute, Progress, StatusCode
-from ...config import streams_directly
 from ...engine import ActivityContext, ActivityEngine, ActivityError
 from ...objectstore import catalog
 from ...objectstore.client import ObjectStore
@@ -46,7 +45,7 @@ from ...storage.values import Snapshot
 from ...transport.errors import LinkError
 from ..flows.member_backups import MemberBackupItem
 from ..flows.member_uploads import Job, MemberUploads, OnDone, OnStart
-from ..logic.tree_backups import MemberBackup, Step, StoreBackups, steady_steps
+from ..logic.tree_backup_facts import MemberBackup, Step, StoreBackups, steady_steps
 from ..logic.tree_status import TreeMember
 from ..retry import RetryPolicy
 from ..stream.store_calls import StoreCalls
@@ -77,9 +76,9 @@ def start_tree_backups(engine: ActivityEngine, servers: ServerRegistry, rt: Runt
     assert rt.tree is not None
     if not rt.spec.stores:
         return
-    master = servers.entry(rt.spec.master).config
+    direct = servers.entry(rt.spec.master).capabilities.direct_copy
     delegated = servers.delegates(rt.spec.master)
-    if not streams_directly(master) and not delegated:
+    if not direct and not delegated:
         rt.last_error = (f"backups not started: {rt.spec.master} cannot copy directly to "
                          "an object store (direct_copy)")
         return

@@ -29,6 +29,7 @@ from ...transport.runner import CommandFailed, Runner
 from ...transport.stream import Endpoint, StreamEndpoint
 from ..errors import AlreadyExists, BackendError, Busy, NotFound
 from ..names import InvalidName, validate_snapshot_label, validate_user_property
+from ..names import pool_of as first_component
 from ..tools import has_rsync
 from ..values import (
     Capabilities,
@@ -154,8 +155,7 @@ class BtrfsBackend:
         return [self.layout.pool]
 
     def pool_of(self, volume: str) -> str:
-        check_volume(volume)
-        return volume.partition("/")[0]
+        return first_component(check_volume(volume))
 
     async def volumes(self, roots: Sequence[str] | None = None, *, limit: int | None = None,
                       offset: int = 0) -> VolumePage:

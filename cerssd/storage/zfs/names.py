@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ..errors import BackendError
+from ..names import pool_of as first_component
 from ..names import validate_volume
 from ..values import StreamOptions
 
@@ -44,7 +45,21 @@ def mark_prefix(server: str) -> str:
 
 
 def pool_of(volume: str) -> str:
-    return validate_volume(volume).split("/")[0]
+    """The pool of ``volume``, validated first (the backend's ``pool_of``)."""
+    return first_component(validate_volume(volume))
+
+
+def manifest_send_flags(raw: bool) -> str:
+    """The ``send_flags`` a backup manifest records (docs/backups.md): ``-w`` for a raw
+    stream, else nothing. The manifest's ``raw`` says the same; this field stays for the
+    readers that predate ``raw`` and take raw-ness from it."""
+    return "-w" if raw else ""
+
+
+def raw_in_send_flags(flags: str) -> bool:
+    """Whether a manifest's recorded ``send_flags`` made a raw stream (``zfs send -w``):
+    how a manifest written before ``raw`` was read says so."""
+    return "w" in flags.lstrip("-")
 
 
 def send_flags(options: StreamOptions) -> str:
