@@ -259,6 +259,10 @@ def settle(what: str, mb_per_s: float = 5.0, timeout: float = 90.0) -> None:
     go on after ``timeout`` with a note.
     """
     deadline = time.monotonic() + timeout
+    # Pages still dirty in the cache (the last measurement's writes the kernel has not
+    # written yet) are writes too, not counted by the disks until written: write them now
+    # rather than during the next measurement (the first of a pair paid for them).
+    os.sync()
     before = _sectors_written()
     while True:
         time.sleep(1.0)
