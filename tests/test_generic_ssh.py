@@ -156,11 +156,13 @@ def _first_copy_continued(done: dict[str, Any], whole: int) -> None:
 def _slow_first_copy(start_daemon: Any, sshd: SshServer, pools: tuple[str, str], *,
                      stall: int, source: str, destination: str,
                      moved: int) -> tuple[DaemonProcess, str, list[int]]:
-    """A first generic copy of 16 files at 2 MiB/s with ``stall_timeout`` = ``stall``,
-    once more than ``moved`` bytes arrived and m is exact: the daemon, the activity and
-    the peer's rsync processes."""
+    """A first generic copy of 32 files (41 MiB) at 2 MiB/s with ``stall_timeout`` =
+    ``stall``, once more than ``moved`` bytes arrived and m is exact: the daemon, the
+    activity (still copying, with at least 3 MiB to go) and the peer's rsync processes.
+    (With 16 files a slow dry run under load let the copy finish before the test
+    stopped its peer: CI's one failure, 2026-12-07.)"""
     src, dst = pools
-    populate(f"/{src}/data", files=16)
+    populate(f"/{src}/data", files=32)
     zfs("snapshot", f"{src}/data@s1")
     d = start_daemon(daemon_extra=FAST_RETRIES + f'stall_timeout = "{stall}s"\n',
                      extra=sshd.config("remote") + '[servers.local]\nkind = "local"\n')
@@ -168,10 +170,12 @@ def _slow_first_copy(start_daemon: Any, sshd: SshServer, pools: tuple[str, str],
                   bandwidth_limit=2 * MiB)
     assert r.status == 202, r.body
     aid = r.body["id"]
-    d.wait_activity(aid, lambda a: a["progress"]["done"] > moved
-                    and not a["progress"]["estimated"], what="bytes to flow, m exact")
+    a = d.wait_activity(aid, lambda a: a["progress"]["done"] > moved
+                        and not a["progress"]["estimated"], what="bytes to flow, m exact")
     peers = _remote_rsyncs()
     assert peers
+    left = a["progress"]["total"] - a["progress"]["done"]
+    assert a["state"] == "running" and left >= 3 * MiB, (a["state"], a["progress"])
     return d, aid, peers
 
 
