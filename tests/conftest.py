@@ -261,11 +261,18 @@ class DaemonProcess:
 
     def wait_activity(self, activity_id: str, predicate: Callable[[dict[str, Any]], bool],
                       timeout: float = SLOW, what: str = "activity state") -> dict[str, Any]:
+        last: list[dict[str, Any]] = []
+
         def check() -> dict[str, Any] | None:
             a = self.api("GET", f"/v1/activities/{activity_id}")
+            last[:] = [a]
             return a if predicate(a) else None
 
-        result: dict[str, Any] = wait_until(check, timeout, what=what)
+        try:
+            result: dict[str, Any] = wait_until(check, timeout, what=what)
+        except AssertionError as exc:
+            seen = last[0] if last else None
+            raise AssertionError(f"{exc}; the activity was last {seen}") from None
         return result
 
     def wait_done(self, activity_id: str, timeout: float = SLOW) -> dict[str, Any]:
