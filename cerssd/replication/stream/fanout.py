@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from ...flow_control import Counters, FlowGate
-from ...transport.process import stop_process
+from ...transport.process import exited, stop_process
 from ...transport.stream import StreamEndpoint
 from .fanout_lanes import PIPE_SIZE, WINDOW, Hub, Lane, Pipe
 from .transfer import (
@@ -198,7 +198,7 @@ class FanoutGroup:
             if not self._hub.eof:  # no member is left (or reading failed)
                 pipe.close(pipe.r)  # the reader thread is out of read() by now
                 await asyncio.shield(stop_process(proc))
-        rc = await proc.wait()
+        rc = await exited(proc)
         return _SendResult(rc, await err)
 
     async def _stream(self, lane: Lane) -> None:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from ...flow_control import Counters, FlowGate
 from ...transport.errors import LINK_ERRORS
 from ...transport.files import FileEnd
-from ...transport.process import stop_process
+from ...transport.process import exited, stop_process
 
 RSYNC_OPTIONS = ("-aHAX", "--numeric-ids", "--inplace", "--delete", "-x",
                  "--exclude=/.zfs", "--filter=-x user.cerssd.*")
@@ -97,7 +97,7 @@ def rsync_argv(source: FileEnd, destination: FileEnd, *, dry_run: bool = False,
     if sparse:
         argv.append("--sparse")
     if stall:
-        argv.append(f"--timeout={max(1, round(stall))}")
+        argv.append(f"--timeout={_timeout_seconds(stall)}")
     argv += ["-n"] if dry_run else ["--info=progress2"]
     if limit:
         argv.append(f"--bwlimit={max(1, int(limit) // 1024)}")  # KiB/s
@@ -115,7 +115,7 @@ async def measure(source: FileEnd, destination: FileEnd, *,
     err_task = asyncio.ensure_future(_collect(proc.stderr, err_chunks))
     try:
         out = await proc.stdout.read()
-        rc = await proc.wait()
+        rc = await exited(proc)
         await _rest_of_stderr(err_task)
     finally:
         err_task.cancel()
@@ -144,8 +144,15 @@ async def sync(source: FileEnd, destination: FileEnd, *, counters: Counters, gat
                                                sparse=sparse, stall=stall),
                                     source, destination, counters, gate, pauses)
         except SyncFailed as exc:
-            if not (stall and exc.returncode in TIMEOUT_EXITS and pauses.longest >= stall):
+            if not (stall and exc.returncode in TIMEOUT_EXITS
+                    and pauses.longest >= _timeout_seconds(stall) - 1):
                 raise
+
+
+def _timeout_seconds(stall: float) -> int:
+    """rsync's ``--timeout``: whole seconds. It compares whole-second clock readings
+    (``time()``), so a peer gives up after as little as one second less than that."""
+    return max(1, round(stall))
 
 
 @dataclass
@@ -164,7 +171,7 @@ async def _sync_once(argv: list[str], source: FileEnd, destination: FileEnd,
     err_task = asyncio.ensure_future(_collect(proc.stderr, err_chunks))
     try:
         tail = await _progress(proc.stdout, counters)
-        rc = await proc.wait()
+        rc = await exited(proc)
         await _rest_of_stderr(err_task)
         err = b"".join(err_chunks).decode(errors="replace")
     finally:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 
 from ...flow_control import Counters, FlowGate
-from ...transport.process import stop_process
+from ...transport.process import exited, stop_process
 from ...transport.stream import StreamEndpoint
 from .inline import SmallStream, peek
 from .relay import Relay
@@ -275,9 +275,9 @@ async def exit_status(proc: asyncio.subprocess.Process, side: str,
     before it hung leaves the target at the snapshot, so the retry finds nothing to do.
     """
     if timeout is None:
-        return await proc.wait()
+        return await exited(proc)
     try:
-        return await asyncio.wait_for(proc.wait(), timeout)
+        return await asyncio.wait_for(exited(proc), timeout)
     except TimeoutError:
         raise TransferStalled(side, f"the stream ended but the {side} did not exit within "
                               f"{timeout:.0f} s (hung; stalled)") from None
