@@ -92,9 +92,12 @@ def snapshot_copy(sshd: Sshd, cipher: str, snapshot: str, target: str) -> float:
     clone = f"{pool}/baseline-view"
     start = time.monotonic()
     zfs("clone", "-o", "readonly=on", snapshot, clone)
-    baseline_rsync(sshd, cipher, f"/{clone}", f"/{target}")
+    cloned = time.monotonic()
+    copying = baseline_rsync(sshd, cipher, f"/{clone}", f"/{target}")
     zfs("snapshot", f"{target}@{snapshot.partition('@')[2]}")
     seconds = time.monotonic() - start
+    say(f"baseline: clone {cloned - start:.2f} s, rsync {copying:.2f} s, snapshot "
+        f"{seconds - copying - (cloned - start):.2f} s")
     retry_busy(lambda: zfs("destroy", clone, check=False),
                lambda: zfs("list", clone, check=False).returncode != 0, "the baseline's clone")
     return seconds

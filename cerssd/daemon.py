@@ -28,7 +28,7 @@ import structlog
 from aiohttp import web
 
 from . import __version__, snapshots, volumes
-from .api.app import build_app
+from .api.app import build_app, scrape
 from .api.context import ApiContext
 from .capacity import CapacityCache
 from .children import watch_children_by_pidfd
@@ -40,7 +40,7 @@ from .heap import RESETTLE_SECONDS, settle
 from .journal import Journal, JournalError, JournalTooNew
 from .logs import LogFormat, configure_logging
 from .memory import tune_malloc
-from .metrics import CONTENT_TYPE, Metrics
+from .metrics import Metrics
 from .objectstore.stores import Stores
 from .parsing import ConfigError, MissingSecret
 from .policies.registry import PolicyRegistry
@@ -227,12 +227,11 @@ class Daemon:
         log.info("control socket listening", path=str(path))
 
     async def _serve_metrics(self, host: str, port: int) -> None:
-        async def scrape(request: web.Request) -> web.Response:
-            await self.capacity.current(fresh=False)  # at most every 30 s (capacity.py)
-            return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+        async def metrics(request: web.Request) -> web.Response:
+            return await scrape(self.metrics, self.capacity)
 
         app = web.Application()
-        app.router.add_get("/metrics", scrape)
+        app.router.add_get("/metrics", metrics)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=REQUEST_GRACE)
         await runner.setup()

@@ -20,11 +20,11 @@ from aiohttp import web
 
 from .. import __version__, snapshots
 from ..activity import DataRoute, IllegalTransition
-from ..capacity import API_WAIT
+from ..capacity import API_WAIT, CapacityCache
 from ..config import stores_problem
 from ..engine import EngineClosed, UnknownActivity
 from ..journal import ActivityFilter
-from ..metrics import CONTENT_TYPE
+from ..metrics import CONTENT_TYPE, Metrics
 from ..objectstore.client import StoreError
 from ..objectstore.layout import BackupMissing, BrokenChain
 from ..objectstore.stores import UnknownStore
@@ -60,6 +60,14 @@ from .schema import parse_query, read_body
 
 log = structlog.get_logger("cerssd.api")
 _OPENAPI: dict[str, Any] | None = None
+
+
+async def scrape(metrics: Metrics, capacity: CapacityCache | None) -> web.Response:
+    """A Prometheus scrape, on the control socket or the metrics port: the capacity
+    figures it has (measured at most every 30 s, never waited for: ``capacity.py``)."""
+    if capacity is not None:
+        await capacity.current(fresh=False)
+    return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 class ControlApi:
     def __init__(self, ctx: ApiContext) -> None:
@@ -101,10 +109,7 @@ class ControlApi:
             for name, caps in self.ctx.servers.capabilities().items()})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        if self.ctx.capacity is not None:
-            await self.ctx.capacity.current(fresh=False)  # measured at most every 30 s
-        return web.Response(body=self.ctx.metrics.render(),
-                            headers={"Content-Type": CONTENT_TYPE})
+        return await scrape(self.ctx.metrics, self.ctx.capacity)
 
     async def openapi(self, request: web.Request) -> web.Response:
         global _OPENAPI

@@ -13,9 +13,9 @@ or asked for: ``logic.plan.choose_path``). One attempt:
 3. rsync (``stream.filesync``) with live n and, alongside, a dry run that makes m exact
    when it answers; suspend, and a lost link reported as ``Transient`` (the attempt is
    retried: what was copied stays, and rsync's quick check skips it);
-4. the view released, then a snapshot of the same label that records the source
-   snapshot's guid as its ``origin`` (what the next plan matches), and the read-only
-   fence back.
+4. the view released and, at the same time (they are on two servers), a snapshot of
+   the same label that records the source snapshot's guid as its ``origin`` (what the
+   next plan matches); then the read-only fence back.
 
 A cancel (or a failure that ends the activity) rolls the destination back to the
 snapshot it had (``rollback``): the files half-copied are gone, as a cut-off receive
@@ -78,6 +78,10 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     except BaseException:
         await _release_if_made(view_task, src, copy)
         raise
+    async def release() -> None:
+        await asyncio.shield(src.release_view(plan.snapshot.name,
+                                              for_server=copy.destination))
+
     try:
         source = file_end(servers.entry(copy.source).transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
@@ -91,15 +95,21 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
             raise _failure(exc, copy) from exc
         ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
                      sent=stats.sent, received=stats.received)
-    finally:
-        await asyncio.shield(src.release_view(plan.snapshot.name,
-                                              for_server=copy.destination))
+    except BaseException:
+        await release()
+        raise
     ctx.counters.sent(stats.wire)
     ctx.remember(generic_stats={"transferred_size": stats.transferred_size,
                                 "literal": stats.literal, "sent": stats.sent,
                                 "received": stats.received})
-    await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
-                              origin=plan.snapshot.guid)
+    # The source's view and the destination's snapshot are on two servers: neither
+    # waits for the other (a clone destroyed on zfs-fuse, a snapshot on the other).
+    released = asyncio.ensure_future(release())
+    try:
+        await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
+                                  origin=plan.snapshot.guid)
+    finally:
+        await released
     return stats.transferred_size
 
 
