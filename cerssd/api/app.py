@@ -69,6 +69,7 @@ async def scrape(metrics: Metrics, capacity: CapacityCache | None) -> web.Respon
         await capacity.current(fresh=False)
     return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
+
 class ControlApi:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx

@@ -42,9 +42,9 @@ async def exited(proc: asyncio.subprocess.Process) -> int:
     closed as well. An ``ssh`` that goes through the server's stream multiplexer hands
     its stdin, stdout and stderr to the multiplexer, which keeps them for as long as
     the remote command lives: after rsync gave up on a hung peer (its ``--timeout``),
-    ``wait()`` would wait for the peer instead (found by
-    tests/test_generic_ssh.py under load, where the copy's ssh was the one that went
-    through the multiplexer). A pidfd says when the child itself is gone.
+    ``wait()`` would wait for the peer instead (found by tests/test_generic_ssh.py
+    under load, where the copy's ssh was the one that went through the multiplexer).
+    A pidfd says when the child itself is gone.
     """
     if (done := proc.returncode) is not None:
         return done

@@ -78,6 +78,7 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     except BaseException:
         await _release_if_made(view_task, src, copy)
         raise
+
     async def release() -> None:
         await asyncio.shield(src.release_view(plan.snapshot.name,
                                               for_server=copy.destination))
