@@ -35,7 +35,7 @@ from ...servers import ServerRegistry
 from ...storage.errors import BackendError, NotFound, while_busy
 from ...storage.interface import StorageBackend
 from ...storage.names import validate_snapshot, validate_volume
-from ...transport.process import stop_process
+from ...transport.process import exited, stop_process
 from ..retry import RetryPolicy
 from ..stream.filters import restore_filters, spawn_chain
 from ..stream.store_calls import StoreCalls
@@ -250,7 +250,7 @@ async def _first_failure(named: list[tuple[str, asyncio.subprocess.Process]],
     by SIGPIPE only saw its reader quit, which the reader's own error explains."""
     order = sorted(named, key=lambda item: item[0] != "age decryption")
     problem = await first_failure(
-        [(name, proc) for name, proc in order if await proc.wait() != -signal.SIGPIPE])
+        [(name, proc) for name, proc in order if await exited(proc) != -signal.SIGPIPE])
     if problem is not None and problem.startswith("age decryption") \
             and "no identity matched" in problem:
         problem += (f" (the identity file does not hold the key of any recipient of "

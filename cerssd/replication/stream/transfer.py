@@ -313,7 +313,7 @@ async def first_failure(named: Iterable[tuple[str, asyncio.subprocess.Process]],
                         ) -> str | None:
     """``NAME failed: its last stderr line`` for the first process that exited non-zero."""
     for name, proc in named:
-        rc = await proc.wait()
+        rc = await exited(proc)
         if rc != 0:
             return f"{name} failed: {first_line(await read_stderr(proc), rc)}"
     return None
