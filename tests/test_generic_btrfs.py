@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ def test_zfs_to_btrfs_and_back(start_daemon: Any, make_pool: Callable[..., str],
     full = run(d, f"{pool}/data@s1", "local", "bt", f"{root.name}/copy")
     assert full["params"]["plan"] == {"mode": "full", "path": "generic"}
     assert tree_digest(root / "copy") == tree_digest(f"/{pool}/data")
+    # btrfs stores zeros as zeros: the 8 MiB hole of /sparse is kept by rsync --sparse,
+    # asked for because the source has a file with a hole
+    assert full["params"]["generic_sparse"] is True
+    assert os.stat(root / "copy" / "sparse").st_blocks * 512 < MiB
     snaps = d.api("GET", f"/v1/volumes/{root.name}/copy/snapshots?server=bt")["items"]
     assert [(s["label"], s["origin"]) for s in snaps] == [("s1", guid(f"{pool}/data@s1"))]
 
@@ -47,6 +52,7 @@ def test_zfs_to_btrfs_and_back(start_daemon: Any, make_pool: Callable[..., str],
     # btrfs -> zfs-fuse: a btrfs snapshot's view is the read-only snapshot itself
     back = run(d, f"{root.name}/copy@s2", "bt", "local", f"{pool}/back")
     assert back["params"]["plan"]["mode"] == "full"
+    assert back["params"]["generic_sparse"] is False  # ZFS keeps zero runs as holes
     assert tree_digest(f"/{pool}/back") == tree_digest(root / "copy")
     assert btrfs("property", "get", "-ts", str(root / "copy"), "ro").stdout.strip() == "ro=true"
 
@@ -91,3 +97,20 @@ def test_a_zfs_master_keeps_a_btrfs_slave_and_a_zfs_slave(
 
     # a cycle asked for while one ran comes after it: wait for the last one to arrive
     wait_until(newest_match, 120, what="the master's newest snapshot on the btrfs slave")
+
+
+def test_a_tree_without_holes_is_copied_to_btrfs_without_sparse_writes(
+        start_daemon: Any, make_pool: Callable[..., str],
+        make_btrfs_root: Callable[[], Path]) -> None:
+    """rsync's --sparse writes 1 KiB at a time: a source with no file with holes is
+    copied without it, byte for byte all the same."""
+    pool, root = make_pool(), make_btrfs_root()
+    zfs("create", f"{pool}/data")
+    d = start_daemon(extra=f'[servers.local]\nkind = "local"\n'
+                     f'[servers.bt]\nkind = "local"\nbackend = "btrfs"\nroot = "{root}"\n')
+    for i in range(3):
+        write_file(f"/{pool}/data/f{i}", 1)
+    zfs("snapshot", f"{pool}/data@s1")
+    full = run(d, f"{pool}/data@s1", "local", "bt", f"{root.name}/dense")
+    assert full["params"]["generic_sparse"] is False
+    assert tree_digest(root / "dense") == tree_digest(f"/{pool}/data")

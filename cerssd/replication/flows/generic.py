@@ -32,7 +32,7 @@ from ...engine import ActivityContext, ActivityError
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
-from ...transport.files import FileEnd, distrust_recent_mtimes, file_end
+from ...transport.files import FileEnd, distrust_recent_mtimes, file_end, has_sparse_files
 from ..logic.plan import Plan, PlanMode
 from ..retry import Transient
 from ..stream.filesync import SyncFailed, SyncStats, measure, sync
@@ -55,9 +55,20 @@ class GenericCopy:
     resumed: bool = False
 
 
+@dataclass(frozen=True)
+class CopyDone:
+    """A copy up to its destination snapshot. The source's view may still be going:
+    ``released`` ends when it is, and the activity awaits it before it ends (a view
+    on zfs-fuse stays busy for a moment after rsync exits)."""
+
+    #: File data the copy sent (rsync's "Total transferred file size").
+    moved: int
+    released: asyncio.Future[None]
+
+
 async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericCopy,
-                   src: StorageBackend, dst: StorageBackend) -> int:
-    """The copy up to the new destination snapshot; returns the bytes on the wire."""
+                   src: StorageBackend, dst: StorageBackend) -> CopyDone:
+    """The copy up to the new destination snapshot."""
     plan = copy.plan
     if plan.mode == PlanMode.INCREMENTAL and plan.target_base is not None:
         ctx.remember(generic_base=plan.target_base.name)
@@ -86,12 +97,16 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
     try:
         source = file_end(servers.entry(copy.source).transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
+        # Holes are kept by the destination itself (zero runs stored as holes) or by
+        # rsync's slower --sparse, asked for only where the source has holes.
+        sparse = not dst.capabilities.holes_from_zeros and \
+            await has_sparse_files(servers.entry(copy.source).transport, view)
+        ctx.remember(generic_sparse=sparse)
         ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into,
-                     continued=copy.resumed)
+                     continued=copy.resumed, sparse=sparse)
         started = time.monotonic()
         try:
-            stats = await _copy_measured(ctx, source, target, copy,
-                                         sparse=not dst.capabilities.holes_from_zeros)
+            stats = await _copy_measured(ctx, source, target, copy, sparse=sparse)
         except SyncFailed as exc:
             raise _failure(exc, copy) from exc
         ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
@@ -104,14 +119,16 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
                                 "literal": stats.literal, "sent": stats.sent,
                                 "received": stats.received})
     # The source's view and the destination's snapshot are on two servers: neither
-    # waits for the other (a clone destroyed on zfs-fuse, a snapshot on the other).
+    # waits for the other (a clone destroyed on zfs-fuse, a snapshot on the other), and
+    # what follows the snapshot (verify, fence, pins) need not wait for the view either.
     released = asyncio.ensure_future(release())
     try:
         await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
                                   origin=plan.snapshot.guid)
-    finally:
+    except BaseException:
         await released
-    return stats.transferred_size
+        raise
+    return CopyDone(stats.transferred_size, released)
 
 
 async def _prepare_destination(dst: StorageBackend, volume: str) -> str:

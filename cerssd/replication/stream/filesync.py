@@ -15,7 +15,8 @@ Options, and why (docs/drivers.md has the table):
   keeps the blocks that did not change shared with the previous one);
 * ``--sparse`` (holes stay holes in new files) only where the destination does not keep
   runs of zeros as holes itself (``Capabilities.holes_from_zeros``: ZFS with
-  compression): rsync writes sparse files 1 KiB at a time, 1.7x slower onto zfs-fuse;
+  compression) and the source has a file with holes (``files.has_sparse_files``): rsync
+  then writes every file 1 KiB at a time, 1.7x slower onto zfs-fuse;
 * ``--delete``: files gone on the source go on the destination; ``-x``: never into
   another filesystem mounted below either end (a child volume), on either side;
 * ``--exclude=/.zfs``: ZFS's snapshot directory, where ``snapdir=visible`` lists it;
