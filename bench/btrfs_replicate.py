@@ -16,10 +16,12 @@ Same shape as bench/replicate_ssh.py, on btrfs (the driver in cerssd/storage/btr
 
 Cases: **full** (``--size`` MiB random, snapshot ``s1``) and **incremental** (``--incr`` MiB
 more, ``s2`` on ``s1``, into a target holding ``s1``: each method's target gets ``s1`` by
-an untimed send of its own, and the received ``s2`` is deleted after each run). Rounds
-alternate baseline and cerssd; the report gives the median rates and the ratio of each
-round's pair with its min-max. Random data does not compress, so cerssd's
-``--compressed-data`` streams (chosen from both ends' capabilities) carry the same bytes.
+an untimed send of its own, and the received ``s2`` is deleted after each run). Each
+round runs the three methods, each from a quiet filesystem (deleted subvolumes cleaned
+up, the last method's writes written out), starting with another one each round; the
+report gives the median rates and the ratio of each round's pair with its min-max.
+Random data does not compress, so cerssd's ``--compressed-data`` streams (chosen from
+both ends' capabilities) carry the same bytes.
 
 Run as root from the repository::
 
@@ -33,11 +35,11 @@ import argparse
 import contextlib
 import datetime as dt
 import shlex
-import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,9 @@ from common import (
     announced_stack,
     bash,
     bench_main,
-    cleanup,
     common_arguments,
     load_average,
+    loop_btrfs,
     machine,
     median,
     rate,
@@ -60,6 +62,7 @@ from common import (
     say,
     scratch_dir,
     seconds_list,
+    settle,
     ssh_command,
     start_daemon,
     start_sshd,
@@ -169,30 +172,46 @@ def ours(daemon: Daemon, snapshot: str, target: str, mode: str) -> float:
     return elapsed
 
 
+def in_turn(round_number: int, dst: Path, steps: list[Callable[[], None]]) -> None:
+    """The methods of one round, each from a quiet filesystem: the subvolumes the last
+    one deleted cleaned up (``btrfs subvolume sync``: the cleaner frees their extents in
+    the background otherwise) and its writes written out (``settle``), and each round
+    starting with another method: none always meets the state another leaves."""
+    shift = (round_number - 1) % len(steps)
+    for step in steps[shift:] + steps[:shift]:
+        btrfs("subvolume", "sync", str(dst))
+        settle("the next method")
+        step()
+
+
 def bench_full(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, cipher: str,
                daemon: Daemon) -> None:
+    received = dst / "plain_full" / case.snapshot.name
     for i in range(1, runs + 1):
-        into = dst / f"plain_full_{i}"
-        seconds = plain(case, sshd, cipher, into)
-        received = into / case.snapshot.name
-        check_received(case.snapshot, received)
-        delete(received)
-        into.rmdir()
-        case.baseline.append(seconds)
-        say(f"full {i}/{runs}: baseline {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
-        seconds = plain(case, sshd, cipher, into, synced=True)
-        check_received(case.snapshot, received)
-        delete(received)
-        into.rmdir()
-        case.synced.append(seconds)
-        say(f"full {i}/{runs}: synced   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
-        target = f"cerssd_full_{i}"
-        seconds = ours(daemon, f"{src.name}/data@s1", f"{dst.name}/{target}", "full")
-        got = snapshot_path(dst, target, "s1")
-        check_received(case.snapshot, got)
-        delete(got, dst / target)
-        case.cerssd.append(seconds)
-        say(f"full {i}/{runs}: cerssd   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
+        in_turn(i, dst, [partial(full_plain, case, sshd, cipher, received, i, synced=False),
+                         partial(full_plain, case, sshd, cipher, received, i, synced=True),
+                         partial(full_ours, case, src, dst, daemon, i)])
+
+
+def full_plain(case: Case, sshd: Sshd, cipher: str, received: Path, i: int, *,
+               synced: bool) -> None:
+    seconds = plain(case, sshd, cipher, received.parent, synced=synced)
+    check_received(case.snapshot, received)
+    delete(received)
+    received.parent.rmdir()
+    (case.synced if synced else case.baseline).append(seconds)
+    say(f"full {i}: {'synced  ' if synced else 'baseline'} {seconds:.2f} s "
+        f"({rate(case.stream_bytes, seconds)})")
+
+
+def full_ours(case: Case, src: Path, dst: Path, daemon: Daemon, i: int) -> None:
+    target = f"cerssd_full_{i}"
+    seconds = ours(daemon, f"{src.name}/data@s1", f"{dst.name}/{target}", "full")
+    got = snapshot_path(dst, target, "s1")
+    check_received(case.snapshot, got)
+    delete(got, dst / target)
+    case.cerssd.append(seconds)
+    say(f"full {i}: cerssd   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
 
 
 def bench_incremental(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, cipher: str,
@@ -203,26 +222,29 @@ def bench_incremental(case: Case, runs: int, src: Path, dst: Path, sshd: Sshd, c
     plain(case, sshd, cipher, into, snapshot=case.base)
     ours(daemon, f"{src.name}/data@s1", f"{dst.name}/cerssd_incr", "full")
     for i in range(1, runs + 1):
-        seconds = plain(case, sshd, cipher, into)
-        received = into / case.snapshot.name
-        check_received(case.snapshot, received)
-        delete(received)
-        case.baseline.append(seconds)
-        say(f"incremental {i}/{runs}: baseline {seconds:.2f} s "
-            f"({rate(case.stream_bytes, seconds)})")
-        seconds = plain(case, sshd, cipher, into, synced=True)
-        check_received(case.snapshot, received)
-        delete(received)
-        case.synced.append(seconds)
-        say(f"incremental {i}/{runs}: synced   {seconds:.2f} s "
-            f"({rate(case.stream_bytes, seconds)})")
-        seconds = ours(daemon, f"{src.name}/data@s2", f"{dst.name}/cerssd_incr", "incremental")
-        got = snapshot_path(dst, "cerssd_incr", "s2")
-        check_received(case.snapshot, got)
-        delete(got)
-        case.cerssd.append(seconds)
-        say(f"incremental {i}/{runs}: cerssd   {seconds:.2f} s "
-            f"({rate(case.stream_bytes, seconds)})")
+        in_turn(i, dst, [partial(incremental_plain, case, sshd, cipher, into, i, synced=False),
+                         partial(incremental_plain, case, sshd, cipher, into, i, synced=True),
+                         partial(incremental_ours, case, src, dst, daemon, i)])
+
+
+def incremental_plain(case: Case, sshd: Sshd, cipher: str, into: Path, i: int, *,
+                      synced: bool) -> None:
+    seconds = plain(case, sshd, cipher, into, synced=synced)
+    received = into / case.snapshot.name
+    check_received(case.snapshot, received)
+    delete(received)
+    (case.synced if synced else case.baseline).append(seconds)
+    say(f"incremental {i}: {'synced  ' if synced else 'baseline'} {seconds:.2f} s "
+        f"({rate(case.stream_bytes, seconds)})")
+
+
+def incremental_ours(case: Case, src: Path, dst: Path, daemon: Daemon, i: int) -> None:
+    seconds = ours(daemon, f"{src.name}/data@s2", f"{dst.name}/cerssd_incr", "incremental")
+    got = snapshot_path(dst, "cerssd_incr", "s2")
+    check_received(case.snapshot, got)
+    delete(got)
+    case.cerssd.append(seconds)
+    say(f"incremental {i}: cerssd   {seconds:.2f} s ({rate(case.stream_bytes, seconds)})")
 
 
 def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
@@ -254,7 +276,8 @@ def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
                      f"{median(rs):.2f} ({min(rs):.2f}-{max(rs):.2f}) | "
                      f"{mb / case.send_only_seconds:.1f} |")
     lines.append("")
-    lines.append("MB/s columns are medians; each round runs baseline, baseline + sync, cerssd.")
+    lines.append("MB/s columns are medians; each round runs baseline, baseline + sync and "
+                 "cerssd, each from a quiet filesystem, starting with another each round.")
     for case in cases:
         lines.append(f"- {case.name} seconds per round: baseline "
                      f"{seconds_list(case.baseline)}; baseline + sync "
@@ -278,17 +301,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @contextlib.contextmanager
 def environment(args: argparse.Namespace) -> Iterator[tuple[Path, Path, Sshd, Daemon]]:
-    if shutil.which("mkfs.btrfs") is None:
-        raise BenchError("btrfs-progs is not installed (apt-get install btrfs-progs)")
     with announced_stack() as stack:
         need = 4 * (args.size + args.incr) * MIB + (1 << 30)
         scratch = scratch_dir(stack, args.workdir, need * 1.1)
-        image, mnt = scratch / "btrfs.img", scratch / "mnt"
-        mnt.mkdir()
-        run(["truncate", "-s", str(need), str(image)])
-        run(["mkfs.btrfs", "-q", str(image)])
-        run(["mount", "-o", "loop", str(image), str(mnt)])
-        cleanup(stack, run, ["umount", str(mnt)], check=False)
+        mnt = loop_btrfs(stack, scratch, need)
         src, dst = mnt / "src", mnt / "dst"
         btrfs("subvolume", "create", str(src))
         btrfs("subvolume", "create", str(dst))

@@ -261,7 +261,10 @@ def settle(what: str, mb_per_s: float = 5.0, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     # Pages still dirty in the cache (the last measurement's writes the kernel has not
     # written yet) are writes too, not counted by the disks until written: write them now
-    # rather than during the next measurement (the first of a pair paid for them).
+    # rather than during the next measurement (the first of a pair paid for them). Twice:
+    # a filesystem on a loop device (the btrfs benches') writes into its image file's
+    # pages, and the filesystem holding the image may have been synced before that.
+    os.sync()
     os.sync()
     before = _sectors_written()
     while True:
@@ -329,6 +332,26 @@ def scratch_dir(stack: contextlib.ExitStack, workdir: Path, need_bytes: float) -
     return scratch
 
 
+def loop_btrfs(stack: contextlib.ExitStack, scratch: Path, size: int) -> Path:
+    """A btrfs on a sparse file of ``size`` bytes, mounted; returns the mount point.
+
+    The loop device does direct I/O: it writes to the image as a disk is written, not
+    into a second page cache (the image file's) whose write-out the kernel does later,
+    during whichever measurement runs next (seen as the second method of each round
+    paying 1-3 s more for the same flush)."""
+    if shutil.which("mkfs.btrfs") is None:
+        raise BenchError("btrfs-progs is not installed (apt-get install btrfs-progs)")
+    image, mnt = scratch / "btrfs.img", scratch / "mnt"
+    mnt.mkdir()
+    run(["truncate", "-s", str(size), str(image)])
+    run(["mkfs.btrfs", "-q", str(image)])
+    device = run(["losetup", "--direct-io=on", "--find", "--show", str(image)]).stdout.strip()
+    cleanup(stack, run, ["losetup", "-d", device], check=False)
+    run(["mount", device, str(mnt)])
+    cleanup(stack, run, ["umount", str(mnt)], check=False)
+    return mnt
+
+
 # -- SSH ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -381,6 +404,7 @@ def start_sshd(stack: contextlib.ExitStack, ports: int = 1, extra: str = "") -> 
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nMaxSessions 64\n"
         "MaxStartups 64\nClientAliveInterval 5\nSetEnv PYENV_REHASH_TIMEOUT=1\n" + extra)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    warn_stale_pyenv_lock()
     run([sshd_bin, "-f", str(root / "sshd_config"), "-E", str(root / "sshd.log")])
     pidfile = root / "sshd.pid"
     pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10,
@@ -388,6 +412,24 @@ def start_sshd(stack: contextlib.ExitStack, ports: int = 1, extra: str = "") -> 
     cleanup(stack, terminate_pid, pid, "sshd")
     say(f"sshd on 127.0.0.1 port(s) {', '.join(map(str, chosen))} (pid {pid})")
     return Sshd(tuple(chosen), root / "client_key", root / "known_hosts", pid)
+
+
+#: pyenv's rehash lock, taken by every shell that runs ``pyenv init`` (root's ~/.bashrc
+#: on these machines, which bash reads for every SSH session's command).
+PYENV_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+
+
+def warn_stale_pyenv_lock(older_than: float = 300.0) -> None:
+    """Say so when a pyenv rehash lock was left behind by a killed shell: every SSH
+    session then waits out ``PYENV_REHASH_TIMEOUT`` (1 s) before its command runs, which
+    a baseline's single session and cerssd's several pay differently (found 2026-12-07:
+    a lock 7 hours old; the generic-path baseline took 1 s longer per copy)."""
+    with contextlib.suppress(OSError):
+        age = time.time() - PYENV_LOCK.stat().st_mtime
+        if age > older_than:
+            say(f"warning: {PYENV_LOCK} is {age / 3600:.1f} h old, a stale pyenv lock: every "
+                "SSH session waits 1 s for it and the figures are off; remove it (no pyenv "
+                "rehash is running)")
 
 
 def ssh_command(sshd: Sshd, cipher: str, remote: list[str], port: int | None = None,

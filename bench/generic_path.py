@@ -1,7 +1,8 @@
 """Benchmark: the generic path (file copy) over SSH, cerssd against plain ``rsync``.
 
 What it measures, on the same machine and the same data, in the same run, rounds
-interleaved (baseline, cerssd, baseline, cerssd...):
+interleaved, each from quiet disks (the other method's writes written out first) and
+the baseline first in odd rounds, cerssd in even ones:
 
 * **baseline**: what a script copying the snapshot does (``snapshot_copy``): a clone of
   the snapshot (zfs-fuse has no ``.zfs/snapshot``), ``rsync -a --inplace -e 'ssh -c
@@ -35,11 +36,13 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from btrfs_replicate import SNAPSHOTS
 from common import (
     MIB,
     BenchError,
@@ -53,13 +56,16 @@ from common import (
     destroy_volume,
     ensure_zfs_fuse,
     load_average,
+    loop_btrfs,
     machine,
     make_pool,
     median,
     retry_busy,
+    run,
     say,
     scratch_dir,
     seconds_list,
+    settle,
     start_daemon,
     start_sshd,
     utc_now,
@@ -68,6 +74,86 @@ from common import (
 )
 
 HOLD_TAGS = ("cerssd:remote",)
+
+
+class Target(Protocol):
+    """Where both methods copy to: the destination driver's volumes, each method its own."""
+
+    @property
+    def kind(self) -> str:
+        """What the report calls it."""
+
+    def create(self, name: str) -> None: ...
+    def path(self, name: str) -> str: ...
+    def volume(self, name: str) -> str:
+        """The name cerssd's API knows the volume by."""
+    def snapshot(self, name: str, label: str) -> None:
+        """The baseline's snapshot of its copy (the point in time)."""
+    def destroy(self, name: str) -> None: ...
+    def quiet(self) -> None:
+        """Wait for what the destination does in the background after a destroy."""
+
+
+@dataclass(frozen=True)
+class ZfsTarget:
+    """Datasets in the benchmark's zfs-fuse pool (the source's pool too)."""
+
+    pool: str
+    kind: str = "ZFS (zfs-fuse)"
+
+    def create(self, name: str) -> None:
+        zfs("create", self.volume(name))
+
+    def path(self, name: str) -> str:
+        return f"/{self.volume(name)}"
+
+    def volume(self, name: str) -> str:
+        return f"{self.pool}/{name}"
+
+    def snapshot(self, name: str, label: str) -> None:
+        zfs("snapshot", f"{self.volume(name)}@{label}")
+
+    def destroy(self, name: str) -> None:
+        destroy_volume(self.volume(name), HOLD_TAGS)
+
+    def quiet(self) -> None:
+        pass  # zfs-fuse frees in its transaction groups: settle's quiet disks cover it
+
+
+@dataclass(frozen=True)
+class BtrfsTarget:
+    """Subvolumes under cerssd's btrfs root on a loop-mounted btrfs; the baseline keeps
+    its read-only snapshots in a directory of its own beside them."""
+
+    root: Path
+    kind: str = "btrfs (loop-mounted)"
+
+    def create(self, name: str) -> None:
+        run(["btrfs", "subvolume", "create", self.path(name)])
+
+    def path(self, name: str) -> str:
+        return str(self.root / name)
+
+    def volume(self, name: str) -> str:
+        return f"{self.root.name}/{name}"
+
+    def snapshot(self, name: str, label: str) -> None:
+        (self.root / "baseline-snapshots").mkdir(exist_ok=True)
+        run(["btrfs", "subvolume", "snapshot", "-r", self.path(name),
+             str(self.root / "baseline-snapshots" / f"{name}@{label}")])
+
+    def destroy(self, name: str) -> None:
+        """The volume and every snapshot of it (the baseline's and cerssd's)."""
+        snapshots = [*(self.root / "baseline-snapshots").glob(f"{name}@*"),
+                     *(self.root / SNAPSHOTS).glob(f"{name}@*/{name}@*")]
+        run(["btrfs", "subvolume", "delete", *map(str, snapshots), self.path(name)])
+        for directory in (self.root / SNAPSHOTS).glob(f"{name}@*"):
+            directory.rmdir()
+
+    def quiet(self) -> None:
+        """The deleted subvolumes cleaned up: btrfs's cleaner frees their extents in the
+        background otherwise, during the next copy (and the space comes back only then)."""
+        run(["btrfs", "subvolume", "sync", str(self.root)])
 
 
 @dataclass
@@ -82,7 +168,8 @@ class Case:
         return [b / c for b, c in zip(self.baseline, self.cerssd, strict=True)]
 
 
-def snapshot_copy(sshd: Sshd, cipher: str, snapshot: str, target: str) -> float:
+def snapshot_copy(sshd: Sshd, cipher: str, snapshot: str, target: Target, name: str,
+                  ) -> float:
     """What a script copying a snapshot's files has to do on zfs-fuse, which has no
     ``.zfs/snapshot``: clone it, rsync from the clone, snapshot the target (the point in
     time, and the data on disk), destroy the clone; timed whole. Reading the snapshot
@@ -93,8 +180,8 @@ def snapshot_copy(sshd: Sshd, cipher: str, snapshot: str, target: str) -> float:
     start = time.monotonic()
     zfs("clone", "-o", "readonly=on", snapshot, clone)
     cloned = time.monotonic()
-    copying = baseline_rsync(sshd, cipher, f"/{clone}", f"/{target}")
-    zfs("snapshot", f"{target}@{snapshot.partition('@')[2]}")
+    copying = baseline_rsync(sshd, cipher, f"/{clone}", target.path(name))
+    target.snapshot(name, snapshot.partition("@")[2])
     seconds = time.monotonic() - start
     say(f"baseline: clone {cloned - start:.2f} s, rsync {copying:.2f} s, snapshot "
         f"{seconds - copying - (cloned - start):.2f} s")
@@ -137,32 +224,56 @@ def same_tree(a: str, b: str) -> None:
         raise BenchError(f"{b} differs from {a} after the copy")
 
 
-def bench_full(case: Case, args: argparse.Namespace, pool: str, src: str, sshd: Sshd,
+def in_turn(round_number: int, target: Target, baseline: Callable[[], None],
+            ours: Callable[[], None]) -> None:
+    """Both methods, each from a quiet destination and quiet disks (``settle``: the
+    other's writes are written out first, not during it), the baseline first in odd
+    rounds and cerssd in even ones: neither always meets the state the other leaves."""
+    for step in (baseline, ours) if round_number % 2 else (ours, baseline):
+        target.quiet()
+        settle("the next copy")
+        step()
+
+
+def baseline_round(case: Case, sshd: Sshd, cipher: str, src: str, snapshot: str,
+                   target: Target, plain: str, what: str) -> None:
+    seconds = snapshot_copy(sshd, cipher, snapshot, target, plain)
+    same_tree(f"/{src}", target.path(plain))
+    case.baseline.append(seconds)
+    say(f"{what}: baseline {seconds:.2f} s")
+
+
+def cerssd_round(case: Case, daemon: Daemon, src: str, snapshot: str, target: Target,
+                 ours: str, what: str) -> None:
+    seconds, activity = cerssd_copy(daemon, snapshot, target.volume(ours), case.name)
+    same_tree(f"/{src}", target.path(ours))
+    case.cerssd.append(seconds)
+    case.wire.append(activity["usage"]["bytes_on_wire"])
+    say(f"{what}: cerssd   {seconds:.2f} s")
+
+
+def bench_full(case: Case, args: argparse.Namespace, src: str, target: Target, sshd: Sshd,
                daemon: Daemon) -> None:
     for i in range(1, args.runs + 1):
-        plain, ours = f"{pool}/plain_full_{i}", f"{pool}/cerssd_full_{i}"
-        zfs("create", plain)
-        seconds = snapshot_copy(sshd, args.cipher, f"{src}@s0", plain)
-        same_tree(f"/{src}", f"/{plain}")
-        case.baseline.append(seconds)
-        say(f"full round {i}: baseline {seconds:.2f} s")
-        seconds, activity = cerssd_copy(daemon, f"{src}@s0", ours, "full")
-        same_tree(f"/{src}", f"/{ours}")
-        case.cerssd.append(seconds)
-        case.wire.append(activity["usage"]["bytes_on_wire"])
-        say(f"full round {i}: cerssd   {seconds:.2f} s")
-        destroy_volume(plain, HOLD_TAGS)
-        destroy_volume(ours, HOLD_TAGS)
+        plain, ours = f"plain_full_{i}", f"cerssd_full_{i}"
+        target.create(plain)
+        what = f"full round {i}"
+        in_turn(i, target,
+                partial(baseline_round, case, sshd, args.cipher, src, f"{src}@s0", target,
+                        plain, what),
+                partial(cerssd_round, case, daemon, src, f"{src}@s0", target, ours, what))
+        target.destroy(plain)
+        target.destroy(ours)
 
 
-def bench_incremental(case: Case, args: argparse.Namespace, pool: str, src: str,
+def bench_incremental(case: Case, args: argparse.Namespace, src: str, target: Target,
                       sshd: Sshd, daemon: Daemon) -> None:
-    plain, ours = f"{pool}/plain_incr", f"{pool}/cerssd_incr"
+    plain, ours = "plain_incr", "cerssd_incr"
     say("incremental: giving each target the first state (untimed)")
-    zfs("create", plain)
-    baseline_rsync(sshd, args.cipher, f"/{src}", f"/{plain}")
-    zfs("snapshot", f"{plain}@s0")
-    cerssd_copy(daemon, f"{src}@s0", ours, "full")
+    target.create(plain)
+    baseline_rsync(sshd, args.cipher, f"/{src}", target.path(plain))
+    target.snapshot(plain, "s0")
+    cerssd_copy(daemon, f"{src}@s0", target.volume(ours), "full")
     changed = max(1, args.files * args.changed // 100)
     for i in range(1, args.runs + 1):
         first = ((i - 1) * changed) % args.files
@@ -170,29 +281,26 @@ def bench_incremental(case: Case, args: argparse.Namespace, pool: str, src: str,
             write_random(Path(f"/{src}/f{n % args.files:05d}"), args.size // args.files)
         zfs("snapshot", f"{src}@s{i}")
         case.data_bytes = changed * (args.size // args.files) * MIB
-        seconds = snapshot_copy(sshd, args.cipher, f"{src}@s{i}", plain)
-        same_tree(f"/{src}", f"/{plain}")
-        case.baseline.append(seconds)
-        say(f"incremental round {i}: baseline {seconds:.2f} s ({changed} files)")
-        seconds, activity = cerssd_copy(daemon, f"{src}@s{i}", ours, "incremental")
-        same_tree(f"/{src}", f"/{ours}")
-        case.cerssd.append(seconds)
-        case.wire.append(activity["usage"]["bytes_on_wire"])
-        say(f"incremental round {i}: cerssd   {seconds:.2f} s")
+        what = f"incremental round {i} ({changed} files)"
+        in_turn(i, target, partial(baseline_round, case, sshd, args.cipher, src, f"{src}@s{i}",
+                           target, plain, what),
+                partial(cerssd_round, case, daemon, src, f"{src}@s{i}", target, ours, what))
 
 
 def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
-           started: Any, wall: float, load: str) -> str:
+           started: Any, wall: float, load: str, destination: str) -> str:
     lines = [
         f"### Generic path over SSH: cerssd vs `rsync -a --inplace` ({started:%Y-%m-%d})",
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; `python bench/generic_path.py --size "
         f"{args.size} --files {args.files} --changed {args.changed} --runs {args.runs} "
-        f"--cipher {args.cipher}` ({wall:.0f} s in all); load average before: {load}",
+        f"--cipher {args.cipher} --destination {args.destination}` ({wall:.0f} s in all); "
+        f"load average before: {load}",
         f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
-        f"{info['ssh']}, {info['zfs_fuse']}, sshd on 127.0.0.1; ZFS (zfs-fuse) to ZFS",
+        f"{info['ssh']}, {info['zfs_fuse']}, sshd on 127.0.0.1; ZFS (zfs-fuse) to {destination}",
         f"- data: {args.size} MiB in {args.files} random files; the incremental rewrites "
-        f"{args.changed} % of them per round; rounds interleaved (baseline, then cerssd)",
+        f"{args.changed} % of them per round; rounds interleaved, each copy from quiet "
+        "disks (`sync`, then no writes), the baseline first in odd rounds",
         "",
         "| case | MiB moved | baseline s (median) | cerssd s (median) | "
         "baseline/cerssd median (min-max) | cerssd wire MB (median) |",
@@ -219,6 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--changed", type=int, default=5, help="per cent changed per round")
     parser.add_argument("--runs", type=int, default=3, help="rounds per case")
     parser.add_argument("--quick", action="store_true", help="64 MiB, 16 files, 1 round")
+    parser.add_argument("--destination", choices=("btrfs", "zfs"), default="btrfs",
+                        help="the destination driver (the issue's case: btrfs)")
     common_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -230,22 +340,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def environment(args: argparse.Namespace) -> Iterator[tuple[str, Sshd, Daemon]]:
+def environment(args: argparse.Namespace) -> Iterator[tuple[str, Target, Sshd, Daemon]]:
+    """The source pool (zfs-fuse), the destination (``--destination``), the sshd, and a
+    daemon whose ``[servers.remote]`` is the destination over that sshd."""
     with announced_stack() as stack:
         scratch = scratch_dir(stack, args.workdir, 5 * args.size * MIB)
         ensure_zfs_fuse(stack, scratch)
         pool = make_pool(stack, scratch, 5 * args.size + 1024)
+        target: Target = ZfsTarget(pool)
+        remote = ""
+        if args.destination == "btrfs":
+            root = loop_btrfs(stack, scratch, 6 * args.size * MIB + (1 << 30)) / "volumes"
+            run(["btrfs", "subvolume", "create", str(root)])
+            target, remote = BtrfsTarget(root), f'backend = "btrfs"\nroot = "{root}"\n'
         sshd = start_sshd(stack)
-        daemon = start_daemon(stack, sshd, args.cipher, [SshServer("remote", sshd.port)],
-                              args.daemon_log)
-        yield pool, sshd, daemon
+        daemon = start_daemon(stack, sshd, args.cipher,
+                              [SshServer("remote", sshd.port, remote)], args.daemon_log)
+        yield pool, target, sshd, daemon
 
 
 def benchmark(args: argparse.Namespace) -> str:
     started = utc_now()
     load = load_average()
     t0 = time.monotonic()
-    with environment(args) as (pool, sshd, daemon):
+    with environment(args) as (pool, target, sshd, daemon):
         src = f"{pool}/src"
         zfs("create", src)
         say(f"writing {args.size} MiB in {args.files} files")
@@ -253,11 +371,12 @@ def benchmark(args: argparse.Namespace) -> str:
             write_random(Path(f"/{src}/f{n:05d}"), args.size // args.files)
         zfs("snapshot", f"{src}@s0")
         full = Case("full", data_bytes=args.files * (args.size // args.files) * MIB)
-        bench_full(full, args, pool, src, sshd, daemon)
+        bench_full(full, args, src, target, sshd, daemon)
         incr = Case("incremental")
-        bench_incremental(incr, args, pool, src, sshd, daemon)
+        bench_incremental(incr, args, src, target, sshd, daemon)
         daemon.check_alive()
-    return report([full, incr], args, machine(), started, time.monotonic() - t0, load)
+    return report([full, incr], args, machine(), started, time.monotonic() - t0, load,
+                  target.kind)
 
 
 def main(argv: list[str] | None = None) -> int:
