@@ -126,7 +126,7 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
         await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
                                   origin=plan.snapshot.guid)
     except BaseException:
-        await released
+        await asyncio.gather(released, return_exceptions=True)  # this error comes first
         raise
     return CopyDone(stats.transferred_size, released)
 

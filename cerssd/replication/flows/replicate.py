@@ -434,8 +434,11 @@ class ReplicateWork:
                      seconds=round(time.monotonic() - started, 3))
         try:
             await self._arrived(ctx, src, dst, plan, done.moved)
-        finally:
-            await done.released  # the source's view, released meanwhile
+        except BaseException:
+            # the view is released all the same; its own error must not hide this one
+            await asyncio.gather(done.released, return_exceptions=True)
+            raise
+        await done.released  # the source's view, released meanwhile
 
     async def _arrived(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
                        plan: Plan, moved: int) -> None:
