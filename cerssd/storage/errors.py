@@ -23,7 +23,6 @@ class Busy(BackendError):
 
 def while_busy(seconds: float = 30.0) -> AsyncRetrying:
     """Retry what a backend calls busy for a while: a volume stays busy briefly after a
-    receive ends (ZFS), or while a client has a file open for a moment. The first
-    retries come soon (25 ms, then doubling): the moment is usually a short one."""
+    receive ends (ZFS), or while a client has a file open for a moment."""
     return AsyncRetrying(retry=retry_if_exception_type(Busy), stop=stop_after_delay(seconds),
-                         wait=wait_exponential(multiplier=0.025, max=2), reraise=True)
+                         wait=wait_exponential(multiplier=0.1, max=2), reraise=True)

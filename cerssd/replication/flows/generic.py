@@ -55,20 +55,9 @@ class GenericCopy:
     resumed: bool = False
 
 
-@dataclass(frozen=True)
-class CopyDone:
-    """A copy up to its destination snapshot. The source's view may still be going:
-    ``released`` ends when it is, and the activity awaits it before it ends (a view
-    on zfs-fuse stays busy for a moment after rsync exits)."""
-
-    #: File data the copy sent (rsync's "Total transferred file size").
-    moved: int
-    released: asyncio.Future[None]
-
-
 async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericCopy,
-                   src: StorageBackend, dst: StorageBackend) -> CopyDone:
-    """The copy up to the new destination snapshot."""
+                   src: StorageBackend, dst: StorageBackend) -> int:
+    """The copy up to the new destination snapshot; returns the file data it sent."""
     plan = copy.plan
     if plan.mode == PlanMode.INCREMENTAL and plan.target_base is not None:
         ctx.remember(generic_base=plan.target_base.name)
@@ -119,16 +108,14 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
                                 "literal": stats.literal, "sent": stats.sent,
                                 "received": stats.received})
     # The source's view and the destination's snapshot are on two servers: neither
-    # waits for the other (a clone destroyed on zfs-fuse, a snapshot on the other), and
-    # what follows the snapshot (verify, fence, pins) need not wait for the view either.
+    # waits for the other (a clone destroyed on zfs-fuse, a snapshot on the other).
     released = asyncio.ensure_future(release())
     try:
         await dst.create_snapshot(copy.receive_into, plan.snapshot.label,
                                   origin=plan.snapshot.guid)
-    except BaseException:
-        await asyncio.gather(released, return_exceptions=True)  # this error comes first
-        raise
-    return CopyDone(stats.transferred_size, released)
+    finally:
+        await released
+    return stats.transferred_size
 
 
 async def _prepare_destination(dst: StorageBackend, volume: str) -> str:

@@ -426,19 +426,13 @@ class ReplicateWork:
         if plan.mode == PlanMode.FULL:
             ctx.remember(generic_copy=receive_into)
         started = time.monotonic()
-        done = await run_copy(ctx, self.servers, GenericCopy(
+        moved = await run_copy(ctx, self.servers, GenericCopy(
             plan, self.req.source, self.req.destination, receive_into,
             remote=self._remote_side(), limit=self.req.bandwidth_limit,
             stall_timeout=self.policy.stall_timeout, resumed=resumed), src, dst)
-        ctx.log.info("file copy complete", bytes=done.moved,
+        ctx.log.info("file copy complete", bytes=moved,
                      seconds=round(time.monotonic() - started, 3))
-        try:
-            await self._arrived(ctx, src, dst, plan, done.moved)
-        except BaseException:
-            # the view is released all the same; its own error must not hide this one
-            await asyncio.gather(done.released, return_exceptions=True)
-            raise
-        await done.released  # the source's view, released meanwhile
+        await self._arrived(ctx, src, dst, plan, moved)
 
     async def _arrived(self, ctx: ActivityContext, src: StorageBackend, dst: StorageBackend,
                        plan: Plan, moved: int) -> None:
@@ -590,10 +584,10 @@ class ReplicateWork:
     async def _finish_target(self, src: StorageBackend, dst: StorageBackend, plan: Plan) -> None:
         """With the target at the snapshot: read-only replica, holds and bookmark moved.
 
-        The fence, the destination's pins and the source's are independent, so they run
-        at once (each is a round trip to its server; the fence a remount on zfs-fuse).
+        The source's and the destination's steps are independent, so they run at once
+        (each is a round trip to its server).
         """
-        async def fence() -> None:
+        async def destination_side() -> None:
             if plan.mode == PlanMode.FULL or self.target_created or \
                     plan.path == PlanPath.GENERIC:
                 # A replica is a standby: read-only, so that not even atime updates make it
@@ -606,8 +600,6 @@ class ReplicateWork:
                     structlog.get_logger("cerssd.replicate").warning(
                         "replica marked read-only but still mounted writable",
                         target=plan.target_volume, error=str(exc))
-
-        async def destination_pins() -> None:
             # An overwritten target is another volume than the one listed.
             listed = plan.listed[1] if plan.listed and not plan.overwrite else None
             await self._move_hold(dst, plan.target_volume, plan.target_snapshot,
@@ -619,7 +611,7 @@ class ReplicateWork:
             # Still a base for the next incremental if the snapshot is destroyed after all.
             await src.mark_base(plan.snapshot, self.req.destination)
 
-        await asyncio.gather(fence(), destination_pins(), source_side())
+        await asyncio.gather(destination_side(), source_side())
 
     async def _move_hold(self, backend: StorageBackend, volume: str, snapshot: str,
                          label: str, listed: Sequence[Snapshot] | None) -> None:
