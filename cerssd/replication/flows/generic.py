@@ -84,12 +84,13 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
                                               for_server=copy.destination))
 
     try:
-        source = file_end(servers.entry(copy.source).transport, view)
+        source_transport = servers.entry(copy.source).transport
+        source = file_end(source_transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
         # Holes are kept by the destination itself (zero runs stored as holes) or by
         # rsync's slower --sparse, asked for only where the source has holes.
         sparse = not dst.capabilities.holes_from_zeros and \
-            await has_sparse_files(servers.entry(copy.source).transport, view)
+            await has_sparse_files(source_transport, view)
         ctx.remember(generic_sparse=sparse)
         ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into,
                      continued=copy.resumed, sparse=sparse)
