@@ -173,11 +173,10 @@ class WeedServer:
         self.s3.data_dir.mkdir(parents=True, exist_ok=True)
         config = write_s3_config(self.root / "s3.json", self.s3.access_key,
                                  self.s3.secret_key)
-        volumes = self._volumes_on_disk()
         began = time.monotonic()
         self._proc = self._spawn(config)
         self.starts += 1
-        self._wait_ready(began + timeout, timeout, volumes)
+        self._wait_ready(began + timeout, timeout)
         self.last_start_seconds = time.monotonic() - began
         return self.s3
 
@@ -254,10 +253,16 @@ class WeedServer:
 
     # -- readiness -------------------------------------------------------------------
 
-    def _wait_ready(self, deadline: float, timeout: float, volumes: int) -> None:
+    def _wait_ready(self, deadline: float, timeout: float) -> None:
         """Poll until an authenticated ListBuckets succeeds and the master knows every
-        volume on disk: an open port is not enough, and after a restart S3 answers a
-        moment before the volume server has re-registered (GETs fail with 500 then)."""
+        volume the volume server loaded: an open port is not enough, and after a restart
+        S3 answers a moment before the volume server has re-registered (GETs fail with
+        500 then).
+
+        The target is what the volume server loaded, not the ``.dat`` files on disk: a
+        kill while a bucket grew a volume can leave a ``.dat`` that never loads, and
+        waiting for it once made every later start wait out its whole limit.
+        """
         client = self.client(connect_timeout=1, read_timeout=2)
         last_error = "no attempt yet"
         while True:
@@ -266,10 +271,11 @@ class WeedServer:
                 raise RuntimeError(f"weed exited while starting\n{self.log_tail()}")
             try:
                 client.list_buckets()
+                loaded = self._volumes_loaded()
                 known = self._volumes_registered()
-                if known is not None and known >= volumes:
+                if known is not None and known >= loaded:
                     return
-                last_error = f"master knows {known} of {volumes} volumes"
+                last_error = f"master knows {known} of {loaded} loaded volumes"
             except Exception as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if time.monotonic() > deadline:
@@ -278,8 +284,12 @@ class WeedServer:
                                    f"{timeout}s (last: {last_error})\n{self.log_tail()}")
             time.sleep(0.1)
 
-    def _volumes_on_disk(self) -> int:
-        return len(list(self.s3.data_dir.glob("*.dat")))
+    def _volumes_loaded(self) -> int:
+        """Volumes the volume server has open. It loads every volume on disk before it
+        listens, so once this answers the number is final."""
+        url = f"http://127.0.0.1:{self.ports.volume}/status"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return len(json.load(response).get("Volumes") or [])
 
     def _volumes_registered(self) -> int | None:
         """Volumes the master has from volume-server heartbeats; None: no volume server."""
