@@ -169,7 +169,7 @@ def test_cancel_rolls_the_destination_back(start_daemon: Any,
                   bandwidth_limit=MiB)
     assert r.body["path"] == "generic"
     aid = r.body["id"]
-    # m comes from a dry run alongside the copy: exact once it answers
+    # m of an incremental comes from a dry run alongside the copy: exact once it answers
     running = d.wait_activity(aid, lambda a: a["progress"]["done"] > MiB
                               and not a["progress"]["estimated"], what="bytes to flow")
     assert running["progress"]["total"] >= 25 * MiB and not running["progress"]["estimated"]
@@ -194,7 +194,11 @@ def test_cancel_of_a_first_copy_removes_the_new_volume(start_daemon: Any,
     r = replicate(d, f"{src}/data@s1", "local", "local", f"{dst}/data", path="generic",
                   bandwidth_limit=4 * MiB)
     aid = r.body["id"]
-    d.wait_activity(aid, lambda a: a["progress"]["done"] > 2 * MiB, what="bytes to flow")
+    running = d.wait_activity(aid, lambda a: a["progress"]["done"] > 2 * MiB,
+                              what="bytes to flow")
+    # m of a first copy is the source's walk: exact from the start
+    assert running["progress"]["total"] == 24 * MiB, running["progress"]
+    assert not running["progress"]["estimated"]
     d.api("POST", f"/v1/activities/{aid}/suspend")
     paused = d.api("GET", f"/v1/activities/{aid}")["progress"]["done"]
     time.sleep(2.0)  # an observation window: nothing may move during it

@@ -67,22 +67,43 @@ async def distrust_recent_mtimes(runner: Runner, path: str, since: int) -> None:
 #: its size is not allocated: smaller gaps are below a filesystem block or two.
 SPARSE_MIN_HOLE = 64 * 1024
 
-_SPARSE_SCRIPT = (
-    '{ find "$1" -xdev -type f -printf "%s %b\\n" || echo error; } | '
-    "awk -v min=\"$2\" '$1 == \"error\" || $1 - $2 * 512 >= min {found = 1; exit} "
-    "END {exit !found}'")
+
+@dataclass(frozen=True)
+class TreeSurvey:
+    """What one metadata walk of a tree tells a copy before it starts."""
+
+    #: Bytes of its regular files: what rsync sends into an empty directory (its
+    #: "total transferred file size"); None if the walk failed.
+    size: int | None
+    #: A file has ``SPARSE_MIN_HOLE`` bytes or more unallocated (or the walk failed).
+    sparse: bool
 
 
-async def has_sparse_files(runner: Runner, path: str) -> bool:
-    """Whether any regular file under ``path`` (its filesystem only) has holes to keep.
+# One line out: "SIZE SPARSE", or "error" when find failed (the sum would be short).
+# A file of several hard links counts once, as rsync -H sends it once.
+_SURVEY_SCRIPT = (
+    '{ find "$1" -xdev -type f -printf "%s %b %n %i\\n" || echo error; } | '
+    "awk -v min=\"$2\" '$1 == \"error\" {failed = 1; next} "
+    "$3 > 1 && seen[$4]++ {next} "
+    "{size += $1} $1 - $2 * 512 >= min {sparse = 1} "
+    "END {if (failed) print \"error\"; else printf \"%.0f %d\\n\", size, sparse}'")
 
-    rsync's ``--sparse`` keeps holes as holes, but writes every file 1 KiB at a time
-    (about a sixth more time on a 1 GiB copy here, bench/RESULTS.md), so a copy asks for
-    it only where a file has ``SPARSE_MIN_HOLE`` bytes or more unallocated. One ``find``
-    on the source's view, stopping at the first such file. A compressed file also has
-    fewer blocks than bytes: a false alarm costs only speed. So does a ``find`` that
-    fails: the answer is then yes, never a hole filled with zeros.
+
+async def survey_tree(runner: Runner, path: str) -> TreeSurvey:
+    """The size of the tree under ``path`` (its filesystem only) and whether it has holes
+    to keep: one ``find`` on the server that holds it, metadata only.
+
+    The size is m of a first copy's n of m without rsync's dry run, a second walk of the
+    tree and a second session to the other end. Holes: rsync's ``--sparse`` keeps them,
+    but writes every file 1 KiB at a time (about a sixth more time on a 1 GiB copy here,
+    bench/RESULTS.md), so a copy asks for it only where a file has ``SPARSE_MIN_HOLE``
+    bytes or more unallocated. A compressed file also has fewer blocks than bytes: a
+    false alarm costs only speed. So does a walk that fails: the answer is then sparse,
+    never a hole filled with zeros, and no size.
     """
-    result = await runner.run(["sh", "-c", _SPARSE_SCRIPT, "cerssd-sparse", path,
+    result = await runner.run(["sh", "-c", _SURVEY_SCRIPT, "cerssd-survey", path,
                                str(SPARSE_MIN_HOLE)], check=False)
-    return result.returncode == 0
+    fields = result.stdout.split()
+    if result.returncode != 0 or len(fields) != 2 or not all(f.isdigit() for f in fields):
+        return TreeSurvey(size=None, sparse=True)
+    return TreeSurvey(size=int(fields[0]), sparse=fields[1] == "1")

@@ -10,9 +10,11 @@ or asked for: ``logic.plan.choose_path``). One attempt:
    two servers' preparations run at once); in an incremental, the files the base's
    second may have left ambiguous to rsync's quick check are marked to be compared
    (``transport.files.distrust_recent_mtimes``);
-3. rsync (``stream.filesync``) with live n and, alongside, a dry run that makes m exact
-   when it answers; suspend, and a lost link reported as ``Transient`` (the attempt is
-   retried: what was copied stays, and rsync's quick check skips it);
+3. rsync (``stream.filesync``) with live n and m worked out alongside: a first copy's
+   from the walk of the source's view that also says whether it has holes to keep
+   (``transport.files.survey_tree``), an incremental's from a dry run that starts once
+   the copy has run a second; suspend, and a lost link reported as ``Transient`` (the
+   attempt is retried: what was copied stays, and rsync's quick check skips it);
 4. the view released and, at the same time (they are on two servers), a snapshot of
    the same label that records the source snapshot's guid as its ``origin`` (what the
    next plan matches); then the read-only fence back.
@@ -26,13 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ...engine import ActivityContext, ActivityError
 from ...servers import ServerRegistry
 from ...storage.errors import NotFound
 from ...storage.interface import StorageBackend
-from ...transport.files import FileEnd, distrust_recent_mtimes, file_end, has_sparse_files
+from ...transport.files import (
+    FileEnd,
+    TreeSurvey,
+    distrust_recent_mtimes,
+    file_end,
+    survey_tree,
+)
 from ..logic.plan import Plan, PlanMode
 from ..retry import Transient
 from ..stream.filesync import SyncFailed, SyncStats, measure, sync
@@ -87,18 +96,32 @@ async def run_copy(ctx: ActivityContext, servers: ServerRegistry, copy: GenericC
         source_transport = servers.entry(copy.source).transport
         source = file_end(source_transport, view)
         target = file_end(servers.entry(copy.destination).transport, into)
-        # Holes are kept by the destination itself (zero runs stored as holes) or by
-        # rsync's slower --sparse, asked for only where the source has holes.
-        sparse = not dst.capabilities.holes_from_zeros and \
-            await has_sparse_files(source_transport, view)
-        ctx.remember(generic_sparse=sparse)
-        ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into,
-                     continued=copy.resumed, sparse=sparse)
-        started = time.monotonic()
+        # A first copy goes into an empty volume: the source's walk says how much it
+        # sends. Holes are kept by the destination itself (zero runs stored as holes)
+        # or by rsync's slower --sparse, asked for only where the source has holes.
+        first = plan.mode == PlanMode.FULL and not copy.resumed
+        needs_sparse_answer = not dst.capabilities.holes_from_zeros
+        survey = asyncio.ensure_future(survey_tree(source_transport, view)) \
+            if first or needs_sparse_answer else None
         try:
-            stats = await _copy_measured(ctx, source, target, copy, sparse=sparse)
-        except SyncFailed as exc:
-            raise _failure(exc, copy) from exc
+            sparse = needs_sparse_answer and survey is not None and (await survey).sparse
+            ctx.remember(generic_sparse=sparse)
+            ctx.log.info("generic copy started", mode=plan.mode, view=view, into=into,
+                         continued=copy.resumed, sparse=sparse)
+            if first and survey is not None:
+                planning = _planned_by_survey(survey, source, target, copy)
+            else:
+                planning = _planned_by_dry_run(source, target, copy)
+            started = time.monotonic()
+            try:
+                stats = await _copy_measured(ctx, source, target, copy, sparse=sparse,
+                                             planning=planning)
+            except SyncFailed as exc:
+                raise _failure(exc, copy) from exc
+        finally:
+            if survey is not None and not survey.done():
+                survey.cancel()
+                await asyncio.gather(survey, return_exceptions=True)
         ctx.log.info("rsync finished", seconds=round(time.monotonic() - started, 3),
                      sent=stats.sent, received=stats.received)
     except BaseException:
@@ -139,29 +162,58 @@ async def _release_if_made(view_task: asyncio.Future[str], src: StorageBackend,
                                           for_server=copy.destination))
 
 
+#: Seconds an incremental copy runs before its dry run for m starts: a copy of a few
+#: changed files is over by then, and does not share the CPUs with a second walk of
+#: both trees and a second session to the other end.
+DRY_RUN_AFTER = 1.0
+
+
+def _planned_by_dry_run(source: FileEnd, target: FileEnd,
+                        copy: GenericCopy) -> Callable[[], Awaitable[int]]:
+    """m of an incremental (or a continued first copy): rsync's dry run, which compares
+    both trees as the copy will, once the copy has run ``DRY_RUN_AFTER`` seconds."""
+    async def plan() -> int:
+        await asyncio.sleep(DRY_RUN_AFTER)
+        return (await measure(source, target, stall=copy.stall_timeout)).transferred_size
+    return plan
+
+
+def _planned_by_survey(survey: asyncio.Future[TreeSurvey], source: FileEnd,
+                       target: FileEnd, copy: GenericCopy) -> Callable[[], Awaitable[int]]:
+    """m of a first copy: everything the source's walk found, or the dry run's answer
+    if that walk failed."""
+    async def plan() -> int:
+        size = (await survey).size
+        if size is None:
+            return await _planned_by_dry_run(source, target, copy)()
+        return size
+    return plan
+
+
 async def _copy_measured(ctx: ActivityContext, source: FileEnd, target: FileEnd,
-                         copy: GenericCopy, *, sparse: bool) -> SyncStats:
-    """rsync, with its dry run for m alongside: m is exact once the dry run answers
-    (a walk of both trees' metadata, on the other CPU), and the copy does not wait."""
+                         copy: GenericCopy, *, sparse: bool,
+                         planning: Callable[[], Awaitable[int]]) -> SyncStats:
+    """rsync, with m worked out alongside (``planning``): m is exact once that answers
+    and the copy does not wait for it."""
     ctx.set_progress(0, 0, estimated=True)
     ctx.counters.done = 0
-    planning = asyncio.ensure_future(measure(source, target, stall=copy.stall_timeout))
+    planned_task = asyncio.ensure_future(planning())
 
-    def planned(task: asyncio.Future[SyncStats]) -> None:
+    def planned(task: asyncio.Future[int]) -> None:
         if task.cancelled() or task.exception() is not None:
             return  # the copy's own outcome says what went wrong
-        total = task.result().transferred_size
+        total = task.result()
         ctx.set_progress(ctx.counters.done or 0, total, estimated=False)
         ctx.log.info("generic copy planned", bytes=total)
 
-    planning.add_done_callback(planned)
+    planned_task.add_done_callback(planned)
     try:
         stats = await sync(source, target, counters=ctx.counters, gate=ctx.flow,
                            limit=copy.limit, sparse=sparse, stall=copy.stall_timeout)
     finally:
-        if not planning.done():
-            planning.cancel()  # the copy ended first: its own stats are m
-        await asyncio.gather(planning, return_exceptions=True)
+        if not planned_task.done():
+            planned_task.cancel()  # the copy ended first: its own stats are m
+        await asyncio.gather(planned_task, return_exceptions=True)
     ctx.counters.done = stats.transferred_size
     ctx.set_progress(stats.transferred_size, stats.transferred_size, estimated=False)
     return stats

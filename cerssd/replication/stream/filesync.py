@@ -15,7 +15,7 @@ Options, and why (docs/drivers.md has the table):
   keeps the blocks that did not change shared with the previous one);
 * ``--sparse`` (holes stay holes in new files) only where the destination does not keep
   runs of zeros as holes itself (``Capabilities.holes_from_zeros``: ZFS with
-  compression) and the source has a file with holes (``files.has_sparse_files``): rsync
+  compression) and the source has a file with holes (``files.survey_tree``): rsync
   then writes every file 1 KiB at a time, 1.7x slower onto zfs-fuse;
 * ``--delete``: files gone on the source go on the destination; ``-x``: never into
   another filesystem mounted below either end (a child volume), on either side;
@@ -30,8 +30,9 @@ Options, and why (docs/drivers.md has the table):
   peer process that hangs (stopped, stuck on its disk) while ssh still answers is
   found this way, where ssh's own keepalives see nothing wrong.
 
-m comes from a dry run (``-n --stats``: "Total transferred file size", what the quick
-check will send) that the generic flow runs alongside the copy. Suspend stops the rsync processes
+m of an incremental comes from a dry run (``-n --stats``: "Total transferred file size",
+what the quick check will send) that the generic flow runs alongside a copy that lasts
+more than a second; m of a first copy from the source's walk. Suspend stops the rsync processes
 (SIGSTOP; their ``ssh`` keeps answering keepalives, so the link outlives a long
 suspend) and resume continues them. A lost link shows as ssh's exit (255) or rsync's
 "connection unexpectedly closed" (exit 12), found by ssh's keepalives within seconds.

@@ -1,4 +1,5 @@
-"""``transport.files.has_sparse_files``: whether a copy needs rsync's ``--sparse``.
+"""``transport.files.survey_tree``: the size a first copy sends (m of its n of m) and
+whether it needs rsync's ``--sparse``.
 
 Run on a real directory under the test's temporary directory (a filesystem with holes:
 ext4 or tmpfs here), through the same ``LocalRunner`` the daemon uses for a local server.
@@ -6,12 +7,14 @@ ext4 or tmpfs here), through the same ``LocalRunner`` the daemon uses for a loca
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from cerssd.transport.files import SPARSE_MIN_HOLE, has_sparse_files
+from cerssd.transport.files import SPARSE_MIN_HOLE, survey_tree
 from cerssd.transport.runner import LocalRunner
 
 MiB = 1 << 20
@@ -41,7 +44,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 async def test_a_tree_of_dense_files_needs_no_sparse_copy(tree: Path) -> None:
-    assert not await has_sparse_files(LocalRunner(), str(tree))
+    assert not (await survey_tree(LocalRunner(), str(tree))).sparse
 
 
 async def test_one_file_with_a_hole_deep_in_the_tree_asks_for_a_sparse_copy(
@@ -49,13 +52,30 @@ async def test_one_file_with_a_hole_deep_in_the_tree_asks_for_a_sparse_copy(
     holed(tree / "dir" / "sub" / "disk.img", 8 * MiB)
     if os.stat(tree / "dir" / "sub" / "disk.img").st_blocks * 512 >= MiB:
         pytest.fail("the test's filesystem does not keep holes: the check cannot be tested")
-    assert await has_sparse_files(LocalRunner(), str(tree))
+    assert (await survey_tree(LocalRunner(), str(tree))).sparse
 
 
 async def test_a_gap_below_the_threshold_is_not_worth_a_sparse_copy(tree: Path) -> None:
     holed(tree / "small-gap", SPARSE_MIN_HOLE // 4)
-    assert not await has_sparse_files(LocalRunner(), str(tree))
+    assert not (await survey_tree(LocalRunner(), str(tree))).sparse
 
 
-async def test_a_find_that_fails_answers_yes_rather_than_fill_holes(tmp_path: Path) -> None:
-    assert await has_sparse_files(LocalRunner(), str(tmp_path / "no-such-directory"))
+async def test_a_find_that_fails_answers_sparse_and_no_size(tmp_path: Path) -> None:
+    survey = await survey_tree(LocalRunner(), str(tmp_path / "no-such-directory"))
+    assert survey.sparse and survey.size is None
+
+
+async def test_the_size_is_what_rsync_sends_into_an_empty_directory(
+        tree: Path, tmp_path: Path) -> None:
+    holed(tree / "disk.img", 8 * MiB)
+    os.link(tree / "a", tree / "dir" / "a-again")  # rsync -H sends it once
+    survey = await survey_tree(LocalRunner(), str(tree))
+    proc = await asyncio.create_subprocess_exec(
+        "rsync", "-aH", "-n", "--stats", f"{tree}/", str(tmp_path / "copy"),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    dry = out.decode()
+    sent = re.search(r"Total transferred file size: ([\d,]+)", dry)
+    assert sent is not None, dry
+    assert survey.size == int(sent.group(1).replace(",", "")) == MiB + 100 + 8 * MiB + 4096
