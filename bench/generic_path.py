@@ -11,16 +11,18 @@ the baseline first in odd rounds, cerssd in even ones:
   snapshot does), timed whole, then the clone destroyed;
 * **cerssd**: ``POST /v1/replications`` with ``path = "generic"`` from ``local`` to its
   ``[servers.remote]`` (the same sshd, the same cipher), timed from the POST to the
-  terminal state: the snapshot's view (a clone on zfs-fuse), the dry run for m, rsync
-  with cerssd's options (``-aHAX --numeric-ids --sparse --delete -x``: more than the
-  baseline's), the snapshot with its origin, the read-only fence and the holds.
+  terminal state: the snapshot's view (a clone on zfs-fuse), the source's walk (holes,
+  m of a first copy), rsync with cerssd's options (``-aHAX --numeric-ids --delete -x
+  --inplace``: more than the baseline's; ``--sparse`` only where the source has holes),
+  the snapshot with its origin, the read-only fence and the holds.
 
 Two cases: **full** (``--size`` MiB in ``--files`` random files, snapshot, a copy into a
 new volume; both targets destroyed after each round) and **incremental** (``--changed``
 per cent of the files rewritten, snapshot, a copy onto a target that holds the previous
-round's state; each round changes other files). The ratio is baseline seconds over
-cerssd seconds per round (above 1.0: cerssd faster), median and min-max. The destination
-driver is ZFS (zfs-fuse) here; btrfs when that driver is configured.
+round's state; each round changes other files, ``--write-gap`` seconds before its
+snapshot). The ratio is baseline seconds over cerssd seconds per round (above 1.0:
+cerssd faster), median and min-max. The destination is a loop-mounted btrfs
+(``--destination btrfs``, the issue's case) or a second zfs-fuse pool.
 
 Run as root from the repository::
 
@@ -279,6 +281,11 @@ def bench_incremental(case: Case, args: argparse.Namespace, src: str, target: Ta
         first = ((i - 1) * changed) % args.files
         for n in range(first, first + changed):
             write_random(Path(f"/{src}/f{n % args.files:05d}"), args.size // args.files)
+        # Files written within a couple of seconds before a snapshot are ones rsync's
+        # quick check cannot trust on zfs-fuse (whole-second mtimes): cerssd compares
+        # their contents in the next copy, where the baseline skips them. A schedule
+        # snapshots some time after most writes; --write-gap 0 is the worst case.
+        time.sleep(args.write_gap)
         zfs("snapshot", f"{src}@s{i}")
         case.data_bytes = changed * (args.size // args.files) * MIB
         what = f"incremental round {i} ({changed} files)"
@@ -294,12 +301,14 @@ def report(cases: list[Case], args: argparse.Namespace, info: dict[str, str],
         "",
         f"- date: {started:%Y-%m-%d %H:%M} UTC; `python bench/generic_path.py --size "
         f"{args.size} --files {args.files} --changed {args.changed} --runs {args.runs} "
+        f"--write-gap {args.write_gap:g} "
         f"--cipher {args.cipher} --destination {args.destination}` ({wall:.0f} s in all); "
         f"load average before: {load}",
         f"- machine: {info['nproc']} CPUs (nproc), {info['cpu']}, kernel {info['kernel']}, "
         f"{info['ssh']}, {info['zfs_fuse']}, sshd on 127.0.0.1; ZFS (zfs-fuse) to {destination}",
         f"- data: {args.size} MiB in {args.files} random files; the incremental rewrites "
-        f"{args.changed} % of them per round; rounds interleaved, each copy from quiet "
+        f"{args.changed} % of them per round, {args.write_gap:g} s before its snapshot; "
+        "rounds interleaved, each copy from quiet "
         "disks (`sync`, then no writes), the baseline first in odd rounds",
         "",
         "| case | MiB moved | baseline s (median) | cerssd s (median) | "
@@ -329,6 +338,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="64 MiB, 16 files, 1 round")
     parser.add_argument("--destination", choices=("btrfs", "zfs"), default="btrfs",
                         help="the destination driver (the issue's case: btrfs)")
+    parser.add_argument("--write-gap", type=float, default=3.0,
+                        help="seconds between an incremental round's writes and its "
+                             "snapshot (0: the snapshot right after the writes, so the "
+                             "next round must compare those files' contents)")
     common_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -369,6 +382,7 @@ def benchmark(args: argparse.Namespace) -> str:
         say(f"writing {args.size} MiB in {args.files} files")
         for n in range(args.files):
             write_random(Path(f"/{src}/f{n:05d}"), args.size // args.files)
+        time.sleep(args.write_gap)  # as before each incremental round's snapshot
         zfs("snapshot", f"{src}@s0")
         full = Case("full", data_bytes=args.files * (args.size // args.files) * MIB)
         bench_full(full, args, src, target, sshd, daemon)
