@@ -22,7 +22,11 @@ REMOUNT_PATIENCE = 5.0
 
 async def remount(run: Callable[..., Awaitable[str]], volume: str, option: str) -> None:
     """Unmount (never forced: open files mean a client is busy) and mount again with
-    ``option``; a busy filesystem is retried for a few seconds, then reported."""
+    ``option``; a busy filesystem is retried for a few seconds, then reported.
+
+    The mount is retried too: just after the unmount, zfs-fuse can still call the
+    dataset busy (a promotion failed so in the local CI of 2026-12-07).
+    """
     async for attempt in while_busy(REMOUNT_PATIENCE):
         with attempt:
             try:
@@ -30,7 +34,9 @@ async def remount(run: Callable[..., Awaitable[str]], volume: str, option: str) 
             except BackendError as exc:
                 if isinstance(exc, Busy) or "not currently mounted" not in str(exc):
                     raise
-    await run("mount", "-o", option, volume)
+    async for attempt in while_busy(REMOUNT_PATIENCE):
+        with attempt:
+            await run("mount", "-o", option, volume)
 
 
 async def tags_by_taking(run: Callable[..., Awaitable[str]],
