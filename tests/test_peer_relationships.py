@@ -152,12 +152,21 @@ def test_after_a_failover_to_a_peer_the_relationships_backups_are_delegated(
     done = d.wait_done(r.body["id"])
     assert done["state"] == "succeeded", done["status"]
     assert show(d, "rel")["master"] == "nodeA"
-    # The first cycle after the failover may back up its final snapshot; a store busy
-    # when a cycle starts sits that cycle out (as with a local master), so let it end.
-    wait_until(lambda: backups_done(d, "rel", 1), SLOW, what="no backup running")
+    # The new master's relationship first catches its store up: a backup of the
+    # failover's final snapshot. A store busy when a cycle starts sits that cycle out (as
+    # with a local master), so let that backup end first. Waiting for "no backup running"
+    # alone could pass before it had started (local CI, 2026-12-07: the sync-now's cycle
+    # then found the store busy, and nothing was left to back up its snapshot).
+    wait_until(lambda: backups_done(d, "rel", 2), SLOW,
+               what="the catch-up backup of the failover's snapshot")
     write_file(f"/{standby}/data/g", 1)
     assert post_json(d, "/v1/relationships/rel/sync-now", {}).status == 202
-    newest = wait_in_sync(d, "rel")["newest_snapshot"]
+
+    def cycled() -> str | None:
+        newest: str = wait_in_sync(d, "rel")["newest_snapshot"]
+        return None if "-failover-" in newest else newest
+
+    newest = wait_until(cycled, SLOW, what="the cycle the sync-now started")
     assert newest.startswith(f"{standby}/data@")
 
     def backed_up() -> list[dict[str, Any]] | None:
